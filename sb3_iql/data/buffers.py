@@ -1,0 +1,134 @@
+"""SB3 replay buffers that load a whole offline dataset at once and sample with a seeded generator."""
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
+from stable_baselines3.common.type_aliases import DictReplayBufferSamples, ReplayBufferSamples
+from stable_baselines3.common.vec_env import VecNormalize
+
+from sb3_iql.data.minari_loader import BatchObs
+
+
+class OfflineDataMixin:
+    """
+    Adds to an SB3 replay buffer:
+
+    - ``extend(...)``: write many transitions at once (an offline dataset), vectorised;
+    - ``generator``: a ``torch.Generator`` that draws the sampled indices, so that sampling is reproducible
+      and its state travels with the model (SB3's own buffers draw from NumPy's global generator).
+
+    ``add`` and everything else is SB3's, so online data keeps flowing in during fine-tuning.
+    """
+
+    buffer_size: int
+    n_envs: int
+    pos: int
+    full: bool
+    optimize_memory_usage: bool
+    actions: np.ndarray
+    rewards: np.ndarray
+    dones: np.ndarray
+    timeouts: np.ndarray
+    generator: th.Generator | None = None
+
+    def _check_memory_option(self) -> None:
+        if self.optimize_memory_usage:
+            raise ValueError(
+                "optimize_memory_usage=True reads next observations from the next row, which is wrong across the "
+                "episode boundaries of an offline dataset: use optimize_memory_usage=False"
+            )
+
+    def sample(self, batch_size: int, env: VecNormalize | None = None) -> ReplayBufferSamples | DictReplayBufferSamples:
+        """Uniform sample of ``batch_size`` stored transitions, indices drawn from ``self.generator``."""
+        upper_bound = self.buffer_size if self.full else self.pos
+        batch_inds = th.randint(upper_bound, (batch_size,), generator=self.generator).numpy()
+        return self._get_samples(batch_inds, env=env)  # type: ignore[attr-defined]
+
+    def _write_observations(self, rows: slice, observations: BatchObs, next_observations: BatchObs) -> None:
+        raise NotImplementedError
+
+    def extend(
+        self,
+        observations: BatchObs,
+        next_observations: BatchObs,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        dones: np.ndarray,
+        timeouts: np.ndarray,
+    ) -> None:
+        """
+        Append ``n`` transitions in one vectorised write, row by row of ``n_envs`` columns.
+
+        When ``n`` is not a multiple of ``n_envs``, the last row is completed with the first transitions again
+        (fewer than ``n_envs`` duplicates), since SB3 samples every column of a stored row.
+
+        :param observations: ``(n, *obs_shape)`` or a dict of such arrays, already in the buffer's layout
+        :param next_observations: same shapes
+        :param actions: ``(n, action_dim)``, scaled to [-1, 1]
+        :param rewards: ``(n,)``
+        :param dones: ``(n,)``, 1 for terminal transitions
+        :param timeouts: ``(n,)``, 1 for transitions cut by a time limit (they are not terminal)
+        :raises ValueError: the transitions do not fit in the free rows of the buffer
+        """
+        n_transitions = len(rewards)
+        n_rows = -(-n_transitions // self.n_envs)
+        free_rows = self.buffer_size - self.pos if not self.full else 0
+        if n_rows > free_rows:
+            raise ValueError(
+                f"The replay buffer has room for {free_rows * self.n_envs} more transitions, "
+                f"{n_transitions} were given: use a larger buffer_size"
+            )
+        if n_rows * self.n_envs != n_transitions:
+            warnings.warn(
+                f"{n_transitions} transitions do not fill rows of n_envs={self.n_envs}: "
+                f"{n_rows * self.n_envs - n_transitions} of them are stored twice",
+                stacklevel=2,
+            )
+        order = np.arange(n_rows * self.n_envs) % n_transitions
+
+        def rows_of(array: np.ndarray) -> np.ndarray:
+            return array[order].reshape(n_rows, self.n_envs, *array.shape[1:])
+
+        def obs_rows_of(obs: BatchObs) -> BatchObs:
+            return {key: rows_of(value) for key, value in obs.items()} if isinstance(obs, dict) else rows_of(obs)
+
+        rows = slice(self.pos, self.pos + n_rows)
+        self._write_observations(rows, obs_rows_of(observations), obs_rows_of(next_observations))
+        self.actions[rows] = rows_of(actions).reshape(self.actions[rows].shape)
+        self.rewards[rows] = rows_of(rewards)
+        self.dones[rows] = rows_of(dones)
+        self.timeouts[rows] = rows_of(timeouts)
+        self.pos += n_rows
+        if self.pos == self.buffer_size:
+            self.full = True
+            self.pos = 0
+
+
+class OfflineReplayBuffer(OfflineDataMixin, ReplayBuffer):
+    """SB3 ``ReplayBuffer`` with ``extend`` (bulk loading) and a seeded sampling generator."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._check_memory_option()
+
+    def _write_observations(self, rows: slice, observations: np.ndarray, next_observations: np.ndarray) -> None:
+        self.observations[rows] = observations.reshape(self.observations[rows].shape)
+        self.next_observations[rows] = next_observations.reshape(self.next_observations[rows].shape)
+
+
+class OfflineDictReplayBuffer(OfflineDataMixin, DictReplayBuffer):
+    """SB3 ``DictReplayBuffer`` with ``extend`` (bulk loading) and a seeded sampling generator."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._check_memory_option()
+
+    def _write_observations(
+        self, rows: slice, observations: dict[str, np.ndarray], next_observations: dict[str, np.ndarray]
+    ) -> None:
+        for key in self.observations:
+            self.observations[key][rows] = observations[key].reshape(self.observations[key][rows].shape)
+            self.next_observations[key][rows] = next_observations[key].reshape(self.next_observations[key][rows].shape)

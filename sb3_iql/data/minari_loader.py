@@ -1,0 +1,197 @@
+"""Minari datasets -> flat arrays of transitions, with the checks that keep bad data out of training."""
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import minari
+import numpy as np
+from gymnasium import spaces
+from minari.storage.datasets_root_dir import get_dataset_path
+
+#: A Minari id, a loaded dataset, or a list of them.
+DatasetLike = str | minari.MinariDataset | Sequence[str | minari.MinariDataset]
+#: Observations of n transitions: an array ``(n, *obs_shape)`` or a dict of such arrays.
+BatchObs = np.ndarray | dict[str, np.ndarray]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A Minari dataset id that is not stored locally."""
+
+
+@dataclass
+class Transitions:
+    """
+    Every transition of one or more datasets, in the environment's units.
+
+    ``n`` is the number of transitions, ``n_episodes`` the number of episodes.
+
+    :param observations: ``(n, *obs_shape)`` or a dict of such arrays
+    :param next_observations: same shapes; the episode's own next row
+    :param actions: ``(n, action_dim)``, unscaled
+    :param rewards: ``(n,)``, untransformed
+    :param terminations: ``(n,)`` bool, the episode ended in a terminal state
+    :param truncations: ``(n,)`` bool, the episode was cut (time limit); NOT terminal
+    :param episode_returns: ``(n_episodes,)`` undiscounted return of each episode
+    """
+
+    observations: BatchObs
+    next_observations: BatchObs
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminations: np.ndarray
+    truncations: np.ndarray
+    episode_returns: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+
+def load_dataset(dataset_id: str, download: bool = False) -> minari.MinariDataset:
+    """
+    Load a local Minari dataset, or download it first when asked.
+
+    :param dataset_id: Minari id, e.g. ``"D4RL/antmaze/large-diverse-v1"``
+    :param download: download the dataset from Minari's remote when it is not stored locally (needs network)
+    :raises DatasetNotFoundError: the dataset is not local and ``download`` is False
+    """
+    if not download and not os.path.exists(os.path.join(get_dataset_path(dataset_id), "data")):
+        root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets (default; MINARI_DATASETS_PATH is not set)")
+        raise DatasetNotFoundError(
+            f"Minari dataset '{dataset_id}' is not stored locally: searched MINARI_DATASETS_PATH={root}. "
+            f"Download it with `minari download {dataset_id}`, or pass download_dataset=True to IQL, "
+            "or point MINARI_DATASETS_PATH at the folder that holds it."
+        )
+    return minari.load_dataset(dataset_id, download=download)
+
+
+def resolve_datasets(datasets: DatasetLike, download: bool = False) -> list[minari.MinariDataset]:
+    """:return: the loaded datasets of a Minari id, a dataset, or a list of them"""
+    if isinstance(datasets, (str, minari.MinariDataset)):
+        datasets = [datasets]
+    if len(datasets) == 0:
+        raise ValueError("offline_dataset is an empty list")
+    return [load_dataset(item, download) if isinstance(item, str) else item for item in datasets]
+
+
+def describe_space(space: spaces.Space) -> str:
+    """:return: a one-line description of a space, with shapes and bounds of Boxes"""
+    if isinstance(space, spaces.Dict):
+        return "Dict(" + ", ".join(f"{key}: {describe_space(sub)}" for key, sub in space.spaces.items()) + ")"
+    if isinstance(space, spaces.Box):
+        low, high = np.unique(space.low), np.unique(space.high)
+        bounds = f"[{low[0]}, {high[0]}]" if len(low) == len(high) == 1 else f"low={space.low}, high={space.high}"
+        return f"Box(shape={space.shape}, {bounds}, dtype={space.dtype})"
+    return repr(space)
+
+
+def spaces_match(dataset_space: spaces.Space, env_space: spaces.Space, check_bounds: bool) -> bool:
+    """:return: whether data of ``dataset_space`` fits ``env_space`` (same structure and shapes, and bounds if asked)"""
+    if isinstance(dataset_space, spaces.Dict) and isinstance(env_space, spaces.Dict):
+        return set(dataset_space.spaces) == set(env_space.spaces) and all(
+            spaces_match(dataset_space[key], env_space[key], check_bounds) for key in dataset_space.spaces
+        )
+    if isinstance(dataset_space, spaces.Box) and isinstance(env_space, spaces.Box):
+        same_shape = dataset_space.shape == env_space.shape
+        return same_shape and (
+            not check_bounds
+            or (np.allclose(dataset_space.low, env_space.low) and np.allclose(dataset_space.high, env_space.high))
+        )
+    return dataset_space == env_space
+
+
+def check_spaces(dataset: minari.MinariDataset, observation_space: spaces.Space, action_space: spaces.Space) -> None:
+    """
+    :raises ValueError: the dataset's spaces do not fit the environment's, showing both
+    """
+    name = dataset.spec.dataset_id
+    if not spaces_match(dataset.observation_space, observation_space, check_bounds=False):
+        raise ValueError(
+            f"Observation space of dataset '{name}' does not match the environment's:\n"
+            f"  dataset:     {describe_space(dataset.observation_space)}\n"
+            f"  environment: {describe_space(observation_space)}"
+        )
+    # Actions are scaled with the environment's bounds, so the bounds must agree too.
+    if not spaces_match(dataset.action_space, action_space, check_bounds=True):
+        raise ValueError(
+            f"Action space of dataset '{name}' does not match the environment's:\n"
+            f"  dataset:     {describe_space(dataset.action_space)}\n"
+            f"  environment: {describe_space(action_space)}"
+        )
+
+
+def _first_non_finite(values: BatchObs) -> str | None:
+    """:return: the name of the first (sub)field holding NaN or inf, "" for a plain array, None if all finite"""
+    if isinstance(values, dict):
+        for key, array in values.items():
+            if _first_non_finite(array) is not None:
+                return f"[{key!r}]"
+        return None
+    return None if np.isfinite(values).all() else ""
+
+
+def _concatenate(chunks: list[BatchObs]) -> BatchObs:
+    if isinstance(chunks[0], dict):
+        return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]}
+    return np.concatenate(chunks)
+
+
+def _slice(observations: BatchObs, start: int, stop: int | None) -> BatchObs:
+    if isinstance(observations, dict):
+        return {key: array[start:stop] for key, array in observations.items()}
+    return observations[start:stop]
+
+
+def load_transitions(datasets: Sequence[minari.MinariDataset]) -> Transitions:
+    """
+    Read every episode of the datasets into flat transition arrays.
+
+    Next observations come from the episode's own next row (Minari stores ``n_steps + 1`` observations per
+    episode), so episode boundaries are never crossed.
+
+    :raises ValueError: an episode holds NaN or inf (names the dataset, episode and field), or no data at all
+    """
+    observations, next_observations, actions, rewards, terminations, truncations, returns = [], [], [], [], [], [], []
+    for dataset in datasets:
+        for episode in dataset.iterate_episodes():
+            fields = {"observations": episode.observations, "actions": episode.actions, "rewards": episode.rewards}
+            for field, values in fields.items():
+                bad = _first_non_finite(values)
+                if bad is not None:
+                    raise ValueError(
+                        f"Dataset '{dataset.spec.dataset_id}', episode {episode.id}: field '{field}{bad}' "
+                        "holds NaN or inf values; clean the dataset before training."
+                    )
+            observations.append(_slice(episode.observations, 0, -1))
+            next_observations.append(_slice(episode.observations, 1, None))
+            actions.append(episode.actions)
+            rewards.append(episode.rewards)
+            terminations.append(episode.terminations)
+            truncations.append(episode.truncations)
+            returns.append(float(np.sum(episode.rewards)))
+    if not rewards or sum(len(chunk) for chunk in rewards) == 0:
+        raise ValueError("The offline dataset holds no transitions")
+    return Transitions(
+        observations=_concatenate(observations),
+        next_observations=_concatenate(next_observations),
+        actions=np.concatenate(actions).astype(np.float32).reshape(-1, np.prod(actions[0].shape[1:], dtype=int)),
+        rewards=np.concatenate(rewards).astype(np.float32),
+        terminations=np.concatenate(terminations).astype(bool),
+        truncations=np.concatenate(truncations).astype(bool),
+        episode_returns=np.asarray(returns),
+    )
+
+
+def flatten_observations(space: spaces.Dict, observations: dict[str, np.ndarray]) -> np.ndarray:
+    """
+    Flatten a batch of Dict observations exactly as ``gymnasium.wrappers.FlattenObservation`` does for one.
+
+    :param space: the Dict space, whose key order sets the order of the parts
+    :param observations: dict of arrays ``(n, *shape)``
+    :return: array ``(n, flat_dim)``
+    """
+    n_transitions = len(next(iter(observations.values())))
+    for key, subspace in space.spaces.items():
+        if not isinstance(subspace, spaces.Box):
+            raise ValueError(f"Only Dict spaces of Box spaces can be flattened, '{key}' is {subspace}")
+    return np.concatenate([observations[key].reshape(n_transitions, -1) for key in space.spaces], axis=1)

@@ -1,0 +1,54 @@
+"""Reward transforms of the IQL paper, applied to offline and online rewards alike."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Scale of the locomotion transform: rewards are divided by the dataset's episode-return range, times this.
+LOCOMOTION_RETURN_SCALE = 1000.0
+#: Shift of the AntMaze transform (r - 1): a reward of 0 per step until the goal becomes -1.
+ANTMAZE_REWARD_SHIFT = -1.0
+
+RewardTransformLike = str | Callable[[np.ndarray], np.ndarray] | None
+
+
+@dataclass(frozen=True)
+class AffineRewardTransform:
+    """``r -> scale * r + shift``, with constants fixed when the dataset is loaded (and saved with the model)."""
+
+    scale: float = 1.0
+    shift: float = 0.0
+
+    def __call__(self, rewards: np.ndarray) -> np.ndarray:
+        """:param rewards: any shape; :return: transformed rewards, float32, same shape"""
+        return (self.scale * np.asarray(rewards, dtype=np.float32) + self.shift).astype(np.float32)
+
+
+def make_reward_transform(
+    transform: RewardTransformLike, episode_returns: np.ndarray | None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """
+    :param transform: None (identity), ``"antmaze"`` (r - 1), ``"locomotion"``
+        (r / (max episode return - min episode return) * 1000) or a callable on an array of rewards
+    :param episode_returns: undiscounted returns of the dataset's episodes (episodes split at terminals and
+        time limits), needed by ``"locomotion"``
+    :return: the transform, with its constants fitted
+    """
+    if transform is None:
+        return AffineRewardTransform()
+    if callable(transform):
+        return transform
+    if transform == "antmaze":
+        return AffineRewardTransform(shift=ANTMAZE_REWARD_SHIFT)
+    if transform == "locomotion":
+        if episode_returns is None or len(episode_returns) == 0:
+            raise ValueError("reward_transform='locomotion' needs an offline dataset to measure the episode returns")
+        return_range = float(np.max(episode_returns) - np.min(episode_returns))
+        if return_range <= 0:
+            raise ValueError(
+                "reward_transform='locomotion' divides by the range of the dataset's episode returns, "
+                f"which is {return_range}: all episodes have the same return"
+            )
+        return AffineRewardTransform(scale=LOCOMOTION_RETURN_SCALE / return_range)
+    raise ValueError(f"Unknown reward_transform {transform!r}: use None, 'antmaze', 'locomotion' or a callable")

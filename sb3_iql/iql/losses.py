@@ -1,0 +1,53 @@
+"""The three IQL losses as pure functions (Kostrikov et al., 2022, eq. 5, 6 and 7).
+
+Each function takes tensors that are already computed by the networks, so each formula can be checked
+against hand-computed values. All returned losses are scalars (mean over the batch).
+"""
+
+import torch as th
+
+
+def expectile_loss(diff: th.Tensor, expectile: float) -> th.Tensor:
+    """
+    Asymmetric squared loss ``|tau - 1(u < 0)| * u^2`` averaged over the batch (IQL's value loss).
+
+    :param diff: ``u = min_i Q_target_i(s, a) - V(s)``, shape ``(batch,)``
+    :param expectile: ``tau`` in (0, 1); above 0.5 it approximates a maximum over the data's actions
+    :return: scalar loss
+    """
+    weight = th.where(diff < 0, 1.0 - expectile, expectile)
+    return (weight * diff.square()).mean()
+
+
+def twin_critic_loss(current_q: th.Tensor, target_q: th.Tensor) -> th.Tensor:
+    """
+    Sum over the critics of the mean squared TD error (IQL's Q loss).
+
+    :param current_q: ``Q_i(s, a)`` for every critic, shape ``(n_critics, batch)``
+    :param target_q: ``r + gamma * (1 - terminal) * V(s')``, shape ``(batch,)``, without gradient
+    :return: scalar loss ``sum_i mean_batch (Q_i - target)^2``
+    """
+    return (current_q - target_q).square().mean(dim=1).sum()
+
+
+def awr_weights(advantage: th.Tensor, beta: float, max_weight: float) -> th.Tensor:
+    """
+    Advantage-weighted regression weights ``min(exp(beta * A), max_weight)``.
+
+    :param advantage: ``A = min_i Q_target_i(s, a) - V(s)``, shape ``(batch,)``
+    :param beta: inverse temperature; 0 gives behaviour cloning (all weights 1)
+    :param max_weight: clip of the weights (100 in the paper)
+    :return: weights, shape ``(batch,)``
+    """
+    return th.exp(beta * advantage).clamp(max=max_weight)
+
+
+def awr_actor_loss(log_prob: th.Tensor, weights: th.Tensor) -> th.Tensor:
+    """
+    Weighted negative log-likelihood of the dataset actions (IQL's policy extraction loss).
+
+    :param log_prob: ``log pi(a | s)`` of the dataset actions, summed over action dimensions, shape ``(batch,)``
+    :param weights: AWR weights, shape ``(batch,)``, without gradient
+    :return: scalar loss ``-mean(weights * log_prob)``
+    """
+    return -(weights * log_prob).mean()

@@ -1,0 +1,382 @@
+"""IQL networks: a Gaussian actor, an ensemble of Q critics, a state-value network, and the policy holding them."""
+
+import math
+from typing import Any
+
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.policies import BaseModel, BasePolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor, FlattenExtractor
+from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
+from torch import nn
+
+#: Gain of the orthogonal initialisation of every layer in the reference implementation.
+ORTHOGONAL_GAIN = math.sqrt(2)
+#: Bounds of the state-independent log standard deviation of the actor.
+LOG_STD_BOUNDS = (-5.0, 2.0)
+DEFAULT_NET_ARCH = [256, 256]
+
+
+def hidden_layers(input_dim: int, net_arch: list[int], activation_fn: type[nn.Module], dropout: float | None) -> nn.Sequential:
+    """
+    Hidden layers ``Linear -> activation (-> Dropout)`` of an MLP.
+
+    :param input_dim: size of the input features
+    :param net_arch: width of each hidden layer
+    :param activation_fn: activation after each hidden layer
+    :param dropout: dropout probability after each activation, or None for no dropout
+    :return: the layers; their output size is ``net_arch[-1]`` (``input_dim`` when ``net_arch`` is empty)
+    """
+    layers: list[nn.Module] = []
+    for width in net_arch:
+        layers += [nn.Linear(input_dim, width), activation_fn()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        input_dim = width
+    return nn.Sequential(*layers)
+
+
+class EnsembleLinear(nn.Module):
+    """
+    ``n_members`` independent linear layers evaluated in one batched matrix product.
+
+    :param n_members: number of independent layers
+    :param in_features: input size
+    :param out_features: output size
+    """
+
+    def __init__(self, n_members: int, in_features: int, out_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(th.empty(n_members, in_features, out_features))
+        self.bias = nn.Parameter(th.zeros(n_members, 1, out_features))
+
+    def forward(self, inputs: th.Tensor) -> th.Tensor:
+        """:param inputs: shape ``(n_members, batch, in_features)``
+        :return: shape ``(n_members, batch, out_features)``"""
+        return th.baddbmm(self.bias, inputs, self.weight)
+
+
+def orthogonal_init_(module: nn.Module, gain: float = ORTHOGONAL_GAIN) -> None:
+    """Orthogonal weights and zero biases for every (ensemble) linear layer of ``module``, in place."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.orthogonal_(layer.weight, gain)
+            nn.init.zeros_(layer.bias)
+        elif isinstance(layer, EnsembleLinear):
+            n_members, in_features, out_features = layer.weight.shape
+            with th.no_grad():
+                for member in range(n_members):
+                    # Same draw as an nn.Linear(in_features, out_features) layer, stored transposed.
+                    weight = nn.init.orthogonal_(th.empty(out_features, in_features, device=layer.weight.device), gain)
+                    layer.weight[member] = weight.T
+            nn.init.zeros_(layer.bias)
+
+
+class Actor(BasePolicy):
+    """
+    Gaussian policy: mean ``tanh(MLP(s))`` and a state-independent log standard deviation; the distribution
+    itself is not tanh-squashed, samples are clipped to [-1, 1] when acting.
+
+    :param observation_space: observation space
+    :param action_space: action space (actions are handled scaled to [-1, 1])
+    :param net_arch: hidden layer widths
+    :param features_extractor: network turning observations into a flat vector
+    :param features_dim: size of that vector
+    :param activation_fn: activation after each hidden layer
+    :param dropout: dropout probability after each hidden activation (None: no dropout)
+    :param log_std_bounds: (min, max) clip of the log standard deviation
+    :param normalize_images: whether to divide image observations by 255
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Box,
+        net_arch: list[int],
+        features_extractor: BaseFeaturesExtractor,
+        features_dim: int,
+        activation_fn: type[nn.Module] = nn.ReLU,
+        dropout: float | None = None,
+        log_std_bounds: tuple[float, float] = LOG_STD_BOUNDS,
+        normalize_images: bool = True,
+    ):
+        super().__init__(
+            observation_space,
+            action_space,
+            features_extractor=features_extractor,
+            normalize_images=normalize_images,
+            squash_output=True,
+        )
+        action_dim = int(action_space.shape[0])
+        self.net_arch = net_arch
+        self.activation_fn = activation_fn
+        self.dropout = dropout
+        self.log_std_bounds = log_std_bounds
+        self.latent_pi = hidden_layers(features_dim, net_arch, activation_fn, dropout)
+        self.mu = nn.Linear(net_arch[-1] if net_arch else features_dim, action_dim)
+        self.log_std = nn.Parameter(th.zeros(action_dim))
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            net_arch=self.net_arch,
+            features_dim=self.features_extractor.features_dim,
+            activation_fn=self.activation_fn,
+            dropout=self.dropout,
+            log_std_bounds=self.log_std_bounds,
+            features_extractor=self.features_extractor,
+        )
+        return data
+
+    def distribution(self, obs: PyTorchObs) -> th.distributions.Normal:
+        """:return: independent Normal per action dimension, batch shape ``(batch, action_dim)``"""
+        latent = self.latent_pi(self.extract_features(obs, self.features_extractor))
+        mean = th.tanh(self.mu(latent))
+        std = self.log_std.clamp(*self.log_std_bounds).exp().expand_as(mean)
+        return th.distributions.Normal(mean, std, validate_args=False)
+
+    def log_prob(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
+        """:param actions: scaled actions, shape ``(batch, action_dim)``
+        :return: ``log pi(a | s)`` summed over action dimensions, shape ``(batch,)``"""
+        return self.distribution(obs).log_prob(actions).sum(dim=-1)
+
+    def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        """:return: the mean (deterministic) or a sample clipped to [-1, 1], shape ``(batch, action_dim)``"""
+        distribution = self.distribution(obs)
+        if deterministic:
+            return distribution.mean
+        return distribution.sample().clamp(-1.0, 1.0)
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        return self(observation, deterministic)
+
+
+class EnsembleCritic(BaseModel):
+    """
+    ``n_critics`` independent Q networks on ``concat(features(s), a)``, evaluated as one batched ensemble.
+
+    :param observation_space: observation space
+    :param action_space: action space
+    :param net_arch: hidden layer widths of each critic
+    :param features_extractor: network turning observations into a flat vector
+    :param features_dim: size of that vector
+    :param activation_fn: activation after each hidden layer
+    :param normalize_images: whether to divide image observations by 255
+    :param n_critics: number of Q networks
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Box,
+        net_arch: list[int],
+        features_extractor: BaseFeaturesExtractor,
+        features_dim: int,
+        activation_fn: type[nn.Module] = nn.ReLU,
+        normalize_images: bool = True,
+        n_critics: int = 2,
+    ):
+        super().__init__(
+            observation_space, action_space, features_extractor=features_extractor, normalize_images=normalize_images
+        )
+        self.n_critics = n_critics
+        widths = [features_dim + int(action_space.shape[0]), *net_arch]
+        layers: list[nn.Module] = []
+        for in_features, out_features in zip(widths[:-1], widths[1:]):
+            layers += [EnsembleLinear(n_critics, in_features, out_features), activation_fn()]
+        layers.append(EnsembleLinear(n_critics, widths[-1], 1))
+        self.q_networks = nn.Sequential(*layers)
+
+    def forward(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
+        """:param actions: scaled actions, shape ``(batch, action_dim)``
+        :return: Q-values of every critic, shape ``(n_critics, batch)``"""
+        features = self.extract_features(obs, self.features_extractor)
+        inputs = th.cat([features, actions], dim=-1).expand(self.n_critics, -1, -1)
+        return self.q_networks(inputs).squeeze(-1)
+
+
+class ValueNetwork(BaseModel):
+    """
+    State-value network ``V(s)``.
+
+    :param observation_space: observation space
+    :param action_space: action space (unused by the network, kept for SB3's interface)
+    :param net_arch: hidden layer widths
+    :param features_extractor: network turning observations into a flat vector
+    :param features_dim: size of that vector
+    :param activation_fn: activation after each hidden layer
+    :param normalize_images: whether to divide image observations by 255
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Box,
+        net_arch: list[int],
+        features_extractor: BaseFeaturesExtractor,
+        features_dim: int,
+        activation_fn: type[nn.Module] = nn.ReLU,
+        normalize_images: bool = True,
+    ):
+        super().__init__(
+            observation_space, action_space, features_extractor=features_extractor, normalize_images=normalize_images
+        )
+        self.v_network = nn.Sequential(
+            hidden_layers(features_dim, net_arch, activation_fn, dropout=None),
+            nn.Linear(net_arch[-1] if net_arch else features_dim, 1),
+        )
+
+    def forward(self, obs: PyTorchObs) -> th.Tensor:
+        """:return: ``V(s)``, shape ``(batch,)``"""
+        return self.v_network(self.extract_features(obs, self.features_extractor)).squeeze(-1)
+
+
+def split_net_arch(net_arch: list[int] | dict[str, list[int]]) -> tuple[list[int], list[int], list[int]]:
+    """
+    :param net_arch: one list of widths for every network, or a dict with keys ``pi``, ``qf`` and ``vf``
+    :return: widths of the actor, the critics and the value network
+    """
+    if isinstance(net_arch, dict):
+        missing = {"pi", "qf", "vf"} - set(net_arch)
+        if missing:
+            raise ValueError(f"net_arch dict needs the keys 'pi', 'qf' and 'vf', missing {sorted(missing)}")
+        return net_arch["pi"], net_arch["qf"], net_arch["vf"]
+    return net_arch, net_arch, net_arch
+
+
+class IQLPolicy(BasePolicy):
+    """
+    Actor, twin critics (with their target copy) and value network of IQL, each with its own optimizer.
+
+    :param observation_space: observation space
+    :param action_space: action space
+    :param lr_schedule: learning rate schedule; every optimizer starts at ``lr_schedule(1)``
+    :param net_arch: hidden widths, one list for all networks or a dict with keys ``pi``, ``qf``, ``vf``
+        (default: 256, 256)
+    :param activation_fn: activation after each hidden layer (ReLU)
+    :param actor_dropout: dropout probability in the actor's hidden layers (None: no dropout)
+    :param log_std_bounds: (min, max) clip of the actor's log standard deviation
+    :param features_extractor_class: features extractor of each network
+    :param features_extractor_kwargs: its keyword arguments
+    :param normalize_images: whether to divide image observations by 255
+    :param optimizer_class: optimizer of each network (Adam)
+    :param optimizer_kwargs: its keyword arguments, without the learning rate
+    :param n_critics: number of Q networks (2)
+    :param ortho_init_gain: gain of the orthogonal initialisation of every layer (sqrt(2))
+    """
+
+    actor: Actor
+    critic: EnsembleCritic
+    critic_target: EnsembleCritic
+    value_net: ValueNetwork
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Box,
+        lr_schedule: Schedule,
+        net_arch: list[int] | dict[str, list[int]] | None = None,
+        activation_fn: type[nn.Module] = nn.ReLU,
+        actor_dropout: float | None = None,
+        log_std_bounds: tuple[float, float] = LOG_STD_BOUNDS,
+        features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
+        features_extractor_kwargs: dict[str, Any] | None = None,
+        normalize_images: bool = True,
+        optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        n_critics: int = 2,
+        ortho_init_gain: float = ORTHOGONAL_GAIN,
+    ):
+        super().__init__(
+            observation_space,
+            action_space,
+            features_extractor_class,
+            features_extractor_kwargs,
+            optimizer_class=optimizer_class,
+            optimizer_kwargs=optimizer_kwargs,
+            squash_output=True,
+            normalize_images=normalize_images,
+        )
+        self.net_arch = DEFAULT_NET_ARCH if net_arch is None else net_arch
+        self.activation_fn = activation_fn
+        self.actor_dropout = actor_dropout
+        self.log_std_bounds = log_std_bounds
+        self.n_critics = n_critics
+        self.ortho_init_gain = ortho_init_gain
+        self._build(lr_schedule)
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        actor_arch, critic_arch, value_arch = split_net_arch(self.net_arch)
+        common = dict(
+            observation_space=self.observation_space,
+            action_space=self.action_space,
+            activation_fn=self.activation_fn,
+            normalize_images=self.normalize_images,
+        )
+
+        def extractor() -> dict[str, Any]:
+            features_extractor = self.make_features_extractor()
+            return dict(features_extractor=features_extractor, features_dim=features_extractor.features_dim)
+
+        self.actor = Actor(
+            net_arch=actor_arch, dropout=self.actor_dropout, log_std_bounds=self.log_std_bounds, **extractor(), **common
+        )
+        self.critic = EnsembleCritic(net_arch=critic_arch, n_critics=self.n_critics, **extractor(), **common)
+        self.critic_target = EnsembleCritic(net_arch=critic_arch, n_critics=self.n_critics, **extractor(), **common)
+        self.value_net = ValueNetwork(net_arch=value_arch, **extractor(), **common)
+        for network in (self.actor, self.critic, self.value_net):
+            orthogonal_init_(network, self.ortho_init_gain)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic_target.requires_grad_(False)
+        # Target networks stay in evaluation mode.
+        self.critic_target.set_training_mode(False)
+
+        for network in (self.actor, self.critic, self.value_net):
+            network.optimizer = self.optimizer_class(network.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            net_arch=self.net_arch,
+            activation_fn=self.activation_fn,
+            actor_dropout=self.actor_dropout,
+            log_std_bounds=self.log_std_bounds,
+            n_critics=self.n_critics,
+            ortho_init_gain=self.ortho_init_gain,
+            lr_schedule=self._dummy_schedule,  # not needed to load the policy alone
+            optimizer_class=self.optimizer_class,
+            optimizer_kwargs=self.optimizer_kwargs,
+            features_extractor_class=self.features_extractor_class,
+            features_extractor_kwargs=self.features_extractor_kwargs,
+        )
+        return data
+
+    def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        return self._predict(obs, deterministic=deterministic)
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        return self.actor(observation, deterministic)
+
+    def set_training_mode(self, mode: bool) -> None:
+        """Training mode (dropout on) or evaluation mode for the actor, the critics and the value network."""
+        self.actor.set_training_mode(mode)
+        self.critic.set_training_mode(mode)
+        self.value_net.set_training_mode(mode)
+        self.training = mode
+
+
+MlpPolicy = IQLPolicy
+
+
+class MultiInputPolicy(IQLPolicy):
+    """IQL policy for Dict observations: same networks, each with SB3's ``CombinedExtractor``."""
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        action_space: spaces.Box,
+        lr_schedule: Schedule,
+        features_extractor_class: type[BaseFeaturesExtractor] = CombinedExtractor,
+        **kwargs: Any,
+    ):
+        super().__init__(observation_space, action_space, lr_schedule, features_extractor_class=features_extractor_class, **kwargs)

@@ -1,0 +1,131 @@
+"""Small environments and Minari datasets written by the tests themselves."""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gymnasium as gym
+import minari
+import numpy as np
+from gymnasium import spaces
+from minari.data_collector import EpisodeBuffer
+
+GOAL = 0.5
+EPISODE_STEPS = 20
+STEP_SIZE = 0.1
+MAX_ACTION = 2.0
+
+
+class LineEnv(gym.Env):
+    """
+    A point on [-1, 1] that should reach x = 0.5: x' = clip(x + 0.1 * a), reward -|x' - 0.5|, 20 steps
+    (truncated, never terminal). Actions live in [-2, 2], so SB3 scales them.
+
+    :param dict_obs: observations as a Dict {"position": (1,), "goal": (1,)} instead of a Box (2,)
+    """
+
+    def __init__(self, dict_obs: bool = False):
+        self.dict_obs = dict_obs
+        box = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
+        self.observation_space = (
+            spaces.Dict({"position": box, "goal": box}) if dict_obs else spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)
+        )
+        self.action_space = spaces.Box(-MAX_ACTION, MAX_ACTION, (1,), dtype=np.float32)
+        self.position = 0.0
+        self.steps = 0
+
+    def _obs(self) -> Any:
+        position, goal = np.array([self.position], np.float32), np.array([GOAL], np.float32)
+        return {"position": position, "goal": goal} if self.dict_obs else np.concatenate([position, goal])
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
+        super().reset(seed=seed)
+        self.position = float(self.np_random.uniform(-1.0, 1.0))
+        self.steps = 0
+        return self._obs(), {}
+
+    def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict]:
+        action = float(np.clip(action, -MAX_ACTION, MAX_ACTION)[0])
+        self.position = float(np.clip(self.position + STEP_SIZE * action, -1.0, 1.0))
+        self.steps += 1
+        return self._obs(), -abs(self.position - GOAL), False, self.steps >= EPISODE_STEPS, {}
+
+
+def good_policy(obs: Any) -> np.ndarray:
+    """Moves straight to the goal."""
+    position = obs["position"][0] if isinstance(obs, dict) else obs[0]
+    return np.clip([10.0 * (GOAL - position)], -MAX_ACTION, MAX_ACTION).astype(np.float32)
+
+
+def bad_policy(obs: Any) -> np.ndarray:
+    """Moves away from the goal."""
+    return -good_policy(obs)
+
+
+def rollout_episodes(
+    env: gym.Env, policies: Sequence[Callable[[Any], np.ndarray]], n_episodes: int, seed: int = 0
+) -> list[EpisodeBuffer]:
+    """Episodes alternating between the given policies."""
+    episodes = []
+    for index in range(n_episodes):
+        policy = policies[index % len(policies)]
+        obs, _ = env.reset(seed=seed + index)
+        observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
+        done = False
+        while not done:
+            action = policy(obs)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            observations.append(obs)
+            actions.append(action)
+            rewards.append(reward)
+            terminations.append(terminated)
+            truncations.append(truncated)
+            done = terminated or truncated
+        episodes.append(make_episode(index, observations, actions, rewards, terminations, truncations))
+    return episodes
+
+
+def make_episode(
+    index: int,
+    observations: list[Any],
+    actions: Sequence[Any],
+    rewards: Sequence[float],
+    terminations: Sequence[bool],
+    truncations: Sequence[bool],
+) -> EpisodeBuffer:
+    """An EpisodeBuffer from lists of steps (``observations`` has one more row than the others)."""
+    if isinstance(observations[0], dict):
+        stacked_obs = {key: np.stack([obs[key] for obs in observations]) for key in observations[0]}
+    else:
+        stacked_obs = np.stack(observations)
+    return EpisodeBuffer(
+        id=index,
+        observations=stacked_obs,
+        actions=np.stack(actions),
+        rewards=list(map(float, rewards)),
+        terminations=list(map(bool, terminations)),
+        truncations=list(map(bool, truncations)),
+        infos={},
+    )
+
+
+def write_dataset(
+    dataset_id: str,
+    episodes: list[EpisodeBuffer],
+    env: gym.Env | str | None = None,
+    observation_space: spaces.Space | None = None,
+    action_space: spaces.Space | None = None,
+    ref_min_score: float | None = None,
+    ref_max_score: float | None = None,
+) -> minari.MinariDataset:
+    """Write a Minari dataset (to MINARI_DATASETS_PATH) from episode buffers."""
+    if env is not None and not isinstance(env, str) and env.spec is None:
+        observation_space, action_space, env = env.observation_space, env.action_space, None
+    return minari.create_dataset_from_buffers(
+        dataset_id,
+        episodes,
+        env=env,
+        observation_space=observation_space,
+        action_space=action_space,
+        ref_min_score=ref_min_score,
+        ref_max_score=ref_max_score,
+    )
