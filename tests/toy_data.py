@@ -50,6 +50,11 @@ class LineEnv(gym.Env):
         return self._obs(), -abs(self.position - GOAL), False, self.steps >= EPISODE_STEPS, {}
 
 
+#: Registered so that Minari can store the spec (needed for reference scores) and recover the environment.
+LINE_ENV_ID = "ToyLine-v0"
+gym.register(LINE_ENV_ID, entry_point="toy_data:LineEnv")
+
+
 def good_policy(obs: Any) -> np.ndarray:
     """Moves straight to the goal."""
     position = obs["position"][0] if isinstance(obs, dict) else obs[0]
@@ -129,3 +134,18 @@ def write_dataset(
         ref_min_score=ref_min_score,
         ref_max_score=ref_max_score,
     )
+
+
+class SpacesEnv(gym.Env):
+    """An environment with the given spaces whose episodes last one step: enough to build a model around a dataset."""
+
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space):
+        self.observation_space = observation_space
+        self.action_space = action_space
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        return self.observation_space.sample(), 0.0, False, True, {}

@@ -180,18 +180,3 @@ def load_transitions(datasets: Sequence[minari.MinariDataset]) -> Transitions:
         truncations=np.concatenate(truncations).astype(bool),
         episode_returns=np.asarray(returns),
     )
-
-
-def flatten_observations(space: spaces.Dict, observations: dict[str, np.ndarray]) -> np.ndarray:
-    """
-    Flatten a batch of Dict observations exactly as ``gymnasium.wrappers.FlattenObservation`` does for one.
-
-    :param space: the Dict space, whose key order sets the order of the parts
-    :param observations: dict of arrays ``(n, *shape)``
-    :return: array ``(n, flat_dim)``
-    """
-    n_transitions = len(next(iter(observations.values())))
-    for key, subspace in space.spaces.items():
-        if not isinstance(subspace, spaces.Box):
-            raise ValueError(f"Only Dict spaces of Box spaces can be flattened, '{key}' is {subspace}")
-    return np.concatenate([observations[key].reshape(n_transitions, -1) for key in space.spaces], axis=1)

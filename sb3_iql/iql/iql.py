@@ -8,14 +8,13 @@ import gymnasium as gym
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common import utils
+from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import update_learning_rate
-from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_iql.common.callbacks import UpdatesProgressBarCallback
 from sb3_iql.data.buffers import OfflineDictReplayBuffer, OfflineReplayBuffer

@@ -1,5 +1,6 @@
 """IQL networks: a Gaussian actor, an ensemble of Q critics, a state-value network, and the policy holding them."""
 
+import itertools
 import math
 from typing import Any
 
@@ -182,7 +183,7 @@ class EnsembleCritic(BaseModel):
         self.n_critics = n_critics
         widths = [features_dim + int(action_space.shape[0]), *net_arch]
         layers: list[nn.Module] = []
-        for in_features, out_features in zip(widths[:-1], widths[1:]):
+        for in_features, out_features in itertools.pairwise(widths):
             layers += [EnsembleLinear(n_critics, in_features, out_features), activation_fn()]
         layers.append(EnsembleLinear(n_critics, widths[-1], 1))
         self.q_networks = nn.Sequential(*layers)
@@ -379,4 +380,6 @@ class MultiInputPolicy(IQLPolicy):
         features_extractor_class: type[BaseFeaturesExtractor] = CombinedExtractor,
         **kwargs: Any,
     ):
-        super().__init__(observation_space, action_space, lr_schedule, features_extractor_class=features_extractor_class, **kwargs)
+        super().__init__(
+            observation_space, action_space, lr_schedule, features_extractor_class=features_extractor_class, **kwargs
+        )

@@ -1,0 +1,167 @@
+"""
+Hyperparameter presets of the IQL paper, keyed by Minari dataset id (``sb3_iql/hyperparams/iql.yml``).
+
+Lookup order of :func:`preset_for`:
+
+1. the exact dataset id (``"D4RL/antmaze/large-diverse-v1"``), with the suffix ``":finetune"`` for fine-tuning;
+2. the glob patterns of the file (``"D4RL/antmaze/*"``, ``"mujoco/*"``, ``"sb3_iql/pointmaze/*"``...), in file order,
+   matched with :func:`fnmatch.fnmatchcase` (``*`` also matches ``/``); the first match wins.
+
+An entry is in rl-zoo format: IQL constructor arguments plus the rl-zoo keys in :data:`ZOO_ONLY_KEYS`
+(``n_timesteps``: environment steps after the offline phase, 0 for a pure offline run).
+"""
+
+import copy
+import fnmatch
+import os
+from functools import cache
+from typing import Any
+
+import yaml
+from stable_baselines3.common.type_aliases import GymEnv
+
+from sb3_iql.iql import IQL
+
+#: The presets shipped with the package.
+DEFAULT_PRESETS_PATH = os.path.join(os.path.dirname(__file__), "hyperparams", "iql.yml")
+#: Suffix of the keys of the fine-tuning presets (offline, then online).
+FINETUNE_SUFFIX = ":finetune"
+#: rl-zoo keys of a preset that are not IQL constructor arguments.
+ZOO_ONLY_KEYS = frozenset(
+    {
+        "n_timesteps",
+        "n_envs",
+        "env_kwargs",
+        "normalize",
+        "env_wrapper",
+        "vec_env_wrapper",
+        "frame_stack",
+        "callback",
+        "monitor_kwargs",
+    }
+)
+_PATTERN_CHARACTERS = frozenset("*?[")
+
+
+class PresetNotFoundError(KeyError):
+    """No preset applies to a dataset id; the message lists the known ids and patterns."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def _is_pattern(key: str) -> bool:
+    return any(character in _PATTERN_CHARACTERS for character in key)
+
+
+@cache
+def _read_presets(path: str) -> dict[str, dict[str, Any]]:
+    with open(path) as file_handler:
+        presets = yaml.safe_load(file_handler)
+    if not isinstance(presets, dict) or not all(isinstance(value, dict) for value in presets.values()):
+        raise ValueError(f"{path} is not a preset file: expected a mapping of dataset id -> hyperparameters")
+    return presets
+
+
+def _presets(path: str | None) -> dict[str, dict[str, Any]]:
+    """:return: the entries of a preset file (default: the package's), shared: copy before modifying"""
+    return _read_presets(os.path.abspath(path or DEFAULT_PRESETS_PATH))
+
+
+def load_presets(path: str | None = None) -> dict[str, dict[str, Any]]:
+    """
+    :param path: a YAML preset file (default: the package's ``hyperparams/iql.yml``)
+    :return: every entry, keyed as in the file (ids, patterns, ``...:finetune`` keys); a copy, safe to modify
+    """
+    return copy.deepcopy(_presets(path))
+
+
+def known_presets(finetune: bool = False, path: str | None = None) -> list[str]:
+    """
+    :param finetune: list the fine-tuning presets instead of the offline ones
+    :param path: a YAML preset file (default: the package's)
+    :return: the dataset ids and patterns that have a preset, in lookup order within each kind (ids, then patterns),
+        without the ``:finetune`` suffix
+    """
+    keys = [key for key in _presets(path) if key.endswith(FINETUNE_SUFFIX) == finetune]
+    names = [key.removesuffix(FINETUNE_SUFFIX) for key in keys]
+    return [name for name in names if not _is_pattern(name)] + [name for name in names if _is_pattern(name)]
+
+
+def preset_key(dataset_id: str, finetune: bool = False, path: str | None = None) -> str:
+    """
+    :param dataset_id: Minari dataset id, e.g. ``"mujoco/hopper/medium-v0"``
+    :param finetune: look for the fine-tuning (offline then online) preset
+    :param path: a YAML preset file (default: the package's)
+    :return: the key of the entry that applies: the id itself (plus ``:finetune``) or the first matching pattern
+    :raises PresetNotFoundError: no entry applies; the message lists the known ids and patterns
+    """
+    presets = _presets(path)
+    suffix = FINETUNE_SUFFIX if finetune else ""
+    if dataset_id + suffix in presets:
+        return dataset_id + suffix
+    for key in presets:
+        if key.endswith(FINETUNE_SUFFIX) == finetune and _is_pattern(key):
+            if fnmatch.fnmatchcase(dataset_id, key.removesuffix(FINETUNE_SUFFIX)):
+                return key
+    kind = "fine-tuning presets" if finetune else "presets"
+    hint = (
+        f" Offline presets exist for more datasets: take preset_for({dataset_id!r}) and set "
+        "actor_lr_schedule='constant' and n_timesteps (online steps) yourself."
+        if finetune
+        else " Pass the hyperparameters to IQL yourself, or add an entry to a copy of the preset file (path=...)."
+    )
+    raise PresetNotFoundError(
+        f"No IQL preset for dataset {dataset_id!r}. Known {kind} (ids, then patterns): "
+        f"{', '.join(known_presets(finetune, path))}.{hint}"
+    )
+
+
+def preset_for(dataset_id: str, finetune: bool = False, path: str | None = None) -> dict[str, Any]:
+    """
+    The paper's hyperparameters for a dataset: an exact id match first, then the first matching glob pattern
+    (``"D4RL/antmaze/*"``, ``"mujoco/*"``...) in file order.
+
+    :param dataset_id: Minari dataset id, e.g. ``"D4RL/antmaze/large-diverse-v1"`` or ``"sb3_iql/pointmaze/umaze-v0"``
+    :param finetune: the fine-tuning preset (offline updates then ``n_timesteps`` online steps, constant actor lr)
+        instead of the offline one
+    :param path: a YAML preset file in the same format (default: the package's ``hyperparams/iql.yml``)
+    :return: a new dict in rl-zoo format: ``policy``, IQL constructor arguments and ``n_timesteps``
+        (keys in :data:`ZOO_ONLY_KEYS` are for rl-zoo, not for IQL)
+    :raises PresetNotFoundError: no preset applies; the message lists the known ids and patterns
+    """
+    presets = _presets(path)
+    return copy.deepcopy(presets[preset_key(dataset_id, finetune, path)])
+
+
+def iql_kwargs(preset: dict[str, Any]) -> dict[str, Any]:
+    """:return: the IQL constructor arguments of a preset (``policy`` included), without the rl-zoo keys"""
+    return {key: value for key, value in preset.items() if key not in ZOO_ONLY_KEYS}
+
+
+def from_preset(
+    dataset_id: str,
+    env: GymEnv | str | None = None,
+    finetune: bool = False,
+    path: str | None = None,
+    **overrides: Any,
+) -> IQL:
+    """
+    Build IQL for a dataset with the paper's hyperparameters (see :func:`preset_for`), the dataset loaded.
+
+    The online budget of a fine-tuning preset is ``preset_for(dataset_id, finetune=True)["n_timesteps"]``:
+    ``model.learn(n_timesteps)`` runs the offline updates first, then the online steps.
+
+    :param dataset_id: Minari dataset id, stored locally (or pass ``download_dataset=True``)
+    :param env: environment for evaluation and online fine-tuning (default: recovered from the dataset)
+    :param finetune: use the fine-tuning preset (constant actor lr, ``learning_starts=0``...)
+    :param path: a YAML preset file (default: the package's)
+    :param overrides: IQL constructor arguments that replace the preset's (``offline_steps``, ``policy``, ``seed``,
+        ``verbose``, ``device``...)
+    :return: the model, with the dataset in its replay buffer
+    :raises PresetNotFoundError: no preset applies to ``dataset_id``
+    """
+    kwargs = {**iql_kwargs(preset_for(dataset_id, finetune, path)), **overrides}
+    kwargs.setdefault("offline_dataset", dataset_id)
+    policy = kwargs.pop("policy", "MlpPolicy")
+    return IQL(policy, env, **kwargs)

@@ -1,0 +1,280 @@
+"""
+IQL in the RL Baselines3 Zoo: rl-zoo3's own ``train`` and ``enjoy`` entry points with ``--algo iql`` registered.
+
+Train on a Minari dataset with the paper's preset (``sb3_iql/hyperparams/iql.yml``), offline only
+(``n_timesteps: 0``: ``learn(0)`` runs ``offline_steps`` updates) or offline then online with ``--finetune``::
+
+    python -m sb3_iql.zoo train --dataset sb3_iql/pointmaze/umaze-stitch-v0 --eval-episodes 100 -tb tb
+    python -m sb3_iql.zoo train --dataset D4RL/antmaze/large-diverse-v1 --finetune --gym-packages gymnasium_robotics
+    python -m sb3_iql.zoo train --dataset mujoco/hopper/medium-v0 -params offline_steps:200000 batch_size:512
+
+Every other option is rl-zoo's (``python -m rl_zoo3.train --help``). ``--env`` defaults to the dataset's evaluation
+environment, whose constructor arguments (maze layout, fixed goal...) become the preset's ``env_kwargs``; the
+training and the evaluation environments are both built with them. The run folder is rl-zoo's
+(``logs/iql/<env>_<n>/``: final model, ``best_model.zip``, ``evaluations.npz``, ``config.yml``, ``args.yml``), plus a
+``progress.csv`` of the training losses; ``-tb DIR`` adds TensorBoard logs. Evaluations log the normalized score
+(``eval/normalized_score``) when the dataset has reference scores.
+
+Without ``--dataset``, ``--conf-file`` must name a hyperparameter file keyed by environment id whose entry sets
+``offline_dataset`` (rl-zoo's own format).
+
+Watch the trained agent with rl-zoo's ``enjoy``::
+
+    python -m sb3_iql.zoo enjoy --env PointMaze_UMaze-v3 --gym-packages gymnasium_robotics -f logs --no-render
+    python -m sb3_iql.zoo enjoy --dataset sb3_iql/pointmaze/umaze-stitch-v0 -f logs --load-best -n 3000
+"""
+
+import argparse
+import contextlib
+import importlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import gymnasium as gym
+import yaml
+from gymnasium.envs.registration import EnvSpec
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback, ProgressBarCallback
+from stable_baselines3.common.logger import Logger, make_output_format
+from stable_baselines3.common.utils import configure_logger
+
+from sb3_iql.callbacks import NormalizedEvalCallback
+from sb3_iql.common.callbacks import UpdatesProgressBarCallback
+from sb3_iql.data.minari_loader import load_dataset
+from sb3_iql.iql import IQL
+from sb3_iql.presets import preset_for
+
+try:
+    import rl_zoo3
+    import rl_zoo3.enjoy
+    import rl_zoo3.exp_manager
+    import rl_zoo3.train
+    import rl_zoo3.utils
+    from rl_zoo3.exp_manager import ExperimentManager
+except ImportError as error:  # pragma: no cover - depends on the installation
+    raise ImportError("sb3_iql.zoo needs rl-zoo3: pip install 'sb3_iql[zoo]' (or pip install rl_zoo3)") from error
+
+#: Name of the algorithm in rl-zoo (``--algo iql``).
+ALGO_NAME = "iql"
+#: TensorBoard run name, as in ``IQL.learn``.
+TB_LOG_NAME = "IQL"
+COMMANDS = ("train", "enjoy")
+_ZOO_MODULES = (rl_zoo3, rl_zoo3.utils, rl_zoo3.train, rl_zoo3.exp_manager, rl_zoo3.enjoy)
+
+
+def register_iql() -> None:
+    """Make ``--algo iql`` known to rl-zoo3: ``ALGOS["iql"] = IQL`` in every rl-zoo module that holds the table."""
+    for module in _ZOO_MODULES:
+        algos = getattr(module, "ALGOS", None)
+        if algos is not None:
+            algos[ALGO_NAME] = IQL
+
+
+def _ensure_registered(spec: EnvSpec) -> None:
+    """Register the environment of a stored spec: import its package (e.g. gymnasium_robotics), else the spec itself."""
+    if spec.id in gym.registry:
+        return
+    if isinstance(spec.entry_point, str):
+        with contextlib.suppress(ImportError):
+            gym.register_envs(importlib.import_module(spec.entry_point.split(":")[0].split(".")[0]))
+    if spec.id not in gym.registry:
+        gym.register(spec.id, entry_point=spec.entry_point, max_episode_steps=spec.max_episode_steps)
+
+
+def dataset_environment(dataset_id: str) -> tuple[str, dict[str, Any]]:
+    """
+    The evaluation environment stored in a Minari dataset (its collection environment if it has none), as an
+    rl-zoo ``--env`` id and ``env_kwargs``; its package is imported (or the id registered) so that rl-zoo finds it.
+
+    :param dataset_id: a local Minari dataset id
+    :return: the registered environment id and the constructor arguments that make it the stored one
+        (``max_episode_steps`` included when it differs from the registered time limit)
+    """
+    dataset = load_dataset(dataset_id)
+    env = dataset.recover_environment(eval_env=True)
+    spec = env.spec
+    env.close()
+    if spec is None:
+        raise ValueError(f"Dataset {dataset_id!r} stores no environment spec: pass --env")
+    _ensure_registered(spec)
+    env_kwargs = dict(spec.kwargs)
+    if spec.max_episode_steps != gym.spec(spec.id).max_episode_steps:
+        env_kwargs["max_episode_steps"] = spec.max_episode_steps
+    return spec.id, env_kwargs
+
+
+def zoo_hyperparams(
+    dataset_id: str, env_id: str | None = None, finetune: bool = False, presets_path: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """
+    An rl-zoo hyperparameter file for one dataset: its preset (see :func:`sb3_iql.presets.preset_for`) with
+    ``offline_dataset`` set, keyed by environment id.
+
+    :param dataset_id: Minari dataset id (stored locally)
+    :param env_id: the ``--env`` of the run (default: the dataset's evaluation environment); when it is the dataset's
+        environment, the stored constructor arguments are added as ``env_kwargs``
+    :param finetune: the fine-tuning preset (offline, then ``n_timesteps`` online steps)
+    :param presets_path: a preset file (default: the package's)
+    :return: ``{env_id: hyperparameters}``
+    """
+    hyperparams = preset_for(dataset_id, finetune, presets_path)
+    hyperparams["offline_dataset"] = dataset_id
+    dataset_env_id, env_kwargs = dataset_environment(dataset_id)
+    if env_id is None or env_id == dataset_env_id:
+        if env_kwargs:
+            hyperparams.setdefault("env_kwargs", env_kwargs)
+        env_id = dataset_env_id
+    return {env_id: hyperparams}
+
+
+class IQLExperimentManager(ExperimentManager):
+    """
+    rl-zoo's ``ExperimentManager`` with what offline training needs: the evaluation reports normalized scores
+    (:class:`~sb3_iql.callbacks.NormalizedEvalCallback` with the dataset's reference scores), the evaluation
+    environment gets the configuration's ``env_kwargs`` (rl-zoo passes them only when they come from the command
+    line), the progress bar counts offline updates, and the losses also go to ``progress.csv`` in the run folder.
+    """
+
+    offline_dataset: str | None = None
+
+    def read_hyperparameters(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        hyperparams, saved_hyperparams = super().read_hyperparameters()
+        dataset = hyperparams.get("offline_dataset")
+        self.offline_dataset = dataset if isinstance(dataset, str) else None
+        return hyperparams, saved_hyperparams
+
+    def _preprocess_hyperparams(self, hyperparams: dict[str, Any]) -> tuple[dict[str, Any], Any, list[BaseCallback], Any]:
+        processed = super()._preprocess_hyperparams(hyperparams)
+        if self._eval_env_kwargs_args is None:
+            self.eval_env_kwargs = self.env_kwargs
+        return processed
+
+    def create_callbacks(self) -> None:
+        super().create_callbacks()
+        evaluations = [callback for callback in self.callbacks if type(callback) is EvalCallback]
+        evaluation = NormalizedEvalCallback.from_eval_callback(evaluations[0], self.offline_dataset) if evaluations else None
+        callbacks: list[BaseCallback] = []
+        for callback in self.callbacks:
+            if type(callback) is EvalCallback:
+                assert evaluation is not None
+                callbacks.append(evaluation)
+            elif isinstance(callback, ProgressBarCallback):
+                # SB3's bar reads learn()'s total_timesteps, which the offline phase has not.
+                callbacks.append(UpdatesProgressBarCallback(evaluation))
+            else:
+                callbacks.append(callback)
+        self.callbacks = callbacks
+
+    def make_logger(self, model: BaseAlgorithm) -> Logger:
+        """:return: the logger ``learn()`` would make (stdout, TensorBoard), plus ``progress.csv`` in the run folder"""
+        logger = configure_logger(self.verbose, model.tensorboard_log, TB_LOG_NAME, reset_num_timesteps=True)
+        logger.output_formats.append(make_output_format("csv", self.save_path))
+        return logger
+
+    def learn(self, model: BaseAlgorithm) -> None:
+        model.set_logger(self.make_logger(model))
+        super().learn(model)
+
+
+@contextlib.contextmanager
+def _replaced(target: Any, name: str, value: Any) -> Iterator[None]:
+    """Set ``target.name = value`` for the duration of the block."""
+    previous = getattr(target, name)
+    setattr(target, name, value)
+    try:
+        yield
+    finally:
+        setattr(target, name, previous)
+
+
+def _peek_parser() -> argparse.ArgumentParser:
+    """The options this module reads before handing the command line to rl-zoo."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--dataset", help="Minari dataset id: its preset and environment are used")
+    parser.add_argument("--finetune", action="store_true", help="the fine-tuning preset: offline, then online")
+    parser.add_argument("--presets", help="a preset file to use instead of the package's hyperparams/iql.yml")
+    parser.add_argument("--env")
+    parser.add_argument("--algo")
+    parser.add_argument("-conf", "--conf-file")
+    parser.add_argument("--gym-packages", nargs="+", default=[])
+    parser.add_argument("-h", "--help", action="store_true")
+    return parser
+
+
+def _import_packages(packages: Sequence[str]) -> None:
+    for package in packages:
+        importlib.import_module(package)
+
+
+def _rl_zoo_argv(args: argparse.Namespace, rest: list[str], env_id: str | None, conf_file: str | None) -> list[str]:
+    argv = [*rest, "--algo", args.algo or ALGO_NAME]
+    if env_id is not None:
+        argv += ["--env", env_id]
+    if conf_file is not None:
+        argv += ["--conf-file", conf_file]
+    if args.gym_packages:
+        argv += ["--gym-packages", *args.gym_packages]
+    if args.help:
+        argv.append("--help")
+    return argv
+
+
+def train(argv: Sequence[str] | None = None) -> None:
+    """
+    ``rl_zoo3.train.train()`` with IQL registered and, given ``--dataset``, the dataset's preset as configuration.
+
+    :param argv: the command line after ``train`` (default: ``sys.argv[2:]``)
+    """
+    args, rest = _peek_parser().parse_known_args(sys.argv[2:] if argv is None else argv)
+    register_iql()
+    _import_packages(args.gym_packages)
+    if args.help:
+        print(__doc__)
+    with tempfile.TemporaryDirectory(prefix="sb3_iql_zoo_") as folder:
+        env_id, conf_file = args.env, args.conf_file
+        if args.dataset is not None:
+            if conf_file is not None:
+                raise SystemExit("--dataset builds the configuration from its preset: change it with -params, or drop --dataset")
+            hyperparams = zoo_hyperparams(args.dataset, args.env, args.finetune, args.presets)
+            env_id = next(iter(hyperparams))
+            conf_file = os.path.join(folder, "iql.yml")
+            with open(conf_file, "w") as file_handler:
+                yaml.safe_dump(hyperparams, file_handler)
+        elif conf_file is None and not args.help:
+            raise SystemExit("python -m sb3_iql.zoo train needs --dataset ID (a preset) or --conf-file FILE (rl-zoo format)")
+        zoo_argv = [f"{sys.argv[0]} train", *_rl_zoo_argv(args, rest, env_id, conf_file)]
+        with _replaced(sys, "argv", zoo_argv), _replaced(rl_zoo3.train, "ExperimentManager", IQLExperimentManager):
+            rl_zoo3.train.train()
+
+
+def enjoy(argv: Sequence[str] | None = None) -> None:
+    """
+    ``rl_zoo3.enjoy.enjoy()`` with IQL registered; ``--dataset`` sets ``--env`` to the dataset's environment.
+
+    :param argv: the command line after ``enjoy`` (default: ``sys.argv[2:]``)
+    """
+    args, rest = _peek_parser().parse_known_args(sys.argv[2:] if argv is None else argv)
+    register_iql()
+    _import_packages(args.gym_packages)
+    env_id = args.env
+    if args.dataset is not None and env_id is None:
+        env_id, _ = dataset_environment(args.dataset)
+    zoo_argv = [f"{sys.argv[0]} enjoy", *_rl_zoo_argv(args, rest, env_id, None)]
+    with _replaced(sys, "argv", zoo_argv):
+        rl_zoo3.enjoy.enjoy()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``python -m sb3_iql.zoo {train,enjoy} ...``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        print(__doc__)
+        raise SystemExit(f"usage: python -m sb3_iql.zoo {{{','.join(COMMANDS)}}} [options]")
+    {"train": train, "enjoy": enjoy}[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""Minari datasets into the replay buffer: every transition, episode boundaries, masks, action scaling, rewards."""
+
+import hashlib
+import pathlib
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium import spaces
+from stable_baselines3.common.vec_env import DummyVecEnv
+from toy_data import SpacesEnv, make_episode, write_dataset
+
+from sb3_iql import IQL
+from sb3_iql.data import DatasetNotFoundError, OfflineReplayBuffer
+from sb3_iql.data.rewards import LOCOMOTION_RETURN_SCALE
+
+OBS_SPACE = spaces.Box(-1e3, 1e3, (2,), np.float32)
+# Not [-1, 1] and not symmetric: dataset actions must be scaled like SB3 scales its own.
+ACTION_SPACE = spaces.Box(np.array([0.0, -2.0], np.float32), np.array([4.0, 2.0], np.float32))
+DICT_OBS_SPACE = spaces.Dict(
+    {"observation": spaces.Box(-1e3, 1e3, (2,), np.float32), "goal": spaces.Box(-1e3, 1e3, (1,), np.float32)}
+)
+# episode lengths and how each ends: (terminated, truncated) at the last step
+EPISODES = [(3, (True, False)), (4, (False, True)), (2, (True, True))]
+EPISODE_ACTIONS = [[0.0, 0.0], [4.0, 2.0], [2.0, -1.0], [1.0, 1.0]]
+
+
+def obs_value(episode: int, step: int) -> float:
+    return 100.0 * episode + step
+
+
+def box_episodes(dict_obs: bool = False, nan_at: tuple[int, str] | None = None) -> list:
+    episodes = []
+    for index, (length, (terminated, truncated)) in enumerate(EPISODES):
+        observations = []
+        for step in range(length + 1):
+            value = obs_value(index, step)
+            if dict_obs:
+                observations.append(
+                    {"observation": np.array([value, -value], np.float32), "goal": np.array([index], np.float32)}
+                )
+            else:
+                observations.append(np.array([value, -value], np.float32))
+        actions = [np.array(EPISODE_ACTIONS[step % 4], np.float32) for step in range(length)]
+        rewards = [float(index + 1)] * length
+        if nan_at is not None and nan_at[0] == index:
+            if nan_at[1] == "goal":
+                observations[1]["goal"][0] = np.nan
+            else:
+                rewards[0] = np.inf
+        terminations = [False] * (length - 1) + [terminated]
+        truncations = [False] * (length - 1) + [truncated]
+        episodes.append(make_episode(index, observations, actions, rewards, terminations, truncations))
+    return episodes
+
+
+@pytest.fixture
+def box_dataset(minari_root: pathlib.Path):
+    return write_dataset("test/box/episodes-v0", box_episodes(), observation_space=OBS_SPACE, action_space=ACTION_SPACE)
+
+
+def make_model(dataset, observation_space=OBS_SPACE, n_envs: int = 1, **kwargs) -> IQL:
+    env = DummyVecEnv([lambda: SpacesEnv(observation_space, ACTION_SPACE)] * n_envs)
+    return IQL("MlpPolicy", env, offline_dataset=dataset, policy_kwargs=dict(net_arch=[8]), seed=0, **kwargs)
+
+
+def stored(model: IQL) -> dict:
+    """The buffer's filled rows, first env column."""
+    buffer, rows = model.replay_buffer, model.replay_buffer.pos
+    return dict(
+        obs=buffer.observations[:rows, 0],
+        next_obs=buffer.next_observations[:rows, 0],
+        actions=buffer.actions[:rows, 0],
+        rewards=buffer.rewards[:rows, 0],
+        dones=buffer.dones[:rows, 0],
+        timeouts=buffer.timeouts[:rows, 0],
+    )
+
+
+def test_box_round_trip_keeps_episode_boundaries_and_masks(box_dataset):
+    model = make_model(box_dataset)
+    data = stored(model)
+    n_transitions = sum(length for length, _ in EPISODES)
+    assert model.replay_buffer.size() == n_transitions == model.offline_dataset_size
+    assert model.replay_buffer.buffer_size == n_transitions + 1_000_000  # room for online data by default
+    expected_obs, expected_next, expected_dones, expected_timeouts = [], [], [], []
+    for index, (length, (terminated, truncated)) in enumerate(EPISODES):
+        for step in range(length):
+            expected_obs.append(obs_value(index, step))
+            expected_next.append(obs_value(index, step + 1))  # never the next episode's first row
+            last = step == length - 1
+            expected_dones.append(float(last and terminated))
+            expected_timeouts.append(float(last and truncated and not terminated))
+    np.testing.assert_array_equal(data["obs"][:, 0], expected_obs)
+    np.testing.assert_array_equal(data["obs"][:, 1], -np.array(expected_obs))
+    np.testing.assert_array_equal(data["next_obs"][:, 0], expected_next)
+    np.testing.assert_array_equal(data["dones"], expected_dones)
+    np.testing.assert_array_equal(data["timeouts"], expected_timeouts)
+    # sampling masks terminals only: the truncated episode's last step bootstraps
+    batch = model.replay_buffer.sample(2000)
+    terminal_next = {obs_value(0, 3), obs_value(2, 2)}
+    for next_obs, done in zip(batch.next_observations[:, 0].tolist(), batch.dones[:, 0].tolist()):
+        assert done == float(next_obs in terminal_next)
+
+
+def test_actions_are_scaled_to_unit_box_and_clipped(box_dataset):
+    actions = stored(make_model(box_dataset))["actions"]
+    bound = 1.0 - 1e-5
+    expected = {0: [-bound, 0.0], 1: [bound, bound], 2: [0.0, -0.5], 3: [-0.5, 0.5]}
+    np.testing.assert_allclose(actions[:3], [expected[0], expected[1], expected[2]], atol=1e-7)
+    np.testing.assert_allclose(actions[3:7], [expected[step % 4] for step in range(4)], atol=1e-7)
+    # SB3's own scaling maps the same env actions to the same values (before the +-(1 - 1e-5) clip)
+    model = make_model(box_dataset)
+    sb3_scaled = model.policy.scale_action(np.array(EPISODE_ACTIONS[2:], np.float32))
+    np.testing.assert_allclose(sb3_scaled, [expected[2], expected[3]], atol=1e-7)
+
+
+def test_reward_transforms(box_dataset):
+    rewards = {0: 1.0, 1: 2.0, 2: 3.0}
+    raw = np.concatenate([[rewards[index]] * length for index, (length, _) in enumerate(EPISODES)])
+    np.testing.assert_allclose(stored(make_model(box_dataset))["rewards"], raw)
+    np.testing.assert_allclose(stored(make_model(box_dataset, reward_transform="antmaze"))["rewards"], raw - 1.0)
+    returns = [3 * 1.0, 4 * 2.0, 2 * 3.0]  # 3, 8, 6: range 5
+    locomotion = make_model(box_dataset, reward_transform="locomotion")
+    np.testing.assert_allclose(stored(locomotion)["rewards"], raw / (max(returns) - min(returns)) * 1000, rtol=1e-6)
+    assert locomotion.reward_transform_fn.scale == pytest.approx(LOCOMOTION_RETURN_SCALE / 5)
+    custom = make_model(box_dataset, reward_transform=lambda r: 2.0 * r)
+    np.testing.assert_allclose(stored(custom)["rewards"], 2.0 * raw)
+
+
+def test_dict_observations_round_trip(minari_root):
+    dataset = write_dataset(
+        "test/dict/episodes-v0", box_episodes(dict_obs=True), observation_space=DICT_OBS_SPACE, action_space=ACTION_SPACE
+    )
+    model = make_model(dataset, observation_space=DICT_OBS_SPACE)
+    # "MlpPolicy" on Dict observations: the same MLPs on the concatenated parts
+    assert type(model.policy).__name__ == "MultiInputPolicy"
+    buffer, rows = model.replay_buffer, model.replay_buffer.pos
+    expected_obs = [obs_value(index, step) for index, (length, _) in enumerate(EPISODES) for step in range(length)]
+    np.testing.assert_array_equal(buffer.observations["observation"][:rows, 0, 0], expected_obs)
+    np.testing.assert_array_equal(buffer.next_observations["observation"][:rows, 0, 0], np.array(expected_obs) + 1)
+    goals = [index for index, (length, _) in enumerate(EPISODES) for _ in range(length)]
+    np.testing.assert_array_equal(buffer.next_observations["goal"][:rows, 0, 0], goals)
+    model.learn_offline(5)
+    action, _ = model.predict(DICT_OBS_SPACE.sample(), deterministic=True)
+    assert ACTION_SPACE.contains(action)
+
+
+def test_several_datasets_and_vec_envs(box_dataset, minari_root):
+    second = write_dataset("test/box/second-v0", box_episodes()[:1], observation_space=OBS_SPACE, action_space=ACTION_SPACE)
+    model = make_model([box_dataset, second])
+    assert model.replay_buffer.size() == 9 + 3
+    assert model.offline_dataset_ids == ["test/box/episodes-v0", "test/box/second-v0"]
+    with pytest.warns(UserWarning, match="stored twice"):
+        two_envs = make_model(box_dataset, n_envs=2)  # 9 transitions fill 5 rows of 2
+    assert two_envs.replay_buffer.pos == 5
+    np.testing.assert_array_equal(two_envs.replay_buffer.observations[0, :, 0], [0.0, 1.0])
+
+
+def test_env_is_recovered_from_the_dataset(minari_root):
+    env = gym.make("Pendulum-v1", max_episode_steps=5)
+    obs, _ = env.reset(seed=0)
+    observations, actions = [obs], []
+    for _ in range(5):
+        actions.append(env.action_space.sample())
+        observations.append(env.step(actions[-1])[0])
+    episode = make_episode(0, observations, actions, [0.0] * 5, [False] * 5, [False] * 4 + [True])
+    write_dataset("test/pendulum/tiny-v0", [episode], env=env)
+    model = IQL("MlpPolicy", None, offline_dataset="test/pendulum/tiny-v0", offline_steps=2, policy_kwargs=dict(net_arch=[8]))
+    assert model.get_env() is not None
+    assert model.observation_space.shape == (3,)
+    model.learn(total_timesteps=3)  # 2 offline updates, then 3 online steps with one update each
+    assert model._n_offline_updates == 2 and model._n_updates == 5
+    assert model.replay_buffer.size() == 5 + 3
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Bad input: a clear error, and nothing changed
+
+
+def folder_digest(root: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        digest.update(str(path.relative_to(root)).encode())
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_missing_dataset_says_where_it_looked_and_how_to_download(minari_root):
+    before = folder_digest(minari_root)
+    start = time.perf_counter()
+    with pytest.raises(DatasetNotFoundError) as error:
+        IQL("MlpPolicy", SpacesEnv(OBS_SPACE, ACTION_SPACE), offline_dataset="D4RL/antmaze/large-diverse-v1")
+    assert time.perf_counter() - start < 5.0  # no download retries
+    message = str(error.value)
+    assert "minari download D4RL/antmaze/large-diverse-v1" in message
+    assert str(minari_root) in message and "download_dataset=True" in message
+    assert folder_digest(minari_root) == before
+
+
+def test_mismatched_spaces_show_both(box_dataset, minari_root):
+    before = folder_digest(minari_root)
+    wrong_obs = spaces.Box(-1.0, 1.0, (5,), np.float32)
+    with pytest.raises(ValueError, match="Observation space") as error:
+        IQL("MlpPolicy", SpacesEnv(wrong_obs, ACTION_SPACE), offline_dataset=box_dataset)
+    assert "shape=(2,)" in str(error.value) and "shape=(5,)" in str(error.value)
+    wrong_bounds = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    with pytest.raises(ValueError, match="Action space") as error:
+        IQL("MlpPolicy", SpacesEnv(OBS_SPACE, wrong_bounds), offline_dataset=box_dataset)
+    assert "dataset:" in str(error.value) and "environment:" in str(error.value)
+    assert folder_digest(minari_root) == before
+
+
+@pytest.mark.parametrize("dict_obs, field", [(False, "rewards"), (True, "observations['goal']")])
+def test_non_finite_data_names_field_and_episode(minari_root, dict_obs, field):
+    observation_space = DICT_OBS_SPACE if dict_obs else OBS_SPACE
+    dataset = write_dataset(
+        "test/bad/nan-v0",
+        box_episodes(dict_obs=dict_obs, nan_at=(1, "goal" if dict_obs else "rewards")),
+        observation_space=observation_space,
+        action_space=ACTION_SPACE,
+    )
+    before = folder_digest(minari_root)
+    with pytest.raises(ValueError, match="NaN or inf") as error:
+        make_model(dataset, observation_space=observation_space)
+    assert "episode 1" in str(error.value) and f"'{field}'" in str(error.value)
+    assert folder_digest(minari_root) == before
+
+
+def test_unsupported_action_space_and_small_buffer(box_dataset):
+    with pytest.raises(ValueError, match=r"continuous \(Box\) action spaces only"):
+        IQL("MlpPolicy", SpacesEnv(OBS_SPACE, spaces.Discrete(3)))
+    with pytest.raises(ValueError, match="bounded action space"):
+        IQL("MlpPolicy", SpacesEnv(OBS_SPACE, spaces.Box(-np.inf, np.inf, (2,))))
+    with pytest.raises(ValueError, match=r"buffer_size=5 is smaller than the offline dataset \(9 transitions\)"):
+        make_model(box_dataset, buffer_size=5)
+    with pytest.raises(ValueError, match="optimize_memory_usage"):
+        OfflineReplayBuffer(10, OBS_SPACE, ACTION_SPACE, optimize_memory_usage=True)

@@ -1,0 +1,238 @@
+"""IQL end to end: the update against a step-by-step reference, schedules, callbacks, logging, save/load, learning."""
+
+import copy
+import math
+import pathlib
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
+from stable_baselines3.common.logger import configure
+from toy_data import LINE_ENV_ID, LineEnv, bad_policy, good_policy, rollout_episodes, write_dataset
+
+from sb3_iql import IQL, evaluate, normalized_score
+from sb3_iql.iql.iql import METRIC_NAMES
+
+SMALL_NET = dict(net_arch=[32, 32])
+
+
+@pytest.fixture
+def line_dataset(minari_root: pathlib.Path):
+    """Half the episodes go to the goal, half go away from it."""
+    env = gym.make(LINE_ENV_ID)
+    episodes = rollout_episodes(env, [good_policy, bad_policy], n_episodes=100)
+    return write_dataset("test/line/mixed-v0", episodes, env=env, ref_min_score=-16.0, ref_max_score=-2.0)
+
+
+def line_model(dataset, **kwargs) -> IQL:
+    defaults = dict(offline_steps=100, policy_kwargs=SMALL_NET, seed=0, batch_size=64)
+    defaults.update(kwargs)
+    return IQL("MlpPolicy", LineEnv(), offline_dataset=dataset, **defaults)
+
+
+def reference_update(model: IQL, batch, actor_lr: float) -> None:
+    """The paper's update written out step by step, on deep copies, to check the algorithm's own."""
+    obs, actions, next_obs = batch.observations, batch.actions, batch.next_observations
+    rewards, dones = batch.rewards.flatten(), batch.dones.flatten()
+    value_net, actor, critic, critic_target = model.value_net, model.actor, model.critic, model.critic_target
+    # V first, towards the min of the TARGET critics
+    q_target = th.minimum(*critic_target(obs, actions)).detach()
+    diff = q_target - value_net(obs)
+    value_loss = (th.abs(model.expectile - (diff < 0).float()) * diff**2).mean()
+    value_net.optimizer.zero_grad()
+    value_loss.backward()
+    value_net.optimizer.step()
+    # then the actor, with the NEW V and the target critics
+    weights = th.exp(model.beta * (q_target - value_net(obs))).clamp(max=model.max_weight).detach()
+    for group in actor.optimizer.param_groups:
+        group["lr"] = actor_lr
+    actor_loss = -(weights * actor.distribution(obs).log_prob(actions).sum(-1)).mean()
+    actor.optimizer.zero_grad()
+    actor_loss.backward()
+    actor.optimizer.step()
+    # then Q, towards r + gamma * (1 - terminal) * V_new(s'): a SUM of the two MSEs
+    target = (rewards + model.gamma * (1 - dones) * value_net(next_obs)).detach()
+    q1, q2 = critic(obs, actions)
+    critic_loss = ((q1 - target) ** 2).mean() + ((q2 - target) ** 2).mean()
+    critic.optimizer.zero_grad()
+    critic_loss.backward()
+    critic.optimizer.step()
+    # then Polyak
+    with th.no_grad():
+        for param, target_param in zip(critic.parameters(), critic_target.parameters()):
+            target_param.copy_(model.tau * param + (1 - model.tau) * target_param)
+
+
+def test_update_matches_the_step_by_step_reference(line_dataset):
+    model = line_model(line_dataset, offline_steps=10, expectile=0.8, beta=5.0)
+    reference = copy.deepcopy(model)
+    for step in range(5):
+        batch = model.replay_buffer.sample(64)
+        model._set_learning_rates(offline=True)
+        metrics = model._update(batch)
+        reference_update(reference, batch, actor_lr=3e-4 * 0.5 * (1 + math.cos(math.pi * step / 10)))
+        model._n_offline_updates += 1
+    for (name, ours), theirs in zip(model.policy.state_dict().items(), reference.policy.state_dict().values()):
+        th.testing.assert_close(ours, theirs, msg=name)
+    assert metrics.shape == (len(METRIC_NAMES),)
+
+
+def test_update_order_is_value_actor_critic(line_dataset):
+    model = line_model(line_dataset)
+    calls = []
+    for name in ("value_net", "actor", "critic"):
+        optimizer = getattr(model, name).optimizer
+        original_step = optimizer.step
+        optimizer.step = lambda *args, _name=name, _step=original_step, **kwargs: (calls.append(_name), _step(*args, **kwargs))
+    model.learn_offline(2)
+    assert calls == ["value_net", "actor", "critic"] * 2
+
+
+def test_actor_lr_follows_a_cosine_to_zero_offline_then_constant_online(line_dataset):
+    model = line_model(line_dataset, offline_steps=4)
+    seen = []
+
+    class RecordLr(BaseCallback):
+        def _on_step(self) -> bool:
+            seen.append((self.model.actor.optimizer.param_groups[0]["lr"], self.model.critic.optimizer.param_groups[0]["lr"]))
+            return True
+
+    model.learn(total_timesteps=2, callback=RecordLr())
+    actor_lrs, critic_lrs = zip(*seen)
+    cosine = [3e-4 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
+    np.testing.assert_allclose(actor_lrs[:4], cosine)
+    assert critic_lrs[:4] == (3e-4,) * 4
+    # online: the callback runs before each step's update, the first online update uses the constant lr
+    assert model.actor.optimizer.param_groups[0]["lr"] == 3e-4
+    constant = line_model(line_dataset, offline_steps=4, actor_lr_schedule="constant")
+    constant.learn_offline(3)
+    assert constant.actor.optimizer.param_groups[0]["lr"] == 3e-4
+
+
+def test_learn_zero_runs_the_offline_budget_with_callbacks_per_update(line_dataset, tmp_path):
+    model = line_model(line_dataset, offline_steps=30)
+    eval_callback = EvalCallback(LineEnv(), eval_freq=10, n_eval_episodes=2, log_path=str(tmp_path / "eval"))
+    checkpoints = CheckpointCallback(save_freq=15, save_path=str(tmp_path / "ckpt"), name_prefix="iql")
+    model.learn(0, callback=[eval_callback, checkpoints])
+    assert model._n_offline_updates == model.num_timesteps == 30
+    assert list(eval_callback.evaluations_timesteps) == [10, 20, 30]
+    assert sorted(path.name for path in (tmp_path / "ckpt").iterdir()) == ["iql_15_steps.zip", "iql_30_steps.zip"]
+    model.learn(0)  # offline training already ran: nothing more
+    assert model._n_offline_updates == 30
+
+
+def test_a_callback_can_stop_offline_training(line_dataset):
+    class StopAt(BaseCallback):
+        def _on_step(self) -> bool:
+            return self.n_calls < 7
+
+    model = line_model(line_dataset)
+    model.learn_offline(50, callback=StopAt())
+    assert model._n_offline_updates == 7
+
+
+def test_logger_records_the_training_figures(line_dataset, tmp_path):
+    model = line_model(line_dataset, tensorboard_log=str(tmp_path / "tb"))
+    model.set_logger(configure(str(tmp_path / "csv"), ["csv"]))
+    model.learn_offline(20, log_interval=10)
+    header, *rows = (tmp_path / "csv" / "progress.csv").read_text().splitlines()
+    columns = header.split(",")
+    for key in [f"train/{name}" for name in METRIC_NAMES] + ["train/actor_lr", "time/updates_per_second"]:
+        assert key in columns
+    assert len(rows) == 2
+    values = dict(zip(columns, rows[-1].split(",")))
+    assert float(values["train/awr_weight_mean"]) > 0 and float(values["time/updates_per_second"]) > 0
+    # TensorBoard through SB3's own logger
+    tb_model = line_model(line_dataset, tensorboard_log=str(tmp_path / "tb"))
+    tb_model.learn_offline(5, tb_log_name="offline")
+    assert list((tmp_path / "tb").glob("offline_1/events.out.tfevents.*"))
+
+
+def test_save_load_gives_identical_predictions_and_resumes_exactly(line_dataset, tmp_path):
+    n_updates = 40
+    model = line_model(line_dataset)
+    model.learn_offline(n_updates)
+    model.save(tmp_path / "iql")
+    model.save_replay_buffer(tmp_path / "buffer")
+
+    loaded = IQL.load(tmp_path / "iql", env=LineEnv())
+    obs = np.random.default_rng(0).uniform(-1, 1, (16, 2)).astype(np.float32)
+    np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+    assert loaded._n_offline_updates == n_updates and loaded.reward_transform_fn == model.reward_transform_fn
+    for name in ("actor", "critic", "value_net"):
+        saved_state = getattr(model, name).optimizer.state_dict()["state"]
+        loaded_state = getattr(loaded, name).optimizer.state_dict()["state"]
+        for key in saved_state:
+            th.testing.assert_close(saved_state[key]["exp_avg"], loaded_state[key]["exp_avg"])
+
+    loaded.load_replay_buffer(tmp_path / "buffer")
+    assert loaded.replay_buffer.size() == model.replay_buffer.size()
+    loaded.learn_offline(n_updates, reset_num_timesteps=False)
+
+    uninterrupted = line_model(line_dataset)
+    uninterrupted.learn_offline(2 * n_updates)
+    for (name, resumed), straight in zip(loaded.policy.state_dict().items(), uninterrupted.policy.state_dict().values()):
+        th.testing.assert_close(resumed, straight, msg=name)
+
+
+def test_evaluate_gives_the_normalized_score(line_dataset):
+    model = line_model(line_dataset)
+    model.learn_offline(5)
+    on_env = evaluate(model, LineEnv(), n_eval_episodes=3, seed=0)
+    assert on_env.normalized_score is None and len(on_env.episode_returns) == 3
+    on_dataset = evaluate(model, line_dataset, n_eval_episodes=3, seed=0)
+    np.testing.assert_allclose(on_dataset.episode_returns, on_env.episode_returns)  # same env, same seed
+    assert on_dataset.normalized_score == pytest.approx(100 * (on_dataset.mean_return + 16.0) / 14.0)
+    assert normalized_score(line_dataset, -9.0) == pytest.approx(100 * (-9.0 + 16.0) / 14.0)
+
+
+def test_normalized_score_needs_reference_scores(minari_root):
+    env = LineEnv()
+    dataset = write_dataset("test/line/norefs-v0", rollout_episodes(env, [good_policy], 2), env=env)
+    with pytest.raises(ValueError, match="has no reference scores"):
+        normalized_score(dataset, 1.0)
+
+
+def test_online_learning_requires_an_environment(line_dataset, tmp_path):
+    model = line_model(line_dataset)
+    model.learn_offline(2)
+    model.save(tmp_path / "model")
+    loaded = IQL.load(tmp_path / "model")  # no env, and the replay buffer is not part of the model file
+    with pytest.raises(RuntimeError, match="needs an environment"):
+        loaded.learn(10)
+    with pytest.raises(RuntimeError, match="replay buffer is empty"):
+        loaded.learn_offline(10)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Learning
+
+
+def offline_return(dataset, beta: float, seed: int, updates: int = 1500) -> float:
+    model = line_model(dataset, beta=beta, seed=seed, offline_steps=updates, batch_size=256)
+    model.learn(0)
+    return evaluate(model, LineEnv(), n_eval_episodes=20, seed=100 + seed).mean_return
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_iql_beats_behaviour_cloning_on_mixed_data(line_dataset, seed):
+    # The good policy scores about -2.5, the bad one about -17; BC averages the two behaviours.
+    iql, bc = offline_return(line_dataset, beta=3.0, seed=seed), offline_return(line_dataset, beta=0.0, seed=seed)
+    assert iql > -8.0, iql
+    print(f"seed {seed}: IQL {iql:.2f}, BC {bc:.2f}")
+    assert iql > bc + 5.0, (iql, bc)
+
+
+def test_online_fine_tuning_improves_a_poor_offline_policy(minari_root):
+    env = LineEnv()
+    # only bad behaviour in the data: the offline policy walks away from the goal
+    dataset = write_dataset("test/line/bad-v0", rollout_episodes(env, [bad_policy], 50), env=env)
+    model = line_model(dataset, beta=3.0, offline_steps=500, batch_size=128, learning_rate=1e-3)
+    model.learn(0)
+    before = evaluate(model, LineEnv(), n_eval_episodes=20, seed=7).mean_return
+    model.learn(total_timesteps=3000)
+    after = evaluate(model, LineEnv(), n_eval_episodes=20, seed=7).mean_return
+    assert model.replay_buffer.size() == 1000 + 3000
+    assert after > before + 3.0, (before, after)
