@@ -1,0 +1,213 @@
+"""
+MuJoCo locomotion datasets in the D4RL recipe, end to end: SAC training, then ``medium``, ``medium-replay``
+and ``expert`` Minari datasets under ``sb3_iql/<env>/<kind>-v0`` (e.g. ``sb3_iql/hopper/medium-replay-v0``).
+
+1. Train SAC until the mean evaluation return reaches a D4RL normalized score of ``--medium-fraction`` (1/3,
+   i.e. about a third of the expert return), or ``--total-steps``; that policy is "medium", and its replay
+   buffer up to that point is "medium-replay".
+2. ``medium``: ``--dataset-steps`` steps of the medium policy (actions sampled from the policy).
+3. ``medium-replay``: the replay buffer, with the terminations and time-outs SB3 recorded.
+4. ``expert`` (skipped with ``--expert-steps 0``): training goes on to ``--expert-steps`` in total, then
+   ``--dataset-steps`` steps of that policy.
+
+Reference scores are D4RL's, so normalized scores compare with published tables. Each stage is skipped when
+its output exists (policies under ``--log-dir``, datasets in ``$MINARI_DATASETS_PATH``); training saves
+checkpoints and resumes from the latest one. An uninterrupted run is deterministic given ``--seed``
+(CPU, one torch thread); a resumed one is not bit-identical. Policy returns are printed and written to
+``--results-dir`` as JSON and Markdown.
+
+Budget: SAC runs about 100 steps/s on one CPU core here, so a medium Hopper policy (~100k steps) takes
+about 20 minutes and an expert one (1M steps) hours. Smoke test::
+
+    python benchmarks/make_locomotion_datasets.py --total-steps 2000 --learning-starts 500 --eval-freq 1000 \\
+        --eval-episodes 2 --expert-steps 3000 --dataset-steps 1000 --log-dir /tmp/loco --results-dir /tmp/loco
+"""
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import minari
+import numpy as np
+import torch as th
+from stable_baselines3 import SAC
+from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback, EvalCallback, StopTrainingOnRewardThreshold
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.monitor import Monitor
+
+from sb3_iql.datasets import collect, dataset_exists, dataset_from_replay_buffer
+
+# D4RL reference returns (random, expert) of its v2 locomotion tasks: normalized score = (R - min) / (max - min)
+D4RL_REFERENCE_RETURNS = {
+    "Hopper-v5": (-20.272305, 3234.3),
+    "HalfCheetah-v5": (-280.178953, 12135.0),
+    "Walker2d-v5": (1.629008, 4592.3),
+}
+MEDIUM_FRACTION = 1 / 3
+CHECKPOINT_PREFIX = "sac"
+_CHECKPOINT_RE = re.compile(rf"{CHECKPOINT_PREFIX}_(\d+)_steps\.zip")
+
+
+def dataset_id(env_id: str, kind: str) -> str:
+    """:return: e.g. ``sb3_iql/hopper/medium-v0`` for ``("Hopper-v5", "medium")``."""
+    return f"sb3_iql/{env_id.split('-')[0].lower()}/{kind}-v0"
+
+
+def _latest_checkpoint(folder: Path) -> tuple[Path, Path] | None:
+    """:return: The newest (model, replay buffer) pair saved by CheckpointCallback, if any."""
+    checkpoints = sorted(
+        folder.glob(f"{CHECKPOINT_PREFIX}_*_steps.zip"), key=lambda path: int(_CHECKPOINT_RE.match(path.name)[1])
+    )
+    if not checkpoints:
+        return None
+    steps = _CHECKPOINT_RE.match(checkpoints[-1].name)[1]
+    return checkpoints[-1], folder / f"{CHECKPOINT_PREFIX}_replay_buffer_{steps}_steps.pkl"
+
+
+def _load(model_path: Path, buffer_path: Path, env: gym.Env) -> SAC:
+    model = SAC.load(model_path, env=env, device="cpu")
+    model.load_replay_buffer(buffer_path)
+    return model
+
+
+def train_stage(
+    name: str, args: argparse.Namespace, until_steps: int, stop_return: float | None, start: SAC | None = None
+) -> SAC:
+    """
+    Train (or resume, or load) SAC up to ``until_steps`` environment steps in total.
+
+    :param name: Stage name; the result is ``<log-dir>/<name>_policy.zip`` and ``<name>_replay_buffer.pkl``.
+    :param args: Command-line arguments.
+    :param until_steps: Total number of environment steps at the end of the stage.
+    :param stop_return: Stop as soon as the mean evaluation return reaches it (None: train until the end).
+    :param start: The model to continue from when no checkpoint of this stage exists (None: a new SAC).
+    :return: The trained model, with its replay buffer.
+    """
+    env = gym.make(args.env)
+    policy_path, buffer_path = args.log_dir / f"{name}_policy.zip", args.log_dir / f"{name}_replay_buffer.pkl"
+    if policy_path.exists():
+        return _load(policy_path, buffer_path, env)
+    checkpoint_dir = args.log_dir / f"{name}_checkpoints"
+    checkpoint = _latest_checkpoint(checkpoint_dir)
+    if checkpoint is not None:
+        model = _load(*checkpoint, env)
+    elif start is not None:
+        model = start
+    else:
+        model = SAC("MlpPolicy", env, learning_starts=args.learning_starts, seed=args.seed, device="cpu", verbose=0)
+    callbacks = [CheckpointCallback(args.checkpoint_freq, str(checkpoint_dir), CHECKPOINT_PREFIX, save_replay_buffer=True)]
+    if stop_return is not None:
+        eval_env = Monitor(gym.make(args.env))
+        eval_env.reset(seed=args.seed)
+        stop = StopTrainingOnRewardThreshold(reward_threshold=stop_return, verbose=1)
+        callbacks.append(EvalCallback(eval_env, stop, n_eval_episodes=args.eval_episodes, eval_freq=args.eval_freq, verbose=1))
+    model.learn(max(until_steps - model.num_timesteps, 0), callback=CallbackList(callbacks), reset_num_timesteps=False)
+    model.save(policy_path)
+    model.save_replay_buffer(buffer_path)
+    return model
+
+
+def evaluate(model: SAC, args: argparse.Namespace) -> dict[str, float]:
+    """:return: Steps trained, mean and std of the deterministic return, and its D4RL normalized score (0-100)."""
+    env = Monitor(gym.make(args.env))
+    env.reset(seed=args.seed)
+    mean, std = evaluate_policy(model, env, n_eval_episodes=args.eval_episodes, deterministic=True)
+    ref_min, ref_max = D4RL_REFERENCE_RETURNS[args.env]
+    normalized = 100 * (mean - ref_min) / (ref_max - ref_min)
+    return {"steps": model.num_timesteps, "return_mean": mean, "return_std": std, "normalized_score": normalized}
+
+
+def make_dataset(kind: str, model: SAC, args: argparse.Namespace) -> dict[str, float]:
+    """Write (or load) one dataset; :return: its size and mean episode return."""
+    target = dataset_id(args.env, kind)
+    ref_min, ref_max = D4RL_REFERENCE_RETURNS[args.env]
+    if dataset_exists(target):
+        dataset = minari.load_dataset(target)
+    elif kind == "medium-replay":
+        dataset = dataset_from_replay_buffer(model, target, args.env, ref_min_score=ref_min, ref_max_score=ref_max)
+    else:
+        th.manual_seed(args.seed)
+        dataset = collect(
+            args.env,
+            model,
+            target,
+            n_steps=args.dataset_steps,
+            seed=args.seed,
+            deterministic=False,
+            ref_min_score=ref_min,
+            ref_max_score=ref_max,
+            algorithm_name=f"SAC ({kind}, {model.num_timesteps} steps)",
+        )
+    returns = np.array([episode.rewards.sum() for episode in dataset.iterate_episodes()])
+    return {"steps": dataset.total_steps, "episodes": dataset.total_episodes, "episode_return_mean": float(returns.mean())}
+
+
+def write_results(results: dict, args: argparse.Namespace) -> None:
+    """Print the results and write them as JSON and as a Markdown table."""
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    stem = args.results_dir / f"locomotion_datasets_{args.env.split('-')[0].lower()}_seed{args.seed}"
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = [
+        f"# {args.env} datasets (seed {args.seed})",
+        "",
+        "| policy | SAC steps | return (mean ± std) | D4RL normalized |",
+        "|---|---|---|---|",
+    ]
+    for name, policy in results["policies"].items():
+        lines.append(
+            f"| {name} | {policy['steps']} | {policy['return_mean']:.1f} ± {policy['return_std']:.1f} "
+            f"| {policy['normalized_score']:.1f} |"
+        )
+    lines += ["", "| dataset | steps | episodes | mean episode return |", "|---|---|---|---|"]
+    for name, dataset in results["datasets"].items():
+        lines.append(f"| {name} | {dataset['steps']} | {dataset['episodes']} | {dataset['episode_return_mean']:.1f} |")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", choices=list(D4RL_REFERENCE_RETURNS), default="Hopper-v5")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--total-steps", type=int, default=300_000, help="most SAC steps to reach the medium policy")
+    parser.add_argument(
+        "--medium-fraction", type=float, default=MEDIUM_FRACTION, help="D4RL normalized score of the medium policy, in [0, 1]"
+    )
+    parser.add_argument("--expert-steps", type=int, default=1_000_000, help="total SAC steps of the expert (0: none)")
+    parser.add_argument("--dataset-steps", type=int, default=1_000_000, help="steps of the medium / expert datasets")
+    parser.add_argument("--learning-starts", type=int, default=10_000)
+    parser.add_argument("--eval-freq", type=int, default=10_000, help="steps between evaluations while training")
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--checkpoint-freq", type=int, default=50_000)
+    parser.add_argument("--log-dir", type=Path, default=Path("logs/locomotion_datasets"))
+    parser.add_argument("--results-dir", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--torch-threads", type=int, default=1)
+    args = parser.parse_args()
+    args.log_dir = args.log_dir / f"{args.env}_seed{args.seed}"
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    th.set_num_threads(args.torch_threads)
+    start = time.perf_counter()
+    ref_min, ref_max = D4RL_REFERENCE_RETURNS[args.env]
+    medium_return = ref_min + args.medium_fraction * (ref_max - ref_min)
+    medium = train_stage("medium", args, args.total_steps, stop_return=medium_return)
+    results: dict = {"env": args.env, "seed": args.seed, "medium_target_return": medium_return, "policies": {}, "datasets": {}}
+    results["policies"]["medium"] = evaluate(medium, args)
+    results["datasets"][dataset_id(args.env, "medium")] = make_dataset("medium", medium, args)
+    results["datasets"][dataset_id(args.env, "medium-replay")] = make_dataset("medium-replay", medium, args)
+    if args.expert_steps > medium.num_timesteps:
+        expert = train_stage("expert", args, args.expert_steps, stop_return=None, start=medium)
+        results["policies"]["expert"] = evaluate(expert, args)
+        results["datasets"][dataset_id(args.env, "expert")] = make_dataset("expert", expert, args)
+    results["wall_time_s"] = round(time.perf_counter() - start, 1)
+    write_results(results, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""
+Command line for :mod:`sb3_iql.datasets`.
+
+Examples::
+
+    python -m sb3_iql.datasets pointmaze --maze umaze medium large --reward sparse dense
+    python -m sb3_iql.datasets pointmaze --maze umaze --stitch --n-steps 100000
+    python -m sb3_iql.datasets collect --env Hopper-v5 --algo sac --model sac_hopper.zip \\
+        --dataset-id sb3_iql/hopper/medium-v0 --n-steps 1000000 --ref-min -20.272305 --ref-max 3234.3
+    python -m sb3_iql.datasets collect --env Hopper-v5 --dataset-id sb3_iql/hopper/random-v0 --n-steps 100000
+    python -m sb3_iql.datasets list
+"""
+
+import argparse
+import importlib
+import itertools
+import time
+from collections.abc import Sequence
+
+import minari
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+from sb3_iql.datasets.collect import DEFAULT_N_REFERENCE_EPISODES, RandomPolicy, as_env, collect
+from sb3_iql.datasets.pointmaze import DEFAULT_N_STEPS, MAZES, REWARD_TYPES, make_pointmaze_dataset
+
+# Packages searched, in order, for the class named by --algo
+ALGORITHM_PACKAGES = ("stable_baselines3", "sb3_contrib", "sb3_iql")
+
+
+def load_model(algo: str, path: str) -> BaseAlgorithm:
+    """
+    :param algo: Algorithm name, case-insensitive (``sac``, ``tqc``, ``iql``...).
+    :param path: Path of the saved model (``.zip``).
+    :return: The loaded model.
+    """
+    for package in ALGORITHM_PACKAGES:
+        try:
+            module = importlib.import_module(package)
+        except ImportError:
+            continue
+        for name in dir(module):
+            candidate = getattr(module, name)
+            if name.lower() == algo.lower() and isinstance(candidate, type) and issubclass(candidate, BaseAlgorithm):
+                return candidate.load(path)
+    raise ValueError(f"Unknown algorithm {algo!r}: no such class in {', '.join(ALGORITHM_PACKAGES)}")
+
+
+def _report(dataset: minari.MinariDataset, seconds: float) -> None:
+    metadata = dataset.storage.metadata
+    scores = f", ref_min_score {metadata['ref_min_score']:.2f}, ref_max_score {metadata['ref_max_score']:.2f}"
+    print(
+        f"{dataset.spec.dataset_id}: {dataset.total_steps} steps, {dataset.total_episodes} episodes"
+        f"{scores if 'ref_max_score' in metadata else ''} ({seconds:.1f} s, {dataset.total_steps / seconds:.0f} steps/s)"
+    )
+
+
+def _pointmaze(args: argparse.Namespace) -> None:
+    combinations = list(itertools.product(args.maze, args.reward))
+    if args.dataset_id is not None and len(combinations) > 1:
+        raise SystemExit("--dataset-id needs a single --maze and a single --reward")
+    for maze, reward in combinations:
+        start = time.perf_counter()
+        dataset = make_pointmaze_dataset(
+            maze,
+            reward,
+            args.stitch,
+            n_steps=args.n_steps,
+            seed=args.seed,
+            n_reference_episodes=args.n_reference_episodes,
+            dataset_id=args.dataset_id,
+            overwrite=args.overwrite,
+        )
+        _report(dataset, time.perf_counter() - start)
+
+
+def _collect(args: argparse.Namespace) -> None:
+    for package in args.gym_packages:
+        importlib.import_module(package)
+    env = as_env(args.env)
+    policy = load_model(args.algo, args.model) if args.model else RandomPolicy(env.action_space, args.seed)
+    expert = load_model(args.expert_algo or args.algo, args.expert_model) if args.expert_model else None
+    start = time.perf_counter()
+    dataset = collect(
+        env,
+        policy,
+        args.dataset_id,
+        n_steps=args.n_steps,
+        n_episodes=args.n_episodes,
+        action_noise_std=args.noise,
+        seed=args.seed,
+        deterministic=not args.stochastic,
+        ref_min_score=args.ref_min,
+        ref_max_score=args.ref_max,
+        expert_policy=expert,
+        n_reference_episodes=args.n_reference_episodes,
+        overwrite=args.overwrite,
+    )
+    _report(dataset, time.perf_counter() - start)
+
+
+def _list(args: argparse.Namespace) -> None:
+    datasets = minari.list_local_datasets(prefix=args.prefix)
+    if not datasets:
+        print("No local datasets" + (f" under {args.prefix}" if args.prefix else ""))
+    for dataset_id, metadata in datasets.items():
+        scores = (
+            f"  ref [{metadata['ref_min_score']:.2f}, {metadata['ref_max_score']:.2f}]" if "ref_max_score" in metadata else ""
+        )
+        print(f"{dataset_id}  {metadata['total_steps']} steps  {metadata['total_episodes']} episodes{scores}")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """:return: The argument parser of ``python -m sb3_iql.datasets``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m sb3_iql.datasets",
+        description="Create offline RL datasets as local Minari datasets (under $MINARI_DATASETS_PATH).",
+    )
+    subparsers = parser.add_subparsers(required=True, dest="command")
+
+    maze = subparsers.add_parser("pointmaze", help="PointMaze datasets: sb3_iql/pointmaze/<maze>[-dense][-stitch]-v0")
+    maze.add_argument("--maze", nargs="+", choices=list(MAZES), default=["umaze"])
+    maze.add_argument("--reward", nargs="+", choices=REWARD_TYPES, default=["sparse"])
+    maze.add_argument("--stitch", action="store_true", help="store the evaluation goal as desired_goal everywhere")
+    maze.add_argument("--n-steps", type=int, default=DEFAULT_N_STEPS)
+    maze.add_argument("--dataset-id", help="write to this id instead of the standard one")
+    maze.set_defaults(run=_pointmaze)
+
+    rollout = subparsers.add_parser("collect", help="roll out a saved SB3 model (or random actions) in an environment")
+    rollout.add_argument("--env", required=True, help="Gymnasium environment id")
+    rollout.add_argument("--dataset-id", required=True)
+    rollout.add_argument("--algo", default="sac", help="class of --model / --expert-model: sac, td3, tqc, iql...")
+    rollout.add_argument("--model", help="saved model (.zip); uniform random actions when omitted")
+    size = rollout.add_mutually_exclusive_group(required=True)
+    size.add_argument("--n-steps", type=int)
+    size.add_argument("--n-episodes", type=int)
+    rollout.add_argument("--stochastic", action="store_true", help="sample actions from the model's policy")
+    rollout.add_argument("--noise", type=float, default=0.0, help="Gaussian action noise std, in half action ranges")
+    rollout.add_argument("--ref-min", type=float, help="return of normalized score 0 (default: measured, random)")
+    rollout.add_argument("--ref-max", type=float, help="return of normalized score 1")
+    rollout.add_argument("--expert-model", help="saved model whose mean return is the reference max score")
+    rollout.add_argument("--expert-algo", help="class of --expert-model (default: --algo)")
+    rollout.add_argument("--gym-packages", nargs="*", default=[], help="modules to import to register environments")
+    rollout.set_defaults(run=_collect)
+
+    for subparser in (maze, rollout):
+        subparser.add_argument("--seed", type=int, default=0)
+        subparser.add_argument("--n-reference-episodes", type=int, default=DEFAULT_N_REFERENCE_EPISODES)
+        subparser.add_argument("--overwrite", action="store_true", help="replace an existing dataset with the same id")
+
+    listing = subparsers.add_parser("list", help="list the local Minari datasets")
+    listing.add_argument("--prefix", help="only ids starting with this namespace, e.g. sb3_iql")
+    listing.set_defaults(run=_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``python -m sb3_iql.datasets``."""
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, FileExistsError) as error:
+        parser.exit(1, f"error: {error}\n")
+
+
+if __name__ == "__main__":
+    main()

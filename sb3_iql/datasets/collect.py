@@ -1,0 +1,322 @@
+"""Roll out any SB3 model or callable policy in a Gymnasium environment and write a Minari dataset."""
+
+import copy
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import gymnasium as gym
+import minari
+import numpy as np
+from gymnasium import spaces
+from gymnasium.envs.registration import EnvSpec
+from gymnasium.vector.utils import concatenate, create_empty_array
+from minari.data_collector import EpisodeBuffer
+
+from sb3_iql.datasets.storage import check_writable, write_dataset
+
+#: A function from one observation to one action.
+PolicyFn = Callable[[Any], Any]
+DEFAULT_N_REFERENCE_EPISODES = 100
+# Seed-sequence key that keeps the action noise independent of the environment's own generator
+_ACTION_NOISE_STREAM = 1
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """Anything with SB3's ``predict``: an algorithm (``SAC``, ``IQL``...) or a policy."""
+
+    def predict(self, observation: Any, state: Any = None, episode_start: Any = None, deterministic: bool = False) -> Any:
+        """SB3 ``predict``: returns ``(action, state)``."""
+
+
+def as_policy_fn(policy: Predictor | PolicyFn, deterministic: bool = True) -> PolicyFn:
+    """
+    :param policy: An SB3 model or policy (anything with ``predict``), or a callable ``observation -> action``.
+    :param deterministic: For SB3 models, whether to act with the deterministic action.
+    :return: A callable ``observation -> action``.
+    """
+    if isinstance(policy, Predictor):
+        return lambda observation: policy.predict(observation, deterministic=deterministic)[0]
+    if callable(policy):
+        return policy
+    raise TypeError(f"policy must have a predict() method or be callable, got {type(policy).__name__}")
+
+
+class RandomPolicy:
+    """
+    Uniformly random actions, reproducible by seed.
+
+    :param action_space: The environment's action space (copied, then seeded).
+    :param seed: Seed of the action sampler.
+    """
+
+    def __init__(self, action_space: spaces.Space, seed: int = 0) -> None:
+        self.action_space = copy.deepcopy(action_space)
+        self.action_space.seed(seed)
+
+    def __call__(self, observation: Any) -> Any:
+        """:return: A random action, ignoring the observation."""
+        return self.action_space.sample()
+
+
+def average_return(env: gym.Env, policy: Predictor | PolicyFn, n_episodes: int, seed: int = 0) -> float:
+    """
+    :param env: Environment whose episodes end (terminated or truncated, e.g. by a time limit).
+    :param policy: SB3 model (deterministic actions) or callable ``observation -> action``.
+    :param n_episodes: Number of episodes.
+    :param seed: Seed of the first reset.
+    :return: Mean undiscounted episode return.
+    """
+    policy_fn = as_policy_fn(policy)
+    returns = []
+    for episode in range(n_episodes):
+        observation, _ = env.reset(seed=seed if episode == 0 else None)
+        episode_return, done = 0.0, False
+        while not done:
+            observation, reward, terminated, truncated, _ = env.step(policy_fn(observation))
+            episode_return += float(reward)
+            done = terminated or truncated
+        returns.append(episode_return)
+    return float(np.mean(returns))
+
+
+def as_env(env: str | EnvSpec | gym.Env) -> gym.Env:
+    """:return: ``env`` itself, or a new environment made from an id or spec."""
+    return env if isinstance(env, gym.Env) else gym.make(env)
+
+
+def reference_scores(
+    eval_env: str | EnvSpec | gym.Env,
+    ref_min_score: float | None = None,
+    ref_max_score: float | None = None,
+    expert_policy: Predictor | PolicyFn | None = None,
+    n_episodes: int = DEFAULT_N_REFERENCE_EPISODES,
+    seed: int = 0,
+) -> dict[str, float | int]:
+    """
+    Reference scores for ``minari.get_normalized_score``: given ones, or measured on ``eval_env``.
+
+    :param eval_env: The evaluation environment (or its id / spec).
+    :param ref_min_score: Score of 0; measured from uniform random actions when None.
+    :param ref_max_score: Score of 1; exclusive with ``expert_policy``.
+    :param expert_policy: Policy whose mean return is ``ref_max_score``.
+    :param n_episodes: Episodes averaged per measured score.
+    :param seed: Seed of the first reset and of the random policy.
+    :return: ``ref_min_score``, ``ref_max_score`` and ``num_episodes_average_score`` (keyword arguments of
+        ``minari.create_dataset_from_buffers``), or an empty dict when neither ``ref_max_score`` nor
+        ``expert_policy`` is given.
+    """
+    if ref_max_score is not None and expert_policy is not None:
+        raise ValueError("Pass ref_max_score or expert_policy, not both")
+    if ref_max_score is None and expert_policy is None:
+        if ref_min_score is not None:
+            raise ValueError("ref_min_score needs ref_max_score or expert_policy")
+        return {}
+    env = as_env(eval_env)
+    if ref_min_score is None:
+        ref_min_score = average_return(env, RandomPolicy(env.action_space, seed), n_episodes, seed)
+    if ref_max_score is None:
+        ref_max_score = average_return(env, expert_policy, n_episodes, seed)
+    return {"ref_min_score": ref_min_score, "ref_max_score": ref_max_score, "num_episodes_average_score": n_episodes}
+
+
+def _stack(space: spaces.Space, items: list[Any]) -> Any:
+    """:return: ``items`` stacked along a new first axis (a dict of arrays for Dict spaces)."""
+    return concatenate(space, items, create_empty_array(space, n=len(items), fn=np.empty))
+
+
+class _Noise:
+    """Gaussian noise of std ``std`` times half the action range, clipped to the action bounds."""
+
+    def __init__(self, action_space: spaces.Space, std: float, seed: int) -> None:
+        if not isinstance(action_space, spaces.Box) or not action_space.is_bounded():
+            raise ValueError(f"Action noise needs a bounded Box action space, got {action_space}")
+        self.low, self.high = action_space.low, action_space.high
+        self.scale = std * (self.high - self.low) / 2
+        self.rng = np.random.default_rng((seed, _ACTION_NOISE_STREAM))
+
+    def __call__(self, action: np.ndarray) -> np.ndarray:
+        return np.clip(action + self.scale * self.rng.standard_normal(self.scale.shape), self.low, self.high)
+
+
+def rollout_episodes(
+    env: gym.Env,
+    policy: Predictor | PolicyFn,
+    n_steps: int | None = None,
+    n_episodes: int | None = None,
+    action_noise_std: float = 0.0,
+    seed: int = 0,
+    deterministic: bool = True,
+) -> list[EpisodeBuffer]:
+    """
+    Roll out a policy; pass exactly one of ``n_steps`` and ``n_episodes``.
+
+    :param env: The environment; ``terminated`` and ``truncated`` are taken from its ``step``.
+    :param policy: SB3 model or callable ``observation -> action``.
+    :param n_steps: Total number of transitions; the last episode, cut short, is marked truncated.
+    :param n_episodes: Number of complete episodes.
+    :param action_noise_std: Std of the Gaussian noise added to every action, in units of half the action
+        range (i.e. in the [-1, 1] scaled actions of SB3); noisy actions are clipped to the bounds.
+    :param seed: Seed of the first reset and of the noise.
+    :param deterministic: For SB3 models, act with the deterministic action (False: sample from the policy).
+    :return: The episodes: observations (T + 1, ...) (a dict of arrays for Dict spaces), actions (T, ...),
+        rewards, terminations and truncations (T,).
+    """
+    if (n_steps is None) == (n_episodes is None):
+        raise ValueError("Pass exactly one of n_steps and n_episodes")
+    count = n_steps if n_steps is not None else n_episodes
+    if count < 1:
+        raise ValueError(f"n_steps / n_episodes must be positive, got {count}")
+    if action_noise_std < 0:
+        raise ValueError(f"action_noise_std must be >= 0, got {action_noise_std}")
+    policy_fn = as_policy_fn(policy, deterministic)
+    noise = _Noise(env.action_space, action_noise_std, seed) if action_noise_std > 0 else None
+    episodes: list[EpisodeBuffer] = []
+    total_steps = 0
+    observation, _ = env.reset(seed=seed)
+    while True:
+        observations, actions, rewards, terminations, truncations = [observation], [], [], [], []
+        done = out_of_steps = False
+        while not (done or out_of_steps):
+            action = np.asarray(policy_fn(observation), dtype=env.action_space.dtype)
+            if noise is not None:
+                action = noise(action).astype(env.action_space.dtype)
+            observation, reward, terminated, truncated, _ = env.step(action)
+            total_steps += 1
+            done = terminated or truncated
+            out_of_steps = n_steps is not None and total_steps >= n_steps
+            observations.append(observation)
+            actions.append(action)
+            rewards.append(float(reward))
+            terminations.append(bool(terminated))
+            truncations.append(bool(truncated) or (out_of_steps and not terminated))
+        episodes.append(
+            EpisodeBuffer(
+                id=len(episodes),
+                seed=seed if not episodes else None,
+                observations=_stack(env.observation_space, observations),
+                actions=_stack(env.action_space, actions),
+                rewards=np.array(rewards),
+                terminations=np.array(terminations),
+                truncations=np.array(truncations),
+                infos={},
+            )
+        )
+        if out_of_steps or len(episodes) == n_episodes:
+            return episodes
+        observation, _ = env.reset()
+
+
+def write_episodes(
+    dataset_id: str,
+    episodes: list[EpisodeBuffer],
+    env: gym.Env,
+    eval_env: str | EnvSpec | gym.Env | None = None,
+    ref_min_score: float | None = None,
+    ref_max_score: float | None = None,
+    expert_policy: Predictor | PolicyFn | None = None,
+    n_reference_episodes: int = DEFAULT_N_REFERENCE_EPISODES,
+    seed: int = 0,
+    algorithm_name: str = "unknown",
+    description: str | None = None,
+    overwrite: bool = False,
+) -> minari.MinariDataset:
+    """
+    Write episodes as a local Minari dataset with the evaluation environment's spec and reference scores.
+
+    :param dataset_id: Minari id to write.
+    :param episodes: The episodes (observations have one more row than actions).
+    :param env: The environment the data comes from (spec and spaces are stored).
+    :param eval_env: Evaluation environment (or id / spec) stored in the dataset; default ``env``'s spec.
+    :param ref_min_score: Return of score 0; measured from random actions when reference scores are written.
+    :param ref_max_score: Return of score 1 (exclusive with ``expert_policy``).
+    :param expert_policy: Policy whose mean return on the evaluation environment is ``ref_max_score``.
+    :param n_reference_episodes: Episodes averaged per measured reference score.
+    :param seed: Seed of the reference rollouts.
+    :param algorithm_name: How the data was produced (stored in the metadata).
+    :param description: Stored in the metadata.
+    :param overwrite: Whether to replace an existing dataset with the same id.
+    :return: The new dataset.
+    """
+    eval_env = eval_env if eval_env is not None else env.spec
+    scores = reference_scores(
+        eval_env if eval_env is not None else env, ref_min_score, ref_max_score, expert_policy, n_reference_episodes, seed
+    )
+    n_steps = sum(len(episode) for episode in episodes)
+    return write_dataset(
+        dataset_id,
+        episodes,
+        env=env,
+        eval_env=eval_env,
+        overwrite=overwrite,
+        algorithm_name=algorithm_name,
+        description=description or f"{n_steps} steps of {algorithm_name}. Written by sb3_iql.datasets.",
+        **scores,
+    )
+
+
+def collect(
+    env: str | gym.Env,
+    policy: Predictor | PolicyFn,
+    dataset_id: str,
+    n_steps: int | None = None,
+    n_episodes: int | None = None,
+    action_noise_std: float = 0.0,
+    seed: int = 0,
+    deterministic: bool = True,
+    eval_env: str | EnvSpec | gym.Env | None = None,
+    ref_min_score: float | None = None,
+    ref_max_score: float | None = None,
+    expert_policy: Predictor | PolicyFn | None = None,
+    n_reference_episodes: int = DEFAULT_N_REFERENCE_EPISODES,
+    algorithm_name: str | None = None,
+    description: str | None = None,
+    overwrite: bool = False,
+) -> minari.MinariDataset:
+    """
+    Roll out a policy in an environment and write the transitions as a local Minari dataset (no jax needed).
+
+    Works for any observation space Gymnasium can stack (Box, Dict...). Reference scores are written when
+    ``ref_max_score`` or ``expert_policy`` is given, so that ``minari.get_normalized_score`` works.
+
+    :param env: The environment or its id; its spec is stored.
+    :param policy: SB3 model or callable ``observation -> action``.
+    :param dataset_id: Minari id to write, e.g. ``"sb3_iql/hopper/medium-v0"``.
+    :param n_steps: Total number of transitions; the last episode, cut short, is marked truncated.
+    :param n_episodes: Number of complete episodes (exclusive with ``n_steps``).
+    :param action_noise_std: Std of Gaussian action noise, in units of half the action range; noisy
+        actions are clipped to the bounds.
+    :param seed: Seed of the first reset, of the noise and of the reference rollouts.
+    :param deterministic: For SB3 models, act with the deterministic action (False: sample from the policy,
+        seeded by ``torch.manual_seed``).
+    :param eval_env: Evaluation environment (or id / spec) stored in the dataset; default ``env``'s spec.
+    :param ref_min_score: Return of score 0; measured from random actions when reference scores are written.
+    :param ref_max_score: Return of score 1 (exclusive with ``expert_policy``).
+    :param expert_policy: Policy whose mean return on the evaluation environment is ``ref_max_score``
+        (deterministic actions for SB3 models).
+    :param n_reference_episodes: Episodes averaged per measured reference score.
+    :param algorithm_name: Stored in the metadata; default the policy's class name.
+    :param description: Stored in the metadata.
+    :param overwrite: Whether to replace an existing dataset with the same id.
+    :return: The new dataset.
+    """
+    check_writable(dataset_id, overwrite)
+    env = as_env(env)
+    episodes = rollout_episodes(env, policy, n_steps, n_episodes, action_noise_std, seed, deterministic)
+    algorithm_name = algorithm_name or type(policy).__name__
+    return write_episodes(
+        dataset_id,
+        episodes,
+        env,
+        eval_env,
+        ref_min_score,
+        ref_max_score,
+        expert_policy,
+        n_reference_episodes,
+        seed,
+        algorithm_name=algorithm_name,
+        description=description
+        or f"{algorithm_name} ({'deterministic' if deterministic else 'stochastic'}) with action noise std "
+        f"{action_noise_std}, seed {seed}.",
+        overwrite=overwrite,
+    )

@@ -1,0 +1,137 @@
+"""The replay buffer of an SB3 off-policy model as a Minari dataset (the D4RL "medium-replay" recipe)."""
+
+from typing import Any
+
+import gymnasium as gym
+import minari
+import numpy as np
+from gymnasium import spaces
+from gymnasium.envs.registration import EnvSpec
+from minari.data_collector import EpisodeBuffer
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+
+from sb3_iql.datasets.collect import DEFAULT_N_REFERENCE_EPISODES, PolicyFn, Predictor, as_env, write_episodes
+from sb3_iql.datasets.storage import check_writable
+
+
+def _rows(data: np.ndarray | dict[str, np.ndarray], rows: np.ndarray, env_index: int, space: spaces.Space) -> Any:
+    """:return: ``data[rows, env_index]`` shaped like ``space`` (per key for Dict spaces)."""
+    if isinstance(space, spaces.Dict):
+        return {key: _rows(data[key], rows, env_index, subspace) for key, subspace in space.spaces.items()}
+    return data[rows, env_index].reshape((len(rows), *space.shape)).astype(space.dtype)
+
+
+def _chronological_rows(replay_buffer: ReplayBuffer) -> np.ndarray:
+    """:return: Indices of the stored rows, oldest first (the ring buffer wraps once full)."""
+    if replay_buffer.full:
+        return np.roll(np.arange(replay_buffer.buffer_size), -replay_buffer.pos)
+    return np.arange(replay_buffer.pos)
+
+
+def replay_buffer_episodes(
+    replay_buffer: ReplayBuffer, observation_space: spaces.Space, action_space: spaces.Space, scaled_actions: bool = True
+) -> list[EpisodeBuffer]:
+    """
+    Split an SB3 (Dict)ReplayBuffer into episodes, oldest first, one environment after the other.
+
+    An episode ends at ``done``: terminated unless SB3 flagged a time-out, truncated otherwise. The data still
+    running at the end of the buffer forms a last episode marked truncated; once the ring buffer has wrapped,
+    the oldest episode starts mid-way.
+
+    :param replay_buffer: The buffer (``optimize_memory_usage=False``).
+    :param observation_space: The environment's observation space.
+    :param action_space: The environment's action space.
+    :param scaled_actions: Whether Box actions are stored scaled to [-1, 1], as SB3 off-policy algorithms do;
+        they are then mapped back to the environment's bounds.
+    :return: The episodes.
+    """
+    if replay_buffer.optimize_memory_usage:
+        raise ValueError("A replay buffer with optimize_memory_usage=True has no next observations at episode ends")
+    rows = _chronological_rows(replay_buffer)
+    episodes: list[EpisodeBuffer] = []
+    for env_index in range(replay_buffer.n_envs):
+        dones = replay_buffer.dones[rows, env_index].astype(bool)
+        timeouts = replay_buffer.timeouts[rows, env_index].astype(bool)
+        ends = np.flatnonzero(dones)
+        if len(ends) == 0 or ends[-1] != len(rows) - 1:
+            ends = np.append(ends, len(rows) - 1)
+        for start, end in zip(np.concatenate(([0], ends[:-1] + 1)), ends):
+            episode_rows = rows[start : end + 1]
+            observations = _rows(replay_buffer.observations, episode_rows, env_index, observation_space)
+            last = _rows(replay_buffer.next_observations, episode_rows[-1:], env_index, observation_space)
+            actions = _rows(replay_buffer.actions, episode_rows, env_index, action_space)
+            if scaled_actions and isinstance(action_space, spaces.Box):
+                actions = (action_space.low + (actions + 1.0) * (action_space.high - action_space.low) / 2).astype(
+                    action_space.dtype
+                )
+            terminations = dones[start : end + 1] & ~timeouts[start : end + 1]
+            episodes.append(
+                EpisodeBuffer(
+                    id=len(episodes),
+                    observations=_append_row(observations, last),
+                    actions=actions,
+                    rewards=replay_buffer.rewards[episode_rows, env_index].astype(np.float64),
+                    terminations=terminations,
+                    truncations=~terminations & (np.arange(start, end + 1) == end),
+                    infos={},
+                )
+            )
+    return episodes
+
+
+def _append_row(observations: Any, last: Any) -> Any:
+    """:return: ``observations`` (T, ...) followed by ``last`` (1, ...), per key for dicts."""
+    if isinstance(observations, dict):
+        return {key: _append_row(observations[key], last[key]) for key in observations}
+    return np.concatenate([observations, last])
+
+
+def dataset_from_replay_buffer(
+    model: OffPolicyAlgorithm,
+    dataset_id: str,
+    env: str | gym.Env,
+    eval_env: str | EnvSpec | gym.Env | None = None,
+    ref_min_score: float | None = None,
+    ref_max_score: float | None = None,
+    expert_policy: Predictor | PolicyFn | None = None,
+    n_reference_episodes: int = DEFAULT_N_REFERENCE_EPISODES,
+    seed: int = 0,
+    description: str | None = None,
+    overwrite: bool = False,
+) -> minari.MinariDataset:
+    """
+    Write everything an off-policy model has in its replay buffer (e.g. SAC up to a "medium" policy) as a
+    Minari dataset, with the terminations and truncations SB3 recorded.
+
+    :param model: An SB3 off-policy model (SAC, TD3, TQC...) with its replay buffer.
+    :param dataset_id: Minari id to write, e.g. ``"sb3_iql/hopper/medium-replay-v0"``.
+    :param env: The training environment or its id (spec and spaces are stored).
+    :param eval_env: Evaluation environment stored in the dataset; default ``env``'s spec.
+    :param ref_min_score: Return of score 0; measured from random actions when reference scores are written.
+    :param ref_max_score: Return of score 1 (exclusive with ``expert_policy``).
+    :param expert_policy: Policy whose mean return on the evaluation environment is ``ref_max_score``.
+    :param n_reference_episodes: Episodes averaged per measured reference score.
+    :param seed: Seed of the reference rollouts.
+    :param description: Stored in the metadata.
+    :param overwrite: Whether to replace an existing dataset with the same id.
+    :return: The new dataset.
+    """
+    check_writable(dataset_id, overwrite)
+    env = as_env(env)
+    episodes = replay_buffer_episodes(model.replay_buffer, env.observation_space, env.action_space)
+    algorithm_name = type(model).__name__
+    return write_episodes(
+        dataset_id,
+        episodes,
+        env,
+        eval_env,
+        ref_min_score,
+        ref_max_score,
+        expert_policy,
+        n_reference_episodes,
+        seed,
+        algorithm_name=f"{algorithm_name} replay buffer",
+        description=description or f"The replay buffer of {algorithm_name} after {model.num_timesteps} steps.",
+        overwrite=overwrite,
+    )

@@ -1,0 +1,318 @@
+"""Dataset generators and writers: every dataset is written under a temporary MINARI_DATASETS_PATH."""
+
+import itertools
+import os
+import pathlib
+import subprocess
+import sys
+
+import gymnasium as gym
+import minari
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3 import SAC, TD3
+
+from sb3_iql.datasets import (
+    MAZES,
+    WaypointController,
+    collect,
+    dataset_exists,
+    dataset_from_replay_buffer,
+    ensure_dataset,
+    make_pointmaze_dataset,
+    make_pointmaze_env,
+    parse_pointmaze_dataset_id,
+    pointmaze_dataset_id,
+    write_dataset,
+)
+from sb3_iql.datasets.__main__ import main
+from sb3_iql.datasets.collect import rollout_episodes
+
+th.set_num_threads(1)
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# InvertedPendulum: Box observations, actions in [-3, 3], terminates once the pole tilts more than 0.2 rad
+PENDULUM_ID = "InvertedPendulum-v5"
+PENDULUM_MAX_ANGLE = 0.2
+N_MAZE_STEPS = 700
+N_REFERENCE_EPISODES = 2
+
+
+def episodes_of(dataset_id: str) -> list[minari.EpisodeData]:
+    return list(minari.load_dataset(dataset_id).iterate_episodes())
+
+
+def assert_single_end_flag(episode: minari.EpisodeData) -> None:
+    """Every episode ends exactly once, at its last step, by termination or truncation (not both)."""
+    ends = episode.terminations | episode.truncations
+    assert not ends[:-1].any() and ends[-1]
+    assert not (episode.terminations[-1] and episode.truncations[-1])
+
+
+@pytest.mark.parametrize(("maze", "reward"), [("umaze", "sparse"), ("medium", "dense"), ("large", "sparse")])
+def test_pointmaze_dataset(minari_root: pathlib.Path, maze: str, reward: str) -> None:
+    dataset = make_pointmaze_dataset(maze, reward, n_steps=N_MAZE_STEPS, n_reference_episodes=N_REFERENCE_EPISODES)
+    dataset_id = pointmaze_dataset_id(maze, reward)
+    assert dataset_exists(dataset_id)
+    dataset = minari.load_dataset(dataset_id)
+    episode_length = MAZES[maze].episode_length
+    assert dataset.total_steps == N_MAZE_STEPS
+    assert dataset.total_episodes == -(-N_MAZE_STEPS // episode_length)
+    assert set(dataset.observation_space.spaces) == {"observation", "achieved_goal", "desired_goal"}
+
+    # Reference scores: the noiseless controller beats random actions on the fixed-goal evaluation env
+    metadata = dataset.storage.metadata
+    assert metadata["ref_max_score"] > metadata["ref_min_score"]
+    assert minari.get_normalized_score(dataset, np.array(metadata["ref_max_score"])) == pytest.approx(1.0)
+    eval_spec = dataset.recover_environment(eval_env=True).spec
+    goal_row, goal_col = MAZES[maze].eval_goal_cell
+    assert eval_spec.kwargs["reset_target"] is False and eval_spec.kwargs["maze_map"][goal_row][goal_col] == "g"
+    assert dataset.recover_environment().spec.kwargs["reset_target"] is True
+
+    maze_env = make_pointmaze_env(maze, reward).unwrapped
+    episodes = list(dataset.iterate_episodes())
+    for index, episode in enumerate(episodes):
+        assert len(episode) == min(episode_length, N_MAZE_STEPS - index * episode_length)
+        assert not episode.terminations.any() and episode.truncations[-1] and not episode.truncations[:-1].any()
+        observations = episode.observations
+        np.testing.assert_array_equal(observations["achieved_goal"], observations["observation"][:, :2])
+        expected_rewards = maze_env.compute_reward(observations["achieved_goal"][1:], observations["desired_goal"][1:], {})
+        np.testing.assert_allclose(episode.rewards, expected_rewards)
+        assert np.all(np.abs(episode.actions) <= 1.0)
+    # One continuing run, cut into episodes: each episode starts where the previous one stopped
+    for previous, following in itertools.pairwise(episodes):
+        np.testing.assert_array_equal(previous.observations["observation"][-1], following.observations["observation"][0])
+
+
+@pytest.mark.parametrize("maze", list(MAZES))
+def test_pointmaze_data_matches_env_step(minari_root: pathlib.Path, maze: str) -> None:
+    """The fast stepping loop reproduces env.step bit for bit, goal changes included."""
+    make_pointmaze_dataset(maze, n_steps=N_MAZE_STEPS, seed=3, n_reference_episodes=1)
+    env = make_pointmaze_env(maze).unwrapped
+    env.reset(seed=3)
+    n_goals = 0
+    for episode in episodes_of(pointmaze_dataset_id(maze)):
+        for step, action in enumerate(episode.actions):
+            observation, reward, terminated, truncated, _ = env.step(action)
+            for key, value in observation.items():
+                np.testing.assert_array_equal(value, episode.observations[key][step + 1])
+            assert reward == episode.rewards[step] and not terminated and not truncated
+        n_goals += len(np.unique(episode.observations["desired_goal"], axis=0))
+    assert n_goals > 1, "the controller should reach goals and get new ones"
+
+
+def test_pointmaze_stitch(minari_root: pathlib.Path) -> None:
+    """Same behaviour as the default variant, but the stored goal is the evaluation goal and rewards follow it."""
+    kwargs = dict(maze="umaze", reward="sparse", n_steps=N_MAZE_STEPS, seed=1, n_reference_episodes=N_REFERENCE_EPISODES)
+    make_pointmaze_dataset(stitch=False, **kwargs)
+    make_pointmaze_dataset(stitch=True, **kwargs)
+    assert parse_pointmaze_dataset_id("sb3_iql/pointmaze/umaze-stitch-v0") == ("umaze", "sparse", True)
+    maze_env = make_pointmaze_env("umaze").unwrapped
+    eval_goal = maze_env.maze.cell_rowcol_to_xy(np.array(MAZES["umaze"].eval_goal_cell))
+    plain, stitch = episodes_of("sb3_iql/pointmaze/umaze-v0"), episodes_of("sb3_iql/pointmaze/umaze-stitch-v0")
+    assert any(not np.allclose(episode.observations["desired_goal"], eval_goal) for episode in plain)
+    for plain_episode, stitch_episode in zip(plain, stitch, strict=True):
+        np.testing.assert_array_equal(plain_episode.actions, stitch_episode.actions)
+        np.testing.assert_array_equal(plain_episode.observations["observation"], stitch_episode.observations["observation"])
+        np.testing.assert_array_equal(
+            stitch_episode.observations["desired_goal"], np.broadcast_to(eval_goal, (len(stitch_episode) + 1, 2))
+        )
+        expected = maze_env.compute_reward(stitch_episode.observations["achieved_goal"][1:], eval_goal, {})
+        np.testing.assert_array_equal(stitch_episode.rewards, expected)
+    assert sum(episode.rewards.sum() for episode in stitch) > 0, "the behaviour passes through the evaluation goal"
+
+
+def test_pointmaze_deterministic_by_seed(minari_root: pathlib.Path) -> None:
+    def actions(seed: int, dataset_id: str) -> np.ndarray:
+        dataset = make_pointmaze_dataset(n_steps=N_MAZE_STEPS, seed=seed, n_reference_episodes=1, dataset_id=dataset_id)
+        return np.concatenate([episode.actions for episode in dataset.iterate_episodes()])
+
+    first = actions(0, "test/maze/a-v0")
+    np.testing.assert_array_equal(first, actions(0, "test/maze/b-v0"))
+    assert not np.array_equal(first, actions(1, "test/maze/c-v0"))
+
+
+def test_waypoint_controller_reaches_far_goal() -> None:
+    """Noiseless controller through the gymnasium API: reaches the fixed goal of the large maze and stays there."""
+    env = make_pointmaze_env("large", evaluation=True)
+    controller = WaypointController(env.unwrapped.maze)
+    observation, _ = env.reset(seed=0)
+    truncated = False
+    while not truncated:
+        observation, _, terminated, truncated, info = env.step(controller(observation))
+        assert not terminated
+    assert info["success"]
+
+
+def test_next_cell_table_follows_free_cells() -> None:
+    maze = make_pointmaze_env("large").unwrapped.maze
+    controller = WaypointController(maze)
+    goal = MAZES["large"].eval_goal_cell
+    table = controller.next_cell_table(goal)
+    free_cells = [(row, col) for row, line in enumerate(maze.maze_map) for col, cell in enumerate(line) if cell != 1]
+    assert set(table) == set(free_cells)
+    for cell in free_cells:
+        for _ in range(len(free_cells)):
+            following = table[cell]
+            assert following == goal or abs(following[0] - cell[0]) + abs(following[1] - cell[1]) == 1
+            cell = following
+        assert cell == goal
+
+
+def test_ensure_dataset(minari_root: pathlib.Path) -> None:
+    dataset_id = "sb3_iql/pointmaze/umaze-stitch-v0"
+    created = ensure_dataset(dataset_id, n_steps=N_MAZE_STEPS, n_reference_episodes=1)
+    assert created.total_steps == N_MAZE_STEPS
+    data_file = next((minari_root / dataset_id / "data").iterdir())
+    modified = data_file.stat().st_mtime_ns
+    assert ensure_dataset(dataset_id).total_steps == N_MAZE_STEPS
+    assert data_file.stat().st_mtime_ns == modified, "an existing dataset is loaded, not regenerated"
+    with pytest.raises(ValueError, match="has 700 steps"):
+        ensure_dataset(dataset_id, n_steps=2 * N_MAZE_STEPS)
+    with pytest.raises(FileNotFoundError):
+        ensure_dataset("D4RL/pointmaze/umaze-v2")
+
+
+def test_pointmaze_bad_input(minari_root: pathlib.Path) -> None:
+    with pytest.raises(ValueError, match="Unknown maze"):
+        make_pointmaze_dataset("huge")
+    with pytest.raises(ValueError, match="Unknown reward"):
+        make_pointmaze_dataset("umaze", reward="shaped")
+    with pytest.raises(ValueError, match="not a PointMaze dataset id"):
+        parse_pointmaze_dataset_id("sb3_iql/pointmaze/huge-v0")
+    make_pointmaze_dataset(n_steps=10, n_reference_episodes=1)
+    with pytest.raises(FileExistsError, match="already exists"):
+        make_pointmaze_dataset(n_steps=10, n_reference_episodes=1)
+    assert make_pointmaze_dataset(n_steps=20, n_reference_episodes=1, overwrite=True).total_steps == 20
+
+
+def test_collect_terminations_and_noise_clipping(minari_root: pathlib.Path) -> None:
+    """Random-length episodes that really terminate; the last one cut by n_steps is truncated; noisy actions stay in bounds."""
+    env = gym.make(PENDULUM_ID)
+    high = env.action_space.high
+    n_steps = 200
+    collect(env, lambda observation: high, "test/pendulum/noisy-v0", n_steps=n_steps, action_noise_std=0.5, seed=0)
+    episodes = episodes_of("test/pendulum/noisy-v0")
+    assert sum(len(episode) for episode in episodes) == n_steps
+    assert sum(episode.terminations[-1] for episode in episodes) >= 2
+    for episode in episodes:
+        assert_single_end_flag(episode)
+        final_angle = abs(episode.observations[-1, 1])
+        assert episode.terminations[-1] == (final_angle > PENDULUM_MAX_ANGLE)
+    assert episodes[-1].truncations[-1] or episodes[-1].terminations[-1]
+    actions = np.concatenate([episode.actions for episode in episodes])
+    assert np.all(actions <= high) and np.all(actions >= env.action_space.low)
+    assert np.mean(actions == high) > 0.3 and np.mean(actions < high) > 0.3, "noise, then clipped to the bound"
+
+
+def test_collect_round_trip_sb3_model(minari_root: pathlib.Path) -> None:
+    """Stored data replays exactly in the environment; an SB3 model as policy and as expert for the reference score."""
+    model = TD3("MlpPolicy", PENDULUM_ID, seed=0, device="cpu")
+    dataset = collect(
+        PENDULUM_ID, model, "test/pendulum/td3-v0", n_episodes=3, seed=5, expert_policy=model, n_reference_episodes=2
+    )
+    assert dataset.total_episodes == 3
+    assert {"ref_min_score", "ref_max_score"} <= set(dataset.storage.metadata)
+    env = gym.make(PENDULUM_ID)
+    for index, episode in enumerate(dataset.iterate_episodes()):
+        assert_single_end_flag(episode)
+        observation, _ = env.reset(seed=5 if index == 0 else None)
+        np.testing.assert_array_equal(observation, episode.observations[0])
+        for step, action in enumerate(episode.actions):
+            np.testing.assert_array_equal(action, model.predict(episode.observations[step], deterministic=True)[0])
+            observation, reward, *_ = env.step(action)
+            np.testing.assert_array_equal(observation, episode.observations[step + 1])
+            assert reward == episode.rewards[step]
+
+
+def test_collect_dict_observations(minari_root: pathlib.Path) -> None:
+    """Dict observations; a goal-reaching controller in a maze that terminates at the goal."""
+    env = gym.make("PointMaze_UMaze-v3", continuing_task=False)
+    controller = WaypointController(env.unwrapped.maze)
+    dataset = collect(env, controller, "test/maze/dict-v0", n_episodes=2, seed=0)
+    assert isinstance(dataset.observation_space, gym.spaces.Dict)
+    for episode in dataset.iterate_episodes():
+        assert_single_end_flag(episode)
+        assert episode.terminations[-1], "the controller reaches the goal before the time limit"
+        for key in ("observation", "achieved_goal", "desired_goal"):
+            assert len(episode.observations[key]) == len(episode) + 1
+
+
+def test_collect_bad_input(minari_root: pathlib.Path) -> None:
+    env = gym.make(PENDULUM_ID)
+    policy = env.action_space.sample
+    with pytest.raises(ValueError, match="exactly one of n_steps and n_episodes"):
+        rollout_episodes(env, lambda observation: policy(), n_steps=10, n_episodes=1)
+    with pytest.raises(ValueError, match="exactly one of n_steps and n_episodes"):
+        collect(env, lambda observation: policy(), "test/pendulum/none-v0")
+    with pytest.raises(ValueError, match="not both"):
+        collect(env, lambda observation: policy(), "test/pendulum/refs-v0", n_steps=5, ref_max_score=1.0, expert_policy=policy)
+    with pytest.raises(ValueError, match="needs ref_max_score"):
+        collect(env, lambda observation: policy(), "test/pendulum/refs-v0", n_steps=5, ref_min_score=0.0)
+    with pytest.raises(ValueError, match="bounded Box"):
+        collect("CartPole-v1", lambda observation: 0, "test/cartpole/noise-v0", n_steps=5, action_noise_std=0.1)
+    with pytest.raises(TypeError, match="predict"):
+        collect(env, 3, "test/pendulum/policy-v0", n_steps=5)
+    assert not any(minari_root.rglob("data")), "failed calls leave nothing behind"
+
+
+def test_failed_write_leaves_no_folder(minari_root: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dataset_id = "test/pendulum/failed-v0"
+    episodes = rollout_episodes(gym.make(PENDULUM_ID), lambda observation: np.zeros(1), n_episodes=1)
+
+    def create_then_fail(dataset_id: str, *args: object, **kwargs: object) -> None:
+        (minari_root / dataset_id / "data").mkdir(parents=True)
+        raise RuntimeError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(minari, "create_dataset_from_buffers", create_then_fail)
+        with pytest.raises(RuntimeError, match="disk full"):
+            write_dataset(dataset_id, episodes, gym.make(PENDULUM_ID))
+    assert not (minari_root / dataset_id).exists()
+    # A leftover empty data folder (from a failed create elsewhere) does not block the id either
+    (minari_root / dataset_id / "data").mkdir(parents=True)
+    assert write_dataset(dataset_id, episodes, gym.make(PENDULUM_ID)).total_episodes == 1
+
+
+def test_dataset_from_replay_buffer(minari_root: pathlib.Path) -> None:
+    """SAC's buffer (scaled actions, terminations, time-outs) becomes episodes with the right flags and actions."""
+    n_steps, time_limit = 300, 5
+    env = gym.make(PENDULUM_ID, max_episode_steps=time_limit)
+    model = SAC("MlpPolicy", env, learning_starts=n_steps, seed=0, device="cpu")
+    model.learn(n_steps)
+    dataset = dataset_from_replay_buffer(model, "test/pendulum/replay-v0", env)
+    episodes = list(dataset.iterate_episodes())
+    assert dataset.total_steps == n_steps
+    flags = [(episode.terminations[-1], episode.truncations[-1]) for episode in episodes]
+    assert (True, False) in flags and (False, True) in flags
+    buffer = model.replay_buffer
+    for episode in episodes:
+        assert_single_end_flag(episode)
+        assert len(episode) <= time_limit
+        assert episode.terminations[-1] == (abs(episode.observations[-1, 1]) > PENDULUM_MAX_ANGLE)
+    actions = np.concatenate([episode.actions for episode in episodes])
+    np.testing.assert_allclose(actions, model.policy.unscale_action(buffer.actions[:n_steps, 0]), rtol=1e-6)
+    assert np.abs(actions).max() > 1.0, "actions are back in the environment's [-3, 3] bounds"
+    observations = np.concatenate([episode.observations[:-1] for episode in episodes])
+    np.testing.assert_array_equal(observations, buffer.observations[:n_steps, 0])
+
+
+def test_cli(minari_root: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    arguments = ["pointmaze", "--maze", "umaze", "--stitch", "--n-steps", "500", "--n-reference-episodes", "1"]
+    environment = {**os.environ, "MINARI_DATASETS_PATH": str(minari_root), "PYTHONPATH": str(REPO_ROOT)}
+    command = [sys.executable, "-m", "sb3_iql.datasets", *arguments]
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, cwd=REPO_ROOT, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "sb3_iql/pointmaze/umaze-stitch-v0: 500 steps, 2 episodes" in result.stdout
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments)
+    assert exit_info.value.code == 1 and "already exists" in capsys.readouterr().err
+
+    main(["collect", "--env", PENDULUM_ID, "--dataset-id", "test/pendulum/random-v0", "--n-steps", "30", "--ref-max", "1000"])
+    assert "test/pendulum/random-v0: 30 steps" in capsys.readouterr().out
+    main(["list", "--prefix", "test"])
+    listing = capsys.readouterr().out
+    assert "test/pendulum/random-v0  30 steps" in listing and "ref [" in listing and "sb3_iql" not in listing
+    with pytest.raises(SystemExit):
+        main(["pointmaze", "--maze", "huge"])
