@@ -10,6 +10,7 @@ import pytest
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
 from stable_baselines3.common.logger import configure
+from stable_baselines3.common.vec_env import DummyVecEnv
 from toy_data import LINE_ENV_ID, LineEnv, bad_policy, good_policy, rollout_episodes, write_dataset
 
 from sb3_iql import IQL, evaluate, normalized_score
@@ -236,3 +237,26 @@ def test_online_fine_tuning_improves_a_poor_offline_policy(minari_root):
     after = evaluate(model, LineEnv(), n_eval_episodes=20, seed=7).mean_return
     assert model.replay_buffer.size() == 1000 + 3000
     assert after > before + 3.0, (before, after)
+
+
+def test_online_steps_store_transformed_rewards_and_keep_time_limits_non_terminal(line_dataset):
+    model = line_model(line_dataset, reward_transform="antmaze", offline_steps=0)
+    offline_rows = model.replay_buffer.pos
+    model.learn(total_timesteps=25)  # one 20-step episode and the start of the next
+    buffer = model.replay_buffer
+    online = slice(offline_rows, offline_rows + 25)
+    positions = buffer.next_observations[online, 0, 0]
+    np.testing.assert_allclose(buffer.rewards[online, 0], -np.abs(positions - 0.5) - 1.0, rtol=1e-5)
+    assert buffer.dones[online, 0].tolist() == [0.0] * 19 + [1.0] + [0.0] * 5
+    assert buffer.timeouts[online, 0].tolist() == [0.0] * 19 + [1.0] + [0.0] * 5
+    batch = buffer._get_samples(np.array([offline_rows + 19]))
+    assert batch.dones.item() == 0.0  # the time limit is not a terminal state
+
+
+def test_vectorized_environments(line_dataset):
+    env = DummyVecEnv([LineEnv, LineEnv])
+    model = IQL("MlpPolicy", env, offline_dataset=line_dataset, offline_steps=5, policy_kwargs=SMALL_NET, seed=0)
+    model.learn(total_timesteps=10)
+    assert model.replay_buffer.size() == 1000 + 5  # rows of 2 transitions: 500 offline, 5 online
+    actions, _ = model.predict(env.reset(), deterministic=True)
+    assert actions.shape == (2, 1) and np.all(np.abs(actions) <= 2.0)

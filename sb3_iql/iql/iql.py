@@ -135,11 +135,11 @@ class IQL(OffPolicyAlgorithm):
             self.sampling_generator.manual_seed(seed)
 
         transitions = None
+        env = gym.make(env) if isinstance(env, str) else env
         if _init_setup_model and offline_dataset is not None:
             datasets = resolve_datasets(offline_dataset, download=download_dataset)
             if env is None:
                 env = datasets[0].recover_environment()
-            env = gym.make(env) if isinstance(env, str) else env
             self._check_action_space(env.action_space)
             for dataset in datasets:
                 check_spaces(dataset, env.observation_space, env.action_space)
@@ -152,7 +152,7 @@ class IQL(OffPolicyAlgorithm):
                     f"buffer_size={buffer_size} is smaller than the offline dataset ({len(transitions)} transitions): "
                     f"use buffer_size >= {len(transitions)}, or None for dataset size + {ONLINE_BUFFER_ROOM} online steps"
                 )
-        elif env is not None and not isinstance(env, str):
+        elif env is not None:
             self._check_action_space(env.action_space)
         self.reward_transform_fn = make_reward_transform(
             reward_transform, None if transitions is None else transitions.episode_returns
@@ -161,7 +161,7 @@ class IQL(OffPolicyAlgorithm):
         policy_kwargs = {} if policy_kwargs is None else dict(policy_kwargs)
         if dropout is not None:
             policy_kwargs["actor_dropout"] = dropout
-        if env is not None and not isinstance(env, str) and isinstance(env.observation_space, spaces.Dict):
+        if env is not None and isinstance(env.observation_space, spaces.Dict):
             # The MLPs are the same; MultiInputPolicy feeds them the concatenated parts of the observation.
             policy = "MultiInputPolicy" if policy in ("MlpPolicy", MlpPolicy) else policy
 
