@@ -6,6 +6,7 @@ import gymnasium as gym
 import minari
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.env_util import is_wrapped
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv
@@ -70,6 +71,8 @@ def evaluate(
         dataset = dataset_or_env
         normalized_score(dataset, 0.0)  # fail before the episodes are run
         env = Monitor(dataset.recover_environment(eval_env=True))
+    elif isinstance(dataset_or_env, gym.Env) and not is_wrapped(dataset_or_env, Monitor):
+        env = Monitor(dataset_or_env)  # episode returns as the environment reports them
     else:
         env = dataset_or_env
     if seed is not None:

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from stable_baselines3.common.type_aliases import GymEnv
 
+from sb3_iql.data.minari_loader import load_dataset
 from sb3_iql.iql import IQL
 
 #: The presets shipped with the package.
@@ -144,6 +145,7 @@ def from_preset(
     env: GymEnv | str | None = None,
     finetune: bool = False,
     path: str | None = None,
+    model_class: type[IQL] = IQL,
     **overrides: Any,
 ) -> IQL:
     """
@@ -153,9 +155,11 @@ def from_preset(
     ``model.learn(n_timesteps)`` runs the offline updates first, then the online steps.
 
     :param dataset_id: Minari dataset id, stored locally (or pass ``download_dataset=True``)
-    :param env: environment for evaluation and online fine-tuning (default: recovered from the dataset)
+    :param env: environment for evaluation and online fine-tuning (default: the dataset's evaluation environment,
+        which is the collection environment when the dataset stores no other)
     :param finetune: use the fine-tuning preset (constant actor lr, ``learning_starts=0``...)
     :param path: a YAML preset file (default: the package's)
+    :param model_class: the class to build, ``IQL`` or a subclass
     :param overrides: IQL constructor arguments that replace the preset's (``offline_steps``, ``policy``, ``seed``,
         ``verbose``, ``device``...)
     :return: the model, with the dataset in its replay buffer
@@ -163,5 +167,10 @@ def from_preset(
     """
     kwargs = {**iql_kwargs(preset_for(dataset_id, finetune, path)), **overrides}
     kwargs.setdefault("offline_dataset", dataset_id)
+    if env is None and isinstance(kwargs["offline_dataset"], str):
+        # The evaluation environment (fixed goal for the mazes), also the one to fine-tune in.
+        env = load_dataset(kwargs["offline_dataset"], download=kwargs.get("download_dataset", False)).recover_environment(
+            eval_env=True
+        )
     policy = kwargs.pop("policy", "MlpPolicy")
-    return IQL(policy, env, **kwargs)
+    return model_class(policy, env, **kwargs)

@@ -229,6 +229,8 @@ def train(argv: Sequence[str] | None = None) -> None:
     :param argv: the command line after ``train`` (default: ``sys.argv[2:]``)
     """
     args, rest = _peek_parser().parse_known_args(sys.argv[2:] if argv is None else argv)
+    if {"-optimize", "--optimize-hyperparameters"} & set(rest):
+        raise SystemExit("Hyperparameter optimisation is not supported for IQL: rl-zoo has no sampler for it")
     register_iql()
     _import_packages(args.gym_packages)
     if args.help:
@@ -237,7 +239,9 @@ def train(argv: Sequence[str] | None = None) -> None:
         env_id, conf_file = args.env, args.conf_file
         if args.dataset is not None:
             if conf_file is not None:
-                raise SystemExit("--dataset builds the configuration from its preset: change it with -params, or drop --dataset")
+                raise SystemExit(
+                    "--dataset builds the configuration from its preset: change it with -params, or drop --dataset"
+                )
             hyperparams = zoo_hyperparams(args.dataset, args.env, args.finetune, args.presets)
             env_id = next(iter(hyperparams))
             conf_file = os.path.join(folder, "iql.yml")

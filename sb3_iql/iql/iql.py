@@ -42,7 +42,7 @@ class IQL(OffPolicyAlgorithm):
     :param policy: ``"MlpPolicy"``, ``"MultiInputPolicy"`` or a policy class; with Dict observations
         ``"MlpPolicy"`` runs the same MLPs on the concatenated parts of the observation
     :param env: environment for online fine-tuning and evaluation (gymnasium env, VecEnv or id); with
-        ``offline_dataset`` it may be None: the environment is then recovered from the dataset
+        ``offline_dataset`` it may be None: the dataset's evaluation environment is then recovered
     :param offline_dataset: Minari dataset id, ``minari.MinariDataset``, or a list of them; every transition is
         loaded into the replay buffer
     :param learning_rate: learning rate of the three Adam optimizers (actor: see ``actor_lr_schedule``)
@@ -138,8 +138,8 @@ class IQL(OffPolicyAlgorithm):
         env = gym.make(env) if isinstance(env, str) else env
         if _init_setup_model and offline_dataset is not None:
             datasets = resolve_datasets(offline_dataset, download=download_dataset)
-            if env is None:
-                env = datasets[0].recover_environment()
+            if env is None:  # the task the dataset is scored on, also the one to fine-tune on
+                env = datasets[0].recover_environment(eval_env=True)
             self._check_action_space(env.action_space)
             for dataset in datasets:
                 check_spaces(dataset, env.observation_space, env.action_space)
@@ -197,6 +197,29 @@ class IQL(OffPolicyAlgorithm):
                 if self._vec_normalize_env is not None:
                     raise ValueError("VecNormalize is not supported with an offline dataset: its data is not normalized")
                 self.add_transitions(transitions)
+
+    @classmethod
+    def from_preset(
+        cls: type[SelfIQL],
+        dataset_id: str,
+        env: GymEnv | str | None = None,
+        finetune: bool = False,
+        path: str | None = None,
+        **overrides: Any,
+    ) -> SelfIQL:
+        """
+        A model with the paper's hyperparameters for a dataset (``sb3_iql/hyperparams/iql.yml``), see
+        ``sb3_iql.presets.from_preset``.
+
+        :param dataset_id: Minari id, e.g. ``"D4RL/antmaze/large-diverse-v1"`` or ``"mujoco/hopper/medium-v0"``
+        :param env: environment (default: the dataset's evaluation environment)
+        :param finetune: the fine-tuning preset (offline then online) instead of the offline one
+        :param path: another preset file
+        :param overrides: IQL arguments that replace the preset's
+        """
+        from sb3_iql.presets import from_preset  # presets imports this module
+
+        return from_preset(dataset_id, env, finetune, path, model_class=cls, **overrides)
 
     @staticmethod
     def _check_action_space(action_space: spaces.Space) -> None:
@@ -365,6 +388,7 @@ class IQL(OffPolicyAlgorithm):
         if n_updates is None:
             n_updates = max(self.offline_steps - self._n_offline_updates, 0)
         callback = self._setup_offline_learn(n_updates, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        total_timesteps = self._total_timesteps  # read by callbacks through locals(), as in SB3
         callback.on_training_start(locals(), globals())
         self.policy.set_training_mode(True)
         metric_sums = th.zeros(len(METRIC_NAMES), device=self.device)

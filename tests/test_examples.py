@@ -1,0 +1,112 @@
+"""The examples run as written, with tiny budgets, on data they make in a temporary Minari root (no network)."""
+
+import os
+import pathlib
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from maze_data import MAZE_ID, tiny_maze_root
+
+from sb3_iql.datasets import RandomPolicy, collect
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+TIMEOUT_S = 120
+ANTMAZE_ID, ANTMAZE_ENV_ID = "D4RL/antmaze/large-diverse-v1", "AntMaze_Large_Diverse_GR-v4"
+#: Evaluation episodes of the stand-in are cut short to keep the test fast.
+ANTMAZE_EVAL_STEPS = 30
+
+
+@pytest.fixture(scope="module")
+def maze_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path]:
+    yield from tiny_maze_root(tmp_path_factory)
+
+
+def run_example(name: str, *args: str, minari_root: pathlib.Path, cwd: pathlib.Path) -> str:
+    """Run ``examples/<name>`` in a fresh interpreter; :return: its standard output"""
+    env = {**os.environ, "MINARI_DATASETS_PATH": str(minari_root), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    assert result.returncode == 0, f"{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def test_offline_pointmaze(maze_root, tmp_path):
+    log_dir = tmp_path / "run"
+    output = run_example(
+        "offline_pointmaze.py",
+        *["--updates", "12", "--eval-freq", "6", "--eval-episodes", "1", "--log-dir", str(log_dir)],
+        minari_root=maze_root,
+        cwd=tmp_path,
+    )
+    assert f"{MAZE_ID}: 12 updates, mean return" in output and "normalized score" in output
+    assert np.load(log_dir / "evaluations.npz")["timesteps"].tolist() == [6, 12]
+    assert (log_dir / "iql_pointmaze.zip").is_file() and (log_dir / "progress.csv").is_file()
+
+
+def test_finetune_pointmaze(maze_root, tmp_path):
+    output = run_example(
+        "finetune_pointmaze.py",
+        *["--updates", "6", "--online-steps", "10", "--eval-freq", "100", "--eval-episodes", "1"],
+        minari_root=maze_root,
+        cwd=tmp_path,
+    )
+    assert "after 6 offline updates" in output and "after 10 online steps" in output
+    assert "replay buffer: 1210 transitions (1200 from the dataset)" in output
+
+
+def test_from_numpy(tmp_path):
+    minari_root = tmp_path / "minari"
+    output = run_example(
+        "from_numpy.py",
+        *["--n-steps", "450", "--updates", "5", "--eval-episodes", "1"],
+        minari_root=minari_root,
+        cwd=tmp_path,
+    )
+    # 200-step Pendulum episodes: two complete ones and an unfinished one, kept as truncated.
+    assert "local/pendulum/pd-controller-v0: 3 episodes, 450 steps" in output and "IQL mean return" in output
+    assert (minari_root / "local" / "pendulum" / "pd-controller-v0" / "data" / "main_data.hdf5").is_file()
+
+
+def test_collect_from_sb3(tmp_path):
+    output = run_example(
+        "collect_from_sb3.py",
+        *["--train-steps", "40", "--n-steps", "250", "--updates", "5", "--reference-episodes", "1", "--eval-episodes", "1"],
+        *["--save-agent", str(tmp_path / "sac.zip")],
+        minari_root=tmp_path / "minari",
+        cwd=tmp_path,
+    )
+    assert "local/pendulum/sac-noisy-v0: 2 episodes, 250 steps" in output and "normalized score" in output
+    assert (tmp_path / "sac.zip").is_file()
+
+
+def test_d4rl_antmaze_on_a_local_stand_in(tmp_path):
+    """The D4RL script as a user runs it, with a local stand-in under the same id: minari finds it and downloads nothing."""
+    minari_root = tmp_path / "minari"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("MINARI_DATASETS_PATH", str(minari_root))
+        env = gym.make(ANTMAZE_ENV_ID)
+        short_eval_env = gym.make(ANTMAZE_ENV_ID, max_episode_steps=ANTMAZE_EVAL_STEPS)
+        collect(
+            env,
+            RandomPolicy(env.action_space),
+            ANTMAZE_ID,
+            n_steps=100,
+            eval_env=short_eval_env,
+            ref_min_score=0.0,
+            ref_max_score=1.0,
+        )
+    log_dir = tmp_path / "run"
+    output = run_example(
+        "d4rl_antmaze.py",
+        *["--updates", "4", "--eval-freq", "2", "--eval-episodes", "1", "--log-dir", str(log_dir)],
+        minari_root=minari_root,
+        cwd=tmp_path,
+    )
+    assert f"{ANTMAZE_ID}: mean return" in output and "normalized score" in output
+    assert np.load(log_dir / "evaluations.npz")["timesteps"].tolist() == [2, 4]
+    assert (log_dir / "iql_antmaze.zip").is_file()

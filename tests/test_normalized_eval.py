@@ -1,0 +1,99 @@
+"""NormalizedEvalCallback: D4RL-style normalized scores next to SB3's evaluation figures."""
+
+import pathlib
+from collections.abc import Iterator
+
+import gymnasium as gym
+import minari
+import numpy as np
+import pytest
+from stable_baselines3.common.callbacks import EvalCallback
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.monitor import Monitor
+from toy_data import LINE_ENV_ID, LineEnv, bad_policy, good_policy, rollout_episodes, write_dataset
+
+from sb3_iql import IQL
+from sb3_iql.callbacks import NormalizedEvalCallback
+from sb3_iql.common.callbacks import UpdatesProgressBarCallback
+from sb3_iql.plotting import read_progress
+
+REF_MIN, REF_MAX = -16.0, -2.0
+SCORED_ID, UNSCORED_ID = "test/line/scored-v0", "test/line/unscored-v0"
+
+
+@pytest.fixture(scope="module")
+def line_datasets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[minari.MinariDataset, minari.MinariDataset]]:
+    """The same episodes with and without reference scores."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path_factory.mktemp("minari")))
+        env = gym.make(LINE_ENV_ID)
+        episodes = rollout_episodes(env, [good_policy, bad_policy], n_episodes=10)
+        scored = write_dataset(SCORED_ID, episodes, env=env, ref_min_score=REF_MIN, ref_max_score=REF_MAX)
+        yield scored, write_dataset(UNSCORED_ID, episodes, env=env)
+
+
+def tiny_model(dataset: minari.MinariDataset, folder: pathlib.Path) -> IQL:
+    model = IQL("MlpPolicy", LineEnv(), offline_dataset=dataset, batch_size=16, policy_kwargs=dict(net_arch=[16]), seed=0)
+    model.set_logger(configure(str(folder), ["csv"]))
+    return model
+
+
+def test_scores_from_the_dataset_are_logged_in_the_evaluation_row(line_datasets, tmp_path):
+    scored, _ = line_datasets
+    model = tiny_model(scored, tmp_path)
+    callback = NormalizedEvalCallback(dataset=scored, eval_freq=4, n_eval_episodes=2, log_path=str(tmp_path), verbose=0)
+    model.learn_offline(12, callback=callback, log_interval=6)
+
+    expected = 100 * (callback.last_mean_reward - REF_MIN) / (REF_MAX - REF_MIN)
+    assert callback.last_normalized_score == pytest.approx(expected)
+    assert callback.reference_scores == (REF_MIN, REF_MAX)
+    evaluations = np.load(tmp_path / "evaluations.npz")
+    assert evaluations["timesteps"].tolist() == [4, 8, 12]
+    np.testing.assert_allclose(
+        evaluations["normalized_scores"], 100 * (evaluations["results"].mean(axis=1) - REF_MIN) / (REF_MAX - REF_MIN)
+    )
+    assert (float(evaluations["ref_min_score"]), float(evaluations["ref_max_score"])) == (REF_MIN, REF_MAX)
+    # One CSV row per evaluation holds the return and its score, so curves line up.
+    progress = read_progress(tmp_path / "progress.csv")
+    rows = np.isfinite(progress["eval/mean_reward"])
+    assert rows.sum() == 3 and np.isfinite(progress["eval/normalized_score"][rows]).all()
+    np.testing.assert_allclose(progress["eval/normalized_score"][rows], evaluations["normalized_scores"])
+    # The progress bar reads the attribute.
+    assert UpdatesProgressBarCallback(callback)._latest_evaluation()["eval_score"] == round(expected, 1)
+
+
+def test_the_environment_and_scores_default_to_the_model_dataset(line_datasets, tmp_path):
+    scored, unscored = line_datasets
+    callback = NormalizedEvalCallback(Monitor(LineEnv()), eval_freq=3, n_eval_episodes=1, verbose=0)
+    tiny_model(scored, tmp_path).learn_offline(3, callback=callback)
+    assert callback.reference_scores == (REF_MIN, REF_MAX) and callback.last_normalized_score is not None
+
+    # Given scores win over the dataset's; the evaluation environment is recovered from the dataset.
+    given = NormalizedEvalCallback(dataset=scored, ref_min_score=0.0, ref_max_score=10.0, eval_freq=3, n_eval_episodes=1)
+    assert given.eval_env.get_attr("spec")[0].id == LINE_ENV_ID
+    tiny_model(scored, tmp_path).learn_offline(3, callback=given)
+    assert given.last_normalized_score == pytest.approx(10.0 * given.last_mean_reward)
+
+    # Without reference scores it is a plain EvalCallback.
+    plain = NormalizedEvalCallback(dataset=unscored, eval_freq=3, n_eval_episodes=1, log_path=str(tmp_path / "plain"))
+    tiny_model(unscored, tmp_path).learn_offline(3, callback=plain)
+    assert plain.last_normalized_score is None and np.isfinite(plain.last_mean_reward)
+    assert "normalized_scores" not in np.load(tmp_path / "plain" / "evaluations.npz").files
+
+
+def test_replacing_an_eval_callback_keeps_its_settings(line_datasets, tmp_path):
+    scored, _ = line_datasets
+    original = EvalCallback(Monitor(LineEnv()), n_eval_episodes=7, eval_freq=11, log_path=str(tmp_path), deterministic=False)
+    callback = NormalizedEvalCallback.from_eval_callback(original, scored)
+    assert (callback.n_eval_episodes, callback.eval_freq, callback.deterministic) == (7, 11, False)
+    assert callback.log_path == original.log_path and callback.eval_env is original.eval_env
+    assert callback.reference_scores == (REF_MIN, REF_MAX)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="both ref_min_score and ref_max_score"):
+        NormalizedEvalCallback(Monitor(LineEnv()), ref_min_score=0.0)
+    with pytest.raises(ValueError, match="must differ"):
+        NormalizedEvalCallback(Monitor(LineEnv()), ref_min_score=1.0, ref_max_score=1.0)
+    with pytest.raises(ValueError, match="needs an eval_env or a dataset"):
+        NormalizedEvalCallback()

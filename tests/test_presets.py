@@ -1,0 +1,142 @@
+"""Presets of the paper keyed by Minari id: lookup order, values per domain, errors, and building IQL from them."""
+
+import inspect
+import pathlib
+from collections.abc import Iterator
+
+import pytest
+import yaml
+from maze_data import MAZE_ID, tiny_maze_root
+
+from sb3_iql import IQL
+from sb3_iql.presets import (
+    DEFAULT_PRESETS_PATH,
+    ZOO_ONLY_KEYS,
+    PresetNotFoundError,
+    from_preset,
+    iql_kwargs,
+    known_presets,
+    load_presets,
+    preset_for,
+    preset_key,
+)
+
+IQL_ARGUMENTS = set(inspect.signature(IQL.__init__).parameters) - {"self"}
+
+
+@pytest.fixture(scope="module")
+def maze_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path]:
+    yield from tiny_maze_root(tmp_path_factory)
+
+
+@pytest.mark.parametrize(
+    "dataset_id, expectile, beta, dropout, reward_transform",
+    [
+        ("mujoco/hopper/medium-v0", 0.7, 3.0, None, "locomotion"),
+        ("mujoco/halfcheetah/expert-v0", 0.7, 3.0, None, "locomotion"),
+        ("mujoco/walker2d/simple-v0", 0.7, 3.0, None, "locomotion"),
+        ("D4RL/antmaze/large-diverse-v1", 0.9, 10.0, None, "antmaze"),
+        ("D4RL/antmaze/umaze-v1", 0.9, 10.0, None, "antmaze"),
+        ("D4RL/kitchen/mixed-v2", 0.7, 0.5, 0.1, None),
+        ("D4RL/pen/human-v2", 0.7, 0.5, 0.1, None),
+        ("D4RL/relocate/cloned-v2", 0.7, 0.5, 0.1, None),
+        ("sb3_iql/pointmaze/umaze-stitch-v0", 0.9, 10.0, None, "antmaze"),
+    ],
+)
+def test_offline_presets_follow_the_paper(dataset_id, expectile, beta, dropout, reward_transform):
+    preset = preset_for(dataset_id)
+    assert (preset["expectile"], preset["beta"], preset.get("dropout"), preset["reward_transform"]) == (
+        expectile,
+        beta,
+        dropout,
+        reward_transform,
+    )
+    assert preset["actor_lr_schedule"] == "cosine"
+    assert preset["n_timesteps"] == 0  # rl-zoo: learn(0), a pure offline run
+    assert preset["offline_steps"] == 1_000_000
+    assert (preset["batch_size"], preset["learning_rate"], preset["gamma"], preset["tau"]) == (256, 3e-4, 0.99, 0.005)
+
+
+@pytest.mark.parametrize("dataset_id", ["D4RL/antmaze/large-diverse-v1", "D4RL/antmaze/medium-play-v1", MAZE_ID])
+def test_finetune_presets_are_antmaze_with_a_constant_actor_lr_and_online_steps(dataset_id):
+    preset = preset_for(dataset_id, finetune=True)
+    assert (preset["expectile"], preset["beta"], preset["reward_transform"]) == (0.9, 10.0, "antmaze")
+    assert preset["actor_lr_schedule"] == "constant"
+    assert preset["n_timesteps"] == 1_000_000
+    assert (preset["learning_starts"], preset["train_freq"], preset["gradient_steps"]) == (0, 1, 1)
+
+
+def test_exact_ids_come_first_then_patterns_in_file_order():
+    assert preset_key("D4RL/antmaze/large-diverse-v1") == "D4RL/antmaze/large-diverse-v1"
+    assert preset_key("D4RL/antmaze/large-diverse-v2") == "D4RL/antmaze/*"
+    assert preset_key("mujoco/humanoid/expert-v0") == "mujoco/*"
+    assert preset_key("sb3_iql/pointmaze/large-dense-stitch-v0") == "sb3_iql/pointmaze/*"
+    assert preset_key("D4RL/antmaze/large-play-v1", finetune=True) == "D4RL/antmaze/large-play-v1:finetune"
+    assert preset_key("sb3_iql/pointmaze/medium-v0", finetune=True) == "sb3_iql/pointmaze/*:finetune"
+
+
+def test_lookup_order_in_a_custom_file(tmp_path):
+    path = tmp_path / "custom.yml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "team/*": {"policy": "MlpPolicy", "n_timesteps": 0, "beta": 1.0},
+                "team/robot/*": {"policy": "MlpPolicy", "n_timesteps": 0, "beta": 2.0},
+                "team/robot/arm-v0": {"policy": "MlpPolicy", "n_timesteps": 0, "beta": 3.0},
+            },
+            sort_keys=False,
+        )
+    )
+    assert preset_for("team/robot/arm-v0", path=str(path))["beta"] == 3.0  # exact id, although listed last
+    assert preset_for("team/robot/leg-v0", path=str(path))["beta"] == 1.0  # first matching pattern wins
+    assert known_presets(path=str(path)) == ["team/robot/arm-v0", "team/*", "team/robot/*"]
+
+
+def test_unknown_ids_raise_an_error_listing_the_known_ones():
+    with pytest.raises(PresetNotFoundError, match="No IQL preset for dataset 'nobody/nothing-v0'") as error:
+        preset_for("nobody/nothing-v0")
+    assert isinstance(error.value, KeyError)
+    message = str(error.value)
+    assert "D4RL/antmaze/large-diverse-v1" in message and "mujoco/*" in message and "sb3_iql/pointmaze/*" in message
+    # Locomotion has an offline preset only: the error says so and lists the fine-tuning ones.
+    with pytest.raises(PresetNotFoundError, match="fine-tuning presets") as error:
+        preset_for("mujoco/hopper/medium-v0", finetune=True)
+    assert "D4RL/antmaze/*" in str(error.value) and "mujoco/*" not in str(error.value).split("Offline presets")[0]
+
+
+def test_presets_are_copies():
+    preset_for("D4RL/antmaze/umaze-v1")["beta"] = -1.0
+    assert preset_for("D4RL/antmaze/umaze-diverse-v1")["beta"] == 10.0  # same YAML anchor, not shared
+    assert preset_for("D4RL/antmaze/umaze-v1")["beta"] == 10.0
+
+
+def test_every_entry_is_made_of_iql_arguments_and_rl_zoo_keys():
+    presets = load_presets(DEFAULT_PRESETS_PATH)
+    assert len(presets) > 40
+    for key, preset in presets.items():
+        assert set(iql_kwargs(preset)) <= IQL_ARGUMENTS, key
+        assert set(preset) - set(iql_kwargs(preset)) <= ZOO_ONLY_KEYS, key
+        assert preset["policy"] == "MlpPolicy" and "n_timesteps" in preset, key
+
+
+def test_from_preset_builds_iql_with_the_preset_and_overrides(maze_root):
+    model = from_preset(MAZE_ID, offline_steps=6, batch_size=16, policy_kwargs={"net_arch": [16]}, seed=0)
+    assert (model.expectile, model.beta, model.reward_transform) == (0.9, 10.0, "antmaze")
+    assert (model.offline_steps, model.batch_size, model.actor_lr_schedule) == (6, 16, "cosine")
+    assert model.offline_dataset_ids == [MAZE_ID]
+    # The environment is the dataset's evaluation environment: the fixed goal, not the collection's random goals.
+    assert model.get_env().get_attr("spec")[0].kwargs["reset_target"] is False
+    # r - 1 is applied to the offline rewards.
+    rewards = model.replay_buffer.rewards[: model.offline_dataset_size, 0]
+    assert rewards.max() <= 0.0 and rewards.min() == -1.0
+    model.learn(0)
+    assert model._n_offline_updates == 6
+
+    class MyIQL(IQL):
+        pass
+
+    finetune = from_preset(MAZE_ID, finetune=True, model_class=MyIQL, offline_steps=2, policy_kwargs={"net_arch": [16]})
+    assert isinstance(finetune, MyIQL)
+    assert (finetune.actor_lr_schedule, finetune.learning_starts) == ("constant", 0)
+    with pytest.raises(PresetNotFoundError):
+        from_preset("nobody/nothing-v0")

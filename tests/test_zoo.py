@@ -1,0 +1,123 @@
+"""rl-zoo3 with IQL, end to end on a tiny local PointMaze dataset: offline, offline then online, and enjoy."""
+
+import pathlib
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import yaml
+from maze_data import MAZE_ENV_ID, MAZE_EPISODE_STEPS, MAZE_ID, tiny_maze_root
+
+from sb3_iql import IQL
+from sb3_iql.plotting import read_progress
+
+zoo = pytest.importorskip("sb3_iql.zoo", reason="rl-zoo3 is not installed (pip install 'sb3_iql[zoo]')")
+
+TINY = ["--seed", "0", "--num-threads", "1", "-params", "batch_size:16", "policy_kwargs:dict(net_arch=[16])"]
+
+
+@pytest.fixture(scope="module")
+def maze_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path]:
+    yield from tiny_maze_root(tmp_path_factory)
+
+
+def run_folder(logs: pathlib.Path, run: int = 1) -> pathlib.Path:
+    return logs / "iql" / f"{MAZE_ENV_ID}_{run}"
+
+
+def test_iql_is_registered_in_every_rl_zoo_table():
+    zoo.register_iql()
+    import rl_zoo3.enjoy
+    import rl_zoo3.exp_manager
+    import rl_zoo3.train
+
+    for algos in (zoo.rl_zoo3.ALGOS, rl_zoo3.train.ALGOS, rl_zoo3.exp_manager.ALGOS, rl_zoo3.enjoy.ALGOS):
+        assert algos["iql"] is IQL
+
+
+def test_hyperparams_of_a_dataset_are_its_preset_keyed_by_its_environment(maze_root):
+    hyperparams = zoo.zoo_hyperparams(MAZE_ID)
+    assert list(hyperparams) == [MAZE_ENV_ID]
+    entry = hyperparams[MAZE_ENV_ID]
+    assert (entry["offline_dataset"], entry["expectile"], entry["beta"], entry["n_timesteps"]) == (MAZE_ID, 0.9, 10.0, 0)
+    # The evaluation environment of the dataset: fixed goal cell "g", no new goal when reached.
+    assert entry["env_kwargs"]["reset_target"] is False and entry["env_kwargs"]["maze_map"][1][1] == "g"
+    # Another --env keeps its own construction.
+    assert "env_kwargs" not in zoo.zoo_hyperparams(MAZE_ID, env_id="PointMaze_Medium-v3")["PointMaze_Medium-v3"]
+
+
+def test_train_needs_a_dataset_or_a_configuration(maze_root):
+    with pytest.raises(SystemExit, match="needs --dataset"):
+        zoo.main(["train", "--env", MAZE_ENV_ID])
+    with pytest.raises(SystemExit, match="usage"):
+        zoo.main(["fly"])
+    with pytest.raises(SystemExit, match="not supported"):
+        zoo.main(["train", "--dataset", MAZE_ID, "-optimize"])
+
+
+def test_offline_training_then_enjoy(maze_root, tmp_path, capsys):
+    logs, tensorboard = tmp_path / "logs", tmp_path / "tb"
+    zoo.main(
+        [
+            *["train", "--dataset", MAZE_ID, "-f", str(logs), "-tb", str(tensorboard)],
+            *["--eval-freq", "5", "--eval-episodes", "1", *TINY, "offline_steps:10"],
+        ]
+    )
+    run = run_folder(logs)
+    model = IQL.load(run / f"{MAZE_ENV_ID}.zip")
+    # n_timesteps 0: learn(0) ran the offline updates only, with the preset's settings.
+    assert (model._n_offline_updates, model._n_updates, model.num_timesteps) == (10, 10, 10)
+    assert (model.expectile, model.beta, model.offline_dataset_ids) == (0.9, 10.0, [MAZE_ID])
+    assert (run / "best_model.zip").is_file()
+
+    evaluations = np.load(run / "evaluations.npz")
+    assert evaluations["timesteps"].tolist() == [5, 10]  # evaluation frequency in updates
+    ref_min, ref_max = float(evaluations["ref_min_score"]), float(evaluations["ref_max_score"])
+    expected = 100 * (evaluations["results"].mean(axis=1) - ref_min) / (ref_max - ref_min)
+    np.testing.assert_allclose(evaluations["normalized_scores"], expected)
+
+    progress = read_progress(run / "progress.csv")
+    assert np.nanmax(progress["train/n_updates"]) == 10 and np.isfinite(progress["train/value_loss"]).any()
+    np.testing.assert_allclose(progress["eval/normalized_score"][np.isfinite(progress["eval/normalized_score"])], expected)
+    assert list((tensorboard / MAZE_ENV_ID / "IQL_1").glob("events.out.tfevents.*"))
+
+    config = yaml.load((run / MAZE_ENV_ID / "config.yml").read_text(), Loader=yaml.UnsafeLoader)
+    assert dict(config)["offline_dataset"] == MAZE_ID
+    capsys.readouterr()
+
+    zoo.main(["enjoy", "--dataset", MAZE_ID, "-f", str(logs), "--no-render", "-n", str(MAZE_EPISODE_STEPS), *TINY[:4]])
+    output = capsys.readouterr().out
+    assert f"Loading {run / MAZE_ENV_ID}.zip" in output
+    assert "1 Episodes" in output and f"Mean episode length: {MAZE_EPISODE_STEPS}.00" in output
+
+
+def test_offline_then_online_fine_tuning(maze_root, tmp_path):
+    logs = tmp_path / "logs"
+    zoo.main(
+        [
+            *[
+                "train",
+                "--dataset",
+                MAZE_ID,
+                "--finetune",
+                "-n",
+                "12",
+                "-f",
+                str(logs),
+                "--gym-packages",
+                "gymnasium_robotics",
+            ],
+            *["--eval-freq", "10", "--eval-episodes", "1", *TINY, "offline_steps:8"],
+        ]
+    )
+    run = run_folder(logs)
+    model = IQL.load(run / f"{MAZE_ENV_ID}.zip")
+    # 8 offline updates, then 12 environment steps with one update each; num_timesteps goes on from the offline phase.
+    assert (model._n_offline_updates, model._n_updates, model.num_timesteps) == (8, 20, 20)
+    assert (model.actor_lr_schedule, model.learning_starts) == ("constant", 0)
+    assert np.load(run / "evaluations.npz")["timesteps"].tolist() == [10, 20]
+    progress = read_progress(run / "progress.csv")
+    updates = progress["train/n_updates"][np.isfinite(progress["train/n_updates"])]
+    # The offline phase's last dump, then online dumps (SB3 logs before the gradient step of its last env step).
+    assert updates[updates <= 8].max() == 8 and updates.max() >= 19
+    assert np.nanmax(progress["time/total_timesteps"]) == 20
