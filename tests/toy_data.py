@@ -1,6 +1,7 @@
 """Small environments and Minari datasets written by the tests themselves."""
 
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import gymnasium as gym
@@ -149,3 +150,17 @@ class SpacesEnv(gym.Env):
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
         return self.observation_space.sample(), 0.0, False, True, {}
+
+
+def synthetic_transitions(obs_dim: int, action_dim: int, n_transitions: int, seed: int = 0) -> SimpleNamespace:
+    """Random transitions in episodes of 1000 steps ending by time limit, float32, actions in [-0.99, 0.99]."""
+    rng = np.random.default_rng(seed)
+    observations = rng.standard_normal((n_transitions, obs_dim), dtype=np.float32)
+    return SimpleNamespace(
+        observations=observations,
+        next_observations=np.roll(observations, -1, axis=0),
+        actions=rng.uniform(-0.99, 0.99, (n_transitions, action_dim)).astype(np.float32),
+        rewards=rng.standard_normal(n_transitions, dtype=np.float32) - 1.0,
+        dones=np.zeros(n_transitions, np.float32),
+        timeouts=(np.arange(n_transitions) % 1000 == 999).astype(np.float32),
+    )

@@ -2,6 +2,7 @@
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal, TypeVar
 
 import gymnasium as gym
@@ -18,8 +19,10 @@ from stable_baselines3.common.utils import update_learning_rate
 
 from sb3_iql.common.callbacks import UpdatesProgressBarCallback
 from sb3_iql.data.buffers import OfflineDictReplayBuffer, OfflineReplayBuffer
+from sb3_iql.data.device_buffers import DeviceDictReplayBuffer, DeviceReplayBuffer
 from sb3_iql.data.minari_loader import DatasetLike, Transitions, check_spaces, load_transitions, resolve_datasets
 from sb3_iql.data.rewards import RewardTransformLike, make_reward_transform
+from sb3_iql.iql.fast_update import CudaGraphUpdate, FunctionalUpdate
 from sb3_iql.iql.losses import awr_actor_loss, awr_weights, expectile_loss, twin_critic_loss
 from sb3_iql.iql.policies import Actor, EnsembleCritic, IQLPolicy, MlpPolicy, MultiInputPolicy, ValueNetwork
 
@@ -63,9 +66,13 @@ class IQL(OffPolicyAlgorithm):
     :param offline_steps: offline gradient steps, run by ``learn()`` before online steps when none have run yet
         (0 to skip); also the horizon of the actor's cosine learning rate decay
     :param actor_lr_schedule: ``"cosine"`` (decay to 0 over ``offline_steps``, constant online) or ``"constant"``
+    :param compile_update: False: the eager update (``_update``); True: the same update compiled with
+        ``torch.compile`` (CPU or CUDA; ~25 s of compilation, then ~1.4x faster on CPU); ``"cudagraph"``: captured
+        in a CUDA graph, one launch per update (CUDA only)
     :param download_dataset: download dataset ids that are not stored locally (needs network)
     :param replay_buffer_class: replay buffer class, which must offer ``extend`` to take the offline data
-        (default: ``OfflineReplayBuffer`` or ``OfflineDictReplayBuffer``)
+        (default: ``DeviceReplayBuffer`` or ``DeviceDictReplayBuffer``, float32 tensors on the model's device;
+        ``OfflineReplayBuffer`` / ``OfflineDictReplayBuffer`` keep SB3's NumPy storage)
     :param replay_buffer_kwargs: keyword arguments of the replay buffer
     :param policy_kwargs: keyword arguments of the policy (``net_arch``, ``activation_fn``, ...)
     :param stats_window_size: episodes averaged in the rollout logs
@@ -103,6 +110,7 @@ class IQL(OffPolicyAlgorithm):
         reward_transform: RewardTransformLike = None,
         offline_steps: int = 1_000_000,
         actor_lr_schedule: Literal["cosine", "constant"] = "cosine",
+        compile_update: bool | Literal["cudagraph"] = False,
         download_dataset: bool = False,
         replay_buffer_class: type[ReplayBuffer] | None = None,
         replay_buffer_kwargs: dict[str, Any] | None = None,
@@ -125,6 +133,10 @@ class IQL(OffPolicyAlgorithm):
         self.reward_transform = reward_transform
         self.offline_steps = offline_steps
         self.actor_lr_schedule = actor_lr_schedule
+        if compile_update not in (False, True, "cudagraph"):
+            raise ValueError(f"compile_update must be False, True or 'cudagraph', got {compile_update!r}")
+        self.compile_update = compile_update
+        self._fast_update: FunctionalUpdate | CudaGraphUpdate | None = None
         self.offline_dataset_ids: list[str] = []
         self.offline_dataset_size = 0
         self._n_offline_updates = 0
@@ -229,9 +241,13 @@ class IQL(OffPolicyAlgorithm):
             raise ValueError(f"IQL needs a bounded action space to scale actions to [-1, 1], got {action_space}")
 
     def _setup_model(self) -> None:
-        if self.replay_buffer_class is None:
-            is_dict = isinstance(self.observation_space, spaces.Dict)
+        is_dict = isinstance(self.observation_space, spaces.Dict)
+        if self.replay_buffer_class in (None, DeviceReplayBuffer, DeviceDictReplayBuffer):
+            self.replay_buffer_class = DeviceDictReplayBuffer if is_dict else DeviceReplayBuffer
+        elif self.replay_buffer_class in (OfflineReplayBuffer, OfflineDictReplayBuffer):
             self.replay_buffer_class = OfflineDictReplayBuffer if is_dict else OfflineReplayBuffer
+        if self.compile_update == "cudagraph" and self.device.type != "cuda":
+            raise ValueError(f"compile_update='cudagraph' needs a CUDA device, the model is on {self.device}")
         super()._setup_model()
         self._create_aliases()
         self._attach_generator()
@@ -329,6 +345,20 @@ class IQL(OffPolicyAlgorithm):
             [value_loss, actor_loss, critic_loss, value.mean(), current_q.mean(), advantage.mean(), weights.mean()]
         ).detach()
 
+    def _update_function(self) -> Callable[[Any], th.Tensor]:
+        """
+        The update to run: ``_update`` (eager), or its compiled or graph-captured version (built on first use,
+        and again after the optimizers' state was replaced, e.g. by ``load``).
+        """
+        if not self.compile_update:
+            return self._update
+        if self._fast_update is None or self._fast_update.state_replaced():
+            if self.compile_update == "cudagraph":
+                self._fast_update = CudaGraphUpdate(self, self.replay_buffer.sample(self.batch_size))
+            else:
+                self._fast_update = FunctionalUpdate(self)
+        return self._fast_update
+
     def _actor_learning_rate(self, offline: bool) -> float:
         """Actor lr: cosine decay to 0 over ``offline_steps`` offline (if chosen), the base learning rate online."""
         base = self.lr_schedule(self._current_progress_remaining)
@@ -354,9 +384,10 @@ class IQL(OffPolicyAlgorithm):
         """Online gradient steps on the shared replay buffer (called by SB3's ``learn()`` loop)."""
         self.policy.set_training_mode(True)
         self._set_learning_rates(offline=False)
+        update = self._update_function()
         metric_sums = th.zeros(len(METRIC_NAMES), device=self.device)
         for _ in range(gradient_steps):
-            metric_sums += self._update(self.replay_buffer.sample(batch_size, env=self._vec_normalize_env))
+            metric_sums += update(self.replay_buffer.sample(batch_size, env=self._vec_normalize_env))
         self._n_updates += gradient_steps
         self._record_metrics(metric_sums, gradient_steps)
 
@@ -391,11 +422,12 @@ class IQL(OffPolicyAlgorithm):
         total_timesteps = self._total_timesteps  # read by callbacks through locals(), as in SB3
         callback.on_training_start(locals(), globals())
         self.policy.set_training_mode(True)
+        update = self._update_function()
         metric_sums = th.zeros(len(METRIC_NAMES), device=self.device)
         updates_since_dump, dump_start = 0, time.perf_counter()
         for _ in range(n_updates):
             self._set_learning_rates(offline=True)
-            metric_sums += self._update(self.replay_buffer.sample(self.batch_size))
+            metric_sums += update(self.replay_buffer.sample(self.batch_size))
             self._n_offline_updates += 1
             self._n_updates += 1
             self.num_timesteps += 1
@@ -491,6 +523,7 @@ class IQL(OffPolicyAlgorithm):
             "value_net",
             "_critic_params",
             "_critic_target_params",
+            "_fast_update",
         ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:

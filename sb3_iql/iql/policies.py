@@ -261,7 +261,7 @@ class IQLPolicy(BasePolicy):
     :param features_extractor_kwargs: its keyword arguments
     :param normalize_images: whether to divide image observations by 255
     :param optimizer_class: optimizer of each network (Adam)
-    :param optimizer_kwargs: its keyword arguments, without the learning rate
+    :param optimizer_kwargs: its keyword arguments, without the learning rate (Adam default: ``fused=True``)
     :param n_critics: number of Q networks (2)
     :param ortho_init_gain: gain of the orthogonal initialisation of every layer (sqrt(2))
     """
@@ -288,6 +288,8 @@ class IQLPolicy(BasePolicy):
         n_critics: int = 2,
         ortho_init_gain: float = ORTHOGONAL_GAIN,
     ):
+        if optimizer_class is th.optim.Adam and optimizer_kwargs is None:
+            optimizer_kwargs = {"fused": True}  # one kernel per network: +10% updates/s on CPU (benchmarks/speed.py)
         super().__init__(
             observation_space,
             action_space,

@@ -1,0 +1,442 @@
+"""
+SB3 replay buffers stored as torch tensors on the model's device, sampled without NumPy and without host sync.
+
+Every transition is one row of a single float32 tensor ``(buffer_size * n_envs, width)`` whose columns are,
+in order: the observation (each key of a Dict observation, flattened), the next observation, the action, the
+reward, the done flag and the timeout flag. Sampling is one ``torch.randint`` on the device and one
+``index_select`` of those rows; the batch fields are column views of the gathered rows.
+"""
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import BaseBuffer, DictReplayBuffer, ReplayBuffer
+from stable_baselines3.common.type_aliases import DictReplayBufferSamples, ReplayBufferSamples
+from stable_baselines3.common.utils import get_device
+from stable_baselines3.common.vec_env import VecNormalize
+
+from sb3_iql.data.minari_loader import BatchObs
+
+#: Transitions copied to the storage at once by ``extend`` (bounds the temporary memory of dtype conversions).
+EXTEND_CHUNK = 1 << 16
+#: Upper bound (exclusive) of the seed drawn from a generator of another device to seed the buffer's own one.
+SEED_BOUND = 1 << 62
+
+
+def _zeros(shape: tuple[int, int], device: th.device) -> th.Tensor:
+    """A float32 zero tensor; on the CPU from ``np.zeros`` (calloc), so untouched rows take no resident memory."""
+    if device.type == "cpu":
+        return th.from_numpy(np.zeros(shape, dtype=np.float32))
+    return th.zeros(shape, dtype=th.float32, device=device)
+
+
+class DeviceBufferMixin:
+    """
+    Storage, ``add``, ``extend``, ``sample`` and pickling shared by ``DeviceReplayBuffer`` and
+    ``DeviceDictReplayBuffer``.
+
+    ``generator`` draws the sampled indices. It may be None (the device's default generator) or a
+    ``torch.Generator``; one of another device (such as the CPU generator IQL attaches to a CUDA buffer) seeds a
+    new generator on the buffer's device with one draw, so sampling stays reproducible from the model's seed.
+
+    The attributes ``observations``, ``next_observations``, ``actions``, ``rewards``, ``dones`` and ``timeouts``
+    are views of the storage shaped like SB3's arrays, ``(buffer_size, n_envs, *shape)``; rows never written are
+    zeros (on the CPU they take no resident memory until written, as with SB3's ``np.zeros``).
+    """
+
+    buffer_size: int
+    n_envs: int
+    pos: int
+    full: bool
+    observation_space: spaces.Space
+    action_space: spaces.Space
+    action_dim: int
+    handle_timeout_termination: bool
+    optimize_memory_usage: bool
+    _device: th.device
+    _generator: th.Generator | None
+    _storage: th.Tensor | None = None
+    #: field name -> (columns, shape of one value); observation fields are ``("obs", key)`` and ``("next_obs", key)``
+    _layout: dict[Any, tuple[slice, tuple[int, ...]]]
+    _obs_keys: list[str | None]
+
+    def _init_storage(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        device: th.device | str,
+        n_envs: int,
+        optimize_memory_usage: bool,
+        handle_timeout_termination: bool,
+    ) -> None:
+        self._generator = None
+        # SB3's BaseBuffer: spaces, shapes, pos, full, device; ReplayBuffer.__init__ would allocate NumPy arrays.
+        BaseBuffer.__init__(self, buffer_size, observation_space, action_space, device, n_envs=n_envs)  # type: ignore[arg-type]
+        if optimize_memory_usage:
+            raise ValueError("Device replay buffers store next observations explicitly: use optimize_memory_usage=False")
+        self.optimize_memory_usage = False
+        self.handle_timeout_termination = handle_timeout_termination
+        self.buffer_size = max(buffer_size // n_envs, 1)
+        obs_shapes = self.obs_shape if isinstance(self.obs_shape, dict) else {None: self.obs_shape}  # type: ignore[attr-defined]
+        self._obs_keys = list(obs_shapes)
+        fields: list[tuple[Any, tuple[int, ...]]] = [(("obs", key), tuple(shape)) for key, shape in obs_shapes.items()]
+        fields += [(("next_obs", key), tuple(shape)) for key, shape in obs_shapes.items()]
+        fields += [("actions", (self.action_dim,)), ("rewards", ()), ("dones", ()), ("timeouts", ())]
+        self._layout, width = {}, 0
+        for name, shape in fields:
+            size = int(np.prod(shape, dtype=int))
+            self._layout[name] = (slice(width, width + size), shape)
+            width += size
+        self._storage = _zeros((self.buffer_size * self.n_envs, width), self._device)
+        self._make_views()
+
+    # --- device and generator -------------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> th.device:
+        """Device of the storage; setting it moves the storage (SB3's ``load_replay_buffer`` sets it)."""
+        return self._device
+
+    @device.setter
+    def device(self, device: th.device | str) -> None:
+        self._device = get_device(device)
+        if self._storage is not None and self._storage.device != self._device:
+            self._storage = self._storage.to(self._device)
+            self._make_views()
+        if getattr(self, "_generator", None) is not None:
+            self.generator = self._generator  # re-seeds a generator of the new device if needed
+
+    @property
+    def generator(self) -> th.Generator | None:
+        """Generator of the sampled indices, on the buffer's device (None: the device's default generator)."""
+        return self._generator
+
+    @generator.setter
+    def generator(self, generator: th.Generator | None) -> None:
+        if generator is not None and generator.device.type != self._device.type:
+            seed = int(th.randint(SEED_BOUND, (), generator=generator, device=generator.device))
+            generator = th.Generator(device=self._device)
+            generator.manual_seed(seed)
+        self._generator = generator
+
+    # --- storage views --------------------------------------------------------------------------------------------
+
+    def _columns(self, name: Any) -> tuple[slice, tuple[int, ...]]:
+        return self._layout[name]
+
+    def _field_view(self, rows: th.Tensor, name: Any, keep_column: bool = False) -> th.Tensor:
+        """:return: the columns of ``name`` in ``rows`` (shape ``(len(rows), *shape)``), a view"""
+        columns, shape = self._columns(name)
+        view = rows[:, columns]
+        if shape == ():
+            return view if keep_column else view.squeeze(-1)
+        return view.unflatten(-1, shape) if len(shape) > 1 else view
+
+    def _make_views(self) -> None:
+        assert self._storage is not None
+        table = self._storage.view(self.buffer_size, self.n_envs, -1)
+
+        def view(name: Any) -> th.Tensor:
+            columns, shape = self._columns(name)
+            return table[:, :, columns].unflatten(-1, shape) if shape else table[:, :, columns.start]
+
+        def obs_view(kind: str) -> th.Tensor | dict[str, th.Tensor]:
+            if self._obs_keys == [None]:
+                return view((kind, None))
+            return {key: view((kind, key)) for key in self._obs_keys}  # type: ignore[misc]
+
+        self.observations = obs_view("obs")
+        self.next_observations = obs_view("next_obs")
+        self.actions = view("actions")
+        self.rewards = view("rewards")
+        self.dones = view("dones")
+        self.timeouts = view("timeouts")
+
+    # --- writing --------------------------------------------------------------------------------------------------
+
+    def _obs_parts(self, kind: str, observations: BatchObs) -> list[tuple[Any, Any]]:
+        if self._obs_keys == [None]:
+            if isinstance(observations, dict):
+                raise TypeError(f"{type(self).__name__} stores Box observations, got a dict: use DeviceDictReplayBuffer")
+            return [((kind, None), observations)]
+        if not isinstance(observations, dict):
+            raise TypeError(f"{type(self).__name__} stores Dict observations, got {type(observations).__name__}")
+        return [((kind, key), observations[key]) for key in self._obs_keys]
+
+    def _write(self, start: int, fields: list[tuple[Any, Any]], n_items: int) -> None:
+        """Copy ``n_items`` transitions (arrays or tensors, first dimension ``n_items``) to storage rows ``start:``."""
+        assert self._storage is not None
+        # Chunks are assembled on the CPU in float32, then copied in one contiguous (host to device) transfer.
+        chunk = th.empty((min(EXTEND_CHUNK, n_items), self._storage.shape[1]), dtype=th.float32)
+        for chunk_start in range(0, n_items, EXTEND_CHUNK):
+            chunk_stop = min(chunk_start + EXTEND_CHUNK, n_items)
+            rows = chunk[: chunk_stop - chunk_start]
+            for name, values in fields:
+                columns, _ = self._columns(name)
+                source = th.as_tensor(values[chunk_start:chunk_stop]).reshape(chunk_stop - chunk_start, -1)
+                rows[:, columns].copy_(source)
+            self._storage[start + chunk_start : start + chunk_stop].copy_(rows)
+
+    def extend(
+        self,
+        observations: BatchObs,
+        next_observations: BatchObs,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        dones: np.ndarray,
+        timeouts: np.ndarray,
+    ) -> None:
+        """
+        Append ``n`` transitions in one vectorised write, row by row of ``n_envs`` columns (as
+        ``OfflineDataMixin.extend``). Arrays may be NumPy arrays or tensors of any float/bool dtype and device.
+
+        When ``n`` is not a multiple of ``n_envs``, the last row is completed with the first transitions again
+        (fewer than ``n_envs`` duplicates), since every column of a stored row is sampled.
+
+        :param observations: ``(n, *obs_shape)`` or a dict of such arrays
+        :param next_observations: same shapes
+        :param actions: ``(n, action_dim)``, scaled to [-1, 1]
+        :param rewards: ``(n,)``
+        :param dones: ``(n,)``, 1 for terminal transitions
+        :param timeouts: ``(n,)``, 1 for transitions cut by a time limit (they are not terminal)
+        :raises ValueError: the transitions do not fit in the free rows of the buffer
+        """
+        n_transitions = len(rewards)
+        n_rows = -(-n_transitions // self.n_envs)
+        free_rows = self.buffer_size - self.pos if not self.full else 0
+        if n_rows > free_rows:
+            raise ValueError(
+                f"The replay buffer has room for {free_rows * self.n_envs} more transitions, "
+                f"{n_transitions} were given: use a larger buffer_size"
+            )
+        n_duplicates = n_rows * self.n_envs - n_transitions
+        if n_duplicates:
+            warnings.warn(
+                f"{n_transitions} transitions do not fill rows of n_envs={self.n_envs}: "
+                f"{n_duplicates} of them are stored twice",
+                stacklevel=2,
+            )
+        fields = [
+            *self._obs_parts("obs", observations),
+            *self._obs_parts("next_obs", next_observations),
+            ("actions", actions),
+            ("rewards", rewards),
+            ("dones", dones),
+            ("timeouts", timeouts),
+        ]
+        start = self.pos * self.n_envs
+        self._write(start, fields, n_transitions)
+        if n_duplicates:
+            self._write(start + n_transitions, [(name, values[:n_duplicates]) for name, values in fields], n_duplicates)
+        self.pos += n_rows
+        if self.pos == self.buffer_size:
+            self.full = True
+            self.pos = 0
+
+    def add(
+        self,
+        obs: BatchObs,
+        next_obs: BatchObs,
+        action: np.ndarray,
+        reward: np.ndarray,
+        done: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
+        """One transition per environment (SB3's ``collect_rollouts``): arrays with a first dimension ``n_envs``."""
+        assert self._storage is not None
+        row = np.empty((self.n_envs, self._storage.shape[1]), dtype=np.float32)
+        if self.handle_timeout_termination:
+            timeouts = np.array([info.get("TimeLimit.truncated", False) for info in infos], dtype=np.float32)
+        else:
+            timeouts = np.zeros(self.n_envs, dtype=np.float32)
+        fields = [
+            *self._obs_parts("obs", obs),
+            *self._obs_parts("next_obs", next_obs),
+            ("actions", action),
+            ("rewards", reward),
+            ("dones", done),
+            ("timeouts", timeouts),
+        ]
+        for name, values in fields:
+            columns, _ = self._columns(name)
+            row[:, columns] = np.asarray(values, dtype=np.float32).reshape(self.n_envs, -1)
+        start = self.pos * self.n_envs
+        self._storage[start : start + self.n_envs].copy_(th.from_numpy(row))
+        self.pos += 1
+        if self.pos == self.buffer_size:
+            self.full = True
+            self.pos = 0
+
+    # --- sampling -------------------------------------------------------------------------------------------------
+
+    def sample(self, batch_size: int, env: VecNormalize | None = None) -> ReplayBufferSamples | DictReplayBufferSamples:
+        """
+        Uniform sample of ``batch_size`` stored transitions: indices drawn on the device from ``generator``,
+        rows gathered with one ``index_select``. No host synchronisation (unless ``env`` normalizes).
+        """
+        upper_bound = (self.buffer_size if self.full else self.pos) * self.n_envs
+        indices = th.randint(upper_bound, (batch_size,), device=self._device, generator=self._generator)
+        return self.gather(indices, env)
+
+    def _get_samples(  # type: ignore[override]
+        self, batch_inds: np.ndarray | th.Tensor, env: VecNormalize | None = None
+    ) -> ReplayBufferSamples | DictReplayBufferSamples:
+        """SB3's semantics: rows ``batch_inds``, each with a random environment column."""
+        rows = th.as_tensor(batch_inds, device=self._device)
+        columns = th.randint(self.n_envs, rows.shape, device=self._device, generator=self._generator)
+        return self.gather(rows * self.n_envs + columns, env)
+
+    def gather(self, indices: th.Tensor, env: VecNormalize | None = None) -> ReplayBufferSamples | DictReplayBufferSamples:
+        """
+        :param indices: flat transition indices ``row * n_envs + env_index``, shape ``(batch,)``, on the device
+        :return: the transitions; fields are float32 column views of one gathered ``(batch, width)`` tensor,
+            ``dones`` is ``done * (1 - timeout)`` of shape ``(batch, 1)``, ``rewards`` has shape ``(batch, 1)``
+        """
+        assert self._storage is not None
+        rows = self._storage.index_select(0, indices)
+        observations = self._sampled_obs(rows, "obs", env)
+        next_observations = self._sampled_obs(rows, "next_obs", env)
+        dones = self._field_view(rows, "dones", keep_column=True) * (
+            1.0 - self._field_view(rows, "timeouts", keep_column=True)
+        )
+        rewards = self._field_view(rows, "rewards", keep_column=True)
+        if env is not None:
+            normalized = self._normalize_reward(rewards.cpu().numpy(), env)  # type: ignore[attr-defined]
+            rewards = th.as_tensor(normalized, dtype=th.float32, device=self._device)
+        return self._samples(observations, self._field_view(rows, "actions"), next_observations, dones, rewards)
+
+    def _sampled_obs(self, rows: th.Tensor, kind: str, env: VecNormalize | None) -> th.Tensor | dict[str, th.Tensor]:
+        if self._obs_keys == [None]:
+            obs: th.Tensor | dict[str, th.Tensor] = self._field_view(rows, (kind, None))
+        else:
+            obs = {key: self._field_view(rows, (kind, key)) for key in self._obs_keys}  # type: ignore[misc]
+        if env is None:
+            return obs
+        # VecNormalize works on NumPy arrays: a host round trip, only when a normalizing env is given.
+        numpy_obs = {key: value.cpu().numpy() for key, value in obs.items()} if isinstance(obs, dict) else obs.cpu().numpy()
+        normalized = self._normalize_obs(numpy_obs, env)  # type: ignore[attr-defined]
+        if isinstance(normalized, dict):
+            return {key: th.as_tensor(value, dtype=th.float32, device=self._device) for key, value in normalized.items()}
+        return th.as_tensor(normalized, dtype=th.float32, device=self._device)
+
+    def _samples(
+        self, observations: Any, actions: th.Tensor, next_observations: Any, dones: th.Tensor, rewards: th.Tensor
+    ) -> Any:
+        raise NotImplementedError
+
+    # --- pickling (SB3's save_replay_buffer / load_replay_buffer) ---------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for name in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
+            state.pop(name, None)
+        assert self._storage is not None
+        # Only the written rows, as a NumPy array, so that a CUDA buffer loads on any machine.
+        n_rows = (self.buffer_size if self.full else self.pos) * self.n_envs
+        state["_storage"] = self._storage[:n_rows].cpu().numpy()
+        state["_device"] = str(self._device)
+        generator = self._generator
+        state["_generator"] = None if generator is None else (str(generator.device), generator.get_state())
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        stored = state.pop("_storage")
+        saved_generator = state.pop("_generator")
+        self.__dict__.update(state)
+        device = th.device(state["_device"])
+        if device.type == "cuda" and not th.cuda.is_available():
+            device = th.device("cpu")  # SB3's load_replay_buffer then sets the model's device
+        self._device = device
+        self._storage = _zeros((self.buffer_size * self.n_envs, stored.shape[1]), device)
+        self._storage[: len(stored)].copy_(th.from_numpy(stored))
+        self._generator = None
+        if saved_generator is not None:
+            generator_device, generator_state = saved_generator
+            if th.device(generator_device).type == device.type:
+                self._generator = th.Generator(device=device)
+                self._generator.set_state(generator_state)
+        self._make_views()
+
+
+class DeviceReplayBuffer(DeviceBufferMixin, ReplayBuffer):
+    """
+    SB3 ``ReplayBuffer`` (Box observations) whose storage is one float32 tensor on ``device``; sampling draws
+    indices on the device (``generator``) and gathers rows with ``index_select``: no NumPy, no host sync.
+    Offers ``extend`` like ``OfflineReplayBuffer``, so ``IQL(..., replay_buffer_class=DeviceReplayBuffer)`` takes
+    an offline dataset. Memory: ``buffer_size * (2 * obs_dim + action_dim + 3) * 4`` bytes.
+
+    :param buffer_size: capacity in transitions
+    :param observation_space: observation space (stored as float32)
+    :param action_space: action space
+    :param device: device of the storage and of the samples
+    :param n_envs: number of parallel environments (``add`` takes one transition per environment)
+    :param optimize_memory_usage: must be False
+    :param handle_timeout_termination: store timeouts from ``infos`` in ``add`` (sampled dones are
+        ``done * (1 - timeout)``)
+    """
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        device: th.device | str = "auto",
+        n_envs: int = 1,
+        optimize_memory_usage: bool = False,
+        handle_timeout_termination: bool = True,
+    ):
+        if isinstance(observation_space, spaces.Dict):
+            raise ValueError("DeviceReplayBuffer takes Box observations: use DeviceDictReplayBuffer for Dict observations")
+        self._init_storage(
+            buffer_size, observation_space, action_space, device, n_envs, optimize_memory_usage, handle_timeout_termination
+        )
+
+    def _samples(
+        self, observations: th.Tensor, actions: th.Tensor, next_observations: th.Tensor, dones: th.Tensor, rewards: th.Tensor
+    ) -> ReplayBufferSamples:
+        return ReplayBufferSamples(observations, actions, next_observations, dones, rewards)
+
+
+class DeviceDictReplayBuffer(DeviceBufferMixin, DictReplayBuffer):
+    """
+    SB3 ``DictReplayBuffer`` whose storage is one float32 tensor on ``device`` (every key of the observation
+    side by side); same sampling, ``extend`` and memory as ``DeviceReplayBuffer``.
+
+    :param buffer_size: capacity in transitions
+    :param observation_space: Dict observation space (every key stored as float32)
+    :param action_space: action space
+    :param device: device of the storage and of the samples
+    :param n_envs: number of parallel environments
+    :param optimize_memory_usage: must be False
+    :param handle_timeout_termination: store timeouts from ``infos`` in ``add``
+    """
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Dict,
+        action_space: spaces.Space,
+        device: th.device | str = "auto",
+        n_envs: int = 1,
+        optimize_memory_usage: bool = False,
+        handle_timeout_termination: bool = True,
+    ):
+        if not isinstance(observation_space, spaces.Dict):
+            raise ValueError("DeviceDictReplayBuffer takes Dict observations: use DeviceReplayBuffer for Box observations")
+        self._init_storage(
+            buffer_size, observation_space, action_space, device, n_envs, optimize_memory_usage, handle_timeout_termination
+        )
+
+    def _samples(
+        self,
+        observations: dict[str, th.Tensor],
+        actions: th.Tensor,
+        next_observations: dict[str, th.Tensor],
+        dones: th.Tensor,
+        rewards: th.Tensor,
+    ) -> DictReplayBufferSamples:
+        return DictReplayBufferSamples(observations, actions, next_observations, dones, rewards)

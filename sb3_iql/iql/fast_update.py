@@ -1,0 +1,283 @@
+"""
+The compiled IQL update: the same math as ``IQL._update`` (V, actor with the new V, Q with the new V, Polyak),
+written as pure tensor functions that ``torch.compile(fullgraph=True)`` captures whole, and a CUDA-graph wrapper.
+
+``IQL._update`` stays the readable reference and the eager path; ``tests/test_fast_path.py`` proves both reach the
+same parameters. Select with ``IQL(..., compile_update=True)`` (torch.compile, CPU or CUDA) or
+``compile_update="cudagraph"`` (CUDA only: one graph launch per update).
+"""
+
+from typing import TYPE_CHECKING, Any
+
+import torch as th
+from torch import nn
+
+from sb3_iql.iql.losses import awr_actor_loss, awr_weights, expectile_loss, twin_critic_loss
+
+if TYPE_CHECKING:
+    from sb3_iql.iql.iql import IQL
+
+
+class _LogProb(nn.Module):
+    """Calls ``actor.log_prob`` as ``forward``, so that ``torch.func.functional_call`` can run it with given weights."""
+
+    def __init__(self, actor: nn.Module):
+        super().__init__()
+        self.actor = actor
+
+    def forward(self, obs: Any, actions: th.Tensor) -> th.Tensor:
+        return self.actor.log_prob(obs, actions)
+
+
+class FunctionalUpdate:
+    """
+    ``IQL._update`` as two pure-tensor functions that ``torch.compile(fullgraph=True)`` captures whole, with the
+    same math and order (V, actor with the new V, Q with the new V, Polyak):
+
+    1. ``value_grads``: target Q, the value loss and its gradients;
+    2. (eager) fused Adam step of V;
+    3. ``policy_grads``: new V on s and s' (one pass on both), AWR weights, TD targets, actor and critic losses
+       and their gradients (independent of each other), and the metrics;
+    4. (eager) fused Adam steps of the actor and the critics, and the Polyak update.
+
+    Gradients come from ``torch.func.grad_and_value`` (``loss.backward()`` would break the graph). The Adam steps
+    call ``torch._fused_adam_`` directly (what ``Adam(fused=True).step()`` runs, without its ~0.3 ms of Python
+    per call) on the model's own optimizer state, so saving, loading and ``IQL._update`` keep working; the
+    learning rates are read from the optimizers' param groups at every call (``IQL._set_learning_rates``).
+    Inside the compiled graph Inductor's own foreach Adam was slower on CPU than the fused kernel.
+
+    Only for Adam without weight decay, amsgrad or maximize (IQL's defaults).
+
+    :param model: the IQL model; its networks and optimizers are updated in place
+    :param compile_mode: None: no compilation (eager ``torch.func``, for tests and CUDA graph capture), or a
+        ``torch.compile`` mode: ``"default"``, ``"max-autotune-no-cudagraphs"``
+    :param tensor_lr: pass the learning rates to the fused kernel as device tensors (needed inside a CUDA graph,
+        where a float would be frozen at capture)
+    """
+
+    def __init__(self, model: "IQL", compile_mode: str | None = "default", tensor_lr: bool = False):
+        self.model = model
+        self.networks = {"value": model.value_net, "actor": model.actor, "critic": model.critic}
+        self.modules = {"value": model.value_net, "actor": _LogProb(model.actor), "critic": model.critic}
+        self.states: dict[str, dict[str, list[th.Tensor]]] = {}
+        self.params: dict[str, dict[str, th.Tensor]] = {}
+        for name, network in self.networks.items():
+            optimizer = network.optimizer
+            if not isinstance(optimizer, th.optim.Adam) or len(optimizer.param_groups) != 1:
+                raise ValueError(f"FunctionalUpdate needs one Adam param group per network, got {optimizer}")
+            group = optimizer.param_groups[0]
+            if group["weight_decay"] or group["amsgrad"] or group["maximize"] or group["differentiable"]:
+                raise ValueError("FunctionalUpdate supports Adam without weight_decay, amsgrad, maximize or differentiable")
+            prefix = "actor." if name == "actor" else ""
+            self.params[name] = {prefix + key: value for key, value in network.named_parameters()}
+        self._state_owners: dict[str, dict] = {}
+        for name in self.networks:
+            self._state_lists(name)
+        self.tensor_lr = tensor_lr
+        self.lrs = {name: th.zeros((), device=model.device) for name in self.networks}
+        self.compile_mode = compile_mode
+        self.value_grads, self.policy_grads = self._value_grads, self._policy_grads
+        if compile_mode is not None:
+            self.value_grads = th.compile(self._value_grads, fullgraph=True, mode=compile_mode)
+            self.policy_grads = th.compile(self._policy_grads, fullgraph=True, mode=compile_mode)
+
+    def _state_lists(self, name: str) -> dict[str, list[th.Tensor]]:
+        """
+        The optimizer state tensors of network ``name``, as lists in parameter order (created as Adam's first step
+        would, if missing); collected again when the optimizer's state was replaced (``load_state_dict``).
+        """
+        optimizer = self.networks[name].optimizer
+        if self._state_owners.get(name) is optimizer.state:
+            return self.states[name]
+        state: dict[str, list[th.Tensor]] = {"step": [], "exp_avg": [], "exp_avg_sq": []}
+        for param in self.params[name].values():
+            param_state = optimizer.state[param]
+            if not param_state:
+                param_state["exp_avg"] = th.zeros_like(param, memory_format=th.preserve_format)
+                param_state["exp_avg_sq"] = th.zeros_like(param, memory_format=th.preserve_format)
+                param_state["step"] = th.zeros(())
+            # As with Adam(fused=True): float32 step counters on the parameters' device.
+            param_state["step"] = param_state["step"].to(device=param.device, dtype=th.float32)
+            for key in state:
+                state[key].append(param_state[key])
+        self.states[name] = state
+        self._state_owners[name] = optimizer.state
+        return state
+
+    def state_replaced(self) -> bool:
+        """Whether an optimizer's state was replaced since the state lists were collected."""
+        return any(self._state_owners[name] is not network.optimizer.state for name, network in self.networks.items())
+
+    def _adam_(self, name: str, grads: list[th.Tensor]) -> None:
+        """``Adam(fused=True).step()`` of network ``name`` with the given gradients, in place."""
+        group = self.networks[name].optimizer.param_groups[0]
+        state = self._state_lists(name)
+        th._foreach_add_(state["step"], 1.0)
+        th._fused_adam_(
+            list(self.params[name].values()),
+            grads,
+            state["exp_avg"],
+            state["exp_avg_sq"],
+            [],
+            state["step"],
+            lr=self.lrs[name] if self.tensor_lr else group["lr"],
+            beta1=group["betas"][0],
+            beta2=group["betas"][1],
+            weight_decay=0.0,
+            eps=group["eps"],
+            amsgrad=False,
+            maximize=False,
+        )
+
+    def _value_grads(self, observations: Any, actions: th.Tensor) -> tuple[list[th.Tensor], th.Tensor, th.Tensor, th.Tensor]:
+        """:return: gradients of the value loss (in parameter order), value loss, mean V(s), target Q"""
+        model = self.model
+        with th.no_grad():
+            target_q = model.critic_target(observations, actions).min(dim=0).values
+
+        def value_loss_fn(params: dict[str, th.Tensor]) -> tuple[th.Tensor, th.Tensor]:
+            value = th.func.functional_call(self.modules["value"], params, (observations,))
+            return expectile_loss(target_q - value, model.expectile), value
+
+        grads, (value_loss, value) = th.func.grad_and_value(value_loss_fn, has_aux=True)(self.params["value"])
+        return list(grads.values()), value_loss, value.mean(), target_q
+
+    def _policy_grads(
+        self,
+        observations: Any,
+        actions: th.Tensor,
+        next_observations: Any,
+        rewards: th.Tensor,
+        dones: th.Tensor,
+        target_q: th.Tensor,
+        value_loss: th.Tensor,
+        value_mean: th.Tensor,
+    ) -> tuple[list[th.Tensor], list[th.Tensor], th.Tensor]:
+        """:return: actor gradients, critic gradients, metrics of ``METRIC_NAMES``"""
+        model = self.model
+        with th.no_grad():
+            n_batch = actions.shape[0]
+            new_values = model.value_net(_cat_obs(observations, next_observations))  # new V(s) and V(s') in one pass
+            advantage = target_q - new_values[:n_batch]
+            weights = awr_weights(advantage, model.beta, model.max_weight)
+            td_target = rewards + model.gamma * (1.0 - dones) * new_values[n_batch:]
+
+        def actor_loss_fn(params: dict[str, th.Tensor]) -> th.Tensor:
+            return awr_actor_loss(th.func.functional_call(self.modules["actor"], params, (observations, actions)), weights)
+
+        def critic_loss_fn(params: dict[str, th.Tensor]) -> tuple[th.Tensor, th.Tensor]:
+            current_q = th.func.functional_call(self.modules["critic"], params, (observations, actions))
+            return twin_critic_loss(current_q, td_target), current_q
+
+        actor_grads, actor_loss = th.func.grad_and_value(actor_loss_fn)(self.params["actor"])
+        critic_grads, (critic_loss, current_q) = th.func.grad_and_value(critic_loss_fn, has_aux=True)(self.params["critic"])
+        metrics = th.stack(
+            [value_loss, actor_loss, critic_loss, value_mean, current_q.mean(), advantage.mean(), weights.mean()]
+        ).detach()
+        return list(actor_grads.values()), list(critic_grads.values()), metrics
+
+    def step(
+        self, observations: Any, actions: th.Tensor, next_observations: Any, rewards: th.Tensor, dones: th.Tensor
+    ) -> th.Tensor:
+        """One IQL update; returns the metrics of ``METRIC_NAMES``."""
+        with th.no_grad():  # torch.func.grad still differentiates inside; outside, no autograd graph is kept
+            return self._step(observations, actions, next_observations, rewards, dones)
+
+    def _step(
+        self, observations: Any, actions: th.Tensor, next_observations: Any, rewards: th.Tensor, dones: th.Tensor
+    ) -> th.Tensor:
+        value_grads, value_loss, value_mean, target_q = self.value_grads(observations, actions)
+        self._adam_("value", value_grads)
+        actor_grads, critic_grads, metrics = self.policy_grads(
+            observations, actions, next_observations, rewards, dones, target_q, value_loss, value_mean
+        )
+        self._adam_("actor", actor_grads)
+        self._adam_("critic", critic_grads)
+        th._foreach_lerp_(self.model._critic_target_params, self.model._critic_params, self.model.tau)
+        return metrics
+
+    def set_learning_rates(self) -> None:
+        """With ``tensor_lr``: copy the optimizers' current lr into the lr tensors (an in-place fill, no sync)."""
+        if self.tensor_lr:
+            for name, network in self.networks.items():
+                self.lrs[name].fill_(network.optimizer.param_groups[0]["lr"])
+
+    def __call__(self, replay_data: Any) -> th.Tensor:
+        """Drop-in for ``IQL._update(replay_data)``."""
+        self.set_learning_rates()
+        return self.step(
+            replay_data.observations,
+            replay_data.actions,
+            replay_data.next_observations,
+            replay_data.rewards.flatten(),
+            replay_data.dones.flatten(),
+        )
+
+
+def _cat_obs(first: Any, second: Any) -> Any:
+    if isinstance(first, dict):
+        return {key: th.cat([first[key], second[key]]) for key in first}
+    return th.cat([first, second])
+
+
+class CudaGraphUpdate:
+    """
+    CUDA only: the eager ``FunctionalUpdate.step`` captured once in a ``torch.cuda.CUDAGraph`` and replayed
+    each update (one launch for the whole update). Each call copies the sampled batch into the graph's static
+    input tensors; the returned metrics tensor is the graph's static output (read it before the next call).
+    The three warm-up updates run before the capture are real updates of the model.
+
+    :param model: the IQL model, on a CUDA device
+    :param example: a batch from the replay buffer (sets the static shapes)
+    """
+
+    def __init__(self, model: "IQL", example: Any, n_warmup: int = 3):
+        if model.device.type != "cuda":
+            raise ValueError("CudaGraphUpdate needs a model on a CUDA device")
+        self.functional = FunctionalUpdate(model, compile_mode=None, tensor_lr=True)
+        self.static = [_clone_obs(x) for x in self._inputs(example)]
+        self.functional.set_learning_rates()
+        side_stream = th.cuda.Stream()
+        side_stream.wait_stream(th.cuda.current_stream())
+        with th.cuda.stream(side_stream):
+            for _ in range(n_warmup):
+                self.functional.step(*self.static)
+        th.cuda.current_stream().wait_stream(side_stream)
+        self.graph = th.cuda.CUDAGraph()
+        with th.cuda.graph(self.graph):
+            self.metrics = self.functional.step(*self.static)
+
+    @staticmethod
+    def _inputs(replay_data: Any) -> list[Any]:
+        return [
+            replay_data.observations,
+            replay_data.actions,
+            replay_data.next_observations,
+            replay_data.rewards.flatten(),
+            replay_data.dones.flatten(),
+        ]
+
+    def state_replaced(self) -> bool:
+        """Whether an optimizer's state was replaced since the capture (the graph would update stale tensors)."""
+        return self.functional.state_replaced()
+
+    def __call__(self, replay_data: Any) -> th.Tensor:
+        if self.functional.state_replaced():
+            raise RuntimeError("The optimizers' state was replaced (loaded) after the capture: create a new CudaGraphUpdate")
+        self.functional.set_learning_rates()
+        for static, value in zip(self.static, self._inputs(replay_data)):
+            _copy_obs(static, value)
+        self.graph.replay()
+        return self.metrics
+
+
+def _clone_obs(value: Any) -> Any:
+    return {key: item.clone() for key, item in value.items()} if isinstance(value, dict) else value.clone()
+
+
+def _copy_obs(static: Any, value: Any) -> None:
+    if isinstance(static, dict):
+        for key in static:
+            static[key].copy_(value[key])
+    else:
+        static.copy_(value)

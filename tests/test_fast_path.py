@@ -1,0 +1,179 @@
+"""
+Same math proven: the fast training paths reach the same parameters as the plain one on the same batches.
+
+The plain path is ``IQL._update`` with SB3's NumPy buffer (``OfflineReplayBuffer``) and the default Adam. The fast
+paths are the device buffer with fused or foreach Adam, and ``FunctionalUpdate`` (``torch.func`` gradients and
+direct fused Adam steps; ``sb3_iql/iql/fast_update.py``), eager or compiled. Each path gets the very same batches.
+
+Training amplifies rounding differences (two float32 runs whose first steps differ by 1e-8 are 1e-3 apart after
+300 updates, even between torch's own default and fused Adam), so the long comparisons run in float64, where
+any difference of math would show and rounding cannot: they must agree to 1e-10. A float32 check covers the
+first updates with the standard settings.
+"""
+
+import numpy as np
+import pytest
+import stable_baselines3.common.policies
+import torch as th
+from gymnasium import spaces
+from toy_data import SpacesEnv, synthetic_transitions
+
+from sb3_iql import IQL
+from sb3_iql.data import OfflineReplayBuffer
+from sb3_iql.data.device_buffers import DeviceReplayBuffer
+from sb3_iql.iql.fast_update import CudaGraphUpdate, FunctionalUpdate
+
+OBS_DIM, ACTION_DIM = 29, 8
+N_TRANSITIONS = 5_000
+N_UPDATES = 300
+#: offline_steps of the models: the actor's cosine learning rate moves a lot within the compared updates
+OFFLINE_STEPS = 400
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_transitions(OBS_DIM, ACTION_DIM, n_transitions=N_TRANSITIONS, seed=0)
+
+
+@pytest.fixture
+def float64(monkeypatch: pytest.MonkeyPatch):
+    """Let float64 observations through SB3's preprocessing (it casts Box observations to float32)."""
+    monkeypatch.setattr(stable_baselines3.common.policies, "preprocess_obs", lambda obs, *args, **kwargs: obs)
+    return th.float64
+
+
+def make_model(data, buffer_class, optimizer_kwargs=None, dtype=th.float32, net_arch=(64, 64), device="cpu", **kwargs):
+    env = SpacesEnv(spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32), spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32))
+    model = IQL(
+        "MlpPolicy",
+        env,
+        replay_buffer_class=buffer_class,
+        buffer_size=N_TRANSITIONS,
+        expectile=0.9,
+        beta=10.0,
+        offline_steps=OFFLINE_STEPS,
+        policy_kwargs={"net_arch": list(net_arch), "optimizer_kwargs": optimizer_kwargs or {}},
+        seed=0,
+        device=device,
+        **kwargs,
+    )
+    model.replay_buffer.extend(
+        data.observations, data.next_observations, data.actions, data.rewards, data.dones, data.timeouts
+    )
+    model.policy.to(dtype)
+    return model
+
+
+def train_side_by_side(reference: IQL, others: list, n_updates: int, dtype=th.float32, device="cpu") -> list:
+    """``n_updates`` updates of every model on the same batches (sampled from the reference's buffer).
+
+    :param others: (model, update function) pairs
+    :return: the metrics of the last update, reference first
+    """
+    for _ in range(n_updates):
+        batch = reference.replay_buffer.sample(reference.batch_size)
+        batch = batch._replace(**{k: v.to(device, dtype) for k, v in batch._asdict().items() if v is not None})
+        metrics = []
+        for model, update in [(reference, reference._update), *others]:
+            model._set_learning_rates(offline=True)
+            metrics.append(update(batch))
+            model._n_offline_updates += 1
+    return metrics
+
+
+def max_difference(first: IQL, second: IQL) -> float:
+    return max((a - b).abs().max().item() for a, b in zip(first.policy.parameters(), second.policy.parameters()))
+
+
+def optimizer_states_match(first: IQL, second: IQL, atol: float) -> None:
+    for name in ("value_net", "actor", "critic"):
+        states = [getattr(model, name).optimizer.state_dict()["state"] for model in (first, second)]
+        assert states[0].keys() == states[1].keys()
+        for key in states[0]:
+            for field in ("exp_avg", "exp_avg_sq"):
+                th.testing.assert_close(states[0][key][field], states[1][key][field], rtol=0, atol=atol)
+            assert float(states[0][key]["step"]) == float(states[1][key]["step"])
+
+
+@pytest.mark.parametrize("fast", ["fused", "foreach", "functional"])
+def test_fast_paths_reach_the_plain_parameters_in_float64(data, float64, fast):
+    reference = make_model(data, OfflineReplayBuffer, dtype=float64)
+    optimizer_kwargs = {"foreach": True} if fast == "foreach" else {"fused": True}
+    model = make_model(data, DeviceReplayBuffer, optimizer_kwargs, dtype=float64)
+    update = FunctionalUpdate(model, compile_mode=None) if fast == "functional" else model._update
+    metrics = train_side_by_side(reference, [(model, update)], N_UPDATES, dtype=float64)
+    assert reference.actor.optimizer.param_groups[0]["lr"] < 0.2 * reference.learning_rate  # the cosine ran
+    assert max_difference(reference, model) < 1e-10
+    th.testing.assert_close(metrics[0], metrics[1], rtol=1e-10, atol=1e-10)
+    optimizer_states_match(reference, model, atol=1e-10)
+    # Loading optimizer states (as IQL.load does) replaces their tensors: the update follows.
+    for network in (model.value_net, model.actor, model.critic):
+        network.optimizer.load_state_dict(network.optimizer.state_dict())
+    train_side_by_side(reference, [(model, update)], 5, dtype=float64)
+    # After the functional updates, the model's own optimizers carry on from the same state.
+    train_side_by_side(reference, [(model, model._update)], 5, dtype=float64)
+    assert max_difference(reference, model) < 1e-10
+
+
+def test_the_float64_comparison_detects_a_change_of_math(data, float64):
+    reference = make_model(data, OfflineReplayBuffer, dtype=float64)
+    model = make_model(data, DeviceReplayBuffer, {"fused": True}, dtype=float64, tau=0.0051)
+    train_side_by_side(reference, [(model, FunctionalUpdate(model, compile_mode=None))], 50, dtype=float64)
+    assert max_difference(reference, model) > 1e-6
+
+
+def test_fast_paths_match_in_float32_with_the_standard_networks(data):
+    reference = make_model(data, OfflineReplayBuffer, net_arch=(256, 256))
+    fused = make_model(data, DeviceReplayBuffer, {"fused": True}, net_arch=(256, 256))
+    functional = make_model(data, DeviceReplayBuffer, {"fused": True}, net_arch=(256, 256))
+    others = [(fused, fused._update), (functional, FunctionalUpdate(functional, compile_mode=None))]
+    train_side_by_side(reference, others, 20)
+    assert max_difference(reference, fused) < 1e-5
+    assert max_difference(reference, functional) < 1e-5
+
+
+@pytest.mark.slow
+def test_compiled_update_reaches_the_plain_parameters_in_float64(data, float64):
+    reference = make_model(data, OfflineReplayBuffer, dtype=float64)
+    model = make_model(data, DeviceReplayBuffer, {"fused": True}, dtype=float64)
+    metrics = train_side_by_side(reference, [(model, FunctionalUpdate(model, compile_mode="default"))], N_UPDATES, float64)
+    assert max_difference(reference, model) < 1e-10
+    th.testing.assert_close(metrics[0], metrics[1], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.skipif(not th.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("fast", ["compiled", "cudagraph"])
+def test_cuda_compiled_and_graph_updates_match_eager_in_float64(data, float64, fast):
+
+    reference = make_model(data, DeviceReplayBuffer, {"fused": True}, dtype=float64, device="cuda")
+    model = make_model(data, DeviceReplayBuffer, {"fused": True}, dtype=float64, device="cuda")
+    if fast == "compiled":
+        update = FunctionalUpdate(model, compile_mode="default")
+    else:
+        # The capture runs 3 warm-up updates: give the reference the same ones first.
+        example = reference.replay_buffer.sample(reference.batch_size)
+        example = example._replace(**{k: v.double() for k, v in example._asdict().items() if v is not None})
+        for _ in range(3):
+            reference._set_learning_rates(offline=True)
+            reference._update(example)
+        update = CudaGraphUpdate(model, example)
+    train_side_by_side(reference, [(model, update)], N_UPDATES, dtype=float64, device="cuda")
+    assert max_difference(reference, model) < 1e-10
+
+
+def test_cudagraph_needs_cuda(data):
+    if th.cuda.is_available():
+        pytest.skip("CUDA is available")
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        make_model(data, DeviceReplayBuffer, compile_update="cudagraph")
+
+
+@pytest.mark.slow
+def test_compile_update_option_trains_like_the_eager_update(data):
+    """``IQL(compile_update=True)`` runs the compiled update in ``learn_offline`` and matches eager training."""
+    eager = make_model(data, DeviceReplayBuffer, optimizer_kwargs={"fused": True}, net_arch=(256, 256))
+    compiled = make_model(data, DeviceReplayBuffer, optimizer_kwargs={"fused": True}, net_arch=(256, 256), compile_update=True)
+    eager.learn_offline(20)
+    compiled.learn_offline(20)  # same seed: the same batches
+    assert isinstance(compiled._fast_update, FunctionalUpdate)
+    assert max_difference(eager, compiled) < 1e-5
