@@ -12,6 +12,29 @@ from stable_baselines3.common.vec_env import VecNormalize
 from sb3_iql.data.minari_loader import BatchObs
 
 
+def rows_for(n_transitions: int, n_envs: int, free_rows: int) -> tuple[int, int]:
+    """
+    Rows of ``n_envs`` columns that ``n_transitions`` take in a replay buffer (``extend``).
+
+    :param free_rows: rows left before the buffer is full
+    :return: number of rows, and number of transitions stored twice to complete the last row
+    :raises ValueError: the transitions do not fit in the free rows
+    """
+    n_rows = -(-n_transitions // n_envs)
+    if n_rows > free_rows:
+        raise ValueError(
+            f"The replay buffer has room for {free_rows * n_envs} more transitions, "
+            f"{n_transitions} were given: use a larger buffer_size"
+        )
+    n_duplicates = n_rows * n_envs - n_transitions
+    if n_duplicates:
+        warnings.warn(
+            f"{n_transitions} transitions do not fill rows of n_envs={n_envs}: {n_duplicates} of them are stored twice",
+            stacklevel=3,
+        )
+    return n_rows, n_duplicates
+
+
 class OfflineDataMixin:
     """
     Adds to an SB3 replay buffer:
@@ -74,19 +97,7 @@ class OfflineDataMixin:
         :raises ValueError: the transitions do not fit in the free rows of the buffer
         """
         n_transitions = len(rewards)
-        n_rows = -(-n_transitions // self.n_envs)
-        free_rows = self.buffer_size - self.pos if not self.full else 0
-        if n_rows > free_rows:
-            raise ValueError(
-                f"The replay buffer has room for {free_rows * self.n_envs} more transitions, "
-                f"{n_transitions} were given: use a larger buffer_size"
-            )
-        if n_rows * self.n_envs != n_transitions:
-            warnings.warn(
-                f"{n_transitions} transitions do not fill rows of n_envs={self.n_envs}: "
-                f"{n_rows * self.n_envs - n_transitions} of them are stored twice",
-                stacklevel=2,
-            )
+        n_rows, _ = rows_for(n_transitions, self.n_envs, self.buffer_size - self.pos if not self.full else 0)
         order = np.arange(n_rows * self.n_envs) % n_transitions
 
         def rows_of(array: np.ndarray) -> np.ndarray:

@@ -7,7 +7,6 @@ reward, the done flag and the timeout flag. Sampling is one ``torch.randint`` on
 ``index_select`` of those rows; the batch fields are column views of the gathered rows.
 """
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ from stable_baselines3.common.type_aliases import DictReplayBufferSamples, Repla
 from stable_baselines3.common.utils import get_device
 from stable_baselines3.common.vec_env import VecNormalize
 
+from sb3_iql.data.buffers import rows_for
 from sb3_iql.data.minari_loader import BatchObs
 
 #: Transitions copied to the storage at once by ``extend`` (bounds the temporary memory of dtype conversions).
@@ -206,20 +206,7 @@ class DeviceBufferMixin:
         :raises ValueError: the transitions do not fit in the free rows of the buffer
         """
         n_transitions = len(rewards)
-        n_rows = -(-n_transitions // self.n_envs)
-        free_rows = self.buffer_size - self.pos if not self.full else 0
-        if n_rows > free_rows:
-            raise ValueError(
-                f"The replay buffer has room for {free_rows * self.n_envs} more transitions, "
-                f"{n_transitions} were given: use a larger buffer_size"
-            )
-        n_duplicates = n_rows * self.n_envs - n_transitions
-        if n_duplicates:
-            warnings.warn(
-                f"{n_transitions} transitions do not fill rows of n_envs={self.n_envs}: "
-                f"{n_duplicates} of them are stored twice",
-                stacklevel=2,
-            )
+        n_rows, n_duplicates = rows_for(n_transitions, self.n_envs, self.buffer_size - self.pos if not self.full else 0)
         fields = [
             *self._obs_parts("obs", observations),
             *self._obs_parts("next_obs", next_observations),
