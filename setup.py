@@ -29,6 +29,8 @@ setup(
         "numpy>=1.24",
         "tqdm",
         "rich",
+        # tensorboard_log=... and rl-zoo's -tb, as SB3's [extra] provides
+        "tensorboard",
         "pyyaml",
     ],
     extras_require={
