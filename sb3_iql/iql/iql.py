@@ -274,7 +274,7 @@ class IQL(OffPolicyAlgorithm):
         if not hasattr(self.replay_buffer, "extend"):
             raise TypeError(
                 f"{type(self.replay_buffer).__name__} cannot take an offline dataset: use a replay buffer with "
-                "extend(), such as sb3_iql.data.OfflineReplayBuffer or OfflineDictReplayBuffer"
+                "extend(), such as sb3_iql.data.DeviceReplayBuffer or OfflineReplayBuffer (and their Dict versions)"
             )
         low, high = self.action_space.low, self.action_space.high  # type: ignore[attr-defined]
         scaled_actions = 2.0 * (transitions.actions - low) / (high - low) - 1.0
