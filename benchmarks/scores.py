@@ -39,6 +39,7 @@ import argparse
 import csv
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -74,6 +75,20 @@ EVAL_SEED_OFFSET = 10_000
 NOTES_BEGIN, NOTES_END = "<!-- BEGIN NOTES -->", "<!-- END NOTES -->"
 RUNS_FILE = "scores_runs.json"
 REPORT_STEM = "scores"
+
+
+def code_version() -> str:
+    """:return: a short hash of the ``sb3_iql`` sources imported by this process (runs of different code differ)."""
+    import sb3_iql
+
+    digest = hashlib.sha1()
+    for path in sorted(Path(sb3_iql.__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+#: Computed at import: the code a run trained with, even if the files change while this process runs.
+CODE_VERSION = code_version()
 
 
 def domain_of(dataset_id: str) -> str:
@@ -260,6 +275,7 @@ def run(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: Path, 
         "final": scores[-1],
         "best": max(scores),
         "final_success": progress["curve"][-1].get("success_rate"),
+        "code_version": CODE_VERSION,
         "train_s": progress["train_s"],
         "eval_s": progress["eval_s"],
         "updates_per_s": config.updates / max(progress["train_s"], 1e-9),
@@ -336,6 +352,7 @@ def summary_rows(groups: dict[tuple, dict[str, list[dict]]]) -> list[dict]:
                     100 * record["final_success"] for record in records if record.get("final_success") is not None
                 ],
                 "updates_per_s": [record["updates_per_s"] for record in records],
+                "code_versions": sorted({record["code_version"] for record in records if "code_version" in record}),
                 "wall_s": [record["train_s"] + record["eval_s"] for record in records],
             }
         row["iql_minus_bc_final"], _ = _paired_difference(iql, bc, "final")
@@ -369,6 +386,7 @@ def _net(net_arch: list[int] | tuple[int, ...]) -> str:
 
 def write_markdown(path: Path, rows: list[dict], torch_threads: int) -> None:
     hardware = _hardware()
+    code_versions = {version for row in rows for method in METHODS for version in row[method]["code_versions"]}
     total_wall = sum(sum(row[method]["wall_s"]) for row in rows for method in METHODS)
     lines = [
         "# IQL against behaviour cloning: normalized scores",
@@ -416,6 +434,8 @@ def write_markdown(path: Path, rows: list[dict], torch_threads: int) -> None:
         f"- CPU: {hardware['cpu']}, {hardware['logical_cores']} logical cores, **shared with other jobs** "
         f"(updates/s above are as measured under that load); torch {hardware['torch']} with {torch_threads} thread(s), "
         f"one training process at a time, Python {hardware['python']}.",
+        f"- Code: hash of the `sb3_iql` sources each run trained with (`code_version` in `{RUNS_FILE}`): "
+        f"{', '.join(sorted(code_versions)) or 'n/a'}; runs without it predate the field.",
         f"- Wall time, training + evaluation, all runs in this report: {total_wall / 3600:.2f} h ({total_wall / 60:.0f} min).",
     ]
     for row in rows:
@@ -445,11 +465,11 @@ def write_plot(path: Path, groups: dict[tuple, dict[str, list[dict]]], metric: s
     """
     scale, label = (100.0, "success rate (%)") if metric == "success_rate" else (1.0, "normalized score (%)")
 
-    def has_metric(records: list[dict]) -> bool:
-        return bool(records) and all(metric in point for record in records for point in record["curve"])
+    def with_metric(records: list[dict]) -> list[dict]:
+        return [record for record in records if all(metric in point for point in record["curve"])]
 
     groups = {
-        setting: {method: records for method, records in methods.items() if has_metric(records)}
+        setting: {method: with_metric(records) for method, records in methods.items() if with_metric(records)}
         for setting, methods in groups.items()
     }
     groups = {setting: methods for setting, methods in groups.items() if methods}
@@ -485,7 +505,7 @@ def write_plot(path: Path, groups: dict[tuple, dict[str, list[dict]]], metric: s
         axis.legend(fontsize=8)
     for axis in list(axes.flat)[len(groups) :]:
         axis.set_visible(False)
-    figure.suptitle(f"IQL vs behaviour cloning: {label} (mean ± std over seeds)")
+    figure.suptitle(f"IQL vs BC: {label}, mean ± std over seeds", fontsize=11)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
