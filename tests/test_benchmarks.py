@@ -1,0 +1,61 @@
+"""The score and advantage-signal benchmarks run end to end on a tiny maze and report what they claim to."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from maze_data import MAZE_ID, MAZE_STEPS, tiny_maze_root
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+TIMEOUT_S = 180
+
+
+@pytest.fixture(scope="module")
+def maze_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path]:
+    yield from tiny_maze_root(tmp_path_factory)
+
+
+def run_benchmark(name: str, *args: str, minari_root: pathlib.Path) -> None:
+    env = {**os.environ, "MINARI_DATASETS_PATH": str(minari_root), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(BENCHMARKS / name), *args, "--dataset-steps", str(MAZE_STEPS)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert result.returncode == 0, f"{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+
+def test_scores_report(maze_root, tmp_path):
+    out = tmp_path / "results"
+    common = ["--datasets", MAZE_ID, "--updates", "20", "--eval-every", "10", "--seeds", "0", "--eval-episodes", "1"]
+    run_benchmark("scores.py", *common, "--net-arch", "16", "--out", str(out), "--checkpoint-dir", str(tmp_path / "ckpt"),
+                  minari_root=maze_root)  # fmt: skip
+    runs = json.loads((out / "scores_runs.json").read_text())["runs"]
+    assert sorted(record["hyperparameters"]["beta"] for record in runs.values()) == [0.0, 10.0]
+    assert all([point["updates"] for point in record["curve"]] == [10, 20] for record in runs.values())
+    finals = {record["config"]["method"]: record["final"] for record in runs.values()}
+    row = next(line for line in (out / "scores.md").read_text().splitlines() if line.startswith("| pointmaze/umaze-stitch"))
+    bc_cell, iql_cell = row.split(" | ")[6:8]
+    better_cell = iql_cell if finals["iql"] > finals["bc"] else bc_cell
+    assert better_cell.startswith("**") and f"{max(finals.values()):.1f}" in better_cell
+    assert (out / "scores.png").is_file() and (out / "scores.csv").is_file()
+
+
+def test_advantage_signal(maze_root, tmp_path):
+    out = tmp_path / "advantage_signal"
+    run_benchmark(
+        "advantage_signal.py",
+        *["--datasets", MAZE_ID, "--betas", "10", "0", "--updates", "30", "--net-arch", "16", "--batches", "3"],
+        *["--eval-episodes", "1", "--far-from-goal", "1.5", "--out", str(out)],
+        minari_root=maze_root,
+    )
+    by_beta = {result["beta"]: result for result in json.loads(out.with_suffix(".json").read_text())}
+    assert set(by_beta) == {0.0, 10.0}
+    # beta only changes the actor: the critics, and so every critic statistic, are the same
+    for name in ("value_spread", "value_distance_spearman", "advantage_std", "advantage_speed_change_spearman"):
+        assert by_beta[10.0][name] == by_beta[0.0][name], name
+    assert by_beta[0.0]["batch_ess"] == pytest.approx(1.0) and by_beta[0.0]["clipped_weight_share"] == 0.0
+    assert 0.0 < by_beta[10.0]["batch_ess"] < 1.0
+    assert by_beta[10.0]["path_length_m"] > 0.0 and 0.0 <= by_beta[10.0]["success_rate"] <= 1.0
+    assert "| sb3_iql/pointmaze/umaze-stitch-v0 | 10 | 30 |" in out.with_suffix(".md").read_text()
