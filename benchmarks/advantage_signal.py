@@ -31,13 +31,12 @@ from typing import Any
 
 import numpy as np
 import torch as th
+from scores import DOMAIN_PRESETS  # benchmarks/scores.py: the same maze preset as the score table
 from stable_baselines3.common.logger import Logger
 
 from sb3_iql.datasets import ensure_dataset
 from sb3_iql.iql import IQL
 from sb3_iql.iql.losses import awr_weights
-
-MAZE_PRESET = {"expectile": 0.9, "reward_transform": "antmaze"}
 
 
 def _rank(values: np.ndarray) -> np.ndarray:
@@ -117,17 +116,17 @@ def rollout_statistics(model: IQL, dataset: Any, n_episodes: int, seed: int) -> 
 
 
 def diagnose(dataset_id: str, beta: float, args: argparse.Namespace) -> dict[str, Any]:
+    """Train IQL (maze preset, this ``beta``) on the dataset; :return: its critic and rollout statistics."""
     dataset = ensure_dataset(dataset_id, n_steps=args.dataset_steps)
     model = IQL(
         "MlpPolicy",
         env=None,
         offline_dataset=dataset,
         offline_steps=args.updates,
-        beta=beta,
         policy_kwargs={"net_arch": args.net_arch},
         seed=args.seed,
         device="cpu",
-        **MAZE_PRESET,
+        **(DOMAIN_PRESETS["maze"] | {"beta": beta}),
     )
     model.set_logger(Logger(folder=None, output_formats=[]))
     start = time.perf_counter()
