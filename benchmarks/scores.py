@@ -52,6 +52,7 @@ import matplotlib
 import minari
 import numpy as np
 import torch as th
+from hardware import cpu_model  # benchmarks/hardware.py
 from stable_baselines3.common.logger import Logger
 
 from sb3_iql.data.minari_loader import DatasetNotFoundError, load_dataset
@@ -371,14 +372,8 @@ def summary_rows(groups: dict[tuple, dict[str, list[dict]]]) -> list[dict]:
 
 
 def _hardware() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as file_handler:
-            cpu = next(line.split(":", 1)[1].strip() for line in file_handler if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "logical_cores": os.cpu_count(),
         "torch": th.__version__,
         "python": platform.python_version(),

@@ -29,7 +29,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -44,6 +43,7 @@ import numpy as np
 import psutil
 import torch as th
 from gymnasium import spaces
+from hardware import cpu_model  # benchmarks/hardware.py
 from torch import nn
 
 from sb3_iql import IQL
@@ -470,13 +470,7 @@ def run_probe(args: argparse.Namespace, kind: str, name: str, shape: str) -> dic
 def device_name(device: th.device) -> str:
     if device.type == "cuda":
         return th.cuda.get_device_name(device)
-    model = platform.processor() or "CPU"
-    try:
-        with open("/proc/cpuinfo") as file:
-            model = next(line.split(":", 1)[1].strip() for line in file if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} logical CPUs"
+    return f"{cpu_model()}, {os.cpu_count()} logical CPUs"
 
 
 def render_markdown(results: list[dict[str, Any]]) -> str:
