@@ -77,10 +77,11 @@ def critic_statistics(model: IQL, n_batches: int, near: float, far: float) -> di
     value, distance, advantage, action_norm, speed_change = map(
         np.concatenate, (values, distances, advantages, action_norms, speed_changes)
     )
+    value_near, value_far = float(value[distance < near].mean()), float(value[distance > far].mean())
     return {
-        "value_near_goal": float(value[distance < near].mean()),
-        "value_far_from_goal": float(value[distance > far].mean()),
-        "value_spread": float(value[distance < near].mean() - value[distance > far].mean()),
+        "value_near_goal": value_near,
+        "value_far_from_goal": value_far,
+        "value_spread": value_near - value_far,
         "value_distance_spearman": spearman(value, -distance),
         "advantage_std": float(advantage.std()),
         "advantage_action_norm_spearman": spearman(advantage, action_norm),
