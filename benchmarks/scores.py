@@ -48,16 +48,19 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import matplotlib
 import minari
 import numpy as np
+import peers  # benchmarks/peers.py
 import torch as th
 from hardware import cpu_model  # benchmarks/hardware.py
 from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.monitor import Monitor
 
-from sb3_iql.data.minari_loader import DatasetNotFoundError, load_dataset
+from sb3_iql.data.minari_loader import DatasetNotFoundError, load_dataset, load_transitions
 from sb3_iql.datasets import ensure_dataset, parse_pointmaze_dataset_id
-from sb3_iql.evaluation import evaluate
+from sb3_iql.evaluation import evaluate, normalized_score
 from sb3_iql.iql import IQL
 
 matplotlib.use("Agg")
@@ -68,7 +71,53 @@ DOMAIN_PRESETS: dict[str, dict[str, Any]] = {
     "maze": {"expectile": 0.9, "beta": 10.0, "reward_transform": "antmaze"},
     "locomotion": {"expectile": 0.7, "beta": 3.0, "reward_transform": "locomotion"},
 }
+#: The reference implementation's choices (IQL.md), spelled out: ``iql-ref`` means them whatever the defaults are.
+REFERENCE_SETTINGS: dict[str, Any] = {
+    "update_order": "sequential",
+    "policy_kwargs": {"log_std_parametrization": "clip", "log_std_init": 0.0, "weight_init": "orthogonal"},
+}
+#: Factors of the study, each added to the reference with ``+name``: d3rlpy's three choices, then ours beyond them.
+FACTORS: dict[str, dict[str, Any]] = {
+    "order": {"update_order": "joint"},  # Q target with V(s') from before V's step
+    "logstd": {"policy_kwargs": {"log_std_parametrization": "sigmoid", "log_std_init": -1.5}},
+    "init": {"policy_kwargs": {"weight_init": "pytorch"}},
+    "ln": {"policy_kwargs": {"critic_layer_norm": True}},
+    "dropout": {"dropout": 0.1},
+}
+#: ``iql``: the package's defaults; ``bc``: the reference with beta = 0; ``iql-ref[+factor...]``: the reference with
+#: factors; ``d3rlpy-iql`` and ``d3rlpy-bc``: the peer (``benchmarks/peers.py``).
+BASE_METHODS = ("iql", "bc", "iql-ref", "d3rlpy-iql", "d3rlpy-bc")
 METHODS = ("iql", "bc")
+D3RLPY_METHODS = ("d3rlpy-iql", "d3rlpy-bc")
+
+
+def parse_method(method: str) -> tuple[str, list[str]]:
+    """:return: the base method and its factors (``"iql-ref+order+init"`` -> ``("iql-ref", ["order", "init"])``)"""
+    base, *factors = method.split("+")
+    if base not in BASE_METHODS or (factors and base != "iql-ref") or any(f not in FACTORS for f in factors):
+        raise ValueError(
+            f"Unknown method {method!r}: use one of {BASE_METHODS}, or iql-ref+FACTOR[+FACTOR...] with factors {list(FACTORS)}"
+        )
+    return base, factors
+
+
+def method_settings(method: str) -> dict[str, Any]:
+    """:return: the IQL constructor arguments of a method beyond the domain preset (none for d3rlpy and ``iql``)"""
+    base, factors = parse_method(method)
+    if base in ("iql", *D3RLPY_METHODS):
+        return {}
+    settings = {"update_order": REFERENCE_SETTINGS["update_order"], "policy_kwargs": dict(REFERENCE_SETTINGS["policy_kwargs"])}
+    if base == "bc":
+        settings["beta"] = 0.0
+    for factor in factors:
+        for key, value in FACTORS[factor].items():
+            if key == "policy_kwargs":
+                settings["policy_kwargs"].update(value)
+            else:
+                settings[key] = value
+    return settings
+
+
 METHOD_LABELS = {"iql": "IQL", "bc": "BC"}
 METHOD_COLORS = {"iql": "tab:blue", "bc": "tab:orange"}
 #: The evaluation environment of run seed s is first reset with seed EVAL_SEED_OFFSET + s (same for both methods).
@@ -143,11 +192,11 @@ class RunConfig:
         return not self.has_success or all("success_rate" in point for point in record["curve"])
 
     def hyperparameters(self) -> dict[str, Any]:
-        """:return: the IQL constructor arguments of the method (domain preset, beta = 0 for BC)."""
+        """:return: the IQL constructor arguments of the method (domain preset, then ``method_settings``)."""
         preset = dict(DOMAIN_PRESETS[domain_of(self.dataset_id)])
-        if self.method == "bc":
+        if self.method == "d3rlpy-bc":
             preset["beta"] = 0.0
-        return preset
+        return {**preset, **method_settings(self.method)}
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -210,66 +259,87 @@ def _checkpoint_path(checkpoint_dir: Path, config: RunConfig) -> Path:
     return checkpoint_dir / f"{name}.pt"
 
 
+class GoalTimes(gym.Wrapper):
+    """
+    Records, for each finished episode of a goal environment (``info["success"]``), the first step at the goal
+    (None if never) and the fraction of the steps from then on spent at the goal: why a run fails (never reaches
+    the goal) or scores low (reaches it, then drifts away).
+    """
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.episodes: list[dict[str, Any]] = []
+        self._steps, self._first_success, self._steps_at_goal = 0, None, 0
+
+    def reset(self, **kwargs: Any) -> Any:
+        self._steps, self._first_success, self._steps_at_goal = 0, None, 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action: Any) -> Any:
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        self._steps += 1
+        if info.get("success", False):
+            self._steps_at_goal += 1
+            if self._first_success is None:
+                self._first_success = self._steps
+        if terminated or truncated:
+            after = self._steps - self._first_success + 1 if self._first_success is not None else 0
+            self.episodes.append(
+                {"first_success_step": self._first_success, "fraction_at_goal_after": self._steps_at_goal / after if after else 0.0}
+            )
+        return observation, reward, terminated, truncated, info
+
+
+def evaluate_point(model: Any, dataset: minari.MinariDataset, config: RunConfig, n_updates: int) -> dict:
+    """
+    Evaluate ``model`` (an SB3 model or ``peers.D3rlpyPredictor``) on the dataset's evaluation environment,
+    first reset with seed ``EVAL_SEED_OFFSET + seed``.
+
+    :return: a curve point: updates, normalized score, returns, and for sparse mazes the success rate, the mean
+        first step at the goal (over the episodes that reach it) and the mean fraction of time at the goal after
+    """
+    env = GoalTimes(Monitor(dataset.recover_environment(eval_env=True)))
+    result = evaluate(model, env, n_eval_episodes=config.eval_episodes, seed=EVAL_SEED_OFFSET + config.seed)
+    env.close()
+    point = {
+        "updates": n_updates,
+        "normalized_score": float(normalized_score(dataset, result.mean_return)),
+        "mean_return": result.mean_return,
+        "std_return": result.std_return,
+        "episode_returns": [round(float(value), 4) for value in result.episode_returns],
+    }
+    if config.has_success:
+        firsts = [episode["first_success_step"] for episode in env.episodes[: config.eval_episodes]]
+        reached = [first for first in firsts if first is not None]
+        point["success_rate"] = float(np.mean(result.episode_returns > 0))
+        point["first_success_step"] = float(np.mean(reached)) if reached else None
+        point["fraction_at_goal_after"] = float(
+            np.mean([episode["fraction_at_goal_after"] for episode in env.episodes[: config.eval_episodes]])
+        )
+    return point
+
+
+def _print_point(point: dict, updates_per_s: float) -> None:
+    success = f", success {point['success_rate']:.2f}, at goal {point['fraction_at_goal_after']:.2f}" if "success_rate" in point else ""
+    print(
+        f"  {point['updates']:>7} updates: normalized score {point['normalized_score']:6.1f} "
+        f"(return {point['mean_return']:.1f} ± {point['std_return']:.1f}{success}), {updates_per_s:.0f} updates/s",
+        flush=True,
+    )
+
+
 def run(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: Path, save_dir: Path | None = None) -> dict:
     """
     Train one model for ``config.updates`` offline updates, evaluating every ``config.eval_every`` updates.
 
     :param save_dir: where to save the final model (``<run key>.zip``, without replay buffer); None: not saved
     :return: the run record: config, curve (updates, normalized score, mean and std return, every episode's
-        return, success rate for sparse mazes), timings
+        return, success diagnostics for sparse mazes), timings
     """
-    model = IQL(
-        "MlpPolicy",  # IQL switches to MultiInputPolicy (same MLPs) for Dict observations
-        env=None,
-        offline_dataset=dataset,
-        offline_steps=config.updates,
-        batch_size=config.batch_size,
-        policy_kwargs={"net_arch": list(config.net_arch)},
-        seed=config.seed,
-        device="cpu",
-        **config.hyperparameters(),
-    )
-    model.set_logger(Logger(folder=None, output_formats=[]))  # no per-call temporary log folders
-    checkpoint = _checkpoint_path(checkpoint_dir, config)
-    progress = {"curve": [], "train_s": 0.0, "eval_s": 0.0}
-    if checkpoint.exists():
-        progress = _load_checkpoint(checkpoint, model)
-        if config.is_complete(progress):
-            print(f"  resumed at {model._n_offline_updates} updates", flush=True)
-        else:  # written by an older version without success rates: start again
-            model = None
-            checkpoint.unlink()
-            return run(config, dataset, checkpoint_dir, save_dir)
-    while model._n_offline_updates < config.updates:
-        n_updates = min(config.eval_every, config.updates - model._n_offline_updates)
-        start = time.perf_counter()
-        model.learn_offline(n_updates, log_interval=0, reset_num_timesteps=False)
-        progress["train_s"] += time.perf_counter() - start
-        start = time.perf_counter()
-        result = evaluate(model, dataset, n_eval_episodes=config.eval_episodes, seed=EVAL_SEED_OFFSET + config.seed)
-        progress["eval_s"] += time.perf_counter() - start
-        point = {
-            "updates": model._n_offline_updates,
-            "normalized_score": result.normalized_score,
-            "mean_return": result.mean_return,
-            "std_return": result.std_return,
-            "episode_returns": [round(float(value), 4) for value in result.episode_returns],
-        }
-        if config.has_success:
-            point["success_rate"] = float(np.mean(result.episode_returns > 0))
-        progress["curve"].append(point)
-        success = f", success {point['success_rate']:.2f}" if config.has_success else ""
-        print(
-            f"  {model._n_offline_updates:>7} updates: normalized score {result.normalized_score:6.1f} "
-            f"(return {result.mean_return:.1f} ± {result.std_return:.1f}{success}), "
-            f"{model._n_offline_updates / max(progress['train_s'], 1e-9):.0f} updates/s",
-            flush=True,
-        )
-        _save_checkpoint(checkpoint, model, progress)
-    if save_dir is not None:
-        model.save(save_dir / _checkpoint_path(save_dir, config).with_suffix(".zip").name)
+    train = train_d3rlpy if config.method in D3RLPY_METHODS else train_iql
+    progress = train(config, dataset, checkpoint_dir, save_dir)
     scores = [point["normalized_score"] for point in progress["curve"]]
-    record = {
+    return {
         "config": dataclasses.asdict(config),
         "hyperparameters": config.hyperparameters(),
         "curve": progress["curve"],
@@ -277,12 +347,98 @@ def run(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: Path, 
         "best": max(scores),
         "final_success": progress["curve"][-1].get("success_rate"),
         "code_version": CODE_VERSION,
+        "peer_version": progress.get("peer_version"),
         "train_s": progress["train_s"],
         "eval_s": progress["eval_s"],
         "updates_per_s": config.updates / max(progress["train_s"], 1e-9),
         "finished": datetime.datetime.now().isoformat(timespec="seconds"),
     }
-    return record
+
+
+def train_iql(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: Path, save_dir: Path | None) -> dict:
+    """:return: the progress dict (curve, train_s, eval_s) of an ``sb3_iql`` run, resumed from its checkpoint"""
+    model = IQL(
+        "MlpPolicy",  # IQL switches to MultiInputPolicy (same MLPs) for Dict observations
+        env=None,
+        offline_dataset=dataset,
+        offline_steps=config.updates,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        device="cpu",
+        **_with_net_arch(config.hyperparameters(), config.net_arch),
+    )
+    model.set_logger(Logger(folder=None, output_formats=[]))  # no per-call temporary log folders
+    checkpoint = _checkpoint_path(checkpoint_dir, config)
+    progress = {"curve": [], "train_s": 0.0, "eval_s": 0.0}
+    if checkpoint.exists():
+        progress = _load_checkpoint(checkpoint, model)
+        print(f"  resumed at {model._n_offline_updates} updates", flush=True)
+    while model._n_offline_updates < config.updates:
+        n_updates = min(config.eval_every, config.updates - model._n_offline_updates)
+        start = time.perf_counter()
+        model.learn_offline(n_updates, log_interval=0, reset_num_timesteps=False)
+        progress["train_s"] += time.perf_counter() - start
+        start = time.perf_counter()
+        point = evaluate_point(model, dataset, config, model._n_offline_updates)
+        progress["eval_s"] += time.perf_counter() - start
+        progress["curve"].append(point)
+        _print_point(point, model._n_offline_updates / max(progress["train_s"], 1e-9))
+        _save_checkpoint(checkpoint, model, progress)
+    if save_dir is not None:
+        model.save(save_dir / _checkpoint_path(save_dir, config).with_suffix(".zip").name)
+    return progress
+
+
+def _with_net_arch(hyperparameters: dict[str, Any], net_arch: tuple[int, ...]) -> dict[str, Any]:
+    policy_kwargs = {**hyperparameters.get("policy_kwargs", {}), "net_arch": list(net_arch)}
+    return {**hyperparameters, "policy_kwargs": policy_kwargs}
+
+
+def train_d3rlpy(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: Path, save_dir: Path | None) -> dict:
+    """
+    :return: the progress dict of a d3rlpy run (``benchmarks/peers.py``), resumed from its checkpoint (networks
+        and optimizers; the sampling stream restarts from a seed of its own, so a resumed run is not bit-identical)
+    """
+    import d3rlpy
+    from d3rlpy.logging import NoopAdapterFactory
+
+    observation_space = dataset.observation_space
+    hyperparameters = config.hyperparameters()
+    mdp_dataset = peers.d3rlpy_dataset(load_transitions([dataset]), observation_space, hyperparameters["reward_transform"])
+    d3rlpy.seed(config.seed)
+    algo = peers.make_d3rlpy_algo(config.method.removeprefix("d3rlpy-"), hyperparameters, list(config.net_arch), config.batch_size)
+    algo.build_with_dataset(mdp_dataset)
+    checkpoint = _checkpoint_path(checkpoint_dir, config)
+    progress = {"curve": [], "train_s": 0.0, "eval_s": 0.0, "peer_version": f"d3rlpy {d3rlpy.__version__}"}
+    if checkpoint.exists():
+        progress = peers.load_d3rlpy(checkpoint, algo)
+        d3rlpy.seed(config.seed + 1 + len(progress["curve"]))
+        print(f"  resumed at {progress['curve'][-1]['updates']} updates", flush=True)
+    done = progress["curve"][-1]["updates"] if progress["curve"] else 0
+    predictor = peers.D3rlpyPredictor(algo, observation_space)
+    while done < config.updates:
+        n_updates = min(config.eval_every, config.updates - done)
+        start = time.perf_counter()
+        for _ in algo.fitter(
+            mdp_dataset,
+            n_steps=n_updates,
+            n_steps_per_epoch=n_updates,
+            logger_adapter=NoopAdapterFactory(),
+            show_progress=False,
+            save_interval=n_updates + 1,
+        ):
+            pass
+        progress["train_s"] += time.perf_counter() - start
+        done += n_updates
+        start = time.perf_counter()
+        point = evaluate_point(predictor, dataset, config, done)
+        progress["eval_s"] += time.perf_counter() - start
+        progress["curve"].append(point)
+        _print_point(point, done / max(progress["train_s"], 1e-9))
+        peers.save_d3rlpy(checkpoint, algo, progress)
+    if save_dir is not None:
+        algo.save(str(save_dir / _checkpoint_path(save_dir, config).with_suffix(".d3").name))
+    return progress
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -570,6 +726,14 @@ def write_report(out: Path, dataset_ids: list[str] | None, torch_threads: int) -
 # ----------------------------------------------------------------------------------------------- main
 
 
+def _method_argument(method: str) -> str:
+    try:
+        parse_method(method)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return method
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -590,7 +754,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eval-episodes", type=int, default=20, help="episodes per evaluation")
     parser.add_argument("--net-arch", type=int, nargs="+", default=[256, 256], help="hidden widths of every network")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        type=_method_argument,
+        default=list(METHODS),
+        help=f"methods: {', '.join(BASE_METHODS)}, or iql-ref+FACTOR[+FACTOR...] with factors {', '.join(FACTORS)}",
+    )
+    parser.add_argument("--no-report", action="store_true", help="train only; write the report later with --report-only")
     parser.add_argument("--dataset-steps", type=int, default=1_000_000, help="size of generated PointMaze datasets")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder of the cache and the report")
     parser.add_argument(
@@ -639,8 +810,10 @@ def main() -> None:
                 runs[config.key] = record
                 _write_json(args.out / RUNS_FILE, {"runs": runs})
                 _checkpoint_path(args.checkpoint_dir, config).unlink(missing_ok=True)
-                write_report(args.out, args.datasets, args.torch_threads)
-    write_report(args.out, args.datasets, args.torch_threads)
+                if not args.no_report:
+                    write_report(args.out, args.datasets, args.torch_threads)
+    if not args.no_report:
+        write_report(args.out, args.datasets, args.torch_threads)
     print(f"Done in {(time.perf_counter() - start) / 60:.1f} min; report in {args.out / (REPORT_STEM + '.md')}")
 
 

@@ -129,18 +129,22 @@ class FunctionalUpdate:
             maximize=False,
         )
 
-    def _value_grads(self, observations: Any, actions: th.Tensor) -> tuple[list[th.Tensor], th.Tensor, th.Tensor, th.Tensor]:
-        """:return: gradients of the value loss (in parameter order), value loss, mean V(s), target Q"""
+    def _value_grads(
+        self, observations: Any, actions: th.Tensor, next_observations: Any
+    ) -> tuple[list[th.Tensor], th.Tensor, th.Tensor, th.Tensor, th.Tensor | None]:
+        """:return: gradients of the value loss (in parameter order), value loss, mean V(s), target Q, and
+        V(s') before the step with ``update_order="joint"`` (else None)"""
         model = self.model
         with th.no_grad():
             target_q = model.critic_target(observations, actions).min(dim=0).values
+            next_value = model.value_net(next_observations) if model.update_order == "joint" else None
 
         def value_loss_fn(params: dict[str, th.Tensor]) -> tuple[th.Tensor, th.Tensor]:
             value = th.func.functional_call(self.modules["value"], params, (observations,))
             return expectile_loss(target_q - value, model.expectile), value
 
         grads, (value_loss, value) = th.func.grad_and_value(value_loss_fn, has_aux=True)(self.params["value"])
-        return list(grads.values()), value_loss, value.mean(), target_q
+        return list(grads.values()), value_loss, value.mean(), target_q, next_value
 
     def _policy_grads(
         self,
@@ -152,15 +156,23 @@ class FunctionalUpdate:
         target_q: th.Tensor,
         value_loss: th.Tensor,
         value_mean: th.Tensor,
+        next_value: th.Tensor | None,
     ) -> tuple[list[th.Tensor], list[th.Tensor], th.Tensor]:
-        """:return: actor gradients, critic gradients, metrics of ``METRIC_NAMES``"""
+        """
+        :param next_value: V(s') for the TD target (``update_order="joint"``), or None: the new V(s')
+        :return: actor gradients, critic gradients, metrics of ``METRIC_NAMES``
+        """
         model = self.model
         with th.no_grad():
             n_batch = actions.shape[0]
-            new_values = model.value_net(_cat_obs(observations, next_observations))  # new V(s) and V(s') in one pass
-            advantage = target_q - new_values[:n_batch]
+            if next_value is None:
+                new_values = model.value_net(_cat_obs(observations, next_observations))  # new V(s) and V(s') in one pass
+                value, next_value = new_values[:n_batch], new_values[n_batch:]
+            else:
+                value = model.value_net(observations)
+            advantage = target_q - value
             weights = awr_weights(advantage, model.beta, model.max_weight)
-            td_target = rewards + model.gamma * (1.0 - dones) * new_values[n_batch:]
+            td_target = rewards + model.gamma * (1.0 - dones) * next_value
 
         def actor_loss_fn(params: dict[str, th.Tensor]) -> th.Tensor:
             return awr_actor_loss(th.func.functional_call(self.modules["actor"], params, (observations, actions)), weights)
@@ -186,10 +198,10 @@ class FunctionalUpdate:
     def _step(
         self, observations: Any, actions: th.Tensor, next_observations: Any, rewards: th.Tensor, dones: th.Tensor
     ) -> th.Tensor:
-        value_grads, value_loss, value_mean, target_q = self.value_grads(observations, actions)
+        value_grads, value_loss, value_mean, target_q, next_value = self.value_grads(observations, actions, next_observations)
         self._adam_("value", value_grads)
         actor_grads, critic_grads, metrics = self.policy_grads(
-            observations, actions, next_observations, rewards, dones, target_q, value_loss, value_mean
+            observations, actions, next_observations, rewards, dones, target_q, value_loss, value_mean, next_value
         )
         self._adam_("actor", actor_grads)
         self._adam_("critic", critic_grads)

@@ -27,6 +27,8 @@ from sb3_iql.iql.losses import awr_actor_loss, awr_weights, expectile_loss, twin
 from sb3_iql.iql.policies import Actor, EnsembleCritic, IQLPolicy, MlpPolicy, MultiInputPolicy, ValueNetwork
 
 SelfIQL = TypeVar("SelfIQL", bound="IQL")
+UpdateOrder = Literal["sequential", "joint"]
+UPDATE_ORDERS: tuple[UpdateOrder, ...] = ("sequential", "joint")
 
 #: Dataset actions are clipped to +-(1 - ACTION_CLIP_EPS) so their log-likelihood stays finite at the bounds.
 ACTION_CLIP_EPS = 1e-5
@@ -66,6 +68,8 @@ class IQL(OffPolicyAlgorithm):
     :param offline_steps: offline gradient steps, run by ``learn()`` before online steps when none have run yet
         (0 to skip); also the horizon of the actor's cosine learning rate decay
     :param actor_lr_schedule: ``"cosine"`` (decay to 0 over ``offline_steps``, constant online) or ``"constant"``
+    :param update_order: ``"sequential"`` (reference): V, then actor, then Q with the new V(s');
+        ``"joint"`` (d3rlpy): Q and V step together, the Q target using V(s') from before V's step, then the actor
     :param compile_update: False: the eager update (``_update``); True: the same update compiled with
         ``torch.compile`` (CPU or CUDA; ~25 s of compilation, then ~1.4x faster on CPU); ``"cudagraph"``: captured
         in a CUDA graph, one launch per update (CUDA only)
@@ -110,6 +114,7 @@ class IQL(OffPolicyAlgorithm):
         reward_transform: RewardTransformLike = None,
         offline_steps: int = 1_000_000,
         actor_lr_schedule: Literal["cosine", "constant"] = "cosine",
+        update_order: UpdateOrder = "sequential",
         compile_update: bool | Literal["cudagraph"] = False,
         download_dataset: bool = False,
         replay_buffer_class: type[ReplayBuffer] | None = None,
@@ -126,6 +131,9 @@ class IQL(OffPolicyAlgorithm):
             raise ValueError(f"expectile must be in (0, 1), got {expectile}")
         if actor_lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"actor_lr_schedule must be 'cosine' or 'constant', got {actor_lr_schedule!r}")
+        if update_order not in UPDATE_ORDERS:
+            raise ValueError(f"update_order must be one of {UPDATE_ORDERS}, got {update_order!r}")
+        self.update_order = update_order
         self.expectile = expectile
         self.beta = beta
         self.max_weight = max_weight
@@ -303,6 +311,8 @@ class IQL(OffPolicyAlgorithm):
     def _update(self, replay_data: Any) -> th.Tensor:
         """
         One IQL gradient step, in the reference order: V, then actor (new V, target Q), then Q (new V), then Polyak.
+        With ``update_order="joint"`` the Q target uses V(s') from before V's step (d3rlpy); nothing else changes,
+        since the actor and the critics do not depend on each other within a step.
 
         :param replay_data: a batch from the replay buffer (observations, actions, next_observations, dones, rewards)
         :return: the metrics named in ``METRIC_NAMES``, shape ``(len(METRIC_NAMES),)``, still on the device
@@ -313,6 +323,8 @@ class IQL(OffPolicyAlgorithm):
         # 1. Value: expectile regression towards the smaller target critic, on dataset actions.
         with th.no_grad():
             target_q = self.critic_target(observations, actions).min(dim=0).values
+            if self.update_order == "joint":
+                td_target = rewards + self.gamma * (1.0 - dones) * self.value_net(next_observations)
         value = self.value_net(observations)
         value_loss = expectile_loss(target_q - value, self.expectile)
         self.value_net.optimizer.zero_grad(set_to_none=True)
@@ -329,8 +341,9 @@ class IQL(OffPolicyAlgorithm):
         self.actor.optimizer.step()
 
         # 3. Critics: regression towards r + gamma * (1 - terminal) * V(s'), with the new V.
-        with th.no_grad():
-            td_target = rewards + self.gamma * (1.0 - dones) * self.value_net(next_observations)
+        if self.update_order == "sequential":
+            with th.no_grad():
+                td_target = rewards + self.gamma * (1.0 - dones) * self.value_net(next_observations)
         current_q = self.critic(observations, actions)
         critic_loss = twin_critic_loss(current_q, td_target)
         self.critic.optimizer.zero_grad(set_to_none=True)

@@ -2,7 +2,7 @@
 
 import itertools
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch as th
 from gymnasium import spaces
@@ -16,21 +16,37 @@ ORTHOGONAL_GAIN = math.sqrt(2)
 #: Bounds of the state-independent log standard deviation of the actor.
 LOG_STD_BOUNDS = (-5.0, 2.0)
 DEFAULT_NET_ARCH = [256, 256]
+#: How the actor's log standard deviation is parametrised: ``"clip"``, a raw parameter clipped to the bounds
+#: (reference implementation); ``"sigmoid"``, ``low + (high - low) * sigmoid(raw)`` (d3rlpy).
+LogStdParametrization = Literal["clip", "sigmoid"]
+#: Weight initialisation: ``"orthogonal"`` (gain ``ortho_init_gain``, zero biases; reference implementation) or
+#: ``"pytorch"`` (PyTorch's default ``nn.Linear`` initialisation, as d3rlpy and CORL use).
+WeightInit = Literal["orthogonal", "pytorch"]
 
 
-def hidden_layers(input_dim: int, net_arch: list[int], activation_fn: type[nn.Module], dropout: float | None) -> nn.Sequential:
+def hidden_layers(
+    input_dim: int,
+    net_arch: list[int],
+    activation_fn: type[nn.Module],
+    dropout: float | None,
+    layer_norm: bool = False,
+) -> nn.Sequential:
     """
-    Hidden layers ``Linear -> activation (-> Dropout)`` of an MLP.
+    Hidden layers ``Linear (-> LayerNorm) -> activation (-> Dropout)`` of an MLP.
 
     :param input_dim: size of the input features
     :param net_arch: width of each hidden layer
     :param activation_fn: activation after each hidden layer
     :param dropout: dropout probability after each activation, or None for no dropout
+    :param layer_norm: normalise each hidden layer's pre-activations (LayerNorm with a learned affine map)
     :return: the layers; their output size is ``net_arch[-1]`` (``input_dim`` when ``net_arch`` is empty)
     """
     layers: list[nn.Module] = []
     for width in net_arch:
-        layers += [nn.Linear(input_dim, width), activation_fn()]
+        layers.append(nn.Linear(input_dim, width))
+        if layer_norm:
+            layers.append(nn.LayerNorm(width))
+        layers.append(activation_fn())
         if dropout:
             layers.append(nn.Dropout(dropout))
         input_dim = width
@@ -55,6 +71,51 @@ class EnsembleLinear(nn.Module):
         """:param inputs: shape ``(n_members, batch, in_features)``
         :return: shape ``(n_members, batch, out_features)``"""
         return th.baddbmm(self.bias, inputs, self.weight)
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default initialisation, each member drawn as an ``nn.Linear(in_features, out_features)``."""
+        n_members, in_features, out_features = self.weight.shape
+        with th.no_grad():
+            for member in range(n_members):
+                layer = nn.Linear(in_features, out_features, device=self.weight.device)
+                self.weight[member] = layer.weight.T
+                self.bias[member, 0] = layer.bias
+
+
+class EnsembleLayerNorm(nn.Module):
+    """
+    LayerNorm over the last dimension with a separate learned affine map per ensemble member.
+
+    :param n_members: number of ensemble members
+    :param width: size of the normalised dimension
+    """
+
+    def __init__(self, n_members: int, width: int):
+        super().__init__()
+        self.weight = nn.Parameter(th.ones(n_members, 1, width))
+        self.bias = nn.Parameter(th.zeros(n_members, 1, width))
+
+    def forward(self, inputs: th.Tensor) -> th.Tensor:
+        """:param inputs: shape ``(n_members, batch, width)``
+        :return: same shape"""
+        return th.nn.functional.layer_norm(inputs, inputs.shape[-1:]) * self.weight + self.bias
+
+
+def init_weights_(module: nn.Module, weight_init: WeightInit = "orthogonal", gain: float = ORTHOGONAL_GAIN) -> None:
+    """
+    Initialise every (ensemble) linear layer of ``module`` in place (LayerNorms keep their unit scale, zero shift).
+
+    :param weight_init: ``"orthogonal"`` (``orthogonal_init_`` with ``gain``) or ``"pytorch"`` (PyTorch's default)
+    :param gain: gain of the orthogonal initialisation
+    """
+    if weight_init == "orthogonal":
+        orthogonal_init_(module, gain)
+    elif weight_init == "pytorch":
+        for layer in module.modules():
+            if isinstance(layer, (nn.Linear, EnsembleLinear)):
+                layer.reset_parameters()
+    else:
+        raise ValueError(f"weight_init must be 'orthogonal' or 'pytorch', got {weight_init!r}")
 
 
 def orthogonal_init_(module: nn.Module, gain: float = ORTHOGONAL_GAIN) -> None:
@@ -85,7 +146,10 @@ class Actor(BasePolicy):
     :param features_dim: size of that vector
     :param activation_fn: activation after each hidden layer
     :param dropout: dropout probability after each hidden activation (None: no dropout)
-    :param log_std_bounds: (min, max) clip of the log standard deviation
+    :param log_std_bounds: (min, max) bounds of the log standard deviation
+    :param log_std_parametrization: ``"clip"``: a raw parameter clipped to the bounds (reference);
+        ``"sigmoid"``: ``min + (max - min) * sigmoid(raw)`` (d3rlpy), smooth at the bounds
+    :param log_std_init: initial log standard deviation (0: std 1, the reference; -1.5: std 0.22, d3rlpy's)
     :param normalize_images: whether to divide image observations by 255
     """
 
@@ -99,6 +163,8 @@ class Actor(BasePolicy):
         activation_fn: type[nn.Module] = nn.ReLU,
         dropout: float | None = None,
         log_std_bounds: tuple[float, float] = LOG_STD_BOUNDS,
+        log_std_parametrization: LogStdParametrization = "clip",
+        log_std_init: float = 0.0,
         normalize_images: bool = True,
     ):
         super().__init__(
@@ -113,9 +179,21 @@ class Actor(BasePolicy):
         self.activation_fn = activation_fn
         self.dropout = dropout
         self.log_std_bounds = log_std_bounds
+        low, high = log_std_bounds
+        if not low < log_std_init < high:
+            raise ValueError(f"log_std_init={log_std_init} must lie strictly inside log_std_bounds={log_std_bounds}")
+        if log_std_parametrization == "clip":
+            raw_init = log_std_init
+        elif log_std_parametrization == "sigmoid":
+            raw_init = math.log((log_std_init - low) / (high - log_std_init))  # inverse of low + (high - low) * sigmoid
+        else:
+            raise ValueError(f"log_std_parametrization must be 'clip' or 'sigmoid', got {log_std_parametrization!r}")
+        self.log_std_parametrization = log_std_parametrization
+        self.log_std_init = log_std_init
         self.latent_pi = hidden_layers(features_dim, net_arch, activation_fn, dropout)
         self.mu = nn.Linear(net_arch[-1] if net_arch else features_dim, action_dim)
-        self.log_std = nn.Parameter(th.zeros(action_dim))
+        #: The raw parameter: the log std itself (``"clip"``) or the sigmoid's argument (``"sigmoid"``).
+        self.log_std = nn.Parameter(th.full((action_dim,), raw_init))
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -125,15 +203,24 @@ class Actor(BasePolicy):
             activation_fn=self.activation_fn,
             dropout=self.dropout,
             log_std_bounds=self.log_std_bounds,
+            log_std_parametrization=self.log_std_parametrization,
+            log_std_init=self.log_std_init,
             features_extractor=self.features_extractor,
         )
         return data
+
+    def log_std_value(self) -> th.Tensor:
+        """:return: the log standard deviation, shape ``(action_dim,)``, within ``log_std_bounds``"""
+        low, high = self.log_std_bounds
+        if self.log_std_parametrization == "sigmoid":
+            return low + (high - low) * th.sigmoid(self.log_std)
+        return self.log_std.clamp(low, high)
 
     def distribution(self, obs: PyTorchObs) -> th.distributions.Normal:
         """:return: independent Normal per action dimension, batch shape ``(batch, action_dim)``"""
         latent = self.latent_pi(self.extract_features(obs, self.features_extractor))
         mean = th.tanh(self.mu(latent))
-        std = self.log_std.clamp(*self.log_std_bounds).exp().expand_as(mean)
+        std = self.log_std_value().exp().expand_as(mean)
         return th.distributions.Normal(mean, std, validate_args=False)
 
     def log_prob(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
@@ -164,6 +251,7 @@ class EnsembleCritic(BaseModel):
     :param activation_fn: activation after each hidden layer
     :param normalize_images: whether to divide image observations by 255
     :param n_critics: number of Q networks
+    :param layer_norm: LayerNorm (one affine map per critic) before each hidden activation
     """
 
     def __init__(
@@ -176,6 +264,7 @@ class EnsembleCritic(BaseModel):
         activation_fn: type[nn.Module] = nn.ReLU,
         normalize_images: bool = True,
         n_critics: int = 2,
+        layer_norm: bool = False,
     ):
         super().__init__(
             observation_space, action_space, features_extractor=features_extractor, normalize_images=normalize_images
@@ -184,7 +273,10 @@ class EnsembleCritic(BaseModel):
         widths = [features_dim + int(action_space.shape[0]), *net_arch]
         layers: list[nn.Module] = []
         for in_features, out_features in itertools.pairwise(widths):
-            layers += [EnsembleLinear(n_critics, in_features, out_features), activation_fn()]
+            layers.append(EnsembleLinear(n_critics, in_features, out_features))
+            if layer_norm:
+                layers.append(EnsembleLayerNorm(n_critics, out_features))
+            layers.append(activation_fn())
         layers.append(EnsembleLinear(n_critics, widths[-1], 1))
         self.q_networks = nn.Sequential(*layers)
 
@@ -207,6 +299,7 @@ class ValueNetwork(BaseModel):
     :param features_dim: size of that vector
     :param activation_fn: activation after each hidden layer
     :param normalize_images: whether to divide image observations by 255
+    :param layer_norm: LayerNorm before each hidden activation
     """
 
     def __init__(
@@ -218,12 +311,13 @@ class ValueNetwork(BaseModel):
         features_dim: int,
         activation_fn: type[nn.Module] = nn.ReLU,
         normalize_images: bool = True,
+        layer_norm: bool = False,
     ):
         super().__init__(
             observation_space, action_space, features_extractor=features_extractor, normalize_images=normalize_images
         )
         self.v_network = nn.Sequential(
-            hidden_layers(features_dim, net_arch, activation_fn, dropout=None),
+            hidden_layers(features_dim, net_arch, activation_fn, dropout=None, layer_norm=layer_norm),
             nn.Linear(net_arch[-1] if net_arch else features_dim, 1),
         )
 
@@ -256,7 +350,11 @@ class IQLPolicy(BasePolicy):
         (default: 256, 256)
     :param activation_fn: activation after each hidden layer (ReLU)
     :param actor_dropout: dropout probability in the actor's hidden layers (None: no dropout)
-    :param log_std_bounds: (min, max) clip of the actor's log standard deviation
+    :param log_std_bounds: (min, max) bounds of the actor's log standard deviation
+    :param log_std_parametrization: ``"clip"`` (reference) or ``"sigmoid"`` (d3rlpy), see ``Actor``
+    :param log_std_init: the actor's initial log standard deviation (0: reference; -1.5: d3rlpy)
+    :param weight_init: ``"orthogonal"`` (reference, gain ``ortho_init_gain``) or ``"pytorch"`` (d3rlpy, CORL)
+    :param critic_layer_norm: LayerNorm before each hidden activation of the critics and the value network
     :param features_extractor_class: features extractor of each network
     :param features_extractor_kwargs: its keyword arguments
     :param normalize_images: whether to divide image observations by 255
@@ -280,6 +378,10 @@ class IQLPolicy(BasePolicy):
         activation_fn: type[nn.Module] = nn.ReLU,
         actor_dropout: float | None = None,
         log_std_bounds: tuple[float, float] = LOG_STD_BOUNDS,
+        log_std_parametrization: LogStdParametrization = "clip",
+        log_std_init: float = 0.0,
+        weight_init: WeightInit = "orthogonal",
+        critic_layer_norm: bool = False,
         features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
         features_extractor_kwargs: dict[str, Any] | None = None,
         normalize_images: bool = True,
@@ -304,6 +406,10 @@ class IQLPolicy(BasePolicy):
         self.activation_fn = activation_fn
         self.actor_dropout = actor_dropout
         self.log_std_bounds = log_std_bounds
+        self.log_std_parametrization = log_std_parametrization
+        self.log_std_init = log_std_init
+        self.weight_init = weight_init
+        self.critic_layer_norm = critic_layer_norm
         self.n_critics = n_critics
         self.ortho_init_gain = ortho_init_gain
         self._build(lr_schedule)
@@ -322,13 +428,20 @@ class IQLPolicy(BasePolicy):
             return dict(features_extractor=features_extractor, features_dim=features_extractor.features_dim)
 
         self.actor = Actor(
-            net_arch=actor_arch, dropout=self.actor_dropout, log_std_bounds=self.log_std_bounds, **extractor(), **common
+            net_arch=actor_arch,
+            dropout=self.actor_dropout,
+            log_std_bounds=self.log_std_bounds,
+            log_std_parametrization=self.log_std_parametrization,
+            log_std_init=self.log_std_init,
+            **extractor(),
+            **common,
         )
-        self.critic = EnsembleCritic(net_arch=critic_arch, n_critics=self.n_critics, **extractor(), **common)
-        self.critic_target = EnsembleCritic(net_arch=critic_arch, n_critics=self.n_critics, **extractor(), **common)
-        self.value_net = ValueNetwork(net_arch=value_arch, **extractor(), **common)
+        critic_kwargs = dict(net_arch=critic_arch, n_critics=self.n_critics, layer_norm=self.critic_layer_norm)
+        self.critic = EnsembleCritic(**critic_kwargs, **extractor(), **common)
+        self.critic_target = EnsembleCritic(**critic_kwargs, **extractor(), **common)
+        self.value_net = ValueNetwork(net_arch=value_arch, layer_norm=self.critic_layer_norm, **extractor(), **common)
         for network in (self.actor, self.critic, self.value_net):
-            orthogonal_init_(network, self.ortho_init_gain)
+            init_weights_(network, self.weight_init, self.ortho_init_gain)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
         # Target networks stay in evaluation mode.
@@ -344,6 +457,10 @@ class IQLPolicy(BasePolicy):
             activation_fn=self.activation_fn,
             actor_dropout=self.actor_dropout,
             log_std_bounds=self.log_std_bounds,
+            log_std_parametrization=self.log_std_parametrization,
+            log_std_init=self.log_std_init,
+            weight_init=self.weight_init,
+            critic_layer_norm=self.critic_layer_norm,
             n_critics=self.n_critics,
             ortho_init_gain=self.ortho_init_gain,
             lr_schedule=self._dummy_schedule,  # not needed to load the policy alone

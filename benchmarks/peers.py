@@ -1,0 +1,134 @@
+"""
+d3rlpy's IQL and BC as peers of ``sb3_iql`` on the same Minari data, with the same evaluation.
+
+- Data: the transitions ``sb3_iql`` loads (``sb3_iql.data.load_transitions``), rewards through the same transform
+  (``sb3_iql.data.rewards.make_reward_transform``), Dict observations flattened in the observation space's key order
+  (the order of SB3's ``CombinedExtractor``). Actions are given as they are stored (d3rlpy does not clip them);
+  every dataset here has a [-1, 1] action space, which d3rlpy's tanh mean covers without an action scaler.
+  d3rlpy builds its own episodes from the terminal and timeout flags and, as it always does, drops the last
+  transition of each time-limit episode (it keeps one observation per action).
+- Evaluation: ``D3rlpyPredictor`` gives d3rlpy's greedy action (its tanh mean) through SB3's ``predict``
+  interface, so ``sb3_iql.evaluation.evaluate`` runs it exactly as it runs an SB3 model.
+
+Install the benchmark dependencies with ``pip install -r benchmarks/requirements.txt`` (d3rlpy pins an old
+gymnasium, so it is installed without its pins).
+"""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+import torch as th
+from gymnasium import spaces
+
+from sb3_iql.data.minari_loader import Transitions
+from sb3_iql.data.rewards import RewardTransformLike, make_reward_transform
+
+# d3rlpy logs every epoch and every dataset it builds through structlog: keep its warnings only.
+structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+
+def flatten_observations(observation_space: spaces.Space, observations: Any) -> np.ndarray:
+    """
+    :param observations: ``(batch, *shape)`` array, or a dict of them for a Dict space
+    :return: ``(batch, features)`` float32, Dict parts concatenated in the space's key order
+    """
+    if isinstance(observation_space, spaces.Dict):
+        parts = [np.asarray(observations[key]).reshape(len(observations[key]), -1) for key in observation_space.spaces]
+        return np.concatenate(parts, axis=1).astype(np.float32)
+    observations = np.asarray(observations)
+    return observations.reshape(len(observations), -1).astype(np.float32)
+
+
+def d3rlpy_dataset(
+    transitions: Transitions, observation_space: spaces.Space, reward_transform: RewardTransformLike
+) -> Any:
+    """
+    :return: a ``d3rlpy.dataset.MDPDataset`` of the transitions (rewards transformed as ``sb3_iql`` does)
+    :raises ValueError: an episode's end is not marked as terminal or truncated
+    """
+    import d3rlpy
+
+    terminals = transitions.terminations.astype(np.float32)
+    timeouts = (transitions.truncations & ~transitions.terminations).astype(np.float32)
+    n_ends = int((terminals + timeouts).sum())
+    if n_ends != len(transitions.episode_returns) or terminals[-1] + timeouts[-1] == 0:
+        raise ValueError(f"{len(transitions.episode_returns)} episodes but {n_ends} terminal or timeout flags")
+    rewards = make_reward_transform(reward_transform, transitions.episode_returns)(transitions.rewards)
+    return d3rlpy.dataset.MDPDataset(
+        observations=flatten_observations(observation_space, transitions.observations),
+        actions=transitions.actions.astype(np.float32),
+        rewards=rewards.astype(np.float32).reshape(-1, 1),
+        terminals=terminals,
+        timeouts=timeouts,
+        action_space=d3rlpy.ActionSpace.CONTINUOUS,
+    )
+
+
+def make_d3rlpy_algo(method: str, hyperparameters: dict[str, Any], net_arch: list[int], batch_size: int) -> Any:
+    """
+    :param method: ``"iql"`` (``d3rlpy.algos.IQLConfig``) or ``"bc"`` (``d3rlpy.algos.BCConfig``, d3rlpy's own
+        deterministic BC with its default learning rate)
+    :param hyperparameters: ``expectile`` and ``beta`` (d3rlpy's ``weight_temp``) for IQL
+    :return: the algorithm, not yet built
+    """
+    import d3rlpy
+
+    encoder = d3rlpy.models.VectorEncoderFactory(hidden_units=list(net_arch))
+    if method == "iql":
+        return d3rlpy.algos.IQLConfig(
+            batch_size=batch_size,
+            expectile=hyperparameters["expectile"],
+            weight_temp=hyperparameters["beta"],
+            actor_encoder_factory=encoder,
+            critic_encoder_factory=encoder,
+            value_encoder_factory=encoder,
+        ).create(device="cpu:0")
+    if method == "bc":
+        return d3rlpy.algos.BCConfig(batch_size=batch_size, encoder_factory=encoder).create(device="cpu:0")
+    raise ValueError(f"Unknown d3rlpy method {method!r}: use 'iql' or 'bc'")
+
+
+class D3rlpyPredictor:
+    """
+    SB3's ``predict`` on a d3rlpy algorithm, for ``evaluate_policy``: observations flattened as for training.
+
+    :param algo: a built d3rlpy algorithm
+    :param observation_space: the environment's observation space
+    """
+
+    def __init__(self, algo: Any, observation_space: spaces.Space):
+        self.algo = algo
+        self.observation_space = observation_space
+
+    def predict(
+        self,
+        observation: Any,
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = True,
+    ) -> tuple[np.ndarray, None]:
+        """:return: greedy actions ``(n_envs, action_dim)`` (d3rlpy's tanh mean; ``deterministic`` must be True)"""
+        if not deterministic:
+            raise ValueError("D3rlpyPredictor gives greedy actions only")
+        return self.algo.predict(flatten_observations(self.observation_space, observation)), None
+
+
+def save_d3rlpy(path: Path, algo: Any, progress: dict) -> None:
+    """Networks and optimizers (``algo.save_model``) and the progress dict, written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model_path = path.with_suffix(".d3")
+    algo.save_model(str(model_path.with_suffix(".d3.tmp")))
+    model_path.with_suffix(".d3.tmp").replace(model_path)
+    tmp = path.with_suffix(".tmp")
+    th.save({"progress": progress, "model": model_path.name}, tmp)
+    tmp.replace(path)
+
+
+def load_d3rlpy(path: Path, algo: Any) -> dict:
+    """:return: the progress dict; the built ``algo`` gets the saved networks and optimizers"""
+    state = th.load(path, weights_only=False)
+    algo.load_model(str(path.parent / state["model"]))
+    return state["progress"]
