@@ -4,21 +4,27 @@ PYTHON ?= python3
 # the project's build machines); with torch already present nothing is reinstalled.
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install demo test test-all lint format doc clean
+.PHONY: install install-benchmarks demo test test-all lint format doc clean
 
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "torch==$(TORCH_VERSION)"
 	$(PYTHON) -m pip install -q -e ".[tests,docs,zoo]"
+
+# The peer (d3rlpy) and rliable for benchmarks/scores.py; d3rlpy without its gymnasium==1.0.0 pin.
+D3RLPY_VERSION ?= 2.8.1
+install-benchmarks: install
+	$(PYTHON) -m pip install -q -r benchmarks/requirements.txt
+	$(PYTHON) -m pip install -q --no-deps "d3rlpy==$(D3RLPY_VERSION)"
 
 # The main job: offline IQL against behaviour cloning on a small PointMaze dataset made on first use.
 demo: install
 	$(PYTHON) examples/quickstart.py
 
 # Fast suite (slow learning checks excluded); `make test-all` runs everything.
-test: install
+test: install-benchmarks
 	$(PYTHON) -m pytest tests -m "not slow" -q
 
-test-all: install
+test-all: install-benchmarks
 	$(PYTHON) -m pytest tests -q
 
 lint:

@@ -42,9 +42,7 @@ def flatten_observations(observation_space: spaces.Space, observations: Any) -> 
     return observations.reshape(len(observations), -1).astype(np.float32)
 
 
-def d3rlpy_dataset(
-    transitions: Transitions, observation_space: spaces.Space, reward_transform: RewardTransformLike
-) -> Any:
+def d3rlpy_dataset(transitions: Transitions, observation_space: spaces.Space, reward_transform: RewardTransformLike) -> Any:
     """
     :return: a ``d3rlpy.dataset.MDPDataset`` of the transitions (rewards transformed as ``sb3_iql`` does)
     :raises ValueError: an episode's end is not marked as terminal or truncated

@@ -1,22 +1,32 @@
 """
-Normalized scores of IQL against behaviour cloning (BC) on local Minari datasets, over training.
+Normalized scores of sb3-iql's IQL, its variants, d3rlpy's IQL and behaviour cloning (BC) on local Minari
+datasets, side by side: the same data, budget, seeds, networks, reward transform and evaluation.
 
 For each dataset, each seed and each method, a fixed budget of offline updates is run in chunks of
 ``--eval-every`` updates; after each chunk the deterministic policy is evaluated on the dataset's evaluation
-environment and scored with the dataset's reference returns (``sb3_iql.evaluation.evaluate``, in percent).
+environment (first reset with seed 10000 + seed, for every method) and scored with the dataset's reference
+returns, in percent. Sparse mazes also record the success rate, the first step at the goal and the fraction of
+the time spent at the goal after it (``GoalTimes``).
 
-- ``iql``: the paper's preset for the dataset's domain: mazes (ids containing ``maze``) as AntMaze
-  (expectile 0.9, beta 10, reward r - 1), everything else as MuJoCo locomotion (expectile 0.7, beta 3,
-  reward r / return range * 1000). Actor lr with cosine decay over the budget, as in the paper.
-- ``bc``: the same model, networks, data, batches and critic training, with ``beta=0``: every AWR weight is
+Methods (``--methods``):
+
+- ``iql``: the package's defaults with the paper's preset for the dataset's domain: mazes (ids containing
+  ``maze``) as AntMaze (expectile 0.9, beta 10, reward r - 1), everything else as MuJoCo locomotion (expectile
+  0.7, beta 3, reward r / return range * 1000). Actor lr with cosine decay over the budget, as in the paper.
+- ``iql-ref``: the same with the reference implementation's choices spelled out (``REFERENCE_SETTINGS``), and
+  ``iql-ref+FACTOR[+FACTOR...]``: with factors of ``FACTORS`` added (d3rlpy's update order, log-std
+  parametrisation and init; LayerNorm; actor dropout), the cells of the factorial study.
+- ``bc``: the reference model, networks, data, batches and critic training, with ``beta=0``: every AWR weight is
   exp(0) = 1, so the actor's loss is the plain negative log-likelihood of the dataset actions.
+- ``d3rlpy-iql`` and ``d3rlpy-bc``: d3rlpy's IQL (same expectile, beta, batch, networks) and its BC, on the same
+  transitions and rewards (``benchmarks/peers.py``; ``make install-benchmarks``).
 
 Every run is cached: finished runs in ``<out>/scores_runs.json``, unfinished ones as checkpoints (networks,
 optimizers, sampling generator, curve so far) in ``--checkpoint-dir``, so a killed invocation continues where
 it stopped when started again with the same options. Runs are ordered seed by seed, so that every dataset has
-results early. The report (``<out>/scores.md``, ``scores.png``, ``scores.json``, ``scores.csv``) covers every
-cached run (datasets of ``--datasets`` first), grouped by dataset and setting; text between
-``<!-- BEGIN NOTES -->`` and ``<!-- END NOTES -->`` in an existing ``scores.md`` is kept.
+results early; two invocations (one per core) may share one cache. The report (``benchmarks/score_report.py``:
+``<out>/scores.md``, ``scores.png``, ``scores.json``, ``scores.csv``) covers every cached run, with rliable's
+interquartile means, confidence intervals and probabilities of improvement over d3rlpy.
 
 PointMaze ids of this package (``sb3_iql/pointmaze/...``) are generated on first use with ``--dataset-steps``
 steps; other ids must exist in ``$MINARI_DATASETS_PATH`` (e.g. ``sb3_iql/hopper/medium-replay-v0`` from
@@ -26,7 +36,8 @@ Usage::
 
     MINARI_DATASETS_PATH=/tmp/sb3iql_minari nice -n 10 python benchmarks/scores.py \\
         --datasets sb3_iql/pointmaze/medium-stitch-v0 sb3_iql/pointmaze/large-stitch-v0 \\
-        --updates 30000 --eval-every 5000 --seeds 0 1 2 --eval-episodes 20 --net-arch 128 128
+        --updates 30000 --eval-every 5000 --seeds 0 1 2 3 4 --eval-episodes 30 --net-arch 256 256 \\
+        --methods iql-ref iql-ref+order+logstd+init d3rlpy-iql bc --no-report
     python benchmarks/scores.py --report-only   # rewrite the report from the cache
 
 Smoke test (seconds)::
@@ -36,15 +47,12 @@ Smoke test (seconds)::
 """
 
 import argparse
-import csv
 import dataclasses
 import datetime
 import hashlib
 import json
 import os
-import platform
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +62,7 @@ import minari
 import numpy as np
 import peers  # benchmarks/peers.py
 import torch as th
-from hardware import cpu_model  # benchmarks/hardware.py
+from score_report import REPORT_STEM, RUNS_FILE, load_runs, write_report  # benchmarks/score_report.py
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
 
@@ -64,7 +72,6 @@ from sb3_iql.evaluation import evaluate, normalized_score
 from sb3_iql.iql import IQL
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 
 #: The paper's settings per domain (IQL.md, "Per-domain settings"); BC is the same with beta = 0.
 DOMAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -118,13 +125,8 @@ def method_settings(method: str) -> dict[str, Any]:
     return settings
 
 
-METHOD_LABELS = {"iql": "IQL", "bc": "BC"}
-METHOD_COLORS = {"iql": "tab:blue", "bc": "tab:orange"}
 #: The evaluation environment of run seed s is first reset with seed EVAL_SEED_OFFSET + s (same for both methods).
 EVAL_SEED_OFFSET = 10_000
-NOTES_BEGIN, NOTES_END = "<!-- BEGIN NOTES -->", "<!-- END NOTES -->"
-RUNS_FILE = "scores_runs.json"
-REPORT_STEM = "scores"
 
 
 def code_version() -> str:
@@ -207,11 +209,6 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def load_runs(out: Path) -> dict[str, dict]:
-    path = out / RUNS_FILE
-    return json.loads(path.read_text())["runs"] if path.exists() else {}
-
-
 def get_dataset(dataset_id: str, n_steps: int) -> minari.MinariDataset | None:
     """:return: the dataset (PointMaze ids of this package are generated if missing), or None if not local."""
     try:
@@ -285,7 +282,10 @@ class GoalTimes(gym.Wrapper):
         if terminated or truncated:
             after = self._steps - self._first_success + 1 if self._first_success is not None else 0
             self.episodes.append(
-                {"first_success_step": self._first_success, "fraction_at_goal_after": self._steps_at_goal / after if after else 0.0}
+                {
+                    "first_success_step": self._first_success,
+                    "fraction_at_goal_after": self._steps_at_goal / after if after else 0.0,
+                }
             )
         return observation, reward, terminated, truncated, info
 
@@ -320,7 +320,11 @@ def evaluate_point(model: Any, dataset: minari.MinariDataset, config: RunConfig,
 
 
 def _print_point(point: dict, updates_per_s: float) -> None:
-    success = f", success {point['success_rate']:.2f}, at goal {point['fraction_at_goal_after']:.2f}" if "success_rate" in point else ""
+    success = (
+        f", success {point['success_rate']:.2f}, at goal {point['fraction_at_goal_after']:.2f}"
+        if "success_rate" in point
+        else ""
+    )
     print(
         f"  {point['updates']:>7} updates: normalized score {point['normalized_score']:6.1f} "
         f"(return {point['mean_return']:.1f} ± {point['std_return']:.1f}{success}), {updates_per_s:.0f} updates/s",
@@ -406,7 +410,9 @@ def train_d3rlpy(config: RunConfig, dataset: minari.MinariDataset, checkpoint_di
     hyperparameters = config.hyperparameters()
     mdp_dataset = peers.d3rlpy_dataset(load_transitions([dataset]), observation_space, hyperparameters["reward_transform"])
     d3rlpy.seed(config.seed)
-    algo = peers.make_d3rlpy_algo(config.method.removeprefix("d3rlpy-"), hyperparameters, list(config.net_arch), config.batch_size)
+    algo = peers.make_d3rlpy_algo(
+        config.method.removeprefix("d3rlpy-"), hyperparameters, list(config.net_arch), config.batch_size
+    )
     algo.build_with_dataset(mdp_dataset)
     checkpoint = _checkpoint_path(checkpoint_dir, config)
     progress = {"curve": [], "train_s": 0.0, "eval_s": 0.0, "peer_version": f"d3rlpy {d3rlpy.__version__}"}
@@ -439,288 +445,6 @@ def train_d3rlpy(config: RunConfig, dataset: minari.MinariDataset, checkpoint_di
     if save_dir is not None:
         algo.save(str(save_dir / _checkpoint_path(save_dir, config).with_suffix(".d3").name))
     return progress
-
-
-# ----------------------------------------------------------------------------------------------- report
-
-
-def _config_of(record: dict) -> RunConfig:
-    values = dict(record["config"])
-    values["net_arch"] = tuple(values["net_arch"])
-    return RunConfig(**values)
-
-
-def group_runs(runs: dict[str, dict], dataset_ids: list[str] | None) -> dict[tuple, dict[str, list[dict]]]:
-    """:return: setting -> method -> records sorted by seed, for every cached run; ``dataset_ids`` first, in order."""
-    groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for record in runs.values():
-        config = _config_of(record)
-        groups[config.setting][config.method].append(record)
-    order = {dataset_id: index for index, dataset_id in enumerate(dataset_ids or [])}
-
-    def sort_key(setting: tuple) -> tuple:
-        return (order.get(setting[0], len(order)), setting[0], setting[2], setting[5])
-
-    return {
-        setting: {method: sorted(records, key=lambda r: r["config"]["seed"]) for method, records in groups[setting].items()}
-        for setting in sorted(groups, key=sort_key)
-    }
-
-
-def _mean_std(values: list[float], decimals: int = 1) -> str:
-    return f"{np.mean(values):.{decimals}f} ± {np.std(values):.{decimals}f}" if values else "n/a"
-
-
-def _final_cells(bc: list[float], iql: list[float]) -> tuple[str, str]:
-    """:return: the BC and IQL final-score cells, the higher mean in bold (neither when one is missing)."""
-    cells = [_mean_std(bc), _mean_std(iql)]
-    if bc and iql:
-        better = int(np.mean(iql) > np.mean(bc))
-        cells[better] = f"**{cells[better]}**"
-    return cells[0], cells[1]
-
-
-def _paired_difference(iql: list[dict], bc: list[dict], field: str) -> tuple[str, list[int]]:
-    """:return: mean ± std over seeds of IQL - BC (seeds present in both), and those seeds."""
-    bc_by_seed = {record["config"]["seed"]: record[field] for record in bc}
-    seeds = [record["config"]["seed"] for record in iql if record["config"]["seed"] in bc_by_seed]
-    differences = [
-        record[field] - bc_by_seed[record["config"]["seed"]] for record in iql if record["config"]["seed"] in bc_by_seed
-    ]
-    if not differences:
-        return "n/a", []
-    wins = sum(difference > 0 for difference in differences)
-    return f"{np.mean(differences):+.1f} ± {np.std(differences):.1f} ({wins}/{len(differences)} seeds)", seeds
-
-
-def summary_rows(groups: dict[tuple, dict[str, list[dict]]]) -> list[dict]:
-    rows = []
-    for setting, methods in groups.items():
-        dataset_id, dataset_steps, updates, eval_every, eval_episodes, net_arch, batch_size = setting
-        iql, bc = methods.get("iql", []), methods.get("bc", [])
-        row = {
-            "dataset": dataset_id,
-            "dataset_steps": dataset_steps,
-            "updates": updates,
-            "eval_every": eval_every,
-            "eval_episodes": eval_episodes,
-            "net_arch": list(net_arch),
-            "batch_size": batch_size,
-            "preset": DOMAIN_PRESETS[domain_of(dataset_id)],
-        }
-        for method, records in (("iql", iql), ("bc", bc)):
-            row[method] = {
-                "seeds": [record["config"]["seed"] for record in records],
-                "final": [record["final"] for record in records],
-                "best": [record["best"] for record in records],
-                # percent of the final evaluation's episodes that reached the goal (sparse mazes; None elsewhere)
-                "final_success": [
-                    100 * record["final_success"] for record in records if record.get("final_success") is not None
-                ],
-                "updates_per_s": [record["updates_per_s"] for record in records],
-                "code_versions": sorted({record["code_version"] for record in records if "code_version" in record}),
-                "wall_s": [record["train_s"] + record["eval_s"] for record in records],
-            }
-        row["iql_minus_bc_final"], _ = _paired_difference(iql, bc, "final")
-        row["iql_minus_bc_best"], _ = _paired_difference(iql, bc, "best")
-        rows.append(row)
-    return rows
-
-
-def _hardware() -> dict[str, Any]:
-    return {
-        "cpu": cpu_model(),
-        "logical_cores": os.cpu_count(),
-        "torch": th.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def _short(dataset_id: str) -> str:
-    return dataset_id.removeprefix("sb3_iql/")
-
-
-def _net(net_arch: list[int] | tuple[int, ...]) -> str:
-    return "x".join(map(str, net_arch))
-
-
-def write_markdown(path: Path, rows: list[dict], torch_threads: int) -> None:
-    hardware = _hardware()
-    code_versions = {version for row in rows for method in METHODS for version in row[method]["code_versions"]}
-    total_wall = sum(sum(row[method]["wall_s"]) for row in rows for method in METHODS)
-    lines = [
-        "# IQL against behaviour cloning: normalized scores",
-        "",
-        "Generated by `benchmarks/scores.py` (do not edit by hand, except between the NOTES markers).",
-        "Normalized score in percent: 0 = random actions, 100 = the dataset's reference (expert) return.",
-        "Mean ± std over seeds. **Final** = the evaluation after the last update (the number to compare; the higher one",
-        "in bold).",
-        "**Best** = the best evaluation over training, per seed, then averaged: optimistic, for reference only.",
-        "IQL - BC = per-seed paired difference (same seed: same initial networks, same batches, same evaluation starts).",
-        "IQL uses the paper's preset of the domain (mazes: AntMaze's expectile 0.9, beta 10, r - 1; locomotion: expectile",
-        "0.7, beta 3, r / return range x 1000), Adam 3e-4, actor lr cosine-decayed to 0 over the budget, batch size below.",
-        "BC is the same model with beta = 0 (every AWR weight is 1: plain maximum likelihood of the dataset actions).",
-        "",
-        "Success = percent of the final evaluation's episodes that reach the goal at all (sparse mazes only; the normalized",
-        "score instead counts the steps spent within 0.45 m of the goal, so it also needs the policy to stop there).",
-        "",
-        "| dataset | data steps | updates | net | eval eps | seeds | BC final | IQL final | IQL - BC final (paired) "
-        "| BC best | IQL best | BC success | IQL success | updates/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        iql, bc = row["iql"], row["bc"]
-        seeds = sorted(set(iql["seeds"]) | set(bc["seeds"]))
-        speed = np.mean(iql["updates_per_s"] + bc["updates_per_s"]) if iql["updates_per_s"] + bc["updates_per_s"] else 0
-        seed_text = (
-            f"{len(iql['seeds'])} IQL / {len(bc['seeds'])} BC" if len(iql["seeds"]) != len(bc["seeds"]) else str(len(seeds))
-        )
-        bc_final, iql_final = _final_cells(bc["final"], iql["final"])
-        lines.append(
-            f"| {_short(row['dataset'])} | {row['dataset_steps']:,} | {row['updates']:,} | {_net(row['net_arch'])} "
-            f"| {row['eval_episodes']} | {seed_text} | {bc_final} | {iql_final} "
-            f"| {row['iql_minus_bc_final']} | {_mean_std(bc['best'])} | {_mean_std(iql['best'])} "
-            f"| {_mean_std(bc['final_success'], 0)} | {_mean_std(iql['final_success'], 0)} | {speed:.0f} |"
-        )
-    lines += [
-        "",
-        f"Evaluation every `eval_every` updates (see `{REPORT_STEM}.csv`), deterministic policy (mean action);",
-        "the evaluation environment of seed s starts from reset seed 10000 + s for both methods.",
-        "",
-        "![normalized score against updates](scores.png)",
-        "",
-        "![success rate against updates](scores_success.png)",
-        "",
-        "## Budget and hardware",
-        "",
-        f"- CPU: {hardware['cpu']}, {hardware['logical_cores']} logical cores, **shared with other jobs** "
-        f"(updates/s above are as measured under that load); torch {hardware['torch']} with {torch_threads} thread(s), "
-        f"one training process at a time, Python {hardware['python']}.",
-        f"- Code: hash of the `sb3_iql` sources each run trained with (`code_version` in `{RUNS_FILE}`): "
-        f"{', '.join(sorted(code_versions)) or 'n/a'}; runs without it predate the field.",
-        f"- Wall time, training + evaluation, all runs in this report: {total_wall / 3600:.2f} h ({total_wall / 60:.0f} min).",
-    ]
-    for row in rows:
-        wall = sum(row["iql"]["wall_s"]) + sum(row["bc"]["wall_s"])
-        lines.append(
-            f"  - {_short(row['dataset'])}, {row['updates']:,} updates, net {_net(row['net_arch'])}: {wall / 60:.0f} min "
-            f"for {len(row['iql']['seeds']) + len(row['bc']['seeds'])} runs"
-        )
-    lines.append(
-        "- The paper trains 1M updates with 256x256 networks; these budgets are far smaller (CPU time), so scores are "
-        "those of short training, not a reproduction of the paper's numbers."
-    )
-    notes = ""
-    if path.exists():
-        text = path.read_text()
-        if NOTES_BEGIN in text and NOTES_END in text:
-            notes = text[text.index(NOTES_BEGIN) : text.index(NOTES_END) + len(NOTES_END)]
-    lines += ["", "## Findings", "", notes or f"{NOTES_BEGIN}\n{NOTES_END}", ""]
-    path.write_text("\n".join(lines))
-
-
-def write_plot(path: Path, groups: dict[tuple, dict[str, list[dict]]], metric: str = "normalized_score") -> None:
-    """
-    One subplot per dataset and setting: mean ± std over seeds of ``metric`` against updates, IQL and BC.
-
-    :param metric: ``"normalized_score"`` (percent) or ``"success_rate"`` (plotted in percent; groups without it are left out)
-    """
-    scale, label = (100.0, "success rate (%)") if metric == "success_rate" else (1.0, "normalized score (%)")
-
-    def with_metric(records: list[dict]) -> list[dict]:
-        return [record for record in records if all(metric in point for point in record["curve"])]
-
-    groups = {
-        setting: {method: with_metric(records) for method, records in methods.items() if with_metric(records)}
-        for setting, methods in groups.items()
-    }
-    groups = {setting: methods for setting, methods in groups.items() if methods}
-    n_plots = max(len(groups), 1)
-    n_columns = min(n_plots, 3)
-    n_rows = (n_plots + n_columns - 1) // n_columns
-    figure, axes = plt.subplots(n_rows, n_columns, figsize=(5 * n_columns, 3.8 * n_rows), squeeze=False)
-    for axis, (setting, methods) in zip(axes.flat, groups.items()):
-        dataset_id, dataset_steps, updates, _, _, net_arch, _ = setting
-        for method in METHODS:
-            records = methods.get(method, [])
-            if not records:
-                continue
-            n_points = min(len(record["curve"]) for record in records)
-            x = [point["updates"] for point in records[0]["curve"][:n_points]]
-            values = scale * np.array([[point[metric] for point in record["curve"][:n_points]] for record in records])
-            mean, std = values.mean(axis=0), values.std(axis=0)
-            axis.plot(
-                x,
-                mean,
-                marker="o",
-                markersize=3,
-                color=METHOD_COLORS[method],
-                label=f"{METHOD_LABELS[method]} ({len(records)} seeds)",
-            )
-            axis.fill_between(x, mean - std, mean + std, color=METHOD_COLORS[method], alpha=0.2)
-        axis.set_title(
-            f"{_short(dataset_id)} ({dataset_steps:,} steps)\n{updates:,} updates, net {_net(net_arch)}", fontsize=10
-        )
-        axis.set_xlabel("updates")
-        axis.set_ylabel(label)
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    for axis in list(axes.flat)[len(groups) :]:
-        axis.set_visible(False)
-    figure.suptitle(f"IQL vs BC: {label}, mean ± std over seeds", fontsize=11)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
-def write_csv(path: Path, groups: dict[tuple, dict[str, list[dict]]]) -> None:
-    with open(path, "w", newline="") as file_handler:
-        writer = csv.writer(file_handler)
-        writer.writerow(
-            [
-                "dataset",
-                "dataset_steps",
-                "net_arch",
-                "budget",
-                "method",
-                "seed",
-                "updates",
-                "normalized_score",
-                "mean_return",
-                "std_return",
-                "success_rate",
-            ]
-        )
-        for methods in groups.values():
-            for method, records in methods.items():
-                for record in records:
-                    config = record["config"]
-                    for point in record["curve"]:
-                        writer.writerow(
-                            [
-                                config["dataset_id"],
-                                config["dataset_steps"],
-                                _net(config["net_arch"]),
-                                config["updates"],
-                                method,
-                                config["seed"],
-                                point["updates"],
-                                f"{point['normalized_score']:.3f}",
-                                f"{point['mean_return']:.3f}",
-                                f"{point['std_return']:.3f}",
-                                "" if point.get("success_rate") is None else f"{point['success_rate']:.3f}",
-                            ]
-                        )
-
-
-def write_report(out: Path, dataset_ids: list[str] | None, torch_threads: int) -> None:
-    groups = group_runs(load_runs(out), dataset_ids)
-    rows = summary_rows(groups)
-    _write_json(out / f"{REPORT_STEM}.json", {"hardware": _hardware(), "torch_threads": torch_threads, "rows": rows})
-    write_csv(out / f"{REPORT_STEM}.csv", groups)
-    write_plot(out / f"{REPORT_STEM}.png", groups)
-    write_plot(out / f"{REPORT_STEM}_success.png", groups, metric="success_rate")
-    write_markdown(out / f"{REPORT_STEM}.md", rows, torch_threads)
 
 
 # ----------------------------------------------------------------------------------------------- main

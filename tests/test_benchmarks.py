@@ -28,17 +28,29 @@ def run_benchmark(name: str, *args: str, minari_root: pathlib.Path) -> None:
 
 def test_scores_report(maze_root, tmp_path):
     out = tmp_path / "results"
-    common = ["--datasets", MAZE_ID, "--updates", "20", "--eval-every", "10", "--seeds", "0", "--eval-episodes", "1"]
-    run_benchmark("scores.py", *common, "--net-arch", "16", "--out", str(out), "--checkpoint-dir", str(tmp_path / "ckpt"),
-                  minari_root=maze_root)  # fmt: skip
+    common = ["--datasets", MAZE_ID, "--updates", "20", "--eval-every", "10", "--seeds", "0", "1", "--eval-episodes", "1"]
+    methods = ["--methods", "iql", "bc", "iql-ref+order+logstd+init", "d3rlpy-iql"]
+    run_benchmark("scores.py", *common, *methods, "--net-arch", "16", "--out", str(out),
+                  "--checkpoint-dir", str(tmp_path / "ckpt"), minari_root=maze_root)  # fmt: skip
     runs = json.loads((out / "scores_runs.json").read_text())["runs"]
-    assert sorted(record["hyperparameters"]["beta"] for record in runs.values()) == [0.0, 10.0]
+    by_method = {}
+    for record in runs.values():
+        by_method.setdefault(record["config"]["method"], []).append(record)
+    assert sorted(by_method) == ["bc", "d3rlpy-iql", "iql", "iql-ref+order+logstd+init"]
+    assert {record["hyperparameters"]["beta"] for record in by_method["bc"]} == {0.0}
+    matched = by_method["iql-ref+order+logstd+init"][0]["hyperparameters"]
+    assert matched["update_order"] == "joint" and matched["policy_kwargs"]["weight_init"] == "pytorch"
+    assert by_method["d3rlpy-iql"][0]["peer_version"].startswith("d3rlpy ")
     assert all([point["updates"] for point in record["curve"]] == [10, 20] for record in runs.values())
-    finals = {record["config"]["method"]: record["final"] for record in runs.values()}
-    row = next(line for line in (out / "scores.md").read_text().splitlines() if line.startswith("| pointmaze/umaze-stitch"))
-    bc_cell, iql_cell = row.split(" | ")[6:8]
-    better_cell = iql_cell if finals["iql"] > finals["bc"] else bc_cell
-    assert better_cell.startswith("**") and f"{max(finals.values()):.1f}" in better_cell
+    assert all("fraction_at_goal_after" in record["curve"][-1] for record in runs.values())
+    lines = (out / "scores.md").read_text().splitlines()
+    rows = {line.split(" | ")[3]: line.split(" | ") for line in lines if line.startswith("| pointmaze/umaze-stitch")}
+    assert set(rows) == {"sb3-iql IQL (defaults)", "sb3-iql BC (beta 0)", "sb3-iql IQL, reference + order + logstd + init",
+                         "d3rlpy IQL"}  # fmt: skip
+    finals = [record["final"] for record in sorted(by_method["iql"], key=lambda record: record["config"]["seed"])]
+    cells = rows["sb3-iql IQL (defaults)"]
+    assert cells[5] == " / ".join(f"{value:.1f}" for value in finals) and cells[7] == f"{min(finals):.1f}"
+    assert cells[8].count("[") == 1 and cells[9].count("[") == 1  # IQM and P(> d3rlpy) with intervals (2 seeds)
     assert (out / "scores.png").is_file() and (out / "scores.csv").is_file()
 
 

@@ -115,6 +115,17 @@ def test_fast_paths_reach_the_plain_parameters_in_float64(data, float64, fast):
     assert max_difference(reference, model) < 1e-10
 
 
+def test_functional_update_follows_the_joint_update_order_in_float64(data, float64):
+    reference = make_model(data, OfflineReplayBuffer, dtype=float64, update_order="joint")
+    model = make_model(data, DeviceReplayBuffer, {"fused": True}, dtype=float64, update_order="joint")
+    sequential = make_model(data, DeviceReplayBuffer, {"fused": True}, dtype=float64)
+    others = [(model, FunctionalUpdate(model, compile_mode=None))]
+    others.append((sequential, FunctionalUpdate(sequential, compile_mode=None)))
+    train_side_by_side(reference, others, 50, dtype=float64)
+    assert max_difference(reference, model) < 1e-10
+    assert max_difference(reference, sequential) > 1e-6
+
+
 def test_the_float64_comparison_detects_a_change_of_math(data, float64):
     reference = make_model(data, OfflineReplayBuffer, dtype=float64)
     model = make_model(data, DeviceReplayBuffer, {"fused": True}, dtype=float64, tau=0.0051)

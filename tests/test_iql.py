@@ -33,11 +33,15 @@ def line_model(dataset, **kwargs) -> IQL:
     return IQL("MlpPolicy", LineEnv(), offline_dataset=dataset, **defaults)
 
 
-def reference_update(model: IQL, batch, actor_lr: float) -> None:
-    """The paper's update written out step by step, on deep copies, to check the algorithm's own."""
+def reference_update(model: IQL, batch, actor_lr: float, joint: bool = False) -> None:
+    """The paper's update written out step by step, on deep copies, to check the algorithm's own.
+
+    :param joint: d3rlpy's order instead: the Q target takes V(s') from before V's step
+    """
     obs, actions, next_obs = batch.observations, batch.actions, batch.next_observations
     rewards, dones = batch.rewards.flatten(), batch.dones.flatten()
     value_net, actor, critic, critic_target = model.value_net, model.actor, model.critic, model.critic_target
+    old_next_value = value_net(next_obs).detach()
     # V first, towards the min of the TARGET critics
     q_target = th.minimum(*critic_target(obs, actions)).detach()
     diff = q_target - value_net(obs)
@@ -54,7 +58,7 @@ def reference_update(model: IQL, batch, actor_lr: float) -> None:
     actor_loss.backward()
     actor.optimizer.step()
     # then Q, towards r + gamma * (1 - terminal) * V_new(s'): a SUM of the two MSEs
-    target = (rewards + model.gamma * (1 - dones) * value_net(next_obs)).detach()
+    target = (rewards + model.gamma * (1 - dones) * (old_next_value if joint else value_net(next_obs))).detach()
     q1, q2 = critic(obs, actions)
     critic_loss = ((q1 - target) ** 2).mean() + ((q2 - target) ** 2).mean()
     critic.optimizer.zero_grad()
@@ -66,18 +70,30 @@ def reference_update(model: IQL, batch, actor_lr: float) -> None:
             target_param.copy_(model.tau * param + (1 - model.tau) * target_param)
 
 
-def test_update_matches_the_step_by_step_reference(line_dataset):
-    model = line_model(line_dataset, offline_steps=10, expectile=0.8, beta=5.0)
+@pytest.mark.parametrize("update_order", ["sequential", "joint"])
+def test_update_matches_the_step_by_step_reference(line_dataset, update_order):
+    model = line_model(line_dataset, offline_steps=10, expectile=0.8, beta=5.0, update_order=update_order)
     reference = copy.deepcopy(model)
+    other_order = copy.deepcopy(model)
     for step in range(5):
         batch = model.replay_buffer.sample(64)
         model._set_learning_rates(offline=True)
         metrics = model._update(batch)
-        reference_update(reference, batch, actor_lr=3e-4 * 0.5 * (1 + math.cos(math.pi * step / 10)))
+        actor_lr = 3e-4 * 0.5 * (1 + math.cos(math.pi * step / 10))
+        reference_update(reference, batch, actor_lr, joint=update_order == "joint")
+        reference_update(other_order, batch, actor_lr, joint=update_order != "joint")
         model._n_offline_updates += 1
     for (name, ours), theirs in zip(model.policy.state_dict().items(), reference.policy.state_dict().values()):
         th.testing.assert_close(ours, theirs, msg=name)
+    # the two orders differ (in the critics, which see another V(s')): the comparison can tell them apart
+    assert not th.allclose(model.critic.q_networks[0].weight, other_order.critic.q_networks[0].weight, rtol=0, atol=1e-6)
+    th.testing.assert_close(model.value_net.v_network[0][0].weight, other_order.value_net.v_network[0][0].weight)
     assert metrics.shape == (len(METRIC_NAMES),)
+
+
+def test_update_order_is_checked(line_dataset):
+    with pytest.raises(ValueError, match="update_order"):
+        line_model(line_dataset, update_order="random")
 
 
 def test_update_order_is_value_actor_critic(line_dataset):

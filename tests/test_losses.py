@@ -9,7 +9,7 @@ from gymnasium import spaces
 from torch import nn
 
 from sb3_iql.iql.losses import awr_actor_loss, awr_weights, expectile_loss, twin_critic_loss
-from sb3_iql.iql.policies import IQLPolicy, orthogonal_init_
+from sb3_iql.iql.policies import EnsembleLayerNorm, EnsembleLinear, IQLPolicy, orthogonal_init_
 
 
 def test_expectile_loss_by_hand():
@@ -114,10 +114,67 @@ def test_actor_dropout_only_in_training_mode():
     assert policy.actor(obs, deterministic=True).std(dim=0).max() == 0
 
 
-def test_orthogonal_init_is_reproducible():
-    first, second = nn.Linear(4, 6), nn.Linear(4, 6)
-    th.manual_seed(1)
-    orthogonal_init_(first)
-    th.manual_seed(1)
-    orthogonal_init_(second)
-    assert th.equal(first.weight, second.weight)
+def test_orthogonal_init_has_orthonormal_rows_scaled_by_the_gain():
+    layer, ensemble = nn.Linear(4, 6), EnsembleLinear(3, 6, 4)
+    orthogonal_init_(layer, gain=0.5)
+    orthogonal_init_(ensemble, gain=0.5)
+    th.testing.assert_close(layer.weight.T @ layer.weight, 0.25 * th.eye(4), atol=1e-6, rtol=1e-6)
+    for member in range(3):  # stored transposed: (in=6, out=4)
+        th.testing.assert_close(ensemble.weight[member].T @ ensemble.weight[member], 0.25 * th.eye(4), atol=1e-6, rtol=1e-6)
+    assert not th.equal(ensemble.weight[0], ensemble.weight[1])
+    assert th.equal(layer.bias, th.zeros(6)) and th.equal(ensemble.bias, th.zeros(3, 1, 4))
+
+
+def small_policy(**kwargs) -> IQLPolicy:
+    observation_space = spaces.Box(-1.0, 1.0, (3,), np.float32)
+    action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    return IQLPolicy(observation_space, action_space, lambda _: 3e-4, net_arch=[64, 64], **kwargs)
+
+
+def test_sigmoid_log_std_starts_at_its_initial_value_and_stays_inside_the_bounds():
+    policy = small_policy(log_std_parametrization="sigmoid", log_std_init=-1.5)
+    assert th.equal(policy.actor.log_std.detach(), th.zeros(2))  # -5 + 7 * sigmoid(0) = -1.5, d3rlpy's start
+    th.testing.assert_close(policy.actor.log_std_value().detach(), th.full((2,), -1.5))
+    with th.no_grad():
+        policy.actor.log_std.copy_(th.tensor([-50.0, 50.0]))
+    th.testing.assert_close(policy.actor.log_std_value().detach(), th.tensor([-5.0, 2.0]))
+    std = policy.actor.distribution(th.zeros(1, 3)).stddev
+    th.testing.assert_close(std, th.tensor([[math.exp(-5.0), math.exp(2.0)]]))
+    other = small_policy(log_std_parametrization="sigmoid", log_std_init=0.5)
+    th.testing.assert_close(other.actor.log_std_value().detach(), th.full((2,), 0.5))
+    clipped = small_policy(log_std_init=-1.5)
+    assert th.equal(clipped.actor.log_std.detach(), th.full((2,), -1.5))
+
+
+def test_log_std_options_are_checked():
+    with pytest.raises(ValueError, match="log_std_parametrization"):
+        small_policy(log_std_parametrization="softplus")
+    with pytest.raises(ValueError, match="strictly inside"):
+        small_policy(log_std_parametrization="sigmoid", log_std_init=2.0)
+    with pytest.raises(ValueError, match="weight_init"):
+        small_policy(weight_init="xavier")
+
+
+def test_pytorch_init_draws_every_layer_as_nn_linear_does():
+    policy = small_policy(weight_init="pytorch")
+    first = policy.value_net.v_network[0][0]  # Linear(3, 64): U(-1/sqrt(3), 1/sqrt(3))
+    assert first.weight.abs().max() <= 1 / math.sqrt(3) and first.bias.abs().max() > 0
+    critic_hidden = policy.critic.q_networks[2].weight  # (2, 64, 64): U(-1/8, 1/8), not orthogonal
+    assert critic_hidden.abs().max() <= 1 / 8 and critic_hidden.std().item() == pytest.approx(1 / 8 / math.sqrt(3), rel=0.05)
+    assert policy.critic.q_networks[0].bias.abs().max() > 0
+    assert not th.equal(critic_hidden[0], critic_hidden[1])
+    for source, target in zip(policy.critic.parameters(), policy.critic_target.parameters()):
+        assert th.equal(source, target)
+
+
+def test_critic_layer_norm_normalises_each_member_with_its_own_affine_map():
+    policy = small_policy(critic_layer_norm=True)
+    norms = [module for module in policy.critic.q_networks if isinstance(module, EnsembleLayerNorm)]
+    assert len(norms) == 2 and any(isinstance(module, nn.LayerNorm) for module in policy.value_net.modules())
+    assert not any(isinstance(module, nn.LayerNorm) for module in policy.actor.modules())
+    with th.no_grad():
+        norms[0].weight[1].fill_(3.0)
+    hidden = th.randn(2, 5, 64)
+    out = norms[0](hidden)
+    th.testing.assert_close(out[0], nn.functional.layer_norm(hidden[0], (64,)))
+    th.testing.assert_close(out[1], 3.0 * nn.functional.layer_norm(hidden[1], (64,)))

@@ -127,12 +127,7 @@ class IQL(OffPolicyAlgorithm):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
     ):
-        if not 0 < expectile < 1:
-            raise ValueError(f"expectile must be in (0, 1), got {expectile}")
-        if actor_lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"actor_lr_schedule must be 'cosine' or 'constant', got {actor_lr_schedule!r}")
-        if update_order not in UPDATE_ORDERS:
-            raise ValueError(f"update_order must be one of {UPDATE_ORDERS}, got {update_order!r}")
+        self._check_options(expectile, actor_lr_schedule, update_order, compile_update)
         self.update_order = update_order
         self.expectile = expectile
         self.beta = beta
@@ -141,8 +136,6 @@ class IQL(OffPolicyAlgorithm):
         self.reward_transform = reward_transform
         self.offline_steps = offline_steps
         self.actor_lr_schedule = actor_lr_schedule
-        if compile_update not in (False, True, "cudagraph"):
-            raise ValueError(f"compile_update must be False, True or 'cudagraph', got {compile_update!r}")
         self.compile_update = compile_update
         self._fast_update: FunctionalUpdate | CudaGraphUpdate | None = None
         self.offline_dataset_ids: list[str] = []
@@ -240,6 +233,17 @@ class IQL(OffPolicyAlgorithm):
         from sb3_iql.presets import from_preset  # presets imports this module
 
         return from_preset(dataset_id, env, finetune, path, model_class=cls, **overrides)
+
+    @staticmethod
+    def _check_options(expectile: float, actor_lr_schedule: str, update_order: str, compile_update: bool | str) -> None:
+        if not 0 < expectile < 1:
+            raise ValueError(f"expectile must be in (0, 1), got {expectile}")
+        if actor_lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"actor_lr_schedule must be 'cosine' or 'constant', got {actor_lr_schedule!r}")
+        if update_order not in UPDATE_ORDERS:
+            raise ValueError(f"update_order must be one of {UPDATE_ORDERS}, got {update_order!r}")
+        if compile_update not in (False, True, "cudagraph"):
+            raise ValueError(f"compile_update must be False, True or 'cudagraph', got {compile_update!r}")
 
     @staticmethod
     def _check_action_space(action_space: spaces.Space) -> None:

@@ -1,0 +1,425 @@
+"""
+The report of ``benchmarks/scores.py``: every cached run, grouped by setting (dataset, budget, network, ...) and
+method, as the field compares algorithms.
+
+- Per setting and method: every seed's final normalized score, mean ± std, the worst seed, and the interquartile
+  mean (IQM) with a stratified-bootstrap 95% confidence interval (``rliable``).
+- Per setting: the probability of improvement P(method > d3rlpy's IQL) with its 95% interval (``rliable``), for
+  every method of this package.
+- Sparse mazes: success rate, mean first step at the goal (episodes that reach it) and the fraction of the time
+  spent at the goal from then on, all at the final evaluation: why a run fails, not only how much.
+- Over the stitch settings together: IQM and probability of improvement with tasks as strata.
+
+Files: ``scores.md`` (text between ``<!-- BEGIN NOTES -->`` and ``<!-- END NOTES -->`` is kept), ``scores.json``,
+``scores.csv`` (every evaluation of every run), ``scores.png`` and ``scores_success.png`` (curves).
+"""
+
+import csv
+import json
+import os
+import platform
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import torch as th
+from hardware import cpu_model  # benchmarks/hardware.py
+from rliable import library as rly
+from rliable import metrics
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+NOTES_BEGIN, NOTES_END = "<!-- BEGIN NOTES -->", "<!-- END NOTES -->"
+RUNS_FILE = "scores_runs.json"
+REPORT_STEM = "scores"
+#: The peer every method of this package is compared with.
+PEER = "d3rlpy-iql"
+#: Bootstrap resamples of the confidence intervals; the generator is seeded so that a report is reproducible.
+BOOTSTRAP_REPS = 5000
+BOOTSTRAP_SEED = 0
+#: Settings whose dataset id contains this are aggregated together ("stitch" rows).
+STITCH = "stitch"
+#: Display order of the base methods; variants (``iql-ref+...``) follow ``iql-ref``.
+METHOD_ORDER = ("iql", "iql-ref", "d3rlpy-iql", "bc", "d3rlpy-bc")
+METHOD_LABELS = {
+    "iql": "sb3-iql IQL (defaults)",
+    "iql-ref": "sb3-iql IQL, reference",
+    "d3rlpy-iql": "d3rlpy IQL",
+    "bc": "sb3-iql BC (beta 0)",
+    "d3rlpy-bc": "d3rlpy BC",
+}
+
+
+def method_label(method: str) -> str:
+    """:return: ``"sb3-iql IQL, reference + order + init"`` for ``"iql-ref+order+init"``"""
+    base, *factors = method.split("+")
+    return " + ".join([METHOD_LABELS.get(base, base), *factors])
+
+
+def method_sort_key(method: str) -> tuple:
+    base, *factors = method.split("+")
+    return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), len(factors), method)
+
+
+def is_ours(method: str) -> bool:
+    return not method.startswith("d3rlpy")
+
+
+def setting_of(record: dict) -> tuple:
+    """Everything but the method and the seed: runs of one setting are compared with each other."""
+    config = record["config"]
+    return (
+        config["dataset_id"],
+        config["dataset_steps"],
+        config["updates"],
+        config["eval_every"],
+        config["eval_episodes"],
+        tuple(config["net_arch"]),
+        config["batch_size"],
+    )
+
+
+def load_runs(out: Path) -> dict[str, dict]:
+    path = out / RUNS_FILE
+    return json.loads(path.read_text())["runs"] if path.exists() else {}
+
+
+def group_runs(runs: dict[str, dict], dataset_ids: list[str] | None) -> dict[tuple, dict[str, list[dict]]]:
+    """:return: setting -> method -> records sorted by seed; settings of ``dataset_ids`` first, in that order"""
+    groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for record in runs.values():
+        groups[setting_of(record)][record["config"]["method"]].append(record)
+    order = {dataset_id: index for index, dataset_id in enumerate(dataset_ids or [])}
+
+    def sort_key(setting: tuple) -> tuple:
+        return (order.get(setting[0], len(order)), setting[0], setting[5], setting[2])
+
+    return {
+        setting: {
+            method: sorted(groups[setting][method], key=lambda record: record["config"]["seed"])
+            for method in sorted(groups[setting], key=method_sort_key)
+        }
+        for setting in sorted(groups, key=sort_key)
+    }
+
+
+def _interval(score_dict: dict[str, Any], func: Any) -> dict[str, tuple[float, float, float]]:
+    """:return: name -> (point estimate, 95% low, 95% high) from rliable's stratified bootstrap"""
+    with warnings.catch_warnings():  # arch 7.2 deprecates the RandomState that rliable 1.2 passes
+        warnings.simplefilter("ignore", FutureWarning)
+        points, intervals = rly.get_interval_estimates(
+            score_dict, func, reps=BOOTSTRAP_REPS, random_state=np.random.RandomState(BOOTSTRAP_SEED)
+        )
+    return {name: (float(np.ravel(points[name])[0]), *map(float, np.ravel(intervals[name])[:2])) for name in points}
+
+
+def iqm_with_ci(scores: np.ndarray) -> tuple[float, float, float] | None:
+    """
+    :param scores: final normalized scores, shape ``(n_seeds, n_tasks)``
+    :return: interquartile mean and its 95% interval, or None with fewer than 2 seeds
+    """
+    if scores.shape[0] < 2:
+        return None
+    return _interval({"x": scores}, lambda x: np.array([metrics.aggregate_iqm(x)]))["x"]
+
+
+def improvement_with_ci(ours: np.ndarray, peer: np.ndarray) -> tuple[float, float, float] | None:
+    """
+    :param ours: scores ``(n_seeds, n_tasks)``; :param peer: scores ``(n_peer_seeds, n_tasks)``
+    :return: P(ours > peer) (Mann-Whitney, averaged over tasks) and its 95% interval, or None with < 2 seeds
+    """
+    if ours.shape[0] < 2 or peer.shape[0] < 2:
+        return None
+    return _interval({"x,y": (ours, peer)}, metrics.probability_of_improvement)["x,y"]
+
+
+def _final_point_mean(records: list[dict], field: str) -> float | None:
+    values = [record["curve"][-1].get(field) for record in records]
+    values = [value for value in values if value is not None]
+    return float(np.mean(values)) if values else None
+
+
+def method_summary(records: list[dict]) -> dict[str, Any]:
+    finals = [record["final"] for record in records]
+    return {
+        "seeds": [record["config"]["seed"] for record in records],
+        "final": finals,
+        "mean": float(np.mean(finals)),
+        "std": float(np.std(finals)),
+        "worst": float(np.min(finals)),
+        "iqm": iqm_with_ci(np.array(finals)[:, None]),
+        "success_pct": None
+        if _final_point_mean(records, "success_rate") is None
+        else 100 * _final_point_mean(records, "success_rate"),
+        "first_success_step": _final_point_mean(records, "first_success_step"),
+        "fraction_at_goal_after": _final_point_mean(records, "fraction_at_goal_after"),
+        "updates_per_s": float(np.mean([record["updates_per_s"] for record in records])),
+        "wall_s": float(sum(record["train_s"] + record["eval_s"] for record in records)),
+        "code_versions": sorted({record["code_version"] for record in records if record.get("code_version")}),
+        "peer_versions": sorted({record["peer_version"] for record in records if record.get("peer_version")}),
+    }
+
+
+def summary_rows(groups: dict[tuple, dict[str, list[dict]]]) -> list[dict]:
+    rows = []
+    for setting, methods in groups.items():
+        dataset_id, dataset_steps, updates, eval_every, eval_episodes, net_arch, batch_size = setting
+        summaries = {method: method_summary(records) for method, records in methods.items()}
+        if PEER in summaries:
+            peer = np.array(summaries[PEER]["final"])[:, None]
+            for method, summary in summaries.items():
+                if is_ours(method):
+                    summary["p_improvement_over_peer"] = improvement_with_ci(np.array(summary["final"])[:, None], peer)
+        rows.append(
+            {
+                "dataset": dataset_id,
+                "dataset_steps": dataset_steps,
+                "updates": updates,
+                "eval_every": eval_every,
+                "eval_episodes": eval_episodes,
+                "net_arch": list(net_arch),
+                "batch_size": batch_size,
+                "methods": summaries,
+            }
+        )
+    return rows
+
+
+def _final_matrix(
+    groups: dict[tuple, dict[str, list[dict]]], settings: list[tuple], method: str, seeds: list[int]
+) -> np.ndarray:
+    """:return: final scores of ``method``, shape ``(len(seeds), len(settings))``"""
+    columns = []
+    for setting in settings:
+        by_seed = {record["config"]["seed"]: record["final"] for record in groups[setting][method]}
+        columns.append([by_seed[seed] for seed in seeds])
+    return np.array(columns).T
+
+
+def stitch_aggregate(groups: dict[tuple, dict[str, list[dict]]]) -> dict[tuple, dict[str, Any]]:
+    """
+    Over the stitch settings of one budget and network: per method, IQM and P(method > d3rlpy) with tasks as
+    strata, on the seeds every task has.
+
+    :return: (updates, net_arch) -> {"tasks": [...], "seeds": [...], "methods": {method: {"iqm", "p_improvement"}}}
+    """
+    by_budget: dict[tuple, list[tuple]] = defaultdict(list)
+    for setting in groups:
+        if STITCH in setting[0]:
+            by_budget[(setting[2], setting[5])].append(setting)
+    aggregates = {}
+    for budget, settings in by_budget.items():
+        if len(settings) < 2:
+            continue
+        common_seeds = {}
+        for method in set.intersection(*(set(groups[setting]) for setting in settings)):
+            seeds = set.intersection(*({r["config"]["seed"] for r in groups[setting][method]} for setting in settings))
+            if len(seeds) >= 2:
+                common_seeds[method] = sorted(seeds)
+
+        entry: dict[str, Any] = {"tasks": [setting[0] for setting in settings], "methods": {}}
+        for method in sorted(common_seeds, key=method_sort_key):
+            scores = _final_matrix(groups, settings, method, common_seeds[method])
+            result: dict[str, Any] = {"seeds": common_seeds[method], "iqm": iqm_with_ci(scores)}
+            if PEER in common_seeds and is_ours(method):
+                peer = _final_matrix(groups, settings, PEER, common_seeds[PEER])
+                result["p_improvement"] = improvement_with_ci(scores, peer)
+            entry["methods"][method] = result
+        aggregates[budget] = entry
+    return aggregates
+
+
+def hardware() -> dict[str, Any]:
+    return {"cpu": cpu_model(), "logical_cores": os.cpu_count(), "torch": th.__version__, "python": platform.python_version()}
+
+
+def _short(dataset_id: str) -> str:
+    return dataset_id.removeprefix("sb3_iql/")
+
+
+def _net(net_arch: list[int] | tuple[int, ...]) -> str:
+    return "x".join(map(str, net_arch))
+
+
+def _ci(value: tuple[float, float, float] | None, decimals: int = 1) -> str:
+    return "n/a" if value is None else f"{value[0]:.{decimals}f} [{value[1]:.{decimals}f}, {value[2]:.{decimals}f}]"
+
+
+def _optional(value: float | None, form: str) -> str:
+    return "n/a" if value is None else format(value, form)
+
+
+def write_markdown(path: Path, rows: list[dict], aggregates: dict[tuple, dict], torch_threads: int) -> None:
+    machine = hardware()
+    lines = [
+        "# sb3-iql against d3rlpy and behaviour cloning: normalized scores",
+        "",
+        "Generated by `benchmarks/scores.py` (do not edit by hand, except between the NOTES markers).",
+        "Normalized score in percent: 0 = random actions, 100 = the dataset's reference (expert) return, at the",
+        "**final** evaluation of each run (deterministic policy, the same reset seeds for every method: 10000 + seed).",
+        "IQM = interquartile mean over seeds with a stratified-bootstrap 95% interval; P(> d3rlpy) = probability that a",
+        "run of the method scores higher than a run of d3rlpy's IQL (Mann-Whitney), with its 95% interval; both from",
+        f"`rliable` ({BOOTSTRAP_REPS} resamples).",
+        "Methods: sb3-iql with the paper's preset of the domain (mazes: expectile 0.9, beta 10, r - 1; locomotion:",
+        "expectile 0.7, beta 3, r / return range x 1000), actor lr cosine-decayed over the budget; `reference` = the",
+        "reference implementation's choices; `+ order` = Q target with V(s') from before V's step (d3rlpy), `+ logstd` =",
+        "log std = -5 + 7 sigmoid(raw), starting at -1.5 (d3rlpy), `+ init` = PyTorch's default init (d3rlpy), `+ ln` =",
+        "LayerNorm in critics and value net, `+ dropout` = actor dropout 0.1. d3rlpy IQL: its `IQLConfig` with the same",
+        "expectile, beta, batch and networks (constant lr); d3rlpy BC: its deterministic `BCConfig`. BC = sb3-iql with",
+        "beta = 0.",
+        "Sparse mazes: success = % of final-evaluation episodes that reach the goal; first reach = mean step of the",
+        "first arrival (episodes that arrive); at goal = fraction of the steps from the first arrival on spent within",
+        "0.45 m of the goal.",
+        "",
+        "| dataset | updates | net | method | seeds | final per seed | mean ± std | worst | IQM [95% CI] "
+        "| P(> d3rlpy) [95% CI] | success % | first reach | at goal | updates/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        for method, summary in row["methods"].items():
+            per_seed = " / ".join(f"{value:.1f}" for value in summary["final"])
+            poi = _ci(summary.get("p_improvement_over_peer"), 2) if "p_improvement_over_peer" in summary else ""
+            lines.append(
+                f"| {_short(row['dataset'])} | {row['updates']:,} | {_net(row['net_arch'])} | {method_label(method)} "
+                f"| {len(summary['seeds'])} | {per_seed} | {summary['mean']:.1f} ± {summary['std']:.1f} "
+                f"| {summary['worst']:.1f} "
+                f"| {_ci(summary['iqm'])} | {poi} | {_optional(summary['success_pct'], '.0f')} "
+                f"| {_optional(summary['first_success_step'], '.0f')} | {_optional(summary['fraction_at_goal_after'], '.2f')} "
+                f"| {summary['updates_per_s']:.0f} |"
+            )
+    if aggregates:
+        lines += [
+            "",
+            "## Stitch mazes together",
+            "",
+            "Tasks as bootstrap strata, seeds that every task has.",
+            "",
+            "| updates | net | tasks | method | seeds | IQM [95% CI] | P(> d3rlpy) [95% CI] |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for (updates, net_arch), entry in aggregates.items():
+            tasks = ", ".join(_short(task) for task in entry["tasks"])
+            for method, result in entry["methods"].items():
+                poi = _ci(result.get("p_improvement"), 2) if "p_improvement" in result else ""
+                lines.append(
+                    f"| {updates:,} | {_net(net_arch)} | {tasks} | {method_label(method)} | {len(result['seeds'])} "
+                    f"| {_ci(result['iqm'])} | {poi} |"
+                )
+    code_versions = sorted({v for row in rows for s in row["methods"].values() for v in s["code_versions"]})
+    peer_versions = sorted({v for row in rows for s in row["methods"].values() for v in s["peer_versions"]})
+    total_wall = sum(summary["wall_s"] for row in rows for summary in row["methods"].values())
+    lines += [
+        "",
+        "![normalized score against updates](scores.png)",
+        "",
+        "![success rate against updates](scores_success.png)",
+        "",
+        "## Budget and hardware",
+        "",
+        f"- CPU: {machine['cpu']}, {machine['logical_cores']} logical cores, shared by two training processes at a time;",
+        f"  torch {machine['torch']} with {torch_threads} thread(s) per process, Python {machine['python']}.",
+        f"- Peer: {', '.join(peer_versions) or 'n/a'}.",
+        f"- Code: hash of the `sb3_iql` sources each run trained with (`code_version` in `{RUNS_FILE}`): "
+        f"{', '.join(code_versions) or 'n/a'}; runs without it predate the field.",
+        f"- Wall time, training + evaluation, all runs in this report: {total_wall / 3600:.2f} h.",
+        "- The paper trains 1M updates with 256x256 networks; these budgets are far smaller (CPU time): scores of short",
+        "  training, not a reproduction of the paper's numbers.",
+    ]
+    notes = ""
+    if path.exists():
+        text = path.read_text()
+        if NOTES_BEGIN in text and NOTES_END in text:
+            notes = text[text.index(NOTES_BEGIN) : text.index(NOTES_END) + len(NOTES_END)]
+    lines += ["", "## Findings", "", notes or f"{NOTES_BEGIN}\n{NOTES_END}", ""]
+    path.write_text("\n".join(lines))
+
+
+def write_plot(path: Path, groups: dict[tuple, dict[str, list[dict]]], metric: str = "normalized_score") -> None:
+    """
+    One subplot per setting: mean ± std over seeds of ``metric`` against updates, one curve per method.
+
+    :param metric: ``"normalized_score"`` (percent) or ``"success_rate"`` (plotted in percent; settings without it
+        are left out)
+    """
+    scale, label = (100.0, "success rate (%)") if metric == "success_rate" else (1.0, "normalized score (%)")
+
+    def with_metric(records: list[dict]) -> list[dict]:
+        return [record for record in records if all(point.get(metric) is not None for point in record["curve"])]
+
+    groups = {
+        setting: {method: with_metric(records) for method, records in methods.items() if with_metric(records)}
+        for setting, methods in groups.items()
+    }
+    groups = {setting: methods for setting, methods in groups.items() if methods}
+    n_plots = max(len(groups), 1)
+    n_columns = min(n_plots, 3)
+    n_rows = (n_plots + n_columns - 1) // n_columns
+    figure, axes = plt.subplots(n_rows, n_columns, figsize=(5.5 * n_columns, 4 * n_rows), squeeze=False)
+    for axis, (setting, methods) in zip(axes.flat, groups.items()):
+        dataset_id, dataset_steps, updates, _, _, net_arch, _ = setting
+        for method, records in methods.items():
+            n_points = min(len(record["curve"]) for record in records)
+            x = [point["updates"] for point in records[0]["curve"][:n_points]]
+            values = scale * np.array([[point[metric] for point in record["curve"][:n_points]] for record in records])
+            mean, std = values.mean(axis=0), values.std(axis=0)
+            (line,) = axis.plot(x, mean, marker="o", markersize=3, label=f"{method_label(method)} ({len(records)})")
+            axis.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+        axis.set_title(
+            f"{_short(dataset_id)} ({dataset_steps:,} steps)\n{updates:,} updates, net {_net(net_arch)}", fontsize=10
+        )
+        axis.set_xlabel("updates")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=6)
+    for axis in list(axes.flat)[len(groups) :]:
+        axis.set_visible(False)
+    figure.suptitle(f"{label}, mean ± std over seeds (seeds in brackets)", fontsize=11)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+CSV_FIELDS = ("normalized_score", "mean_return", "std_return", "success_rate", "first_success_step", "fraction_at_goal_after")
+
+
+def write_csv(path: Path, groups: dict[tuple, dict[str, list[dict]]]) -> None:
+    with open(path, "w", newline="") as file_handler:
+        writer = csv.writer(file_handler)
+        writer.writerow(["dataset", "dataset_steps", "net_arch", "budget", "method", "seed", "updates", *CSV_FIELDS])
+        for methods in groups.values():
+            for method, records in methods.items():
+                for record in records:
+                    config = record["config"]
+                    for point in record["curve"]:
+                        values = ["" if point.get(field) is None else f"{point[field]:.3f}" for field in CSV_FIELDS]
+                        writer.writerow(
+                            [
+                                config["dataset_id"],
+                                config["dataset_steps"],
+                                _net(config["net_arch"]),
+                                config["updates"],
+                                method,
+                                config["seed"],
+                                point["updates"],
+                                *values,
+                            ]
+                        )
+
+
+def write_report(out: Path, dataset_ids: list[str] | None, torch_threads: int) -> None:
+    groups = group_runs(load_runs(out), dataset_ids)
+    rows = summary_rows(groups)
+    aggregates = stitch_aggregate(groups)
+    aggregates_json = [{"updates": u, "net_arch": list(n), **entry} for (u, n), entry in aggregates.items()]
+    data = {"hardware": hardware(), "torch_threads": torch_threads, "rows": rows, "stitch_aggregates": aggregates_json}
+    tmp = out / f"{REPORT_STEM}.json.tmp"
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, out / f"{REPORT_STEM}.json")
+    write_csv(out / f"{REPORT_STEM}.csv", groups)
+    write_plot(out / f"{REPORT_STEM}.png", groups)
+    write_plot(out / f"{REPORT_STEM}_success.png", groups, metric="success_rate")
+    write_markdown(out / f"{REPORT_STEM}.md", rows, aggregates, torch_threads)
