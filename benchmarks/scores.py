@@ -15,7 +15,8 @@ Methods (``--methods``):
   0.7, beta 3, reward r / return range * 1000). Actor lr with cosine decay over the budget, as in the paper.
 - ``iql-ref``: the same with the reference implementation's choices spelled out (``REFERENCE_SETTINGS``), and
   ``iql-ref+FACTOR[+FACTOR...]``: with factors of ``FACTORS`` added (d3rlpy's update order, log-std
-  parametrisation and init; LayerNorm; actor dropout), the cells of the factorial study.
+  parametrisation and init; LayerNorm; observation normalisation; actor dropout), the cells of the factorial
+  study.
 - ``bc``: the reference model, networks, data, batches and critic training, with ``beta=0``: every AWR weight is
   exp(0) = 1, so the actor's loss is the plain negative log-likelihood of the dataset actions.
 - ``d3rlpy-iql`` and ``d3rlpy-bc``: d3rlpy's IQL (same expectile, beta, batch, networks) and its BC, on the same
@@ -89,6 +90,7 @@ FACTORS: dict[str, dict[str, Any]] = {
     "logstd": {"policy_kwargs": {"log_std_parametrization": "sigmoid", "log_std_init": -1.5}},
     "init": {"policy_kwargs": {"weight_init": "pytorch"}},
     "ln": {"policy_kwargs": {"critic_layer_norm": True}},
+    "obsnorm": {"policy_kwargs": {"normalize_observations": True}},
     "dropout": {"dropout": 0.1},
 }
 #: ``iql``: the package's defaults; ``bc``: the reference with beta = 0; ``iql-ref[+factor...]``: the reference with

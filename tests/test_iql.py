@@ -194,6 +194,29 @@ def test_save_load_gives_identical_predictions_and_resumes_exactly(line_dataset,
         th.testing.assert_close(resumed, straight, msg=name)
 
 
+def test_observation_normalisation_uses_the_dataset_statistics_and_survives_save_load(line_dataset, tmp_path):
+    model = line_model(line_dataset, policy_kwargs={**SMALL_NET, "normalize_observations": True})
+    observations = np.concatenate([episode.observations[:-1] for episode in line_dataset.iterate_episodes()])
+    normalizer = model.policy.observation_normalizer
+    assert normalizer is model.actor.observation_normalizer is model.critic_target.observation_normalizer
+    th.testing.assert_close(normalizer.mean_obs, th.as_tensor(observations.mean(axis=0), dtype=th.float32))
+    # the goal coordinate is the same in every transition: centred, not scaled
+    assert observations[:, 1].std() == 0 and normalizer.std_obs[1] == 1.0
+    th.testing.assert_close(normalizer.std_obs[0], th.tensor(observations[:, 0].std(), dtype=th.float32))
+    obs = th.as_tensor(observations[:8])
+    expected = model.actor.mu(model.actor.latent_pi((obs - normalizer.mean_obs) / normalizer.std_obs)).tanh()
+    th.testing.assert_close(model.actor(obs, deterministic=True), expected)
+    model.learn_offline(10)
+    model.save(tmp_path / "iql")
+    loaded = IQL.load(tmp_path / "iql", env=LineEnv())
+    assert bool(loaded.policy.observation_normalizer.fitted)
+    th.testing.assert_close(loaded.policy.observation_normalizer.mean_obs, normalizer.mean_obs)
+    np.testing.assert_array_equal(
+        model.predict(observations[:16], deterministic=True)[0], loaded.predict(observations[:16], deterministic=True)[0]
+    )
+    assert line_model(line_dataset).policy.observation_normalizer is None  # off by default
+
+
 def test_evaluate_gives_the_normalized_score(line_dataset):
     model = line_model(line_dataset)
     model.learn_offline(5)

@@ -279,7 +279,8 @@ class IQL(OffPolicyAlgorithm):
     def add_transitions(self, transitions: Transitions) -> None:
         """
         Put offline transitions into the replay buffer: actions scaled to [-1, 1] with the action space's bounds and
-        clipped to +-(1 - 1e-5), rewards transformed, truncations stored as timeouts (not terminal).
+        clipped to +-(1 - 1e-5), rewards transformed, truncations stored as timeouts (not terminal). With
+        ``policy_kwargs=dict(normalize_observations=True)`` the first transitions added fit the normalizer.
 
         :param transitions: transitions in the environment's units, e.g. from ``sb3_iql.data.load_transitions``
         """
@@ -288,6 +289,9 @@ class IQL(OffPolicyAlgorithm):
                 f"{type(self.replay_buffer).__name__} cannot take an offline dataset: use a replay buffer with "
                 "extend(), such as sb3_iql.data.DeviceReplayBuffer or OfflineReplayBuffer (and their Dict versions)"
             )
+        normalizer = self.policy.observation_normalizer
+        if normalizer is not None and not normalizer.fitted:  # statistics of the first offline data, then fixed
+            normalizer.fit(transitions.observations)
         low, high = self.action_space.low, self.action_space.high  # type: ignore[attr-defined]
         scaled_actions = 2.0 * (transitions.actions - low) / (high - low) - 1.0
         bound = 1.0 - ACTION_CLIP_EPS

@@ -7,9 +7,12 @@ from typing import Any, Literal
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.policies import BaseModel, BasePolicy
+from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor, FlattenExtractor
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
+
+from sb3_iql.common.preprocessing import ObservationNormalizer
 
 #: Gain of the orthogonal initialisation of every layer in the reference implementation.
 ORTHOGONAL_GAIN = math.sqrt(2)
@@ -134,7 +137,25 @@ def orthogonal_init_(module: nn.Module, gain: float = ORTHOGONAL_GAIN) -> None:
             nn.init.zeros_(layer.bias)
 
 
-class Actor(BasePolicy):
+class NormalizedFeatures:
+    """
+    Networks whose observations pass through the policy's ``ObservationNormalizer`` (when it has one) after SB3's
+    preprocessing and before the features extractor. Each network sets ``self.observation_normalizer = None`` in
+    its constructor; ``IQLPolicy`` gives the three networks one shared normalizer.
+    """
+
+    observation_space: spaces.Space
+    normalize_images: bool
+    observation_normalizer: ObservationNormalizer | None
+
+    def extract_features(self, obs: PyTorchObs, features_extractor: BaseFeaturesExtractor) -> th.Tensor:
+        preprocessed = preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images)
+        if self.observation_normalizer is not None:
+            preprocessed = self.observation_normalizer(preprocessed)
+        return features_extractor(preprocessed)
+
+
+class Actor(NormalizedFeatures, BasePolicy):
     """
     Gaussian policy: mean ``tanh(MLP(s))`` and a state-independent log standard deviation; the distribution
     itself is not tanh-squashed, samples are clipped to [-1, 1] when acting.
@@ -190,6 +211,7 @@ class Actor(BasePolicy):
             raise ValueError(f"log_std_parametrization must be 'clip' or 'sigmoid', got {log_std_parametrization!r}")
         self.log_std_parametrization = log_std_parametrization
         self.log_std_init = log_std_init
+        self.observation_normalizer = None
         self.latent_pi = hidden_layers(features_dim, net_arch, activation_fn, dropout)
         self.mu = nn.Linear(net_arch[-1] if net_arch else features_dim, action_dim)
         #: The raw parameter: the log std itself (``"clip"``) or the sigmoid's argument (``"sigmoid"``).
@@ -239,7 +261,7 @@ class Actor(BasePolicy):
         return self(observation, deterministic)
 
 
-class EnsembleCritic(BaseModel):
+class EnsembleCritic(NormalizedFeatures, BaseModel):
     """
     ``n_critics`` independent Q networks on ``concat(features(s), a)``, evaluated as one batched ensemble.
 
@@ -270,6 +292,7 @@ class EnsembleCritic(BaseModel):
             observation_space, action_space, features_extractor=features_extractor, normalize_images=normalize_images
         )
         self.n_critics = n_critics
+        self.observation_normalizer = None
         widths = [features_dim + int(action_space.shape[0]), *net_arch]
         layers: list[nn.Module] = []
         for in_features, out_features in itertools.pairwise(widths):
@@ -288,7 +311,7 @@ class EnsembleCritic(BaseModel):
         return self.q_networks(inputs).squeeze(-1)
 
 
-class ValueNetwork(BaseModel):
+class ValueNetwork(NormalizedFeatures, BaseModel):
     """
     State-value network ``V(s)``.
 
@@ -316,6 +339,7 @@ class ValueNetwork(BaseModel):
         super().__init__(
             observation_space, action_space, features_extractor=features_extractor, normalize_images=normalize_images
         )
+        self.observation_normalizer = None
         self.v_network = nn.Sequential(
             hidden_layers(features_dim, net_arch, activation_fn, dropout=None, layer_norm=layer_norm),
             nn.Linear(net_arch[-1] if net_arch else features_dim, 1),
@@ -355,6 +379,8 @@ class IQLPolicy(BasePolicy):
     :param log_std_init: the actor's initial log standard deviation (0: reference; -1.5: d3rlpy)
     :param weight_init: ``"orthogonal"`` (reference, gain ``ortho_init_gain``) or ``"pytorch"`` (d3rlpy, CORL)
     :param critic_layer_norm: LayerNorm before each hidden activation of the critics and the value network
+    :param normalize_observations: normalise observations with the offline dataset's mean and std (fitted by
+        ``IQL`` when the dataset is loaded, then fixed; features that are constant in the data are only centred)
     :param features_extractor_class: features extractor of each network
     :param features_extractor_kwargs: its keyword arguments
     :param normalize_images: whether to divide image observations by 255
@@ -382,6 +408,7 @@ class IQLPolicy(BasePolicy):
         log_std_init: float = 0.0,
         weight_init: WeightInit = "orthogonal",
         critic_layer_norm: bool = False,
+        normalize_observations: bool = False,
         features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
         features_extractor_kwargs: dict[str, Any] | None = None,
         normalize_images: bool = True,
@@ -408,8 +435,10 @@ class IQLPolicy(BasePolicy):
         self.log_std_bounds = log_std_bounds
         self.log_std_parametrization = log_std_parametrization
         self.log_std_init = log_std_init
+        self.observation_normalizer = None
         self.weight_init = weight_init
         self.critic_layer_norm = critic_layer_norm
+        self.normalize_observations = normalize_observations
         self.n_critics = n_critics
         self.ortho_init_gain = ortho_init_gain
         self._build(lr_schedule)
@@ -442,6 +471,11 @@ class IQLPolicy(BasePolicy):
         self.value_net = ValueNetwork(net_arch=value_arch, layer_norm=self.critic_layer_norm, **extractor(), **common)
         for network in (self.actor, self.critic, self.value_net):
             init_weights_(network, self.weight_init, self.ortho_init_gain)
+        #: Shared by the four networks (one set of statistics), None without ``normalize_observations``.
+        self.observation_normalizer = ObservationNormalizer(self.observation_space) if self.normalize_observations else None
+        if self.observation_normalizer is not None:
+            for network in (self.actor, self.critic, self.critic_target, self.value_net):
+                network.observation_normalizer = self.observation_normalizer
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
         # Target networks stay in evaluation mode.
@@ -461,6 +495,7 @@ class IQLPolicy(BasePolicy):
             log_std_init=self.log_std_init,
             weight_init=self.weight_init,
             critic_layer_norm=self.critic_layer_norm,
+            normalize_observations=self.normalize_observations,
             n_critics=self.n_critics,
             ortho_init_gain=self.ortho_init_gain,
             lr_schedule=self._dummy_schedule,  # not needed to load the policy alone

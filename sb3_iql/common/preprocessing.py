@@ -1,0 +1,52 @@
+"""Observation normalisation with fixed statistics of the offline dataset (as CORL and Unifloral normalise states)."""
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.type_aliases import PyTorchObs
+from torch import nn
+
+#: Features whose standard deviation in the data is below this are only centred, not scaled (e.g. a goal that is
+#: the same in every transition): scaling them would blow up any other value met at evaluation.
+MIN_STD = 1e-6
+
+
+class ObservationNormalizer(nn.Module):
+    """
+    ``(obs - mean) / std`` per observation feature (per key of a Dict space), with statistics fitted once on the
+    offline dataset and then fixed (saved with the policy's state dict). Identity until fitted. For vector
+    observations (images are already scaled by SB3's ``normalize_images``).
+
+    :param observation_space: Box or Dict observation space
+    """
+
+    def __init__(self, observation_space: spaces.Space):
+        super().__init__()
+        if isinstance(observation_space, spaces.Dict):
+            self.keys: list[str] | None = list(observation_space.spaces)
+            shapes = {key: space.shape for key, space in observation_space.spaces.items()}
+        else:
+            self.keys = None
+            shapes = {"obs": observation_space.shape}
+        for name, shape in shapes.items():
+            self.register_buffer(f"mean_{name}", th.zeros(shape))
+            self.register_buffer(f"std_{name}", th.ones(shape))
+        self.register_buffer("fitted", th.zeros((), dtype=th.bool))
+
+    def fit(self, observations: np.ndarray | dict[str, np.ndarray]) -> None:
+        """
+        :param observations: the dataset's observations, ``(n, *shape)`` or a dict of them
+        """
+        parts = observations if self.keys is not None else {"obs": observations}
+        for name, values in parts.items():
+            values = np.asarray(values, dtype=np.float64)
+            std = values.std(axis=0)
+            getattr(self, f"mean_{name}").copy_(th.as_tensor(values.mean(axis=0)))
+            getattr(self, f"std_{name}").copy_(th.as_tensor(np.where(std < MIN_STD, 1.0, std)))
+        self.fitted.fill_(True)
+
+    def forward(self, observations: PyTorchObs) -> PyTorchObs:
+        """:param observations: preprocessed float observations, ``(batch, *shape)`` or a dict of them"""
+        if self.keys is None:
+            return (observations - self.mean_obs) / self.std_obs
+        return {key: (observations[key] - getattr(self, f"mean_{key}")) / getattr(self, f"std_{key}") for key in self.keys}
