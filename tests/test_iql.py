@@ -261,7 +261,6 @@ def test_iql_beats_behaviour_cloning_on_mixed_data(line_dataset, seed):
     # The good policy scores about -2.5, the bad one about -17; BC averages the two behaviours.
     iql, bc = offline_return(line_dataset, beta=3.0, seed=seed), offline_return(line_dataset, beta=0.0, seed=seed)
     assert iql > -8.0, iql
-    print(f"seed {seed}: IQL {iql:.2f}, BC {bc:.2f}")
     assert iql > bc + 5.0, (iql, bc)
 
 
