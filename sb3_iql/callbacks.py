@@ -10,17 +10,9 @@ from stable_baselines3.common.callbacks import EvalCallback
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv
 
+from sb3_iql import evaluation
 from sb3_iql.data.minari_loader import load_dataset
-from sb3_iql.evaluation import SCORE_SCALE
-
-
-def dataset_reference_scores(dataset: minari.MinariDataset) -> tuple[float, float] | None:
-    """:return: the dataset's ``(ref_min_score, ref_max_score)``, or None when it has none"""
-    metadata = dataset.storage.metadata
-    ref_min, ref_max = metadata.get("ref_min_score"), metadata.get("ref_max_score")
-    if ref_min is None or ref_max is None:
-        return None
-    return float(ref_min), float(ref_max)
+from sb3_iql.evaluation import ReferenceScores, dataset_reference_scores
 
 
 class NormalizedEvalCallback(EvalCallback):
@@ -59,7 +51,7 @@ class NormalizedEvalCallback(EvalCallback):
                 raise ValueError("NormalizedEvalCallback needs an eval_env or a dataset to recover it from")
             eval_env = Monitor(self.dataset.recover_environment(eval_env=True))
         super().__init__(eval_env, **kwargs)
-        self.reference_scores: tuple[float, float] | None = None
+        self.reference_scores: ReferenceScores | None = None
         if ref_min_score is not None and ref_max_score is not None:
             self.reference_scores = (float(ref_min_score), float(ref_max_score))
         elif self.dataset is not None:
@@ -112,8 +104,7 @@ class NormalizedEvalCallback(EvalCallback):
         """:return: the normalized score of a mean return in percent, None without reference scores"""
         if self.reference_scores is None:
             return None
-        ref_min, ref_max = self.reference_scores
-        return SCORE_SCALE * (mean_return - ref_min) / (ref_max - ref_min)
+        return float(evaluation.normalized_score(self.reference_scores, mean_return))
 
     def _on_step(self) -> bool:
         if not (self.eval_freq > 0 and self.n_calls % self.eval_freq == 0) or self.reference_scores is None:
@@ -159,4 +150,4 @@ class NormalizedEvalCallback(EvalCallback):
         )
 
 
-__all__ = ["NormalizedEvalCallback", "dataset_reference_scores"]
+__all__ = ["NormalizedEvalCallback"]

@@ -15,6 +15,8 @@ from sb3_iql.data.minari_loader import load_dataset
 
 #: Normalized scores are in percent: 0 = random policy, 100 = expert policy.
 SCORE_SCALE = 100.0
+#: ``(ref_min_score, ref_max_score)``: the returns of normalized score 0 and 100.
+ReferenceScores = tuple[float, float]
 
 
 class EvaluationResult(NamedTuple):
@@ -31,19 +33,45 @@ class EvaluationResult(NamedTuple):
     episode_returns: np.ndarray
 
 
-def normalized_score(dataset: minari.MinariDataset, returns: float | np.ndarray) -> float | np.ndarray:
+def dataset_reference_scores(dataset: minari.MinariDataset) -> ReferenceScores | None:
     """
-    D4RL-style normalized score in percent, from the dataset's ``ref_min_score`` and ``ref_max_score``.
+    The one reader of a Minari dataset's reference scores (its metadata's ``ref_min_score`` and ``ref_max_score``).
 
-    :raises ValueError: the dataset has no reference scores
+    :return: ``(ref_min_score, ref_max_score)``, or None when the dataset has none
     """
     metadata = dataset.storage.metadata
-    if metadata.get("ref_min_score") is None or metadata.get("ref_max_score") is None:
-        raise ValueError(
-            f"Dataset '{dataset.spec.dataset_id}' has no reference scores (ref_min_score, ref_max_score): "
-            "a normalized score cannot be computed; evaluate on an environment to get returns only"
-        )
-    return SCORE_SCALE * minari.get_normalized_score(dataset, np.asarray(returns, dtype=np.float64))
+    ref_min, ref_max = metadata.get("ref_min_score"), metadata.get("ref_max_score")
+    if ref_min is None or ref_max is None:
+        return None
+    return float(ref_min), float(ref_max)
+
+
+def normalized_score(
+    dataset_or_scores: minari.MinariDataset | ReferenceScores, returns: float | np.ndarray
+) -> float | np.ndarray:
+    """
+    D4RL-style normalized score in percent: ``100 * (returns - ref_min) / (ref_max - ref_min)``
+    (0 = random policy, 100 = expert policy).
+
+    :param dataset_or_scores: a Minari dataset (its reference scores) or the reference scores ``(ref_min, ref_max)``
+    :param returns: one return, or returns of any shape
+    :return: the score of one return as a float, else an array of the shape of ``returns``
+    :raises ValueError: the dataset has no reference scores, or ``ref_max == ref_min``
+    """
+    if isinstance(dataset_or_scores, minari.MinariDataset):
+        reference_scores = dataset_reference_scores(dataset_or_scores)
+        if reference_scores is None:
+            raise ValueError(
+                f"Dataset '{dataset_or_scores.spec.dataset_id}' has no reference scores (ref_min_score, ref_max_score): "
+                "a normalized score cannot be computed; evaluate on an environment to get returns only"
+            )
+    else:
+        reference_scores = dataset_or_scores
+    ref_min, ref_max = reference_scores
+    if ref_max == ref_min:
+        raise ValueError(f"ref_max_score must differ from ref_min_score, both are {ref_min}")
+    scores = SCORE_SCALE * (np.asarray(returns, dtype=np.float64) - ref_min) / (ref_max - ref_min)
+    return float(scores) if scores.ndim == 0 else scores
 
 
 def evaluate(

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from sb3_iql.evaluation import SCORE_SCALE
+from sb3_iql.data.minari_loader import load_dataset
+from sb3_iql.evaluation import SCORE_SCALE, ReferenceScores, dataset_reference_scores, normalized_score
 
 EVALUATIONS_FILE = "evaluations.npz"
 PROGRESS_FILE = "progress.csv"
@@ -59,7 +60,7 @@ class RunLogs:
     timesteps: np.ndarray | None = None
     returns: np.ndarray | None = None
     progress: dict[str, np.ndarray] = field(default_factory=dict)
-    reference_scores: tuple[float, float] | None = None
+    reference_scores: ReferenceScores | None = None
     dataset_id: str | None = None
 
     @property
@@ -67,8 +68,7 @@ class RunLogs:
         """``(n_evaluations, n_episodes)`` scores in percent (0 = random, 100 = expert), None without references"""
         if self.returns is None or self.reference_scores is None:
             return None
-        ref_min, ref_max = self.reference_scores
-        return SCORE_SCALE * (self.returns - ref_min) / (ref_max - ref_min)
+        return np.asarray(normalized_score(self.reference_scores, self.returns))
 
 
 def find_run_folder(logdir: str | Path) -> Path:
@@ -112,13 +112,6 @@ def read_progress(path: str | Path) -> dict[str, np.ndarray]:
         rows = list(csv.DictReader(file_handler))
     columns = {key for row in rows for key in row if key is not None}
     return {key: np.array([as_float(row.get(key)) for row in rows], dtype=np.float64) for key in sorted(columns)}
-
-
-def _dataset_reference_scores(dataset_id: str) -> tuple[float, float] | None:
-    from sb3_iql.callbacks import dataset_reference_scores
-    from sb3_iql.data.minari_loader import load_dataset
-
-    return dataset_reference_scores(load_dataset(dataset_id))
 
 
 def _zoo_config_dataset(folder: Path) -> str | None:
@@ -166,7 +159,7 @@ def load_run(
     if ref_min_score is not None and ref_max_score is not None:
         run.reference_scores = (float(ref_min_score), float(ref_max_score))
     elif dataset is not None:
-        run.reference_scores, run.dataset_id = _dataset_reference_scores(dataset), dataset
+        run.reference_scores, run.dataset_id = dataset_reference_scores(load_dataset(dataset)), dataset
         if run.reference_scores is None:
             raise ValueError(f"Dataset {dataset!r} has no reference scores (ref_min_score, ref_max_score)")
     elif stored_scores is not None:
@@ -175,7 +168,7 @@ def load_run(
         run.dataset_id = _zoo_config_dataset(run.folder)
         if run.dataset_id is not None:
             try:
-                run.reference_scores = _dataset_reference_scores(run.dataset_id)
+                run.reference_scores = dataset_reference_scores(load_dataset(run.dataset_id))
             except FileNotFoundError:  # the dataset is not stored on this machine: plot returns
                 run.reference_scores = None
     return run

@@ -14,6 +14,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from toy_data import LINE_ENV_ID, LineEnv, bad_policy, good_policy, rollout_episodes, write_dataset
 
 from sb3_iql import IQL, evaluate, normalized_score
+from sb3_iql.evaluation import dataset_reference_scores
 from sb3_iql.iql.iql import METRIC_NAMES
 
 SMALL_NET = dict(net_arch=[32, 32])
@@ -226,6 +227,9 @@ def test_evaluate_gives_the_normalized_score(line_dataset):
     np.testing.assert_allclose(on_dataset.episode_returns, on_env.episode_returns)  # same env, same seed
     assert on_dataset.normalized_score == pytest.approx(100 * (on_dataset.mean_return + 16.0) / 14.0)
     assert normalized_score(line_dataset, -9.0) == pytest.approx(100 * (-9.0 + 16.0) / 14.0)
+    # The same formula from the reference scores themselves, on arrays too.
+    assert dataset_reference_scores(line_dataset) == (-16.0, -2.0)
+    np.testing.assert_allclose(normalized_score((-16.0, -2.0), np.array([[-16.0], [-2.0]])), [[0.0], [100.0]])
 
 
 def test_normalized_score_needs_reference_scores(minari_root):
@@ -233,6 +237,9 @@ def test_normalized_score_needs_reference_scores(minari_root):
     dataset = write_dataset("test/line/norefs-v0", rollout_episodes(env, [good_policy], 2), env=env)
     with pytest.raises(ValueError, match="has no reference scores"):
         normalized_score(dataset, 1.0)
+    assert dataset_reference_scores(dataset) is None
+    with pytest.raises(ValueError, match="must differ"):
+        normalized_score((1.0, 1.0), 1.0)
 
 
 def test_online_learning_requires_an_environment(line_dataset, tmp_path):
