@@ -100,7 +100,7 @@ def test_fast_paths_reach_the_plain_parameters_in_float64(data, float64, fast):
     reference = make_model(data, OfflineReplayBuffer, dtype=float64)
     optimizer_kwargs = {"foreach": True} if fast == "foreach" else {"fused": True}
     model = make_model(data, DeviceReplayBuffer, optimizer_kwargs, dtype=float64)
-    update = FunctionalUpdate(model, compile_mode=None) if fast == "functional" else model._update
+    update = model._functional_update(compile_mode=None) if fast == "functional" else model._update
     metrics = train_side_by_side(reference, [(model, update)], N_UPDATES, dtype=float64)
     assert reference.actor.optimizer.param_groups[0]["lr"] < 0.2 * reference.learning_rate  # the cosine ran
     assert max_difference(reference, model) < 1e-10
@@ -119,8 +119,8 @@ def test_functional_update_follows_the_joint_update_order_in_float64(data, float
     reference = make_model(data, OfflineReplayBuffer, dtype=float64, update_order="joint")
     model = make_model(data, DeviceReplayBuffer, {"fused": True}, dtype=float64, update_order="joint")
     sequential = make_model(data, DeviceReplayBuffer, {"fused": True}, dtype=float64)
-    others = [(model, FunctionalUpdate(model, compile_mode=None))]
-    others.append((sequential, FunctionalUpdate(sequential, compile_mode=None)))
+    others = [(model, model._functional_update(compile_mode=None))]
+    others.append((sequential, sequential._functional_update(compile_mode=None)))
     train_side_by_side(reference, others, 50, dtype=float64)
     assert max_difference(reference, model) < 1e-10
     assert max_difference(reference, sequential) > 1e-6
@@ -129,7 +129,7 @@ def test_functional_update_follows_the_joint_update_order_in_float64(data, float
 def test_the_float64_comparison_detects_a_change_of_math(data, float64):
     reference = make_model(data, OfflineReplayBuffer, dtype=float64)
     model = make_model(data, DeviceReplayBuffer, {"fused": True}, dtype=float64, tau=0.0051)
-    train_side_by_side(reference, [(model, FunctionalUpdate(model, compile_mode=None))], 50, dtype=float64)
+    train_side_by_side(reference, [(model, model._functional_update(compile_mode=None))], 50, dtype=float64)
     assert max_difference(reference, model) > 1e-6
 
 
@@ -137,7 +137,7 @@ def test_fast_paths_match_in_float32_with_the_standard_networks(data):
     reference = make_model(data, OfflineReplayBuffer, net_arch=(256, 256))
     fused = make_model(data, DeviceReplayBuffer, {"fused": True}, net_arch=(256, 256))
     functional = make_model(data, DeviceReplayBuffer, {"fused": True}, net_arch=(256, 256))
-    others = [(fused, fused._update), (functional, FunctionalUpdate(functional, compile_mode=None))]
+    others = [(fused, fused._update), (functional, functional._functional_update(compile_mode=None))]
     train_side_by_side(reference, others, 20)
     assert max_difference(reference, fused) < 1e-5
     assert max_difference(reference, functional) < 1e-5
@@ -147,7 +147,7 @@ def test_fast_paths_match_in_float32_with_the_standard_networks(data):
 def test_compiled_update_reaches_the_plain_parameters_in_float64(data, float64):
     reference = make_model(data, OfflineReplayBuffer, dtype=float64)
     model = make_model(data, DeviceReplayBuffer, {"fused": True}, dtype=float64)
-    metrics = train_side_by_side(reference, [(model, FunctionalUpdate(model, compile_mode="default"))], N_UPDATES, float64)
+    metrics = train_side_by_side(reference, [(model, model._functional_update(compile_mode="default"))], N_UPDATES, float64)
     assert max_difference(reference, model) < 1e-10
     th.testing.assert_close(metrics[0], metrics[1], rtol=1e-10, atol=1e-10)
 
@@ -159,7 +159,7 @@ def test_cuda_compiled_and_graph_updates_match_eager_in_float64(data, float64, f
     reference = make_model(data, DeviceReplayBuffer, {"fused": True}, dtype=float64, device="cuda")
     model = make_model(data, DeviceReplayBuffer, {"fused": True}, dtype=float64, device="cuda")
     if fast == "compiled":
-        update = FunctionalUpdate(model, compile_mode="default")
+        update = model._functional_update(compile_mode="default")
     else:
         # The capture runs 3 warm-up updates: give the reference the same ones first.
         example = reference.replay_buffer.sample(reference.batch_size)
@@ -167,7 +167,7 @@ def test_cuda_compiled_and_graph_updates_match_eager_in_float64(data, float64, f
         for _ in range(3):
             reference._set_learning_rates(offline=True)
             reference._update(example)
-        update = CudaGraphUpdate(model, example)
+        update = CudaGraphUpdate(model._functional_update(compile_mode=None, tensor_lr=True), example)
     train_side_by_side(reference, [(model, update)], N_UPDATES, dtype=float64, device="cuda")
     assert max_difference(reference, model) < 1e-10
 

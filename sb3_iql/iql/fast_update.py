@@ -1,21 +1,20 @@
 """
-The compiled IQL update: the same math as ``IQL._update`` (V, actor with the new V, Q with the new V, Polyak),
-written as pure tensor functions that ``torch.compile(fullgraph=True)`` captures whole, and a CUDA-graph wrapper.
+The fast IQL update paths: ``FunctionalUpdate`` (``torch.func`` gradients, direct fused Adam steps; eager or
+``torch.compile``-d) and ``CudaGraphUpdate`` (the same, captured in a CUDA graph).
 
-``IQL._update`` stays the readable reference and the eager path; ``tests/test_fast_path.py`` proves both reach the
-same parameters. Select with ``IQL(..., compile_update=True)`` (torch.compile, CPU or CUDA) or
+The math is ``sb3_iql/iql/update.py``'s, the same functions as ``IQL._update`` (the eager path); this module adds
+only gradient, optimizer and Polyak mechanics. ``tests/test_fast_path.py`` proves every path reaches the same
+parameters. Select with ``IQL(..., compile_update=True)`` (torch.compile, CPU or CUDA) or
 ``compile_update="cudagraph"`` (CUDA only: one graph launch per update).
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch as th
 from torch import nn
 
-from sb3_iql.iql.losses import awr_actor_loss, awr_weights, expectile_loss, twin_critic_loss
-
-if TYPE_CHECKING:
-    from sb3_iql.iql.iql import IQL
+from sb3_iql.iql import update
+from sb3_iql.iql.update import Batch, UpdateSettings
 
 
 class _LogProb(nn.Module):
@@ -31,34 +30,53 @@ class _LogProb(nn.Module):
 
 class FunctionalUpdate:
     """
-    ``IQL._update`` as two pure-tensor functions that ``torch.compile(fullgraph=True)`` captures whole, with the
-    same math and order (V, actor with the new V, Q with the new V, Polyak):
+    One IQL update (``sb3_iql.iql.update``'s steps) as two pure-tensor functions that ``torch.compile(fullgraph=True)``
+    captures whole:
 
-    1. ``value_grads``: target Q, the value loss and its gradients;
+    1. ``value_grads``: the value targets, the value loss and its gradients;
     2. (eager) fused Adam step of V;
-    3. ``policy_grads``: new V on s and s' (one pass on both), AWR weights, TD targets, actor and critic losses
+    3. ``policy_grads``: the policy targets with the new V (V on s and s' in one pass), the actor and critic losses
        and their gradients (independent of each other), and the metrics;
     4. (eager) fused Adam steps of the actor and the critics, and the Polyak update.
 
     Gradients come from ``torch.func.grad_and_value`` (``loss.backward()`` would break the graph). The Adam steps
     call ``torch._fused_adam_`` directly (what ``Adam(fused=True).step()`` runs, without its ~0.3 ms of Python
-    per call) on the model's own optimizer state, so saving, loading and ``IQL._update`` keep working; the
+    per call) on the networks' own optimizer state, so saving, loading and the eager update keep working; the
     learning rates are read from the optimizers' param groups at every call (``IQL._set_learning_rates``).
     Inside the compiled graph Inductor's own foreach Adam was slower on CPU than the fused kernel.
 
     Only for Adam without weight decay, amsgrad or maximize (IQL's defaults).
 
-    :param model: the IQL model; its networks and optimizers are updated in place
+    :param value_net: V(s), with its ``optimizer``
+    :param actor: the policy, with ``log_prob(obs, actions)`` and its ``optimizer``
+    :param critic: the Q ensemble, with its ``optimizer``
+    :param critic_target: the target Q ensemble (Polyak-averaged towards ``critic``)
+    :param settings: the update's hyperparameters
+    :param tau: Polyak coefficient
     :param compile_mode: None: no compilation (eager ``torch.func``, for tests and CUDA graph capture), or a
         ``torch.compile`` mode: ``"default"``, ``"max-autotune-no-cudagraphs"``
     :param tensor_lr: pass the learning rates to the fused kernel as device tensors (needed inside a CUDA graph,
         where a float would be frozen at capture)
     """
 
-    def __init__(self, model: "IQL", compile_mode: str | None = "default", tensor_lr: bool = False):
-        self.model = model
-        self.networks = {"value": model.value_net, "actor": model.actor, "critic": model.critic}
-        self.modules = {"value": model.value_net, "actor": _LogProb(model.actor), "critic": model.critic}
+    def __init__(
+        self,
+        value_net: nn.Module,
+        actor: nn.Module,
+        critic: nn.Module,
+        critic_target: nn.Module,
+        settings: UpdateSettings,
+        tau: float,
+        compile_mode: str | None = "default",
+        tensor_lr: bool = False,
+    ):
+        self.settings = settings
+        self.tau = tau
+        self.critic_target = critic_target
+        self.critic_params = list(critic.parameters())
+        self.critic_target_params = list(critic_target.parameters())
+        self.networks = {"value": value_net, "actor": actor, "critic": critic}
+        self.modules = {"value": value_net, "actor": _LogProb(actor), "critic": critic}
         self.states: dict[str, dict[str, list[th.Tensor]]] = {}
         self.params: dict[str, dict[str, th.Tensor]] = {}
         for name, network in self.networks.items():
@@ -74,7 +92,8 @@ class FunctionalUpdate:
         for name in self.networks:
             self._state_lists(name)
         self.tensor_lr = tensor_lr
-        self.lrs = {name: th.zeros((), device=model.device) for name in self.networks}
+        device = self.critic_params[0].device
+        self.lrs = {name: th.zeros((), device=device) for name in self.networks}
         self.compile_mode = compile_mode
         self.value_grads, self.policy_grads = self._value_grads, self._policy_grads
         if compile_mode is not None:
@@ -129,83 +148,52 @@ class FunctionalUpdate:
             maximize=False,
         )
 
-    def _value_grads(
-        self, observations: Any, actions: th.Tensor, next_observations: Any
-    ) -> tuple[list[th.Tensor], th.Tensor, th.Tensor, th.Tensor, th.Tensor | None]:
-        """:return: gradients of the value loss (in parameter order), value loss, mean V(s), target Q, and
-        V(s') before the step with ``update_order="joint"`` (else None)"""
-        model = self.model
-        with th.no_grad():
-            target_q = model.critic_target(observations, actions).min(dim=0).values
-            next_value = model.value_net(next_observations) if model.update_order == "joint" else None
+    def _call(self, name: str, params: dict[str, th.Tensor]) -> Any:
+        """:return: network ``name`` as a function of its inputs, with the given parameters"""
+        return lambda *inputs: th.func.functional_call(self.modules[name], params, inputs)
 
-        def value_loss_fn(params: dict[str, th.Tensor]) -> tuple[th.Tensor, th.Tensor]:
-            value = th.func.functional_call(self.modules["value"], params, (observations,))
-            return expectile_loss(target_q - value, model.expectile), value
+    def _value_grads(self, batch: Batch) -> tuple[list[th.Tensor], th.Tensor, th.Tensor, update.ValueTargets]:
+        """:return: gradients of the value loss (in parameter order), value loss, V(s), value targets"""
+        targets = update.value_targets(self.critic_target, self.networks["value"], batch, self.settings)
 
-        grads, (value_loss, value) = th.func.grad_and_value(value_loss_fn, has_aux=True)(self.params["value"])
-        return list(grads.values()), value_loss, value.mean(), target_q, next_value
+        def loss_fn(params: dict[str, th.Tensor]) -> tuple[th.Tensor, th.Tensor]:
+            return update.value_objective(self._call("value", params), batch, targets, self.settings)
+
+        grads, (value_loss, values) = th.func.grad_and_value(loss_fn, has_aux=True)(self.params["value"])
+        return list(grads.values()), value_loss, values, targets
 
     def _policy_grads(
-        self,
-        observations: Any,
-        actions: th.Tensor,
-        next_observations: Any,
-        rewards: th.Tensor,
-        dones: th.Tensor,
-        target_q: th.Tensor,
-        value_loss: th.Tensor,
-        value_mean: th.Tensor,
-        next_value: th.Tensor | None,
+        self, batch: Batch, value_targets: update.ValueTargets, value_loss: th.Tensor, values: th.Tensor
     ) -> tuple[list[th.Tensor], list[th.Tensor], th.Tensor]:
-        """
-        :param next_value: V(s') for the TD target (``update_order="joint"``), or None: the new V(s')
-        :return: actor gradients, critic gradients, metrics of ``METRIC_NAMES``
-        """
-        model = self.model
-        with th.no_grad():
-            n_batch = actions.shape[0]
-            if next_value is None:
-                new_values = model.value_net(_cat_obs(observations, next_observations))  # new V(s) and V(s') in one pass
-                value, next_value = new_values[:n_batch], new_values[n_batch:]
-            else:
-                value = model.value_net(observations)
-            advantage = target_q - value
-            weights = awr_weights(advantage, model.beta, model.max_weight)
-            td_target = rewards + model.gamma * (1.0 - dones) * next_value
+        """:return: actor gradients, critic gradients, metrics of ``METRIC_NAMES``"""
+        value_net = self.networks["value"]
+
+        def both_values(observations: Any, next_observations: Any) -> tuple[th.Tensor, th.Tensor]:
+            values = value_net(_cat_obs(observations, next_observations))  # V(s) and V(s') in one pass
+            return values[: batch.actions.shape[0]], values[batch.actions.shape[0] :]
+
+        targets = update.policy_targets(value_net, batch, value_targets, self.settings, both_values)
 
         def actor_loss_fn(params: dict[str, th.Tensor]) -> th.Tensor:
-            return awr_actor_loss(th.func.functional_call(self.modules["actor"], params, (observations, actions)), weights)
+            return update.actor_objective(self._call("actor", params), batch, targets)
 
         def critic_loss_fn(params: dict[str, th.Tensor]) -> tuple[th.Tensor, th.Tensor]:
-            current_q = th.func.functional_call(self.modules["critic"], params, (observations, actions))
-            return twin_critic_loss(current_q, td_target), current_q
+            return update.critic_objective(self._call("critic", params), batch, targets)
 
         actor_grads, actor_loss = th.func.grad_and_value(actor_loss_fn)(self.params["actor"])
         critic_grads, (critic_loss, current_q) = th.func.grad_and_value(critic_loss_fn, has_aux=True)(self.params["critic"])
-        metrics = th.stack(
-            [value_loss, actor_loss, critic_loss, value_mean, current_q.mean(), advantage.mean(), weights.mean()]
-        ).detach()
+        metrics = update.update_metrics(value_loss, actor_loss, critic_loss, values, current_q, targets)
         return list(actor_grads.values()), list(critic_grads.values()), metrics
 
-    def step(
-        self, observations: Any, actions: th.Tensor, next_observations: Any, rewards: th.Tensor, dones: th.Tensor
-    ) -> th.Tensor:
+    def step(self, batch: Batch) -> th.Tensor:
         """One IQL update; returns the metrics of ``METRIC_NAMES``."""
         with th.no_grad():  # torch.func.grad still differentiates inside; outside, no autograd graph is kept
-            return self._step(observations, actions, next_observations, rewards, dones)
-
-    def _step(
-        self, observations: Any, actions: th.Tensor, next_observations: Any, rewards: th.Tensor, dones: th.Tensor
-    ) -> th.Tensor:
-        value_grads, value_loss, value_mean, target_q, next_value = self.value_grads(observations, actions, next_observations)
-        self._adam_("value", value_grads)
-        actor_grads, critic_grads, metrics = self.policy_grads(
-            observations, actions, next_observations, rewards, dones, target_q, value_loss, value_mean, next_value
-        )
-        self._adam_("actor", actor_grads)
-        self._adam_("critic", critic_grads)
-        th._foreach_lerp_(self.model._critic_target_params, self.model._critic_params, self.model.tau)
+            value_grads, value_loss, values, targets = self.value_grads(batch)
+            self._adam_("value", value_grads)
+            actor_grads, critic_grads, metrics = self.policy_grads(batch, targets, value_loss, values)
+            self._adam_("actor", actor_grads)
+            self._adam_("critic", critic_grads)
+            th._foreach_lerp_(self.critic_target_params, self.critic_params, self.tau)
         return metrics
 
     def set_learning_rates(self) -> None:
@@ -217,13 +205,7 @@ class FunctionalUpdate:
     def __call__(self, replay_data: Any) -> th.Tensor:
         """Drop-in for ``IQL._update(replay_data)``."""
         self.set_learning_rates()
-        return self.step(
-            replay_data.observations,
-            replay_data.actions,
-            replay_data.next_observations,
-            replay_data.rewards.flatten(),
-            replay_data.dones.flatten(),
-        )
+        return self.step(Batch.from_replay_data(replay_data))
 
 
 def _cat_obs(first: Any, second: Any) -> Any:
@@ -237,37 +219,37 @@ class CudaGraphUpdate:
     CUDA only: the eager ``FunctionalUpdate.step`` captured once in a ``torch.cuda.CUDAGraph`` and replayed
     each update (one launch for the whole update). Each call copies the sampled batch into the graph's static
     input tensors; the returned metrics tensor is the graph's static output (read it before the next call).
-    The three warm-up updates run before the capture are real updates of the model.
+    The three warm-up updates run before the capture are real updates of the networks.
 
-    :param model: the IQL model, on a CUDA device
+    :param functional: the update to capture, built with ``compile_mode=None, tensor_lr=True``, networks on CUDA
     :param example: a batch from the replay buffer (sets the static shapes)
     """
 
-    def __init__(self, model: "IQL", example: Any, n_warmup: int = 3):
-        if model.device.type != "cuda":
-            raise ValueError("CudaGraphUpdate needs a model on a CUDA device")
-        self.functional = FunctionalUpdate(model, compile_mode=None, tensor_lr=True)
-        self.static = [_clone_obs(x) for x in self._inputs(example)]
+    def __init__(self, functional: FunctionalUpdate, example: Any, n_warmup: int = 3):
+        if functional.critic_params[0].device.type != "cuda":
+            raise ValueError("CudaGraphUpdate needs networks on a CUDA device")
+        if functional.compile_mode is not None or not functional.tensor_lr:
+            raise ValueError("CudaGraphUpdate captures a FunctionalUpdate(compile_mode=None, tensor_lr=True)")
+        self.functional = functional
+        self.static = Batch(*(_clone_obs(x) for x in Batch.from_replay_data(example)))
         self.functional.set_learning_rates()
         side_stream = th.cuda.Stream()
         side_stream.wait_stream(th.cuda.current_stream())
         with th.cuda.stream(side_stream):
             for _ in range(n_warmup):
-                self.functional.step(*self.static)
+                self.functional.step(self.static)
         th.cuda.current_stream().wait_stream(side_stream)
         self.graph = th.cuda.CUDAGraph()
         with th.cuda.graph(self.graph):
-            self.metrics = self.functional.step(*self.static)
+            self.metrics = self.functional.step(self.static)
 
-    @staticmethod
-    def _inputs(replay_data: Any) -> list[Any]:
-        return [
-            replay_data.observations,
-            replay_data.actions,
-            replay_data.next_observations,
-            replay_data.rewards.flatten(),
-            replay_data.dones.flatten(),
-        ]
+    @property
+    def settings(self) -> UpdateSettings:
+        return self.functional.settings
+
+    @property
+    def tau(self) -> float:
+        return self.functional.tau
 
     def state_replaced(self) -> bool:
         """Whether an optimizer's state was replaced since the capture (the graph would update stale tensors)."""
@@ -277,7 +259,7 @@ class CudaGraphUpdate:
         if self.functional.state_replaced():
             raise RuntimeError("The optimizers' state was replaced (loaded) after the capture: create a new CudaGraphUpdate")
         self.functional.set_learning_rates()
-        for static, value in zip(self.static, self._inputs(replay_data)):
+        for static, value in zip(self.static, Batch.from_replay_data(replay_data)):
             _copy_obs(static, value)
         self.graph.replay()
         return self.metrics

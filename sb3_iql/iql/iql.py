@@ -22,9 +22,10 @@ from sb3_iql.data.buffers import OfflineDictReplayBuffer, OfflineReplayBuffer
 from sb3_iql.data.device_buffers import DeviceDictReplayBuffer, DeviceReplayBuffer
 from sb3_iql.data.minari_loader import DatasetLike, Transitions, check_spaces, load_transitions, resolve_datasets
 from sb3_iql.data.rewards import RewardTransformLike, make_reward_transform
+from sb3_iql.iql import update
 from sb3_iql.iql.fast_update import CudaGraphUpdate, FunctionalUpdate
-from sb3_iql.iql.losses import awr_actor_loss, awr_weights, expectile_loss, twin_critic_loss
 from sb3_iql.iql.policies import Actor, EnsembleCritic, IQLPolicy, MlpPolicy, MultiInputPolicy, ValueNetwork
+from sb3_iql.iql.update import METRIC_NAMES, Batch, UpdateSettings
 
 SelfIQL = TypeVar("SelfIQL", bound="IQL")
 UpdateOrder = Literal["sequential", "joint"]
@@ -34,8 +35,6 @@ UPDATE_ORDERS: tuple[UpdateOrder, ...] = ("sequential", "joint")
 ACTION_CLIP_EPS = 1e-5
 #: Room left in the default replay buffer for online fine-tuning data, in transitions.
 ONLINE_BUFFER_ROOM = 1_000_000
-#: Names of the training metrics returned by one update, in order.
-METRIC_NAMES = ("value_loss", "actor_loss", "critic_loss", "v_mean", "q_mean", "advantage_mean", "awr_weight_mean")
 
 
 class IQL(OffPolicyAlgorithm):
@@ -316,68 +315,61 @@ class IQL(OffPolicyAlgorithm):
         # Online rewards go through the same transform as the offline ones.
         super()._store_transition(replay_buffer, buffer_action, new_obs, self.reward_transform_fn(reward), dones, infos)
 
+    def _update_settings(self) -> UpdateSettings:
+        """The hyperparameters of the update, read from the model at every call (they may be changed)."""
+        return UpdateSettings(self.gamma, self.expectile, self.beta, self.max_weight, self.update_order == "joint")
+
     def _update(self, replay_data: Any) -> th.Tensor:
         """
-        One IQL gradient step, in the reference order: V, then actor (new V, target Q), then Q (new V), then Polyak.
-        With ``update_order="joint"`` the Q target uses V(s') from before V's step (d3rlpy); nothing else changes,
-        since the actor and the critics do not depend on each other within a step.
+        One IQL gradient step (``sb3_iql/iql/update.py``), in the reference order: V, then actor (new V, target Q),
+        then Q (new V), then Polyak. With ``update_order="joint"`` the Q target uses V(s') from before V's step
+        (d3rlpy); nothing else changes, since the actor and the critics do not depend on each other within a step.
 
         :param replay_data: a batch from the replay buffer (observations, actions, next_observations, dones, rewards)
         :return: the metrics named in ``METRIC_NAMES``, shape ``(len(METRIC_NAMES),)``, still on the device
         """
-        observations, actions, next_observations = replay_data.observations, replay_data.actions, replay_data.next_observations
-        rewards, dones = replay_data.rewards.flatten(), replay_data.dones.flatten()
-
+        batch, settings = Batch.from_replay_data(replay_data), self._update_settings()
         # 1. Value: expectile regression towards the smaller target critic, on dataset actions.
-        with th.no_grad():
-            target_q = self.critic_target(observations, actions).min(dim=0).values
-            if self.update_order == "joint":
-                td_target = rewards + self.gamma * (1.0 - dones) * self.value_net(next_observations)
-        value = self.value_net(observations)
-        value_loss = expectile_loss(target_q - value, self.expectile)
-        self.value_net.optimizer.zero_grad(set_to_none=True)
-        value_loss.backward()
-        self.value_net.optimizer.step()
-
+        value_targets = update.value_targets(self.critic_target, self.value_net, batch, settings)
+        value_loss, values = update.value_objective(self.value_net, batch, value_targets, settings)
+        self._gradient_step(self.value_net.optimizer, value_loss)
         # 2. Actor: advantage-weighted regression with the new V.
-        with th.no_grad():
-            advantage = target_q - self.value_net(observations)
-            weights = awr_weights(advantage, self.beta, self.max_weight)
-        actor_loss = awr_actor_loss(self.actor.log_prob(observations, actions), weights)
-        self.actor.optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor.optimizer.step()
-
-        # 3. Critics: regression towards r + gamma * (1 - terminal) * V(s'), with the new V.
-        if self.update_order == "sequential":
-            with th.no_grad():
-                td_target = rewards + self.gamma * (1.0 - dones) * self.value_net(next_observations)
-        current_q = self.critic(observations, actions)
-        critic_loss = twin_critic_loss(current_q, td_target)
-        self.critic.optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic.optimizer.step()
-
+        policy_targets = update.policy_targets(self.value_net, batch, value_targets, settings)
+        actor_loss = update.actor_objective(self.actor.log_prob, batch, policy_targets)
+        self._gradient_step(self.actor.optimizer, actor_loss)
+        # 3. Critics: regression towards r + gamma * (1 - terminal) * V(s').
+        critic_loss, current_q = update.critic_objective(self.critic, batch, policy_targets)
+        self._gradient_step(self.critic.optimizer, critic_loss)
         # 4. Polyak averaging of the target critics: Qt <- Qt + tau * (Q - Qt).
         with th.no_grad():
             th._foreach_lerp_(self._critic_target_params, self._critic_params, self.tau)
+        return update.update_metrics(value_loss, actor_loss, critic_loss, values, current_q, policy_targets)
 
-        return th.stack(
-            [value_loss, actor_loss, critic_loss, value.mean(), current_q.mean(), advantage.mean(), weights.mean()]
-        ).detach()
+    @staticmethod
+    def _gradient_step(optimizer: th.optim.Optimizer, loss: th.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def _functional_update(self, compile_mode: str | None = "default", tensor_lr: bool = False) -> FunctionalUpdate:
+        """The same update with ``torch.func`` gradients and direct fused Adam steps (``fast_update.py``)."""
+        networks = (self.value_net, self.actor, self.critic, self.critic_target)
+        return FunctionalUpdate(*networks, self._update_settings(), self.tau, compile_mode, tensor_lr)
 
     def _update_function(self) -> Callable[[Any], th.Tensor]:
         """
         The update to run: ``_update`` (eager), or its compiled or graph-captured version (built on first use,
-        and again after the optimizers' state was replaced, e.g. by ``load``).
+        and again after the optimizers' state was replaced, e.g. by ``load``, or a hyperparameter was changed).
         """
         if not self.compile_update:
             return self._update
-        if self._fast_update is None or self._fast_update.state_replaced():
+        fast = self._fast_update
+        if fast is None or fast.state_replaced() or fast.settings != self._update_settings() or fast.tau != self.tau:
             if self.compile_update == "cudagraph":
-                self._fast_update = CudaGraphUpdate(self, self.replay_buffer.sample(self.batch_size))
+                example = self.replay_buffer.sample(self.batch_size)
+                self._fast_update = CudaGraphUpdate(self._functional_update(None, tensor_lr=True), example)
             else:
-                self._fast_update = FunctionalUpdate(self)
+                self._fast_update = self._functional_update()
         return self._fast_update
 
     def _actor_learning_rate(self, offline: bool) -> float:

@@ -1,0 +1,171 @@
+"""
+The IQL update's math, defined once (Kostrikov et al., 2022), for every training path.
+
+One gradient step, in the reference order:
+
+1. ``value_targets``: the smaller target critic on the dataset action, ``min_i Qt_i(s, a)`` (and, in the
+   ``"joint"`` order, V(s') before V's step);
+2. ``value_objective``: expectile regression of V(s) towards it;
+3. ``policy_targets``: with the NEW V, the advantage, the AWR weights and the TD target ``r + gamma (1 - d) V(s')``;
+4. ``actor_objective``: advantage-weighted log-likelihood of the dataset actions;
+5. ``critic_objective``: regression of every Q critic towards the TD target;
+6. Polyak averaging of the target critics (done by the caller).
+
+Each objective takes the network it trains as a callable, so the same function serves the eager path
+(``IQL._update``: the module itself, ``loss.backward()``) and the functional paths (``FunctionalUpdate``:
+``torch.func.functional_call`` with explicit parameters, ``torch.func.grad``); those keep only the gradient,
+optimizer and Polyak mechanics. A discrete-action variant changes the callables (Q of the dataset action picked
+from one output per action, a categorical log-likelihood), not these steps.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch as th
+
+from sb3_iql.iql.losses import awr_actor_loss, awr_weights, expectile_loss, twin_critic_loss
+
+#: Names of the training metrics returned by one update, in order.
+METRIC_NAMES = ("value_loss", "actor_loss", "critic_loss", "v_mean", "q_mean", "advantage_mean", "awr_weight_mean")
+
+Observations = Any  # a tensor (batch, *obs_shape) or a dict of them
+ValueFn = Callable[[Observations], th.Tensor]  # V(s): (batch,)
+QFn = Callable[[Observations, th.Tensor], th.Tensor]  # Q_i(s, a) of every critic: (n_critics, batch)
+LogProbFn = Callable[[Observations, th.Tensor], th.Tensor]  # log pi(a | s): (batch,)
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    """
+    The hyperparameters of one IQL gradient step.
+
+    :param gamma: discount factor
+    :param expectile: tau of the expectile value loss, in (0, 1)
+    :param beta: inverse temperature of the advantage weights (0: behaviour cloning)
+    :param max_weight: clip of the advantage weights
+    :param joint_order: the TD target takes V(s') from before V's step (d3rlpy's order) instead of after it
+    """
+
+    gamma: float
+    expectile: float
+    beta: float
+    max_weight: float
+    joint_order: bool = False
+
+
+class Batch(NamedTuple):
+    """
+    :param observations: ``(batch, *obs_shape)`` or a dict of them
+    :param actions: scaled dataset actions, ``(batch, action_dim)``
+    :param next_observations: like ``observations``
+    :param rewards: transformed rewards, ``(batch,)``
+    :param dones: 1 for terminal transitions (not for time limits), ``(batch,)``
+    """
+
+    observations: Observations
+    actions: th.Tensor
+    next_observations: Observations
+    rewards: th.Tensor
+    dones: th.Tensor
+
+    @classmethod
+    def from_replay_data(cls, replay_data: Any) -> "Batch":
+        """:param replay_data: SB3 replay samples (rewards and dones of shape ``(batch, 1)``)"""
+        return cls(
+            replay_data.observations,
+            replay_data.actions,
+            replay_data.next_observations,
+            replay_data.rewards.flatten(),
+            replay_data.dones.flatten(),
+        )
+
+
+class ValueTargets(NamedTuple):
+    """:param target_q: ``min_i Qt_i(s, a)``, ``(batch,)``; :param next_value: V(s') before V's step, or None"""
+
+    target_q: th.Tensor
+    next_value: th.Tensor | None
+
+
+class PolicyTargets(NamedTuple):
+    """Advantage ``(batch,)``, AWR weights ``(batch,)`` and TD target ``(batch,)``, all without gradient."""
+
+    advantage: th.Tensor
+    weights: th.Tensor
+    td_target: th.Tensor
+
+
+def td_target(next_value: th.Tensor, batch: Batch, settings: UpdateSettings) -> th.Tensor:
+    """:return: ``r + gamma * (1 - terminal) * V(s')``, shape ``(batch,)``"""
+    return batch.rewards + settings.gamma * (1.0 - batch.dones) * next_value
+
+
+@th.no_grad()
+def value_targets(critic_target: QFn, value: ValueFn, batch: Batch, settings: UpdateSettings) -> ValueTargets:
+    """Step 1: the target of the value loss (and V(s') before V's step in the joint order)."""
+    target_q = critic_target(batch.observations, batch.actions).min(dim=0).values
+    next_value = value(batch.next_observations) if settings.joint_order else None
+    return ValueTargets(target_q, next_value)
+
+
+def value_objective(
+    value: ValueFn, batch: Batch, targets: ValueTargets, settings: UpdateSettings
+) -> tuple[th.Tensor, th.Tensor]:
+    """Step 2. :return: the expectile value loss (scalar) and V(s) ``(batch,)``"""
+    values = value(batch.observations)
+    return expectile_loss(targets.target_q - values, settings.expectile), values
+
+
+@th.no_grad()
+def policy_targets(
+    value: ValueFn, batch: Batch, targets: ValueTargets, settings: UpdateSettings, both_values: ValueFn | None = None
+) -> PolicyTargets:
+    """
+    Step 3, with the value network after its step.
+
+    :param both_values: optional V evaluated on observations and next observations in one call (returns
+        ``(V(s), V(s'))``), used by the fast paths to run one forward pass instead of two
+    """
+    if targets.next_value is not None:  # joint order: the TD target keeps V(s') from before V's step
+        new_value, next_value = value(batch.observations), targets.next_value
+    elif both_values is not None:
+        new_value, next_value = both_values(batch.observations, batch.next_observations)
+    else:
+        new_value, next_value = value(batch.observations), value(batch.next_observations)
+    advantage = targets.target_q - new_value
+    weights = awr_weights(advantage, settings.beta, settings.max_weight)
+    return PolicyTargets(advantage, weights, td_target(next_value, batch, settings))
+
+
+def actor_objective(log_prob: LogProbFn, batch: Batch, targets: PolicyTargets) -> th.Tensor:
+    """Step 4. :return: the AWR actor loss (scalar)"""
+    return awr_actor_loss(log_prob(batch.observations, batch.actions), targets.weights)
+
+
+def critic_objective(critic: QFn, batch: Batch, targets: PolicyTargets) -> tuple[th.Tensor, th.Tensor]:
+    """Step 5. :return: the summed critic loss (scalar) and ``Q_i(s, a)`` ``(n_critics, batch)``"""
+    current_q = critic(batch.observations, batch.actions)
+    return twin_critic_loss(current_q, targets.td_target), current_q
+
+
+def update_metrics(
+    value_loss: th.Tensor,
+    actor_loss: th.Tensor,
+    critic_loss: th.Tensor,
+    values: th.Tensor,
+    current_q: th.Tensor,
+    targets: PolicyTargets,
+) -> th.Tensor:
+    """:return: the metrics named in ``METRIC_NAMES``, shape ``(len(METRIC_NAMES),)``, detached, on the device"""
+    return th.stack(
+        [
+            value_loss,
+            actor_loss,
+            critic_loss,
+            values.mean(),
+            current_q.mean(),
+            targets.advantage.mean(),
+            targets.weights.mean(),
+        ]
+    ).detach()
