@@ -1,14 +1,21 @@
-"""Evaluation callback that also reports D4RL-style normalized scores from a Minari dataset's reference scores."""
+"""
+Callbacks: SB3's evaluation with D4RL-style normalized scores (from a Minari dataset's reference scores), and the
+progress bar of offline training, where one step is one gradient update.
+"""
 
+import math
 import os
-from typing import Any
+import sys
+import time
+from typing import Any, TextIO
 
 import gymnasium as gym
 import minari
 import numpy as np
-from stable_baselines3.common.callbacks import EvalCallback
+from stable_baselines3.common.callbacks import EvalCallback, ProgressBarCallback
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv
+from tqdm.auto import tqdm
 
 from sb3_iql import evaluation
 from sb3_iql.data.minari_loader import load_dataset
@@ -150,4 +157,120 @@ class NormalizedEvalCallback(EvalCallback):
         )
 
 
-__all__ = ["NormalizedEvalCallback"]
+#: Updates between two refreshes of the progress bar's evaluation figures.
+POSTFIX_REFRESH_UPDATES = 100
+#: Percent of the planned updates between two lines of the progress bar when its output is not a terminal.
+PLAIN_LINE_PERCENT = 5.0
+
+
+def _in_notebook() -> bool:
+    """:return: whether this runs in a Jupyter kernel, where ``tqdm.auto`` draws a widget (``sys.stderr`` is no tty)"""
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+class PlainLineProgress:
+    """
+    The progress bar's output where it is not a terminal (CI logs, files): one plain line (tqdm's format) every
+    ``percent`` percent of ``total``, and the last one at the end, instead of a bar redrawn with ``\\r`` at every
+    update. It has the part of ``tqdm``'s interface that the progress bar uses.
+
+    :param total: planned updates
+    :param file: the stream to write to
+    :param percent: percent of ``total`` between two lines
+    :param unit: unit of the counts
+    """
+
+    def __init__(self, total: int, file: TextIO, percent: float = PLAIN_LINE_PERCENT, unit: str = "upd"):
+        if not 0 < percent <= 100:
+            raise ValueError(f"percent must be in (0, 100], got {percent}")
+        self.total, self.file, self.unit = total, file, unit
+        self.lines_every = max(1, math.ceil(total * percent / 100))
+        self.n = 0
+        self.postfix = ""
+        self._printed_n: int | None = None
+        self._start = time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        """Count ``n`` more; print a line when a multiple of ``lines_every`` has been passed."""
+        previous, self.n = self.n, self.n + n
+        if self.n // self.lines_every > previous // self.lines_every:
+            self.refresh()
+
+    def set_postfix(self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **kwargs: Any) -> None:
+        """Figures shown at the end of the next lines (``key=value``), as ``tqdm.set_postfix``."""
+        figures = {**(ordered_dict or {}), **kwargs}
+        self.postfix = ", ".join(f"{key}={value}" for key, value in figures.items())
+        if refresh:
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Print the current line, unless it was the last one printed."""
+        if self._printed_n == self.n:
+            return
+        line = tqdm.format_meter(
+            self.n, self.total, time.perf_counter() - self._start, unit=self.unit, ascii=True, postfix=self.postfix
+        )
+        print(line, file=self.file, flush=True)
+        self._printed_n = self.n
+
+    def close(self) -> None:
+        self.file.flush()
+
+
+class UpdatesProgressBarCallback(ProgressBarCallback):
+    """
+    SB3's ``ProgressBarCallback`` for offline training: updates done out of planned, updates/s, and the latest mean
+    evaluation return (and normalized score, when it has one) of an ``EvalCallback`` running beside it. On a
+    terminal (or in a notebook) it is a ``tqdm`` bar; where the output is not a terminal (CI logs, files) it prints
+    one plain line every :data:`PLAIN_LINE_PERCENT` percent (20 lines) instead of thousands of ``\\r`` redraws.
+
+    It counts ``num_timesteps``: one per update offline, one per environment step online (as SB3's bar).
+
+    :param eval_callback: the evaluation callback whose latest results are shown, if any
+    :param file: the stream to write to (default: ``sys.stderr``, as ``tqdm``)
+    :param line_percent: percent of the planned updates between two lines when ``file`` is not a terminal
+    """
+
+    pbar: "tqdm | PlainLineProgress"  # type: ignore[assignment]
+
+    def __init__(
+        self, eval_callback: EvalCallback | None = None, file: TextIO | None = None, line_percent: float = PLAIN_LINE_PERCENT
+    ):
+        super().__init__()
+        self.eval_callback = eval_callback
+        self.file = file
+        self.line_percent = line_percent
+        self._counted = 0  # num_timesteps already shown
+
+    def _on_training_start(self) -> None:
+        # As SB3's bar: the total of learn() / learn_offline(), without the timesteps of earlier runs.
+        self._counted = self.model.num_timesteps
+        total = self.locals["total_timesteps"] - self._counted
+        file = sys.stderr if self.file is None else self.file
+        isatty = getattr(file, "isatty", None)
+        if (isatty is not None and isatty()) or (self.file is None and _in_notebook()):
+            self.pbar = tqdm(total=total, unit="upd", dynamic_ncols=True, file=file)
+        else:
+            self.pbar = PlainLineProgress(total, file, self.line_percent)
+
+    def _on_step(self) -> bool:
+        if self.eval_callback is not None and self.n_calls % POSTFIX_REFRESH_UPDATES == 0:
+            self.pbar.set_postfix(self._latest_evaluation(), refresh=False)
+        self.pbar.update(self.num_timesteps - self._counted)
+        self._counted = self.num_timesteps
+        return True
+
+    def _latest_evaluation(self) -> dict[str, float]:
+        """:return: the newest evaluation figures (empty before the first evaluation)"""
+        assert self.eval_callback is not None
+        if math.isinf(self.eval_callback.last_mean_reward):  # no evaluation yet
+            return {}
+        figures = {"eval_return": round(float(self.eval_callback.last_mean_reward), 2)}
+        score = getattr(self.eval_callback, "last_normalized_score", None)
+        if score is not None:
+            figures["eval_score"] = round(float(score), 1)
+        return figures
+
+
+__all__ = ["NormalizedEvalCallback", "PlainLineProgress", "UpdatesProgressBarCallback"]

@@ -41,8 +41,7 @@ from stable_baselines3.common.callbacks import BaseCallback, EvalCallback, Progr
 from stable_baselines3.common.logger import Logger, make_output_format
 from stable_baselines3.common.utils import configure_logger
 
-from sb3_iql.callbacks import NormalizedEvalCallback
-from sb3_iql.common.callbacks import UpdatesProgressBarCallback
+from sb3_iql.callbacks import NormalizedEvalCallback, UpdatesProgressBarCallback
 from sb3_iql.data.minari_loader import load_dataset
 from sb3_iql.iql import IQL
 from sb3_iql.presets import preset_for
@@ -162,7 +161,7 @@ class IQLExperimentManager(ExperimentManager):
                 assert evaluation is not None
                 callbacks.append(evaluation)
             elif isinstance(callback, ProgressBarCallback):
-                # SB3's bar reads learn()'s total_timesteps, which the offline phase has not.
+                # SB3's bar, counting updates offline, with the evaluation figures and plain lines in log files.
                 callbacks.append(UpdatesProgressBarCallback(evaluation))
             else:
                 callbacks.append(callback)

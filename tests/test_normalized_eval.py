@@ -1,5 +1,6 @@
 """NormalizedEvalCallback: D4RL-style normalized scores next to SB3's evaluation figures."""
 
+import io
 import pathlib
 from collections.abc import Iterator
 
@@ -7,14 +8,13 @@ import gymnasium as gym
 import minari
 import numpy as np
 import pytest
-from stable_baselines3.common.callbacks import EvalCallback
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback, ProgressBarCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.monitor import Monitor
 from toy_data import LINE_ENV_ID, LineEnv, bad_policy, good_policy, rollout_episodes, write_dataset
 
 from sb3_iql import IQL
-from sb3_iql.callbacks import NormalizedEvalCallback
-from sb3_iql.common.callbacks import UpdatesProgressBarCallback
+from sb3_iql.callbacks import NormalizedEvalCallback, UpdatesProgressBarCallback
 from sb3_iql.plotting import read_progress
 
 REF_MIN, REF_MAX = -16.0, -2.0
@@ -97,3 +97,52 @@ def test_errors():
         NormalizedEvalCallback(Monitor(LineEnv()), ref_min_score=1.0, ref_max_score=1.0)
     with pytest.raises(ValueError, match="needs an eval_env or a dataset"):
         NormalizedEvalCallback()
+
+
+class TerminalStream(io.StringIO):
+    """A captured stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+class StopAfter(BaseCallback):
+    def __init__(self, n_updates: int):
+        super().__init__()
+        self.n_updates = n_updates
+
+    def _on_step(self) -> bool:
+        return self.n_calls < self.n_updates
+
+
+def test_progress_bar_prints_plain_lines_where_the_output_is_not_a_terminal(line_datasets, tmp_path, capsys):
+    scored, _ = line_datasets
+    model = tiny_model(scored, tmp_path)
+    stream = io.StringIO()
+    model.learn_offline(400, callback=UpdatesProgressBarCallback(file=stream))
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue()
+    assert len(lines) == 20  # every 5%, the last one at 100%
+    assert "20/400" in lines[0] and "400/400" in lines[-1] and "upd/s" in lines[-1]
+    # learn_offline(progress_bar=True) writes to sys.stderr, which pytest captures: no terminal either.
+    model.learn_offline(200, progress_bar=True)
+    assert len(capsys.readouterr().err.splitlines()) == 20
+    # A stopped run ends with a line at the updates done.
+    stream = io.StringIO()
+    model.learn_offline(400, callback=[StopAfter(30), UpdatesProgressBarCallback(file=stream)])
+    assert len(stream.getvalue().splitlines()) == 2 and "30/400" in stream.getvalue().splitlines()[-1]
+
+
+def test_progress_bar_is_sb3s_tqdm_bar_on_a_terminal(line_datasets, tmp_path):
+    scored, _ = line_datasets
+    assert isinstance(UpdatesProgressBarCallback(), ProgressBarCallback)
+    evaluation = NormalizedEvalCallback(dataset=scored, eval_freq=100, n_eval_episodes=1)
+    stream = TerminalStream()
+    tiny_model(scored, tmp_path).learn_offline(300, callback=[evaluation, UpdatesProgressBarCallback(evaluation, stream)])
+    output = stream.getvalue()
+    assert "\r" in output and output.count("\n") == 1  # redrawn in place, closed once
+    assert "300/300" in output.rsplit("\r", 1)[-1] and "eval_score=" in output
+    # A stopped run: SB3's closing code shows the updates done.
+    stream = TerminalStream()
+    tiny_model(scored, tmp_path).learn_offline(300, callback=[StopAfter(50), UpdatesProgressBarCallback(file=stream)])
+    assert "50/300" in stream.getvalue().rsplit("\r", 1)[-1]

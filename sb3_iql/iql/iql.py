@@ -17,7 +17,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import update_learning_rate
 
-from sb3_iql.common.callbacks import UpdatesProgressBarCallback
+from sb3_iql.callbacks import UpdatesProgressBarCallback
 from sb3_iql.data.buffers import OfflineDictReplayBuffer, OfflineReplayBuffer
 from sb3_iql.data.device_buffers import DeviceDictReplayBuffer, DeviceReplayBuffer
 from sb3_iql.data.minari_loader import DatasetLike, Transitions, check_spaces, load_transitions, resolve_datasets
