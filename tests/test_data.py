@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import DummyVecEnv
-from toy_data import SpacesEnv, make_episode, write_dataset
+from toy_data import make_episode, write_dataset
 
 from sb3_iql import IQL
+from sb3_iql.common.synthetic import SpacesEnv
 from sb3_iql.data import DatasetNotFoundError, OfflineReplayBuffer
 from sb3_iql.data.rewards import LOCOMOTION_RETURN_SCALE
 

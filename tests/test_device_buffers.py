@@ -9,9 +9,10 @@ from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.save_util import load_from_pkl, save_to_pkl
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
-from toy_data import LineEnv, SpacesEnv
+from toy_data import LineEnv
 
 from sb3_iql import IQL
+from sb3_iql.common.synthetic import SpacesEnv
 from sb3_iql.data import OfflineDictReplayBuffer, OfflineReplayBuffer
 from sb3_iql.data.device_buffers import DeviceDictReplayBuffer, DeviceReplayBuffer
 

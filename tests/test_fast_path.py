@@ -16,9 +16,9 @@ import pytest
 import stable_baselines3.common.policies
 import torch as th
 from gymnasium import spaces
-from toy_data import SpacesEnv, synthetic_transitions
 
 from sb3_iql import IQL
+from sb3_iql.common.synthetic import SpacesEnv, synthetic_transitions
 from sb3_iql.data import OfflineReplayBuffer
 from sb3_iql.data.device_buffers import DeviceReplayBuffer
 from sb3_iql.iql.fast_update import CudaGraphUpdate, FunctionalUpdate

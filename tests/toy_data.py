@@ -1,7 +1,6 @@
 """Small environments and Minari datasets written by the tests themselves."""
 
 from collections.abc import Callable, Sequence
-from types import SimpleNamespace
 from typing import Any
 
 import gymnasium as gym
@@ -134,33 +133,4 @@ def write_dataset(
         action_space=action_space,
         ref_min_score=ref_min_score,
         ref_max_score=ref_max_score,
-    )
-
-
-class SpacesEnv(gym.Env):
-    """An environment with the given spaces whose episodes last one step: enough to build a model around a dataset."""
-
-    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space):
-        self.observation_space = observation_space
-        self.action_space = action_space
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
-        super().reset(seed=seed)
-        return self.observation_space.sample(), {}
-
-    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
-        return self.observation_space.sample(), 0.0, False, True, {}
-
-
-def synthetic_transitions(obs_dim: int, action_dim: int, n_transitions: int, seed: int = 0) -> SimpleNamespace:
-    """Random transitions in episodes of 1000 steps ending by time limit, float32, actions in [-0.99, 0.99]."""
-    rng = np.random.default_rng(seed)
-    observations = rng.standard_normal((n_transitions, obs_dim), dtype=np.float32)
-    return SimpleNamespace(
-        observations=observations,
-        next_observations=np.roll(observations, -1, axis=0),
-        actions=rng.uniform(-0.99, 0.99, (n_transitions, action_dim)).astype(np.float32),
-        rewards=rng.standard_normal(n_transitions, dtype=np.float32) - 1.0,
-        dones=np.zeros(n_transitions, np.float32),
-        timeouts=(np.arange(n_transitions) % 1000 == 999).astype(np.float32),
     )
