@@ -14,10 +14,9 @@ from collections.abc import Sequence
 
 import torch as th
 
-from sb3_iql import evaluate
+from sb3_iql import IQL, evaluate
 from sb3_iql.callbacks import NormalizedEvalCallback
 from sb3_iql.datasets import ensure_dataset
-from sb3_iql.presets import from_preset
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -36,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     dataset = ensure_dataset(args.dataset, n_steps=args.dataset_steps)
     # The environment defaults to the dataset's evaluation environment: the fixed goal of the benchmark.
-    model = from_preset(args.dataset, finetune=True, offline_steps=args.updates, seed=args.seed, device=args.device)
+    model = IQL.from_preset(args.dataset, finetune=True, offline_steps=args.updates, seed=args.seed, device=args.device)
     evaluation = NormalizedEvalCallback(
         dataset=dataset, eval_freq=args.eval_freq, n_eval_episodes=args.eval_episodes, verbose=0
     )

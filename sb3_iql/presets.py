@@ -9,6 +9,9 @@ Lookup order of :func:`preset_for`:
 
 An entry is in rl-zoo format: IQL constructor arguments plus the rl-zoo keys in :data:`ZOO_ONLY_KEYS`
 (``n_timesteps``: environment steps after the offline phase, 0 for a pure offline run).
+
+Presets are data: this module builds no model (it imports nothing of the package). :func:`preset_arguments` gives
+the constructor arguments of a dataset's preset, and ``IQL.from_preset`` builds the model from them.
 """
 
 import copy
@@ -18,10 +21,6 @@ from functools import cache
 from typing import Any
 
 import yaml
-from stable_baselines3.common.type_aliases import GymEnv
-
-from sb3_iql.data.minari_loader import load_dataset
-from sb3_iql.iql import IQL
 
 #: The presets shipped with the package.
 DEFAULT_PRESETS_PATH = os.path.join(os.path.dirname(__file__), "hyperparams", "iql.yml")
@@ -140,37 +139,21 @@ def iql_kwargs(preset: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in preset.items() if key not in ZOO_ONLY_KEYS}
 
 
-def from_preset(
-    dataset_id: str,
-    env: GymEnv | str | None = None,
-    finetune: bool = False,
-    path: str | None = None,
-    model_class: type[IQL] = IQL,
-    **overrides: Any,
-) -> IQL:
+def preset_arguments(dataset_id: str, finetune: bool = False, path: str | None = None) -> dict[str, Any]:
     """
-    Build IQL for a dataset with the paper's hyperparameters (see :func:`preset_for`), the dataset loaded.
+    The IQL constructor arguments of a dataset's preset (see :func:`preset_for`), from which ``IQL.from_preset``
+    builds the model: ``policy``, ``offline_dataset=dataset_id`` and the preset's hyperparameters, without the rl-zoo
+    keys.
 
-    The online budget of a fine-tuning preset is ``preset_for(dataset_id, finetune=True)["n_timesteps"]``:
-    ``model.learn(n_timesteps)`` runs the offline updates first, then the online steps.
+    The online budget of a fine-tuning preset is not an argument: it is
+    ``preset_for(dataset_id, finetune=True)["n_timesteps"]``, for ``model.learn(n_timesteps)``.
 
-    :param dataset_id: Minari dataset id, stored locally (or pass ``download_dataset=True``)
-    :param env: environment for evaluation and online fine-tuning (default: the dataset's evaluation environment,
-        which is the collection environment when the dataset stores no other)
-    :param finetune: use the fine-tuning preset (constant actor lr, ``learning_starts=0``...)
+    :param dataset_id: Minari dataset id
+    :param finetune: the fine-tuning preset instead of the offline one
     :param path: a YAML preset file (default: the package's)
-    :param model_class: the class to build, ``IQL`` or a subclass
-    :param overrides: IQL constructor arguments that replace the preset's (``offline_steps``, ``policy``, ``seed``,
-        ``verbose``, ``device``...)
-    :return: the model, with the dataset in its replay buffer
+    :return: a new dict: ``IQL(arguments.pop("policy"), env, **arguments)`` builds the model
     :raises PresetNotFoundError: no preset applies to ``dataset_id``
     """
-    kwargs = {**iql_kwargs(preset_for(dataset_id, finetune, path)), **overrides}
-    kwargs.setdefault("offline_dataset", dataset_id)
-    if env is None and isinstance(kwargs["offline_dataset"], str):
-        # The evaluation environment (fixed goal for the mazes), also the one to fine-tune in.
-        env = load_dataset(kwargs["offline_dataset"], download=kwargs.get("download_dataset", False)).recover_environment(
-            eval_env=True
-        )
-    policy = kwargs.pop("policy", "MlpPolicy")
-    return model_class(policy, env, **kwargs)
+    arguments = iql_kwargs(preset_for(dataset_id, finetune, path))
+    arguments.setdefault("offline_dataset", dataset_id)
+    return arguments

@@ -13,10 +13,10 @@ from sb3_iql.presets import (
     DEFAULT_PRESETS_PATH,
     ZOO_ONLY_KEYS,
     PresetNotFoundError,
-    from_preset,
     iql_kwargs,
     known_presets,
     load_presets,
+    preset_arguments,
     preset_for,
     preset_key,
 )
@@ -119,8 +119,19 @@ def test_every_entry_is_made_of_iql_arguments_and_rl_zoo_keys():
         assert preset["policy"] == "MlpPolicy" and "n_timesteps" in preset, key
 
 
+def test_preset_arguments_are_iql_constructor_arguments_with_the_dataset():
+    arguments = preset_arguments("D4RL/antmaze/umaze-v1", finetune=True)
+    assert arguments == {
+        **iql_kwargs(preset_for("D4RL/antmaze/umaze-v1", finetune=True)),
+        "offline_dataset": "D4RL/antmaze/umaze-v1",
+    }
+    assert set(arguments) <= IQL_ARGUMENTS and arguments["policy"] == "MlpPolicy"
+    with pytest.raises(PresetNotFoundError):
+        preset_arguments("nobody/nothing-v0")
+
+
 def test_from_preset_builds_iql_with_the_preset_and_overrides(maze_root):
-    model = from_preset(MAZE_ID, offline_steps=6, batch_size=16, policy_kwargs={"net_arch": [16]}, seed=0)
+    model = IQL.from_preset(MAZE_ID, offline_steps=6, batch_size=16, policy_kwargs={"net_arch": [16]}, seed=0)
     assert (model.expectile, model.beta, model.reward_transform) == (0.9, 10.0, "antmaze")
     assert (model.offline_steps, model.batch_size, model.actor_lr_schedule) == (6, 16, "cosine")
     assert model.offline_dataset_ids == [MAZE_ID]
@@ -135,8 +146,8 @@ def test_from_preset_builds_iql_with_the_preset_and_overrides(maze_root):
     class MyIQL(IQL):
         pass
 
-    finetune = from_preset(MAZE_ID, finetune=True, model_class=MyIQL, offline_steps=2, policy_kwargs={"net_arch": [16]})
+    finetune = MyIQL.from_preset(MAZE_ID, finetune=True, offline_steps=2, policy_kwargs={"net_arch": [16]})
     assert isinstance(finetune, MyIQL)
     assert (finetune.actor_lr_schedule, finetune.learning_starts) == ("constant", 0)
     with pytest.raises(PresetNotFoundError):
-        from_preset("nobody/nothing-v0")
+        IQL.from_preset("nobody/nothing-v0")

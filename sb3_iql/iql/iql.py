@@ -26,6 +26,7 @@ from sb3_iql.iql import update
 from sb3_iql.iql.fast_update import CudaGraphUpdate, FunctionalUpdate
 from sb3_iql.iql.policies import Actor, EnsembleCritic, IQLPolicy, MlpPolicy, MultiInputPolicy, ValueNetwork
 from sb3_iql.iql.update import METRIC_NAMES, Batch, UpdateSettings
+from sb3_iql.presets import preset_arguments
 
 SelfIQL = TypeVar("SelfIQL", bound="IQL")
 UpdateOrder = Literal["sequential", "joint"]
@@ -220,18 +221,25 @@ class IQL(OffPolicyAlgorithm):
         **overrides: Any,
     ) -> SelfIQL:
         """
-        A model with the paper's hyperparameters for a dataset (``sb3_iql/hyperparams/iql.yml``), see
-        ``sb3_iql.presets.from_preset``.
+        A model with the paper's hyperparameters for a dataset (``sb3_iql/hyperparams/iql.yml``, looked up by
+        ``sb3_iql.presets.preset_for``), the dataset loaded in its replay buffer.
 
-        :param dataset_id: Minari id, e.g. ``"D4RL/antmaze/large-diverse-v1"`` or ``"mujoco/hopper/medium-v0"``
-        :param env: environment (default: the dataset's evaluation environment)
-        :param finetune: the fine-tuning preset (offline then online) instead of the offline one
-        :param path: another preset file
-        :param overrides: IQL arguments that replace the preset's
+        The online budget of a fine-tuning preset is ``preset_for(dataset_id, finetune=True)["n_timesteps"]``:
+        ``model.learn(n_timesteps)`` runs the offline updates first, then the online steps.
+
+        :param dataset_id: Minari id, e.g. ``"D4RL/antmaze/large-diverse-v1"`` or ``"mujoco/hopper/medium-v0"``,
+            stored locally (or pass ``download_dataset=True``)
+        :param env: environment for evaluation and fine-tuning (default: the dataset's evaluation environment, as
+            for any ``offline_dataset``)
+        :param finetune: the fine-tuning preset (offline then online, constant actor lr) instead of the offline one
+        :param path: another preset file in the same format
+        :param overrides: IQL arguments that replace the preset's (``offline_steps``, ``policy``, ``seed``,
+            ``device``...)
+        :return: the model (of this class, for a subclass)
+        :raises sb3_iql.presets.PresetNotFoundError: no preset applies to ``dataset_id``
         """
-        from sb3_iql.presets import from_preset  # presets imports this module
-
-        return from_preset(dataset_id, env, finetune, path, model_class=cls, **overrides)
+        arguments = {**preset_arguments(dataset_id, finetune, path), **overrides}
+        return cls(arguments.pop("policy", "MlpPolicy"), env, **arguments)
 
     @staticmethod
     def _check_options(expectile: float, actor_lr_schedule: str, update_order: str, compile_update: bool | str) -> None:
