@@ -1,0 +1,377 @@
+"""
+Offline training as a layer of its own: an SB3 off-policy algorithm that loads a Minari dataset into its replay
+buffer, trains on it without an environment (``learn_offline``), then goes on online with SB3's own ``learn()`` on
+the same buffer. IQL builds on it; so can any other offline algorithm (BC, TD3+BC, a discrete IQL).
+
+A subclass provides ``metric_names``, ``_update_function()`` (one gradient step on a replay batch, returning the
+metrics as a device tensor) and ``_set_learning_rates(offline)``; it sets its own attributes before calling
+``OfflineAlgorithm.__init__``, which builds the model and loads the data.
+"""
+
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+import gymnasium as gym
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common import utils
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+
+from sb3_iql.callbacks import UpdatesProgressBarCallback
+from sb3_iql.data.buffers import OfflineDictReplayBuffer, OfflineReplayBuffer
+from sb3_iql.data.device_buffers import DeviceDictReplayBuffer, DeviceReplayBuffer
+from sb3_iql.data.minari_loader import DatasetLike, Transitions, check_spaces, load_transitions, resolve_datasets
+from sb3_iql.data.rewards import RewardTransformLike, make_reward_transform
+
+SelfOfflineAlgorithm = TypeVar("SelfOfflineAlgorithm", bound="OfflineAlgorithm")
+
+#: Room left in the default replay buffer for online fine-tuning data, in transitions.
+ONLINE_BUFFER_ROOM = 1_000_000
+
+
+class OfflineAlgorithm(OffPolicyAlgorithm):
+    """
+    An off-policy algorithm trained first on an offline dataset. Arguments as in SB3's ``OffPolicyAlgorithm``,
+    plus:
+
+    :param offline_dataset: Minari dataset id, ``minari.MinariDataset``, or a list of them; every transition is
+        loaded into the replay buffer (None: an online-only model, or one loaded later with ``add_transitions``)
+    :param reward_transform: None, ``"antmaze"`` (r - 1), ``"locomotion"`` (r / return range * 1000) or a
+        callable on an array of rewards; applied to offline and online rewards
+    :param offline_steps: offline gradient steps, run by ``learn()`` before online steps when none have run yet
+    :param download_dataset: download dataset ids that are not stored locally (needs network)
+    :param buffer_size: replay buffer capacity in transitions (None: dataset size + ``ONLINE_BUFFER_ROOM``)
+    :param replay_buffer_class: a buffer with ``extend`` (default: ``DeviceReplayBuffer`` or its Dict version;
+        ``OfflineReplayBuffer`` keeps SB3's NumPy storage; the Dict variant is picked from the observation space)
+    """
+
+    #: Names of the metrics the update returns, in order.
+    metric_names: ClassVar[tuple[str, ...]] = ()
+    #: Dataset actions (scaled to [-1, 1]) are clipped to +-(1 - this) when loaded.
+    dataset_action_clip: ClassVar[float] = 0.0
+
+    def __init__(
+        self,
+        policy: str | type[BasePolicy],
+        env: GymEnv | str | None,
+        offline_dataset: DatasetLike | None,
+        learning_rate: float | Schedule,
+        buffer_size: int | None,
+        learning_starts: int,
+        batch_size: int,
+        tau: float,
+        gamma: float,
+        train_freq: int | tuple[int, str],
+        gradient_steps: int,
+        reward_transform: RewardTransformLike = None,
+        offline_steps: int = 1_000_000,
+        download_dataset: bool = False,
+        replay_buffer_class: type[ReplayBuffer] | None = None,
+        replay_buffer_kwargs: dict[str, Any] | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        supported_action_spaces: tuple[type[spaces.Space], ...] = (spaces.Box,),
+        _init_setup_model: bool = True,
+    ):
+        self.reward_transform = reward_transform
+        self.offline_steps = offline_steps
+        self.offline_dataset_ids: list[str] = []
+        self.offline_dataset_size = 0
+        self._n_offline_updates = 0
+        self.sampling_generator = th.Generator()
+        if seed is None:
+            self.sampling_generator.seed()
+        else:
+            self.sampling_generator.manual_seed(seed)
+
+        env = gym.make(env) if isinstance(env, str) else env
+        transitions = None
+        if _init_setup_model and offline_dataset is not None:
+            datasets = resolve_datasets(offline_dataset, download=download_dataset)
+            if env is None:  # the task the dataset is scored on, also the one to fine-tune on
+                env = datasets[0].recover_environment(eval_env=True)
+            self._check_action_space(env.action_space)
+            for dataset in datasets:
+                check_spaces(dataset, env.observation_space, env.action_space)
+            transitions = load_transitions(datasets)
+            self.offline_dataset_ids = [dataset.spec.dataset_id for dataset in datasets]
+            self.offline_dataset_size = len(transitions)
+            buffer_size = self._buffer_size_for(len(transitions), buffer_size)
+        elif env is not None:
+            self._check_action_space(env.action_space)
+        self.reward_transform_fn = make_reward_transform(
+            reward_transform, None if transitions is None else transitions.episode_returns
+        )
+        is_mlp = policy == "MlpPolicy" or policy is self.policy_aliases.get("MlpPolicy")
+        if env is not None and isinstance(env.observation_space, spaces.Dict) and is_mlp:
+            # The MLPs are the same; MultiInputPolicy feeds them the concatenated parts of the observation.
+            policy = "MultiInputPolicy"
+
+        super().__init__(
+            policy,
+            env,  # type: ignore[arg-type]
+            learning_rate,
+            ONLINE_BUFFER_ROOM if buffer_size is None else buffer_size,
+            learning_starts,
+            batch_size,
+            tau,
+            gamma,
+            train_freq,
+            gradient_steps,
+            replay_buffer_class=replay_buffer_class,
+            replay_buffer_kwargs=replay_buffer_kwargs,
+            optimize_memory_usage=False,
+            policy_kwargs=policy_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            use_sde=False,
+            sde_support=False,
+            supported_action_spaces=supported_action_spaces,
+            support_multi_env=True,
+        )
+        if _init_setup_model:
+            self._setup_model()
+            if transitions is not None:
+                if self._vec_normalize_env is not None:
+                    raise ValueError("VecNormalize is not supported with an offline dataset: its data is not normalized")
+                self.add_transitions(transitions)
+
+    @staticmethod
+    def _buffer_size_for(n_transitions: int, buffer_size: int | None) -> int:
+        if buffer_size is None:
+            return n_transitions + ONLINE_BUFFER_ROOM
+        if buffer_size < n_transitions:
+            raise ValueError(
+                f"buffer_size={buffer_size} is smaller than the offline dataset ({n_transitions} transitions): "
+                f"use buffer_size >= {n_transitions}, or None for dataset size + {ONLINE_BUFFER_ROOM} online steps"
+            )
+        return buffer_size
+
+    def _check_action_space(self, action_space: spaces.Space) -> None:
+        """Dataset actions are scaled to [-1, 1] with the action space's bounds: a bounded Box."""
+        name = type(self).__name__
+        if not isinstance(action_space, spaces.Box):
+            raise ValueError(f"{name} supports continuous (Box) action spaces only, got {action_space}")
+        if not (np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()):
+            raise ValueError(f"{name} needs a bounded action space to scale actions to [-1, 1], got {action_space}")
+
+    def _setup_model(self) -> None:
+        is_dict = isinstance(self.observation_space, spaces.Dict)
+        if self.replay_buffer_class in (None, DeviceReplayBuffer, DeviceDictReplayBuffer):
+            self.replay_buffer_class = DeviceDictReplayBuffer if is_dict else DeviceReplayBuffer
+        elif self.replay_buffer_class in (OfflineReplayBuffer, OfflineDictReplayBuffer):
+            self.replay_buffer_class = OfflineDictReplayBuffer if is_dict else OfflineReplayBuffer
+        super()._setup_model()
+        self._attach_generator()
+
+    def _attach_generator(self) -> None:
+        if self.replay_buffer is not None and hasattr(self.replay_buffer, "generator"):
+            self.replay_buffer.generator = self.sampling_generator
+
+    def add_transitions(self, transitions: Transitions) -> None:
+        """
+        Put offline transitions into the replay buffer: actions scaled to [-1, 1] with the action space's bounds
+        (and clipped to +-(1 - ``dataset_action_clip``)), rewards transformed, truncations stored as timeouts (not
+        terminal). A policy with an ``observation_normalizer`` has it fitted on the first transitions added.
+
+        :param transitions: transitions in the environment's units, e.g. from ``sb3_iql.data.load_transitions``
+        """
+        if not hasattr(self.replay_buffer, "extend"):
+            raise TypeError(
+                f"{type(self.replay_buffer).__name__} cannot take an offline dataset: use a replay buffer with "
+                "extend(), such as sb3_iql.data.DeviceReplayBuffer or OfflineReplayBuffer (and their Dict versions)"
+            )
+        normalizer = getattr(self.policy, "observation_normalizer", None)
+        if normalizer is not None and not normalizer.fitted:  # statistics of the first offline data, then fixed
+            normalizer.fit(transitions.observations)
+        low, high = self.action_space.low, self.action_space.high  # type: ignore[attr-defined]
+        scaled_actions = 2.0 * (transitions.actions - low) / (high - low) - 1.0
+        bound = 1.0 - self.dataset_action_clip
+        self.replay_buffer.extend(
+            transitions.observations,
+            transitions.next_observations,
+            np.clip(scaled_actions, -bound, bound).astype(np.float32),
+            self.reward_transform_fn(transitions.rewards),
+            transitions.terminations.astype(np.float32),
+            (transitions.truncations & ~transitions.terminations).astype(np.float32),
+        )
+
+    def _store_transition(
+        self,
+        replay_buffer: ReplayBuffer,
+        buffer_action: np.ndarray,
+        new_obs: np.ndarray | dict[str, np.ndarray],
+        reward: np.ndarray,
+        dones: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
+        # Online rewards go through the same transform as the offline ones.
+        super()._store_transition(replay_buffer, buffer_action, new_obs, self.reward_transform_fn(reward), dones, infos)
+
+    def _update_function(self) -> Callable[[Any], th.Tensor]:
+        """:return: one gradient step on a replay batch, returning ``metric_names``' values as a device tensor"""
+        raise NotImplementedError
+
+    def _set_learning_rates(self, offline: bool) -> None:
+        """Set the optimizers' learning rates before an update (offline) or a round of online updates."""
+        raise NotImplementedError
+
+    def _record_metrics(self, metric_sums: th.Tensor, n_steps: int) -> None:
+        """Log the mean of each metric over ``n_steps`` updates (the only host synchronisation of training)."""
+        for name, value in zip(self.metric_names, (metric_sums / n_steps).tolist()):
+            self.logger.record(f"train/{name}", value)
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+
+    def train(self, gradient_steps: int, batch_size: int = 256) -> None:
+        """Online gradient steps on the shared replay buffer (called by SB3's ``learn()`` loop)."""
+        self.policy.set_training_mode(True)
+        self._set_learning_rates(offline=False)
+        update = self._update_function()
+        metric_sums = th.zeros(len(self.metric_names), device=self.device)
+        for _ in range(gradient_steps):
+            metric_sums += update(self.replay_buffer.sample(batch_size, env=self._vec_normalize_env))
+        self._n_updates += gradient_steps
+        self._record_metrics(metric_sums, gradient_steps)
+
+    def learn_offline(
+        self: SelfOfflineAlgorithm,
+        n_updates: int | None = None,
+        callback: MaybeCallback = None,
+        log_interval: int = 1000,
+        tb_log_name: str | None = None,
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfOfflineAlgorithm:
+        """
+        Offline training: gradient steps on the replay buffer, no environment interaction.
+
+        While it runs, ``num_timesteps`` counts updates, so callback frequencies (EvalCallback's ``eval_freq``,
+        CheckpointCallback's ``save_freq``) and log steps are in updates. Callbacks get one ``on_step()`` per update.
+
+        :param n_updates: gradient steps (default: what is left of ``offline_steps``)
+        :param callback: SB3 callback(s) called after every update
+        :param log_interval: updates between two logger dumps (None or 0: dump only at the end)
+        :param tb_log_name: name of the TensorBoard run (default: the class name)
+        :param reset_num_timesteps: start counting ``num_timesteps`` (and a new TensorBoard run) from 0
+        :param progress_bar: show a progress bar with updates/s
+        :return: the trained model
+        """
+        if self.replay_buffer is None or self.replay_buffer.size() == 0:
+            raise RuntimeError(
+                f"The replay buffer is empty: create {type(self).__name__} with offline_dataset=... before learn_offline()"
+            )
+        if n_updates is None:
+            n_updates = max(self.offline_steps - self._n_offline_updates, 0)
+        tb_log_name = type(self).__name__ if tb_log_name is None else tb_log_name
+        callback = self._setup_offline_learn(n_updates, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        total_timesteps = self._total_timesteps  # read by callbacks through locals(), as in SB3
+        callback.on_training_start(locals(), globals())
+        self.policy.set_training_mode(True)
+        update = self._update_function()
+        metric_sums = th.zeros(len(self.metric_names), device=self.device)
+        updates_since_dump, dump_start = 0, time.perf_counter()
+        for _ in range(n_updates):
+            self._set_learning_rates(offline=True)
+            metric_sums += update(self.replay_buffer.sample(self.batch_size))
+            self._n_offline_updates += 1
+            self._n_updates += 1
+            self.num_timesteps += 1
+            updates_since_dump += 1
+            if not callback.on_step():
+                break
+            if not self.policy.training:  # a callback evaluated the policy
+                self.policy.set_training_mode(True)
+            if log_interval and updates_since_dump == log_interval:
+                self._dump_offline_logs(metric_sums, updates_since_dump, time.perf_counter() - dump_start)
+                metric_sums.zero_()
+                updates_since_dump, dump_start = 0, time.perf_counter()
+        if updates_since_dump > 0:
+            self._dump_offline_logs(metric_sums, updates_since_dump, time.perf_counter() - dump_start)
+        callback.on_training_end()
+        return self
+
+    def _setup_offline_learn(
+        self,
+        n_updates: int,
+        callback: MaybeCallback,
+        reset_num_timesteps: bool,
+        tb_log_name: str,
+        progress_bar: bool,
+    ) -> BaseCallback:
+        """SB3's ``_setup_learn`` without the environment: counters, logger and callbacks."""
+        self.start_time = time.time_ns()
+        if reset_num_timesteps:
+            self.num_timesteps = 0
+        self._num_timesteps_at_start = self.num_timesteps
+        self._total_timesteps = self.num_timesteps + n_updates
+        if not self._custom_logger:
+            self._logger = utils.configure_logger(self.verbose, self.tensorboard_log, tb_log_name, reset_num_timesteps)
+        callbacks = [] if callback is None else list(callback) if isinstance(callback, list) else [callback]
+        if progress_bar:
+            evaluations = [item for item in callbacks if isinstance(item, EvalCallback)]
+            callbacks.append(UpdatesProgressBarCallback(evaluations[0] if evaluations else None))
+        return self._init_callback(callbacks)
+
+    def _dump_offline_logs(self, metric_sums: th.Tensor, n_steps: int, seconds: float) -> None:
+        self._record_metrics(metric_sums, n_steps)
+        self.logger.record("time/updates_per_second", n_steps / max(seconds, 1e-9))
+        self.logger.record("time/time_elapsed", int((time.time_ns() - self.start_time) / 1e9), exclude="tensorboard")
+        self.logger.dump(step=self.num_timesteps)
+
+    def _setup_learn(
+        self,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        reset_num_timesteps: bool = True,
+        tb_log_name: str = "run",
+        progress_bar: bool = False,
+    ) -> tuple[int, BaseCallback]:
+        if self.env is None:
+            raise RuntimeError(f"Online learning needs an environment: pass env= to {type(self).__name__} or call set_env()")
+        return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+
+    def learn(
+        self: SelfOfflineAlgorithm,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 4,
+        tb_log_name: str | None = None,
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfOfflineAlgorithm:
+        """
+        SB3's online loop on the shared replay buffer, after ``offline_steps`` offline updates if a dataset was
+        loaded and no offline training has run yet. ``learn(0)`` is thus a pure offline run.
+
+        Online, ``num_timesteps`` continues from the offline updates when both run in this call.
+        """
+        tb_log_name = type(self).__name__ if tb_log_name is None else tb_log_name
+        if self.offline_dataset_size > 0 and self._n_offline_updates == 0 and self.offline_steps > 0:
+            self.learn_offline(
+                self.offline_steps,
+                callback=callback,
+                tb_log_name=tb_log_name,
+                reset_num_timesteps=reset_num_timesteps,
+                progress_bar=progress_bar,
+            )
+            reset_num_timesteps = False
+            if total_timesteps == 0:
+                return self
+        return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
+
+    def load_replay_buffer(self, path: Any, truncate_last_traj: bool = True) -> None:
+        super().load_replay_buffer(path, truncate_last_traj)
+        self._attach_generator()
