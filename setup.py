@@ -25,6 +25,8 @@ setup(
         "torch>=2.3",
         "gymnasium>=1.0",
         "minari[hdf5]>=0.5.4",
+        # the maze environments of the dataset generators (sb3_iql.datasets) and of Minari's D4RL mazes
+        "gymnasium-robotics>=1.4",
         "mujoco>=3.0",
         "numpy>=1.24",
         "tqdm",
@@ -34,9 +36,10 @@ setup(
         "pyyaml",
     ],
     extras_require={
-        "tests": ["pytest", "gymnasium-robotics>=1.4", "ruff", "matplotlib"],
+        "tests": ["pytest", "ruff", "matplotlib"],
         "docs": ["sphinx", "myst-parser", "sphinx-rtd-theme"],
-        "zoo": ["rl_zoo3>=2.9,<3"],
+        # rl_zoo3's train/enjoy modules import requests without declaring it
+        "zoo": ["rl_zoo3>=2.9,<3", "requests"],
         "plots": ["matplotlib"],
     },
     license="MIT",
