@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch as th
-from scores import DOMAIN_PRESETS  # benchmarks/scores.py: the same maze preset as the score table
+from scores import preset_hyperparameters  # benchmarks/scores.py: the same preset as the score table
 from stable_baselines3.common.logger import Logger
 
 from sb3_iql.datasets import ensure_dataset
@@ -127,7 +127,7 @@ def diagnose(dataset_id: str, beta: float, args: argparse.Namespace) -> dict[str
         policy_kwargs={"net_arch": args.net_arch},
         seed=args.seed,
         device="cpu",
-        **(DOMAIN_PRESETS["maze"] | {"beta": beta}),
+        **(preset_hyperparameters(dataset_id) | {"beta": beta}),
     )
     model.set_logger(Logger(folder=None, output_formats=[]))
     start = time.perf_counter()

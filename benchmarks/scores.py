@@ -10,9 +10,9 @@ the time spent at the goal after it (``GoalTimes``).
 
 Methods (``--methods``):
 
-- ``iql``: the package's defaults with the paper's preset for the dataset's domain: mazes (ids containing
-  ``maze``) as AntMaze (expectile 0.9, beta 10, reward r - 1), everything else as MuJoCo locomotion (expectile
-  0.7, beta 3, reward r / return range * 1000). Actor lr with cosine decay over the budget, as in the paper.
+- ``iql``: the package's defaults with the dataset's preset (``sb3_iql.presets``, the paper's settings of the
+  domain: mazes as AntMaze, expectile 0.9, beta 10, reward r - 1; locomotion: expectile 0.7, beta 3, reward
+  r / return range * 1000), the budget and batch of the benchmark. Actor lr with cosine decay over the budget.
 - ``iql-ref``: the same with the reference implementation's choices spelled out (``REFERENCE_SETTINGS``), and
   ``iql-ref+FACTOR[+FACTOR...]``: with factors of ``FACTORS`` added (d3rlpy's update order, log-std
   parametrisation and init; LayerNorm; observation normalisation; actor dropout), the cells of the factorial
@@ -71,14 +71,12 @@ from sb3_iql.data.minari_loader import DatasetNotFoundError, load_dataset, load_
 from sb3_iql.datasets import ensure_dataset, parse_pointmaze_dataset_id
 from sb3_iql.evaluation import evaluate, normalized_score
 from sb3_iql.iql import IQL
+from sb3_iql.presets import preset_arguments
 
 matplotlib.use("Agg")
 
-#: The paper's settings per domain (IQL.md, "Per-domain settings"); BC is the same with beta = 0.
-DOMAIN_PRESETS: dict[str, dict[str, Any]] = {
-    "maze": {"expectile": 0.9, "beta": 10.0, "reward_transform": "antmaze"},
-    "locomotion": {"expectile": 0.7, "beta": 3.0, "reward_transform": "locomotion"},
-}
+#: Preset arguments the benchmark sets itself: the budget, the batch, the data.
+BENCHMARK_ARGUMENTS = ("policy", "offline_dataset", "offline_steps", "batch_size")
 #: The reference implementation's choices (IQL.md), spelled out: ``iql-ref`` means them whatever the defaults are.
 REFERENCE_SETTINGS: dict[str, Any] = {
     "update_order": "sequential",
@@ -145,10 +143,10 @@ def code_version() -> str:
 CODE_VERSION = code_version()
 
 
-def domain_of(dataset_id: str) -> str:
-    """:return: ``"maze"`` for maze datasets (``.../pointmaze/...``, ``D4RL/antmaze/...``), else ``"locomotion"``."""
-    parts = dataset_id.split("/")
-    return "maze" if any("maze" in part for part in parts[:-1]) else "locomotion"
+def preset_hyperparameters(dataset_id: str) -> dict[str, Any]:
+    """:return: the package's preset for the dataset (``sb3_iql.presets``), without the benchmark's own arguments"""
+    arguments = preset_arguments(dataset_id)
+    return {key: value for key, value in arguments.items() if key not in BENCHMARK_ARGUMENTS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,15 +187,15 @@ class RunConfig:
     @property
     def has_success(self) -> bool:
         """Sparse-reward mazes: an episode's return is positive exactly when the goal was reached."""
-        return domain_of(self.dataset_id) == "maze" and "dense" not in self.dataset_id
+        return preset_hyperparameters(self.dataset_id).get("reward_transform") == "antmaze" and "dense" not in self.dataset_id
 
     def is_complete(self, record: dict) -> bool:
         """:return: whether a cached record has every metric this version records (success rates of mazes)."""
         return not self.has_success or all("success_rate" in point for point in record["curve"])
 
     def hyperparameters(self) -> dict[str, Any]:
-        """:return: the IQL constructor arguments of the method (domain preset, then ``method_settings``)."""
-        preset = dict(DOMAIN_PRESETS[domain_of(self.dataset_id)])
+        """:return: the IQL constructor arguments of the method (the dataset's preset, then ``method_settings``)."""
+        preset = preset_hyperparameters(self.dataset_id)
         if self.method == "d3rlpy-bc":
             preset["beta"] = 0.0
         return {**preset, **method_settings(self.method)}
@@ -223,39 +221,10 @@ def get_dataset(dataset_id: str, n_steps: int) -> minari.MinariDataset | None:
     return ensure_dataset(dataset_id, n_steps=n_steps)
 
 
-def _optimizers(model: IQL) -> dict[str, th.optim.Optimizer]:
-    return {"actor": model.actor.optimizer, "critic": model.critic.optimizer, "value": model.value_net.optimizer}
-
-
-def _save_checkpoint(path: Path, model: IQL, progress: dict) -> None:
-    state = {
-        "policy": model.policy.state_dict(),
-        "optimizers": {name: optimizer.state_dict() for name, optimizer in _optimizers(model).items()},
-        "generator": model.sampling_generator.get_state(),
-        "n_offline_updates": model._n_offline_updates,
-        "n_updates": model._n_updates,
-        "progress": progress,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    th.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def _load_checkpoint(path: Path, model: IQL) -> dict:
-    state = th.load(path, weights_only=False)
-    model.policy.load_state_dict(state["policy"])
-    for name, optimizer in _optimizers(model).items():
-        optimizer.load_state_dict(state["optimizers"][name])
-    model.sampling_generator.set_state(state["generator"])
-    model._n_offline_updates = state["n_offline_updates"]
-    model._n_updates = state["n_updates"]
-    return state["progress"]
-
-
 def _checkpoint_path(checkpoint_dir: Path, config: RunConfig) -> Path:
+    """:return: ``<checkpoint_dir>/<run key>.zip``; the progress beside it as ``.json`` (d3rlpy: ``.pt`` and ``.d3``)"""
     name = "".join(character if character.isalnum() or character in "-_." else "_" for character in config.key)
-    return checkpoint_dir / f"{name}.pt"
+    return checkpoint_dir / f"{name}.zip"
 
 
 class GoalTimes(gym.Wrapper):
@@ -362,36 +331,45 @@ def run(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: Path, 
 
 
 def train_iql(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: Path, save_dir: Path | None) -> dict:
-    """:return: the progress dict (curve, train_s, eval_s) of an ``sb3_iql`` run, resumed from its checkpoint"""
-    model = IQL(
-        "MlpPolicy",  # IQL switches to MultiInputPolicy (same MLPs) for Dict observations
-        env=None,
-        offline_dataset=dataset,
-        offline_steps=config.updates,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        device="cpu",
-        **_with_net_arch(config.hyperparameters(), config.net_arch),
-    )
-    model.set_logger(Logger(folder=None, output_formats=[]))  # no per-call temporary log folders
+    """
+    :return: the progress dict (curve, train_s, eval_s) of an ``sb3_iql`` run, resumed from its checkpoint: the
+        model saved with ``model.save`` after each evaluation (the replay buffer is the dataset, added again) and
+        the progress as JSON; a resumed run reaches the same parameters as an uninterrupted one
+    """
     checkpoint = _checkpoint_path(checkpoint_dir, config)
-    progress = {"curve": [], "train_s": 0.0, "eval_s": 0.0}
-    if checkpoint.exists():
-        progress = _load_checkpoint(checkpoint, model)
-        print(f"  resumed at {model._n_offline_updates} updates", flush=True)
-    while model._n_offline_updates < config.updates:
-        n_updates = min(config.eval_every, config.updates - model._n_offline_updates)
+    progress_file = checkpoint.with_suffix(".json")
+    if checkpoint.exists() and progress_file.exists():
+        model = IQL.load(checkpoint, device="cpu")
+        model.add_transitions(load_transitions([dataset]))
+        progress = json.loads(progress_file.read_text())
+        print(f"  resumed at {model.num_timesteps} updates", flush=True)
+    else:
+        model = IQL(
+            "MlpPolicy",  # IQL switches to MultiInputPolicy (same MLPs) for Dict observations
+            env=None,
+            offline_dataset=dataset,
+            offline_steps=config.updates,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            device="cpu",
+            **_with_net_arch(config.hyperparameters(), config.net_arch),
+        )
+        progress = {"curve": [], "train_s": 0.0, "eval_s": 0.0}
+    model.set_logger(Logger(folder=None, output_formats=[]))  # no per-call temporary log folders
+    while model.num_timesteps < config.updates:  # offline, num_timesteps counts updates
+        n_updates = min(config.eval_every, config.updates - model.num_timesteps)
         start = time.perf_counter()
         model.learn_offline(n_updates, log_interval=0, reset_num_timesteps=False)
         progress["train_s"] += time.perf_counter() - start
         start = time.perf_counter()
-        point = evaluate_point(model, dataset, config, model._n_offline_updates)
+        point = evaluate_point(model, dataset, config, model.num_timesteps)
         progress["eval_s"] += time.perf_counter() - start
         progress["curve"].append(point)
-        _print_point(point, model._n_offline_updates / max(progress["train_s"], 1e-9))
-        _save_checkpoint(checkpoint, model, progress)
+        _print_point(point, model.num_timesteps / max(progress["train_s"], 1e-9))
+        model.save(checkpoint)
+        _write_json(progress_file, progress)
     if save_dir is not None:
-        model.save(save_dir / _checkpoint_path(save_dir, config).with_suffix(".zip").name)
+        model.save(save_dir / checkpoint.name)
     return progress
 
 
@@ -416,7 +394,7 @@ def train_d3rlpy(config: RunConfig, dataset: minari.MinariDataset, checkpoint_di
         config.method.removeprefix("d3rlpy-"), hyperparameters, list(config.net_arch), config.batch_size
     )
     algo.build_with_dataset(mdp_dataset)
-    checkpoint = _checkpoint_path(checkpoint_dir, config)
+    checkpoint = _checkpoint_path(checkpoint_dir, config).with_suffix(".pt")
     progress = {"curve": [], "train_s": 0.0, "eval_s": 0.0, "peer_version": f"d3rlpy {d3rlpy.__version__}"}
     if checkpoint.exists():
         progress = peers.load_d3rlpy(checkpoint, algo)
@@ -445,7 +423,7 @@ def train_d3rlpy(config: RunConfig, dataset: minari.MinariDataset, checkpoint_di
         _print_point(point, done / max(progress["train_s"], 1e-9))
         peers.save_d3rlpy(checkpoint, algo, progress)
     if save_dir is not None:
-        algo.save(str(save_dir / _checkpoint_path(save_dir, config).with_suffix(".d3").name))
+        algo.save(str(_checkpoint_path(save_dir, config).with_suffix(".d3")))
     return progress
 
 
@@ -535,7 +513,8 @@ def main() -> None:
                 runs = load_runs(args.out)  # another invocation may have added runs meanwhile
                 runs[config.key] = record
                 _write_json(args.out / RUNS_FILE, {"runs": runs})
-                _checkpoint_path(args.checkpoint_dir, config).unlink(missing_ok=True)
+                for suffix in (".zip", ".json", ".pt", ".d3"):
+                    _checkpoint_path(args.checkpoint_dir, config).with_suffix(suffix).unlink(missing_ok=True)
                 if not args.no_report:
                     write_report(args.out, args.datasets, args.torch_threads)
     if not args.no_report:

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+import torch as th
 from maze_data import MAZE_ID, MAZE_STEPS, tiny_maze_root
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
@@ -71,3 +72,37 @@ def test_advantage_signal(maze_root, tmp_path):
     assert 0.0 < by_beta[10.0]["batch_ess"] < 1.0
     assert by_beta[10.0]["path_length_m"] > 0.0 and 0.0 <= by_beta[10.0]["success_rate"] <= 1.0
     assert "| sb3_iql/pointmaze/umaze-stitch-v0 | 10 | 30 |" in out.with_suffix(".md").read_text()
+
+
+def test_an_interrupted_score_run_resumes_to_the_same_parameters(maze_root, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(maze_root))
+    import scores
+
+    from sb3_iql import IQL
+    from sb3_iql.data.minari_loader import load_dataset
+
+    dataset = load_dataset(MAZE_ID)
+    config = scores.RunConfig(MAZE_ID, dataset.total_steps, "iql", 0, 30, 10, 1, (16,), 64)
+    straight = scores.train_iql(config, dataset, tmp_path / "ckpt_straight", tmp_path / "straight")
+
+    write_json, calls = scores._write_json, []
+
+    def interrupt_after_the_second_checkpoint(path, data):
+        write_json(path, data)
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(scores, "_write_json", interrupt_after_the_second_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        scores.train_iql(config, dataset, tmp_path / "ckpt", tmp_path / "resumed")
+    monkeypatch.setattr(scores, "_write_json", write_json)
+    resumed = scores.train_iql(config, dataset, tmp_path / "ckpt", tmp_path / "resumed")
+
+    assert [point["updates"] for point in resumed["curve"]] == [10, 20, 30]
+    assert [p["mean_return"] for p in resumed["curve"]] == [p["mean_return"] for p in straight["curve"]]
+    name = scores._checkpoint_path(tmp_path, config).name
+    first, second = IQL.load(tmp_path / "straight" / name), IQL.load(tmp_path / "resumed" / name)
+    for (key, value), other in zip(first.policy.state_dict().items(), second.policy.state_dict().values()):
+        assert th.equal(value, other), key
