@@ -65,6 +65,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import stable_baselines3.common.policies
 import structlog
 import torch as th
 from gymnasium import spaces
@@ -405,32 +406,26 @@ def set_dtype(model: IQL, algo: d3rlpy.algos.IQL, dtype: th.dtype) -> None:
 
 
 @contextlib.contextmanager
-def sb3_float64_observations(model: IQL, enabled: bool) -> Iterator[None]:
+def sb3_float64_observations(enabled: bool) -> Iterator[None]:
     """
-    Within the block, the ``preprocess_obs`` that ``model``'s networks call (SB3's, which casts Box observations
-    to float32) leaves float64 tensors as they are, so that sb3_iql's networks can run in float64. It is replaced
-    in the module(s) where the networks' ``extract_features`` look it up. Nothing changes when not ``enabled``.
+    Within the block, SB3's ``preprocess_obs`` (which casts Box observations to float32) leaves float64 tensors as
+    they are, so that sb3_iql's networks can run in float64. It is replaced in ``stable_baselines3.common.policies``,
+    where ``BaseModel.extract_features`` (every sb3_iql network's) looks it up. Nothing changes when not ``enabled``.
     """
-    networks = (model.actor, model.critic, model.critic_target, model.value_net)
-    namespaces = {id(space): space for space in (type(net).extract_features.__globals__ for net in networks)}
-    originals = {key: space["preprocess_obs"] for key, space in namespaces.items() if "preprocess_obs" in space}
+    policies = stable_baselines3.common.policies
+    original = policies.preprocess_obs
 
-    def keep_float64(original: Callable[..., Any]) -> Callable[..., Any]:
-        def preprocess_obs(obs: Any, observation_space: spaces.Space, normalize_images: bool = True) -> Any:
-            if isinstance(observation_space, spaces.Box) and isinstance(obs, th.Tensor) and obs.dtype == th.float64:
-                return obs
-            return original(obs, observation_space, normalize_images)
-
-        return preprocess_obs
+    def preprocess_obs(obs: Any, observation_space: spaces.Space, normalize_images: bool = True) -> Any:
+        if isinstance(observation_space, spaces.Box) and isinstance(obs, th.Tensor) and obs.dtype == th.float64:
+            return obs
+        return original(obs, observation_space, normalize_images)
 
     if enabled:
-        for key, original in originals.items():
-            namespaces[key]["preprocess_obs"] = keep_float64(original)
+        policies.preprocess_obs = preprocess_obs
     try:
         yield
     finally:
-        for key, original in originals.items():
-            namespaces[key]["preprocess_obs"] = original
+        policies.preprocess_obs = original
 
 
 def max_diffs(pairs: Sequence[ParamPair], kind: str) -> dict[str, float]:
@@ -553,7 +548,7 @@ class Harness:
         sb3_samples, d3_samples = sb3_batch(self.model, indices, self.dtype), d3rlpy_batch(self.dataset, indices, self.dtype)
         # As IQL.learn_offline: learning rates (the cosine actor decay of "default"), update, counter.
         self.model._set_learning_rates(offline=True)
-        with sb3_float64_observations(self.model, self.dtype == th.float64):
+        with sb3_float64_observations(self.dtype == th.float64):
             metrics = self.model._update(sb3_samples).tolist()
         self.model._n_offline_updates += 1
         # As d3rlpy's algo.update(batch), from the TorchMiniBatch.

@@ -6,7 +6,6 @@ from typing import Any, Literal
 
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common import policies as sb3_policies
 from stable_baselines3.common.policies import BaseModel, BasePolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor, FlattenExtractor
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
@@ -149,11 +148,11 @@ class NormalizedFeatures:
     observation_normalizer: ObservationNormalizer | None
 
     def extract_features(self, obs: PyTorchObs, features_extractor: BaseFeaturesExtractor) -> th.Tensor:
-        # SB3's BaseModel.extract_features, with the normalizer between its preprocessing and the extractor
-        preprocessed = sb3_policies.preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images)
-        if self.observation_normalizer is not None:
-            preprocessed = self.observation_normalizer(preprocessed)
-        return features_extractor(preprocessed)
+        normalizer = self.observation_normalizer
+        if normalizer is None:
+            return super().extract_features(obs, features_extractor)  # type: ignore[misc]
+        # SB3's preprocessing, then the normalizer, then the extractor
+        return super().extract_features(obs, lambda preprocessed: features_extractor(normalizer(preprocessed)))  # type: ignore[misc]
 
 
 class Actor(NormalizedFeatures, BasePolicy):
