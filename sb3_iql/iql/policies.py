@@ -435,7 +435,6 @@ class IQLPolicy(BasePolicy):
         self.log_std_bounds = log_std_bounds
         self.log_std_parametrization = log_std_parametrization
         self.log_std_init = log_std_init
-        self.observation_normalizer = None
         self.weight_init = weight_init
         self.critic_layer_norm = critic_layer_norm
         self.normalize_observations = normalize_observations
