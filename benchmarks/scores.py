@@ -282,7 +282,7 @@ def evaluate_point(model: Any, dataset: minari.MinariDataset, config: RunConfig,
     if config.has_success:
         firsts = [episode["first_success_step"] for episode in env.episodes[: config.eval_episodes]]
         reached = [first for first in firsts if first is not None]
-        point["success_rate"] = float(np.mean(result.episode_returns > 0))
+        point["success_rate"] = result.success_rate
         point["first_success_step"] = float(np.mean(reached)) if reached else None
         point["fraction_at_goal_after"] = float(
             np.mean([episode["fraction_at_goal_after"] for episode in env.episodes[: config.eval_episodes]])

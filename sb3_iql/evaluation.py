@@ -25,12 +25,42 @@ class EvaluationResult(NamedTuple):
     :param std_return: its standard deviation over the episodes
     :param normalized_score: ``100 * (mean_return - ref_min) / (ref_max - ref_min)``, None without a dataset
     :param episode_returns: every episode's return, shape ``(n_eval_episodes,)``
+    :param success_rate: fraction of the episodes in which the environment reported success at some step
+        (``info["success"]`` of the goal environments, or ``info["is_success"]``); None if it never reports it
     """
 
     mean_return: float
     std_return: float
     normalized_score: float | None
     episode_returns: np.ndarray
+    success_rate: float | None = None
+
+
+#: The info keys through which environments report reaching the goal (Gymnasium-Robotics, SB3's HER envs).
+SUCCESS_KEYS = ("success", "is_success")
+
+
+class _SuccessRecorder:
+    """``evaluate_policy`` callback: whether each finished episode reported success at any of its steps."""
+
+    def __init__(self) -> None:
+        self.episodes: list[bool] = []
+        self.reported = False
+        self._current: dict[int, bool] = {}
+
+    def __call__(self, locals_: dict, globals_: dict) -> None:
+        env_index, info = locals_["i"], locals_["info"]
+        reached = False
+        for key in SUCCESS_KEYS:
+            if key in info:
+                self.reported = True
+                reached = bool(info[key])
+        self._current[env_index] = self._current.get(env_index, False) or reached
+        if locals_["done"]:
+            self.episodes.append(self._current.pop(env_index))
+
+    def rate(self) -> float | None:
+        return float(np.mean(self.episodes)) if self.reported and self.episodes else None
 
 
 def dataset_reference_scores(dataset: minari.MinariDataset) -> ReferenceScores | None:
@@ -90,7 +120,8 @@ def evaluate(
     :param n_eval_episodes: number of episodes
     :param deterministic: act with the policy's mean (IQL's evaluation protocol)
     :param seed: seed of the evaluation environment's first reset
-    :return: mean and std return, normalized score (None for an environment), and every episode's return
+    :return: mean and std return, normalized score (None for an environment), every episode's return and the
+        success rate (for environments that report success)
     """
     dataset = None
     if isinstance(dataset_or_env, str):
@@ -105,12 +136,18 @@ def evaluate(
         env = dataset_or_env
     if seed is not None:
         env.reset(seed=seed) if isinstance(env, gym.Env) else env.seed(seed)
+    successes = _SuccessRecorder()
     returns, _ = evaluate_policy(
-        model, env, n_eval_episodes=n_eval_episodes, deterministic=deterministic, return_episode_rewards=True
+        model,
+        env,
+        n_eval_episodes=n_eval_episodes,
+        deterministic=deterministic,
+        return_episode_rewards=True,
+        callback=successes,
     )
     returns = np.asarray(returns, dtype=np.float64)
     mean_return = float(np.mean(returns))
     score = None if dataset is None else float(normalized_score(dataset, mean_return))
     if dataset is not None:
         env.close()
-    return EvaluationResult(mean_return, float(np.std(returns)), score, returns)
+    return EvaluationResult(mean_return, float(np.std(returns)), score, returns, successes.rate())

@@ -13,7 +13,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.monitor import Monitor
 from toy_data import LINE_ENV_ID, LineEnv, bad_policy, good_policy, rollout_episodes, write_dataset
 
-from sb3_iql import IQL
+from sb3_iql import IQL, evaluate
 from sb3_iql.callbacks import NormalizedEvalCallback, UpdatesProgressBarCallback
 from sb3_iql.plotting import read_progress
 
@@ -146,3 +146,34 @@ def test_progress_bar_is_sb3s_tqdm_bar_on_a_terminal(line_datasets, tmp_path):
     stream = TerminalStream()
     tiny_model(scored, tmp_path).learn_offline(300, callback=[StopAfter(50), UpdatesProgressBarCallback(file=stream)])
     assert "50/300" in stream.getvalue().rsplit("\r", 1)[-1]
+
+
+class _ReportsSuccess(gym.Env):
+    """Episodes of 5 steps; odd episodes report success at step 3 only, even ones never; ``report=False``: no key."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def __init__(self, report: bool = True):
+        self.report, self.episode, self.t = report, -1, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.episode, self.t = self.episode + 1, 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        info = {"is_success": self.episode % 2 == 1 and self.t == 3} if self.report else {}
+        return np.zeros(1, np.float32), 0.0, False, self.t == 5, info
+
+
+class _ZeroPolicy:
+    def predict(self, observation, state=None, episode_start=None, deterministic=True):
+        return np.zeros((len(observation), 1), np.float32), None
+
+
+def test_evaluate_reports_the_success_rate_of_environments_that_report_success():
+    result = evaluate(_ZeroPolicy(), _ReportsSuccess(), n_eval_episodes=4)
+    assert result.success_rate == 0.5  # success at any step of the episode counts, not only at its end
+    assert evaluate(_ZeroPolicy(), _ReportsSuccess(report=False), n_eval_episodes=4).success_rate is None
