@@ -1,0 +1,114 @@
+"""
+Throughput of many seeds in one process: ``learn_offline_together`` (one vmapped update of K learners per step,
+``sb3_iql/iql/multi_seed.py``) against K separate ``learn_offline`` runs of the same models, one after the other.
+
+Reported per configuration (K learners, hidden widths): updates/s per learner of both, and their ratio, from wall
+time and from the process CPU time (steadier when other processes share the cores). The two are timed in
+alternation, round by round, so that the ratio holds on a loaded machine; the median round counts.
+
+Usage::
+
+    python benchmarks/multi_seed_speed.py --updates 50 --rounds 3 --learners 1 2 4 --widths 64 256 --threads 1
+"""
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch as th
+
+from sb3_iql import IQL
+from sb3_iql.common.synthetic import box_env, synthetic_transitions
+from sb3_iql.iql.multi_seed import learn_offline_together
+
+#: AntMaze's shape (observation dim, action dim), batch size of the paper.
+OBS_DIM, ACTION_DIM, BATCH_SIZE = 29, 8, 256
+N_TRANSITIONS = 100_000
+
+
+def make_models(n_learners: int, width: int, device: str) -> list[IQL]:
+    """:return: ``n_learners`` models (seeds 0..K-1) on the same synthetic data, ``width x width`` networks"""
+    data = synthetic_transitions(OBS_DIM, ACTION_DIM, N_TRANSITIONS, seed=0)
+    models = []
+    for seed in range(n_learners):
+        model = IQL(
+            "MlpPolicy",
+            box_env(OBS_DIM, ACTION_DIM),
+            buffer_size=N_TRANSITIONS,
+            batch_size=BATCH_SIZE,
+            policy_kwargs={"net_arch": [width, width]},
+            seed=seed,
+            device=device,
+        )
+        model.replay_buffer.extend(
+            data.observations, data.next_observations, data.actions, data.rewards, data.dones, data.timeouts
+        )
+        models.append(model)
+    return models
+
+
+def timed(function: Callable[[], object], device: str) -> tuple[float, float]:
+    """:return: wall and process CPU seconds of ``function()``"""
+    if device == "cuda":
+        th.cuda.synchronize()
+    wall, cpu = time.perf_counter(), time.process_time()
+    function()
+    if device == "cuda":
+        th.cuda.synchronize()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def benchmark(n_learners: int, width: int, n_updates: int, n_rounds: int, device: str = "cpu") -> dict[str, float]:
+    """
+    :return: updates/s per learner of the together run and of the separate runs (wall and CPU time, median round),
+        and the ratios together / separate
+    """
+    together, separate = make_models(n_learners, width, device), make_models(n_learners, width, device)
+    learn_offline_together(together, 5, log_interval=0)  # warm-up
+    for model in separate:
+        model.learn_offline(5, log_interval=0)
+    times: dict[str, list[tuple[float, float]]] = {"together": [], "separate": []}
+    for _ in range(n_rounds):
+        times["together"].append(
+            timed(lambda: learn_offline_together(together, n_updates, log_interval=0, reset_num_timesteps=False), device)
+        )
+        times["separate"].append(
+            timed(lambda: [m.learn_offline(n_updates, log_interval=0, reset_num_timesteps=False) for m in separate], device)
+        )
+    result = {}
+    for name, rounds in times.items():
+        for clock, index in (("wall", 0), ("cpu", 1)):
+            seconds = statistics.median(round_times[index] for round_times in rounds)
+            result[f"{name}_{clock}"] = n_learners * n_updates / seconds  # learner-updates/s: updates/s per learner x K
+    for clock in ("wall", "cpu"):
+        result[f"ratio_{clock}"] = result[f"together_{clock}"] / result[f"separate_{clock}"]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--updates", type=int, default=50, help="updates per learner and round")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds of each (median reported)")
+    parser.add_argument("--learners", type=int, nargs="+", default=[1, 2, 4], help="values of K")
+    parser.add_argument("--widths", type=int, nargs="+", default=[64, 256], help="hidden widths (two layers)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    th.set_num_threads(args.threads)
+    print(f"batch {BATCH_SIZE}, obs {OBS_DIM}, action {ACTION_DIM}, {args.updates} updates x {args.rounds} rounds, ", end="")
+    print(f"{args.threads} thread(s), {args.device}; figures: learner-updates/s (K x updates/s)")
+    print("| width | K | together (wall) | separate (wall) | ratio (wall) | together (CPU) | separate (CPU) | ratio (CPU) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for width in args.widths:
+        for n_learners in args.learners:
+            r = benchmark(n_learners, width, args.updates, args.rounds, args.device)
+            print(
+                f"| {width}x{width} | {n_learners} | {r['together_wall']:.0f} | {r['separate_wall']:.0f} | "
+                f"{r['ratio_wall']:.2f} | {r['together_cpu']:.0f} | {r['separate_cpu']:.0f} | {r['ratio_cpu']:.2f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

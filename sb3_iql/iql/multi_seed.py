@@ -1,0 +1,455 @@
+"""
+Many seeds in one process: K independent IQL learners (same hyperparameters and network shapes, different seeds)
+trained as one batched computation, ``torch.func.vmap`` over their stacked parameters.
+
+Each learner reaches the parameters of its own single-seed ``learn_offline`` run from the same seed, to float
+tolerance (``tests/test_multi_seed.py``: 1e-10 in float64): every model draws its batches from its own replay buffer
+and sampling generator, as ``learn_offline`` does; the update is ``sb3_iql/iql/update.py``'s math on functional
+callables (as ``FunctionalUpdate`` in ``fast_update.py``), vmapped over the learners; Adam is the same fused kernel,
+run once on the stacked tensors; Polyak is one ``_foreach_lerp_``. At the end the parameters, Adam states and
+counters go back into each model, which is then an ordinary ``IQL`` (save, load, ``learn_offline``, ``learn``)::
+
+    from sb3_iql.iql.multi_seed import learn_offline_together, make_seeds
+
+    models = make_seeds([0, 1, 2, 3], "MlpPolicy", env, offline_dataset="D4RL/antmaze/large-diverse-v1", expectile=0.9)
+    learn_offline_together(models, 100_000)
+    models[2].save("iql_seed2")
+
+Eager only (no ``torch.compile``); CPU or CUDA, no host synchronisation in the loop. Not supported: dropout in the
+actor (vmap would draw its masks differently from the single-seed runs), callbacks, Adam with weight decay, amsgrad
+or maximize, observation spaces other than Box and Dict.
+"""
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch as th
+from gymnasium import spaces
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from sb3_iql.data.minari_loader import resolve_datasets
+from sb3_iql.iql import update
+from sb3_iql.iql.fast_update import _cat_obs, _LogProb
+from sb3_iql.iql.iql import IQL
+from sb3_iql.iql.update import Batch
+
+#: The networks of a learner: the three trained ones (each with its Adam) and the Polyak-averaged target critics.
+TRAINED = ("value", "actor", "critic")
+NETWORKS = (*TRAINED, "critic_target")
+NETWORK_ATTRIBUTES = {"value": "value_net", "actor": "actor", "critic": "critic", "critic_target": "critic_target"}
+#: Model attributes that must be equal for the learners to share one batched update (and one learning rate).
+SHARED_ATTRIBUTES = (
+    "batch_size",
+    "tau",
+    "gamma",
+    "expectile",
+    "beta",
+    "max_weight",
+    "update_order",
+    "learning_rate",
+    "actor_lr_schedule",
+    "offline_steps",
+    "_n_offline_updates",
+    "_current_progress_remaining",
+    "device",
+    "observation_space",
+    "action_space",
+    "policy_kwargs",
+)
+#: Adam settings that must be equal across learners (one kernel call updates them all).
+ADAM_SETTINGS = ("betas", "eps", "weight_decay", "amsgrad", "maximize", "differentiable")
+
+Tensors = dict[str, th.Tensor]
+
+
+def make_seeds(seeds: Sequence[int], *args: Any, **kwargs: Any) -> list[IQL]:
+    """
+    K ordinary IQL models, ``IQL(*args, seed=seed, **kwargs)`` for each seed.
+
+    A dataset given by id is resolved (opened, downloaded if asked) once, but each model loads its transitions
+    into its own replay buffer: K copies of the data in memory, K loading times. An environment instance passed
+    as ``env`` is shared by the K models (pass an id or None for one environment each).
+
+    :param seeds: one seed per model
+    :param args: positional arguments of ``IQL`` (policy, env, offline_dataset, ...)
+    :param kwargs: keyword arguments of ``IQL``, without ``seed``
+    :return: the models, in the order of ``seeds``
+    """
+    if "seed" in kwargs:
+        raise TypeError("make_seeds takes the seeds as its first argument, not seed=")
+    args, kwargs = list(args), dict(kwargs)
+    download = kwargs.get("download_dataset", False)
+    if len(args) > 2 and args[2] is not None:
+        args[2] = resolve_datasets(args[2], download=download)
+    elif kwargs.get("offline_dataset") is not None:
+        kwargs["offline_dataset"] = resolve_datasets(kwargs["offline_dataset"], download=download)
+    return [IQL(*args, seed=seed, **kwargs) for seed in seeds]
+
+
+def learn_offline_together(
+    models: Sequence[IQL],
+    n_updates: int | None = None,
+    log_interval: int = 1000,
+    tb_log_name: str | None = None,
+    reset_num_timesteps: bool = True,
+) -> list[IQL]:
+    """
+    ``model.learn_offline(n_updates)`` for every model, as one vmapped update per step for all of them.
+
+    Each update: every model sets its learning rates and samples its batch exactly as its own ``learn_offline``
+    would; the K batches are stacked (leading dimension K) and one batched update steps all the learners. Every
+    model's logger gets its own metrics every ``log_interval`` updates. Whenever the function returns (or raises),
+    the parameters and Adam states are written back into the models and their counters (``_n_offline_updates``,
+    ``_n_updates``, ``num_timesteps``) count the updates done, as ``learn_offline`` leaves them.
+
+    :param models: models that ``check_compatible`` accepts (e.g. from ``make_seeds``)
+    :param n_updates: gradient steps (default: what is left of ``offline_steps``)
+    :param log_interval: updates between two logger dumps (None or 0: dump only at the end)
+    :param tb_log_name: name of the TensorBoard run (default: the class name)
+    :param reset_num_timesteps: start counting ``num_timesteps`` from 0
+    :return: the models, trained
+    """
+    models = list(models)
+    check_compatible(models)
+    first = models[0]
+    if n_updates is None:
+        n_updates = max(first.offline_steps - first._n_offline_updates, 0)
+    tb_log_name = type(first).__name__ if tb_log_name is None else tb_log_name
+    learners = StackedLearners(models)  # checks that the Adam states are at one step, before any model changes
+    for model in models:
+        model._setup_offline_learn(n_updates, None, reset_num_timesteps, tb_log_name, progress_bar=False)
+        model.policy.set_training_mode(True)
+    metric_sums = th.zeros(len(models), len(first.metric_names), device=first.device)
+    since_dump, dump_start = 0, time.perf_counter()
+    try:
+        for _ in range(n_updates):
+            metric_sums += learners.step(sample_together(models))
+            for model in models:
+                model._n_offline_updates += 1
+                model._n_updates += 1
+                model.num_timesteps += 1
+            since_dump += 1
+            if log_interval and since_dump == log_interval:
+                _dump_logs(models, metric_sums, since_dump, time.perf_counter() - dump_start)
+                metric_sums.zero_()
+                since_dump, dump_start = 0, time.perf_counter()
+    finally:
+        learners.write_back()
+    if since_dump > 0:
+        _dump_logs(models, metric_sums, since_dump, time.perf_counter() - dump_start)
+    return models
+
+
+def sample_together(models: Sequence[IQL]) -> Batch:
+    """
+    Each model's next batch, drawn as its ``learn_offline`` draws it (learning rates set, then
+    ``replay_buffer.sample(batch_size)``), stacked.
+
+    :return: a batch whose tensors have a leading learner dimension: observations ``(K, batch, *obs_shape)`` (or a
+        dict of them), actions ``(K, batch, action_dim)``, rewards and dones ``(K, batch)``
+    """
+    batches = []
+    for model in models:
+        model._set_learning_rates(offline=True)
+        batches.append(Batch.from_replay_data(model.replay_buffer.sample(model.batch_size)))
+    return pytree.tree_map(lambda *values: th.stack(values), *batches)
+
+
+class StackedLearners:
+    """
+    The networks and Adam states of K compatible models, stacked along a new leading dimension, and one IQL update
+    (``sb3_iql.iql.update``'s steps) of all of them at once:
+
+    1. vmapped value step: value targets, value loss and its gradients;
+    2. fused Adam step of the K value networks (one kernel call on the stacked tensors);
+    3. vmapped policy step: policy targets with the new V (V on s and s' in one pass), actor and critic gradients;
+    4. fused Adam steps of the actors and the critics, Polyak averaging of the target critics.
+
+    The first model's modules serve as templates for ``torch.func.functional_call``; every learner's parameters
+    and buffers (observation normalizer statistics) are its own. The models' tensors are copied in at creation and
+    back with ``write_back``.
+
+    :param models: models that ``check_compatible`` accepts
+    """
+
+    def __init__(self, models: Sequence[IQL]):
+        self.models = list(models)
+        first = self.models[0]
+        self.settings = first._update_settings()
+        self.tau = first.tau
+        self.templates = _modules(first)
+        per_model = [_modules(model) for model in self.models]
+        self.params = {name: _stack([dict(m[name].named_parameters()) for m in per_model]) for name in NETWORKS}
+        self.buffers = {name: _stack([dict(m[name].named_buffers()) for m in per_model]) for name in NETWORKS}
+        self.states = {name: self._stack_adam_state(name) for name in TRAINED}
+        self.value_grads = th.func.vmap(self._value_grads)
+        self.policy_grads = th.func.vmap(self._policy_grads)
+
+    # --- stacking -------------------------------------------------------------------------------------------------
+
+    def _stack_adam_state(self, name: str) -> dict[str, list[th.Tensor]]:
+        """
+        :return: Adam's ``exp_avg`` and ``exp_avg_sq`` of network ``name``, stacked ``(K, *param_shape)`` per
+            parameter, and one float32 ``step`` per parameter (equal across learners, checked here)
+        """
+        state: dict[str, list[th.Tensor]] = {"step": [], "exp_avg": [], "exp_avg_sq": []}
+        for position, stacked in enumerate(self.params[name].values()):
+            per_model = [_adam_state(model, name, position) for model in self.models]
+            steps = {float(param_state["step"]) if param_state else 0.0 for param_state in per_model}  # one sync, here
+            if len(steps) > 1:
+                raise ValueError(f"The models' {name} optimizers are at different steps: {sorted(steps)}")
+            for key in ("exp_avg", "exp_avg_sq"):
+                values = [param_state[key] if param_state else th.zeros_like(stacked[0]) for param_state in per_model]
+                state[key].append(th.stack(values))
+            state["step"].append(th.tensor(steps.pop(), dtype=th.float32, device=stacked.device))
+        return state
+
+    def write_back(self) -> None:
+        """Copy every learner's parameters and Adam state into its own model's networks and optimizers, in place."""
+        with th.no_grad():
+            for index, model in enumerate(self.models):
+                modules = _modules(model)
+                for name in NETWORKS:
+                    for param, stacked in zip(modules[name].parameters(), self.params[name].values()):
+                        param.copy_(stacked[index])
+                for name in TRAINED:
+                    self._write_adam_state(model, name, index)
+
+    def _write_adam_state(self, model: IQL, name: str, index: int) -> None:
+        """Learner ``index``'s Adam state of network ``name`` into ``model``'s optimizer (created as Adam would)."""
+        optimizer = _network(model, name).optimizer
+        group = optimizer.param_groups[0]
+        state = self.states[name]
+        for position, param in enumerate(group["params"]):
+            param_state = optimizer.state[param]
+            if not param_state:  # as Adam's first step creates it
+                on_device = group["fused"] or group["capturable"]
+                param_state["step"] = th.zeros((), dtype=th.float32, device=param.device if on_device else "cpu")
+                param_state["exp_avg"] = th.zeros_like(param, memory_format=th.preserve_format)
+                param_state["exp_avg_sq"] = th.zeros_like(param, memory_format=th.preserve_format)
+            param_state["step"].copy_(state["step"][position])
+            param_state["exp_avg"].copy_(state["exp_avg"][position][index])
+            param_state["exp_avg_sq"].copy_(state["exp_avg_sq"][position][index])
+
+    # --- the update -----------------------------------------------------------------------------------------------
+
+    def _call(self, name: str, params: Tensors, buffers: dict[str, Tensors]) -> Any:
+        """:return: network ``name`` of one learner as a function of its inputs, with the given parameters"""
+        return lambda *inputs: th.func.functional_call(self.templates[name], (params, buffers[name]), inputs)
+
+    def _value_grads(
+        self, params: dict[str, Tensors], buffers: dict[str, Tensors], batch: Batch
+    ) -> tuple[Tensors, th.Tensor, th.Tensor, Tensors]:
+        """
+        One learner's value step (vmapped over learners).
+
+        :return: gradients of the value loss, value loss, V(s) ``(batch,)``, value targets as a dict
+        """
+        critic_target = self._call("critic_target", params["critic_target"], buffers)
+        targets = update.value_targets(critic_target, self._call("value", params["value"], buffers), batch, self.settings)
+
+        def loss_fn(value_params: Tensors) -> tuple[th.Tensor, th.Tensor]:
+            return update.value_objective(self._call("value", value_params, buffers), batch, targets, self.settings)
+
+        grads, (value_loss, values) = th.func.grad_and_value(loss_fn, has_aux=True)(params["value"])
+        return grads, value_loss, values, _targets_to_dict(targets)
+
+    def _policy_grads(
+        self,
+        params: dict[str, Tensors],
+        buffers: dict[str, Tensors],
+        batch: Batch,
+        value_targets: Tensors,
+        value_loss: th.Tensor,
+        values: th.Tensor,
+    ) -> tuple[Tensors, Tensors, th.Tensor]:
+        """
+        One learner's policy step with its new V (vmapped over learners).
+
+        :return: actor gradients, critic gradients, metrics of ``METRIC_NAMES`` ``(len(METRIC_NAMES),)``
+        """
+        value = self._call("value", params["value"], buffers)
+        batch_size = batch.actions.shape[0]
+
+        def both_values(observations: Any, next_observations: Any) -> tuple[th.Tensor, th.Tensor]:
+            values = value(_cat_obs(observations, next_observations))  # V(s) and V(s') in one pass
+            return values[:batch_size], values[batch_size:]
+
+        targets = update.policy_targets(value, batch, _targets_from_dict(value_targets), self.settings, both_values)
+
+        def actor_loss_fn(actor_params: Tensors) -> th.Tensor:
+            return update.actor_objective(self._call("actor", actor_params, buffers), batch, targets)
+
+        def critic_loss_fn(critic_params: Tensors) -> tuple[th.Tensor, th.Tensor]:
+            return update.critic_objective(self._call("critic", critic_params, buffers), batch, targets)
+
+        actor_grads, actor_loss = th.func.grad_and_value(actor_loss_fn)(params["actor"])
+        critic_grads, (critic_loss, current_q) = th.func.grad_and_value(critic_loss_fn, has_aux=True)(params["critic"])
+        metrics = update.update_metrics(value_loss, actor_loss, critic_loss, values, current_q, targets)
+        return actor_grads, critic_grads, metrics
+
+    def _adam_(self, name: str, grads: Tensors) -> None:
+        """``Adam(fused=True).step()`` of the K networks ``name`` at once (as ``FunctionalUpdate._adam_``), in place."""
+        group = _network(self.models[0], name).optimizer.param_groups[0]
+        state = self.states[name]
+        th._foreach_add_(state["step"], 1.0)
+        th._fused_adam_(
+            list(self.params[name].values()),
+            list(grads.values()),
+            state["exp_avg"],
+            state["exp_avg_sq"],
+            [],
+            state["step"],
+            lr=group["lr"],
+            beta1=group["betas"][0],
+            beta2=group["betas"][1],
+            weight_decay=0.0,
+            eps=group["eps"],
+            amsgrad=False,
+            maximize=False,
+        )
+
+    def step(self, batch: Batch) -> th.Tensor:
+        """
+        One IQL update of every learner, with the learning rates the models' optimizers hold (equal, checked).
+
+        :param batch: the stacked batches of ``sample_together``
+        :return: the metrics of ``METRIC_NAMES`` of every learner, ``(K, len(METRIC_NAMES))``, on the device
+        """
+        _check_same_learning_rates(self.models)
+        params, buffers = self.params, self.buffers
+        with th.no_grad():  # torch.func.grad still differentiates inside
+            value_params = {"value": params["value"], "critic_target": params["critic_target"]}
+            value_grads, value_loss, values, targets = self.value_grads(value_params, buffers, batch)
+            self._adam_("value", value_grads)
+            policy_params = {name: params[name] for name in TRAINED}
+            actor_grads, critic_grads, metrics = self.policy_grads(policy_params, buffers, batch, targets, value_loss, values)
+            self._adam_("actor", actor_grads)
+            self._adam_("critic", critic_grads)
+            th._foreach_lerp_(list(params["critic_target"].values()), list(params["critic"].values()), self.tau)
+        return metrics
+
+
+# --- compatibility ------------------------------------------------------------------------------------------------
+
+
+def check_compatible(models: Sequence[IQL]) -> None:
+    """
+    :raises ValueError: the models cannot be trained together: not distinct IQL models of one class, or differing
+        in a hyperparameter, the learning rate settings or progress, the network shapes, or the Adam settings; or
+        with dropout in the actor, an unsupported observation space, or an empty replay buffer
+    """
+    models = list(models)
+    if not models:
+        raise ValueError("learn_offline_together needs at least one model")
+    if len({id(model) for model in models}) != len(models):
+        raise ValueError("The same model is given twice: pass K distinct models (e.g. from make_seeds)")
+    first = models[0]
+    for index, model in enumerate(models):
+        if not isinstance(model, IQL) or type(model) is not type(first):
+            kinds = f"models[{index}] is a {type(model).__name__}, models[0] a {type(first).__name__}"
+            raise ValueError(f"{kinds}: the models must be IQL models of one class")
+        _check_alone(model, index)
+        for attribute in SHARED_ATTRIBUTES:
+            if not _equal(getattr(model, attribute), getattr(first, attribute)):
+                raise ValueError(
+                    f"{attribute} differs: models[0].{attribute}={getattr(first, attribute)!r}, "
+                    f"models[{index}].{attribute}={getattr(model, attribute)!r}"
+                )
+        _check_networks(first, model, index)
+
+
+def _check_alone(model: IQL, index: int) -> None:
+    """What one model must satisfy on its own: data to train on, a supported space, no dropout, plain Adam."""
+    if model.replay_buffer is None or model.replay_buffer.size() == 0:
+        raise ValueError(f"models[{index}] has an empty replay buffer: create it with offline_dataset=...")
+    if not isinstance(model.observation_space, (spaces.Box, spaces.Dict)):
+        raise ValueError(f"learn_offline_together supports Box and Dict observations, got {model.observation_space}")
+    if any(isinstance(layer, nn.Dropout) and layer.p > 0 for layer in model.actor.modules()):
+        raise ValueError("learn_offline_together does not support dropout: vmap draws other masks than a single run")
+    for name in TRAINED:
+        optimizer = _network(model, name).optimizer
+        if not isinstance(optimizer, th.optim.Adam) or len(optimizer.param_groups) != 1:
+            raise ValueError(f"learn_offline_together needs one Adam param group per network, got {optimizer}")
+        group = optimizer.param_groups[0]
+        if group["weight_decay"] or group["amsgrad"] or group["maximize"] or group["differentiable"]:
+            raise ValueError("learn_offline_together supports Adam without weight_decay, amsgrad, maximize or differentiable")
+        params = list(_network(model, name).parameters())
+        if len(group["params"]) != len(params) or any(a is not b for a, b in zip(group["params"], params)):
+            raise ValueError(f"The {name} optimizer of models[{index}] does not hold exactly its network's parameters")
+
+
+def _check_networks(first: IQL, model: IQL, index: int) -> None:
+    """Same policy class, same modules (layers, activations), same parameter and buffer shapes, same Adam settings."""
+    if type(model.policy) is not type(first.policy):
+        raise ValueError(f"models[{index}] has a {type(model.policy).__name__}, models[0] a {type(first.policy).__name__}")
+    for name, network in _modules(model).items():
+        reference = _modules(first)[name]
+        if repr(network) != repr(reference) or _shapes(network) != _shapes(reference):
+            raise ValueError(f"The {name} networks of models[0] and models[{index}] differ in structure or shapes")
+    for name in TRAINED:
+        group, reference = (_network(m, name).optimizer.param_groups[0] for m in (model, first))
+        for key in ADAM_SETTINGS:
+            if group[key] != reference[key]:
+                raise ValueError(f"Adam's {key} of {name} differs: models[0] {reference[key]}, models[{index}] {group[key]}")
+
+
+def _check_same_learning_rates(models: Sequence[IQL]) -> None:
+    """The learning rates the models just set are equal (one fused Adam call steps all learners with one lr)."""
+    reference = [_network(models[0], name).optimizer.param_groups[0]["lr"] for name in TRAINED]
+    for index, model in enumerate(models[1:], start=1):
+        if [_network(model, name).optimizer.param_groups[0]["lr"] for name in TRAINED] != reference:
+            raise ValueError(f"models[{index}] has other learning rates than models[0]: the schedules or progress differ")
+
+
+def _shapes(module: nn.Module) -> list[tuple[str, tuple[int, ...], th.dtype]]:
+    tensors = [*module.named_parameters(), *module.named_buffers()]
+    return [(key, tuple(tensor.shape), tensor.dtype) for key, tensor in tensors]
+
+
+def _equal(first: Any, second: Any) -> bool:
+    """``==`` that also compares dicts holding arrays or spaces (any failure to compare counts as different)."""
+    try:
+        return bool(first == second)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+
+
+# --- helpers ------------------------------------------------------------------------------------------------------
+
+
+def _network(model: IQL, name: str) -> nn.Module:
+    return getattr(model, NETWORK_ATTRIBUTES[name])
+
+
+def _modules(model: IQL) -> dict[str, nn.Module]:
+    """:return: the modules ``functional_call`` runs, by network: the actor as its ``log_prob`` (``_LogProb``)"""
+    return {name: _LogProb(model.actor) if name == "actor" else _network(model, name) for name in NETWORKS}
+
+
+def _stack(per_model: list[Tensors]) -> Tensors:
+    """:return: each tensor stacked over the models, ``(K, *shape)``, detached copies"""
+    return {key: th.stack([tensors[key].detach() for tensors in per_model]) for key in per_model[0]}
+
+
+def _adam_state(model: IQL, name: str, position: int) -> dict[str, th.Tensor]:
+    """:return: the Adam state of parameter ``position`` of network ``name`` of ``model`` (empty before a step)"""
+    optimizer = _network(model, name).optimizer
+    return optimizer.state.get(optimizer.param_groups[0]["params"][position], {})
+
+
+def _targets_to_dict(targets: update.ValueTargets) -> Tensors:
+    """``ValueTargets`` as a dict without its None field (vmap takes and returns tensors only)."""
+    return {key: value for key, value in targets._asdict().items() if value is not None}
+
+
+def _targets_from_dict(targets: Tensors) -> update.ValueTargets:
+    return update.ValueTargets(targets["target_q"], targets.get("next_value"))
+
+
+def _dump_logs(models: Sequence[IQL], metric_sums: th.Tensor, n_steps: int, seconds: float) -> None:
+    """Each model's logger dump, with its own metrics; updates/s is that of every learner (they run together)."""
+    for model, sums in zip(models, metric_sums):
+        model._dump_offline_logs(sums, n_steps, seconds)

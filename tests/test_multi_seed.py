@@ -1,0 +1,160 @@
+"""
+Many seeds in one process (``sb3_iql/iql/multi_seed.py``): K learners trained together, one vmapped update per
+step, reach the parameters, Adam states and counters of the same K models trained one by one with their own
+``learn_offline`` (their own seeds, hence their own batches). As in ``tests/test_fast_path.py``, the long comparisons
+run in float64, where a difference of math shows and rounding cannot: they must agree to 1e-10.
+"""
+
+import pathlib
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import stable_baselines3.common.policies
+import torch as th
+from gymnasium import spaces
+from toy_data import LINE_ENV_ID, LineEnv, bad_policy, good_policy, rollout_episodes, write_dataset
+
+from sb3_iql import IQL
+from sb3_iql.common.synthetic import SpacesEnv, box_env, synthetic_antmaze_transitions, synthetic_transitions
+from sb3_iql.iql.multi_seed import learn_offline_together, make_seeds
+
+OBS_DIM, ACTION_DIM = 7, 3
+N_TRANSITIONS = 2_000
+N_UPDATES = 30
+SEEDS = (0, 1, 2)
+#: The actor's cosine learning rate moves a lot within the compared updates.
+SMALL = dict(batch_size=32, expectile=0.9, beta=10.0, offline_steps=40)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_transitions(OBS_DIM, ACTION_DIM, n_transitions=N_TRANSITIONS, seed=0)
+
+
+@pytest.fixture
+def float64(monkeypatch: pytest.MonkeyPatch):
+    """Let float64 observations through SB3's preprocessing (it casts Box observations to float32)."""
+    monkeypatch.setattr(stable_baselines3.common.policies, "preprocess_obs", lambda obs, *args, **kwargs: obs)
+    return th.float64
+
+
+@pytest.fixture
+def line_dataset(minari_root: pathlib.Path):
+    env = gym.make(LINE_ENV_ID)
+    episodes = rollout_episodes(env, [good_policy, bad_policy], n_episodes=40)
+    return write_dataset("test/line/mixed-v0", episodes, env=env, ref_min_score=-16.0, ref_max_score=-2.0)
+
+
+def make_model(data, seed: int, env: gym.Env | None = None, dtype: th.dtype = th.float64, **kwargs) -> IQL:
+    """A model on ``data``, its observation normalizer fitted on a slice of its own (so each learner has its own
+    buffers), its networks and replay buffer storage in ``dtype``."""
+    env = box_env(OBS_DIM, ACTION_DIM) if env is None else env
+    policy_kwargs = {"net_arch": [32, 32], "normalize_observations": True}
+    model = IQL("MlpPolicy", env, buffer_size=N_TRANSITIONS, policy_kwargs=policy_kwargs, seed=seed, **{**SMALL, **kwargs})
+    model.replay_buffer.extend(
+        data.observations, data.next_observations, data.actions, data.rewards, data.dones, data.timeouts
+    )
+    observations = data.observations
+    part = {key: value[100 * seed :] for key, value in observations.items()} if isinstance(observations, dict) else None
+    model.policy.observation_normalizer.fit(observations[100 * seed :] if part is None else part)
+    model.policy.to(dtype)
+    buffer = model.replay_buffer
+    buffer._storage = buffer._storage.to(dtype)  # batches in dtype too
+    buffer._make_views()
+    return model
+
+
+def max_difference(first: IQL, second: IQL) -> float:
+    return max((a - b).abs().max().item() for a, b in zip(first.policy.parameters(), second.policy.parameters()))
+
+
+def optimizer_states_match(first: IQL, second: IQL, atol: float) -> None:
+    for name in ("value_net", "actor", "critic"):
+        states = [getattr(model, name).optimizer.state_dict()["state"] for model in (first, second)]
+        assert states[0].keys() == states[1].keys() and len(states[0]) > 0
+        for key in states[0]:
+            for field in ("exp_avg", "exp_avg_sq"):
+                th.testing.assert_close(states[0][key][field], states[1][key][field], rtol=0, atol=atol)
+            assert float(states[0][key]["step"]) == float(states[1][key]["step"])
+            assert states[0][key]["step"].device == states[1][key]["step"].device
+
+
+def counters(model: IQL) -> tuple[int, int, int]:
+    return model._n_offline_updates, model._n_updates, model.num_timesteps
+
+
+def test_together_equals_one_by_one_in_float64(data, float64):
+    together = [make_model(data, seed) for seed in SEEDS]
+    alone = [make_model(data, seed) for seed in SEEDS]
+    learn_offline_together(together, N_UPDATES, log_interval=0)
+    for model in alone:
+        model.learn_offline(N_UPDATES, log_interval=0)
+    assert together[0].actor.optimizer.param_groups[0]["lr"] < 0.5 * together[0].learning_rate  # the cosine ran
+    for joint, single in zip(together, alone):
+        assert max_difference(joint, single) < 1e-10
+        optimizer_states_match(joint, single, atol=1e-10)
+        assert counters(joint) == counters(single) == (N_UPDATES, N_UPDATES, N_UPDATES)
+        assert th.equal(joint.replay_buffer.generator.get_state(), single.replay_buffer.generator.get_state())
+    assert max_difference(together[0], together[1]) > 1e-3  # the learners are independent
+
+
+def test_dict_observations_and_the_joint_order_in_float64(float64):
+    space, data = synthetic_antmaze_transitions(N_TRANSITIONS, seed=0)
+    env = SpacesEnv(space, spaces.Box(-1.0, 1.0, (data.actions.shape[1],), np.float32))
+    together = [make_model(data, seed, env, update_order="joint") for seed in SEEDS[:2]]
+    alone = [make_model(data, seed, env, update_order="joint") for seed in SEEDS[:2]]
+    learn_offline_together(together, 10, log_interval=0)
+    for joint, single in zip(together, alone):
+        single.learn_offline(10, log_interval=0)
+        assert max_difference(joint, single) < 1e-10
+        optimizer_states_match(joint, single, atol=1e-10)
+
+
+def test_the_comparison_detects_other_batches_and_other_math(data, float64):
+    together = [make_model(data, seed) for seed in SEEDS[:2]]
+    learn_offline_together(together, N_UPDATES, log_interval=0)
+    seed_1 = make_model(data, 1)
+    seed_1.learn_offline(N_UPDATES, log_interval=0)
+    assert max_difference(together[0], seed_1) > 1e-6  # another seed's run
+    other_beta = make_model(data, 0, beta=10.1)
+    other_beta.learn_offline(N_UPDATES, log_interval=0)
+    assert max_difference(together[0], other_beta) > 1e-6  # the same batches, other math
+
+
+def test_incompatible_models_are_refused(data):
+    models = [make_model(data, seed, dtype=th.float32) for seed in SEEDS[:2]]
+    with pytest.raises(ValueError, match="tau differs"):
+        learn_offline_together([*models, make_model(data, 2, dtype=th.float32, tau=0.01)], 1)
+    with pytest.raises(ValueError, match="same model is given twice"):
+        learn_offline_together([models[0], models[0]], 1)
+    with pytest.raises(ValueError, match="dropout"):
+        learn_offline_together([make_model(data, 2, dtype=th.float32, dropout=0.1)], 1)
+    models[1].learn_offline(1, log_interval=0)
+    with pytest.raises(ValueError, match="_n_offline_updates differs"):
+        learn_offline_together(models, 1)
+    assert counters(models[0]) == (0, 0, 0)
+
+
+def test_make_seeds_models_save_load_and_continue_like_single_runs(line_dataset, tmp_path):
+    kwargs = dict(policy_kwargs={"net_arch": [32, 32]}, **SMALL)
+    models = make_seeds([0, 1], "MlpPolicy", LINE_ENV_ID, offline_dataset=line_dataset, **kwargs)
+    alone = IQL("MlpPolicy", LINE_ENV_ID, offline_dataset=line_dataset, seed=1, **kwargs)
+    assert [model.replay_buffer.size() for model in models] == [alone.replay_buffer.size()] * 2
+    learn_offline_together(models, 20, log_interval=10)
+    alone.learn_offline(20, log_interval=10)
+    assert max_difference(models[1], alone) < 1e-5  # float32: rounding only
+    assert counters(models[1]) == counters(alone)
+
+    models[1].save(tmp_path / "seed1")
+    models[1].save_replay_buffer(tmp_path / "buffer")
+    loaded = IQL.load(tmp_path / "seed1", env=LineEnv())
+    obs = np.random.default_rng(0).uniform(-1, 1, (16, 2)).astype(np.float32)
+    np.testing.assert_array_equal(models[1].predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+    optimizer_states_match(models[1], loaded, atol=0)
+    loaded.load_replay_buffer(tmp_path / "buffer")
+    for model in (loaded, models[1], alone):
+        model.learn_offline(10, reset_num_timesteps=False, log_interval=0)
+    assert max_difference(loaded, alone) < 1e-5
+    assert max_difference(models[1], loaded) == 0.0
+    assert counters(loaded) == counters(alone) == (30, 30, 30)
