@@ -65,11 +65,14 @@ def d3rlpy_dataset(transitions: Transitions, observation_space: spaces.Space, re
     )
 
 
-def make_d3rlpy_algo(method: str, hyperparameters: dict[str, Any], net_arch: list[int], batch_size: int) -> Any:
+def make_d3rlpy_algo(
+    method: str, hyperparameters: dict[str, Any], net_arch: list[int], batch_size: int, device: str = "cpu"
+) -> Any:
     """
     :param method: ``"iql"`` (``d3rlpy.algos.IQLConfig``) or ``"bc"`` (``d3rlpy.algos.BCConfig``, d3rlpy's own
         deterministic BC with its default learning rate)
     :param hyperparameters: ``expectile`` and ``beta`` (d3rlpy's ``weight_temp``) for IQL
+    :param device: ``"cpu"`` or ``"cuda"`` (d3rlpy's first device of that kind)
     :return: the algorithm, not yet built
     """
     import d3rlpy
@@ -83,9 +86,9 @@ def make_d3rlpy_algo(method: str, hyperparameters: dict[str, Any], net_arch: lis
             actor_encoder_factory=encoder,
             critic_encoder_factory=encoder,
             value_encoder_factory=encoder,
-        ).create(device="cpu:0")
+        ).create(device=f"{device}:0")
     if method == "bc":
-        return d3rlpy.algos.BCConfig(batch_size=batch_size, encoder_factory=encoder).create(device="cpu:0")
+        return d3rlpy.algos.BCConfig(batch_size=batch_size, encoder_factory=encoder).create(device=f"{device}:0")
     raise ValueError(f"Unknown d3rlpy method {method!r}: use 'iql' or 'bc'")
 
 

@@ -5,6 +5,7 @@ Paths (all in one run, interleaved round by round so that ratios hold on a noisy
 
 - ``plain``: a straightforward single-file PyTorch IQL loop (CORL style, ``benchmarks/plain_iql.py``), the same math
   as ours in the reference order.
+- ``d3rlpy``: d3rlpy's IQL, the peer (``benchmarks/peers.py``), trained with its own ``fitter`` (sampling included).
 - ``sb3``: ``IQL.learn_offline`` with SB3's NumPy buffer (``OfflineReplayBuffer``), default Adam.
 - ``device``: ``IQL.learn_offline`` with ``DeviceReplayBuffer``, default Adam.
 - ``fused``: ``DeviceReplayBuffer`` + ``Adam(fused=True)``.
@@ -26,6 +27,7 @@ processes share the cores). Peak memory and dataset load time are measured in on
 
 import argparse
 import datetime
+import importlib.util
 import json
 import math
 import os
@@ -39,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import peers  # benchmarks/peers.py
 import psutil
 import torch as th
 from gymnasium import spaces
@@ -65,14 +68,16 @@ RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"
 class PathSpec:
     """
     :param note: what the path is, for the report
-    :param buffer_class: the IQL replay buffer (None: the plain loop of ``plain_iql.py``)
+    :param kind: ``"iql"`` (``sb3_iql.IQL``), ``"plain"`` (``plain_iql.py``) or ``"d3rlpy"`` (d3rlpy's IQL)
+    :param buffer_class: the IQL replay buffer
     :param fused: ``Adam(fused=True)``
     :param compile_update: ``IQL``'s ``compile_update``
     :param needs_cuda: runs on CUDA only
     """
 
     note: str
-    buffer_class: type | None = DeviceReplayBuffer
+    kind: str = "iql"
+    buffer_class: type = DeviceReplayBuffer
     fused: bool = False
     compile_update: bool | str = False
     needs_cuda: bool = False
@@ -80,7 +85,8 @@ class PathSpec:
 
 #: Every training path, in report order.
 PATHS: dict[str, PathSpec] = {
-    "plain": PathSpec("plain_iql.py: NumPy buffer, per-parameter Adam, .item() x3", buffer_class=None),
+    "plain": PathSpec("plain_iql.py: NumPy buffer, per-parameter Adam, .item() x3", kind="plain"),
+    "d3rlpy": PathSpec("d3rlpy IQL (IQLConfig, same networks, batch and hyperparameters; peers.py)", kind="d3rlpy"),
     "sb3": PathSpec("OfflineReplayBuffer, default Adam", OfflineReplayBuffer),
     "device": PathSpec("DeviceReplayBuffer, default Adam"),
     "fused": PathSpec("DeviceReplayBuffer, Adam(fused=True)", fused=True),
@@ -142,11 +148,15 @@ def build_path(name: str, data: SyntheticTransitions, device: th.device) -> Path
     """Create path ``name``, load the dataset into its buffer and return it (not warmed up)."""
     spec = PATHS[name]
     obs_dim, action_dim = data.observations.shape[1], data.actions.shape[1]
-    if spec.buffer_class is None:
+    if spec.kind == "plain":
         plain = PlainIQL(obs_dim, action_dim, device)
         start = time.perf_counter()
         plain.load(data)
         return Path(name, plain.run, time.perf_counter() - start, spec.note)
+    if spec.kind == "d3rlpy":
+        start = time.perf_counter()
+        run_d3rlpy = d3rlpy_runner(data, device)
+        return Path(name, run_d3rlpy, time.perf_counter() - start, spec.note)
     model = make_iql(obs_dim, action_dim, device, spec)
     start = time.perf_counter()
     load_into(model, data)
@@ -159,10 +169,45 @@ def build_path(name: str, data: SyntheticTransitions, device: th.device) -> Path
     return Path(name, run, load_seconds, spec.note, model)
 
 
+def d3rlpy_runner(data: SyntheticTransitions, device: th.device) -> Callable[[int], None]:
+    """:return: ``run(n)``: n updates of d3rlpy's IQL (its own ``fitter``: its sampling, its update) on the data"""
+    import d3rlpy
+    from d3rlpy.logging import NoopAdapterFactory
+
+    dataset = d3rlpy.dataset.MDPDataset(
+        observations=data.observations,
+        actions=data.actions,
+        rewards=data.rewards.reshape(-1, 1),
+        terminals=data.dones,
+        timeouts=data.timeouts,
+        action_space=d3rlpy.ActionSpace.CONTINUOUS,
+    )
+    hyperparameters = {"expectile": EXPECTILE, "beta": BETA}
+    d3rlpy.seed(0)
+    algo = peers.make_d3rlpy_algo("iql", hyperparameters, [HIDDEN, HIDDEN], BATCH_SIZE, device=str(device))
+    algo.build_with_dataset(dataset)
+
+    def run(n_updates: int) -> None:
+        fitter = algo.fitter(
+            dataset,
+            n_steps=n_updates,
+            n_steps_per_epoch=n_updates,
+            logger_adapter=NoopAdapterFactory(),
+            show_progress=False,
+            save_interval=n_updates + 1,
+        )
+        for _ in fitter:
+            pass
+
+    return run
+
+
 def available(name: str, device: th.device) -> str | None:
     """:return: why path ``name`` cannot run here, or None"""
     if PATHS[name].needs_cuda and device.type != "cuda":
         return "needs CUDA (none here)"
+    if PATHS[name].kind == "d3rlpy" and importlib.util.find_spec("d3rlpy") is None:
+        return "needs d3rlpy (make install-benchmarks)"
     return None
 
 
