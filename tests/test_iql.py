@@ -7,6 +7,8 @@ import pathlib
 import gymnasium as gym
 import numpy as np
 import pytest
+import stable_baselines3.common.base_class
+import stable_baselines3.common.off_policy_algorithm
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
 from stable_baselines3.common.logger import configure
@@ -305,3 +307,26 @@ def test_vectorized_environments(line_dataset):
     assert model.replay_buffer.size() == 1000 + 5  # rows of 2 transitions: 500 offline, 5 online
     actions, _ = model.predict(env.reset(), deterministic=True)
     assert actions.shape == (2, 1) and np.all(np.abs(actions) <= 2.0)
+
+
+def test_a_save_that_fails_half_way_keeps_the_previous_file(line_dataset, tmp_path, monkeypatch):
+    model = line_model(line_dataset)
+    model.save(tmp_path / "iql")
+    model.save_replay_buffer(tmp_path / "buffer")
+    saved = {name: (tmp_path / name).read_bytes() for name in ("iql.zip", "buffer.pkl")}
+    model.learn_offline(5)
+
+    def write_half_then_fail(path, *args, **kwargs):
+        with open(path, "wb") as file:
+            file.write(b"half a file")
+        raise OSError("disk full")
+
+    # where SB3's save and save_replay_buffer look these writers up
+    monkeypatch.setattr(stable_baselines3.common.base_class, "save_to_zip_file", write_half_then_fail)
+    monkeypatch.setattr(stable_baselines3.common.off_policy_algorithm, "save_to_pkl", write_half_then_fail)
+    for name, save in (("iql", model.save), ("buffer", model.save_replay_buffer)):
+        with pytest.raises(OSError, match="disk full"):
+            save(tmp_path / name)
+    assert {name: (tmp_path / name).read_bytes() for name in saved} == saved
+    assert not list(tmp_path.glob(".*.tmp"))  # no half-written temporary file left behind
+    IQL.load(tmp_path / "iql", env=LineEnv())  # still a whole model

@@ -8,8 +8,10 @@ metrics as a device tensor) and ``_set_learning_rates(offline)``; it sets its ow
 ``OfflineAlgorithm.__init__``, which builds the model and loads the data.
 """
 
+import os
+import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, TypeVar
 
 import gymnasium as gym
@@ -30,9 +32,34 @@ from sb3_iql.data.minari_loader import DatasetLike, Transitions, check_spaces, l
 from sb3_iql.data.rewards import RewardTransformLike, make_reward_transform
 
 SelfOfflineAlgorithm = TypeVar("SelfOfflineAlgorithm", bound="OfflineAlgorithm")
+PathLike = str | pathlib.Path | Any  # SB3 also takes open file objects
 
 #: Room left in the default replay buffer for online fine-tuning data, in transitions.
 ONLINE_BUFFER_ROOM = 1_000_000
+
+
+def write_atomically(path: PathLike, suffix: str, write: Callable[[PathLike], None]) -> None:
+    """
+    Write a file so that a crash during the write leaves the previous file intact: ``write`` writes to a temporary
+    file beside the target, which is then renamed onto it (``os.replace``). File objects are written as they are.
+
+    :param path: the target; without a suffix it gets ``.<suffix>``, as SB3 names its files
+    :param suffix: the suffix SB3 would add (``"zip"``, ``"pkl"``)
+    :param write: writes the file to the path it is given
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        write(path)
+        return
+    target = pathlib.Path(path)
+    if target.suffix == "":
+        target = target.with_name(f"{target.name}.{suffix}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.tmp")  # has a suffix: SB3 adds none
+    try:
+        write(temporary)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 class OfflineAlgorithm(OffPolicyAlgorithm):
@@ -371,6 +398,14 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             if total_timesteps == 0:
                 return self
         return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
+
+    def save(self, path: PathLike, exclude: Iterable[str] | None = None, include: Iterable[str] | None = None) -> None:
+        """SB3's ``save``, written to a temporary file then renamed: a crash mid-write keeps the previous file."""
+        write_atomically(path, "zip", lambda target: super(OfflineAlgorithm, self).save(target, exclude, include))
+
+    def save_replay_buffer(self, path: PathLike) -> None:
+        """SB3's ``save_replay_buffer``, written to a temporary file then renamed (see ``save``)."""
+        write_atomically(path, "pkl", lambda target: super(OfflineAlgorithm, self).save_replay_buffer(target))
 
     def load_replay_buffer(self, path: Any, truncate_last_traj: bool = True) -> None:
         super().load_replay_buffer(path, truncate_last_traj)
