@@ -11,6 +11,7 @@ import minari
 import numpy as np
 import pytest
 import torch as th
+from minari.storage import get_dataset_path
 from stable_baselines3 import SAC, TD3
 
 from sb3_iql.datasets import (
@@ -262,7 +263,10 @@ def test_failed_write_leaves_no_folder(minari_root: pathlib.Path, monkeypatch: p
     episodes = rollout_episodes(gym.make(PENDULUM_ID), lambda observation: np.zeros(1), n_episodes=1)
 
     def create_then_fail(dataset_id: str, *args: object, **kwargs: object) -> None:
-        (minari_root / dataset_id / "data").mkdir(parents=True)
+        # where Minari writes: half a dataset, metadata included, then the failure
+        data = get_dataset_path(dataset_id) / "data"
+        data.mkdir(parents=True)
+        (data / "metadata.json").write_text("{}")
         raise RuntimeError("disk full")
 
     with monkeypatch.context() as patch:
@@ -270,9 +274,40 @@ def test_failed_write_leaves_no_folder(minari_root: pathlib.Path, monkeypatch: p
         with pytest.raises(RuntimeError, match="disk full"):
             write_dataset(dataset_id, episodes, gym.make(PENDULUM_ID))
     assert not (minari_root / dataset_id).exists()
+    assert not list(minari_root.parent.glob(".sb3_iql-writing-*")), "no staging folder left"
     # A leftover empty data folder (from a failed create elsewhere) does not block the id either
     (minari_root / dataset_id / "data").mkdir(parents=True)
     assert write_dataset(dataset_id, episodes, gym.make(PENDULUM_ID)).total_episodes == 1
+
+
+CRASHING_WRITE = """
+import os, gymnasium as gym, minari, numpy as np
+from minari.storage import get_dataset_path
+from sb3_iql.datasets import write_dataset
+from sb3_iql.datasets.collect import rollout_episodes
+
+def create_then_crash(dataset_id, *args, **kwargs):
+    data = get_dataset_path(dataset_id) / "data"
+    data.mkdir(parents=True)
+    (data / "metadata.json").write_text("{}")
+    (data / "main_data.hdf5").write_bytes(b"half a file")
+    os._exit(3)  # killed mid-write: no exception handler, no cleanup runs
+
+minari.create_dataset_from_buffers = create_then_crash
+episodes = rollout_episodes(gym.make("InvertedPendulum-v5"), lambda observation: np.zeros(1), n_episodes=1)
+write_dataset("test/pendulum/crashed-v0", episodes, gym.make("InvertedPendulum-v5"))
+"""
+
+
+def test_a_crash_during_a_write_leaves_no_dataset_under_the_id(minari_root: pathlib.Path) -> None:
+    environment = {**os.environ, "MINARI_DATASETS_PATH": str(minari_root)}
+    crashed = subprocess.run([sys.executable, "-c", CRASHING_WRITE], env=environment, capture_output=True, timeout=120)
+    assert crashed.returncode == 3, crashed.stderr.decode()[-2000:]
+    dataset_id = "test/pendulum/crashed-v0"
+    assert not dataset_exists(dataset_id) and not (minari_root / dataset_id).exists()
+    assert dataset_id not in minari.list_local_datasets()
+    episodes = rollout_episodes(gym.make(PENDULUM_ID), lambda observation: np.zeros(1), n_episodes=1)
+    assert write_dataset(dataset_id, episodes, gym.make(PENDULUM_ID)).total_episodes == 1  # no "already exists"
 
 
 def test_dataset_from_replay_buffer(minari_root: pathlib.Path) -> None:

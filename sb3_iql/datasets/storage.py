@@ -1,8 +1,11 @@
-"""Writing Minari datasets safely: no jax needed, no half-written dataset left behind."""
+"""Writing Minari datasets safely: no jax needed, no half-written dataset left behind, even after a crash."""
 
+import contextlib
+import os
 import shutil
+import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +68,8 @@ def write_dataset(
     """
     Write episodes to a new local Minari dataset with ``minari.create_dataset_from_buffers``.
 
-    On failure the partially written folder is removed, so that the id can be used again.
+    The dataset is written in a staging folder and moved into place when complete: on failure, and after a crash,
+    nothing is left under the id, which can be used again.
 
     :param dataset_id: Minari dataset id.
     :param episodes: The episodes; ``observations`` hold one more row than ``actions`` (the last observation).
@@ -79,15 +83,38 @@ def write_dataset(
     """
     check_writable(dataset_id, overwrite)
     path = dataset_path(dataset_id)
-    if path.exists():
-        shutil.rmtree(path)
     metadata.setdefault("author", AUTHOR)
+    # Written in a staging root beside the datasets root, then moved into place: a crash mid-write (even a killed
+    # process) leaves no half-written dataset under the id, only a staging folder outside Minari's root.
+    staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=get_dataset_path().parent))
     try:
-        with warnings.catch_warnings():
+        with _datasets_root(staging), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_OPTIONAL_METADATA_WARNING)
-            return minari.create_dataset_from_buffers(
+            minari.create_dataset_from_buffers(
                 dataset_id, list(episodes), env=env, eval_env=eval_env if eval_env is not None else env.spec, **metadata
             )
-    except BaseException:
-        shutil.rmtree(path, ignore_errors=True)
-        raise
+        if path.exists():  # the dataset being overwritten (checked above), or a folder without metadata
+            shutil.rmtree(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(staging / dataset_id, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return minari.load_dataset(dataset_id)
+
+
+#: Staging folders of datasets being written, beside the datasets root (``write_dataset``).
+_STAGING_PREFIX = ".sb3_iql-writing-"
+
+
+@contextlib.contextmanager
+def _datasets_root(root: Path) -> Iterator[None]:
+    """Within the block, Minari reads and writes datasets under ``root`` (``MINARI_DATASETS_PATH``)."""
+    previous = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["MINARI_DATASETS_PATH"]
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = previous
