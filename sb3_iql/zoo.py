@@ -26,10 +26,12 @@ Watch the trained agent with rl-zoo's ``enjoy``::
 
 import argparse
 import contextlib
+import difflib
 import importlib
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -44,7 +46,7 @@ from stable_baselines3.common.utils import configure_logger
 from sb3_iql.callbacks import NormalizedEvalCallback, UpdatesProgressBarCallback
 from sb3_iql.data.minari_loader import load_dataset
 from sb3_iql.iql import IQL
-from sb3_iql.presets import preset_for
+from sb3_iql.presets import PresetNotFoundError, known_presets, preset_for
 
 try:
     import rl_zoo3
@@ -119,7 +121,10 @@ def zoo_hyperparams(
     :param presets_path: a preset file (default: the package's)
     :return: ``{env_id: hyperparameters}``
     """
-    hyperparams = preset_for(dataset_id, finetune, presets_path)
+    try:
+        hyperparams = preset_for(dataset_id, finetune, presets_path)
+    except PresetNotFoundError:
+        hyperparams = default_hyperparams(dataset_id, finetune, presets_path)
     hyperparams["offline_dataset"] = dataset_id
     dataset_env_id, env_kwargs = dataset_environment(dataset_id)
     if env_id is None or env_id == dataset_env_id:
@@ -127,6 +132,36 @@ def zoo_hyperparams(
             hyperparams.setdefault("env_kwargs", env_kwargs)
         env_id = dataset_env_id
     return {env_id: hyperparams}
+
+
+#: rl-zoo settings of a dataset without a preset: IQL's own defaults, offline only or with the paper's fine-tuning
+#: protocol (1M online steps, constant actor lr).
+DEFAULT_HYPERPARAMS: dict[str, Any] = {"policy": "MlpPolicy", "n_timesteps": 0}
+DEFAULT_FINETUNE_HYPERPARAMS: dict[str, Any] = {
+    "policy": "MlpPolicy",
+    "n_timesteps": 1_000_000,
+    "learning_starts": 0,
+    "actor_lr_schedule": "constant",
+}
+
+
+def default_hyperparams(dataset_id: str, finetune: bool = False, presets_path: str | None = None) -> dict[str, Any]:
+    """
+    The configuration of a dataset no preset applies to (a user's own): IQL's defaults, with a warning that names
+    the closest preset.
+
+    :return: a new dict in rl-zoo format
+    """
+    message = (
+        f"No IQL preset for dataset {dataset_id!r}: training with the package defaults (expectile 0.7, beta 3.0, "
+        "no reward transform)."
+    )
+    closest = difflib.get_close_matches(dataset_id, known_presets(finetune, presets_path), n=1, cutoff=0.0)
+    if closest:
+        message += f" The closest preset is {closest[0]!r}:"
+    message += " set hyperparameters with -params, or pass a configuration with --conf-file."
+    warnings.warn(message, stacklevel=2)
+    return dict(DEFAULT_FINETUNE_HYPERPARAMS if finetune else DEFAULT_HYPERPARAMS)
 
 
 class IQLExperimentManager(ExperimentManager):

@@ -121,3 +121,25 @@ def test_offline_then_online_fine_tuning(maze_root, tmp_path):
     # The offline phase's last dump, then online dumps (SB3 logs before the gradient step of its last env step).
     assert updates[updates <= 8].max() == 8 and updates.max() >= 19
     assert np.nanmax(progress["time/total_timesteps"]) == 20
+
+
+def test_a_dataset_without_preset_trains_with_the_defaults_and_a_warning(maze_root, tmp_path):
+    from sb3_iql.datasets import make_pointmaze_dataset
+    from sb3_iql.zoo import zoo_hyperparams
+
+    dataset_id = "mine/maze/umaze-stitch-v0"  # no preset matches this namespace
+    make_pointmaze_dataset("umaze", stitch=True, n_steps=600, n_reference_episodes=1, dataset_id=dataset_id)
+    with pytest.warns(UserWarning, match="No IQL preset for dataset 'mine/maze/umaze-stitch-v0'.*closest preset is"):
+        (hyperparams,) = zoo_hyperparams(dataset_id).values()
+    assert (hyperparams["policy"], hyperparams["n_timesteps"], hyperparams["offline_dataset"]) == ("MlpPolicy", 0, dataset_id)
+    assert "expectile" not in hyperparams and "beta" not in hyperparams  # IQL's own defaults apply
+    with pytest.warns(UserWarning, match="No IQL preset"):
+        (finetune,) = zoo_hyperparams(dataset_id, finetune=True).values()
+    assert finetune["n_timesteps"] > 0 and finetune["actor_lr_schedule"] == "constant"
+    # and rl-zoo trains it (before, this failed with "No IQL preset for dataset ...")
+    logs = tmp_path / "logs"
+    with pytest.warns(UserWarning, match="No IQL preset"):
+        zoo.main(["train", "--dataset", dataset_id, "-f", str(logs), "--eval-freq", "5", "--eval-episodes", "1",
+                  *TINY, "offline_steps:6"])  # fmt: skip
+    model = IQL.load(run_folder(logs) / f"{MAZE_ENV_ID}.zip")
+    assert model.num_timesteps == 6 and (model.expectile, model.beta) == (0.7, 3.0)
