@@ -330,3 +330,20 @@ def test_a_save_that_fails_half_way_keeps_the_previous_file(line_dataset, tmp_pa
     assert {name: (tmp_path / name).read_bytes() for name in saved} == saved
     assert not list(tmp_path.glob(".*.tmp"))  # no half-written temporary file left behind
     IQL.load(tmp_path / "iql", env=LineEnv())  # still a whole model
+
+
+def test_a_run_resumes_exactly_from_a_checkpoint_callback_file(line_dataset, tmp_path):
+    n_updates = 40
+    checkpoints = CheckpointCallback(save_freq=15, save_path=str(tmp_path), name_prefix="iql")
+    line_model(line_dataset, offline_steps=n_updates).learn_offline(n_updates, callback=checkpoints)
+    uninterrupted = line_model(line_dataset, offline_steps=n_updates).learn_offline(n_updates)
+
+    # killed after the checkpoint at 30 updates: resume from its file alone
+    resumed = IQL.load(tmp_path / "iql_30_steps.zip", env=LineEnv())
+    resumed.reload_offline_dataset()
+    resumed.learn_offline(n_updates - resumed.num_timesteps, reset_num_timesteps=False)
+    assert resumed._n_offline_updates == resumed.num_timesteps == n_updates
+    for (name, ours), theirs in zip(resumed.policy.state_dict().items(), uninterrupted.policy.state_dict().values()):
+        th.testing.assert_close(ours, theirs, rtol=0, atol=0, msg=name)
+    with pytest.raises(RuntimeError, match="not empty"):
+        resumed.reload_offline_dataset()

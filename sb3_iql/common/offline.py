@@ -236,6 +236,21 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             (transitions.truncations & ~transitions.terminations).astype(np.float32),
         )
 
+    def reload_offline_dataset(self, download: bool = False) -> None:
+        """
+        Load the offline datasets of ``offline_dataset_ids`` into the (empty) replay buffer again: a loaded model
+        (``load``, a ``CheckpointCallback`` file) holds no replay buffer, and this lets it resume offline training
+        exactly where it stopped (the sampling generator's state is saved with the model).
+
+        :param download: download datasets that are not stored locally
+        :raises RuntimeError: the model has no offline dataset, or its buffer is not empty
+        """
+        if not self.offline_dataset_ids:
+            raise RuntimeError(f"This {type(self).__name__} was not created with an offline dataset: nothing to reload")
+        if self.replay_buffer is not None and self.replay_buffer.size() > 0:
+            raise RuntimeError("The replay buffer is not empty: reload the offline datasets into a freshly loaded model")
+        self.add_transitions(load_transitions(resolve_datasets(self.offline_dataset_ids, download=download)))
+
     def _store_transition(
         self,
         replay_buffer: ReplayBuffer,
