@@ -40,9 +40,9 @@ Differences between the libraries found on the way, beyond the three choices of 
 - d3rlpy sums the critics' Q losses in a float32 tensor: the reported Q loss is rounded to float32 (its gradient
   is exact), so in float64 it is compared to ``FLOAT64_Q_LOSS_TOLERANCE``.
 - The Polyak update is ``(1 - tau) Qt + tau Q`` in d3rlpy and ``lerp`` in sb3_iql: a rounding difference only.
-- sb3_iql rescales dataset actions from the action space, ``2 (a - low) / (high - low) - 1``, which moves a
-  float32 action by 1 ulp even for a [-1, 1] space; the dataset's actions are multiples of 2^-10, for which
-  the rescaling is exact, so that both libraries get bitwise identical batches.
+- sb3_iql rescaled dataset actions with ``2 (a - low) / (high - low) - 1`` even for a [-1, 1] space, which moved a
+  float32 action by 1 ulp; it now stores such actions as they are. The dataset's actions are multiples of 2^-10
+  (exact either way), so that both libraries get bitwise identical batches.
 - SB3's ``preprocess_obs`` casts Box observations to float32: the float64 runs bypass it
   (``sb3_float64_observations``).
 

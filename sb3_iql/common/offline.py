@@ -225,7 +225,10 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         if normalizer is not None and not normalizer.fitted:  # statistics of the first offline data, then fixed
             normalizer.fit(transitions.observations)
         low, high = self.action_space.low, self.action_space.high  # type: ignore[attr-defined]
-        scaled_actions = 2.0 * (transitions.actions - low) / (high - low) - 1.0
+        if np.all(low == -1.0) and np.all(high == 1.0):  # already scaled: the formula would move them by 1 ulp
+            scaled_actions = transitions.actions
+        else:
+            scaled_actions = 2.0 * (transitions.actions - low) / (high - low) - 1.0
         bound = 1.0 - self.dataset_action_clip
         self.replay_buffer.extend(
             transitions.observations,
