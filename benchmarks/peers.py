@@ -92,6 +92,22 @@ def make_d3rlpy_algo(
     raise ValueError(f"Unknown d3rlpy method {method!r}: use 'iql' or 'bc'")
 
 
+def fit_steps(algo: Any, dataset: Any, n_updates: int) -> None:
+    """``n_updates`` gradient steps of a built d3rlpy algorithm with its own ``fitter`` (its sampling), no logs."""
+    from d3rlpy.logging import NoopAdapterFactory
+
+    fitter = algo.fitter(
+        dataset,
+        n_steps=n_updates,
+        n_steps_per_epoch=n_updates,
+        logger_adapter=NoopAdapterFactory(),
+        show_progress=False,
+        save_interval=n_updates + 1,
+    )
+    for _ in fitter:
+        pass
+
+
 class D3rlpyPredictor:
     """
     SB3's ``predict`` on a d3rlpy algorithm, for ``evaluate_policy``: observations flattened as for training.

@@ -384,7 +384,6 @@ def train_d3rlpy(config: RunConfig, dataset: minari.MinariDataset, checkpoint_di
         and optimizers; the sampling stream restarts from a seed of its own, so a resumed run is not bit-identical)
     """
     import d3rlpy
-    from d3rlpy.logging import NoopAdapterFactory
 
     observation_space = dataset.observation_space
     hyperparameters = config.hyperparameters()
@@ -405,15 +404,7 @@ def train_d3rlpy(config: RunConfig, dataset: minari.MinariDataset, checkpoint_di
     while done < config.updates:
         n_updates = min(config.eval_every, config.updates - done)
         start = time.perf_counter()
-        for _ in algo.fitter(
-            mdp_dataset,
-            n_steps=n_updates,
-            n_steps_per_epoch=n_updates,
-            logger_adapter=NoopAdapterFactory(),
-            show_progress=False,
-            save_interval=n_updates + 1,
-        ):
-            pass
+        peers.fit_steps(algo, mdp_dataset, n_updates)
         progress["train_s"] += time.perf_counter() - start
         done += n_updates
         start = time.perf_counter()

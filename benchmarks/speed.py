@@ -172,7 +172,6 @@ def build_path(name: str, data: SyntheticTransitions, device: th.device) -> Path
 def d3rlpy_runner(data: SyntheticTransitions, device: th.device) -> Callable[[int], None]:
     """:return: ``run(n)``: n updates of d3rlpy's IQL (its own ``fitter``: its sampling, its update) on the data"""
     import d3rlpy
-    from d3rlpy.logging import NoopAdapterFactory
 
     dataset = d3rlpy.dataset.MDPDataset(
         observations=data.observations,
@@ -188,16 +187,7 @@ def d3rlpy_runner(data: SyntheticTransitions, device: th.device) -> Callable[[in
     algo.build_with_dataset(dataset)
 
     def run(n_updates: int) -> None:
-        fitter = algo.fitter(
-            dataset,
-            n_steps=n_updates,
-            n_steps_per_epoch=n_updates,
-            logger_adapter=NoopAdapterFactory(),
-            show_progress=False,
-            save_interval=n_updates + 1,
-        )
-        for _ in fitter:
-            pass
+        peers.fit_steps(algo, dataset, n_updates)
 
     return run
 

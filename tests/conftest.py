@@ -3,6 +3,7 @@
 import pathlib
 
 import pytest
+import stable_baselines3.common.policies
 import torch as th
 
 th.set_num_threads(1)
@@ -15,3 +16,10 @@ def minari_root(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> path
     root.mkdir()
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
     return root
+
+
+@pytest.fixture
+def float64(monkeypatch: pytest.MonkeyPatch) -> th.dtype:
+    """Let float64 observations through SB3's preprocessing (it casts Box observations to float32)."""
+    monkeypatch.setattr(stable_baselines3.common.policies, "preprocess_obs", lambda obs, *args, **kwargs: obs)
+    return th.float64

@@ -13,7 +13,6 @@ first updates with the standard settings.
 
 import numpy as np
 import pytest
-import stable_baselines3.common.policies
 import torch as th
 from gymnasium import spaces
 
@@ -33,13 +32,6 @@ OFFLINE_STEPS = 400
 @pytest.fixture(scope="module")
 def data():
     return synthetic_transitions(OBS_DIM, ACTION_DIM, n_transitions=N_TRANSITIONS, seed=0)
-
-
-@pytest.fixture
-def float64(monkeypatch: pytest.MonkeyPatch):
-    """Let float64 observations through SB3's preprocessing (it casts Box observations to float32)."""
-    monkeypatch.setattr(stable_baselines3.common.policies, "preprocess_obs", lambda obs, *args, **kwargs: obs)
-    return th.float64
 
 
 def make_model(data, buffer_class, optimizer_kwargs=None, dtype=th.float32, net_arch=(64, 64), device="cpu", **kwargs):

@@ -10,7 +10,6 @@ import pathlib
 import gymnasium as gym
 import numpy as np
 import pytest
-import stable_baselines3.common.policies
 import torch as th
 from gymnasium import spaces
 from toy_data import LINE_ENV_ID, LineEnv, bad_policy, good_policy, rollout_episodes, write_dataset
@@ -30,13 +29,6 @@ SMALL = dict(batch_size=32, expectile=0.9, beta=10.0, offline_steps=40)
 @pytest.fixture(scope="module")
 def data():
     return synthetic_transitions(OBS_DIM, ACTION_DIM, n_transitions=N_TRANSITIONS, seed=0)
-
-
-@pytest.fixture
-def float64(monkeypatch: pytest.MonkeyPatch):
-    """Let float64 observations through SB3's preprocessing (it casts Box observations to float32)."""
-    monkeypatch.setattr(stable_baselines3.common.policies, "preprocess_obs", lambda obs, *args, **kwargs: obs)
-    return th.float64
 
 
 @pytest.fixture

@@ -17,6 +17,34 @@ from sb3_iql.iql import update
 from sb3_iql.iql.update import Batch, UpdateSettings
 
 
+def fused_adam_step_(
+    params: list[th.Tensor], grads: list[th.Tensor], state: dict[str, list[th.Tensor]], group: dict, lr: float | th.Tensor
+) -> None:
+    """
+    What ``Adam(fused=True).step()`` runs, without its Python overhead: one ``torch._fused_adam_`` call, in place.
+
+    :param state: the optimizer's ``step``, ``exp_avg`` and ``exp_avg_sq`` tensors, in the order of ``params``
+    :param group: the optimizer's param group (betas, eps; no weight decay, amsgrad or maximize)
+    :param lr: the learning rate (a device tensor inside a CUDA graph)
+    """
+    th._foreach_add_(state["step"], 1.0)
+    th._fused_adam_(
+        params,
+        grads,
+        state["exp_avg"],
+        state["exp_avg_sq"],
+        [],
+        state["step"],
+        lr=lr,
+        beta1=group["betas"][0],
+        beta2=group["betas"][1],
+        weight_decay=0.0,
+        eps=group["eps"],
+        amsgrad=False,
+        maximize=False,
+    )
+
+
 class _LogProb(nn.Module):
     """Calls ``actor.log_prob`` as ``forward``, so that ``torch.func.functional_call`` can run it with given weights."""
 
@@ -130,23 +158,8 @@ class FunctionalUpdate:
     def _adam_(self, name: str, grads: list[th.Tensor]) -> None:
         """``Adam(fused=True).step()`` of network ``name`` with the given gradients, in place."""
         group = self.networks[name].optimizer.param_groups[0]
-        state = self._state_lists(name)
-        th._foreach_add_(state["step"], 1.0)
-        th._fused_adam_(
-            list(self.params[name].values()),
-            grads,
-            state["exp_avg"],
-            state["exp_avg_sq"],
-            [],
-            state["step"],
-            lr=self.lrs[name] if self.tensor_lr else group["lr"],
-            beta1=group["betas"][0],
-            beta2=group["betas"][1],
-            weight_decay=0.0,
-            eps=group["eps"],
-            amsgrad=False,
-            maximize=False,
-        )
+        lr = self.lrs[name] if self.tensor_lr else group["lr"]
+        fused_adam_step_(list(self.params[name].values()), grads, self._state_lists(name), group, lr)
 
     def _call(self, name: str, params: dict[str, th.Tensor]) -> Any:
         """:return: network ``name`` as a function of its inputs, with the given parameters"""

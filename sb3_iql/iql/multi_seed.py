@@ -31,7 +31,7 @@ from torch.utils import _pytree as pytree
 
 from sb3_iql.data.minari_loader import resolve_datasets
 from sb3_iql.iql import update
-from sb3_iql.iql.fast_update import _cat_obs, _LogProb
+from sb3_iql.iql.fast_update import _cat_obs, _LogProb, fused_adam_step_
 from sb3_iql.iql.iql import IQL
 from sb3_iql.iql.update import Batch
 
@@ -293,23 +293,7 @@ class StackedLearners:
     def _adam_(self, name: str, grads: Tensors) -> None:
         """``Adam(fused=True).step()`` of the K networks ``name`` at once (as ``FunctionalUpdate._adam_``), in place."""
         group = _network(self.models[0], name).optimizer.param_groups[0]
-        state = self.states[name]
-        th._foreach_add_(state["step"], 1.0)
-        th._fused_adam_(
-            list(self.params[name].values()),
-            list(grads.values()),
-            state["exp_avg"],
-            state["exp_avg_sq"],
-            [],
-            state["step"],
-            lr=group["lr"],
-            beta1=group["betas"][0],
-            beta2=group["betas"][1],
-            weight_decay=0.0,
-            eps=group["eps"],
-            amsgrad=False,
-            maximize=False,
-        )
+        fused_adam_step_(list(self.params[name].values()), list(grads.values()), self.states[name], group, group["lr"])
 
     def step(self, batch: Batch) -> th.Tensor:
         """
