@@ -351,3 +351,35 @@ def test_cli(minari_root: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "test/pendulum/random-v0  30 steps" in listing and "ref [" in listing and "sb3_iql" not in listing
     with pytest.raises(SystemExit):
         main(["pointmaze", "--maze", "huge"])
+
+
+def test_evaluation_goal_relabelling_rewrites_goals_rewards_and_terminals(minari_root: pathlib.Path) -> None:
+    from sb3_iql import IQL
+    from sb3_iql.data import load_transitions
+    from sb3_iql.data.goals import MAZE_GOAL_DISTANCE, evaluation_goal, relabel_to_goal
+
+    dataset = make_pointmaze_dataset("umaze", "sparse", stitch=False, n_steps=3000, n_reference_episodes=1)
+    env = dataset.recover_environment(eval_env=True)
+    goal = evaluation_goal(env)
+    np.testing.assert_array_equal(goal, env.unwrapped.maze.unique_goal_locations[0])
+    transitions = load_transitions([dataset])
+    assert (transitions.observations["desired_goal"] != goal).any(axis=1).mean() > 0.5  # goal-carrying data
+
+    relabelled = relabel_to_goal(transitions, goal, env.unwrapped.compute_reward, MAZE_GOAL_DISTANCE)
+    assert (relabelled.observations["desired_goal"] == goal).all() and (
+        relabelled.next_observations["desired_goal"] == goal
+    ).all()
+    distance = np.linalg.norm(transitions.next_observations["achieved_goal"] - goal, axis=1)
+    np.testing.assert_array_equal(relabelled.rewards, (distance <= MAZE_GOAL_DISTANCE).astype(np.float32))  # sparse
+    assert relabelled.rewards.sum() > 0 and (relabelled.terminations == (distance <= MAZE_GOAL_DISTANCE)).all()
+    assert relabelled.episode_returns.sum() == relabelled.rewards.sum()
+    assert len(relabelled.episode_returns) == int((relabelled.terminations | relabelled.truncations).sum())
+    assert (transitions.observations["desired_goal"] != goal).any()  # the input is left as it was
+
+    model = IQL("MultiInputPolicy", None, offline_dataset=dataset, relabel_eval_goal="terminal", device="cpu", seed=0,
+                policy_kwargs={"net_arch": [8]})  # fmt: skip
+    stored = model.replay_buffer.sample(512)
+    th.testing.assert_close(stored.observations["desired_goal"], th.as_tensor(goal, dtype=th.float32).expand(512, 2))
+    assert float(stored.rewards.sum()) == float(stored.dones.sum())  # sparse: reward 1 exactly at the terminal steps
+    with pytest.raises(ValueError, match="exactly one goal cell"):
+        evaluation_goal(gym.make("PointMaze_UMaze-v3"))

@@ -12,7 +12,7 @@ import os
 import pathlib
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import gymnasium as gym
 import numpy as np
@@ -28,6 +28,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from sb3_iql.callbacks import UpdatesProgressBarCallback
 from sb3_iql.data.buffers import OfflineDictReplayBuffer, OfflineReplayBuffer
 from sb3_iql.data.device_buffers import DeviceDictReplayBuffer, DeviceReplayBuffer
+from sb3_iql.data.goals import MAZE_GOAL_DISTANCE, evaluation_goal, relabel_to_goal
 from sb3_iql.data.minari_loader import DatasetLike, Transitions, check_spaces, load_transitions, resolve_datasets
 from sb3_iql.data.rewards import RewardTransformLike, make_reward_transform
 
@@ -73,6 +74,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         callable on an array of rewards; applied to offline and online rewards
     :param offline_steps: offline gradient steps, run by ``learn()`` before online steps when none have run yet
     :param download_dataset: download dataset ids that are not stored locally (needs network)
+    :param relabel_eval_goal: rewrite every transition for the evaluation environment's fixed goal at load time
+        (``desired_goal`` and rewards from the env's ``compute_reward``), as D4RL's AntMaze data was: the paper's
+        protocol on Minari's goal datasets (``sb3_iql.data.goals``); ``"terminal"`` also ends episodes on reaching it
     :param buffer_size: replay buffer capacity in transitions (None: dataset size + ``ONLINE_BUFFER_ROOM``)
     :param replay_buffer_class: a buffer with ``extend`` (default: ``DeviceReplayBuffer`` or its Dict version;
         ``OfflineReplayBuffer`` keeps SB3's NumPy storage; the Dict variant is picked from the observation space)
@@ -99,6 +103,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         reward_transform: RewardTransformLike = None,
         offline_steps: int = 1_000_000,
         download_dataset: bool = False,
+        relabel_eval_goal: bool | Literal["terminal"] = False,
         replay_buffer_class: type[ReplayBuffer] | None = None,
         replay_buffer_kwargs: dict[str, Any] | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -111,6 +116,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         _init_setup_model: bool = True,
     ):
         self.reward_transform = reward_transform
+        self.relabel_eval_goal = relabel_eval_goal
         self.offline_steps = offline_steps
         self.offline_dataset_ids: list[str] = []
         self.offline_dataset_size = 0
@@ -131,6 +137,10 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             for dataset in datasets:
                 check_spaces(dataset, env.observation_space, env.action_space)
             transitions = load_transitions(datasets)
+            if relabel_eval_goal:
+                distance = MAZE_GOAL_DISTANCE if relabel_eval_goal == "terminal" else None
+                goal = evaluation_goal(env)
+                transitions = relabel_to_goal(transitions, goal, env.unwrapped.compute_reward, distance)
             self.offline_dataset_ids = [dataset.spec.dataset_id for dataset in datasets]
             self.offline_dataset_size = len(transitions)
             buffer_size = self._buffer_size_for(len(transitions), buffer_size)

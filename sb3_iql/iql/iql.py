@@ -64,6 +64,8 @@ class IQL(OfflineAlgorithm):
         ``torch.compile`` (CPU or CUDA; ~25 s of compilation, then ~1.4x faster on CPU); ``"cudagraph"``: captured
         in a CUDA graph, one launch per update (CUDA only)
     :param download_dataset: download dataset ids that are not stored locally (needs network)
+    :param relabel_eval_goal: rewrite every transition for the evaluation environment's fixed goal when loading (the
+        paper's AntMaze protocol on Minari's goal datasets; ``"terminal"``: also end episodes at the goal)
     :param replay_buffer_class: replay buffer class, which must offer ``extend`` to take the offline data
         (default: ``DeviceReplayBuffer`` or ``DeviceDictReplayBuffer``, float32 tensors on the model's device;
         ``OfflineReplayBuffer`` / ``OfflineDictReplayBuffer`` keep SB3's NumPy storage)
@@ -109,6 +111,7 @@ class IQL(OfflineAlgorithm):
         update_order: UpdateOrder = "sequential",
         compile_update: bool | Literal["cudagraph"] = False,
         download_dataset: bool = False,
+        relabel_eval_goal: bool | Literal["terminal"] = False,
         replay_buffer_class: type[ReplayBuffer] | None = None,
         replay_buffer_kwargs: dict[str, Any] | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -146,6 +149,7 @@ class IQL(OfflineAlgorithm):
             reward_transform=reward_transform,
             offline_steps=offline_steps,
             download_dataset=download_dataset,
+            relabel_eval_goal=relabel_eval_goal,
             replay_buffer_class=replay_buffer_class,
             replay_buffer_kwargs=replay_buffer_kwargs,
             policy_kwargs=policy_kwargs,
