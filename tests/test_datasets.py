@@ -381,5 +381,12 @@ def test_evaluation_goal_relabelling_rewrites_goals_rewards_and_terminals(minari
     stored = model.replay_buffer.sample(512)
     th.testing.assert_close(stored.observations["desired_goal"], th.as_tensor(goal, dtype=th.float32).expand(512, 2))
     assert float(stored.rewards.sum()) == float(stored.dones.sum())  # sparse: reward 1 exactly at the terminal steps
+    # a saved model reloads its datasets relabelled as at creation (to resume training)
+    model.save(minari_root / "relabelled")
+    loaded = IQL.load(minari_root / "relabelled", device="cpu")
+    loaded.reload_offline_dataset()
+    np.testing.assert_array_equal(loaded.eval_goal, goal)
+    assert loaded.replay_buffer.size() == model.replay_buffer.size()
+    assert float(loaded.replay_buffer.sample(512).observations["desired_goal"].sub(th.as_tensor(goal)).abs().max()) < 1e-6
     with pytest.raises(ValueError, match="exactly one goal cell"):
         evaluation_goal(gym.make("PointMaze_UMaze-v3"))

@@ -117,6 +117,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     ):
         self.reward_transform = reward_transform
         self.relabel_eval_goal = relabel_eval_goal
+        #: The goal every offline transition was relabelled for (``relabel_eval_goal``), ``(goal_dim,)``, or None.
+        self.eval_goal: np.ndarray | None = None
         self.offline_steps = offline_steps
         self.offline_dataset_ids: list[str] = []
         self.offline_dataset_size = 0
@@ -136,11 +138,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             self._check_action_space(env.action_space)
             for dataset in datasets:
                 check_spaces(dataset, env.observation_space, env.action_space)
-            transitions = load_transitions(datasets)
             if relabel_eval_goal:
-                distance = MAZE_GOAL_DISTANCE if relabel_eval_goal == "terminal" else None
-                goal = evaluation_goal(env)
-                transitions = relabel_to_goal(transitions, goal, env.unwrapped.compute_reward, distance)
+                self.eval_goal = evaluation_goal(env)
+            transitions = self._load_transitions(datasets, env)
             self.offline_dataset_ids = [dataset.spec.dataset_id for dataset in datasets]
             self.offline_dataset_size = len(transitions)
             buffer_size = self._buffer_size_for(len(transitions), buffer_size)
@@ -185,6 +185,14 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 if self._vec_normalize_env is not None:
                     raise ValueError("VecNormalize is not supported with an offline dataset: its data is not normalized")
                 self.add_transitions(transitions)
+
+    def _load_transitions(self, datasets: list, env: gym.Env) -> Transitions:
+        """:return: the datasets' transitions, relabelled for ``eval_goal`` with ``relabel_eval_goal``"""
+        transitions = load_transitions(datasets)
+        if not self.relabel_eval_goal:
+            return transitions
+        distance = MAZE_GOAL_DISTANCE if self.relabel_eval_goal == "terminal" else None
+        return relabel_to_goal(transitions, self.eval_goal, env.unwrapped.compute_reward, distance)
 
     @staticmethod
     def _buffer_size_for(n_transitions: int, buffer_size: int | None) -> int:
@@ -251,7 +259,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
 
     def reload_offline_dataset(self, download: bool = False) -> None:
         """
-        Load the offline datasets of ``offline_dataset_ids`` into the (empty) replay buffer again: a loaded model
+        Load the offline datasets of ``offline_dataset_ids`` into the (empty) replay buffer again (relabelled as when
+        the model was created, with ``relabel_eval_goal``): a loaded model
         (``load``, a ``CheckpointCallback`` file) holds no replay buffer, and this lets it resume offline training
         exactly where it stopped (the sampling generator's state is saved with the model).
 
@@ -262,7 +271,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             raise RuntimeError(f"This {type(self).__name__} was not created with an offline dataset: nothing to reload")
         if self.replay_buffer is not None and self.replay_buffer.size() > 0:
             raise RuntimeError("The replay buffer is not empty: reload the offline datasets into a freshly loaded model")
-        self.add_transitions(load_transitions(resolve_datasets(self.offline_dataset_ids, download=download)))
+        datasets = resolve_datasets(self.offline_dataset_ids, download=download)
+        self.add_transitions(self._load_transitions(datasets, datasets[0].recover_environment(eval_env=True)))
 
     def _store_transition(
         self,
