@@ -380,7 +380,7 @@ def write_plot(path: Path, groups: dict[tuple, dict[str, list[dict]]], metric: s
     for axis in list(axes.flat)[len(groups) :]:
         axis.set_visible(False)
     figure.suptitle(f"{label}, mean ± std over seeds (seeds in brackets)", fontsize=11)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 0.98))  # room for the title above the first row
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
