@@ -83,6 +83,14 @@ def setting_of(record: dict) -> tuple:
     )
 
 
+def write_json(path: Path, data: Any) -> None:
+    """Write atomically, so that a killed run never leaves a truncated cache or report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
 def load_runs(out: Path) -> dict[str, dict]:
     path = out / RUNS_FILE
     return json.loads(path.read_text())["runs"] if path.exists() else {}
@@ -418,9 +426,7 @@ def write_report(out: Path, dataset_ids: list[str] | None, torch_threads: int) -
     aggregates = stitch_aggregate(groups)
     aggregates_json = [{"updates": u, "net_arch": list(n), **entry} for (u, n), entry in aggregates.items()]
     data = {"hardware": hardware(), "torch_threads": torch_threads, "rows": rows, "stitch_aggregates": aggregates_json}
-    tmp = out / f"{REPORT_STEM}.json.tmp"
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, out / f"{REPORT_STEM}.json")
+    write_json(out / f"{REPORT_STEM}.json", data)
     write_csv(out / f"{REPORT_STEM}.csv", groups)
     write_plot(out / f"{REPORT_STEM}.png", groups)
     write_plot(out / f"{REPORT_STEM}_success.png", groups, metric="success_rate")

@@ -52,7 +52,6 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -63,13 +62,13 @@ import minari
 import numpy as np
 import peers  # benchmarks/peers.py
 import torch as th
-from score_report import REPORT_STEM, RUNS_FILE, load_runs, write_report  # benchmarks/score_report.py
+from score_report import REPORT_STEM, RUNS_FILE, load_runs, write_json, write_report  # benchmarks/score_report.py
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
 
 from sb3_iql.data.minari_loader import DatasetNotFoundError, load_dataset, load_transitions
 from sb3_iql.datasets import ensure_dataset, parse_pointmaze_dataset_id
-from sb3_iql.evaluation import evaluate, normalized_score
+from sb3_iql.evaluation import SUCCESS_KEYS, evaluate, normalized_score
 from sb3_iql.iql import IQL
 from sb3_iql.presets import preset_arguments
 
@@ -203,14 +202,6 @@ class RunConfig:
         return {**preset, **method_settings(self.method)}
 
 
-def _write_json(path: Path, data: Any) -> None:
-    """Write atomically, so that a killed run never leaves a truncated cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def get_dataset(dataset_id: str, n_steps: int) -> minari.MinariDataset | None:
     """:return: the dataset (PointMaze ids of this package are generated if missing), or None if not local."""
     try:
@@ -231,9 +222,9 @@ def _checkpoint_path(checkpoint_dir: Path, config: RunConfig) -> Path:
 
 class GoalTimes(gym.Wrapper):
     """
-    Records, for each finished episode of a goal environment (``info["success"]``), the first step at the goal
-    (None if never) and the fraction of the steps from then on spent at the goal: why a run fails (never reaches
-    the goal) or scores low (reaches it, then drifts away).
+    Records, for each finished episode of a goal environment (``SUCCESS_KEYS`` in its info), the first step at the
+    goal (None if never) and the fraction of the steps from then on spent at the goal: why a run fails (never
+    reaches the goal) or scores low (reaches it, then drifts away).
     """
 
     def __init__(self, env: gym.Env):
@@ -248,7 +239,7 @@ class GoalTimes(gym.Wrapper):
     def step(self, action: Any) -> Any:
         observation, reward, terminated, truncated, info = self.env.step(action)
         self._steps += 1
-        if info.get("success", False):
+        if any(info.get(key, False) for key in SUCCESS_KEYS):
             self._steps_at_goal += 1
             if self._first_success is None:
                 self._first_success = self._steps
@@ -369,7 +360,7 @@ def train_iql(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: 
         progress["curve"].append(point)
         _print_point(point, model.num_timesteps / max(progress["train_s"], 1e-9))
         model.save(checkpoint)
-        _write_json(progress_file, progress)
+        write_json(progress_file, progress)
     if save_dir is not None:
         model.save(save_dir / checkpoint.name)
     return progress
@@ -505,7 +496,7 @@ def main() -> None:
                 record = run(config, dataset, args.checkpoint_dir, args.save_models)
                 runs = load_runs(args.out)  # another invocation may have added runs meanwhile
                 runs[config.key] = record
-                _write_json(args.out / RUNS_FILE, {"runs": runs})
+                write_json(args.out / RUNS_FILE, {"runs": runs})
                 for suffix in (".zip", ".json", ".pt", ".d3"):
                     _checkpoint_path(args.checkpoint_dir, config).with_suffix(suffix).unlink(missing_ok=True)
                 if not args.no_report:

@@ -86,7 +86,7 @@ def test_an_interrupted_score_run_resumes_to_the_same_parameters(maze_root, tmp_
     config = scores.RunConfig(MAZE_ID, dataset.total_steps, "iql", 0, 30, 10, 1, (16,), 64)
     straight = scores.train_iql(config, dataset, tmp_path / "ckpt_straight", tmp_path / "straight")
 
-    write_json, calls = scores._write_json, []
+    write_json, calls = scores.write_json, []
 
     def interrupt_after_the_second_checkpoint(path, data):
         write_json(path, data)
@@ -94,10 +94,10 @@ def test_an_interrupted_score_run_resumes_to_the_same_parameters(maze_root, tmp_
         if len(calls) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(scores, "_write_json", interrupt_after_the_second_checkpoint)
+    monkeypatch.setattr(scores, "write_json", interrupt_after_the_second_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         scores.train_iql(config, dataset, tmp_path / "ckpt", tmp_path / "resumed")
-    monkeypatch.setattr(scores, "_write_json", write_json)
+    monkeypatch.setattr(scores, "write_json", write_json)
     resumed = scores.train_iql(config, dataset, tmp_path / "ckpt", tmp_path / "resumed")
 
     assert [point["updates"] for point in resumed["curve"]] == [10, 20, 30]
