@@ -39,7 +39,7 @@ setup(
         "tests": ["pytest", "ruff", "matplotlib"],
         "docs": ["sphinx", "myst-parser", "sphinx-rtd-theme"],
         # rl_zoo3's train/enjoy modules import requests without declaring it
-        "zoo": ["rl_zoo3>=2.9,<3", "requests"],
+        "zoo": ["rl_zoo3>=2.9,<3", "requests", "optuna>=4.9"],
         "plots": ["matplotlib"],
     },
     license="MIT",

@@ -15,6 +15,14 @@ training and the evaluation environments are both built with them. The run folde
 ``progress.csv`` of the training losses; ``-tb DIR`` adds TensorBoard logs. Evaluations log the normalized score
 (``eval/normalized_score``) when the dataset has reference scores.
 
+Hyperparameter search with rl-zoo's Optuna options (``sb3_iql.tuning``: the search space, the dataset's preset as the
+first trial, the objective = mean normalized score of the last 3 evaluations, pruning on each evaluation counted in
+updates); several workers, processes or machines, share one study through ``--storage`` (a database URL gets
+heartbeats: a trial whose worker died is failed and run again)::
+
+    python -m sb3_iql.zoo train --dataset sb3_iql/pointmaze/umaze-stitch-v0 --optimize --n-trials 50 --n-evaluations 5 \
+        --storage sqlite:///iql.db --study-name umaze -params offline_steps:100000
+
 Without ``--dataset``, ``--conf-file`` must name a hyperparameter file keyed by environment id whose entry sets
 ``offline_dataset`` (rl-zoo's own format).
 
@@ -29,6 +37,8 @@ import contextlib
 import difflib
 import importlib
 import os
+import shlex
+import socket
 import sys
 import tempfile
 import warnings
@@ -47,11 +57,22 @@ from sb3_iql.callbacks import NormalizedEvalCallback, UpdatesProgressBarCallback
 from sb3_iql.data.minari_loader import load_dataset
 from sb3_iql.iql import IQL
 from sb3_iql.presets import PresetNotFoundError, known_presets, preset_for
+from sb3_iql.tuning import (
+    HEARTBEAT_INTERVAL,
+    TrialNormalizedEvalCallback,
+    convert_iql_params,
+    make_storage,
+    preset_trial,
+    sample_iql_params,
+    zoo_params,
+)
 
 try:
+    import optuna
     import rl_zoo3
     import rl_zoo3.enjoy
     import rl_zoo3.exp_manager
+    import rl_zoo3.hyperparams_opt
     import rl_zoo3.train
     import rl_zoo3.utils
     from rl_zoo3.exp_manager import ExperimentManager
@@ -67,11 +88,16 @@ _ZOO_MODULES = (rl_zoo3, rl_zoo3.utils, rl_zoo3.train, rl_zoo3.exp_manager, rl_z
 
 
 def register_iql() -> None:
-    """Make ``--algo iql`` known to rl-zoo3: ``ALGOS["iql"] = IQL`` in every rl-zoo module that holds the table."""
+    """
+    Make ``--algo iql`` known to rl-zoo3: ``ALGOS["iql"] = IQL`` in every rl-zoo module that holds the table, and
+    ``sb3_iql.tuning.sample_iql_params`` as its hyperparameter sampler.
+    """
     for module in _ZOO_MODULES:
         algos = getattr(module, "ALGOS", None)
         if algos is not None:
             algos[ALGO_NAME] = IQL
+    rl_zoo3.hyperparams_opt.HYPERPARAMS_SAMPLER[ALGO_NAME] = sample_iql_params
+    rl_zoo3.hyperparams_opt.HYPERPARAMS_CONVERTER[ALGO_NAME] = convert_iql_params
 
 
 def _ensure_registered(spec: EnvSpec) -> None:
@@ -173,18 +199,14 @@ class IQLExperimentManager(ExperimentManager):
     """
 
     offline_dataset: str | None = None
+    #: Seconds between heartbeats of a trial in a database storage (``--heartbeat-interval``).
+    heartbeat_interval: int = HEARTBEAT_INTERVAL
 
     def read_hyperparameters(self) -> tuple[dict[str, Any], dict[str, Any]]:
         hyperparams, saved_hyperparams = super().read_hyperparameters()
         dataset = hyperparams.get("offline_dataset")
         self.offline_dataset = dataset if isinstance(dataset, str) else None
         return hyperparams, saved_hyperparams
-
-    def _preprocess_hyperparams(self, hyperparams: dict[str, Any]) -> tuple[dict[str, Any], Any, list[BaseCallback], Any]:
-        processed = super()._preprocess_hyperparams(hyperparams)
-        if self._eval_env_kwargs_args is None:
-            self.eval_env_kwargs = self.env_kwargs
-        return processed
 
     def create_callbacks(self) -> None:
         super().create_callbacks()
@@ -212,6 +234,98 @@ class IQLExperimentManager(ExperimentManager):
         model.set_logger(self.make_logger(model))
         super().learn(model)
 
+    def _preprocess_hyperparams(self, hyperparams: dict[str, Any]) -> tuple[dict[str, Any], Any, list[BaseCallback], Any]:
+        # rl-zoo derives the evaluations of a trial from n_timesteps, 0 offline: 1 per 100k offline updates instead.
+        derive = self.n_evaluations is None and self.optimize_hyperparameters
+        processed = super()._preprocess_hyperparams(hyperparams)
+        if self._eval_env_kwargs_args is None:
+            self.eval_env_kwargs = self.env_kwargs
+        if derive and self.n_timesteps == 0:
+            self.n_evaluations = max(1, int(hyperparams.get("offline_steps", 1_000_000)) // 100_000)
+        return processed
+
+    def objective(self, trial: optuna.Trial) -> float:
+        """
+        One Optuna trial: IQL with ``sb3_iql.tuning.sample_iql_params``'s draw, seeded with ``--seed``, trained
+        ``offline_steps`` updates offline, evaluated ``--n-evaluations`` times evenly over them (with ``--finetune``:
+        offline, then evaluated over the ``n_timesteps`` online steps), pruned on those evaluations.
+
+        :return: the mean normalized score of the last evaluations (``TrialNormalizedEvalCallback.objective``)
+        """
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        arguments = {**self._hyperparams, **sample_iql_params(trial, self.n_actions, 1, {})}
+        arguments["policy_kwargs"] = {**self._hyperparams.get("policy_kwargs", {}), **arguments["policy_kwargs"]}
+        env, eval_env = self.create_envs(1, no_log=True), self.create_envs(self.n_eval_envs, eval_env=True)
+        model = IQL(env=env, tensorboard_log=None, seed=self.seed, verbose=0, device=self.device, **arguments)
+        finetune = self.n_timesteps > 0
+        budget = self.n_timesteps if finetune else model.offline_steps
+        path = (
+            None if self.optimization_log_path is None else os.path.join(self.optimization_log_path, f"trial_{trial.number}")
+        )
+        evaluation = TrialNormalizedEvalCallback.for_trial(
+            trial,
+            EvalCallback(
+                eval_env,
+                n_eval_episodes=self.n_eval_episodes,
+                eval_freq=max(budget // self.n_evaluations, 1),
+                log_path=path,
+                best_model_save_path=path,
+                deterministic=self.deterministic_eval,
+            ),
+            self.offline_dataset,
+        )
+        try:
+            if finetune:  # the online phase is what is optimised: evaluations count environment steps
+                model.learn_offline(model.offline_steps)
+                model.learn(self.n_timesteps, callback=evaluation, reset_num_timesteps=False)
+            else:
+                model.learn_offline(model.offline_steps, callback=evaluation)
+        except (AssertionError, ValueError) as error:  # e.g. NaN losses of extreme settings, as rl-zoo prunes them
+            print(f"Trial {trial.number} pruned: {error}")
+            raise optuna.TrialPruned() from error
+        finally:
+            env.close()
+            eval_env.close()
+        if evaluation.is_pruned:
+            raise optuna.TrialPruned()
+        return evaluation.objective()
+
+    def hyperparameters_optimization(self) -> None:
+        """
+        rl-zoo's study, with a storage URL opened by ``sb3_iql.tuning.make_storage`` (heartbeats: a dead worker's
+        trial is failed and retried), the dataset's preset as the first trial, and the command that trains the best
+        trial's settings again printed at the end.
+        """
+        create_study = optuna.create_study
+        studies: list[optuna.Study] = []
+
+        def create_iql_study(*args: Any, storage: Any = None, **kwargs: Any) -> optuna.Study:
+            study = create_study(
+                *args,
+                storage=make_storage(storage, self.heartbeat_interval) if isinstance(storage, str) else storage,
+                **kwargs,
+            )
+            study.enqueue_trial(preset_trial(self._hyperparams), skip_if_exists=True)
+            studies.append(study)
+            return study
+
+        with _replaced(optuna, "create_study", create_iql_study):
+            super().hyperparameters_optimization()
+        completed = [trial for trial in studies[0].trials if trial.state == optuna.trial.TrialState.COMPLETE]
+        if completed:
+            best = max(completed, key=lambda trial: trial.value)
+            print(f"Train the best trial ({best.number}, objective {best.value:.2f}) again:")
+            print(shlex.join(self.retrain_command(best.params)))
+
+    def retrain_command(self, params: dict[str, Any]) -> list[str]:
+        """:return: the ``python -m sb3_iql.zoo train`` command line with a trial's parameters and this run's seed"""
+        source = ["--dataset", self.offline_dataset] if self.offline_dataset else ["--env", self.env_name.gym_id]
+        hyperparams = {key: self._hyperparams[key] for key in ("offline_steps",) if key in self._hyperparams}
+        return [
+            "python", "-m", "sb3_iql.zoo", "train", *source, "--seed", str(self.seed),
+            "-params", *zoo_params({**hyperparams, **convert_iql_params(params)}),
+        ]  # fmt: skip
+
 
 @contextlib.contextmanager
 def _replaced(target: Any, name: str, value: Any) -> Iterator[None]:
@@ -234,6 +348,13 @@ def _peek_parser() -> argparse.ArgumentParser:
     parser.add_argument("--algo")
     parser.add_argument("-conf", "--conf-file")
     parser.add_argument("--gym-packages", nargs="+", default=[])
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=int,
+        default=HEARTBEAT_INTERVAL,
+        help="--optimize with a database --storage: seconds between heartbeats of a running trial; a trial silent for "
+        "three of them (its worker died) is marked failed and run again",
+    )
     parser.add_argument("-h", "--help", action="store_true")
     return parser
 
@@ -263,8 +384,6 @@ def train(argv: Sequence[str] | None = None) -> None:
     :param argv: the command line after ``train`` (default: ``sys.argv[2:]``)
     """
     args, rest = _peek_parser().parse_known_args(sys.argv[2:] if argv is None else argv)
-    if {"-optimize", "--optimize-hyperparameters"} & set(rest):
-        raise SystemExit("Hyperparameter optimisation is not supported for IQL: rl-zoo has no sampler for it")
     register_iql()
     _import_packages(args.gym_packages)
     if args.help:
@@ -284,7 +403,8 @@ def train(argv: Sequence[str] | None = None) -> None:
         elif conf_file is None and not args.help:
             raise SystemExit("python -m sb3_iql.zoo train needs --dataset ID (a preset) or --conf-file FILE (rl-zoo format)")
         zoo_argv = [f"{sys.argv[0]} train", *_rl_zoo_argv(args, rest, env_id, conf_file)]
-        with _replaced(sys, "argv", zoo_argv), _replaced(rl_zoo3.train, "ExperimentManager", IQLExperimentManager):
+        manager = type("IQLExperimentManager", (IQLExperimentManager,), {"heartbeat_interval": args.heartbeat_interval})
+        with _replaced(sys, "argv", zoo_argv), _replaced(rl_zoo3.train, "ExperimentManager", manager):
             rl_zoo3.train.train()
 
 

@@ -51,8 +51,6 @@ def test_train_needs_a_dataset_or_a_configuration(maze_root):
         zoo.main(["train", "--env", MAZE_ENV_ID])
     with pytest.raises(SystemExit, match="usage"):
         zoo.main(["fly"])
-    with pytest.raises(SystemExit, match="not supported"):
-        zoo.main(["train", "--dataset", MAZE_ID, "-optimize"])
 
 
 def test_offline_training_then_enjoy(maze_root, tmp_path, capsys):

@@ -1,0 +1,162 @@
+"""
+Hyperparameter optimisation of IQL with rl-zoo's Optuna search (``python -m sb3_iql.zoo train --optimize``).
+
+- ``sample_iql_params``: the search space (expectile, beta, learning rate, batch size, network size, actor dropout),
+  registered as rl-zoo's sampler of ``--algo iql``.
+- ``preset_trial``: the dataset's preset (the paper's values for its domain) as the study's first trial.
+- ``TrialNormalizedEvalCallback``: the periodic evaluations of a trial, reported to Optuna as normalized scores
+  (mean return without reference scores) at the number of updates (offline) or environment steps (online) done,
+  for pruning; the trial's objective is the mean of the last ``OBJECTIVE_LAST_EVALUATIONS`` of them (one
+  evaluation is noisy: on the stitch mazes consecutive evaluations differ by tens of points).
+- ``make_storage``: a storage URL as an Optuna storage; databases get heartbeats, so that a trial whose worker died
+  is marked failed (and retried once) by the next worker that starts a trial.
+"""
+
+import os
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
+from stable_baselines3.common.callbacks import EvalCallback
+
+from sb3_iql.callbacks import NormalizedEvalCallback
+
+#: Hidden widths of every network, by the name the sampler draws.
+NET_ARCHS: dict[str, list[int]] = {"small": [64, 64], "medium": [256, 256], "big": [512, 512]}
+BATCH_SIZES = (64, 128, 256, 512)
+ACTOR_DROPOUTS = (0.0, 0.1)
+#: The objective of a trial: mean of the normalized scores of its last evaluations (fewer if it had fewer).
+OBJECTIVE_LAST_EVALUATIONS = 3
+#: Seconds between two heartbeats of a running trial; a trial silent for ``HEARTBEAT_GRACE_PERIOD`` is failed.
+HEARTBEAT_INTERVAL = 60
+HEARTBEAT_GRACE_PERIOD = 180
+#: How many times a trial whose worker died is run again (by another worker).
+MAX_RETRY = 1
+
+
+def sample_iql_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
+    """
+    rl-zoo's sampler of ``--algo iql`` (signature of ``rl_zoo3.hyperparams_opt.HYPERPARAMS_SAMPLER``): ``expectile``
+    in [0.5, 0.95], ``beta`` in [0.5, 20] (log scale), ``learning_rate`` in [1e-4, 1e-3] (log scale), ``batch_size``
+    in ``BATCH_SIZES``, ``net_arch`` a name of ``NET_ARCHS`` and the actor's ``dropout`` in ``ACTOR_DROPOUTS``.
+
+    :return: IQL constructor arguments (``convert_iql_params`` of the drawn parameters)
+    """
+    params = {
+        "expectile": trial.suggest_float("expectile", 0.5, 0.95),
+        "beta": trial.suggest_float("beta", 0.5, 20.0, log=True),
+        "learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-3, log=True),
+        "batch_size": trial.suggest_categorical("batch_size", BATCH_SIZES),
+        "net_arch": trial.suggest_categorical("net_arch", tuple(NET_ARCHS)),
+        "dropout": trial.suggest_categorical("dropout", ACTOR_DROPOUTS),
+    }
+    return convert_iql_params(params)
+
+
+def convert_iql_params(params: dict[str, Any]) -> dict[str, Any]:
+    """
+    rl-zoo's converter of ``--algo iql`` (``HYPERPARAMS_CONVERTER``, used by ``--trial-id``).
+
+    :param params: a trial's parameters, as ``sample_iql_params`` draws them
+    :return: IQL constructor arguments (``net_arch`` as ``policy_kwargs``, dropout 0 as None)
+    """
+    arguments = {key: value for key, value in params.items() if key not in ("net_arch", "dropout")}
+    arguments["policy_kwargs"] = {"net_arch": NET_ARCHS[params["net_arch"]]}
+    arguments["dropout"] = params["dropout"] or None
+    return arguments
+
+
+def zoo_params(arguments: dict[str, Any]) -> list[str]:
+    """:return: IQL arguments as rl-zoo's ``-params`` values (``beta:10.0``, ``policy_kwargs:{'net_arch':[64,64]}``)"""
+    return [f"{key}:{value!r}".replace(" ", "") for key, value in arguments.items()]
+
+
+def preset_trial(hyperparams: dict[str, Any]) -> dict[str, Any]:
+    """
+    The sampler's parameters that reproduce a configuration (the dataset's preset): the first trial of a study.
+
+    :param hyperparams: IQL arguments of the run (missing ones: IQL's defaults)
+    :return: ``{parameter name: value}`` in ``sample_iql_params``'s names
+    """
+    net_arch = (hyperparams.get("policy_kwargs") or {}).get("net_arch", NET_ARCHS["medium"])
+    names = [name for name, widths in NET_ARCHS.items() if widths == list(net_arch)]
+    learning_rate = hyperparams.get("learning_rate", 3e-4)
+    return {
+        "expectile": float(hyperparams.get("expectile", 0.7)),
+        "beta": float(hyperparams.get("beta", 3.0)),
+        "learning_rate": float(learning_rate) if isinstance(learning_rate, (int, float)) else 3e-4,
+        "batch_size": int(hyperparams.get("batch_size", 256)),
+        "net_arch": names[0] if names else "medium",
+        "dropout": float(hyperparams.get("dropout") or 0.0),
+    }
+
+
+def make_storage(url: str | None, heartbeat_interval: int = HEARTBEAT_INTERVAL) -> BaseStorage | None:
+    """
+    :param url: None (in memory), a ``.log`` file (Optuna's journal, as rl-zoo reads it) or a database URL
+        (``sqlite:///study.db``, ``postgresql://user:password@host/db``)
+    :param heartbeat_interval: seconds between heartbeats of a database storage (grace period: three of them)
+    :return: the storage; a database one has heartbeats and retries a dead worker's trial ``MAX_RETRY`` times
+    """
+    if url is None:
+        return None
+    if url.endswith(".log"):  # no heartbeats in a journal: a dead worker's trial stays RUNNING
+        os.makedirs(os.path.dirname(os.path.abspath(url)), exist_ok=True)
+        return JournalStorage(JournalFileBackend(url))
+    return RDBStorage(
+        url,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=max(3 * heartbeat_interval, heartbeat_interval + 1),
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+    )
+
+
+class TrialNormalizedEvalCallback(NormalizedEvalCallback):
+    """
+    The evaluations of one Optuna trial: each normalized score (the mean return without reference scores) is
+    reported to the trial at ``model.num_timesteps`` (updates offline, environment steps online), and training
+    stops when Optuna prunes the trial.
+
+    :param trial: the trial
+    :param kwargs: ``NormalizedEvalCallback`` arguments (``eval_env``, ``dataset``, ``eval_freq``...)
+    """
+
+    def __init__(self, trial: optuna.Trial, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.trial = trial
+        self.scores: list[float] = []
+        self.is_pruned = False
+
+    @classmethod
+    def for_trial(cls, trial: optuna.Trial, callback: EvalCallback, dataset: str | None) -> "TrialNormalizedEvalCallback":
+        """The evaluation of an ``EvalCallback`` not yet started (environment, frequency, episodes), for ``trial``."""
+        return cls(
+            trial,
+            eval_env=callback.eval_env,
+            dataset=dataset,
+            n_eval_episodes=callback.n_eval_episodes,
+            eval_freq=callback.eval_freq,
+            log_path=None if callback.log_path is None else os.path.dirname(callback.log_path),
+            best_model_save_path=callback.best_model_save_path,
+            deterministic=callback.deterministic,
+        )
+
+    def _on_step(self) -> bool:
+        if not (self.eval_freq > 0 and self.n_calls % self.eval_freq == 0):
+            return True
+        continue_training = super()._on_step()
+        score = self.last_normalized_score if self.last_normalized_score is not None else float(self.last_mean_reward)
+        self.scores.append(score)
+        self.trial.report(score, self.num_timesteps)
+        if self.trial.should_prune():
+            self.is_pruned = True
+            return False
+        return continue_training
+
+    def objective(self) -> float:
+        """:return: the mean of the last ``OBJECTIVE_LAST_EVALUATIONS`` scores (the trial's value)"""
+        if not self.scores:
+            raise RuntimeError("The trial ran no evaluation: set --n-evaluations and a budget that reaches one")
+        last = self.scores[-OBJECTIVE_LAST_EVALUATIONS:]
+        return sum(last) / len(last)

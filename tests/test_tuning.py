@@ -1,0 +1,149 @@
+"""rl-zoo's Optuna search for offline IQL: the sampler, one study in one process, two workers on one SQLite storage,
+a worker killed in the middle of a trial, and the best trial trained again from the printed command."""
+
+import os
+import pathlib
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import optuna
+import pytest
+from maze_data import MAZE_ENV_ID, MAZE_ID, tiny_maze_root
+
+from sb3_iql import IQL
+from sb3_iql.presets import preset_arguments
+
+zoo = pytest.importorskip("sb3_iql.zoo", reason="rl-zoo3 is not installed (pip install 'sb3_iql[zoo]')")
+from sb3_iql import tuning  # noqa: E402  (needs optuna, installed with rl-zoo3)
+
+#: A study of tiny trials: 4 offline updates each, evaluated after 2 and 4 updates on one episode.
+STUDY = ["--seed", "3", "--num-threads", "1", "--n-evaluations", "2", "--eval-episodes", "1", "--no-optim-plots"]
+STUDY_PARAMS = ["-params", "offline_steps:4"]
+
+
+@pytest.fixture(scope="module")
+def maze_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path]:
+    yield from tiny_maze_root(tmp_path_factory)
+
+
+def worker(storage: str, study_name: str, logs: pathlib.Path, *extra: str) -> subprocess.Popen:
+    """A worker process of a shared study (``python -m sb3_iql.zoo train --optimize ...``)."""
+    command = [sys.executable, "-m", "sb3_iql.zoo", "train", "--dataset", MAZE_ID, "--optimize", "-f", str(logs),
+               "--storage", storage, "--study-name", study_name, *STUDY, *extra]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output
+    return output
+
+
+def test_the_sampler_draws_iql_arguments_and_the_preset_is_a_point_of_its_space():
+    trial = optuna.trial.FixedTrial(
+        {"expectile": 0.8, "beta": 5.0, "learning_rate": 1e-3, "batch_size": 128, "net_arch": "small", "dropout": 0.0}
+    )
+    arguments = tuning.sample_iql_params(trial, n_actions=2, n_envs=1, additional_args={})
+    assert arguments == {
+        "expectile": 0.8,
+        "beta": 5.0,
+        "learning_rate": 1e-3,
+        "batch_size": 128,
+        "policy_kwargs": {"net_arch": [64, 64]},
+        "dropout": None,
+    }
+    preset = preset_arguments("D4RL/antmaze/large-diverse-v1")
+    first = tuning.preset_trial(preset)
+    paper = {"expectile": 0.9, "beta": 10.0, "learning_rate": 3e-4, "batch_size": 256, "net_arch": "medium", "dropout": 0.0}
+    assert first == paper
+    assert tuning.sample_iql_params(optuna.trial.FixedTrial(first), 2, 1, {})["policy_kwargs"] == {"net_arch": [256, 256]}
+    assert tuning.zoo_params({"beta": 10.0, "policy_kwargs": {"net_arch": [64, 64]}}) == [
+        "beta:10.0",
+        "policy_kwargs:{'net_arch':[64,64]}",
+    ]
+
+
+def test_an_offline_study_reports_normalized_scores_counted_in_updates(maze_root, tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    zoo.main(["train", "--dataset", MAZE_ID, "--optimize", "--n-trials", "3", "-f", str(tmp_path / "logs"),
+              "--storage", storage, "--study-name", "offline", "--pruner", "none", *STUDY, *STUDY_PARAMS])  # fmt: skip
+    study = optuna.load_study(study_name="offline", storage=storage)
+    trials = study.trials
+    assert len(trials) == 3 and all(trial.state == optuna.trial.TrialState.COMPLETE for trial in trials)
+    # The first trial is the dataset's preset (the paper's AntMaze values).
+    assert trials[0].params == tuning.preset_trial(preset_arguments(MAZE_ID))
+    for trial in trials:
+        # two evaluations, after 2 and 4 updates; the objective is their mean (fewer than OBJECTIVE_LAST_EVALUATIONS)
+        assert sorted(trial.intermediate_values) == [2, 4]
+        assert trial.value == pytest.approx(sum(trial.intermediate_values.values()) / 2)
+    output = capsys.readouterr().out
+    assert f"Train the best trial ({study.best_trial.number}," in output
+    command = output.split("again:\n")[1].splitlines()[0]
+    assert command.startswith(f"python -m sb3_iql.zoo train --dataset {MAZE_ID} --seed 3 -params offline_steps:4 ")
+
+
+def test_a_fine_tuning_study_evaluates_the_online_phase(maze_root, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'finetune.db'}"
+    zoo.main(["train", "--dataset", MAZE_ID, "--finetune", "-n", "6", "--optimize", "--n-trials", "1", "--storage", storage,
+              "--study-name", "finetune", "-f", str(tmp_path / "logs"), *STUDY, *STUDY_PARAMS])  # fmt: skip
+    (trial,) = optuna.load_study(study_name="finetune", storage=storage).trials
+    # 4 offline updates, then evaluations after 3 and 6 online steps (num_timesteps goes on from the offline phase)
+    assert trial.state == optuna.trial.TrialState.COMPLETE and sorted(trial.intermediate_values) == [7, 10]
+
+
+def test_two_workers_share_one_study_and_the_best_trial_trains_again(maze_root, tmp_path):
+    storage, logs = f"sqlite:///{tmp_path / 'shared.db'}", tmp_path / "logs"
+    workers = [worker(storage, "shared", logs, "--max-total-trials", "6", *STUDY_PARAMS) for _ in range(2)]
+    outputs = [finish(process) for process in workers]
+    study = optuna.load_study(study_name="shared", storage=storage)
+    trials = study.trials
+    # no trial lost or run twice: 6 trials numbered 0..5, each finished once, by one of the two workers
+    assert [trial.number for trial in trials] == list(range(6))
+    assert all(trial.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for trial in trials)
+    workers_seen = {trial.user_attrs["worker"] for trial in trials}
+    assert len(workers_seen) == 2, workers_seen
+    # the preset was enqueued once although both workers opened the study
+    assert sum(trial.params == tuning.preset_trial(preset_arguments(MAZE_ID)) for trial in trials) == 1
+    # the printed command trains the best trial's settings again
+    best = study.best_trial
+    command = next(output.split("again:\n")[1].splitlines()[0] for output in outputs if "again:\n" in output)
+    retrain = [*shlex.split(command)[3:], "-f", str(tmp_path / "retrain"), "--num-threads", "1", "--eval-episodes", "1"]
+    zoo.main(retrain)
+    model = IQL.load(tmp_path / "retrain" / "iql" / f"{MAZE_ENV_ID}_1" / f"{MAZE_ENV_ID}.zip")
+    expected = tuning.convert_iql_params(best.params)
+    assert (model.expectile, model.beta, model.batch_size) == (expected["expectile"], expected["beta"], expected["batch_size"])
+    assert model.lr_schedule(1.0) == pytest.approx(expected["learning_rate"]) and model.num_timesteps == 4
+    assert model.policy.net_arch == expected["policy_kwargs"]["net_arch"]
+
+
+def test_a_worker_killed_in_a_trial_leaves_the_study_usable(maze_root, tmp_path):
+    storage, logs = f"sqlite:///{tmp_path / 'killed.db'}", tmp_path / "logs"
+    # A long first trial (the preset: 256x256, 1M updates): the worker is killed while it trains.
+    long_trial = ["--n-trials", "1", "--heartbeat-interval", "1", "-params", "offline_steps:1000000"]
+    victim = worker(storage, "killed", logs, *long_trial)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            trials = optuna.load_study(study_name="killed", storage=storage).trials
+        except KeyError:  # the study is not created yet
+            trials = []
+        if trials and trials[0].state == optuna.trial.TrialState.RUNNING:
+            break
+        time.sleep(0.5)
+    else:
+        victim.kill()
+        pytest.fail(f"the first trial never started: {victim.communicate()[0]}")
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    time.sleep(4)  # past the grace period (3 heartbeats of 1 s)
+    # The next worker fails the dead trial, runs it again (as a new trial), then its own trials.
+    finish(worker(storage, "killed", logs, "--n-trials", "2", "--heartbeat-interval", "1", *STUDY_PARAMS))
+    trials = optuna.load_study(study_name="killed", storage=storage).trials
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    retried = [trial for trial in trials if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial) == 0]
+    assert len(retried) == 1 and retried[0].params == trials[0].params
+    assert sum(trial.state == optuna.trial.TrialState.COMPLETE for trial in trials) == 2
