@@ -13,9 +13,11 @@ Hyperparameter optimisation of IQL with rl-zoo's Optuna search (``python -m sb3_
 """
 
 import os
+import time
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from stable_baselines3.common.callbacks import EvalCallback
@@ -33,6 +35,8 @@ HEARTBEAT_INTERVAL = 60
 HEARTBEAT_GRACE_PERIOD = 180
 #: How many times a trial whose worker died is run again (by another worker).
 MAX_RETRY = 1
+#: Workers starting together on a new database race to create its tables: the loser opens the storage again.
+STORAGE_ATTEMPTS = 3
 
 
 def sample_iql_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
@@ -95,7 +99,7 @@ def preset_trial(hyperparams: dict[str, Any]) -> dict[str, Any]:
 def make_storage(url: str | None, heartbeat_interval: int = HEARTBEAT_INTERVAL) -> BaseStorage | None:
     """
     :param url: None (in memory), a ``.log`` file (Optuna's journal, as rl-zoo reads it) or a database URL
-        (``sqlite:///study.db``, ``postgresql://user:password@host/db``)
+        (``sqlite:///study.db``, ``postgresql+psycopg2://user:password@host/db``)
     :param heartbeat_interval: seconds between heartbeats of a database storage (grace period: three of them)
     :return: the storage; a database one has heartbeats and retries a dead worker's trial ``MAX_RETRY`` times
     """
@@ -104,6 +108,15 @@ def make_storage(url: str | None, heartbeat_interval: int = HEARTBEAT_INTERVAL) 
     if url.endswith(".log"):  # no heartbeats in a journal: a dead worker's trial stays RUNNING
         os.makedirs(os.path.dirname(os.path.abspath(url)), exist_ok=True)
         return JournalStorage(JournalFileBackend(url))
+    for _ in range(STORAGE_ATTEMPTS - 1):
+        try:
+            return _database_storage(url, heartbeat_interval)
+        except sqlalchemy.exc.IntegrityError:  # another worker created the same tables at the same time
+            time.sleep(1.0)
+    return _database_storage(url, heartbeat_interval)
+
+
+def _database_storage(url: str, heartbeat_interval: int) -> RDBStorage:
     return RDBStorage(
         url,
         heartbeat_interval=heartbeat_interval,

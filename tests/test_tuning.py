@@ -1,12 +1,16 @@
 """rl-zoo's Optuna search for offline IQL: the sampler, one study in one process, two workers on one SQLite storage,
 a worker killed in the middle of a trial, and the best trial trained again from the printed command."""
 
+import glob
 import os
 import pathlib
 import shlex
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 
@@ -147,3 +151,48 @@ def test_a_worker_killed_in_a_trial_leaves_the_study_usable(maze_root, tmp_path)
     retried = [trial for trial in trials if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial) == 0]
     assert len(retried) == 1 and retried[0].params == trials[0].params
     assert sum(trial.state == optuna.trial.TrialState.COMPLETE for trial in trials) == 2
+
+
+def postgres_binary(name: str) -> str | None:
+    """:return: a PostgreSQL server program on the PATH or where Debian's packages put it, None if absent"""
+    found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found if isinstance(found, str) else (found[-1] if found else None)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server of its own on 127.0.0.1 (skipped without the server binaries or psycopg2)."""
+    pytest.importorskip("psycopg2", reason="psycopg2 is not installed (pip install psycopg2-binary)")
+    initdb, pg_ctl = postgres_binary("initdb"), postgres_binary("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        pytest.skip("PostgreSQL's server is not installed (initdb, pg_ctl)")
+    as_user: list[str] = []
+    folder = tempfile.mkdtemp(prefix="sb3_iql_postgres_")
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: run it as its own system user
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser")
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(folder, "postgres")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = os.path.join(folder, "data")
+    subprocess.run([*as_user, initdb, "-D", data, "-U", "postgres", "--auth=trust"], check=True, capture_output=True)
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
+    start = [*as_user, pg_ctl, "-D", data, "-o", options, "-l", os.path.join(folder, "log"), "-w", "start"]
+    subprocess.run(start, check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_two_workers_share_one_postgresql_study(maze_root, tmp_path, postgres_url):
+    workers = [worker(postgres_url, "postgres", tmp_path / "logs", "--max-total-trials", "4", *STUDY_PARAMS) for _ in range(2)]
+    for process in workers:
+        finish(process)
+    trials = optuna.load_study(study_name="postgres", storage=postgres_url).trials
+    assert [trial.number for trial in trials] == list(range(4))
+    assert all(trial.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for trial in trials)
+    assert len({trial.user_attrs["worker"] for trial in trials}) == 2
