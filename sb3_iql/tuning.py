@@ -72,8 +72,15 @@ def convert_iql_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def zoo_params(arguments: dict[str, Any]) -> list[str]:
-    """:return: IQL arguments as rl-zoo's ``-params`` values (``beta:10.0``, ``policy_kwargs:{'net_arch':[64,64]}``)"""
-    return [f"{key}:{value!r}".replace(" ", "") for key, value in arguments.items()]
+    """:return: IQL arguments as rl-zoo's ``-params`` values (``beta:10.0``, ``policy_kwargs:dict(net_arch=[64,64])``)"""
+    values = []
+    for key, value in arguments.items():
+        if isinstance(value, dict):
+            value_text = "dict(" + ",".join(f"{name}={item!r}" for name, item in value.items()) + ")"
+        else:
+            value_text = repr(value)
+        values.append(f"{key}:{value_text}".replace(" ", ""))
+    return values
 
 
 def preset_trial(hyperparams: dict[str, Any]) -> dict[str, Any]:

@@ -67,7 +67,7 @@ def test_the_sampler_draws_iql_arguments_and_the_preset_is_a_point_of_its_space(
     assert tuning.sample_iql_params(optuna.trial.FixedTrial(first), 2, 1, {})["policy_kwargs"] == {"net_arch": [256, 256]}
     assert tuning.zoo_params({"beta": 10.0, "policy_kwargs": {"net_arch": [64, 64]}}) == [
         "beta:10.0",
-        "policy_kwargs:{'net_arch':[64,64]}",
+        "policy_kwargs:dict(net_arch=[64,64])",
     ]
 
 
