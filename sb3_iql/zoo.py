@@ -54,6 +54,7 @@ from stable_baselines3.common.logger import Logger, make_output_format
 from stable_baselines3.common.utils import configure_logger
 
 from sb3_iql.callbacks import NormalizedEvalCallback, UpdatesProgressBarCallback
+from sb3_iql.common.offline import OfflineAlgorithm
 from sb3_iql.data.minari_loader import load_dataset
 from sb3_iql.iql import IQL
 from sb3_iql.presets import PresetNotFoundError, known_presets, preset_for
@@ -231,8 +232,28 @@ class IQLExperimentManager(ExperimentManager):
         return logger
 
     def learn(self, model: BaseAlgorithm) -> None:
+        """
+        rl-zoo's ``learn``; a model resumed with ``-i`` in the middle of its offline phase first runs the rest of its
+        ``offline_steps`` (rl-zoo's callbacks, ``num_timesteps`` going on), then the online steps if any.
+        """
         model.set_logger(self.make_logger(model))
+        if isinstance(model, OfflineAlgorithm) and 0 < model._n_offline_updates < model.offline_steps:
+            log_interval = self.log_interval if self.log_interval > 0 else 1000
+            model.learn_offline(callback=self.callbacks, log_interval=log_interval, reset_num_timesteps=False)
+            if self.n_timesteps == 0:
+                return
         super().learn(model)
+
+    def _load_pretrained_agent(self, hyperparams: dict[str, Any], env: Any) -> BaseAlgorithm:
+        """
+        rl-zoo's ``-i`` (continue training a saved model, e.g. a ``--save-freq`` checkpoint of the run folder): a model
+        saved without its replay buffer gets its offline datasets again (``reload_offline_dataset``), so that an
+        interrupted offline run continues to the parameters of an uninterrupted one.
+        """
+        model = super()._load_pretrained_agent(hyperparams, env)
+        if isinstance(model, OfflineAlgorithm) and model.replay_buffer.size() == 0 and model.offline_dataset_ids:
+            model.reload_offline_dataset()
+        return model
 
     def _preprocess_hyperparams(self, hyperparams: dict[str, Any]) -> tuple[dict[str, Any], Any, list[BaseCallback], Any]:
         # rl-zoo derives the evaluations of a trial from n_timesteps, 0 offline: 1 per 100k offline updates instead.

@@ -141,3 +141,23 @@ def test_a_dataset_without_preset_trains_with_the_defaults_and_a_warning(maze_ro
                   *TINY, "offline_steps:6"])  # fmt: skip
     model = IQL.load(run_folder(logs) / f"{MAZE_ENV_ID}.zip")
     assert model.num_timesteps == 6 and (model.expectile, model.beta) == (0.7, 3.0)
+
+
+def test_an_interrupted_offline_run_resumes_from_its_checkpoint_to_the_same_parameters(maze_root, tmp_path):
+    common = ["train", "--dataset", MAZE_ID, "--eval-freq", "3", "--eval-episodes", "1", *TINY, "offline_steps:8"]
+    # uninterrupted, with a checkpoint every 4 updates in the run folder (rl-zoo's --save-freq)
+    zoo.main([*common, "-f", str(tmp_path / "whole"), "--save-freq", "4"])
+    whole = run_folder(tmp_path / "whole")
+    checkpoint = whole / "rl_model_4_steps.zip"
+    assert checkpoint.is_file()
+    # "killed" after 4 updates: rl-zoo's -i continues from the checkpoint file, the datasets loaded again
+    zoo.main([*common, "-f", str(tmp_path / "resumed"), "-i", str(checkpoint)])
+    expected = IQL.load(whole / f"{MAZE_ENV_ID}.zip")
+    resumed = IQL.load(run_folder(tmp_path / "resumed") / f"{MAZE_ENV_ID}.zip")
+    assert (resumed._n_offline_updates, resumed.num_timesteps) == (8, 8)
+    for (name, ours), theirs in zip(resumed.policy.state_dict().items(), expected.policy.state_dict().values()):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=name)
+    for optimizer in ("actor", "critic", "value_net"):
+        ours = getattr(resumed, optimizer).optimizer.state_dict()["state"]
+        theirs = getattr(expected, optimizer).optimizer.state_dict()["state"]
+        assert all(np.array_equal(ours[key]["exp_avg"], theirs[key]["exp_avg"]) for key in theirs), optimizer
