@@ -306,8 +306,12 @@ def test_a_crash_during_a_write_leaves_no_dataset_under_the_id(minari_root: path
     dataset_id = "test/pendulum/crashed-v0"
     assert not dataset_exists(dataset_id) and not (minari_root / dataset_id).exists()
     assert dataset_id not in minari.list_local_datasets()
+    # the dead writer's staging folder, beside the datasets root, is removed (and reported) by the next write
+    (staging,) = minari_root.parent.glob(".sb3_iql-writing-*")
     episodes = rollout_episodes(gym.make(PENDULUM_ID), lambda observation: np.zeros(1), n_episodes=1)
-    assert write_dataset(dataset_id, episodes, gym.make(PENDULUM_ID)).total_episodes == 1  # no "already exists"
+    with pytest.warns(UserWarning, match=f"Removed {staging}: a dataset generation .* crashed"):
+        assert write_dataset(dataset_id, episodes, gym.make(PENDULUM_ID)).total_episodes == 1  # no "already exists"
+    assert not staging.exists() and not list(minari_root.parent.glob(".sb3_iql-writing-*"))
 
 
 def test_dataset_from_replay_buffer(minari_root: pathlib.Path) -> None:

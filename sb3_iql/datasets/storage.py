@@ -3,6 +3,7 @@
 import contextlib
 import os
 import shutil
+import socket
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -86,7 +87,8 @@ def write_dataset(
     metadata.setdefault("author", AUTHOR)
     # Written in a staging root beside the datasets root, then moved into place: a crash mid-write (even a killed
     # process) leaves no half-written dataset under the id, only a staging folder outside Minari's root.
-    staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=get_dataset_path().parent))
+    remove_crashed_staging(get_dataset_path().parent)
+    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(os.getpid()), dir=get_dataset_path().parent))
     try:
         with _datasets_root(staging), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_OPTIONAL_METADATA_WARNING)
@@ -102,8 +104,46 @@ def write_dataset(
     return minari.load_dataset(dataset_id)
 
 
-#: Staging folders of datasets being written, beside the datasets root (``write_dataset``).
+#: Staging folders of datasets being written, beside the datasets root (``write_dataset``), named after the host
+#: and the process writing them: ``.sb3_iql-writing-<host>-<pid>-<random>``.
 _STAGING_PREFIX = ".sb3_iql-writing-"
+
+
+def _host_prefix() -> str:
+    return f"{_STAGING_PREFIX}{socket.gethostname()}-"
+
+
+def _staging_prefix(pid: int) -> str:
+    return f"{_host_prefix()}{pid}-"
+
+
+def remove_crashed_staging(folder: Path) -> list[Path]:
+    """
+    Remove the staging folders that writers on this host left behind when they died mid-write (their process is
+    gone), with a warning naming each: a crashed generation leaves no trace the next one trips on.
+
+    :param folder: the folder holding the staging folders (beside the datasets root)
+    :return: the folders removed
+    """
+    removed = []
+    for staging in folder.glob(f"{_host_prefix()}*"):
+        pid_text = staging.name.removeprefix(_host_prefix()).split("-", 1)[0]
+        if not pid_text.isdigit() or _process_alive(int(pid_text)):
+            continue
+        shutil.rmtree(staging, ignore_errors=True)
+        warnings.warn(f"Removed {staging}: a dataset generation (process {pid_text}) crashed while writing it", stacklevel=3)
+        removed.append(staging)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 @contextlib.contextmanager
