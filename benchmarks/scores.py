@@ -15,7 +15,8 @@ Methods (``--methods``):
   r / return range * 1000), the budget and batch of the benchmark. Actor lr with cosine decay over the budget.
 - ``iql-ref``: the same with the reference implementation's choices spelled out (``REFERENCE_SETTINGS``), and
   ``iql-ref+FACTOR[+FACTOR...]``: with factors of ``FACTORS`` added (d3rlpy's update order, log-std
-  parametrisation and init; LayerNorm; observation normalisation; actor dropout; evaluation-goal relabelling),
+  parametrisation and init; LayerNorm; observation normalisation; actor dropout; constant actor lr;
+  evaluation-goal relabelling),
   the cells of the factorial study.
 - ``bc``: the reference model, networks, data, batches and critic training, with ``beta=0``: every AWR weight is
   exp(0) = 1, so the actor's loss is the plain negative log-likelihood of the dataset actions.
@@ -89,6 +90,7 @@ FACTORS: dict[str, dict[str, Any]] = {
     "ln": {"policy_kwargs": {"critic_layer_norm": True}},
     "obsnorm": {"policy_kwargs": {"normalize_observations": True}},
     "dropout": {"dropout": 0.1},
+    "constlr": {"actor_lr_schedule": "constant"},  # d3rlpy's constant actor lr instead of the cosine decay to 0
     "evalgoal": {"relabel_eval_goal": True},  # every transition rewritten for the evaluation goal (sb3_iql.data.goals)
     "evalgoalterm": {"relabel_eval_goal": "terminal"},  # the same, and terminal at the goal (D4RL's relabelled AntMaze)
 }
