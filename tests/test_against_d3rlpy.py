@@ -1,6 +1,10 @@
 """
-Learning against the peer: on a small stitch maze, sb3-iql's defaults reach the score of d3rlpy's IQL at the same
-budget (``benchmarks/scores.py``: same transitions, rewards, networks, batches, evaluation resets), seed by seed.
+Learning against the peer: on a small stitch maze, sb3-iql's defaults score above d3rlpy's IQL at the same budget
+(``benchmarks/scores.py``: same transitions, rewards, networks, batches, evaluation resets, fixed seeds).
+
+Measured when written (3 seeds, 64x64, 10k updates, 100k-step medium-stitch, 10 episodes): normalized score
+23.4 / 6.0 / -1.3 (mean 9.4) against d3rlpy's -0.5 / -1.4 / 1.8 (mean 0.0); success 30 / 30 / 30% against
+20 / 10 / 10%. The thresholds keep about half of those gaps as margin.
 """
 
 import json
@@ -14,8 +18,9 @@ import pytest
 BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
 DATASET = "sb3_iql/pointmaze/medium-stitch-v0"
 SEEDS = ("0", "1", "2")
-#: How far below d3rlpy's mean our mean may fall (normalized score points).
-MARGIN = 0.0
+#: How far our mean normalized score must be above d3rlpy's (points), and our mean success rate above its.
+SCORE_MARGIN = 4.0
+SUCCESS_MARGIN = 0.08
 
 
 @pytest.mark.slow
@@ -30,7 +35,12 @@ def test_the_defaults_reach_d3rlpy_on_a_stitch_maze(tmp_path: pathlib.Path) -> N
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     runs = json.loads((out / "scores_runs.json").read_text())["runs"].values()
-    finals = {method: [run["final"] for run in runs if run["config"]["method"] == method] for method in ("iql", "d3rlpy-iql")}
-    assert len(finals["iql"]) == len(finals["d3rlpy-iql"]) == len(SEEDS)
-    ours, theirs = (sum(values) / len(values) for values in (finals["iql"], finals["d3rlpy-iql"]))
-    assert ours >= theirs - MARGIN, finals
+    by_method = {method: [run for run in runs if run["config"]["method"] == method] for method in ("iql", "d3rlpy-iql")}
+    assert len(by_method["iql"]) == len(by_method["d3rlpy-iql"]) == len(SEEDS)
+
+    def mean(method: str, key: str) -> float:
+        return sum(run[key] for run in by_method[method]) / len(SEEDS)
+
+    finals = {method: [run["final"] for run in by_method[method]] for method in by_method}
+    assert mean("iql", "final") >= mean("d3rlpy-iql", "final") + SCORE_MARGIN, finals
+    assert mean("iql", "final_success") >= mean("d3rlpy-iql", "final_success") + SUCCESS_MARGIN
