@@ -135,7 +135,7 @@ def test_a_worker_killed_in_a_trial_leaves_the_study_usable(maze_root, tmp_path)
             trials = optuna.load_study(study_name="killed", storage=storage).trials
         except KeyError:  # the study is not created yet
             trials = []
-        if trials and trials[0].state == optuna.trial.TrialState.RUNNING:
+        if trials and trials[0].state == optuna.trial.TrialState.RUNNING and trials[0].params:  # training
             break
         time.sleep(0.5)
     else:
