@@ -3,6 +3,7 @@
 import copy
 import math
 import pathlib
+import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -129,6 +130,17 @@ def test_actor_lr_follows_a_cosine_to_zero_offline_then_constant_online(line_dat
     constant = line_model(line_dataset, offline_steps=4, actor_lr_schedule="constant")
     constant.learn_offline(3)
     assert constant.actor.optimizer.param_groups[0]["lr"] == 3e-4
+
+
+def test_a_short_run_with_the_default_budget_is_warned_about_its_undecayed_actor_lr(line_dataset):
+    model = line_model(line_dataset, offline_steps=None)
+    assert model.offline_steps == 1_000_000
+    with pytest.warns(UserWarning, match=r"offline_steps=1,000,000 .* these 4 it will still be 1.000 .* offline_steps=4"):
+        model.learn_offline(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.learn_offline(4, reset_num_timesteps=False)  # a later chunk of the same run: no warning
+        line_model(line_dataset, offline_steps=8).learn_offline(4)  # a budget given explicitly, trained in chunks
 
 
 def test_learn_zero_runs_the_offline_budget_with_callbacks_per_update(line_dataset, tmp_path):

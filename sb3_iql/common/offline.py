@@ -37,6 +37,8 @@ PathLike = str | pathlib.Path | Any  # SB3 also takes open file objects
 
 #: Room left in the default replay buffer for online fine-tuning data, in transitions.
 ONLINE_BUFFER_ROOM = 1_000_000
+#: Offline gradient steps when ``offline_steps`` is not given: the paper's budget.
+DEFAULT_OFFLINE_STEPS = 1_000_000
 
 
 def write_atomically(path: PathLike, suffix: str, write: Callable[[PathLike], None]) -> None:
@@ -73,6 +75,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     :param reward_transform: None, ``"antmaze"`` (r - 1), ``"locomotion"`` (r / return range * 1000) or a
         callable on an array of rewards; applied to offline and online rewards
     :param offline_steps: offline gradient steps, run by ``learn()`` before online steps when none have run yet
+        (None: ``DEFAULT_OFFLINE_STEPS``, the paper's 1M)
     :param download_dataset: download dataset ids that are not stored locally (needs network)
     :param relabel_eval_goal: rewrite every transition for the evaluation environment's fixed goal at load time
         (``desired_goal`` and rewards from the env's ``compute_reward``), as D4RL's AntMaze data was: the paper's
@@ -101,7 +104,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         train_freq: int | tuple[int, str],
         gradient_steps: int,
         reward_transform: RewardTransformLike = None,
-        offline_steps: int = 1_000_000,
+        offline_steps: int | None = None,
         download_dataset: bool = False,
         relabel_eval_goal: bool | Literal["terminal"] = False,
         replay_buffer_class: type[ReplayBuffer] | None = None,
@@ -119,7 +122,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         self.relabel_eval_goal = relabel_eval_goal
         #: The goal every offline transition was relabelled for (``relabel_eval_goal``), ``(goal_dim,)``, or None.
         self.eval_goal: np.ndarray | None = None
-        self.offline_steps = offline_steps
+        self.offline_steps = DEFAULT_OFFLINE_STEPS if offline_steps is None else offline_steps
+        #: Whether ``offline_steps`` was left to its default (then a shorter first ``learn_offline`` is warned about).
+        self.offline_steps_default = offline_steps is None
         self.offline_dataset_ids: list[str] = []
         self.offline_dataset_size = 0
         self._n_offline_updates = 0
