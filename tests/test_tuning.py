@@ -196,3 +196,18 @@ def test_two_workers_share_one_postgresql_study(maze_root, tmp_path, postgres_ur
     assert [trial.number for trial in trials] == list(range(4))
     assert all(trial.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for trial in trials)
     assert len({trial.user_attrs["worker"] for trial in trials}) == 2
+
+
+def test_a_dataset_without_preset_can_be_optimised_too(maze_root, tmp_path):
+    from sb3_iql.datasets import make_pointmaze_dataset
+
+    dataset_id = "mine/maze/umaze-stitch-v0"  # no preset matches this namespace
+    make_pointmaze_dataset("umaze", stitch=True, n_steps=600, n_reference_episodes=1, dataset_id=dataset_id)
+    storage = f"sqlite:///{tmp_path / 'mine.db'}"
+    with pytest.warns(UserWarning, match="No IQL preset"):
+        zoo.main(["train", "--dataset", dataset_id, "--optimize", "--n-trials", "2", "--storage", storage,
+                  "--study-name", "mine", "-f", str(tmp_path / "logs"), *STUDY, *STUDY_PARAMS])  # fmt: skip
+    trials = optuna.load_study(study_name="mine", storage=storage).trials
+    assert [trial.state for trial in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    # the first trial is IQL's own defaults (expectile 0.7, beta 3), the configuration such a dataset trains with
+    assert (trials[0].params["expectile"], trials[0].params["beta"]) == (0.7, 3.0)
