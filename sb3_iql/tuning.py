@@ -8,19 +8,16 @@ Hyperparameter optimisation of IQL with rl-zoo's Optuna search (``python -m sb3_
   (mean return without reference scores) at the number of updates (offline) or environment steps (online) done,
   for pruning; the trial's objective is the mean of the last ``OBJECTIVE_LAST_EVALUATIONS`` of them (one
   evaluation is noisy: on the stitch mazes consecutive evaluations differ by tens of points).
-- ``make_storage``: a storage URL as an Optuna storage; databases get heartbeats, so that a trial whose worker died
+- ``make_storage``: a database URL as an Optuna storage with heartbeats, so that a trial whose worker died
   is marked failed (and retried once) by the next worker that starts a trial.
 """
 
-import os
 import time
 from typing import Any
 
 import optuna
 import sqlalchemy.exc
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages.journal import JournalFileBackend
-from stable_baselines3.common.callbacks import EvalCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from sb3_iql.callbacks import NormalizedEvalCallback
 
@@ -30,9 +27,8 @@ BATCH_SIZES = (64, 128, 256, 512)
 ACTOR_DROPOUTS = (0.0, 0.1)
 #: The objective of a trial: mean of the normalized scores of its last evaluations (fewer if it had fewer).
 OBJECTIVE_LAST_EVALUATIONS = 3
-#: Seconds between two heartbeats of a running trial; a trial silent for ``HEARTBEAT_GRACE_PERIOD`` is failed.
+#: Seconds between two heartbeats of a running trial; a trial silent for three of them is failed.
 HEARTBEAT_INTERVAL = 60
-HEARTBEAT_GRACE_PERIOD = 180
 #: How many times a trial whose worker died is run again (by another worker).
 MAX_RETRY = 1
 #: Workers starting together on a new database race to create its tables: the loser opens the storage again.
@@ -103,18 +99,13 @@ def preset_trial(hyperparams: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def make_storage(url: str | None, heartbeat_interval: int = HEARTBEAT_INTERVAL) -> BaseStorage | None:
+def make_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL) -> RDBStorage:
     """
-    :param url: None (in memory), a ``.log`` file (Optuna's journal, as rl-zoo reads it) or a database URL
-        (``sqlite:///study.db``, ``postgresql+psycopg2://user:password@host/db``)
-    :param heartbeat_interval: seconds between heartbeats of a database storage (grace period: three of them)
-    :return: the storage; a database one has heartbeats and retries a dead worker's trial ``MAX_RETRY`` times
+    :param url: a database URL (``sqlite:///study.db``, ``postgresql+psycopg2://user:password@host/db``); rl-zoo opens
+        a ``.log`` journal file itself, without heartbeats (a dead worker's trial stays RUNNING there)
+    :param heartbeat_interval: seconds between heartbeats (grace period: three of them)
+    :return: the storage, with heartbeats, retrying a dead worker's trial ``MAX_RETRY`` times
     """
-    if url is None:
-        return None
-    if url.endswith(".log"):  # no heartbeats in a journal: a dead worker's trial stays RUNNING
-        os.makedirs(os.path.dirname(os.path.abspath(url)), exist_ok=True)
-        return JournalStorage(JournalFileBackend(url))
     for _ in range(STORAGE_ATTEMPTS - 1):
         try:
             return _database_storage(url, heartbeat_interval)
@@ -147,20 +138,6 @@ class TrialNormalizedEvalCallback(NormalizedEvalCallback):
         self.trial = trial
         self.scores: list[float] = []
         self.is_pruned = False
-
-    @classmethod
-    def for_trial(cls, trial: optuna.Trial, callback: EvalCallback, dataset: str | None) -> "TrialNormalizedEvalCallback":
-        """The evaluation of an ``EvalCallback`` not yet started (environment, frequency, episodes), for ``trial``."""
-        return cls(
-            trial,
-            eval_env=callback.eval_env,
-            dataset=dataset,
-            n_eval_episodes=callback.n_eval_episodes,
-            eval_freq=callback.eval_freq,
-            log_path=None if callback.log_path is None else os.path.dirname(callback.log_path),
-            best_model_save_path=callback.best_model_save_path,
-            deterministic=callback.deterministic,
-        )
 
     def _on_step(self) -> bool:
         if not (self.eval_freq > 0 and self.n_calls % self.eval_freq == 0):

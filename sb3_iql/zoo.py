@@ -283,17 +283,15 @@ class IQLExperimentManager(ExperimentManager):
         path = (
             None if self.optimization_log_path is None else os.path.join(self.optimization_log_path, f"trial_{trial.number}")
         )
-        evaluation = TrialNormalizedEvalCallback.for_trial(
+        evaluation = TrialNormalizedEvalCallback(
             trial,
-            EvalCallback(
-                eval_env,
-                n_eval_episodes=self.n_eval_episodes,
-                eval_freq=max(budget // self.n_evaluations, 1),
-                log_path=path,
-                best_model_save_path=path,
-                deterministic=self.deterministic_eval,
-            ),
-            self.offline_dataset,
+            eval_env=eval_env,
+            dataset=self.offline_dataset,
+            n_eval_episodes=self.n_eval_episodes,
+            eval_freq=max(budget // self.n_evaluations, 1),
+            log_path=path,
+            best_model_save_path=path,
+            deterministic=self.deterministic_eval,
         )
         try:
             if finetune:  # the online phase is what is optimised: evaluations count environment steps

@@ -57,8 +57,7 @@ class IQL(OfflineAlgorithm):
     :param reward_transform: None, ``"antmaze"`` (r - 1), ``"locomotion"`` (r / return range * 1000) or a
         callable on an array of rewards; applied to offline and online rewards
     :param offline_steps: offline gradient steps, run by ``learn()`` before online steps when none have run yet
-        (None: 1M, the paper's budget)
-        (0 to skip); also the horizon of the actor's cosine learning rate decay
+        (0 to skip; None: 1M, the paper's budget); also the horizon of the actor's cosine learning rate decay
     :param actor_lr_schedule: ``"cosine"`` (decay to 0 over ``offline_steps``, constant online) or ``"constant"``
     :param update_order: ``"sequential"`` (reference): V, then actor, then Q with the new V(s');
         ``"joint"`` (d3rlpy): Q and V step together, the Q target using V(s') from before V's step, then the actor
