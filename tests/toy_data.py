@@ -13,6 +13,8 @@ GOAL = 0.5
 EPISODE_STEPS = 20
 STEP_SIZE = 0.1
 MAX_ACTION = 2.0
+#: Moves of the Discrete actions 0, 1, 2 of ``LineEnv(discrete=True)``.
+DISCRETE_MOVES = (-MAX_ACTION, 0.0, MAX_ACTION)
 
 
 class LineEnv(gym.Env):
@@ -21,15 +23,19 @@ class LineEnv(gym.Env):
     (truncated, never terminal). Actions live in [-2, 2], so SB3 scales them.
 
     :param dict_obs: observations as a Dict {"position": (1,), "goal": (1,)} instead of a Box (2,)
+    :param discrete: ``Discrete(3)`` actions: 0, 1, 2 move by -2, 0, +2 (times 0.1)
     """
 
-    def __init__(self, dict_obs: bool = False):
+    def __init__(self, dict_obs: bool = False, discrete: bool = False):
         self.dict_obs = dict_obs
+        self.discrete = discrete
         box = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
         self.observation_space = (
             spaces.Dict({"position": box, "goal": box}) if dict_obs else spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)
         )
-        self.action_space = spaces.Box(-MAX_ACTION, MAX_ACTION, (1,), dtype=np.float32)
+        self.action_space = (
+            spaces.Discrete(len(DISCRETE_MOVES)) if discrete else spaces.Box(-MAX_ACTION, MAX_ACTION, (1,), dtype=np.float32)
+        )
         self.position = 0.0
         self.steps = 0
 
@@ -44,7 +50,10 @@ class LineEnv(gym.Env):
         return self._obs(), {}
 
     def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict]:
-        action = float(np.clip(action, -MAX_ACTION, MAX_ACTION)[0])
+        if self.discrete:
+            action = DISCRETE_MOVES[int(action)]
+        else:
+            action = float(np.clip(action, -MAX_ACTION, MAX_ACTION)[0])
         self.position = float(np.clip(self.position + STEP_SIZE * action, -1.0, 1.0))
         self.steps += 1
         return self._obs(), -abs(self.position - GOAL), False, self.steps >= EPISODE_STEPS, {}
@@ -53,6 +62,8 @@ class LineEnv(gym.Env):
 #: Registered so that Minari can store the spec (needed for reference scores) and recover the environment.
 LINE_ENV_ID = "ToyLine-v0"
 gym.register(LINE_ENV_ID, entry_point="toy_data:LineEnv")
+DISCRETE_LINE_ENV_ID = "ToyLineDiscrete-v0"
+gym.register(DISCRETE_LINE_ENV_ID, entry_point="toy_data:LineEnv", kwargs={"discrete": True})
 
 
 def good_policy(obs: Any) -> np.ndarray:
@@ -64,6 +75,18 @@ def good_policy(obs: Any) -> np.ndarray:
 def bad_policy(obs: Any) -> np.ndarray:
     """Moves away from the goal."""
     return -good_policy(obs)
+
+
+def good_discrete_policy(obs: Any) -> int:
+    """Steps towards the goal, stays when within one step of it."""
+    move = good_policy(obs)[0]
+    return 2 if move > 1.0 else 0 if move < -1.0 else 1
+
+
+def bad_discrete_policy(obs: Any) -> int:
+    """Steps away from the goal."""
+    position = obs["position"][0] if isinstance(obs, dict) else obs[0]
+    return 0 if position < GOAL else 2
 
 
 def rollout_episodes(

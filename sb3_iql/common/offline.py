@@ -140,7 +140,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             datasets = resolve_datasets(offline_dataset, download=download_dataset)
             if env is None:  # the task the dataset is scored on, also the one to fine-tune on
                 env = datasets[0].recover_environment(eval_env=True)
-            self._check_action_space(env.action_space)
+            self._check_action_space(env.action_space, supported_action_spaces)
             for dataset in datasets:
                 check_spaces(dataset, env.observation_space, env.action_space)
             if relabel_eval_goal:
@@ -150,7 +150,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             self.offline_dataset_size = len(transitions)
             buffer_size = self._buffer_size_for(len(transitions), buffer_size)
         elif env is not None:
-            self._check_action_space(env.action_space)
+            self._check_action_space(env.action_space, supported_action_spaces)
         self.reward_transform_fn = make_reward_transform(
             reward_transform, None if transitions is None else transitions.episode_returns
         )
@@ -210,12 +210,22 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             )
         return buffer_size
 
-    def _check_action_space(self, action_space: spaces.Space) -> None:
-        """Dataset actions are scaled to [-1, 1] with the action space's bounds: a bounded Box."""
+    def _check_action_space(self, action_space: spaces.Space, supported: tuple[type[spaces.Space], ...]) -> None:
+        """
+        A bounded Box (dataset actions are scaled to [-1, 1] with its bounds), or a ``Discrete(n)`` starting at 0
+        where the algorithm supports it (actions are stored as indices, as SB3's DQN does).
+
+        :raises ValueError: the space is not supported, naming the ones that are
+        """
         name = type(self).__name__
-        if not isinstance(action_space, spaces.Box):
-            raise ValueError(f"{name} supports continuous (Box) action spaces only, got {action_space}")
-        if not (np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()):
+        if not isinstance(action_space, supported):
+            names = " and ".join(space.__name__ for space in supported)
+            raise ValueError(f"{name} supports {names} action spaces, got {action_space}")
+        if isinstance(action_space, spaces.Discrete) and action_space.start != 0:
+            raise ValueError(f"{name} needs Discrete actions starting at 0 (as SB3's policies predict), got {action_space}")
+        if isinstance(action_space, spaces.Box) and not (
+            np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()
+        ):
             raise ValueError(f"{name} needs a bounded action space to scale actions to [-1, 1], got {action_space}")
 
     def _setup_model(self) -> None:
@@ -233,8 +243,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
 
     def add_transitions(self, transitions: Transitions) -> None:
         """
-        Put offline transitions into the replay buffer: actions scaled to [-1, 1] with the action space's bounds
-        (and clipped to +-(1 - ``dataset_action_clip``)), rewards transformed, truncations stored as timeouts (not
+        Put offline transitions into the replay buffer: Box actions scaled to [-1, 1] with the action space's bounds
+        (and clipped to +-(1 - ``dataset_action_clip``)), Discrete ones checked and kept as indices, rewards transformed, truncations stored as timeouts (not
         terminal). A policy with an ``observation_normalizer`` has it fitted on the first transitions added.
 
         :param transitions: transitions in the environment's units, e.g. from ``sb3_iql.data.load_transitions``
@@ -247,20 +257,38 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         normalizer = getattr(self.policy, "observation_normalizer", None)
         if normalizer is not None and not normalizer.fitted:  # statistics of the first offline data, then fixed
             normalizer.fit(transitions.observations)
-        low, high = self.action_space.low, self.action_space.high  # type: ignore[attr-defined]
-        if np.all(low == -1.0) and np.all(high == 1.0):  # already scaled: the formula would move them by 1 ulp
-            scaled_actions = transitions.actions
-        else:
-            scaled_actions = 2.0 * (transitions.actions - low) / (high - low) - 1.0
-        bound = 1.0 - self.dataset_action_clip
         self.replay_buffer.extend(
             transitions.observations,
             transitions.next_observations,
-            np.clip(scaled_actions, -bound, bound).astype(np.float32),
+            self._buffer_actions(transitions.actions),
             self.reward_transform_fn(transitions.rewards),
             transitions.terminations.astype(np.float32),
             (transitions.truncations & ~transitions.terminations).astype(np.float32),
         )
+
+    def _buffer_actions(self, actions: np.ndarray) -> np.ndarray:
+        """
+        :param actions: dataset actions in the environment's units, ``(n, action_dim)``
+        :return: Box: scaled to [-1, 1] and clipped to +-(1 - ``dataset_action_clip``); Discrete: the indices as
+            they are, float32 ``(n, 1)``
+        :raises ValueError: Discrete actions that are not integers in ``[0, n)``, naming the first bad one
+        """
+        space = self.action_space
+        if isinstance(space, spaces.Discrete):
+            bad = np.flatnonzero((actions != np.round(actions)) | (actions < 0) | (actions >= space.n))
+            if len(bad) > 0:
+                raise ValueError(
+                    f"Dataset action {actions.flat[bad[0]]} (transition {bad[0]}, {len(bad)} bad in all) is not an "
+                    f"integer in [0, {space.n}) of the action space {space}"
+                )
+            return actions.astype(np.float32)
+        low, high = space.low, space.high  # type: ignore[attr-defined]
+        if np.all(low == -1.0) and np.all(high == 1.0):  # already scaled: the formula would move them by 1 ulp
+            scaled_actions = actions
+        else:
+            scaled_actions = 2.0 * (actions - low) / (high - low) - 1.0
+        bound = 1.0 - self.dataset_action_clip
+        return np.clip(scaled_actions, -bound, bound).astype(np.float32)
 
     def reload_offline_dataset(self, download: bool = False) -> None:
         """

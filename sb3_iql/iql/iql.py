@@ -35,6 +35,10 @@ class IQL(OfflineAlgorithm):
     advantage-weighted regression of the policy, all on dataset actions only.
     Paper: https://arxiv.org/abs/2110.06169. Defaults follow the reference implementation (MuJoCo settings).
 
+    Box actions get a Gaussian actor and critics on ``(s, a)``; ``Discrete`` actions the same algorithm with critics
+    that have one output per action (Q of the dataset action picked) and a categorical actor (AWR on the
+    log-softmax of the dataset action; deterministic action: the argmax; online exploration: sampling).
+
     :param policy: ``"MlpPolicy"``, ``"MultiInputPolicy"`` or a policy class; with Dict observations
         ``"MlpPolicy"`` runs the same MLPs on the concatenated parts of the observation
     :param env: environment for online fine-tuning and evaluation (gymnasium env, VecEnv or id); with
@@ -159,7 +163,7 @@ class IQL(OfflineAlgorithm):
             verbose=verbose,
             seed=seed,
             device=device,
-            supported_action_spaces=(spaces.Box,),
+            supported_action_spaces=(spaces.Box, spaces.Discrete),
             _init_setup_model=_init_setup_model,
         )
 

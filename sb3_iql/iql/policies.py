@@ -1,4 +1,5 @@
-"""IQL networks: a Gaussian actor, an ensemble of Q critics, a state-value network, and the policy holding them."""
+"""IQL networks: a Gaussian (Box) or categorical (Discrete) actor, an ensemble of Q critics, a state-value network,
+and the policy holding them."""
 
 import itertools
 import math
@@ -261,9 +262,78 @@ class Actor(NormalizedFeatures, BasePolicy):
         return self(observation, deterministic)
 
 
+class CategoricalActor(NormalizedFeatures, BasePolicy):
+    """
+    Categorical policy for ``Discrete`` action spaces: ``softmax(MLP(s))`` over the ``n`` actions.
+    Deterministic actions are the most likely action (argmax), stochastic ones are sampled.
+
+    :param observation_space: observation space
+    :param action_space: ``Discrete(n)`` action space (actions ``0 .. n - 1``)
+    :param net_arch: hidden layer widths
+    :param features_extractor: network turning observations into a flat vector
+    :param features_dim: size of that vector
+    :param activation_fn: activation after each hidden layer
+    :param dropout: dropout probability after each hidden activation (None: no dropout)
+    :param normalize_images: whether to divide image observations by 255
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Discrete,
+        net_arch: list[int],
+        features_extractor: BaseFeaturesExtractor,
+        features_dim: int,
+        activation_fn: type[nn.Module] = nn.ReLU,
+        dropout: float | None = None,
+        normalize_images: bool = True,
+    ):
+        super().__init__(
+            observation_space, action_space, features_extractor=features_extractor, normalize_images=normalize_images
+        )
+        self.net_arch = net_arch
+        self.activation_fn = activation_fn
+        self.dropout = dropout
+        self.observation_normalizer = None
+        self.latent_pi = hidden_layers(features_dim, net_arch, activation_fn, dropout)
+        self.logits = nn.Linear(net_arch[-1] if net_arch else features_dim, int(action_space.n))
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            net_arch=self.net_arch,
+            features_dim=self.features_extractor.features_dim,
+            activation_fn=self.activation_fn,
+            dropout=self.dropout,
+            features_extractor=self.features_extractor,
+        )
+        return data
+
+    def log_probs(self, obs: PyTorchObs) -> th.Tensor:
+        """:return: ``log pi(. | s)`` of every action, shape ``(batch, n_actions)``"""
+        latent = self.latent_pi(self.extract_features(obs, self.features_extractor))
+        return th.log_softmax(self.logits(latent), dim=-1)
+
+    def log_prob(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
+        """:param actions: action indices as stored in the replay buffer, shape ``(batch, 1)`` (any dtype)
+        :return: ``log pi(a | s)``, shape ``(batch,)``"""
+        return self.log_probs(obs).gather(-1, actions.long().view(-1, 1)).squeeze(-1)
+
+    def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        """:return: the most likely action (deterministic) or a sampled one, shape ``(batch,)``, int64"""
+        log_probs = self.log_probs(obs)
+        if deterministic:
+            return log_probs.argmax(dim=-1)
+        return th.multinomial(log_probs.exp(), num_samples=1).squeeze(-1)
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        return self(observation, deterministic)
+
+
 class EnsembleCritic(NormalizedFeatures, BaseModel):
     """
-    ``n_critics`` independent Q networks on ``concat(features(s), a)``, evaluated as one batched ensemble.
+    ``n_critics`` independent Q networks, evaluated as one batched ensemble: on ``concat(features(s), a)`` for Box
+    actions; for ``Discrete(n)`` actions on ``features(s)`` with ``n`` outputs, the dataset action's one picked.
 
     :param observation_space: observation space
     :param action_space: action space
@@ -293,20 +363,25 @@ class EnsembleCritic(NormalizedFeatures, BaseModel):
         )
         self.n_critics = n_critics
         self.observation_normalizer = None
-        widths = [features_dim + int(action_space.shape[0]), *net_arch]
+        self.discrete = isinstance(action_space, spaces.Discrete)
+        action_inputs, outputs = (0, int(action_space.n)) if self.discrete else (int(action_space.shape[0]), 1)
+        widths = [features_dim + action_inputs, *net_arch]
         layers: list[nn.Module] = []
         for in_features, out_features in itertools.pairwise(widths):
             layers.append(EnsembleLinear(n_critics, in_features, out_features))
             if layer_norm:
                 layers.append(EnsembleLayerNorm(n_critics, out_features))
             layers.append(activation_fn())
-        layers.append(EnsembleLinear(n_critics, widths[-1], 1))
+        layers.append(EnsembleLinear(n_critics, widths[-1], outputs))
         self.q_networks = nn.Sequential(*layers)
 
     def forward(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
-        """:param actions: scaled actions, shape ``(batch, action_dim)``
+        """:param actions: scaled actions, shape ``(batch, action_dim)``; Discrete: indices, shape ``(batch, 1)``
         :return: Q-values of every critic, shape ``(n_critics, batch)``"""
         features = self.extract_features(obs, self.features_extractor)
+        if self.discrete:  # one output per action: pick the given action's
+            q_values = self.q_networks(features.expand(self.n_critics, -1, -1))
+            return q_values.gather(-1, actions.long().view(1, -1, 1).expand(self.n_critics, -1, 1)).squeeze(-1)
         inputs = th.cat([features, actions], dim=-1).expand(self.n_critics, -1, -1)
         return self.q_networks(inputs).squeeze(-1)
 
@@ -365,7 +440,8 @@ def split_net_arch(net_arch: list[int] | dict[str, list[int]]) -> tuple[list[int
 
 class IQLPolicy(BasePolicy):
     """
-    Actor, twin critics (with their target copy) and value network of IQL, each with its own optimizer.
+    Actor, twin critics (with their target copy) and value network of IQL, each with its own optimizer. The actor
+    is Gaussian (``Actor``) for Box actions, categorical (``CategoricalActor``) for Discrete ones.
 
     :param observation_space: observation space
     :param action_space: action space
@@ -374,9 +450,9 @@ class IQLPolicy(BasePolicy):
         (default: 256, 256)
     :param activation_fn: activation after each hidden layer (ReLU)
     :param actor_dropout: dropout probability in the actor's hidden layers (None: no dropout)
-    :param log_std_bounds: (min, max) bounds of the actor's log standard deviation
+    :param log_std_bounds: (min, max) bounds of the Gaussian actor's log standard deviation (Box actions)
     :param log_std_parametrization: ``"clip"`` (reference) or ``"sigmoid"`` (d3rlpy), see ``Actor``
-    :param log_std_init: the actor's initial log standard deviation (0: reference; -1.5: d3rlpy)
+    :param log_std_init: the Gaussian actor's initial log standard deviation (0: reference; -1.5: d3rlpy)
     :param weight_init: ``"orthogonal"`` (reference, gain ``ortho_init_gain``) or ``"pytorch"`` (d3rlpy, CORL)
     :param critic_layer_norm: LayerNorm before each hidden activation of the critics and the value network
     :param normalize_observations: normalise observations with the offline dataset's mean and std (fitted by
@@ -390,7 +466,7 @@ class IQLPolicy(BasePolicy):
     :param ortho_init_gain: gain of the orthogonal initialisation of every layer (sqrt(2))
     """
 
-    actor: Actor
+    actor: Actor | CategoricalActor
     critic: EnsembleCritic
     critic_target: EnsembleCritic
     value_net: ValueNetwork
@@ -398,7 +474,7 @@ class IQLPolicy(BasePolicy):
     def __init__(
         self,
         observation_space: spaces.Space,
-        action_space: spaces.Box,
+        action_space: spaces.Box | spaces.Discrete,
         lr_schedule: Schedule,
         net_arch: list[int] | dict[str, list[int]] | None = None,
         activation_fn: type[nn.Module] = nn.ReLU,
@@ -455,15 +531,18 @@ class IQLPolicy(BasePolicy):
             features_extractor = self.make_features_extractor()
             return dict(features_extractor=features_extractor, features_dim=features_extractor.features_dim)
 
-        self.actor = Actor(
-            net_arch=actor_arch,
-            dropout=self.actor_dropout,
-            log_std_bounds=self.log_std_bounds,
-            log_std_parametrization=self.log_std_parametrization,
-            log_std_init=self.log_std_init,
-            **extractor(),
-            **common,
-        )
+        if isinstance(self.action_space, spaces.Discrete):
+            self.actor = CategoricalActor(net_arch=actor_arch, dropout=self.actor_dropout, **extractor(), **common)
+        else:
+            self.actor = Actor(
+                net_arch=actor_arch,
+                dropout=self.actor_dropout,
+                log_std_bounds=self.log_std_bounds,
+                log_std_parametrization=self.log_std_parametrization,
+                log_std_init=self.log_std_init,
+                **extractor(),
+                **common,
+            )
         critic_kwargs = dict(net_arch=critic_arch, n_critics=self.n_critics, layer_norm=self.critic_layer_norm)
         self.critic = EnsembleCritic(**critic_kwargs, **extractor(), **common)
         self.critic_target = EnsembleCritic(**critic_kwargs, **extractor(), **common)

@@ -1,0 +1,143 @@
+"""IQL with Discrete actions: the picked Q-values and the categorical log-likelihood by hand, the fast path against
+the eager one, dataset checks, save/load, online fine-tuning, and learning beyond behaviour cloning."""
+
+import math
+import pathlib
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from toy_data import (
+    DISCRETE_LINE_ENV_ID,
+    LineEnv,
+    bad_discrete_policy,
+    good_discrete_policy,
+    make_episode,
+    rollout_episodes,
+    write_dataset,
+)
+
+from sb3_iql import IQL, evaluate
+from sb3_iql.common.synthetic import SpacesEnv
+from sb3_iql.iql import update
+from sb3_iql.iql.policies import CategoricalActor, EnsembleCritic
+
+SMALL_NET = dict(net_arch=[32, 32])
+
+
+@pytest.fixture
+def discrete_dataset(minari_root: pathlib.Path):
+    """Half the episodes step towards the goal, half away from it."""
+    env = gym.make(DISCRETE_LINE_ENV_ID)
+    episodes = rollout_episodes(env, [good_discrete_policy, bad_discrete_policy], n_episodes=100)
+    return write_dataset("test/line/discrete-mixed-v0", episodes, env=env, ref_min_score=-16.0, ref_max_score=-2.0)
+
+
+def discrete_model(dataset, **kwargs) -> IQL:
+    defaults = dict(offline_steps=100, policy_kwargs=SMALL_NET, seed=0, batch_size=64)
+    defaults.update(kwargs)
+    return IQL("MlpPolicy", LineEnv(discrete=True), offline_dataset=dataset, **defaults)
+
+
+def test_the_critics_pick_the_dataset_action_among_one_output_per_action():
+    critic = EnsembleCritic(
+        spaces.Box(-1, 1, (2,)), spaces.Discrete(3), net_arch=[], features_extractor=th.nn.Flatten(), features_dim=2
+    )
+    with th.no_grad():  # Q_i(s, .) = W_i s + b_i, one row per action
+        critic.q_networks[0].weight.copy_(th.tensor([[[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]], [[-1.0, 0.0, 0.0], [1.0, 1.0, 1.0]]]))
+        critic.q_networks[0].bias.copy_(th.tensor([[[0.0, 10.0, 20.0]], [[5.0, 5.0, 5.0]]]))
+    obs = th.tensor([[1.0, 1.0], [2.0, -1.0]])
+    actions = th.tensor([[2.0], [0.0]])  # as the replay buffer stores them
+    # critic 0: s=(1,1) -> (1, 12, 24), pick 24; s=(2,-1) -> (2, 14, 25), pick 2
+    # critic 1: s=(1,1) -> (5, 6, 6), pick 6; s=(2,-1) -> (2, 5, 5), pick 2
+    assert th.equal(critic(obs, actions), th.tensor([[24.0, 2.0], [6.0, 2.0]]))
+
+
+def test_the_actor_loss_is_the_weighted_log_softmax_of_the_dataset_action():
+    actor = CategoricalActor(
+        spaces.Box(-1, 1, (2,)), spaces.Discrete(2), net_arch=[], features_extractor=th.nn.Flatten(), features_dim=2
+    )
+    with th.no_grad():  # logits (0, log 3) whatever the state: probabilities (1/4, 3/4)
+        actor.logits.weight.zero_()
+        actor.logits.bias.copy_(th.tensor([0.0, math.log(3.0)]))
+    obs, actions = th.zeros(2, 2), th.tensor([[1.0], [0.0]])
+    assert th.allclose(actor.log_prob(obs, actions), th.tensor([math.log(0.75), math.log(0.25)]))
+    batch = update.Batch(obs, actions, obs, th.zeros(2), th.zeros(2))
+    targets = update.PolicyTargets(th.zeros(2), th.tensor([2.0, 1.0]), th.zeros(2))
+    loss = update.actor_objective(actor.log_prob, batch, targets)
+    assert loss.item() == pytest.approx(-(2.0 * math.log(0.75) + math.log(0.25)) / 2)
+    assert actor(obs, deterministic=True).tolist() == [1, 1]
+    samples = actor(th.zeros(4000, 2))
+    assert samples.dtype == th.int64 and abs(samples.float().mean().item() - 0.75) < 0.03
+
+
+def test_the_functional_update_matches_the_eager_one_in_float64(discrete_dataset, float64):
+    eager, functional = discrete_model(discrete_dataset), discrete_model(discrete_dataset)
+    for model in (eager, functional):
+        model.policy.to(th.float64)
+    fast = functional._functional_update(compile_mode=None)
+    for _ in range(50):
+        batch = eager.replay_buffer.sample(64)
+        batch = batch._replace(**{k: v.to(th.float64) for k, v in batch._asdict().items() if v is not None})
+        for model, step in ((eager, eager._update), (functional, fast)):
+            model._set_learning_rates(offline=True)
+            step(batch)
+            model._n_offline_updates += 1
+    difference = max((a - b).abs().max().item() for a, b in zip(eager.policy.parameters(), functional.policy.parameters()))
+    assert difference < 1e-10
+
+
+def test_dataset_actions_are_stored_as_indices_and_checked(discrete_dataset, minari_root):
+    model = discrete_model(discrete_dataset)
+    stored = model.replay_buffer.actions[: model.replay_buffer.size()].flatten().cpu().numpy()
+    assert set(np.unique(stored)) == {0.0, 1.0, 2.0}
+    env = LineEnv(discrete=True)
+    obs = [env.reset(seed=0)[0]] * 3
+    for bad_action, message in ((3, r"not an integer in \[0, 3\)"), (-1, r"not an integer in \[0, 3\)")):
+        episode = make_episode(0, obs, [1, bad_action], [0.0, 0.0], [False, False], [False, True])
+        dataset = write_dataset(f"test/line/bad-action{bad_action}-v0", [episode], env=env)
+        with pytest.raises(ValueError, match=message):
+            discrete_model(dataset)
+
+
+@pytest.mark.parametrize(
+    "action_space, message",
+    [
+        (spaces.MultiDiscrete([2, 3]), "supports Box and Discrete action spaces"),
+        (spaces.MultiBinary(4), "supports Box and Discrete action spaces"),
+        (spaces.Discrete(3, start=1), "Discrete actions starting at 0"),
+    ],
+)
+def test_unsupported_action_spaces_get_a_clear_error(action_space, message):
+    with pytest.raises(ValueError, match=message):
+        IQL("MlpPolicy", SpacesEnv(spaces.Box(-1, 1, (2,), np.float32), action_space))
+
+
+def test_save_load_gives_identical_predictions_and_online_steps_store_indices(discrete_dataset, tmp_path):
+    model = discrete_model(discrete_dataset)
+    model.learn_offline(100)
+    model.save(tmp_path / "model")
+    loaded = IQL.load(tmp_path / "model", env=LineEnv(discrete=True))
+    obs = np.random.default_rng(0).uniform(-1, 1, (64, 2)).astype(np.float32)
+    actions, _ = model.predict(obs, deterministic=True)
+    assert actions.shape == (64,) and actions.dtype.kind == "i"
+    assert np.array_equal(loaded.predict(obs, deterministic=True)[0], actions)
+    size = model.replay_buffer.size()
+    model.learn(total_timesteps=200)  # exploration samples the categorical policy
+    online = model.replay_buffer.actions[size : size + 200].flatten().cpu().numpy()
+    assert set(np.unique(online)) <= {0.0, 1.0, 2.0} and len(np.unique(online)) > 1
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_iql_beats_behaviour_cloning_on_mixed_discrete_data(discrete_dataset, seed):
+    # Stepping to the goal scores about -1.6, stepping away about -20; BC averages the two behaviours (-13 to -17).
+    def offline_return(beta: float) -> float:
+        model = discrete_model(discrete_dataset, beta=beta, seed=seed, offline_steps=1500, batch_size=256)
+        model.learn(0)
+        return evaluate(model, LineEnv(discrete=True), n_eval_episodes=20, seed=100 + seed).mean_return
+
+    iql, bc = offline_return(beta=10.0), offline_return(beta=0.0)  # IQL: -4.3 and -3.2
+    assert iql > -6.0, iql
+    assert iql > bc + 5.0, (iql, bc)
