@@ -23,6 +23,8 @@ from sb3_iql.datasets import (
     ensure_dataset,
     make_pointmaze_dataset,
     make_pointmaze_env,
+    medium_expert,
+    medium_expert_dataset_id,
     parse_pointmaze_dataset_id,
     pointmaze_dataset_id,
     write_dataset,
@@ -284,6 +286,7 @@ CRASHING_WRITE = """
 import os, gymnasium as gym, minari, numpy as np
 from minari.storage import get_dataset_path
 from sb3_iql.datasets import write_dataset
+from sb3_iql.datasets import medium_expert
 from sb3_iql.datasets.collect import rollout_episodes
 
 def create_then_crash(dataset_id, *args, **kwargs):
@@ -394,3 +397,35 @@ def test_evaluation_goal_relabelling_rewrites_goals_rewards_and_terminals(minari
     assert float(loaded.replay_buffer.sample(512).observations["desired_goal"].sub(th.as_tensor(goal)).abs().max()) < 1e-6
     with pytest.raises(ValueError, match="exactly one goal cell"):
         evaluation_goal(gym.make("PointMaze_UMaze-v3"))
+
+
+def test_epsilon_replaces_actions_with_uniformly_random_ones() -> None:
+    env = gym.make("CartPole-v1")
+    episodes = rollout_episodes(env, lambda obs: 0, n_steps=4000, epsilon=0.5, seed=3)
+    actions = np.concatenate([episode.actions for episode in episodes])
+    # the policy always pushes left; half the steps draw uniformly from {left, right}: 25% right
+    assert abs(actions.mean() - 0.25) < 0.03
+    again = np.concatenate(
+        [episode.actions for episode in rollout_episodes(env, lambda obs: 0, n_steps=4000, epsilon=0.5, seed=3)]
+    )
+    assert np.array_equal(actions, again)
+    with pytest.raises(ValueError, match="epsilon must be in"):
+        rollout_episodes(env, lambda obs: 0, n_steps=10, epsilon=1.5)
+
+
+def test_medium_expert_dataset_has_both_halves_with_discrete_actions(
+    minari_root: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiny = medium_expert.PPORecipe({**medium_expert.RECIPES["Acrobot-v1"].hyperparameters, "n_steps": 64}, 2, 128, 256)
+    monkeypatch.setitem(medium_expert.RECIPES, "Acrobot-v1", tiny)
+    dataset = ensure_dataset(medium_expert_dataset_id("Acrobot-v1"), n_steps=1200, n_reference_episodes=1)
+    assert dataset.spec.dataset_id == "sb3_iql/acrobot/medium-expert-v0"
+    assert dataset.total_steps == 1200 and isinstance(dataset.action_space, gym.spaces.Discrete)
+    episodes = list(dataset.iterate_episodes())
+    assert sum(len(episode) for episode in episodes) == 1200
+    assert [episode.id for episode in episodes] == list(range(len(episodes)))
+    actions = np.concatenate([episode.actions for episode in episodes])
+    assert np.issubdtype(actions.dtype, np.integer) and set(np.unique(actions)) <= {0, 1, 2}
+    assert "after 128 environment steps (medium, return" in dataset.storage.metadata["description"]
+    with pytest.raises(ValueError, match="No medium-expert recipe"):
+        medium_expert.make_medium_expert_dataset("CartPole-v1")

@@ -244,8 +244,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     def add_transitions(self, transitions: Transitions) -> None:
         """
         Put offline transitions into the replay buffer: Box actions scaled to [-1, 1] with the action space's bounds
-        (and clipped to +-(1 - ``dataset_action_clip``)), Discrete ones checked and kept as indices, rewards transformed, truncations stored as timeouts (not
-        terminal). A policy with an ``observation_normalizer`` has it fitted on the first transitions added.
+        (and clipped to +-(1 - ``dataset_action_clip``)), Discrete ones checked and kept as indices, rewards
+        transformed, truncations stored as timeouts (not terminal). A policy with an ``observation_normalizer`` has
+        it fitted on the first transitions added.
 
         :param transitions: transitions in the environment's units, e.g. from ``sb3_iql.data.load_transitions``
         """

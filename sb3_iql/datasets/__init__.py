@@ -1,7 +1,8 @@
 """
-Offline datasets as local Minari datasets: PointMaze generators, rollouts of any policy, SB3 replay buffers.
+Offline datasets as local Minari datasets: PointMaze generators, medium-expert data of PPO (Discrete actions
+included), rollouts of any policy, SB3 replay buffers.
 
-Command line: ``python -m sb3_iql.datasets {pointmaze,collect,list} --help``.
+Command line: ``python -m sb3_iql.datasets {pointmaze,medium-expert,collect,list} --help``.
 """
 
 from sb3_iql.datasets.collect import (
@@ -12,11 +13,12 @@ from sb3_iql.datasets.collect import (
     rollout_episodes,
     write_episodes,
 )
+from sb3_iql.datasets.generated import ensure_dataset
 from sb3_iql.datasets.maze_controller import WaypointController
+from sb3_iql.datasets.medium_expert import make_medium_expert_dataset, medium_expert_dataset_id
 from sb3_iql.datasets.pointmaze import (
     MAZES,
     REWARD_TYPES,
-    ensure_dataset,
     make_pointmaze_dataset,
     make_pointmaze_env,
     parse_pointmaze_dataset_id,
@@ -35,8 +37,10 @@ __all__ = [
     "dataset_exists",
     "dataset_from_replay_buffer",
     "ensure_dataset",
+    "make_medium_expert_dataset",
     "make_pointmaze_dataset",
     "make_pointmaze_env",
+    "medium_expert_dataset_id",
     "parse_pointmaze_dataset_id",
     "pointmaze_dataset_id",
     "reference_scores",

@@ -8,6 +8,9 @@ Examples::
     python -m sb3_iql.datasets collect --env Hopper-v5 --algo sac --model sac_hopper.zip \\
         --dataset-id sb3_iql/hopper/medium-v0 --n-steps 1000000 --ref-min -20.272305 --ref-max 3234.3
     python -m sb3_iql.datasets collect --env Hopper-v5 --dataset-id sb3_iql/hopper/random-v0 --n-steps 100000
+    python -m sb3_iql.datasets medium-expert --env Acrobot-v1
+    python -m sb3_iql.datasets collect --env CartPole-v1 --algo dqn --model dqn_cartpole.zip --epsilon 0.3 \
+        --dataset-id sb3_iql/cartpole/noisy-v0 --n-steps 100000 --ref-max 500
     python -m sb3_iql.datasets list
 """
 
@@ -21,6 +24,7 @@ import minari
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from sb3_iql.datasets.collect import DEFAULT_N_REFERENCE_EPISODES, RandomPolicy, as_env, collect
+from sb3_iql.datasets.medium_expert import DEFAULT_EPSILON, RECIPES, make_medium_expert_dataset
 from sb3_iql.datasets.pointmaze import DEFAULT_N_STEPS, MAZES, REWARD_TYPES, make_pointmaze_dataset
 
 # Packages searched, in order, for the class named by --algo
@@ -87,12 +91,27 @@ def _collect(args: argparse.Namespace) -> None:
         n_steps=args.n_steps,
         n_episodes=args.n_episodes,
         action_noise_std=args.noise,
+        epsilon=args.epsilon,
         seed=args.seed,
         deterministic=not args.stochastic,
         ref_min_score=args.ref_min,
         ref_max_score=args.ref_max,
         expert_policy=expert,
         n_reference_episodes=args.n_reference_episodes,
+        overwrite=args.overwrite,
+    )
+    _report(dataset, time.perf_counter() - start)
+
+
+def _medium_expert(args: argparse.Namespace) -> None:
+    start = time.perf_counter()
+    dataset = make_medium_expert_dataset(
+        args.env,
+        n_steps=args.n_steps,
+        epsilon=args.epsilon,
+        seed=args.seed,
+        n_reference_episodes=args.n_reference_episodes,
+        dataset_id=args.dataset_id,
         overwrite=args.overwrite,
     )
     _report(dataset, time.perf_counter() - start)
@@ -135,6 +154,7 @@ def make_parser() -> argparse.ArgumentParser:
     size.add_argument("--n-episodes", type=int)
     rollout.add_argument("--stochastic", action="store_true", help="sample actions from the model's policy")
     rollout.add_argument("--noise", type=float, default=0.0, help="Gaussian action noise std, in half action ranges")
+    rollout.add_argument("--epsilon", type=float, default=0.0, help="probability of a uniformly random action")
     rollout.add_argument("--ref-min", type=float, help="return of normalized score 0 (default: measured, random)")
     rollout.add_argument("--ref-max", type=float, help="return of normalized score 1")
     rollout.add_argument("--expert-model", help="saved model whose mean return is the reference max score")
@@ -142,7 +162,16 @@ def make_parser() -> argparse.ArgumentParser:
     rollout.add_argument("--gym-packages", nargs="*", default=[], help="modules to import to register environments")
     rollout.set_defaults(run=_collect)
 
-    for subparser in (maze, rollout):
+    mixed = subparsers.add_parser(
+        "medium-expert", help="half PPO medium, half PPO expert (Discrete actions too): sb3_iql/<env>/medium-expert-v0"
+    )
+    mixed.add_argument("--env", choices=list(RECIPES), default="Acrobot-v1")
+    mixed.add_argument("--n-steps", type=int, default=100_000)
+    mixed.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON, help="probability of a uniformly random action")
+    mixed.add_argument("--dataset-id", help="write to this id instead of the standard one")
+    mixed.set_defaults(run=_medium_expert)
+
+    for subparser in (maze, rollout, mixed):
         subparser.add_argument("--seed", type=int, default=0)
         subparser.add_argument("--n-reference-episodes", type=int, default=DEFAULT_N_REFERENCE_EPISODES)
         subparser.add_argument("--overwrite", action="store_true", help="replace an existing dataset with the same id")

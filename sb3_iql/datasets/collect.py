@@ -19,6 +19,8 @@ PolicyFn = Callable[[Any], Any]
 DEFAULT_N_REFERENCE_EPISODES = 100
 # Seed-sequence key that keeps the action noise independent of the environment's own generator
 _ACTION_NOISE_STREAM = 1
+# ... and the epsilon-random actions independent of both
+_RANDOM_ACTION_STREAM = 2
 
 
 @runtime_checkable
@@ -139,6 +141,19 @@ class _Noise:
         return np.clip(action + self.scale * self.rng.standard_normal(self.scale.shape), self.low, self.high)
 
 
+class _RandomActions:
+    """With probability ``epsilon``, a uniformly random action from the space instead of the policy's."""
+
+    def __init__(self, action_space: spaces.Space, epsilon: float, seed: int) -> None:
+        self.epsilon = epsilon
+        self.rng = np.random.default_rng((seed, _RANDOM_ACTION_STREAM))
+        self.action_space = copy.deepcopy(action_space)
+        self.action_space.seed(int(self.rng.integers(2**31)))
+
+    def __call__(self, action: Any) -> Any:
+        return self.action_space.sample() if self.rng.random() < self.epsilon else action
+
+
 def rollout_episodes(
     env: gym.Env,
     policy: Predictor | PolicyFn,
@@ -147,6 +162,7 @@ def rollout_episodes(
     action_noise_std: float = 0.0,
     seed: int = 0,
     deterministic: bool = True,
+    epsilon: float = 0.0,
 ) -> list[EpisodeBuffer]:
     """
     Roll out a policy; pass exactly one of ``n_steps`` and ``n_episodes``.
@@ -159,6 +175,8 @@ def rollout_episodes(
         range (i.e. in the [-1, 1] scaled actions of SB3); noisy actions are clipped to the bounds.
     :param seed: Seed of the first reset and of the noise.
     :param deterministic: For SB3 models, act with the deterministic action (False: sample from the policy).
+    :param epsilon: Probability of replacing each action with a uniformly random one (any action space; applied
+        after ``action_noise_std``).
     :return: The episodes: observations (T + 1, ...) (a dict of arrays for Dict spaces), actions (T, ...),
         rewards, terminations and truncations (T,).
     """
@@ -169,8 +187,11 @@ def rollout_episodes(
         raise ValueError(f"n_steps / n_episodes must be positive, got {count}")
     if action_noise_std < 0:
         raise ValueError(f"action_noise_std must be >= 0, got {action_noise_std}")
+    if not 0.0 <= epsilon <= 1.0:
+        raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
     policy_fn = as_policy_fn(policy, deterministic)
     noise = _Noise(env.action_space, action_noise_std, seed) if action_noise_std > 0 else None
+    random_actions = _RandomActions(env.action_space, epsilon, seed) if epsilon > 0 else None
     episodes: list[EpisodeBuffer] = []
     total_steps = 0
     observation, _ = env.reset(seed=seed)
@@ -181,6 +202,8 @@ def rollout_episodes(
             action = np.asarray(policy_fn(observation), dtype=env.action_space.dtype)
             if noise is not None:
                 action = noise(action).astype(env.action_space.dtype)
+            if random_actions is not None:
+                action = np.asarray(random_actions(action), dtype=env.action_space.dtype)
             observation, reward, terminated, truncated, _ = env.step(action)
             total_steps += 1
             done = terminated or truncated
@@ -264,6 +287,7 @@ def collect(
     action_noise_std: float = 0.0,
     seed: int = 0,
     deterministic: bool = True,
+    epsilon: float = 0.0,
     eval_env: str | EnvSpec | gym.Env | None = None,
     ref_min_score: float | None = None,
     ref_max_score: float | None = None,
@@ -289,6 +313,7 @@ def collect(
     :param seed: Seed of the first reset, of the noise and of the reference rollouts.
     :param deterministic: For SB3 models, act with the deterministic action (False: sample from the policy,
         seeded by ``torch.manual_seed``).
+    :param epsilon: Probability of replacing each action with a uniformly random one (e.g. for Discrete actions).
     :param eval_env: Evaluation environment (or id / spec) stored in the dataset; default ``env``'s spec.
     :param ref_min_score: Return of score 0; measured from random actions when reference scores are written.
     :param ref_max_score: Return of score 1 (exclusive with ``expert_policy``).
@@ -302,7 +327,7 @@ def collect(
     """
     check_writable(dataset_id, overwrite)
     env = as_env(env)
-    episodes = rollout_episodes(env, policy, n_steps, n_episodes, action_noise_std, seed, deterministic)
+    episodes = rollout_episodes(env, policy, n_steps, n_episodes, action_noise_std, seed, deterministic, epsilon)
     algorithm_name = algorithm_name or type(policy).__name__
     return write_episodes(
         dataset_id,
@@ -317,6 +342,6 @@ def collect(
         algorithm_name=algorithm_name,
         description=description
         or f"{algorithm_name} ({'deterministic' if deterministic else 'stochastic'}) with action noise std "
-        f"{action_noise_std}, seed {seed}.",
+        f"{action_noise_std}, random actions with probability {epsilon}, seed {seed}.",
         overwrite=overwrite,
     )

@@ -33,7 +33,7 @@ from minari.data_collector import EpisodeBuffer
 
 from sb3_iql.datasets.collect import DEFAULT_N_REFERENCE_EPISODES
 from sb3_iql.datasets.maze_controller import WaypointController
-from sb3_iql.datasets.storage import check_writable, dataset_exists, write_dataset
+from sb3_iql.datasets.storage import check_writable, write_dataset
 
 gym.register_envs(gymnasium_robotics)
 
@@ -295,43 +295,4 @@ def make_pointmaze_dataset(
         ref_min_score=_reference_return(eval_env, None, n_reference_episodes, seed),
         ref_max_score=_reference_return(eval_env, WaypointController(maze_env.maze), n_reference_episodes, seed),
         num_episodes_average_score=n_reference_episodes,
-    )
-
-
-def ensure_dataset(
-    dataset_id: str,
-    n_steps: int | None = None,
-    seed: int = 0,
-    n_reference_episodes: int = DEFAULT_N_REFERENCE_EPISODES,
-    download: bool = False,
-) -> minari.MinariDataset:
-    """
-    Load a dataset, generating it first if it is one of this package's PointMaze ids and not stored locally.
-
-    :param dataset_id: A PointMaze id of this package (generated on first use) or any Minari id (loaded).
-    :param n_steps: Number of steps to generate (default 1M). When given, a local dataset of another size is an error.
-    :param seed: Seed used when generating.
-    :param n_reference_episodes: Episodes per reference score when generating.
-    :param download: For other ids, whether to download from the Minari server when not local.
-    :return: The dataset.
-    """
-    if dataset_exists(dataset_id):
-        dataset = minari.load_dataset(dataset_id)
-        if n_steps is not None and dataset.total_steps != n_steps:
-            raise ValueError(
-                f"Local dataset {dataset_id} has {dataset.total_steps} steps, not {n_steps}: "
-                "delete it (minari.delete_dataset) or ask for its size."
-            )
-        return dataset
-    try:
-        maze, reward, stitch = parse_pointmaze_dataset_id(dataset_id)
-    except ValueError:
-        return minari.load_dataset(dataset_id, download=download)
-    return make_pointmaze_dataset(
-        maze,
-        reward,
-        stitch,
-        n_steps=DEFAULT_N_STEPS if n_steps is None else n_steps,
-        seed=seed,
-        n_reference_episodes=n_reference_episodes,
     )
