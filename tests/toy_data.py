@@ -15,6 +15,8 @@ STEP_SIZE = 0.1
 MAX_ACTION = 2.0
 #: Moves of the Discrete actions 0, 1, 2 of ``LineEnv(discrete=True)``.
 DISCRETE_MOVES = (-MAX_ACTION, 0.0, MAX_ACTION)
+#: Height and width of ``ImageLineEnv``'s frames (NatureCNN needs at least 36).
+IMAGE_SIZE = 36
 
 
 class LineEnv(gym.Env):
@@ -59,16 +61,42 @@ class LineEnv(gym.Env):
         return self._obs(), -abs(self.position - GOAL), False, self.steps >= EPISODE_STEPS, {}
 
 
+class ImageLineEnv(LineEnv):
+    """
+    ``LineEnv`` seen as a picture: an RGB uint8 frame ``(IMAGE_SIZE, IMAGE_SIZE, 3)`` (channel-last, as most image
+    envs) whose bright column is the position; the goal is not drawn (it never moves).
+    """
+
+    def __init__(self, discrete: bool = False):
+        super().__init__(discrete=discrete)
+        self.observation_space = spaces.Box(0, 255, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+
+    def _obs(self) -> np.ndarray:
+        frame = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+        column = int(round((self.position + 1.0) / 2.0 * (IMAGE_SIZE - 1)))
+        frame[:, max(column - 1, 0) : column + 2] = 255
+        return frame
+
+
+def image_position(obs: np.ndarray) -> float:
+    """The position drawn in an ``ImageLineEnv`` frame (channel-last or channel-first)."""
+    channel_last = obs.shape[-1] == 3
+    columns = np.flatnonzero((obs.max(axis=-1) if channel_last else obs.max(axis=0)).max(axis=0) > 127)
+    return float(columns.mean() / (IMAGE_SIZE - 1) * 2.0 - 1.0)
+
+
 #: Registered so that Minari can store the spec (needed for reference scores) and recover the environment.
 LINE_ENV_ID = "ToyLine-v0"
 gym.register(LINE_ENV_ID, entry_point="toy_data:LineEnv")
 DISCRETE_LINE_ENV_ID = "ToyLineDiscrete-v0"
 gym.register(DISCRETE_LINE_ENV_ID, entry_point="toy_data:LineEnv", kwargs={"discrete": True})
+IMAGE_LINE_ENV_ID = "ToyLineImage-v0"
+gym.register(IMAGE_LINE_ENV_ID, entry_point="toy_data:ImageLineEnv")
 
 
 def good_policy(obs: Any) -> np.ndarray:
     """Moves straight to the goal."""
-    position = obs["position"][0] if isinstance(obs, dict) else obs[0]
+    position = obs["position"][0] if isinstance(obs, dict) else image_position(obs) if obs.ndim == 3 else obs[0]
     return np.clip([10.0 * (GOAL - position)], -MAX_ACTION, MAX_ACTION).astype(np.float32)
 
 

@@ -23,12 +23,15 @@ from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 
 from sb3_iql.callbacks import UpdatesProgressBarCallback
+from sb3_iql.common.preprocessing import to_channel_first
 from sb3_iql.data.buffers import OfflineDictReplayBuffer, OfflineReplayBuffer
 from sb3_iql.data.device_buffers import DeviceDictReplayBuffer, DeviceReplayBuffer
 from sb3_iql.data.goals import MAZE_GOAL_DISTANCE, evaluation_goal, relabel_to_goal
+from sb3_iql.data.image_buffers import DeviceImageReplayBuffer
 from sb3_iql.data.minari_loader import DatasetLike, Transitions, check_spaces, load_transitions, resolve_datasets
 from sb3_iql.data.rewards import RewardTransformLike, make_reward_transform
 
@@ -230,7 +233,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
 
     def _setup_model(self) -> None:
         is_dict = isinstance(self.observation_space, spaces.Dict)
-        if self.replay_buffer_class in (None, DeviceReplayBuffer, DeviceDictReplayBuffer):
+        if self.replay_buffer_class is None and is_image_space(self.observation_space, check_channels=False):
+            self.replay_buffer_class = DeviceImageReplayBuffer  # uint8 frames, each stored once
+        elif self.replay_buffer_class in (None, DeviceReplayBuffer, DeviceDictReplayBuffer):
             self.replay_buffer_class = DeviceDictReplayBuffer if is_dict else DeviceReplayBuffer
         elif self.replay_buffer_class in (OfflineReplayBuffer, OfflineDictReplayBuffer):
             self.replay_buffer_class = OfflineDictReplayBuffer if is_dict else OfflineReplayBuffer
@@ -259,8 +264,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         if normalizer is not None and not normalizer.fitted:  # statistics of the first offline data, then fixed
             normalizer.fit(transitions.observations)
         self.replay_buffer.extend(
-            transitions.observations,
-            transitions.next_observations,
+            to_channel_first(transitions.observations, self.observation_space),
+            to_channel_first(transitions.next_observations, self.observation_space),
             self._buffer_actions(transitions.actions),
             self.reward_transform_fn(transitions.rewards),
             transitions.terminations.astype(np.float32),

@@ -1,10 +1,36 @@
-"""Observation normalisation with fixed statistics of the offline dataset (as CORL and Unifloral normalise states)."""
+"""
+Observations of offline data as the policy takes them: images channel-first (as SB3's ``VecTransposeImage`` gives
+them online), and normalisation with fixed statistics of the offline dataset (as CORL and Unifloral normalise
+states).
+"""
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import nn
+
+BatchObs = np.ndarray | dict[str, np.ndarray]
+
+
+def to_channel_first(observations: BatchObs, observation_space: spaces.Space) -> BatchObs:
+    """
+    Dataset images are stored as the environment gives them, often channel-last ``(n, H, W, C)``; SB3 wraps such
+    environments in ``VecTransposeImage`` so the policy's space is ``(C, H, W)``. Transpose them to match (a view).
+
+    :param observations: ``(n, *shape)`` arrays, or a dict of them
+    :param observation_space: the policy's observation space
+    :return: the observations, images transposed where their shape is the channel-last one of the space
+    """
+    if isinstance(observations, dict) and isinstance(observation_space, spaces.Dict):
+        return {key: to_channel_first(value, observation_space[key]) for key, value in observations.items()}
+    shape = observation_space.shape
+    if isinstance(observations, np.ndarray) and shape is not None and len(shape) == 3:
+        channels_last = (shape[1], shape[2], shape[0])
+        if observations.shape[1:] != shape and observations.shape[1:] == channels_last:
+            return observations.transpose(0, 3, 1, 2)
+    return observations
+
 
 #: Features whose standard deviation in the data is below this are only centred, not scaled (e.g. a goal that is
 #: the same in every transition): scaling them would blow up any other value met at evaluation.

@@ -17,7 +17,7 @@ from sb3_iql.data.minari_loader import DatasetLike
 from sb3_iql.data.rewards import RewardTransformLike
 from sb3_iql.iql import update
 from sb3_iql.iql.fast_update import CudaGraphUpdate, FunctionalUpdate
-from sb3_iql.iql.policies import Actor, EnsembleCritic, IQLPolicy, MlpPolicy, MultiInputPolicy, ValueNetwork
+from sb3_iql.iql.policies import Actor, CnnPolicy, EnsembleCritic, IQLPolicy, MlpPolicy, MultiInputPolicy, ValueNetwork
 from sb3_iql.iql.update import METRIC_NAMES, Batch, UpdateSettings
 from sb3_iql.presets import preset_arguments
 
@@ -39,8 +39,8 @@ class IQL(OfflineAlgorithm):
     that have one output per action (Q of the dataset action picked) and a categorical actor (AWR on the
     log-softmax of the dataset action; deterministic action: the argmax; online exploration: sampling).
 
-    :param policy: ``"MlpPolicy"``, ``"MultiInputPolicy"`` or a policy class; with Dict observations
-        ``"MlpPolicy"`` runs the same MLPs on the concatenated parts of the observation
+    :param policy: ``"MlpPolicy"``, ``"CnnPolicy"`` (uint8 images, NatureCNN), ``"MultiInputPolicy"`` (Dict) or a
+        policy class; with Dict observations ``"MlpPolicy"`` runs the same MLPs on the concatenated parts
     :param env: environment for online fine-tuning and evaluation (gymnasium env, VecEnv or id); with
         ``offline_dataset`` it may be None: the dataset's evaluation environment is then recovered
     :param offline_dataset: Minari dataset id, ``minari.MinariDataset``, or a list of them; every transition is
@@ -84,7 +84,11 @@ class IQL(OfflineAlgorithm):
     :param _init_setup_model: build the networks and load the dataset at creation
     """
 
-    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {"MlpPolicy": MlpPolicy, "MultiInputPolicy": MultiInputPolicy}
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": MlpPolicy,
+        "CnnPolicy": CnnPolicy,
+        "MultiInputPolicy": MultiInputPolicy,
+    }
     metric_names: ClassVar[tuple[str, ...]] = METRIC_NAMES
     dataset_action_clip: ClassVar[float] = ACTION_CLIP_EPS
     policy: IQLPolicy

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.policies import BaseModel, BasePolicy
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor, FlattenExtractor
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor, FlattenExtractor, NatureCNN
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
@@ -601,8 +601,25 @@ class IQLPolicy(BasePolicy):
 MlpPolicy = IQLPolicy
 
 
+class CnnPolicy(IQLPolicy):
+    """IQL policy for image observations: same networks, each with SB3's ``NatureCNN`` (images divided by 255)."""
+
+    def __init__(
+        self,
+        observation_space: spaces.Box,
+        action_space: spaces.Box | spaces.Discrete,
+        lr_schedule: Schedule,
+        features_extractor_class: type[BaseFeaturesExtractor] = NatureCNN,
+        **kwargs: Any,
+    ):
+        super().__init__(
+            observation_space, action_space, lr_schedule, features_extractor_class=features_extractor_class, **kwargs
+        )
+
+
 class MultiInputPolicy(IQLPolicy):
-    """IQL policy for Dict observations: same networks, each with SB3's ``CombinedExtractor``."""
+    """IQL policy for Dict observations: same networks, each with SB3's ``CombinedExtractor`` (``NatureCNN`` for
+    image keys, a flatten for the others)."""
 
     def __init__(
         self,

@@ -1,0 +1,158 @@
+"""
+Image observations: the uint8 frame buffer (each frame once), CnnPolicy on channel-last datasets, save/load.
+Minari's HDF5 storage keeps image observations as JPEG (lossy): the frames IQL trains on are the decoded ones.
+"""
+
+import pathlib
+import pickle
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from toy_data import IMAGE_LINE_ENV_ID, IMAGE_SIZE, ImageLineEnv, bad_policy, good_policy, rollout_episodes, write_dataset
+
+from sb3_iql import IQL, evaluate
+from sb3_iql.data import DeviceImageReplayBuffer, load_transitions
+
+FRAME_SPACE = spaces.Box(0, 255, (1, 8, 8), dtype=np.uint8)
+ACTION_SPACE = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
+SMALL_CNN = dict(net_arch=[32], features_extractor_kwargs=dict(features_dim=32))
+
+
+def episode_arrays(n_steps: int, first_value: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One episode of ``n_steps`` transitions whose frame t is filled with ``first_value + t``."""
+    frames = (first_value + np.arange(n_steps + 1, dtype=np.uint8))[:, None, None, None] * np.ones((1, 1, 8, 8), np.uint8)
+    timeouts = np.zeros(n_steps, np.float32)
+    timeouts[-1] = 1.0
+    return dict(
+        observations=frames[:-1],
+        next_observations=frames[1:],
+        actions=rng.uniform(-1, 1, (n_steps, 1)).astype(np.float32),
+        rewards=rng.normal(size=n_steps).astype(np.float32),
+        dones=np.zeros(n_steps, np.float32),
+        timeouts=timeouts,
+    )
+
+
+def concatenated(episodes: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {key: np.concatenate([episode[key] for episode in episodes]) for key in episodes[0]}
+
+
+def all_samples(buffer: DeviceImageReplayBuffer):
+    """Every sampleable transition, oldest first."""
+    return buffer.gather((th.arange(buffer.size()) + buffer.oldest) % buffer.buffer_size)
+
+
+def test_each_frame_is_stored_once_and_samples_give_the_transitions_back():
+    rng = np.random.default_rng(0)
+    episodes = [episode_arrays(n_steps, 10 * index, rng) for index, n_steps in enumerate([5, 3, 7])]
+    data = concatenated(episodes)
+    buffer = DeviceImageReplayBuffer(100, FRAME_SPACE, ACTION_SPACE, device="cpu")
+    buffer.extend(**data)
+    assert buffer.size() == 15 and buffer.n_frames == 15 + 3  # one frame per transition, one more per episode
+    samples = all_samples(buffer)
+    assert samples.observations.dtype == th.uint8
+    assert np.array_equal(samples.observations.numpy(), data["observations"])
+    assert np.array_equal(samples.next_observations.numpy(), data["next_observations"])
+    assert np.array_equal(samples.actions.numpy(), data["actions"])
+    assert np.array_equal(samples.rewards.numpy().ravel(), data["rewards"])
+    assert samples.dones.sum() == 0  # timeouts are not terminal
+    batch = buffer.sample(32)
+    assert batch.observations.shape == (32, 1, 8, 8) and batch.rewards.shape == (32, 1)
+
+
+def test_online_steps_of_several_envs_share_frames_per_env_and_the_ring_wraps():
+    rng = np.random.default_rng(1)
+    buffer = DeviceImageReplayBuffer(12, FRAME_SPACE, ACTION_SPACE, device="cpu", n_envs=2, extra_frames=4)
+    env_episodes = [episode_arrays(10, 0, rng), episode_arrays(10, 100, rng)]
+    for step in range(10):
+        fields = {key: np.stack([episode[key][step] for episode in env_episodes]) for key in env_episodes[0]}
+        infos = [{"TimeLimit.truncated": bool(fields["timeouts"][env])} for env in range(2)]
+        buffer.add(
+            fields["observations"], fields["next_observations"], fields["actions"], fields["rewards"], fields["dones"], infos
+        )
+    assert buffer.n_frames == 20 + 2  # one episode per environment
+    assert buffer.size() == 12  # the ring keeps the newest 12 of 20 transitions
+    samples = all_samples(buffer)
+    # the last 6 steps of both environments, interleaved: frame values step (env 0) and 100 + step (env 1)
+    expected = np.array([[step, 100 + step] for step in range(4, 10)]).ravel()
+    assert np.array_equal(samples.observations[:, 0, 0, 0].numpy(), expected)
+    assert np.array_equal(samples.next_observations[:, 0, 0, 0].numpy(), expected + 1)
+
+
+def test_transitions_whose_frames_were_overwritten_are_no_longer_sampled():
+    rng = np.random.default_rng(2)
+    buffer = DeviceImageReplayBuffer(10, FRAME_SPACE, ACTION_SPACE, device="cpu", extra_frames=2)
+    data = concatenated([episode_arrays(1, 20 * index, rng) for index in range(7)])  # one-step episodes: 2 frames each
+    with pytest.warns(UserWarning, match="no longer sampled"):
+        buffer.extend(**data)
+    assert buffer.size() == 6  # 12 frame slots hold the 14 frames of the last 6 transitions only
+    samples = all_samples(buffer)
+    assert np.array_equal(samples.observations.numpy(), data["observations"][1:])
+    assert np.array_equal(samples.next_observations.numpy(), data["next_observations"][1:])
+
+
+def test_the_buffer_pickles_with_its_frames_and_generator():
+    rng = np.random.default_rng(3)
+    buffer = DeviceImageReplayBuffer(50, FRAME_SPACE, ACTION_SPACE, device="cpu")
+    buffer.extend(**concatenated([episode_arrays(8, 0, rng), episode_arrays(9, 50, rng)]))
+    buffer.generator = th.Generator().manual_seed(0)
+    copy = pickle.loads(pickle.dumps(buffer))
+    first, second = buffer.sample(16), copy.sample(16)
+    for name in ("observations", "next_observations", "actions", "rewards", "dones"):
+        assert th.equal(getattr(first, name), getattr(second, name))
+
+
+@pytest.fixture
+def image_dataset(minari_root: pathlib.Path):
+    """Half the episodes go to the goal, half go away from it, seen as channel-last frames."""
+    env = gym.make(IMAGE_LINE_ENV_ID)
+    episodes = rollout_episodes(env, [good_policy, bad_policy], n_episodes=40)
+    return write_dataset("test/line/image-mixed-v0", episodes, env=env, ref_min_score=-16.0, ref_max_score=-2.0)
+
+
+def image_model(dataset, **kwargs) -> IQL:
+    defaults = dict(offline_steps=100, policy_kwargs=SMALL_CNN, seed=0, batch_size=64)
+    defaults.update(kwargs)
+    return IQL("CnnPolicy", ImageLineEnv(), offline_dataset=dataset, **defaults)
+
+
+def test_cnn_policy_trains_on_channel_last_frames_kept_as_uint8(image_dataset, tmp_path):
+    model = image_model(image_dataset)
+    buffer = model.replay_buffer
+    assert isinstance(buffer, DeviceImageReplayBuffer)
+    assert model.observation_space.shape == (3, IMAGE_SIZE, IMAGE_SIZE)  # SB3's VecTransposeImage
+    # 20-step episodes: at most 21 frames each (fewer where an episode starts on its predecessor's last picture)
+    assert buffer.size() == 40 * 20 and 40 * 20 < buffer.n_frames <= 40 * 21
+    assert buffer.frames.dtype == th.uint8
+    # the stored frames are the dataset's (as decoded from its JPEGs), transposed
+    transitions = load_transitions([image_dataset])
+    samples = buffer.gather(th.arange(buffer.size()))
+    assert np.array_equal(samples.observations.numpy(), transitions.observations.transpose(0, 3, 1, 2))
+    assert np.array_equal(samples.next_observations.numpy(), transitions.next_observations.transpose(0, 3, 1, 2))
+    model.learn_offline(50)
+    model.save(tmp_path / "model")
+    loaded = IQL.load(tmp_path / "model", env=ImageLineEnv())
+    frames = np.stack([ImageLineEnv().reset(seed=seed)[0] for seed in range(8)])  # channel-last, as the env gives
+    assert np.array_equal(loaded.predict(frames, deterministic=True)[0], model.predict(frames, deterministic=True)[0])
+    n_frames = buffer.n_frames
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.learn(total_timesteps=40)  # online steps through VecTransposeImage into the same buffer
+    assert buffer.size() == 40 * 20 + 40 and buffer.n_frames == n_frames + 40 + 2  # two 20-step episodes
+
+
+@pytest.mark.slow
+def test_iql_beats_behaviour_cloning_on_mixed_image_data(image_dataset):
+    th.set_num_threads(1)
+
+    def offline_return(beta: float) -> float:
+        model = image_model(image_dataset, beta=beta, offline_steps=1500, batch_size=128)
+        model.learn(0)
+        return evaluate(model, ImageLineEnv(), n_eval_episodes=20, seed=100).mean_return
+
+    iql, bc = offline_return(beta=3.0), offline_return(beta=0.0)
+    assert iql > bc + 5.0, (iql, bc)
