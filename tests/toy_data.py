@@ -73,7 +73,7 @@ class ImageLineEnv(LineEnv):
 
     def _obs(self) -> np.ndarray:
         frame = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-        column = int(round((self.position + 1.0) / 2.0 * (IMAGE_SIZE - 1)))
+        column = round((self.position + 1.0) / 2.0 * (IMAGE_SIZE - 1))
         frame[:, max(column - 1, 0) : column + 2] = 255
         return frame
 
