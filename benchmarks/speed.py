@@ -18,6 +18,7 @@ Usage::
 
     python benchmarks/speed.py --updates 300 --rounds 5 --threads 1
     python benchmarks/speed.py --paths plain,sb3,fused --shapes antmaze --threads 2 --output /tmp/speed
+    python benchmarks/speed.py --spaces --updates 50   # Discrete actions and 84x84 images
 
 Each timed round runs ``--updates`` updates of every path; warm-up updates (and compilation) are excluded.
 Updates/s are given from wall time and from the process CPU time (the latter is steadier when other
@@ -43,6 +44,7 @@ from typing import Any
 import numpy as np
 import peers  # benchmarks/peers.py
 import psutil
+import spaces_speed  # benchmarks/spaces_speed.py
 import torch as th
 from gymnasium import spaces
 from hardware import cpu_model  # benchmarks/hardware.py
@@ -416,6 +418,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--probe-updates", type=int, default=30, help="updates run by each memory probe")
     parser.add_argument("--output-dir", default=RESULTS_DIR, help="where speed_<device>_threads<N>.json and speed.md go")
     parser.add_argument("--render", action="store_true", help="only rewrite speed.md from the JSON files")
+    parser.add_argument(
+        "--spaces", action="store_true", help="only Discrete actions and 84x84 images (benchmarks/spaces_speed.py)"
+    )
     parser.add_argument("--probe", nargs=3, metavar=("KIND", "NAME", "SHAPE"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -428,6 +433,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.render:
         write_markdown(args.output_dir)
+        return
+    if args.spaces:
+        result = spaces_speed.measure(args.updates, device)
+        result["device_name"] = device_name(device)
+        os.makedirs(args.output_dir, exist_ok=True)
+        with open(os.path.join(args.output_dir, f"spaces_{device.type}.json"), "w") as file:
+            json.dump(result, file, indent=1)
+        write_markdown(args.output_dir)
+        print(spaces_speed.render(result, result["device_name"]), flush=True)
         return
     if args.probe:
         kind, name, shape = args.probe
@@ -504,8 +518,14 @@ def write_markdown(output_dir: str) -> None:
             with open(os.path.join(output_dir, name)) as file:
                 results.append(json.load(file))
     results.sort(key=lambda item: item["date"], reverse=True)
+    sections = []
+    for name in sorted(os.listdir(output_dir)):
+        if name.startswith("spaces_") and name.endswith(".json"):
+            with open(os.path.join(output_dir, name)) as file:
+                spaces_result = json.load(file)
+            sections.append(spaces_speed.render(spaces_result, spaces_result["device_name"]))
     with open(os.path.join(output_dir, "speed.md"), "w") as file:
-        file.write(render_markdown(results))
+        file.write(render_markdown(results) + "".join(f"\n{section}" for section in sections))
 
 
 if __name__ == "__main__":

@@ -106,3 +106,17 @@ def test_an_interrupted_score_run_resumes_to_the_same_parameters(maze_root, tmp_
     first, second = IQL.load(tmp_path / "straight" / name), IQL.load(tmp_path / "resumed" / name)
     for (key, value), other in zip(first.policy.state_dict().items(), second.policy.state_dict().values()):
         assert th.equal(value, other), key
+
+
+def test_spaces_speed_reports_the_image_buffer_at_the_raw_frames(monkeypatch):
+    sys.path.insert(0, str(BENCHMARKS))
+    import spaces_speed  # benchmarks/spaces_speed.py
+
+    monkeypatch.setattr(spaces_speed, "N_TRANSITIONS", 600)
+    monkeypatch.setattr(spaces_speed, "EPISODE_STEPS", 50)
+    result = spaces_speed.measure(1, th.device("cpu"))
+    discrete, image = result["rows"]
+    assert discrete["updates_per_s"] > 0 and image["updates_per_s"] > 0
+    assert image["frames_written_mb"] == pytest.approx(image["raw_frames_plus_one_per_episode_mb"])
+    assert image["frames_written_mb"] < image["float32_two_copies_mb"] / 7.5  # 8x, less one frame per episode
+    assert "| DeviceImageReplayBuffer |" in spaces_speed.render(result, "cpu")
