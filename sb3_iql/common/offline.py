@@ -18,6 +18,7 @@ import gymnasium as gym
 import numpy as np
 import torch as th
 from gymnasium import spaces
+from stable_baselines3 import her as sb3_her
 from stable_baselines3.common import utils
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
@@ -31,6 +32,7 @@ from sb3_iql.common.preprocessing import to_channel_first
 from sb3_iql.data.buffers import OfflineDictReplayBuffer, OfflineReplayBuffer
 from sb3_iql.data.device_buffers import DeviceDictReplayBuffer, DeviceReplayBuffer
 from sb3_iql.data.goals import MAZE_GOAL_DISTANCE, evaluation_goal, relabel_to_goal
+from sb3_iql.data.her import HerReplayBuffer
 from sb3_iql.data.image_buffers import DeviceImageReplayBuffer
 from sb3_iql.data.minari_loader import DatasetLike, Transitions, check_spaces, load_transitions, resolve_datasets
 from sb3_iql.data.rewards import RewardTransformLike, make_reward_transform
@@ -239,12 +241,24 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             self.replay_buffer_class = DeviceDictReplayBuffer if is_dict else DeviceReplayBuffer
         elif self.replay_buffer_class in (OfflineReplayBuffer, OfflineDictReplayBuffer):
             self.replay_buffer_class = OfflineDictReplayBuffer if is_dict else OfflineReplayBuffer
-        super()._setup_model()
+        elif self.replay_buffer_class is sb3_her.HerReplayBuffer:
+            raise ValueError("SB3's HerReplayBuffer cannot take offline data: use sb3_iql.HerReplayBuffer (same arguments)")
+        hindsight = issubclass(self.replay_buffer_class, HerReplayBuffer)
+        if hindsight:  # as SB3 does for its HerReplayBuffer, without keeping the env in the saved kwargs
+            self.replay_buffer_kwargs["env"] = self.env
+        try:
+            super()._setup_model()
+        finally:
+            if hindsight:
+                self.replay_buffer_kwargs.pop("env", None)
         self._attach_generator()
 
     def _attach_generator(self) -> None:
+        """Give the replay buffer the model's sampling generator (and a hindsight buffer the reward transform)."""
         if self.replay_buffer is not None and hasattr(self.replay_buffer, "generator"):
             self.replay_buffer.generator = self.sampling_generator
+        if isinstance(self.replay_buffer, HerReplayBuffer):
+            self.replay_buffer.reward_transform = self.reward_transform_fn
 
     def add_transitions(self, transitions: Transitions) -> None:
         """
@@ -486,4 +500,6 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
 
     def load_replay_buffer(self, path: Any, truncate_last_traj: bool = True) -> None:
         super().load_replay_buffer(path, truncate_last_traj)
+        if isinstance(self.replay_buffer, HerReplayBuffer):
+            self.replay_buffer.set_env(self.env)
         self._attach_generator()

@@ -1,5 +1,6 @@
 from sb3_iql.data.buffers import OfflineDictReplayBuffer, OfflineReplayBuffer
 from sb3_iql.data.device_buffers import DeviceDictReplayBuffer, DeviceReplayBuffer
+from sb3_iql.data.her import HerReplayBuffer
 from sb3_iql.data.image_buffers import DeviceImageReplayBuffer
 from sb3_iql.data.minari_loader import DatasetNotFoundError, Transitions, load_dataset, load_transitions, resolve_datasets
 from sb3_iql.data.rewards import AffineRewardTransform, make_reward_transform
@@ -10,6 +11,7 @@ __all__ = [
     "DeviceDictReplayBuffer",
     "DeviceImageReplayBuffer",
     "DeviceReplayBuffer",
+    "HerReplayBuffer",
     "OfflineDictReplayBuffer",
     "OfflineReplayBuffer",
     "Transitions",

@@ -1,0 +1,267 @@
+"""
+Hindsight goal relabelling (HER, Andrychowicz et al., 2017) for offline data, on the device: SB3's
+``HerReplayBuffer`` arguments on top of ``DeviceDictReplayBuffer``, with the offline ``extend`` it lacks.
+
+At sampling time a fraction ``1 - 1 / (n_sampled_goal + 1)`` of the batch gets a new ``desired_goal`` (in the
+observation and the next observation): an ``achieved_goal`` reached in the same episode (``future``: at or after
+the transition, ``final``: at its end, ``episode``: anywhere in it) or anywhere in the buffer (``random``, as
+goal-conditioned offline RL samples). Rewards are recomputed for the new goal: on the device for the maze
+environments' distance rewards, otherwise with the environment's ``compute_reward`` (Gymnasium-Robotics' goal
+API, vectorised), then passed through the algorithm's reward transform. Episodes are never crossed: goals come
+from the transition's own episode, and online only finished episodes are relabelled.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.type_aliases import DictReplayBufferSamples
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+
+from sb3_iql.data.device_buffers import DeviceDictReplayBuffer
+from sb3_iql.data.goals import MAZE_GOAL_DISTANCE
+from sb3_iql.data.rewards import AffineRewardTransform
+
+GOAL_SELECTION_STRATEGIES = ("future", "final", "episode", "random")
+GOAL_KEYS = ("observation", "achieved_goal", "desired_goal")
+
+
+def maze_distance_reward(env: Any) -> tuple[str, float] | None:
+    """
+    :param env: an environment or a VecEnv
+    :return: ``("sparse", threshold)`` or ``("dense", 0.0)`` for Gymnasium-Robotics' maze environments (rewards
+        ``distance <= 0.45`` and ``exp(-distance)``), None for others
+    """
+    if isinstance(env, VecEnv):
+        env = env.get_attr("unwrapped", indices=[0])[0]
+    unwrapped = getattr(env, "unwrapped", env)
+    if getattr(unwrapped, "maze", None) is None or getattr(unwrapped, "reward_type", None) not in ("sparse", "dense"):
+        return None
+    return ("sparse", MAZE_GOAL_DISTANCE) if unwrapped.reward_type == "sparse" else ("dense", 0.0)
+
+
+class HerReplayBuffer(DeviceDictReplayBuffer):
+    """
+    Device replay buffer with hindsight goal relabelling at sampling time, for Dict observations with
+    ``observation``, ``achieved_goal`` and ``desired_goal`` (the Gymnasium-Robotics goal API). Arguments as SB3's
+    ``HerReplayBuffer``, plus the offline and goal-conditioned ones:
+
+    :param buffer_size: capacity in transitions
+    :param observation_space: Dict observation space with the three goal keys
+    :param action_space: action space
+    :param env: the environment (``compute_reward``, and the maze reward's type); IQL passes its own
+    :param device: device of the storage and of the samples
+    :param n_envs: number of parallel environments
+    :param optimize_memory_usage: must be False
+    :param handle_timeout_termination: store timeouts from ``infos`` in ``add``
+    :param n_sampled_goal: relabelled transitions per original one: a fraction ``n / (n + 1)`` of each batch
+    :param goal_selection_strategy: ``"future"``, ``"final"``, ``"episode"`` (SB3's) or ``"random"``
+    :param copy_info_dict: accepted for SB3's signature; infos are not stored (``compute_reward`` gets ``{}``)
+    :param goal_distance: sparse reward ``distance(next achieved goal, goal) <= goal_distance``, computed on the
+        device (default: the maze environments' own rule, detected from ``env``; otherwise ``compute_reward``)
+    :param terminal_on_goal: every sampled transition whose next achieved goal reaches its (new) goal is terminal,
+        as goal-conditioned IQL trains (needs a distance: ``goal_distance`` or a maze environment)
+    """
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Dict,
+        action_space: spaces.Space,
+        env: Any = None,
+        device: th.device | str = "auto",
+        n_envs: int = 1,
+        optimize_memory_usage: bool = False,
+        handle_timeout_termination: bool = True,
+        n_sampled_goal: int = 4,
+        goal_selection_strategy: str = "future",
+        copy_info_dict: bool = False,
+        goal_distance: float | None = None,
+        terminal_on_goal: bool = False,
+    ):
+        strategy = getattr(goal_selection_strategy, "name", goal_selection_strategy)
+        strategy = str(strategy).lower()
+        if strategy not in GOAL_SELECTION_STRATEGIES:
+            raise ValueError(
+                f"goal_selection_strategy must be one of {GOAL_SELECTION_STRATEGIES}, got {goal_selection_strategy!r}"
+            )
+        if not isinstance(observation_space, spaces.Dict) or set(GOAL_KEYS) - set(observation_space.spaces):
+            raise ValueError(f"HerReplayBuffer needs a Dict observation space with keys {GOAL_KEYS}, got {observation_space}")
+        if n_sampled_goal < 0:
+            raise ValueError(f"n_sampled_goal must be >= 0, got {n_sampled_goal}")
+        super().__init__(
+            buffer_size, observation_space, action_space, device, n_envs, optimize_memory_usage, handle_timeout_termination
+        )
+        self.n_sampled_goal = n_sampled_goal
+        self.her_ratio = 1.0 - 1.0 / (n_sampled_goal + 1)
+        self.goal_selection_strategy = strategy
+        self.copy_info_dict = copy_info_dict
+        self.terminal_on_goal = terminal_on_goal
+        #: ``("sparse", threshold)``, ``("dense", 0.0)`` or None (the environment's ``compute_reward``).
+        self.distance_reward = ("sparse", goal_distance) if goal_distance is not None else maze_distance_reward(env)
+        if terminal_on_goal and (self.distance_reward is None or self.distance_reward[0] != "sparse"):
+            raise ValueError("terminal_on_goal needs a goal distance: pass goal_distance= (or use a sparse maze env)")
+        #: Applied to relabelled rewards; ``IQL`` sets its ``reward_transform`` here.
+        self.reward_transform: Callable[[np.ndarray], np.ndarray] = AffineRewardTransform()
+        self.env: VecEnv | None = None
+        self.set_env(env)
+        capacity = self.buffer_size * self.n_envs
+        # Per stored transition (flat index): its absolute index, its episode's first absolute index, the stride
+        # between consecutive transitions of the episode (1 offline, n_envs online) and its length (0: unfinished).
+        self._absolute = th.zeros(capacity, dtype=th.int64, device=self.device)
+        self._episode_first = th.zeros(capacity, dtype=th.int64, device=self.device)
+        self._episode_stride = th.ones(capacity, dtype=th.int64, device=self.device)
+        self._episode_length = th.zeros(capacity, dtype=th.int64, device=self.device)
+        self._n_written = 0  # flat transitions written since creation (absolute index of the next one)
+        self._open_episodes: list[list[int]] = [[] for _ in range(n_envs)]  # online: absolute indices per env
+
+    @DeviceDictReplayBuffer.device.setter  # type: ignore[attr-defined]
+    def device(self, device: th.device | str) -> None:
+        """The storage's device; the episode records move with it."""
+        DeviceDictReplayBuffer.device.fset(self, device)  # type: ignore[attr-defined]
+        for name in ("_absolute", "_episode_first", "_episode_stride", "_episode_length"):
+            if hasattr(self, name):
+                setattr(self, name, getattr(self, name).to(self._device))
+
+    def set_env(self, env: Any) -> None:
+        """Set the environment whose ``compute_reward`` relabels rewards (after loading a pickled buffer)."""
+        self.env = env
+
+    # --- writing --------------------------------------------------------------------------------------------------
+
+    def _record_episodes(self, absolute: np.ndarray, first: np.ndarray, stride: int, length: np.ndarray) -> None:
+        slots = th.as_tensor(absolute % (self.buffer_size * self.n_envs), device=self.device)
+        self._absolute[slots] = th.as_tensor(absolute, device=self.device)
+        self._episode_first[slots] = th.as_tensor(first, device=self.device)
+        self._episode_stride[slots] = stride
+        self._episode_length[slots] = th.as_tensor(length, device=self.device)
+
+    def extend(self, observations, next_observations, actions, rewards, dones, timeouts) -> None:  # type: ignore[no-untyped-def]
+        """
+        ``DeviceDictReplayBuffer.extend``, recording episodes: consecutive transitions up to one that is terminal
+        or a timeout form an episode (as ``load_transitions`` gives them); a last episode without either is
+        treated as finished at the end of the data.
+        """
+        start, n_transitions = self._n_written, len(rewards)
+        if self.pos * self.n_envs != start % (self.buffer_size * self.n_envs):
+            raise RuntimeError("HerReplayBuffer.extend needs whole rows: do not mix it with add() of n_envs > 1")
+        super().extend(observations, next_observations, actions, rewards, dones, timeouts)
+        ends = np.asarray(dones, dtype=bool) | np.asarray(timeouts, dtype=bool)
+        ends[-1] = True
+        episode = np.concatenate([[0], np.cumsum(ends)[:-1]])
+        first_of_episode = np.flatnonzero(np.concatenate([[True], ends[:-1]]))
+        lengths = np.diff(np.append(first_of_episode, n_transitions))
+        absolute = start + np.arange(n_transitions)
+        self._record_episodes(absolute, start + first_of_episode[episode], 1, lengths[episode])
+        n_duplicates = -n_transitions % self.n_envs  # the mixin completes the last row with the first transitions
+        if n_duplicates:
+            copies = start + n_transitions + np.arange(n_duplicates)
+            self._record_episodes(copies, start + first_of_episode[episode[:n_duplicates]], 1, lengths[episode[:n_duplicates]])
+        self._n_written += n_transitions + n_duplicates
+
+    def add(self, obs, next_obs, action, reward, done, infos) -> None:  # type: ignore[no-untyped-def]
+        """SB3's ``add`` (one transition per environment); an episode becomes relabelable when it ends."""
+        super().add(obs, next_obs, action, reward, done, infos)
+        for env_index in range(self.n_envs):
+            absolute = self._n_written + env_index
+            episode = self._open_episodes[env_index]
+            episode.append(absolute)
+            self._record_episodes(np.array([absolute]), np.array([episode[0]]), self.n_envs, np.array([0]))
+            if done[env_index] or infos[env_index].get("TimeLimit.truncated", False):
+                indices = np.array(episode)
+                self._record_episodes(
+                    indices, np.full(len(indices), episode[0]), self.n_envs, np.full(len(indices), len(indices))
+                )
+                self._open_episodes[env_index] = []
+        self._n_written += self.n_envs
+
+    # --- sampling -------------------------------------------------------------------------------------------------
+
+    def sample(self, batch_size: int, env: VecNormalize | None = None) -> DictReplayBufferSamples:  # type: ignore[override]
+        """``DeviceDictReplayBuffer.sample``, a fraction ``her_ratio`` of the transitions relabelled."""
+        upper_bound = (self.buffer_size if self.full else self.pos) * self.n_envs
+        indices = th.randint(upper_bound, (batch_size,), device=self.device, generator=self._generator)
+        return self.relabel(indices, self.gather(indices, env))
+
+    def _goal_indices(self, indices: th.Tensor, upper_bound: int) -> th.Tensor:
+        """:return: the flat index of the transition whose next achieved goal becomes the goal, per sample"""
+        capacity = self.buffer_size * self.n_envs
+        if self.goal_selection_strategy == "random":
+            return th.randint(upper_bound, indices.shape, device=self.device, generator=self._generator)
+        first, stride = self._episode_first[indices], self._episode_stride[indices]
+        length = self._episode_length[indices].clamp(min=1)
+        position = (self._absolute[indices] - first) // stride
+        uniform = th.rand(indices.shape, device=self.device, generator=self._generator)
+        if self.goal_selection_strategy == "future":
+            step = position + (uniform * (length - position)).long()
+        elif self.goal_selection_strategy == "final":
+            step = length - 1
+        else:  # "episode": from the part of the episode still stored
+            oldest = max(self._n_written - capacity, 0)
+            earliest = ((oldest - first).clamp(min=0) + stride - 1) // stride
+            step = earliest + (uniform * (length - earliest)).long()
+        return (first + step.clamp(max=length - 1) * stride) % capacity
+
+    def _rewards(self, achieved: th.Tensor, goals: th.Tensor) -> th.Tensor:
+        """:return: the environment's rewards for reaching ``achieved`` when aiming at ``goals``, ``(batch,)``"""
+        if self.distance_reward is not None:
+            kind, threshold = self.distance_reward
+            distance = th.linalg.vector_norm(achieved - goals, dim=-1)
+            return (distance <= threshold).float() if kind == "sparse" else th.exp(-distance)
+        if self.env is None:
+            raise RuntimeError("HerReplayBuffer needs env (its compute_reward) to relabel rewards: call set_env(env)")
+        achieved_np, goals_np = achieved.cpu().numpy(), goals.cpu().numpy()
+        if isinstance(self.env, VecEnv):
+            rewards = self.env.env_method("compute_reward", achieved_np, goals_np, {}, indices=[0])[0]
+        else:
+            rewards = self.env.unwrapped.compute_reward(achieved_np, goals_np, {})
+        return th.as_tensor(np.asarray(rewards), dtype=th.float32, device=self.device)
+
+    def _transform(self, rewards: th.Tensor) -> th.Tensor:
+        transform = self.reward_transform
+        if isinstance(transform, AffineRewardTransform):
+            return transform.scale * rewards + transform.shift
+        return th.as_tensor(transform(rewards.cpu().numpy()), dtype=th.float32, device=self.device)
+
+    def relabel(self, indices: th.Tensor, samples: DictReplayBufferSamples) -> DictReplayBufferSamples:
+        """
+        Relabel a fraction ``her_ratio`` of the sampled transitions (of finished episodes) in place.
+
+        :param indices: flat indices of the samples, ``(batch,)``
+        :param samples: the gathered transitions (fresh tensors; their ``desired_goal`` columns are overwritten)
+        :return: the samples, with rewards ``(batch, 1)`` and dones ``(batch, 1)`` recomputed where relabelled
+        """
+        upper_bound = (self.buffer_size if self.full else self.pos) * self.n_envs
+        draws = th.rand(indices.shape, device=self.device, generator=self._generator)
+        relabelled = (draws < self.her_ratio) & (self._episode_length[indices] > 0)
+        goal_rows = self._storage.index_select(0, self._goal_indices(indices, upper_bound))  # type: ignore[union-attr]
+        new_goals = self._field_view(goal_rows, ("next_obs", "achieved_goal"))
+        goals = th.where(relabelled.unsqueeze(-1), new_goals, samples.observations["desired_goal"])
+        samples.observations["desired_goal"].copy_(goals)
+        samples.next_observations["desired_goal"].copy_(goals)
+        achieved = samples.next_observations["achieved_goal"]
+        rewards = th.where(relabelled, self._transform(self._rewards(achieved, goals)), samples.rewards.squeeze(-1))
+        dones = samples.dones.squeeze(-1)
+        if self.terminal_on_goal:
+            reached = th.linalg.vector_norm(achieved - goals, dim=-1) <= self.distance_reward[1]  # type: ignore[index]
+            dones = th.maximum(dones, reached.float())
+        return samples._replace(rewards=rewards.unsqueeze(-1), dones=dones.unsqueeze(-1))
+
+    # --- pickling -------------------------------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["env"] = None  # not picklable: set_env after loading (IQL.load_replay_buffer does)
+        for name in ("_absolute", "_episode_first", "_episode_stride", "_episode_length"):
+            state[name] = getattr(self, name).cpu().numpy()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        episode_arrays = {
+            name: state.pop(name) for name in ("_absolute", "_episode_first", "_episode_stride", "_episode_length")
+        }
+        super().__setstate__(state)
+        for name, array in episode_arrays.items():
+            setattr(self, name, th.from_numpy(array).to(self._device))

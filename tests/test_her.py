@@ -1,0 +1,223 @@
+"""Hindsight relabelling offline: goals from the right part of the transition's own episode, rewards from the
+environment's rule (on the device for mazes), the reward transform, terminals on reaching, online episodes,
+pickling, and IQL end to end."""
+
+import pickle
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import stable_baselines3
+import torch as th
+from gymnasium import spaces
+from maze_data import MAZE_ID, tiny_maze_root
+
+from sb3_iql import IQL, HerReplayBuffer
+from sb3_iql.data import AffineRewardTransform, DeviceDictReplayBuffer, load_dataset, load_transitions
+from sb3_iql.data.goals import MAZE_GOAL_DISTANCE
+
+GOAL_SPACE = spaces.Dict(
+    {key: spaces.Box(-1e4, 1e4, (1,), np.float32) for key in ("observation", "achieved_goal", "desired_goal")}
+)
+ACTION_SPACE = spaces.Box(-1.0, 1.0, (1,), np.float32)
+EPISODE_LENGTHS = [5, 8, 3, 6]
+
+
+class CountingGoalEnv(gym.Env):
+    """Goal-API env whose reward is 1 when the achieved goal is within 0.5 of the desired one."""
+
+    observation_space = GOAL_SPACE
+    action_space = ACTION_SPACE
+
+    def __init__(self) -> None:
+        self.t = 0
+
+    def compute_reward(self, achieved_goal: np.ndarray, desired_goal: np.ndarray, info: Any) -> np.ndarray:
+        return (np.abs(achieved_goal - desired_goal)[..., 0] < 0.5).astype(np.float64)
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {key: np.array([self.t], np.float32) for key in ("observation", "achieved_goal")} | {
+            "desired_goal": np.array([-1.0], np.float32)
+        }
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict]:
+        self.t += 1
+        return self._obs(), 0.0, False, self.t >= 4, {}
+
+
+def counting_episodes() -> dict[str, Any]:
+    """Episodes whose step t of episode e observes (and achieves) 100 e + t; the goal is -1, never reached."""
+    observations, next_observations, timeouts = [], [], []
+    for episode, length in enumerate(EPISODE_LENGTHS):
+        steps = 100.0 * episode + np.arange(length, dtype=np.float32)
+        observations.append(steps)
+        next_observations.append(steps + 1)
+        timeouts.append(np.arange(length) == length - 1)
+    obs, next_obs = np.concatenate(observations)[:, None], np.concatenate(next_observations)[:, None]
+    n = len(obs)
+    goal = np.full((n, 1), -1.0, np.float32)
+    return dict(
+        observations={"observation": obs, "achieved_goal": obs, "desired_goal": goal},
+        next_observations={"observation": next_obs, "achieved_goal": next_obs, "desired_goal": goal.copy()},
+        actions=np.zeros((n, 1), np.float32),
+        rewards=np.zeros(n, np.float32),
+        dones=np.zeros(n, np.float32),
+        timeouts=np.concatenate(timeouts).astype(np.float32),
+    )
+
+
+def counting_buffer(strategy: str, n_sampled_goal: int = 10_000, **kwargs: Any) -> HerReplayBuffer:
+    buffer = HerReplayBuffer(
+        100,
+        GOAL_SPACE,
+        ACTION_SPACE,
+        env=CountingGoalEnv(),
+        device="cpu",
+        n_sampled_goal=n_sampled_goal,
+        goal_selection_strategy=strategy,
+        **kwargs,
+    )
+    buffer.generator = th.Generator().manual_seed(0)
+    buffer.extend(**counting_episodes())
+    return buffer
+
+
+@pytest.mark.parametrize("strategy", ["future", "final", "episode", "random"])
+def test_goals_come_from_the_strategy_s_part_of_the_episode(strategy):
+    samples = counting_buffer(strategy).sample(4000)
+    step = samples.observations["observation"][:, 0].numpy()
+    goal = samples.observations["desired_goal"][:, 0].numpy()
+    assert np.array_equal(goal, samples.next_observations["desired_goal"][:, 0].numpy())
+    episode, goal_episode = step // 100, goal // 100
+    goal_step = goal - 100 * goal_episode  # the goal is the next achieved goal of step goal_step - 1
+    length = np.array(EPISODE_LENGTHS)[episode.astype(int)]
+    if strategy == "random":
+        assert len(np.unique(goal_episode[episode == 0])) == len(EPISODE_LENGTHS)  # goals from other episodes too
+        return
+    assert np.array_equal(goal_episode, episode)
+    t = step - 100 * episode
+    if strategy == "future":
+        assert (goal_step >= t + 1).all() and (goal_step <= length).all()
+        assert (goal_step == t + 1).any() and (goal_step == length).any()
+    elif strategy == "final":
+        assert np.array_equal(goal_step, length)
+    else:
+        assert (goal_step >= 1).all() and (goal_step <= length).all() and (goal_step < t + 1).any()
+
+
+def test_relabelled_rewards_come_from_compute_reward_and_go_through_the_reward_transform():
+    buffer = counting_buffer("future", n_sampled_goal=1)  # half the batch relabelled
+    buffer.reward_transform = AffineRewardTransform(scale=2.0, shift=-1.0)
+    samples = buffer.sample(2000)
+    goal = samples.observations["desired_goal"][:, 0]
+    reached = (samples.next_observations["achieved_goal"][:, 0] - goal).abs() < 0.5
+    relabelled = goal != -1.0
+    assert 0.4 < relabelled.float().mean() < 0.6
+    rewards = samples.rewards[:, 0]
+    assert th.equal(rewards[relabelled], th.where(reached[relabelled], 1.0, -1.0))  # 2 * {0, 1} - 1
+    assert (rewards[~relabelled] == 0).all()  # stored rewards, untransformed by the buffer
+    assert reached[relabelled].any() and not reached[relabelled].all()
+
+
+def test_without_sampled_goals_the_samples_are_the_stored_transitions():
+    her, plain = counting_buffer("future", n_sampled_goal=0), DeviceDictReplayBuffer(100, GOAL_SPACE, ACTION_SPACE, "cpu")
+    plain.extend(**counting_episodes())
+    her.generator, plain.generator = th.Generator().manual_seed(3), th.Generator().manual_seed(3)
+    first, second = her.sample(64), plain.sample(64)
+    for key in GOAL_SPACE.spaces:
+        assert th.equal(first.observations[key], second.observations[key])
+    assert th.equal(first.rewards, second.rewards) and th.equal(first.dones, second.dones)
+
+
+@pytest.fixture(scope="module")
+def maze_root(tmp_path_factory):
+    yield from tiny_maze_root(tmp_path_factory)
+
+
+def test_maze_rewards_are_computed_on_the_device_as_the_env_computes_them(maze_root):
+    dataset = load_dataset(MAZE_ID)
+    env = dataset.recover_environment()
+    transitions = load_transitions([dataset])
+    buffer = HerReplayBuffer(
+        len(transitions),
+        env.observation_space,
+        env.action_space,
+        env=env,
+        device="cpu",
+        goal_selection_strategy="future",
+        terminal_on_goal=True,
+    )
+    assert buffer.distance_reward == ("sparse", MAZE_GOAL_DISTANCE)
+    buffer.extend(
+        transitions.observations,
+        transitions.next_observations,
+        transitions.actions,
+        transitions.rewards,
+        transitions.terminations.astype(np.float32),
+        transitions.truncations.astype(np.float32),
+    )
+    samples = buffer.sample(3000)
+    achieved, goals = samples.next_observations["achieved_goal"].numpy(), samples.observations["desired_goal"].numpy()
+    expected = env.unwrapped.compute_reward(achieved, goals, {})
+    relabelled = np.any(goals != transitions.observations["desired_goal"][0], axis=1)
+    assert relabelled.mean() > 0.7
+    assert np.allclose(samples.rewards[:, 0].numpy()[relabelled], expected[relabelled])
+    assert expected[relabelled].any()  # some relabelled goals are reached: their transitions are terminal
+    assert np.array_equal(samples.dones[:, 0].numpy() == 1, expected == 1)
+
+
+def test_iql_trains_online_with_hindsight_and_relabels_finished_episodes_only(maze_root, tmp_path):
+    env = gym.make("PointMaze_UMaze-v3", continuing_task=True, max_episode_steps=50)
+    model = IQL(
+        "MultiInputPolicy",
+        env,
+        offline_dataset=MAZE_ID,
+        replay_buffer_class=HerReplayBuffer,
+        replay_buffer_kwargs=dict(n_sampled_goal=4, goal_selection_strategy="future"),
+        reward_transform="antmaze",
+        policy_kwargs=dict(net_arch=[32]),
+        batch_size=64,
+        seed=0,
+    )
+    buffer = model.replay_buffer
+    assert isinstance(buffer, HerReplayBuffer) and buffer.distance_reward == ("sparse", MAZE_GOAL_DISTANCE)
+    assert "env" not in model.replay_buffer_kwargs  # not saved with the model
+    model.learn_offline(20)
+    offline = buffer.size()
+    model.learn(total_timesteps=70)  # one finished 50-step episode, one open
+    online_lengths = buffer._episode_length[offline : offline + 70]
+    assert (online_lengths[:50] == 50).all() and (online_lengths[50:] == 0).all()
+    samples = buffer.sample(256)
+    relabelled_rewards = samples.rewards[
+        samples.observations["desired_goal"].ne(buffer.observations["desired_goal"][0, 0]).any(1)
+    ]
+    assert set(relabelled_rewards.flatten().tolist()) <= {-1.0, 0.0}  # the antmaze transform (r - 1) of {0, 1}
+    model.save_replay_buffer(tmp_path / "buffer")
+    model.load_replay_buffer(tmp_path / "buffer")
+    assert model.replay_buffer.env is model.env and th.equal(model.replay_buffer._episode_length, buffer._episode_length)
+
+
+def test_the_buffer_pickles_with_its_episodes():
+    buffer = counting_buffer("future")
+    copy = pickle.loads(pickle.dumps(buffer))
+    copy.set_env(CountingGoalEnv())
+    first, second = buffer.sample(32), copy.sample(32)
+    assert th.equal(first.observations["desired_goal"], second.observations["desired_goal"])
+    assert th.equal(first.rewards, second.rewards)
+
+
+def test_bad_arguments_get_clear_errors(maze_root):
+    with pytest.raises(ValueError, match="goal_selection_strategy"):
+        HerReplayBuffer(10, GOAL_SPACE, ACTION_SPACE, env=CountingGoalEnv(), goal_selection_strategy="past")
+    with pytest.raises(ValueError, match="needs a goal distance"):
+        HerReplayBuffer(10, GOAL_SPACE, ACTION_SPACE, env=CountingGoalEnv(), terminal_on_goal=True)
+    with pytest.raises(ValueError, match="Dict observation space with keys"):
+        HerReplayBuffer(10, spaces.Dict({"observation": GOAL_SPACE["observation"]}), ACTION_SPACE)
+    with pytest.raises(ValueError, match=r"use sb3_iql\.HerReplayBuffer"):
+        IQL("MultiInputPolicy", offline_dataset=MAZE_ID, replay_buffer_class=stable_baselines3.HerReplayBuffer)
