@@ -184,6 +184,7 @@ def test_iql_trains_online_with_hindsight_and_relabels_finished_episodes_only(ma
         policy_kwargs=dict(net_arch=[32]),
         batch_size=64,
         seed=0,
+        offline_steps=20,
     )
     buffer = model.replay_buffer
     assert isinstance(buffer, HerReplayBuffer) and buffer.distance_reward == ("sparse", MAZE_GOAL_DISTANCE)
