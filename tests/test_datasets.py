@@ -110,7 +110,8 @@ def test_pointmaze_stitch(minari_root: pathlib.Path) -> None:
     kwargs = dict(maze="umaze", reward="sparse", n_steps=N_MAZE_STEPS, seed=1, n_reference_episodes=N_REFERENCE_EPISODES)
     make_pointmaze_dataset(stitch=False, **kwargs)
     make_pointmaze_dataset(stitch=True, **kwargs)
-    assert parse_pointmaze_dataset_id("sb3_iql/pointmaze/umaze-stitch-v0") == ("umaze", "sparse", True)
+    assert parse_pointmaze_dataset_id("sb3_iql/pointmaze/umaze-stitch-v0") == ("umaze", "sparse", True, None)
+    assert parse_pointmaze_dataset_id("sb3_iql/pointmaze/large-dense-play-v0") == ("large", "dense", False, "play")
     maze_env = make_pointmaze_env("umaze").unwrapped
     eval_goal = maze_env.maze.cell_rowcol_to_xy(np.array(MAZES["umaze"].eval_goal_cell))
     plain, stitch = episodes_of("sb3_iql/pointmaze/umaze-v0"), episodes_of("sb3_iql/pointmaze/umaze-stitch-v0")
@@ -429,3 +430,33 @@ def test_medium_expert_dataset_has_both_halves_with_discrete_actions(
     assert "after 128 environment steps (medium, return" in dataset.storage.metadata["description"]
     with pytest.raises(ValueError, match="No medium-expert recipe"):
         medium_expert.make_medium_expert_dataset("CartPole-v1")
+
+
+def test_pointmaze_recipes_follow_minari_s_goal_datasets(minari_root: pathlib.Path) -> None:
+    eval_goal = make_pointmaze_env("umaze", evaluation=True).unwrapped.maze.unique_goal_locations[0]
+    by_recipe = {}
+    for recipe in ("cut", "antmaze", "antmaze-unseen", "play"):
+        dataset = make_pointmaze_dataset("umaze", n_steps=6000, n_reference_episodes=1, recipe=recipe)
+        assert dataset.spec.dataset_id == f"sb3_iql/pointmaze/umaze-{recipe}-v0"
+        assert ensure_dataset(f"sb3_iql/pointmaze/umaze-{recipe}-v0").total_steps == 6000
+        by_recipe[recipe] = episodes_of(dataset.spec.dataset_id)
+        for episode in by_recipe[recipe]:
+            assert_single_end_flag(episode)
+    # Minari's PointMaze: every episode but the last ends on reaching its goal, which holds along the episode
+    cut = by_recipe["cut"]
+    assert len(cut) > 10 and all(episode.rewards[-1] == 1 and episode.rewards[:-1].sum() == 0 for episode in cut[:-1])
+    # (an episode's first observation still shows the goal just reached: env.step returns it before redrawing)
+    assert all(len(np.unique(episode.observations["desired_goal"][1:], axis=0)) == 1 for episode in cut)
+    # Minari's AntMaze-v1: one goal per 300-step episode, reached and kept: the reward accumulates there
+    for recipe in ("antmaze", "antmaze-unseen"):
+        episodes = by_recipe[recipe]
+        assert [len(episode) for episode in episodes] == [300] * 20
+        assert all(len(np.unique(episode.observations["desired_goal"], axis=0)) == 1 for episode in episodes)
+        assert np.mean([episode.rewards.mean() for episode in episodes]) > 0.5
+        goals = np.array([episode.observations["desired_goal"][0] for episode in episodes])
+        in_eval_cell = np.abs(goals - eval_goal).max(axis=1) < 0.5
+        assert in_eval_cell.any() == (recipe == "antmaze")  # the unseen variant never aims at the evaluation cell
+    # play data: stored goals are random cells the behaviour never aims at: rarely rewarded
+    play = by_recipe["play"]
+    assert np.mean([episode.rewards.mean() for episode in play]) < 0.2
+    assert len({tuple(episode.observations["desired_goal"][0]) for episode in play}) > 1

@@ -5,6 +5,7 @@ Examples::
 
     python -m sb3_iql.datasets pointmaze --maze umaze medium large --reward sparse dense
     python -m sb3_iql.datasets pointmaze --maze umaze --stitch --n-steps 100000
+    python -m sb3_iql.datasets pointmaze --maze medium --recipe antmaze-unseen   # Minari's AntMaze-v1 recipe
     python -m sb3_iql.datasets collect --env Hopper-v5 --algo sac --model sac_hopper.zip \\
         --dataset-id sb3_iql/hopper/medium-v0 --n-steps 1000000 --ref-min -20.272305 --ref-max 3234.3
     python -m sb3_iql.datasets collect --env Hopper-v5 --dataset-id sb3_iql/hopper/random-v0 --n-steps 100000
@@ -23,9 +24,9 @@ from collections.abc import Sequence
 import minari
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from sb3_iql.datasets import medium_expert
 from sb3_iql.datasets.collect import DEFAULT_N_REFERENCE_EPISODES, RandomPolicy, as_env, collect
-from sb3_iql.datasets.medium_expert import DEFAULT_EPSILON, RECIPES, make_medium_expert_dataset
-from sb3_iql.datasets.pointmaze import DEFAULT_N_STEPS, MAZES, REWARD_TYPES, make_pointmaze_dataset
+from sb3_iql.datasets.pointmaze import DEFAULT_N_STEPS, MAZES, RECIPES, REWARD_TYPES, make_pointmaze_dataset
 
 # Packages searched, in order, for the class named by --algo
 ALGORITHM_PACKAGES = ("stable_baselines3", "sb3_contrib", "sb3_iql")
@@ -69,6 +70,7 @@ def _pointmaze(args: argparse.Namespace) -> None:
             reward,
             args.stitch,
             n_steps=args.n_steps,
+            recipe=args.recipe,
             seed=args.seed,
             n_reference_episodes=args.n_reference_episodes,
             dataset_id=args.dataset_id,
@@ -105,7 +107,7 @@ def _collect(args: argparse.Namespace) -> None:
 
 def _medium_expert(args: argparse.Namespace) -> None:
     start = time.perf_counter()
-    dataset = make_medium_expert_dataset(
+    dataset = medium_expert.make_medium_expert_dataset(
         args.env,
         n_steps=args.n_steps,
         epsilon=args.epsilon,
@@ -140,6 +142,7 @@ def make_parser() -> argparse.ArgumentParser:
     maze.add_argument("--maze", nargs="+", choices=list(MAZES), default=["umaze"])
     maze.add_argument("--reward", nargs="+", choices=REWARD_TYPES, default=["sparse"])
     maze.add_argument("--stitch", action="store_true", help="store the evaluation goal as desired_goal everywhere")
+    maze.add_argument("--recipe", choices=RECIPES, help="Minari's PointMaze (cut) or AntMaze-v1 recipe, or play data")
     maze.add_argument("--n-steps", type=int, default=DEFAULT_N_STEPS)
     maze.add_argument("--dataset-id", help="write to this id instead of the standard one")
     maze.set_defaults(run=_pointmaze)
@@ -165,9 +168,11 @@ def make_parser() -> argparse.ArgumentParser:
     mixed = subparsers.add_parser(
         "medium-expert", help="half PPO medium, half PPO expert (Discrete actions too): sb3_iql/<env>/medium-expert-v0"
     )
-    mixed.add_argument("--env", choices=list(RECIPES), default="Acrobot-v1")
+    mixed.add_argument("--env", choices=list(medium_expert.RECIPES), default="Acrobot-v1")
     mixed.add_argument("--n-steps", type=int, default=100_000)
-    mixed.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON, help="probability of a uniformly random action")
+    mixed.add_argument(
+        "--epsilon", type=float, default=medium_expert.DEFAULT_EPSILON, help="probability of a uniformly random action"
+    )
     mixed.add_argument("--dataset-id", help="write to this id instead of the standard one")
     mixed.set_defaults(run=_medium_expert)
 

@@ -43,7 +43,7 @@ def ensure_dataset(
         steps = {} if n_steps is None else {"n_steps": n_steps}
         return make_medium_expert_dataset(env_id, seed=seed, n_reference_episodes=n_reference_episodes, **steps)
     try:
-        maze, reward, stitch = parse_pointmaze_dataset_id(dataset_id)
+        maze, reward, stitch, recipe = parse_pointmaze_dataset_id(dataset_id)
     except ValueError:
         return minari.load_dataset(dataset_id, download=download)
     return make_pointmaze_dataset(
@@ -53,4 +53,5 @@ def ensure_dataset(
         n_steps=DEFAULT_N_STEPS if n_steps is None else n_steps,
         seed=seed,
         n_reference_episodes=n_reference_episodes,
+        recipe=recipe,
     )

@@ -16,6 +16,18 @@ Dataset ids: ``sb3_iql/pointmaze/{umaze,medium,large}[-dense][-stitch]-v0``.
 - ``-stitch`` variant: the same behaviour, but every stored ``desired_goal`` is the evaluation goal (the
   centre of the fixed goal cell) and the rewards are recomputed for it, so that reaching the evaluation goal
   requires stitching pieces of trajectories that were heading elsewhere.
+
+Recipes of other goal datasets (id suffix ``-<recipe>``; ``RECIPES``), as Minari's real datasets were made:
+
+- ``-cut``: Minari's PointMaze recipe: the same continuous run, cut into an episode at each success (the goal is
+  then redrawn), so episodes have any length and end where their goal is reached.
+- ``-antmaze``: Minari's AntMaze-v1 recipe on the point mass: every episode resets the ball and draws a goal
+  (``goal_cell``) that it keeps (``reset_target=False``): the controller reaches it and stays, and the sparse
+  reward accumulates there; fixed-length episodes, truncated, never terminal. ``-antmaze-unseen``: no episode's
+  goal lies in the evaluation goal's cell (as in Minari's medium-diverse data).
+- ``-play``: undirected behaviour: the controller wanders between random goals as in the default recipe, while each
+  episode stores a random goal it never pursues (rewards for that goal): stored goals say nothing about the
+  behaviour, so only hindsight relabelling (``sb3_iql.HerReplayBuffer``) can teach goal reaching from it.
 """
 
 import copy
@@ -55,8 +67,13 @@ GOAL_REACHED_DISTANCE = 0.45
 # Seed-sequence keys that keep the random streams independent of the environment's own generator
 _ACTION_NOISE_STREAM = 1
 _RANDOM_POLICY_STREAM = 2
+_PLAY_GOAL_STREAM = 3
+#: Recipes beyond the default: Minari's PointMaze (``cut``) and AntMaze-v1 (``antmaze``, ``antmaze-unseen``) ones,
+#: and undirected ``play`` data (module docstring).
+RECIPES = ("cut", "antmaze", "antmaze-unseen", "play")
 _DATASET_ID_RE = re.compile(
-    rf"^{DATASET_NAMESPACE}/(?P<maze>[a-z]+)(?P<dense>-dense)?(?P<stitch>-stitch)?-v{DATASET_VERSION}$"
+    rf"^{DATASET_NAMESPACE}/(?P<maze>[a-z]+)(?P<dense>-dense)?(?P<stitch>-stitch)?"
+    rf"(-(?P<recipe>{'|'.join(RECIPES)}))?-v{DATASET_VERSION}$"
 )
 
 
@@ -102,34 +119,44 @@ def _check_reward(reward: str) -> None:
         raise ValueError(f"Unknown reward {reward!r}: choose one of {REWARD_TYPES}")
 
 
-def pointmaze_dataset_id(maze: str = "umaze", reward: str = "sparse", stitch: bool = False) -> str:
+def _check_recipe(recipe: str | None, stitch: bool) -> None:
+    if recipe is not None and recipe not in RECIPES:
+        raise ValueError(f"Unknown recipe {recipe!r}: choose one of {RECIPES} (or None, the default recipe)")
+    if recipe is not None and stitch:
+        raise ValueError("stitch applies to the default recipe only")
+
+
+def pointmaze_dataset_id(maze: str = "umaze", reward: str = "sparse", stitch: bool = False, recipe: str | None = None) -> str:
     """
     :param maze: ``"umaze"``, ``"medium"`` or ``"large"``.
     :param reward: ``"sparse"`` (1 within 0.45 m of the goal, else 0) or ``"dense"`` (``exp(-distance)``).
     :param stitch: Whether the stored goal is always the evaluation goal.
-    :return: The dataset id, e.g. ``sb3_iql/pointmaze/umaze-dense-stitch-v0``.
+    :param recipe: None (default recipe) or one of ``RECIPES``.
+    :return: The dataset id, e.g. ``sb3_iql/pointmaze/umaze-dense-stitch-v0``, ``sb3_iql/pointmaze/large-play-v0``.
     """
     _maze_spec(maze)
     _check_reward(reward)
+    _check_recipe(recipe, stitch)
     dense = "-dense" if reward == "dense" else ""
-    return f"{DATASET_NAMESPACE}/{maze}{dense}{'-stitch' if stitch else ''}-v{DATASET_VERSION}"
+    suffix = f"{'-stitch' if stitch else ''}{f'-{recipe}' if recipe else ''}"
+    return f"{DATASET_NAMESPACE}/{maze}{dense}{suffix}-v{DATASET_VERSION}"
 
 
-def parse_pointmaze_dataset_id(dataset_id: str) -> tuple[str, str, bool]:
+def parse_pointmaze_dataset_id(dataset_id: str) -> tuple[str, str, bool, str | None]:
     """
     Inverse of :func:`pointmaze_dataset_id`.
 
     :param dataset_id: A PointMaze dataset id of this package.
-    :return: ``(maze, reward, stitch)``.
+    :return: ``(maze, reward, stitch, recipe)``.
     :raises ValueError: If the id is not one of this package's PointMaze ids.
     """
     match = _DATASET_ID_RE.match(dataset_id)
-    if match is None or match["maze"] not in MAZES:
+    if match is None or match["maze"] not in MAZES or (match["stitch"] and match["recipe"]):
         raise ValueError(
             f"{dataset_id!r} is not a PointMaze dataset id of sb3_iql: expected "
-            f"{DATASET_NAMESPACE}/{{{','.join(MAZES)}}}[-dense][-stitch]-v{DATASET_VERSION}"
+            f"{DATASET_NAMESPACE}/{{{','.join(MAZES)}}}[-dense][-stitch | -{{{','.join(RECIPES)}}}]-v{DATASET_VERSION}"
         )
-    return match["maze"], "dense" if match["dense"] else "sparse", match["stitch"] is not None
+    return match["maze"], "dense" if match["dense"] else "sparse", match["stitch"] is not None, match["recipe"]
 
 
 def make_pointmaze_env(maze: str = "umaze", reward: str = "sparse", evaluation: bool = False) -> gym.Env:
@@ -196,6 +223,45 @@ def _simulate(
     return observations, desired_goals, actions
 
 
+def _episode_lengths(n_steps: int, max_length: int, success: np.ndarray | None) -> np.ndarray:
+    """:return: lengths of consecutive episodes covering ``n_steps``: cut after each success (if given) and at
+    ``max_length`` steps otherwise"""
+    if success is not None:
+        ends = np.flatnonzero(success) + 1
+        return np.diff(np.concatenate([[0], ends[ends < n_steps], [n_steps]]))
+    lengths = np.full(n_steps // max_length, max_length)
+    return np.append(lengths, n_steps % max_length) if n_steps % max_length else lengths
+
+
+def _goal_keeping_runs(
+    maze_env: PointMazeEnv, spec: MazeSpec, n_steps: int, noise: np.ndarray, seed: int, exclude_eval_cell: bool
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """
+    Minari's AntMaze-v1 recipe: episodes of ``spec.episode_length`` steps, each from a reset with a goal cell drawn
+    among the free cells (not the evaluation goal's with ``exclude_eval_cell``) and kept when reached.
+
+    :return: per episode, ``_simulate``'s observations, goals and actions, and its length as a 1-element array
+    """
+    maze = maze_env.maze
+    eval_goal = maze.cell_rowcol_to_xy(np.array(spec.eval_goal_cell))
+    cells = [
+        (row, col)
+        for row, line in enumerate(spec.maze_map)
+        for col, cell in enumerate(line)
+        if cell != 1 and not (exclude_eval_cell and np.allclose(maze.cell_rowcol_to_xy(np.array((row, col))), eval_goal))
+    ]
+    goal_rng = np.random.default_rng((seed, _PLAY_GOAL_STREAM))
+    maze_env.reset_target = False  # the goal stays once reached
+    runs = []
+    for start in range(0, n_steps, spec.episode_length):
+        length = min(spec.episode_length, n_steps - start)
+        goal_cell = cells[goal_rng.integers(len(cells))]
+        maze_env.reset(seed=seed if start == 0 else None, options={"goal_cell": np.array(goal_cell)})
+        observations, goals, actions = _simulate(maze_env, length, WaypointController(maze), noise[start : start + length])
+        runs.append((observations, goals, actions, np.array([length])))
+    return runs
+
+
 def _reference_return(eval_env: gym.Env, controller: WaypointController | None, n_episodes: int, seed: int) -> float:
     """
     :param eval_env: The evaluation environment (with a time limit).
@@ -229,6 +295,7 @@ def make_pointmaze_dataset(
     n_reference_episodes: int = DEFAULT_N_REFERENCE_EPISODES,
     dataset_id: str | None = None,
     overwrite: bool = False,
+    recipe: str | None = None,
 ) -> minari.MinariDataset:
     """
     Generate a PointMaze dataset (see the module docstring for the recipe). Deterministic given ``seed``.
@@ -241,45 +308,65 @@ def make_pointmaze_dataset(
     :param n_reference_episodes: Episodes of the evaluation environment averaged for each reference score.
     :param dataset_id: Id to write to; default :func:`pointmaze_dataset_id` ``(maze, reward, stitch)``.
     :param overwrite: Whether to replace an existing dataset with the same id.
+    :param recipe: None (the default recipe) or one of ``RECIPES`` (module docstring).
     :return: The dataset, with observations a dict of ``observation`` (x, y, x_vel, y_vel),
         ``achieved_goal`` (x, y) and ``desired_goal`` (x, y).
     """
     spec = _maze_spec(maze)
-    dataset_id = dataset_id or pointmaze_dataset_id(maze, reward, stitch)
+    _check_recipe(recipe, stitch)
+    dataset_id = dataset_id or pointmaze_dataset_id(maze, reward, stitch, recipe)
     if n_steps < 1 or n_reference_episodes < 1:
         raise ValueError(f"n_steps ({n_steps}) and n_reference_episodes ({n_reference_episodes}) must be positive")
     check_writable(dataset_id, overwrite)
     env, eval_env = make_pointmaze_env(maze, reward), make_pointmaze_env(maze, reward, evaluation=True)
     maze_env: PointMazeEnv = env.unwrapped
-    controller = WaypointController(maze_env.maze)
-
-    maze_env.reset(seed=seed)
     noise = np.random.default_rng((seed, _ACTION_NOISE_STREAM)).normal(scale=ACTION_NOISE_STD, size=(n_steps, POSITION_DIM))
-    observations, desired_goals, actions = _simulate(maze_env, n_steps, controller, noise)
-    if stitch:
-        desired_goals[:] = maze_env.maze.cell_rowcol_to_xy(np.array(spec.eval_goal_cell))
-    achieved_goals = observations[:, :POSITION_DIM].copy()
-    rewards = maze_env.compute_reward(achieved_goals[1:], desired_goals[1:], {})
-
+    if recipe in ("antmaze", "antmaze-unseen"):
+        runs = _goal_keeping_runs(maze_env, spec, n_steps, noise, seed, exclude_eval_cell=recipe == "antmaze-unseen")
+    else:
+        maze_env.reset(seed=seed)
+        runs = [(*_simulate(maze_env, n_steps, WaypointController(maze_env.maze), noise), None)]
     episodes = []
-    for episode_id, start in enumerate(range(0, n_steps, spec.episode_length)):
-        end = min(start + spec.episode_length, n_steps)
-        episodes.append(
-            EpisodeBuffer(
-                id=episode_id,
-                seed=seed if episode_id == 0 else None,
-                observations={
-                    "achieved_goal": achieved_goals[start : end + 1],
-                    "desired_goal": desired_goals[start : end + 1],
-                    "observation": observations[start : end + 1],
-                },
-                actions=actions[start:end],
-                rewards=rewards[start:end],
-                terminations=np.zeros(end - start, dtype=bool),
-                truncations=np.arange(start, end) == end - 1,
-                infos={},
+    for observations, desired_goals, actions, lengths in runs:
+        if stitch:
+            desired_goals[:] = maze_env.maze.cell_rowcol_to_xy(np.array(spec.eval_goal_cell))
+        achieved_goals = observations[:, :POSITION_DIM].copy()
+        success = np.linalg.norm(achieved_goals[1:] - desired_goals[1:], axis=-1) <= GOAL_REACHED_DISTANCE
+        if lengths is None:  # one continuous run: cut it into episodes
+            lengths = _episode_lengths(len(actions), spec.episode_length, success if recipe == "cut" else None)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        if recipe == "play":  # each episode stores a random goal that the behaviour never pursued
+            goal_rng = np.random.default_rng((seed, _PLAY_GOAL_STREAM))
+            for start, length in zip(starts, lengths):
+                cell = goal_rng.integers(len(maze_env.maze.unique_goal_locations))
+                desired_goals[start : start + length + 1] = maze_env.maze.unique_goal_locations[cell]
+        rewards = maze_env.compute_reward(achieved_goals[1:], desired_goals[1:], {})
+        for start, length in zip(starts, lengths):
+            end = start + length
+            episodes.append(
+                EpisodeBuffer(
+                    id=len(episodes),
+                    seed=seed if not episodes else None,
+                    observations={
+                        "achieved_goal": achieved_goals[start : end + 1],
+                        "desired_goal": desired_goals[start : end + 1],
+                        "observation": observations[start : end + 1],
+                    },
+                    actions=actions[start:end],
+                    rewards=rewards[start:end],
+                    terminations=np.zeros(length, dtype=bool),
+                    truncations=np.arange(start, end) == end - 1,
+                    infos={},
+                )
             )
-        )
+    recipe_text = {
+        None: f"cut into {spec.episode_length}-step episodes",
+        "cut": "cut into an episode at each success (Minari's PointMaze recipe)",
+        "antmaze": f"one kept goal per {spec.episode_length}-step episode from a reset (Minari's AntMaze-v1 recipe)",
+        "antmaze-unseen": f"one kept goal per {spec.episode_length}-step episode from a reset, never in the evaluation "
+        "goal's cell (Minari's AntMaze-v1 recipe, as medium-diverse)",
+        "play": f"cut into {spec.episode_length}-step episodes, each storing a random goal it never pursued (play data)",
+    }[recipe]
     return write_dataset(
         dataset_id,
         episodes,
@@ -290,7 +377,7 @@ def make_pointmaze_dataset(
         description=(
             f"PointMaze {maze}, {reward} reward{', stitch (desired_goal = evaluation goal)' if stitch else ''}: "
             f"{n_steps} steps of a waypoint controller with N(0, {ACTION_NOISE_STD}) action noise chasing random "
-            f"goals, cut into {spec.episode_length}-step episodes; seed {seed}. Generated by sb3_iql.datasets."
+            f"goals, {recipe_text}; seed {seed}. Generated by sb3_iql.datasets."
         ),
         ref_min_score=_reference_return(eval_env, None, n_reference_episodes, seed),
         ref_max_score=_reference_return(eval_env, WaypointController(maze_env.maze), n_reference_episodes, seed),
