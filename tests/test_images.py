@@ -15,6 +15,7 @@ from gymnasium import spaces
 from toy_data import IMAGE_LINE_ENV_ID, IMAGE_SIZE, ImageLineEnv, bad_policy, good_policy, rollout_episodes, write_dataset
 
 from sb3_iql import IQL, evaluate
+from sb3_iql.common.augmentation import random_shift
 from sb3_iql.data import DeviceImageReplayBuffer, load_transitions
 
 FRAME_SPACE = spaces.Box(0, 255, (1, 8, 8), dtype=np.uint8)
@@ -158,3 +159,30 @@ def test_iql_beats_behaviour_cloning_on_mixed_image_data(image_dataset):
     iql, bc = offline_return(beta=3.0), offline_return(beta=0.0)
     assert iql > -6.0, iql
     assert iql > bc + 2.0, (iql, bc)
+
+
+def test_random_shift_crops_the_border_padded_image_at_one_offset_per_image():
+    images = th.arange(2 * 3 * 6 * 6, dtype=th.uint8).reshape(2, 3, 6, 6)
+    assert random_shift(images, 0) is images
+    shifted = random_shift(images, 2, th.Generator().manual_seed(0))
+    assert shifted.dtype == th.uint8 and shifted.shape == images.shape
+    padded = th.nn.functional.pad(images.float(), (2, 2, 2, 2), mode="replicate")
+    for index in range(2):  # each image is one 6x6 window of its padded version, all channels alike
+        windows = [padded[index, :, row : row + 6, col : col + 6] for row in range(5) for col in range(5)]
+        assert any(th.equal(shifted[index].float(), window) for window in windows)
+
+
+def test_image_shift_augments_the_training_batches_only(image_dataset):
+    model = image_model(image_dataset, image_shift=4)
+    stored = model.replay_buffer.sample(64)
+    model.sampling_generator.manual_seed(1)
+    plain = model.replay_buffer.sample(64)
+    model.sampling_generator.manual_seed(1)
+    model.replay_buffer.generator = model.sampling_generator
+    augmented = model._sample_batch(64)
+    assert stored.observations.dtype == augmented.observations.dtype == th.uint8
+    assert th.equal(plain.actions, augmented.actions)  # the same transitions...
+    assert not th.equal(plain.observations, augmented.observations)  # ...with shifted pictures
+    model.learn_offline(5)
+    with pytest.raises(ValueError, match="image_shift"):
+        image_model(image_dataset, image_shift=-1)

@@ -28,6 +28,7 @@ from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 
 from sb3_iql.callbacks import UpdatesProgressBarCallback
+from sb3_iql.common.augmentation import shift_observations
 from sb3_iql.common.preprocessing import to_channel_first
 from sb3_iql.data.buffers import OfflineDictReplayBuffer, OfflineReplayBuffer
 from sb3_iql.data.device_buffers import DeviceDictReplayBuffer, DeviceReplayBuffer
@@ -86,6 +87,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         (``desired_goal`` and rewards from the env's ``compute_reward``), as D4RL's AntMaze data was: the paper's
         protocol on Minari's goal datasets (``sb3_iql.data.goals``); ``"terminal"`` also ends episodes on reaching it
     :param buffer_size: replay buffer capacity in transitions (None: dataset size + ``ONLINE_BUFFER_ROOM``)
+    :param image_shift: random-shift augmentation of image observations in training batches (DrQ): each image
+        (and next image) shifted by up to this many pixels, borders replicated; 0: off (4 for 84x84 in DrQ)
     :param replay_buffer_class: a buffer with ``extend`` (default: ``DeviceReplayBuffer`` or its Dict version;
         ``OfflineReplayBuffer`` keeps SB3's NumPy storage; the Dict variant is picked from the observation space)
     """
@@ -121,8 +124,12 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         seed: int | None = None,
         device: th.device | str = "auto",
         supported_action_spaces: tuple[type[spaces.Space], ...] = (spaces.Box,),
+        image_shift: int = 0,
         _init_setup_model: bool = True,
     ):
+        if image_shift < 0:
+            raise ValueError(f"image_shift must be >= 0 pixels, got {image_shift}")
+        self.image_shift = image_shift
         self.reward_transform = reward_transform
         self.relabel_eval_goal = relabel_eval_goal
         #: The goal every offline transition was relabelled for (``relabel_eval_goal``), ``(goal_dim,)``, or None.
@@ -343,6 +350,17 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         """:return: one gradient step on a replay batch, returning ``metric_names``' values as a device tensor"""
         raise NotImplementedError
 
+    def _sample_batch(self, batch_size: int) -> Any:
+        """A training batch from the replay buffer, images randomly shifted with ``image_shift``."""
+        batch = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+        if not self.image_shift:
+            return batch
+        generator = getattr(self.replay_buffer, "generator", None)
+        return batch._replace(
+            observations=shift_observations(batch.observations, self.observation_space, self.image_shift, generator),
+            next_observations=shift_observations(batch.next_observations, self.observation_space, self.image_shift, generator),
+        )
+
     def _set_learning_rates(self, offline: bool) -> None:
         """Set the optimizers' learning rates before an update (offline) or a round of online updates."""
         raise NotImplementedError
@@ -360,7 +378,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         update = self._update_function()
         metric_sums = th.zeros(len(self.metric_names), device=self.device)
         for _ in range(gradient_steps):
-            metric_sums += update(self.replay_buffer.sample(batch_size, env=self._vec_normalize_env))
+            metric_sums += update(self._sample_batch(batch_size))
         self._n_updates += gradient_steps
         self._record_metrics(metric_sums, gradient_steps)
 
@@ -403,7 +421,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         updates_since_dump, dump_start = 0, time.perf_counter()
         for _ in range(n_updates):
             self._set_learning_rates(offline=True)
-            metric_sums += update(self.replay_buffer.sample(self.batch_size))
+            metric_sums += update(self._sample_batch(self.batch_size))
             self._n_offline_updates += 1
             self._n_updates += 1
             self.num_timesteps += 1

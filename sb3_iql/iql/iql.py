@@ -71,6 +71,8 @@ class IQL(OfflineAlgorithm):
     :param download_dataset: download dataset ids that are not stored locally (needs network)
     :param relabel_eval_goal: rewrite every transition for the evaluation environment's fixed goal when loading (the
         paper's AntMaze protocol on Minari's goal datasets; ``"terminal"``: also end episodes at the goal)
+    :param image_shift: random-shift augmentation of image observations in training batches (DrQ): up to this many
+        pixels, borders replicated; 0: off
     :param replay_buffer_class: replay buffer class, which must offer ``extend`` to take the offline data
         (default: ``DeviceReplayBuffer`` or ``DeviceDictReplayBuffer``, float32 tensors on the model's device;
         ``OfflineReplayBuffer`` / ``OfflineDictReplayBuffer`` keep SB3's NumPy storage)
@@ -121,6 +123,7 @@ class IQL(OfflineAlgorithm):
         compile_update: bool | Literal["cudagraph"] = False,
         download_dataset: bool = False,
         relabel_eval_goal: bool | Literal["terminal"] = False,
+        image_shift: int = 0,
         replay_buffer_class: type[ReplayBuffer] | None = None,
         replay_buffer_kwargs: dict[str, Any] | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -168,6 +171,7 @@ class IQL(OfflineAlgorithm):
             seed=seed,
             device=device,
             supported_action_spaces=(spaces.Box, spaces.Discrete),
+            image_shift=image_shift,
             _init_setup_model=_init_setup_model,
         )
 

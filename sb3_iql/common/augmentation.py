@@ -1,0 +1,39 @@
+"""Random-shift augmentation of image observations (DrQ, Kostrikov, Yarats and Fergus, 2021), on the device."""
+
+from typing import Any
+
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.preprocessing import is_image_space
+from torch.nn import functional
+
+
+def random_shift(images: th.Tensor, pad: int, generator: th.Generator | None = None) -> th.Tensor:
+    """
+    Shift each image by up to ``pad`` pixels in both directions: pad by replicating the border, then crop back at a
+    random offset per image.
+
+    :param images: ``(batch, channels, height, width)``, any dtype (uint8 stays uint8)
+    :param pad: largest shift in pixels (0: the images unchanged)
+    :param generator: generator of the offsets, on the images' device (None: the default one)
+    :return: the shifted images, same shape and dtype
+    """
+    if pad == 0:
+        return images
+    batch, channels, height, width = images.shape
+    padded = functional.pad(images.float(), (pad, pad, pad, pad), mode="replicate")
+    offsets = th.randint(0, 2 * pad + 1, (batch, 2), device=images.device, generator=generator)
+    rows = (th.arange(height, device=images.device) + offsets[:, :1])[:, None, :, None]
+    columns = (th.arange(width, device=images.device) + offsets[:, 1:])[:, None, None, :]
+    samples = th.arange(batch, device=images.device)[:, None, None, None]
+    shifted = padded[samples, th.arange(channels, device=images.device)[None, :, None, None], rows, columns]
+    return shifted.to(images.dtype)
+
+
+def shift_observations(observations: Any, observation_space: spaces.Space, pad: int, generator: th.Generator | None) -> Any:
+    """:return: ``observations`` (a tensor or a dict of them) with every image (key) randomly shifted"""
+    if isinstance(observations, dict):
+        return {key: shift_observations(value, observation_space[key], pad, generator) for key, value in observations.items()}
+    if is_image_space(observation_space, check_channels=False):
+        return random_shift(observations, pad, generator)
+    return observations
