@@ -231,8 +231,8 @@ def test_non_finite_data_names_field_and_episode(minari_root, dict_obs, field):
 
 
 def test_unsupported_action_space_and_small_buffer(box_dataset):
-    with pytest.raises(ValueError, match=r"continuous \(Box\) action spaces only"):
-        IQL("MlpPolicy", SpacesEnv(OBS_SPACE, spaces.Discrete(3)))
+    with pytest.raises(ValueError, match="supports Box and Discrete action spaces"):
+        IQL("MlpPolicy", SpacesEnv(OBS_SPACE, spaces.MultiDiscrete([3, 2])))
     with pytest.raises(ValueError, match="bounded action space"):
         IQL("MlpPolicy", SpacesEnv(OBS_SPACE, spaces.Box(-np.inf, np.inf, (2,))))
     with pytest.raises(ValueError, match=r"buffer_size=5 is smaller than the offline dataset \(9 transitions\)"):
