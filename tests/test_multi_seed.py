@@ -150,3 +150,14 @@ def test_make_seeds_models_save_load_and_continue_like_single_runs(line_dataset,
     assert max_difference(loaded, alone) < 1e-5
     assert max_difference(models[1], loaded) == 0.0
     assert counters(loaded) == counters(alone) == (30, 30, 30)
+
+
+def test_discrete_actions_together_equal_one_by_one_in_float64(data, float64):
+    discrete = data.__class__(**{**data.__dict__, "actions": (data.actions[:, :1] > 0).astype(np.float32) * 2})
+    env = SpacesEnv(spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32), spaces.Discrete(3))
+    together = [make_model(discrete, seed, env) for seed in SEEDS[:2]]
+    alone = [make_model(discrete, seed, env) for seed in SEEDS[:2]]
+    learn_offline_together(together, 10, log_interval=0)
+    for joint, single in zip(together, alone):
+        single.learn_offline(10, log_interval=0)
+        assert max_difference(joint, single) < 1e-10
