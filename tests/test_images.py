@@ -12,10 +12,20 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
-from toy_data import IMAGE_LINE_ENV_ID, IMAGE_SIZE, ImageLineEnv, bad_policy, good_policy, rollout_episodes, write_dataset
+from toy_data import (
+    IMAGE_LINE_ENV_ID,
+    IMAGE_SIZE,
+    ImageLineEnv,
+    bad_policy,
+    good_policy,
+    make_episode,
+    rollout_episodes,
+    write_dataset,
+)
 
 from sb3_iql import IQL, evaluate
 from sb3_iql.common.augmentation import random_shift
+from sb3_iql.common.synthetic import SpacesEnv
 from sb3_iql.data import DeviceImageReplayBuffer, load_transitions
 
 FRAME_SPACE = spaces.Box(0, 255, (1, 8, 8), dtype=np.uint8)
@@ -186,3 +196,30 @@ def test_image_shift_augments_the_training_batches_only(image_dataset):
     model.learn_offline(5)
     with pytest.raises(ValueError, match="image_shift"):
         image_model(image_dataset, image_shift=-1)
+
+
+def test_an_atari_shaped_minari_dataset_loads_as_uint8_frames_with_discrete_actions(minari_root):
+    frame_space = spaces.Box(0, 255, (84, 84, 3), dtype=np.uint8)
+    env = SpacesEnv(frame_space, spaces.Discrete(6))
+    rng = np.random.default_rng(0)
+    episodes = []
+    for index, length in enumerate([30, 20]):
+        frames = rng.integers(256, size=(length + 1, 84, 84, 3), dtype=np.uint8)
+        actions = rng.integers(6, size=length)
+        terminations = [False] * (length - 1) + [index == 0]
+        truncations = [False] * (length - 1) + [index == 1]
+        episodes.append(make_episode(index, list(frames), actions, rng.normal(size=length), terminations, truncations))
+    dataset = write_dataset("test/atari/random-v0", episodes, env=env)
+    model = IQL("CnnPolicy", env, offline_dataset=dataset, policy_kwargs=SMALL_CNN, batch_size=16, seed=0)
+    buffer = model.replay_buffer
+    assert isinstance(buffer, DeviceImageReplayBuffer) and buffer.frames.dtype == th.uint8
+    assert buffer.size() == 50 and buffer.n_frames == 52  # each frame once, as uint8
+    assert buffer.frames.element_size() * buffer.frames[: buffer.n_frames].numel() == 52 * 84 * 84 * 3
+    transitions = load_transitions([dataset])
+    samples = buffer.gather(th.arange(50))
+    assert np.array_equal(samples.observations.numpy(), transitions.observations.transpose(0, 3, 1, 2))
+    assert np.array_equal(samples.actions[:, 0].numpy(), transitions.actions[:, 0])
+    assert samples.dones[:, 0].tolist() == [0.0] * 29 + [1.0] + [0.0] * 20  # the time limit is not terminal
+    model.learn_offline(3)
+    actions, _ = model.predict(transitions.observations[:4], deterministic=True)
+    assert actions.shape == (4,) and set(actions.tolist()) <= set(range(6))
