@@ -210,7 +210,7 @@ def test_an_atari_shaped_minari_dataset_loads_as_uint8_frames_with_discrete_acti
         truncations = [False] * (length - 1) + [index == 1]
         episodes.append(make_episode(index, list(frames), actions, rng.normal(size=length), terminations, truncations))
     dataset = write_dataset("test/atari/random-v0", episodes, env=env)
-    model = IQL("CnnPolicy", env, offline_dataset=dataset, policy_kwargs=SMALL_CNN, batch_size=16, seed=0)
+    model = IQL("CnnPolicy", env, offline_dataset=dataset, policy_kwargs=SMALL_CNN, batch_size=16, seed=0, offline_steps=3)
     buffer = model.replay_buffer
     assert isinstance(buffer, DeviceImageReplayBuffer) and buffer.frames.dtype == th.uint8
     assert buffer.size() == 50 and buffer.n_frames == 52  # each frame once, as uint8
