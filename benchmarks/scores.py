@@ -67,6 +67,7 @@ from score_report import REPORT_STEM, RUNS_FILE, load_runs, write_json, write_re
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
 
+from sb3_iql.data.her import HerReplayBuffer
 from sb3_iql.data.minari_loader import DatasetNotFoundError, load_dataset, load_transitions
 from sb3_iql.datasets import ensure_dataset, parse_pointmaze_dataset_id
 from sb3_iql.evaluation import SUCCESS_KEYS, evaluate, normalized_score
@@ -93,7 +94,14 @@ FACTORS: dict[str, dict[str, Any]] = {
     "constlr": {"actor_lr_schedule": "constant"},  # d3rlpy's constant actor lr instead of the cosine decay to 0
     "evalgoal": {"relabel_eval_goal": True},  # every transition rewritten for the evaluation goal (sb3_iql.data.goals)
     "evalgoalterm": {"relabel_eval_goal": "terminal"},  # the same, and terminal at the goal (D4RL's relabelled AntMaze)
+    # hindsight relabelling (sb3_iql.HerReplayBuffer, named by a string so that the settings stay JSON)
+    "her": {
+        "replay_buffer_class": "HerReplayBuffer",
+        "replay_buffer_kwargs": {"n_sampled_goal": 4, "goal_selection_strategy": "future"},
+    },
 }
+#: Replay buffer classes that factors name.
+BUFFER_CLASSES = {"HerReplayBuffer": HerReplayBuffer}
 #: ``iql``: the package's defaults; ``bc``: the reference with beta = 0; ``iql-ref[+factor...]``: the reference with
 #: factors; ``d3rlpy-iql`` and ``d3rlpy-bc``: the peer (``benchmarks/peers.py``).
 BASE_METHODS = ("iql", "bc", "iql-ref", "d3rlpy-iql", "d3rlpy-bc")
@@ -104,9 +112,10 @@ D3RLPY_METHODS = ("d3rlpy-iql", "d3rlpy-bc")
 def parse_method(method: str) -> tuple[str, list[str]]:
     """:return: the base method and its factors (``"iql-ref+order+init"`` -> ``("iql-ref", ["order", "init"])``)"""
     base, *factors = method.split("+")
-    if base not in BASE_METHODS or (factors and base != "iql-ref") or any(f not in FACTORS for f in factors):
+    if base not in BASE_METHODS or (factors and base not in ("iql-ref", "bc")) or any(f not in FACTORS for f in factors):
         raise ValueError(
-            f"Unknown method {method!r}: use one of {BASE_METHODS}, or iql-ref+FACTOR[+FACTOR...] with factors {list(FACTORS)}"
+            f"Unknown method {method!r}: use one of {BASE_METHODS}, or iql-ref+FACTOR[+FACTOR...] (bc+FACTOR too) "
+            f"with factors {list(FACTORS)}"
         )
     return base, factors
 
@@ -335,6 +344,8 @@ def train_iql(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: 
     progress_file = checkpoint.with_suffix(".json")
     if checkpoint.exists() and progress_file.exists():
         model = IQL.load(checkpoint, device="cpu")
+        if isinstance(model.replay_buffer, HerReplayBuffer):  # its reward rule comes from the environment
+            model.replay_buffer.set_env(dataset.recover_environment(eval_env=True))
         model.add_transitions(load_transitions([dataset]))
         progress = json.loads(progress_file.read_text())
         print(f"  resumed at {model.num_timesteps} updates", flush=True)
@@ -369,8 +380,12 @@ def train_iql(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: 
 
 
 def _with_net_arch(hyperparameters: dict[str, Any], net_arch: tuple[int, ...]) -> dict[str, Any]:
+    """:return: the IQL arguments: ``net_arch`` in the policy's, a buffer class named by a factor resolved"""
     policy_kwargs = {**hyperparameters.get("policy_kwargs", {}), "net_arch": list(net_arch)}
-    return {**hyperparameters, "policy_kwargs": policy_kwargs}
+    arguments = {**hyperparameters, "policy_kwargs": policy_kwargs}
+    if "replay_buffer_class" in arguments:
+        arguments["replay_buffer_class"] = BUFFER_CLASSES[arguments["replay_buffer_class"]]
+    return arguments
 
 
 def train_d3rlpy(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: Path, save_dir: Path | None) -> dict:

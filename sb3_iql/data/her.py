@@ -99,14 +99,14 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
         self.goal_selection_strategy = strategy
         self.copy_info_dict = copy_info_dict
         self.terminal_on_goal = terminal_on_goal
-        #: ``("sparse", threshold)``, ``("dense", 0.0)`` or None (the environment's ``compute_reward``).
-        self.distance_reward = ("sparse", goal_distance) if goal_distance is not None else maze_distance_reward(env)
-        if terminal_on_goal and (self.distance_reward is None or self.distance_reward[0] != "sparse"):
-            raise ValueError("terminal_on_goal needs a goal distance: pass goal_distance= (or use a sparse maze env)")
+        self.goal_distance = goal_distance
         #: Applied to relabelled rewards; ``IQL`` sets its ``reward_transform`` here.
         self.reward_transform: Callable[[np.ndarray], np.ndarray] = AffineRewardTransform()
         self.env: VecEnv | None = None
+        self.distance_reward: tuple[str, float] | None = None
         self.set_env(env)
+        if terminal_on_goal and (self.distance_reward is None or self.distance_reward[0] != "sparse"):
+            raise ValueError("terminal_on_goal needs a goal distance: pass goal_distance= (or use a sparse maze env)")
         capacity = self.buffer_size * self.n_envs
         # Per stored transition (flat index): its absolute index, its episode's first absolute index, the stride
         # between consecutive transitions of the episode (1 offline, n_envs online) and its length (0: unfinished).
@@ -126,8 +126,16 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
                 setattr(self, name, getattr(self, name).to(self._device))
 
     def set_env(self, env: Any) -> None:
-        """Set the environment whose ``compute_reward`` relabels rewards (after loading a pickled buffer)."""
+        """
+        Set the environment whose reward rule relabels rewards (after loading a pickled buffer): ``distance_reward``
+        is ``("sparse", goal_distance)``, else the maze environments' rule (``("sparse", 0.45)`` or
+        ``("dense", 0.0)``, computed on the device), else None (the environment's ``compute_reward``).
+        """
         self.env = env
+        if self.goal_distance is not None:
+            self.distance_reward = ("sparse", self.goal_distance)
+        elif env is not None:
+            self.distance_reward = maze_distance_reward(env)
 
     # --- writing --------------------------------------------------------------------------------------------------
 
