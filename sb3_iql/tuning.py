@@ -3,7 +3,8 @@ Hyperparameter optimisation of IQL with rl-zoo's Optuna search (``python -m sb3_
 
 - ``sample_iql_params``: the search space (expectile, beta, learning rate, batch size, network size, actor dropout),
   registered as rl-zoo's sampler of ``--algo iql``.
-- ``preset_trial``: the dataset's preset (the paper's values for its domain) as the study's first trial.
+- ``preset_trial``: the dataset's preset (the paper's values for its domain) as the study's first trial, which
+  ``PresetFirstSampler`` gives trial number 0 (exactly once, however many workers start together).
 - ``TrialNormalizedEvalCallback``: the periodic evaluations of a trial, reported to Optuna as normalized scores
   (mean return without reference scores) at the number of updates (offline) or environment steps (online) done,
   for pruning; the trial's objective is the mean of the last ``OBJECTIVE_LAST_EVALUATIONS`` of them (one
@@ -97,6 +98,45 @@ def preset_trial(hyperparams: dict[str, Any]) -> dict[str, Any]:
         "net_arch": names[0] if names else "medium",
         "dropout": float(hyperparams.get("dropout") or 0.0),
     }
+
+
+class PresetFirstSampler(optuna.samplers.BaseSampler):
+    """
+    Trial number 0 of the study takes the preset's parameters; every other trial comes from ``base``. The storage
+    numbers trials atomically, so the preset runs exactly once however many workers open the study at the same
+    time (``enqueue_trial(skip_if_exists=True)`` is not atomic: two workers starting together enqueued it twice).
+
+    :param base: the study's sampler (rl-zoo's TPE, random...)
+    :param preset: ``{parameter name: value}`` of the first trial (``preset_trial``)
+    """
+
+    def __init__(self, base: optuna.samplers.BaseSampler, preset: dict[str, Any]):
+        self.base = base
+        self.preset = preset
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+        return {} if trial.number == 0 else self.base.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial, search_space: dict[str, Any]
+    ) -> dict[str, Any]:
+        return {} if trial.number == 0 else self.base.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str, param_distribution: Any
+    ) -> Any:
+        if trial.number == 0 and param_name in self.preset:
+            return self.preset[param_name]
+        return self.base.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.base.before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: Any, values: Any) -> None:
+        self.base.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.base.reseed_rng()
 
 
 def make_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL) -> RDBStorage:

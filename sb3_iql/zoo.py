@@ -60,6 +60,7 @@ from sb3_iql.iql import IQL
 from sb3_iql.presets import PresetNotFoundError, known_presets, preset_for
 from sb3_iql.tuning import (
     HEARTBEAT_INTERVAL,
+    PresetFirstSampler,
     TrialNormalizedEvalCallback,
     convert_iql_params,
     make_storage,
@@ -318,13 +319,13 @@ class IQLExperimentManager(ExperimentManager):
         create_study = optuna.create_study
         studies: list[optuna.Study] = []
 
-        def create_iql_study(*args: Any, storage: Any = None, **kwargs: Any) -> optuna.Study:
+        def create_iql_study(*args: Any, storage: Any = None, sampler: Any = None, **kwargs: Any) -> optuna.Study:
             study = create_study(
                 *args,
                 storage=make_storage(storage, self.heartbeat_interval) if isinstance(storage, str) else storage,
+                sampler=PresetFirstSampler(sampler or optuna.samplers.TPESampler(), preset_trial(self._hyperparams)),
                 **kwargs,
             )
-            study.enqueue_trial(preset_trial(self._hyperparams), skip_if_exists=True)
             studies.append(study)
             return study
 
