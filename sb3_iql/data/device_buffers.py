@@ -26,11 +26,37 @@ EXTEND_CHUNK = 1 << 16
 SEED_BOUND = 1 << 62
 
 
-def _zeros(shape: tuple[int, int], device: th.device) -> th.Tensor:
-    """A float32 zero tensor; on the CPU from ``np.zeros`` (calloc), so untouched rows take no resident memory."""
+def zeros(shape: tuple[int, ...], device: th.device, dtype: type[np.generic] = np.float32) -> th.Tensor:
+    """A zero tensor; on the CPU from ``np.zeros`` (calloc), so untouched rows take no resident memory."""
     if device.type == "cpu":
-        return th.from_numpy(np.zeros(shape, dtype=np.float32))
-    return th.zeros(shape, dtype=th.float32, device=device)
+        return th.from_numpy(np.zeros(shape, dtype=dtype))
+    torch_dtype = th.from_numpy(np.zeros(0, dtype=dtype)).dtype
+    return th.zeros(shape, dtype=torch_dtype, device=device)
+
+
+def generator_on(generator: th.Generator | None, device: th.device) -> th.Generator | None:
+    """
+    :return: ``generator`` if it draws on ``device``'s type, else a new generator there, seeded with one draw from it
+        (so that sampling stays reproducible from the model's CPU generator on a CUDA buffer)
+    """
+    if generator is None or generator.device.type == device.type:
+        return generator
+    seed = int(th.randint(SEED_BOUND, (), generator=generator, device=generator.device))
+    return th.Generator(device=device).manual_seed(seed)
+
+
+def generator_state(generator: th.Generator | None) -> tuple[str, th.Tensor] | None:
+    """:return: what ``restore_generator`` needs, picklable: the generator's device and state"""
+    return None if generator is None else (str(generator.device), generator.get_state())
+
+
+def restore_generator(saved: tuple[str, th.Tensor] | None, device: th.device) -> th.Generator | None:
+    """:return: the generator of ``generator_state``, if it was on ``device``'s type (None otherwise)"""
+    if saved is None or th.device(saved[0]).type != device.type:
+        return None
+    generator = th.Generator(device=device)
+    generator.set_state(saved[1])
+    return generator
 
 
 class DeviceBufferMixin:
@@ -91,7 +117,7 @@ class DeviceBufferMixin:
             size = int(np.prod(shape, dtype=int))
             self._layout[name] = (slice(width, width + size), shape)
             width += size
-        self._storage = _zeros((self.buffer_size * self.n_envs, width), self._device)
+        self._storage = zeros((self.buffer_size * self.n_envs, width), self._device)
         self._make_views()
 
     # --- device and generator -------------------------------------------------------------------------------------
@@ -117,11 +143,7 @@ class DeviceBufferMixin:
 
     @generator.setter
     def generator(self, generator: th.Generator | None) -> None:
-        if generator is not None and generator.device.type != self._device.type:
-            seed = int(th.randint(SEED_BOUND, (), generator=generator, device=generator.device))
-            generator = th.Generator(device=self._device)
-            generator.manual_seed(seed)
-        self._generator = generator
+        self._generator = generator_on(generator, self._device)
 
     # --- storage views --------------------------------------------------------------------------------------------
 
@@ -326,8 +348,7 @@ class DeviceBufferMixin:
         n_rows = (self.buffer_size if self.full else self.pos) * self.n_envs
         state["_storage"] = self._storage[:n_rows].cpu().numpy()
         state["_device"] = str(self._device)
-        generator = self._generator
-        state["_generator"] = None if generator is None else (str(generator.device), generator.get_state())
+        state["_generator"] = generator_state(self._generator)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -338,14 +359,9 @@ class DeviceBufferMixin:
         if device.type == "cuda" and not th.cuda.is_available():
             device = th.device("cpu")  # SB3's load_replay_buffer then sets the model's device
         self._device = device
-        self._storage = _zeros((self.buffer_size * self.n_envs, stored.shape[1]), device)
+        self._storage = zeros((self.buffer_size * self.n_envs, stored.shape[1]), device)
         self._storage[: len(stored)].copy_(th.from_numpy(stored))
-        self._generator = None
-        if saved_generator is not None:
-            generator_device, generator_state = saved_generator
-            if th.device(generator_device).type == device.type:
-                self._generator = th.Generator(device=device)
-                self._generator.set_state(generator_state)
+        self._generator = restore_generator(saved_generator, device)
         self._make_views()
 
 

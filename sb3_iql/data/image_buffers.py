@@ -17,7 +17,7 @@ from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
-from sb3_iql.data.device_buffers import SEED_BOUND
+from sb3_iql.data.device_buffers import generator_on, generator_state, restore_generator, zeros
 
 #: Columns of the per-transition float32 table after the action: reward, done, timeout.
 _REWARD, _DONE, _TIMEOUT = -3, -2, -1
@@ -25,13 +25,6 @@ _REWARD, _DONE, _TIMEOUT = -3, -2, -1
 _CHUNK_BYTES = 1 << 28
 #: Rows compared at once when looking for frames shared by consecutive transitions.
 _COMPARE_ROWS = 1024
-
-
-def _host_zeros(shape: tuple[int, ...], dtype: np.dtype, device: th.device) -> th.Tensor:
-    """Zeros that take no resident memory until written on the CPU (``np.zeros`` is calloc)."""
-    if device.type == "cpu":
-        return th.from_numpy(np.zeros(shape, dtype=dtype))
-    return th.zeros(shape, dtype=th.from_numpy(np.zeros(0, dtype=dtype)).dtype, device=device)
 
 
 class DeviceImageReplayBuffer(ReplayBuffer):
@@ -79,11 +72,11 @@ class DeviceImageReplayBuffer(ReplayBuffer):
         self.handle_timeout_termination = handle_timeout_termination
         self.extra_frames = buffer_size // 10 + n_envs if extra_frames is None else extra_frames
         self.frame_capacity = buffer_size + self.extra_frames
-        self.frames = _host_zeros((self.frame_capacity, *self.obs_shape), np.uint8, self.device)  # type: ignore[misc]
+        self.frames = zeros((self.frame_capacity, *self.obs_shape), self.device, np.uint8)  # type: ignore[misc]
         #: Absolute frame numbers of each transition's observation and next observation, ``(buffer_size, 2)``.
-        self.frame_ids = _host_zeros((buffer_size, 2), np.int64, self.device)
+        self.frame_ids = zeros((buffer_size, 2), self.device, np.int64)
         #: Action, reward, done, timeout of each transition, ``(buffer_size, action_dim + 3)``.
-        self.table = _host_zeros((buffer_size, self.action_dim + 3), np.float32, self.device)
+        self.table = zeros((buffer_size, self.action_dim + 3), self.device)
         self._obs_frame_ids = np.zeros(buffer_size, dtype=np.int64)  # host copy of frame_ids[:, 0]
         self.n_transitions = 0  # transitions written since creation
         self.n_frames = 0  # frames written since creation
@@ -231,9 +224,7 @@ class DeviceImageReplayBuffer(ReplayBuffer):
         """
         if env is not None:
             raise ValueError("DeviceImageReplayBuffer does not normalize observations (VecNormalize): images are not")
-        if self.generator is not None and self.generator.device.type != self.device.type:
-            seed = int(th.randint(SEED_BOUND, (), generator=self.generator, device=self.generator.device))
-            self.generator = th.Generator(device=self.device).manual_seed(seed)
+        self.generator = generator_on(self.generator, self.device)
         offsets = th.randint(self.size(), (batch_size,), device=self.device, generator=self.generator)
         return self.gather((offsets + self.oldest) % self.buffer_size)
 
@@ -256,8 +247,7 @@ class DeviceImageReplayBuffer(ReplayBuffer):
         for name in ("frames", "frame_ids", "table"):
             state[name] = getattr(self, name).cpu().numpy()
         state["device"] = str(self.device)
-        generator = self.generator
-        state["generator"] = None if generator is None else (str(generator.device), generator.get_state())
+        state["generator"] = generator_state(self.generator)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -269,7 +259,4 @@ class DeviceImageReplayBuffer(ReplayBuffer):
         self.device = device
         for name in ("frames", "frame_ids", "table"):
             setattr(self, name, th.from_numpy(state[name]).to(device))
-        self.generator = None
-        if saved_generator is not None and th.device(saved_generator[0]).type == device.type:
-            self.generator = th.Generator(device=device)
-            self.generator.set_state(saved_generator[1])
+        self.generator = restore_generator(saved_generator, device)
