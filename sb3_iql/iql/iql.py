@@ -17,7 +17,7 @@ from sb3_iql.data.minari_loader import DatasetLike
 from sb3_iql.data.rewards import RewardTransformLike
 from sb3_iql.iql import update
 from sb3_iql.iql.fast_update import CudaGraphUpdate, FunctionalUpdate
-from sb3_iql.iql.policies import Actor, CnnPolicy, EnsembleCritic, IQLPolicy, MlpPolicy, MultiInputPolicy, ValueNetwork
+from sb3_iql.iql.policies import CnnPolicy, EnsembleCritic, IQLPolicy, MlpActor, MlpPolicy, MultiInputPolicy, ValueNetwork
 from sb3_iql.iql.update import METRIC_NAMES, Batch, UpdateSettings
 from sb3_iql.presets import preset_arguments
 
@@ -94,7 +94,7 @@ class IQL(OfflineAlgorithm):
     metric_names: ClassVar[tuple[str, ...]] = METRIC_NAMES
     dataset_action_clip: ClassVar[float] = ACTION_CLIP_EPS
     policy: IQLPolicy
-    actor: Actor
+    actor: MlpActor
     critic: EnsembleCritic
     critic_target: EnsembleCritic
     value_net: ValueNetwork

@@ -156,7 +156,69 @@ class NormalizedFeatures:
         return super().extract_features(obs, lambda preprocessed: features_extractor(normalizer(preprocessed)))  # type: ignore[misc]
 
 
-class Actor(NormalizedFeatures, BasePolicy):
+class MlpActor(NormalizedFeatures, BasePolicy):
+    """
+    What both actors share: the hidden layers ``latent_pi`` on the extracted features, the constructor parameters
+    they save, and ``_predict``. Subclasses add their output layer and distribution.
+
+    :param observation_space: observation space
+    :param action_space: action space
+    :param net_arch: hidden layer widths
+    :param features_extractor: network turning observations into a flat vector
+    :param features_dim: size of that vector
+    :param activation_fn: activation after each hidden layer
+    :param dropout: dropout probability after each hidden activation (None: no dropout)
+    :param normalize_images: whether to divide image observations by 255
+    :param squash_output: whether actions are scaled to [-1, 1] (Box actions)
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        net_arch: list[int],
+        features_extractor: BaseFeaturesExtractor,
+        features_dim: int,
+        activation_fn: type[nn.Module] = nn.ReLU,
+        dropout: float | None = None,
+        normalize_images: bool = True,
+        squash_output: bool = False,
+    ):
+        super().__init__(
+            observation_space,
+            action_space,
+            features_extractor=features_extractor,
+            normalize_images=normalize_images,
+            squash_output=squash_output,
+        )
+        self.net_arch = net_arch
+        self.activation_fn = activation_fn
+        self.dropout = dropout
+        self.observation_normalizer = None
+        self.latent_pi = hidden_layers(features_dim, net_arch, activation_fn, dropout)
+        #: Size of ``latent_pi``'s output.
+        self.latent_dim = net_arch[-1] if net_arch else features_dim
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            net_arch=self.net_arch,
+            features_dim=self.features_extractor.features_dim,
+            activation_fn=self.activation_fn,
+            dropout=self.dropout,
+            features_extractor=self.features_extractor,
+        )
+        return data
+
+    def latent(self, obs: PyTorchObs) -> th.Tensor:
+        """:return: the hidden layers' output, shape ``(batch, latent_dim)``"""
+        return self.latent_pi(self.extract_features(obs, self.features_extractor))
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        return self(observation, deterministic)
+
+
+class Actor(MlpActor):
     """
     Gaussian policy: mean ``tanh(MLP(s))`` and a state-independent log standard deviation; the distribution
     itself is not tanh-squashed, samples are clipped to [-1, 1] when acting.
@@ -189,18 +251,6 @@ class Actor(NormalizedFeatures, BasePolicy):
         log_std_init: float = 0.0,
         normalize_images: bool = True,
     ):
-        super().__init__(
-            observation_space,
-            action_space,
-            features_extractor=features_extractor,
-            normalize_images=normalize_images,
-            squash_output=True,
-        )
-        action_dim = int(action_space.shape[0])
-        self.net_arch = net_arch
-        self.activation_fn = activation_fn
-        self.dropout = dropout
-        self.log_std_bounds = log_std_bounds
         low, high = log_std_bounds
         if not low < log_std_init < high:
             raise ValueError(f"log_std_init={log_std_init} must lie strictly inside log_std_bounds={log_std_bounds}")
@@ -210,25 +260,31 @@ class Actor(NormalizedFeatures, BasePolicy):
             raw_init = math.log((log_std_init - low) / (high - log_std_init))  # inverse of low + (high - low) * sigmoid
         else:
             raise ValueError(f"log_std_parametrization must be 'clip' or 'sigmoid', got {log_std_parametrization!r}")
+        super().__init__(
+            observation_space,
+            action_space,
+            net_arch,
+            features_extractor,
+            features_dim,
+            activation_fn,
+            dropout,
+            normalize_images,
+            squash_output=True,
+        )
+        action_dim = int(action_space.shape[0])
+        self.log_std_bounds = log_std_bounds
         self.log_std_parametrization = log_std_parametrization
         self.log_std_init = log_std_init
-        self.observation_normalizer = None
-        self.latent_pi = hidden_layers(features_dim, net_arch, activation_fn, dropout)
-        self.mu = nn.Linear(net_arch[-1] if net_arch else features_dim, action_dim)
+        self.mu = nn.Linear(self.latent_dim, action_dim)
         #: The raw parameter: the log std itself (``"clip"``) or the sigmoid's argument (``"sigmoid"``).
         self.log_std = nn.Parameter(th.full((action_dim,), raw_init))
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
         data.update(
-            net_arch=self.net_arch,
-            features_dim=self.features_extractor.features_dim,
-            activation_fn=self.activation_fn,
-            dropout=self.dropout,
             log_std_bounds=self.log_std_bounds,
             log_std_parametrization=self.log_std_parametrization,
             log_std_init=self.log_std_init,
-            features_extractor=self.features_extractor,
         )
         return data
 
@@ -241,8 +297,7 @@ class Actor(NormalizedFeatures, BasePolicy):
 
     def distribution(self, obs: PyTorchObs) -> th.distributions.Normal:
         """:return: independent Normal per action dimension, batch shape ``(batch, action_dim)``"""
-        latent = self.latent_pi(self.extract_features(obs, self.features_extractor))
-        mean = th.tanh(self.mu(latent))
+        mean = th.tanh(self.mu(self.latent(obs)))
         std = self.log_std_value().exp().expand_as(mean)
         return th.distributions.Normal(mean, std, validate_args=False)
 
@@ -258,11 +313,8 @@ class Actor(NormalizedFeatures, BasePolicy):
             return distribution.mean
         return distribution.sample().clamp(-1.0, 1.0)
 
-    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
-        return self(observation, deterministic)
 
-
-class CategoricalActor(NormalizedFeatures, BasePolicy):
+class CategoricalActor(MlpActor):
     """
     Categorical policy for ``Discrete`` action spaces: ``softmax(MLP(s))`` over the ``n`` actions.
     Deterministic actions are the most likely action (argmax), stochastic ones are sampled.
@@ -289,30 +341,20 @@ class CategoricalActor(NormalizedFeatures, BasePolicy):
         normalize_images: bool = True,
     ):
         super().__init__(
-            observation_space, action_space, features_extractor=features_extractor, normalize_images=normalize_images
+            observation_space,
+            action_space,
+            net_arch,
+            features_extractor,
+            features_dim,
+            activation_fn,
+            dropout,
+            normalize_images,
         )
-        self.net_arch = net_arch
-        self.activation_fn = activation_fn
-        self.dropout = dropout
-        self.observation_normalizer = None
-        self.latent_pi = hidden_layers(features_dim, net_arch, activation_fn, dropout)
-        self.logits = nn.Linear(net_arch[-1] if net_arch else features_dim, int(action_space.n))
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        data = super()._get_constructor_parameters()
-        data.update(
-            net_arch=self.net_arch,
-            features_dim=self.features_extractor.features_dim,
-            activation_fn=self.activation_fn,
-            dropout=self.dropout,
-            features_extractor=self.features_extractor,
-        )
-        return data
+        self.logits = nn.Linear(self.latent_dim, int(action_space.n))
 
     def log_probs(self, obs: PyTorchObs) -> th.Tensor:
         """:return: ``log pi(. | s)`` of every action, shape ``(batch, n_actions)``"""
-        latent = self.latent_pi(self.extract_features(obs, self.features_extractor))
-        return th.log_softmax(self.logits(latent), dim=-1)
+        return th.log_softmax(self.logits(self.latent(obs)), dim=-1)
 
     def log_prob(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
         """:param actions: action indices as stored in the replay buffer, shape ``(batch, 1)`` (any dtype)
@@ -325,9 +367,6 @@ class CategoricalActor(NormalizedFeatures, BasePolicy):
         if deterministic:
             return log_probs.argmax(dim=-1)
         return th.multinomial(log_probs.exp(), num_samples=1).squeeze(-1)
-
-    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
-        return self(observation, deterministic)
 
 
 class EnsembleCritic(NormalizedFeatures, BaseModel):
@@ -466,7 +505,7 @@ class IQLPolicy(BasePolicy):
     :param ortho_init_gain: gain of the orthogonal initialisation of every layer (sqrt(2))
     """
 
-    actor: Actor | CategoricalActor
+    actor: MlpActor
     critic: EnsembleCritic
     critic_target: EnsembleCritic
     value_net: ValueNetwork
