@@ -358,7 +358,7 @@ def train_iql(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: 
             batch_size=config.batch_size,
             seed=config.seed,
             device="cpu",
-            **_with_net_arch(config.hyperparameters(), config.net_arch),
+            **_iql_arguments(config.hyperparameters(), config.net_arch),
         )
         progress = {"curve": [], "train_s": 0.0, "eval_s": 0.0}
     model.set_logger(Logger(folder=None, output_formats=[]))  # no per-call temporary log folders
@@ -379,7 +379,7 @@ def train_iql(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: 
     return progress
 
 
-def _with_net_arch(hyperparameters: dict[str, Any], net_arch: tuple[int, ...]) -> dict[str, Any]:
+def _iql_arguments(hyperparameters: dict[str, Any], net_arch: tuple[int, ...]) -> dict[str, Any]:
     """:return: the IQL arguments: ``net_arch`` in the policy's, a buffer class named by a factor resolved"""
     policy_kwargs = {**hyperparameters.get("policy_kwargs", {}), "net_arch": list(net_arch)}
     arguments = {**hyperparameters, "policy_kwargs": policy_kwargs}

@@ -26,6 +26,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_iql.callbacks import UpdatesProgressBarCallback
 from sb3_iql.common.augmentation import shift_observations
@@ -350,9 +351,10 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         """:return: one gradient step on a replay batch, returning ``metric_names``' values as a device tensor"""
         raise NotImplementedError
 
-    def _sample_batch(self, batch_size: int) -> Any:
-        """A training batch from the replay buffer, images randomly shifted with ``image_shift``."""
-        batch = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+    def _sample_batch(self, batch_size: int, env: VecNormalize | None = None) -> Any:
+        """A training batch from the replay buffer (normalized by ``env`` if given), images randomly shifted with
+        ``image_shift``."""
+        batch = self.replay_buffer.sample(batch_size, env=env)  # type: ignore[union-attr]
         if not self.image_shift:
             return batch
         generator = getattr(self.replay_buffer, "generator", None)
@@ -378,7 +380,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         update = self._update_function()
         metric_sums = th.zeros(len(self.metric_names), device=self.device)
         for _ in range(gradient_steps):
-            metric_sums += update(self._sample_batch(batch_size))
+            metric_sums += update(self._sample_batch(batch_size, self._vec_normalize_env))
         self._n_updates += gradient_steps
         self._record_metrics(metric_sums, gradient_steps)
 

@@ -67,7 +67,7 @@ GOAL_REACHED_DISTANCE = 0.45
 # Seed-sequence keys that keep the random streams independent of the environment's own generator
 _ACTION_NOISE_STREAM = 1
 _RANDOM_POLICY_STREAM = 2
-_PLAY_GOAL_STREAM = 3
+_GOAL_STREAM = 3  # the goals the recipes draw (antmaze: pursued; play: stored only)
 #: Recipes beyond the default: Minari's PointMaze (``cut``) and AntMaze-v1 (``antmaze``, ``antmaze-unseen``) ones,
 #: and undirected ``play`` data (module docstring).
 RECIPES = ("cut", "antmaze", "antmaze-unseen", "play")
@@ -250,7 +250,7 @@ def _goal_keeping_runs(
         for col, cell in enumerate(line)
         if cell != 1 and not (exclude_eval_cell and np.allclose(maze.cell_rowcol_to_xy(np.array((row, col))), eval_goal))
     ]
-    goal_rng = np.random.default_rng((seed, _PLAY_GOAL_STREAM))
+    goal_rng = np.random.default_rng((seed, _GOAL_STREAM))
     maze_env.reset_target = False  # the goal stays once reached
     runs = []
     for start in range(0, n_steps, spec.episode_length):
@@ -336,7 +336,7 @@ def make_pointmaze_dataset(
             lengths = _episode_lengths(len(actions), spec.episode_length, success if recipe == "cut" else None)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         if recipe == "play":  # each episode stores a random goal that the behaviour never pursued
-            goal_rng = np.random.default_rng((seed, _PLAY_GOAL_STREAM))
+            goal_rng = np.random.default_rng((seed, _GOAL_STREAM))
             for start, length in zip(starts, lengths):
                 cell = goal_rng.integers(len(maze_env.maze.unique_goal_locations))
                 desired_goals[start : start + length + 1] = maze_env.maze.unique_goal_locations[cell]
