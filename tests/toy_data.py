@@ -17,6 +17,8 @@ MAX_ACTION = 2.0
 DISCRETE_MOVES = (-MAX_ACTION, 0.0, MAX_ACTION)
 #: Height and width of ``ImageLineEnv``'s frames (NatureCNN needs at least 36).
 IMAGE_SIZE = 36
+#: ``GoalLineEnv``'s reward: 1 within this distance of the goal.
+GOAL_DISTANCE = 0.03
 
 
 class LineEnv(gym.Env):
@@ -78,6 +80,42 @@ class ImageLineEnv(LineEnv):
         return frame
 
 
+class GoalLineEnv(gym.Env):
+    """
+    ``LineEnv`` with the Gymnasium-Robotics goal API: a goal drawn on [-1, 1] at every reset, Dict observations
+    ``observation`` / ``achieved_goal`` (the position, (1,)) and ``desired_goal`` (1,), reward 1 within
+    ``GOAL_DISTANCE`` of the goal, else 0 (``compute_reward``, vectorised), 20 steps, never terminal.
+    """
+
+    observation_space = spaces.Dict(
+        {key: spaces.Box(-1.0, 1.0, (1,), dtype=np.float32) for key in ("observation", "achieved_goal", "desired_goal")}
+    )
+    action_space = spaces.Box(-MAX_ACTION, MAX_ACTION, (1,), dtype=np.float32)
+
+    def __init__(self) -> None:
+        self.position, self.goal, self.steps = 0.0, 0.0, 0
+
+    def compute_reward(self, achieved_goal: np.ndarray, desired_goal: np.ndarray, info: Any) -> np.ndarray:
+        return (np.abs(achieved_goal - desired_goal)[..., 0] <= GOAL_DISTANCE).astype(np.float64)
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        position = np.array([self.position], np.float32)
+        return {"observation": position, "achieved_goal": position.copy(), "desired_goal": np.array([self.goal], np.float32)}
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
+        super().reset(seed=seed)
+        self.position, self.goal = (float(x) for x in self.np_random.uniform(-1.0, 1.0, 2))
+        self.steps = 0
+        return self._obs(), {}
+
+    def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict]:
+        self.position = float(np.clip(self.position + STEP_SIZE * np.clip(action, -MAX_ACTION, MAX_ACTION)[0], -1.0, 1.0))
+        self.steps += 1
+        obs = self._obs()
+        reward = float(self.compute_reward(obs["achieved_goal"], obs["desired_goal"], {}))
+        return obs, reward, False, self.steps >= EPISODE_STEPS, {"is_success": reward > 0}
+
+
 def image_position(obs: np.ndarray) -> float:
     """The position drawn in an ``ImageLineEnv`` frame (channel-last or channel-first)."""
     channel_last = obs.shape[-1] == 3
@@ -92,6 +130,8 @@ DISCRETE_LINE_ENV_ID = "ToyLineDiscrete-v0"
 gym.register(DISCRETE_LINE_ENV_ID, entry_point="toy_data:LineEnv", kwargs={"discrete": True})
 IMAGE_LINE_ENV_ID = "ToyLineImage-v0"
 gym.register(IMAGE_LINE_ENV_ID, entry_point="toy_data:ImageLineEnv")
+GOAL_LINE_ENV_ID = "ToyGoalLine-v0"
+gym.register(GOAL_LINE_ENV_ID, entry_point="toy_data:GoalLineEnv")
 
 
 def good_policy(obs: Any) -> np.ndarray:
