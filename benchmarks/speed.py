@@ -19,6 +19,7 @@ Usage::
     python benchmarks/speed.py --updates 300 --rounds 5 --threads 1
     python benchmarks/speed.py --paths plain,sb3,fused --shapes antmaze --threads 2 --output /tmp/speed
     python benchmarks/speed.py --spaces --updates 50   # Discrete actions and 84x84 images
+    python benchmarks/speed.py --minari-load           # a 1M-step Minari dataset into the buffer, end to end
 
 Each timed round runs ``--updates`` updates of every path; warm-up updates (and compilation) are excluded.
 Updates/s are given from wall time and from the process CPU time (the latter is steadier when other
@@ -44,6 +45,7 @@ from typing import Any
 import numpy as np
 import peers  # benchmarks/peers.py
 import psutil
+import load_speed  # benchmarks/load_speed.py
 import spaces_speed  # benchmarks/spaces_speed.py
 import torch as th
 from gymnasium import spaces
@@ -421,6 +423,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--spaces", action="store_true", help="only Discrete actions and 84x84 images (benchmarks/spaces_speed.py)"
     )
+    parser.add_argument(
+        "--minari-load", action="store_true", help="only the end-to-end load of a 1M-step Minari dataset (load_speed.py)"
+    )
     parser.add_argument("--probe", nargs=3, metavar=("KIND", "NAME", "SHAPE"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -442,6 +447,15 @@ def main(argv: list[str] | None = None) -> None:
             json.dump(result, file, indent=1)
         write_markdown(args.output_dir)
         print(spaces_speed.render(result, result["device_name"]), flush=True)
+        return
+    if args.minari_load:
+        result = load_speed.measure(load_speed.DEFAULT_DATASET, device.type, repeats=3)
+        result["device_name"] = device_name(device)
+        os.makedirs(args.output_dir, exist_ok=True)
+        with open(os.path.join(args.output_dir, f"load_{device.type}.json"), "w") as file:
+            json.dump(result, file, indent=1)
+        write_markdown(args.output_dir)
+        print(load_speed.render(result, result["device_name"]), flush=True)
         return
     if args.probe:
         kind, name, shape = args.probe
@@ -524,6 +538,10 @@ def write_markdown(output_dir: str) -> None:
             with open(os.path.join(output_dir, name)) as file:
                 spaces_result = json.load(file)
             sections.append(spaces_speed.render(spaces_result, spaces_result["device_name"]))
+        if name.startswith("load_") and name.endswith(".json"):
+            with open(os.path.join(output_dir, name)) as file:
+                load_result = json.load(file)
+            sections.append(load_speed.render(load_result, load_result["device_name"]))
     with open(os.path.join(output_dir, "speed.md"), "w") as file:
         file.write(render_markdown(results) + "".join(f"\n{section}" for section in sections))
 
