@@ -66,19 +66,30 @@ def d3rlpy_dataset(transitions: Transitions, observation_space: spaces.Space, re
 
 
 def make_d3rlpy_algo(
-    method: str, hyperparameters: dict[str, Any], net_arch: list[int], batch_size: int, device: str = "cpu"
+    method: str,
+    hyperparameters: dict[str, Any],
+    net_arch: list[int],
+    batch_size: int,
+    device: str = "cpu",
+    actor_lr_decay_steps: int | None = None,
 ) -> Any:
     """
     :param method: ``"iql"`` (``d3rlpy.algos.IQLConfig``) or ``"bc"`` (``d3rlpy.algos.BCConfig``, d3rlpy's own
         deterministic BC with its default learning rate)
     :param hyperparameters: ``expectile`` and ``beta`` (d3rlpy's ``weight_temp``) for IQL
     :param device: ``"cpu"`` or ``"cuda"`` (d3rlpy's first device of that kind)
+    :param actor_lr_decay_steps: IQL only: the actor's lr decays to 0 over this many updates with d3rlpy's own
+        ``CosineAnnealingLRFactory`` (the reference's schedule); None: d3rlpy's constant lr
     :return: the algorithm, not yet built
     """
     import d3rlpy
 
     encoder = d3rlpy.models.VectorEncoderFactory(hidden_units=list(net_arch))
     if method == "iql":
+        actor_optimizer = {}
+        if actor_lr_decay_steps is not None:
+            schedule = d3rlpy.optimizers.CosineAnnealingLRFactory(T_max=actor_lr_decay_steps)
+            actor_optimizer["actor_optim_factory"] = d3rlpy.optimizers.AdamFactory(lr_scheduler_factory=schedule)
         return d3rlpy.algos.IQLConfig(
             batch_size=batch_size,
             expectile=hyperparameters["expectile"],
@@ -86,6 +97,7 @@ def make_d3rlpy_algo(
             actor_encoder_factory=encoder,
             critic_encoder_factory=encoder,
             value_encoder_factory=encoder,
+            **actor_optimizer,
         ).create(device=f"{device}:0")
     if method == "bc":
         return d3rlpy.algos.BCConfig(batch_size=batch_size, encoder_factory=encoder).create(device=f"{device}:0")

@@ -44,11 +44,12 @@ BOOTSTRAP_SEED = 0
 #: Settings whose dataset id contains this are aggregated together ("stitch" rows).
 STITCH = "stitch"
 #: Display order of the base methods; variants (``iql-ref+...``) follow ``iql-ref``.
-METHOD_ORDER = ("iql", "iql-ref", "d3rlpy-iql", "bc", "d3rlpy-bc")
+METHOD_ORDER = ("iql", "iql-ref", "d3rlpy-iql", "d3rlpy-iql-cosine", "bc", "d3rlpy-bc")
 METHOD_LABELS = {
     "iql": "sb3-iql IQL (defaults)",
     "iql-ref": "sb3-iql IQL, reference",
     "d3rlpy-iql": "d3rlpy IQL",
+    "d3rlpy-iql-cosine": "d3rlpy IQL, cosine actor lr",
     "bc": "sb3-iql BC (beta 0)",
     "d3rlpy-bc": "d3rlpy BC",
 }
@@ -279,7 +280,8 @@ def write_markdown(path: Path, rows: list[dict], aggregates: dict[tuple, dict], 
         "LayerNorm in critics and value net, `+ obsnorm` = observations normalised with the dataset's mean and std,",
         "`+ dropout` = actor dropout 0.1, `+ constlr` = constant actor lr (d3rlpy), `+ evalgoal` (`+ evalgoalterm`) =",
         "every transition relabelled for the evaluation goal (and terminal there). d3rlpy IQL: its `IQLConfig` with the same",
-        "expectile, beta, batch and networks (constant lr); d3rlpy BC: its deterministic `BCConfig`. BC = sb3-iql with",
+        "expectile, beta, batch and networks (constant lr; `cosine actor lr`: decayed to 0 over the budget by its own "
+        "`CosineAnnealingLRFactory`); d3rlpy BC: its deterministic `BCConfig`. BC = sb3-iql with",
         "beta = 0.",
         "Sparse mazes: success = % of final-evaluation episodes that reach the goal; first reach = mean step of the",
         "first arrival (episodes that arrive); at goal = fraction of the steps from the first arrival on spent within",

@@ -21,7 +21,8 @@ Methods (``--methods``):
 - ``bc``: the reference model, networks, data, batches and critic training, with ``beta=0``: every AWR weight is
   exp(0) = 1, so the actor's loss is the plain negative log-likelihood of the dataset actions.
 - ``d3rlpy-iql`` and ``d3rlpy-bc``: d3rlpy's IQL (same expectile, beta, batch, networks) and its BC, on the same
-  transitions and rewards (``benchmarks/peers.py``; ``make install-benchmarks``).
+  transitions and rewards (``benchmarks/peers.py``; ``make install-benchmarks``); ``d3rlpy-iql-cosine``: d3rlpy's
+  IQL with the reference's actor schedule (cosine decay to 0 over the budget, d3rlpy's own scheduler).
 
 Every run is cached: finished runs in ``<out>/scores_runs.json``, unfinished ones as checkpoints (networks,
 optimizers, sampling generator, curve so far) in ``--checkpoint-dir``, so a killed invocation continues where
@@ -104,9 +105,9 @@ FACTORS: dict[str, dict[str, Any]] = {
 BUFFER_CLASSES = {"HerReplayBuffer": HerReplayBuffer}
 #: ``iql``: the package's defaults; ``bc``: the reference with beta = 0; ``iql-ref[+factor...]``: the reference with
 #: factors; ``d3rlpy-iql`` and ``d3rlpy-bc``: the peer (``benchmarks/peers.py``).
-BASE_METHODS = ("iql", "bc", "iql-ref", "d3rlpy-iql", "d3rlpy-bc")
+BASE_METHODS = ("iql", "bc", "iql-ref", "d3rlpy-iql", "d3rlpy-iql-cosine", "d3rlpy-bc")
 METHODS = ("iql", "bc")
-D3RLPY_METHODS = ("d3rlpy-iql", "d3rlpy-bc")
+D3RLPY_METHODS = ("d3rlpy-iql", "d3rlpy-iql-cosine", "d3rlpy-bc")
 
 
 def parse_method(method: str) -> tuple[str, list[str]]:
@@ -400,7 +401,11 @@ def train_d3rlpy(config: RunConfig, dataset: minari.MinariDataset, checkpoint_di
     mdp_dataset = peers.d3rlpy_dataset(load_transitions([dataset]), observation_space, hyperparameters["reward_transform"])
     d3rlpy.seed(config.seed)
     algo = peers.make_d3rlpy_algo(
-        config.method.removeprefix("d3rlpy-"), hyperparameters, list(config.net_arch), config.batch_size
+        config.method.removeprefix("d3rlpy-").removesuffix("-cosine"),
+        hyperparameters,
+        list(config.net_arch),
+        config.batch_size,
+        actor_lr_decay_steps=config.updates if config.method.endswith("-cosine") else None,
     )
     algo.build_with_dataset(mdp_dataset)
     checkpoint = _checkpoint_path(checkpoint_dir, config).with_suffix(".pt")
