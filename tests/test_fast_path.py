@@ -20,6 +20,7 @@ from sb3_iql import IQL
 from sb3_iql.common.synthetic import SpacesEnv, synthetic_transitions
 from sb3_iql.data import OfflineReplayBuffer
 from sb3_iql.data.device_buffers import DeviceReplayBuffer
+from sb3_iql.iql import iql as iql_module
 from sb3_iql.iql.fast_update import CudaGraphUpdate, FunctionalUpdate
 
 OBS_DIM, ACTION_DIM = 29, 8
@@ -172,11 +173,44 @@ def test_cudagraph_needs_cuda(data):
 
 
 @pytest.mark.slow
-def test_compile_update_option_trains_like_the_eager_update(data):
-    """``IQL(compile_update=True)`` runs the compiled update in ``learn_offline`` and matches eager training."""
-    eager = make_model(data, DeviceReplayBuffer, optimizer_kwargs={"fused": True}, net_arch=(256, 256))
-    compiled = make_model(data, DeviceReplayBuffer, optimizer_kwargs={"fused": True}, net_arch=(256, 256), compile_update=True)
+@pytest.mark.parametrize("compile_update", [True, "auto"])
+def test_compile_update_option_trains_like_the_eager_update(data, compile_update, monkeypatch):
+    """``IQL(compile_update=True)`` runs the compiled update in ``learn_offline`` and matches eager training;
+    so does ``"auto"`` for a call as long as ``AUTO_COMPILE_UPDATES`` (its compilation batch changes nothing)."""
+    monkeypatch.setattr(iql_module, "AUTO_COMPILE_UPDATES", 20)
+    eager = make_model(data, DeviceReplayBuffer, optimizer_kwargs={"fused": True}, net_arch=(256, 256), compile_update=False)
+    compiled = make_model(
+        data, DeviceReplayBuffer, optimizer_kwargs={"fused": True}, net_arch=(256, 256), compile_update=compile_update
+    )
     eager.learn_offline(20)
     compiled.learn_offline(20)  # same seed: the same batches
     assert isinstance(compiled._fast_update, FunctionalUpdate)
     assert max_difference(eager, compiled) < 1e-5
+
+
+@pytest.mark.parametrize("buffer_class", [DeviceReplayBuffer, OfflineReplayBuffer])
+def test_auto_compile_stays_eager_on_short_calls_and_when_compilation_fails(data, buffer_class, monkeypatch):
+    eager = make_model(data, buffer_class, compile_update=False)
+    auto = make_model(data, buffer_class)
+    assert auto.compile_update == "auto"
+    np.random.seed(0)  # SB3's NumPy buffer samples from NumPy's global generator
+    eager.learn_offline(30)
+    np.random.seed(0)
+    auto.learn_offline(30)  # below AUTO_COMPILE_UPDATES
+    assert auto._fast_update is None and max_difference(eager, auto) == 0.0
+
+    def failing_compile(function, **kwargs):
+        def compiled(*args):
+            raise RuntimeError("no C++ compiler")
+
+        return compiled
+
+    monkeypatch.setattr(iql_module, "AUTO_COMPILE_UPDATES", 30)
+    monkeypatch.setattr(th, "compile", failing_compile)
+    state = np.random.get_state()
+    eager.learn_offline(30)
+    np.random.set_state(state)
+    with pytest.warns(UserWarning, match="torch.compile failed .*no C\\+\\+ compiler.*eager update"):
+        auto.learn_offline(30)
+    # The failed attempt changed nothing: neither the networks nor the batches drawn after it.
+    assert auto._fast_update is None and max_difference(eager, auto) == 0.0

@@ -209,6 +209,16 @@ class FunctionalUpdate:
             th._foreach_lerp_(self.critic_target_params, self.critic_params, self.tau)
         return metrics
 
+    def warm_up(self, replay_data: Any) -> None:
+        """
+        Run (and so compile) both gradient functions on a batch without applying any step: they are pure, so
+        nothing changes; a compilation that fails raises here, before any update.
+        """
+        batch = Batch.from_replay_data(replay_data)
+        with th.no_grad():
+            _, value_loss, values, targets = self.value_grads(batch)
+            self.policy_grads(batch, targets, value_loss, values)
+
     def set_learning_rates(self) -> None:
         """With ``tensor_lr``: copy the optimizers' current lr into the lr tensors (an in-place fill, no sync)."""
         if self.tensor_lr:

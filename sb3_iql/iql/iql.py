@@ -5,6 +5,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal, TypeVar
 
+import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
@@ -27,6 +28,9 @@ UPDATE_ORDERS: tuple[UpdateOrder, ...] = ("sequential", "joint")
 
 #: Dataset actions are clipped to +-(1 - ACTION_CLIP_EPS) so their log-likelihood stays finite at the bounds.
 ACTION_CLIP_EPS = 1e-5
+#: ``compile_update="auto"`` compiles the update for ``learn_offline`` calls of at least this many updates: there
+#: the ~1.4x faster compiled steps repay a CPU compilation of 25-100 s at least twice (``docs/guide/speed.md``).
+AUTO_COMPILE_UPDATES = 50_000
 
 
 class IQL(OfflineAlgorithm):
@@ -65,9 +69,11 @@ class IQL(OfflineAlgorithm):
     :param actor_lr_schedule: ``"cosine"`` (decay to 0 over ``offline_steps``, constant online) or ``"constant"``
     :param update_order: ``"sequential"`` (reference): V, then actor, then Q with the new V(s');
         ``"joint"`` (d3rlpy): Q and V step together, the Q target using V(s') from before V's step, then the actor
-    :param compile_update: False: the eager update (``_update``); True: the same update compiled with
-        ``torch.compile`` (CPU or CUDA; ~25 s of compilation, then ~1.4x faster on CPU); ``"cudagraph"``: captured
-        in a CUDA graph, one launch per update (CUDA only)
+    :param compile_update: ``"auto"``: compiled (as True) from the first ``learn_offline`` call of at least
+        ``AUTO_COMPILE_UPDATES`` updates on, where it pays, eager before (and wherever compilation is unavailable:
+        optimizers other than Adam, a failed compilation, which warns); False: the eager update (``_update``); True:
+        the same update compiled with ``torch.compile`` (CPU or CUDA; 25-100 s of compilation, then ~1.4x faster on
+        CPU); ``"cudagraph"``: captured in a CUDA graph, one launch per update (CUDA only)
     :param download_dataset: download dataset ids that are not stored locally (needs network)
     :param relabel_eval_goal: rewrite every transition for the evaluation environment's fixed goal when loading (the
         paper's AntMaze protocol on Minari's goal datasets; ``"terminal"``: also end episodes at the goal)
@@ -120,7 +126,7 @@ class IQL(OfflineAlgorithm):
         offline_steps: int | None = None,
         actor_lr_schedule: Literal["cosine", "constant"] = "cosine",
         update_order: UpdateOrder = "sequential",
-        compile_update: bool | Literal["cudagraph"] = False,
+        compile_update: bool | Literal["auto", "cudagraph"] = "auto",
         download_dataset: bool = False,
         relabel_eval_goal: bool | Literal["terminal"] = False,
         image_shift: int = 0,
@@ -143,6 +149,8 @@ class IQL(OfflineAlgorithm):
         self.actor_lr_schedule = actor_lr_schedule
         self.compile_update = compile_update
         self._fast_update: FunctionalUpdate | CudaGraphUpdate | None = None
+        # compile_update="auto": whether a long enough learn_offline call asked for the compiled update
+        self._auto_compile = False
         policy_kwargs = {} if policy_kwargs is None else dict(policy_kwargs)
         if dropout is not None:
             policy_kwargs["actor_dropout"] = dropout
@@ -213,8 +221,8 @@ class IQL(OfflineAlgorithm):
             raise ValueError(f"actor_lr_schedule must be 'cosine' or 'constant', got {actor_lr_schedule!r}")
         if update_order not in UPDATE_ORDERS:
             raise ValueError(f"update_order must be one of {UPDATE_ORDERS}, got {update_order!r}")
-        if compile_update not in (False, True, "cudagraph"):
-            raise ValueError(f"compile_update must be False, True or 'cudagraph', got {compile_update!r}")
+        if compile_update not in (False, True, "auto", "cudagraph"):
+            raise ValueError(f"compile_update must be False, True, 'auto' or 'cudagraph', got {compile_update!r}")
 
     def _setup_model(self) -> None:
         if self.compile_update == "cudagraph" and self.device.type != "cuda":
@@ -276,16 +284,50 @@ class IQL(OfflineAlgorithm):
         The update to run: ``_update`` (eager), or its compiled or graph-captured version (built on first use,
         and again after the optimizers' state was replaced, e.g. by ``load``, or a hyperparameter was changed).
         """
-        if not self.compile_update:
+        auto = self.compile_update == "auto"
+        if not self.compile_update or (auto and not self._auto_compile):
             return self._update
         fast = self._fast_update
         if fast is None or fast.state_replaced() or fast.settings != self._update_settings() or fast.tau != self.tau:
             if self.compile_update == "cudagraph":
                 example = self.replay_buffer.sample(self.batch_size)
                 self._fast_update = CudaGraphUpdate(self._functional_update(None, tensor_lr=True), example)
+            elif auto:
+                self._fast_update = self._auto_compiled_update()
+                if self._fast_update is None:
+                    return self._update
             else:
                 self._fast_update = self._functional_update()
         return self._fast_update
+
+    def _auto_compiled_update(self) -> FunctionalUpdate | None:
+        """
+        ``compile_update="auto"``: the compiled update, compiled here on a batch that changes nothing (neither the
+        networks nor the sampling stream), or None where it is unavailable (then ``auto`` stays eager).
+        """
+        try:
+            fast = self._functional_update()
+        except ValueError:  # an optimizer the functional update does not run (not Adam, weight decay...)
+            self._auto_compile = False
+            return None
+        generator = getattr(self.replay_buffer, "generator", None)
+        generator_state = None if generator is None else generator.get_state()
+        numpy_state = np.random.get_state()  # SB3's NumPy buffers sample from NumPy's global generator
+        batch = self._sample_batch(self.batch_size)
+        np.random.set_state(numpy_state)
+        if generator is not None:
+            generator.set_state(generator_state)
+        try:
+            fast.warm_up(batch)
+        except Exception as error:  # no C++ compiler, an unsupported platform or module...
+            warnings.warn(
+                f"compile_update='auto': torch.compile failed ({type(error).__name__}: {str(error)[:300]}); training "
+                "continues with the eager update. Pass compile_update=False to skip the attempt.",
+                stacklevel=3,
+            )
+            self._auto_compile = False
+            return None
+        return fast
 
     def learn_offline(self: SelfIQL, n_updates: int | None = None, *args: Any, **kwargs: Any) -> SelfIQL:
         """
@@ -294,6 +336,9 @@ class IQL(OfflineAlgorithm):
         nearly undecayed (``benchmarks/results/scores.md``: on large-stitch, without the decay, mean final score
         13 against 43 with it).
         """
+        planned = max(self.offline_steps - self._n_offline_updates, 0) if n_updates is None else n_updates
+        if self.compile_update == "auto" and planned >= AUTO_COMPILE_UPDATES and self.device.type in ("cpu", "cuda"):
+            self._auto_compile = True
         short = n_updates is not None and self._n_offline_updates == 0 and n_updates < self.offline_steps
         if short and self.actor_lr_schedule == "cosine" and getattr(self, "offline_steps_default", False):
             factor = 0.5 * (1.0 + math.cos(math.pi * n_updates / self.offline_steps))
@@ -333,6 +378,7 @@ class IQL(OfflineAlgorithm):
             "_critic_params",
             "_critic_target_params",
             "_fast_update",
+            "_auto_compile",
         ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
