@@ -73,6 +73,7 @@ from sb3_iql.data.minari_loader import DatasetNotFoundError, load_dataset, load_
 from sb3_iql.datasets import ensure_dataset, parse_pointmaze_dataset_id
 from sb3_iql.evaluation import SUCCESS_KEYS, evaluate, normalized_score
 from sb3_iql.iql import IQL
+from sb3_iql.iql.multi_seed import learn_offline_together
 from sb3_iql.presets import preset_arguments
 
 matplotlib.use("Agg")
@@ -313,11 +314,17 @@ def run(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: Path, 
     Train one model for ``config.updates`` offline updates, evaluating every ``config.eval_every`` updates.
 
     :param save_dir: where to save the final model (``<run key>.zip``, without replay buffer); None: not saved
-    :return: the run record: config, curve (updates, normalized score, mean and std return, every episode's
-        return, success diagnostics for sparse mazes), timings
+    :return: the run record (``run_record``)
     """
     train = train_d3rlpy if config.method in D3RLPY_METHODS else train_iql
-    progress = train(config, dataset, checkpoint_dir, save_dir)
+    return run_record(config, train(config, dataset, checkpoint_dir, save_dir))
+
+
+def run_record(config: RunConfig, progress: dict) -> dict:
+    """
+    :return: the record of a finished run: config, curve (updates, normalized score, mean and std return, every
+        episode's return, success diagnostics for sparse mazes), timings
+    """
     scores = [point["normalized_score"] for point in progress["curve"]]
     return {
         "config": dataclasses.asdict(config),
@@ -328,6 +335,7 @@ def run(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: Path, 
         "final_success": progress["curve"][-1].get("success_rate"),
         "code_version": CODE_VERSION,
         "peer_version": progress.get("peer_version"),
+        "trained_together": progress.get("trained_together", 1),
         "train_s": progress["train_s"],
         "eval_s": progress["eval_s"],
         "updates_per_s": config.updates / max(progress["train_s"], 1e-9),
@@ -335,11 +343,12 @@ def run(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: Path, 
     }
 
 
-def train_iql(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: Path, save_dir: Path | None) -> dict:
+def iql_model(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: Path) -> tuple[IQL, dict]:
     """
-    :return: the progress dict (curve, train_s, eval_s) of an ``sb3_iql`` run, resumed from its checkpoint: the
-        model saved with ``model.save`` after each evaluation (the replay buffer is the dataset, added again) and
-        the progress as JSON; a resumed run reaches the same parameters as an uninterrupted one
+    :return: the model of an ``sb3_iql`` run and its progress dict (curve, train_s, eval_s), resumed from its
+        checkpoint if there is one: the model saved with ``model.save`` after each evaluation (the replay buffer is
+        the dataset, added again) and the progress as JSON; a resumed run reaches the same parameters as an
+        uninterrupted one
     """
     checkpoint = _checkpoint_path(checkpoint_dir, config)
     progress_file = checkpoint.with_suffix(".json")
@@ -363,21 +372,71 @@ def train_iql(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: 
         )
         progress = {"curve": [], "train_s": 0.0, "eval_s": 0.0}
     model.set_logger(Logger(folder=None, output_formats=[]))  # no per-call temporary log folders
+    return model, progress
+
+
+def evaluate_and_checkpoint(
+    model: IQL, config: RunConfig, dataset: minari.MinariDataset, progress: dict, checkpoint_dir: Path
+) -> None:
+    """Evaluate the model at its number of updates, add the point to the progress, save both."""
+    start = time.perf_counter()
+    point = evaluate_point(model, dataset, config, model.num_timesteps)
+    progress["eval_s"] += time.perf_counter() - start
+    progress["curve"].append(point)
+    _print_point(point, model.num_timesteps / max(progress["train_s"], 1e-9))
+    checkpoint = _checkpoint_path(checkpoint_dir, config)
+    model.save(checkpoint)
+    write_json(checkpoint.with_suffix(".json"), progress)
+
+
+def train_iql(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: Path, save_dir: Path | None) -> dict:
+    """:return: the progress dict of an ``sb3_iql`` run (``iql_model``), trained to ``config.updates``"""
+    model, progress = iql_model(config, dataset, checkpoint_dir)
     while model.num_timesteps < config.updates:  # offline, num_timesteps counts updates
         n_updates = min(config.eval_every, config.updates - model.num_timesteps)
         start = time.perf_counter()
         model.learn_offline(n_updates, log_interval=0, reset_num_timesteps=False)
         progress["train_s"] += time.perf_counter() - start
-        start = time.perf_counter()
-        point = evaluate_point(model, dataset, config, model.num_timesteps)
-        progress["eval_s"] += time.perf_counter() - start
-        progress["curve"].append(point)
-        _print_point(point, model.num_timesteps / max(progress["train_s"], 1e-9))
-        model.save(checkpoint)
-        write_json(progress_file, progress)
+        evaluate_and_checkpoint(model, config, dataset, progress, checkpoint_dir)
     if save_dir is not None:
-        model.save(save_dir / checkpoint.name)
+        model.save(save_dir / _checkpoint_path(checkpoint_dir, config).name)
     return progress
+
+
+def train_iql_together(
+    configs: list[RunConfig], dataset: minari.MinariDataset, checkpoint_dir: Path, save_dir: Path | None
+) -> list[dict]:
+    """
+    The runs of ``configs`` (one method, several seeds) as one batched computation (``learn_offline_together``:
+    each learner reaches the parameters of its own run, to float tolerance), each evaluated and checkpointed as
+    ``train_iql`` does. Runs resumed at different points first train alone up to the furthest one.
+
+    :return: the progress dict of each run; ``train_s`` is the shared training time divided by the number of runs
+    """
+    models, progresses = zip(*(iql_model(config, dataset, checkpoint_dir) for config in configs))
+    furthest = max(model.num_timesteps for model in models)
+    for model, config, progress in zip(models, configs, progresses):
+        while model.num_timesteps < furthest:
+            n_updates = min(config.eval_every - model.num_timesteps % config.eval_every, furthest - model.num_timesteps)
+            start = time.perf_counter()
+            model.learn_offline(n_updates, log_interval=0, reset_num_timesteps=False)
+            progress["train_s"] += time.perf_counter() - start
+            evaluate_and_checkpoint(model, config, dataset, progress, checkpoint_dir)
+    first = configs[0]
+    while models[0].num_timesteps < first.updates:
+        n_updates = min(first.eval_every, first.updates - models[0].num_timesteps)
+        start = time.perf_counter()
+        learn_offline_together(models, n_updates, log_interval=0, reset_num_timesteps=False)
+        share = (time.perf_counter() - start) / len(models)
+        for model, config, progress in zip(models, configs, progresses):
+            progress["train_s"] += share
+            progress["trained_together"] = len(models)
+            print(f"  {config.key}", flush=True)
+            evaluate_and_checkpoint(model, config, dataset, progress, checkpoint_dir)
+    if save_dir is not None:
+        for model, config in zip(models, configs):
+            model.save(save_dir / _checkpoint_path(checkpoint_dir, config).name)
+    return list(progresses)
 
 
 def _iql_arguments(hyperparameters: dict[str, Any], net_arch: tuple[int, ...]) -> dict[str, Any]:
@@ -480,6 +539,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--save-models", type=Path, default=None, help="folder to save each final model in (default: none)")
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the cache, train nothing")
+    parser.add_argument(
+        "--together",
+        action="store_true",
+        help="train the seeds of each sb3-iql method as one batched computation (sb3_iql.iql.multi_seed: the same "
+        "parameters as separate runs; faster on a GPU, not on a CPU); d3rlpy runs stay one by one",
+    )
     return parser.parse_args()
 
 
@@ -491,36 +556,47 @@ def main() -> None:
         return
     start = time.perf_counter()
     datasets: dict[str, minari.MinariDataset | None] = {}
-    for seed in args.seeds:
+    # Seed by seed, so that every dataset has results early; with --together, all seeds of a method at once.
+    seed_groups = [list(args.seeds)] if args.together else [[seed] for seed in args.seeds]
+    for seeds in seed_groups:
         for dataset_id in args.datasets:
             if datasets.get(dataset_id) is None:  # missing datasets are looked for again at the next seed
                 datasets[dataset_id] = get_dataset(dataset_id, args.dataset_steps)
             dataset = datasets[dataset_id]
             if dataset is None:
-                print(f"Skipping {dataset_id} for seed {seed}: not in the local Minari datasets (yet)", flush=True)
+                print(f"Skipping {dataset_id} for seeds {seeds}: not in the local Minari datasets (yet)", flush=True)
                 continue
             for method in args.methods:
-                config = RunConfig(
-                    dataset_id,
-                    dataset.total_steps,
-                    method,
-                    seed,
-                    args.updates,
-                    args.eval_every,
-                    args.eval_episodes,
-                    tuple(args.net_arch),
-                    args.batch_size,
-                )
+                configs = [
+                    RunConfig(
+                        dataset_id,
+                        dataset.total_steps,
+                        method,
+                        seed,
+                        args.updates,
+                        args.eval_every,
+                        args.eval_episodes,
+                        tuple(args.net_arch),
+                        args.batch_size,
+                    )
+                    for seed in seeds
+                ]
                 runs = load_runs(args.out)
-                if config.key in runs and config.is_complete(runs[config.key]):
+                configs = [config for config in configs if not (config.key in runs and config.is_complete(runs[config.key]))]
+                if not configs:
                     continue
-                print(f"{config.key}", flush=True)
-                record = run(config, dataset, args.checkpoint_dir, args.save_models)
+                print("\n".join(config.key for config in configs), flush=True)
+                if len(configs) > 1 and method not in D3RLPY_METHODS:
+                    progresses = train_iql_together(configs, dataset, args.checkpoint_dir, args.save_models)
+                    records = [run_record(config, progress) for config, progress in zip(configs, progresses)]
+                else:
+                    records = [run(config, dataset, args.checkpoint_dir, args.save_models) for config in configs]
                 runs = load_runs(args.out)  # another invocation may have added runs meanwhile
-                runs[config.key] = record
+                for config, record in zip(configs, records):
+                    runs[config.key] = record
+                    for suffix in (".zip", ".json", ".pt", ".d3"):
+                        _checkpoint_path(args.checkpoint_dir, config).with_suffix(suffix).unlink(missing_ok=True)
                 write_json(args.out / RUNS_FILE, {"runs": runs})
-                for suffix in (".zip", ".json", ".pt", ".d3"):
-                    _checkpoint_path(args.checkpoint_dir, config).with_suffix(suffix).unlink(missing_ok=True)
                 if not args.no_report:
                     write_report(args.out, args.datasets, args.torch_threads)
     if not args.no_report:

@@ -114,14 +114,20 @@ def test_the_comparison_detects_other_batches_and_other_math(data, float64):
     assert max_difference(together[0], other_beta) > 1e-6  # the same batches, other math
 
 
+def test_dropout_learners_draw_their_own_masks(data):
+    twins = [make_model(data, 0, dtype=th.float32, dropout=0.1) for _ in range(2)]  # same weights, same batches
+    learn_offline_together(twins, 5, log_interval=0)
+    actors, critics = ([dict(getattr(twin, name).named_parameters()) for twin in twins] for name in ("actor", "critic"))
+    assert max((actors[0][key] - actors[1][key]).abs().max().item() for key in actors[0]) > 1e-6  # other masks
+    assert all(th.equal(critics[0][key], critics[1][key]) for key in critics[0])  # the critics never see the actor
+
+
 def test_incompatible_models_are_refused(data):
     models = [make_model(data, seed, dtype=th.float32) for seed in SEEDS[:2]]
     with pytest.raises(ValueError, match="tau differs"):
         learn_offline_together([*models, make_model(data, 2, dtype=th.float32, tau=0.01)], 1)
     with pytest.raises(ValueError, match="same model is given twice"):
         learn_offline_together([models[0], models[0]], 1)
-    with pytest.raises(ValueError, match="dropout"):
-        learn_offline_together([make_model(data, 2, dtype=th.float32, dropout=0.1)], 1)
     models[1].learn_offline(1, log_interval=0)
     with pytest.raises(ValueError, match="_n_offline_updates differs"):
         learn_offline_together(models, 1)

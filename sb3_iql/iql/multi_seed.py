@@ -15,9 +15,10 @@ counters go back into each model, which is then an ordinary ``IQL`` (save, load,
     learn_offline_together(models, 100_000)
     models[2].save("iql_seed2")
 
-Eager only (no ``torch.compile``); CPU or CUDA, no host synchronisation in the loop. Not supported: dropout in the
-actor (vmap would draw its masks differently from the single-seed runs), callbacks, Adam with weight decay, amsgrad
-or maximize, observation spaces other than Box and Dict.
+Eager only (no ``torch.compile``); CPU or CUDA, no host synchronisation in the loop. With dropout in the actor each
+learner draws its own masks, not the ones of its single-seed run: such learners match single-seed runs in
+distribution, not parameter for parameter. Not supported: callbacks, Adam with weight decay, amsgrad or maximize,
+observation spaces other than Box and Dict.
 """
 
 import time
@@ -185,7 +186,8 @@ class StackedLearners:
         self.buffers = {name: _stack([dict(m[name].named_buffers()) for m in per_model]) for name in NETWORKS}
         self.states = {name: self._stack_adam_state(name) for name in TRAINED}
         self.value_grads = th.func.vmap(self._value_grads)
-        self.policy_grads = th.func.vmap(self._policy_grads)
+        # Actor dropout: each learner draws its own masks (other masks than its single-seed run would draw).
+        self.policy_grads = th.func.vmap(self._policy_grads, randomness="different")
 
     # --- stacking -------------------------------------------------------------------------------------------------
 
@@ -323,7 +325,7 @@ def check_compatible(models: Sequence[IQL]) -> None:
     """
     :raises ValueError: the models cannot be trained together: not distinct IQL models of one class, or differing
         in a hyperparameter, the learning rate settings or progress, the network shapes, or the Adam settings; or
-        with dropout in the actor, an unsupported observation space, or an empty replay buffer
+        with an unsupported observation space, or an empty replay buffer
     """
     models = list(models)
     if not models:
@@ -346,13 +348,11 @@ def check_compatible(models: Sequence[IQL]) -> None:
 
 
 def _check_alone(model: IQL, index: int) -> None:
-    """What one model must satisfy on its own: data to train on, a supported space, no dropout, plain Adam."""
+    """What one model must satisfy on its own: data to train on, a supported space, plain Adam."""
     if model.replay_buffer is None or model.replay_buffer.size() == 0:
         raise ValueError(f"models[{index}] has an empty replay buffer: create it with offline_dataset=...")
     if not isinstance(model.observation_space, (spaces.Box, spaces.Dict)):
         raise ValueError(f"learn_offline_together supports Box and Dict observations, got {model.observation_space}")
-    if any(isinstance(layer, nn.Dropout) and layer.p > 0 for layer in model.actor.modules()):
-        raise ValueError("learn_offline_together does not support dropout: vmap draws other masks than a single run")
     for name in TRAINED:
         optimizer = _network(model, name).optimizer
         if not isinstance(optimizer, th.optim.Adam) or len(optimizer.param_groups) != 1:
