@@ -8,15 +8,21 @@ alternation, round by round, so that the ratio holds on a loaded machine; the me
 
 Usage::
 
-    python benchmarks/multi_seed_speed.py --updates 50 --rounds 3 --learners 1 2 4 --widths 64 256 --threads 1
+    python benchmarks/multi_seed_speed.py --updates 50 --rounds 3 --learners 1 2 4 8 --widths 64 256 --threads 1 \
+        --output-dir benchmarks/results   # also a section of speed.md
 """
 
 import argparse
+import datetime
+import json
+import os
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch as th
+from hardware import cpu_model  # benchmarks/hardware.py
 
 from sb3_iql import IQL
 from sb3_iql.common.synthetic import box_env, synthetic_transitions
@@ -86,28 +92,63 @@ def benchmark(n_learners: int, width: int, n_updates: int, n_rounds: int, device
     return result
 
 
+def render(result: dict[str, Any], device_name: str) -> str:
+    """:return: a markdown section of ``speed.md``"""
+    lines = [
+        f"## Many seeds in one process: {device_name}, {result['threads']} thread(s), torch {result['torch']}, "
+        f"{result['date']}",
+        "",
+        f"`learn_offline_together` (K learners, one vmapped update per step) against K separate `learn_offline` runs, "
+        f"timed in alternation (`benchmarks/multi_seed_speed.py`): batch {BATCH_SIZE}, AntMaze's shapes (obs "
+        f"{OBS_DIM}, action {ACTION_DIM}), {result['updates']} updates x {result['rounds']} rounds, median round. "
+        "Figures: learner-updates/s (K x updates/s of each learner).",
+        "",
+        "| width | K | together (wall) | separate (wall) | ratio (wall) | together (CPU) | separate (CPU) | ratio (CPU) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['width']}x{r['width']} | {r['learners']} | {r['together_wall']:.0f} | {r['separate_wall']:.0f} | "
+            f"{r['ratio_wall']:.2f} | {r['together_cpu']:.0f} | {r['separate_cpu']:.0f} | {r['ratio_cpu']:.2f} |"
+        )
+    return "\n".join(lines + [""])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--updates", type=int, default=50, help="updates per learner and round")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds of each (median reported)")
-    parser.add_argument("--learners", type=int, nargs="+", default=[1, 2, 4], help="values of K")
+    parser.add_argument("--learners", type=int, nargs="+", default=[1, 2, 4, 8], help="values of K")
     parser.add_argument("--widths", type=int, nargs="+", default=[64, 256], help="hidden widths (two layers)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--output-dir", default=None, help="write multi_seed_<device>.json there and re-render its speed.md (speed.py)"
+    )
     args = parser.parse_args()
     th.set_num_threads(args.threads)
-    print(f"batch {BATCH_SIZE}, obs {OBS_DIM}, action {ACTION_DIM}, {args.updates} updates x {args.rounds} rounds, ", end="")
-    print(f"{args.threads} thread(s), {args.device}; figures: learner-updates/s (K x updates/s)")
-    print("| width | K | together (wall) | separate (wall) | ratio (wall) | together (CPU) | separate (CPU) | ratio (CPU) |")
-    print("|---|---|---|---|---|---|---|---|")
+    result: dict[str, Any] = {
+        "threads": args.threads,
+        "torch": th.__version__,
+        "date": datetime.datetime.now().isoformat(timespec="minutes"),
+        "updates": args.updates,
+        "rounds": args.rounds,
+        "rows": [],
+    }
     for width in args.widths:
         for n_learners in args.learners:
-            r = benchmark(n_learners, width, args.updates, args.rounds, args.device)
-            print(
-                f"| {width}x{width} | {n_learners} | {r['together_wall']:.0f} | {r['separate_wall']:.0f} | "
-                f"{r['ratio_wall']:.2f} | {r['together_cpu']:.0f} | {r['separate_cpu']:.0f} | {r['ratio_cpu']:.2f} |",
-                flush=True,
-            )
+            row = {"width": width, "learners": n_learners, **benchmark(n_learners, width, args.updates, args.rounds, args.device)}
+            result["rows"].append(row)
+            print(f"{width}x{width}, K={n_learners}: ratio {row['ratio_wall']:.2f} (wall), {row['ratio_cpu']:.2f} (CPU)", flush=True)
+    device_name = th.cuda.get_device_name() if args.device == "cuda" else f"{cpu_model()}, {os.cpu_count()} logical CPUs"
+    result["device_name"] = device_name
+    print(render(result, device_name))
+    if args.output_dir is not None:
+        import speed  # benchmarks/speed.py
+
+        with open(os.path.join(args.output_dir, f"multi_seed_{args.device}.json"), "w") as file:
+            json.dump(result, file, indent=1)
+        speed.write_markdown(args.output_dir)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ import numpy as np
 import peers  # benchmarks/peers.py
 import psutil
 import load_speed  # benchmarks/load_speed.py
+import multi_seed_speed  # benchmarks/multi_seed_speed.py
 import spaces_speed  # benchmarks/spaces_speed.py
 import torch as th
 from gymnasium import spaces
@@ -538,6 +539,10 @@ def write_markdown(output_dir: str) -> None:
             with open(os.path.join(output_dir, name)) as file:
                 spaces_result = json.load(file)
             sections.append(spaces_speed.render(spaces_result, spaces_result["device_name"]))
+        if name.startswith("multi_seed_") and name.endswith(".json"):
+            with open(os.path.join(output_dir, name)) as file:
+                multi_seed_result = json.load(file)
+            sections.append(multi_seed_speed.render(multi_seed_result, multi_seed_result["device_name"]))
         if name.startswith("load_") and name.endswith(".json"):
             with open(os.path.join(output_dir, name)) as file:
                 load_result = json.load(file)
