@@ -82,8 +82,7 @@ def measure(dataset_id: str, device: str, repeats: int) -> dict[str, Any]:
         "torch": th.__version__,
         "date": datetime.datetime.now().isoformat(timespec="minutes"),
         "phases": {
-            phase: [statistics.median(run["phases"][phase][index] for run in runs) for index in (0, 1)]
-            for phase in PHASES
+            phase: [statistics.median(run["phases"][phase][index] for run in runs) for index in (0, 1)] for phase in PHASES
         },
     }
 
@@ -94,7 +93,7 @@ def render(result: dict[str, Any], device_name: str) -> str:
         "import": "import torch and sb3_iql",
         "optimizer": "first torch optimizer (torch imports `torch._dynamo` then: once per process, any trainer)",
         "read": "`load_transitions` alone: every episode through Minari's API, NaN checks, flat arrays",
-        "model": "**end to end**: `IQL(\"MultiInputPolicy\", offline_dataset=...)`: open, environment, networks, "
+        "model": '**end to end**: `IQL("MultiInputPolicy", offline_dataset=...)`: open, environment, networks, '
         "read, buffer fill (target: <= 10 s)",
     }
     lines = [
@@ -109,7 +108,7 @@ def render(result: dict[str, Any], device_name: str) -> str:
     for phase in PHASES:
         wall, cpu = result["phases"][phase]
         lines.append(f"| {what[phase]} | {wall:.2f} | {cpu:.2f} |")
-    return "\n".join(lines + [""])
+    return "\n".join([*lines, ""])
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ def render(result: dict[str, Any], device_name: str) -> str:
             f"| {r['width']}x{r['width']} | {r['learners']} | {r['together_wall']:.0f} | {r['separate_wall']:.0f} | "
             f"{r['ratio_wall']:.2f} | {r['together_cpu']:.0f} | {r['separate_cpu']:.0f} | {r['ratio_cpu']:.2f} |"
         )
-    return "\n".join(lines + [""])
+    return "\n".join([*lines, ""])
 
 
 def main() -> None:
@@ -137,9 +137,16 @@ def main() -> None:
     }
     for width in args.widths:
         for n_learners in args.learners:
-            row = {"width": width, "learners": n_learners, **benchmark(n_learners, width, args.updates, args.rounds, args.device)}
+            row = {
+                "width": width,
+                "learners": n_learners,
+                **benchmark(n_learners, width, args.updates, args.rounds, args.device),
+            }
             result["rows"].append(row)
-            print(f"{width}x{width}, K={n_learners}: ratio {row['ratio_wall']:.2f} (wall), {row['ratio_cpu']:.2f} (CPU)", flush=True)
+            print(
+                f"{width}x{width}, K={n_learners}: ratio {row['ratio_wall']:.2f} (wall), {row['ratio_cpu']:.2f} (CPU)",
+                flush=True,
+            )
     device_name = th.cuda.get_device_name() if args.device == "cuda" else f"{cpu_model()}, {os.cpu_count()} logical CPUs"
     result["device_name"] = device_name
     print(render(result, device_name))

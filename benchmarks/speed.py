@@ -42,11 +42,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import load_speed  # benchmarks/load_speed.py
+import multi_seed_speed  # benchmarks/multi_seed_speed.py
 import numpy as np
 import peers  # benchmarks/peers.py
 import psutil
-import load_speed  # benchmarks/load_speed.py
-import multi_seed_speed  # benchmarks/multi_seed_speed.py
 import spaces_speed  # benchmarks/spaces_speed.py
 import torch as th
 from gymnasium import spaces
