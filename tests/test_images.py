@@ -27,6 +27,7 @@ from sb3_iql import IQL, evaluate
 from sb3_iql.common.augmentation import random_shift
 from sb3_iql.common.synthetic import SpacesEnv
 from sb3_iql.data import DeviceImageReplayBuffer, load_transitions
+from sb3_iql.iql.multi_seed import learn_offline_together
 
 FRAME_SPACE = spaces.Box(0, 255, (1, 8, 8), dtype=np.uint8)
 ACTION_SPACE = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
@@ -223,3 +224,31 @@ def test_an_atari_shaped_minari_dataset_loads_as_uint8_frames_with_discrete_acti
     model.learn_offline(3)
     actions, _ = model.predict(transitions.observations[:4], deterministic=True)
     assert actions.shape == (4,) and set(actions.tolist()) <= set(range(6))
+
+
+def test_a_shared_extractor_is_trained_by_the_critics_only_and_survives_save_load(image_dataset, tmp_path):
+    model = image_model(image_dataset, policy_kwargs={**SMALL_CNN, "share_features_extractor": True})
+    policy = model.policy
+    shared = policy.critic.features_extractor
+    assert policy.actor.features_extractor is shared and policy.value_net.features_extractor is shared
+    assert policy.critic_target.features_extractor is not shared  # the targets' own Polyak-averaged copy
+    extractor_ids = {id(param) for param in shared.parameters()}
+    for network in (policy.actor, policy.value_net):
+        assert not extractor_ids & {id(p) for group in network.optimizer.param_groups for p in group["params"]}
+    batch = model.replay_buffer.sample(16)
+    policy.actor.log_prob(batch.observations, batch.actions).mean().backward()
+    policy.value_net(batch.observations).mean().backward()
+    assert all(param.grad is None for param in shared.parameters())  # their losses see detached features
+    policy.zero_grad(set_to_none=True)
+    before = [param.clone() for param in shared.parameters()]
+    model.learn_offline(3)
+    assert any(not th.equal(old, new) for old, new in zip(before, shared.parameters()))  # the critics' steps
+    model.save(tmp_path / "shared")
+    loaded = IQL.load(tmp_path / "shared")
+    assert loaded.policy.actor.features_extractor is loaded.policy.critic.features_extractor
+    frames = np.stack([ImageLineEnv().reset(seed=seed)[0] for seed in range(8)])
+    assert np.array_equal(loaded.predict(frames, deterministic=True)[0], model.predict(frames, deterministic=True)[0])
+    with pytest.raises(ValueError, match="share parameters"):
+        model._functional_update(compile_mode=None)
+    with pytest.raises(ValueError, match="share_features_extractor"):
+        learn_offline_together([model], 1)

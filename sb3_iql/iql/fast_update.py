@@ -107,6 +107,13 @@ class FunctionalUpdate:
         self.modules = {"value": value_net, "actor": _LogProb(actor), "critic": critic}
         self.states: dict[str, dict[str, list[th.Tensor]]] = {}
         self.params: dict[str, dict[str, th.Tensor]] = {}
+        if len({id(param) for network in self.networks.values() for param in network.parameters()}) != sum(
+            len(list(network.parameters())) for network in self.networks.values()
+        ):
+            raise ValueError(
+                "The networks share parameters (share_features_extractor=True): FunctionalUpdate runs separate "
+                "networks only; use compile_update=False"
+            )
         for name, network in self.networks.items():
             optimizer = network.optimizer
             if not isinstance(optimizer, th.optim.Adam) or len(optimizer.param_groups) != 1:

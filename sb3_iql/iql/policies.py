@@ -147,13 +147,16 @@ class NormalizedFeatures:
     observation_space: spaces.Space
     normalize_images: bool
     observation_normalizer: ObservationNormalizer | None
+    #: The extractor is another network's (``share_features_extractor``): its features are used, not trained.
+    features_detached: bool = False
 
     def extract_features(self, obs: PyTorchObs, features_extractor: BaseFeaturesExtractor) -> th.Tensor:
         normalizer = self.observation_normalizer
         if normalizer is None:
-            return super().extract_features(obs, features_extractor)  # type: ignore[misc]
-        # SB3's preprocessing, then the normalizer, then the extractor
-        return super().extract_features(obs, lambda preprocessed: features_extractor(normalizer(preprocessed)))  # type: ignore[misc]
+            features = super().extract_features(obs, features_extractor)  # type: ignore[misc]
+        else:  # SB3's preprocessing, then the normalizer, then the extractor
+            features = super().extract_features(obs, lambda preprocessed: features_extractor(normalizer(preprocessed)))  # type: ignore[misc]
+        return features.detach() if self.features_detached else features
 
 
 class MlpActor(NormalizedFeatures, BasePolicy):
@@ -498,6 +501,9 @@ class IQLPolicy(BasePolicy):
         ``IQL`` when the dataset is loaded, then fixed; features that are constant in the data are only centred)
     :param features_extractor_class: features extractor of each network
     :param features_extractor_kwargs: its keyword arguments
+    :param share_features_extractor: one features extractor for the actor, the critics and the value network,
+        trained by the critics' loss only (the actor and the value network use its features detached, as DrQ's
+        actor does); the target critics keep their own Polyak-averaged copy. False: one extractor per network
     :param normalize_images: whether to divide image observations by 255
     :param optimizer_class: optimizer of each network (Adam)
     :param optimizer_kwargs: its keyword arguments, without the learning rate (Adam default: ``fused=True``)
@@ -526,6 +532,7 @@ class IQLPolicy(BasePolicy):
         normalize_observations: bool = False,
         features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
         features_extractor_kwargs: dict[str, Any] | None = None,
+        share_features_extractor: bool = False,
         normalize_images: bool = True,
         optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
@@ -555,6 +562,7 @@ class IQLPolicy(BasePolicy):
         self.normalize_observations = normalize_observations
         self.n_critics = n_critics
         self.ortho_init_gain = ortho_init_gain
+        self.share_features_extractor = share_features_extractor
         self._build(lr_schedule)
 
     def _build(self, lr_schedule: Schedule) -> None:
@@ -566,8 +574,11 @@ class IQLPolicy(BasePolicy):
             normalize_images=self.normalize_images,
         )
 
-        def extractor() -> dict[str, Any]:
-            features_extractor = self.make_features_extractor()
+        shared = self.make_features_extractor() if self.share_features_extractor else None
+
+        def extractor(own: bool = False) -> dict[str, Any]:
+            """The shared extractor, or a new one (``own``, or nothing shared)."""
+            features_extractor = self.make_features_extractor() if own or shared is None else shared
             return dict(features_extractor=features_extractor, features_dim=features_extractor.features_dim)
 
         if isinstance(self.action_space, spaces.Discrete):
@@ -584,7 +595,7 @@ class IQLPolicy(BasePolicy):
             )
         critic_kwargs = dict(net_arch=critic_arch, n_critics=self.n_critics, layer_norm=self.critic_layer_norm)
         self.critic = EnsembleCritic(**critic_kwargs, **extractor(), **common)
-        self.critic_target = EnsembleCritic(**critic_kwargs, **extractor(), **common)
+        self.critic_target = EnsembleCritic(**critic_kwargs, **extractor(own=True), **common)
         self.value_net = ValueNetwork(net_arch=value_arch, layer_norm=self.critic_layer_norm, **extractor(), **common)
         for network in (self.actor, self.critic, self.value_net):
             init_weights_(network, self.weight_init, self.ortho_init_gain)
@@ -599,7 +610,12 @@ class IQLPolicy(BasePolicy):
         self.critic_target.set_training_mode(False)
 
         for network in (self.actor, self.critic, self.value_net):
-            network.optimizer = self.optimizer_class(network.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+            parameters = list(network.parameters())
+            if shared is not None and network is not self.critic:  # the critics' optimizer trains the shared extractor
+                network.features_detached = True
+                named = network.named_parameters()
+                parameters = [param for name, param in named if not name.startswith("features_extractor.")]
+            network.optimizer = self.optimizer_class(parameters, lr=lr_schedule(1), **self.optimizer_kwargs)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -620,6 +636,7 @@ class IQLPolicy(BasePolicy):
             optimizer_kwargs=self.optimizer_kwargs,
             features_extractor_class=self.features_extractor_class,
             features_extractor_kwargs=self.features_extractor_kwargs,
+            share_features_extractor=self.share_features_extractor,
         )
         return data
 
