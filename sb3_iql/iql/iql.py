@@ -307,7 +307,7 @@ class IQL(OfflineAlgorithm):
         """
         try:
             fast = self._functional_update()
-        except ValueError:  # an optimizer the functional update does not run (not Adam, weight decay...)
+        except ValueError:  # what the functional update does not run: an optimizer not Adam, a shared encoder...
             self._auto_compile = False
             return None
         generator = getattr(self.replay_buffer, "generator", None)
