@@ -120,3 +120,36 @@ def test_spaces_speed_reports_the_image_buffer_at_the_raw_frames(monkeypatch):
     assert image["frames_written_mb"] == pytest.approx(image["raw_frames_plus_one_per_episode_mb"])
     assert image["frames_written_mb"] < image["float32_two_copies_mb"] / 7.5  # 8x, less one frame per episode
     assert "| DeviceImageReplayBuffer |" in spaces_speed.render(result, "cpu")
+
+
+def test_seeds_trained_together_reach_their_separate_runs_even_from_different_checkpoints(maze_root, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(maze_root))
+    import scores
+
+    from sb3_iql import IQL
+    from sb3_iql.data.minari_loader import load_dataset
+
+    dataset = load_dataset(MAZE_ID)
+    configs = [scores.RunConfig(MAZE_ID, dataset.total_steps, "iql-ref", seed, 30, 10, 1, (16,), 64) for seed in (0, 1)]
+    for config in configs:
+        scores.train_iql(config, dataset, tmp_path / "ckpt_separate", tmp_path / "separate")
+    write_json = scores.write_json
+
+    def interrupt_after_the_first_checkpoint(path, data):
+        write_json(path, data)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scores, "write_json", interrupt_after_the_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):  # seed 1 stops at 10 updates, seed 0 has not started
+        scores.train_iql(configs[1], dataset, tmp_path / "ckpt", tmp_path / "together")
+    monkeypatch.setattr(scores, "write_json", write_json)
+    progresses = scores.train_iql_together(configs, dataset, tmp_path / "ckpt", tmp_path / "together")
+
+    assert all([point["updates"] for point in progress["curve"]] == [10, 20, 30] for progress in progresses)
+    assert [progress["trained_together"] for progress in progresses] == [2, 2]
+    for config in configs:
+        name = scores._checkpoint_path(tmp_path, config).name
+        separate, together = IQL.load(tmp_path / "separate" / name), IQL.load(tmp_path / "together" / name)
+        for value, other in zip(separate.policy.state_dict().values(), together.policy.state_dict().values()):
+            th.testing.assert_close(value, other, rtol=1e-4, atol=1e-5)
