@@ -309,15 +309,18 @@ def _print_point(point: dict, updates_per_s: float) -> None:
     )
 
 
-def run(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: Path, save_dir: Path | None = None) -> dict:
+def run(
+    config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: Path, save_dir: Path | None = None, device: str = "cpu"
+) -> dict:
     """
     Train one model for ``config.updates`` offline updates, evaluating every ``config.eval_every`` updates.
 
     :param save_dir: where to save the final model (``<run key>.zip``, without replay buffer); None: not saved
+    :param device: where to train (``"cpu"`` or ``"cuda"``)
     :return: the run record (``run_record``)
     """
     train = train_d3rlpy if config.method in D3RLPY_METHODS else train_iql
-    return run_record(config, train(config, dataset, checkpoint_dir, save_dir))
+    return run_record(config, train(config, dataset, checkpoint_dir, save_dir, device))
 
 
 def run_record(config: RunConfig, progress: dict) -> dict:
@@ -343,7 +346,7 @@ def run_record(config: RunConfig, progress: dict) -> dict:
     }
 
 
-def iql_model(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: Path) -> tuple[IQL, dict]:
+def iql_model(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: Path, device: str) -> tuple[IQL, dict]:
     """
     :return: the model of an ``sb3_iql`` run and its progress dict (curve, train_s, eval_s), resumed from its
         checkpoint if there is one: the model saved with ``model.save`` after each evaluation (the replay buffer is
@@ -353,7 +356,7 @@ def iql_model(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: 
     checkpoint = _checkpoint_path(checkpoint_dir, config)
     progress_file = checkpoint.with_suffix(".json")
     if checkpoint.exists() and progress_file.exists():
-        model = IQL.load(checkpoint, device="cpu")
+        model = IQL.load(checkpoint, device=device)
         if isinstance(model.replay_buffer, HerReplayBuffer):  # its reward rule comes from the environment
             model.replay_buffer.set_env(dataset.recover_environment(eval_env=True))
         model.add_transitions(load_transitions([dataset]))
@@ -367,7 +370,7 @@ def iql_model(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: 
             offline_steps=config.updates,
             batch_size=config.batch_size,
             seed=config.seed,
-            device="cpu",
+            device=device,
             **_iql_arguments(config.hyperparameters(), config.net_arch),
         )
         progress = {"curve": [], "train_s": 0.0, "eval_s": 0.0}
@@ -389,9 +392,11 @@ def evaluate_and_checkpoint(
     write_json(checkpoint.with_suffix(".json"), progress)
 
 
-def train_iql(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: Path, save_dir: Path | None) -> dict:
+def train_iql(
+    config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: Path, save_dir: Path | None, device: str = "cpu"
+) -> dict:
     """:return: the progress dict of an ``sb3_iql`` run (``iql_model``), trained to ``config.updates``"""
-    model, progress = iql_model(config, dataset, checkpoint_dir)
+    model, progress = iql_model(config, dataset, checkpoint_dir, device)
     while model.num_timesteps < config.updates:  # offline, num_timesteps counts updates
         n_updates = min(config.eval_every, config.updates - model.num_timesteps)
         start = time.perf_counter()
@@ -404,7 +409,7 @@ def train_iql(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: 
 
 
 def train_iql_together(
-    configs: list[RunConfig], dataset: minari.MinariDataset, checkpoint_dir: Path, save_dir: Path | None
+    configs: list[RunConfig], dataset: minari.MinariDataset, checkpoint_dir: Path, save_dir: Path | None, device: str = "cpu"
 ) -> list[dict]:
     """
     The runs of ``configs`` (one method, several seeds) as one batched computation (``learn_offline_together``:
@@ -413,7 +418,7 @@ def train_iql_together(
 
     :return: the progress dict of each run; ``train_s`` is the shared training time divided by the number of runs
     """
-    models, progresses = zip(*(iql_model(config, dataset, checkpoint_dir) for config in configs))
+    models, progresses = zip(*(iql_model(config, dataset, checkpoint_dir, device) for config in configs))
     furthest = max(model.num_timesteps for model in models)
     for model, config, progress in zip(models, configs, progresses):
         while model.num_timesteps < furthest:
@@ -448,7 +453,9 @@ def _iql_arguments(hyperparameters: dict[str, Any], net_arch: tuple[int, ...]) -
     return arguments
 
 
-def train_d3rlpy(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: Path, save_dir: Path | None) -> dict:
+def train_d3rlpy(
+    config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: Path, save_dir: Path | None, device: str = "cpu"
+) -> dict:
     """
     :return: the progress dict of a d3rlpy run (``benchmarks/peers.py``), resumed from its checkpoint (networks
         and optimizers; the sampling stream restarts from a seed of its own, so a resumed run is not bit-identical)
@@ -464,6 +471,7 @@ def train_d3rlpy(config: RunConfig, dataset: minari.MinariDataset, checkpoint_di
         hyperparameters,
         list(config.net_arch),
         config.batch_size,
+        device=device,
         actor_lr_decay_steps=config.updates if config.method.endswith("-cosine") else None,
     )
     algo.build_with_dataset(mdp_dataset)
@@ -538,6 +546,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--save-models", type=Path, default=None, help="folder to save each final model in (default: none)")
     parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="where to train: cpu or cuda (runs are keyed without it)")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the cache, train nothing")
     parser.add_argument(
         "--together",
@@ -587,10 +596,10 @@ def main() -> None:
                     continue
                 print("\n".join(config.key for config in configs), flush=True)
                 if len(configs) > 1 and method not in D3RLPY_METHODS:
-                    progresses = train_iql_together(configs, dataset, args.checkpoint_dir, args.save_models)
+                    progresses = train_iql_together(configs, dataset, args.checkpoint_dir, args.save_models, args.device)
                     records = [run_record(config, progress) for config, progress in zip(configs, progresses)]
                 else:
-                    records = [run(config, dataset, args.checkpoint_dir, args.save_models) for config in configs]
+                    records = [run(config, dataset, args.checkpoint_dir, args.save_models, args.device) for config in configs]
                 runs = load_runs(args.out)  # another invocation may have added runs meanwhile
                 for config, record in zip(configs, records):
                     runs[config.key] = record
