@@ -27,6 +27,8 @@ from sb3_iql import IQL, evaluate
 from sb3_iql.common.augmentation import random_shift
 from sb3_iql.common.synthetic import SpacesEnv
 from sb3_iql.data import DeviceImageReplayBuffer, load_transitions
+from sb3_iql.datasets import ensure_dataset, make_pixel_pointmaze_env, make_pointmaze_dataset, pixel_dataset_id
+from sb3_iql.datasets.pixels import render_states
 from sb3_iql.iql.multi_seed import learn_offline_together
 
 FRAME_SPACE = spaces.Box(0, 255, (1, 8, 8), dtype=np.uint8)
@@ -252,3 +254,36 @@ def test_a_shared_extractor_is_trained_by_the_critics_only_and_survives_save_loa
         model._functional_update(compile_mode=None)
     with pytest.raises(ValueError, match="share_features_extractor"):
         learn_offline_together([model], 1)
+
+
+def test_pixel_pointmaze_data_is_what_its_evaluation_environment_shows(minari_root):
+    source = make_pointmaze_dataset("umaze", "sparse", stitch=True, n_steps=700, n_reference_episodes=1)
+    pixel_id = pixel_dataset_id(source.spec.dataset_id, 36)
+    assert pixel_id == "sb3_iql/pointmaze/umaze-stitch-pixels36-v0"
+    dataset = ensure_dataset(pixel_id, n_steps=400)  # the source's first 300-step episode, then 100 steps of the next
+    assert dataset.total_steps == 400 and dataset.total_episodes == 2
+    first, second = list(dataset.iterate_episodes())
+    source_first, source_second = list(source.iterate_episodes())[:2]
+    assert np.array_equal(first.actions, source_first.actions) and np.array_equal(second.rewards, source_second.rewards[:100])
+    assert second.truncations[-1] and not second.terminations.any()
+    frames = first.observations
+    assert frames.dtype == np.uint8 and frames.shape == (301, 36, 36, 6)
+    # Channels 3-5 are the previous step's frame (the first step's own at the start).
+    assert np.array_equal(frames[1:, ..., 3:], frames[:-1, ..., :3]) and np.array_equal(frames[0, ..., 3:], frames[0, ..., :3])
+    assert not np.array_equal(frames[50, ..., :3], frames[50, ..., 3:])  # the ball moves
+    # The evaluation environment draws the same picture of a state as the stored data (frames stored losslessly),
+    # but for antialiasing at the ball's edge: MuJoCo renders a state reached by a step and the same state set
+    # directly a few levels apart on 2-4 pixels.
+    env = dataset.recover_environment(eval_env=True)
+    obs, _ = env.reset(seed=3)
+    obs, *_ = env.step(env.action_space.sample())
+    maze_env = env.unwrapped
+    state = np.concatenate([maze_env.point_env.data.qpos, maze_env.point_env.data.qvel])[None]
+    renderer = make_pixel_pointmaze_env("umaze", size=36)
+    renderer.reset(seed=0)
+    difference = np.abs(render_states(renderer, state, maze_env.goal[None])[0].astype(int) - obs[..., :3]).sum(-1)
+    assert (difference > 0).sum() <= 8 and difference.max() <= 40, ((difference > 0).sum(), difference.max())
+    model = IQL("CnnPolicy", offline_dataset=dataset, policy_kwargs=SMALL_CNN, batch_size=32, seed=0)
+    assert isinstance(model.replay_buffer, DeviceImageReplayBuffer) and model.observation_space.shape == (6, 36, 36)
+    model.learn_offline(2)
+    assert env.action_space.contains(model.predict(obs, deterministic=True)[0])

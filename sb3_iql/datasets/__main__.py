@@ -26,6 +26,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 
 from sb3_iql.datasets import medium_expert
 from sb3_iql.datasets.collect import DEFAULT_N_REFERENCE_EPISODES, RandomPolicy, as_env, collect
+from sb3_iql.datasets.pixels import DEFAULT_PIXEL_STEPS, make_pixel_pointmaze_dataset
 from sb3_iql.datasets.pointmaze import DEFAULT_N_STEPS, MAZES, RECIPES, REWARD_TYPES, make_pointmaze_dataset
 
 # Packages searched, in order, for the class named by --algo
@@ -77,6 +78,10 @@ def _pointmaze(args: argparse.Namespace) -> None:
             overwrite=args.overwrite,
         )
         _report(dataset, time.perf_counter() - start)
+        if args.pixels is not None:
+            start = time.perf_counter()
+            pixels = make_pixel_pointmaze_dataset(dataset, args.pixels, n_steps=args.pixel_steps, overwrite=args.overwrite)
+            _report(pixels, time.perf_counter() - start)
 
 
 def _collect(args: argparse.Namespace) -> None:
@@ -145,6 +150,10 @@ def make_parser() -> argparse.ArgumentParser:
     maze.add_argument("--recipe", choices=RECIPES, help="Minari's PointMaze (cut) or AntMaze-v1 recipe, or play data")
     maze.add_argument("--n-steps", type=int, default=DEFAULT_N_STEPS)
     maze.add_argument("--dataset-id", help="write to this id instead of the standard one")
+    maze.add_argument(
+        "--pixels", type=int, metavar="SIZE", help="also re-render the dataset as SIZE x SIZE frames (<id>-pixels<SIZE>-v0)"
+    )
+    maze.add_argument("--pixel-steps", type=int, default=DEFAULT_PIXEL_STEPS, help="transitions of the pixel dataset")
     maze.set_defaults(run=_pointmaze)
 
     rollout = subparsers.add_parser("collect", help="roll out a saved SB3 model (or random actions) in an environment")

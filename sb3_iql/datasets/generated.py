@@ -1,9 +1,10 @@
-"""Load a dataset by id, generating this package's own ids (PointMaze, medium-expert) on first use."""
+"""Load a dataset by id, generating this package's own ids (PointMaze, in pixels too, medium-expert) on first use."""
 
 import minari
 
 from sb3_iql.datasets.collect import DEFAULT_N_REFERENCE_EPISODES
 from sb3_iql.datasets.medium_expert import make_medium_expert_dataset, parse_medium_expert_dataset_id
+from sb3_iql.datasets.pixels import make_pixel_pointmaze_dataset, parse_pixel_dataset_id
 from sb3_iql.datasets.pointmaze import DEFAULT_N_STEPS, make_pointmaze_dataset, parse_pointmaze_dataset_id
 from sb3_iql.datasets.storage import dataset_exists
 
@@ -42,6 +43,14 @@ def ensure_dataset(
     else:
         steps = {} if n_steps is None else {"n_steps": n_steps}
         return make_medium_expert_dataset(env_id, seed=seed, n_reference_episodes=n_reference_episodes, **steps)
+    try:
+        source_id, size = parse_pixel_dataset_id(dataset_id)
+    except ValueError:
+        pass
+    else:
+        source = ensure_dataset(source_id, seed=seed, n_reference_episodes=n_reference_episodes)
+        steps = {} if n_steps is None else {"n_steps": n_steps}
+        return make_pixel_pointmaze_dataset(source, size, dataset_id=dataset_id, **steps)
     try:
         maze, reward, stitch, recipe = parse_pointmaze_dataset_id(dataset_id)
     except ValueError:

@@ -33,6 +33,7 @@ Recipes of other goal datasets (id suffix ``-<recipe>``; ``RECIPES``), as Minari
 import copy
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import gymnasium as gym
 import gymnasium_robotics
@@ -159,19 +160,20 @@ def parse_pointmaze_dataset_id(dataset_id: str) -> tuple[str, str, bool, str | N
     return match["maze"], "dense" if match["dense"] else "sparse", match["stitch"] is not None, match["recipe"]
 
 
-def make_pointmaze_env(maze: str = "umaze", reward: str = "sparse", evaluation: bool = False) -> gym.Env:
+def make_pointmaze_env(maze: str = "umaze", reward: str = "sparse", evaluation: bool = False, **render_kwargs: Any) -> gym.Env:
     """
     :param maze: ``"umaze"``, ``"medium"`` or ``"large"``.
     :param reward: ``"sparse"`` or ``"dense"``.
     :param evaluation: False: the data-collection environment (random goals, a new one each time a goal is
         reached). True: the evaluation environment (fixed goal cell, ``reset_target=False``).
+    :param render_kwargs: ``render_mode``, ``width``, ``height`` of the environment
     :return: The environment, with the D4RL episode length as time limit.
     """
     spec = _maze_spec(maze)
     _check_reward(reward)
     env_id = f"{spec.env_name}{'Dense' if reward == 'dense' else ''}-v3"
     maze_kwargs = {"maze_map": spec.eval_maze_map(), "reset_target": False} if evaluation else {"reset_target": True}
-    return gym.make(env_id, continuing_task=True, max_episode_steps=spec.episode_length, **maze_kwargs)
+    return gym.make(env_id, continuing_task=True, max_episode_steps=spec.episode_length, **maze_kwargs, **render_kwargs)
 
 
 def _simulate(

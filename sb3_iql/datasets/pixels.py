@@ -1,0 +1,180 @@
+"""
+PointMaze seen in pixels, for image-based offline RL: a local PointMaze dataset's states re-rendered by MuJoCo's
+offscreen renderer from the environment's own camera.
+
+Dataset ids: the state dataset's id with ``-pixels<size>`` before the version, e.g.
+``sb3_iql/pointmaze/umaze-stitch-pixels64-v0`` from ``sb3_iql/pointmaze/umaze-stitch-v0`` (made first if missing).
+Observations: ``(size, size, 6)`` uint8 images, the frame of the current step (channels 0-2) and of the step before
+(channels 3-5; at an episode's first step, the current one again), as SB3's frame stacking gives them: the position
+of the ball, its velocity (the difference between the two frames) and the goal (the red marker) are only in the
+pictures. ``"CnnPolicy"`` takes them (NatureCNN, channel-last frames transposed, ``DeviceImageReplayBuffer``).
+Actions, rewards, episodes, reference scores and the evaluation goal are the state dataset's; the evaluation
+environment renders the same frames (``PointMazePixels``), so ``dataset.recover_environment(eval_env=True)``
+evaluates a policy on pixels.
+
+Frames are stored losslessly (Minari's ``jpeg_encoding=False``: its default JPEG erases the 2-pixel goal marker and
+shifts every colour, so training frames would differ from the evaluation environment's). Rendering needs an
+offscreen OpenGL backend: ``MUJOCO_GL=egl`` (set here when unset) or ``osmesa``.
+"""
+
+import os
+import re
+from typing import Any
+
+import gymnasium as gym
+import minari
+import numpy as np
+from gymnasium import spaces
+from minari.data_collector import EpisodeBuffer
+
+from sb3_iql.datasets.pointmaze import POSITION_DIM, make_pointmaze_env, parse_pointmaze_dataset_id
+from sb3_iql.datasets.storage import check_writable, write_dataset
+
+#: Frame side of the default pixel datasets (NatureCNN needs at least 36).
+DEFAULT_SIZE = 48
+#: Transitions of a pixel dataset by default (the first episodes of its state dataset): 100k observations of
+#: 48x48x6 take 1.4 GB, stored losslessly.
+DEFAULT_PIXEL_STEPS = 100_000
+#: Frames per observation: the current one and the one before.
+N_FRAMES = 2
+_PIXEL_ID_RE = re.compile(r"^(?P<source>.+)-pixels(?P<size>\d+)(?P<version>-v\d+)$")
+
+
+class PointMazePixels(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """
+    PointMaze observed through its camera: ``(size, size, 6)`` uint8, the frame of this step and of the one before
+    (the current one again after a reset). The wrapped environment renders ``rgb_array`` frames of ``size x size``
+    (``make_pixel_pointmaze_env`` makes it so).
+
+    :param env: a PointMaze environment with ``render_mode="rgb_array"``, ``width=height=size``
+    :param size: frame height and width in pixels
+    """
+
+    def __init__(self, env: gym.Env, size: int = DEFAULT_SIZE):
+        gym.utils.RecordConstructorArgs.__init__(self, size=size)
+        gym.Wrapper.__init__(self, env)
+        if env.render_mode != "rgb_array":
+            raise ValueError(f"PointMazePixels needs render_mode='rgb_array', got {env.render_mode!r}")
+        self.observation_space = spaces.Box(0, 255, (size, size, 3 * N_FRAMES), np.uint8)
+        self._previous_frame: np.ndarray | None = None
+
+    def _observe(self, first: bool) -> np.ndarray:
+        frame = self.env.render()
+        previous = frame if first or self._previous_frame is None else self._previous_frame
+        self._previous_frame = frame
+        return np.concatenate([frame, previous], axis=-1)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        _, info = self.env.reset(seed=seed, options=options)
+        return self._observe(first=True), info
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        _, reward, terminated, truncated, info = self.env.step(action)
+        return self._observe(first=False), float(reward), terminated, truncated, info
+
+
+def make_pixel_pointmaze_env(maze: str, reward: str = "sparse", size: int = DEFAULT_SIZE, evaluation: bool = False) -> gym.Env:
+    """:return: ``make_pointmaze_env(maze, reward, evaluation)`` rendering ``size x size`` frames, in pixels"""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    env = make_pointmaze_env(maze, reward, evaluation, render_mode="rgb_array", width=size, height=size)
+    return PointMazePixels(env, size)
+
+
+def pixel_dataset_id(source_id: str, size: int = DEFAULT_SIZE) -> str:
+    """:return: the id of ``source_id`` re-rendered at ``size`` (``...-v0`` -> ``...-pixels<size>-v0``)"""
+    parse_pointmaze_dataset_id(source_id)
+    head, version = source_id.rsplit("-v", 1)
+    return f"{head}-pixels{size}-v{version}"
+
+
+def parse_pixel_dataset_id(dataset_id: str) -> tuple[str, int]:
+    """
+    :return: ``(state dataset id, frame size)``
+    :raises ValueError: not a pixel PointMaze id of this package
+    """
+    match = _PIXEL_ID_RE.match(dataset_id)
+    if match is None:
+        raise ValueError(f"{dataset_id!r} is not a pixel PointMaze id (<PointMaze id without version>-pixels<size>-v0)")
+    source_id = match["source"] + match["version"]
+    parse_pointmaze_dataset_id(source_id)
+    return source_id, int(match["size"])
+
+
+def render_states(env: PointMazePixels, observations: np.ndarray, goals: np.ndarray) -> np.ndarray:
+    """
+    :param env: a reset ``PointMazePixels`` environment (its simulator state is overwritten)
+    :param observations: PointMaze states ``(n, 4)``: x, y, x velocity, y velocity
+    :param goals: goal positions ``(n, 2)`` (the red marker)
+    :return: the frames ``(n, size, size, 3)`` of those states
+    """
+    maze_env: Any = env.unwrapped
+    size = env.observation_space.shape[0]
+    frames = np.empty((len(observations), size, size, 3), np.uint8)
+    for index, (state, goal) in enumerate(zip(observations, goals)):
+        maze_env.goal = goal
+        maze_env.update_target_site_pos()
+        maze_env.point_env.set_state(state[:POSITION_DIM], state[POSITION_DIM:])  # forward kinematics: marker too
+        frames[index] = env.render()
+    return frames
+
+
+def make_pixel_pointmaze_dataset(
+    source: minari.MinariDataset,
+    size: int = DEFAULT_SIZE,
+    n_steps: int = DEFAULT_PIXEL_STEPS,
+    dataset_id: str | None = None,
+    overwrite: bool = False,
+) -> minari.MinariDataset:
+    """
+    Re-render a local PointMaze dataset of this package in pixels (module docstring).
+
+    :param source: the state dataset (``sb3_iql.datasets.ensure_dataset(id)``)
+    :param size: frame height and width in pixels (at least 36 for NatureCNN)
+    :param n_steps: transitions: the source's first episodes, the last one cut (truncated) where they reach it
+    :param dataset_id: id to write (default: ``pixel_dataset_id(source id, size)``)
+    :param overwrite: replace an existing dataset with that id
+    :return: the pixel dataset
+    """
+    source_id = source.spec.dataset_id
+    maze, reward, _, _ = parse_pointmaze_dataset_id(source_id)
+    dataset_id = dataset_id or pixel_dataset_id(source_id, size)
+    check_writable(dataset_id, overwrite)
+    env = make_pixel_pointmaze_env(maze, reward, size)
+    env.reset(seed=0)
+    episodes: list[EpisodeBuffer] = []
+    total = 0
+    for episode in source.iterate_episodes():
+        length = min(len(episode.actions), n_steps - total)  # the last episode is cut (truncated) to fit
+        if length <= 0:
+            break
+        total += length
+        frames = render_states(env, episode.observations["observation"][: length + 1], episode.observations["desired_goal"])
+        truncations = episode.truncations[:length].copy()
+        truncations[-1] |= not episode.terminations[length - 1]
+        episodes.append(
+            EpisodeBuffer(
+                id=episode.id,
+                observations=np.concatenate([frames, np.concatenate([frames[:1], frames[:-1]])], axis=-1),
+                actions=episode.actions[:length],
+                rewards=episode.rewards[:length],
+                terminations=episode.terminations[:length],
+                truncations=truncations,
+                infos={},
+            )
+        )
+    metadata = source.storage.metadata
+    return write_dataset(
+        dataset_id,
+        episodes,
+        env=env,
+        eval_env=make_pixel_pointmaze_env(maze, reward, size, evaluation=True),
+        overwrite=overwrite,
+        algorithm_name=metadata.get("algorithm_name"),
+        description=f"{source_id} re-rendered as {size}x{size} RGB frames from the environment's camera, two per "
+        "observation (this step's and the one before); position, velocity and goal are only in the pictures. "
+        "Generated by sb3_iql.datasets.",
+        ref_min_score=metadata.get("ref_min_score"),
+        ref_max_score=metadata.get("ref_max_score"),
+        num_episodes_average_score=metadata.get("num_episodes_average_score"),
+        jpeg_encoding=False,  # Minari's default JPEG erases the small goal marker and shifts every colour
+    )
