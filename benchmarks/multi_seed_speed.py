@@ -14,7 +14,6 @@ Usage::
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import time
@@ -153,9 +152,7 @@ def main() -> None:
     if args.output_dir is not None:
         import speed  # benchmarks/speed.py
 
-        with open(os.path.join(args.output_dir, f"multi_seed_{args.device}.json"), "w") as file:
-            json.dump(result, file, indent=1)
-        speed.write_markdown(args.output_dir)
+        speed.save_section(args.output_dir, "multi_seed", args.device, result)
 
 
 if __name__ == "__main__":

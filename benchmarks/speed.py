@@ -440,23 +440,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.render:
         write_markdown(args.output_dir)
         return
-    if args.spaces:
-        result = spaces_speed.measure(args.updates, device)
+    if args.spaces or args.minari_load:
+        if args.spaces:
+            prefix, result = "spaces", spaces_speed.measure(args.updates, device)
+        else:
+            prefix, result = "load", load_speed.measure(load_speed.DEFAULT_DATASET, device.type, repeats=3)
         result["device_name"] = device_name(device)
-        os.makedirs(args.output_dir, exist_ok=True)
-        with open(os.path.join(args.output_dir, f"spaces_{device.type}.json"), "w") as file:
-            json.dump(result, file, indent=1)
-        write_markdown(args.output_dir)
-        print(spaces_speed.render(result, result["device_name"]), flush=True)
-        return
-    if args.minari_load:
-        result = load_speed.measure(load_speed.DEFAULT_DATASET, device.type, repeats=3)
-        result["device_name"] = device_name(device)
-        os.makedirs(args.output_dir, exist_ok=True)
-        with open(os.path.join(args.output_dir, f"load_{device.type}.json"), "w") as file:
-            json.dump(result, file, indent=1)
-        write_markdown(args.output_dir)
-        print(load_speed.render(result, result["device_name"]), flush=True)
+        save_section(args.output_dir, prefix, device.type, result)
+        print(SECTION_RENDERERS[prefix](result, result["device_name"]), flush=True)
         return
     if args.probe:
         kind, name, shape = args.probe
@@ -525,28 +516,37 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {json_path} and speed.md", flush=True)
 
 
+#: Sections of ``speed.md`` beyond the paths' tables: ``<prefix>_<device>.json`` rendered by its module.
+SECTION_RENDERERS: dict[str, Callable[[dict[str, Any], str], str]] = {
+    "spaces": spaces_speed.render,
+    "multi_seed": multi_seed_speed.render,
+    "load": load_speed.render,
+}
+
+
+def save_section(output_dir: str, prefix: str, device_type: str, result: dict[str, Any]) -> None:
+    """Write ``result`` (with its ``device_name``) as ``<prefix>_<device_type>.json`` and re-render ``speed.md``."""
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, f"{prefix}_{device_type}.json"), "w") as file:
+        json.dump(result, file, indent=1)
+    write_markdown(output_dir)
+
+
 def write_markdown(output_dir: str) -> None:
-    """(Re)write ``speed.md`` from every ``speed_*.json`` of ``output_dir``."""
-    results = []
+    """(Re)write ``speed.md`` from every ``speed_*.json`` of ``output_dir``, then the ``SECTION_RENDERERS``' files."""
+    results, sections = [], []
     for name in sorted(os.listdir(output_dir)):
-        if name.startswith("speed_") and name.endswith(".json"):
+        if not name.endswith(".json"):
+            continue
+        prefix = name.rsplit("_", 1)[0]
+        if name.startswith("speed_") or prefix in SECTION_RENDERERS:
             with open(os.path.join(output_dir, name)) as file:
-                results.append(json.load(file))
+                result = json.load(file)
+            if name.startswith("speed_"):
+                results.append(result)
+            else:
+                sections.append(SECTION_RENDERERS[prefix](result, result["device_name"]))
     results.sort(key=lambda item: item["date"], reverse=True)
-    sections = []
-    for name in sorted(os.listdir(output_dir)):
-        if name.startswith("spaces_") and name.endswith(".json"):
-            with open(os.path.join(output_dir, name)) as file:
-                spaces_result = json.load(file)
-            sections.append(spaces_speed.render(spaces_result, spaces_result["device_name"]))
-        if name.startswith("multi_seed_") and name.endswith(".json"):
-            with open(os.path.join(output_dir, name)) as file:
-                multi_seed_result = json.load(file)
-            sections.append(multi_seed_speed.render(multi_seed_result, multi_seed_result["device_name"]))
-        if name.startswith("load_") and name.endswith(".json"):
-            with open(os.path.join(output_dir, name)) as file:
-                load_result = json.load(file)
-            sections.append(load_speed.render(load_result, load_result["device_name"]))
     with open(os.path.join(output_dir, "speed.md"), "w") as file:
         file.write(render_markdown(results) + "".join(f"\n{section}" for section in sections))
 
