@@ -392,17 +392,24 @@ def evaluate_and_checkpoint(
     write_json(checkpoint.with_suffix(".json"), progress)
 
 
+def train_alone(
+    model: IQL, config: RunConfig, dataset: minari.MinariDataset, progress: dict, checkpoint_dir: Path, until: int
+) -> None:
+    """Train ``model`` up to ``until`` updates, evaluating and checkpointing at every multiple of ``eval_every``."""
+    while model.num_timesteps < until:  # offline, num_timesteps counts updates
+        n_updates = min(config.eval_every - model.num_timesteps % config.eval_every, until - model.num_timesteps)
+        start = time.perf_counter()
+        model.learn_offline(n_updates, log_interval=0, reset_num_timesteps=False)
+        progress["train_s"] += time.perf_counter() - start
+        evaluate_and_checkpoint(model, config, dataset, progress, checkpoint_dir)
+
+
 def train_iql(
     config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: Path, save_dir: Path | None, device: str = "cpu"
 ) -> dict:
     """:return: the progress dict of an ``sb3_iql`` run (``iql_model``), trained to ``config.updates``"""
     model, progress = iql_model(config, dataset, checkpoint_dir, device)
-    while model.num_timesteps < config.updates:  # offline, num_timesteps counts updates
-        n_updates = min(config.eval_every, config.updates - model.num_timesteps)
-        start = time.perf_counter()
-        model.learn_offline(n_updates, log_interval=0, reset_num_timesteps=False)
-        progress["train_s"] += time.perf_counter() - start
-        evaluate_and_checkpoint(model, config, dataset, progress, checkpoint_dir)
+    train_alone(model, config, dataset, progress, checkpoint_dir, config.updates)
     if save_dir is not None:
         model.save(save_dir / _checkpoint_path(checkpoint_dir, config).name)
     return progress
@@ -421,12 +428,7 @@ def train_iql_together(
     models, progresses = zip(*(iql_model(config, dataset, checkpoint_dir, device) for config in configs))
     furthest = max(model.num_timesteps for model in models)
     for model, config, progress in zip(models, configs, progresses):
-        while model.num_timesteps < furthest:
-            n_updates = min(config.eval_every - model.num_timesteps % config.eval_every, furthest - model.num_timesteps)
-            start = time.perf_counter()
-            model.learn_offline(n_updates, log_interval=0, reset_num_timesteps=False)
-            progress["train_s"] += time.perf_counter() - start
-            evaluate_and_checkpoint(model, config, dataset, progress, checkpoint_dir)
+        train_alone(model, config, dataset, progress, checkpoint_dir, furthest)
     first = configs[0]
     while models[0].num_timesteps < first.updates:
         n_updates = min(first.eval_every, first.updates - models[0].num_timesteps)
