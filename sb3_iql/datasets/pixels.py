@@ -3,7 +3,7 @@ PointMaze seen in pixels, for image-based offline RL: a local PointMaze dataset'
 offscreen renderer from the environment's own camera.
 
 Dataset ids: the state dataset's id with ``-pixels<size>`` before the version, e.g.
-``sb3_iql/pointmaze/umaze-stitch-pixels64-v0`` from ``sb3_iql/pointmaze/umaze-stitch-v0`` (made first if missing).
+``sb3_iql/pointmaze/umaze-stitch-pixels48-v0`` from ``sb3_iql/pointmaze/umaze-stitch-v0`` (made first if missing).
 Observations: ``(size, size, 6)`` uint8 images, the frame of the current step (channels 0-2) and of the step before
 (channels 3-5; at an episode's first step, the current one again), as SB3's frame stacking gives them: the position
 of the ball, its velocity (the difference between the two frames) and the goal (the red marker) are only in the
