@@ -273,16 +273,21 @@ def test_pixel_pointmaze_data_is_what_its_evaluation_environment_shows(minari_ro
     assert not np.array_equal(frames[50, ..., :3], frames[50, ..., 3:])  # the ball moves
     # The evaluation environment draws the same picture of a state as the stored data (frames stored losslessly),
     # but for antialiasing at the ball's edge: MuJoCo renders a state reached by a step and the same state set
-    # directly a few levels apart on 2-4 pixels.
+    # directly apart on 1-4 pixels, by up to 150 levels on some machines. The picture must stay twice closer to its
+    # state than to the ball drawn 3 pixels (0.4 units of the 5-unit-wide maze) to the side.
     env = dataset.recover_environment(eval_env=True)
     obs, _ = env.reset(seed=3)
-    obs, *_ = env.step(env.action_space.sample())
+    obs, *_ = env.step(np.array([0.5, -0.3], np.float32))
     maze_env = env.unwrapped
     state = np.concatenate([maze_env.point_env.data.qpos, maze_env.point_env.data.qvel])[None]
     renderer = make_pixel_pointmaze_env("umaze", size=36)
     renderer.reset(seed=0)
-    difference = np.abs(render_states(renderer, state, maze_env.goal[None])[0].astype(int) - obs[..., :3]).sum(-1)
-    assert (difference > 0).sum() <= 8 and difference.max() <= 40, ((difference > 0).sum(), difference.max())
+
+    def distance(states: np.ndarray) -> np.ndarray:
+        return np.abs(render_states(renderer, states, maze_env.goal[None])[0].astype(int) - obs[..., :3]).sum(-1)
+
+    difference, moved = distance(state), distance(state + np.array([0.4, 0.0, 0.0, 0.0]))
+    assert (difference > 0).sum() <= 8 and 2 * difference.sum() < moved.sum(), (difference.sum(), moved.sum())
     model = IQL("CnnPolicy", offline_dataset=dataset, policy_kwargs=SMALL_CNN, batch_size=32, seed=0)
     assert isinstance(model.replay_buffer, DeviceImageReplayBuffer) and model.observation_space.shape == (6, 36, 36)
     model.learn_offline(2)
