@@ -115,6 +115,11 @@ def test_unsupported_action_spaces_get_a_clear_error(action_space, message):
         IQL("MlpPolicy", SpacesEnv(spaces.Box(-1, 1, (2,), np.float32), action_space))
 
 
+def test_ddpg_bc_needs_continuous_actions():
+    with pytest.raises(ValueError, match=r"ddpg_bc.*Box"):
+        IQL("MlpPolicy", SpacesEnv(spaces.Box(-1, 1, (2,), np.float32), spaces.Discrete(3)), policy_extraction="ddpg_bc")
+
+
 def test_save_load_gives_identical_predictions_and_online_steps_store_indices(discrete_dataset, tmp_path):
     model = discrete_model(discrete_dataset)
     model.learn_offline(100)

@@ -37,10 +37,11 @@ def line_model(dataset, **kwargs) -> IQL:
     return IQL("MlpPolicy", LineEnv(), offline_dataset=dataset, **defaults)
 
 
-def reference_update(model: IQL, batch, actor_lr: float, joint: bool = False) -> None:
+def reference_update(model: IQL, batch, actor_lr: float, joint: bool = False, bc_weight: float | None = None) -> None:
     """The paper's update written out step by step, on deep copies, to check the algorithm's own.
 
     :param joint: d3rlpy's order instead: the Q target takes V(s') from before V's step
+    :param bc_weight: DDPG+BC policy extraction with this weight instead of AWR
     """
     obs, actions, next_obs = batch.observations, batch.actions, batch.next_observations
     rewards, dones = batch.rewards.flatten(), batch.dones.flatten()
@@ -58,6 +59,11 @@ def reference_update(model: IQL, batch, actor_lr: float, joint: bool = False) ->
     for group in actor.optimizer.param_groups:
         group["lr"] = actor_lr
     actor_loss = -(weights * actor.distribution(obs).log_prob(actions).sum(-1)).mean()
+    if bc_weight is not None:  # DDPG+BC: the smaller critic at the mean action, over its mean magnitude
+        mean_action = th.tanh(actor.mu(actor.latent(obs)))
+        policy_q = th.minimum(*critic(obs, mean_action))
+        log_prob = actor.distribution(obs).log_prob(actions).sum(-1)
+        actor_loss = -policy_q.mean() / policy_q.abs().mean().detach() - bc_weight * log_prob.mean()
     actor.optimizer.zero_grad()
     actor_loss.backward()
     actor.optimizer.step()
@@ -93,6 +99,34 @@ def test_update_matches_the_step_by_step_reference(line_dataset, update_order):
     assert not th.allclose(model.critic.q_networks[0].weight, other_order.critic.q_networks[0].weight, rtol=0, atol=1e-6)
     th.testing.assert_close(model.value_net.v_network[0][0].weight, other_order.value_net.v_network[0][0].weight)
     assert metrics.shape == (len(METRIC_NAMES),)
+
+
+def test_ddpg_bc_update_matches_the_step_by_step_reference(line_dataset):
+    model = line_model(line_dataset, offline_steps=10, expectile=0.8, policy_extraction="ddpg_bc", bc_weight=0.3)
+    reference, awr = copy.deepcopy(model), copy.deepcopy(model)
+    for step in range(5):
+        batch = model.replay_buffer.sample(64)
+        model._set_learning_rates(offline=True)
+        model._update(batch)
+        actor_lr = 3e-4 * 0.5 * (1 + math.cos(math.pi * step / 10))
+        reference_update(reference, batch, actor_lr, bc_weight=0.3)
+        reference_update(awr, batch, actor_lr)
+        model._n_offline_updates += 1
+    for (name, ours), theirs in zip(model.policy.state_dict().items(), reference.policy.state_dict().values()):
+        th.testing.assert_close(ours, theirs, msg=name)
+    assert not th.allclose(model.actor.mu.weight, awr.actor.mu.weight, rtol=0, atol=1e-6)  # the test can tell AWR apart
+    th.testing.assert_close(model.critic.q_networks[0].weight, awr.critic.q_networks[0].weight)  # critics untouched
+
+
+def test_ddpg_bc_runs_only_where_it_is_defined(line_dataset, tmp_path):
+    with pytest.raises(ValueError, match="policy_extraction"):
+        line_model(line_dataset, policy_extraction="ddpg")
+    with pytest.raises(ValueError, match="eager update only"):
+        line_model(line_dataset, policy_extraction="ddpg_bc", compile_update=True)
+    model = line_model(line_dataset, policy_extraction="ddpg_bc", bc_weight=0.3)
+    model.save(tmp_path / "ddpg_bc")
+    loaded = IQL.load(tmp_path / "ddpg_bc")
+    assert (loaded.policy_extraction, loaded.bc_weight) == ("ddpg_bc", 0.3)
 
 
 def test_update_order_is_checked(line_dataset):

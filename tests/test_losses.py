@@ -8,7 +8,7 @@ import torch as th
 from gymnasium import spaces
 from torch import nn
 
-from sb3_iql.iql.losses import awr_actor_loss, awr_weights, expectile_loss, twin_critic_loss
+from sb3_iql.iql.losses import awr_actor_loss, awr_weights, ddpg_bc_actor_loss, expectile_loss, twin_critic_loss
 from sb3_iql.iql.policies import EnsembleLayerNorm, EnsembleLinear, IQLPolicy, orthogonal_init_
 
 
@@ -41,6 +41,18 @@ def test_awr_actor_loss_by_hand():
     log_prob = th.tensor([-1.0, -2.0])
     weights = th.tensor([3.0, 0.5])
     assert awr_actor_loss(log_prob, weights).item() == pytest.approx((3.0 * 1.0 + 0.5 * 2.0) / 2)
+
+
+def test_ddpg_bc_actor_loss_by_hand_and_its_q_term_is_scale_free():
+    policy_q = th.tensor([-2.0, -6.0], requires_grad=True)
+    log_prob = th.tensor([-1.0, -3.0])
+    # -mean(Q) / mean(|Q|) - alpha * mean(log_prob) = 4 / 4 + 0.5 * 2
+    assert ddpg_bc_actor_loss(policy_q, log_prob, bc_weight=0.5).item() == pytest.approx(2.0)
+    ddpg_bc_actor_loss(policy_q, log_prob, bc_weight=0.5).backward()
+    # the normaliser carries no gradient: d/dQ_i = -1 / (batch * mean|Q|) = -1 / 8
+    np.testing.assert_allclose(policy_q.grad.numpy(), [-0.125, -0.125])
+    scaled = ddpg_bc_actor_loss(10 * policy_q.detach(), log_prob, bc_weight=0.5)
+    assert scaled.item() == pytest.approx(2.0)  # rewards ten times larger give the same loss
 
 
 @pytest.fixture

@@ -132,6 +132,9 @@ def test_incompatible_models_are_refused(data):
     with pytest.raises(ValueError, match="_n_offline_updates differs"):
         learn_offline_together(models, 1)
     assert counters(models[0]) == (0, 0, 0)
+    with pytest.raises(ValueError, match="AWR policy extraction only"):
+        ddpg_bc = [make_model(data, seed, dtype=th.float32, policy_extraction="ddpg_bc") for seed in SEEDS[:2]]
+        learn_offline_together(ddpg_bc, 1)
 
 
 def test_make_seeds_models_save_load_and_continue_like_single_runs(line_dataset, tmp_path):

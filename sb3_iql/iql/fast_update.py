@@ -98,6 +98,8 @@ class FunctionalUpdate:
         compile_mode: str | None = "default",
         tensor_lr: bool = False,
     ):
+        if settings.policy_extraction != "awr":
+            raise ValueError(f"FunctionalUpdate runs AWR policy extraction only, got {settings.policy_extraction!r}")
         self.settings = settings
         self.tau = tau
         self.critic_target = critic_target

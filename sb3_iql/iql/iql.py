@@ -19,12 +19,13 @@ from sb3_iql.data.rewards import RewardTransformLike
 from sb3_iql.iql import update
 from sb3_iql.iql.fast_update import CudaGraphUpdate, FunctionalUpdate
 from sb3_iql.iql.policies import CnnPolicy, EnsembleCritic, IQLPolicy, MlpActor, MlpPolicy, MultiInputPolicy, ValueNetwork
-from sb3_iql.iql.update import METRIC_NAMES, Batch, UpdateSettings
+from sb3_iql.iql.update import METRIC_NAMES, POLICY_EXTRACTIONS, Batch, UpdateSettings
 from sb3_iql.presets import preset_arguments
 
 SelfIQL = TypeVar("SelfIQL", bound="IQL")
 UpdateOrder = Literal["sequential", "joint"]
 UPDATE_ORDERS: tuple[UpdateOrder, ...] = ("sequential", "joint")
+PolicyExtraction = Literal["awr", "ddpg_bc"]
 
 #: Dataset actions are clipped to +-(1 - ACTION_CLIP_EPS) so their log-likelihood stays finite at the bounds.
 ACTION_CLIP_EPS = 1e-5
@@ -61,6 +62,10 @@ class IQL(OfflineAlgorithm):
     :param expectile: tau of the expectile value loss, in (0, 1); 0.7 locomotion, 0.9 AntMaze
     :param beta: inverse temperature of the advantage weights; 0 is behaviour cloning; 3.0 locomotion, 10 AntMaze
     :param max_weight: clip of the advantage weights exp(beta * A)
+    :param policy_extraction: ``"awr"`` (IQL's advantage-weighted regression) or ``"ddpg_bc"``: the actor follows
+        the critic's action gradient at its mean action, plus ``bc_weight`` times the log-likelihood of the dataset
+        actions (Park et al., 2024; ``sb3_iql/iql/losses.py``); continuous actions, eager update only
+    :param bc_weight: weight of the behaviour cloning term of ``"ddpg_bc"`` (unused by ``"awr"``)
     :param dropout: dropout probability in the actor's hidden layers (None: none; 0.1 for Kitchen and Adroit)
     :param reward_transform: None, ``"antmaze"`` (r - 1), ``"locomotion"`` (r / return range * 1000) or a
         callable on an array of rewards; applied to offline and online rewards
@@ -121,6 +126,8 @@ class IQL(OfflineAlgorithm):
         expectile: float = 0.7,
         beta: float = 3.0,
         max_weight: float = 100.0,
+        policy_extraction: PolicyExtraction = "awr",
+        bc_weight: float = 0.1,
         dropout: float | None = None,
         reward_transform: RewardTransformLike = None,
         offline_steps: int | None = None,
@@ -141,6 +148,12 @@ class IQL(OfflineAlgorithm):
         _init_setup_model: bool = True,
     ):
         self._check_options(expectile, actor_lr_schedule, update_order, compile_update)
+        if policy_extraction not in POLICY_EXTRACTIONS:
+            raise ValueError(f"policy_extraction must be one of {POLICY_EXTRACTIONS}, got {policy_extraction!r}")
+        if policy_extraction == "ddpg_bc" and compile_update in (True, "cudagraph"):
+            raise ValueError("policy_extraction='ddpg_bc' runs the eager update only: use compile_update='auto' or False")
+        self.policy_extraction = policy_extraction
+        self.bc_weight = bc_weight
         self.update_order = update_order
         self.expectile = expectile
         self.beta = beta
@@ -227,6 +240,8 @@ class IQL(OfflineAlgorithm):
     def _setup_model(self) -> None:
         if self.compile_update == "cudagraph" and self.device.type != "cuda":
             raise ValueError(f"compile_update='cudagraph' needs a CUDA device, the model is on {self.device}")
+        if self.policy_extraction == "ddpg_bc" and not isinstance(self.action_space, spaces.Box):
+            raise ValueError(f"policy_extraction='ddpg_bc' needs continuous (Box) actions, got {self.action_space}")
         super()._setup_model()
         self._create_aliases()
 
@@ -240,7 +255,15 @@ class IQL(OfflineAlgorithm):
 
     def _update_settings(self) -> UpdateSettings:
         """The hyperparameters of the update, read from the model at every call (they may be changed)."""
-        return UpdateSettings(self.gamma, self.expectile, self.beta, self.max_weight, self.update_order == "joint")
+        return UpdateSettings(
+            self.gamma,
+            self.expectile,
+            self.beta,
+            self.max_weight,
+            self.update_order == "joint",
+            getattr(self, "policy_extraction", "awr"),  # models saved before the option load with AWR
+            getattr(self, "bc_weight", 0.0),
+        )
 
     def _update(self, replay_data: Any) -> th.Tensor:
         """
@@ -256,9 +279,12 @@ class IQL(OfflineAlgorithm):
         value_targets = update.value_targets(self.critic_target, self.value_net, batch, settings)
         value_loss, values = update.value_objective(self.value_net, batch, value_targets, settings)
         self._gradient_step(self.value_net.optimizer, value_loss)
-        # 2. Actor: advantage-weighted regression with the new V.
+        # 2. Actor: advantage-weighted regression with the new V (or DDPG+BC on the critics).
         policy_targets = update.policy_targets(self.value_net, batch, value_targets, settings)
-        actor_loss = update.actor_objective(self.actor.log_prob, batch, policy_targets)
+        if settings.policy_extraction == "ddpg_bc":
+            actor_loss = update.ddpg_bc_actor_objective(self.actor.distribution, self.critic, batch, settings)
+        else:
+            actor_loss = update.actor_objective(self.actor.log_prob, batch, policy_targets)
         self._gradient_step(self.actor.optimizer, actor_loss)
         # 3. Critics: regression towards r + gamma * (1 - terminal) * V(s').
         critic_loss, current_q = update.critic_objective(self.critic, batch, policy_targets)

@@ -1,4 +1,4 @@
-"""The three IQL losses as pure functions (Kostrikov et al., 2022, eq. 5, 6 and 7).
+"""The three IQL losses as pure functions (Kostrikov et al., 2022, eq. 5, 6 and 7), and the DDPG+BC actor loss.
 
 Each function takes tensors that are already computed by the networks, so each formula can be checked
 against hand-computed values. All returned losses are scalars (mean over the batch).
@@ -51,3 +51,19 @@ def awr_actor_loss(log_prob: th.Tensor, weights: th.Tensor) -> th.Tensor:
     :return: scalar loss ``-mean(weights * log_prob)``
     """
     return -(weights * log_prob).mean()
+
+
+def ddpg_bc_actor_loss(policy_q: th.Tensor, log_prob: th.Tensor, bc_weight: float) -> th.Tensor:
+    """
+    DDPG+BC policy extraction (Park et al., 2024, "Is Value Learning Really the Main Bottleneck in Offline RL?";
+    OGBench's GCIQL): follow the critic's action gradient at the policy's action, kept near the data by a
+    log-likelihood term. Q is divided by its batch mean magnitude (without gradient) so that ``bc_weight`` does not
+    depend on the reward scale.
+
+    :param policy_q: ``min_i Q_i(s, mu(s))`` at the policy's mean action, with gradient to the actor, ``(batch,)``
+    :param log_prob: ``log pi(a | s)`` of the dataset actions, summed over action dimensions, shape ``(batch,)``
+    :param bc_weight: weight of the behaviour cloning term (alpha)
+    :return: scalar loss ``-mean(Q) / mean(|Q|) - bc_weight * mean(log_prob)``
+    """
+    scale = policy_q.abs().mean().detach().clamp(min=1e-6)
+    return -policy_q.mean() / scale - bc_weight * log_prob.mean()

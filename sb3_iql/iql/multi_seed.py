@@ -351,6 +351,8 @@ def _check_alone(model: IQL, index: int) -> None:
     """What one model must satisfy on its own: data to train on, a supported space, plain Adam."""
     if model.replay_buffer is None or model.replay_buffer.size() == 0:
         raise ValueError(f"models[{index}] has an empty replay buffer: create it with offline_dataset=...")
+    if model.policy_extraction != "awr":
+        raise ValueError(f"learn_offline_together runs AWR policy extraction only, got {model.policy_extraction!r}")
     if model.policy.share_features_extractor:
         raise ValueError("learn_offline_together does not support share_features_extractor=True")
     if not isinstance(model.observation_space, (spaces.Box, spaces.Dict)):

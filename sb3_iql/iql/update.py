@@ -7,7 +7,9 @@ One gradient step, in the reference order:
    ``"joint"`` order, V(s') before V's step);
 2. ``value_objective``: expectile regression of V(s) towards it;
 3. ``policy_targets``: with the NEW V, the advantage, the AWR weights and the TD target ``r + gamma (1 - d) V(s')``;
-4. ``actor_objective``: advantage-weighted log-likelihood of the dataset actions;
+4. ``actor_objective``: advantage-weighted log-likelihood of the dataset actions (or, with
+   ``policy_extraction="ddpg_bc"``, ``ddpg_bc_actor_objective``: the critic's value at the policy's action, kept near
+   the data by a log-likelihood term);
 5. ``critic_objective``: regression of every Q critic towards the TD target;
 6. Polyak averaging of the target critics (done by the caller).
 
@@ -24,7 +26,7 @@ from typing import Any, NamedTuple
 
 import torch as th
 
-from sb3_iql.iql.losses import awr_actor_loss, awr_weights, expectile_loss, twin_critic_loss
+from sb3_iql.iql.losses import awr_actor_loss, awr_weights, ddpg_bc_actor_loss, expectile_loss, twin_critic_loss
 
 #: Names of the training metrics returned by one update, in order.
 METRIC_NAMES = ("value_loss", "actor_loss", "critic_loss", "v_mean", "q_mean", "advantage_mean", "awr_weight_mean")
@@ -33,6 +35,9 @@ Observations = Any  # a tensor (batch, *obs_shape) or a dict of them
 ValueFn = Callable[[Observations], th.Tensor]  # V(s): (batch,)
 QFn = Callable[[Observations, th.Tensor], th.Tensor]  # Q_i(s, a) of every critic: (n_critics, batch)
 LogProbFn = Callable[[Observations, th.Tensor], th.Tensor]  # log pi(a | s): (batch,)
+PolicyFn = Callable[[Observations], th.distributions.Normal]  # pi(. | s), batch shape (batch, action_dim)
+#: How the actor is extracted from the critics: IQL's advantage-weighted regression, or DDPG+BC.
+POLICY_EXTRACTIONS = ("awr", "ddpg_bc")
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,8 @@ class UpdateSettings:
     :param beta: inverse temperature of the advantage weights (0: behaviour cloning)
     :param max_weight: clip of the advantage weights
     :param joint_order: the TD target takes V(s') from before V's step (d3rlpy's order) instead of after it
+    :param policy_extraction: ``"awr"`` (IQL) or ``"ddpg_bc"`` (``ddpg_bc_actor_objective``)
+    :param bc_weight: weight of the log-likelihood term of ``"ddpg_bc"``
     """
 
     gamma: float
@@ -52,6 +59,8 @@ class UpdateSettings:
     beta: float
     max_weight: float
     joint_order: bool = False
+    policy_extraction: str = "awr"
+    bc_weight: float = 0.0
 
 
 class Batch(NamedTuple):
@@ -141,6 +150,20 @@ def policy_targets(
 def actor_objective(log_prob: LogProbFn, batch: Batch, targets: PolicyTargets) -> th.Tensor:
     """Step 4. :return: the AWR actor loss (scalar)"""
     return awr_actor_loss(log_prob(batch.observations, batch.actions), targets.weights)
+
+
+def ddpg_bc_actor_objective(policy: PolicyFn, critic: QFn, batch: Batch, settings: UpdateSettings) -> th.Tensor:
+    """
+    Step 4 with ``policy_extraction="ddpg_bc"``: the smaller critic at the policy's mean action (the action it
+    takes when deterministic), normalised, plus ``bc_weight`` times the log-likelihood of the dataset actions.
+    The critic receives gradients too; its own step (5) starts from zeroed gradients.
+
+    :return: the DDPG+BC actor loss (scalar)
+    """
+    distribution = policy(batch.observations)
+    policy_q = critic(batch.observations, distribution.mean).min(dim=0).values
+    log_prob = distribution.log_prob(batch.actions).sum(dim=-1)
+    return ddpg_bc_actor_loss(policy_q, log_prob, settings.bc_weight)
 
 
 def critic_objective(critic: QFn, batch: Batch, targets: PolicyTargets) -> tuple[th.Tensor, th.Tensor]:
