@@ -67,10 +67,12 @@ import torch as th
 from score_report import REPORT_STEM, RUNS_FILE, load_runs, write_json, write_report  # benchmarks/score_report.py
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.preprocessing import is_image_space
 
 from sb3_iql.data.her import HerReplayBuffer
 from sb3_iql.data.minari_loader import DatasetNotFoundError, load_dataset, load_transitions
 from sb3_iql.datasets import ensure_dataset, parse_pointmaze_dataset_id
+from sb3_iql.datasets.pixels import parse_pixel_dataset_id
 from sb3_iql.evaluation import SUCCESS_KEYS, evaluate, normalized_score
 from sb3_iql.iql import IQL
 from sb3_iql.iql.multi_seed import learn_offline_together
@@ -95,7 +97,7 @@ FACTORS: dict[str, dict[str, Any]] = {
     "dropout": {"dropout": 0.1},
     "constlr": {"actor_lr_schedule": "constant"},  # d3rlpy's constant actor lr instead of the cosine decay to 0
     # DDPG+BC policy extraction instead of AWR, with the behaviour cloning weight alpha in the name
-    **{f"ddpgbc{alpha}": {"policy_extraction": "ddpg_bc", "bc_weight": float(alpha)} for alpha in ("0.01", "0.1", "1")},
+    **{f"ddpgbc{alpha}": {"policy_extraction": "ddpg_bc", "bc_weight": float(alpha)} for alpha in ("0.001", "0.01", "0.1", "1")},
     "evalgoal": {"relabel_eval_goal": True},  # every transition rewritten for the evaluation goal (sb3_iql.data.goals)
     "evalgoalterm": {"relabel_eval_goal": "terminal"},  # the same, and terminal at the goal (D4RL's relabelled AntMaze)
     # hindsight relabelling (sb3_iql.HerReplayBuffer, named by a string so that the settings stay JSON)
@@ -217,16 +219,28 @@ class RunConfig:
         return {**preset, **method_settings(self.method)}
 
 
-def get_dataset(dataset_id: str, n_steps: int) -> minari.MinariDataset | None:
-    """:return: the dataset (PointMaze ids of this package are generated if missing), or None if not local."""
-    try:
-        parse_pointmaze_dataset_id(dataset_id)
-    except ValueError:
+def is_generated(dataset_id: str) -> bool:
+    """:return: whether the id is a PointMaze dataset of this package, in states or in pixels"""
+    for parse in (parse_pointmaze_dataset_id, parse_pixel_dataset_id):
         try:
-            return load_dataset(dataset_id)
-        except DatasetNotFoundError:
-            return None
-    return ensure_dataset(dataset_id, n_steps=n_steps)
+            parse(dataset_id)
+        except ValueError:
+            continue
+        return True
+    return False
+
+
+def get_dataset(dataset_id: str, n_steps: int) -> minari.MinariDataset | None:
+    """
+    :param n_steps: transitions of a generated dataset (pixel ones: the first ``n_steps`` of their state dataset)
+    :return: the dataset (PointMaze ids of this package are generated if missing), or None if not local.
+    """
+    if is_generated(dataset_id):
+        return ensure_dataset(dataset_id, n_steps=n_steps)
+    try:
+        return load_dataset(dataset_id)
+    except DatasetNotFoundError:
+        return None
 
 
 def _checkpoint_path(checkpoint_dir: Path, config: RunConfig) -> Path:
@@ -366,7 +380,7 @@ def iql_model(config: RunConfig, dataset: minari.MinariDataset, checkpoint_dir: 
         print(f"  resumed at {model.num_timesteps} updates", flush=True)
     else:
         model = IQL(
-            "MlpPolicy",  # IQL switches to MultiInputPolicy (same MLPs) for Dict observations
+            preset_arguments(config.dataset_id)["policy"],  # CnnPolicy for pixels; Dict observations: MultiInputPolicy
             env=None,
             offline_dataset=dataset,
             offline_steps=config.updates,
@@ -580,6 +594,9 @@ def main() -> None:
                 print(f"Skipping {dataset_id} for seeds {seeds}: not in the local Minari datasets (yet)", flush=True)
                 continue
             for method in args.methods:
+                if method in D3RLPY_METHODS and is_image_space(dataset.observation_space):
+                    print(f"Skipping {method} on {dataset_id}: the d3rlpy runs here take vector observations", flush=True)
+                    continue
                 configs = [
                     RunConfig(
                         dataset_id,

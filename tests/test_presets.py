@@ -75,6 +75,13 @@ def test_exact_ids_come_first_then_patterns_in_file_order():
     assert preset_key("sb3_iql/pointmaze/medium-v0", finetune=True) == "sb3_iql/pointmaze/*:finetune"
 
 
+@pytest.mark.parametrize("finetune", [False, True])
+def test_pixel_pointmaze_presets_are_the_maze_settings_with_the_cnn_policy(finetune):
+    pixels, states = (preset_for(f"sb3_iql/pointmaze/umaze-stitch{kind}-v0", finetune) for kind in ("-pixels48", ""))
+    assert pixels.pop("policy") == "CnnPolicy" and states.pop("policy") == "MlpPolicy"
+    assert pixels == states
+
+
 def test_lookup_order_in_a_custom_file(tmp_path):
     path = tmp_path / "custom.yml"
     path.write_text(
@@ -116,7 +123,7 @@ def test_every_entry_is_made_of_iql_arguments_and_rl_zoo_keys():
     for key, preset in presets.items():
         assert set(iql_kwargs(preset)) <= IQL_ARGUMENTS, key
         assert set(preset) - set(iql_kwargs(preset)) <= ZOO_ONLY_KEYS, key
-        assert preset["policy"] == "MlpPolicy" and "n_timesteps" in preset, key
+        assert preset["policy"] in ("MlpPolicy", "CnnPolicy") and "n_timesteps" in preset, key
 
 
 def test_preset_arguments_are_iql_constructor_arguments_with_the_dataset():
