@@ -87,6 +87,8 @@ REFERENCE_SETTINGS: dict[str, Any] = {
     "update_order": "sequential",
     "policy_kwargs": {"log_std_parametrization": "clip", "log_std_init": 0.0, "weight_init": "orthogonal"},
 }
+#: Behaviour cloning weights of the DDPG+BC factors (``+ddpgbc<weight>``).
+DDPG_BC_WEIGHTS = ("0.001", "0.01", "0.1", "1")
 #: Factors of the study, each added to the reference with ``+name``: d3rlpy's three choices, then ours beyond them.
 FACTORS: dict[str, dict[str, Any]] = {
     "order": {"update_order": "joint"},  # Q target with V(s') from before V's step
@@ -97,7 +99,7 @@ FACTORS: dict[str, dict[str, Any]] = {
     "dropout": {"dropout": 0.1},
     "constlr": {"actor_lr_schedule": "constant"},  # d3rlpy's constant actor lr instead of the cosine decay to 0
     # DDPG+BC policy extraction instead of AWR, with the behaviour cloning weight alpha in the name
-    **{f"ddpgbc{alpha}": {"policy_extraction": "ddpg_bc", "bc_weight": float(alpha)} for alpha in ("0.001", "0.01", "0.1", "1")},
+    **{f"ddpgbc{alpha}": {"policy_extraction": "ddpg_bc", "bc_weight": float(alpha)} for alpha in DDPG_BC_WEIGHTS},
     "evalgoal": {"relabel_eval_goal": True},  # every transition rewritten for the evaluation goal (sb3_iql.data.goals)
     "evalgoalterm": {"relabel_eval_goal": "terminal"},  # the same, and terminal at the goal (D4RL's relabelled AntMaze)
     # hindsight relabelling (sb3_iql.HerReplayBuffer, named by a string so that the settings stay JSON)
