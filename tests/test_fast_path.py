@@ -119,6 +119,19 @@ def test_functional_update_follows_the_joint_update_order_in_float64(data, float
     assert max_difference(reference, sequential) > 1e-6
 
 
+@pytest.mark.parametrize("compile_mode", [None, pytest.param("default", marks=pytest.mark.slow)])
+def test_functional_update_runs_ddpg_bc_policy_extraction_in_float64(data, float64, compile_mode):
+    ddpg_bc = dict(policy_extraction="ddpg_bc", bc_weight=0.1)
+    reference = make_model(data, OfflineReplayBuffer, dtype=float64, **ddpg_bc)
+    model = make_model(data, DeviceReplayBuffer, {"fused": True}, dtype=float64, **ddpg_bc)
+    awr = make_model(data, DeviceReplayBuffer, {"fused": True}, dtype=float64)
+    others = [(model, model._functional_update(compile_mode=compile_mode)), (awr, awr._functional_update(compile_mode=None))]
+    metrics = train_side_by_side(reference, others, 20, dtype=float64)
+    assert max_difference(reference, model) < 1e-10
+    th.testing.assert_close(metrics[0], metrics[1], rtol=1e-10, atol=1e-10)
+    assert max_difference(reference, awr) > 1e-6
+
+
 def test_the_float64_comparison_detects_a_change_of_math(data, float64):
     reference = make_model(data, OfflineReplayBuffer, dtype=float64)
     model = make_model(data, DeviceReplayBuffer, {"fused": True}, dtype=float64, tau=0.0051)

@@ -91,6 +91,19 @@ def test_together_equals_one_by_one_in_float64(data, float64):
     assert max_difference(together[0], together[1]) > 1e-3  # the learners are independent
 
 
+def test_ddpg_bc_learners_together_equal_one_by_one_in_float64(data, float64):
+    together = [make_model(data, seed, policy_extraction="ddpg_bc", bc_weight=0.1) for seed in SEEDS[:2]]
+    alone = [make_model(data, seed, policy_extraction="ddpg_bc", bc_weight=0.1) for seed in SEEDS[:2]]
+    awr = make_model(data, SEEDS[0])
+    learn_offline_together(together, 10, log_interval=0)
+    for model in [*alone, awr]:
+        model.learn_offline(10, log_interval=0)
+    for joint, single in zip(together, alone):
+        assert max_difference(joint, single) < 1e-10
+        optimizer_states_match(joint, single, atol=1e-10)
+    assert max_difference(together[0], awr) > 1e-6  # the same batches, the other policy extraction
+
+
 def test_dict_observations_and_the_joint_order_in_float64(float64):
     space, data = synthetic_antmaze_transitions(N_TRANSITIONS, seed=0)
     env = SpacesEnv(space, spaces.Box(-1.0, 1.0, (data.actions.shape[1],), np.float32))
@@ -132,9 +145,6 @@ def test_incompatible_models_are_refused(data):
     with pytest.raises(ValueError, match="_n_offline_updates differs"):
         learn_offline_together(models, 1)
     assert counters(models[0]) == (0, 0, 0)
-    with pytest.raises(ValueError, match="AWR policy extraction only"):
-        ddpg_bc = [make_model(data, seed, dtype=th.float32, policy_extraction="ddpg_bc") for seed in SEEDS[:2]]
-        learn_offline_together(ddpg_bc, 1)
 
 
 def test_make_seeds_models_save_load_and_continue_like_single_runs(line_dataset, tmp_path):

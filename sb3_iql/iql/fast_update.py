@@ -45,15 +45,33 @@ def fused_adam_step_(
     )
 
 
-class _LogProb(nn.Module):
-    """Calls ``actor.log_prob`` as ``forward``, so that ``torch.func.functional_call`` can run it with given weights."""
+class ActorObjectiveInputs(nn.Module):
+    """
+    Calls what the actor objective takes from the actor as ``forward``, so that ``torch.func.functional_call`` can
+    run it with given weights: ``actor.log_prob`` (AWR) or ``actor.mean_and_log_prob`` (DDPG+BC).
+    """
 
-    def __init__(self, actor: nn.Module):
+    def __init__(self, actor: nn.Module, policy_extraction: str = "awr"):
         super().__init__()
         self.actor = actor
+        self.method = "mean_and_log_prob" if policy_extraction == "ddpg_bc" else "log_prob"
 
-    def forward(self, obs: Any, actions: th.Tensor) -> th.Tensor:
-        return self.actor.log_prob(obs, actions)
+    def forward(self, obs: Any, actions: th.Tensor) -> Any:
+        return getattr(self.actor, self.method)(obs, actions)
+
+
+def actor_objective(
+    actor: Any, critic: update.QFn, batch: Batch, targets: update.PolicyTargets, settings: UpdateSettings
+) -> th.Tensor:
+    """
+    Step 4 of the functional paths, by policy extraction.
+
+    :param actor: ``ActorObjectiveInputs`` as a function of its inputs
+    :param critic: the critics with their weights before their step (DDPG+BC only), not differentiated
+    """
+    if settings.policy_extraction == "ddpg_bc":
+        return update.ddpg_bc_actor_objective(actor, critic, batch, settings)
+    return update.actor_objective(actor, batch, targets)
 
 
 class FunctionalUpdate:
@@ -98,15 +116,13 @@ class FunctionalUpdate:
         compile_mode: str | None = "default",
         tensor_lr: bool = False,
     ):
-        if settings.policy_extraction != "awr":
-            raise ValueError(f"FunctionalUpdate runs AWR policy extraction only, got {settings.policy_extraction!r}")
         self.settings = settings
         self.tau = tau
         self.critic_target = critic_target
         self.critic_params = list(critic.parameters())
         self.critic_target_params = list(critic_target.parameters())
         self.networks = {"value": value_net, "actor": actor, "critic": critic}
-        self.modules = {"value": value_net, "actor": _LogProb(actor), "critic": critic}
+        self.modules = {"value": value_net, "actor": ActorObjectiveInputs(actor, settings.policy_extraction), "critic": critic}
         self.states: dict[str, dict[str, list[th.Tensor]]] = {}
         self.params: dict[str, dict[str, th.Tensor]] = {}
         if len({id(param) for network in self.networks.values() for param in network.parameters()}) != sum(
@@ -196,8 +212,10 @@ class FunctionalUpdate:
 
         targets = update.policy_targets(value_net, batch, value_targets, self.settings, both_values)
 
+        critic = self._call("critic", self.params["critic"])
+
         def actor_loss_fn(params: dict[str, th.Tensor]) -> th.Tensor:
-            return update.actor_objective(self._call("actor", params), batch, targets)
+            return actor_objective(self._call("actor", params), critic, batch, targets, self.settings)
 
         def critic_loss_fn(params: dict[str, th.Tensor]) -> tuple[th.Tensor, th.Tensor]:
             return update.critic_objective(self._call("critic", params), batch, targets)

@@ -64,7 +64,7 @@ class IQL(OfflineAlgorithm):
     :param max_weight: clip of the advantage weights exp(beta * A)
     :param policy_extraction: ``"awr"`` (IQL's advantage-weighted regression) or ``"ddpg_bc"``: the actor follows
         the critic's action gradient at its mean action, plus ``bc_weight`` times the log-likelihood of the dataset
-        actions (Park et al., 2024; ``sb3_iql/iql/losses.py``); continuous actions, eager update only
+        actions (Park et al., 2024; ``sb3_iql/iql/losses.py``); continuous actions only
     :param bc_weight: weight of the behaviour cloning term of ``"ddpg_bc"`` (unused by ``"awr"``)
     :param dropout: dropout probability in the actor's hidden layers (None: none; 0.1 for Kitchen and Adroit)
     :param reward_transform: None, ``"antmaze"`` (r - 1), ``"locomotion"`` (r / return range * 1000) or a
@@ -150,8 +150,6 @@ class IQL(OfflineAlgorithm):
         self._check_options(expectile, actor_lr_schedule, update_order, compile_update)
         if policy_extraction not in POLICY_EXTRACTIONS:
             raise ValueError(f"policy_extraction must be one of {POLICY_EXTRACTIONS}, got {policy_extraction!r}")
-        if policy_extraction == "ddpg_bc" and compile_update in (True, "cudagraph"):
-            raise ValueError("policy_extraction='ddpg_bc' runs the eager update only: use compile_update='auto' or False")
         self.policy_extraction = policy_extraction
         self.bc_weight = bc_weight
         self.update_order = update_order
@@ -282,7 +280,7 @@ class IQL(OfflineAlgorithm):
         # 2. Actor: advantage-weighted regression with the new V (or DDPG+BC on the critics).
         policy_targets = update.policy_targets(self.value_net, batch, value_targets, settings)
         if settings.policy_extraction == "ddpg_bc":
-            actor_loss = update.ddpg_bc_actor_objective(self.actor.distribution, self.critic, batch, settings)
+            actor_loss = update.ddpg_bc_actor_objective(self.actor.mean_and_log_prob, self.critic, batch, settings)
         else:
             actor_loss = update.actor_objective(self.actor.log_prob, batch, policy_targets)
         self._gradient_step(self.actor.optimizer, actor_loss)

@@ -32,7 +32,7 @@ from torch.utils import _pytree as pytree
 
 from sb3_iql.data.minari_loader import resolve_datasets
 from sb3_iql.iql import update
-from sb3_iql.iql.fast_update import _cat_obs, _LogProb, fused_adam_step_
+from sb3_iql.iql.fast_update import ActorObjectiveInputs, _cat_obs, actor_objective, fused_adam_step_
 from sb3_iql.iql.iql import IQL
 from sb3_iql.iql.update import Batch
 
@@ -49,6 +49,8 @@ SHARED_ATTRIBUTES = (
     "beta",
     "max_weight",
     "update_order",
+    "policy_extraction",
+    "bc_weight",
     "learning_rate",
     "actor_lr_schedule",
     "offline_steps",
@@ -281,8 +283,10 @@ class StackedLearners:
 
         targets = update.policy_targets(value, batch, _targets_from_dict(value_targets), self.settings, both_values)
 
+        critic = self._call("critic", params["critic"], buffers)
+
         def actor_loss_fn(actor_params: Tensors) -> th.Tensor:
-            return update.actor_objective(self._call("actor", actor_params, buffers), batch, targets)
+            return actor_objective(self._call("actor", actor_params, buffers), critic, batch, targets, self.settings)
 
         def critic_loss_fn(critic_params: Tensors) -> tuple[th.Tensor, th.Tensor]:
             return update.critic_objective(self._call("critic", critic_params, buffers), batch, targets)
@@ -351,8 +355,6 @@ def _check_alone(model: IQL, index: int) -> None:
     """What one model must satisfy on its own: data to train on, a supported space, plain Adam."""
     if model.replay_buffer is None or model.replay_buffer.size() == 0:
         raise ValueError(f"models[{index}] has an empty replay buffer: create it with offline_dataset=...")
-    if model.policy_extraction != "awr":
-        raise ValueError(f"learn_offline_together runs AWR policy extraction only, got {model.policy_extraction!r}")
     if model.policy.share_features_extractor:
         raise ValueError("learn_offline_together does not support share_features_extractor=True")
     if not isinstance(model.observation_space, (spaces.Box, spaces.Dict)):
@@ -413,8 +415,11 @@ def _network(model: IQL, name: str) -> nn.Module:
 
 
 def _modules(model: IQL) -> dict[str, nn.Module]:
-    """:return: the modules ``functional_call`` runs, by network: the actor as its ``log_prob`` (``_LogProb``)"""
-    return {name: _LogProb(model.actor) if name == "actor" else _network(model, name) for name in NETWORKS}
+    """:return: the modules ``functional_call`` runs, by network: the actor as ``ActorObjectiveInputs``"""
+    return {
+        name: ActorObjectiveInputs(model.actor, model.policy_extraction) if name == "actor" else _network(model, name)
+        for name in NETWORKS
+    }
 
 
 def _stack(per_model: list[Tensors]) -> Tensors:

@@ -309,6 +309,11 @@ class Actor(MlpActor):
         :return: ``log pi(a | s)`` summed over action dimensions, shape ``(batch,)``"""
         return self.distribution(obs).log_prob(actions).sum(dim=-1)
 
+    def mean_and_log_prob(self, obs: PyTorchObs, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """:return: the mean action ``(batch, action_dim)`` and ``log pi(a | s)`` ``(batch,)``, from one forward pass"""
+        distribution = self.distribution(obs)
+        return distribution.mean, distribution.log_prob(actions).sum(dim=-1)
+
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
         """:return: the mean (deterministic) or a sample clipped to [-1, 1], shape ``(batch, action_dim)``"""
         distribution = self.distribution(obs)

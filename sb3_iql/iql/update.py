@@ -35,7 +35,8 @@ Observations = Any  # a tensor (batch, *obs_shape) or a dict of them
 ValueFn = Callable[[Observations], th.Tensor]  # V(s): (batch,)
 QFn = Callable[[Observations, th.Tensor], th.Tensor]  # Q_i(s, a) of every critic: (n_critics, batch)
 LogProbFn = Callable[[Observations, th.Tensor], th.Tensor]  # log pi(a | s): (batch,)
-PolicyFn = Callable[[Observations], th.distributions.Normal]  # pi(. | s), batch shape (batch, action_dim)
+# mu(s) (batch, action_dim) and log pi(a | s) (batch,)
+MeanAndLogProbFn = Callable[[Observations, th.Tensor], tuple[th.Tensor, th.Tensor]]
 #: How the actor is extracted from the critics: IQL's advantage-weighted regression, or DDPG+BC.
 POLICY_EXTRACTIONS = ("awr", "ddpg_bc")
 
@@ -152,17 +153,18 @@ def actor_objective(log_prob: LogProbFn, batch: Batch, targets: PolicyTargets) -
     return awr_actor_loss(log_prob(batch.observations, batch.actions), targets.weights)
 
 
-def ddpg_bc_actor_objective(policy: PolicyFn, critic: QFn, batch: Batch, settings: UpdateSettings) -> th.Tensor:
+def ddpg_bc_actor_objective(
+    mean_and_log_prob: MeanAndLogProbFn, critic: QFn, batch: Batch, settings: UpdateSettings
+) -> th.Tensor:
     """
-    Step 4 with ``policy_extraction="ddpg_bc"``: the smaller critic at the policy's mean action (the action it
-    takes when deterministic), normalised, plus ``bc_weight`` times the log-likelihood of the dataset actions.
-    The critic receives gradients too; its own step (5) starts from zeroed gradients.
+    Step 4 with ``policy_extraction="ddpg_bc"``: the smaller critic (before its own step) at the policy's mean
+    action (the action it takes when deterministic), normalised, plus ``bc_weight`` times the log-likelihood of the
+    dataset actions. Only the actor's gradient is taken (the eager path zeroes the critics' before their step).
 
     :return: the DDPG+BC actor loss (scalar)
     """
-    distribution = policy(batch.observations)
-    policy_q = critic(batch.observations, distribution.mean).min(dim=0).values
-    log_prob = distribution.log_prob(batch.actions).sum(dim=-1)
+    mean, log_prob = mean_and_log_prob(batch.observations, batch.actions)
+    policy_q = critic(batch.observations, mean).min(dim=0).values
     return ddpg_bc_actor_loss(policy_q, log_prob, settings.bc_weight)
 
 
