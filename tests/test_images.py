@@ -3,8 +3,11 @@ Image observations: the uint8 frame buffer (each frame once), CnnPolicy on chann
 Minari's HDF5 storage keeps image observations as JPEG (lossy): the frames IQL trains on are the decoded ones.
 """
 
+import os
 import pathlib
 import pickle
+import subprocess
+import sys
 import warnings
 
 import gymnasium as gym
@@ -292,3 +295,19 @@ def test_pixel_pointmaze_data_is_what_its_evaluation_environment_shows(minari_ro
     assert isinstance(model.replay_buffer, DeviceImageReplayBuffer) and model.observation_space.shape == (6, 36, 36)
     model.learn_offline(2)
     assert env.action_space.contains(model.predict(obs, deterministic=True)[0])
+
+
+def test_a_stored_pixel_dataset_evaluates_in_a_fresh_process_without_rendering_settings(minari_root):
+    # As a user does after making the dataset once: load it, recover its evaluation environment, render. No MUJOCO_GL
+    # set beforehand (Gymnasium would try GLFW first: no display here, and EGL unusable after it).
+    make_pointmaze_dataset("umaze", "sparse", stitch=True, n_steps=700, n_reference_episodes=1)
+    ensure_dataset("sb3_iql/pointmaze/umaze-stitch-pixels36-v0", n_steps=50)
+    script = (
+        "import minari\n"
+        "env = minari.load_dataset('sb3_iql/pointmaze/umaze-stitch-pixels36-v0').recover_environment(eval_env=True)\n"
+        "obs, _ = env.reset(seed=0)\n"
+        "assert obs.shape == (36, 36, 6) and obs.max() > 0, obs.shape\n"
+    )
+    environment = {key: value for key, value in os.environ.items() if key not in ("MUJOCO_GL", "PYOPENGL_PLATFORM")}
+    result = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -51,6 +51,9 @@ class PointMazePixels(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """
 
     def __init__(self, env: gym.Env, size: int = DEFAULT_SIZE):
+        # Before the first frame, which creates the renderer (also where ``recover_environment`` builds this wrapper):
+        # without it Gymnasium tries GLFW first, which fails without a display and leaves EGL unusable.
+        os.environ.setdefault("MUJOCO_GL", "egl")
         gym.utils.RecordConstructorArgs.__init__(self, size=size)
         gym.Wrapper.__init__(self, env)
         if env.render_mode != "rgb_array":
@@ -75,7 +78,6 @@ class PointMazePixels(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
 def make_pixel_pointmaze_env(maze: str, reward: str = "sparse", size: int = DEFAULT_SIZE, evaluation: bool = False) -> gym.Env:
     """:return: ``make_pointmaze_env(maze, reward, evaluation)`` rendering ``size x size`` frames, in pixels"""
-    os.environ.setdefault("MUJOCO_GL", "egl")
     env = make_pointmaze_env(maze, reward, evaluation, render_mode="rgb_array", width=size, height=size)
     return PointMazePixels(env, size)
 
