@@ -100,6 +100,8 @@ FACTORS: dict[str, dict[str, Any]] = {
     "constlr": {"actor_lr_schedule": "constant"},  # d3rlpy's constant actor lr instead of the cosine decay to 0
     # DDPG+BC policy extraction instead of AWR, with the behaviour cloning weight alpha in the name
     **{f"ddpgbc{alpha}": {"policy_extraction": "ddpg_bc", "bc_weight": float(alpha)} for alpha in DDPG_BC_WEIGHTS},
+    # the same with the AWR weights on the log-likelihood term
+    **{f"ddpgawr{alpha}": {"policy_extraction": "ddpg_awr", "bc_weight": float(alpha)} for alpha in DDPG_BC_WEIGHTS},
     "evalgoal": {"relabel_eval_goal": True},  # every transition rewritten for the evaluation goal (sb3_iql.data.goals)
     "evalgoalterm": {"relabel_eval_goal": "terminal"},  # the same, and terminal at the goal (D4RL's relabelled AntMaze)
     # hindsight relabelling (sb3_iql.HerReplayBuffer, named by a string so that the settings stay JSON)

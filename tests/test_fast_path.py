@@ -119,9 +119,12 @@ def test_functional_update_follows_the_joint_update_order_in_float64(data, float
     assert max_difference(reference, sequential) > 1e-6
 
 
-@pytest.mark.parametrize("compile_mode", [None, pytest.param("default", marks=pytest.mark.slow)])
-def test_functional_update_runs_ddpg_bc_policy_extraction_in_float64(data, float64, compile_mode):
-    ddpg_bc = dict(policy_extraction="ddpg_bc", bc_weight=0.1)
+@pytest.mark.parametrize(
+    "policy_extraction, compile_mode",
+    [("ddpg_bc", None), ("ddpg_awr", None), pytest.param("ddpg_bc", "default", marks=pytest.mark.slow)],
+)
+def test_functional_update_runs_the_ddpg_policy_extractions_in_float64(data, float64, policy_extraction, compile_mode):
+    ddpg_bc = dict(policy_extraction=policy_extraction, bc_weight=0.1)
     reference = make_model(data, OfflineReplayBuffer, dtype=float64, **ddpg_bc)
     model = make_model(data, DeviceReplayBuffer, {"fused": True}, dtype=float64, **ddpg_bc)
     awr = make_model(data, DeviceReplayBuffer, {"fused": True}, dtype=float64)

@@ -37,11 +37,14 @@ def line_model(dataset, **kwargs) -> IQL:
     return IQL("MlpPolicy", LineEnv(), offline_dataset=dataset, **defaults)
 
 
-def reference_update(model: IQL, batch, actor_lr: float, joint: bool = False, bc_weight: float | None = None) -> None:
+def reference_update(
+    model: IQL, batch, actor_lr: float, joint: bool = False, bc_weight: float | None = None, weighted: bool = False
+) -> None:
     """The paper's update written out step by step, on deep copies, to check the algorithm's own.
 
     :param joint: d3rlpy's order instead: the Q target takes V(s') from before V's step
     :param bc_weight: DDPG+BC policy extraction with this weight instead of AWR
+    :param weighted: DDPG + AWR: the log-likelihood term weighted by the AWR weights
     """
     obs, actions, next_obs = batch.observations, batch.actions, batch.next_observations
     rewards, dones = batch.rewards.flatten(), batch.dones.flatten()
@@ -63,7 +66,8 @@ def reference_update(model: IQL, batch, actor_lr: float, joint: bool = False, bc
         mean_action = th.tanh(actor.mu(actor.latent(obs)))
         policy_q = th.minimum(*critic(obs, mean_action))
         log_prob = actor.distribution(obs).log_prob(actions).sum(-1)
-        actor_loss = -policy_q.mean() / policy_q.abs().mean().detach() - bc_weight * log_prob.mean()
+        cloning = (weights * log_prob).mean() if weighted else log_prob.mean()
+        actor_loss = -policy_q.mean() / policy_q.abs().mean().detach() - bc_weight * cloning
     actor.optimizer.zero_grad()
     actor_loss.backward()
     actor.optimizer.step()
@@ -101,15 +105,16 @@ def test_update_matches_the_step_by_step_reference(line_dataset, update_order):
     assert metrics.shape == (len(METRIC_NAMES),)
 
 
-def test_ddpg_bc_update_matches_the_step_by_step_reference(line_dataset):
-    model = line_model(line_dataset, offline_steps=10, expectile=0.8, policy_extraction="ddpg_bc", bc_weight=0.3)
+@pytest.mark.parametrize("policy_extraction", ["ddpg_bc", "ddpg_awr"])
+def test_ddpg_update_matches_the_step_by_step_reference(line_dataset, policy_extraction):
+    model = line_model(line_dataset, offline_steps=10, expectile=0.8, policy_extraction=policy_extraction, bc_weight=0.3)
     reference, awr = copy.deepcopy(model), copy.deepcopy(model)
     for step in range(5):
         batch = model.replay_buffer.sample(64)
         model._set_learning_rates(offline=True)
         model._update(batch)
         actor_lr = 3e-4 * 0.5 * (1 + math.cos(math.pi * step / 10))
-        reference_update(reference, batch, actor_lr, bc_weight=0.3)
+        reference_update(reference, batch, actor_lr, bc_weight=0.3, weighted=policy_extraction == "ddpg_awr")
         reference_update(awr, batch, actor_lr)
         model._n_offline_updates += 1
     for (name, ours), theirs in zip(model.policy.state_dict().items(), reference.policy.state_dict().values()):

@@ -53,6 +53,9 @@ def test_ddpg_bc_actor_loss_by_hand_and_its_q_term_is_scale_free():
     np.testing.assert_allclose(policy_q.grad.numpy(), [-0.125, -0.125])
     scaled = ddpg_bc_actor_loss(10 * policy_q.detach(), log_prob, bc_weight=0.5)
     assert scaled.item() == pytest.approx(2.0)  # rewards ten times larger give the same loss
+    # DDPG + AWR: the log-likelihood term weighted, 1 + 0.5 * (3 * 1 + 0.5 * 3) / 2
+    weighted = ddpg_bc_actor_loss(policy_q.detach(), log_prob, bc_weight=0.5, weights=th.tensor([3.0, 0.5]))
+    assert weighted.item() == pytest.approx(1.0 + 0.5 * 4.5 / 2)
 
 
 @pytest.fixture

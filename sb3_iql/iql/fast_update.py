@@ -54,24 +54,10 @@ class ActorObjectiveInputs(nn.Module):
     def __init__(self, actor: nn.Module, policy_extraction: str = "awr"):
         super().__init__()
         self.actor = actor
-        self.method = "mean_and_log_prob" if policy_extraction == "ddpg_bc" else "log_prob"
+        self.method = update.actor_inputs(policy_extraction)
 
     def forward(self, obs: Any, actions: th.Tensor) -> Any:
         return getattr(self.actor, self.method)(obs, actions)
-
-
-def actor_objective(
-    actor: Any, critic: update.QFn, batch: Batch, targets: update.PolicyTargets, settings: UpdateSettings
-) -> th.Tensor:
-    """
-    Step 4 of the functional paths, by policy extraction.
-
-    :param actor: ``ActorObjectiveInputs`` as a function of its inputs
-    :param critic: the critics with their weights before their step (DDPG+BC only), not differentiated
-    """
-    if settings.policy_extraction == "ddpg_bc":
-        return update.ddpg_bc_actor_objective(actor, critic, batch, settings)
-    return update.actor_objective(actor, batch, targets)
 
 
 class FunctionalUpdate:
@@ -215,7 +201,7 @@ class FunctionalUpdate:
         critic = self._call("critic", self.params["critic"])
 
         def actor_loss_fn(params: dict[str, th.Tensor]) -> th.Tensor:
-            return actor_objective(self._call("actor", params), critic, batch, targets, self.settings)
+            return update.policy_objective(self._call("actor", params), critic, batch, targets, self.settings)
 
         def critic_loss_fn(params: dict[str, th.Tensor]) -> tuple[th.Tensor, th.Tensor]:
             return update.critic_objective(self._call("critic", params), batch, targets)

@@ -25,7 +25,7 @@ from sb3_iql.presets import preset_arguments
 SelfIQL = TypeVar("SelfIQL", bound="IQL")
 UpdateOrder = Literal["sequential", "joint"]
 UPDATE_ORDERS: tuple[UpdateOrder, ...] = ("sequential", "joint")
-PolicyExtraction = Literal["awr", "ddpg_bc"]
+PolicyExtraction = Literal["awr", "ddpg_bc", "ddpg_awr"]
 
 #: Dataset actions are clipped to +-(1 - ACTION_CLIP_EPS) so their log-likelihood stays finite at the bounds.
 ACTION_CLIP_EPS = 1e-5
@@ -64,8 +64,9 @@ class IQL(OfflineAlgorithm):
     :param max_weight: clip of the advantage weights exp(beta * A)
     :param policy_extraction: ``"awr"`` (IQL's advantage-weighted regression) or ``"ddpg_bc"``: the actor follows
         the critic's action gradient at its mean action, plus ``bc_weight`` times the log-likelihood of the dataset
-        actions (Park et al., 2024; ``sb3_iql/iql/losses.py``); continuous actions only
-    :param bc_weight: weight of the behaviour cloning term of ``"ddpg_bc"`` (unused by ``"awr"``)
+        actions (Park et al., 2024; ``sb3_iql/iql/losses.py``); ``"ddpg_awr"``: the same with the log-likelihood
+        weighted by the AWR weights; continuous actions only
+    :param bc_weight: weight of the log-likelihood term of the DDPG variants (unused by ``"awr"``)
     :param dropout: dropout probability in the actor's hidden layers (None: none; 0.1 for Kitchen and Adroit)
     :param reward_transform: None, ``"antmaze"`` (r - 1), ``"locomotion"`` (r / return range * 1000) or a
         callable on an array of rewards; applied to offline and online rewards
@@ -238,8 +239,10 @@ class IQL(OfflineAlgorithm):
     def _setup_model(self) -> None:
         if self.compile_update == "cudagraph" and self.device.type != "cuda":
             raise ValueError(f"compile_update='cudagraph' needs a CUDA device, the model is on {self.device}")
-        if self.policy_extraction == "ddpg_bc" and not isinstance(self.action_space, spaces.Box):
-            raise ValueError(f"policy_extraction='ddpg_bc' needs continuous (Box) actions, got {self.action_space}")
+        if self.policy_extraction != "awr" and not isinstance(self.action_space, spaces.Box):
+            raise ValueError(
+                f"policy_extraction={self.policy_extraction!r} needs continuous (Box) actions, got {self.action_space}"
+            )
         super()._setup_model()
         self._create_aliases()
 
@@ -279,10 +282,8 @@ class IQL(OfflineAlgorithm):
         self._gradient_step(self.value_net.optimizer, value_loss)
         # 2. Actor: advantage-weighted regression with the new V (or DDPG+BC on the critics).
         policy_targets = update.policy_targets(self.value_net, batch, value_targets, settings)
-        if settings.policy_extraction == "ddpg_bc":
-            actor_loss = update.ddpg_bc_actor_objective(self.actor.mean_and_log_prob, self.critic, batch, settings)
-        else:
-            actor_loss = update.actor_objective(self.actor.log_prob, batch, policy_targets)
+        actor = getattr(self.actor, update.actor_inputs(settings.policy_extraction))
+        actor_loss = update.policy_objective(actor, self.critic, batch, policy_targets, settings)
         self._gradient_step(self.actor.optimizer, actor_loss)
         # 3. Critics: regression towards r + gamma * (1 - terminal) * V(s').
         critic_loss, current_q = update.critic_objective(self.critic, batch, policy_targets)

@@ -53,7 +53,9 @@ def awr_actor_loss(log_prob: th.Tensor, weights: th.Tensor) -> th.Tensor:
     return -(weights * log_prob).mean()
 
 
-def ddpg_bc_actor_loss(policy_q: th.Tensor, log_prob: th.Tensor, bc_weight: float) -> th.Tensor:
+def ddpg_bc_actor_loss(
+    policy_q: th.Tensor, log_prob: th.Tensor, bc_weight: float, weights: th.Tensor | None = None
+) -> th.Tensor:
     """
     DDPG+BC policy extraction (Park et al., 2024, "Is Value Learning Really the Main Bottleneck in Offline RL?";
     OGBench's GCIQL): follow the critic's action gradient at the policy's action, kept near the data by a
@@ -63,7 +65,9 @@ def ddpg_bc_actor_loss(policy_q: th.Tensor, log_prob: th.Tensor, bc_weight: floa
     :param policy_q: ``min_i Q_i(s, mu(s))`` at the policy's mean action, with gradient to the actor, ``(batch,)``
     :param log_prob: ``log pi(a | s)`` of the dataset actions, summed over action dimensions, shape ``(batch,)``
     :param bc_weight: weight of the behaviour cloning term (alpha)
-    :return: scalar loss ``-mean(Q) / mean(|Q|) - bc_weight * mean(log_prob)``
+    :param weights: optional AWR weights ``(batch,)`` of the log-likelihood term (DDPG + AWR), without gradient
+    :return: scalar loss ``-mean(Q) / mean(|Q|) - bc_weight * mean(weights * log_prob)`` (weights 1 if None)
     """
     scale = policy_q.abs().mean().detach().clamp(min=1e-6)
-    return -policy_q.mean() / scale - bc_weight * log_prob.mean()
+    cloning = log_prob if weights is None else weights * log_prob
+    return -policy_q.mean() / scale - bc_weight * cloning.mean()

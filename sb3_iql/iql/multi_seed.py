@@ -32,7 +32,7 @@ from torch.utils import _pytree as pytree
 
 from sb3_iql.data.minari_loader import resolve_datasets
 from sb3_iql.iql import update
-from sb3_iql.iql.fast_update import ActorObjectiveInputs, _cat_obs, actor_objective, fused_adam_step_
+from sb3_iql.iql.fast_update import ActorObjectiveInputs, _cat_obs, fused_adam_step_
 from sb3_iql.iql.iql import IQL
 from sb3_iql.iql.update import Batch
 
@@ -286,7 +286,7 @@ class StackedLearners:
         critic = self._call("critic", params["critic"], buffers)
 
         def actor_loss_fn(actor_params: Tensors) -> th.Tensor:
-            return actor_objective(self._call("actor", actor_params, buffers), critic, batch, targets, self.settings)
+            return update.policy_objective(self._call("actor", actor_params, buffers), critic, batch, targets, self.settings)
 
         def critic_loss_fn(critic_params: Tensors) -> tuple[th.Tensor, th.Tensor]:
             return update.critic_objective(self._call("critic", critic_params, buffers), batch, targets)

@@ -8,8 +8,8 @@ One gradient step, in the reference order:
 2. ``value_objective``: expectile regression of V(s) towards it;
 3. ``policy_targets``: with the NEW V, the advantage, the AWR weights and the TD target ``r + gamma (1 - d) V(s')``;
 4. ``actor_objective``: advantage-weighted log-likelihood of the dataset actions (or, with
-   ``policy_extraction="ddpg_bc"``, ``ddpg_bc_actor_objective``: the critic's value at the policy's action, kept near
-   the data by a log-likelihood term);
+   ``policy_extraction="ddpg_bc"`` / ``"ddpg_awr"``, ``ddpg_bc_actor_objective``: the critic's value at the policy's
+   action, kept near the data by a log-likelihood term, plain or advantage-weighted; ``policy_objective`` picks);
 5. ``critic_objective``: regression of every Q critic towards the TD target;
 6. Polyak averaging of the target critics (done by the caller).
 
@@ -37,8 +37,8 @@ QFn = Callable[[Observations, th.Tensor], th.Tensor]  # Q_i(s, a) of every criti
 LogProbFn = Callable[[Observations, th.Tensor], th.Tensor]  # log pi(a | s): (batch,)
 # mu(s) (batch, action_dim) and log pi(a | s) (batch,)
 MeanAndLogProbFn = Callable[[Observations, th.Tensor], tuple[th.Tensor, th.Tensor]]
-#: How the actor is extracted from the critics: IQL's advantage-weighted regression, or DDPG+BC.
-POLICY_EXTRACTIONS = ("awr", "ddpg_bc")
+#: How the actor is extracted from the critics: IQL's advantage-weighted regression, DDPG+BC, or DDPG + AWR.
+POLICY_EXTRACTIONS = ("awr", "ddpg_bc", "ddpg_awr")
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,8 @@ class UpdateSettings:
     :param beta: inverse temperature of the advantage weights (0: behaviour cloning)
     :param max_weight: clip of the advantage weights
     :param joint_order: the TD target takes V(s') from before V's step (d3rlpy's order) instead of after it
-    :param policy_extraction: ``"awr"`` (IQL) or ``"ddpg_bc"`` (``ddpg_bc_actor_objective``)
-    :param bc_weight: weight of the log-likelihood term of ``"ddpg_bc"``
+    :param policy_extraction: ``"awr"`` (IQL), ``"ddpg_bc"`` or ``"ddpg_awr"`` (``ddpg_bc_actor_objective``)
+    :param bc_weight: weight of the log-likelihood term of ``"ddpg_bc"`` and ``"ddpg_awr"``
     """
 
     gamma: float
@@ -154,18 +154,40 @@ def actor_objective(log_prob: LogProbFn, batch: Batch, targets: PolicyTargets) -
 
 
 def ddpg_bc_actor_objective(
-    mean_and_log_prob: MeanAndLogProbFn, critic: QFn, batch: Batch, settings: UpdateSettings
+    mean_and_log_prob: MeanAndLogProbFn, critic: QFn, batch: Batch, targets: PolicyTargets, settings: UpdateSettings
 ) -> th.Tensor:
     """
     Step 4 with ``policy_extraction="ddpg_bc"``: the smaller critic (before its own step) at the policy's mean
     action (the action it takes when deterministic), normalised, plus ``bc_weight`` times the log-likelihood of the
-    dataset actions. Only the actor's gradient is taken (the eager path zeroes the critics' before their step).
+    dataset actions (``"ddpg_awr"``: weighted by the AWR weights). Only the actor's gradient is taken (the eager path
+    zeroes the critics' before their step).
 
-    :return: the DDPG+BC actor loss (scalar)
+    :return: the actor loss (scalar)
     """
     mean, log_prob = mean_and_log_prob(batch.observations, batch.actions)
     policy_q = critic(batch.observations, mean).min(dim=0).values
-    return ddpg_bc_actor_loss(policy_q, log_prob, settings.bc_weight)
+    weights = targets.weights if settings.policy_extraction == "ddpg_awr" else None
+    return ddpg_bc_actor_loss(policy_q, log_prob, settings.bc_weight, weights)
+
+
+def actor_inputs(policy_extraction: str) -> str:
+    """:return: the actor method whose output the actor objective takes: ``log_prob`` or ``mean_and_log_prob``"""
+    return "log_prob" if policy_extraction == "awr" else "mean_and_log_prob"
+
+
+def policy_objective(
+    actor: Callable, critic: QFn, batch: Batch, targets: PolicyTargets, settings: UpdateSettings
+) -> th.Tensor:
+    """
+    Step 4, by ``settings.policy_extraction``.
+
+    :param actor: the actor's ``actor_inputs(settings.policy_extraction)`` method (or its functional call)
+    :param critic: the critics with their weights before their step (DDPG variants only)
+    :return: the actor loss (scalar)
+    """
+    if settings.policy_extraction == "awr":
+        return actor_objective(actor, batch, targets)
+    return ddpg_bc_actor_objective(actor, critic, batch, targets, settings)
 
 
 def critic_objective(critic: QFn, batch: Batch, targets: PolicyTargets) -> tuple[th.Tensor, th.Tensor]:
