@@ -149,7 +149,9 @@ def make_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL) -> RDBS
     for _ in range(STORAGE_ATTEMPTS - 1):
         try:
             return _database_storage(url, heartbeat_interval)
-        except sqlalchemy.exc.IntegrityError:  # another worker created the same tables at the same time
+        # Another worker created the same tables at the same time: a duplicate row (IntegrityError), or SQLite's
+        # "table ... already exists" / "database is locked" (OperationalError).
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
             time.sleep(1.0)
     return _database_storage(url, heartbeat_interval)
 

@@ -213,3 +213,24 @@ def test_a_dataset_without_preset_can_be_optimised_too(maze_root, tmp_path):
     assert [trial.state for trial in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     # the first trial is IQL's own defaults (expectile 0.7, beta 3), the configuration such a dataset trains with
     assert (trials[0].params["expectile"], trials[0].params["beta"]) == (0.7, 3.0)
+
+
+@pytest.mark.parametrize("error", ["integrity", "operational"])
+def test_a_worker_that_loses_the_race_to_create_the_tables_opens_the_storage_again(monkeypatch, error):
+    import sqlalchemy
+
+    raised = {
+        "integrity": sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed")),
+        "operational": sqlalchemy.exc.OperationalError("CREATE TABLE", {}, Exception("table studies already exists")),
+    }[error]
+    calls = []
+
+    def database_storage(url: str, heartbeat_interval: int) -> str:
+        calls.append(url)
+        if len(calls) == 1:
+            raise raised
+        return "storage"
+
+    monkeypatch.setattr(tuning, "_database_storage", database_storage)
+    monkeypatch.setattr(tuning.time, "sleep", lambda seconds: None)
+    assert tuning.make_storage("sqlite:///study.db") == "storage" and len(calls) == 2
