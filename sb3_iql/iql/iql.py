@@ -19,13 +19,12 @@ from sb3_iql.data.rewards import RewardTransformLike
 from sb3_iql.iql import update
 from sb3_iql.iql.fast_update import CudaGraphUpdate, FunctionalUpdate
 from sb3_iql.iql.policies import CnnPolicy, EnsembleCritic, IQLPolicy, MlpActor, MlpPolicy, MultiInputPolicy, ValueNetwork
-from sb3_iql.iql.update import METRIC_NAMES, POLICY_EXTRACTIONS, Batch, UpdateSettings
+from sb3_iql.iql.update import METRIC_NAMES, POLICY_EXTRACTIONS, Batch, PolicyExtraction, UpdateSettings
 from sb3_iql.presets import preset_arguments
 
 SelfIQL = TypeVar("SelfIQL", bound="IQL")
 UpdateOrder = Literal["sequential", "joint"]
 UPDATE_ORDERS: tuple[UpdateOrder, ...] = ("sequential", "joint")
-PolicyExtraction = Literal["awr", "ddpg_bc", "ddpg_awr"]
 
 #: Dataset actions are clipped to +-(1 - ACTION_CLIP_EPS) so their log-likelihood stays finite at the bounds.
 ACTION_CLIP_EPS = 1e-5
@@ -148,9 +147,7 @@ class IQL(OfflineAlgorithm):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
     ):
-        self._check_options(expectile, actor_lr_schedule, update_order, compile_update)
-        if policy_extraction not in POLICY_EXTRACTIONS:
-            raise ValueError(f"policy_extraction must be one of {POLICY_EXTRACTIONS}, got {policy_extraction!r}")
+        self._check_options(expectile, actor_lr_schedule, update_order, compile_update, policy_extraction)
         self.policy_extraction = policy_extraction
         self.bc_weight = bc_weight
         self.update_order = update_order
@@ -226,7 +223,9 @@ class IQL(OfflineAlgorithm):
         return cls(arguments.pop("policy", "MlpPolicy"), env, **arguments)
 
     @staticmethod
-    def _check_options(expectile: float, actor_lr_schedule: str, update_order: str, compile_update: bool | str) -> None:
+    def _check_options(
+        expectile: float, actor_lr_schedule: str, update_order: str, compile_update: bool | str, policy_extraction: str
+    ) -> None:
         if not 0 < expectile < 1:
             raise ValueError(f"expectile must be in (0, 1), got {expectile}")
         if actor_lr_schedule not in ("cosine", "constant"):
@@ -235,6 +234,8 @@ class IQL(OfflineAlgorithm):
             raise ValueError(f"update_order must be one of {UPDATE_ORDERS}, got {update_order!r}")
         if compile_update not in (False, True, "auto", "cudagraph"):
             raise ValueError(f"compile_update must be False, True, 'auto' or 'cudagraph', got {compile_update!r}")
+        if policy_extraction not in POLICY_EXTRACTIONS:
+            raise ValueError(f"policy_extraction must be one of {POLICY_EXTRACTIONS}, got {policy_extraction!r}")
 
     def _setup_model(self) -> None:
         if self.compile_update == "cudagraph" and self.device.type != "cuda":
@@ -262,8 +263,8 @@ class IQL(OfflineAlgorithm):
             self.beta,
             self.max_weight,
             self.update_order == "joint",
-            getattr(self, "policy_extraction", "awr"),  # models saved before the option load with AWR
-            getattr(self, "bc_weight", 0.0),
+            self.policy_extraction,
+            self.bc_weight,
         )
 
     def _update(self, replay_data: Any) -> th.Tensor:

@@ -22,7 +22,7 @@ from one output per action, a categorical log-likelihood), not these steps.
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch as th
 
@@ -38,7 +38,8 @@ LogProbFn = Callable[[Observations, th.Tensor], th.Tensor]  # log pi(a | s): (ba
 # mu(s) (batch, action_dim) and log pi(a | s) (batch,)
 MeanAndLogProbFn = Callable[[Observations, th.Tensor], tuple[th.Tensor, th.Tensor]]
 #: How the actor is extracted from the critics: IQL's advantage-weighted regression, DDPG+BC, or DDPG + AWR.
-POLICY_EXTRACTIONS = ("awr", "ddpg_bc", "ddpg_awr")
+PolicyExtraction = Literal["awr", "ddpg_bc", "ddpg_awr"]
+POLICY_EXTRACTIONS: tuple[PolicyExtraction, ...] = ("awr", "ddpg_bc", "ddpg_awr")
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class UpdateSettings:
     beta: float
     max_weight: float
     joint_order: bool = False
-    policy_extraction: str = "awr"
+    policy_extraction: PolicyExtraction = "awr"
     bc_weight: float = 0.0
 
 
