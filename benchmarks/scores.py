@@ -84,6 +84,7 @@ matplotlib.use("Agg")
 BENCHMARK_ARGUMENTS = ("policy", "offline_dataset", "offline_steps", "batch_size")
 #: The reference implementation's choices (IQL.md), spelled out: ``iql-ref`` means them whatever the defaults are.
 REFERENCE_SETTINGS: dict[str, Any] = {
+    "policy_extraction": "awr",
     "update_order": "sequential",
     "policy_kwargs": {"log_std_parametrization": "clip", "log_std_init": 0.0, "weight_init": "orthogonal"},
 }
@@ -135,7 +136,7 @@ def method_settings(method: str) -> dict[str, Any]:
     base, factors = parse_method(method)
     if base in ("iql", *D3RLPY_METHODS):
         return {}
-    settings = {"update_order": REFERENCE_SETTINGS["update_order"], "policy_kwargs": dict(REFERENCE_SETTINGS["policy_kwargs"])}
+    settings = {**REFERENCE_SETTINGS, "policy_kwargs": dict(REFERENCE_SETTINGS["policy_kwargs"])}
     if base == "bc":
         settings["beta"] = 0.0
     for factor in factors:
@@ -220,7 +221,12 @@ class RunConfig:
         preset = preset_hyperparameters(self.dataset_id)
         if self.method == "d3rlpy-bc":
             preset["beta"] = 0.0
-        return {**preset, **method_settings(self.method)}
+        settings = {**preset, **method_settings(self.method)}
+        if self.method in D3RLPY_METHODS:
+            settings.pop("policy_extraction", None)  # d3rlpy's IQL extracts the policy with AWR
+        if settings.get("policy_extraction", "awr") == "awr":
+            settings.pop("bc_weight", None)  # the DDPG extractions' weight
+        return settings
 
 
 def is_generated(dataset_id: str) -> bool:

@@ -57,6 +57,22 @@ def test_offline_presets_follow_the_paper(dataset_id, expectile, beta, dropout, 
     assert (preset["batch_size"], preset["learning_rate"], preset["gamma"], preset["tau"]) == (256, 3e-4, 0.99, 0.005)
 
 
+@pytest.mark.parametrize(
+    "dataset_id, finetune, extraction",
+    [
+        ("sb3_iql/pointmaze/large-stitch-v0", False, ("ddpg_awr", 0.01)),  # measured: scores.md, "Findings"
+        ("sb3_iql/pointmaze/umaze-stitch-pixels48-v0", False, ("ddpg_awr", 0.01)),
+        ("D4RL/pointmaze/large-v2", False, ("ddpg_awr", 0.01)),
+        ("sb3_iql/pointmaze/large-stitch-v0", True, ("awr", None)),  # fine-tuning: the paper's, not measured with DDPG
+        ("D4RL/antmaze/large-diverse-v1", False, ("awr", None)),  # the paper's presets stay the paper's
+        ("mujoco/hopper/medium-v0", False, ("awr", None)),
+    ],
+)
+def test_pointmaze_offline_presets_extract_the_policy_with_ddpg_awr_and_the_paper_s_with_awr(dataset_id, finetune, extraction):
+    preset = preset_for(dataset_id, finetune)
+    assert (preset.get("policy_extraction", "awr"), preset.get("bc_weight")) == extraction
+
+
 @pytest.mark.parametrize("dataset_id", ["D4RL/antmaze/large-diverse-v1", "D4RL/antmaze/medium-play-v1", MAZE_ID])
 def test_finetune_presets_are_antmaze_with_a_constant_actor_lr_and_online_steps(dataset_id):
     preset = preset_for(dataset_id, finetune=True)
