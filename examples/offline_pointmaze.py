@@ -37,19 +37,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     th.set_num_threads(args.threads)
 
     dataset = ensure_dataset(args.dataset, n_steps=args.dataset_steps)
-    # The AntMaze settings of the paper: upper expectile 0.9, greedy extraction (beta 10), rewards r - 1.
-    model = IQL(
-        "MlpPolicy",
-        dataset.recover_environment(eval_env=True),
-        offline_dataset=dataset,
-        expectile=0.9,
-        beta=10.0,
-        reward_transform="antmaze",
-        offline_steps=args.updates,
-        seed=args.seed,
-        device=args.device,
-        verbose=1,
-    )
+    # The PointMaze preset: the paper's AntMaze settings (upper expectile 0.9, greedy extraction with beta 10,
+    # rewards r - 1) with DDPG + AWR policy extraction (sb3_iql/hyperparams/iql.yml); policy_extraction="awr" for
+    # the paper's AWR.
+    model = IQL.from_preset(args.dataset, offline_steps=args.updates, seed=args.seed, device=args.device, verbose=1)
     model.set_logger(configure(args.log_dir, ["stdout", "csv"]))
     evaluation = NormalizedEvalCallback(
         dataset=dataset,

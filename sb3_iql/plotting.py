@@ -34,7 +34,7 @@ PROGRESS_FILE = "progress.csv"
 LOSS_COLUMNS = {
     "train/value_loss": "value loss (expectile)",
     "train/critic_loss": "Q loss",
-    "train/actor_loss": "actor loss (AWR)",
+    "train/actor_loss": "actor loss (AWR or DDPG + anchor)",
 }
 #: Column of ``progress.csv`` giving the x axis of the losses.
 UPDATES_COLUMN = "train/n_updates"
