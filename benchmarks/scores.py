@@ -69,6 +69,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.preprocessing import is_image_space
 
+from sb3_iql.data.goals import MAZE_GOAL_DISTANCE, evaluation_goal, relabel_to_goal
 from sb3_iql.data.her import HerReplayBuffer
 from sb3_iql.data.minari_loader import DatasetNotFoundError, load_dataset, load_transitions
 from sb3_iql.datasets import ensure_dataset, parse_pointmaze_dataset_id
@@ -111,6 +112,8 @@ FACTORS: dict[str, dict[str, Any]] = {
         "replay_buffer_kwargs": {"n_sampled_goal": 4, "goal_selection_strategy": "future"},
     },
 }
+#: Factors that change the data, not the learner: d3rlpy's methods take them too, so both train on the same data.
+DATA_FACTORS = ("evalgoal", "evalgoalterm")
 #: Replay buffer classes that factors name.
 BUFFER_CLASSES = {"HerReplayBuffer": HerReplayBuffer}
 #: ``iql``: the package's defaults; ``bc``: the reference with beta = 0; ``iql-ref[+factor...]``: the reference with
@@ -123,18 +126,21 @@ D3RLPY_METHODS = ("d3rlpy-iql", "d3rlpy-iql-cosine", "d3rlpy-bc")
 def parse_method(method: str) -> tuple[str, list[str]]:
     """:return: the base method and its factors (``"iql-ref+order+init"`` -> ``("iql-ref", ["order", "init"])``)"""
     base, *factors = method.split("+")
-    if base not in BASE_METHODS or (factors and base not in ("iql-ref", "bc")) or any(f not in FACTORS for f in factors):
+    allowed = FACTORS if base in ("iql-ref", "bc") else DATA_FACTORS if base in D3RLPY_METHODS else ()
+    if base not in BASE_METHODS or any(f not in allowed for f in factors):
         raise ValueError(
             f"Unknown method {method!r}: use one of {BASE_METHODS}, or iql-ref+FACTOR[+FACTOR...] (bc+FACTOR too) "
-            f"with factors {list(FACTORS)}"
+            f"with factors {list(FACTORS)}; d3rlpy's methods take the data factors {DATA_FACTORS}"
         )
     return base, factors
 
 
 def method_settings(method: str) -> dict[str, Any]:
-    """:return: the IQL constructor arguments of a method beyond the domain preset (none for d3rlpy and ``iql``)"""
+    """:return: the IQL constructor arguments of a method beyond the domain preset (d3rlpy: its data factors only)"""
     base, factors = parse_method(method)
-    if base in ("iql", *D3RLPY_METHODS):
+    if base in D3RLPY_METHODS:
+        return {key: value for factor in factors for key, value in FACTORS[factor].items()}
+    if base == "iql":
         return {}
     settings = {**REFERENCE_SETTINGS, "policy_kwargs": dict(REFERENCE_SETTINGS["policy_kwargs"])}
     if base == "bc":
@@ -195,6 +201,11 @@ class RunConfig:
         )
 
     @property
+    def base_method(self) -> str:
+        """The method without its factors (``"d3rlpy-iql+evalgoalterm"`` -> ``"d3rlpy-iql"``)."""
+        return parse_method(self.method)[0]
+
+    @property
     def setting(self) -> tuple:
         """Everything but the method and the seed: runs of one setting are aggregated together."""
         return (
@@ -219,10 +230,10 @@ class RunConfig:
     def hyperparameters(self) -> dict[str, Any]:
         """:return: the IQL constructor arguments of the method (the dataset's preset, then ``method_settings``)."""
         preset = preset_hyperparameters(self.dataset_id)
-        if self.method == "d3rlpy-bc":
+        if self.base_method == "d3rlpy-bc":
             preset["beta"] = 0.0
         settings = {**preset, **method_settings(self.method)}
-        if self.method in D3RLPY_METHODS:
+        if self.base_method in D3RLPY_METHODS:
             settings.pop("policy_extraction", None)  # d3rlpy's IQL extracts the policy with AWR
         if settings.get("policy_extraction", "awr") == "awr":
             settings.pop("bc_weight", None)  # the DDPG extractions' weight
@@ -351,7 +362,7 @@ def run(
     :param compile_update: sb3-iql runs: ``IQL(compile_update=True)`` (the same math, compiled)
     :return: the run record (``run_record``)
     """
-    if config.method in D3RLPY_METHODS:
+    if config.base_method in D3RLPY_METHODS:
         return run_record(config, train_d3rlpy(config, dataset, checkpoint_dir, save_dir, device))
     return run_record(config, train_iql(config, dataset, checkpoint_dir, save_dir, device, compile_update))
 
@@ -396,7 +407,7 @@ def iql_model(
         model = IQL.load(checkpoint, device=device)
         if isinstance(model.replay_buffer, HerReplayBuffer):  # its reward rule comes from the environment
             model.replay_buffer.set_env(dataset.recover_environment(eval_env=True))
-        model.add_transitions(load_transitions([dataset]))
+        model.reload_offline_dataset()  # relabelled as the run's model was (relabel_eval_goal)
         progress = json.loads(progress_file.read_text())
         print(f"  resumed at {model.num_timesteps} updates", flush=True)
     else:
@@ -510,15 +521,21 @@ def train_d3rlpy(
 
     observation_space = dataset.observation_space
     hyperparameters = config.hyperparameters()
-    mdp_dataset = peers.d3rlpy_dataset(load_transitions([dataset]), observation_space, hyperparameters["reward_transform"])
+    transitions = load_transitions([dataset])
+    relabel = hyperparameters.get("relabel_eval_goal", False)
+    if relabel:  # the data factors, as IQL(relabel_eval_goal=...) applies them
+        env = dataset.recover_environment(eval_env=True)
+        distance = MAZE_GOAL_DISTANCE if relabel == "terminal" else None
+        transitions = relabel_to_goal(transitions, evaluation_goal(env), env.unwrapped.compute_reward, distance)
+    mdp_dataset = peers.d3rlpy_dataset(transitions, observation_space, hyperparameters["reward_transform"])
     d3rlpy.seed(config.seed)
     algo = peers.make_d3rlpy_algo(
-        config.method.removeprefix("d3rlpy-").removesuffix("-cosine"),
+        config.base_method.removeprefix("d3rlpy-").removesuffix("-cosine"),
         hyperparameters,
         list(config.net_arch),
         config.batch_size,
         device=device,
-        actor_lr_decay_steps=config.updates if config.method.endswith("-cosine") else None,
+        actor_lr_decay_steps=config.updates if config.base_method.endswith("-cosine") else None,
     )
     algo.build_with_dataset(mdp_dataset)
     checkpoint = _checkpoint_path(checkpoint_dir, config).with_suffix(".pt")
@@ -628,7 +645,8 @@ def main() -> None:
                 print(f"Skipping {dataset_id} for seeds {seeds}: not in the local Minari datasets (yet)", flush=True)
                 continue
             for method in args.methods:
-                if method in D3RLPY_METHODS and is_image_space(dataset.observation_space):
+                is_peer = parse_method(method)[0] in D3RLPY_METHODS
+                if is_peer and is_image_space(dataset.observation_space):
                     print(f"Skipping {method} on {dataset_id}: the d3rlpy runs here take vector observations", flush=True)
                     continue
                 configs = [
@@ -650,7 +668,7 @@ def main() -> None:
                 if not configs:
                     continue
                 print("\n".join(config.key for config in configs), flush=True)
-                if len(configs) > 1 and method not in D3RLPY_METHODS:
+                if len(configs) > 1 and not is_peer:
                     progresses = train_iql_together(configs, dataset, args.checkpoint_dir, args.save_models, args.device)
                     records = [run_record(config, progress) for config, progress in zip(configs, progresses)]
                 else:
