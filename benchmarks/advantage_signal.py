@@ -127,7 +127,7 @@ def diagnose(dataset_id: str, beta: float, args: argparse.Namespace) -> dict[str
         policy_kwargs={"net_arch": args.net_arch},
         seed=args.seed,
         device="cpu",
-        **(preset_hyperparameters(dataset_id) | {"beta": beta}),
+        **(preset_hyperparameters(dataset_id) | {"beta": beta, "relabel_eval_goal": False}),  # the data's own rewards
     )
     model.set_logger(Logger(folder=None, output_formats=[]))
     start = time.perf_counter()

@@ -86,6 +86,7 @@ BENCHMARK_ARGUMENTS = ("policy", "offline_dataset", "offline_steps", "batch_size
 #: The reference implementation's choices (IQL.md), spelled out: ``iql-ref`` means them whatever the defaults are.
 REFERENCE_SETTINGS: dict[str, Any] = {
     "policy_extraction": "awr",
+    "relabel_eval_goal": False,  # the data as stored (the goal-carrying maze presets relabel it)
     "update_order": "sequential",
     "policy_kwargs": {"log_std_parametrization": "clip", "log_std_init": 0.0, "weight_init": "orthogonal"},
 }
@@ -138,8 +139,8 @@ def parse_method(method: str) -> tuple[str, list[str]]:
 def method_settings(method: str) -> dict[str, Any]:
     """:return: the IQL constructor arguments of a method beyond the domain preset (d3rlpy: its data factors only)"""
     base, factors = parse_method(method)
-    if base in D3RLPY_METHODS:
-        return {key: value for factor in factors for key, value in FACTORS[factor].items()}
+    if base in D3RLPY_METHODS:  # the data as stored unless a data factor says otherwise
+        return {"relabel_eval_goal": False, **{key: value for factor in factors for key, value in FACTORS[factor].items()}}
     if base == "iql":
         return {}
     settings = {**REFERENCE_SETTINGS, "policy_kwargs": dict(REFERENCE_SETTINGS["policy_kwargs"])}

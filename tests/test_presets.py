@@ -73,6 +73,26 @@ def test_pointmaze_offline_presets_extract_the_policy_with_ddpg_awr_and_the_pape
     assert (preset.get("policy_extraction", "awr"), preset.get("bc_weight")) == extraction
 
 
+@pytest.mark.parametrize(
+    "dataset_id, relabel",
+    [
+        ("sb3_iql/pointmaze/medium-v0", "terminal"),  # sparse, goal-carrying: measured (scores.md, "Findings")
+        ("sb3_iql/pointmaze/large-v0", "terminal"),
+        ("D4RL/pointmaze/large-v2", "terminal"),  # Minari's recipe: goal-carrying, fixed evaluation goal
+        ("D4RL/pointmaze/large-dense-v2", None),  # dense: not measured with relabelling
+        ("D4RL/pointmaze/open-v2", None),
+        ("sb3_iql/pointmaze/large-stitch-v0", None),  # stitch data already pursue the evaluation goal
+        ("sb3_iql/pointmaze/large-dense-v0", None),
+        ("sb3_iql/pointmaze/medium-v0:finetune", None),
+    ],
+)
+def test_goal_carrying_sparse_maze_presets_relabel_for_the_evaluation_goal_with_terminals(dataset_id, relabel):
+    dataset_id, _, finetune = dataset_id.partition(":")
+    preset = preset_for(dataset_id, finetune=bool(finetune))
+    assert preset.get("relabel_eval_goal") == relabel
+    assert (preset["expectile"], preset["beta"], preset["reward_transform"]) == (0.9, 10.0, "antmaze")
+
+
 @pytest.mark.parametrize("dataset_id", ["D4RL/antmaze/large-diverse-v1", "D4RL/antmaze/medium-play-v1", MAZE_ID])
 def test_finetune_presets_are_antmaze_with_a_constant_actor_lr_and_online_steps(dataset_id):
     preset = preset_for(dataset_id, finetune=True)
