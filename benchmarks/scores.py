@@ -69,7 +69,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.preprocessing import is_image_space
 
-from sb3_iql.data.goals import MAZE_GOAL_DISTANCE, evaluation_goal, relabel_to_goal
+from sb3_iql.data.goals import relabel_for_evaluation_goal
 from sb3_iql.data.her import HerReplayBuffer
 from sb3_iql.data.minari_loader import DatasetNotFoundError, load_dataset, load_transitions
 from sb3_iql.datasets import ensure_dataset, parse_pointmaze_dataset_id
@@ -525,9 +525,7 @@ def train_d3rlpy(
     transitions = load_transitions([dataset])
     relabel = hyperparameters.get("relabel_eval_goal", False)
     if relabel:  # the data factors, as IQL(relabel_eval_goal=...) applies them
-        env = dataset.recover_environment(eval_env=True)
-        distance = MAZE_GOAL_DISTANCE if relabel == "terminal" else None
-        transitions = relabel_to_goal(transitions, evaluation_goal(env), env.unwrapped.compute_reward, distance)
+        transitions = relabel_for_evaluation_goal(transitions, dataset.recover_environment(eval_env=True), relabel)
     mdp_dataset = peers.d3rlpy_dataset(transitions, observation_space, hyperparameters["reward_transform"])
     d3rlpy.seed(config.seed)
     algo = peers.make_d3rlpy_algo(

@@ -33,7 +33,7 @@ from sb3_iql.common.augmentation import shift_observations
 from sb3_iql.common.preprocessing import to_channel_first
 from sb3_iql.data.buffers import OfflineDictReplayBuffer, OfflineReplayBuffer
 from sb3_iql.data.device_buffers import DeviceDictReplayBuffer, DeviceReplayBuffer
-from sb3_iql.data.goals import MAZE_GOAL_DISTANCE, evaluation_goal, relabel_to_goal
+from sb3_iql.data.goals import evaluation_goal, relabel_for_evaluation_goal
 from sb3_iql.data.her import HerReplayBuffer
 from sb3_iql.data.image_buffers import DeviceImageReplayBuffer
 from sb3_iql.data.minari_loader import DatasetLike, Transitions, check_spaces, load_transitions, resolve_datasets
@@ -206,11 +206,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
 
     def _load_transitions(self, datasets: list, env: gym.Env) -> Transitions:
         """:return: the datasets' transitions, relabelled for ``eval_goal`` with ``relabel_eval_goal``"""
-        transitions = load_transitions(datasets)
-        if not self.relabel_eval_goal:
-            return transitions
-        distance = MAZE_GOAL_DISTANCE if self.relabel_eval_goal == "terminal" else None
-        return relabel_to_goal(transitions, self.eval_goal, env.unwrapped.compute_reward, distance)
+        return relabel_for_evaluation_goal(load_transitions(datasets), env, self.relabel_eval_goal, self.eval_goal)
 
     @staticmethod
     def _buffer_size_for(n_transitions: int, buffer_size: int | None) -> int:

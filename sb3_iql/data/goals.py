@@ -70,3 +70,21 @@ def relabel_to_goal(
         terminations=terminations,
         episode_returns=np.bincount(episode_index, weights=rewards).astype(np.float64),
     )
+
+
+def relabel_for_evaluation_goal(
+    transitions: Transitions, env: gym.Env, mode: bool | str, goal: np.ndarray | None = None
+) -> Transitions:
+    """
+    ``IQL(relabel_eval_goal=mode)``'s rewriting of the offline data, for any trainer fed the same transitions.
+
+    :param env: the maze evaluation environment (its goal cell and ``compute_reward``)
+    :param mode: False: the transitions as they are; True: relabelled for the goal; ``"terminal"``: also terminal
+        within ``MAZE_GOAL_DISTANCE`` of it
+    :param goal: ``(goal_dim,)``; None: ``evaluation_goal(env)``
+    """
+    if not mode:
+        return transitions
+    goal = evaluation_goal(env) if goal is None else goal
+    distance = MAZE_GOAL_DISTANCE if mode == "terminal" else None
+    return relabel_to_goal(transitions, goal, env.unwrapped.compute_reward, distance)
