@@ -290,6 +290,8 @@ def write_markdown(path: Path, rows: list[dict], aggregates: dict[tuple, dict], 
         "Sparse mazes: success = % of final-evaluation episodes that reach the goal; first reach = mean step of the",
         "first arrival (episodes that arrive); at goal = fraction of the steps from the first arrival on spent within",
         "0.45 m of the goal.",
+        "Runs on an earlier generation of a dataset (the same id made again, other episodes) are kept, out of this",
+        "report, in `scores_runs_superseded.json`, with the reason.",
         "",
         "| dataset | updates | net | method | seeds | final per seed | mean ± std | worst | IQM [95% CI] "
         "| P(> d3rlpy) [95% CI] | success % | first reach | at goal | updates/s |",

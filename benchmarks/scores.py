@@ -26,7 +26,9 @@ Methods (``--methods``):
 
 Every run is cached: finished runs in ``<out>/scores_runs.json``, unfinished ones as checkpoints (networks,
 optimizers, sampling generator, curve so far) in ``--checkpoint-dir``, so a killed invocation continues where
-it stopped when started again with the same options. Runs are ordered seed by seed, so that every dataset has
+it stopped when started again with the same options. A record keeps its dataset's episode count, and a cached run
+on another generation of a dataset (one made again under the same id) stops the invocation instead of mixing the
+two (``check_same_data``). Runs are ordered seed by seed, so that every dataset has
 results early; two invocations (one per core) may share one cache. The report (``benchmarks/score_report.py``:
 ``<out>/scores.md``, ``scores.png``, ``scores.json``, ``scores.csv``) covers every cached run, with rliable's
 interquartile means, confidence intervals and probabilities of improvement over d3rlpy.
@@ -263,6 +265,24 @@ def get_dataset(dataset_id: str, n_steps: int) -> minari.MinariDataset | None:
         return load_dataset(dataset_id)
     except DatasetNotFoundError:
         return None
+
+
+def check_same_data(runs: dict[str, dict], configs: list[RunConfig], dataset: minari.MinariDataset) -> None:
+    """
+    Refuse to mix generations of a dataset: a regenerated dataset (SAC training is not bit-reproducible, so a
+    locomotion dataset made again differs) keeps its id and often its steps, so its runs would share the keys of runs
+    on the earlier data. Records store the dataset's episode count; a cached one that differs stops the run.
+
+    :raises SystemExit: a cached run of ``configs`` was trained on another generation of the dataset
+    """
+    for config in configs:
+        cached = runs.get(config.key, {}).get("dataset_episodes")
+        if cached is not None and cached != dataset.total_episodes:
+            raise SystemExit(
+                f"The cached run {config.key} was trained on {cached} episodes of {config.dataset_id}; the local "
+                f"dataset has {dataset.total_episodes}, another generation of it. Move the earlier runs out of "
+                f"{RUNS_FILE} (results/scores_runs_superseded.json keeps them, with the reason) before running again."
+            )
 
 
 def _checkpoint_path(checkpoint_dir: Path, config: RunConfig) -> Path:
@@ -663,6 +683,7 @@ def main() -> None:
                     for seed in seeds
                 ]
                 runs = load_runs(args.out)
+                check_same_data(runs, configs, dataset)
                 configs = [config for config in configs if not (config.key in runs and config.is_complete(runs[config.key]))]
                 if not configs:
                     continue
@@ -677,7 +698,7 @@ def main() -> None:
                     ]
                 runs = load_runs(args.out)  # another invocation may have added runs meanwhile
                 for config, record in zip(configs, records):
-                    runs[config.key] = record
+                    runs[config.key] = {**record, "dataset_episodes": dataset.total_episodes}
                     for suffix in (".zip", ".json", ".pt", ".d3"):
                         _checkpoint_path(args.checkpoint_dir, config).with_suffix(suffix).unlink(missing_ok=True)
                 write_json(args.out / RUNS_FILE, {"runs": runs})

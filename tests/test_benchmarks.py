@@ -20,19 +20,21 @@ def maze_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path
     yield from tiny_maze_root(tmp_path_factory)
 
 
-def run_benchmark(name: str, *args: str, minari_root: pathlib.Path) -> None:
+def run_benchmark(name: str, *args: str, minari_root: pathlib.Path, succeeds: bool = True) -> str:
+    """:return: the benchmark's stderr; asserts that it exits with 0 (``succeeds``) or not"""
     env = {**os.environ, "MINARI_DATASETS_PATH": str(minari_root), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(BENCHMARKS / name), *args, "--dataset-steps", str(MAZE_STEPS)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert result.returncode == 0, f"{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert (result.returncode == 0) == succeeds, f"{name}: rc {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stderr
 
 
 def test_scores_report(maze_root, tmp_path):
     out = tmp_path / "results"
     common = ["--datasets", MAZE_ID, "--updates", "20", "--eval-every", "10", "--seeds", "0", "1", "--eval-episodes", "1"]
     methods = ["--methods", "iql", "bc", "iql-ref+order+logstd+init", "d3rlpy-iql"]
-    run_benchmark("scores.py", *common, *methods, "--net-arch", "16", "--out", str(out),
-                  "--checkpoint-dir", str(tmp_path / "ckpt"), minari_root=maze_root)  # fmt: skip
+    options = [*common, *methods, "--net-arch", "16", "--out", str(out), "--checkpoint-dir", str(tmp_path / "ckpt")]
+    run_benchmark("scores.py", *options, minari_root=maze_root)
     runs = json.loads((out / "scores_runs.json").read_text())["runs"]
     by_method = {}
     for record in runs.values():
@@ -53,6 +55,14 @@ def test_scores_report(maze_root, tmp_path):
     assert cells[5] == " / ".join(f"{value:.1f}" for value in finals) and cells[7] == f"{min(finals):.1f}"
     assert cells[8].count("[") == 1 and cells[9].count("[") == 1  # IQM and P(> d3rlpy) with intervals (2 seeds)
     assert (out / "scores.png").is_file() and (out / "scores.csv").is_file()
+
+    # The same id made again with other episodes: its runs must not be mixed with the cached ones.
+    assert len({record["dataset_episodes"] for record in runs.values()}) == 1
+    record = next(iter(runs.values()))
+    record["dataset_episodes"] += 1
+    (out / "scores_runs.json").write_text(json.dumps({"runs": runs}))
+    stderr = run_benchmark("scores.py", *options, minari_root=maze_root, succeeds=False)
+    assert "another generation" in stderr
 
 
 def test_advantage_signal(maze_root, tmp_path):
