@@ -25,7 +25,8 @@ def run_benchmark(name: str, *args: str, minari_root: pathlib.Path, succeeds: bo
     env = {**os.environ, "MINARI_DATASETS_PATH": str(minari_root), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(BENCHMARKS / name), *args, "--dataset-steps", str(MAZE_STEPS)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert (result.returncode == 0) == succeeds, f"{name}: rc {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    output = f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert (result.returncode == 0) == succeeds, f"{name}: exit code {result.returncode}\n{output}"
     return result.stderr
 
 
