@@ -26,12 +26,13 @@ Methods (``--methods``):
 
 Every run is cached: finished runs in ``<out>/scores_runs.json``, unfinished ones as checkpoints (networks,
 optimizers, sampling generator, curve so far) in ``--checkpoint-dir``, so a killed invocation continues where
-it stopped when started again with the same options. A record keeps its dataset's episode count, and a cached run
-on another generation of a dataset (one made again under the same id) stops the invocation instead of mixing the
-two (``check_same_data``). Runs are ordered seed by seed, so that every dataset has
-results early; two invocations (one per core) may share one cache. The report (``benchmarks/score_report.py``:
-``<out>/scores.md``, ``scores.png``, ``scores.json``, ``scores.csv``) covers every cached run, with rliable's
-interquartile means, confidence intervals and probabilities of improvement over d3rlpy.
+it stopped when started again with the same options. A record keeps its dataset's episode count and its
+hyperparameters: a cached run on another generation of a dataset (one made again under the same id) or with other
+hyperparameters (a preset that changed) stops the invocation instead of mixing the two (``check_cached_runs``).
+Runs are ordered seed by seed, so that every dataset has results early; two invocations (one per core) may share
+one cache. The report (``benchmarks/score_report.py``: ``<out>/scores.md``, ``scores.png``, ``scores.json``,
+``scores.csv``) covers every cached run, with rliable's interquartile means, confidence intervals and
+probabilities of improvement over d3rlpy.
 
 PointMaze ids of this package (``sb3_iql/pointmaze/...``) are generated on first use with ``--dataset-steps``
 steps; other ids must exist in ``$MINARI_DATASETS_PATH`` (e.g. ``sb3_iql/hopper/medium-replay-v0`` from
@@ -267,22 +268,33 @@ def get_dataset(dataset_id: str, n_steps: int) -> minari.MinariDataset | None:
         return None
 
 
-def check_same_data(runs: dict[str, dict], configs: list[RunConfig], dataset: minari.MinariDataset) -> None:
+def check_cached_runs(runs: dict[str, dict], configs: list[RunConfig], dataset: minari.MinariDataset) -> None:
     """
-    Refuse to mix generations of a dataset: a regenerated dataset (SAC training is not bit-reproducible, so a
-    locomotion dataset made again differs) keeps its id and often its steps, so its runs would share the keys of runs
-    on the earlier data. Records store the dataset's episode count; a cached one that differs stops the run.
+    Refuse to mix runs that share a key but not their data or settings. A regenerated dataset (SAC training is not
+    bit-reproducible, so a locomotion dataset made again differs) keeps its id and often its steps; a preset that
+    changed changes what ``iql`` trains. Records store the dataset's episode count and their hyperparameters; a
+    cached one that differs from this invocation's stops it (records from before the episode count are not checked).
 
-    :raises SystemExit: a cached run of ``configs`` was trained on another generation of the dataset
+    :raises SystemExit: a cached run of ``configs`` was trained on another generation of the dataset, or with
+        other hyperparameters
     """
     for config in configs:
-        cached = runs.get(config.key, {}).get("dataset_episodes")
-        if cached is not None and cached != dataset.total_episodes:
-            raise SystemExit(
-                f"The cached run {config.key} was trained on {cached} episodes of {config.dataset_id}; the local "
-                f"dataset has {dataset.total_episodes}, another generation of it. Move the earlier runs out of "
-                f"{RUNS_FILE} (results/scores_runs_superseded.json keeps them, with the reason) before running again."
+        record = runs.get(config.key, {})
+        if record.get("dataset_episodes") is None:
+            continue
+        if record["dataset_episodes"] != dataset.total_episodes:
+            reason = (
+                f"was trained on {record['dataset_episodes']} episodes of {config.dataset_id}; the local dataset has "
+                f"{dataset.total_episodes}, another generation of it"
             )
+        elif record["hyperparameters"] != config.hyperparameters():
+            reason = f"was trained with {record['hyperparameters']}, not {config.hyperparameters()} (a preset changed?)"
+        else:
+            continue
+        raise SystemExit(
+            f"The cached run {config.key} {reason}. Move the earlier runs out of {RUNS_FILE} "
+            f"(results/scores_runs_superseded.json keeps them, with the reason) before running again."
+        )
 
 
 def _checkpoint_path(checkpoint_dir: Path, config: RunConfig) -> Path:
@@ -683,7 +695,7 @@ def main() -> None:
                     for seed in seeds
                 ]
                 runs = load_runs(args.out)
-                check_same_data(runs, configs, dataset)
+                check_cached_runs(runs, configs, dataset)
                 configs = [config for config in configs if not (config.key in runs and config.is_complete(runs[config.key]))]
                 if not configs:
                     continue

@@ -57,13 +57,13 @@ def test_scores_report(maze_root, tmp_path):
     assert cells[8].count("[") == 1 and cells[9].count("[") == 1  # IQM and P(> d3rlpy) with intervals (2 seeds)
     assert (out / "scores.png").is_file() and (out / "scores.csv").is_file()
 
-    # The same id made again with other episodes: its runs must not be mixed with the cached ones.
+    # Cached runs on the same id made again (other episodes), or with a preset that changed, are not mixed in.
     assert len({record["dataset_episodes"] for record in runs.values()}) == 1
-    record = next(iter(runs.values()))
-    record["dataset_episodes"] += 1
-    (out / "scores_runs.json").write_text(json.dumps({"runs": runs}))
-    stderr = run_benchmark("scores.py", *options, minari_root=maze_root, succeeds=False)
-    assert "another generation" in stderr
+    key, record = next(iter(runs.items()))
+    changes = {"dataset_episodes": record["dataset_episodes"] + 1, "hyperparameters": {**record["hyperparameters"], "beta": 3}}
+    for (field, changed), message in zip(changes.items(), ["another generation", "a preset changed"]):
+        (out / "scores_runs.json").write_text(json.dumps({"runs": {**runs, key: {**record, field: changed}}}))
+        assert message in run_benchmark("scores.py", *options, minari_root=maze_root, succeeds=False)
 
 
 def test_advantage_signal(maze_root, tmp_path):
