@@ -65,10 +65,13 @@ def test_offline_presets_follow_the_paper(dataset_id, expectile, beta, dropout, 
         ("D4RL/pointmaze/large-v2", False, ("ddpg_awr", 0.01)),
         ("sb3_iql/pointmaze/large-stitch-v0", True, ("awr", None)),  # fine-tuning: the paper's, not measured with DDPG
         ("D4RL/antmaze/large-diverse-v1", False, ("awr", None)),  # the paper's presets stay the paper's
-        ("mujoco/hopper/medium-v0", False, ("awr", None)),
+        ("sb3_iql/hopper/medium-replay-v0", False, ("ddpg_bc", 0.1)),  # measured: scores.md, "Findings"
+        ("mujoco/hopper/medium-v0", False, ("ddpg_bc", 0.1)),
+        ("mujoco/hopper/expert-v0", False, ("awr", None)),  # not measured: the paper's
+        ("mujoco/walker2d/medium-v0", False, ("awr", None)),
     ],
 )
-def test_pointmaze_offline_presets_extract_the_policy_with_ddpg_awr_and_the_paper_s_with_awr(dataset_id, finetune, extraction):
+def test_measured_presets_extract_the_policy_with_ddpg_and_the_others_with_the_paper_s_awr(dataset_id, finetune, extraction):
     preset = preset_for(dataset_id, finetune)
     assert (preset.get("policy_extraction", "awr"), preset.get("bc_weight")) == extraction
 
