@@ -90,6 +90,7 @@ BENCHMARK_ARGUMENTS = ("policy", "offline_dataset", "offline_steps", "batch_size
 REFERENCE_SETTINGS: dict[str, Any] = {
     "policy_extraction": "awr",
     "relabel_eval_goal": False,  # the data as stored (the goal-carrying maze presets relabel it)
+    "dropout": None,  # the paper's on mazes and locomotion (the stitch maze presets add 0.1)
     "update_order": "sequential",
     "policy_kwargs": {"log_std_parametrization": "clip", "log_std_init": 0.0, "weight_init": "orthogonal"},
 }
@@ -239,6 +240,9 @@ class RunConfig:
         settings = {**preset, **method_settings(self.method)}
         if self.base_method in D3RLPY_METHODS:
             settings.pop("policy_extraction", None)  # d3rlpy's IQL extracts the policy with AWR
+            settings.pop("dropout", None)  # and has no actor dropout
+        if settings.get("dropout") is None:
+            settings.pop("dropout", None)  # IQL's default: no dropout
         if settings.get("policy_extraction", "awr") == "awr":
             settings.pop("bc_weight", None)  # the DDPG extractions' weight
         return settings
@@ -298,9 +302,26 @@ def check_cached_runs(runs: dict[str, dict], configs: list[RunConfig], dataset: 
 
 
 def _checkpoint_path(checkpoint_dir: Path, config: RunConfig) -> Path:
-    """:return: ``<checkpoint_dir>/<run key>.zip``; the progress beside it as ``.json`` (d3rlpy: ``.pt`` and ``.d3``)"""
+    """
+    :return: ``<checkpoint_dir>/<run key>.zip``; the progress beside it as ``.json``, torch's global random state
+        (actor dropout's masks) as ``.rng`` (d3rlpy: ``.pt`` and ``.d3``)
+    """
     name = "".join(character if character.isalnum() or character in "-_." else "_" for character in config.key)
     return checkpoint_dir / f"{name}.zip"
+
+
+def save_global_rng(path: Path) -> None:
+    """Save torch's global random states (CPU and CUDA): dropout draws its masks there, not from the model's seed."""
+    th.save({"cpu": th.get_rng_state(), "cuda": th.cuda.get_rng_state_all() if th.cuda.is_available() else []}, path)
+
+
+def restore_global_rng(path: Path) -> None:
+    """Restore what ``save_global_rng`` saved, if it was saved (checkpoints of earlier versions have no file)."""
+    if path.exists():
+        states = th.load(path)
+        th.set_rng_state(states["cpu"])
+        if states["cuda"] and th.cuda.is_available():
+            th.cuda.set_rng_state_all(states["cuda"])
 
 
 class GoalTimes(gym.Wrapper):
@@ -441,6 +462,7 @@ def iql_model(
         if isinstance(model.replay_buffer, HerReplayBuffer):  # its reward rule comes from the environment
             model.replay_buffer.set_env(dataset.recover_environment(eval_env=True))
         model.reload_offline_dataset()  # relabelled as the run's model was (relabel_eval_goal)
+        restore_global_rng(checkpoint.with_suffix(".rng"))  # after loading, which draws initial weights
         progress = json.loads(progress_file.read_text())
         print(f"  resumed at {model.num_timesteps} updates", flush=True)
     else:
@@ -472,7 +494,8 @@ def evaluate_and_checkpoint(
     _print_point(point, model.num_timesteps / max(progress["train_s"], 1e-9))
     checkpoint = _checkpoint_path(checkpoint_dir, config)
     model.save(checkpoint)
-    write_json(checkpoint.with_suffix(".json"), progress)
+    save_global_rng(checkpoint.with_suffix(".rng"))
+    write_json(checkpoint.with_suffix(".json"), progress)  # last: a checkpoint is complete once its progress is
 
 
 def train_alone(
@@ -711,7 +734,7 @@ def main() -> None:
                 runs = load_runs(args.out)  # another invocation may have added runs meanwhile
                 for config, record in zip(configs, records):
                     runs[config.key] = {**record, "dataset_episodes": dataset.total_episodes}
-                    for suffix in (".zip", ".json", ".pt", ".d3"):
+                    for suffix in (".zip", ".json", ".rng", ".pt", ".d3"):
                         _checkpoint_path(args.checkpoint_dir, config).with_suffix(suffix).unlink(missing_ok=True)
                 write_json(args.out / RUNS_FILE, {"runs": runs})
                 if not args.no_report:
