@@ -40,7 +40,7 @@ def maze_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path
         ("D4RL/kitchen/mixed-v2", 0.7, 0.5, 0.1, None),
         ("D4RL/pen/human-v2", 0.7, 0.5, 0.1, None),
         ("D4RL/relocate/cloned-v2", 0.7, 0.5, 0.1, None),
-        ("sb3_iql/pointmaze/umaze-stitch-v0", 0.9, 10.0, None, "antmaze"),
+        ("sb3_iql/pointmaze/umaze-v0", 0.9, 10.0, None, "antmaze"),
     ],
 )
 def test_offline_presets_follow_the_paper(dataset_id, expectile, beta, dropout, reward_transform):
@@ -77,6 +77,24 @@ def test_measured_presets_extract_the_policy_with_ddpg_and_the_others_with_the_p
 
 
 @pytest.mark.parametrize(
+    "dataset_id, dropout",
+    [
+        ("sb3_iql/pointmaze/large-stitch-v0", 0.1),  # measured: scores.md, "Findings" (long runs drift without it)
+        ("sb3_iql/pointmaze/medium-stitch-v0", 0.1),
+        ("sb3_iql/pointmaze/umaze-stitch-pixels48-v0", 0.1),
+        ("sb3_iql/pointmaze/large-v0", None),  # goal-carrying: measured without dropout
+        ("sb3_iql/pointmaze/large-dense-v0", None),
+        ("D4RL/pointmaze/large-v2", None),
+        ("D4RL/antmaze/large-diverse-v1", None),  # the paper's
+    ],
+)
+def test_stitch_maze_presets_add_actor_dropout(dataset_id, dropout):
+    preset = preset_for(dataset_id)
+    assert preset.get("dropout") == dropout
+    assert (preset["expectile"], preset["beta"], preset["reward_transform"]) == (0.9, 10.0, "antmaze")
+
+
+@pytest.mark.parametrize(
     "dataset_id, relabel",
     [
         ("sb3_iql/pointmaze/medium-v0", "terminal"),  # sparse, goal-carrying: measured (scores.md, "Findings")
@@ -109,7 +127,8 @@ def test_exact_ids_come_first_then_patterns_in_file_order():
     assert preset_key("D4RL/antmaze/large-diverse-v1") == "D4RL/antmaze/large-diverse-v1"
     assert preset_key("D4RL/antmaze/large-diverse-v2") == "D4RL/antmaze/*"
     assert preset_key("mujoco/humanoid/expert-v0") == "mujoco/*"
-    assert preset_key("sb3_iql/pointmaze/large-dense-stitch-v0") == "sb3_iql/pointmaze/*"
+    assert preset_key("sb3_iql/pointmaze/large-dense-stitch-v0") == "sb3_iql/pointmaze/*-stitch-v0"
+    assert preset_key("sb3_iql/pointmaze/large-dense-v0") == "sb3_iql/pointmaze/*"
     assert preset_key("D4RL/antmaze/large-play-v1", finetune=True) == "D4RL/antmaze/large-play-v1:finetune"
     assert preset_key("sb3_iql/pointmaze/medium-v0", finetune=True) == "sb3_iql/pointmaze/*:finetune"
 
