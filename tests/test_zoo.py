@@ -144,7 +144,10 @@ def test_a_dataset_without_preset_trains_with_the_defaults_and_a_warning(maze_ro
 
 
 def test_an_interrupted_offline_run_resumes_from_its_checkpoint_to_the_same_parameters(maze_root, tmp_path):
-    common = ["train", "--dataset", MAZE_ID, "--eval-freq", "3", "--eval-episodes", "1", *TINY, "offline_steps:8"]
+    # dropout:None: the stitch preset's actor dropout draws from torch's global generator, which rl-zoo's checkpoints
+    # do not keep (benchmarks/scores.py keeps it beside its own), so a resumed run would draw other masks
+    common = ["train", "--dataset", MAZE_ID, "--eval-freq", "3", "--eval-episodes", "1", *TINY, "offline_steps:8",
+              "dropout:None"]  # fmt: skip
     # uninterrupted, with a checkpoint every 4 updates in the run folder (rl-zoo's --save-freq)
     zoo.main([*common, "-f", str(tmp_path / "whole"), "--save-freq", "4"])
     whole = run_folder(tmp_path / "whole")
