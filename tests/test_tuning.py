@@ -195,7 +195,9 @@ def test_two_workers_share_one_postgresql_study(maze_root, tmp_path, postgres_ur
     for process in workers:
         finish(process)
     trials = optuna.load_study(study_name="postgres", storage=postgres_url).trials
-    assert [trial.number for trial in trials] == list(range(4))
+    # rl-zoo counts finished trials before each worker starts one, so racing workers may run up to
+    # max_total_trials + (workers - 1) trials (its own comment in ExperimentManager.hyperparameters_optimization)
+    assert [trial.number for trial in trials] == list(range(len(trials))) and 4 <= len(trials) <= 4 + 1
     assert all(trial.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for trial in trials)
     assert len({trial.user_attrs["worker"] for trial in trials}) == 2
 
