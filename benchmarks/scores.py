@@ -92,6 +92,7 @@ REFERENCE_SETTINGS: dict[str, Any] = {
     "relabel_eval_goal": False,  # the data as stored (the goal-carrying maze presets relabel it)
     "dropout": None,  # the paper's on mazes and locomotion (its Kitchen and Adroit 0.1: no local dataset)
     "update_order": "sequential",
+    "actor_lr_schedule": "cosine",
     "policy_kwargs": {"log_std_parametrization": "clip", "log_std_init": 0.0, "weight_init": "orthogonal"},
 }
 #: Behaviour cloning weights of the DDPG+BC factors (``+ddpgbc<weight>``).
@@ -241,6 +242,8 @@ class RunConfig:
         if self.base_method in D3RLPY_METHODS:
             settings.pop("policy_extraction", None)  # d3rlpy's IQL extracts the policy with AWR
             settings.pop("dropout", None)  # and has no actor dropout
+            settings.pop("update_order", None)  # d3rlpy's own order, networks and initialisation
+            settings.pop("policy_kwargs", None)
         if settings.get("dropout") is None:
             settings.pop("dropout", None)  # IQL's default: no dropout
         if settings.get("policy_extraction", "awr") == "awr":

@@ -65,8 +65,9 @@ def test_offline_presets_follow_the_paper(dataset_id, expectile, beta, dropout, 
         ("D4RL/pointmaze/large-v2", False, ("ddpg_awr", 0.01)),
         ("sb3_iql/pointmaze/large-stitch-v0", True, ("awr", None)),  # fine-tuning: the paper's, not measured with DDPG
         ("D4RL/antmaze/large-diverse-v1", False, ("awr", None)),  # the paper's presets stay the paper's
-        ("sb3_iql/hopper/medium-replay-v0", False, ("ddpg_bc", 0.1)),  # measured: scores.md, "Findings"
+        ("sb3_iql/hopper/medium-v0", False, ("ddpg_bc", 0.1)),  # measured: scores.md, "Findings"
         ("mujoco/hopper/medium-v0", False, ("ddpg_bc", 0.1)),
+        ("sb3_iql/hopper/medium-replay-v0", False, ("awr", None)),  # measured: AWR with d3rlpy's choices (below)
         ("mujoco/hopper/expert-v0", False, ("awr", None)),  # not measured: the paper's
         ("mujoco/walker2d/medium-v0", False, ("awr", None)),
     ],
@@ -92,6 +93,28 @@ def test_stitch_maze_presets_add_actor_dropout(dataset_id, dropout):
     preset = preset_for(dataset_id)
     assert preset.get("dropout") == dropout
     assert (preset["expectile"], preset["beta"], preset["reward_transform"]) == (0.9, 10.0, "antmaze")
+
+
+@pytest.mark.parametrize(
+    "dataset_id, expected",
+    [
+        # measured (scores.md, "Findings"): on Hopper's broad medium-replay data, d3rlpy's three choices together
+        ("sb3_iql/hopper/medium-replay-v0", ("joint", "constant", "sigmoid", -1.5, "pytorch")),
+        ("sb3_iql/hopper/medium-v0", ("sequential", "cosine", "clip", 0.0, "orthogonal")),  # IQL's defaults
+        ("mujoco/hopper/expert-v0", ("sequential", "cosine", "clip", 0.0, "orthogonal")),  # the paper's
+    ],
+)
+def test_hopper_medium_replay_preset_takes_d3rlpy_s_update_order_log_std_init_and_constant_lr(dataset_id, expected):
+    preset = preset_for(dataset_id)
+    policy_kwargs = preset.get("policy_kwargs", {})
+    assert (
+        preset.get("update_order", "sequential"),
+        preset["actor_lr_schedule"],
+        policy_kwargs.get("log_std_parametrization", "clip"),
+        policy_kwargs.get("log_std_init", 0.0),
+        policy_kwargs.get("weight_init", "orthogonal"),
+    ) == expected
+    assert (preset["expectile"], preset["beta"], preset["reward_transform"]) == (0.7, 3.0, "locomotion")
 
 
 @pytest.mark.parametrize(
