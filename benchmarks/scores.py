@@ -125,6 +125,9 @@ BUFFER_CLASSES = {"HerReplayBuffer": HerReplayBuffer}
 #: ``iql``: the package's defaults; ``bc``: the reference with beta = 0; ``iql-ref[+factor...]``: the reference with
 #: factors; ``d3rlpy-iql`` and ``d3rlpy-bc``: the peer (``benchmarks/peers.py``).
 BASE_METHODS = ("iql", "bc", "iql-ref", "d3rlpy-iql", "d3rlpy-iql-cosine", "d3rlpy-bc")
+#: IQL settings that d3rlpy's runs do not record: its IQL extracts the policy with AWR, has no actor dropout, and
+#: takes its own update order, networks and initialisation.
+D3RLPY_IGNORED_SETTINGS = ("policy_extraction", "dropout", "update_order", "policy_kwargs")
 METHODS = ("iql", "bc")
 D3RLPY_METHODS = ("d3rlpy-iql", "d3rlpy-iql-cosine", "d3rlpy-bc")
 
@@ -240,10 +243,8 @@ class RunConfig:
             preset["beta"] = 0.0
         settings = {**preset, **method_settings(self.method)}
         if self.base_method in D3RLPY_METHODS:
-            settings.pop("policy_extraction", None)  # d3rlpy's IQL extracts the policy with AWR
-            settings.pop("dropout", None)  # and has no actor dropout
-            settings.pop("update_order", None)  # d3rlpy's own order, networks and initialisation
-            settings.pop("policy_kwargs", None)
+            for key in D3RLPY_IGNORED_SETTINGS:
+                settings.pop(key, None)
         if settings.get("dropout") is None:
             settings.pop("dropout", None)  # IQL's default: no dropout
         if settings.get("policy_extraction", "awr") == "awr":
