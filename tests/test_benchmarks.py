@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import torch as th
 from maze_data import MAZE_ID, MAZE_STEPS, tiny_maze_root
@@ -167,3 +168,29 @@ def test_seeds_trained_together_reach_their_separate_runs_even_from_different_ch
         separate, together = IQL.load(tmp_path / "separate" / name), IQL.load(tmp_path / "together" / name)
         for value, other in zip(separate.policy.state_dict().values(), together.policy.state_dict().values()):
             th.testing.assert_close(value, other, rtol=1e-4, atol=1e-5)
+
+
+def test_value_map_puts_each_open_cell_s_value_at_its_place_and_walls_blank(maze_root, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(maze_root))
+    import value_map  # benchmarks/value_map.py
+
+    from sb3_iql import IQL
+    from sb3_iql.data.minari_loader import load_dataset
+
+    env = load_dataset(MAZE_ID).recover_environment(eval_env=True)
+    maze, goal = env.unwrapped.maze, np.array([1.0, -1.0])
+    model = IQL("MultiInputPolicy", env, offline_dataset=MAZE_ID, policy_kwargs={"net_arch": [16]}, seed=0)
+    model.learn_offline(5)
+    grid = value_map.value_grid(model, maze, goal)
+
+    walls = np.array([[cell == 1 for cell in cells] for cells in maze.maze_map])  # open cells may be "g" or "r"
+    assert grid.shape == walls.shape and np.array_equal(np.isnan(grid), walls)
+    row, column = map(int, np.argwhere(~walls)[-1])  # an open cell
+    x, y = maze.cell_rowcol_to_xy(np.array([row, column]))
+    obs = {"observation": [[x, y, 0.0, 0.0]], "achieved_goal": [[x, y]], "desired_goal": [goal]}
+    with th.no_grad():
+        expected = model.policy.value_net({key: th.tensor(value, dtype=th.float32) for key, value in obs.items()})
+    assert grid[row, column] == pytest.approx(expected.item(), abs=1e-6)
+    lines = value_map.render(grid, (row, column)).splitlines()
+    assert len(lines) == walls.shape[0] and lines[row].split()[column] == f"{grid[row, column]:.1f}*"
