@@ -20,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch as th
+from gymnasium_robotics.envs.maze.maze import Maze
 
 from sb3_iql import IQL
 from sb3_iql.data.minari_loader import load_dataset
 
 
-def value_grid(model: IQL, maze, goal: np.ndarray) -> np.ndarray:
+def value_grid(model: IQL, maze: Maze, goal: np.ndarray) -> np.ndarray:
     """
     :param model: a trained IQL model with Dict observations (``observation`` = x, y, vx, vy)
     :param maze: the environment's ``Maze`` (Gymnasium-Robotics)
@@ -57,7 +58,7 @@ def render(grid: np.ndarray, goal_cell: tuple[int, int]) -> str:
         cells = []
         for column, value in enumerate(values):
             mark = "*" if (row, column) == goal_cell else " "
-            cells.append("     #" if np.isnan(value) else f"{value:6.1f}{mark}")
+            cells.append(f"{'#':>6} " if np.isnan(value) else f"{value:6.1f}{mark}")
         lines.append(" ".join(cells))
     return "\n".join(lines)
 
