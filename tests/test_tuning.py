@@ -105,8 +105,10 @@ def test_two_workers_share_one_study_and_the_best_trial_trains_again(maze_root, 
     outputs = [finish(process) for process in workers]
     study = optuna.load_study(study_name="shared", storage=storage)
     trials = study.trials
-    # no trial lost or run twice: 6 trials numbered 0..5, each finished once, by one of the two workers
-    assert [trial.number for trial in trials] == list(range(6))
+    # no trial lost or run twice: trials numbered 0..n-1, each finished once, by one of the two workers; rl-zoo counts
+    # finished trials before each worker starts one, so racing workers may run one trial more than the 6 asked for
+    # (its own comment in ExperimentManager.hyperparameters_optimization)
+    assert [trial.number for trial in trials] == list(range(len(trials))) and 6 <= len(trials) <= 6 + 1
     assert all(trial.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for trial in trials)
     workers_seen = {trial.user_attrs["worker"] for trial in trials}
     assert len(workers_seen) == 2, workers_seen
