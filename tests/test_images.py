@@ -35,6 +35,8 @@ from sb3_iql.datasets.pixels import render_states
 from sb3_iql.iql.multi_seed import learn_offline_together
 
 FRAME_SPACE = spaces.Box(0, 255, (1, 8, 8), dtype=np.uint8)
+#: The smallest channel-last picture SB3's NatureCNN takes.
+PICTURE_SPACE = spaces.Box(0, 255, (36, 36, 3), dtype=np.uint8)
 ACTION_SPACE = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
 SMALL_CNN = dict(net_arch=[32], features_extractor_kwargs=dict(features_dim=32))
 
@@ -160,6 +162,19 @@ def test_cnn_policy_trains_on_channel_last_frames_kept_as_uint8(image_dataset, t
         warnings.simplefilter("ignore")
         model.learn(total_timesteps=40)  # online steps through VecTransposeImage into the same buffer
     assert buffer.size() == 40 * 20 + 40 and buffer.n_frames == n_frames + 40 + 2  # two 20-step episodes
+
+
+@pytest.mark.parametrize(
+    "observation_space",
+    [PICTURE_SPACE, spaces.Dict({"frame": PICTURE_SPACE, "goal": spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)})],
+    ids=["box", "dict"],
+)
+def test_observation_normalisation_refuses_images(observation_space):
+    # Dataset statistics of raw 0-255 frames would not fit the 0-1 images the networks see: a clear error instead
+    policy = "CnnPolicy" if isinstance(observation_space, spaces.Box) else "MultiInputPolicy"
+    env = SpacesEnv(observation_space, ACTION_SPACE)
+    with pytest.raises(ValueError, match=r"normalize_observations is for vector observations.*normalize_images"):
+        IQL(policy, env, buffer_size=100, policy_kwargs={"net_arch": [32], "normalize_observations": True})
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ states).
 import numpy as np
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import nn
 
@@ -43,11 +44,20 @@ class ObservationNormalizer(nn.Module):
     offline dataset and then fixed (saved with the policy's state dict). Identity until fitted. For vector
     observations (images are already scaled by SB3's ``normalize_images``).
 
-    :param observation_space: Box or Dict observation space
+    :param observation_space: Box or Dict observation space, without images
+    :raises ValueError: for image observations (a Box image or a Dict with an image key)
     """
 
     def __init__(self, observation_space: spaces.Space):
         super().__init__()
+        subspaces = observation_space.spaces if isinstance(observation_space, spaces.Dict) else {"obs": observation_space}
+        images = [key for key, space in subspaces.items() if is_image_space(space, check_channels=False)]
+        if images:
+            where = "the observations" if isinstance(observation_space, spaces.Box) else f"the keys {images}"
+            raise ValueError(
+                f"normalize_observations is for vector observations, but {where} hold images, which SB3 scales by "
+                "255 (normalize_images): leave normalize_observations off for them"
+            )
         if isinstance(observation_space, spaces.Dict):
             self.keys: list[str] | None = list(observation_space.spaces)
             shapes = {key: space.shape for key, space in observation_space.spaces.items()}
