@@ -239,3 +239,11 @@ def test_from_preset_builds_iql_with_the_preset_and_overrides(maze_root):
     assert (finetune.actor_lr_schedule, finetune.learning_starts) == ("constant", 0)
     with pytest.raises(PresetNotFoundError):
         IQL.from_preset("nobody/nothing-v0")
+
+
+def test_from_preset_merges_the_given_policy_kwargs_into_the_preset_s(maze_root, tmp_path):
+    path = tmp_path / "presets.yml"
+    preset = {**preset_for(MAZE_ID), "policy_kwargs": {"normalize_observations": True, "net_arch": [8]}}
+    path.write_text(yaml.safe_dump({MAZE_ID: preset}))
+    model = IQL.from_preset(MAZE_ID, path=str(path), offline_steps=2, policy_kwargs={"net_arch": [16]})
+    assert model.policy.net_arch == [16] and model.policy.observation_normalizer is not None

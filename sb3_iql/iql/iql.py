@@ -215,11 +215,15 @@ class IQL(OfflineAlgorithm):
         :param finetune: the fine-tuning preset (offline then online, constant actor lr) instead of the offline one
         :param path: another preset file in the same format
         :param overrides: IQL arguments that replace the preset's (``offline_steps``, ``policy``, ``seed``,
-            ``device``...)
+            ``device``...); ``policy_kwargs`` are merged into the preset's, so that ``policy_kwargs={"net_arch":
+            [64, 64]}`` keeps the preset's other network settings
         :return: the model (of this class, for a subclass)
         :raises sb3_iql.presets.PresetNotFoundError: no preset applies to ``dataset_id``
         """
-        arguments = {**preset_arguments(dataset_id, finetune, path), **overrides}
+        preset = preset_arguments(dataset_id, finetune, path)
+        arguments = {**preset, **overrides}
+        if "policy_kwargs" in overrides:
+            arguments["policy_kwargs"] = {**preset.get("policy_kwargs", {}), **overrides["policy_kwargs"]}
         return cls(arguments.pop("policy", "MlpPolicy"), env, **arguments)
 
     @staticmethod
