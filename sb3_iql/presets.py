@@ -157,3 +157,16 @@ def preset_arguments(dataset_id: str, finetune: bool = False, path: str | None =
     arguments = iql_kwargs(preset_for(dataset_id, finetune, path))
     arguments.setdefault("offline_dataset", dataset_id)
     return arguments
+
+
+def with_overrides(arguments: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """
+    :param arguments: IQL arguments, e.g. a preset's
+    :param overrides: arguments that replace them, except ``policy_kwargs``, which are merged into theirs (so that
+        ``{"net_arch": [64, 64]}`` keeps the other network settings)
+    :return: a new dict
+    """
+    merged = {**arguments, **overrides}
+    if "policy_kwargs" in overrides:
+        merged["policy_kwargs"] = {**arguments.get("policy_kwargs", {}), **overrides["policy_kwargs"]}
+    return merged

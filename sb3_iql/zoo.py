@@ -57,7 +57,7 @@ from sb3_iql.callbacks import NormalizedEvalCallback, UpdatesProgressBarCallback
 from sb3_iql.common.offline import OfflineAlgorithm
 from sb3_iql.data.minari_loader import load_dataset
 from sb3_iql.iql import IQL
-from sb3_iql.presets import PresetNotFoundError, known_presets, preset_for
+from sb3_iql.presets import PresetNotFoundError, known_presets, preset_for, with_overrides
 from sb3_iql.tuning import (
     HEARTBEAT_INTERVAL,
     PresetFirstSampler,
@@ -275,8 +275,7 @@ class IQLExperimentManager(ExperimentManager):
         :return: the mean normalized score of the last evaluations (``TrialNormalizedEvalCallback.objective``)
         """
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        arguments = {**self._hyperparams, **sample_iql_params(trial, self.n_actions, 1, {})}
-        arguments["policy_kwargs"] = {**self._hyperparams.get("policy_kwargs", {}), **arguments["policy_kwargs"]}
+        arguments = with_overrides(self._hyperparams, sample_iql_params(trial, self.n_actions, 1, {}))
         env, eval_env = self.create_envs(1, no_log=True), self.create_envs(self.n_eval_envs, eval_env=True)
         model = IQL(env=env, tensorboard_log=None, seed=self.seed, verbose=0, device=self.device, **arguments)
         finetune = self.n_timesteps > 0

@@ -50,23 +50,19 @@ class ObservationNormalizer(nn.Module):
 
     def __init__(self, observation_space: spaces.Space):
         super().__init__()
-        subspaces = observation_space.spaces if isinstance(observation_space, spaces.Dict) else {"obs": observation_space}
-        images = [key for key, space in subspaces.items() if is_image_space(space, check_channels=False)]
+        is_dict = isinstance(observation_space, spaces.Dict)
+        subspaces = dict(observation_space.spaces) if is_dict else {"obs": observation_space}
+        images = [name for name, space in subspaces.items() if is_image_space(space, check_channels=False)]
         if images:
-            where = "the observations" if isinstance(observation_space, spaces.Box) else f"the keys {images}"
+            where = f"the keys {images}" if is_dict else "the observations"
             raise ValueError(
                 f"normalize_observations is for vector observations, but {where} hold images, which SB3 scales by "
                 "255 (normalize_images): leave normalize_observations off for them"
             )
-        if isinstance(observation_space, spaces.Dict):
-            self.keys: list[str] | None = list(observation_space.spaces)
-            shapes = {key: space.shape for key, space in observation_space.spaces.items()}
-        else:
-            self.keys = None
-            shapes = {"obs": observation_space.shape}
-        for name, shape in shapes.items():
-            self.register_buffer(f"mean_{name}", th.zeros(shape))
-            self.register_buffer(f"std_{name}", th.ones(shape))
+        self.keys: list[str] | None = list(subspaces) if is_dict else None
+        for name, space in subspaces.items():
+            self.register_buffer(f"mean_{name}", th.zeros(space.shape))
+            self.register_buffer(f"std_{name}", th.ones(space.shape))
         self.register_buffer("fitted", th.zeros((), dtype=th.bool))
 
     def fit(self, observations: np.ndarray | dict[str, np.ndarray]) -> None:

@@ -20,7 +20,7 @@ from sb3_iql.iql import update
 from sb3_iql.iql.fast_update import CudaGraphUpdate, FunctionalUpdate
 from sb3_iql.iql.policies import CnnPolicy, EnsembleCritic, IQLPolicy, MlpActor, MlpPolicy, MultiInputPolicy, ValueNetwork
 from sb3_iql.iql.update import METRIC_NAMES, POLICY_EXTRACTIONS, Batch, PolicyExtraction, UpdateSettings
-from sb3_iql.presets import preset_arguments
+from sb3_iql.presets import preset_arguments, with_overrides
 
 SelfIQL = TypeVar("SelfIQL", bound="IQL")
 UpdateOrder = Literal["sequential", "joint"]
@@ -220,10 +220,7 @@ class IQL(OfflineAlgorithm):
         :return: the model (of this class, for a subclass)
         :raises sb3_iql.presets.PresetNotFoundError: no preset applies to ``dataset_id``
         """
-        preset = preset_arguments(dataset_id, finetune, path)
-        arguments = {**preset, **overrides}
-        if "policy_kwargs" in overrides:
-            arguments["policy_kwargs"] = {**preset.get("policy_kwargs", {}), **overrides["policy_kwargs"]}
+        arguments = with_overrides(preset_arguments(dataset_id, finetune, path), overrides)
         return cls(arguments.pop("policy", "MlpPolicy"), env, **arguments)
 
     @staticmethod
