@@ -106,6 +106,7 @@ FACTORS: dict[str, dict[str, Any]] = {
     "obsnorm": {"policy_kwargs": {"normalize_observations": True}},
     "dropout": {"dropout": 0.1},
     "constlr": {"actor_lr_schedule": "constant"},  # d3rlpy's constant actor lr instead of the cosine decay to 0
+    "criticcos": {"critic_lr_schedule": "cosine"},  # the critics' and value net's lr decays to 0 too (the actor's)
     # DDPG+BC policy extraction instead of AWR, with the behaviour cloning weight alpha in the name
     **{f"ddpgbc{alpha}": {"policy_extraction": "ddpg_bc", "bc_weight": float(alpha)} for alpha in DDPG_BC_WEIGHTS},
     # the same with the AWR weights on the log-likelihood term

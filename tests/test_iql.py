@@ -169,6 +169,26 @@ def test_actor_lr_follows_a_cosine_to_zero_offline_then_constant_online(line_dat
     assert constant.actor.optimizer.param_groups[0]["lr"] == 3e-4
 
 
+def test_critic_lr_schedule_and_sb3_schedules_follow_the_offline_progress(line_dataset):
+    def offline_lrs(model: IQL) -> list[tuple[float, float, float]]:
+        seen = []
+        for _ in range(4):
+            model.learn_offline(1, reset_num_timesteps=False)
+            seen.append(tuple(net.optimizer.param_groups[0]["lr"] for net in (model.actor, model.critic, model.value_net)))
+        return seen
+
+    cosine = [3e-4 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
+    both = offline_lrs(line_model(line_dataset, offline_steps=4, critic_lr_schedule="cosine"))
+    np.testing.assert_allclose(np.array(both), np.repeat(np.array(cosine)[:, None], 3, axis=1))
+    # an SB3 schedule of the progress remaining (1 -> 0 over offline_steps) sets every network's base rate
+    linear = offline_lrs(line_model(line_dataset, offline_steps=4, learning_rate=lambda remaining: 1e-3 * remaining))
+    critic_linear = [1e-3 * (1 - k / 4) for k in range(4)]
+    np.testing.assert_allclose([lrs[1:] for lrs in linear], [(lr, lr) for lr in critic_linear])
+    np.testing.assert_allclose([lrs[0] for lrs in linear], np.multiply(critic_linear, np.array(cosine) / 3e-4))
+    with pytest.raises(ValueError, match="critic_lr_schedule must be"):
+        line_model(line_dataset, critic_lr_schedule="linear")
+
+
 def test_a_short_run_with_the_default_budget_is_warned_about_its_undecayed_actor_lr(line_dataset):
     model = line_model(line_dataset, offline_steps=None)
     assert model.offline_steps == 1_000_000

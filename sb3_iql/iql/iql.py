@@ -49,7 +49,8 @@ class IQL(OfflineAlgorithm):
         ``offline_dataset`` it may be None: the dataset's evaluation environment is then recovered
     :param offline_dataset: Minari dataset id, ``minari.MinariDataset``, or a list of them; every transition is
         loaded into the replay buffer
-    :param learning_rate: learning rate of the three Adam optimizers (actor: see ``actor_lr_schedule``)
+    :param learning_rate: learning rate of the three Adam optimizers, or an SB3 schedule of the progress remaining
+        (1 to 0 over ``offline_steps`` offline, over each ``learn()`` call online); see also ``actor_lr_schedule``
     :param buffer_size: replay buffer capacity in transitions (default: dataset size + 1,000,000)
     :param learning_starts: environment steps of uniformly random actions before learning online (0: act with
         the learned policy from the first step)
@@ -72,6 +73,7 @@ class IQL(OfflineAlgorithm):
     :param offline_steps: offline gradient steps, run by ``learn()`` before online steps when none have run yet
         (0 to skip; None: 1M, the paper's budget); also the horizon of the actor's cosine learning rate decay
     :param actor_lr_schedule: ``"cosine"`` (decay to 0 over ``offline_steps``, constant online) or ``"constant"``
+    :param critic_lr_schedule: the same for the critics and the value net (``"constant"``: the paper's)
     :param update_order: ``"sequential"`` (reference): V, then actor, then Q with the new V(s');
         ``"joint"`` (d3rlpy): Q and V step together, the Q target using V(s') from before V's step, then the actor
     :param compile_update: ``"auto"``: compiled (as True) from the first ``learn_offline`` call of at least
@@ -132,6 +134,7 @@ class IQL(OfflineAlgorithm):
         reward_transform: RewardTransformLike = None,
         offline_steps: int | None = None,
         actor_lr_schedule: Literal["cosine", "constant"] = "cosine",
+        critic_lr_schedule: Literal["cosine", "constant"] = "constant",
         update_order: UpdateOrder = "sequential",
         compile_update: bool | Literal["auto", "cudagraph"] = "auto",
         download_dataset: bool = False,
@@ -147,7 +150,9 @@ class IQL(OfflineAlgorithm):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
     ):
-        self._check_options(expectile, actor_lr_schedule, update_order, compile_update, policy_extraction)
+        self._check_options(
+            expectile, (actor_lr_schedule, critic_lr_schedule), update_order, compile_update, policy_extraction
+        )
         self.policy_extraction = policy_extraction
         self.bc_weight = bc_weight
         self.update_order = update_order
@@ -156,6 +161,7 @@ class IQL(OfflineAlgorithm):
         self.max_weight = max_weight
         self.dropout = dropout
         self.actor_lr_schedule = actor_lr_schedule
+        self.critic_lr_schedule = critic_lr_schedule
         self.compile_update = compile_update
         self._fast_update: FunctionalUpdate | CudaGraphUpdate | None = None
         # compile_update="auto": whether a long enough learn_offline call asked for the compiled update
@@ -225,12 +231,17 @@ class IQL(OfflineAlgorithm):
 
     @staticmethod
     def _check_options(
-        expectile: float, actor_lr_schedule: str, update_order: str, compile_update: bool | str, policy_extraction: str
+        expectile: float,
+        lr_schedules: tuple[str, str],
+        update_order: str,
+        compile_update: bool | str,
+        policy_extraction: str,
     ) -> None:
         if not 0 < expectile < 1:
             raise ValueError(f"expectile must be in (0, 1), got {expectile}")
-        if actor_lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"actor_lr_schedule must be 'cosine' or 'constant', got {actor_lr_schedule!r}")
+        for name, schedule in zip(("actor_lr_schedule", "critic_lr_schedule"), lr_schedules):
+            if schedule not in ("cosine", "constant"):
+                raise ValueError(f"{name} must be 'cosine' or 'constant', got {schedule!r}")
         if update_order not in UPDATE_ORDERS:
             raise ValueError(f"update_order must be one of {UPDATE_ORDERS}, got {update_order!r}")
         if compile_update not in (False, True, "auto", "cudagraph"):
@@ -377,18 +388,25 @@ class IQL(OfflineAlgorithm):
             )
         return super().learn_offline(n_updates, *args, **kwargs)
 
-    def _actor_learning_rate(self, offline: bool) -> float:
-        """Actor lr: cosine decay to 0 over ``offline_steps`` offline (if chosen), the base learning rate online."""
+    def _learning_rate(self, schedule: str, offline: bool) -> float:
+        """
+        The learning rate of one network: SB3's ``learning_rate`` (a float or a schedule of the progress remaining,
+        over ``offline_steps`` offline and over ``learn()``'s steps online), times a cosine decay to 0 over
+        ``offline_steps`` offline if ``schedule`` is ``"cosine"``.
+        """
+        if offline:
+            progress = min(self._n_offline_updates / max(self.offline_steps, 1), 1.0)
+            self._current_progress_remaining = 1.0 - progress
         base = self.lr_schedule(self._current_progress_remaining)
-        if not offline or self.actor_lr_schedule == "constant":
+        if not offline or schedule == "constant":
             return base
-        progress = min(self._n_offline_updates / max(self.offline_steps, 1), 1.0)
         return base * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def _set_learning_rates(self, offline: bool) -> None:
-        update_learning_rate(self.value_net.optimizer, self.lr_schedule(self._current_progress_remaining))
-        update_learning_rate(self.critic.optimizer, self.lr_schedule(self._current_progress_remaining))
-        update_learning_rate(self.actor.optimizer, self._actor_learning_rate(offline))
+        critic_lr = self._learning_rate(self.critic_lr_schedule, offline)
+        update_learning_rate(self.value_net.optimizer, critic_lr)
+        update_learning_rate(self.critic.optimizer, critic_lr)
+        update_learning_rate(self.actor.optimizer, self._learning_rate(self.actor_lr_schedule, offline))
 
     def _record_metrics(self, metric_sums: th.Tensor, n_steps: int) -> None:
         super()._record_metrics(metric_sums, n_steps)

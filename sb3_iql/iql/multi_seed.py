@@ -53,6 +53,7 @@ SHARED_ATTRIBUTES = (
     "bc_weight",
     "learning_rate",
     "actor_lr_schedule",
+    "critic_lr_schedule",
     "offline_steps",
     "_n_offline_updates",
     "_current_progress_remaining",
