@@ -388,25 +388,25 @@ class IQL(OfflineAlgorithm):
             )
         return super().learn_offline(n_updates, *args, **kwargs)
 
-    def _learning_rate(self, schedule: str, offline: bool) -> float:
+    def _set_learning_rates(self, offline: bool) -> None:
         """
-        The learning rate of one network: SB3's ``learning_rate`` (a float or a schedule of the progress remaining,
-        over ``offline_steps`` offline and over ``learn()``'s steps online), times a cosine decay to 0 over
-        ``offline_steps`` offline if ``schedule`` is ``"cosine"``.
+        Each network's lr: SB3's ``learning_rate`` (a float or a schedule of the progress remaining, over
+        ``offline_steps`` offline and over ``learn()``'s steps online), times a cosine decay to 0 over
+        ``offline_steps`` offline for the networks whose schedule (``actor_lr_schedule``, ``critic_lr_schedule``)
+        is ``"cosine"``.
         """
+        cosine = 1.0
         if offline:
             progress = min(self._n_offline_updates / max(self.offline_steps, 1), 1.0)
             self._current_progress_remaining = 1.0 - progress
+            cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
         base = self.lr_schedule(self._current_progress_remaining)
-        if not offline or schedule == "constant":
-            return base
-        return base * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    def _set_learning_rates(self, offline: bool) -> None:
-        critic_lr = self._learning_rate(self.critic_lr_schedule, offline)
+        critic_lr, actor_lr = (
+            base * cosine if schedule == "cosine" else base for schedule in (self.critic_lr_schedule, self.actor_lr_schedule)
+        )
         update_learning_rate(self.value_net.optimizer, critic_lr)
         update_learning_rate(self.critic.optimizer, critic_lr)
-        update_learning_rate(self.actor.optimizer, self._learning_rate(self.actor_lr_schedule, offline))
+        update_learning_rate(self.actor.optimizer, actor_lr)
 
     def _record_metrics(self, metric_sums: th.Tensor, n_steps: int) -> None:
         super()._record_metrics(metric_sums, n_steps)
