@@ -97,6 +97,8 @@ REFERENCE_SETTINGS: dict[str, Any] = {
 }
 #: Behaviour cloning weights of the DDPG+BC factors (``+ddpgbc<weight>``).
 DDPG_BC_WEIGHTS = ("0.001", "0.01", "0.1", "1")
+#: Inverse temperatures of the ``+beta<value>`` factors (the preset's beta otherwise; 0 is behaviour cloning).
+BETAS = ("0.3", "1", "3")
 #: Factors of the study, each added to the reference with ``+name``: d3rlpy's three choices, then ours beyond them.
 FACTORS: dict[str, dict[str, Any]] = {
     "order": {"update_order": "joint"},  # Q target with V(s') from before V's step
@@ -104,6 +106,7 @@ FACTORS: dict[str, dict[str, Any]] = {
     "init": {"policy_kwargs": {"weight_init": "pytorch"}},
     "ln": {"policy_kwargs": {"critic_layer_norm": True}},
     "obsnorm": {"policy_kwargs": {"normalize_observations": True}},
+    "spread": {"policy_kwargs": {"spread_first_layer_biases": True}},  # first-layer ReLU kinks spread, not at 0
     "dropout": {"dropout": 0.1},
     "constlr": {"actor_lr_schedule": "constant"},  # d3rlpy's constant actor lr instead of the cosine decay to 0
     "criticcos": {"critic_lr_schedule": "cosine"},  # the critics' and value net's lr decays to 0 too (the actor's)
@@ -111,6 +114,7 @@ FACTORS: dict[str, dict[str, Any]] = {
     **{f"ddpgbc{alpha}": {"policy_extraction": "ddpg_bc", "bc_weight": float(alpha)} for alpha in DDPG_BC_WEIGHTS},
     # the same with the AWR weights on the log-likelihood term
     **{f"ddpgawr{alpha}": {"policy_extraction": "ddpg_awr", "bc_weight": float(alpha)} for alpha in DDPG_BC_WEIGHTS},
+    **{f"beta{beta}": {"beta": float(beta)} for beta in BETAS},
     "evalgoal": {"relabel_eval_goal": True},  # every transition rewritten for the evaluation goal (sb3_iql.data.goals)
     "evalgoalterm": {"relabel_eval_goal": "terminal"},  # the same, and terminal at the goal (D4RL's relabelled AntMaze)
     # hindsight relabelling (sb3_iql.HerReplayBuffer, named by a string so that the settings stay JSON)

@@ -143,7 +143,7 @@ def test_orthogonal_init_has_orthonormal_rows_scaled_by_the_gain():
 def small_policy(**kwargs) -> IQLPolicy:
     observation_space = spaces.Box(-1.0, 1.0, (3,), np.float32)
     action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
-    return IQLPolicy(observation_space, action_space, lambda _: 3e-4, net_arch=[64, 64], **kwargs)
+    return IQLPolicy(observation_space, action_space, lambda _: 3e-4, **{"net_arch": [64, 64], **kwargs})
 
 
 def test_sigmoid_log_std_starts_at_its_initial_value_and_stays_inside_the_bounds():
@@ -178,6 +178,27 @@ def test_pytorch_init_draws_every_layer_as_nn_linear_does():
     assert critic_hidden.abs().max() <= 1 / 8 and critic_hidden.std().item() == pytest.approx(1 / 8 / math.sqrt(3), rel=0.05)
     assert policy.critic.q_networks[0].bias.abs().max() > 0
     assert not th.equal(critic_hidden[0], critic_hidden[1])
+    for source, target in zip(policy.critic.parameters(), policy.critic_target.parameters()):
+        assert th.equal(source, target)
+
+
+def test_spread_first_layer_biases_scale_with_each_units_weight_norm_and_leave_the_rest_at_zero():
+    th.manual_seed(0)
+    policy = small_policy(net_arch=[512, 64], spread_first_layer_biases=True)
+    th.manual_seed(0)
+    plain = small_policy(net_arch=[512, 64])
+    firsts = {
+        "actor": (policy.actor.latent_pi[0], plain.actor.latent_pi[0]),
+        "value": (policy.value_net.v_network[0][0], plain.value_net.v_network[0][0]),
+        "critic": (policy.critic.q_networks[0], plain.critic.q_networks[0]),
+    }
+    for name, (layer, reference) in firsts.items():
+        assert th.equal(layer.weight, reference.weight), name  # the weights are the initialisation's
+        norms = layer.weight.norm(dim=1, keepdim=True) if name == "critic" else layer.weight.norm(dim=1)
+        ratio = (layer.bias / norms).flatten()  # N(0, 1): the kink w.x = -b sits |b| / |w| from the origin
+        assert abs(ratio.mean().item()) < 0.15 and ratio.std().item() == pytest.approx(1.0, abs=0.1), name
+    assert th.equal(policy.actor.latent_pi[2].bias, th.zeros(64))  # deeper layers keep their zero biases
+    assert th.equal(policy.critic.q_networks[2].bias, th.zeros(2, 1, 64))
     for source, target in zip(policy.critic.parameters(), policy.critic_target.parameters()):
         assert th.equal(source, target)
 

@@ -121,6 +121,25 @@ def init_weights_(module: nn.Module, weight_init: WeightInit = "orthogonal", gai
         raise ValueError(f"weight_init must be 'orthogonal' or 'pytorch', got {weight_init!r}")
 
 
+def spread_first_layer_biases_(layers: nn.Module) -> None:
+    """
+    Draw the biases of the first (ensemble) linear layer in ``layers`` as ``b_j ~ N(0, |w_j|^2)`` for each unit
+    ``j``, in place. Unit ``j``'s ReLU kink is the hyperplane ``w_j . x = -b_j``: with zero biases every kink passes
+    through the origin of the inputs (the data's mean once observations are normalised); with these biases the
+    kinks lie at offsets of the order of the inputs' spread (``w_j . x`` has standard deviation ``|w_j|`` for
+    inputs of unit variance), as a constant input feature does for unnormalised observations.
+
+    :param layers: the hidden layers of a network (its first linear layer takes the features)
+    """
+    first = next(layer for layer in layers.modules() if isinstance(layer, (nn.Linear, EnsembleLinear)))
+    with th.no_grad():
+        if isinstance(first, EnsembleLinear):  # weight (n_members, in_features, out_features)
+            norms = first.weight.norm(dim=1, keepdim=True)
+        else:  # weight (out_features, in_features)
+            norms = first.weight.norm(dim=1)
+        first.bias.copy_(norms * th.randn_like(first.bias))
+
+
 def orthogonal_init_(module: nn.Module, gain: float = ORTHOGONAL_GAIN) -> None:
     """Orthogonal weights and zero biases for every (ensemble) linear layer of ``module``, in place."""
     for layer in module.modules():
@@ -504,6 +523,8 @@ class IQLPolicy(BasePolicy):
     :param critic_layer_norm: LayerNorm before each hidden activation of the critics and the value network
     :param normalize_observations: normalise observations with the offline dataset's mean and std (fitted by
         ``IQL`` when the dataset is loaded, then fixed; features that are constant in the data are only centred)
+    :param spread_first_layer_biases: random first-hidden-layer biases (``spread_first_layer_biases_``) instead of
+        the initialisation's, so that the ReLU kinks of the first layer do not all pass through the inputs' origin
     :param features_extractor_class: features extractor of each network
     :param features_extractor_kwargs: its keyword arguments
     :param share_features_extractor: one features extractor for the actor, the critics and the value network,
@@ -535,6 +556,7 @@ class IQLPolicy(BasePolicy):
         weight_init: WeightInit = "orthogonal",
         critic_layer_norm: bool = False,
         normalize_observations: bool = False,
+        spread_first_layer_biases: bool = False,
         features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
         features_extractor_kwargs: dict[str, Any] | None = None,
         share_features_extractor: bool = False,
@@ -565,6 +587,7 @@ class IQLPolicy(BasePolicy):
         self.weight_init = weight_init
         self.critic_layer_norm = critic_layer_norm
         self.normalize_observations = normalize_observations
+        self.spread_first_layer_biases = spread_first_layer_biases
         self.n_critics = n_critics
         self.ortho_init_gain = ortho_init_gain
         self.share_features_extractor = share_features_extractor
@@ -604,6 +627,9 @@ class IQLPolicy(BasePolicy):
         self.value_net = ValueNetwork(net_arch=value_arch, layer_norm=self.critic_layer_norm, **extractor(), **common)
         for network in (self.actor, self.critic, self.value_net):
             init_weights_(network, self.weight_init, self.ortho_init_gain)
+        if self.spread_first_layer_biases:
+            for hidden in (self.actor.latent_pi, self.critic.q_networks, self.value_net.v_network):
+                spread_first_layer_biases_(hidden)
         #: Shared by the four networks (one set of statistics), None without ``normalize_observations``.
         self.observation_normalizer = ObservationNormalizer(self.observation_space) if self.normalize_observations else None
         if self.observation_normalizer is not None:
@@ -634,6 +660,7 @@ class IQLPolicy(BasePolicy):
             weight_init=self.weight_init,
             critic_layer_norm=self.critic_layer_norm,
             normalize_observations=self.normalize_observations,
+            spread_first_layer_biases=self.spread_first_layer_biases,
             n_critics=self.n_critics,
             ortho_init_gain=self.ortho_init_gain,
             lr_schedule=self._dummy_schedule,  # not needed to load the policy alone
