@@ -194,3 +194,26 @@ def test_value_map_puts_each_open_cell_s_value_at_its_place_and_walls_blank(maze
     assert grid[row, column] == pytest.approx(expected.item(), abs=1e-6)
     lines = value_map.render(grid, (row, column)).splitlines()
     assert len(lines) == walls.shape[0] and lines[row].split()[column] == f"{grid[row, column]:.1f}*"
+
+
+def test_first_layer_kinks_start_at_the_data_mean_only_with_normalised_inputs_and_zero_biases(maze_root, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(maze_root))
+    import first_layer_kinks  # benchmarks/first_layer_kinks.py
+
+    from sb3_iql import IQL
+
+    median_offsets = {}
+    for spread in (False, True):
+        policy_kwargs = {"net_arch": [64], "normalize_observations": True, "spread_first_layer_biases": spread}
+        model = IQL("MultiInputPolicy", None, offline_dataset=MAZE_ID, policy_kwargs=policy_kwargs, seed=0)
+        data = model.replay_buffer.sample(5000)
+        observations = {key: value.numpy() for key, value in data.observations.items()}
+        pre = first_layer_kinks.first_layer_preactivations(model, observations, data.actions.numpy())
+        assert pre["actor"].shape == (64, 5000) and pre["critics"].shape == (2 * 64, 5000)
+        layer, normalizer = model.policy.value_net.v_network[0][0], model.policy.observation_normalizer
+        normalized = normalizer({key: th.as_tensor(value) for key, value in observations.items()})
+        inputs = th.cat([normalized[key] for key in sorted(normalized)], dim=-1)  # SB3 flattens Dict keys sorted
+        th.testing.assert_close(pre["value"], layer(inputs).T.detach())
+        median_offsets[spread] = (pre["value"].mean(dim=1) / pre["value"].std(dim=1)).abs().median().item()
+    assert median_offsets[False] < 0.1 < 0.3 < median_offsets[True]
