@@ -129,9 +129,11 @@ def spread_first_layer_biases_(layers: nn.Module) -> None:
     kinks lie at offsets of the order of the inputs' spread (``w_j . x`` has standard deviation ``|w_j|`` for
     inputs of unit variance), as a constant input feature does for unnormalised observations.
 
-    :param layers: the hidden layers of a network (its first linear layer takes the features)
+    :param layers: the hidden layers of a network (its first linear layer takes the features; none: nothing done)
     """
-    first = next(layer for layer in layers.modules() if isinstance(layer, (nn.Linear, EnsembleLinear)))
+    first = next((layer for layer in layers.modules() if isinstance(layer, (nn.Linear, EnsembleLinear))), None)
+    if first is None:
+        return
     with th.no_grad():
         if isinstance(first, EnsembleLinear):  # weight (n_members, in_features, out_features)
             norms = first.weight.norm(dim=1, keepdim=True)
