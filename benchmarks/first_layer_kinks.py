@@ -19,24 +19,26 @@ Usage::
 import argparse
 
 import minari
-import numpy as np
 import torch as th
 from scores import RunConfig, _iql_arguments
-from stable_baselines3.common.utils import obs_as_tensor
+from stable_baselines3.common.type_aliases import PyTorchObs
 
 from sb3_iql import IQL
 from sb3_iql.presets import preset_arguments
 
 
-def first_layer_preactivations(model: IQL, observations: dict | np.ndarray, actions: np.ndarray) -> dict[str, th.Tensor]:
-    """:return: per network, the first hidden layer's pre-activations on the data, shape ``(units, n)``"""
+def first_layer_preactivations(model: IQL, obs: PyTorchObs, actions: th.Tensor) -> dict[str, th.Tensor]:
+    """
+    :param obs: observations as the replay buffer samples them, ``(n, *shape)`` or a dict of them
+    :param actions: the scaled dataset actions, ``(n, action_dim)``
+    :return: per network, the first hidden layer's pre-activations on the data, shape ``(units, n)``
+    """
     policy = model.policy
-    obs = obs_as_tensor(observations, policy.device)
     with th.no_grad():
         actor_in = policy.actor.extract_features(obs, policy.actor.features_extractor)
         value_in = policy.value_net.extract_features(obs, policy.value_net.features_extractor)
         critic_features = policy.critic.extract_features(obs, policy.critic.features_extractor)
-        critic_in = th.cat([critic_features, th.as_tensor(actions, dtype=th.float32)], dim=-1)
+        critic_in = th.cat([critic_features, actions], dim=-1)
         critic_layer = policy.critic.q_networks[0]
         return {
             "actor": policy.actor.latent_pi[0](actor_in).T,
@@ -60,6 +62,7 @@ def main() -> None:
     print("| method | network | median abs(offset) | 90% quantile | units splitting the data (5-95% active) |")
     print("|---|---|---:|---:|---:|")
     for method in args.methods:
+        # a run's settings; the budget and evaluation fields do not enter the hyperparameters
         config = RunConfig(args.dataset, dataset.total_steps, method, 0, 1, 1, 1, tuple(args.net_arch), 256)
         offsets: dict[str, list[th.Tensor]] = {}
         splitting: dict[str, list[th.Tensor]] = {}
@@ -72,12 +75,7 @@ def main() -> None:
                 **_iql_arguments(config.hyperparameters(), config.net_arch),
             )
             batch = model.replay_buffer.sample(args.samples)  # SB3's sampling, seeded by the model's seed
-            if isinstance(batch.observations, dict):
-                observations = {key: value.cpu().numpy() for key, value in batch.observations.items()}
-            else:
-                observations = batch.observations.cpu().numpy()
-            actions = batch.actions.cpu().numpy()
-            for name, pre in first_layer_preactivations(model, observations, actions).items():
+            for name, pre in first_layer_preactivations(model, batch.observations, batch.actions).items():
                 offsets.setdefault(name, []).append((pre.mean(dim=1) / pre.std(dim=1)).abs())
                 active = (pre > 0).float().mean(dim=1)
                 splitting.setdefault(name, []).append(((active > 0.05) & (active < 0.95)).float())

@@ -208,11 +208,10 @@ def test_first_layer_kinks_start_at_the_data_mean_only_with_normalised_inputs_an
         policy_kwargs = {"net_arch": [64], "normalize_observations": True, "spread_first_layer_biases": spread}
         model = IQL("MultiInputPolicy", None, offline_dataset=MAZE_ID, policy_kwargs=policy_kwargs, seed=0)
         data = model.replay_buffer.sample(5000)
-        observations = {key: value.numpy() for key, value in data.observations.items()}
-        pre = first_layer_kinks.first_layer_preactivations(model, observations, data.actions.numpy())
+        pre = first_layer_kinks.first_layer_preactivations(model, data.observations, data.actions)
         assert pre["actor"].shape == (64, 5000) and pre["critics"].shape == (2 * 64, 5000)
         layer, normalizer = model.policy.value_net.v_network[0][0], model.policy.observation_normalizer
-        normalized = normalizer({key: th.as_tensor(value) for key, value in observations.items()})
+        normalized = normalizer(data.observations)
         inputs = th.cat([normalized[key] for key in sorted(normalized)], dim=-1)  # SB3 flattens Dict keys sorted
         th.testing.assert_close(pre["value"], layer(inputs).T.detach())
         median_offsets[spread] = (pre["value"].mean(dim=1) / pre["value"].std(dim=1)).abs().median().item()
