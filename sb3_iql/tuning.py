@@ -149,9 +149,10 @@ def make_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL) -> RDBS
     for _ in range(STORAGE_ATTEMPTS - 1):
         try:
             return _database_storage(url, heartbeat_interval)
-        # Another worker created the same tables at the same time: a duplicate row (IntegrityError), or SQLite's
-        # "table ... already exists" / "database is locked" (OperationalError).
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+        # Another worker created the same tables at the same time: a duplicate row (IntegrityError), SQLite's
+        # "table ... already exists" / "database is locked" (OperationalError), or PostgreSQL's
+        # 'type "studydirection" already exists' (ProgrammingError). A real error is raised by the last attempt.
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError):
             time.sleep(1.0)
     return _database_storage(url, heartbeat_interval)
 

@@ -219,13 +219,14 @@ def test_a_dataset_without_preset_can_be_optimised_too(maze_root, tmp_path):
     assert (trials[0].params["expectile"], trials[0].params["beta"]) == (0.7, 3.0)
 
 
-@pytest.mark.parametrize("error", ["integrity", "operational"])
+@pytest.mark.parametrize("error", ["integrity", "operational", "programming"])
 def test_a_worker_that_loses_the_race_to_create_the_tables_opens_the_storage_again(monkeypatch, error):
     import sqlalchemy
 
     raised = {
         "integrity": sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed")),
         "operational": sqlalchemy.exc.OperationalError("CREATE TABLE", {}, Exception("table studies already exists")),
+        "programming": sqlalchemy.exc.ProgrammingError("CREATE TYPE", {}, Exception('type "studydirection" exists')),
     }[error]
     calls = []
 
