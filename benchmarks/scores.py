@@ -125,8 +125,6 @@ FACTORS: dict[str, dict[str, Any]] = {
 }
 #: Factors that change the data, not the learner: d3rlpy's methods take them too, so both train on the same data.
 DATA_FACTORS = ("evalgoal", "evalgoalterm")
-#: Replay buffer classes that factors name.
-BUFFER_CLASSES = {"HerReplayBuffer": HerReplayBuffer}
 #: ``iql``: the package's defaults; ``bc``: the reference with beta = 0; ``iql-ref[+factor...]``: the reference with
 #: factors; ``d3rlpy-iql`` and ``d3rlpy-bc``: the peer (``benchmarks/peers.py``).
 BASE_METHODS = ("iql", "bc", "iql-ref", "d3rlpy-iql", "d3rlpy-iql-cosine", "d3rlpy-bc")
@@ -567,12 +565,9 @@ def train_iql_together(
 
 
 def _iql_arguments(hyperparameters: dict[str, Any], net_arch: tuple[int, ...]) -> dict[str, Any]:
-    """:return: the IQL arguments: ``net_arch`` in the policy's, a buffer class named by a factor resolved"""
+    """:return: the IQL arguments, ``net_arch`` in the policy's (a buffer class stays named: IQL resolves it)"""
     policy_kwargs = {**hyperparameters.get("policy_kwargs", {}), "net_arch": list(net_arch)}
-    arguments = {**hyperparameters, "policy_kwargs": policy_kwargs}
-    if "replay_buffer_class" in arguments:
-        arguments["replay_buffer_class"] = BUFFER_CLASSES[arguments["replay_buffer_class"]]
-    return arguments
+    return {**hyperparameters, "policy_kwargs": policy_kwargs}
 
 
 def train_d3rlpy(

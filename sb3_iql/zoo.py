@@ -55,6 +55,7 @@ from stable_baselines3.common.utils import configure_logger
 
 from sb3_iql.callbacks import NormalizedEvalCallback, UpdatesProgressBarCallback
 from sb3_iql.common.offline import OfflineAlgorithm
+from sb3_iql.data import REPLAY_BUFFER_CLASSES
 from sb3_iql.data.minari_loader import load_dataset
 from sb3_iql.iql import IQL
 from sb3_iql.presets import PresetNotFoundError, known_presets, preset_for, with_overrides
@@ -259,6 +260,10 @@ class IQLExperimentManager(ExperimentManager):
     def _preprocess_hyperparams(self, hyperparams: dict[str, Any]) -> tuple[dict[str, Any], Any, list[BaseCallback], Any]:
         # rl-zoo derives the evaluations of a trial from n_timesteps, 0 offline: 1 per 100k offline updates instead.
         derive = self.n_evaluations is None and self.optimize_hyperparameters
+        # rl-zoo evaluates a buffer's name in its own module, where "HerReplayBuffer" is SB3's, which cannot take
+        # offline data: the package's buffers are resolved here first.
+        if hyperparams.get("replay_buffer_class") in REPLAY_BUFFER_CLASSES:
+            hyperparams["replay_buffer_class"] = REPLAY_BUFFER_CLASSES[hyperparams["replay_buffer_class"]]
         processed = super()._preprocess_hyperparams(hyperparams)
         if self._eval_env_kwargs_args is None:
             self.eval_env_kwargs = self.env_kwargs

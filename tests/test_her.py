@@ -223,6 +223,15 @@ def test_bad_arguments_get_clear_errors(maze_root):
         HerReplayBuffer(10, spaces.Dict({"observation": GOAL_SPACE["observation"]}), ACTION_SPACE)
     with pytest.raises(ValueError, match=r"use sb3_iql\.HerReplayBuffer"):
         IQL("MultiInputPolicy", offline_dataset=MAZE_ID, replay_buffer_class=stable_baselines3.HerReplayBuffer)
+    with pytest.raises(ValueError, match=r"Unknown replay_buffer_class 'HindsightBuffer'.*'HerReplayBuffer'"):
+        IQL("MultiInputPolicy", offline_dataset=MAZE_ID, replay_buffer_class="HindsightBuffer")
+
+
+def test_a_buffer_named_as_preset_files_name_it_is_the_package_s(maze_root):
+    model = IQL("MultiInputPolicy", offline_dataset=MAZE_ID, replay_buffer_class="HerReplayBuffer", offline_steps=0)
+    assert type(model.replay_buffer) is HerReplayBuffer and model.replay_buffer.size() == len(
+        load_transitions([load_dataset(MAZE_ID)])
+    )
 
 
 def wandering_policy(seed: int):

@@ -117,24 +117,37 @@ def test_hopper_medium_replay_preset_takes_d3rlpy_s_update_order_log_std_init_an
     assert (preset["expectile"], preset["beta"], preset["reward_transform"]) == (0.7, 3.0, "locomotion")
 
 
+HINDSIGHT = ("MultiInputPolicy", "HerReplayBuffer", {"n_sampled_goal": 4, "goal_selection_strategy": "future"})
+NO_HINDSIGHT = ("MlpPolicy", None, None)
+
+
 @pytest.mark.parametrize(
-    "dataset_id, relabel",
+    "dataset_id, relabel, hindsight, extraction, beta",
     [
-        ("sb3_iql/pointmaze/medium-v0", "terminal"),  # sparse, goal-carrying: measured (scores.md, "Findings")
-        ("sb3_iql/pointmaze/large-v0", "terminal"),
-        ("D4RL/pointmaze/large-v2", "terminal"),  # Minari's recipe: goal-carrying, fixed evaluation goal
-        ("D4RL/pointmaze/large-dense-v2", None),  # dense: not measured with relabelling
-        ("D4RL/pointmaze/open-v2", None),
-        ("sb3_iql/pointmaze/large-stitch-v0", None),  # stitch data already pursue the evaluation goal
-        ("sb3_iql/pointmaze/large-dense-v0", None),
-        ("sb3_iql/pointmaze/medium-v0:finetune", None),
+        # measured per recipe (docs/guide/datasets.md, "Which option for which goal dataset")
+        ("D4RL/pointmaze/large-v2", None, HINDSIGHT, "ddpg_awr", 10.0),  # Minari's recipe: the goal moves once reached
+        ("sb3_iql/pointmaze/medium-cut-v0", None, HINDSIGHT, "ddpg_awr", 10.0),  # its local replica
+        ("sb3_iql/pointmaze/medium-play-v0", None, HINDSIGHT, "ddpg_awr", 10.0),  # stored goals never pursued
+        ("sb3_iql/pointmaze/medium-antmaze-unseen-v0", None, HINDSIGHT, "awr", 10.0),  # the paper's AWR leads there
+        ("sb3_iql/pointmaze/medium-antmaze-v0", None, HINDSIGHT, "awr", 1.0),  # IQL's best there (BC leads)
+        ("sb3_iql/pointmaze/medium-v0", "terminal", NO_HINDSIGHT, "ddpg_awr", 10.0),  # fixed-length runs
+        ("sb3_iql/pointmaze/large-v0", "terminal", NO_HINDSIGHT, "ddpg_awr", 10.0),
+        ("D4RL/pointmaze/large-dense-v2", None, NO_HINDSIGHT, "ddpg_awr", 10.0),  # dense: not measured
+        ("D4RL/pointmaze/open-v2", None, NO_HINDSIGHT, "ddpg_awr", 10.0),
+        ("sb3_iql/pointmaze/large-stitch-v0", None, NO_HINDSIGHT, "ddpg_awr", 10.0),  # the goal is the evaluation's
+        ("sb3_iql/pointmaze/large-dense-v0", None, NO_HINDSIGHT, "ddpg_awr", 10.0),
+        ("sb3_iql/pointmaze/medium-v0:finetune", None, NO_HINDSIGHT, "awr", 10.0),
     ],
 )
-def test_goal_carrying_sparse_maze_presets_relabel_for_the_evaluation_goal_with_terminals(dataset_id, relabel):
+def test_goal_carrying_sparse_maze_presets_relabel_goals_as_measured_for_their_recipe(
+    dataset_id, relabel, hindsight, extraction, beta
+):
     dataset_id, _, finetune = dataset_id.partition(":")
     preset = preset_for(dataset_id, finetune=bool(finetune))
     assert preset.get("relabel_eval_goal") == relabel
-    assert (preset["expectile"], preset["beta"], preset["reward_transform"]) == (0.9, 10.0, "antmaze")
+    assert (preset["policy"], preset.get("replay_buffer_class"), preset.get("replay_buffer_kwargs")) == hindsight
+    assert (preset.get("policy_extraction", "awr"), preset["beta"]) == (extraction, beta)
+    assert (preset["expectile"], preset["reward_transform"]) == (0.9, "antmaze")
 
 
 @pytest.mark.parametrize("dataset_id", ["D4RL/antmaze/large-diverse-v1", "D4RL/antmaze/medium-play-v1", MAZE_ID])
@@ -204,7 +217,7 @@ def test_every_entry_is_made_of_iql_arguments_and_rl_zoo_keys():
     for key, preset in presets.items():
         assert set(iql_kwargs(preset)) <= IQL_ARGUMENTS, key
         assert set(preset) - set(iql_kwargs(preset)) <= ZOO_ONLY_KEYS, key
-        assert preset["policy"] in ("MlpPolicy", "CnnPolicy") and "n_timesteps" in preset, key
+        assert preset["policy"] in ("MlpPolicy", "MultiInputPolicy", "CnnPolicy") and "n_timesteps" in preset, key
 
 
 def test_preset_arguments_are_iql_constructor_arguments_with_the_dataset():

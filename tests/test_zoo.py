@@ -3,12 +3,15 @@
 import pathlib
 from collections.abc import Iterator
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import yaml
-from maze_data import MAZE_ENV_ID, MAZE_EPISODE_STEPS, MAZE_ID, tiny_maze_root
+from maze_data import MAZE_ENV_ID, MAZE_EPISODE_STEPS, MAZE_ID, MAZE_STEPS, tiny_maze_root
 
-from sb3_iql import IQL
+from sb3_iql import IQL, HerReplayBuffer
+from sb3_iql.datasets import make_pointmaze_dataset
+from sb3_iql.iql import MultiInputPolicy
 from sb3_iql.plotting import read_progress
 
 zoo = pytest.importorskip("sb3_iql.zoo", reason="rl-zoo3 is not installed (pip install 'sb3_iql[zoo]')")
@@ -87,6 +90,17 @@ def test_offline_training_then_enjoy(maze_root, tmp_path, capsys):
     output = capsys.readouterr().out
     assert f"Loading {run / MAZE_ENV_ID}.zip" in output
     assert "1 Episodes" in output and f"Mean episode length: {MAZE_EPISODE_STEPS}.00" in output
+
+
+def test_a_hindsight_preset_trains_with_the_package_s_buffer(maze_root, tmp_path):
+    # The goal-carrying presets name HerReplayBuffer; rl-zoo alone would evaluate the name to SB3's class.
+    dataset_id = "sb3_iql/pointmaze/umaze-cut-v0"
+    make_pointmaze_dataset("umaze", "sparse", recipe="cut", n_steps=MAZE_STEPS, n_reference_episodes=1)
+    zoo.main(["train", "--dataset", dataset_id, "-f", str(tmp_path / "logs"), *TINY, "offline_steps:10"])
+    model = IQL.load(run_folder(tmp_path / "logs") / f"{MAZE_ENV_ID}.zip", env=gym.make(MAZE_ENV_ID))
+    assert (model.replay_buffer_class, type(model.policy)) == (HerReplayBuffer, MultiInputPolicy)
+    assert model.replay_buffer_kwargs == {"n_sampled_goal": 4, "goal_selection_strategy": "future"}
+    assert (model.policy_extraction, model._n_updates) == ("ddpg_awr", 10)
 
 
 def test_offline_then_online_fine_tuning(maze_root, tmp_path):

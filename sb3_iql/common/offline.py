@@ -31,6 +31,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from sb3_iql.callbacks import UpdatesProgressBarCallback
 from sb3_iql.common.augmentation import shift_observations
 from sb3_iql.common.preprocessing import to_channel_first
+from sb3_iql.data import replay_buffer_class_named
 from sb3_iql.data.buffers import OfflineDictReplayBuffer, OfflineReplayBuffer
 from sb3_iql.data.device_buffers import DeviceDictReplayBuffer, DeviceReplayBuffer
 from sb3_iql.data.goals import evaluation_goal, relabel_for_evaluation_goal
@@ -91,7 +92,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     :param image_shift: random-shift augmentation of image observations in training batches (DrQ): each image
         (and next image) shifted by up to this many pixels, borders replicated; 0: off (4 for 84x84 in DrQ)
     :param replay_buffer_class: a buffer with ``extend`` (default: ``DeviceReplayBuffer`` or its Dict version;
-        ``OfflineReplayBuffer`` keeps SB3's NumPy storage; the Dict variant is picked from the observation space)
+        ``OfflineReplayBuffer`` keeps SB3's NumPy storage; the Dict variant is picked from the observation space),
+        or the class name of one of the package's buffers (``"HerReplayBuffer"``, as preset files write it)
     """
 
     #: Names of the metrics the update returns, in order.
@@ -116,7 +118,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         offline_steps: int | None = None,
         download_dataset: bool = False,
         relabel_eval_goal: bool | Literal["terminal"] = False,
-        replay_buffer_class: type[ReplayBuffer] | None = None,
+        replay_buffer_class: type[ReplayBuffer] | str | None = None,
         replay_buffer_kwargs: dict[str, Any] | None = None,
         policy_kwargs: dict[str, Any] | None = None,
         stats_window_size: int = 100,
@@ -183,7 +185,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             gamma,
             train_freq,
             gradient_steps,
-            replay_buffer_class=replay_buffer_class,
+            replay_buffer_class=(
+                replay_buffer_class_named(replay_buffer_class) if isinstance(replay_buffer_class, str) else replay_buffer_class
+            ),
             replay_buffer_kwargs=replay_buffer_kwargs,
             optimize_memory_usage=False,
             policy_kwargs=policy_kwargs,

@@ -88,7 +88,8 @@ class IQL(OfflineAlgorithm):
         pixels, borders replicated; 0: off
     :param replay_buffer_class: replay buffer class, which must offer ``extend`` to take the offline data
         (default: ``DeviceReplayBuffer`` or ``DeviceDictReplayBuffer``, float32 tensors on the model's device;
-        ``OfflineReplayBuffer`` / ``OfflineDictReplayBuffer`` keep SB3's NumPy storage)
+        ``OfflineReplayBuffer`` / ``OfflineDictReplayBuffer`` keep SB3's NumPy storage; ``HerReplayBuffer``
+        relabels goals in hindsight), or its class name (``"HerReplayBuffer"``, as preset files write it)
     :param replay_buffer_kwargs: keyword arguments of the replay buffer
     :param policy_kwargs: keyword arguments of the policy (``net_arch``, ``activation_fn``, ...)
     :param stats_window_size: episodes averaged in the rollout logs
@@ -140,7 +141,7 @@ class IQL(OfflineAlgorithm):
         download_dataset: bool = False,
         relabel_eval_goal: bool | Literal["terminal"] = False,
         image_shift: int = 0,
-        replay_buffer_class: type[ReplayBuffer] | None = None,
+        replay_buffer_class: type[ReplayBuffer] | str | None = None,
         replay_buffer_kwargs: dict[str, Any] | None = None,
         policy_kwargs: dict[str, Any] | None = None,
         stats_window_size: int = 100,
