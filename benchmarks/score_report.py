@@ -198,28 +198,45 @@ def summary_rows(groups: dict[tuple, dict[str, list[dict]]]) -> list[dict]:
     return rows
 
 
+def _final_success_pct(record: dict) -> float:
+    """:return: the % of final-evaluation episodes that reached the goal (D4RL AntMaze's score); NaN if not recorded"""
+    return 100.0 * record["curve"][-1].get("success_rate", np.nan)
+
+
 def _final_matrix(
-    groups: dict[tuple, dict[str, list[dict]]], settings: list[tuple], method: str, seeds: list[int]
+    groups: dict[tuple, dict[str, list[dict]]],
+    settings: list[tuple],
+    method: str,
+    seeds: list[int],
+    metric: str = "final",
 ) -> np.ndarray:
-    """:return: final scores of ``method``, shape ``(len(seeds), len(settings))``"""
+    """
+    :param metric: ``"final"`` (normalized score) or ``"success"`` (% of episodes reaching the goal)
+    :return: final values of ``method``, shape ``(len(seeds), len(settings))``
+    """
     columns = []
     for setting in settings:
-        by_seed = {record["config"]["seed"]: record["final"] for record in groups[setting][method]}
+        by_seed = {
+            record["config"]["seed"]: record["final"] if metric == "final" else _final_success_pct(record)
+            for record in groups[setting][method]
+        }
         columns.append([by_seed[seed] for seed in seeds])
     return np.array(columns).T
 
 
 def stitch_aggregate(groups: dict[tuple, dict[str, list[dict]]]) -> dict[tuple, dict[str, Any]]:
     """
-    Over the stitch settings of one budget and network: per method, IQM and P(method > d3rlpy) with tasks as
-    strata, on the seeds every task has.
+    Over the stitch settings that differ only in the dataset (budget, network, batch, evaluation): per method, IQM
+    and P(method > d3rlpy) with tasks as strata, on the seeds every task has; the same on the success rate (D4RL
+    AntMaze's score: reaching the goal, not staying there), with its worst run, where every run recorded it.
 
-    :return: (updates, net_arch) -> {"tasks": [...], "seeds": [...], "methods": {method: {"iqm", "p_improvement"}}}
+    :return: (updates, net_arch, batch_size) -> {"tasks": [...], "seeds": [...], "methods": {method: {"iqm", "p_improvement",
+        "success_iqm", "success_worst", "success_p_improvement"}}}
     """
     by_budget: dict[tuple, list[tuple]] = defaultdict(list)
     for setting in groups:
         if STITCH in setting[0]:
-            by_budget[(setting[2], setting[5])].append(setting)
+            by_budget[setting[1:]].append(setting)
     aggregates = {}
     for budget, settings in by_budget.items():
         if len(settings) < 2:
@@ -233,12 +250,22 @@ def stitch_aggregate(groups: dict[tuple, dict[str, list[dict]]]) -> dict[tuple, 
         entry: dict[str, Any] = {"tasks": [setting[0] for setting in settings], "methods": {}}
         for method in sorted(common_seeds, key=method_sort_key):
             scores = _final_matrix(groups, settings, method, common_seeds[method])
-            result: dict[str, Any] = {"seeds": common_seeds[method], "iqm": iqm_with_ci(scores)}
+            success = _final_matrix(groups, settings, method, common_seeds[method], "success")
+            recorded = not np.isnan(success).any()
+            result: dict[str, Any] = {
+                "seeds": common_seeds[method],
+                "iqm": iqm_with_ci(scores),
+                "success_iqm": iqm_with_ci(success) if recorded else None,
+                "success_worst": float(success.min()) if recorded else None,
+            }
             if PEER in common_seeds and is_ours(method):
                 peer = _final_matrix(groups, settings, PEER, common_seeds[PEER])
                 result["p_improvement"] = improvement_with_ci(scores, peer)
+                peer_success = _final_matrix(groups, settings, PEER, common_seeds[PEER], "success")
+                if recorded and not np.isnan(peer_success).any():
+                    result["success_p_improvement"] = improvement_with_ci(success, peer_success)
             entry["methods"][method] = result
-        aggregates[budget] = entry
+        aggregates[(budget[1], budget[4], budget[5])] = entry
     return aggregates
 
 
@@ -316,18 +343,22 @@ def write_markdown(path: Path, rows: list[dict], aggregates: dict[tuple, dict], 
             "",
             "## Stitch mazes together",
             "",
-            "Tasks as bootstrap strata, seeds that every task has.",
+            "Tasks as bootstrap strata, seeds that every task has. Success: % of final-evaluation episodes that reach",
+            "the goal (D4RL AntMaze's score; the normalized score also counts the time spent there after).",
             "",
-            "| updates | net | tasks | method | seeds | IQM [95% CI] | P(> d3rlpy) [95% CI] |",
-            "|---|---|---|---|---|---|---|",
+            "| updates | net | batch | tasks | method | seeds | IQM [95% CI] | P(> d3rlpy) [95% CI] "
+            "| success IQM [95% CI] | worst success | success P(> d3rlpy) [95% CI] |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for (updates, net_arch), entry in aggregates.items():
+        for (updates, net_arch, batch_size), entry in aggregates.items():
             tasks = ", ".join(_short(task) for task in entry["tasks"])
             for method, result in entry["methods"].items():
                 poi = _ci(result.get("p_improvement"), 2) if "p_improvement" in result else ""
+                success_poi = _ci(result.get("success_p_improvement"), 2) if "success_p_improvement" in result else ""
                 lines.append(
-                    f"| {updates:,} | {_net(net_arch)} | {tasks} | {method_label(method)} | {len(result['seeds'])} "
-                    f"| {_ci(result['iqm'])} | {poi} |"
+                    f"| {updates:,} | {_net(net_arch)} | {batch_size} | {tasks} | {method_label(method)} "
+                    f"| {len(result['seeds'])} | {_ci(result['iqm'])} | {poi} | {_ci(result['success_iqm'], 0)} "
+                    f"| {_optional(result['success_worst'], '.0f')} | {success_poi} |"
                 )
     code_versions = sorted({v for row in rows for s in row["methods"].values() for v in s["code_versions"]})
     peer_versions = sorted({v for row in rows for s in row["methods"].values() for v in s["peer_versions"]})
@@ -434,7 +465,9 @@ def write_report(out: Path, dataset_ids: list[str] | None, torch_threads: int) -
     groups = group_runs(load_runs(out), dataset_ids)
     rows = summary_rows(groups)
     aggregates = stitch_aggregate(groups)
-    aggregates_json = [{"updates": u, "net_arch": list(n), **entry} for (u, n), entry in aggregates.items()]
+    aggregates_json = [
+        {"updates": u, "net_arch": list(n), "batch_size": b, **entry} for (u, n, b), entry in aggregates.items()
+    ]
     data = {"hardware": hardware(), "torch_threads": torch_threads, "rows": rows, "stitch_aggregates": aggregates_json}
     write_json(out / f"{REPORT_STEM}.json", data)
     write_csv(out / f"{REPORT_STEM}.csv", groups)

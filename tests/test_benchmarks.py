@@ -216,3 +216,26 @@ def test_first_layer_kinks_start_at_the_data_mean_only_with_normalised_inputs_an
         th.testing.assert_close(pre["value"], layer(inputs).T.detach())
         median_offsets[spread] = (pre["value"].mean(dim=1) / pre["value"].std(dim=1)).abs().median().item()
     assert median_offsets[False] < 0.1 < 0.3 < median_offsets[True]
+
+
+def test_the_stitch_aggregate_scores_success_beside_the_normalized_score(monkeypatch):
+    sys.path.insert(0, str(BENCHMARKS))
+    import score_report  # benchmarks/score_report.py
+
+    monkeypatch.setattr(score_report, "BOOTSTRAP_REPS", 50)
+
+    def record(maze: str, method: str, seed: int, final: float, success: float) -> dict:
+        setting = {"dataset_steps": 100, "updates": 10, "eval_every": 5, "eval_episodes": 20, "net_arch": [16]}
+        config = {"dataset_id": f"sb3_iql/pointmaze/{maze}-stitch-v0", **setting, "batch_size": 8}
+        config.update(method=method, seed=seed)
+        return {"config": config, "final": final, "curve": [{"success_rate": success}]}
+
+    # ours reaches the goal on every episode but stays there less than d3rlpy does
+    runs = [record(maze, "iql", seed, 10.0, 1.0) for maze in ("medium", "large") for seed in range(3)]
+    runs += [record(maze, "d3rlpy-iql", seed, 20.0 + seed, 0.5) for maze in ("medium", "large") for seed in range(3)]
+    groups = score_report.group_runs({str(index): run for index, run in enumerate(runs)}, None)
+    (entry,) = score_report.stitch_aggregate(groups).values()
+    ours = entry["methods"]["iql"]
+    assert ours["iqm"][0] == 10.0 and ours["p_improvement"][0] == 0.0
+    assert ours["success_iqm"][0] == 100.0 and ours["success_worst"] == 100.0 and ours["success_p_improvement"][0] == 1.0
+    assert entry["methods"]["d3rlpy-iql"]["success_iqm"][0] == 50.0
