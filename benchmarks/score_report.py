@@ -230,7 +230,8 @@ def stitch_aggregate(groups: dict[tuple, dict[str, list[dict]]]) -> dict[tuple, 
     and P(method > d3rlpy) with tasks as strata, on the seeds every task has; the same on the success rate (D4RL
     AntMaze's score: reaching the goal, not staying there), with its worst run, where every run recorded it.
 
-    :return: (updates, net_arch, batch_size) -> {"tasks": [...], "seeds": [...], "methods": {method: {"iqm", "p_improvement",
+    :return: the setting without its dataset (dataset steps, updates, eval every, eval episodes, net_arch, batch)
+        -> {"tasks": [...], "seeds": [...], "methods": {method: {"iqm", "p_improvement",
         "success_iqm", "success_worst", "success_p_improvement"}}}
     """
     by_budget: dict[tuple, list[tuple]] = defaultdict(list)
@@ -248,6 +249,9 @@ def stitch_aggregate(groups: dict[tuple, dict[str, list[dict]]]) -> dict[tuple, 
                 common_seeds[method] = sorted(seeds)
 
         entry: dict[str, Any] = {"tasks": [setting[0] for setting in settings], "methods": {}}
+        if PEER in common_seeds:
+            peer = _final_matrix(groups, settings, PEER, common_seeds[PEER])
+            peer_success = _final_matrix(groups, settings, PEER, common_seeds[PEER], "success")
         for method in sorted(common_seeds, key=method_sort_key):
             scores = _final_matrix(groups, settings, method, common_seeds[method])
             success = _final_matrix(groups, settings, method, common_seeds[method], "success")
@@ -259,13 +263,11 @@ def stitch_aggregate(groups: dict[tuple, dict[str, list[dict]]]) -> dict[tuple, 
                 "success_worst": float(success.min()) if recorded else None,
             }
             if PEER in common_seeds and is_ours(method):
-                peer = _final_matrix(groups, settings, PEER, common_seeds[PEER])
                 result["p_improvement"] = improvement_with_ci(scores, peer)
-                peer_success = _final_matrix(groups, settings, PEER, common_seeds[PEER], "success")
                 if recorded and not np.isnan(peer_success).any():
                     result["success_p_improvement"] = improvement_with_ci(success, peer_success)
             entry["methods"][method] = result
-        aggregates[(budget[1], budget[4], budget[5])] = entry
+        aggregates[budget] = entry
     return aggregates
 
 
@@ -350,7 +352,7 @@ def write_markdown(path: Path, rows: list[dict], aggregates: dict[tuple, dict], 
             "| success IQM [95% CI] | worst success | success P(> d3rlpy) [95% CI] |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for (updates, net_arch, batch_size), entry in aggregates.items():
+        for (_, updates, _, _, net_arch, batch_size), entry in aggregates.items():
             tasks = ", ".join(_short(task) for task in entry["tasks"])
             for method, result in entry["methods"].items():
                 poi = _ci(result.get("p_improvement"), 2) if "p_improvement" in result else ""
@@ -466,7 +468,8 @@ def write_report(out: Path, dataset_ids: list[str] | None, torch_threads: int) -
     rows = summary_rows(groups)
     aggregates = stitch_aggregate(groups)
     aggregates_json = [
-        {"updates": u, "net_arch": list(n), "batch_size": b, **entry} for (u, n, b), entry in aggregates.items()
+        {"updates": updates, "eval_episodes": episodes, "net_arch": list(net_arch), "batch_size": batch, **entry}
+        for (_, updates, _, episodes, net_arch, batch), entry in aggregates.items()
     ]
     data = {"hardware": hardware(), "torch_threads": torch_threads, "rows": rows, "stitch_aggregates": aggregates_json}
     write_json(out / f"{REPORT_STEM}.json", data)
