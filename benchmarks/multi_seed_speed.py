@@ -70,6 +70,7 @@ def benchmark(n_learners: int, width: int, n_updates: int, n_rounds: int, device
         and the ratios together / separate
     """
     together, separate = make_models(n_learners, width, device), make_models(n_learners, width, device)
+    graphed = make_models(n_learners, width, device) if device == "cuda" else None
     learn_offline_together(together, 5, log_interval=0)  # warm-up
     for model in separate:
         model.learn_offline(5, log_interval=0)
@@ -78,6 +79,10 @@ def benchmark(n_learners: int, width: int, n_updates: int, n_rounds: int, device
         times["together"].append(
             timed(lambda: learn_offline_together(together, n_updates, log_interval=0, reset_num_timesteps=False), device)
         )
+        if graphed is not None:  # the capture (3 warm-up updates) is timed with each call
+            times.setdefault("graph", []).append(
+                timed(lambda: learn_offline_together(graphed, n_updates, log_interval=0, cuda_graph=True), device)
+            )
         times["separate"].append(
             timed(lambda: [m.learn_offline(n_updates, log_interval=0, reset_num_timesteps=False) for m in separate], device)
         )
@@ -91,6 +96,13 @@ def benchmark(n_learners: int, width: int, n_updates: int, n_rounds: int, device
     return result
 
 
+def graph_columns(rows: list[dict[str, Any]]) -> tuple[str, str, list[str]]:
+    """:return: the header and separator additions and the cells of the CUDA graph column (empty without it)"""
+    if not all("graph_wall" in row for row in rows):
+        return "", "", ["" for _ in rows]
+    return " together, CUDA graph (wall) |", "---:|", [f" {row['graph_wall']:.0f} |" for row in rows]
+
+
 def render(result: dict[str, Any], device_name: str) -> str:
     """:return: a markdown section of ``speed.md``"""
     lines = [
@@ -102,13 +114,18 @@ def render(result: dict[str, Any], device_name: str) -> str:
         f"{OBS_DIM}, action {ACTION_DIM}), {result['updates']} updates x {result['rounds']} rounds, median round. "
         "Figures: learner-updates/s (K x updates/s of each learner).",
         "",
-        "| width | K | together (wall) | separate (wall) | ratio (wall) | together (CPU) | separate (CPU) | ratio (CPU) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in result["rows"]:
+    header, separator, graph_cells = graph_columns(result["rows"])
+    lines += [
+        f"| width | K | together (wall) | separate (wall) | ratio (wall) | together (CPU) | separate (CPU) | ratio (CPU) |"
+        f"{header}",
+        f"|---|---:|---:|---:|---:|---:|---:|---:|{separator}",
+    ]
+    for r, graph_cell in zip(result["rows"], graph_cells):
         lines.append(
             f"| {r['width']}x{r['width']} | {r['learners']} | {r['together_wall']:.0f} | {r['separate_wall']:.0f} | "
             f"{r['ratio_wall']:.2f} | {r['together_cpu']:.0f} | {r['separate_cpu']:.0f} | {r['ratio_cpu']:.2f} |"
+            f"{graph_cell}"
         )
     return "\n".join([*lines, ""])
 
@@ -133,6 +150,9 @@ def main() -> None:
         "updates": args.updates,
         "rounds": args.rounds,
         "rows": [],
+        "device_name": (
+            th.cuda.get_device_name() if args.device == "cuda" else f"{cpu_model()}, {os.cpu_count()} logical CPUs"
+        ),
     }
     for width in args.widths:
         for n_learners in args.learners:
@@ -143,16 +163,16 @@ def main() -> None:
             }
             result["rows"].append(row)
             print(
-                f"{width}x{width}, K={n_learners}: ratio {row['ratio_wall']:.2f} (wall), {row['ratio_cpu']:.2f} (CPU)",
+                f"{width}x{width}, K={n_learners}: {row['together_wall']:.0f} learner-updates/s together, "
+                f"{row['separate_wall']:.0f} separate, ratio {row['ratio_wall']:.2f} (wall), {row['ratio_cpu']:.2f} (CPU)"
+                + (f", {row['graph_wall']:.0f} together in a CUDA graph" if "graph_wall" in row else ""),
                 flush=True,
             )
-    device_name = th.cuda.get_device_name() if args.device == "cuda" else f"{cpu_model()}, {os.cpu_count()} logical CPUs"
-    result["device_name"] = device_name
-    print(render(result, device_name))
-    if args.output_dir is not None:
-        import speed  # benchmarks/speed.py
+            if args.output_dir is not None:  # after each row: a run stopped at its time limit keeps what it measured
+                import speed  # benchmarks/speed.py
 
-        speed.save_section(args.output_dir, "multi_seed", args.device, result)
+                speed.save_section(args.output_dir, "multi_seed", args.device, result)
+    print(render(result, result["device_name"]))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Paths (all in one run, interleaved round by round so that ratios hold on a noisy
 - ``fused``: ``DeviceReplayBuffer`` + ``Adam(fused=True)``.
 - ``compiled``: ``fused`` with the update compiled by ``torch.compile`` (see ``compile_update``).
 - ``cudagraph``: CUDA only: the whole update captured in one CUDA graph (see ``CudaGraphUpdate``).
+- ``compiled-cudagraph``: CUDA only: the ``torch.compile``-d update captured in one CUDA graph.
 
 The paths are the table ``PATHS``; the synthetic data comes from ``sb3_iql.common.synthetic`` (the tests' too).
 
@@ -78,6 +79,7 @@ class PathSpec:
     :param fused: ``Adam(fused=True)``
     :param compile_update: ``IQL``'s ``compile_update``
     :param needs_cuda: runs on CUDA only
+    :param compiled_graph: capture the ``torch.compile``-d update in the CUDA graph (not the eager one)
     """
 
     note: str
@@ -86,6 +88,7 @@ class PathSpec:
     fused: bool = False
     compile_update: bool | str = False
     needs_cuda: bool = False
+    compiled_graph: bool = False
 
 
 #: Every training path, in report order.
@@ -104,10 +107,17 @@ PATHS: dict[str, PathSpec] = {
         compile_update="cudagraph",
         needs_cuda=True,
     ),
+    "compiled-cudagraph": PathSpec(
+        "DeviceReplayBuffer, the torch.compile-d update captured in one CUDA graph",
+        fused=True,
+        compile_update="cudagraph",
+        needs_cuda=True,
+        compiled_graph=True,
+    ),
 }
 
 
-def make_iql(obs_dim: int, action_dim: int, device: th.device, spec: PathSpec) -> IQL:
+def make_iql(obs_dim: int, action_dim: int, device: th.device, spec: PathSpec, offline_steps: int | None = None) -> IQL:
     """IQL with the standard configuration (batch 256, MLPs 256x256), AntMaze hyperparameters, seed 0."""
     policy_kwargs: dict[str, Any] = {"net_arch": [HIDDEN, HIDDEN], "optimizer_kwargs": {"fused": spec.fused}}
     return IQL(
@@ -120,6 +130,7 @@ def make_iql(obs_dim: int, action_dim: int, device: th.device, spec: PathSpec) -
         replay_buffer_class=spec.buffer_class,
         policy_kwargs=policy_kwargs,
         compile_update=spec.compile_update,
+        offline_steps=offline_steps,
         seed=0,
         device=device,
     )
@@ -163,6 +174,8 @@ def build_path(name: str, data: SyntheticTransitions, device: th.device) -> Path
         run_d3rlpy = d3rlpy_runner(data, device)
         return Path(name, run_d3rlpy, time.perf_counter() - start, spec.note)
     model = make_iql(obs_dim, action_dim, device, spec)
+    if spec.compiled_graph:  # what compile_update="cudagraph" captures: the compiled update instead of the eager one
+        model._functional_update = lambda compile_mode, tensor_lr=False: IQL._functional_update(model, "default", tensor_lr)
     start = time.perf_counter()
     load_into(model, data)
     synchronize(device)
@@ -197,6 +210,25 @@ def d3rlpy_runner(data: SyntheticTransitions, device: th.device) -> Callable[[in
     return run
 
 
+def build_paths(
+    names: list[str], data: SyntheticTransitions, device: th.device, shape: str
+) -> tuple[list[Path], list[dict[str, str]]]:
+    """:return: the paths that could be built here, and the others with the reason"""
+    paths, skipped = [], []
+    for name in names:
+        reason = available(name, device)
+        if reason is not None:
+            skipped.append({"path": name, "skipped": reason})
+            continue
+        print(f"[{shape}] building {name}", flush=True)
+        try:
+            paths.append(build_path(name, data, device))
+        except Exception as error:  # e.g. a CUDA graph that cannot be captured here: report it, time the rest
+            skipped.append({"path": name, "skipped": f"failed: {type(error).__name__}: {str(error)[:200]}"})
+            print(f"[{shape}] {name} failed: {error!r}", flush=True)
+    return paths, skipped
+
+
 def available(name: str, device: th.device) -> str | None:
     """:return: why path ``name`` cannot run here, or None"""
     if PATHS[name].needs_cuda and device.type != "cuda":
@@ -206,12 +238,22 @@ def available(name: str, device: th.device) -> str | None:
     return None
 
 
-def time_paths(paths: list[Path], n_updates: int, n_rounds: int, n_warmup: int, device: th.device) -> None:
-    """Warm every path up (compilation included), then time ``n_rounds`` rounds of ``n_updates`` updates per path,
-    the paths taking turns within each round."""
-    for path in paths:
-        path.run(n_warmup)
-        synchronize(device)
+def time_paths(paths: list[Path], n_updates: int, n_rounds: int, n_warmup: int, device: th.device) -> list[dict[str, str]]:
+    """
+    Warm every path up (compilation included), then time ``n_rounds`` rounds of ``n_updates`` updates per path,
+    the paths taking turns within each round. A path whose warm-up raises is dropped from ``paths`` (in place).
+
+    :return: the dropped paths, with the error
+    """
+    failed = []
+    for path in list(paths):
+        try:
+            path.run(n_warmup)
+            synchronize(device)
+        except Exception as error:  # a compiler or graph capture that fails on this machine: report it, time the rest
+            failed.append({"path": path.name, "skipped": f"failed: {type(error).__name__}: {str(error)[:200]}"})
+            paths.remove(path)
+            print(f"{path.name} failed to warm up: {error!r}", flush=True)
     for _ in range(n_rounds):
         for path in paths:
             synchronize(device)
@@ -220,6 +262,7 @@ def time_paths(paths: list[Path], n_updates: int, n_rounds: int, n_warmup: int, 
             synchronize(device)
             path.rates_wall.append(n_updates / (time.perf_counter() - wall))
             path.rates_cpu.append(n_updates / (time.process_time() - cpu))
+    return failed
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -470,16 +513,9 @@ def main(argv: list[str] | None = None) -> None:
     for shape in shapes:
         obs_dim, action_dim = SHAPES[shape]
         data = synthetic_transitions(obs_dim, action_dim, N_TRANSITIONS)
-        paths, skipped = [], []
-        for name in names:
-            reason = available(name, device)
-            if reason is not None:
-                skipped.append({"path": name, "skipped": reason})
-                continue
-            print(f"[{shape}] building {name}", flush=True)
-            paths.append(build_path(name, data, device))
+        paths, skipped = build_paths(names, data, device, shape)
         print(f"[{shape}] warm-up and {args.rounds} x {args.updates} updates per path", flush=True)
-        time_paths(paths, args.updates, args.rounds, args.warmup, device)
+        skipped += time_paths(paths, args.updates, args.rounds, args.warmup, device)
         rows = summarize(paths)
         for row in rows:
             print(
@@ -521,7 +557,14 @@ SECTION_RENDERERS: dict[str, Callable[[dict[str, Any], str], str]] = {
     "spaces": spaces_speed.render,
     "multi_seed": multi_seed_speed.render,
     "load": load_speed.render,
+    "million": lambda result, name: render_million(result, name),
 }
+
+
+def render_million(result: dict[str, Any], name: str) -> str:
+    import million_updates  # benchmarks/million_updates.py (which imports this module)
+
+    return million_updates.render(result, name)
 
 
 def save_section(output_dir: str, prefix: str, device_type: str, result: dict[str, Any]) -> None:

@@ -137,6 +137,23 @@ def test_spaces_speed_reports_the_image_buffer_at_the_raw_frames(monkeypatch):
     assert "| DeviceImageReplayBuffer |" in spaces_speed.render(result, "cpu")
 
 
+def test_million_updates_counts_its_chunks_and_stops_at_its_time_limit(monkeypatch):
+    sys.path.insert(0, str(BENCHMARKS))
+    import million_updates  # benchmarks/million_updates.py
+    import speed  # benchmarks/speed.py
+
+    monkeypatch.setattr(speed, "N_TRANSITIONS", 2_000)
+    monkeypatch.setattr(speed, "HIDDEN", 16)
+    full = million_updates.run("auto", 12, chunk=5, max_seconds=float("inf"), device=th.device("cpu"))
+    assert full["updates"] == 12 and len(full["chunk_updates_per_s"]) == 3 and full["finite"]  # 5 + 5 + 2
+    stopped = million_updates.run("fused", 12, chunk=5, max_seconds=0.0, device=th.device("cpu"))
+    assert stopped["updates"] == 5  # the first chunk always runs
+    section = million_updates.render({**stopped, "torch": th.__version__, "date": "today"}, "cpu")
+    assert "12 updates (stopped at 5)" in section and "| 5 |" in section
+    with pytest.raises(ValueError, match="sb3-iql's paths"):
+        million_updates.run("d3rlpy", 12, chunk=5, max_seconds=1.0, device=th.device("cpu"))
+
+
 def test_seeds_trained_together_reach_their_separate_runs_even_from_different_checkpoints(maze_root, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(maze_root))

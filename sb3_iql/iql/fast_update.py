@@ -136,8 +136,11 @@ class FunctionalUpdate:
         self.compile_mode = compile_mode
         self.value_grads, self.policy_grads = self._value_grads, self._policy_grads
         if compile_mode is not None:
-            self.value_grads = th.compile(self._value_grads, fullgraph=True, mode=compile_mode)
-            self.policy_grads = th.compile(self._policy_grads, fullgraph=True, mode=compile_mode)
+            # dynamic=False: batches keep one shape; a recompilation for other strides (a CUDA graph's static
+            # inputs) stays static too, instead of a dynamic-shape graph (whose gradients came back with other
+            # strides than the parameters on an H200, which the fused Adam kernel refuses).
+            self.value_grads = th.compile(self._value_grads, fullgraph=True, mode=compile_mode, dynamic=False)
+            self.policy_grads = th.compile(self._policy_grads, fullgraph=True, mode=compile_mode, dynamic=False)
 
     def _state_lists(self, name: str) -> dict[str, list[th.Tensor]]:
         """
@@ -162,6 +165,13 @@ class FunctionalUpdate:
         self._state_owners[name] = optimizer.state
         return state
 
+    def state_tensors(self) -> list[th.Tensor]:
+        """Every tensor an update changes: the parameters, the target critics' and the Adam states."""
+        tensors = [*self.critic_target_params]
+        for name in self.networks:
+            tensors += [*self.params[name].values(), *(t for ts in self._state_lists(name).values() for t in ts)]
+        return tensors
+
     def state_replaced(self) -> bool:
         """Whether an optimizer's state was replaced since the state lists were collected."""
         return any(self._state_owners[name] is not network.optimizer.state for name, network in self.networks.items())
@@ -184,7 +194,7 @@ class FunctionalUpdate:
             return update.value_objective(self._call("value", params), batch, targets, self.settings)
 
         grads, (value_loss, values) = th.func.grad_and_value(loss_fn, has_aux=True)(self.params["value"])
-        return list(grads.values()), value_loss, values, targets
+        return _as_parameters(grads), value_loss, values, targets
 
     def _policy_grads(
         self, batch: Batch, value_targets: update.ValueTargets, value_loss: th.Tensor, values: th.Tensor
@@ -209,7 +219,7 @@ class FunctionalUpdate:
         actor_grads, actor_loss = th.func.grad_and_value(actor_loss_fn)(self.params["actor"])
         critic_grads, (critic_loss, current_q) = th.func.grad_and_value(critic_loss_fn, has_aux=True)(self.params["critic"])
         metrics = update.update_metrics(value_loss, actor_loss, critic_loss, values, current_q, targets)
-        return list(actor_grads.values()), list(critic_grads.values()), metrics
+        return _as_parameters(actor_grads), _as_parameters(critic_grads), metrics
 
     def step(self, batch: Batch) -> th.Tensor:
         """One IQL update; returns the metrics of ``METRIC_NAMES``."""
@@ -244,6 +254,11 @@ class FunctionalUpdate:
         return self.step(Batch.from_replay_data(replay_data))
 
 
+def _as_parameters(grads: dict[str, th.Tensor]) -> list[th.Tensor]:
+    """The gradients, contiguous as the parameters are (the fused Adam kernel needs equal strides; no-op if so)."""
+    return [grad.contiguous() for grad in grads.values()]
+
+
 def _cat_obs(first: Any, second: Any) -> Any:
     if isinstance(first, dict):
         return {key: th.cat([first[key], second[key]]) for key in first}
@@ -252,23 +267,27 @@ def _cat_obs(first: Any, second: Any) -> Any:
 
 class CudaGraphUpdate:
     """
-    CUDA only: the eager ``FunctionalUpdate.step`` captured once in a ``torch.cuda.CUDAGraph`` and replayed
-    each update (one launch for the whole update). Each call copies the sampled batch into the graph's static
-    input tensors; the returned metrics tensor is the graph's static output (read it before the next call).
-    The three warm-up updates run before the capture are real updates of the networks.
+    CUDA only: ``FunctionalUpdate.step`` (eager or compiled) captured once in a ``torch.cuda.CUDAGraph`` and
+    replayed each update (one launch for the whole update). Each call copies the sampled batch into the graph's
+    static input tensors; the returned metrics tensor is the graph's static output (read it before the next call).
+    The capture needs warm-up updates first: the networks, target critics and Adam states are restored after them,
+    so that the capture leaves no trace.
 
-    :param functional: the update to capture, built with ``compile_mode=None, tensor_lr=True``, networks on CUDA
+    :param functional: the update to capture, built with ``tensor_lr=True``, networks on CUDA (eager, or compiled:
+        the warm-up updates compile it)
     :param example: a batch from the replay buffer (sets the static shapes)
     """
 
     def __init__(self, functional: FunctionalUpdate, example: Any, n_warmup: int = 3):
         if functional.critic_params[0].device.type != "cuda":
             raise ValueError("CudaGraphUpdate needs networks on a CUDA device")
-        if functional.compile_mode is not None or not functional.tensor_lr:
-            raise ValueError("CudaGraphUpdate captures a FunctionalUpdate(compile_mode=None, tensor_lr=True)")
+        if not functional.tensor_lr:
+            raise ValueError("CudaGraphUpdate captures a FunctionalUpdate(tensor_lr=True)")
         self.functional = functional
         self.static = Batch(*(_clone_obs(x) for x in Batch.from_replay_data(example)))
         self.functional.set_learning_rates()
+        state = functional.state_tensors()
+        saved = [tensor.clone() for tensor in state]
         side_stream = th.cuda.Stream()
         side_stream.wait_stream(th.cuda.current_stream())
         with th.cuda.stream(side_stream):
@@ -278,6 +297,9 @@ class CudaGraphUpdate:
         self.graph = th.cuda.CUDAGraph()
         with th.cuda.graph(self.graph):
             self.metrics = self.functional.step(self.static)
+        with th.no_grad():
+            for tensor, value in zip(state, saved):
+                tensor.copy_(value)
 
     @property
     def settings(self) -> UpdateSettings:
@@ -302,7 +324,11 @@ class CudaGraphUpdate:
 
 
 def _clone_obs(value: Any) -> Any:
-    return {key: item.clone() for key, item in value.items()} if isinstance(value, dict) else value.clone()
+    """A copy with the same strides (a batch's columns are strided views of the buffer's storage): a compiled
+    update then runs on the static inputs as compiled for sampled batches, without recompiling."""
+    if isinstance(value, dict):
+        return {key: _clone_obs(item) for key, item in value.items()}
+    return th.empty_strided(value.shape, value.stride(), dtype=value.dtype, device=value.device).copy_(value)
 
 
 def _copy_obs(static: Any, value: Any) -> None:

@@ -80,7 +80,8 @@ class IQL(OfflineAlgorithm):
         ``AUTO_COMPILE_UPDATES`` updates on, where it pays, eager before (and wherever compilation is unavailable:
         optimizers other than Adam, a failed compilation, which warns); False: the eager update (``_update``); True:
         the same update compiled with ``torch.compile`` (CPU or CUDA; 25-100 s of compilation, then ~1.4x faster on
-        CPU); ``"cudagraph"``: captured in a CUDA graph, one launch per update (CUDA only)
+        CPU); ``"cudagraph"``: captured in a CUDA graph, one launch per update (CUDA only). On CUDA, ``"auto"``
+        captures the compiled update in a CUDA graph
     :param download_dataset: download dataset ids that are not stored locally (needs network)
     :param relabel_eval_goal: rewrite every transition for the evaluation environment's fixed goal when loading (the
         paper's AntMaze protocol on Minari's goal datasets; ``"terminal"``: also end episodes at the goal)
@@ -329,8 +330,7 @@ class IQL(OfflineAlgorithm):
         fast = self._fast_update
         if fast is None or fast.state_replaced() or fast.settings != self._update_settings() or fast.tau != self.tau:
             if self.compile_update == "cudagraph":
-                example = self.replay_buffer.sample(self.batch_size)
-                self._fast_update = CudaGraphUpdate(self._functional_update(None, tensor_lr=True), example)
+                self._fast_update = CudaGraphUpdate(self._functional_update(None, tensor_lr=True), self._example_batch())
             elif auto:
                 self._fast_update = self._auto_compiled_update()
                 if self._fast_update is None:
@@ -339,16 +339,8 @@ class IQL(OfflineAlgorithm):
                 self._fast_update = self._functional_update()
         return self._fast_update
 
-    def _auto_compiled_update(self) -> FunctionalUpdate | None:
-        """
-        ``compile_update="auto"``: the compiled update, compiled here on a batch that changes nothing (neither the
-        networks nor the sampling stream), or None where it is unavailable (then ``auto`` stays eager).
-        """
-        try:
-            fast = self._functional_update()
-        except ValueError:  # what the functional update does not run: an optimizer not Adam, a shared encoder...
-            self._auto_compile = False
-            return None
+    def _example_batch(self) -> Any:
+        """A batch to compile or capture the update on, drawn without moving the sampling streams."""
         generator = getattr(self.replay_buffer, "generator", None)
         generator_state = None if generator is None else generator.get_state()
         numpy_state = np.random.get_state()  # SB3's NumPy buffers sample from NumPy's global generator
@@ -356,6 +348,20 @@ class IQL(OfflineAlgorithm):
         np.random.set_state(numpy_state)
         if generator is not None:
             generator.set_state(generator_state)
+        return batch
+
+    def _auto_compiled_update(self) -> FunctionalUpdate | CudaGraphUpdate | None:
+        """
+        ``compile_update="auto"``: the compiled update, compiled here on a batch that changes nothing (neither the
+        networks nor the sampling stream), and on CUDA captured in a CUDA graph (``benchmarks/results/speed.md``: on
+        an H200, 8x the compiled update alone); None where compilation is unavailable (then ``auto`` stays eager).
+        """
+        try:
+            fast = self._functional_update(tensor_lr=self.device.type == "cuda")
+        except ValueError:  # what the functional update does not run: an optimizer not Adam, a shared encoder...
+            self._auto_compile = False
+            return None
+        batch = self._example_batch()
         try:
             fast.warm_up(batch)
         except Exception as error:  # no C++ compiler, an unsupported platform or module...
@@ -366,7 +372,17 @@ class IQL(OfflineAlgorithm):
             )
             self._auto_compile = False
             return None
-        return fast
+        if self.device.type != "cuda":
+            return fast
+        try:
+            return CudaGraphUpdate(fast, batch)
+        except Exception as error:  # a capture that fails on this device: the compiled update still runs
+            warnings.warn(
+                f"compile_update='auto': the CUDA graph capture failed ({type(error).__name__}: {str(error)[:300]}); "
+                "training continues with the compiled update.",
+                stacklevel=3,
+            )
+            return fast
 
     def learn_offline(self: SelfIQL, n_updates: int | None = None, *args: Any, **kwargs: Any) -> SelfIQL:
         """

@@ -15,10 +15,10 @@ counters go back into each model, which is then an ordinary ``IQL`` (save, load,
     learn_offline_together(models, 100_000)
     models[2].save("iql_seed2")
 
-Eager only (no ``torch.compile``); CPU or CUDA, no host synchronisation in the loop. With dropout in the actor each
-learner draws its own masks, not the ones of its single-seed run: such learners match single-seed runs in
-distribution, not parameter for parameter. Not supported: callbacks, Adam with weight decay, amsgrad or maximize,
-observation spaces other than Box and Dict.
+Eager (no ``torch.compile``), or on CUDA one captured CUDA graph per step (``cuda_graph=True``); CPU or CUDA, no
+host synchronisation in the loop. With dropout in the actor each learner draws its own masks, not the ones of its
+single-seed run: such learners match single-seed runs in distribution, not parameter for parameter. Not supported:
+callbacks, Adam with weight decay, amsgrad or maximize, observation spaces other than Box and Dict.
 """
 
 import time
@@ -98,6 +98,7 @@ def learn_offline_together(
     log_interval: int = 1000,
     tb_log_name: str | None = None,
     reset_num_timesteps: bool = True,
+    cuda_graph: bool = False,
 ) -> list[IQL]:
     """
     ``model.learn_offline(n_updates)`` for every model, as one vmapped update per step for all of them.
@@ -113,6 +114,8 @@ def learn_offline_together(
     :param log_interval: updates between two logger dumps (None or 0: dump only at the end)
     :param tb_log_name: name of the TensorBoard run (default: the class name)
     :param reset_num_timesteps: start counting ``num_timesteps`` from 0
+    :param cuda_graph: CUDA only: capture the batched update in one CUDA graph (``CapturedStep``), replayed each
+        step; the sampling stays outside
     :return: the models, trained
     """
     models = list(models)
@@ -127,9 +130,13 @@ def learn_offline_together(
         model.policy.set_training_mode(True)
     metric_sums = th.zeros(len(models), len(first.metric_names), device=first.device)
     since_dump, dump_start = 0, time.perf_counter()
+    step: Any = learners.step
     try:
         for _ in range(n_updates):
-            metric_sums += learners.step(sample_together(models))
+            batch = sample_together(models)
+            if cuda_graph and not isinstance(step, CapturedStep):
+                step = CapturedStep(learners, batch)
+            metric_sums += step(batch)
             for model in models:
                 model._n_offline_updates += 1
                 model._n_updates += 1
@@ -188,6 +195,8 @@ class StackedLearners:
         self.params = {name: _stack([dict(m[name].named_parameters()) for m in per_model]) for name in NETWORKS}
         self.buffers = {name: _stack([dict(m[name].named_buffers()) for m in per_model]) for name in NETWORKS}
         self.states = {name: self._stack_adam_state(name) for name in TRAINED}
+        # Learning rates as device tensors (inside a CUDA graph a float would be frozen at capture), or None: floats.
+        self.lrs: dict[str, th.Tensor] | None = None
         self.value_grads = th.func.vmap(self._value_grads)
         # Actor dropout: each learner draws its own masks (other masks than its single-seed run would draw).
         self.policy_grads = th.func.vmap(self._policy_grads, randomness="different")
@@ -300,7 +309,8 @@ class StackedLearners:
     def _adam_(self, name: str, grads: Tensors) -> None:
         """``Adam(fused=True).step()`` of the K networks ``name`` at once (as ``FunctionalUpdate._adam_``), in place."""
         group = _network(self.models[0], name).optimizer.param_groups[0]
-        fused_adam_step_(list(self.params[name].values()), list(grads.values()), self.states[name], group, group["lr"])
+        lr = group["lr"] if self.lrs is None else self.lrs[name]
+        fused_adam_step_(list(self.params[name].values()), list(grads.values()), self.states[name], group, lr)
 
     def step(self, batch: Batch) -> th.Tensor:
         """
@@ -309,7 +319,18 @@ class StackedLearners:
         :param batch: the stacked batches of ``sample_together``
         :return: the metrics of ``METRIC_NAMES`` of every learner, ``(K, len(METRIC_NAMES))``, on the device
         """
+        self.set_learning_rates()
+        return self.update(batch)
+
+    def set_learning_rates(self) -> None:
+        """Check that the models' learning rates are equal; copy them into ``lrs`` (in place: no host sync), if any."""
         _check_same_learning_rates(self.models)
+        if self.lrs is not None:
+            for name in TRAINED:
+                self.lrs[name].fill_(_network(self.models[0], name).optimizer.param_groups[0]["lr"])
+
+    def update(self, batch: Batch) -> th.Tensor:
+        """``step`` without setting the learning rates: what a CUDA graph captures."""
         params, buffers = self.params, self.buffers
         with th.no_grad():  # torch.func.grad still differentiates inside
             value_params = {"value": params["value"], "critic_target": params["critic_target"]}
@@ -321,6 +342,50 @@ class StackedLearners:
             self._adam_("critic", critic_grads)
             th._foreach_lerp_(list(params["critic_target"].values()), list(params["critic"].values()), self.tau)
         return metrics
+
+
+class CapturedStep:
+    """
+    CUDA only: ``StackedLearners.step`` captured in one ``torch.cuda.CUDAGraph`` and replayed at each call (one
+    launch for the update of all learners). Each call sets the learning rate tensors and copies the batch into the
+    graph's static inputs; the returned metrics are the graph's static output (read them before the next call).
+
+    The capture needs warm-up updates first: they run on copies of the learners' state, restored afterwards, so the
+    learners reach the parameters of their uncaptured run.
+
+    :param learners: the learners (their learning rates become device tensors)
+    :param example: a batch of ``sample_together`` (sets the static shapes)
+    :param n_warmup: warm-up updates before the capture
+    """
+
+    def __init__(self, learners: StackedLearners, example: Batch, n_warmup: int = 3):
+        if next(iter(learners.params["value"].values())).device.type != "cuda":
+            raise ValueError("cuda_graph=True needs models on a CUDA device")
+        device = next(iter(learners.params["value"].values())).device
+        learners.lrs = {name: th.zeros((), device=device) for name in TRAINED}
+        self.learners = learners
+        self.static = pytree.tree_map(th.clone, example)
+        state = [*(t for p in learners.params.values() for t in p.values())]
+        state += [t for s in learners.states.values() for tensors in s.values() for t in tensors]
+        saved = [tensor.clone() for tensor in state]
+        side_stream = th.cuda.Stream()
+        side_stream.wait_stream(th.cuda.current_stream())
+        with th.cuda.stream(side_stream):
+            for _ in range(n_warmup):
+                learners.step(self.static)
+        th.cuda.current_stream().wait_stream(side_stream)
+        self.graph = th.cuda.CUDAGraph()
+        with th.cuda.graph(self.graph):
+            self.metrics = learners.update(self.static)
+        with th.no_grad():
+            for tensor, value in zip(state, saved):
+                tensor.copy_(value)
+
+    def __call__(self, batch: Batch) -> th.Tensor:
+        self.learners.set_learning_rates()
+        pytree.tree_map(lambda static, value: static.copy_(value), self.static, batch)
+        self.graph.replay()
+        return self.metrics
 
 
 # --- compatibility ------------------------------------------------------------------------------------------------

@@ -1,0 +1,121 @@
+"""
+One full-length run: ``learn_offline`` for 1M updates at the standard configuration (batch 256, 256x256 MLPs, AntMaze's
+shapes, 1M synthetic transitions in a ``DeviceReplayBuffer``), as a user runs it, timed end to end: compilation or
+graph capture included, in chunks so that a run over ``--max-seconds`` stops early and says how far it got.
+
+Writes ``results/million_<device>.json`` and its section of ``speed.md`` (through ``benchmarks/speed.py``)::
+
+    python benchmarks/million_updates.py --device cuda            # IQL's defaults
+    python benchmarks/million_updates.py --device cpu --updates 20000 --chunk 5000 --output-dir /tmp/million
+
+Paths: ``auto`` (``IQL``'s defaults, what a user gets) or ``benchmarks/speed.py``'s (``PATHS``) of kind ``iql``.
+After the run every parameter must be finite and the policy's actions finite on the dataset's first observations
+(the script exits with an error otherwise).
+"""
+
+import argparse
+import datetime
+import time
+from typing import Any
+
+import numpy as np
+import speed  # benchmarks/speed.py
+import torch as th
+
+from sb3_iql.common.synthetic import synthetic_transitions
+
+#: ``--path auto``: what ``IQL(...)`` runs when nothing is asked (``compile_update="auto"``, default Adam).
+DEFAULTS = speed.PathSpec(
+    "IQL's defaults: compile_update='auto' (compiled; on CUDA captured in a CUDA graph)", compile_update="auto"
+)
+
+
+def run(path: str, n_updates: int, chunk: int, max_seconds: float, device: th.device) -> dict[str, Any]:
+    """
+    :return: the run's figures: updates done, wall seconds of the first chunk (compilation included) and of all,
+        updates/s over the whole run and over the chunks after the first, and whether the result is finite
+    """
+    spec = DEFAULTS if path == "auto" else speed.PATHS[path]
+    if spec.kind != "iql":
+        raise ValueError(f"--path must be one of sb3-iql's paths, got {path!r} ({spec.kind})")
+    obs_dim, action_dim = speed.SHAPES["antmaze"]
+    data = synthetic_transitions(obs_dim, action_dim, speed.N_TRANSITIONS)
+    model = speed.make_iql(obs_dim, action_dim, device, spec, offline_steps=n_updates)  # the cosine lr spans the run
+    speed.load_into(model, data)
+    chunks: list[tuple[int, float]] = []
+    start = time.perf_counter()
+    while not chunks or (sum(done for done, _ in chunks) < n_updates and time.perf_counter() - start < max_seconds):
+        size = min(chunk, n_updates - sum(done for done, _ in chunks))
+        chunk_start = time.perf_counter()
+        model.learn_offline(size, log_interval=0, reset_num_timesteps=not chunks)
+        speed.synchronize(device)
+        chunks.append((size, time.perf_counter() - chunk_start))
+        print(f"{sum(done for done, _ in chunks):>9,} updates, {time.perf_counter() - start:7.1f} s", flush=True)
+    total = time.perf_counter() - start
+    done = sum(size for size, _ in chunks)
+    steady = chunks[1:] or chunks
+    parameters = [p for net in (model.actor, model.critic, model.value_net) for p in net.parameters()]
+    actions, _ = model.predict(data.observations[:1000], deterministic=True)
+    return {
+        "path": path,
+        "note": spec.note,
+        "updates": done,
+        "target_updates": n_updates,
+        "wall_s": total,
+        "first_chunk_s": chunks[0][1],
+        "chunk": chunk,
+        "updates_per_s": done / total,
+        "steady_updates_per_s": sum(size for size, _ in steady) / sum(seconds for _, seconds in steady),
+        "chunk_updates_per_s": [size / seconds for size, seconds in chunks],
+        "finite": bool(all(th.isfinite(p).all() for p in parameters) and np.isfinite(actions).all()),
+    }
+
+
+def render(result: dict[str, Any], device_name: str) -> str:
+    """:return: a markdown section of ``speed.md``"""
+    finished = "" if result["updates"] == result["target_updates"] else f" (stopped at {result['updates']:,})"
+    return "\n".join(
+        [
+            f"## A full-length run: {device_name}, torch {result['torch']}, {result['date']}",
+            "",
+            f"`learn_offline` of {result['target_updates']:,} updates{finished}, `{result['path']}` path "
+            f"({result['note']}), batch 256, 256x256, AntMaze's shapes, 1M synthetic transitions "
+            "(`benchmarks/million_updates.py`); wall time from the first update, compilation included.",
+            "",
+            "| updates | wall (s) | first chunk, compilation included (s) | updates/s, whole run | updates/s after "
+            "the first chunk | parameters finite |",
+            "|---:|---:|---:|---:|---:|---|",
+            f"| {result['updates']:,} | {result['wall_s']:.1f} | {result['first_chunk_s']:.1f} "
+            f"({result['chunk']:,} updates) | {result['updates_per_s']:.0f} | {result['steady_updates_per_s']:.0f} | "
+            f"{'yes' if result['finite'] else '**no**'} |",
+            "",
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--path", default="auto", help="auto (IQL's defaults) or one of speed.py's sb3-iql paths")
+    parser.add_argument("--updates", type=int, default=1_000_000)
+    parser.add_argument("--chunk", type=int, default=50_000, help="updates per learn_offline call")
+    parser.add_argument("--max-seconds", type=float, default=float("inf"), help="start no chunk after this (but the first)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--output-dir", default=speed.RESULTS_DIR)
+    args = parser.parse_args()
+    th.set_num_threads(args.threads)
+    device = th.device(("cuda" if th.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    result = {
+        "torch": th.__version__,
+        "date": datetime.datetime.now().isoformat(timespec="minutes"),
+        "device_name": speed.device_name(device),
+        **run(args.path, args.updates, args.chunk, args.max_seconds, device),
+    }
+    speed.save_section(args.output_dir, "million", device.type, result)
+    print(render(result, result["device_name"]), flush=True)
+    if not result["finite"]:
+        raise SystemExit("non-finite parameters or actions after the run")
+
+
+if __name__ == "__main__":
+    main()
