@@ -484,7 +484,9 @@ def iql_model(
             **_iql_arguments(config.hyperparameters(), config.net_arch),
         )
         progress = {"curve": [], "train_s": 0.0, "eval_s": 0.0}
-    model.compile_update = compile_update  # the evaluation interval is below "auto"'s threshold: eager unless asked
+    # The evaluation interval is below "auto"'s compilation threshold: eager unless asked. Asked on CUDA: "auto",
+    # which captures the update in a CUDA graph for each interval (6x the compiled update alone on an H200).
+    model.compile_update = ("auto" if model.device.type == "cuda" else True) if compile_update else False
     progress["compiled"] = progress.get("compiled", False) or compile_update
     model.set_logger(Logger(folder=None, output_formats=[]))  # no per-call temporary log folders
     return model, progress
@@ -672,7 +674,7 @@ def parse_args() -> argparse.Namespace:
         "--compile",
         action="store_true",
         help="train sb3-iql runs with compile_update=True (the same math: ~1.4x the updates/s on CPU after ~30 s of "
-        "compilation per run; runs are keyed without it)",
+        "compilation per run; on CUDA 'auto': the update in a CUDA graph; runs are keyed without it)",
     )
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the cache, train nothing")
     parser.add_argument(

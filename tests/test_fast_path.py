@@ -201,6 +201,25 @@ def test_cuda_learn_offline_fast_paths_train_like_the_eager_update_in_float64(da
     assert max_difference(*models) < CUDA_TOLERANCE
 
 
+def test_auto_picks_the_path_by_call_length_and_device():
+    assert [iql_module.auto_mode(n, "cpu") for n in (999, 1_000, 49_999, 50_000)] == [None, None, None, "compile"]
+    assert [iql_module.auto_mode(n, "cuda") for n in (999, 1_000, 49_999, 50_000)] == [None, "graph", "graph", "compile"]
+    assert iql_module.auto_mode(10**6, "mps") is None
+
+
+@pytest.mark.skipif(not th.cuda.is_available(), reason="needs CUDA")
+def test_cuda_auto_captures_the_eager_update_then_upgrades_to_the_compiled_one(data, monkeypatch):
+    monkeypatch.setattr(iql_module, "AUTO_GRAPH_UPDATES", 10)
+    monkeypatch.setattr(iql_module, "AUTO_COMPILE_UPDATES", 20)
+    model = make_model(data, DeviceReplayBuffer, device="cuda")
+    model.learn_offline(10)
+    assert isinstance(model._fast_update, CudaGraphUpdate) and model._fast_update.functional.compile_mode is None
+    model.learn_offline(5)  # short: the graph already captured stays
+    assert model._fast_update.functional.compile_mode is None
+    model.learn_offline(20)
+    assert isinstance(model._fast_update, CudaGraphUpdate) and model._fast_update.functional.compile_mode == "default"
+
+
 def test_cudagraph_needs_cuda(data):
     if th.cuda.is_available():
         pytest.skip("CUDA is available")

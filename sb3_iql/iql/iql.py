@@ -31,6 +31,21 @@ ACTION_CLIP_EPS = 1e-5
 #: ``compile_update="auto"`` compiles the update for ``learn_offline`` calls of at least this many updates: there
 #: the ~1.4x faster compiled steps repay a CPU compilation of 25-100 s at least twice (``docs/guide/speed.md``).
 AUTO_COMPILE_UPDATES = 50_000
+#: On CUDA, ``"auto"`` captures the (eager) update in a CUDA graph for calls of at least this many updates: the
+#: capture takes well under a second and the graph ran 18x the eager update on an H200.
+AUTO_GRAPH_UPDATES = 1_000
+#: What ``"auto"`` runs: None (the eager update), ``"graph"`` (the eager update in a CUDA graph) or ``"compile"``
+#: (compiled; on CUDA, in a CUDA graph).
+AutoMode = Literal["graph", "compile"] | None
+
+
+def auto_mode(n_updates: int, device_type: str) -> AutoMode:
+    """:return: what ``compile_update="auto"`` runs for a ``learn_offline`` call of ``n_updates`` on that device"""
+    if device_type not in ("cpu", "cuda"):
+        return None
+    if n_updates >= AUTO_COMPILE_UPDATES:
+        return "compile"
+    return "graph" if device_type == "cuda" and n_updates >= AUTO_GRAPH_UPDATES else None
 
 
 class IQL(OfflineAlgorithm):
@@ -81,7 +96,8 @@ class IQL(OfflineAlgorithm):
         optimizers other than Adam, a failed compilation, which warns); False: the eager update (``_update``); True:
         the same update compiled with ``torch.compile`` (CPU or CUDA; 25-100 s of compilation, then ~1.4x faster on
         CPU); ``"cudagraph"``: captured in a CUDA graph, one launch per update (CUDA only). On CUDA, ``"auto"``
-        captures the compiled update in a CUDA graph
+        also captures the update in a CUDA graph, the eager one from calls of ``AUTO_GRAPH_UPDATES`` updates on
+        and the compiled one from ``AUTO_COMPILE_UPDATES`` on
     :param download_dataset: download dataset ids that are not stored locally (needs network)
     :param relabel_eval_goal: rewrite every transition for the evaluation environment's fixed goal when loading (the
         paper's AntMaze protocol on Minari's goal datasets; ``"terminal"``: also end episodes at the goal)
@@ -166,8 +182,8 @@ class IQL(OfflineAlgorithm):
         self.critic_lr_schedule = critic_lr_schedule
         self.compile_update = compile_update
         self._fast_update: FunctionalUpdate | CudaGraphUpdate | None = None
-        # compile_update="auto": whether a long enough learn_offline call asked for the compiled update
-        self._auto_compile = False
+        # compile_update="auto": the fastest path a learn_offline call asked for so far (never downgraded)
+        self._auto_mode: AutoMode = None
         policy_kwargs = {} if policy_kwargs is None else dict(policy_kwargs)
         if dropout is not None:
             policy_kwargs["actor_dropout"] = dropout
@@ -325,14 +341,15 @@ class IQL(OfflineAlgorithm):
         and again after the optimizers' state was replaced, e.g. by ``load``, or a hyperparameter was changed).
         """
         auto = self.compile_update == "auto"
-        if not self.compile_update or (auto and not self._auto_compile):
+        if not self.compile_update or (auto and self._auto_mode is None):
             return self._update
         fast = self._fast_update
-        if fast is None or fast.state_replaced() or fast.settings != self._update_settings() or fast.tau != self.tau:
+        stale = fast is None or fast.state_replaced() or fast.settings != self._update_settings() or fast.tau != self.tau
+        if stale or (auto and _mode_of(fast) != self._auto_mode):
             if self.compile_update == "cudagraph":
                 self._fast_update = CudaGraphUpdate(self._functional_update(None, tensor_lr=True), self._example_batch())
             elif auto:
-                self._fast_update = self._auto_compiled_update()
+                self._fast_update = self._auto_fast_update()
                 if self._fast_update is None:
                     return self._update
             else:
@@ -350,39 +367,42 @@ class IQL(OfflineAlgorithm):
             generator.set_state(generator_state)
         return batch
 
-    def _auto_compiled_update(self) -> FunctionalUpdate | CudaGraphUpdate | None:
+    def _auto_fast_update(self) -> FunctionalUpdate | CudaGraphUpdate | None:
         """
-        ``compile_update="auto"``: the compiled update, compiled here on a batch that changes nothing (neither the
-        networks nor the sampling stream), and on CUDA captured in a CUDA graph (``benchmarks/results/speed.md``: on
-        an H200, 8x the compiled update alone); None where compilation is unavailable (then ``auto`` stays eager).
+        ``compile_update="auto"``: the update of ``_auto_mode``, compiled (``"compile"``) on a batch that changes
+        nothing (neither the networks nor the sampling stream), and on CUDA captured in a CUDA graph
+        (``benchmarks/results/gpu_runs.md``: on an H200 the eager update runs 18x faster in a graph, the compiled
+        one 8x); None where neither is available (then ``auto`` stays eager). A compilation or capture that fails
+        warns, and the next fastest path runs.
         """
+        cuda = self.device.type == "cuda"
+        compiled = self._auto_mode == "compile"
         try:
-            fast = self._functional_update(tensor_lr=self.device.type == "cuda")
+            fast = self._functional_update("default" if compiled else None, tensor_lr=cuda)
         except ValueError:  # what the functional update does not run: an optimizer not Adam, a shared encoder...
-            self._auto_compile = False
+            self._auto_mode = None
             return None
         batch = self._example_batch()
-        try:
-            fast.warm_up(batch)
-        except Exception as error:  # no C++ compiler, an unsupported platform or module...
-            warnings.warn(
-                f"compile_update='auto': torch.compile failed ({type(error).__name__}: {str(error)[:300]}); training "
-                "continues with the eager update. Pass compile_update=False to skip the attempt.",
-                stacklevel=3,
-            )
-            self._auto_compile = False
-            return None
-        if self.device.type != "cuda":
+        if compiled:
+            try:
+                fast.warm_up(batch)
+            except Exception as error:  # no C++ compiler, an unsupported platform or module...
+                _warn_fallback("torch.compile failed", error, "the eager update" + (" in a CUDA graph" if cuda else ""))
+                if not cuda:
+                    self._auto_mode = None
+                    return None
+                self._auto_mode = "graph"
+                fast = self._functional_update(None, tensor_lr=True)
+        if not cuda:
             return fast
         try:
             return CudaGraphUpdate(fast, batch)
-        except Exception as error:  # a capture that fails on this device: the compiled update still runs
-            warnings.warn(
-                f"compile_update='auto': the CUDA graph capture failed ({type(error).__name__}: {str(error)[:300]}); "
-                "training continues with the compiled update.",
-                stacklevel=3,
-            )
-            return fast
+        except Exception as error:  # a capture that fails on this device
+            _warn_fallback("the CUDA graph capture failed", error, "the compiled update" if compiled else "the eager update")
+            if compiled:
+                return fast
+            self._auto_mode = None
+            return None
 
     def learn_offline(self: SelfIQL, n_updates: int | None = None, *args: Any, **kwargs: Any) -> SelfIQL:
         """
@@ -392,8 +412,9 @@ class IQL(OfflineAlgorithm):
         13 against 43 with it).
         """
         planned = max(self.offline_steps - self._n_offline_updates, 0) if n_updates is None else n_updates
-        if self.compile_update == "auto" and planned >= AUTO_COMPILE_UPDATES and self.device.type in ("cpu", "cuda"):
-            self._auto_compile = True
+        mode = auto_mode(planned, self.device.type)
+        if self.compile_update == "auto" and mode is not None and self._auto_mode != "compile":
+            self._auto_mode = mode
         short = n_updates is not None and self._n_offline_updates == 0 and n_updates < self.offline_steps
         if short and self.actor_lr_schedule == "cosine" and getattr(self, "offline_steps_default", False):
             factor = 0.5 * (1.0 + math.cos(math.pi * n_updates / self.offline_steps))
@@ -440,8 +461,24 @@ class IQL(OfflineAlgorithm):
             "_critic_params",
             "_critic_target_params",
             "_fast_update",
-            "_auto_compile",
+            "_auto_mode",
         ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return ["policy", "actor.optimizer", "critic.optimizer", "value_net.optimizer"], []
+
+
+def _mode_of(fast: FunctionalUpdate | CudaGraphUpdate | None) -> AutoMode:
+    """:return: the ``_auto_mode`` that ``fast`` serves (``"graph"``: the eager update in a CUDA graph)"""
+    if fast is None:
+        return None
+    functional = fast.functional if isinstance(fast, CudaGraphUpdate) else fast
+    return "compile" if functional.compile_mode is not None else "graph"
+
+
+def _warn_fallback(what: str, error: Exception, instead: str) -> None:
+    warnings.warn(
+        f"compile_update='auto': {what} ({type(error).__name__}: {str(error)[:300]}); training continues with "
+        f"{instead}. Pass compile_update=False to skip the attempt.",
+        stacklevel=4,
+    )
