@@ -350,8 +350,8 @@ class CapturedStep:
     launch for the update of all learners). Each call sets the learning rate tensors and copies the batch into the
     graph's static inputs; the returned metrics are the graph's static output (read them before the next call).
 
-    The capture needs warm-up updates first: they run on copies of the learners' state, restored afterwards, so the
-    learners reach the parameters of their uncaptured run.
+    The capture needs warm-up updates first: the learners' parameters and Adam states are restored after them, so
+    the learners reach the parameters of their uncaptured run.
 
     :param learners: the learners (their learning rates become device tensors)
     :param example: a batch of ``sample_together`` (sets the static shapes)
