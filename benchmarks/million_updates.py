@@ -43,16 +43,16 @@ def run(path: str, n_updates: int, chunk: int, max_seconds: float, device: th.de
     model = speed.make_iql(obs_dim, action_dim, device, spec, offline_steps=n_updates)  # the cosine lr spans the run
     speed.load_into(model, data)
     chunks: list[tuple[int, float]] = []
-    start = time.perf_counter()
-    while not chunks or (sum(done for done, _ in chunks) < n_updates and time.perf_counter() - start < max_seconds):
-        size = min(chunk, n_updates - sum(done for done, _ in chunks))
+    done, start = 0, time.perf_counter()
+    while not chunks or (done < n_updates and time.perf_counter() - start < max_seconds):
+        size = min(chunk, n_updates - done)
         chunk_start = time.perf_counter()
         model.learn_offline(size, log_interval=0, reset_num_timesteps=not chunks)
         speed.synchronize(device)
         chunks.append((size, time.perf_counter() - chunk_start))
-        print(f"{sum(done for done, _ in chunks):>9,} updates, {time.perf_counter() - start:7.1f} s", flush=True)
+        done += size
+        print(f"{done:>9,} updates, {time.perf_counter() - start:7.1f} s", flush=True)
     total = time.perf_counter() - start
-    done = sum(size for size, _ in chunks)
     steady = chunks[1:] or chunks
     parameters = [p for net in (model.actor, model.critic, model.value_net) for p in net.parameters()]
     actions, _ = model.predict(data.observations[:1000], deterministic=True)

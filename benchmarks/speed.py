@@ -226,9 +226,14 @@ def build_paths(
         try:
             paths.append(build_path(name, data, device))
         except Exception as error:  # e.g. a CUDA graph that cannot be captured here: report it, time the rest
-            skipped.append({"path": name, "skipped": f"failed: {type(error).__name__}: {str(error)[:200]}"})
+            skipped.append(failure(name, error))
             print(f"[{shape}] {name} failed: {error!r}", flush=True)
     return paths, skipped
+
+
+def failure(name: str, error: Exception) -> dict[str, str]:
+    """:return: the report row of path ``name``, which raised ``error`` (a compiler or capture failing here)"""
+    return {"path": name, "skipped": f"failed: {type(error).__name__}: {str(error)[:200]}"}
 
 
 def available(name: str, device: th.device) -> str | None:
@@ -253,7 +258,7 @@ def time_paths(paths: list[Path], n_updates: int, n_rounds: int, n_warmup: int, 
             path.run(n_warmup)
             synchronize(device)
         except Exception as error:  # a compiler or graph capture that fails on this machine: report it, time the rest
-            failed.append({"path": path.name, "skipped": f"failed: {type(error).__name__}: {str(error)[:200]}"})
+            failed.append(failure(path.name, error))
             paths.remove(path)
             print(f"{path.name} failed to warm up: {error!r}", flush=True)
     for _ in range(n_rounds):
@@ -554,19 +559,19 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {json_path} and speed.md", flush=True)
 
 
+def render_million(result: dict[str, Any], name: str) -> str:
+    import million_updates  # benchmarks/million_updates.py (which imports this module)
+
+    return million_updates.render(result, name)
+
+
 #: Sections of ``speed.md`` beyond the paths' tables: ``<prefix>_<device>.json`` rendered by its module.
 SECTION_RENDERERS: dict[str, Callable[[dict[str, Any], str], str]] = {
     "spaces": spaces_speed.render,
     "multi_seed": multi_seed_speed.render,
     "load": load_speed.render,
-    "million": lambda result, name: render_million(result, name),
+    "million": render_million,
 }
-
-
-def render_million(result: dict[str, Any], name: str) -> str:
-    import million_updates  # benchmarks/million_updates.py (which imports this module)
-
-    return million_updates.render(result, name)
 
 
 def save_section(output_dir: str, prefix: str, device_type: str, result: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ parameters. Select with ``IQL(..., compile_update=True)`` (torch.compile, CPU or
 ``compile_update="cudagraph"`` (CUDA only: one graph launch per update).
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import torch as th
@@ -286,20 +287,7 @@ class CudaGraphUpdate:
         self.functional = functional
         self.static = Batch(*(_clone_obs(x) for x in Batch.from_replay_data(example)))
         self.functional.set_learning_rates()
-        state = functional.state_tensors()
-        saved = [tensor.clone() for tensor in state]
-        side_stream = th.cuda.Stream()
-        side_stream.wait_stream(th.cuda.current_stream())
-        with th.cuda.stream(side_stream):
-            for _ in range(n_warmup):
-                self.functional.step(self.static)
-        th.cuda.current_stream().wait_stream(side_stream)
-        self.graph = th.cuda.CUDAGraph()
-        with th.cuda.graph(self.graph):
-            self.metrics = self.functional.step(self.static)
-        with th.no_grad():
-            for tensor, value in zip(state, saved):
-                tensor.copy_(value)
+        self.graph, self.metrics = capture_without_trace(functional.step, self.static, functional.state_tensors(), n_warmup)
 
     @property
     def settings(self) -> UpdateSettings:
@@ -321,6 +309,31 @@ class CudaGraphUpdate:
             _copy_obs(static, value)
         self.graph.replay()
         return self.metrics
+
+
+def capture_without_trace(
+    step: Callable[[Any], th.Tensor], static: Any, state: list[th.Tensor], n_warmup: int
+) -> tuple[th.cuda.CUDAGraph, th.Tensor]:
+    """
+    Capture ``step(static)`` in a CUDA graph after ``n_warmup`` warm-up calls on a side stream (as a capture needs),
+    then restore ``state``, the tensors a step changes, so that the capture leaves no trace.
+
+    :return: the graph and ``step``'s static output
+    """
+    saved = [tensor.clone() for tensor in state]
+    side_stream = th.cuda.Stream()
+    side_stream.wait_stream(th.cuda.current_stream())
+    with th.cuda.stream(side_stream):
+        for _ in range(n_warmup):
+            step(static)
+    th.cuda.current_stream().wait_stream(side_stream)
+    graph = th.cuda.CUDAGraph()
+    with th.cuda.graph(graph):
+        output = step(static)
+    with th.no_grad():
+        for tensor, value in zip(state, saved):
+            tensor.copy_(value)
+    return graph, output
 
 
 def _clone_obs(value: Any) -> Any:

@@ -32,7 +32,7 @@ from torch.utils import _pytree as pytree
 
 from sb3_iql.data.minari_loader import resolve_datasets
 from sb3_iql.iql import update
-from sb3_iql.iql.fast_update import ActorObjectiveInputs, _cat_obs, fused_adam_step_
+from sb3_iql.iql.fast_update import ActorObjectiveInputs, _cat_obs, capture_without_trace, fused_adam_step_
 from sb3_iql.iql.iql import IQL
 from sb3_iql.iql.update import Batch
 
@@ -365,21 +365,10 @@ class CapturedStep:
         learners.lrs = {name: th.zeros((), device=device) for name in TRAINED}
         self.learners = learners
         self.static = pytree.tree_map(th.clone, example)
+        learners.set_learning_rates()
         state = [*(t for p in learners.params.values() for t in p.values())]
         state += [t for s in learners.states.values() for tensors in s.values() for t in tensors]
-        saved = [tensor.clone() for tensor in state]
-        side_stream = th.cuda.Stream()
-        side_stream.wait_stream(th.cuda.current_stream())
-        with th.cuda.stream(side_stream):
-            for _ in range(n_warmup):
-                learners.step(self.static)
-        th.cuda.current_stream().wait_stream(side_stream)
-        self.graph = th.cuda.CUDAGraph()
-        with th.cuda.graph(self.graph):
-            self.metrics = learners.update(self.static)
-        with th.no_grad():
-            for tensor, value in zip(state, saved):
-                tensor.copy_(value)
+        self.graph, self.metrics = capture_without_trace(learners.update, self.static, state, n_warmup)
 
     def __call__(self, batch: Batch) -> th.Tensor:
         self.learners.set_learning_rates()
