@@ -7,6 +7,10 @@ Writes ``results/million_<device>.json`` and its section of ``speed.md`` (throug
 
     python benchmarks/million_updates.py --device cuda            # IQL's defaults
     python benchmarks/million_updates.py --device cpu --updates 20000 --chunk 5000 --output-dir /tmp/million
+    python benchmarks/million_updates.py --device cpu --updates 100000 --chunk 100000 --peer-updates 5000
+
+``--peer-updates N`` also times d3rlpy's IQL on the same data for N updates before the run and N after (its rate
+is steady: no compilation), and reports the ratio of the run's updates/s, compilation included, to d3rlpy's.
 
 Paths: ``auto`` (``IQL``'s defaults, what a user gets) or ``benchmarks/speed.py``'s (``PATHS``) of kind ``iql``.
 After the run every parameter must be finite and the policy's actions finite on the dataset's first observations
@@ -16,6 +20,7 @@ After the run every parameter must be finite and the policy's actions finite on 
 import argparse
 import datetime
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,10 +35,12 @@ DEFAULTS = speed.PathSpec(
 )
 
 
-def run(path: str, n_updates: int, chunk: int, max_seconds: float, device: th.device) -> dict[str, Any]:
+def run(path: str, n_updates: int, chunk: int, max_seconds: float, device: th.device, peer_updates: int = 0) -> dict[str, Any]:
     """
+    :param peer_updates: d3rlpy's IQL updates timed before and after the run (0: none)
     :return: the run's figures: updates done, wall seconds of the first chunk (compilation included) and of all,
-        updates/s over the whole run and over the chunks after the first, and whether the result is finite
+        updates/s over the whole run and over the chunks after the first, whether the result is finite, and with
+        ``peer_updates`` d3rlpy's updates/s (before, after) and the ratio of the whole run's to their mean
     """
     spec = DEFAULTS if path == "auto" else speed.PATHS[path]
     if spec.kind != "iql":
@@ -42,6 +49,11 @@ def run(path: str, n_updates: int, chunk: int, max_seconds: float, device: th.de
     data = synthetic_transitions(obs_dim, action_dim, speed.N_TRANSITIONS)
     model = speed.make_iql(obs_dim, action_dim, device, spec, offline_steps=n_updates)  # the cosine lr spans the run
     speed.load_into(model, data)
+    peer_rates: list[float] = []
+    time_peer = speed.d3rlpy_runner(data, device) if peer_updates else None
+    if time_peer is not None:
+        time_peer(20)  # its first updates build its buffers
+        peer_rates.append(_updates_per_s(time_peer, peer_updates, device))
     chunks: list[tuple[int, float]] = []
     done, start = 0, time.perf_counter()
     while not chunks or (done < n_updates and time.perf_counter() - start < max_seconds):
@@ -53,6 +65,8 @@ def run(path: str, n_updates: int, chunk: int, max_seconds: float, device: th.de
         done += size
         print(f"{done:>9,} updates, {time.perf_counter() - start:7.1f} s", flush=True)
     total = time.perf_counter() - start
+    if time_peer is not None:
+        peer_rates.append(_updates_per_s(time_peer, peer_updates, device))
     steady = chunks[1:] or chunks
     parameters = [p for net in (model.actor, model.critic, model.value_net) for p in net.parameters()]
     actions, _ = model.predict(data.observations[:1000], deterministic=True)
@@ -68,12 +82,31 @@ def run(path: str, n_updates: int, chunk: int, max_seconds: float, device: th.de
         "steady_updates_per_s": sum(size for size, _ in steady) / sum(seconds for _, seconds in steady),
         "chunk_updates_per_s": [size / seconds for size, seconds in chunks],
         "finite": bool(all(th.isfinite(p).all() for p in parameters) and np.isfinite(actions).all()),
+        "peer_updates": peer_updates,
+        "peer_updates_per_s": peer_rates,
+        "ratio_to_peer": done / total / float(np.mean(peer_rates)) if peer_rates else None,
     }
+
+
+def _updates_per_s(run_updates: Callable[[int], None], n_updates: int, device: th.device) -> float:
+    """:return: updates/s of ``run_updates(n_updates)``"""
+    start = time.perf_counter()
+    run_updates(n_updates)
+    speed.synchronize(device)
+    return n_updates / (time.perf_counter() - start)
 
 
 def render(result: dict[str, Any], device_name: str) -> str:
     """:return: a markdown section of ``speed.md``"""
     finished = "" if result["updates"] == result["target_updates"] else f" (stopped at {result['updates']:,})"
+    peer_rates = result.get("peer_updates_per_s") or []
+    peer = (
+        f"d3rlpy's IQL on the same data, {result['peer_updates']:,} updates before the run and after: "
+        f"{' and '.join(f'{rate:.1f}' for rate in peer_rates)} updates/s; the whole run (compilation included) "
+        f"at **{result['ratio_to_peer']:.2f}x** their mean."
+        if peer_rates
+        else ""
+    )
     return "\n".join(
         [
             f"## A full-length run: {device_name}, torch {result['torch']}, {result['date']}",
@@ -89,6 +122,7 @@ def render(result: dict[str, Any], device_name: str) -> str:
             f"({result['chunk']:,} updates) | {result['updates_per_s']:.0f} | {result['steady_updates_per_s']:.0f} | "
             f"{'yes' if result['finite'] else '**no**'} |",
             "",
+            *([peer, ""] if peer else []),
         ]
     )
 
@@ -102,6 +136,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--output-dir", default=speed.RESULTS_DIR)
+    parser.add_argument("--peer-updates", type=int, default=0, help="d3rlpy IQL updates timed before and after")
     args = parser.parse_args()
     th.set_num_threads(args.threads)
     device = th.device(("cuda" if th.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
@@ -109,7 +144,7 @@ def main() -> None:
         "torch": th.__version__,
         "date": datetime.datetime.now().isoformat(timespec="minutes"),
         "device_name": speed.device_name(device),
-        **run(args.path, args.updates, args.chunk, args.max_seconds, device),
+        **run(args.path, args.updates, args.chunk, args.max_seconds, device, args.peer_updates),
     }
     speed.save_section(args.output_dir, "million", device.type, result)
     print(render(result, result["device_name"]), flush=True)

@@ -144,8 +144,13 @@ def test_million_updates_counts_its_chunks_and_stops_at_its_time_limit(monkeypat
 
     monkeypatch.setattr(speed, "N_TRANSITIONS", 2_000)
     monkeypatch.setattr(speed, "HIDDEN", 16)
-    full = million_updates.run("auto", 12, chunk=5, max_seconds=float("inf"), device=th.device("cpu"))
+    full = million_updates.run("auto", 12, chunk=5, max_seconds=float("inf"), device=th.device("cpu"), peer_updates=3)
     assert full["updates"] == 12 and len(full["chunk_updates_per_s"]) == 3 and full["finite"]  # 5 + 5 + 2
+    assert len(full["peer_updates_per_s"]) == 2  # d3rlpy before and after
+    assert full["ratio_to_peer"] == pytest.approx(full["updates_per_s"] / np.mean(full["peer_updates_per_s"]))
+    assert "d3rlpy's IQL on the same data, 3 updates before the run and after" in million_updates.render(
+        {**full, "torch": th.__version__, "date": "today"}, "cpu"
+    )
     stopped = million_updates.run("fused", 12, chunk=5, max_seconds=0.0, device=th.device("cpu"))
     assert stopped["updates"] == 5  # the first chunk always runs
     section = million_updates.render({**stopped, "torch": th.__version__, "date": "today"}, "cpu")

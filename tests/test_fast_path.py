@@ -161,6 +161,27 @@ def test_compiled_update_reaches_the_plain_parameters_in_float64(data, float64):
     th.testing.assert_close(metrics[0], metrics[1], rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.slow
+def test_compiled_update_skips_its_guards_only_for_inputs_like_those_that_passed_them(data, float64):
+    """After a call passed Dynamo's guards the next ones with the same input signature skip them
+    (``FunctionalUpdate._guard_stance``); a batch of another size is checked again (a recompilation) and the
+    update stays the eager one's."""
+    reference = make_model(data, OfflineReplayBuffer, dtype=float64)
+    model = make_model(data, DeviceReplayBuffer, {"fused": True}, dtype=float64)
+    update = model._functional_update(compile_mode="default")
+    for batch_size in (32, 32, 16, 16, 32, 16):
+        reference.batch_size = batch_size
+        train_side_by_side(reference, [(model, update)], 3, dtype=float64)
+    assert update._guarded_signature is not None
+    assert max_difference(reference, model) < 1e-10
+    # Step counters: one tensor per network, its elements the optimizer's own step tensors.
+    for name in ("value", "actor", "critic"):
+        optimizer = update.networks[name].optimizer
+        steps = [optimizer.state[param]["step"] for param in update.params[name].values()]
+        assert all(step.data_ptr() == update.step_counters[name][i].data_ptr() for i, step in enumerate(steps))
+        assert update.step_counters[name].tolist() == [18.0] * len(steps)
+
+
 #: On CUDA, float64 runs of the same math differ by more than on CPU: cuBLAS picks its kernels (and so the order of
 #: its sums) by shape and by capture, and Adam's normalised steps grow those last-bit differences (measured on an
 #: H200 after 30 updates: 3e-9 for the CUDA graphs). Still 1000x below a difference of math (>1e-6 in these tests).

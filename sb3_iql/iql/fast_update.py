@@ -8,7 +8,8 @@ parameters. Select with ``IQL(..., compile_update=True)`` (torch.compile, CPU or
 ``compile_update="cudagraph"`` (CUDA only: one graph launch per update).
 """
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch as th
@@ -19,7 +20,12 @@ from sb3_iql.iql.update import Batch, UpdateSettings
 
 
 def fused_adam_step_(
-    params: list[th.Tensor], grads: list[th.Tensor], state: dict[str, list[th.Tensor]], group: dict, lr: float | th.Tensor
+    params: list[th.Tensor],
+    grads: list[th.Tensor],
+    state: dict[str, list[th.Tensor]],
+    group: dict,
+    lr: float | th.Tensor,
+    step_counters: th.Tensor | None = None,
 ) -> None:
     """
     What ``Adam(fused=True).step()`` runs, without its Python overhead: one ``torch._fused_adam_`` call, in place.
@@ -27,8 +33,13 @@ def fused_adam_step_(
     :param state: the optimizer's ``step``, ``exp_avg`` and ``exp_avg_sq`` tensors, in the order of ``params``
     :param group: the optimizer's param group (betas, eps; no weight decay, amsgrad or maximize)
     :param lr: the learning rate (a device tensor inside a CUDA graph)
+    :param step_counters: a 1-D tensor of which the ``step`` tensors are the elements (views), counted up in one
+        operation; without it, one foreach addition (on the CPU, one addition per 0-d tensor)
     """
-    th._foreach_add_(state["step"], 1.0)
+    if step_counters is None:
+        th._foreach_add_(state["step"], 1.0)
+    else:
+        step_counters.add_(1.0)
     th._fused_adam_(
         params,
         grads,
@@ -111,6 +122,7 @@ class FunctionalUpdate:
         self.networks = {"value": value_net, "actor": actor, "critic": critic}
         self.modules = {"value": value_net, "actor": ActorObjectiveInputs(actor, settings.policy_extraction), "critic": critic}
         self.states: dict[str, dict[str, list[th.Tensor]]] = {}
+        self.step_counters: dict[str, th.Tensor] = {}
         self.params: dict[str, dict[str, th.Tensor]] = {}
         if len({id(param) for network in self.networks.values() for param in network.parameters()}) != sum(
             len(list(network.parameters())) for network in self.networks.values()
@@ -135,6 +147,7 @@ class FunctionalUpdate:
         device = self.critic_params[0].device
         self.lrs = {name: th.zeros((), device=device) for name in self.networks}
         self.compile_mode = compile_mode
+        self._guarded_signature: tuple | None = None
         self.value_grads, self.policy_grads = self._value_grads, self._policy_grads
         if compile_mode is not None:
             # dynamic=False: batches keep one shape; a recompilation for other strides (a CUDA graph's static
@@ -146,7 +159,9 @@ class FunctionalUpdate:
     def _state_lists(self, name: str) -> dict[str, list[th.Tensor]]:
         """
         The optimizer state tensors of network ``name``, as lists in parameter order (created as Adam's first step
-        would, if missing); collected again when the optimizer's state was replaced (``load_state_dict``).
+        would, if missing); collected again when the optimizer's state was replaced (``load_state_dict``). The
+        ``step`` tensors become the elements of one float32 tensor on the parameters' device (``step_counters``),
+        as ``Adam(fused=True)`` keeps them, so one operation counts all of them up.
         """
         optimizer = self.networks[name].optimizer
         if self._state_owners.get(name) is optimizer.state:
@@ -158,10 +173,14 @@ class FunctionalUpdate:
                 param_state["exp_avg"] = th.zeros_like(param, memory_format=th.preserve_format)
                 param_state["exp_avg_sq"] = th.zeros_like(param, memory_format=th.preserve_format)
                 param_state["step"] = th.zeros(())
-            # As with Adam(fused=True): float32 step counters on the parameters' device.
-            param_state["step"] = param_state["step"].to(device=param.device, dtype=th.float32)
             for key in state:
                 state[key].append(param_state[key])
+        device = next(iter(self.params[name].values())).device
+        counters = th.stack([step.to(device=device, dtype=th.float32) for step in state["step"]])
+        state["step"] = list(counters)  # views of the counters
+        for param, step in zip(self.params[name].values(), state["step"]):
+            optimizer.state[param]["step"] = step
+        self.step_counters[name] = counters
         self.states[name] = state
         self._state_owners[name] = optimizer.state
         return state
@@ -181,7 +200,8 @@ class FunctionalUpdate:
         """``Adam(fused=True).step()`` of network ``name`` with the given gradients, in place."""
         group = self.networks[name].optimizer.param_groups[0]
         lr = self.lrs[name] if self.tensor_lr else group["lr"]
-        fused_adam_step_(list(self.params[name].values()), grads, self._state_lists(name), group, lr)
+        state = self._state_lists(name)
+        fused_adam_step_(list(self.params[name].values()), grads, state, group, lr, self.step_counters[name])
 
     def _call(self, name: str, params: dict[str, th.Tensor]) -> Any:
         """:return: network ``name`` as a function of its inputs, with the given parameters"""
@@ -222,9 +242,27 @@ class FunctionalUpdate:
         metrics = update.update_metrics(value_loss, actor_loss, critic_loss, values, current_q, targets)
         return _as_parameters(actor_grads), _as_parameters(critic_grads), metrics
 
+    def _guard_stance(self, batch: Batch) -> contextlib.AbstractContextManager:
+        """
+        Dynamo checks the compiled functions' guards (every module, parameter and input they read) at each call:
+        0.5-1 ms per update on a shared 2-core CPU (``docs/guide/speed.md``). Once a call of the same input
+        signature (shapes, strides, dtypes and devices of the batch, the networks' training flags) passed them, the
+        next one reads the same objects: run it under ``skip_guard_eval_unsafe``, which still tells apart the
+        compiled versions a function may have. Not where compilation is off or a user set another stance.
+        """
+        stance = getattr(th._dynamo.eval_frame, "_stance", None)
+        if self.compile_mode is None or stance is None or (stance.stance, stance.backend) != ("default", None):
+            return contextlib.nullcontext()
+        signature = _input_signature(batch, [*self.networks.values(), self.critic_target])
+        if signature != self._guarded_signature:
+            self._guarded_signature = signature
+            return contextlib.nullcontext()
+        return th.compiler.set_stance("default", skip_guard_eval_unsafe=True)
+
     def step(self, batch: Batch) -> th.Tensor:
         """One IQL update; returns the metrics of ``METRIC_NAMES``."""
-        with th.no_grad():  # torch.func.grad still differentiates inside; outside, no autograd graph is kept
+        # torch.func.grad still differentiates inside no_grad; outside, no autograd graph is kept
+        with th.no_grad(), self._guard_stance(batch):
             value_grads, value_loss, values, targets = self.value_grads(batch)
             self._adam_("value", value_grads)
             actor_grads, critic_grads, metrics = self.policy_grads(batch, targets, value_loss, values)
@@ -253,6 +291,15 @@ class FunctionalUpdate:
         """Drop-in for ``IQL._update(replay_data)``."""
         self.set_learning_rates()
         return self.step(Batch.from_replay_data(replay_data))
+
+
+def _input_signature(batch: Batch, networks: Iterable[nn.Module]) -> tuple:
+    """:return: what tells two calls of the compiled functions apart besides the objects they read"""
+    tensors = th.utils._pytree.tree_leaves(batch)
+    return (
+        tuple((tensor.shape, tensor.stride(), tensor.dtype, tensor.device) for tensor in tensors),
+        tuple(module.training for network in networks for module in network.modules()),
+    )
 
 
 def _as_parameters(grads: dict[str, th.Tensor]) -> list[th.Tensor]:
