@@ -194,6 +194,7 @@ class StackedLearners:
         per_model = [_modules(model) for model in self.models]
         self.params = {name: _stack([dict(m[name].named_parameters()) for m in per_model]) for name in NETWORKS}
         self.buffers = {name: _stack([dict(m[name].named_buffers()) for m in per_model]) for name in NETWORKS}
+        self.step_counters: dict[str, th.Tensor] = {}
         self.states = {name: self._stack_adam_state(name) for name in TRAINED}
         # Learning rates as device tensors (inside a CUDA graph a float would be frozen at capture), or None: floats.
         self.lrs: dict[str, th.Tensor] | None = None
@@ -206,9 +207,11 @@ class StackedLearners:
     def _stack_adam_state(self, name: str) -> dict[str, list[th.Tensor]]:
         """
         :return: Adam's ``exp_avg`` and ``exp_avg_sq`` of network ``name``, stacked ``(K, *param_shape)`` per
-            parameter, and one float32 ``step`` per parameter (equal across learners, checked here)
+            parameter, and one float32 ``step`` per parameter (equal across learners, checked here), the elements
+            of one tensor (``step_counters``: one addition counts them all up)
         """
         state: dict[str, list[th.Tensor]] = {"step": [], "exp_avg": [], "exp_avg_sq": []}
+        steps_per_param = []
         for position, stacked in enumerate(self.params[name].values()):
             per_model = [_adam_state(model, name, position) for model in self.models]
             steps = {float(param_state["step"]) if param_state else 0.0 for param_state in per_model}  # one sync, here
@@ -217,7 +220,10 @@ class StackedLearners:
             for key in ("exp_avg", "exp_avg_sq"):
                 values = [param_state[key] if param_state else th.zeros_like(stacked[0]) for param_state in per_model]
                 state[key].append(th.stack(values))
-            state["step"].append(th.tensor(steps.pop(), dtype=th.float32, device=stacked.device))
+            steps_per_param.append(steps.pop())
+        counters = th.tensor(steps_per_param, dtype=th.float32, device=stacked.device)
+        self.step_counters[name] = counters
+        state["step"] = list(counters)  # views of the counters
         return state
 
     def write_back(self) -> None:
@@ -310,7 +316,8 @@ class StackedLearners:
         """``Adam(fused=True).step()`` of the K networks ``name`` at once (as ``FunctionalUpdate._adam_``), in place."""
         group = _network(self.models[0], name).optimizer.param_groups[0]
         lr = group["lr"] if self.lrs is None else self.lrs[name]
-        fused_adam_step_(list(self.params[name].values()), list(grads.values()), self.states[name], group, lr)
+        params, state = list(self.params[name].values()), self.states[name]
+        fused_adam_step_(params, list(grads.values()), state, group, lr, self.step_counters[name])
 
     def step(self, batch: Batch) -> th.Tensor:
         """
