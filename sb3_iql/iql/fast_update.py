@@ -248,7 +248,9 @@ class FunctionalUpdate:
         0.5-1 ms per update on a shared 2-core CPU (``docs/guide/speed.md``). Once a call of the same input
         signature (shapes, strides, dtypes and devices of the batch, the networks' training flags) passed them, the
         next one reads the same objects: run it under ``skip_guard_eval_unsafe``, which still tells apart the
-        compiled versions a function may have. Not where compilation is off or a user set another stance.
+        compiled versions a function may have. Not where compilation is off or a user set another stance, and not
+        on the first call after ``check_guards_again`` (each training call starts with it: global state such as
+        autocast may differ from the last one).
         """
         stance = getattr(th._dynamo.eval_frame, "_stance", None)
         if self.compile_mode is None or stance is None or (stance.stance, stance.backend) != ("default", None):
@@ -258,6 +260,10 @@ class FunctionalUpdate:
             self._guarded_signature = signature
             return contextlib.nullcontext()
         return th.compiler.set_stance("default", skip_guard_eval_unsafe=True)
+
+    def check_guards_again(self) -> None:
+        """Have the next call check Dynamo's guards, whatever its inputs."""
+        self._guarded_signature = None
 
     def step(self, batch: Batch) -> th.Tensor:
         """One IQL update; returns the metrics of ``METRIC_NAMES``."""

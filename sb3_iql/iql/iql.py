@@ -354,6 +354,8 @@ class IQL(OfflineAlgorithm):
                     return self._update
             else:
                 self._fast_update = self._functional_update()
+        if isinstance(self._fast_update, FunctionalUpdate):
+            self._fast_update.check_guards_again()  # a training call may run in other global state than the last
         return self._fast_update
 
     def _example_batch(self) -> Any:
