@@ -148,6 +148,7 @@ class FunctionalUpdate:
         self.lrs = {name: th.zeros((), device=device) for name in self.networks}
         self.compile_mode = compile_mode
         self._guarded_signature: tuple | None = None
+        self._all_modules = [module for network in (*self.networks.values(), critic_target) for module in network.modules()]
         self.value_grads, self.policy_grads = self._value_grads, self._policy_grads
         if compile_mode is not None:
             # dynamic=False: batches keep one shape; a recompilation for other strides (a CUDA graph's static
@@ -255,7 +256,7 @@ class FunctionalUpdate:
         stance = getattr(th._dynamo.eval_frame, "_stance", None)
         if self.compile_mode is None or stance is None or (stance.stance, stance.backend) != ("default", None):
             return contextlib.nullcontext()
-        signature = _input_signature(batch, [*self.networks.values(), self.critic_target])
+        signature = _input_signature(batch, self._all_modules)
         if signature != self._guarded_signature:
             self._guarded_signature = signature
             return contextlib.nullcontext()
@@ -299,12 +300,12 @@ class FunctionalUpdate:
         return self.step(Batch.from_replay_data(replay_data))
 
 
-def _input_signature(batch: Batch, networks: Iterable[nn.Module]) -> tuple:
+def _input_signature(batch: Batch, modules: Iterable[nn.Module]) -> tuple:
     """:return: what tells two calls of the compiled functions apart besides the objects they read"""
     tensors = th.utils._pytree.tree_leaves(batch)
     return (
         tuple((tensor.shape, tensor.stride(), tensor.dtype, tensor.device) for tensor in tensors),
-        tuple(module.training for network in networks for module in network.modules()),
+        tuple(module.training for module in modules),
     )
 
 
