@@ -154,8 +154,12 @@ class FunctionalUpdate:
             # dynamic=False: batches keep one shape; a recompilation for other strides (a CUDA graph's static
             # inputs) stays static too, instead of a dynamic-shape graph (whose gradients came back with other
             # strides than the parameters on an H200, which the fused Adam kernel refuses).
-            self.value_grads = th.compile(self._value_grads, fullgraph=True, mode=compile_mode, dynamic=False)
-            self.policy_grads = th.compile(self._policy_grads, fullgraph=True, mode=compile_mode, dynamic=False)
+            # On CPU, Inductor's C++ wrapper: one compiled module per graph instead of one per kernel, which
+            # halves a first (cold) compilation on 2 cores (45-51 s to 28 s, docs/guide/speed.md).
+            cpp_wrapper = device.type == "cpu" and compile_mode == "default"
+            how: dict[str, Any] = {"options": {"cpp_wrapper": True}} if cpp_wrapper else {"mode": compile_mode}
+            self.value_grads = th.compile(self._value_grads, fullgraph=True, dynamic=False, **how)
+            self.policy_grads = th.compile(self._policy_grads, fullgraph=True, dynamic=False, **how)
 
     def _state_lists(self, name: str) -> dict[str, list[th.Tensor]]:
         """
