@@ -100,10 +100,12 @@ def render(result: dict[str, Any], device_name: str) -> str:
     """:return: a markdown section of ``speed.md``"""
     finished = "" if result["updates"] == result["target_updates"] else f" (stopped at {result['updates']:,})"
     peer_rates = result.get("peer_updates_per_s") or []
+    ratios = " and ".join(f"{result['updates_per_s'] / rate:.2f}x" for rate in peer_rates)
     peer = (
         f"d3rlpy's IQL on the same data, {result['peer_updates']:,} updates before the run and after: "
         f"{' and '.join(f'{rate:.1f}' for rate in peer_rates)} updates/s; the whole run (compilation included) "
-        f"at **{result['ratio_to_peer']:.2f}x** their mean."
+        f"at {ratios} those "
+        f"(**{result['ratio_to_peer']:.2f}x** their mean; a gap between the two says the machine's speed moved)."
         if peer_rates
         else ""
     )
