@@ -57,6 +57,19 @@ def fused_adam_step_(
     )
 
 
+def one_step_counter(steps: list[th.Tensor], device: th.device) -> tuple[th.Tensor, list[th.Tensor]]:
+    """
+    Adam's per-parameter ``step`` tensors as the elements of one float32 tensor, as ``Adam(fused=True)`` keeps them,
+    so that one addition counts all of them up (``fused_adam_step_(..., step_counters)``).
+
+    :param steps: one 0-d step tensor per parameter
+    :param device: the parameters' device
+    :return: the counters, shape ``(n_params,)``, and its elements (views) in parameter order
+    """
+    counters = th.stack([step.to(device=device, dtype=th.float32) for step in steps])
+    return counters, list(counters)
+
+
 class ActorObjectiveInputs(nn.Module):
     """
     Calls what the actor objective takes from the actor as ``forward``, so that ``torch.func.functional_call`` can
@@ -181,8 +194,7 @@ class FunctionalUpdate:
             for key in state:
                 state[key].append(param_state[key])
         device = next(iter(self.params[name].values())).device
-        counters = th.stack([step.to(device=device, dtype=th.float32) for step in state["step"]])
-        state["step"] = list(counters)  # views of the counters
+        counters, state["step"] = one_step_counter(state["step"], device)
         for param, step in zip(self.params[name].values(), state["step"]):
             optimizer.state[param]["step"] = step
         self.step_counters[name] = counters

@@ -32,7 +32,13 @@ from torch.utils import _pytree as pytree
 
 from sb3_iql.data.minari_loader import resolve_datasets
 from sb3_iql.iql import update
-from sb3_iql.iql.fast_update import ActorObjectiveInputs, _cat_obs, capture_without_trace, fused_adam_step_
+from sb3_iql.iql.fast_update import (
+    ActorObjectiveInputs,
+    _cat_obs,
+    capture_without_trace,
+    fused_adam_step_,
+    one_step_counter,
+)
 from sb3_iql.iql.iql import IQL
 from sb3_iql.iql.update import Batch
 
@@ -221,9 +227,7 @@ class StackedLearners:
                 values = [param_state[key] if param_state else th.zeros_like(stacked[0]) for param_state in per_model]
                 state[key].append(th.stack(values))
             steps_per_param.append(steps.pop())
-        counters = th.tensor(steps_per_param, dtype=th.float32, device=stacked.device)
-        self.step_counters[name] = counters
-        state["step"] = list(counters)  # views of the counters
+        self.step_counters[name], state["step"] = one_step_counter(list(th.tensor(steps_per_param)), stacked.device)
         return state
 
     def write_back(self) -> None:
