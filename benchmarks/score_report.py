@@ -15,10 +15,10 @@ Files: ``scores.md`` (text between ``<!-- BEGIN NOTES -->`` and ``<!-- END NOTES
 """
 
 import csv
+import hashlib
 import json
 import os
 import platform
-import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -38,9 +38,15 @@ RUNS_FILE = "scores_runs.json"
 REPORT_STEM = "scores"
 #: The peer every method of this package is compared with.
 PEER = "d3rlpy-iql"
-#: Bootstrap resamples of the confidence intervals; the generator is seeded so that a report is reproducible.
+#: Bootstrap resamples of the confidence intervals; NumPy's generator is seeded for each, so a report is reproducible.
 BOOTSTRAP_REPS = 5000
 BOOTSTRAP_SEED = 0
+#: Intervals of earlier reports, beside the report: a seeded bootstrap gives the same interval for the same scores,
+#: so only new or changed rows are resampled (a full report resamples ~250 intervals, about half an hour on 2 cores).
+INTERVAL_CACHE_FILE = "bootstrap_cache.json"
+#: statistic and scores (hashed) -> (point estimate, 95% low, 95% high); see ``load_interval_cache``
+_interval_cache: dict[str, list[float]] = {}
+_intervals_used: set[str] = set()
 #: Settings whose dataset id contains this are aggregated together ("stitch" rows).
 STITCH = "stitch"
 #: Display order of the base methods; variants (``iql-ref+...``) follow ``iql-ref``.
@@ -116,14 +122,43 @@ def group_runs(runs: dict[str, dict], dataset_ids: list[str] | None) -> dict[tup
     }
 
 
-def _interval(score_dict: dict[str, Any], func: Any) -> dict[str, tuple[float, float, float]]:
-    """:return: name -> (point estimate, 95% low, 95% high) from rliable's stratified bootstrap"""
-    with warnings.catch_warnings():  # arch 7.2 deprecates the RandomState that rliable 1.2 passes
-        warnings.simplefilter("ignore", FutureWarning)
-        points, intervals = rly.get_interval_estimates(
-            score_dict, func, reps=BOOTSTRAP_REPS, random_state=np.random.RandomState(BOOTSTRAP_SEED)
-        )
-    return {name: (float(np.ravel(points[name])[0]), *map(float, np.ravel(intervals[name])[:2])) for name in points}
+def load_interval_cache(path: Path) -> None:
+    """Start a report with the intervals of the last one (``path``: its ``INTERVAL_CACHE_FILE``, if any)."""
+    _interval_cache.clear()
+    _intervals_used.clear()
+    if path.exists():
+        _interval_cache.update(json.loads(path.read_text()))
+
+
+def save_interval_cache(path: Path) -> None:
+    """Keep the intervals this report used (and only those) for the next one."""
+    write_json(path, {key: _interval_cache[key] for key in sorted(_intervals_used)})
+
+
+def _interval(statistic: str, scores: tuple[np.ndarray, ...], func: Any) -> tuple[float, float, float]:
+    """
+    :param statistic: the name of ``func`` (part of the cache key)
+    :param scores: ``func``'s arguments, each of shape ``(n_seeds, n_tasks)``
+    :return: (point estimate, 95% low, 95% high) from rliable's stratified bootstrap, or from the cache when these
+        exact scores were resampled before with the same number of resamples and seed
+    """
+    exact = [statistic, BOOTSTRAP_REPS, BOOTSTRAP_SEED, [np.asarray(x, dtype=float).tolist() for x in scores]]
+    key = hashlib.sha256(json.dumps(exact).encode()).hexdigest()
+    if key not in _interval_cache:
+        # rliable 1.2 draws its resamples from NumPy's global generator (its random_state argument only reaches
+        # arch, which it bypasses): seeded here, so that an interval depends on its scores alone
+        global_state = np.random.get_state()
+        np.random.seed(BOOTSTRAP_SEED)
+        try:
+            points, intervals = rly.get_interval_estimates(
+                {"x": scores if len(scores) > 1 else scores[0]}, func, reps=BOOTSTRAP_REPS
+            )
+        finally:
+            np.random.set_state(global_state)
+        _interval_cache[key] = [float(np.ravel(points["x"])[0]), *map(float, np.ravel(intervals["x"])[:2])]
+    _intervals_used.add(key)
+    point, low, high = _interval_cache[key]
+    return point, low, high
 
 
 def iqm_with_ci(scores: np.ndarray) -> tuple[float, float, float] | None:
@@ -133,7 +168,7 @@ def iqm_with_ci(scores: np.ndarray) -> tuple[float, float, float] | None:
     """
     if scores.shape[0] < 2:
         return None
-    return _interval({"x": scores}, lambda x: np.array([metrics.aggregate_iqm(x)]))["x"]
+    return _interval("iqm", (scores,), lambda x: np.array([metrics.aggregate_iqm(x)]))
 
 
 def improvement_with_ci(ours: np.ndarray, peer: np.ndarray) -> tuple[float, float, float] | None:
@@ -143,7 +178,7 @@ def improvement_with_ci(ours: np.ndarray, peer: np.ndarray) -> tuple[float, floa
     """
     if ours.shape[0] < 2 or peer.shape[0] < 2:
         return None
-    return _interval({"x,y": (ours, peer)}, metrics.probability_of_improvement)["x,y"]
+    return _interval("probability_of_improvement", (ours, peer), metrics.probability_of_improvement)
 
 
 def _final_point_mean(records: list[dict], field: str) -> float | None:
@@ -464,6 +499,7 @@ def write_csv(path: Path, groups: dict[tuple, dict[str, list[dict]]]) -> None:
 
 
 def write_report(out: Path, dataset_ids: list[str] | None, torch_threads: int) -> None:
+    load_interval_cache(out / INTERVAL_CACHE_FILE)
     groups = group_runs(load_runs(out), dataset_ids)
     rows = summary_rows(groups)
     aggregates = stitch_aggregate(groups)
@@ -477,3 +513,4 @@ def write_report(out: Path, dataset_ids: list[str] | None, torch_threads: int) -
     write_plot(out / f"{REPORT_STEM}.png", groups)
     write_plot(out / f"{REPORT_STEM}_success.png", groups, metric="success_rate")
     write_markdown(out / f"{REPORT_STEM}.md", rows, aggregates, torch_threads)
+    save_interval_cache(out / INTERVAL_CACHE_FILE)

@@ -261,3 +261,35 @@ def test_the_stitch_aggregate_scores_success_beside_the_normalized_score(monkeyp
     assert ours["iqm"][0] == 10.0 and ours["p_improvement"][0] == 0.0
     assert ours["success_iqm"][0] == 100.0 and ours["success_worst"] == 100.0 and ours["success_p_improvement"][0] == 1.0
     assert entry["methods"]["d3rlpy-iql"]["success_iqm"][0] == 50.0
+
+
+def test_report_intervals_depend_on_their_scores_alone_and_are_resampled_only_when_those_change(monkeypatch, tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    import score_report  # benchmarks/score_report.py
+
+    monkeypatch.setattr(score_report, "BOOTSTRAP_REPS", 50)
+    scores, peer = np.linspace(0.0, 50.0, 12)[:, None] ** 1.5, np.linspace(10.0, 60.0, 9)[:, None] ** 1.5
+    cache = tmp_path / score_report.INTERVAL_CACHE_FILE
+    score_report.load_interval_cache(cache)
+    iqm, improvement = score_report.iqm_with_ci(scores), score_report.improvement_with_ci(scores, peer)
+    assert iqm[1] < iqm[0] < iqm[2]
+    # resampled again after NumPy's global generator moved on (rliable draws from it): the same intervals
+    score_report.load_interval_cache(cache)
+    np.random.rand(3)
+    assert score_report.iqm_with_ci(scores) == iqm and score_report.improvement_with_ci(scores, peer) == improvement
+    score_report.save_interval_cache(cache)
+
+    def resampled(*args, **kwargs):
+        raise AssertionError("resampled")
+
+    score_report.load_interval_cache(cache)
+    monkeypatch.setattr(score_report.rly, "get_interval_estimates", resampled)
+    assert score_report.iqm_with_ci(scores) == iqm  # from the last report
+    for changed in (lambda: score_report.iqm_with_ci(scores + 1.0), lambda: score_report.improvement_with_ci(peer, scores)):
+        with pytest.raises(AssertionError, match="resampled"):
+            changed()
+    monkeypatch.setattr(score_report, "BOOTSTRAP_REPS", 60)
+    with pytest.raises(AssertionError, match="resampled"):
+        score_report.iqm_with_ci(scores)
+    score_report.save_interval_cache(cache)  # keeps what this report used: the first interval only
+    assert len(json.loads(cache.read_text())) == 1
