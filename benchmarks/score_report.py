@@ -11,7 +11,8 @@ method, as the field compares algorithms.
 - Over the stitch settings together: IQM and probability of improvement with tasks as strata.
 
 Files: ``scores.md`` (text between ``<!-- BEGIN NOTES -->`` and ``<!-- END NOTES -->`` is kept), ``scores.json``,
-``scores.csv`` (every evaluation of every run), ``scores.png`` and ``scores_success.png`` (curves).
+``scores.csv`` (every evaluation of every run), ``scores.png`` and ``scores_success.png`` (curves),
+``bootstrap_cache.json`` (the intervals, so that the next report resamples only the rows whose scores changed).
 """
 
 import csv

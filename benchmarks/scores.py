@@ -13,7 +13,8 @@ Methods (``--methods``):
 - ``iql``: the package's defaults with the dataset's preset (``sb3_iql.presets``, the paper's settings of the
   domain: mazes as AntMaze, expectile 0.9, beta 10, reward r - 1; locomotion: expectile 0.7, beta 3, reward
   r / return range * 1000), the budget and batch of the benchmark. Actor lr with cosine decay over the budget.
-- ``iql-ref``: the same with the reference implementation's choices spelled out (``REFERENCE_SETTINGS``), and
+- ``iql-ref``: the same with the reference implementation's choices spelled out (``REFERENCE_SETTINGS``; the
+  paper's expectile and beta of the domain and SB3's replay buffer, whatever a dataset's preset tuned), and
   ``iql-ref+FACTOR[+FACTOR...]``: with factors of ``FACTORS`` added (d3rlpy's update order, log-std
   parametrisation and init; LayerNorm; observation normalisation; actor dropout; constant actor lr;
   evaluation-goal relabelling),
@@ -94,6 +95,14 @@ REFERENCE_SETTINGS: dict[str, Any] = {
     "update_order": "sequential",
     "actor_lr_schedule": "cosine",
     "policy_kwargs": {"log_std_parametrization": "clip", "log_std_init": 0.0, "weight_init": "orthogonal"},
+    "replay_buffer_class": None,  # the data's own goals (the goal-carrying maze presets take hindsight goals)
+    "replay_buffer_kwargs": None,
+}
+#: The paper's expectile and beta of each domain (told apart by the preset's reward transform), for ``iql-ref`` and
+#: ``bc`` whatever a dataset's preset tuned (the AntMaze-v1 replica's preset: beta 1).
+PAPER_DOMAIN_SETTINGS: dict[str, dict[str, float]] = {
+    "antmaze": {"expectile": 0.9, "beta": 10.0},
+    "locomotion": {"expectile": 0.7, "beta": 3.0},
 }
 #: Behaviour cloning weights of the DDPG+BC factors (``+ddpgbc<weight>``).
 DDPG_BC_WEIGHTS = ("0.001", "0.01", "0.1", "1")
@@ -244,12 +253,14 @@ class RunConfig:
         preset = preset_hyperparameters(self.dataset_id)
         if self.base_method == "d3rlpy-bc":
             preset["beta"] = 0.0
-        settings = {**preset, **method_settings(self.method)}
+        paper = PAPER_DOMAIN_SETTINGS.get(preset.get("reward_transform"), {}) if self.base_method in ("iql-ref", "bc") else {}
+        settings = {**preset, **paper, **method_settings(self.method)}
         if self.base_method in D3RLPY_METHODS:
             for key in D3RLPY_IGNORED_SETTINGS:
                 settings.pop(key, None)
-        if settings.get("dropout") is None:
-            settings.pop("dropout", None)  # IQL's default: no dropout
+        for key in ("dropout", "replay_buffer_class", "replay_buffer_kwargs"):
+            if settings.get(key) is None:
+                settings.pop(key, None)  # IQL's defaults: no dropout, SB3's replay buffer
         if settings.get("policy_extraction", "awr") == "awr":
             settings.pop("bc_weight", None)  # the DDPG extractions' weight
         return settings

@@ -293,3 +293,20 @@ def test_report_intervals_depend_on_their_scores_alone_and_are_resampled_only_wh
         score_report.iqm_with_ci(scores)
     score_report.save_interval_cache(cache)  # keeps what this report used: the first interval only
     assert len(json.loads(cache.read_text())) == 1
+
+
+def test_the_reference_method_keeps_the_paper_s_settings_whatever_a_dataset_s_preset_tuned():
+    sys.path.insert(0, str(BENCHMARKS))
+    import scores  # benchmarks/scores.py
+
+    def hyperparameters(method: str) -> dict:
+        # the AntMaze-v1 replica's preset: hindsight goals and beta 1
+        return scores.RunConfig("sb3_iql/pointmaze/medium-antmaze-v0", 1000, method, 0, 30, 10, 1, (16,), 64).hyperparameters()
+
+    preset = hyperparameters("iql")
+    assert preset["replay_buffer_class"] == "HerReplayBuffer" and preset["beta"] == 1.0
+    for method in ("iql-ref", "iql-ref+beta0.3", "bc"):
+        assert "replay_buffer_class" not in hyperparameters(method), method
+    assert hyperparameters("iql-ref")["beta"] == 10.0 and hyperparameters("iql-ref")["expectile"] == 0.9
+    assert hyperparameters("iql-ref+beta0.3")["beta"] == 0.3 and hyperparameters("bc")["beta"] == 0.0
+    assert hyperparameters("iql-ref+her")["replay_buffer_class"] == "HerReplayBuffer"
