@@ -299,14 +299,15 @@ def test_the_reference_method_keeps_the_paper_s_settings_whatever_a_dataset_s_pr
     sys.path.insert(0, str(BENCHMARKS))
     import scores  # benchmarks/scores.py
 
-    def hyperparameters(method: str) -> dict:
-        # the AntMaze-v1 replica's preset: hindsight goals and beta 1
-        return scores.RunConfig("sb3_iql/pointmaze/medium-antmaze-v0", 1000, method, 0, 30, 10, 1, (16,), 64).hyperparameters()
+    def hyperparameters(recipe: str, method: str) -> dict:
+        dataset_id = f"sb3_iql/pointmaze/medium-{recipe}-v0"
+        return scores.RunConfig(dataset_id, 1000, method, 0, 30, 10, 1, (16,), 64).hyperparameters()
 
-    preset = hyperparameters("iql")
-    assert preset["replay_buffer_class"] == "HerReplayBuffer" and preset["beta"] == 1.0
-    for method in ("iql-ref", "iql-ref+beta0.3", "bc"):
-        assert "replay_buffer_class" not in hyperparameters(method), method
-    assert hyperparameters("iql-ref")["beta"] == 10.0 and hyperparameters("iql-ref")["expectile"] == 0.9
-    assert hyperparameters("iql-ref+beta0.3")["beta"] == 0.3 and hyperparameters("bc")["beta"] == 0.0
-    assert hyperparameters("iql-ref+her")["replay_buffer_class"] == "HerReplayBuffer"
+    # the AntMaze-v1 replicas' presets: hindsight goals (evaluation cell never a goal), beta 0.3 (near-expert data)
+    assert hyperparameters("antmaze-unseen", "iql")["replay_buffer_class"] == "HerReplayBuffer"
+    assert hyperparameters("antmaze", "iql")["beta"] == 0.3
+    for method in ("iql-ref", "iql-ref+beta3", "bc"):
+        assert "replay_buffer_class" not in hyperparameters("antmaze-unseen", method), method
+    assert hyperparameters("antmaze", "iql-ref")["beta"] == 10.0 and hyperparameters("antmaze", "iql-ref")["expectile"] == 0.9
+    assert hyperparameters("antmaze", "iql-ref+beta3")["beta"] == 3.0 and hyperparameters("antmaze", "bc")["beta"] == 0.0
+    assert hyperparameters("antmaze-unseen", "iql-ref+her")["replay_buffer_class"] == "HerReplayBuffer"
