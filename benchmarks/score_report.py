@@ -43,7 +43,8 @@ PEER = "d3rlpy-iql"
 BOOTSTRAP_REPS = 5000
 BOOTSTRAP_SEED = 0
 #: Intervals of earlier reports, beside the report: a seeded bootstrap gives the same interval for the same scores,
-#: so only new or changed rows are resampled (a full report resamples ~250 intervals, about half an hour on 2 cores).
+#: so only new or changed rows are resampled (a full report resamples ~250 intervals: over an hour on a busy 2-core
+#: machine; the next one, 37 s).
 INTERVAL_CACHE_FILE = "bootstrap_cache.json"
 #: statistic and scores (hashed) -> (point estimate, 95% low, 95% high); see ``load_interval_cache``
 _interval_cache: dict[str, list[float]] = {}

@@ -99,7 +99,7 @@ REFERENCE_SETTINGS: dict[str, Any] = {
     "replay_buffer_kwargs": None,
 }
 #: The paper's expectile and beta of each domain (told apart by the preset's reward transform), for ``iql-ref`` and
-#: ``bc`` whatever a dataset's preset tuned (the AntMaze-v1 replica's preset: beta 1).
+#: ``bc`` whatever a dataset's preset tuned (the AntMaze-v1 replica's preset: beta 0.3).
 PAPER_DOMAIN_SETTINGS: dict[str, dict[str, float]] = {
     "antmaze": {"expectile": 0.9, "beta": 10.0},
     "locomotion": {"expectile": 0.7, "beta": 3.0},
