@@ -141,13 +141,15 @@ BASE_METHODS = ("iql", "bc", "iql-ref", "d3rlpy-iql", "d3rlpy-iql-cosine", "d3rl
 #: takes its own update order, networks and initialisation.
 D3RLPY_IGNORED_SETTINGS = ("policy_extraction", "dropout", "update_order", "policy_kwargs")
 METHODS = ("iql", "bc")
+#: The methods built on ``REFERENCE_SETTINGS`` (with ``FACTORS``).
+REFERENCE_METHODS = ("iql-ref", "bc")
 D3RLPY_METHODS = ("d3rlpy-iql", "d3rlpy-iql-cosine", "d3rlpy-bc")
 
 
 def parse_method(method: str) -> tuple[str, list[str]]:
     """:return: the base method and its factors (``"iql-ref+order+init"`` -> ``("iql-ref", ["order", "init"])``)"""
     base, *factors = method.split("+")
-    allowed = FACTORS if base in ("iql-ref", "bc") else DATA_FACTORS if base in D3RLPY_METHODS else ()
+    allowed = FACTORS if base in REFERENCE_METHODS else DATA_FACTORS if base in D3RLPY_METHODS else ()
     if base not in BASE_METHODS or any(f not in allowed for f in factors):
         raise ValueError(
             f"Unknown method {method!r}: use one of {BASE_METHODS}, or iql-ref+FACTOR[+FACTOR...] (bc+FACTOR too) "
@@ -253,7 +255,7 @@ class RunConfig:
         preset = preset_hyperparameters(self.dataset_id)
         if self.base_method == "d3rlpy-bc":
             preset["beta"] = 0.0
-        paper = PAPER_DOMAIN_SETTINGS.get(preset.get("reward_transform"), {}) if self.base_method in ("iql-ref", "bc") else {}
+        paper = PAPER_DOMAIN_SETTINGS.get(preset.get("reward_transform"), {}) if self.base_method in REFERENCE_METHODS else {}
         settings = {**preset, **paper, **method_settings(self.method)}
         if self.base_method in D3RLPY_METHODS:
             for key in D3RLPY_IGNORED_SETTINGS:

@@ -226,8 +226,8 @@ class StackedLearners:
             for key in ("exp_avg", "exp_avg_sq"):
                 values = [param_state[key] if param_state else th.zeros_like(stacked[0]) for param_state in per_model]
                 state[key].append(th.stack(values))
-            steps_per_param.append(steps.pop())
-        self.step_counters[name], state["step"] = one_step_counter(list(th.tensor(steps_per_param)), stacked.device)
+            steps_per_param.append(th.tensor(steps.pop()))
+        self.step_counters[name], state["step"] = one_step_counter(steps_per_param, stacked.device)
         return state
 
     def write_back(self) -> None:
