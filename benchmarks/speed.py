@@ -393,10 +393,11 @@ def render_markdown(results: list[dict[str, Any]]) -> str:
         ]
         for shape, rows in result["shapes"].items():
             obs_dim, action_dim = SHAPES[shape]
+            reference = next((row["reference"] for row in rows if "reference" in row), "plain")
             lines += [
                 f"### {shape} (obs {obs_dim}, action {action_dim})",
                 "",
-                "| path | what | updates/s (wall) | x plain | updates/s (CPU time) | x plain | peak memory (MB) "
+                f"| path | what | updates/s (wall) | x {reference} | updates/s (CPU time) | x {reference} | peak memory (MB) "
                 "| load 1M (s) | sample 256 (us) |",
                 "|---|---|---:|---:|---:|---:|---:|---:|---:|",
             ]
@@ -436,9 +437,15 @@ def render_markdown(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def summarize(paths: list[Path], reference: str = "plain") -> list[dict[str, Any]]:
+#: What the ratio columns divide by: the first of these paths that a run measured (else its first path).
+RATIO_REFERENCES = ("plain", "d3rlpy")
+
+
+def summarize(paths: list[Path]) -> list[dict[str, Any]]:
+    """:return: one row per path: median updates/s (wall, CPU time), and their ratios to the reference path's"""
     rows = []
     medians = {path.name: (statistics.median(path.rates_wall), statistics.median(path.rates_cpu)) for path in paths}
+    reference = next((name for name in RATIO_REFERENCES if name in medians), paths[0].name if paths else "plain")
     base_wall, base_cpu = medians.get(reference, (float("nan"), float("nan")))
     for path in paths:
         wall, cpu = medians[path.name]
@@ -450,6 +457,7 @@ def summarize(paths: list[Path], reference: str = "plain") -> list[dict[str, Any
                 "cpu": cpu,
                 "wall_ratio": wall / base_wall,
                 "cpu_ratio": cpu / base_cpu,
+                "reference": reference,
                 "rates_wall": path.rates_wall,
                 "rates_cpu": path.rates_cpu,
                 "load_seconds": path.load_seconds,
