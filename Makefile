@@ -20,12 +20,14 @@ install-benchmarks: install
 demo: install
 	$(PYTHON) examples/quickstart.py
 
-# Fast suite (slow learning checks excluded); `make test-all` runs everything.
+# Fast suite (slow learning checks excluded); `make test-all` runs everything. Each test runs torch on one thread,
+# so the tests are spread over one process per core (pytest-xdist), at most TEST_PROCESSES.
+TEST_PROCESSES ?= 4
 test: install-benchmarks
-	$(PYTHON) -m pytest tests -m "not slow" -q
+	$(PYTHON) -m pytest tests -m "not slow" -q -n auto --maxprocesses $(TEST_PROCESSES)
 
 test-all: install-benchmarks
-	$(PYTHON) -m pytest tests -q
+	$(PYTHON) -m pytest tests -q -n auto --maxprocesses $(TEST_PROCESSES)
 
 lint:
 	$(PYTHON) -m ruff check sb3_iql tests examples benchmarks

@@ -36,7 +36,8 @@ setup(
         "pyyaml",
     ],
     extras_require={
-        "tests": ["pytest", "ruff", "matplotlib", "psycopg2-binary"],
+        # pytest-xdist: the suite's tests run in one process per core (each test keeps torch on one thread)
+        "tests": ["pytest", "pytest-xdist", "ruff", "matplotlib", "psycopg2-binary"],
         "docs": ["sphinx", "myst-parser", "sphinx-rtd-theme"],
         # rl_zoo3's train/enjoy modules import requests without declaring it
         "zoo": ["rl_zoo3>=2.9,<3", "requests", "optuna>=4.9"],

@@ -68,7 +68,8 @@ import minari
 import numpy as np
 import peers  # benchmarks/peers.py
 import torch as th
-from score_report import REPORT_STEM, RUNS_FILE, load_runs, write_json, write_report  # benchmarks/score_report.py
+import score_report  # benchmarks/score_report.py
+from score_report import REPORT_STEM, RUNS_FILE, load_runs, write_json, write_report
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.preprocessing import is_image_space
@@ -691,6 +692,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the cache, train nothing")
     parser.add_argument(
+        "--bootstrap-reps",
+        type=int,
+        default=score_report.BOOTSTRAP_REPS,
+        help="bootstrap resamples of each confidence interval (fewer: a quicker, rougher report)",
+    )
+    parser.add_argument(
         "--together",
         action="store_true",
         help="train the seeds of each sb3-iql method as one batched computation (sb3_iql.iql.multi_seed: the same "
@@ -702,6 +709,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     th.set_num_threads(args.torch_threads)
+    score_report.BOOTSTRAP_REPS = args.bootstrap_reps
     if args.report_only:
         write_report(args.out, args.datasets, args.torch_threads)
         return

@@ -36,6 +36,7 @@ def test_scores_report(maze_root, tmp_path):
     common = ["--datasets", MAZE_ID, "--updates", "20", "--eval-every", "10", "--seeds", "0", "1", "--eval-episodes", "1"]
     methods = ["--methods", "iql", "bc", "iql-ref+order+logstd+init", "d3rlpy-iql"]
     options = [*common, *methods, "--net-arch", "16", "--out", str(out), "--checkpoint-dir", str(tmp_path / "ckpt")]
+    options += ["--bootstrap-reps", "100"]  # rough intervals: their computation is tested on its own below
     run_benchmark("scores.py", *options, minari_root=maze_root)
     runs = json.loads((out / "scores_runs.json").read_text())["runs"]
     by_method = {}
