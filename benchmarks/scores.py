@@ -67,8 +67,8 @@ import matplotlib
 import minari
 import numpy as np
 import peers  # benchmarks/peers.py
-import torch as th
 import score_report  # benchmarks/score_report.py
+import torch as th
 from score_report import REPORT_STEM, RUNS_FILE, load_runs, write_json, write_report
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
