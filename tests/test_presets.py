@@ -131,8 +131,8 @@ STORED_GOALS = ("MultiInputPolicy", None, None)
         ("sb3_iql/pointmaze/medium-play-v0", None, HINDSIGHT, "ddpg_awr", 10.0),  # stored goals never pursued
         ("sb3_iql/pointmaze/medium-antmaze-unseen-v0", None, HINDSIGHT, "awr", 10.0),  # the paper's AWR leads there
         ("sb3_iql/pointmaze/medium-antmaze-v0", None, STORED_GOALS, "awr", 0.3),  # near-expert data: a low beta
-        ("sb3_iql/pointmaze/medium-v0", "terminal", NO_HINDSIGHT, "ddpg_awr", 10.0),  # fixed-length runs
-        ("sb3_iql/pointmaze/large-v0", "terminal", NO_HINDSIGHT, "ddpg_awr", 10.0),
+        ("sb3_iql/pointmaze/medium-v0", None, HINDSIGHT, "ddpg_awr", 10.0),  # fixed-length runs of the -cut data
+        ("sb3_iql/pointmaze/large-v0", None, HINDSIGHT, "ddpg_awr", 10.0),
         ("D4RL/pointmaze/large-dense-v2", None, NO_HINDSIGHT, "ddpg_awr", 10.0),  # dense: not measured
         ("D4RL/pointmaze/open-v2", None, NO_HINDSIGHT, "ddpg_awr", 10.0),
         ("sb3_iql/pointmaze/large-stitch-v0", None, NO_HINDSIGHT, "ddpg_awr", 10.0),  # the goal is the evaluation's
