@@ -111,7 +111,8 @@ def render(result: dict[str, Any], device_name: str) -> str:
     )
     return "\n".join(
         [
-            f"## A full-length run: {device_name}, torch {result['torch']}, {result['date']}",
+            f"## A full-length run: {device_name}, {result.get('threads', 1)} thread(s), torch {result['torch']}, "
+            f"{result['date']}",
             "",
             f"`learn_offline` of {result['target_updates']:,} updates{finished}, `{result['path']}` path "
             f"({result['note']}), batch 256, 256x256, AntMaze's shapes, 1M synthetic transitions "
@@ -144,6 +145,7 @@ def main() -> None:
     device = th.device(("cuda" if th.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     result = {
         "torch": th.__version__,
+        "threads": args.threads,
         "date": datetime.datetime.now().isoformat(timespec="minutes"),
         "device_name": speed.device_name(device),
         **run(args.path, args.updates, args.chunk, args.max_seconds, device, args.peer_updates),

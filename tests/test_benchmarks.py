@@ -154,8 +154,8 @@ def test_million_updates_counts_its_chunks_and_stops_at_its_time_limit(monkeypat
     )
     stopped = million_updates.run("fused", 12, chunk=5, max_seconds=0.0, device=th.device("cpu"))
     assert stopped["updates"] == 5  # the first chunk always runs
-    section = million_updates.render({**stopped, "torch": th.__version__, "date": "today"}, "cpu")
-    assert "12 updates (stopped at 5)" in section and "| 5 |" in section
+    section = million_updates.render({**stopped, "torch": th.__version__, "threads": 2, "date": "today"}, "cpu")
+    assert "12 updates (stopped at 5)" in section and "| 5 |" in section and "cpu, 2 thread(s)" in section
     with pytest.raises(ValueError, match="sb3-iql's paths"):
         million_updates.run("d3rlpy", 12, chunk=5, max_seconds=1.0, device=th.device("cpu"))
 
