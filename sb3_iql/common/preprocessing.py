@@ -1,13 +1,13 @@
 """
 Observations of offline data as the policy takes them: images channel-first (as SB3's ``VecTransposeImage`` gives
-them online), and normalisation with fixed statistics of the offline dataset (as CORL and Unifloral normalise
-states).
+them online), SB3's preprocessing in a form ``torch.compile`` can trace, and normalisation with fixed statistics of
+the offline dataset (as CORL and Unifloral normalise states).
 """
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.preprocessing import is_image_space, preprocess_obs
 from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import nn
 
@@ -31,6 +31,33 @@ def to_channel_first(observations: BatchObs, observation_space: spaces.Space) ->
         if observations.shape[1:] != shape and observations.shape[1:] == channels_last:
             return observations.transpose(0, 3, 1, 2)
     return observations
+
+
+@th.compiler.assume_constant_result
+def scales_images(observation_space: spaces.Space, normalize_images: bool) -> bool:
+    """
+    :return: whether SB3 divides these observations by 255 (``normalize_images`` and an image space). A constant of
+        the network: ``torch.compile`` evaluates it once while tracing, because SB3's test compares the space's NumPy
+        bounds, on which a compiled graph cannot branch.
+    """
+    return normalize_images and is_image_space(observation_space)
+
+
+def preprocess_observations(obs: PyTorchObs, observation_space: spaces.Space, normalize_images: bool) -> PyTorchObs:
+    """
+    SB3's ``preprocess_obs`` (float observations, images divided by 255, one-hot discrete ones), in a form that
+    ``torch.compile(fullgraph=True)`` traces: the update of image observations compiles too.
+
+    :param obs: a batch of observations ``(batch, *shape)``, or a dict of them
+    :param observation_space: their space
+    :param normalize_images: whether image observations are divided by 255
+    :return: the preprocessed batch
+    """
+    if isinstance(observation_space, spaces.Dict):
+        return {key: preprocess_observations(value, observation_space[key], normalize_images) for key, value in obs.items()}
+    if isinstance(observation_space, spaces.Box):
+        return obs.float() / 255.0 if scales_images(observation_space, normalize_images) else obs.float()
+    return preprocess_obs(obs, observation_space, normalize_images)  # no image test for the other spaces
 
 
 #: Features whose standard deviation in the data is below this are only centred, not scaled (e.g. a goal that is

@@ -12,7 +12,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, Combine
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
-from sb3_iql.common.preprocessing import ObservationNormalizer
+from sb3_iql.common.preprocessing import ObservationNormalizer, preprocess_observations
 
 #: Gain of the orthogonal initialisation of every layer in the reference implementation.
 ORTHOGONAL_GAIN = math.sqrt(2)
@@ -172,11 +172,10 @@ class NormalizedFeatures:
     features_detached: bool = False
 
     def extract_features(self, obs: PyTorchObs, features_extractor: BaseFeaturesExtractor) -> th.Tensor:
-        normalizer = self.observation_normalizer
-        if normalizer is None:
-            features = super().extract_features(obs, features_extractor)  # type: ignore[misc]
-        else:  # SB3's preprocessing, then the normalizer, then the extractor
-            features = super().extract_features(obs, lambda preprocessed: features_extractor(normalizer(preprocessed)))  # type: ignore[misc]
+        preprocessed = preprocess_observations(obs, self.observation_space, self.normalize_images)
+        if self.observation_normalizer is not None:
+            preprocessed = self.observation_normalizer(preprocessed)
+        features = features_extractor(preprocessed)
         return features.detach() if self.features_detached else features
 
 
