@@ -17,8 +17,8 @@ Methods (``--methods``):
   paper's expectile and beta of the domain and SB3's replay buffer, whatever a dataset's preset tuned), and
   ``iql-ref+FACTOR[+FACTOR...]``: with factors of ``FACTORS`` added (d3rlpy's update order, log-std
   parametrisation and init; LayerNorm; observation normalisation; actor dropout; constant actor lr;
-  evaluation-goal relabelling),
-  the cells of the factorial study.
+  evaluation-goal relabelling; one image encoder for every network; random image shifts), the cells of the
+  factorial study.
 - ``bc``: the reference model, networks, data, batches and critic training, with ``beta=0``: every AWR weight is
   exp(0) = 1, so the actor's loss is the plain negative log-likelihood of the dataset actions.
 - ``d3rlpy-iql`` and ``d3rlpy-bc``: d3rlpy's IQL (same expectile, beta, batch, networks) and its BC, on the same
@@ -127,6 +127,9 @@ FACTORS: dict[str, dict[str, Any]] = {
     **{f"beta{beta}": {"beta": float(beta)} for beta in BETAS},
     "evalgoal": {"relabel_eval_goal": True},  # every transition rewritten for the evaluation goal (sb3_iql.data.goals)
     "evalgoalterm": {"relabel_eval_goal": "terminal"},  # the same, and terminal at the goal (D4RL's relabelled AntMaze)
+    # images: one encoder for the actor, critics and value net, trained by the critics (DrQ's actor); random shifts
+    "shared": {"policy_kwargs": {"share_features_extractor": True}},
+    "shift4": {"image_shift": 4},
     # hindsight relabelling (sb3_iql.HerReplayBuffer, named by a string so that the settings stay JSON)
     "her": {
         "replay_buffer_class": "HerReplayBuffer",
