@@ -43,7 +43,7 @@ Differences between the libraries found on the way, beyond the three choices of 
 - sb3_iql rescaled dataset actions with ``2 (a - low) / (high - low) - 1`` even for a [-1, 1] space, which moved a
   float32 action by 1 ulp; it now stores such actions as they are. The dataset's actions are multiples of 2^-10
   (exact either way), so that both libraries get bitwise identical batches.
-- SB3's ``preprocess_obs`` casts Box observations to float32: the float64 runs bypass it
+- SB3's preprocessing casts Box observations to float32: the float64 runs bypass it
   (``sb3_float64_observations``).
 
 Usage::
@@ -65,7 +65,6 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import stable_baselines3.common.policies
 import structlog
 import torch as th
 from gymnasium import spaces
@@ -74,6 +73,7 @@ from torch import nn
 
 from sb3_iql import IQL
 from sb3_iql.data.minari_loader import Transitions
+from sb3_iql.iql import policies
 from sb3_iql.iql.iql import METRIC_NAMES
 from sb3_iql.iql.policies import LOG_STD_BOUNDS
 
@@ -408,24 +408,23 @@ def set_dtype(model: IQL, algo: d3rlpy.algos.IQL, dtype: th.dtype) -> None:
 @contextlib.contextmanager
 def sb3_float64_observations(enabled: bool) -> Iterator[None]:
     """
-    Within the block, SB3's ``preprocess_obs`` (which casts Box observations to float32) leaves float64 tensors as
-    they are, so that sb3_iql's networks can run in float64. It is replaced in ``stable_baselines3.common.policies``,
-    where ``BaseModel.extract_features`` (every sb3_iql network's) looks it up. Nothing changes when not ``enabled``.
+    Within the block, SB3's preprocessing (which casts Box observations to float32) leaves float64 tensors as they
+    are, so that sb3_iql's networks can run in float64. It is replaced in ``sb3_iql.iql.policies``, where every
+    sb3_iql network's ``extract_features`` looks up ``preprocess_observations``. Nothing changes when not ``enabled``.
     """
-    policies = stable_baselines3.common.policies
-    original = policies.preprocess_obs
+    original = policies.preprocess_observations
 
-    def preprocess_obs(obs: Any, observation_space: spaces.Space, normalize_images: bool = True) -> Any:
+    def preprocess_observations(obs: Any, observation_space: spaces.Space, normalize_images: bool) -> Any:
         if isinstance(observation_space, spaces.Box) and isinstance(obs, th.Tensor) and obs.dtype == th.float64:
             return obs
         return original(obs, observation_space, normalize_images)
 
     if enabled:
-        policies.preprocess_obs = preprocess_obs
+        policies.preprocess_observations = preprocess_observations
     try:
         yield
     finally:
-        policies.preprocess_obs = original
+        policies.preprocess_observations = original
 
 
 def max_diffs(pairs: Sequence[ParamPair], kind: str) -> dict[str, float]:
