@@ -302,22 +302,19 @@ def test_pixel_pointmaze_data_is_what_its_evaluation_environment_shows(minari_ro
     assert np.array_equal(frames[1:, ..., 3:], frames[:-1, ..., :3]) and np.array_equal(frames[0, ..., 3:], frames[0, ..., :3])
     assert not np.array_equal(frames[50, ..., :3], frames[50, ..., 3:])  # the ball moves
     # The evaluation environment draws the same picture of a state as the stored data (frames stored losslessly),
-    # but for antialiasing at the ball's edge: MuJoCo renders a state reached by a step and the same state set
-    # directly apart on 1-4 pixels, by up to 150 levels on some machines. The picture must stay twice closer to its
-    # state than to the ball drawn 3 pixels (0.4 units of the 5-unit-wide maze) to the side.
+    # pixel for pixel, after steps too: a physics step leaves MuJoCo's body positions at the step's start, where the
+    # ball was drawn until the wrapper recomputed them (up to 37 levels apart on 15 pixels at 48x48).
     env = dataset.recover_environment(eval_env=True)
     obs, _ = env.reset(seed=3)
-    obs, *_ = env.step(np.array([0.5, -0.3], np.float32))
     maze_env = env.unwrapped
-    state = np.concatenate([maze_env.point_env.data.qpos, maze_env.point_env.data.qvel])[None]
     renderer = make_pixel_pointmaze_env("umaze", size=36)
     renderer.reset(seed=0)
-
-    def distance(states: np.ndarray) -> np.ndarray:
-        return np.abs(render_states(renderer, states, maze_env.goal[None])[0].astype(int) - obs[..., :3]).sum(-1)
-
-    difference, moved = distance(state), distance(state + np.array([0.4, 0.0, 0.0, 0.0]))
-    assert (difference > 0).sum() <= 8 and 2 * difference.sum() < moved.sum(), (difference.sum(), moved.sum())
+    for action in ([0.5, -0.3], [1.0, 1.0], [-1.0, 0.2]):
+        previous = obs[..., :3]
+        obs, *_ = env.step(np.array(action, np.float32))
+        state = np.concatenate([maze_env.point_env.data.qpos, maze_env.point_env.data.qvel])[None]
+        assert np.array_equal(render_states(renderer, state, maze_env.goal[None])[0], obs[..., :3])
+        assert np.array_equal(obs[..., 3:], previous)
     model = IQL("CnnPolicy", offline_dataset=dataset, policy_kwargs=SMALL_CNN, batch_size=32, seed=0)
     assert isinstance(model.replay_buffer, DeviceImageReplayBuffer) and model.observation_space.shape == (6, 36, 36)
     model.learn_offline(2)

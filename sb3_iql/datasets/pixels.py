@@ -24,6 +24,7 @@ from typing import Any
 
 import gymnasium as gym
 import minari
+import mujoco
 import numpy as np
 from gymnasium import spaces
 from minari.data_collector import EpisodeBuffer
@@ -80,6 +81,10 @@ class PointMazePixels(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self._previous_frame: np.ndarray | None = None
 
     def _observe(self, first: bool) -> np.ndarray:
+        # After a physics step MuJoCo's body positions are those of the step's start: recompute them from the state,
+        # as ``render_states`` does for the dataset's frames, so that both draw the ball where the state has it.
+        point_env = self.env.unwrapped.point_env
+        mujoco.mj_forward(point_env.model, point_env.data)
         frame = self.env.render()
         previous = frame if first or self._previous_frame is None else self._previous_frame
         self._previous_frame = frame
