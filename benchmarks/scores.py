@@ -17,7 +17,8 @@ Methods (``--methods``):
   paper's expectile and beta of the domain and SB3's replay buffer, whatever a dataset's preset tuned), and
   ``iql-ref+FACTOR[+FACTOR...]``: with factors of ``FACTORS`` added (d3rlpy's update order, log-std
   parametrisation and init; LayerNorm; observation normalisation; actor dropout; constant actor lr;
-  evaluation-goal relabelling; one image encoder for every network; random image shifts), the cells of the
+  evaluation-goal relabelling; one image encoder for every network; random image shifts; NatureCNN's output
+  layer with LayerNorm and tanh), the cells of the
   factorial study.
 - ``bc``: the reference model, networks, data, batches and critic training, with ``beta=0``: every AWR weight is
   exp(0) = 1, so the actor's loss is the plain negative log-likelihood of the dataset actions.
@@ -130,6 +131,7 @@ FACTORS: dict[str, dict[str, Any]] = {
     # images: one encoder for the actor, critics and value net, trained by the critics (DrQ's actor); random shifts
     "shared": {"policy_kwargs": {"share_features_extractor": True}},
     "shift4": {"image_shift": 4},
+    "lncnn": {"policy_kwargs": {"features_extractor_class": "LayerNormNatureCNN"}},  # LayerNorm + tanh, not ReLU
     # hindsight relabelling (sb3_iql.HerReplayBuffer, named by a string so that the settings stay JSON)
     "her": {
         "replay_buffer_class": "HerReplayBuffer",

@@ -26,7 +26,7 @@ from toy_data import (
     write_dataset,
 )
 
-from sb3_iql import IQL, evaluate
+from sb3_iql import IQL, LayerNormNatureCNN, evaluate
 from sb3_iql.common.augmentation import random_shift
 from sb3_iql.common.synthetic import SpacesEnv
 from sb3_iql.data import DeviceImageReplayBuffer, load_transitions
@@ -335,3 +335,36 @@ def test_a_stored_pixel_dataset_evaluates_in_a_fresh_process_without_rendering_s
     environment = {key: value for key, value in os.environ.items() if key not in ("MUJOCO_GL", "PYOPENGL_PLATFORM")}
     result = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def small_ball_frames(n_frames: int, size: int = 48) -> th.Tensor:
+    """``(n, 3, size, size)`` uint8 frames: one grey background (a maze seen from above) with a 3x3 ball moving."""
+    rng = np.random.default_rng(0)
+    frames = np.full((n_frames, 3, size, size), 120, np.uint8)
+    frames[:, :, ::8, :] = 40  # walls
+    for frame, (row, column) in zip(frames, rng.integers(1, size - 4, (n_frames, 2))):
+        frame[1, row : row + 3, column : column + 3] = 255
+    return th.as_tensor(frames)
+
+
+def test_layer_norm_nature_cnn_keeps_every_feature_alive_where_nature_cnn_loses_half(tmp_path):
+    # Frames that differ by a 3x3 ball: NatureCNN's last ReLU is on for every frame or off for every frame, so
+    # half its features are zero everywhere from the initialisation on; LayerNorm + tanh leaves none constant.
+    env = SpacesEnv(spaces.Box(0, 255, (3, 48, 48), np.uint8), ACTION_SPACE)
+    frames = small_ball_frames(64)
+    kwargs = dict(buffer_size=100, seed=0)
+    nature = IQL("CnnPolicy", env, **kwargs).policy.actor
+    features = nature.extract_features(frames, nature.features_extractor)
+    assert (features.abs().amax(0) == 0).float().mean() > 0.3
+    model = IQL("CnnPolicy", env, policy_kwargs={"features_extractor_class": "LayerNormNatureCNN"}, **kwargs)
+    actor = model.policy.actor
+    assert isinstance(actor.features_extractor, LayerNormNatureCNN)  # named as a preset file names it
+    features = actor.extract_features(frames, actor.features_extractor)
+    assert features.shape == (64, 512) and features.abs().max() <= 1.0
+    assert (features.std(0) > 0).all()
+    model.save(tmp_path / "layer_norm_cnn")
+    loaded = IQL.load(tmp_path / "layer_norm_cnn")
+    assert isinstance(loaded.policy.critic.features_extractor, LayerNormNatureCNN)
+    assert np.array_equal(loaded.predict(frames.numpy(), deterministic=True)[0], model.predict(frames.numpy(), deterministic=True)[0])
+    with pytest.raises(ValueError, match=r"Unknown features_extractor_class 'NatureCnn'.*LayerNormNatureCNN"):
+        IQL("CnnPolicy", env, policy_kwargs={"features_extractor_class": "NatureCnn"}, **kwargs)

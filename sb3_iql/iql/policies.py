@@ -13,6 +13,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
 from sb3_iql.common.preprocessing import ObservationNormalizer, preprocess_observations
+from sb3_iql.common.torch_layers import features_extractor_class_named
 
 #: Gain of the orthogonal initialisation of every layer in the reference implementation.
 ORTHOGONAL_GAIN = math.sqrt(2)
@@ -526,7 +527,8 @@ class IQLPolicy(BasePolicy):
         ``IQL`` when the dataset is loaded, then fixed; features that are constant in the data are only centred)
     :param spread_first_layer_biases: random first-hidden-layer biases (``spread_first_layer_biases_``) instead of
         the initialisation's, so that the ReLU kinks of the first layer do not all pass through the inputs' origin
-    :param features_extractor_class: features extractor of each network
+    :param features_extractor_class: features extractor of each network, or its name in
+        ``FEATURES_EXTRACTOR_CLASSES`` (``"LayerNormNatureCNN"``, as preset files write it)
     :param features_extractor_kwargs: its keyword arguments
     :param share_features_extractor: one features extractor for the actor, the critics and the value network,
         trained by the critics' loss only (the actor and the value network use its features detached, as DrQ's
@@ -558,7 +560,7 @@ class IQLPolicy(BasePolicy):
         critic_layer_norm: bool = False,
         normalize_observations: bool = False,
         spread_first_layer_biases: bool = False,
-        features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
+        features_extractor_class: type[BaseFeaturesExtractor] | str = FlattenExtractor,
         features_extractor_kwargs: dict[str, Any] | None = None,
         share_features_extractor: bool = False,
         normalize_images: bool = True,
@@ -567,6 +569,8 @@ class IQLPolicy(BasePolicy):
         n_critics: int = 2,
         ortho_init_gain: float = ORTHOGONAL_GAIN,
     ):
+        if isinstance(features_extractor_class, str):
+            features_extractor_class = features_extractor_class_named(features_extractor_class)
         if optimizer_class is th.optim.Adam and optimizer_kwargs is None:
             optimizer_kwargs = {"fused": True}  # one kernel per network: +10% updates/s on CPU (benchmarks/speed.py)
         super().__init__(
@@ -698,7 +702,7 @@ class CnnPolicy(IQLPolicy):
         observation_space: spaces.Box,
         action_space: spaces.Box | spaces.Discrete,
         lr_schedule: Schedule,
-        features_extractor_class: type[BaseFeaturesExtractor] = NatureCNN,
+        features_extractor_class: type[BaseFeaturesExtractor] | str = NatureCNN,
         **kwargs: Any,
     ):
         super().__init__(
@@ -715,7 +719,7 @@ class MultiInputPolicy(IQLPolicy):
         observation_space: spaces.Dict,
         action_space: spaces.Box,
         lr_schedule: Schedule,
-        features_extractor_class: type[BaseFeaturesExtractor] = CombinedExtractor,
+        features_extractor_class: type[BaseFeaturesExtractor] | str = CombinedExtractor,
         **kwargs: Any,
     ):
         super().__init__(

@@ -1,0 +1,55 @@
+"""Image features extractors for IQL's networks, beside SB3's (``stable_baselines3.common.torch_layers``)."""
+
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
+from torch import nn
+
+
+class LayerNormNatureCNN(BaseFeaturesExtractor):
+    """
+    SB3's ``NatureCNN`` with DrQ-v2's output layer: its convolutions, then ``Linear -> LayerNorm -> tanh`` instead
+    of ``Linear -> ReLU``.
+
+    On frames that differ only by a few pixels (a small object moving on a fixed background) the linear layer's
+    inputs barely change from frame to frame, so each ReLU unit is on for every frame or off for every frame: half
+    of NatureCNN's 512 features are zero everywhere from the start, more die as the critics train, and a shared
+    encoder trained by the critics can end with none alive. LayerNorm and tanh keep every unit trainable
+    (``benchmarks/results/scores.md``, pixel PointMaze).
+
+    :param observation_space: channel-first image space, as NatureCNN's
+    :param features_dim: number of features (output units)
+    :param normalized_image: whether images are already in [0, 1] (as NatureCNN's argument)
+    """
+
+    def __init__(self, observation_space: spaces.Box, features_dim: int = 512, normalized_image: bool = False) -> None:
+        super().__init__(observation_space, features_dim)
+        nature = NatureCNN(observation_space, features_dim, normalized_image)
+        self.cnn = nature.cnn
+        self.linear = nn.Sequential(nature.linear[0], nn.LayerNorm(features_dim), nn.Tanh())
+
+    def forward(self, observations: th.Tensor) -> th.Tensor:
+        """:param observations: ``(batch, channels, height, width)`` preprocessed images
+        :return: ``(batch, features_dim)`` features in [-1, 1]"""
+        return self.linear(self.cnn(observations))
+
+
+#: The package's features extractors and SB3's, by class name: a preset file (YAML) names a
+#: ``policy_kwargs.features_extractor_class`` so.
+FEATURES_EXTRACTOR_CLASSES: dict[str, type[BaseFeaturesExtractor]] = {
+    extractor_class.__name__: extractor_class for extractor_class in (NatureCNN, LayerNormNatureCNN)
+}
+
+
+def features_extractor_class_named(name: str) -> type[BaseFeaturesExtractor]:
+    """
+    :param name: a class name of :data:`FEATURES_EXTRACTOR_CLASSES`
+    :return: the class
+    :raises ValueError: no extractor has that name; the message lists the names
+    """
+    if name not in FEATURES_EXTRACTOR_CLASSES:
+        raise ValueError(
+            f"Unknown features_extractor_class {name!r}: the extractors known by name are "
+            f"{sorted(FEATURES_EXTRACTOR_CLASSES)} (or pass a class)"
+        )
+    return FEATURES_EXTRACTOR_CLASSES[name]
