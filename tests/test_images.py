@@ -28,6 +28,7 @@ from toy_data import (
 
 from sb3_iql import IQL, LayerNormNatureCNN, evaluate
 from sb3_iql.common.augmentation import random_shift
+from sb3_iql.common.preprocessing import IMAGE_STD_OFFSET
 from sb3_iql.common.synthetic import SpacesEnv
 from sb3_iql.data import DeviceImageReplayBuffer, load_transitions
 from sb3_iql.datasets import ensure_dataset, make_pixel_pointmaze_env, make_pointmaze_dataset, pixel_dataset_id
@@ -176,17 +177,26 @@ def test_the_compiled_update_of_image_observations_trains_like_the_eager_one(ima
     assert difference < 1e-5
 
 
-@pytest.mark.parametrize(
-    "observation_space",
-    [PICTURE_SPACE, spaces.Dict({"frame": PICTURE_SPACE, "goal": spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)})],
-    ids=["box", "dict"],
-)
-def test_observation_normalisation_refuses_images(observation_space):
-    # Dataset statistics of raw 0-255 frames would not fit the 0-1 images the networks see: a clear error instead
-    policy = "CnnPolicy" if isinstance(observation_space, spaces.Box) else "MultiInputPolicy"
-    env = SpacesEnv(observation_space, ACTION_SPACE)
-    with pytest.raises(ValueError, match=r"normalize_observations is for vector observations.*normalize_images"):
-        IQL(policy, env, buffer_size=100, policy_kwargs={"net_arch": [32], "normalize_observations": True})
+@pytest.mark.parametrize("normalize_images", [True, False])
+def test_image_normalisation_is_per_pixel_in_the_units_the_networks_see(image_dataset, tmp_path, normalize_images):
+    policy_kwargs = {**SMALL_CNN, "normalize_observations": True, "normalize_images": normalize_images}
+    model = image_model(image_dataset, policy_kwargs=policy_kwargs)
+    normalizer = model.policy.observation_normalizer
+    frames = load_transitions([image_dataset]).observations.transpose(0, 3, 1, 2).astype(np.float64)
+    scale = 255.0 if normalize_images else 1.0
+    assert normalizer.fitted and normalizer.mean_obs.shape == (3, IMAGE_SIZE, IMAGE_SIZE)
+    assert np.allclose(normalizer.mean_obs.numpy(), frames.mean(0) / scale, atol=1e-5)
+    assert np.allclose(normalizer.std_obs.numpy(), frames.std(0) / scale + IMAGE_STD_OFFSET, atol=1e-5)
+    batch = model.replay_buffer.sample(8).observations
+    inputs = batch.float() / scale
+    expected = (inputs - normalizer.mean_obs) / normalizer.std_obs
+    assert th.allclose(normalizer(inputs), expected) and (normalizer(inputs).abs() > 1).any()  # the column stands out
+    model.learn_offline(2)
+    model.save(tmp_path / "normalized")
+    loaded = IQL.load(tmp_path / "normalized")
+    assert th.equal(loaded.policy.observation_normalizer.std_obs, normalizer.std_obs)
+    frames = batch.numpy()
+    assert np.array_equal(loaded.predict(frames, deterministic=True)[0], model.predict(frames, deterministic=True)[0])
 
 
 @pytest.mark.slow
@@ -365,6 +375,7 @@ def test_layer_norm_nature_cnn_keeps_every_feature_alive_where_nature_cnn_loses_
     model.save(tmp_path / "layer_norm_cnn")
     loaded = IQL.load(tmp_path / "layer_norm_cnn")
     assert isinstance(loaded.policy.critic.features_extractor, LayerNormNatureCNN)
-    assert np.array_equal(loaded.predict(frames.numpy(), deterministic=True)[0], model.predict(frames.numpy(), deterministic=True)[0])
+    frames = frames.numpy()
+    assert np.array_equal(loaded.predict(frames, deterministic=True)[0], model.predict(frames, deterministic=True)[0])
     with pytest.raises(ValueError, match=r"Unknown features_extractor_class 'NatureCnn'.*LayerNormNatureCNN"):
         IQL("CnnPolicy", env, policy_kwargs={"features_extractor_class": "NatureCnn"}, **kwargs)

@@ -282,11 +282,12 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 f"{type(self.replay_buffer).__name__} cannot take an offline dataset: use a replay buffer with "
                 "extend(), such as sb3_iql.data.DeviceReplayBuffer or OfflineReplayBuffer (and their Dict versions)"
             )
+        observations = to_channel_first(transitions.observations, self.observation_space)
         normalizer = getattr(self.policy, "observation_normalizer", None)
         if normalizer is not None and not normalizer.fitted:  # statistics of the first offline data, then fixed
-            normalizer.fit(transitions.observations)
+            normalizer.fit(observations)
         self.replay_buffer.extend(
-            to_channel_first(transitions.observations, self.observation_space),
+            observations,
             to_channel_first(transitions.next_observations, self.observation_space),
             self._buffer_actions(transitions.actions),
             self.reward_transform_fn(transitions.rewards),

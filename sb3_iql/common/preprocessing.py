@@ -63,29 +63,47 @@ def preprocess_observations(obs: PyTorchObs, observation_space: spaces.Space, no
 #: Features whose standard deviation in the data is below this are only centred, not scaled (e.g. a goal that is
 #: the same in every transition): scaling them would blow up any other value met at evaluation.
 MIN_STD = 1e-6
+#: Added to each pixel's standard deviation (in the images' preprocessed units, [0, 1] with ``normalize_images``):
+#: a pixel that the data shows nearly constant (a spot the moving object seldom crossed) is scaled at most 50x.
+IMAGE_STD_OFFSET = 0.02
+#: Observations per chunk when the statistics are computed (float64 copies of a chunk only, not of the dataset).
+_FIT_CHUNK = 4096
+
+
+def _mean_and_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:return: the per-feature mean and standard deviation of ``(n, *shape)`` values, over the first axis"""
+    total, total_squares = np.zeros(values.shape[1:]), np.zeros(values.shape[1:])
+    for start in range(0, len(values), _FIT_CHUNK):
+        chunk = np.asarray(values[start : start + _FIT_CHUNK], dtype=np.float64)
+        total += chunk.sum(axis=0)
+        total_squares += np.square(chunk).sum(axis=0)
+    mean = total / len(values)
+    return mean, np.sqrt(np.maximum(total_squares / len(values) - np.square(mean), 0.0))
 
 
 class ObservationNormalizer(nn.Module):
     """
     ``(obs - mean) / std`` per observation feature (per key of a Dict space), with statistics fitted once on the
-    offline dataset and then fixed (saved with the policy's state dict). Identity until fitted. For vector
-    observations (images are already scaled by SB3's ``normalize_images``).
+    offline dataset and then fixed (saved with the policy's state dict). Identity until fitted. Applied to the
+    preprocessed observations: images per pixel and channel, in the units the networks see (divided by 255 with
+    ``normalize_images``), with ``IMAGE_STD_OFFSET`` added to each pixel's std. On a fixed background (a maze seen
+    from above) this subtracts the background and leaves the moving object: NatureCNN's features of pixel
+    PointMaze vary 100x more across positions (``benchmarks/results/scores.md``).
 
-    :param observation_space: Box or Dict observation space, without images
-    :raises ValueError: for image observations (a Box image or a Dict with an image key)
+    :param observation_space: Box or Dict observation space (channel-first images, as the policy's)
+    :param normalize_images: whether the networks see images divided by 255 (SB3's ``normalize_images``)
     """
 
-    def __init__(self, observation_space: spaces.Space):
+    def __init__(self, observation_space: spaces.Space, normalize_images: bool = True):
         super().__init__()
         is_dict = isinstance(observation_space, spaces.Dict)
         subspaces = dict(observation_space.spaces) if is_dict else {"obs": observation_space}
-        images = [name for name, space in subspaces.items() if is_image_space(space, check_channels=False)]
-        if images:
-            where = f"the keys {images}" if is_dict else "the observations"
-            raise ValueError(
-                f"normalize_observations is for vector observations, but {where} hold images, which SB3 scales by "
-                "255 (normalize_images): leave normalize_observations off for them"
-            )
+        #: Image keys and the factor between their stored values and the networks' inputs.
+        self.image_scales = {
+            name: 255.0 if normalize_images else 1.0
+            for name, space in subspaces.items()
+            if is_image_space(space, check_channels=False)
+        }
         self.keys: list[str] | None = list(subspaces) if is_dict else None
         for name, space in subspaces.items():
             self.register_buffer(f"mean_{name}", th.zeros(space.shape))
@@ -94,14 +112,19 @@ class ObservationNormalizer(nn.Module):
 
     def fit(self, observations: np.ndarray | dict[str, np.ndarray]) -> None:
         """
-        :param observations: the dataset's observations, ``(n, *shape)`` or a dict of them
+        :param observations: the dataset's observations as stored, ``(n, *shape)`` (images channel-first, uint8)
+            or a dict of them
         """
         parts = observations if self.keys is not None else {"obs": observations}
         for name, values in parts.items():
-            values = np.asarray(values, dtype=np.float64)
-            std = values.std(axis=0)
-            getattr(self, f"mean_{name}").copy_(th.as_tensor(values.mean(axis=0)))
-            getattr(self, f"std_{name}").copy_(th.as_tensor(np.where(std < MIN_STD, 1.0, std)))
+            mean, std = _mean_and_std(values)
+            if name in self.image_scales:
+                scale = self.image_scales[name]
+                mean, std = mean / scale, std / scale + IMAGE_STD_OFFSET
+            else:
+                std = np.where(std < MIN_STD, 1.0, std)
+            getattr(self, f"mean_{name}").copy_(th.as_tensor(mean))
+            getattr(self, f"std_{name}").copy_(th.as_tensor(std))
         self.fitted.fill_(True)
 
     def forward(self, observations: PyTorchObs) -> PyTorchObs:

@@ -524,7 +524,8 @@ class IQLPolicy(BasePolicy):
     :param weight_init: ``"orthogonal"`` (reference, gain ``ortho_init_gain``) or ``"pytorch"`` (d3rlpy, CORL)
     :param critic_layer_norm: LayerNorm before each hidden activation of the critics and the value network
     :param normalize_observations: normalise observations with the offline dataset's mean and std (fitted by
-        ``IQL`` when the dataset is loaded, then fixed; features that are constant in the data are only centred)
+        ``IQL`` when the dataset is loaded, then fixed; features that are constant in the data are only centred;
+        images per pixel, after the division by 255: ``ObservationNormalizer``)
     :param spread_first_layer_biases: random first-hidden-layer biases (``spread_first_layer_biases_``) instead of
         the initialisation's, so that the ReLU kinks of the first layer do not all pass through the inputs' origin
     :param features_extractor_class: features extractor of each network, or its name in
@@ -636,7 +637,9 @@ class IQLPolicy(BasePolicy):
             for hidden in (self.actor.latent_pi, self.critic.q_networks, self.value_net.v_network):
                 spread_first_layer_biases_(hidden)
         #: Shared by the four networks (one set of statistics), None without ``normalize_observations``.
-        self.observation_normalizer = ObservationNormalizer(self.observation_space) if self.normalize_observations else None
+        self.observation_normalizer = (
+            ObservationNormalizer(self.observation_space, self.normalize_images) if self.normalize_observations else None
+        )
         if self.observation_normalizer is not None:
             for network in (self.actor, self.critic, self.critic_target, self.value_net):
                 network.observation_normalizer = self.observation_normalizer
