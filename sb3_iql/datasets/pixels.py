@@ -7,7 +7,8 @@ Dataset ids: the state dataset's id with ``-pixels<size>`` before the version, e
 Observations: ``(size, size, 6)`` uint8 images, the frame of the current step (channels 0-2) and of the step before
 (channels 3-5; at an episode's first step, the current one again), as SB3's frame stacking gives them: the position
 of the ball, its velocity (the difference between the two frames: under a pixel per step at 48x48, carried by the
-antialiased edge) and the goal (the red marker) are only in the pictures. ``"CnnPolicy"`` takes them (NatureCNN, channel-last frames transposed, ``DeviceImageReplayBuffer``).
+antialiased edge) and the goal (the red marker) are only in the pictures. ``"CnnPolicy"`` takes them (NatureCNN,
+channel-last frames transposed, ``DeviceImageReplayBuffer``).
 Actions, rewards, episodes, reference scores and the evaluation goal are the state dataset's; the evaluation
 environment renders the same frames (``PointMazePixels``), so ``dataset.recover_environment(eval_env=True)``
 evaluates a policy on pixels.
