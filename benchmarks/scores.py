@@ -18,8 +18,7 @@ Methods (``--methods``):
   ``iql-ref+FACTOR[+FACTOR...]``: with factors of ``FACTORS`` added (d3rlpy's update order, log-std
   parametrisation and init; LayerNorm; observation normalisation; actor dropout; constant actor lr;
   evaluation-goal relabelling; one image encoder for every network; random image shifts; NatureCNN's output
-  layer with LayerNorm and tanh), the cells of the
-  factorial study.
+  layer with LayerNorm and tanh), the cells of the factorial study.
 - ``bc``: the reference model, networks, data, batches and critic training, with ``beta=0``: every AWR weight is
   exp(0) = 1, so the actor's loss is the plain negative log-likelihood of the dataset actions.
 - ``d3rlpy-iql`` and ``d3rlpy-bc``: d3rlpy's IQL (same expectile, beta, batch, networks) and its BC, on the same

@@ -17,6 +17,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from toy_data import LINE_ENV_ID, LineEnv, bad_policy, good_policy, rollout_episodes, write_dataset
 
 from sb3_iql import IQL, evaluate, normalized_score
+from sb3_iql.common.preprocessing import ObservationNormalizer
 from sb3_iql.evaluation import dataset_reference_scores
 from sb3_iql.iql.iql import METRIC_NAMES
 
@@ -287,6 +288,17 @@ def test_observation_normalisation_uses_the_dataset_statistics_and_survives_save
         model.predict(observations[:16], deterministic=True)[0], loaded.predict(observations[:16], deterministic=True)[0]
     )
     assert line_model(line_dataset).policy.observation_normalizer is None  # off by default
+
+
+def test_a_feature_constant_over_a_million_observations_is_only_centred():
+    # The statistics are computed in chunks (a pixel dataset does not fit in memory as float64); E[x^2] - E[x]^2
+    # would give this constant feature a std of 1.5e-5, above MIN_STD, and scale it by 7e4.
+    normalizer = ObservationNormalizer(gym.spaces.Box(-np.inf, np.inf, (1,), np.float64))
+    normalizer.fit(np.full((1_000_000, 1), 123.456))
+    assert normalizer.std_obs == 1.0 and normalizer.mean_obs == th.tensor(123.456, dtype=th.float32)
+    varying = np.arange(1_000_000, dtype=np.float64)[:, None] % 7
+    normalizer.fit(varying)
+    th.testing.assert_close(normalizer.std_obs, th.tensor([varying.std()], dtype=th.float32))
 
 
 def test_evaluate_gives_the_normalized_score(line_dataset):

@@ -71,14 +71,19 @@ _FIT_CHUNK = 4096
 
 
 def _mean_and_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:return: the per-feature mean and standard deviation of ``(n, *shape)`` values, over the first axis"""
-    total, total_squares = np.zeros(values.shape[1:]), np.zeros(values.shape[1:])
-    for start in range(0, len(values), _FIT_CHUNK):
-        chunk = np.asarray(values[start : start + _FIT_CHUNK], dtype=np.float64)
-        total += chunk.sum(axis=0)
-        total_squares += np.square(chunk).sum(axis=0)
-    mean = total / len(values)
-    return mean, np.sqrt(np.maximum(total_squares / len(values) - np.square(mean), 0.0))
+    """
+    :return: the per-feature mean and standard deviation of ``(n, *shape)`` values, over the first axis, in chunks
+        and two passes as ``np.std``: ``E[x^2] - E[x]^2`` gave a feature constant at 123.456 over 1M rows a standard
+        deviation of 1.5e-5, above ``MIN_STD``
+    """
+    starts = range(0, len(values), _FIT_CHUNK)
+
+    def chunk(start: int) -> np.ndarray:
+        return np.asarray(values[start : start + _FIT_CHUNK], dtype=np.float64)
+
+    mean = sum(chunk(start).sum(axis=0) for start in starts) / len(values)
+    variance = sum(np.square(chunk(start) - mean).sum(axis=0) for start in starts) / len(values)
+    return mean, np.sqrt(variance)
 
 
 class ObservationNormalizer(nn.Module):
