@@ -133,13 +133,16 @@ def test_a_worker_killed_in_a_trial_leaves_the_study_usable(maze_root, tmp_path)
     # A long first trial (the preset: 256x256, 1M updates): the worker is killed while it trains.
     long_trial = ["--n-trials", "1", "--heartbeat-interval", "1", "-params", "offline_steps:1000000"]
     victim = worker(storage, "killed", logs, *long_trial)
+    # Training once every parameter is sampled: killed between two suggestions, the trial would be retried with
+    # the parameters recorded so far and sample the others afresh.
+    sampled = set(tuning.preset_trial(preset_arguments(MAZE_ID)))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
             trials = optuna.load_study(study_name="killed", storage=storage).trials
         except KeyError:  # the study is not created yet
             trials = []
-        if trials and trials[0].state == optuna.trial.TrialState.RUNNING and trials[0].params:  # training
+        if trials and trials[0].state == optuna.trial.TrialState.RUNNING and sampled <= set(trials[0].params):
             break
         time.sleep(0.5)
     else:
