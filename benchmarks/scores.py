@@ -127,8 +127,10 @@ FACTORS: dict[str, dict[str, Any]] = {
     **{f"beta{beta}": {"beta": float(beta)} for beta in BETAS},
     "evalgoal": {"relabel_eval_goal": True},  # every transition rewritten for the evaluation goal (sb3_iql.data.goals)
     "evalgoalterm": {"relabel_eval_goal": "terminal"},  # the same, and terminal at the goal (D4RL's relabelled AntMaze)
-    # images: one encoder for the actor, critics and value net, trained by the critics (DrQ's actor); random shifts
+    # images: one encoder for the actor, critics and value net, trained by the critics (DrQ's actor), or for the
+    # critics and value net alone (the actor keeps its own); random shifts
     "shared": {"policy_kwargs": {"share_features_extractor": True}},
+    "sharedcritics": {"policy_kwargs": {"share_features_extractor": "critics"}},
     "shift4": {"image_shift": 4},
     "lncnn": {"policy_kwargs": {"features_extractor_class": "LayerNormNatureCNN"}},  # LayerNorm + tanh, not ReLU
     # hindsight relabelling (sb3_iql.HerReplayBuffer, named by a string so that the settings stay JSON)

@@ -296,6 +296,27 @@ def test_a_shared_extractor_is_trained_by_the_critics_only_and_survives_save_loa
         learn_offline_together([model], 1)
 
 
+def test_critics_sharing_an_extractor_leave_the_actor_its_own(image_dataset, tmp_path):
+    model = image_model(image_dataset, policy_kwargs={**SMALL_CNN, "share_features_extractor": "critics"})
+    policy = model.policy
+    shared = policy.critic.features_extractor
+    assert policy.value_net.features_extractor is shared and policy.actor.features_extractor is not shared
+    assert policy.critic_target.features_extractor is not shared
+    value_params = {id(p) for group in policy.value_net.optimizer.param_groups for p in group["params"]}
+    actor_params = {id(p) for group in policy.actor.optimizer.param_groups for p in group["params"]}
+    assert not value_params & {id(param) for param in shared.parameters()}  # the value loss sees it detached
+    assert {id(param) for param in policy.actor.features_extractor.parameters()} <= actor_params  # the actor trains its own
+    before = [param.clone() for param in policy.actor.features_extractor.parameters()]
+    model.learn_offline(3)
+    assert any(not th.equal(old, new) for old, new in zip(before, policy.actor.features_extractor.parameters()))
+    model.save(tmp_path / "critics")
+    loaded = IQL.load(tmp_path / "critics").policy
+    assert loaded.value_net.features_extractor is loaded.critic.features_extractor
+    assert loaded.actor.features_extractor is not loaded.critic.features_extractor
+    with pytest.raises(ValueError, match="share_features_extractor must be"):
+        image_model(image_dataset, policy_kwargs={**SMALL_CNN, "share_features_extractor": "actor"})
+
+
 def test_pixel_pointmaze_data_is_what_its_evaluation_environment_shows(minari_root):
     source = make_pointmaze_dataset("umaze", "sparse", stitch=True, n_steps=700, n_reference_episodes=1)
     pixel_id = pixel_dataset_id(source.spec.dataset_id, 36)

@@ -141,7 +141,7 @@ class FunctionalUpdate:
             len(list(network.parameters())) for network in self.networks.values()
         ):
             raise ValueError(
-                "The networks share parameters (share_features_extractor=True): FunctionalUpdate runs separate "
+                "The networks share parameters (share_features_extractor): FunctionalUpdate runs separate "
                 "networks only; use compile_update=False"
             )
         for name, network in self.networks.items():

@@ -422,7 +422,7 @@ def _check_alone(model: IQL, index: int) -> None:
     if model.replay_buffer is None or model.replay_buffer.size() == 0:
         raise ValueError(f"models[{index}] has an empty replay buffer: create it with offline_dataset=...")
     if model.policy.share_features_extractor:
-        raise ValueError("learn_offline_together does not support share_features_extractor=True")
+        raise ValueError("learn_offline_together does not support a shared features extractor (share_features_extractor)")
     if not isinstance(model.observation_space, (spaces.Box, spaces.Dict)):
         raise ValueError(f"learn_offline_together supports Box and Dict observations, got {model.observation_space}")
     for name in TRAINED:

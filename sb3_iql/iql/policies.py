@@ -531,9 +531,11 @@ class IQLPolicy(BasePolicy):
     :param features_extractor_class: features extractor of each network, or its name in
         ``FEATURES_EXTRACTOR_CLASSES`` (``"LayerNormNatureCNN"``, as preset files write it)
     :param features_extractor_kwargs: its keyword arguments
-    :param share_features_extractor: one features extractor for the actor, the critics and the value network,
-        trained by the critics' loss only (the actor and the value network use its features detached, as DrQ's
-        actor does); the target critics keep their own Polyak-averaged copy. False: one extractor per network
+    :param share_features_extractor: ``True``: one features extractor for the actor, the critics and the value
+        network, trained by the critics' loss only (the actor and the value network use its features detached, as
+        DrQ's actor does); ``"critics"``: one for the critics and the value network alone (trained the same way), the
+        actor keeping its own, so that ``A = Q - V`` compares two heads on the same features; ``False``: one
+        extractor per network. The target critics always keep their own Polyak-averaged copy
     :param normalize_images: whether to divide image observations by 255
     :param optimizer_class: optimizer of each network (Adam)
     :param optimizer_kwargs: its keyword arguments, without the learning rate (Adam default: ``fused=True``)
@@ -563,7 +565,7 @@ class IQLPolicy(BasePolicy):
         spread_first_layer_biases: bool = False,
         features_extractor_class: type[BaseFeaturesExtractor] | str = FlattenExtractor,
         features_extractor_kwargs: dict[str, Any] | None = None,
-        share_features_extractor: bool = False,
+        share_features_extractor: bool | Literal["critics"] = False,
         normalize_images: bool = True,
         optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
@@ -572,6 +574,8 @@ class IQLPolicy(BasePolicy):
     ):
         if isinstance(features_extractor_class, str):
             features_extractor_class = features_extractor_class_named(features_extractor_class)
+        if share_features_extractor not in (False, True, "critics"):
+            raise ValueError(f"share_features_extractor must be False, True or 'critics', got {share_features_extractor!r}")
         if optimizer_class is th.optim.Adam and optimizer_kwargs is None:
             optimizer_kwargs = {"fused": True}  # one kernel per network: +10% updates/s on CPU (benchmarks/speed.py)
         super().__init__(
@@ -609,6 +613,7 @@ class IQLPolicy(BasePolicy):
         )
 
         shared = self.make_features_extractor() if self.share_features_extractor else None
+        actor_shares = self.share_features_extractor is True
 
         def extractor(own: bool = False) -> dict[str, Any]:
             """The shared extractor, or a new one (``own``, or nothing shared)."""
@@ -616,7 +621,9 @@ class IQLPolicy(BasePolicy):
             return dict(features_extractor=features_extractor, features_dim=features_extractor.features_dim)
 
         if isinstance(self.action_space, spaces.Discrete):
-            self.actor = CategoricalActor(net_arch=actor_arch, dropout=self.actor_dropout, **extractor(), **common)
+            self.actor = CategoricalActor(
+                net_arch=actor_arch, dropout=self.actor_dropout, **extractor(own=not actor_shares), **common
+            )
         else:
             self.actor = Actor(
                 net_arch=actor_arch,
@@ -624,7 +631,7 @@ class IQLPolicy(BasePolicy):
                 log_std_bounds=self.log_std_bounds,
                 log_std_parametrization=self.log_std_parametrization,
                 log_std_init=self.log_std_init,
-                **extractor(),
+                **extractor(own=not actor_shares),
                 **common,
             )
         critic_kwargs = dict(net_arch=critic_arch, n_critics=self.n_critics, layer_norm=self.critic_layer_norm)
@@ -650,7 +657,7 @@ class IQLPolicy(BasePolicy):
 
         for network in (self.actor, self.critic, self.value_net):
             parameters = list(network.parameters())
-            if shared is not None and network is not self.critic:  # the critics' optimizer trains the shared extractor
+            if network is not self.critic and network.features_extractor is shared:  # the critics' optimizer trains it
                 network.features_detached = True
                 named = network.named_parameters()
                 parameters = [param for name, param in named if not name.startswith("features_extractor.")]
