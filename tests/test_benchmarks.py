@@ -312,3 +312,35 @@ def test_the_reference_method_keeps_the_paper_s_settings_whatever_a_dataset_s_pr
     assert hyperparameters("antmaze", "iql-ref")["beta"] == 10.0 and hyperparameters("antmaze", "iql-ref")["expectile"] == 0.9
     assert hyperparameters("antmaze", "iql-ref+beta3")["beta"] == 3.0 and hyperparameters("antmaze", "bc")["beta"] == 0.0
     assert hyperparameters("antmaze-unseen", "iql-ref+her")["replay_buffer_class"] == "HerReplayBuffer"
+
+
+def test_pixel_critics_finds_a_model_identical_to_itself_and_counts_cells_to_the_goal(maze_root, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(maze_root))
+    import pixel_critics  # benchmarks/pixel_critics.py
+
+    from sb3_iql import IQL
+    from sb3_iql.data.minari_loader import load_dataset
+
+    small = {"policy_kwargs": {"net_arch": [16]}, "batch_size": 32, "seed": 0, "offline_steps": 20}
+    model = IQL("MultiInputPolicy", None, offline_dataset=MAZE_ID, **small)
+    model.learn_offline(20)
+    model.save(tmp_path / "model")
+    path = tmp_path / "model.zip"
+    result = pixel_critics.compare(path, path, n_transitions=256, seed=0, n_ranked=(20, 8))
+    for name in ("value_spearman", "advantage_spearman", "weight_spearman", "action_ranking_spearman", "policy_cosine"):
+        assert result[name] == pytest.approx(1.0), name
+    assert result["value_path_spearman_pixel"] == result["value_path_spearman_state"]
+    assert result["state_advantage_pixel_policy"] == result["state_advantage_state_policy"]
+
+    goal = model.replay_buffer.sample(1).observations["desired_goal"][0].numpy()
+    maze = load_dataset(MAZE_ID).recover_environment(eval_env=True).unwrapped.maze
+    goal_row, goal_column = (int(index) for index in maze.cell_xy_to_rowcol(goal))
+    open_cells = [(r, c) for r, line in enumerate(maze.maze_map) for c, cell in enumerate(line) if cell != 1]
+    positions = np.array([maze.cell_rowcol_to_xy(np.array(cell)) for cell in open_cells])
+    hops = dict(zip(open_cells, pixel_critics.cells_to_goal(model, positions, goal)))
+    assert hops[(goal_row, goal_column)] == 0
+    for (row, column), count in hops.items():  # each open cell is one move farther than its nearest neighbour
+        around = ((row - 1, column), (row + 1, column), (row, column - 1), (row, column + 1))
+        assert count == 0 or min(hops[cell] for cell in around if cell in hops) == count - 1
+    assert max(hops.values()) >= 4  # the U: the far arm is several moves away
