@@ -19,8 +19,9 @@ feeds both the same ``--transitions`` dataset transitions and reports, per pair 
   *state* critics, A_state(s, pi(s)) (higher: the action the better critic prefers), beside that of the dataset
   actions.
 
-If the pixel values rank states as the state values do and the pixel policy still scores lower under the state
-critics, the loss is in the policy extraction (the actor's encoder); if they do not, it is in the critics.
+If the pixel critics' advantages order the actions as the state critics' do and the pixel policy still scores
+lower under the state critics, the loss is in the policy extraction (the actor's encoder); if they do not, it is
+in the critics (``benchmarks/results/pixel_critics.md``: it is in the critics).
 
 Usage::
 
