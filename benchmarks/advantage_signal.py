@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch as th
+from scipy.stats import spearmanr
 from scores import preset_hyperparameters  # benchmarks/scores.py: the same preset as the score table
 from stable_baselines3.common.logger import Logger
 
@@ -39,13 +40,9 @@ from sb3_iql.iql import IQL
 from sb3_iql.iql.losses import awr_weights
 
 
-def _rank(values: np.ndarray) -> np.ndarray:
-    return np.argsort(np.argsort(values)).astype(np.float64)
-
-
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman rank correlation of two 1-D arrays (no ties expected: continuous values)."""
-    return float(np.corrcoef(_rank(x), _rank(y))[0, 1])
+    """Spearman rank correlation of two 1-D arrays (ties ranked by their mean rank)."""
+    return float(spearmanr(x, y).statistic)
 
 
 @th.no_grad()

@@ -37,16 +37,11 @@ from typing import Any
 import minari
 import numpy as np
 import torch as th
-from scipy.stats import spearmanr
+from advantage_signal import spearman  # benchmarks/advantage_signal.py
 
 from sb3_iql.datasets.maze_controller import WaypointController
 from sb3_iql.iql import IQL
 from sb3_iql.iql.losses import awr_weights
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman rank correlation of two 1-D arrays (ties ranked by their mean rank)."""
-    return float(spearmanr(x, y).statistic)
 
 
 def cells_to_goal(model: IQL, positions: np.ndarray, goal: np.ndarray) -> np.ndarray:
@@ -80,31 +75,23 @@ def load_with_data(path: Path) -> IQL:
 
 
 @th.no_grad()
-def advantages(model: IQL, observations: Any, actions: th.Tensor) -> th.Tensor:
-    """:return: ``A(s, a) = min target Q(s, a) - V(s)`` of ``model`` for scaled ``actions``, shape ``(batch,)``"""
-    return model.critic_target(observations, actions).min(dim=0).values.flatten() - model.value_net(observations).flatten()
+def min_target_q(model: IQL, observations: Any, actions: th.Tensor) -> np.ndarray:
+    """:return: the smaller target critic's ``Q(s, a)`` for scaled ``actions`` ``(batch, action_dim)``, shape ``(batch,)``"""
+    return model.critic_target(observations, actions).min(dim=0).values.flatten().numpy()
 
 
 @th.no_grad()
 def critic_outputs(model: IQL, observations: Any, actions: th.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:return: V(s), A(s, a) of the dataset actions and the deterministic policy's scaled action ``pi(s)``"""
+    """:return: V(s), A(s, a) = min target Q(s, a) - V(s) of the dataset actions, and the deterministic ``pi(s)``"""
     model.policy.set_training_mode(False)
-    value = model.value_net(observations).flatten()
+    value = model.value_net(observations).flatten().numpy()
     policy_actions = model.actor(observations, deterministic=True)
-    return value.numpy(), advantages(model, observations, actions).numpy(), policy_actions.numpy()
+    return value, min_target_q(model, observations, actions) - value, policy_actions.numpy()
 
 
-def _head(observations: Any, n: int) -> Any:
-    """:return: the first ``n`` observations of a batch (a tensor or a dict of tensors)"""
-    return {key: value[:n] for key, value in observations.items()} if isinstance(observations, dict) else observations[:n]
-
-
-@th.no_grad()
-def q_of_actions(model: IQL, observations: Any, actions: th.Tensor) -> np.ndarray:
-    """:return: min target Q of every state with every action of ``actions`` ``(k, action_dim)``, shape ``(n, k)``"""
-    n_states = len(next(iter(observations.values())) if isinstance(observations, dict) else observations)
-    columns = [model.critic_target(observations, action.expand(n_states, -1)).min(dim=0).values for action in actions]
-    return th.stack(columns, dim=1).numpy()
+def q_of_actions(model: IQL, observations: Any, actions: th.Tensor, n_states: int) -> np.ndarray:
+    """:return: min target Q of ``n_states`` states with each action of ``actions`` ``(k, action_dim)``, ``(n_states, k)``"""
+    return np.stack([min_target_q(model, observations, action.expand(n_states, -1)) for action in actions], axis=1)
 
 
 def compare(pixel_path: Path, state_path: Path, n_transitions: int, seed: int, n_ranked: tuple[int, int]) -> dict[str, Any]:
@@ -134,17 +121,17 @@ def compare(pixel_path: Path, state_path: Path, n_transitions: int, seed: int, n
     result["value_std_pixel"], result["value_std_state"] = float(v_pixel.std()), float(v_state.std())
     result["advantage_spearman"] = spearman(a_pixel, a_state)
     result["advantage_std_pixel"], result["advantage_std_state"] = float(a_pixel.std()), float(a_state.std())
+    weights = {}
     for name, model, advantage in (("pixel", pixel, a_pixel), ("state", state, a_state)):
-        weights = awr_weights(th.as_tensor(advantage), model.beta, model.max_weight).numpy()
-        result[f"weights_{name}"] = weights
-        batches = weights[: len(weights) // model.batch_size * model.batch_size].reshape(-1, model.batch_size)
+        weights[name] = awr_weights(th.as_tensor(advantage), model.beta, model.max_weight).numpy()
+        batches = weights[name][: len(advantage) // model.batch_size * model.batch_size].reshape(-1, model.batch_size)
         result[f"batch_ess_{name}"] = float(np.mean(batches.sum(1) ** 2 / (model.batch_size * (batches**2).sum(1))))
-    result["weight_spearman"] = spearman(result.pop("weights_pixel"), result.pop("weights_state"))
+    result["weight_spearman"] = spearman(weights["pixel"], weights["state"])
     n_states, n_actions = n_ranked
     generator = th.Generator().manual_seed(seed)
     actions = th.rand(n_actions, pixel_batch.actions.shape[1], generator=generator) * 2 - 1
-    q_pixel = q_of_actions(pixel, _head(pixel_batch.observations, n_states), actions)
-    q_state = q_of_actions(state, _head(state_batch.observations, n_states), actions)
+    q_pixel = q_of_actions(pixel, pixel.replay_buffer.gather(rows[:n_states]).observations, actions, n_states)
+    q_state = q_of_actions(state, state.replay_buffer.gather(rows[:n_states]).observations, actions, n_states)
     result["action_ranking_spearman"] = float(np.mean([spearman(a, b) for a, b in zip(q_pixel, q_state)]))
     result["q_action_spread_pixel"], result["q_action_spread_state"] = (
         float(q_pixel.std(1).mean()),
@@ -153,8 +140,8 @@ def compare(pixel_path: Path, state_path: Path, n_transitions: int, seed: int, n
     cosine = (pi_pixel * pi_state).sum(1) / (np.linalg.norm(pi_pixel, axis=1) * np.linalg.norm(pi_state, axis=1) + 1e-8)
     result["policy_cosine"] = float(cosine.mean())
     for name, actions in (("pixel_policy", pi_pixel), ("state_policy", pi_state), ("dataset", state_batch.actions.numpy())):
-        actions_t = th.as_tensor(actions, dtype=th.float32)
-        result[f"state_advantage_{name}"] = float(advantages(state, state_batch.observations, actions_t).mean())
+        q_values = min_target_q(state, state_batch.observations, th.as_tensor(actions, dtype=th.float32))
+        result[f"state_advantage_{name}"] = float((q_values - v_state).mean())
     return result
 
 
