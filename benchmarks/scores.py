@@ -133,6 +133,7 @@ FACTORS: dict[str, dict[str, Any]] = {
     "sharedcritics": {"policy_kwargs": {"share_features_extractor": "critics"}},
     "shift4": {"image_shift": 4},
     "lncnn": {"policy_kwargs": {"features_extractor_class": "LayerNormNatureCNN"}},  # LayerNorm + tanh, not ReLU
+    "spatial": {"policy_kwargs": {"features_extractor_class": "SpatialSoftmaxCNN"}},  # keypoints (x, y), not units
     "feat50": {"policy_kwargs": {"features_extractor_kwargs": {"features_dim": 50}}},  # DrQ-v2's 50 features, not 512
     # hindsight relabelling (sb3_iql.HerReplayBuffer, named by a string so that the settings stay JSON)
     "her": {

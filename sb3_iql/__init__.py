@@ -1,7 +1,7 @@
 import os
 
 from sb3_iql.callbacks import NormalizedEvalCallback
-from sb3_iql.common.torch_layers import LayerNormNatureCNN
+from sb3_iql.common.torch_layers import LayerNormNatureCNN, SpatialSoftmaxCNN
 from sb3_iql.data.her import HerReplayBuffer
 from sb3_iql.evaluation import EvaluationResult, evaluate, normalized_score
 from sb3_iql.iql import IQL
@@ -15,6 +15,7 @@ __all__ = [
     "HerReplayBuffer",
     "LayerNormNatureCNN",
     "NormalizedEvalCallback",
+    "SpatialSoftmaxCNN",
     "__version__",
     "evaluate",
     "normalized_score",

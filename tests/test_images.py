@@ -26,7 +26,7 @@ from toy_data import (
     write_dataset,
 )
 
-from sb3_iql import IQL, LayerNormNatureCNN, evaluate
+from sb3_iql import IQL, LayerNormNatureCNN, SpatialSoftmaxCNN, evaluate
 from sb3_iql.common.augmentation import random_shift
 from sb3_iql.common.preprocessing import IMAGE_STD_OFFSET
 from sb3_iql.common.synthetic import SpacesEnv
@@ -400,3 +400,31 @@ def test_layer_norm_nature_cnn_keeps_every_feature_alive_where_nature_cnn_loses_
     assert np.array_equal(loaded.predict(frames, deterministic=True)[0], model.predict(frames, deterministic=True)[0])
     with pytest.raises(ValueError, match=r"Unknown features_extractor_class 'NatureCnn'.*LayerNormNatureCNN"):
         IQL("CnnPolicy", env, policy_kwargs={"features_extractor_class": "NatureCnn"}, **kwargs)
+
+
+def test_spatial_softmax_cnn_gives_the_coordinates_of_each_maps_peak(tmp_path):
+    # The softmax over each last-layer map, times the pixel grid: a map peaked at one pixel gives its (x, y).
+    extractor = SpatialSoftmaxCNN(spaces.Box(0, 255, (3, 48, 48), np.uint8), features_dim=4)
+    height, width = extractor.cnn(th.zeros(1, 3, 48, 48)).shape[-2:]
+    peaks = th.full((1, 2, height, width), -1e4)
+    peaks[0, 0, 0, width - 1] = 0.0  # top right: x = 1, y = -1
+    peaks[0, 1, height // 2, 0] = 0.0  # middle left: x = -1, y = 0 (odd height)
+
+    class Peaks(th.nn.Module):
+        def forward(self, observations: th.Tensor) -> th.Tensor:
+            return peaks
+
+    extractor.cnn = Peaks()
+    assert height % 2 == 1 and th.allclose(extractor(th.zeros(1, 3, 48, 48)), th.tensor([[1.0, -1.0, -1.0, 0.0]]))
+    with pytest.raises(ValueError, match="must be even"):
+        SpatialSoftmaxCNN(spaces.Box(0, 255, (3, 48, 48), np.uint8), features_dim=5)
+    env = SpacesEnv(spaces.Box(0, 255, (3, 48, 48), np.uint8), ACTION_SPACE)
+    model = IQL("CnnPolicy", env, policy_kwargs={"features_extractor_class": "SpatialSoftmaxCNN"}, buffer_size=100, seed=0)
+    frames = small_ball_frames(8)
+    actor = model.policy.actor
+    features = actor.extract_features(frames, actor.features_extractor)
+    assert features.shape == (8, 64) and features.abs().max() <= 1.0
+    model.save(tmp_path / "spatial")
+    loaded = IQL.load(tmp_path / "spatial")
+    frames = frames.numpy()
+    assert np.array_equal(loaded.predict(frames, deterministic=True)[0], model.predict(frames, deterministic=True)[0])
