@@ -368,16 +368,17 @@ def write_markdown(path: Path, rows: list[dict], aggregates: dict[tuple, dict], 
         "Runs on an earlier generation of a dataset (the same id made again, other episodes) are kept, out of this",
         "report, in `scores_runs_superseded.json`, with the reason.",
         "",
-        "| dataset | updates | net | method | seeds | final per seed | mean ± std | worst | IQM [95% CI] "
+        "| dataset | updates | net | batch | method | seeds | final per seed | mean ± std | worst | IQM [95% CI] "
         "| P(> d3rlpy) [95% CI] | success % | first reach | at goal | updates/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         for method, summary in row["methods"].items():
             per_seed = " / ".join(f"{value:.1f}" for value in summary["final"])
             poi = _ci(summary.get("p_improvement_over_peer"), 2) if "p_improvement_over_peer" in summary else ""
             lines.append(
-                f"| {_short(row['dataset'])} | {row['updates']:,} | {_net(row['net_arch'])} | {method_label(method)} "
+                f"| {_short(row['dataset'])} | {row['updates']:,} | {_net(row['net_arch'])} | {row['batch_size']} "
+                f"| {method_label(method)} "
                 f"| {len(summary['seeds'])} | {per_seed} | {summary['mean']:.1f} ± {summary['std']:.1f} "
                 f"| {summary['worst']:.1f} "
                 f"| {_ci(summary['iqm'])} | {poi} | {_optional(summary['success_pct'], '.0f')} "
@@ -458,7 +459,7 @@ def write_plot(path: Path, groups: dict[tuple, dict[str, list[dict]]], metric: s
     n_rows = (n_plots + n_columns - 1) // n_columns
     figure, axes = plt.subplots(n_rows, n_columns, figsize=(5.5 * n_columns, 4 * n_rows), squeeze=False)
     for axis, (setting, methods) in zip(axes.flat, groups.items()):
-        dataset_id, dataset_steps, updates, _, _, net_arch, _ = setting
+        dataset_id, dataset_steps, updates, _, _, net_arch, batch_size = setting
         for method, records in methods.items():
             n_points = min(len(record["curve"]) for record in records)
             x = [point["updates"] for point in records[0]["curve"][:n_points]]
@@ -467,7 +468,8 @@ def write_plot(path: Path, groups: dict[tuple, dict[str, list[dict]]], metric: s
             (line,) = axis.plot(x, mean, marker="o", markersize=3, label=f"{method_label(method)} ({len(records)})")
             axis.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15)
         axis.set_title(
-            f"{_short(dataset_id)} ({dataset_steps:,} steps)\n{updates:,} updates, net {_net(net_arch)}", fontsize=10
+            f"{_short(dataset_id)} ({dataset_steps:,} steps)\n{updates:,} updates, net {_net(net_arch)}, batch {batch_size}",
+            fontsize=10,
         )
         axis.set_xlabel("updates")
         axis.set_ylabel(label)
@@ -487,7 +489,9 @@ CSV_FIELDS = ("normalized_score", "mean_return", "std_return", "success_rate", "
 def write_csv(path: Path, groups: dict[tuple, dict[str, list[dict]]]) -> None:
     with open(path, "w", newline="") as file_handler:
         writer = csv.writer(file_handler)
-        writer.writerow(["dataset", "dataset_steps", "net_arch", "budget", "method", "seed", "updates", *CSV_FIELDS])
+        writer.writerow(
+            ["dataset", "dataset_steps", "net_arch", "batch_size", "budget", "method", "seed", "updates", *CSV_FIELDS]
+        )
         for methods in groups.values():
             for method, records in methods.items():
                 for record in records:
@@ -499,6 +503,7 @@ def write_csv(path: Path, groups: dict[tuple, dict[str, list[dict]]]) -> None:
                                 config["dataset_id"],
                                 config["dataset_steps"],
                                 _net(config["net_arch"]),
+                                config["batch_size"],
                                 config["updates"],
                                 method,
                                 config["seed"],

@@ -50,13 +50,14 @@ def test_scores_report(maze_root, tmp_path):
     assert all([point["updates"] for point in record["curve"]] == [10, 20] for record in runs.values())
     assert all("fraction_at_goal_after" in record["curve"][-1] for record in runs.values())
     lines = (out / "scores.md").read_text().splitlines()
-    rows = {line.split(" | ")[3]: line.split(" | ") for line in lines if line.startswith("| pointmaze/umaze-stitch")}
+    rows = {line.split(" | ")[4]: line.split(" | ") for line in lines if line.startswith("| pointmaze/umaze-stitch")}
     assert set(rows) == {"sb3-iql IQL (defaults)", "sb3-iql BC (beta 0)", "sb3-iql IQL, reference + order + logstd + init",
                          "d3rlpy IQL"}  # fmt: skip
     finals = [record["final"] for record in sorted(by_method["iql"], key=lambda record: record["config"]["seed"])]
     cells = rows["sb3-iql IQL (defaults)"]
-    assert cells[5] == " / ".join(f"{value:.1f}" for value in finals) and cells[7] == f"{min(finals):.1f}"
-    assert cells[8].count("[") == 1 and cells[9].count("[") == 1  # IQM and P(> d3rlpy) with intervals (2 seeds)
+    assert cells[2:4] == ["16", "256"]  # net, batch
+    assert cells[6] == " / ".join(f"{value:.1f}" for value in finals) and cells[8] == f"{min(finals):.1f}"
+    assert cells[9].count("[") == 1 and cells[10].count("[") == 1  # IQM and P(> d3rlpy) with intervals (2 seeds)
     assert (out / "scores.png").is_file() and (out / "scores.csv").is_file()
 
     # Cached runs on the same id made again (other episodes), or with a preset that changed, are not mixed in.
