@@ -1,7 +1,7 @@
 """
 Offline training as a layer of its own: an SB3 off-policy algorithm that loads a Minari dataset into its replay
 buffer, trains on it without an environment (``learn_offline``), then goes on online with SB3's own ``learn()`` on
-the same buffer. IQL builds on it; so can any other offline algorithm (BC, TD3+BC, a discrete IQL).
+the same buffer. IQL builds on it; so can any other offline algorithm (BC, TD3+BC).
 
 A subclass provides ``metric_names``, ``_update_function()`` (one gradient step on a replay batch, returning the
 metrics as a device tensor) and ``_set_learning_rates(offline)``; it sets its own attributes before calling
@@ -91,7 +91,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     :param buffer_size: replay buffer capacity in transitions (None: dataset size + ``ONLINE_BUFFER_ROOM``)
     :param image_shift: random-shift augmentation of image observations in training batches (DrQ): each image
         (and next image) shifted by up to this many pixels, borders replicated; 0: off (4 for 84x84 in DrQ)
-    :param replay_buffer_class: a buffer with ``extend`` (default: ``DeviceReplayBuffer`` or its Dict version;
+    :param replay_buffer_class: a buffer with ``extend`` (default: ``DeviceReplayBuffer`` or its Dict version,
+        ``DeviceImageReplayBuffer`` for image observations;
         ``OfflineReplayBuffer`` keeps SB3's NumPy storage; the Dict variant is picked from the observation space),
         or the class name of one of the package's buffers (``"HerReplayBuffer"``, as preset files write it)
     """

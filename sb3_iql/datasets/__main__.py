@@ -168,7 +168,7 @@ def make_parser() -> argparse.ArgumentParser:
     rollout.add_argument("--noise", type=float, default=0.0, help="Gaussian action noise std, in half action ranges")
     rollout.add_argument("--epsilon", type=float, default=0.0, help="probability of a uniformly random action")
     rollout.add_argument("--ref-min", type=float, help="return of normalized score 0 (default: measured, random)")
-    rollout.add_argument("--ref-max", type=float, help="return of normalized score 1")
+    rollout.add_argument("--ref-max", type=float, help="return of normalized score 100 (Minari's ref_max_score)")
     rollout.add_argument("--expert-model", help="saved model whose mean return is the reference max score")
     rollout.add_argument("--expert-algo", help="class of --expert-model (default: --algo)")
     rollout.add_argument("--gym-packages", nargs="*", default=[], help="modules to import to register environments")

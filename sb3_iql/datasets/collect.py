@@ -99,8 +99,9 @@ def reference_scores(
     Reference scores for ``minari.get_normalized_score``: given ones, or measured on ``eval_env``.
 
     :param eval_env: The evaluation environment (or its id / spec).
-    :param ref_min_score: Score of 0; measured from uniform random actions when None.
-    :param ref_max_score: Score of 1; exclusive with ``expert_policy``.
+    :param ref_min_score: Return of normalized score 0; measured from uniform random actions when None.
+    :param ref_max_score: Return of normalized score 1 in Minari's metadata (100 in this package's reports);
+        exclusive with ``expert_policy``.
     :param expert_policy: Policy whose mean return is ``ref_max_score``.
     :param n_episodes: Episodes averaged per measured score.
     :param seed: Seed of the first reset and of the random policy.
@@ -252,7 +253,8 @@ def write_episodes(
     :param env: The environment the data comes from (spec and spaces are stored).
     :param eval_env: Evaluation environment (or id / spec) stored in the dataset; default ``env``'s spec.
     :param ref_min_score: Return of score 0; measured from random actions when reference scores are written.
-    :param ref_max_score: Return of score 1 (exclusive with ``expert_policy``).
+    :param ref_max_score: Return of normalized score 1 in Minari's metadata (100 in this package's reports;
+        exclusive with ``expert_policy``).
     :param expert_policy: Policy whose mean return on the evaluation environment is ``ref_max_score``.
     :param n_reference_episodes: Episodes averaged per measured reference score.
     :param seed: Seed of the reference rollouts.
@@ -316,7 +318,8 @@ def collect(
     :param epsilon: Probability of replacing each action with a uniformly random one (e.g. for Discrete actions).
     :param eval_env: Evaluation environment (or id / spec) stored in the dataset; default ``env``'s spec.
     :param ref_min_score: Return of score 0; measured from random actions when reference scores are written.
-    :param ref_max_score: Return of score 1 (exclusive with ``expert_policy``).
+    :param ref_max_score: Return of normalized score 1 in Minari's metadata (100 in this package's reports;
+        exclusive with ``expert_policy``).
     :param expert_policy: Policy whose mean return on the evaluation environment is ``ref_max_score``
         (deterministic actions for SB3 models).
     :param n_reference_episodes: Episodes averaged per measured reference score.

@@ -109,7 +109,8 @@ def dataset_from_replay_buffer(
     :param env: The training environment or its id (spec and spaces are stored).
     :param eval_env: Evaluation environment stored in the dataset; default ``env``'s spec.
     :param ref_min_score: Return of score 0; measured from random actions when reference scores are written.
-    :param ref_max_score: Return of score 1 (exclusive with ``expert_policy``).
+    :param ref_max_score: Return of normalized score 1 in Minari's metadata (100 in this package's reports;
+        exclusive with ``expert_policy``).
     :param expert_policy: Policy whose mean return on the evaluation environment is ``ref_max_score``.
     :param n_reference_episodes: Episodes averaged per measured reference score.
     :param seed: Seed of the reference rollouts.

@@ -104,7 +104,8 @@ class IQL(OfflineAlgorithm):
     :param image_shift: random-shift augmentation of image observations in training batches (DrQ): up to this many
         pixels, borders replicated; 0: off
     :param replay_buffer_class: replay buffer class, which must offer ``extend`` to take the offline data
-        (default: ``DeviceReplayBuffer`` or ``DeviceDictReplayBuffer``, float32 tensors on the model's device;
+        (default: ``DeviceReplayBuffer`` or ``DeviceDictReplayBuffer``, float32 tensors on the model's device, and
+        ``DeviceImageReplayBuffer`` for image observations, uint8 frames stored once;
         ``OfflineReplayBuffer`` / ``OfflineDictReplayBuffer`` keep SB3's NumPy storage; ``HerReplayBuffer``
         relabels goals in hindsight), or its class name (``"HerReplayBuffer"``, as preset files write it)
     :param replay_buffer_kwargs: keyword arguments of the replay buffer
