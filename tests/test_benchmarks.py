@@ -149,12 +149,11 @@ def test_million_updates_counts_its_chunks_and_stops_at_its_time_limit(monkeypat
     full = million_updates.run("auto", 12, chunk=5, max_seconds=float("inf"), device=th.device("cpu"), peer_updates=3)
     assert full["updates"] == 12 and len(full["chunk_updates_per_s"]) == 3 and full["finite"]  # 5 + 5 + 2
     assert len(full["peer_updates_per_s"]) == 2  # d3rlpy before and after
-    assert full["ratio_to_peer"] == pytest.approx(full["updates_per_s"] / np.mean(full["peer_updates_per_s"]))
     assert "d3rlpy's IQL on the same data, 3 updates before the run and after" in million_updates.render(
         {**full, "torch": th.__version__, "date": "today"}, "cpu"
     )
     stopped = million_updates.run("fused", 12, chunk=5, max_seconds=0.0, device=th.device("cpu"))
-    assert stopped["updates"] == 5  # the first chunk always runs
+    assert stopped["updates"] == 5 and stopped["ratio_to_peer"] is None  # the first chunk always runs; no peer
     section = million_updates.render({**stopped, "torch": th.__version__, "threads": 2, "date": "today"}, "cpu")
     assert "12 updates (stopped at 5)" in section and "| 5 |" in section and "cpu, 2 thread(s)" in section
     with pytest.raises(ValueError, match="sb3-iql's paths"):
@@ -333,6 +332,11 @@ def test_pixel_critics_finds_a_model_identical_to_itself_and_counts_cells_to_the
         assert result[name] == pytest.approx(1.0), name
     assert result["value_path_spearman_pixel"] == result["value_path_spearman_state"]
     assert result["state_advantage_pixel_policy"] == result["state_advantage_state_policy"]
+    other = IQL("MultiInputPolicy", None, offline_dataset=MAZE_ID, **{**small, "seed": 1})
+    other.learn_offline(20)
+    other.save(tmp_path / "other")
+    result = pixel_critics.compare(path, tmp_path / "other.zip", n_transitions=256, seed=0, n_ranked=(20, 8))
+    assert result["value_spearman"] < 0.99 and result["policy_cosine"] < 0.99  # another seed: other critics and actor
 
     goal = model.replay_buffer.sample(1).observations["desired_goal"][0].numpy()
     maze = load_dataset(MAZE_ID).recover_environment(eval_env=True).unwrapped.maze

@@ -215,14 +215,19 @@ def test_iql_beats_behaviour_cloning_on_mixed_image_data(image_dataset):
 
 
 def test_random_shift_crops_the_border_padded_image_at_one_offset_per_image():
-    images = th.arange(2 * 3 * 6 * 6, dtype=th.uint8).reshape(2, 3, 6, 6)
+    n_images = 8
+    images = th.randint(0, 256, (n_images, 3, 6, 6), dtype=th.uint8, generator=th.Generator().manual_seed(1))
     assert random_shift(images, 0) is images
     shifted = random_shift(images, 2, th.Generator().manual_seed(0))
     assert shifted.dtype == th.uint8 and shifted.shape == images.shape
     padded = th.nn.functional.pad(images.float(), (2, 2, 2, 2), mode="replicate")
-    for index in range(2):  # each image is one 6x6 window of its padded version, all channels alike
-        windows = [padded[index, :, row : row + 6, col : col + 6] for row in range(5) for col in range(5)]
-        assert any(th.equal(shifted[index].float(), window) for window in windows)
+    offsets = []
+    for index in range(n_images):  # each image is one 6x6 window of its padded version, all channels alike
+        windows = {(row, col): padded[index, :, row : row + 6, col : col + 6] for row in range(5) for col in range(5)}
+        matches = [offset for offset, window in windows.items() if th.equal(shifted[index].float(), window)]
+        assert len(matches) == 1, matches
+        offsets += matches
+    assert len(set(offsets)) > 1 and offsets != [(2, 2)] * n_images  # shifted, each image by its own draw
 
 
 def test_image_shift_augments_the_training_batches_only(image_dataset):

@@ -365,6 +365,8 @@ def test_online_fine_tuning_improves_a_poor_offline_policy(minari_root):
     after = evaluate(model, LineEnv(), n_eval_episodes=20, seed=7).mean_return
     assert model.replay_buffer.size() == 1000 + 3000
     assert after > before + 3.0, (before, after)
+    # and heads for the goal (measured -3.0; the good policy scores about -2.5, standing still about -12.5)
+    assert after > -8.0, after
 
 
 def test_online_steps_store_transformed_rewards_and_keep_time_limits_non_terminal(line_dataset):

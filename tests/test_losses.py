@@ -82,8 +82,9 @@ def test_actor_is_an_unsquashed_gaussian_with_tanh_mean(policy: IQLPolicy):
 
 
 def test_log_std_is_state_independent_and_starts_at_zero(policy: IQLPolicy):
-    assert policy.actor.log_std.shape == (2,)
     assert th.equal(policy.actor.log_std.detach(), th.zeros(2))
+    first, second = (policy.actor.distribution(th.randn(4, 3)).stddev for _ in range(2))
+    assert th.equal(first, second) and th.allclose(first, th.ones(4, 2))  # exp(0), whatever the observation
 
 
 def test_ensemble_critic_equals_independent_mlps(policy: IQLPolicy):

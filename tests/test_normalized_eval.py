@@ -66,7 +66,9 @@ def test_the_environment_and_scores_default_to_the_model_dataset(line_datasets, 
     scored, unscored = line_datasets
     callback = NormalizedEvalCallback(Monitor(LineEnv()), eval_freq=3, n_eval_episodes=1, verbose=0)
     tiny_model(scored, tmp_path).learn_offline(3, callback=callback)
-    assert callback.reference_scores == (REF_MIN, REF_MAX) and callback.last_normalized_score is not None
+    assert callback.reference_scores == (REF_MIN, REF_MAX)
+    expected = 100.0 * (callback.last_mean_reward - REF_MIN) / (REF_MAX - REF_MIN)
+    assert callback.last_normalized_score == pytest.approx(expected)
 
     # Given scores win over the dataset's; the evaluation environment is recovered from the dataset.
     given = NormalizedEvalCallback(dataset=scored, ref_min_score=0.0, ref_max_score=10.0, eval_freq=3, n_eval_episodes=1)

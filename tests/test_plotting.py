@@ -80,7 +80,8 @@ def test_plot_run_writes_one_panel_per_curve(runs, tmp_path):
     height, width, _ = matplotlib.image.imread(output).shape
     # evaluation + value, Q and actor losses
     assert (width, height) == (round(4 * PANEL_WIDTH * DPI), round(PANEL_HEIGHT * DPI))
-    assert plot_run(runs["plain"]) == runs["plain"] / "curves.png"
+    plain = plot_run(runs["plain"])
+    assert plain == runs["plain"] / "curves.png" and plain.read_bytes()[:8] == PNG_SIGNATURE
 
 
 def test_command_line(runs, tmp_path, capsys):
