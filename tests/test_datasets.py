@@ -173,8 +173,9 @@ def test_ensure_dataset(minari_root: pathlib.Path) -> None:
     assert data_file.stat().st_mtime_ns == modified, "an existing dataset is loaded, not regenerated"
     with pytest.raises(ValueError, match="has 700 steps"):
         ensure_dataset(dataset_id, n_steps=2 * N_MAZE_STEPS)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="D4RL/pointmaze/umaze-v2 not found locally"):  # not generated
         ensure_dataset("D4RL/pointmaze/umaze-v2")
+    assert not (minari_root / "D4RL").exists()
 
 
 def test_pointmaze_bad_input(minari_root: pathlib.Path) -> None:
