@@ -6,8 +6,9 @@ resets for both libraries): on the stitch maze where d3rlpy's IQL collapses, sb3
 Measured (``benchmarks/results/scores.md``, pointmaze/large-stitch-v0, 1M steps, 30,000 updates, 256x256; this test
 runs seeds 0 and 2 of those rows again), normalized score (success):
 
-- sb3-iql defaults (the stitch preset): 61.9 (97%) / 78.6 (80%)
-- d3rlpy 2.8.1 IQL: -0.1 (13%) / 2.9 (53%)
+- sb3-iql defaults (the stitch preset): 61.9 (97%) / 78.6 (80%); this test on an Intel Xeon: 72.2 (93%) / 67.8 (73%)
+  (floating point differs between CPUs, and so do the runs)
+- d3rlpy 2.8.1 IQL: -0.1 (13%) / 2.9 (53%); this test: -0.7 (7%) / 4.3 (83%)
 - behaviour cloning: 0.3 / -0.8
 - the paper's AWR (this package's defaults before the peer issue): 8.6 / 32.7, which fails both thresholds below
 
