@@ -25,6 +25,7 @@ about 20 minutes and an expert one (1M steps) hours. Smoke test::
 
 import argparse
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -38,6 +39,7 @@ from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback,
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 
+from hardware import cpu_model  # benchmarks/hardware.py
 from sb3_iql.datasets import collect, dataset_exists, dataset_from_replay_buffer
 
 # D4RL reference returns (random, expert) of its v2 locomotion tasks: normalized score = (R - min) / (max - min)
@@ -145,13 +147,30 @@ def make_dataset(kind: str, model: SAC, args: argparse.Namespace) -> dict[str, f
     return {"steps": dataset.total_steps, "episodes": dataset.total_episodes, "episode_return_mean": float(returns.mean())}
 
 
+def machine() -> dict[str, str | None]:
+    """
+    :return: What the SAC runs' floating point depends on: the CPU, the kernels torch dispatches to on it
+        (``ATEN_CPU_CAPABILITY`` overrides them) and MKL's instruction cap (``MKL_ENABLE_INSTRUCTIONS``).
+    """
+    return {
+        "cpu": cpu_model(),
+        "torch": th.__version__,
+        "torch_cpu_capability": th.backends.cpu.get_cpu_capability(),
+        "mkl_enable_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS"),
+    }
+
+
 def write_results(results: dict, args: argparse.Namespace) -> None:
     """Print the results and write them as JSON and as a Markdown table."""
     args.results_dir.mkdir(parents=True, exist_ok=True)
     stem = args.results_dir / f"locomotion_datasets_{args.env.split('-')[0].lower()}_seed{args.seed}"
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    hardware = results["machine"]
     lines = [
         f"# {args.env} datasets (seed {args.seed})",
+        "",
+        f"Made on {hardware['cpu']}, torch {hardware['torch']} with {hardware['torch_cpu_capability']} kernels "
+        f"(MKL instructions: {hardware['mkl_enable_instructions'] or 'default'}).",
         "",
         "| policy | SAC steps | return (mean ± std) | D4RL normalized |",
         "|---|---|---|---|",
@@ -197,7 +216,14 @@ def main() -> None:
     ref_min, ref_max = D4RL_REFERENCE_RETURNS[args.env]
     medium_return = ref_min + args.medium_fraction * (ref_max - ref_min)
     medium = train_stage("medium", args, args.total_steps, stop_return=medium_return)
-    results: dict = {"env": args.env, "seed": args.seed, "medium_target_return": medium_return, "policies": {}, "datasets": {}}
+    results: dict = {
+        "env": args.env,
+        "seed": args.seed,
+        "machine": machine(),
+        "medium_target_return": medium_return,
+        "policies": {},
+        "datasets": {},
+    }
     results["policies"]["medium"] = evaluate(medium, args)
     results["datasets"][dataset_id(args.env, "medium")] = make_dataset("medium", medium, args)
     results["datasets"][dataset_id(args.env, "medium-replay")] = make_dataset("medium-replay", medium, args)
