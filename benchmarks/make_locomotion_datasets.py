@@ -34,12 +34,12 @@ import gymnasium as gym
 import minari
 import numpy as np
 import torch as th
+from hardware import cpu_model  # benchmarks/hardware.py
 from stable_baselines3 import SAC
 from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback, EvalCallback, StopTrainingOnRewardThreshold
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 
-from hardware import cpu_model  # benchmarks/hardware.py
 from sb3_iql.datasets import collect, dataset_exists, dataset_from_replay_buffer
 
 # D4RL reference returns (random, expert) of its v2 locomotion tasks: normalized score = (R - min) / (max - min)
