@@ -13,8 +13,11 @@ and ``expert`` Minari datasets under ``sb3_iql/<env>/<kind>-v0`` (e.g. ``sb3_iql
 Reference scores are D4RL's, so normalized scores compare with published tables. Each stage is skipped when
 its output exists (policies under ``--log-dir``, datasets in ``$MINARI_DATASETS_PATH``); training saves
 checkpoints and resumes from the latest one. An uninterrupted run is deterministic given ``--seed``
-(CPU, one torch thread); a resumed one is not bit-identical. Policy returns are printed and written to
-``--results-dir`` as JSON and Markdown.
+(CPU, one torch thread) on one CPU with one set of kernels; a resumed one is not bit-identical, and neither is
+one on another CPU: seed 0 made three generations of the Hopper datasets (medium policy after 120k SAC steps on
+an Intel Xeon with AVX-512, twice to the digit; 160k on an AMD EPYC; 150k on the same Xeon with torch's AVX2
+kernels, ``ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2``). The results record the machine. Policy
+returns are printed and written to ``--results-dir`` as JSON and Markdown.
 
 Budget: SAC runs about 100 steps/s on one CPU core here, so a medium Hopper policy (~100k steps) takes
 about 20 minutes and an expert one (1M steps) hours. Smoke test::
