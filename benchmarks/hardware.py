@@ -1,6 +1,9 @@
 """What the benchmarks ran on, for their reports."""
 
+import os
 import platform
+
+import torch as th
 
 
 def cpu_model() -> str:
@@ -10,3 +13,19 @@ def cpu_model() -> str:
             return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or "CPU"
+
+
+def machine() -> dict[str, str | int | None]:
+    """
+    :return: What a benchmark's floating point and speed depend on: the CPU and its logical cores, torch, the
+        kernels torch dispatches to on that CPU (``ATEN_CPU_CAPABILITY`` overrides them), MKL's instruction cap
+        (``MKL_ENABLE_INSTRUCTIONS``) and Python.
+    """
+    return {
+        "cpu": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "torch": th.__version__,
+        "torch_cpu_capability": th.backends.cpu.get_cpu_capability(),
+        "mkl_enable_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS"),
+        "python": platform.python_version(),
+    }

@@ -28,7 +28,6 @@ about 20 minutes and an expert one (1M steps) hours. Smoke test::
 
 import argparse
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ import gymnasium as gym
 import minari
 import numpy as np
 import torch as th
-from hardware import cpu_model  # benchmarks/hardware.py
+from hardware import machine  # benchmarks/hardware.py
 from stable_baselines3 import SAC
 from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback, EvalCallback, StopTrainingOnRewardThreshold
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -148,19 +147,6 @@ def make_dataset(kind: str, model: SAC, args: argparse.Namespace) -> dict[str, f
         )
     returns = np.array([episode.rewards.sum() for episode in dataset.iterate_episodes()])
     return {"steps": dataset.total_steps, "episodes": dataset.total_episodes, "episode_return_mean": float(returns.mean())}
-
-
-def machine() -> dict[str, str | None]:
-    """
-    :return: What the SAC runs' floating point depends on: the CPU, the kernels torch dispatches to on it
-        (``ATEN_CPU_CAPABILITY`` overrides them) and MKL's instruction cap (``MKL_ENABLE_INSTRUCTIONS``).
-    """
-    return {
-        "cpu": cpu_model(),
-        "torch": th.__version__,
-        "torch_cpu_capability": th.backends.cpu.get_cpu_capability(),
-        "mkl_enable_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS"),
-    }
 
 
 def write_results(results: dict, args: argparse.Namespace) -> None:

@@ -19,15 +19,13 @@ import csv
 import hashlib
 import json
 import os
-import platform
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 import numpy as np
-import torch as th
-from hardware import cpu_model  # benchmarks/hardware.py
+from hardware import machine  # benchmarks/hardware.py
 from rliable import library as rly
 from rliable import metrics
 
@@ -308,10 +306,6 @@ def stitch_aggregate(groups: dict[tuple, dict[str, list[dict]]]) -> dict[tuple, 
     return aggregates
 
 
-def hardware() -> dict[str, Any]:
-    return {"cpu": cpu_model(), "logical_cores": os.cpu_count(), "torch": th.__version__, "python": platform.python_version()}
-
-
 def _short(dataset_id: str) -> str:
     return dataset_id.removeprefix("sb3_iql/")
 
@@ -329,7 +323,7 @@ def _optional(value: float | None, form: str) -> str:
 
 
 def write_markdown(path: Path, rows: list[dict], aggregates: dict[tuple, dict], torch_threads: int) -> None:
-    machine = hardware()
+    hardware = machine()
     lines = [
         "# sb3-iql against d3rlpy and behaviour cloning: normalized scores",
         "",
@@ -418,9 +412,10 @@ def write_markdown(path: Path, rows: list[dict], aggregates: dict[tuple, dict], 
         "",
         "## Budget and hardware",
         "",
-        f"- CPU of the machine that wrote this report (the Findings name each session's machine): {machine['cpu']},",
-        f"  {machine['logical_cores']} logical cores, shared by two training processes at a time;",
-        f"  torch {machine['torch']} with {torch_threads} thread(s) per process, Python {machine['python']}.",
+        f"- CPU of the machine that wrote this report (the Findings name each session's machine): {hardware['cpu']},",
+        f"  {hardware['logical_cores']} logical cores, shared by two training processes at a time;",
+        f"  torch {hardware['torch']} ({hardware['torch_cpu_capability']} kernels) with {torch_threads} thread(s) per",
+        f"  process, Python {hardware['python']}.",
         f"- Peer: {', '.join(peer_versions) or 'n/a'}.",
         f"- Code: hash of the `sb3_iql` sources each run trained with (`code_version` in `{RUNS_FILE}`): "
         f"{', '.join(code_versions) or 'n/a'}; runs without it predate the field.",
@@ -522,7 +517,7 @@ def write_report(out: Path, dataset_ids: list[str] | None, torch_threads: int) -
         {"updates": updates, "eval_episodes": episodes, "net_arch": list(net_arch), "batch_size": batch, **entry}
         for (_, updates, _, episodes, net_arch, batch), entry in aggregates.items()
     ]
-    data = {"hardware": hardware(), "torch_threads": torch_threads, "rows": rows, "stitch_aggregates": aggregates_json}
+    data = {"hardware": machine(), "torch_threads": torch_threads, "rows": rows, "stitch_aggregates": aggregates_json}
     write_json(out / f"{REPORT_STEM}.json", data)
     write_csv(out / f"{REPORT_STEM}.csv", groups)
     write_plot(out / f"{REPORT_STEM}.png", groups)
