@@ -8,11 +8,13 @@ import shlex
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import closing
 
 import optuna
 import pytest
@@ -128,6 +130,17 @@ def test_two_workers_share_one_study_and_the_best_trial_trains_again(maze_root, 
     assert model.policy.net_arch == expected["policy_kwargs"]["net_arch"]
 
 
+def has_heartbeat(database: pathlib.Path, trial_id: int) -> bool:
+    """:return: whether the trial's heartbeat thread has written its first heartbeat in this SQLite study.
+
+    Optuna never fails a RUNNING trial without a heartbeat row: a worker killed before its heartbeat thread wrote one
+    (a loaded machine) leaves its trial RUNNING for good. Optuna has no public reader of heartbeats, hence the table.
+    """
+    with closing(sqlite3.connect(database)) as connection:
+        query = "SELECT 1 FROM trial_heartbeats WHERE trial_id = ?"
+        return connection.execute(query, (trial_id,)).fetchone() is not None
+
+
 def test_a_worker_killed_in_a_trial_leaves_the_study_usable(maze_root, tmp_path):
     storage, logs = f"sqlite:///{tmp_path / 'killed.db'}", tmp_path / "logs"
     # A long first trial (the preset: 256x256, 1M updates): the worker is killed while it trains.
@@ -142,12 +155,13 @@ def test_a_worker_killed_in_a_trial_leaves_the_study_usable(maze_root, tmp_path)
             trials = optuna.load_study(study_name="killed", storage=storage).trials
         except KeyError:  # the study is not created yet
             trials = []
-        if trials and trials[0].state == optuna.trial.TrialState.RUNNING and sampled <= set(trials[0].params):
+        running = trials and trials[0].state == optuna.trial.TrialState.RUNNING
+        if running and sampled <= set(trials[0].params) and has_heartbeat(tmp_path / "killed.db", trials[0]._trial_id):
             break
         time.sleep(0.5)
     else:
         victim.kill()
-        pytest.fail(f"the first trial never started: {victim.communicate()[0]}")
+        pytest.fail(f"the first trial never started with a heartbeat: {victim.communicate()[0]}")
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     time.sleep(4)  # past the grace period (3 heartbeats of 1 s)
