@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,12 @@ _intervals_used: set[str] = set()
 #: Settings whose dataset id contains this are aggregated together ("stitch" rows).
 STITCH = "stitch"
 #: Display order of the base methods; variants (``iql-ref+...``) follow ``iql-ref``.
-METHOD_ORDER = ("iql", "iql-ref", "d3rlpy-iql", "d3rlpy-iql-cosine", "bc", "d3rlpy-bc")
+METHOD_ORDER = ("iql", "iql-earlier", "iql-ref", "d3rlpy-iql", "d3rlpy-iql-cosine", "bc", "d3rlpy-bc")
+#: The row of the datasets' presets as they are now, and of ``iql`` runs trained with an earlier preset.
+DEFAULTS, EARLIER_DEFAULTS = "iql", "iql-earlier"
 METHOD_LABELS = {
-    "iql": "sb3-iql IQL (defaults)",
+    DEFAULTS: "sb3-iql IQL (defaults)",
+    EARLIER_DEFAULTS: "sb3-iql IQL, an earlier preset",
     "iql-ref": "sb3-iql IQL, reference",
     "d3rlpy-iql": "d3rlpy IQL",
     "d3rlpy-iql-cosine": "d3rlpy IQL, cosine actor lr",
@@ -103,11 +107,28 @@ def load_runs(out: Path) -> dict[str, dict]:
     return json.loads(path.read_text())["runs"] if path.exists() else {}
 
 
-def group_runs(runs: dict[str, dict], dataset_ids: list[str] | None) -> dict[tuple, dict[str, list[dict]]]:
-    """:return: setting -> method -> records sorted by seed; settings of ``dataset_ids`` first, in that order"""
+def group_runs(
+    runs: dict[str, dict], dataset_ids: list[str] | None, trains_the_preset: Callable[[dict], bool] | None = None
+) -> dict[tuple, dict[str, list[dict]]]:
+    """
+    :param trains_the_preset: whether a record trained its dataset's preset as it is now (``scores.trains_the_preset``).
+        Given, the defaults row (``iql``) also takes the seeds it lacks from the other methods' runs that trained the
+        preset (``iql-ref+ddpgawr0.01+dropout`` on a stitch maze, say), and ``iql`` runs of an earlier preset get a
+        row of their own; None: rows by the methods' names alone.
+    :return: setting -> method -> records sorted by seed; settings of ``dataset_ids`` first, in that order
+    """
     groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for record in runs.values():
-        groups[setting_of(record)][record["config"]["method"]].append(record)
+    preset_twins: dict[tuple, dict[int, dict]] = defaultdict(dict)
+    for key in sorted(runs):
+        record, method = runs[key], runs[key]["config"]["method"]
+        if trains_the_preset is not None and method == DEFAULTS and not trains_the_preset(record):
+            method = EARLIER_DEFAULTS
+        elif trains_the_preset is not None and method != DEFAULTS and trains_the_preset(record):
+            preset_twins[setting_of(record)].setdefault(record["config"]["seed"], record)
+        groups[setting_of(record)][method].append(record)
+    for setting, twins in preset_twins.items():
+        seeds = {record["config"]["seed"] for record in groups[setting][DEFAULTS]}
+        groups[setting][DEFAULTS] += [record for seed, record in twins.items() if seed not in seeds]
     order = {dataset_id: index for index, dataset_id in enumerate(dataset_ids or [])}
 
     def sort_key(setting: tuple) -> tuple:
@@ -322,7 +343,10 @@ def _optional(value: float | None, form: str) -> str:
     return "n/a" if value is None else format(value, form)
 
 
-def write_markdown(path: Path, rows: list[dict], aggregates: dict[tuple, dict], torch_threads: int) -> None:
+def write_markdown(
+    path: Path, rows: list[dict], aggregates: dict[tuple, dict], torch_threads: int, total_wall_s: float
+) -> None:
+    """:param total_wall_s: training and evaluation time of every cached run, each counted once (s)"""
     hardware = machine()
     lines = [
         "# sb3-iql against d3rlpy and behaviour cloning: normalized scores",
@@ -353,8 +377,9 @@ def write_markdown(path: Path, rows: list[dict], aggregates: dict[tuple, dict], 
         "deterministic `BCConfig`. BC = sb3-iql with beta = 0. `defaults` = the dataset's preset (PointMaze: DDPG +",
         "AWR, 0.01, the stitch mazes with actor dropout 0.1, the sparse goal-carrying mazes with hindsight goals (the",
         "AntMaze-v1 replica: beta 0.3 on the stored goals); Hopper medium: DDPG+BC, 0.1 + obsnorm; Hopper",
-        "medium-replay: AWR + order + logstd + init + constlr; runs before a preset changed are kept under the method",
-        "whose settings they had);",
+        "medium-replay: AWR + order + logstd + init + constlr), with every run that trained it, whichever method",
+        "named it (a stitch maze's `reference + ddpgawr0.01 + dropout` runs count there too); `an earlier preset`",
+        "= `defaults` runs from before their preset changed;",
         "`reference`, BC and d3rlpy train on the data as stored unless `+ evalgoal*` is named.",
         "Sparse mazes: success = % of final-evaluation episodes that reach the goal; first reach = mean step of the",
         "first arrival (episodes that arrive); at goal = fraction of the steps from the first arrival on spent within",
@@ -403,7 +428,6 @@ def write_markdown(path: Path, rows: list[dict], aggregates: dict[tuple, dict], 
                 )
     code_versions = sorted({v for row in rows for s in row["methods"].values() for v in s["code_versions"]})
     peer_versions = sorted({v for row in rows for s in row["methods"].values() for v in s["peer_versions"]})
-    total_wall = sum(summary["wall_s"] for row in rows for summary in row["methods"].values())
     lines += [
         "",
         "![normalized score against updates](scores.png)",
@@ -419,7 +443,7 @@ def write_markdown(path: Path, rows: list[dict], aggregates: dict[tuple, dict], 
         f"- Peer: {', '.join(peer_versions) or 'n/a'}.",
         f"- Code: hash of the `sb3_iql` sources each run trained with (`code_version` in `{RUNS_FILE}`): "
         f"{', '.join(code_versions) or 'n/a'}; runs without it predate the field.",
-        f"- Wall time, training + evaluation, all runs in this report: {total_wall / 3600:.2f} h.",
+        f"- Wall time, training + evaluation, all runs in this report: {total_wall_s / 3600:.2f} h.",
         "- The paper trains 1M updates with 256x256 networks; these budgets are far smaller (CPU time): scores of short",
         "  training, not a reproduction of the paper's numbers.",
     ]
@@ -508,9 +532,13 @@ def write_csv(path: Path, groups: dict[tuple, dict[str, list[dict]]]) -> None:
                         )
 
 
-def write_report(out: Path, dataset_ids: list[str] | None, torch_threads: int) -> None:
+def write_report(
+    out: Path, dataset_ids: list[str] | None, torch_threads: int, trains_the_preset: Callable[[dict], bool] | None = None
+) -> None:
+    """Write every report file of the cached runs in ``out`` (``trains_the_preset``: as in ``group_runs``)."""
     load_interval_cache(out / INTERVAL_CACHE_FILE)
-    groups = group_runs(load_runs(out), dataset_ids)
+    runs = load_runs(out)
+    groups = group_runs(runs, dataset_ids, trains_the_preset)
     rows = summary_rows(groups)
     aggregates = stitch_aggregate(groups)
     aggregates_json = [
@@ -522,5 +550,6 @@ def write_report(out: Path, dataset_ids: list[str] | None, torch_threads: int) -
     write_csv(out / f"{REPORT_STEM}.csv", groups)
     write_plot(out / f"{REPORT_STEM}.png", groups)
     write_plot(out / f"{REPORT_STEM}_success.png", groups, metric="success_rate")
-    write_markdown(out / f"{REPORT_STEM}.md", rows, aggregates, torch_threads)
+    total_wall_s = sum(record["train_s"] + record["eval_s"] for record in runs.values())
+    write_markdown(out / f"{REPORT_STEM}.md", rows, aggregates, torch_threads, total_wall_s)
     save_interval_cache(out / INTERVAL_CACHE_FILE)

@@ -28,8 +28,11 @@ Methods (``--methods``):
 Every run is cached: finished runs in ``<out>/scores_runs.json``, unfinished ones as checkpoints (networks,
 optimizers, sampling generator, curve so far) in ``--checkpoint-dir``, so a killed invocation continues where
 it stopped when started again with the same options. A record keeps its dataset's episode count and its
-hyperparameters: a cached run on another generation of a dataset (one made again under the same id) or with other
-hyperparameters (a preset that changed) stops the invocation instead of mixing the two (``check_cached_runs``).
+hyperparameters: a cached run on another generation of a dataset (one made again under the same id) or of a method
+whose settings changed stops the invocation instead of mixing the two (``check_cached_runs``). The ``iql`` row is
+the presets as they are now, whichever method trained them: an ``iql`` run is not trained again where another
+method's run trained the same model (``iql-ref+ddpgawr0.01+dropout`` on a stitch maze), the report counts those
+runs in the row, and ``iql`` runs of an earlier preset are kept under another key, in a row of their own.
 Runs are ordered seed by seed, so that every dataset has results early; two invocations (one per core) may share
 one cache. The report (``benchmarks/score_report.py``: ``<out>/scores.md``, ``scores.png``, ``scores.json``,
 ``scores.csv``) covers every cached run, with rliable's interquartile means, confidence intervals and
@@ -57,6 +60,7 @@ import argparse
 import dataclasses
 import datetime
 import hashlib
+import inspect
 import json
 import time
 from pathlib import Path
@@ -69,7 +73,7 @@ import numpy as np
 import peers  # benchmarks/peers.py
 import score_report  # benchmarks/score_report.py
 import torch as th
-from score_report import REPORT_STEM, RUNS_FILE, load_runs, write_json, write_report
+from score_report import DEFAULTS, REPORT_STEM, RUNS_FILE, load_runs, write_json, write_report
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.preprocessing import is_image_space
@@ -82,6 +86,7 @@ from sb3_iql.datasets.pixels import parse_pixel_dataset_id
 from sb3_iql.evaluation import SUCCESS_KEYS, evaluate, normalized_score
 from sb3_iql.iql import IQL
 from sb3_iql.iql.multi_seed import learn_offline_together
+from sb3_iql.iql.policies import IQLPolicy
 from sb3_iql.presets import preset_arguments
 
 matplotlib.use("Agg")
@@ -107,6 +112,8 @@ PAPER_DOMAIN_SETTINGS: dict[str, dict[str, float]] = {
 }
 #: Behaviour cloning weights of the DDPG+BC factors (``+ddpgbc<weight>``).
 DDPG_BC_WEIGHTS = ("0.001", "0.01", "0.1", "1")
+#: Actor dropout rates of the ``+dropout<rate>`` factors (``+dropout`` alone: 0.1, the paper's Kitchen and Adroit).
+DROPOUT_RATES = ("0.2", "0.3")
 #: Inverse temperatures of the ``+beta<value>`` factors (the preset's beta otherwise; 0 is behaviour cloning).
 BETAS = ("0.3", "1", "3")
 #: Factors of the study, each added to the reference with ``+name``: d3rlpy's three choices, then ours beyond them.
@@ -118,6 +125,7 @@ FACTORS: dict[str, dict[str, Any]] = {
     "obsnorm": {"policy_kwargs": {"normalize_observations": True}},
     "spread": {"policy_kwargs": {"spread_first_layer_biases": True}},  # first-layer ReLU kinks spread, not at 0
     "dropout": {"dropout": 0.1},
+    **{f"dropout{rate}": {"dropout": float(rate)} for rate in DROPOUT_RATES},
     "constlr": {"actor_lr_schedule": "constant"},  # d3rlpy's constant actor lr instead of the cosine decay to 0
     "criticcos": {"critic_lr_schedule": "cosine"},  # the critics' and value net's lr decays to 0 too (the actor's)
     # DDPG+BC policy extraction instead of AWR, with the behaviour cloning weight alpha in the name
@@ -208,6 +216,38 @@ def preset_hyperparameters(dataset_id: str) -> dict[str, Any]:
     """:return: the package's preset for the dataset (``sb3_iql.presets``), without the benchmark's own arguments"""
     arguments = preset_arguments(dataset_id)
     return {key: value for key, value in arguments.items() if key not in BENCHMARK_ARGUMENTS}
+
+
+def _defaults(function: Any) -> dict[str, Any]:
+    """:return: the keyword defaults of ``function`` (a constructor)"""
+    parameters = inspect.signature(function).parameters.values()
+    return {parameter.name: parameter.default for parameter in parameters if parameter.default is not inspect.Parameter.empty}
+
+
+#: What a record's hyperparameters leave out: IQL's constructor defaults and its policy's.
+IQL_DEFAULTS, POLICY_DEFAULTS = _defaults(IQL.__init__), _defaults(IQLPolicy.__init__)
+
+
+def canonical_hyperparameters(hyperparameters: dict[str, Any]) -> str:
+    """
+    :return: the IQL arguments as sorted JSON with IQL's and its policy's defaults filled in: the same string for two
+        runs that trained the same model, whichever method named it (``iql`` with the stitch preset and
+        ``iql-ref+ddpgawr0.01+dropout``, for example)
+    """
+    full = {**IQL_DEFAULTS, **{key: value for key, value in hyperparameters.items() if value is not None}}
+    full["policy_kwargs"] = {**POLICY_DEFAULTS, **(hyperparameters.get("policy_kwargs") or {})}
+    if full["policy_extraction"] == "awr":
+        full.pop("bc_weight")  # the DDPG extractions' weight
+    return json.dumps(full, sort_keys=True, default=repr)
+
+
+def trains_the_preset(record: dict) -> bool:
+    """:return: whether a cached run of this package trained its dataset's preset as it is now (the ``iql`` row)."""
+    config = record["config"]
+    if not score_report.is_ours(config["method"]):
+        return False
+    preset = RunConfig(**{**config, "method": "iql", "net_arch": tuple(config["net_arch"])})
+    return canonical_hyperparameters(record["hyperparameters"]) == canonical_hyperparameters(preset.hyperparameters())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,12 +341,31 @@ def get_dataset(dataset_id: str, n_steps: int) -> minari.MinariDataset | None:
         return None
 
 
+def set_aside_earlier_presets(runs: dict[str, dict], configs: list[RunConfig]) -> bool:
+    """
+    Keep the cached ``iql`` runs of a preset that has changed since, under ``<key>|preset-before-<date>``: the
+    configs' keys are free for the preset as it is now, and the report shows the earlier runs in a row of their own.
+
+    :return: whether a run was moved (``runs`` is changed in place)
+    """
+    moved = False
+    for config in configs:
+        record = runs.get(config.key)
+        if config.method == DEFAULTS and record is not None and not trains_the_preset(record):
+            runs[f"{config.key}|preset-before-{record['finished'][:10]}"] = runs.pop(config.key)
+            print(f"Set aside {config.key}: trained with {record['hyperparameters']}, an earlier preset", flush=True)
+            moved = True
+    return moved
+
+
 def check_cached_runs(runs: dict[str, dict], configs: list[RunConfig], dataset: minari.MinariDataset) -> None:
     """
     Refuse to mix runs that share a key but not their data or settings. A regenerated dataset (SAC training is not
-    bit-reproducible, so a locomotion dataset made again differs) keeps its id and often its steps; a preset that
-    changed changes what ``iql`` trains. Records store the dataset's episode count and their hyperparameters; a
-    cached one that differs from this invocation's stops it (records from before the episode count are not checked).
+    bit-reproducible, so a locomotion dataset made again differs) keeps its id and often its steps; a method whose
+    settings changed (``REFERENCE_SETTINGS``, a factor) trains another model under the same name. Records store the
+    dataset's episode count and their hyperparameters; a cached one that differs from this invocation's stops it
+    (records from before the episode count are not checked). ``iql`` runs of an earlier preset are set aside first
+    (``set_aside_earlier_presets``).
 
     :raises SystemExit: a cached run of ``configs`` was trained on another generation of the dataset, or with
         other hyperparameters
@@ -320,14 +379,31 @@ def check_cached_runs(runs: dict[str, dict], configs: list[RunConfig], dataset: 
                 f"was trained on {record['dataset_episodes']} episodes of {config.dataset_id}; the local dataset has "
                 f"{dataset.total_episodes}, another generation of it"
             )
-        elif record["hyperparameters"] != config.hyperparameters():
-            reason = f"was trained with {record['hyperparameters']}, not {config.hyperparameters()} (a preset changed?)"
+        elif canonical_hyperparameters(record["hyperparameters"]) != canonical_hyperparameters(config.hyperparameters()):
+            reason = f"was trained with {record['hyperparameters']}, not {config.hyperparameters()} (its method changed?)"
         else:
             continue
         raise SystemExit(
             f"The cached run {config.key} {reason}. Move the earlier runs out of {RUNS_FILE} "
             f"(results/scores_runs_superseded.json keeps them, with the reason) before running again."
         )
+
+
+def cached_run(runs: dict[str, dict], config: RunConfig) -> dict | None:
+    """
+    :return: the complete cached run of ``config``; for ``iql``, also a run of another method that trained the
+        dataset's preset as it is now in the same setting and seed (no need to train it twice). None if neither.
+    """
+    candidates = [runs.get(config.key)]
+    if config.method == DEFAULTS:
+        candidates += [
+            record
+            for key, record in sorted(runs.items())
+            if record["config"]["seed"] == config.seed
+            and score_report.setting_of(record) == config.setting
+            and trains_the_preset(record)
+        ]
+    return next((record for record in candidates if record is not None and config.is_complete(record)), None)
 
 
 def _checkpoint_path(checkpoint_dir: Path, config: RunConfig) -> Path:
@@ -719,7 +795,7 @@ def main() -> None:
     th.set_num_threads(args.torch_threads)
     score_report.BOOTSTRAP_REPS = args.bootstrap_reps
     if args.report_only:
-        write_report(args.out, args.datasets, args.torch_threads)
+        write_report(args.out, args.datasets, args.torch_threads, trains_the_preset)
         return
     start = time.perf_counter()
     datasets: dict[str, minari.MinariDataset | None] = {}
@@ -753,8 +829,10 @@ def main() -> None:
                     for seed in seeds
                 ]
                 runs = load_runs(args.out)
+                if set_aside_earlier_presets(runs, configs):
+                    write_json(args.out / RUNS_FILE, {"runs": runs})
                 check_cached_runs(runs, configs, dataset)
-                configs = [config for config in configs if not (config.key in runs and config.is_complete(runs[config.key]))]
+                configs = [config for config in configs if cached_run(runs, config) is None]
                 if not configs:
                     continue
                 print("\n".join(config.key for config in configs), flush=True)
@@ -773,9 +851,9 @@ def main() -> None:
                         _checkpoint_path(args.checkpoint_dir, config).with_suffix(suffix).unlink(missing_ok=True)
                 write_json(args.out / RUNS_FILE, {"runs": runs})
                 if not args.no_report:
-                    write_report(args.out, args.datasets, args.torch_threads)
+                    write_report(args.out, args.datasets, args.torch_threads, trains_the_preset)
     if not args.no_report:
-        write_report(args.out, args.datasets, args.torch_threads)
+        write_report(args.out, args.datasets, args.torch_threads, trains_the_preset)
     print(f"Done in {(time.perf_counter() - start) / 60:.1f} min; report in {args.out / (REPORT_STEM + '.md')}")
 
 

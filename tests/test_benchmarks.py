@@ -1,5 +1,6 @@
 """The score and advantage-signal benchmarks run end to end on a tiny maze and report what they claim to."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -60,13 +61,24 @@ def test_scores_report(maze_root, tmp_path):
     assert cells[9].count("[") == 1 and cells[10].count("[") == 1  # IQM and P(> d3rlpy) with intervals (2 seeds)
     assert (out / "scores.png").is_file() and (out / "scores.csv").is_file()
 
-    # Cached runs on the same id made again (other episodes), or with a preset that changed, are not mixed in.
+    # Cached runs on the same id made again (other episodes), or of a method whose settings changed, are not mixed in.
     assert len({record["dataset_episodes"] for record in runs.values()}) == 1
-    key, record = next(iter(runs.items()))
+    key, record = next((key, record) for key, record in runs.items() if record["config"]["method"] == "bc")
     changes = {"dataset_episodes": record["dataset_episodes"] + 1, "hyperparameters": {**record["hyperparameters"], "beta": 3}}
-    for (field, changed), message in zip(changes.items(), ["another generation", "a preset changed"]):
+    for (field, changed), message in zip(changes.items(), ["another generation", "its method changed"]):
         (out / "scores_runs.json").write_text(json.dumps({"runs": {**runs, key: {**record, field: changed}}}))
         assert message in run_benchmark("scores.py", *options, minari_root=maze_root, succeeds=False)
+    # A preset that changed: its earlier defaults run is kept under another key, in a row of its own, and trained anew
+    key, record = next((key, record) for key, record in runs.items() if record["config"]["method"] == "iql")
+    earlier = {**record, "hyperparameters": {**record["hyperparameters"], "beta": 3}}
+    (out / "scores_runs.json").write_text(json.dumps({"runs": {**runs, key: earlier}}))
+    run_benchmark("scores.py", *options, minari_root=maze_root)
+    after = json.loads((out / "scores_runs.json").read_text())["runs"]
+    assert (
+        after[f"{key}|preset-before-{record['finished'][:10]}"] == earlier
+        and after[key]["hyperparameters"] == record["hyperparameters"]
+    )
+    assert "| sb3-iql IQL, an earlier preset | 1 |" in (out / "scores.md").read_text()
 
 
 def test_advantage_signal(maze_root, tmp_path):
@@ -312,6 +324,51 @@ def test_the_reference_method_keeps_the_paper_s_settings_whatever_a_dataset_s_pr
     assert hyperparameters("antmaze", "iql-ref")["beta"] == 10.0 and hyperparameters("antmaze", "iql-ref")["expectile"] == 0.9
     assert hyperparameters("antmaze", "iql-ref+beta3")["beta"] == 3.0 and hyperparameters("antmaze", "bc")["beta"] == 0.0
     assert hyperparameters("antmaze-unseen", "iql-ref+her")["replay_buffer_class"] == "HerReplayBuffer"
+
+
+def test_the_defaults_row_is_every_run_of_the_preset_whichever_method_named_it(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import score_report  # benchmarks/score_report.py
+    import scores  # benchmarks/scores.py
+
+    def config(method: str, seed: int) -> "scores.RunConfig":
+        return scores.RunConfig("sb3_iql/pointmaze/medium-stitch-v0", 1000, method, seed, 30, 10, 1, (16,), 64)
+
+    def record(method: str, seed: int, final: float, **changed: float) -> tuple[str, dict]:
+        run = config(method, seed)
+        hyperparameters = {**run.hyperparameters(), **changed}
+        curve = [{"updates": 30, "normalized_score": final, "success_rate": 1.0}]
+        cached = {"config": dataclasses.asdict(run), "hyperparameters": hyperparameters, "curve": curve, "final": final}
+        return run.key, {**cached, "finished": "2026-12-01T10:00:00"}
+
+    # the stitch preset is the paper's IQL with DDPG + AWR 0.01 and actor dropout 0.1, spelled out as iql-ref+...
+    preset_twin = "iql-ref+ddpgawr0.01+dropout"
+    assert scores.trains_the_preset(record(preset_twin, 0, 1.0)[1])
+    assert not scores.trains_the_preset(record("iql-ref+ddpgawr0.01+dropout+init", 0, 1.0)[1])
+    assert not scores.trains_the_preset(record("d3rlpy-iql", 0, 1.0)[1])
+    runs = dict(
+        [
+            record("iql", 0, 10.0),
+            record(preset_twin, 0, 99.0),  # the same model and seed trained again: the iql run stays in the row
+            record(preset_twin, 1, 11.0),
+            record("iql-ref", 2, 12.0),  # the paper's AWR: not the preset
+            record("iql", 3, 13.0, dropout=0.2),  # an earlier preset
+        ]
+    )
+    (groups,) = score_report.group_runs(runs, None, scores.trains_the_preset).values()
+    assert [(run["config"]["seed"], run["final"]) for run in groups["iql"]] == [(0, 10.0), (1, 11.0)]
+    assert [run["final"] for run in groups["iql-earlier"]] == [13.0]
+    assert [run["final"] for run in groups[preset_twin]] == [99.0, 11.0]
+    # names alone without the preset check, as before
+    assert [run["final"] for run in score_report.group_runs(runs, None)[config("iql", 0).setting]["iql"]] == [10.0, 13.0]
+
+    # training iql: seed 1 is cached under the twin's name, seed 2 is not; the earlier preset's seed 3 is kept aside
+    assert scores.cached_run(runs, config("iql", 1))["final"] == 11.0
+    assert scores.cached_run(runs, config("iql", 2)) is None and scores.cached_run(runs, config("iql-ref", 2)) is not None
+    assert scores.set_aside_earlier_presets(runs, [config("iql", seed) for seed in range(4)])
+    assert config("iql", 3).key not in runs and runs[config("iql", 3).key + "|preset-before-2026-12-01"]["final"] == 13.0
+    assert scores.cached_run(runs, config("iql", 3)) is None
+    assert not scores.set_aside_earlier_presets(runs, [config("iql", seed) for seed in range(4)])
 
 
 def test_pixel_critics_finds_a_model_identical_to_itself_and_counts_cells_to_the_goal(maze_root, tmp_path, monkeypatch):
