@@ -341,17 +341,20 @@ def get_dataset(dataset_id: str, n_steps: int) -> minari.MinariDataset | None:
         return None
 
 
-def set_aside_earlier_presets(runs: dict[str, dict], configs: list[RunConfig]) -> bool:
+def set_aside_earlier_presets(runs: dict[str, dict], configs: list[RunConfig], dataset: minari.MinariDataset) -> bool:
     """
     Keep the cached ``iql`` runs of a preset that has changed since, under ``<key>|preset-before-<date>``: the
     configs' keys are free for the preset as it is now, and the report shows the earlier runs in a row of their own.
+    Runs on another generation of the dataset stay where they are, for ``check_cached_runs`` to refuse.
 
     :return: whether a run was moved (``runs`` is changed in place)
     """
     moved = False
     for config in configs:
         record = runs.get(config.key)
-        if config.method == DEFAULTS and record is not None and not trains_the_preset(record):
+        if record is None or record.get("dataset_episodes", dataset.total_episodes) != dataset.total_episodes:
+            continue
+        if config.method == DEFAULTS and not trains_the_preset(record):
             runs[f"{config.key}|preset-before-{record['finished'][:10]}"] = runs.pop(config.key)
             print(f"Set aside {config.key}: trained with {record['hyperparameters']}, an earlier preset", flush=True)
             moved = True
@@ -829,7 +832,7 @@ def main() -> None:
                     for seed in seeds
                 ]
                 runs = load_runs(args.out)
-                if set_aside_earlier_presets(runs, configs):
+                if set_aside_earlier_presets(runs, configs, dataset):
                     write_json(args.out / RUNS_FILE, {"runs": runs})
                 check_cached_runs(runs, configs, dataset)
                 configs = [config for config in configs if cached_run(runs, config) is None]

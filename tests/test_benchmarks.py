@@ -6,6 +6,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import types
 from collections.abc import Iterator
 
 import numpy as np
@@ -339,7 +340,7 @@ def test_the_defaults_row_is_every_run_of_the_preset_whichever_method_named_it(m
         hyperparameters = {**run.hyperparameters(), **changed}
         curve = [{"updates": 30, "normalized_score": final, "success_rate": 1.0}]
         cached = {"config": dataclasses.asdict(run), "hyperparameters": hyperparameters, "curve": curve, "final": final}
-        return run.key, {**cached, "finished": "2026-12-01T10:00:00"}
+        return run.key, {**cached, "finished": "2026-12-01T10:00:00", "dataset_episodes": 7}
 
     # the stitch preset is the paper's IQL with DDPG + AWR 0.01 and actor dropout 0.1, spelled out as iql-ref+...
     preset_twin = "iql-ref+ddpgawr0.01+dropout"
@@ -365,10 +366,12 @@ def test_the_defaults_row_is_every_run_of_the_preset_whichever_method_named_it(m
     # training iql: seed 1 is cached under the twin's name, seed 2 is not; the earlier preset's seed 3 is kept aside
     assert scores.cached_run(runs, config("iql", 1))["final"] == 11.0
     assert scores.cached_run(runs, config("iql", 2)) is None and scores.cached_run(runs, config("iql-ref", 2)) is not None
-    assert scores.set_aside_earlier_presets(runs, [config("iql", seed) for seed in range(4)])
+    dataset = types.SimpleNamespace(total_episodes=7)
+    assert not scores.set_aside_earlier_presets(runs, [config("iql", 3)], types.SimpleNamespace(total_episodes=8))
+    assert scores.set_aside_earlier_presets(runs, [config("iql", seed) for seed in range(4)], dataset)
     assert config("iql", 3).key not in runs and runs[config("iql", 3).key + "|preset-before-2026-12-01"]["final"] == 13.0
     assert scores.cached_run(runs, config("iql", 3)) is None
-    assert not scores.set_aside_earlier_presets(runs, [config("iql", seed) for seed in range(4)])
+    assert not scores.set_aside_earlier_presets(runs, [config("iql", seed) for seed in range(4)], dataset)
 
 
 def test_pixel_critics_finds_a_model_identical_to_itself_and_counts_cells_to_the_goal(maze_root, tmp_path, monkeypatch):
