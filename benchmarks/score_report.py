@@ -50,10 +50,10 @@ _interval_cache: dict[str, list[float]] = {}
 _intervals_used: set[str] = set()
 #: Settings whose dataset id contains this are aggregated together ("stitch" rows).
 STITCH = "stitch"
-#: Display order of the base methods; variants (``iql-ref+...``) follow ``iql-ref``.
-METHOD_ORDER = ("iql", "iql-earlier", "iql-ref", "d3rlpy-iql", "d3rlpy-iql-cosine", "bc", "d3rlpy-bc")
 #: The row of the datasets' presets as they are now, and of ``iql`` runs trained with an earlier preset.
 DEFAULTS, EARLIER_DEFAULTS = "iql", "iql-earlier"
+#: Display order of the base methods; variants (``iql-ref+...``) follow ``iql-ref``.
+METHOD_ORDER = (DEFAULTS, EARLIER_DEFAULTS, "iql-ref", "d3rlpy-iql", "d3rlpy-iql-cosine", "bc", "d3rlpy-bc")
 METHOD_LABELS = {
     DEFAULTS: "sb3-iql IQL (defaults)",
     EARLIER_DEFAULTS: "sb3-iql IQL, an earlier preset",
