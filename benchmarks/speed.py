@@ -18,7 +18,7 @@ The paths are the table ``PATHS``; the synthetic data comes from ``sb3_iql.commo
 Usage::
 
     python benchmarks/speed.py --updates 300 --rounds 5 --threads 1
-    python benchmarks/speed.py --paths plain,sb3,fused --shapes antmaze --threads 2 --output /tmp/speed
+    python benchmarks/speed.py --paths plain,sb3,fused --shapes antmaze --threads 2 --output-dir /tmp/speed
     python benchmarks/speed.py --spaces --updates 50   # Discrete actions and 84x84 images
     python benchmarks/speed.py --minari-load           # a 1M-step Minari dataset into the buffer, end to end
 

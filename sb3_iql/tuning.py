@@ -3,7 +3,7 @@ Hyperparameter optimisation of IQL with rl-zoo's Optuna search (``python -m sb3_
 
 - ``sample_iql_params``: the search space (expectile, beta, learning rate, batch size, network size, actor dropout),
   registered as rl-zoo's sampler of ``--algo iql``.
-- ``preset_trial``: the dataset's preset (the paper's values for its domain) as the study's first trial, which
+- ``preset_trial``: the dataset's preset (its values in the searched parameters) as the study's first trial, which
   ``PresetFirstSampler`` gives trial number 0 (exactly once, however many workers start together).
 - ``TrialNormalizedEvalCallback``: the periodic evaluations of a trial, reported to Optuna as normalized scores
   (mean return without reference scores) at the number of updates (offline) or environment steps (online) done,

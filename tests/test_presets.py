@@ -69,6 +69,7 @@ def test_offline_presets_follow_the_paper(dataset_id, expectile, beta, dropout, 
         ("mujoco/hopper/medium-v0", False, ("ddpg_bc", 0.1)),
         ("sb3_iql/hopper/medium-replay-v0", False, ("awr", None)),  # measured: AWR with d3rlpy's choices (below)
         ("mujoco/hopper/expert-v0", False, ("awr", None)),  # not measured: the paper's
+        ("sb3_iql/hopper/expert-v0", False, ("awr", None)),  # benchmarks/make_locomotion_datasets.py's, not measured
         ("mujoco/walker2d/medium-v0", False, ("awr", None)),
     ],
 )
@@ -104,6 +105,7 @@ def test_stitch_maze_presets_add_actor_dropout(dataset_id, dropout):
         ("sb3_iql/hopper/medium-v0", ("sequential", "cosine", "clip", 0.0, "orthogonal", True)),  # IQL's defaults
         ("mujoco/hopper/medium-v0", ("sequential", "cosine", "clip", 0.0, "orthogonal", True)),
         ("mujoco/hopper/expert-v0", ("sequential", "cosine", "clip", 0.0, "orthogonal", False)),  # the paper's
+        ("sb3_iql/hopper/expert-v0", ("sequential", "cosine", "clip", 0.0, "orthogonal", False)),
     ],
 )
 def test_hopper_presets_take_d3rlpy_s_choices_on_medium_replay_and_normalise_medium_observations(dataset_id, expected):
@@ -140,6 +142,7 @@ STORED_GOALS = ("MultiInputPolicy", None, None)
         ("D4RL/pointmaze/open-v2", None, NO_HINDSIGHT, "ddpg_awr", 10.0),
         ("sb3_iql/pointmaze/large-stitch-v0", None, NO_HINDSIGHT, "ddpg_awr", 10.0),  # the goal is the evaluation's
         ("sb3_iql/pointmaze/large-dense-v0", None, NO_HINDSIGHT, "ddpg_awr", 10.0),
+        ("sb3_iql/pointmaze/medium-dense-play-v0", None, NO_HINDSIGHT, "ddpg_awr", 10.0),  # dense recipes too
         ("sb3_iql/pointmaze/medium-v0:finetune", None, NO_HINDSIGHT, "awr", 10.0),
     ],
 )
@@ -168,7 +171,8 @@ def test_exact_ids_come_first_then_patterns_in_file_order():
     assert preset_key("D4RL/antmaze/large-diverse-v2") == "D4RL/antmaze/*"
     assert preset_key("mujoco/humanoid/expert-v0") == "mujoco/*"
     assert preset_key("sb3_iql/pointmaze/large-dense-stitch-v0") == "sb3_iql/pointmaze/*-stitch-v0"
-    assert preset_key("sb3_iql/pointmaze/large-dense-v0") == "sb3_iql/pointmaze/*"
+    assert preset_key("sb3_iql/pointmaze/large-dense-v0") == "sb3_iql/pointmaze/*-dense-*"
+    assert preset_key("sb3_iql/pointmaze/medium-dense-cut-v0") == "sb3_iql/pointmaze/*-dense-*"  # before *-cut-v0
     assert preset_key("D4RL/antmaze/large-play-v1", finetune=True) == "D4RL/antmaze/large-play-v1:finetune"
     assert preset_key("sb3_iql/pointmaze/medium-v0", finetune=True) == "sb3_iql/pointmaze/*:finetune"
 

@@ -1,7 +1,7 @@
 """
 PointMaze datasets following Minari's D4RL recipe, plus a "stitch" variant in the style of D4RL AntMaze.
 
-Dataset ids: ``sb3_iql/pointmaze/{umaze,medium,large}[-dense][-stitch]-v0``.
+Dataset ids: ``sb3_iql/pointmaze/{umaze,medium,large}[-dense][-stitch][-<recipe>]-v0``.
 
 - Behaviour: a waypoint planner + PD controller (:class:`~sb3_iql.datasets.maze_controller.WaypointController`)
   drives the point mass towards random goals in ``PointMaze_*-v3`` with ``continuing_task=True`` and
@@ -308,7 +308,7 @@ def make_pointmaze_dataset(
     :param n_steps: Number of transitions (1M in D4RL / Minari).
     :param seed: Seed of the goals, the action noise and the reference-score rollouts.
     :param n_reference_episodes: Episodes of the evaluation environment averaged for each reference score.
-    :param dataset_id: Id to write to; default :func:`pointmaze_dataset_id` ``(maze, reward, stitch)``.
+    :param dataset_id: Id to write to; default :func:`pointmaze_dataset_id` ``(maze, reward, stitch, recipe)``.
     :param overwrite: Whether to replace an existing dataset with the same id.
     :param recipe: None (the default recipe) or one of ``RECIPES`` (module docstring).
     :return: The dataset, with observations a dict of ``observation`` (x, y, x_vel, y_vel),
