@@ -9,6 +9,7 @@ import sys
 import types
 from collections.abc import Iterator
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
@@ -230,6 +231,74 @@ def test_value_map_puts_each_open_cell_s_value_at_its_place_and_walls_blank(maze
     assert grid[row, column] == pytest.approx(expected.item(), abs=1e-6)
     lines = value_map.render(grid, (row, column)).splitlines()
     assert len(lines) == walls.shape[0] and lines[row].split()[column] == f"{grid[row, column]:.1f}*"
+
+
+class _LineThroughTheGoal(gym.Env):
+    """A point moving at 2 m/s along x through a goal at the origin: after step t it is at x = -1 + 0.2 t (10 steps)."""
+
+    observation_space = gym.spaces.Dict(
+        {
+            key: gym.spaces.Box(-np.inf, np.inf, (size,))
+            for key, size in (("observation", 4), ("achieved_goal", 2), ("desired_goal", 2))
+        }
+    )
+    action_space = gym.spaces.Box(-1.0, 1.0, (2,))
+
+    def __init__(self, start: float = -1.0):
+        self.start, self.t = start, 0
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        position = np.array([self.start + 0.2 * self.t, 0.0])
+        return {"observation": np.array([*position, 2.0, 0.0]), "achieved_goal": position, "desired_goal": np.zeros(2)}
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return self._observation(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._observation(), 0.0, False, self.t == 10, {}
+
+
+def test_goal_dwell_measures_what_a_policy_does_after_its_first_arrival(maze_root, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(maze_root))
+    import goal_dwell  # benchmarks/goal_dwell.py
+    import value_map
+
+    from sb3_iql import IQL
+    from sb3_iql.data.minari_loader import load_dataset
+
+    def idle(observation):
+        return np.zeros(2)
+
+    # distances after each step: 0.8, 0.6, 0.4 (first arrival, step 3), 0.2, 0, 0.2, 0.4, 0.6, 0.8, 1.0
+    dwell = goal_dwell.policy_dwell(idle, _LineThroughTheGoal(), n_episodes=2)
+    assert dwell["reached"] == 1.0 and dwell["first_step"] == 3
+    assert dwell["at_goal"] == pytest.approx(5 / 8) and dwell["distance_after"] == pytest.approx(0.4)
+    assert dwell["speed_at_goal"] == pytest.approx(2.0)
+    never = goal_dwell.policy_dwell(idle, _LineThroughTheGoal(start=1.0), n_episodes=1)  # moves away from it
+    assert never["reached"] == 0.0 and np.isnan(never["at_goal"])
+
+    env = load_dataset(MAZE_ID).recover_environment(eval_env=True)
+    maze = env.unwrapped.maze
+    model = IQL("MultiInputPolicy", env, offline_dataset=MAZE_ID, policy_kwargs={"net_arch": [16]}, seed=0)
+    model.learn_offline(5)
+    walls = np.array([[value == 1 for value in cells] for cells in maze.maze_map])  # open cells may be "g" or "r"
+    cell = tuple(map(int, np.argwhere(~walls)[0]))
+    centre = maze.cell_rowcol_to_xy(np.array(cell))
+    critics = goal_dwell.critics_at_goal(model, centre)
+    assert critics["value"] == pytest.approx(value_map.value_grid(model, maze, centre)[cell], abs=1e-6)
+    position = th.tensor([centre], dtype=th.float32).repeat(9, 1)
+    obs = {
+        "observation": th.cat([position, th.zeros_like(position)], dim=1),
+        "achieved_goal": position,
+        "desired_goal": position,
+    }
+    actions = th.tensor([[a, b] for a in (-1.0, 0.0, 1.0) for b in (-1.0, 0.0, 1.0)])
+    with th.no_grad():
+        q_values = th.min(*model.policy.critic(obs, actions))
+    assert critics["q_spread"] == pytest.approx((q_values.max() - q_values.min()).item(), abs=1e-6)
 
 
 def test_first_layer_kinks_start_at_the_data_mean_only_with_normalised_inputs_and_zero_biases(maze_root, monkeypatch):
