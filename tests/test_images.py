@@ -191,6 +191,10 @@ def test_image_normalisation_is_per_pixel_in_the_units_the_networks_see(image_da
     inputs = batch.float() / scale
     expected = (inputs - normalizer.mean_obs) / normalizer.std_obs
     assert th.allclose(normalizer(inputs), expected) and (normalizer(inputs).abs() > 1).any()  # the column stands out
+    for network in (model.actor, model.critic, model.value_net):  # what each network's extractor is given
+        extractor = network.features_extractor
+        with th.no_grad():
+            th.testing.assert_close(network.extract_features(batch, extractor), extractor(expected))
     model.learn_offline(2)
     model.save(tmp_path / "normalized")
     loaded = IQL.load(tmp_path / "normalized")
@@ -240,10 +244,29 @@ def test_image_shift_augments_the_training_batches_only(image_dataset):
     augmented = model._sample_batch(64)
     assert stored.observations.dtype == augmented.observations.dtype == th.uint8
     assert th.equal(plain.actions, augmented.actions)  # the same transitions...
-    assert not th.equal(plain.observations, augmented.observations)  # ...with shifted pictures
+    for name in ("observations", "next_observations"):  # ...with shifted pictures, each a window of the padded one
+        plain_frames, shifted = getattr(plain, name), getattr(augmented, name)
+        assert not th.equal(plain_frames, shifted)
+        padded = th.nn.functional.pad(plain_frames.float(), (4, 4, 4, 4), mode="replicate")
+        windows = padded.unfold(2, IMAGE_SIZE, 1).unfold(3, IMAGE_SIZE, 1)  # (batch, channels, 9, 9, size, size)
+        found = (windows == shifted.float()[:, :, None, None]).flatten(-2).all(-1).all(1)  # (batch, 9, 9)
+        assert found.flatten(1).any(1).all()
     model.learn_offline(5)
+    frames = plain.observations.numpy()
+    assert np.array_equal(model.predict(frames, deterministic=True)[0], model.predict(frames, deterministic=True)[0])
     with pytest.raises(ValueError, match="image_shift"):
         image_model(image_dataset, image_shift=-1)
+
+
+def test_learners_trained_together_see_the_shifted_pictures_of_their_single_runs(image_dataset):
+    alone = [image_model(image_dataset, image_shift=4, seed=seed) for seed in (0, 1)]
+    together = [image_model(image_dataset, image_shift=4, seed=seed) for seed in (0, 1)]
+    for model in alone:
+        model.learn_offline(3)
+    learn_offline_together(together, 3)
+    for single, batched in zip(alone, together):
+        difference = max((a - b).abs().max().item() for a, b in zip(single.policy.parameters(), batched.policy.parameters()))
+        assert difference < 1e-5
 
 
 def test_an_atari_shaped_minari_dataset_loads_as_uint8_frames_with_discrete_actions(minari_root):

@@ -40,12 +40,14 @@ def line_model(dataset, **kwargs) -> IQL:
 
 def reference_update(
     model: IQL, batch, actor_lr: float, joint: bool = False, bc_weight: float | None = None, weighted: bool = False
-) -> None:
+) -> th.Tensor:
     """The paper's update written out step by step, on deep copies, to check the algorithm's own.
 
     :param joint: d3rlpy's order instead: the Q target takes V(s') from before V's step
     :param bc_weight: DDPG+BC policy extraction with this weight instead of AWR
     :param weighted: DDPG + AWR: the log-likelihood term weighted by the AWR weights
+    :return: the update's metrics, in ``METRIC_NAMES``' order: the three losses, V(s) before V's step, both
+        critics' Q(s, a) before their step, the advantage and the AWR weight, each averaged over the batch
     """
     obs, actions, next_obs = batch.observations, batch.actions, batch.next_observations
     rewards, dones = batch.rewards.flatten(), batch.dones.flatten()
@@ -53,13 +55,15 @@ def reference_update(
     old_next_value = value_net(next_obs).detach()
     # V first, towards the min of the TARGET critics
     q_target = th.minimum(*critic_target(obs, actions)).detach()
-    diff = q_target - value_net(obs)
+    values = value_net(obs)
+    diff = q_target - values
     value_loss = (th.abs(model.expectile - (diff < 0).float()) * diff**2).mean()
     value_net.optimizer.zero_grad()
     value_loss.backward()
     value_net.optimizer.step()
     # then the actor, with the NEW V and the target critics
-    weights = th.exp(model.beta * (q_target - value_net(obs))).clamp(max=model.max_weight).detach()
+    advantage = (q_target - value_net(obs)).detach()
+    weights = th.exp(model.beta * advantage).clamp(max=model.max_weight)
     for group in actor.optimizer.param_groups:
         group["lr"] = actor_lr
     actor_loss = -(weights * actor.distribution(obs).log_prob(actions).sum(-1)).mean()
@@ -83,6 +87,8 @@ def reference_update(
     with th.no_grad():
         for param, target_param in zip(critic.parameters(), critic_target.parameters()):
             target_param.copy_(model.tau * param + (1 - model.tau) * target_param)
+    q_mean = th.stack([q1, q2]).mean()
+    return th.stack([value_loss, actor_loss, critic_loss, values.mean(), q_mean, advantage.mean(), weights.mean()]).detach()
 
 
 @pytest.mark.parametrize("update_order", ["sequential", "joint"])
@@ -95,7 +101,8 @@ def test_update_matches_the_step_by_step_reference(line_dataset, update_order):
         model._set_learning_rates(offline=True)
         metrics = model._update(batch)
         actor_lr = 3e-4 * 0.5 * (1 + math.cos(math.pi * step / 10))
-        reference_update(reference, batch, actor_lr, joint=update_order == "joint")
+        reference_metrics = reference_update(reference, batch, actor_lr, joint=update_order == "joint")
+        th.testing.assert_close(metrics, reference_metrics)  # each metric in its place
         reference_update(other_order, batch, actor_lr, joint=update_order != "joint")
         model._n_offline_updates += 1
     for (name, ours), theirs in zip(model.policy.state_dict().items(), reference.policy.state_dict().values()):
@@ -103,7 +110,7 @@ def test_update_matches_the_step_by_step_reference(line_dataset, update_order):
     # the two orders differ (in the critics, which see another V(s')): the comparison can tell them apart
     assert not th.allclose(model.critic.q_networks[0].weight, other_order.critic.q_networks[0].weight, rtol=0, atol=1e-6)
     th.testing.assert_close(model.value_net.v_network[0][0].weight, other_order.value_net.v_network[0][0].weight)
-    assert metrics.shape == (len(METRIC_NAMES),)
+    assert metrics.shape == (len(METRIC_NAMES),) and len(set(metrics.tolist())) == len(METRIC_NAMES)
 
 
 @pytest.mark.parametrize("policy_extraction", ["ddpg_bc", "ddpg_awr"])
@@ -113,9 +120,10 @@ def test_ddpg_update_matches_the_step_by_step_reference(line_dataset, policy_ext
     for step in range(5):
         batch = model.replay_buffer.sample(64)
         model._set_learning_rates(offline=True)
-        model._update(batch)
+        metrics = model._update(batch)
         actor_lr = 3e-4 * 0.5 * (1 + math.cos(math.pi * step / 10))
-        reference_update(reference, batch, actor_lr, bc_weight=0.3, weighted=policy_extraction == "ddpg_awr")
+        weighted = policy_extraction == "ddpg_awr"
+        th.testing.assert_close(metrics, reference_update(reference, batch, actor_lr, bc_weight=0.3, weighted=weighted))
         reference_update(awr, batch, actor_lr)
         model._n_offline_updates += 1
     for (name, ours), theirs in zip(model.policy.state_dict().items(), reference.policy.state_dict().values()):
@@ -226,14 +234,18 @@ def test_a_callback_can_stop_offline_training(line_dataset):
 def test_logger_records_the_training_figures(line_dataset, tmp_path):
     model = line_model(line_dataset, tensorboard_log=str(tmp_path / "tb"))
     model.set_logger(configure(str(tmp_path / "csv"), ["csv"]))
+    update, per_update = model._update, []
+    model._update = lambda batch: per_update.append(update(batch)) or per_update[-1]  # the eager path (20 updates)
     model.learn_offline(20, log_interval=10)
     header, *rows = (tmp_path / "csv" / "progress.csv").read_text().splitlines()
     columns = header.split(",")
     for key in [f"train/{name}" for name in METRIC_NAMES] + ["train/actor_lr", "time/updates_per_second"]:
         assert key in columns
-    assert len(rows) == 2
+    assert len(rows) == 2 and len(per_update) == 20
     values = dict(zip(columns, rows[-1].split(",")))
-    assert float(values["train/awr_weight_mean"]) > 0 and float(values["time/updates_per_second"]) > 0
+    logged = [float(values[f"train/{name}"]) for name in METRIC_NAMES]
+    assert logged == pytest.approx(th.stack(per_update[10:]).mean(0).tolist(), rel=1e-5)  # the last 10 updates' mean
+    assert float(values["time/updates_per_second"]) > 0
     # TensorBoard through SB3's own logger
     tb_model = line_model(line_dataset, tensorboard_log=str(tmp_path / "tb"))
     tb_model.learn_offline(5, tb_log_name="offline")

@@ -22,10 +22,10 @@ def test_expectile_loss_by_hand():
 
 
 def test_twin_critic_loss_sums_the_critics():
-    current_q = th.tensor([[1.0, 2.0], [0.0, 4.0]])  # (n_critics=2, batch=2)
-    target = th.tensor([2.0, 2.0])
-    # critic 1: mean(1, 0) = 0.5; critic 2: mean(4, 4) = 4
-    assert twin_critic_loss(current_q, target).item() == pytest.approx(4.5)
+    current_q = th.tensor([[1.0, 2.0, 3.0], [0.0, 4.0, 2.0]])  # (n_critics=2, batch=3)
+    target = th.tensor([2.0, 2.0, 2.0])
+    # critic 1: mean(1, 0, 1) = 2/3; critic 2: mean(4, 4, 0) = 8/3; summed over the critics, averaged over the batch
+    assert twin_critic_loss(current_q, target).item() == pytest.approx(10 / 3)
 
 
 def test_awr_weights_and_clip():
@@ -56,6 +56,8 @@ def test_ddpg_bc_actor_loss_by_hand_and_its_q_term_is_scale_free():
     # DDPG + AWR: the log-likelihood term weighted, 1 + 0.5 * (3 * 1 + 0.5 * 3) / 2
     weighted = ddpg_bc_actor_loss(policy_q.detach(), log_prob, bc_weight=0.5, weights=th.tensor([3.0, 0.5]))
     assert weighted.item() == pytest.approx(1.0 + 0.5 * 4.5 / 2)
+    # Q of both signs: the normaliser is mean(|Q|) = 4, not |mean(Q)| = 2: -(-2) / 4 + 0.5 * 2
+    assert ddpg_bc_actor_loss(th.tensor([2.0, -6.0]), log_prob, bc_weight=0.5).item() == pytest.approx(1.5)
 
 
 @pytest.fixture

@@ -128,30 +128,28 @@ STORED_GOALS = ("MultiInputPolicy", None, None)
 
 
 @pytest.mark.parametrize(
-    "dataset_id, relabel, hindsight, extraction, beta",
+    "dataset_id, hindsight, extraction, beta",
     [
         # measured per recipe (docs/guide/datasets.md, "Which option for which goal dataset")
-        ("D4RL/pointmaze/large-v2", None, HINDSIGHT, "ddpg_awr", 10.0),  # Minari's recipe: the goal moves once reached
-        ("sb3_iql/pointmaze/medium-cut-v0", None, HINDSIGHT, "ddpg_awr", 10.0),  # its local replica
-        ("sb3_iql/pointmaze/medium-play-v0", None, HINDSIGHT, "ddpg_awr", 10.0),  # stored goals never pursued
-        ("sb3_iql/pointmaze/medium-antmaze-unseen-v0", None, HINDSIGHT, "awr", 10.0),  # the paper's AWR leads there
-        ("sb3_iql/pointmaze/medium-antmaze-v0", None, STORED_GOALS, "awr", 0.3),  # near-expert data: a low beta
-        ("sb3_iql/pointmaze/medium-v0", None, HINDSIGHT, "ddpg_awr", 10.0),  # fixed-length runs of the -cut data
-        ("sb3_iql/pointmaze/large-v0", None, HINDSIGHT, "ddpg_awr", 10.0),
-        ("D4RL/pointmaze/large-dense-v2", None, NO_HINDSIGHT, "ddpg_awr", 10.0),  # dense: not measured
-        ("D4RL/pointmaze/open-v2", None, NO_HINDSIGHT, "ddpg_awr", 10.0),
-        ("sb3_iql/pointmaze/large-stitch-v0", None, NO_HINDSIGHT, "ddpg_awr", 10.0),  # the goal is the evaluation's
-        ("sb3_iql/pointmaze/large-dense-v0", None, NO_HINDSIGHT, "ddpg_awr", 10.0),
-        ("sb3_iql/pointmaze/medium-dense-play-v0", None, NO_HINDSIGHT, "ddpg_awr", 10.0),  # dense recipes too
-        ("sb3_iql/pointmaze/medium-v0:finetune", None, NO_HINDSIGHT, "awr", 10.0),
+        ("D4RL/pointmaze/large-v2", HINDSIGHT, "ddpg_awr", 10.0),  # Minari's recipe: the goal moves once reached
+        ("sb3_iql/pointmaze/medium-cut-v0", HINDSIGHT, "ddpg_awr", 10.0),  # its local replica
+        ("sb3_iql/pointmaze/medium-play-v0", HINDSIGHT, "ddpg_awr", 10.0),  # stored goals never pursued
+        ("sb3_iql/pointmaze/medium-antmaze-unseen-v0", HINDSIGHT, "awr", 10.0),  # the paper's AWR leads there
+        ("sb3_iql/pointmaze/medium-antmaze-v0", STORED_GOALS, "awr", 0.3),  # near-expert data: a low beta
+        ("sb3_iql/pointmaze/medium-v0", HINDSIGHT, "ddpg_awr", 10.0),  # fixed-length runs of the -cut data
+        ("sb3_iql/pointmaze/large-v0", HINDSIGHT, "ddpg_awr", 10.0),
+        ("D4RL/pointmaze/large-dense-v2", NO_HINDSIGHT, "ddpg_awr", 10.0),  # dense: not measured
+        ("D4RL/pointmaze/open-v2", NO_HINDSIGHT, "ddpg_awr", 10.0),
+        ("sb3_iql/pointmaze/large-stitch-v0", NO_HINDSIGHT, "ddpg_awr", 10.0),  # the goal is the evaluation's
+        ("sb3_iql/pointmaze/large-dense-v0", NO_HINDSIGHT, "ddpg_awr", 10.0),
+        ("sb3_iql/pointmaze/medium-dense-play-v0", NO_HINDSIGHT, "ddpg_awr", 10.0),  # dense recipes too
+        ("sb3_iql/pointmaze/medium-v0:finetune", NO_HINDSIGHT, "awr", 10.0),
     ],
 )
-def test_goal_carrying_sparse_maze_presets_relabel_goals_as_measured_for_their_recipe(
-    dataset_id, relabel, hindsight, extraction, beta
-):
+def test_goal_carrying_sparse_maze_presets_relabel_goals_as_measured_for_their_recipe(dataset_id, hindsight, extraction, beta):
     dataset_id, _, finetune = dataset_id.partition(":")
     preset = preset_for(dataset_id, finetune=bool(finetune))
-    assert preset.get("relabel_eval_goal") == relabel
+    assert "relabel_eval_goal" not in preset  # measured: hindsight goals or none, never the evaluation goal's
     assert (preset["policy"], preset.get("replay_buffer_class"), preset.get("replay_buffer_kwargs")) == hindsight
     assert (preset.get("policy_extraction", "awr"), preset["beta"]) == (extraction, beta)
     assert (preset["expectile"], preset["reward_transform"]) == (0.9, "antmaze")

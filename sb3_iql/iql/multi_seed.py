@@ -161,8 +161,8 @@ def learn_offline_together(
 
 def sample_together(models: Sequence[IQL]) -> Batch:
     """
-    Each model's next batch, drawn as its ``learn_offline`` draws it (learning rates set, then
-    ``replay_buffer.sample(batch_size)``), stacked.
+    Each model's next batch, drawn as its ``learn_offline`` draws it (learning rates set, then ``_sample_batch``:
+    ``replay_buffer.sample(batch_size)``, images randomly shifted by the model's ``image_shift``), stacked.
 
     :return: a batch whose tensors have a leading learner dimension: observations ``(K, batch, *obs_shape)`` (or a
         dict of them), actions ``(K, batch, action_dim)``, rewards and dones ``(K, batch)``
@@ -170,7 +170,7 @@ def sample_together(models: Sequence[IQL]) -> Batch:
     batches = []
     for model in models:
         model._set_learning_rates(offline=True)
-        batches.append(Batch.from_replay_data(model.replay_buffer.sample(model.batch_size)))
+        batches.append(Batch.from_replay_data(model._sample_batch(model.batch_size)))
     return pytree.tree_map(lambda *values: th.stack(values), *batches)
 
 
