@@ -11,10 +11,10 @@ controller that drives to the goal and stays).
 With ``--models`` (models saved by ``model.save``: ``benchmarks/scores.py --save-models DIR``, or its checkpoints),
 what each trained policy does once it reaches the goal, on the evaluation environment (deterministic actions): the
 share of episodes that arrive, the fraction of the steps from the first arrival on spent at the goal, how far it
-strays afterwards (median distance, metres) and how fast it moves at the goal; and its critics at the goal standing
-still: V, and the spread of min(Q1, Q2) over the nine actions of {-1, 0, 1}^2. A policy that orbits the goal (a
-median distance near 1 m at several m/s) where the critics barely tell the actions apart has nothing in the data to
-learn stopping from.
+strays afterwards (median distance, metres), how often it is at rest then (slower than 0.5 m/s) and how fast it
+moves at the goal; and its critics at the goal standing still: V, and the spread of min(Q1, Q2) over the nine
+actions of {-1, 0, 1}^2. A policy that rests next to the goal, or circles it, where the critics barely tell the
+actions apart, has nothing in the data to learn stopping at the goal from.
 
 Usage::
 
@@ -39,6 +39,8 @@ from sb3_iql import IQL
 
 #: Goal radius of the maze environments (Gymnasium-Robotics' PointMaze and AntMaze), in metres.
 GOAL_RADIUS = 0.45
+#: Below this speed (m/s) the ball counts as at rest.
+REST_SPEED = 0.5
 
 
 def visit_lengths(inside: np.ndarray) -> list[int]:
@@ -69,7 +71,7 @@ def dwell_statistics(dataset: minari.MinariDataset) -> dict[str, float]:
         "visit_p90": float(np.quantile(lengths, 0.9)),
         "visit_max": float(lengths.max()),
         "speed_at_goal_median": float(np.median(speed[inside])) if inside.any() else float("nan"),
-        "slow_at_goal": float((speed[inside] < 0.5).mean()) if inside.any() else float("nan"),
+        "slow_at_goal": float((speed[inside] < REST_SPEED).mean()) if inside.any() else float("nan"),
         "saturated_at_goal": float(saturated_actions[inside].mean()) if inside.any() else float("nan"),
         "saturated_overall": float(saturated_actions.mean()),
     }
@@ -87,10 +89,11 @@ def policy_dwell(
     :param seed: seed of the first reset; later episodes continue the environment's random stream
     :return: ``reached`` (share of episodes that arrive), and over those: ``first_step`` (mean step of the first
         arrival), ``at_goal`` (mean fraction of the steps from then on inside the radius), ``distance_after``
-        (mean of each episode's median distance to the goal from then on, m), ``speed_at_goal`` (median speed inside
-        the radius, m/s); NaN where no episode arrives
+        (mean of each episode's median distance to the goal from then on, m), ``at_rest_after`` (fraction of the
+        steps from then on slower than ``REST_SPEED``), ``speed_at_goal`` (median speed inside the radius, m/s); NaN
+        where no episode arrives
     """
-    first_steps, at_goal, distances, speeds = [], [], [], []
+    first_steps, at_goal, distances, speeds, rest = [], [], [], [], []
     for episode in range(n_episodes):
         observation, _ = env.reset(seed=seed if episode == 0 else None)
         after: list[float] = []
@@ -103,8 +106,10 @@ def policy_dwell(
                 if not after:
                     first_steps.append(step)
                 after.append(distance)
+                speed = float(np.linalg.norm(observation["observation"][2:4]))
+                rest.append(speed < REST_SPEED)
                 if distance < GOAL_RADIUS:
-                    speeds.append(float(np.linalg.norm(observation["observation"][2:4])))
+                    speeds.append(speed)
         if after:
             at_goal.append(float(np.mean(np.asarray(after) < GOAL_RADIUS)))
             distances.append(float(np.median(after)))
@@ -114,6 +119,7 @@ def policy_dwell(
         "first_step": float(np.mean(first_steps)) if first_steps else nan,
         "at_goal": float(np.mean(at_goal)) if at_goal else nan,
         "distance_after": float(np.mean(distances)) if distances else nan,
+        "at_rest_after": float(np.mean(rest)) if rest else nan,
         "speed_at_goal": float(np.median(speeds)) if speeds else nan,
     }
 
@@ -147,9 +153,9 @@ def deterministic_action(model: IQL, observation: dict[str, np.ndarray]) -> np.n
 
 def print_policy_table(dataset: minari.MinariDataset, models: list[Path], n_episodes: int) -> None:
     """One row per model: ``policy_dwell`` on the evaluation environment (first reset seed 0), ``critics_at_goal``."""
-    print("| model | reached | first arrival (step) | at goal after | median distance after (m) | speed at goal (m/s) "
-          "| V at goal | Q spread at goal |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | reached | first arrival (step) | at goal after | median distance after (m) | at rest after "
+          "| speed at goal (m/s) | V at goal | Q spread at goal |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for path in models:
         model = IQL.load(path, device="cpu")
         env = dataset.recover_environment(eval_env=True)
@@ -159,8 +165,8 @@ def print_policy_table(dataset: minari.MinariDataset, models: list[Path], n_epis
         env.close()
         print(
             f"| {path.name} | {100 * dwell['reached']:.0f}% | {dwell['first_step']:.0f} | {dwell['at_goal']:.2f} "
-            f"| {dwell['distance_after']:.2f} | {dwell['speed_at_goal']:.2f} | {critics['value']:.1f} "
-            f"| {critics['q_spread']:.1f} |"
+            f"| {dwell['distance_after']:.2f} | {dwell['at_rest_after']:.2f} | {dwell['speed_at_goal']:.2f} "
+            f"| {critics['value']:.1f} | {critics['q_spread']:.1f} |"
         )
 
 

@@ -276,7 +276,7 @@ def test_goal_dwell_measures_what_a_policy_does_after_its_first_arrival(maze_roo
     dwell = goal_dwell.policy_dwell(idle, _LineThroughTheGoal(), n_episodes=2)
     assert dwell["reached"] == 1.0 and dwell["first_step"] == 3
     assert dwell["at_goal"] == pytest.approx(5 / 8) and dwell["distance_after"] == pytest.approx(0.4)
-    assert dwell["speed_at_goal"] == pytest.approx(2.0)
+    assert dwell["speed_at_goal"] == pytest.approx(2.0) and dwell["at_rest_after"] == 0.0
     never = goal_dwell.policy_dwell(idle, _LineThroughTheGoal(start=1.0), n_episodes=1)  # moves away from it
     assert never["reached"] == 0.0 and np.isnan(never["at_goal"])
 
