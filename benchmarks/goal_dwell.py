@@ -34,6 +34,7 @@ import gymnasium as gym
 import minari
 import numpy as np
 import torch as th
+from value_map import standing_still  # benchmarks/value_map.py
 
 from sb3_iql import IQL
 
@@ -132,15 +133,9 @@ def critics_at_goal(model: IQL, goal: np.ndarray) -> dict[str, float]:
         {-1, 0, 1}^2
     """
     actions = np.array(list(itertools.product((-1.0, 0.0, 1.0), repeat=2)), dtype=np.float32)
-    position = np.repeat(goal[None].astype(np.float32), len(actions), axis=0)
-    observations = {
-        "observation": np.concatenate([position, np.zeros_like(position)], axis=1),
-        "achieved_goal": position,
-        "desired_goal": position,
-    }
     model.policy.set_training_mode(False)
     with th.no_grad():
-        obs_tensor, _ = model.policy.obs_to_tensor(observations)
+        obs_tensor, _ = model.policy.obs_to_tensor(standing_still(np.repeat(goal[None], len(actions), axis=0), goal))
         value = model.policy.value_net(obs_tensor)[0].item()
         q_values = th.min(*model.policy.critic(obs_tensor, th.as_tensor(actions, device=model.device))).flatten()
     return {"value": value, "q_spread": (q_values.max() - q_values.min()).item()}

@@ -26,6 +26,20 @@ from sb3_iql import IQL
 from sb3_iql.data.minari_loader import load_dataset
 
 
+def standing_still(positions: np.ndarray, goal: np.ndarray) -> dict[str, np.ndarray]:
+    """
+    :param positions: ball positions (x, y) in metres, shape ``(n, 2)``
+    :param goal: the goal position (x, y) in metres, shape ``(2,)``
+    :return: PointMaze Dict observations of the ball at rest at each position, pursuing ``goal``
+    """
+    positions = positions.astype(np.float32)
+    return {
+        "observation": np.concatenate([positions, np.zeros_like(positions)], axis=1),
+        "achieved_goal": positions,
+        "desired_goal": np.repeat(goal[None].astype(np.float32), len(positions), axis=0),
+    }
+
+
 def value_grid(model: IQL, maze: Maze, goal: np.ndarray) -> np.ndarray:
     """
     :param model: a trained IQL model with Dict observations (``observation`` = x, y, vx, vy)
@@ -35,15 +49,10 @@ def value_grid(model: IQL, maze: Maze, goal: np.ndarray) -> np.ndarray:
     """
     rows, columns = maze.map_length, maze.map_width
     cells = [(row, column) for row in range(rows) for column in range(columns) if maze.maze_map[row][column] != 1]
-    positions = np.array([maze.cell_rowcol_to_xy(np.array(cell)) for cell in cells], dtype=np.float32)
-    observations = {
-        "observation": np.concatenate([positions, np.zeros_like(positions)], axis=1),
-        "achieved_goal": positions,
-        "desired_goal": np.repeat(goal[None].astype(np.float32), len(cells), axis=0),
-    }
+    positions = np.array([maze.cell_rowcol_to_xy(np.array(cell)) for cell in cells])
     model.policy.set_training_mode(False)
     with th.no_grad():
-        obs_tensor, _ = model.policy.obs_to_tensor(observations)
+        obs_tensor, _ = model.policy.obs_to_tensor(standing_still(positions, goal))
         values = model.policy.value_net(obs_tensor).flatten().cpu().numpy()
     grid = np.full((rows, columns), np.nan)
     for (row, column), value in zip(cells, values):

@@ -218,19 +218,28 @@ def test_iql_beats_behaviour_cloning_on_mixed_image_data(image_dataset):
     assert iql > bc + 2.0, (iql, bc)
 
 
+def window_matches(images: th.Tensor, shifted: th.Tensor, pad: int) -> th.Tensor:
+    """
+    :return: for each image of ``shifted`` ``(batch, channels, size, size)``, which windows of its replicate-padded
+        original in ``images`` it equals (all channels alike), shape ``(batch, 2 pad + 1, 2 pad + 1)``
+    """
+    size = images.shape[-1]
+    padded = th.nn.functional.pad(images.float(), (pad, pad, pad, pad), mode="replicate")
+    windows = padded.unfold(2, size, 1).unfold(3, size, 1)  # (batch, channels, 2 pad + 1, 2 pad + 1, size, size)
+    return (windows == shifted.float()[:, :, None, None]).flatten(-2).all(-1).all(1)
+
+
 def test_random_shift_crops_the_border_padded_image_at_one_offset_per_image():
     n_images = 8
     images = th.randint(0, 256, (n_images, 3, 6, 6), dtype=th.uint8, generator=th.Generator().manual_seed(1))
     assert random_shift(images, 0) is images
     shifted = random_shift(images, 2, th.Generator().manual_seed(0))
     assert shifted.dtype == th.uint8 and shifted.shape == images.shape
-    padded = th.nn.functional.pad(images.float(), (2, 2, 2, 2), mode="replicate")
     offsets = []
-    for index in range(n_images):  # each image is one 6x6 window of its padded version, all channels alike
-        windows = {(row, col): padded[index, :, row : row + 6, col : col + 6] for row in range(5) for col in range(5)}
-        matches = [offset for offset, window in windows.items() if th.equal(shifted[index].float(), window)]
-        assert len(matches) == 1, matches
-        offsets += matches
+    for matches in window_matches(images, shifted, 2):  # each image is one 6x6 window of its padded version
+        found = [tuple(offset) for offset in th.argwhere(matches).tolist()]
+        assert len(found) == 1, found
+        offsets += found
     assert len(set(offsets)) > 1 and offsets != [(2, 2)] * n_images  # shifted, each image by its own draw
 
 
@@ -247,10 +256,7 @@ def test_image_shift_augments_the_training_batches_only(image_dataset):
     for name in ("observations", "next_observations"):  # ...with shifted pictures, each a window of the padded one
         plain_frames, shifted = getattr(plain, name), getattr(augmented, name)
         assert not th.equal(plain_frames, shifted)
-        padded = th.nn.functional.pad(plain_frames.float(), (4, 4, 4, 4), mode="replicate")
-        windows = padded.unfold(2, IMAGE_SIZE, 1).unfold(3, IMAGE_SIZE, 1)  # (batch, channels, 9, 9, size, size)
-        found = (windows == shifted.float()[:, :, None, None]).flatten(-2).all(-1).all(1)  # (batch, 9, 9)
-        assert found.flatten(1).any(1).all()
+        assert window_matches(plain_frames, shifted, 4).flatten(1).any(1).all()
     model.learn_offline(5)
     frames = plain.observations.numpy()
     assert np.array_equal(model.predict(frames, deterministic=True)[0], model.predict(frames, deterministic=True)[0])
