@@ -11,7 +11,10 @@ Paths (all in one run, interleaved round by round so that ratios hold on a noisy
 - ``fused``: ``DeviceReplayBuffer`` + ``Adam(fused=True)``.
 - ``compiled``: ``fused`` with the update compiled by ``torch.compile`` (see ``compile_update``).
 - ``cudagraph``: CUDA only: the whole update captured in one CUDA graph (see ``CudaGraphUpdate``).
-- ``compiled-cudagraph``: CUDA only: the ``torch.compile``-d update captured in one CUDA graph.
+- ``compiled-cudagraph``: CUDA only: the ``torch.compile``-d update captured in one CUDA graph, which also draws the
+  batch (``CudaGraphUpdate.sampled_step``).
+- ``compiled-cudagraph-outside``: the same with each batch sampled outside the graph and copied into its inputs
+  (what ran before the sampling joined the graph).
 
 The paths are the table ``PATHS``; the synthetic data comes from ``sb3_iql.common.synthetic`` (the tests' too).
 
@@ -30,6 +33,7 @@ processes share the cores). Peak memory and dataset load time are measured in on
 
 import argparse
 import datetime
+import functools
 import importlib.util
 import json
 import math
@@ -55,6 +59,7 @@ from hardware import cpu_model  # benchmarks/hardware.py
 from plain_iql import BATCH_SIZE, BETA, EXPECTILE, HIDDEN, PlainIQL  # benchmarks/plain_iql.py
 
 from sb3_iql import IQL
+from sb3_iql.common.offline import OfflineAlgorithm
 from sb3_iql.common.synthetic import SyntheticTransitions, box_env, synthetic_antmaze_transitions, synthetic_transitions
 from sb3_iql.data import OfflineDictReplayBuffer, OfflineReplayBuffer
 from sb3_iql.data.device_buffers import DeviceDictReplayBuffer, DeviceReplayBuffer
@@ -81,6 +86,7 @@ class PathSpec:
     :param needs_cuda: runs on CUDA only
     :param auto_mode: with ``compile_update="auto"``, the path it takes for long calls (``iql.AutoMode``), forced
         from the first update on (the timed calls are shorter than ``AUTO_COMPILE_UPDATES``)
+    :param sample_in_graph: a CUDA graph update draws its batches itself (False: sampled outside, copied in)
     """
 
     note: str
@@ -90,6 +96,7 @@ class PathSpec:
     compile_update: bool | str = False
     needs_cuda: bool = False
     auto_mode: str | None = None
+    sample_in_graph: bool = True
 
 
 #: Every training path, in report order.
@@ -103,18 +110,26 @@ PATHS: dict[str, PathSpec] = {
         "DeviceReplayBuffer, IQL(compile_update=True): torch.compile + direct fused Adam", fused=True, compile_update=True
     ),
     "cudagraph": PathSpec(
-        "DeviceReplayBuffer, IQL(compile_update='cudagraph'): one CUDA graph per update",
+        "DeviceReplayBuffer, IQL(compile_update='cudagraph'): one CUDA graph per update, sampling included",
         fused=True,
         compile_update="cudagraph",
         needs_cuda=True,
     ),
     "compiled-cudagraph": PathSpec(
-        "DeviceReplayBuffer, the torch.compile-d update captured in one CUDA graph (compile_update='auto' from 50k "
-        "updates on CUDA)",
+        "DeviceReplayBuffer, the torch.compile-d update captured in one CUDA graph, sampling included "
+        "(compile_update='auto' from 50k updates on CUDA)",
         fused=True,
         compile_update="auto",
         needs_cuda=True,
         auto_mode="compile",
+    ),
+    "compiled-cudagraph-outside": PathSpec(
+        "compiled-cudagraph with each batch sampled outside the graph and copied into its inputs",
+        fused=True,
+        compile_update="auto",
+        needs_cuda=True,
+        auto_mode="compile",
+        sample_in_graph=False,
     ),
 }
 
@@ -178,6 +193,8 @@ def build_path(name: str, data: SyntheticTransitions, device: th.device) -> Path
     model = make_iql(obs_dim, action_dim, device, spec)
     if spec.auto_mode is not None:
         model._auto_mode = spec.auto_mode  # "auto" never steps down: the timed short calls keep this path
+    if not spec.sample_in_graph:  # the offline step of the base class: sample, then call the update (the graph)
+        model._offline_train_step = functools.partial(OfflineAlgorithm._offline_train_step, model)  # type: ignore[method-assign]
     start = time.perf_counter()
     load_into(model, data)
     synchronize(device)
@@ -573,12 +590,19 @@ def render_million(result: dict[str, Any], name: str) -> str:
     return million_updates.render(result, name)
 
 
+def render_graph_replays(result: dict[str, Any], name: str) -> str:
+    import graph_replays  # benchmarks/graph_replays.py (which imports this module)
+
+    return graph_replays.render(result, name)
+
+
 #: Sections of ``speed.md`` beyond the paths' tables: ``<prefix>_<device>.json`` rendered by its module.
 SECTION_RENDERERS: dict[str, Callable[[dict[str, Any], str], str]] = {
     "spaces": spaces_speed.render,
     "multi_seed": multi_seed_speed.render,
     "load": load_speed.render,
     "million": render_million,
+    "graph_replays": render_graph_replays,
 }
 
 

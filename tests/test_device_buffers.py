@@ -174,6 +174,34 @@ def test_pickle_round_trip_keeps_contents_and_sampling(tmp_path, dict_obs):
     th.testing.assert_close(copy._storage, loaded._storage, rtol=0, atol=0)
 
 
+def test_the_graph_sampling_key_changes_exactly_when_sampling_would_read_other_things():
+    """A CUDA graph that captured ``sample`` freezes the sampled range, the storage and the generator: the key
+    must change with each of them and with nothing else (new contents in a full ring change no sample's form)."""
+    buffer = DeviceReplayBuffer(10, OBS_SPACE, ACTION_SPACE, device="cpu")
+    buffer.extend(*transitions(6))
+    key = buffer.graph_sampling_key()
+    assert buffer.graph_sampling_key() == key
+    buffer.extend(*transitions(2, seed=1))  # 8 of 10 rows: a wider sampled range
+    assert buffer.graph_sampling_key() != key
+    buffer.extend(*transitions(2, seed=2))  # full
+    full_key = buffer.graph_sampling_key()
+    observations, next_observations, actions, rewards, dones, _ = transitions(3, seed=3)
+    for step in range(3):  # the ring wraps: other contents, same range and storage
+        buffer.add(
+            observations[step : step + 1],
+            next_observations[step : step + 1],
+            actions[step : step + 1],
+            rewards[step : step + 1],
+            dones[step : step + 1],
+            [{}],
+        )
+    assert buffer.pos == 3 and buffer.graph_sampling_key() == full_key
+    buffer.generator = seeded(0)
+    assert buffer.graph_sampling_key() != full_key
+    loaded = pickle.loads(pickle.dumps(buffer))  # load_replay_buffer: the same range in a new storage
+    assert loaded.graph_sampling_key()[1] == full_key[1] and loaded.graph_sampling_key() != buffer.graph_sampling_key()
+
+
 def test_vec_normalize_is_applied_when_given():
     venv = VecNormalize(DummyVecEnv([lambda: SpacesEnv(OBS_SPACE, ACTION_SPACE)]), norm_reward=True)
     venv.obs_rms.mean[:] = 1.0

@@ -20,6 +20,7 @@ from sb3_iql import IQL
 from sb3_iql.common.synthetic import SpacesEnv, synthetic_transitions
 from sb3_iql.data import OfflineReplayBuffer
 from sb3_iql.data.device_buffers import DeviceReplayBuffer
+from sb3_iql.iql import fast_update
 from sb3_iql.iql import iql as iql_module
 from sb3_iql.iql.fast_update import CudaGraphUpdate, FunctionalUpdate
 
@@ -209,7 +210,8 @@ def test_cuda_compiled_and_graph_updates_match_eager_in_float64(data, float64, f
 @pytest.mark.parametrize("compile_update", ["auto", "cudagraph"])
 def test_cuda_learn_offline_fast_paths_train_like_the_eager_update_in_float64(data, float64, compile_update, monkeypatch):
     """What a CUDA user gets: ``"auto"`` (the compiled update in a CUDA graph) and ``"cudagraph"`` in
-    ``learn_offline`` reach the eager run's parameters; compiling and capturing draw no batch from its stream."""
+    ``learn_offline`` reach the eager run's parameters; compiling and capturing draw no batch from its stream, and
+    the graph that samples its own batches draws the eager run's (its generator ends where the eager one's does)."""
     monkeypatch.setattr(iql_module, "AUTO_COMPILE_UPDATES", N_UPDATES)
     models = []
     for option in (False, compile_update):
@@ -218,7 +220,9 @@ def test_cuda_learn_offline_fast_paths_train_like_the_eager_update_in_float64(da
         model.replay_buffer._make_views()
         model.learn_offline(N_UPDATES)
         models.append(model)
-    assert isinstance(models[1]._fast_update, CudaGraphUpdate)
+    graph = models[1]._fast_update
+    assert isinstance(graph, CudaGraphUpdate) and graph._sampled is not None and not graph.sampling_failed
+    assert th.equal(models[0].replay_buffer.generator.get_state(), models[1].replay_buffer.generator.get_state())
     assert max_difference(*models) < CUDA_TOLERANCE
 
 
@@ -239,6 +243,56 @@ def test_cuda_auto_captures_the_eager_update_then_upgrades_to_the_compiled_one(d
     assert model._fast_update.functional.compile_mode is None
     model.learn_offline(20)
     assert isinstance(model._fast_update, CudaGraphUpdate) and model._fast_update.functional.compile_mode == "default"
+
+
+class EagerGraph:
+    """Stands in for a captured CUDA graph on the CPU: each replay runs what the capture would hold, eagerly."""
+
+    def __init__(self, step, static, output: th.Tensor):
+        self.step, self.static, self.output = step, static, output
+
+    def replay(self) -> None:
+        self.output.copy_(self.step(self.static))
+
+
+def test_sampled_graph_step_trains_like_the_eager_loop_and_is_captured_again_for_other_batches(data, float64, monkeypatch):
+    """``learn_offline`` with the update in a CUDA graph moves the sampling into the graph
+    (``CudaGraphUpdate.sampled_step``). Here a stand-in for the capture replays the captured work eagerly: the
+    model must train as the eager loop does (same batches from its generator, same parameters in float64) and
+    capture once per sampling key (a new batch size: a new graph). The capture itself is checked by the CUDA tests.
+    A graph reads its learning rates from float32 tensors: a constant lr that float32 holds exactly keeps the
+    float64 comparison exact."""
+    captures = []
+
+    def capture(step, static, state, n_warmup, generator=None):
+        captures.append(static is None)  # None: the graph samples its own batches
+        output = th.zeros(len(IQL.metric_names), dtype=float64)
+        return EagerGraph(step, static, output), output
+
+    monkeypatch.setattr(fast_update, "capture_without_trace", capture)
+    models = []
+    for graph in (False, True):
+        model = make_model(
+            data,
+            DeviceReplayBuffer,
+            {"fused": True},
+            float64,
+            compile_update=False,
+            learning_rate=2**-12,
+            actor_lr_schedule="constant",
+        )
+        model.replay_buffer._storage = model.replay_buffer._storage.to(float64)
+        model.replay_buffer._make_views()
+        if graph:  # what compile_update="cudagraph" builds on CUDA
+            model._fast_update = CudaGraphUpdate(model._functional_update(None, tensor_lr=True), model._example_batch())
+            model.compile_update = "cudagraph"
+        model.learn_offline(N_UPDATES // 2)
+        model.batch_size = 128
+        model.learn_offline(N_UPDATES // 2)
+        models.append(model)
+    assert captures == [False, True, True]  # the update with static inputs, then one sampling graph per batch size
+    assert max_difference(*models) < 1e-10
+    assert th.equal(models[0].replay_buffer.generator.get_state(), models[1].replay_buffer.generator.get_state())
 
 
 def test_cudagraph_needs_cuda(data):

@@ -116,6 +116,21 @@ def test_transitions_whose_frames_were_overwritten_are_no_longer_sampled():
     assert np.array_equal(samples.next_observations.numpy(), data["next_observations"][1:])
 
 
+def test_the_graph_sampling_key_follows_the_sampleable_range():
+    """``sample`` bakes the range of sampleable transitions (its size, and the oldest as an absolute number) into a
+    CUDA graph: the key changes with either."""
+    rng = np.random.default_rng(4)
+    buffer = DeviceImageReplayBuffer(10, FRAME_SPACE, ACTION_SPACE, device="cpu", extra_frames=10)
+    buffer.extend(**episode_arrays(6, 0, rng))
+    key = buffer.graph_sampling_key()
+    assert buffer.graph_sampling_key() == key
+    buffer.extend(**episode_arrays(6, 50, rng))  # full, and the oldest sampleable transition moves
+    full_key = buffer.graph_sampling_key()
+    assert full_key != key and buffer.size() == 10
+    buffer.extend(**episode_arrays(3, 100, rng))  # same size, a later oldest transition
+    assert buffer.size() == 10 and buffer.graph_sampling_key() != full_key
+
+
 def test_the_buffer_pickles_with_its_frames_and_generator():
     rng = np.random.default_rng(3)
     buffer = DeviceImageReplayBuffer(50, FRAME_SPACE, ACTION_SPACE, device="cpu")

@@ -4,7 +4,8 @@ buffer, trains on it without an environment (``learn_offline``), then goes on on
 the same buffer. IQL builds on it; so can any other offline algorithm (BC, TD3+BC).
 
 A subclass provides ``metric_names``, ``_update_function()`` (one gradient step on a replay batch, returning the
-metrics as a device tensor) and ``_set_learning_rates(offline)``; it sets its own attributes before calling
+metrics as a device tensor; ``_offline_train_step()`` may fuse it with the sampling) and
+``_set_learning_rates(offline)``; it sets its own attributes before calling
 ``OfflineAlgorithm.__init__``, which builds the model and loads the data.
 """
 
@@ -353,6 +354,11 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         """:return: one gradient step on a replay batch, returning ``metric_names``' values as a device tensor"""
         raise NotImplementedError
 
+    def _offline_train_step(self) -> Callable[[], th.Tensor]:
+        """:return: one offline update on a batch it samples itself (``batch_size``), returning the metrics"""
+        update = self._update_function()
+        return lambda: update(self._sample_batch(self.batch_size))
+
     def _sample_batch(self, batch_size: int, env: VecNormalize | None = None) -> Any:
         """A training batch from the replay buffer (normalized by ``env`` if given), images randomly shifted with
         ``image_shift``."""
@@ -420,12 +426,12 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         total_timesteps = self._total_timesteps  # read by callbacks through locals(), as in SB3
         callback.on_training_start(locals(), globals())
         self.policy.set_training_mode(True)
-        update = self._update_function()
+        train_step = self._offline_train_step()
         metric_sums = th.zeros(len(self.metric_names), device=self.device)
         updates_since_dump, dump_start = 0, time.perf_counter()
         for _ in range(n_updates):
             self._set_learning_rates(offline=True)
-            metric_sums += update(self._sample_batch(self.batch_size))
+            metric_sums += train_step()
             self._n_offline_updates += 1
             self._n_updates += 1
             self.num_timesteps += 1

@@ -7,6 +7,7 @@ reward, the done flag and the timeout flag. Sampling is one ``torch.randint`` on
 ``index_select`` of those rows; the batch fields are column views of the gathered rows.
 """
 
+from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
@@ -290,6 +291,16 @@ class DeviceBufferMixin:
         upper_bound = (self.buffer_size if self.full else self.pos) * self.n_envs
         indices = th.randint(upper_bound, (batch_size,), device=self._device, generator=self._generator)
         return self.gather(indices, env)
+
+    def graph_sampling_key(self) -> Hashable | None:
+        """
+        What ``sample`` (without ``env``) reads that a CUDA graph capturing it freezes: the storage's address, the
+        number of sampleable transitions and the generator. A graph that captured ``sample`` stays valid while the
+        key is unchanged (see ``CudaGraphUpdate.sampled_step``); None where ``sample`` cannot be captured.
+        """
+        assert self._storage is not None
+        upper_bound = (self.buffer_size if self.full else self.pos) * self.n_envs
+        return self._storage.data_ptr(), upper_bound, id(self._generator)
 
     def _get_samples(  # type: ignore[override]
         self, batch_inds: np.ndarray | th.Tensor, env: VecNormalize | None = None

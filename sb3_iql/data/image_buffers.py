@@ -7,6 +7,7 @@ four times less again than float32. Networks divide by 255 on the fly (SB3's ``p
 """
 
 import warnings
+from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
@@ -227,6 +228,16 @@ class DeviceImageReplayBuffer(ReplayBuffer):
         self.generator = generator_on(self.generator, self.device)
         offsets = th.randint(self.size(), (batch_size,), device=self.device, generator=self.generator)
         return self.gather((offsets + self.oldest) % self.buffer_size)
+
+    def graph_sampling_key(self) -> Hashable:
+        """
+        What ``sample`` (without ``env``) reads that a CUDA graph capturing it freezes: the storage's addresses, the
+        sampleable range and the generator (first moved to the device, as ``sample`` would). A graph that captured
+        ``sample`` stays valid while the key is unchanged (see ``CudaGraphUpdate.sampled_step``).
+        """
+        self.generator = generator_on(self.generator, self.device)
+        addresses = tuple(tensor.data_ptr() for tensor in (self.frames, self.frame_ids, self.table))
+        return addresses, self.size(), self.oldest, id(self.generator)
 
     def gather(self, indices: th.Tensor) -> ReplayBufferSamples:
         """:param indices: ring positions of transitions, ``(batch,)``, on the device"""

@@ -9,7 +9,7 @@ parameters. Select with ``IQL(..., compile_update=True)`` (torch.compile, CPU or
 """
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 import torch as th
@@ -159,6 +159,7 @@ class FunctionalUpdate:
         self.tensor_lr = tensor_lr
         device = self.critic_params[0].device
         self.lrs = {name: th.zeros((), device=device) for name in self.networks}
+        self._filled_lrs: dict[str, float] = {}  # what set_learning_rates last wrote into lrs
         self.compile_mode = compile_mode
         self._guarded_signature: tuple | None = None
         self._all_modules = [module for network in (*self.networks.values(), critic_target) for module in network.modules()]
@@ -305,10 +306,16 @@ class FunctionalUpdate:
             self.policy_grads(batch, targets, value_loss, values)
 
     def set_learning_rates(self) -> None:
-        """With ``tensor_lr``: copy the optimizers' current lr into the lr tensors (an in-place fill, no sync)."""
+        """
+        With ``tensor_lr``: copy the optimizers' current lr into the lr tensors (an in-place fill, no sync), those
+        that changed since the last call only (one kernel launch fewer per constant lr and update).
+        """
         if self.tensor_lr:
             for name, network in self.networks.items():
-                self.lrs[name].fill_(network.optimizer.param_groups[0]["lr"])
+                lr = network.optimizer.param_groups[0]["lr"]
+                if self._filled_lrs.get(name) != lr:
+                    self.lrs[name].fill_(lr)
+                    self._filled_lrs[name] = lr
 
     def __call__(self, replay_data: Any) -> th.Tensor:
         """Drop-in for ``IQL._update(replay_data)``."""
@@ -350,14 +357,17 @@ class CudaGraphUpdate:
     """
 
     def __init__(self, functional: FunctionalUpdate, example: Any, n_warmup: int = 3):
-        if functional.critic_params[0].device.type != "cuda":
-            raise ValueError("CudaGraphUpdate needs networks on a CUDA device")
         if not functional.tensor_lr:
             raise ValueError("CudaGraphUpdate captures a FunctionalUpdate(tensor_lr=True)")
         self.functional = functional
+        self.n_warmup = n_warmup
         self.static = Batch(*(_clone_obs(x) for x in Batch.from_replay_data(example)))
         self.functional.set_learning_rates()
         self.graph, self.metrics = capture_without_trace(functional.step, self.static, functional.state_tensors(), n_warmup)
+        #: ``sampled_step``'s graph: (key, graph, metrics), or None before the first call
+        self._sampled: tuple[Hashable, th.cuda.CUDAGraph, th.Tensor] | None = None
+        #: set by the caller when ``sampled_step`` could not capture the sampling here (not tried again)
+        self.sampling_failed = False
 
     @property
     def settings(self) -> UpdateSettings:
@@ -372,37 +382,91 @@ class CudaGraphUpdate:
         return self.functional.state_replaced()
 
     def __call__(self, replay_data: Any) -> th.Tensor:
-        if self.functional.state_replaced():
-            raise RuntimeError("The optimizers' state was replaced (loaded) after the capture: create a new CudaGraphUpdate")
+        self._check_state()
         self.functional.set_learning_rates()
         for static, value in zip(self.static, Batch.from_replay_data(replay_data)):
             _copy_obs(static, value)
         self.graph.replay()
         return self.metrics
 
+    def sampled_step(
+        self, sample: Callable[[], Any], generator: th.Generator | None, key: Hashable
+    ) -> Callable[[], th.Tensor]:
+        """
+        The update with its sampling inside the graph: a zero-argument step whose replay draws a batch with
+        ``sample()`` and trains on it, with no copy into static inputs and no host work but the launch. The
+        graph reads ``generator`` as eager calls would (registered with the graph: each replay advances it by what
+        the captured draws take), so it draws the batches the eager update would get. Captured on the first call
+        and again when ``key`` changes.
+
+        :param sample: draws a batch (SB3 replay samples) with device operations only, from ``generator``
+        :param generator: the CUDA generator ``sample`` draws from (None: the device's default one)
+        :param key: what ``sample`` reads that the graph freezes (the buffer's storage and size, the batch size...)
+        """
+        if self._sampled is None or self._sampled[0] != key:
+            self._sampled = None  # frees the old graph before capturing the new one
+            functional = self.functional
+
+            def step(_: None) -> th.Tensor:
+                return functional.step(Batch.from_replay_data(sample()))
+
+            functional.set_learning_rates()
+            graph, metrics = capture_without_trace(step, None, functional.state_tensors(), self.n_warmup, generator)
+            self._sampled = (key, graph, metrics)
+        _, graph, metrics = self._sampled
+
+        def sampled_update() -> th.Tensor:
+            self._check_state()
+            self.functional.set_learning_rates()
+            graph.replay()
+            return metrics
+
+        return sampled_update
+
+    def _check_state(self) -> None:
+        if self.functional.state_replaced():
+            raise RuntimeError("The optimizers' state was replaced (loaded) after the capture: create a new CudaGraphUpdate")
+
 
 def capture_without_trace(
-    step: Callable[[Any], th.Tensor], static: Any, state: list[th.Tensor], n_warmup: int
+    step: Callable[[Any], th.Tensor],
+    static: Any,
+    state: list[th.Tensor],
+    n_warmup: int,
+    generator: th.Generator | None = None,
 ) -> tuple[th.cuda.CUDAGraph, th.Tensor]:
     """
     Capture ``step(static)`` in a CUDA graph after ``n_warmup`` warm-up calls on a side stream (as a capture needs),
-    then restore ``state``, the tensors a step changes, so that the capture leaves no trace.
+    then restore ``state``, the tensors a step changes, and the random generators' states, so that the capture
+    leaves no trace.
 
+    :param generator: a CUDA generator ``step`` draws from besides the device's default one (registered with the
+        graph, so that each replay draws from its current state)
     :return: the graph and ``step``'s static output
     """
+    if state[0].device.type != "cuda":
+        raise ValueError(f"A CUDA graph captures work on a CUDA device, the update's tensors are on {state[0].device}")
     saved = [tensor.clone() for tensor in state]
-    side_stream = th.cuda.Stream()
-    side_stream.wait_stream(th.cuda.current_stream())
-    with th.cuda.stream(side_stream):
-        for _ in range(n_warmup):
-            step(static)
-    th.cuda.current_stream().wait_stream(side_stream)
+    generators = [th.cuda.default_generators[th.cuda.current_device()], *([] if generator is None else [generator])]
+    saved_generators = [each.get_state() for each in generators]
     graph = th.cuda.CUDAGraph()
-    with th.cuda.graph(graph):
-        output = step(static)
-    with th.no_grad():
-        for tensor, value in zip(state, saved):
-            tensor.copy_(value)
+    if generator is not None:
+        graph.register_generator_state(generator)
+    try:
+        side_stream = th.cuda.Stream()
+        side_stream.wait_stream(th.cuda.current_stream())
+        with th.cuda.stream(side_stream):
+            for _ in range(n_warmup):
+                step(static)
+        th.cuda.current_stream().wait_stream(side_stream)
+        with th.cuda.graph(graph):
+            output = step(static)
+    finally:  # also where the capture fails: training goes on without it, as if it had not been tried
+        with th.no_grad():
+            for tensor, value in zip(state, saved):
+                tensor.copy_(value)
+        for each, generator_state in zip(generators, saved_generators):
+            each.set_state(generator_state)
     return graph, output
 
 

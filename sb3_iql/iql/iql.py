@@ -359,6 +359,31 @@ class IQL(OfflineAlgorithm):
             self._fast_update.check_guards_again()  # a training call may run in other global state than the last
         return self._fast_update
 
+    def _offline_train_step(self) -> Callable[[], th.Tensor]:
+        """
+        With the update in a CUDA graph and a buffer whose sampling runs on the device (``graph_sampling_key``), the
+        sampling joins the graph (``CudaGraphUpdate.sampled_step``): one launch per update, nothing copied. The
+        batches are the ones the eager loop would draw. Where that capture fails, the graph's own inputs are
+        filled with batches sampled outside it, as before, with a warning.
+        """
+        update = self._update_function()
+        sampling_key = getattr(self.replay_buffer, "graph_sampling_key", lambda: None)()
+        if not isinstance(update, CudaGraphUpdate) or sampling_key is None or update.sampling_failed:
+            return super()._offline_train_step()
+        generator = getattr(self.replay_buffer, "generator", None)
+        try:
+            return update.sampled_step(
+                lambda: self._sample_batch(self.batch_size), generator, (sampling_key, self.batch_size, self.image_shift)
+            )
+        except Exception as error:  # a capture this device or torch version refuses
+            update.sampling_failed = True
+            warnings.warn(
+                f"Sampling inside the CUDA graph failed ({type(error).__name__}: {str(error)[:300]}); batches are "
+                "sampled outside the graph instead (slower, same results).",
+                stacklevel=3,
+            )
+            return super()._offline_train_step()
+
     def _example_batch(self) -> Any:
         """A batch to compile or capture the update on, drawn without moving the sampling streams."""
         generator = getattr(self.replay_buffer, "generator", None)
