@@ -198,6 +198,8 @@ def test_the_graph_sampling_key_changes_exactly_when_sampling_would_read_other_t
     assert buffer.pos == 3 and buffer.graph_sampling_key() == full_key
     buffer.generator = seeded(0)
     assert buffer.graph_sampling_key() != full_key
+    resampling = type("Resampling", (DeviceReplayBuffer,), {"sample": lambda self, n, env=None: None})
+    assert resampling(10, OBS_SPACE, ACTION_SPACE, device="cpu").graph_sampling_key() is None  # samples otherwise
     loaded = pickle.loads(pickle.dumps(buffer))  # load_replay_buffer: the same range in a new storage
     assert loaded.graph_sampling_key()[1] == full_key[1] and loaded.graph_sampling_key() != buffer.graph_sampling_key()
 

@@ -295,12 +295,15 @@ class DeviceBufferMixin:
     def graph_sampling_key(self) -> Hashable | None:
         """
         What ``sample`` (without ``env``) reads that a CUDA graph capturing it freezes: the storage's address, the
-        number of sampleable transitions and the generator. A graph that captured ``sample`` stays valid while the
-        key is unchanged (see ``CudaGraphUpdate.sampled_step``); None where ``sample`` cannot be captured.
+        number of sampleable transitions and the generator (the object: compared by identity, kept alive). A graph
+        that captured ``sample`` stays valid while the key is unchanged (see ``CudaGraphUpdate.sampled_step``).
+        None for a subclass that samples otherwise (the hindsight buffer relabels with host state): not captured.
         """
+        if type(self).sample is not DeviceBufferMixin.sample:
+            return None
         assert self._storage is not None
         upper_bound = (self.buffer_size if self.full else self.pos) * self.n_envs
-        return self._storage.data_ptr(), upper_bound, id(self._generator)
+        return self._storage.data_ptr(), upper_bound, self._generator
 
     def _get_samples(  # type: ignore[override]
         self, batch_inds: np.ndarray | th.Tensor, env: VecNormalize | None = None

@@ -193,11 +193,6 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
         indices = th.randint(upper_bound, (batch_size,), device=self.device, generator=self._generator)
         return self.relabel(indices, self.gather(indices, env))
 
-    def graph_sampling_key(self) -> None:
-        """None: relabelling reads host state (episode bookkeeping, possibly ``compute_reward``), so a CUDA graph
-        does not capture this buffer's ``sample``."""
-        return None
-
     def _goal_indices(self, indices: th.Tensor, upper_bound: int) -> th.Tensor:
         """:return: the flat index of the transition whose next achieved goal becomes the goal, per sample"""
         capacity = self.buffer_size * self.n_envs

@@ -229,15 +229,18 @@ class DeviceImageReplayBuffer(ReplayBuffer):
         offsets = th.randint(self.size(), (batch_size,), device=self.device, generator=self.generator)
         return self.gather((offsets + self.oldest) % self.buffer_size)
 
-    def graph_sampling_key(self) -> Hashable:
+    def graph_sampling_key(self) -> Hashable | None:
         """
         What ``sample`` (without ``env``) reads that a CUDA graph capturing it freezes: the storage's addresses, the
-        sampleable range and the generator (first moved to the device, as ``sample`` would). A graph that captured
-        ``sample`` stays valid while the key is unchanged (see ``CudaGraphUpdate.sampled_step``).
+        sampleable range and the generator (first moved to the device, as ``sample`` would; the object, compared by
+        identity). A graph that captured ``sample`` stays valid while the key is unchanged (see
+        ``CudaGraphUpdate.sampled_step``). None for a subclass that samples otherwise: not captured.
         """
+        if type(self).sample is not DeviceImageReplayBuffer.sample:
+            return None
         self.generator = generator_on(self.generator, self.device)
         addresses = tuple(tensor.data_ptr() for tensor in (self.frames, self.frame_ids, self.table))
-        return addresses, self.size(), self.oldest, id(self.generator)
+        return addresses, self.size(), self.oldest, self.generator
 
     def gather(self, indices: th.Tensor) -> ReplayBufferSamples:
         """:param indices: ring positions of transitions, ``(batch,)``, on the device"""

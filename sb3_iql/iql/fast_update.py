@@ -390,38 +390,52 @@ class CudaGraphUpdate:
         return self.metrics
 
     def sampled_step(
-        self, sample: Callable[[], Any], generator: th.Generator | None, key: Hashable
+        self, sample: Callable[[], Any], sampling: Callable[[], tuple[Hashable, th.Generator | None] | None]
     ) -> Callable[[], th.Tensor]:
         """
         The update with its sampling inside the graph: a zero-argument step whose replay draws a batch with
-        ``sample()`` and trains on it, with no copy into static inputs and no host work but the launch. The
-        graph reads ``generator`` as eager calls would (registered with the graph: each replay advances it by what
-        the captured draws take), so it draws the batches the eager update would get. Captured on the first call
-        and again when ``key`` changes.
+        ``sample()`` and trains on it; nothing is copied into static inputs, and the host only launches the graph
+        (with the fills of its generators' seeds and offsets that each replay makes). The graph reads the generator
+        as eager calls would (registered with the graph: each replay advances it by what the captured draws take),
+        so it draws the batches the eager update would get. Captured now (a capture that fails raises here, before
+        any update), and again before any update where ``sampling()``'s key changed.
 
-        :param sample: draws a batch (SB3 replay samples) with device operations only, from ``generator``
-        :param generator: the CUDA generator ``sample`` draws from (None: the device's default one)
-        :param key: what ``sample`` reads that the graph freezes (the buffer's storage and size, the batch size...)
+        :param sample: draws a batch (SB3 replay samples) with device operations only
+        :param sampling: read before every update: a key of what ``sample`` reads that a graph freezes (the
+            buffer's storage and size, the batch size...) and the CUDA generator ``sample`` draws from (None: the
+            device's default one); None where ``sample`` cannot be captured (that update samples outside the graph)
         """
-        if self._sampled is None or self._sampled[0] != key:
-            self._sampled = None  # frees the old graph before capturing the new one
-            functional = self.functional
-
-            def step(_: None) -> th.Tensor:
-                return functional.step(Batch.from_replay_data(sample()))
-
-            functional.set_learning_rates()
-            graph, metrics = capture_without_trace(step, None, functional.state_tensors(), self.n_warmup, generator)
-            self._sampled = (key, graph, metrics)
-        _, graph, metrics = self._sampled
+        first = sampling()
+        if first is None:
+            raise ValueError("sampled_step needs a sampling that a CUDA graph can capture")
+        self._capture_sampled(sample, *first)
 
         def sampled_update() -> th.Tensor:
+            current = sampling()
+            if current is None:
+                return self(sample())
             self._check_state()
+            self._capture_sampled(sample, *current)
             self.functional.set_learning_rates()
+            _, graph, metrics = self._sampled  # type: ignore[misc]
             graph.replay()
             return metrics
 
         return sampled_update
+
+    def _capture_sampled(self, sample: Callable[[], Any], key: Hashable, generator: th.Generator | None) -> None:
+        """Capture ``sample`` and the update in ``_sampled``'s graph, unless it was captured for ``key``."""
+        if self._sampled is not None and self._sampled[0] == key:
+            return
+        self._sampled = None  # frees the old graph before capturing the new one
+        functional = self.functional
+
+        def step(_: None) -> th.Tensor:
+            return functional.step(Batch.from_replay_data(sample()))
+
+        functional.set_learning_rates()
+        graph, metrics = capture_without_trace(step, None, functional.state_tensors(), self.n_warmup, generator)
+        self._sampled = (key, graph, metrics)
 
     def _check_state(self) -> None:
         if self.functional.state_replaced():
@@ -444,14 +458,16 @@ def capture_without_trace(
         graph, so that each replay draws from its current state)
     :return: the graph and ``step``'s static output
     """
-    if state[0].device.type != "cuda":
-        raise ValueError(f"A CUDA graph captures work on a CUDA device, the update's tensors are on {state[0].device}")
+    if state[0].device.type != "cuda" or (generator is not None and generator.device.type != "cuda"):
+        where = state[0].device if state[0].device.type != "cuda" else generator.device  # type: ignore[union-attr]
+        raise ValueError(f"A CUDA graph captures work on a CUDA device, not on {where}")
     saved = [tensor.clone() for tensor in state]
     generators = [th.cuda.default_generators[th.cuda.current_device()], *([] if generator is None else [generator])]
     saved_generators = [each.get_state() for each in generators]
     graph = th.cuda.CUDAGraph()
     if generator is not None:
         graph.register_generator_state(generator)
+    stream = th.cuda.current_stream()
     try:
         side_stream = th.cuda.Stream()
         side_stream.wait_stream(th.cuda.current_stream())
@@ -462,6 +478,7 @@ def capture_without_trace(
         with th.cuda.graph(graph):
             output = step(static)
     finally:  # also where the capture fails: training goes on without it, as if it had not been tried
+        th.cuda.set_stream(stream)  # a capture that fails leaves its own stream current
         with th.no_grad():
             for tensor, value in zip(state, saved):
                 tensor.copy_(value)

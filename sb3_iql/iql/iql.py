@@ -2,7 +2,7 @@
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
@@ -362,27 +362,39 @@ class IQL(OfflineAlgorithm):
     def _offline_train_step(self) -> Callable[[], th.Tensor]:
         """
         With the update in a CUDA graph and a buffer whose sampling runs on the device (``graph_sampling_key``), the
-        sampling joins the graph (``CudaGraphUpdate.sampled_step``): one launch per update, nothing copied. The
-        batches are the ones the eager loop would draw. Where that capture fails, the graph's own inputs are
+        sampling joins the graph (``CudaGraphUpdate.sampled_step``): one graph launch per update, nothing copied.
+        The batches are the ones the eager loop would draw. Where that capture fails, the graph's own inputs are
         filled with batches sampled outside it, as before, with a warning.
         """
         update = self._update_function()
-        sampling_key = getattr(self.replay_buffer, "graph_sampling_key", lambda: None)()
-        if not isinstance(update, CudaGraphUpdate) or sampling_key is None or update.sampling_failed:
+        if not isinstance(update, CudaGraphUpdate) or update.sampling_failed or self._graph_sampling() is None:
             return super()._offline_train_step()
-        generator = getattr(self.replay_buffer, "generator", None)
         try:
-            return update.sampled_step(
-                lambda: self._sample_batch(self.batch_size), generator, (sampling_key, self.batch_size, self.image_shift)
-            )
+            return update.sampled_step(lambda: self._sample_batch(self.batch_size), self._graph_sampling)
         except Exception as error:  # a capture this device or torch version refuses
             update.sampling_failed = True
+            generator = getattr(self.replay_buffer, "generator", None)
+            if generator is not None:  # the same stream in a generator that no failed capture marked as capturing
+                fresh = th.Generator(device=generator.device)
+                fresh.set_state(generator.get_state())
+                self.replay_buffer.generator = fresh  # type: ignore[union-attr]
             warnings.warn(
                 f"Sampling inside the CUDA graph failed ({type(error).__name__}: {str(error)[:300]}); batches are "
                 "sampled outside the graph instead (slower, same results).",
                 stacklevel=3,
             )
             return super()._offline_train_step()
+
+    def _graph_sampling(self) -> tuple[Hashable, th.Generator | None] | None:
+        """
+        :return: what drawing a training batch freezes in a CUDA graph (the buffer's ``graph_sampling_key``, the
+            batch size, the image shift) and the generator it draws from; None where the buffer's sampling cannot
+            be captured. Read before every update, so that data added or a buffer loaded by a callback is sampled.
+        """
+        buffer_key = getattr(self.replay_buffer, "graph_sampling_key", lambda: None)()
+        if buffer_key is None:
+            return None
+        return (buffer_key, self.batch_size, self.image_shift), getattr(self.replay_buffer, "generator", None)
 
     def _example_batch(self) -> Any:
         """A batch to compile or capture the update on, drawn without moving the sampling streams."""
