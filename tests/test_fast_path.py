@@ -269,43 +269,67 @@ class EagerGraph:
         self.output.copy_(self.step(self.static))
 
 
-def test_sampled_graph_step_trains_like_the_eager_loop_and_is_captured_again_for_other_batches(data, float64, monkeypatch):
-    """``learn_offline`` with the update in a CUDA graph moves the sampling into the graph
-    (``CudaGraphUpdate.sampled_step``). Here a stand-in for the capture replays the captured work eagerly: the
-    model must train as the eager loop does (same batches from its generator, same parameters in float64) and
-    capture once per sampling key (a batch size changed by a callback: a new graph from the next update on). The
-    capture itself is checked by the CUDA tests.
-    A graph reads its learning rates from float32 tensors: a constant lr that float32 holds exactly keeps the
-    float64 comparison exact."""
-    captures = []
+def stand_in_capture(captures: list, refuse_sampling: bool = False):
+    """A stand-in for ``capture_without_trace`` on the CPU (an ``EagerGraph``), recording in ``captures`` whether
+    each graph samples its own batches; with ``refuse_sampling``, those captures fail."""
 
     def capture(step, static, state, n_warmup, generator=None):
         captures.append(static is None)  # None: the graph samples its own batches
-        output = th.zeros(len(IQL.metric_names), dtype=float64)
+        if refuse_sampling and static is None:
+            raise RuntimeError("capture refused")
+        output = th.zeros(len(IQL.metric_names), dtype=state[0].dtype)
         return EagerGraph(step, static, output), output
 
-    monkeypatch.setattr(fast_update, "capture_without_trace", capture)
+    return capture
+
+
+def eager_and_graph_runs(data, dtype, make_callback=lambda: None) -> list[IQL]:
+    """``learn_offline(N_UPDATES)`` eagerly, then with the update in a (stand-in) CUDA graph, as
+    ``compile_update="cudagraph"`` builds it on CUDA. A graph reads its learning rates from float32 tensors: a
+    constant lr that float32 holds exactly keeps a float64 comparison exact."""
     models = []
     for graph in (False, True):
         model = make_model(
             data,
             DeviceReplayBuffer,
             {"fused": True},
-            float64,
+            dtype,
             compile_update=False,
             learning_rate=2**-12,
             actor_lr_schedule="constant",
         )
-        model.replay_buffer._storage = model.replay_buffer._storage.to(float64)
+        model.replay_buffer._storage = model.replay_buffer._storage.to(dtype)
         model.replay_buffer._make_views()
-        if graph:  # what compile_update="cudagraph" builds on CUDA
+        if graph:
             model._fast_update = CudaGraphUpdate(model._functional_update(None, tensor_lr=True), model._example_batch())
             model.compile_update = "cudagraph"
-        model.learn_offline(N_UPDATES, callback=HalveBatchSize(N_UPDATES // 2))
+        model.learn_offline(N_UPDATES, callback=make_callback())
         models.append(model)
+    return models
+
+
+def test_sampled_graph_step_trains_like_the_eager_loop_and_is_captured_again_for_other_batches(data, float64, monkeypatch):
+    """``learn_offline`` with the update in a CUDA graph moves the sampling into the graph
+    (``CudaGraphUpdate.sampled_step``). Here a stand-in for the capture replays the captured work eagerly: the
+    model must train as the eager loop does (same batches from its generator, same parameters in float64) and
+    capture once per sampling key (a batch size changed by a callback: a new graph from the next update on). The
+    capture itself is checked by the CUDA tests."""
+    captures = []
+    monkeypatch.setattr(fast_update, "capture_without_trace", stand_in_capture(captures))
+    eager, graph = eager_and_graph_runs(data, float64, lambda: HalveBatchSize(N_UPDATES // 2))
     assert captures == [False, True, True]  # the update with static inputs, then one sampling graph per batch size
-    assert max_difference(*models) < 1e-10
-    assert th.equal(models[0].replay_buffer.generator.get_state(), models[1].replay_buffer.generator.get_state())
+    assert max_difference(eager, graph) < 1e-10
+    assert th.equal(eager.replay_buffer.generator.get_state(), graph.replay_buffer.generator.get_state())
+
+
+def test_a_sampling_graph_that_cannot_be_captured_warns_and_trains_on_batches_sampled_outside(data, float64, monkeypatch):
+    captures = []
+    monkeypatch.setattr(fast_update, "capture_without_trace", stand_in_capture(captures, refuse_sampling=True))
+    with pytest.warns(UserWarning, match="Sampling inside the CUDA graph failed"):
+        eager, graph = eager_and_graph_runs(data, float64)
+    assert captures == [False, True] and graph._fast_update.sampling_failed
+    assert max_difference(eager, graph) < 1e-10
+    assert th.equal(eager.replay_buffer.generator.get_state(), graph.replay_buffer.generator.get_state())
 
 
 def test_cudagraph_needs_cuda(data):
