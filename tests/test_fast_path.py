@@ -269,15 +269,17 @@ class EagerGraph:
         self.output.copy_(self.step(self.static))
 
 
-def stand_in_capture(captures: list, refuse_sampling: bool = False):
+def stand_in_capture(captures: list, refuse_sampling: bool = False, n_learners: int | None = None):
     """A stand-in for ``capture_without_trace`` on the CPU (an ``EagerGraph``), recording in ``captures`` whether
-    each graph samples its own batches; with ``refuse_sampling``, those captures fail."""
+    each graph samples its own batches; with ``refuse_sampling``, those captures fail. The metrics: one row per
+    learner where ``n_learners`` are trained together."""
 
-    def capture(step, static, state, n_warmup, generator=None):
+    def capture(step, static, state, n_warmup, generators=()):
         captures.append(static is None)  # None: the graph samples its own batches
         if refuse_sampling and static is None:
             raise RuntimeError("capture refused")
-        output = th.zeros(len(IQL.metric_names), dtype=state[0].dtype)
+        shape = (len(IQL.metric_names),) if n_learners is None else (n_learners, len(IQL.metric_names))
+        output = th.zeros(shape, dtype=state[0].dtype)
         return EagerGraph(step, static, output), output
 
     return capture

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
-from test_fast_path import CUDA_TOLERANCE
+from test_fast_path import CUDA_TOLERANCE, stand_in_capture
 from toy_data import LINE_ENV_ID, LineEnv, bad_policy, good_policy, rollout_episodes, write_dataset
 
 from sb3_iql import IQL
 from sb3_iql.common.synthetic import SpacesEnv, box_env, synthetic_antmaze_transitions, synthetic_transitions
-from sb3_iql.iql.multi_seed import learn_offline_together, make_seeds
+from sb3_iql.iql import fast_update
+from sb3_iql.iql.multi_seed import CapturedStep, StackedLearners, learn_offline_together, make_seeds
 
 OBS_DIM, ACTION_DIM = 7, 3
 N_TRANSITIONS = 2_000
@@ -95,15 +96,38 @@ def test_together_equals_one_by_one_in_float64(data, float64):
 @pytest.mark.skipif(not th.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_together_on_cuda_equals_one_by_one_in_float64(data, float64, cuda_graph):
-    """On CUDA too, eager or captured in a CUDA graph (whose warm-up updates must leave no trace)."""
+    """On CUDA too, eager or captured in a CUDA graph (sampling included; its warm-up updates must leave no trace)."""
     together = [make_model(data, seed, device="cuda") for seed in SEEDS[:2]]
     alone = [make_model(data, seed, device="cuda") for seed in SEEDS[:2]]
     learn_offline_together(together, N_UPDATES, log_interval=0, cuda_graph=cuda_graph)
     for joint, single in zip(together, alone):
         single.learn_offline(N_UPDATES, log_interval=0)
+        assert th.equal(joint.replay_buffer.generator.get_state(), single.replay_buffer.generator.get_state())
         assert max_difference(joint, single) < CUDA_TOLERANCE
         # exp_avg_sq holds squared gradients (up to ~10 here): its last-bit differences are relative (H200: 4e-8)
         optimizer_states_match(joint, single, atol=CUDA_TOLERANCE, rtol=1e-6)
+
+
+def test_learners_in_a_stand_in_graph_draw_the_batches_of_their_single_runs(data, float64, monkeypatch):
+    """``cuda_graph=True`` captures every model's sampling with the batched update (``CapturedStep``). Here a
+    stand-in for the capture replays the captured work eagerly: each learner must reach its single run's parameters
+    in float64, its generator where the single run's ends (the capture itself: the CUDA tests). A graph reads its
+    learning rates from float32 tensors: a constant lr that float32 holds exactly keeps the comparison exact."""
+    captures = []
+    monkeypatch.setattr(fast_update, "capture_without_trace", stand_in_capture(captures, n_learners=2))
+    exact = dict(learning_rate=2**-12, actor_lr_schedule="constant")
+    together = [make_model(data, seed, **exact) for seed in SEEDS[:2]]
+    alone = [make_model(data, seed, **exact) for seed in SEEDS[:2]]
+    learners = StackedLearners(together)
+    captured = CapturedStep(learners)
+    for _ in range(N_UPDATES):
+        captured()
+    learners.write_back()
+    assert captures == [True]  # one graph, sampling included
+    for joint, single in zip(together, alone):
+        single.learn_offline(N_UPDATES, log_interval=0)
+        assert max_difference(joint, single) < 1e-10
+        assert th.equal(joint.replay_buffer.generator.get_state(), single.replay_buffer.generator.get_state())
 
 
 def test_cuda_graph_needs_cuda(data):

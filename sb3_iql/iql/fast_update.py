@@ -9,7 +9,7 @@ parameters. Select with ``IQL(..., compile_update=True)`` (torch.compile, CPU or
 """
 
 import contextlib
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
 import torch as th
@@ -364,8 +364,8 @@ class CudaGraphUpdate:
         self.static = Batch(*(_clone_obs(x) for x in Batch.from_replay_data(example)))
         self.functional.set_learning_rates()
         self.graph, self.metrics = capture_without_trace(functional.step, self.static, functional.state_tensors(), n_warmup)
-        #: ``sampled_step``'s graph: (key, graph, metrics), or None before the first call
-        self._sampled: tuple[Hashable, th.cuda.CUDAGraph, th.Tensor] | None = None
+        #: ``sampled_step``'s graph, or None before the first call
+        self._sampled: SampledGraph | None = None
         #: set by the caller when ``sampled_step`` could not capture the sampling here (not tried again)
         self.sampling_failed = False
 
@@ -393,14 +393,12 @@ class CudaGraphUpdate:
         self, sample: Callable[[], Any], sampling: Callable[[], tuple[Hashable, th.Generator | None] | None]
     ) -> Callable[[], th.Tensor]:
         """
-        The update with its sampling inside the graph: a zero-argument step whose replay draws a batch with
-        ``sample()`` and trains on it; nothing is copied into static inputs, and the host only launches the graph
-        (with the fills of its generators' seeds and offsets that each replay makes). The graph reads the generator
-        as eager calls would (registered with the graph: each replay advances it by what the captured draws take),
-        so it draws the batches the eager update would get. Captured now (a capture that fails raises here, before
-        any update), and again before any update where ``sampling()``'s key changed.
+        The update with its sampling inside the graph (``SampledGraph``): a zero-argument step whose replay draws a
+        batch with ``sample()`` and trains on it, the batch the eager update would get. Captured now (a capture
+        that fails raises here, before any update), and again before any update where ``sampling()``'s key changed.
 
-        :param sample: draws a batch (SB3 replay samples) with device operations only
+        :param sample: draws a batch (SB3 replay samples) with device operations only, the same way at every call
+            (what may differ between calls belongs in the key)
         :param sampling: read before every update: a key of what ``sample`` reads that a graph freezes (the
             buffer's storage and size, the batch size...) and the CUDA generator ``sample`` draws from (None: the
             device's default one); None where ``sample`` cannot be captured (that update samples outside the graph)
@@ -408,38 +406,68 @@ class CudaGraphUpdate:
         first = sampling()
         if first is None:
             raise ValueError("sampled_step needs a sampling that a CUDA graph can capture")
-        self._capture_sampled(sample, *first)
+        functional = self.functional
+        if self._sampled is None:  # kept across calls: captured again only for another key
+
+            def update_on_a_sample() -> th.Tensor:
+                return functional.step(Batch.from_replay_data(sample()))
+
+            self._sampled = SampledGraph(update_on_a_sample, functional.state_tensors(), self.n_warmup)
+        functional.set_learning_rates()
+        self._sampled.capture_for(first[0], first[1:])
 
         def sampled_update() -> th.Tensor:
             current = sampling()
             if current is None:
                 return self(sample())
             self._check_state()
-            self._capture_sampled(sample, *current)
-            self.functional.set_learning_rates()
-            _, graph, metrics = self._sampled  # type: ignore[misc]
-            graph.replay()
-            return metrics
+            functional.set_learning_rates()
+            return self._sampled.replay(current[0], current[1:])  # type: ignore[union-attr]
 
         return sampled_update
-
-    def _capture_sampled(self, sample: Callable[[], Any], key: Hashable, generator: th.Generator | None) -> None:
-        """Capture ``sample`` and the update in ``_sampled``'s graph, unless it was captured for ``key``."""
-        if self._sampled is not None and self._sampled[0] == key:
-            return
-        self._sampled = None  # frees the old graph before capturing the new one
-        functional = self.functional
-
-        def step(_: None) -> th.Tensor:
-            return functional.step(Batch.from_replay_data(sample()))
-
-        functional.set_learning_rates()
-        graph, metrics = capture_without_trace(step, None, functional.state_tensors(), self.n_warmup, generator)
-        self._sampled = (key, graph, metrics)
 
     def _check_state(self) -> None:
         if self.functional.state_replaced():
             raise RuntimeError("The optimizers' state was replaced (loaded) after the capture: create a new CudaGraphUpdate")
+
+
+class SampledGraph:
+    """
+    CUDA only: ``sampled_update()``, sampling included, captured in one CUDA graph: nothing is copied into static
+    inputs, and the host only launches the graph (with the fills of its generators' seeds and offsets that each
+    replay makes). The generators are registered with the graph, so a replay draws what the eager calls would
+    draw and advances each generator as they would. What the sampling freezes in the graph (the buffers' storage
+    and size, the batch size...) is a key given at each replay: the graph is captured again when it changes.
+
+    :param sampled_update: samples and trains (device operations only), returns the metrics tensor
+    :param state: the tensors an update changes (restored after the capture's warm-up updates)
+    :param n_warmup: warm-up updates before a capture
+    """
+
+    def __init__(self, sampled_update: Callable[[], th.Tensor], state: list[th.Tensor], n_warmup: int = 3):
+        self.sampled_update = sampled_update
+        self.state = state
+        self.n_warmup = n_warmup
+        self.key: Hashable = None
+        self._graph: tuple[th.cuda.CUDAGraph, th.Tensor] | None = None
+
+    def capture_for(self, key: Hashable, generators: Sequence[th.Generator | None]) -> None:
+        """Capture the graph for ``key`` (unless done): ``generators`` are those the sampling draws from (None:
+        the device's default one)."""
+        if self._graph is not None and self.key == key:
+            return
+        self._graph = None  # frees the old graph before capturing the new one
+        unique = list({id(generator): generator for generator in generators if generator is not None}.values())
+        self._graph = capture_without_trace(lambda _: self.sampled_update(), None, self.state, self.n_warmup, unique)
+        self.key = key
+
+    def replay(self, key: Hashable, generators: Sequence[th.Generator | None]) -> th.Tensor:
+        """One update (captured first where ``key`` is new); returns the graph's static metrics (read them before
+        the next replay)."""
+        self.capture_for(key, generators)
+        graph, metrics = self._graph  # type: ignore[misc]
+        graph.replay()
+        return metrics
 
 
 def capture_without_trace(
@@ -447,25 +475,25 @@ def capture_without_trace(
     static: Any,
     state: list[th.Tensor],
     n_warmup: int,
-    generator: th.Generator | None = None,
+    generators: Sequence[th.Generator] = (),
 ) -> tuple[th.cuda.CUDAGraph, th.Tensor]:
     """
     Capture ``step(static)`` in a CUDA graph after ``n_warmup`` warm-up calls on a side stream (as a capture needs),
     then restore ``state``, the tensors a step changes, and the random generators' states, so that the capture
     leaves no trace.
 
-    :param generator: a CUDA generator ``step`` draws from besides the device's default one (registered with the
-        graph, so that each replay draws from its current state)
+    :param generators: the CUDA generators ``step`` draws from besides the device's default one (registered with
+        the graph, so that each replay draws from their current states)
     :return: the graph and ``step``'s static output
     """
-    if state[0].device.type != "cuda" or (generator is not None and generator.device.type != "cuda"):
-        where = state[0].device if state[0].device.type != "cuda" else generator.device  # type: ignore[union-attr]
-        raise ValueError(f"A CUDA graph captures work on a CUDA device, not on {where}")
+    for device in (state[0].device, *(generator.device for generator in generators)):
+        if device.type != "cuda":
+            raise ValueError(f"A CUDA graph captures work on a CUDA device, not on {device}")
     saved = [tensor.clone() for tensor in state]
-    generators = [th.cuda.default_generators[th.cuda.current_device()], *([] if generator is None else [generator])]
-    saved_generators = [each.get_state() for each in generators]
+    every_generator = [th.cuda.default_generators[th.cuda.current_device()], *generators]
+    saved_generators = [generator.get_state() for generator in every_generator]
     graph = th.cuda.CUDAGraph()
-    if generator is not None:
+    for generator in generators:
         graph.register_generator_state(generator)
     stream = th.cuda.current_stream()
     try:
@@ -482,8 +510,8 @@ def capture_without_trace(
         with th.no_grad():
             for tensor, value in zip(state, saved):
                 tensor.copy_(value)
-        for each, generator_state in zip(generators, saved_generators):
-            each.set_state(generator_state)
+        for generator, generator_state in zip(every_generator, saved_generators):
+            generator.set_state(generator_state)
     return graph, output
 
 

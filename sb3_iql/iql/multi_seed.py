@@ -34,6 +34,7 @@ from sb3_iql.data.minari_loader import resolve_datasets
 from sb3_iql.iql import update
 from sb3_iql.iql.fast_update import (
     ActorObjectiveInputs,
+    SampledGraph,
     _cat_obs,
     capture_without_trace,
     fused_adam_step_,
@@ -121,12 +122,14 @@ def learn_offline_together(
     :param tb_log_name: name of the TensorBoard run (default: the class name)
     :param reset_num_timesteps: start counting ``num_timesteps`` from 0
     :param cuda_graph: CUDA only: capture the batched update in one CUDA graph (``CapturedStep``), replayed each
-        step; the sampling stays outside
+        step, with the sampling where every model's buffer allows it
     :return: the models, trained
     """
     models = list(models)
     check_compatible(models)
     first = models[0]
+    if cuda_graph and first.device.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs models on a CUDA device, they are on {first.device}")
     if n_updates is None:
         n_updates = max(first.offline_steps - first._n_offline_updates, 0)
     tb_log_name = type(first).__name__ if tb_log_name is None else tb_log_name
@@ -136,13 +139,10 @@ def learn_offline_together(
         model.policy.set_training_mode(True)
     metric_sums = th.zeros(len(models), len(first.metric_names), device=first.device)
     since_dump, dump_start = 0, time.perf_counter()
-    step: Any = learners.step
+    captured = CapturedStep(learners) if cuda_graph else None
     try:
         for _ in range(n_updates):
-            batch = sample_together(models)
-            if cuda_graph and not isinstance(step, CapturedStep):
-                step = CapturedStep(learners, batch)
-            metric_sums += step(batch)
+            metric_sums += learners.step(sample_together(models)) if captured is None else captured()
             for model in models:
                 model._n_offline_updates += 1
                 model._n_updates += 1
@@ -167,10 +167,14 @@ def sample_together(models: Sequence[IQL]) -> Batch:
     :return: a batch whose tensors have a leading learner dimension: observations ``(K, batch, *obs_shape)`` (or a
         dict of them), actions ``(K, batch, action_dim)``, rewards and dones ``(K, batch)``
     """
-    batches = []
     for model in models:
         model._set_learning_rates(offline=True)
-        batches.append(Batch.from_replay_data(model._sample_batch(model.batch_size)))
+    return stack_batches(models)
+
+
+def stack_batches(models: Sequence[IQL]) -> Batch:
+    """:return: each model's next batch (``_sample_batch``), stacked as ``sample_together`` returns them"""
+    batches = [Batch.from_replay_data(model._sample_batch(model.batch_size)) for model in models]
     return pytree.tree_map(lambda *values: th.stack(values), *batches)
 
 
@@ -357,35 +361,46 @@ class StackedLearners:
 
 class CapturedStep:
     """
-    CUDA only: ``StackedLearners.step`` captured in one ``torch.cuda.CUDAGraph`` and replayed at each call (one
-    launch for the update of all learners). Each call sets the learning rate tensors and copies the batch into the
-    graph's static inputs; the returned metrics are the graph's static output (read them before the next call).
-
-    The capture needs warm-up updates first: the learners' parameters and Adam states are restored after them, so
-    the learners reach the parameters of their uncaptured run.
+    CUDA only: ``StackedLearners.update`` captured in a CUDA graph, one launch for the update of all learners.
+    Where every model's sampling can be captured (``IQL._graph_sampling``), the graph draws their batches too
+    (``SampledGraph``: the batches of their single-seed runs); otherwise each call copies the batches of
+    ``sample_together`` into a graph's static inputs. Each call sets the learning rates; the returned metrics are
+    a graph's static output (read them before the next call). A capture's warm-up updates are undone, so the
+    learners reach the parameters of their uncaptured run.
 
     :param learners: the learners (their learning rates become device tensors)
-    :param example: a batch of ``sample_together`` (sets the static shapes)
-    :param n_warmup: warm-up updates before the capture
+    :param n_warmup: warm-up updates before a capture
     """
 
-    def __init__(self, learners: StackedLearners, example: Batch, n_warmup: int = 3):
-        if next(iter(learners.params["value"].values())).device.type != "cuda":
-            raise ValueError("cuda_graph=True needs models on a CUDA device")
+    def __init__(self, learners: StackedLearners, n_warmup: int = 3):
         device = next(iter(learners.params["value"].values())).device
         learners.lrs = {name: th.zeros((), device=device) for name in TRAINED}
         self.learners = learners
-        self.static = pytree.tree_map(th.clone, example)
-        learners.set_learning_rates()
-        state = [*(t for p in learners.params.values() for t in p.values())]
-        state += [t for s in learners.states.values() for tensors in s.values() for t in tensors]
-        self.graph, self.metrics = capture_without_trace(learners.update, self.static, state, n_warmup)
+        self.n_warmup = n_warmup
+        self.state = [*(t for p in learners.params.values() for t in p.values())]
+        self.state += [t for s in learners.states.values() for tensors in s.values() for t in tensors]
+        self.sampled = SampledGraph(lambda: learners.update(stack_batches(learners.models)), self.state, n_warmup)
+        #: the graph on static inputs (static batch, graph, metrics), captured on first use
+        self.static: tuple[Batch, th.cuda.CUDAGraph, th.Tensor] | None = None
 
-    def __call__(self, batch: Batch) -> th.Tensor:
+    def __call__(self) -> th.Tensor:
+        """One update of every learner on its next batch, with the learning rates its ``learn_offline`` would set."""
+        models = self.learners.models
+        for model in models:
+            model._set_learning_rates(offline=True)
         self.learners.set_learning_rates()
-        pytree.tree_map(lambda static, value: static.copy_(value), self.static, batch)
-        self.graph.replay()
-        return self.metrics
+        samplings = [model._graph_sampling() for model in models]
+        if all(sampling is not None for sampling in samplings):
+            keys, generators = zip(*samplings)  # type: ignore[arg-type]
+            return self.sampled.replay(keys, generators)
+        batch = stack_batches(models)
+        if self.static is None:
+            static = pytree.tree_map(th.clone, batch)
+            self.static = (static, *capture_without_trace(self.learners.update, static, self.state, self.n_warmup))
+        static, graph, metrics = self.static
+        pytree.tree_map(lambda target, value: target.copy_(value), static, batch)
+        graph.replay()
+        return metrics
 
 
 # --- compatibility ------------------------------------------------------------------------------------------------
