@@ -4,7 +4,7 @@ CUDA only: how many IQL updates per second the GPU runs when the host does nothi
 cannot tell them apart: a host that waits for the device spins).
 
 For each K of ``--updates-per-replay``, K updates (each drawing its own batch on the device, as
-``CudaGraphUpdate.sampled_step`` does) are captured in one CUDA graph, replayed back to back; updates/s =
+``CudaGraphUpdate.sampled_step`` does) are captured in one CUDA graph (``SampledGraph``), replayed back to back; updates/s =
 K x replays / seconds. K = 1 is the device-side bound of ``learn_offline``'s loop (one replay per update); if K > 1
 is much faster, launching several updates per replay is the next step; if not, the kernels themselves are the
 bound. The standard configuration: batch 256, 256x256 MLPs, AntMaze's shapes, 1M synthetic transitions.
@@ -23,7 +23,7 @@ import speed  # benchmarks/speed.py
 import torch as th
 
 from sb3_iql.common.synthetic import synthetic_transitions
-from sb3_iql.iql.fast_update import CudaGraphUpdate, capture_without_trace
+from sb3_iql.iql.fast_update import CudaGraphUpdate, SampledGraph
 from sb3_iql.iql.update import Batch
 
 #: the update ``compile_update="auto"`` captures for long calls: compiled, fused Adam
@@ -48,21 +48,21 @@ def measure(updates_per_replay: list[int], seconds: float, learn_offline_updates
     if not isinstance(fast, CudaGraphUpdate):
         raise RuntimeError(f"learn_offline did not capture its update in a CUDA graph here (it runs {fast!r})")
     functional = fast.functional
-    generator = model.replay_buffer.generator
+    key, generator = model._graph_sampling()  # type: ignore[misc]
     rows = []
     for k in updates_per_replay:
 
-        def updates(_: None, k: int = k) -> th.Tensor:
+        def updates(k: int = k) -> th.Tensor:
             metrics = [functional.step(Batch.from_replay_data(model._sample_batch(model.batch_size))) for _ in range(k)]
             return th.stack(metrics).sum(0)
 
-        graph, _ = capture_without_trace(updates, None, functional.state_tensors(), 2, generator)
-        graph.replay()
+        graph = SampledGraph(updates, functional.state_tensors(), n_warmup=2)
+        graph.replay(key, [generator])  # captures, then replays once
         th.cuda.synchronize()
         replays, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             for _ in range(max(200 // k, 1)):
-                graph.replay()
+                graph.replay(key, [generator])
             replays += max(200 // k, 1)
             th.cuda.synchronize()
         rate = k * replays / (time.perf_counter() - start)

@@ -414,7 +414,8 @@ class CudaGraphUpdate:
 
             self._sampled = SampledGraph(update_on_a_sample, functional.state_tensors(), self.n_warmup)
         functional.set_learning_rates()
-        self._sampled.capture_for(first[0], first[1:])
+        key, generator = first
+        self._sampled.capture_for(key, [generator])
 
         def sampled_update() -> th.Tensor:
             current = sampling()
@@ -422,7 +423,8 @@ class CudaGraphUpdate:
                 return self(sample())
             self._check_state()
             functional.set_learning_rates()
-            return self._sampled.replay(current[0], current[1:])  # type: ignore[union-attr]
+            key, generator = current
+            return self._sampled.replay(key, [generator])  # type: ignore[union-attr]
 
         return sampled_update
 
