@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The GPU checks in one run of under 10 minutes (a lent GPU machine's time is short): the CUDA tests,
 # benchmarks/speed.py --device cuda (every path, d3rlpy's IQL beside them), graph replays against learn_offline
-# (benchmarks/graph_replays.py: the device's own rate), a 1M-update run with IQL's defaults (stopped early if it runs
-# past its time) and many seeds in one process. Each stage has its own time limit, so that
-# a stage that hangs or fails leaves the others' figures. Every stage's output goes to OUTPUT_DIR/log.txt, the figures to OUTPUT_DIR
-# (speed_cuda_threads1.json, graph_replays_cuda.json, million_cuda.json, multi_seed_cuda.json): copy those into benchmarks/results and
-# run `python benchmarks/speed.py --render` to add them to speed.md.
+# (benchmarks/graph_replays.py: the device's own rate, and its kernels under the profiler), a 1M-update run with
+# IQL's defaults (stopped early if it runs past its time) and many seeds in one process. Each stage has its own time
+# limit, so that a stage that hangs or fails leaves the others' figures. Every stage's output goes to
+# OUTPUT_DIR/log.txt, the figures to OUTPUT_DIR (speed_cuda_threads1.json, graph_replays_cuda.json,
+# million_cuda.json, multi_seed_cuda.json; the profiler's trace graph_replays_trace_cuda.json.gz): copy those into
+# benchmarks/results and run `python benchmarks/speed.py --render` to add them to speed.md.
 #
 # Usage (from the repository root, with the project's packages importable): bash benchmarks/gpu_check.sh OUTPUT_DIR
 set -u
@@ -30,8 +31,8 @@ stage cuda-tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_fast_pat
 # (the eager device-buffer paths, 98 and 121 updates/s on the H200, are left out for time)
 stage speed 170 python3 benchmarks/speed.py --device cuda --shapes antmaze --updates 300 --rounds 3 --warmup 30 \
     --no-memory --paths plain,d3rlpy,compiled,cudagraph,compiled-cudagraph,compiled-cudagraph-outside --output-dir "$out"
-stage graph-replays 100 python3 benchmarks/graph_replays.py --updates-per-replay 1 4 16 --seconds 5 \
-    --learn-offline-updates 10000 --output-dir "$out"
-stage million 130 python3 benchmarks/million_updates.py --device cuda --path auto --max-seconds 100 --output-dir "$out"
+stage graph-replays 115 python3 benchmarks/graph_replays.py --updates-per-replay 1 4 16 --seconds 5 \
+    --learn-offline-updates 10000 --profile-replays 50 --output-dir "$out"
+stage million 115 python3 benchmarks/million_updates.py --device cuda --path auto --max-seconds 85 --output-dir "$out"
 stage multi-seed 70 python3 benchmarks/multi_seed_speed.py --device cuda --updates 50 --rounds 2 \
     --learners 1 2 4 8 --widths 64 256 --output-dir "$out"

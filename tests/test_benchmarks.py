@@ -174,6 +174,41 @@ def test_million_updates_counts_its_chunks_and_stops_at_its_time_limit(monkeypat
         million_updates.run("d3rlpy", 12, chunk=5, max_seconds=1.0, device=th.device("cpu"))
 
 
+def test_graph_replays_counts_each_kernel_of_a_trace_per_update_and_the_device_s_idle_time():
+    sys.path.insert(0, str(BENCHMARKS))
+    import graph_replays  # benchmarks/graph_replays.py
+
+    def kernel(name: str, start: float, duration: float) -> dict:
+        return {"ph": "X", "cat": "kernel", "name": name, "ts": start, "dur": duration}
+
+    events = [  # two updates: a matrix product (4 us) and a Triton kernel (2 us) each; a CPU op and a launch not counted
+        {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0.0, "dur": 50.0},
+        {"ph": "X", "cat": "cuda_runtime", "name": "cudaGraphLaunch", "ts": 1.0, "dur": 3.0},
+        kernel("sm90_xmma_gemm_f32f32_tf32f32", 10.0, 4.0),
+        kernel("triton_poi_fused_relu_0", 15.0, 2.0),
+        kernel("sm90_xmma_gemm_f32f32_tf32f32", 20.0, 4.0),
+        kernel("triton_poi_fused_relu_0", 25.0, 2.0),
+    ]
+    summary = graph_replays.kernel_summary(events, n_updates=2)
+    assert summary["kernels_per_update"] == 2 and summary["kernel_us_per_update"] == 6.0
+    assert summary["span_us_per_update"] == 8.5 and summary["busy_fraction"] == pytest.approx(12 / 17)
+    assert summary["kinds"] == [
+        {"name": "matrix products", "per_update": 1.0, "us_per_update": 4.0},
+        {"name": "Triton (fused by Inductor)", "per_update": 1.0, "us_per_update": 2.0},
+    ]
+    assert [row["name"] for row in summary["top"]] == ["sm90_xmma_gemm_f32f32_tf32f32", "triton_poi_fused_relu_0"]
+    result = {"torch": "2", "date": "today", "replays": [{"updates_per_replay": 1, "updates_per_s": 3000.0}],
+              "learn_offline_updates": 10, "learn_offline_updates_per_s": 2000.0, "kernels": summary}  # fmt: skip
+    section = graph_replays.render(result, "GPU")
+    assert "2 kernels and 6 us of kernel time per update, in a span of 8 us per update (kernels fill 71% of it)" in section
+    assert "| matrix products | 1.0 | 4.0 |" in section
+    assert "could not be profiled: RuntimeError('no CUPTI')" in graph_replays.render(
+        {**result, "kernels": {"error": "RuntimeError('no CUPTI')"}}, "GPU"
+    )
+    with pytest.raises(ValueError, match="no kernels"):
+        graph_replays.kernel_summary(events[:2], n_updates=1)
+
+
 def test_seeds_trained_together_reach_their_separate_runs_even_from_different_checkpoints(maze_root, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(maze_root))
