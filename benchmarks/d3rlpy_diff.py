@@ -414,10 +414,10 @@ def sb3_float64_observations(enabled: bool) -> Iterator[None]:
     """
     original = policies.preprocess_observations
 
-    def preprocess_observations(obs: Any, observation_space: spaces.Space, normalize_images: bool) -> Any:
+    def preprocess_observations(obs: Any, observation_space: spaces.Space, scaling: Any) -> Any:
         if isinstance(observation_space, spaces.Box) and isinstance(obs, th.Tensor) and obs.dtype == th.float64:
             return obs
-        return original(obs, observation_space, normalize_images)
+        return original(obs, observation_space, scaling)
 
     if enabled:
         policies.preprocess_observations = preprocess_observations

@@ -8,7 +8,7 @@ alternation, round by round, so that the ratio holds on a loaded machine; the me
 
 Usage::
 
-    python benchmarks/multi_seed_speed.py --updates 50 --rounds 3 --learners 1 2 4 8 --widths 64 256 --threads 1 \
+    python benchmarks/multi_seed_speed.py --updates 50 --rounds 3 --learners 1 2 4 8 --widths 64 256 --threads 1 --compiled \
         --output-dir benchmarks/results   # also a section of speed.md
 """
 
@@ -32,7 +32,7 @@ OBS_DIM, ACTION_DIM, BATCH_SIZE = 29, 8, 256
 N_TRANSITIONS = 100_000
 
 
-def make_models(n_learners: int, width: int, device: str) -> list[IQL]:
+def make_models(n_learners: int, width: int, device: str, compile_update: bool = False) -> list[IQL]:
     """:return: ``n_learners`` models (seeds 0..K-1) on the same synthetic data, ``width x width`` networks"""
     data = synthetic_transitions(OBS_DIM, ACTION_DIM, N_TRANSITIONS, seed=0)
     models = []
@@ -43,6 +43,7 @@ def make_models(n_learners: int, width: int, device: str) -> list[IQL]:
             buffer_size=N_TRANSITIONS,
             batch_size=BATCH_SIZE,
             policy_kwargs={"net_arch": [width, width]},
+            compile_update=compile_update,
             seed=seed,
             device=device,
         )
@@ -64,28 +65,48 @@ def timed(function: Callable[[], object], device: str) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def benchmark(n_learners: int, width: int, n_updates: int, n_rounds: int, device: str = "cpu") -> dict[str, float]:
+def contenders(n_learners: int, width: int, device: str, compiled: bool) -> dict[str, Callable[[int], object]]:
     """
-    :return: updates/s per learner of the together run and of the separate runs (wall and CPU time, median round),
-        and the ratios together / separate
+    :return: name -> ``run(n_updates)``, warmed up: ``together`` and ``separate`` (eager), on CUDA ``graph``
+        (together in a CUDA graph, its capture timed with each call), with ``compiled`` ``together_compiled`` and
+        ``separate_compiled`` (``compile_update=True``: the compilation in the warm-up)
     """
-    together, separate = make_models(n_learners, width, device), make_models(n_learners, width, device)
-    graphed = make_models(n_learners, width, device) if device == "cuda" else None
-    learn_offline_together(together, 5, log_interval=0)  # warm-up
-    for model in separate:
-        model.learn_offline(5, log_interval=0)
-    times: dict[str, list[tuple[float, float]]] = {"together": [], "separate": []}
+    runs: dict[str, Callable[[int], object]] = {}
+
+    def together(compile_update: bool) -> Callable[[int], object]:
+        models = make_models(n_learners, width, device)
+        learn_offline_together(models, 5, log_interval=0, compile_update=compile_update)  # warm-up
+        return lambda n: learn_offline_together(
+            models, n, log_interval=0, reset_num_timesteps=False, compile_update=compile_update
+        )
+
+    def separate(compile_update: bool) -> Callable[[int], object]:
+        models = make_models(n_learners, width, device, compile_update)
+        for model in models:
+            model.learn_offline(5, log_interval=0)  # warm-up
+        return lambda n: [model.learn_offline(n, log_interval=0, reset_num_timesteps=False) for model in models]
+
+    runs["together"], runs["separate"] = together(False), separate(False)
+    if device == "cuda":
+        graphed = make_models(n_learners, width, device)
+        runs["graph"] = lambda n: learn_offline_together(graphed, n, log_interval=0, cuda_graph=True)
+    if compiled:
+        runs["together_compiled"], runs["separate_compiled"] = together(True), separate(True)
+    return runs
+
+
+def benchmark(
+    n_learners: int, width: int, n_updates: int, n_rounds: int, device: str = "cpu", compiled: bool = False
+) -> dict[str, float]:
+    """
+    :return: learner-updates/s of each of ``contenders`` (wall and CPU time, median round), and the ratios together
+        / separate (eager, and compiled with ``compiled``)
+    """
+    runs = contenders(n_learners, width, device, compiled)
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     for _ in range(n_rounds):
-        times["together"].append(
-            timed(lambda: learn_offline_together(together, n_updates, log_interval=0, reset_num_timesteps=False), device)
-        )
-        if graphed is not None:  # the capture (3 warm-up updates) is timed with each call
-            times.setdefault("graph", []).append(
-                timed(lambda: learn_offline_together(graphed, n_updates, log_interval=0, cuda_graph=True), device)
-            )
-        times["separate"].append(
-            timed(lambda: [m.learn_offline(n_updates, log_interval=0, reset_num_timesteps=False) for m in separate], device)
-        )
+        for name, run in runs.items():
+            times[name].append(timed(lambda run=run: run(n_updates), device))
     result = {}
     for name, rounds in times.items():
         for clock, index in (("wall", 0), ("cpu", 1)):
@@ -93,14 +114,27 @@ def benchmark(n_learners: int, width: int, n_updates: int, n_rounds: int, device
             result[f"{name}_{clock}"] = n_learners * n_updates / seconds  # learner-updates/s: updates/s per learner x K
     for clock in ("wall", "cpu"):
         result[f"ratio_{clock}"] = result[f"together_{clock}"] / result[f"separate_{clock}"]
+    if compiled:
+        result["ratio_compiled_cpu"] = result["together_compiled_cpu"] / result["separate_compiled_cpu"]
     return result
 
 
-def graph_columns(rows: list[dict[str, Any]]) -> tuple[str, str, list[str]]:
-    """:return: the header and separator additions and the cells of the CUDA graph column (empty without it)"""
-    if not all("graph_wall" in row for row in rows):
-        return "", "", ["" for _ in rows]
-    return " together, CUDA graph (wall) |", "---:|", [f" {row['graph_wall']:.0f} |" for row in rows]
+def extra_columns(rows: list[dict[str, Any]]) -> tuple[str, str, list[str]]:
+    """:return: the header and separator additions and the cells of the optional columns: the CUDA graph's, and the
+    compiled runs' (empty where the rows lack them)"""
+    header, separator, cells = "", "", ["" for _ in rows]
+    if all("graph_wall" in row for row in rows):
+        header, separator = header + " together, CUDA graph (wall) |", separator + "---:|"
+        cells = [cell + f" {row['graph_wall']:.0f} |" for cell, row in zip(cells, rows)]
+    if all("together_compiled_cpu" in row for row in rows):
+        header += " together, compiled (CPU) | separate, compiled (CPU) | ratio, compiled (CPU) |"
+        separator += "---:|---:|---:|"
+        cells = [
+            cell + f" {row['together_compiled_cpu']:.0f} | {row['separate_compiled_cpu']:.0f} | "
+            f"{row['ratio_compiled_cpu']:.2f} |"
+            for cell, row in zip(cells, rows)
+        ]
+    return header, separator, cells
 
 
 def render(result: dict[str, Any], device_name: str) -> str:
@@ -112,20 +146,22 @@ def render(result: dict[str, Any], device_name: str) -> str:
         f"`learn_offline_together` (K learners, one vmapped update per step) against K separate `learn_offline` runs, "
         f"timed in alternation (`benchmarks/multi_seed_speed.py`): batch {BATCH_SIZE}, AntMaze's shapes (obs "
         f"{OBS_DIM}, action {ACTION_DIM}), {result['updates']} updates x {result['rounds']} rounds, median round. "
-        "Figures: learner-updates/s (K x updates/s of each learner).",
+        "Figures: learner-updates/s (K x updates/s of each learner). Compiled: `compile_update=True` for both "
+        "(compilation excluded; `learn_offline_together` runs its gradient functions once more per call, to check "
+        "the compilation).",
         "",
     ]
-    header, separator, graph_cells = graph_columns(result["rows"])
+    header, separator, extra_cells = extra_columns(result["rows"])
     lines += [
         f"| width | K | together (wall) | separate (wall) | ratio (wall) | together (CPU) | separate (CPU) | ratio (CPU) |"
         f"{header}",
         f"|---|---:|---:|---:|---:|---:|---:|---:|{separator}",
     ]
-    for r, graph_cell in zip(result["rows"], graph_cells):
+    for r, extra_cell in zip(result["rows"], extra_cells):
         lines.append(
             f"| {r['width']}x{r['width']} | {r['learners']} | {r['together_wall']:.0f} | {r['separate_wall']:.0f} | "
             f"{r['ratio_wall']:.2f} | {r['together_cpu']:.0f} | {r['separate_cpu']:.0f} | {r['ratio_cpu']:.2f} |"
-            f"{graph_cell}"
+            f"{extra_cell}"
         )
     return "\n".join([*lines, ""])
 
@@ -138,6 +174,7 @@ def main() -> None:
     parser.add_argument("--widths", type=int, nargs="+", default=[64, 256], help="hidden widths (two layers)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compiled", action="store_true", help="also time both compiled (a compilation per width and K)")
     parser.add_argument(
         "--output-dir", default=None, help="write multi_seed_<device>.json there and re-render its speed.md (speed.py)"
     )
@@ -159,13 +196,14 @@ def main() -> None:
             row = {
                 "width": width,
                 "learners": n_learners,
-                **benchmark(n_learners, width, args.updates, args.rounds, args.device),
+                **benchmark(n_learners, width, args.updates, args.rounds, args.device, args.compiled),
             }
             result["rows"].append(row)
             print(
                 f"{width}x{width}, K={n_learners}: {row['together_wall']:.0f} learner-updates/s together, "
                 f"{row['separate_wall']:.0f} separate, ratio {row['ratio_wall']:.2f} (wall), {row['ratio_cpu']:.2f} (CPU)"
-                + (f", {row['graph_wall']:.0f} together in a CUDA graph" if "graph_wall" in row else ""),
+                + (f", {row['graph_wall']:.0f} together in a CUDA graph" if "graph_wall" in row else "")
+                + (f", compiled ratio {row['ratio_compiled_cpu']:.2f} (CPU)" if args.compiled else ""),
                 flush=True,
             )
             if args.output_dir is not None:  # after each row: a run stopped at its time limit keeps what it measured

@@ -37,7 +37,7 @@ def data():
     return synthetic_transitions(OBS_DIM, ACTION_DIM, n_transitions=N_TRANSITIONS, seed=0)
 
 
-def make_model(data, buffer_class, optimizer_kwargs=None, dtype=th.float32, net_arch=(64, 64), device="cpu", **kwargs):
+def make_model(data, buffer_class, optimizer_kwargs=None, dtype=th.float32, net_arch=(64, 64), device="cpu", seed=0, **kwargs):
     env = SpacesEnv(spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32), spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32))
     model = IQL(
         "MlpPolicy",
@@ -48,7 +48,7 @@ def make_model(data, buffer_class, optimizer_kwargs=None, dtype=th.float32, net_
         beta=10.0,
         offline_steps=OFFLINE_STEPS,
         policy_kwargs={"net_arch": list(net_arch), "optimizer_kwargs": optimizer_kwargs or {}},
-        seed=0,
+        seed=seed,
         device=device,
         **kwargs,
     )
@@ -166,7 +166,7 @@ def test_compiled_update_reaches_the_plain_parameters_in_float64(data, float64):
 @pytest.mark.slow
 def test_compiled_update_skips_its_guards_only_for_inputs_like_those_that_passed_them(data, float64):
     """After a call passed Dynamo's guards the next ones with the same input signature skip them
-    (``FunctionalUpdate._guard_stance``); a batch of another size is checked again (a recompilation) and the
+    (``GuardSkipping``); a batch of another size is checked again (a recompilation) and the
     update stays the eager one's."""
     reference = make_model(data, OfflineReplayBuffer, dtype=float64)
     model = make_model(data, DeviceReplayBuffer, {"fused": True}, dtype=float64)
@@ -174,7 +174,7 @@ def test_compiled_update_skips_its_guards_only_for_inputs_like_those_that_passed
     for batch_size in (32, 32, 16, 16, 32, 16):
         reference.batch_size = batch_size
         train_side_by_side(reference, [(model, update)], 3, dtype=float64)
-    assert update._guarded_signature is not None
+    assert update.guards.signature is not None
     assert max_difference(reference, model) < 1e-10
     # Step counters: one tensor per network, its elements the optimizer's own step tensors.
     for name in ("value", "actor", "critic"):
@@ -182,6 +182,24 @@ def test_compiled_update_skips_its_guards_only_for_inputs_like_those_that_passed
         steps = [optimizer.state[param]["step"] for param in update.params[name].values()]
         assert all(step.data_ptr() == update.step_counters[name][i].data_ptr() for i, step in enumerate(steps))
         assert update.step_counters[name].tolist() == [18.0] * len(steps)
+
+
+@pytest.mark.slow
+def test_a_new_model_reuses_the_compiled_update_of_one_like_it_but_not_of_other_hyperparameters(data):
+    """In float32, where the networks read their observation space: a compiled graph that held on to the first
+    model's space would be compiled again for every new model, and fail from the ninth on (Dynamo's recompile limit)."""
+    from torch._dynamo.utils import counters
+
+    first = make_model(data, DeviceReplayBuffer, {"fused": True})
+    train_side_by_side(first, [(first, first._functional_update(compile_mode="default"))], 2)
+    for expectile, new_graphs in ((first.expectile, 0), (first.expectile, 0), (0.7, 1)):  # the value step reads it
+        compiled_before = counters["stats"]["unique_graphs"]
+        reference = make_model(data, DeviceReplayBuffer, {"fused": True}, seed=1)
+        model = make_model(data, DeviceReplayBuffer, {"fused": True}, seed=1)
+        reference.expectile = model.expectile = expectile
+        train_side_by_side(reference, [(model, model._functional_update(compile_mode="default"))], 5)
+        assert counters["stats"]["unique_graphs"] - compiled_before == new_graphs
+        assert max_difference(reference, model) < 1e-5
 
 
 #: On CUDA, float64 runs of the same math differ by more than on CPU: cuBLAS picks its kernels (and so the order of

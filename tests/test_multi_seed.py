@@ -17,7 +17,8 @@ from toy_data import LINE_ENV_ID, LineEnv, bad_policy, good_policy, rollout_epis
 
 from sb3_iql import IQL
 from sb3_iql.common.synthetic import SpacesEnv, box_env, synthetic_antmaze_transitions, synthetic_transitions
-from sb3_iql.iql import fast_update
+from sb3_iql.iql import fast_update, multi_seed
+from sb3_iql.iql import iql as iql_module
 from sb3_iql.iql.multi_seed import CapturedStep, StackedLearners, learn_offline_together, make_seeds
 
 OBS_DIM, ACTION_DIM = 7, 3
@@ -93,13 +94,57 @@ def test_together_equals_one_by_one_in_float64(data, float64):
     assert max_difference(together[0], together[1]) > 1e-3  # the learners are independent
 
 
+@pytest.mark.slow
+def test_compiled_together_equals_one_by_one_in_float64(data, float64):
+    together = [make_model(data, seed) for seed in SEEDS]
+    alone = [make_model(data, seed) for seed in SEEDS]
+    learn_offline_together(together, N_UPDATES, log_interval=0, compile_update=True)
+    for joint, single in zip(together, alone):
+        single.learn_offline(N_UPDATES, log_interval=0)
+        assert max_difference(joint, single) < 1e-10
+        optimizer_states_match(joint, single, atol=1e-10)
+        assert th.equal(joint.replay_buffer.generator.get_state(), single.replay_buffer.generator.get_state())
+
+
+def test_compilation_is_tried_from_auto_s_length_on_and_a_failure_warns_and_trains_eagerly(data, float64, monkeypatch):
+    """``compile_update="auto"`` compiles calls of at least ``AUTO_COMPILE_UPDATES`` updates; where compilation fails
+    the learners train with the eager update (after a warning), as ``True`` would not: it raises before any update."""
+    tried = []
+
+    def failing_compile(function, device, compile_mode="default"):
+        tried.append(function.__name__)
+
+        def compiled(*args):
+            raise RuntimeError("no C++ compiler")
+
+        return compiled
+
+    monkeypatch.setattr(multi_seed, "compile_gradients", failing_compile)
+    together = [make_model(data, seed) for seed in SEEDS[:2]]
+    learn_offline_together(together, 5, log_interval=0)  # below AUTO_COMPILE_UPDATES: not tried
+    assert tried == []
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        learn_offline_together(together, 5, log_interval=0, compile_update=True)
+    assert counters(together[0]) == (5, 5, 5)  # nothing trained
+    monkeypatch.setattr(iql_module, "AUTO_COMPILE_UPDATES", 5)
+    with pytest.warns(UserWarning, match="torch.compile failed .*no C\\+\\+ compiler.*eager update"):
+        learn_offline_together(together, N_UPDATES - 5, log_interval=0, reset_num_timesteps=False)
+    assert tried == ["_vmapped_value_grads", "_vmapped_policy_grads"] * 2
+    alone = [make_model(data, seed) for seed in SEEDS[:2]]
+    for joint, single in zip(together, alone):
+        single.learn_offline(N_UPDATES, log_interval=0)
+        assert max_difference(joint, single) < 1e-10
+        assert counters(joint) == counters(single)
+
+
 @pytest.mark.skipif(not th.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("cuda_graph", [False, True])
-def test_together_on_cuda_equals_one_by_one_in_float64(data, float64, cuda_graph):
-    """On CUDA too, eager or captured in a CUDA graph (sampling included; its warm-up updates must leave no trace)."""
+@pytest.mark.parametrize("cuda_graph, compile_update", [(False, False), (True, False), (True, True)])
+def test_together_on_cuda_equals_one_by_one_in_float64(data, float64, cuda_graph, compile_update):
+    """On CUDA too, eager or captured in a CUDA graph (sampling included; its warm-up updates must leave no trace),
+    the update eager or compiled."""
     together = [make_model(data, seed, device="cuda") for seed in SEEDS[:2]]
     alone = [make_model(data, seed, device="cuda") for seed in SEEDS[:2]]
-    learn_offline_together(together, N_UPDATES, log_interval=0, cuda_graph=cuda_graph)
+    learn_offline_together(together, N_UPDATES, log_interval=0, cuda_graph=cuda_graph, compile_update=compile_update)
     for joint, single in zip(together, alone):
         single.learn_offline(N_UPDATES, log_interval=0)
         assert th.equal(joint.replay_buffer.generator.get_state(), single.replay_buffer.generator.get_state())

@@ -33,31 +33,36 @@ def to_channel_first(observations: BatchObs, observation_space: spaces.Space) ->
     return observations
 
 
-@th.compiler.assume_constant_result
-def scales_images(observation_space: spaces.Space, normalize_images: bool) -> bool:
+ImageScaling = bool | dict[str, "ImageScaling"]
+
+
+def image_scaling(observation_space: spaces.Space, normalize_images: bool) -> ImageScaling:
     """
-    :return: whether SB3 divides these observations by 255 (``normalize_images`` and an image space). A constant of
-        the network: ``torch.compile`` evaluates it once while tracing, because SB3's test compares the space's NumPy
-        bounds, on which a compiled graph cannot branch.
+    :return: whether SB3 divides these observations by 255 (``normalize_images`` and an image space), per key of a
+        Dict space. A constant of the network, computed once when it is built: SB3's test compares the space's
+        NumPy bounds, on which a compiled graph cannot branch, and a compiled graph that read the space itself would
+        be guarded on the space object, so that every new model would compile it again.
     """
+    if isinstance(observation_space, spaces.Dict):
+        return {key: image_scaling(space, normalize_images) for key, space in observation_space.spaces.items()}
     return normalize_images and is_image_space(observation_space)
 
 
-def preprocess_observations(obs: PyTorchObs, observation_space: spaces.Space, normalize_images: bool) -> PyTorchObs:
+def preprocess_observations(obs: PyTorchObs, observation_space: spaces.Space, scaling: ImageScaling) -> PyTorchObs:
     """
     SB3's ``preprocess_obs`` (float observations, images divided by 255, one-hot discrete ones), in a form that
     ``torch.compile(fullgraph=True)`` traces: the update of image observations compiles too.
 
     :param obs: a batch of observations ``(batch, *shape)``, or a dict of them
     :param observation_space: their space
-    :param normalize_images: whether image observations are divided by 255
+    :param scaling: ``image_scaling(observation_space, normalize_images)``
     :return: the preprocessed batch
     """
     if isinstance(observation_space, spaces.Dict):
-        return {key: preprocess_observations(value, observation_space[key], normalize_images) for key, value in obs.items()}
+        return {key: preprocess_observations(value, observation_space[key], scaling[key]) for key, value in obs.items()}  # type: ignore[index]
     if isinstance(observation_space, spaces.Box):
-        return obs.float() / 255.0 if scales_images(observation_space, normalize_images) else obs.float()
-    return preprocess_obs(obs, observation_space, normalize_images)  # no image test for the other spaces
+        return obs.float() / 255.0 if scaling else obs.float()
+    return preprocess_obs(obs, observation_space)  # Discrete, MultiDiscrete, MultiBinary: no image to scale
 
 
 #: Features whose standard deviation in the data is below this are only centred, not scaled (e.g. a goal that is

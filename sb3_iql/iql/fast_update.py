@@ -70,6 +70,63 @@ def one_step_counter(steps: list[th.Tensor], device: th.device) -> tuple[th.Tens
     return counters, list(counters)
 
 
+def compile_gradients(function: Callable, device: th.device, compile_mode: str = "default") -> Callable:
+    """
+    ``torch.compile`` of a pure gradient function of the update, whole (``fullgraph``: a graph break raises).
+
+    ``dynamic=False``: batches keep one shape; a recompilation for other strides (a CUDA graph's static inputs)
+    stays static too, instead of a dynamic-shape graph (whose gradients came back with other strides than the
+    parameters on an H200, which the fused Adam kernel refuses). On CPU with the ``"default"`` mode, Inductor's C++
+    wrapper: one compiled module per graph instead of one per kernel, which halves a first (cold) compilation on 2
+    cores (45-51 s to 28 s, ``docs/guide/speed.md``).
+
+    :param device: the device the function runs on
+    :param compile_mode: a ``torch.compile`` mode: ``"default"``, ``"max-autotune-no-cudagraphs"``
+    """
+    cpp_wrapper = device.type == "cpu" and compile_mode == "default"
+    how: dict[str, Any] = {"options": {"cpp_wrapper": True}} if cpp_wrapper else {"mode": compile_mode}
+    return th.compile(function, fullgraph=True, dynamic=False, **how)
+
+
+class GuardSkipping:
+    """
+    Dynamo checks the compiled functions' guards (every module, parameter and input they read) at each call:
+    0.5-1 ms per update on a shared 2-core CPU (``docs/guide/speed.md``). Once a call of the same input signature
+    (shapes, strides, dtypes and devices of the batch, the networks' training flags) passed them, the next one
+    reads the same objects: ``stance`` runs it under ``skip_guard_eval_unsafe``, which still tells apart the
+    compiled versions a function may have. Not where a user set another stance, and not on the first call after
+    ``check_again`` (each training call starts with it: global state such as autocast may differ from the last
+    one).
+
+    :param networks: the networks the compiled functions run
+    """
+
+    def __init__(self, networks: Iterable[nn.Module]):
+        self.modules = [module for network in networks for module in network.modules()]
+        #: the input signature of the last call that checked the guards (None: the next call checks them)
+        self.signature: tuple | None = None
+
+    @staticmethod
+    def stance_of(guards: "GuardSkipping | None", batch: Batch) -> contextlib.AbstractContextManager:
+        """``guards.stance(batch)``, or nothing to change where ``guards`` is None (not compiled)."""
+        return contextlib.nullcontext() if guards is None else guards.stance(batch)
+
+    def stance(self, batch: Batch) -> contextlib.AbstractContextManager:
+        """:return: the stance to run the compiled functions in on ``batch``"""
+        stance = getattr(th._dynamo.eval_frame, "_stance", None)
+        if stance is None or (stance.stance, stance.backend) != ("default", None):
+            return contextlib.nullcontext()
+        signature = _input_signature(batch, self.modules)
+        if signature != self.signature:
+            self.signature = signature
+            return contextlib.nullcontext()
+        return th.compiler.set_stance("default", skip_guard_eval_unsafe=True)
+
+    def check_again(self) -> None:
+        """Have the next call check Dynamo's guards, whatever its inputs."""
+        self.signature = None
+
+
 class ActorObjectiveInputs(nn.Module):
     """
     Calls what the actor objective takes from the actor as ``forward``, so that ``torch.func.functional_call`` can
@@ -161,19 +218,13 @@ class FunctionalUpdate:
         self.lrs = {name: th.zeros((), device=device) for name in self.networks}
         self._filled_lrs: dict[str, float] = {}  # what set_learning_rates last wrote into lrs
         self.compile_mode = compile_mode
-        self._guarded_signature: tuple | None = None
-        self._all_modules = [module for network in (*self.networks.values(), critic_target) for module in network.modules()]
         self.value_grads, self.policy_grads = self._value_grads, self._policy_grads
+        #: skips Dynamo's guards where they passed for the same inputs (None: not compiled)
+        self.guards: GuardSkipping | None = None
         if compile_mode is not None:
-            # dynamic=False: batches keep one shape; a recompilation for other strides (a CUDA graph's static
-            # inputs) stays static too, instead of a dynamic-shape graph (whose gradients came back with other
-            # strides than the parameters on an H200, which the fused Adam kernel refuses).
-            # On CPU, Inductor's C++ wrapper: one compiled module per graph instead of one per kernel, which
-            # halves a first (cold) compilation on 2 cores (45-51 s to 28 s, docs/guide/speed.md).
-            cpp_wrapper = device.type == "cpu" and compile_mode == "default"
-            how: dict[str, Any] = {"options": {"cpp_wrapper": True}} if cpp_wrapper else {"mode": compile_mode}
-            self.value_grads = th.compile(self._value_grads, fullgraph=True, dynamic=False, **how)
-            self.policy_grads = th.compile(self._policy_grads, fullgraph=True, dynamic=False, **how)
+            self.value_grads = compile_gradients(self._value_grads, device, compile_mode)
+            self.policy_grads = compile_gradients(self._policy_grads, device, compile_mode)
+            self.guards = GuardSkipping([*self.networks.values(), critic_target])
 
     def _state_lists(self, name: str) -> dict[str, list[th.Tensor]]:
         """
@@ -260,33 +311,15 @@ class FunctionalUpdate:
         metrics = update.update_metrics(value_loss, actor_loss, critic_loss, values, current_q, targets)
         return _as_parameters(actor_grads), _as_parameters(critic_grads), metrics
 
-    def _guard_stance(self, batch: Batch) -> contextlib.AbstractContextManager:
-        """
-        Dynamo checks the compiled functions' guards (every module, parameter and input they read) at each call:
-        0.5-1 ms per update on a shared 2-core CPU (``docs/guide/speed.md``). Once a call of the same input
-        signature (shapes, strides, dtypes and devices of the batch, the networks' training flags) passed them, the
-        next one reads the same objects: run it under ``skip_guard_eval_unsafe``, which still tells apart the
-        compiled versions a function may have. Not where compilation is off or a user set another stance, and not
-        on the first call after ``check_guards_again`` (each training call starts with it: global state such as
-        autocast may differ from the last one).
-        """
-        stance = getattr(th._dynamo.eval_frame, "_stance", None)
-        if self.compile_mode is None or stance is None or (stance.stance, stance.backend) != ("default", None):
-            return contextlib.nullcontext()
-        signature = _input_signature(batch, self._all_modules)
-        if signature != self._guarded_signature:
-            self._guarded_signature = signature
-            return contextlib.nullcontext()
-        return th.compiler.set_stance("default", skip_guard_eval_unsafe=True)
-
     def check_guards_again(self) -> None:
-        """Have the next call check Dynamo's guards, whatever its inputs."""
-        self._guarded_signature = None
+        """Have the next call check Dynamo's guards, whatever its inputs (``GuardSkipping``)."""
+        if self.guards is not None:
+            self.guards.check_again()
 
     def step(self, batch: Batch) -> th.Tensor:
         """One IQL update; returns the metrics of ``METRIC_NAMES``."""
         # torch.func.grad still differentiates inside no_grad; outside, no autograd graph is kept
-        with th.no_grad(), self._guard_stance(batch):
+        with th.no_grad(), GuardSkipping.stance_of(self.guards, batch):
             value_grads, value_loss, values, targets = self.value_grads(batch)
             self._adam_("value", value_grads)
             actor_grads, critic_grads, metrics = self.policy_grads(batch, targets, value_loss, values)

@@ -15,15 +15,18 @@ counters go back into each model, which is then an ordinary ``IQL`` (save, load,
     learn_offline_together(models, 100_000)
     models[2].save("iql_seed2")
 
-Eager (no ``torch.compile``), or on CUDA one captured CUDA graph per step (``cuda_graph=True``); CPU or CUDA, no
-host synchronisation in the loop. With dropout in the actor each learner draws its own masks, not the ones of its
-single-seed run: such learners match single-seed runs in distribution, not parameter for parameter. Not supported:
-callbacks, Adam with weight decay, amsgrad or maximize, observation spaces other than Box and Dict.
+Eager or compiled (``compile_update``: ``torch.compile`` of the two vmapped gradient functions, as the single-seed
+``compile_update``; ``"auto"`` from ``AUTO_COMPILE_UPDATES`` updates on), and on CUDA optionally one captured CUDA
+graph per step (``cuda_graph=True``); CPU or CUDA, no host synchronisation in the loop. With dropout in the actor
+each learner draws its own masks, not the ones of its single-seed run: such learners match single-seed runs in
+distribution, not parameter for parameter. Not supported: callbacks, Adam with weight decay, amsgrad or maximize,
+observation spaces other than Box and Dict.
 """
 
 import time
+import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch as th
 from gymnasium import spaces
@@ -34,13 +37,15 @@ from sb3_iql.data.minari_loader import resolve_datasets
 from sb3_iql.iql import update
 from sb3_iql.iql.fast_update import (
     ActorObjectiveInputs,
+    GuardSkipping,
     SampledGraph,
     _cat_obs,
     capture_without_trace,
+    compile_gradients,
     fused_adam_step_,
     one_step_counter,
 )
-from sb3_iql.iql.iql import IQL
+from sb3_iql.iql.iql import IQL, auto_mode
 from sb3_iql.iql.update import Batch
 
 #: The networks of a learner: the three trained ones (each with its Adam) and the Polyak-averaged target critics.
@@ -106,6 +111,7 @@ def learn_offline_together(
     tb_log_name: str | None = None,
     reset_num_timesteps: bool = True,
     cuda_graph: bool = False,
+    compile_update: bool | Literal["auto"] = "auto",
 ) -> list[IQL]:
     """
     ``model.learn_offline(n_updates)`` for every model, as one vmapped update per step for all of them.
@@ -123,6 +129,9 @@ def learn_offline_together(
     :param reset_num_timesteps: start counting ``num_timesteps`` from 0
     :param cuda_graph: CUDA only: capture the batched update in one CUDA graph (``CapturedStep``), replayed each
         step, with the sampling where every model's buffer allows it
+    :param compile_update: ``torch.compile`` the batched update (``StackedLearners.compile``: the same math);
+        ``"auto"``: for calls of at least ``AUTO_COMPILE_UPDATES`` updates, where it repays the compilation, eager
+        (with a warning) where compilation fails
     :return: the models, trained
     """
     models = list(models)
@@ -134,6 +143,17 @@ def learn_offline_together(
         n_updates = max(first.offline_steps - first._n_offline_updates, 0)
     tb_log_name = type(first).__name__ if tb_log_name is None else tb_log_name
     learners = StackedLearners(models)  # checks that the Adam states are at one step, before any model changes
+    if compile_update is True or (compile_update == "auto" and auto_mode(n_updates, first.device.type) == "compile"):
+        try:
+            learners.compile()
+        except Exception as error:  # no C++ compiler, an unsupported platform or module...
+            if compile_update is True:
+                raise
+            warnings.warn(
+                f"compile_update='auto': torch.compile failed ({type(error).__name__}: {str(error)[:300]}); the "
+                "learners train with the eager update. Pass compile_update=False to skip the attempt.",
+                stacklevel=2,
+            )
     for model in models:
         model._setup_offline_learn(n_updates, None, reset_num_timesteps, tb_log_name, progress_bar=False)
         model.policy.set_training_mode(True)
@@ -174,8 +194,7 @@ def sample_together(models: Sequence[IQL]) -> Batch:
 
 def stack_batches(models: Sequence[IQL]) -> Batch:
     """:return: each model's next batch (``_sample_batch``), stacked as ``sample_together`` returns them"""
-    batches = [Batch.from_replay_data(model._sample_batch(model.batch_size)) for model in models]
-    return pytree.tree_map(lambda *values: th.stack(values), *batches)
+    return _stacked([Batch.from_replay_data(model._sample_batch(model.batch_size)) for model in models])
 
 
 class StackedLearners:
@@ -208,11 +227,38 @@ class StackedLearners:
         self.states = {name: self._stack_adam_state(name) for name in TRAINED}
         # Learning rates as device tensors (inside a CUDA graph a float would be frozen at capture), or None: floats.
         self.lrs: dict[str, th.Tensor] | None = None
-        self.value_grads = th.func.vmap(self._value_grads)
-        # Actor dropout: each learner draws its own masks (other masks than its single-seed run would draw).
-        self.policy_grads = th.func.vmap(self._policy_grads, randomness="different")
+        #: the two steps of every learner at once (``compile`` replaces them with their compiled versions)
+        self.value_grads, self.policy_grads = self._vmapped_value_grads, self._vmapped_policy_grads
+        #: skips Dynamo's guards where they passed for the same inputs (None: not compiled)
+        self.guards: GuardSkipping | None = None
 
     # --- stacking -------------------------------------------------------------------------------------------------
+
+    def compile(self) -> None:
+        """
+        ``torch.compile`` both vmapped gradient functions (``compile_gradients``, as the single-seed update) and run
+        them once on batches that leave every sampling stream where it was: a compilation that fails raises here,
+        before any update (and the learners keep the eager functions). Nothing else changes: the functions are pure.
+        Each has its own code object, so that each keeps its own compilations (up to Dynamo's ``recompile_limit``
+        of shapes and hyperparameters per process); other models of the same shapes and hyperparameters reuse them.
+        """
+        device = next(iter(self.params["value"].values())).device
+        value_grads = compile_gradients(self._vmapped_value_grads, device)
+        policy_grads = compile_gradients(self._vmapped_policy_grads, device)
+        batch = _stacked([Batch.from_replay_data(model._example_batch()) for model in self.models])
+        with th.no_grad():
+            _, value_loss, values, targets = value_grads(self._value_params(), self.buffers, batch)
+            policy_grads(self._policy_params(), self.buffers, batch, targets, value_loss, values)
+        self.value_grads, self.policy_grads = value_grads, policy_grads
+        self.guards = GuardSkipping(self.templates.values())
+
+    def _value_params(self) -> dict[str, Tensors]:
+        """The parameters the value step reads."""
+        return {"value": self.params["value"], "critic_target": self.params["critic_target"]}
+
+    def _policy_params(self) -> dict[str, Tensors]:
+        """The parameters the policy step reads."""
+        return {name: self.params[name] for name in TRAINED}
 
     def _stack_adam_state(self, name: str) -> dict[str, list[th.Tensor]]:
         """
@@ -266,6 +312,17 @@ class StackedLearners:
     def _call(self, name: str, params: Tensors, buffers: dict[str, Tensors]) -> Any:
         """:return: network ``name`` of one learner as a function of its inputs, with the given parameters"""
         return lambda *inputs: th.func.functional_call(self.templates[name], (params, buffers[name]), inputs)
+
+    def _vmapped_value_grads(self, *args: Any) -> tuple[Tensors, th.Tensor, th.Tensor, Tensors]:
+        """``_value_grads`` of every learner: its results stacked along the learner dimension."""
+        return th.func.vmap(self._value_grads)(*args)
+
+    def _vmapped_policy_grads(self, *args: Any) -> tuple[Tensors, Tensors, th.Tensor]:
+        """
+        ``_policy_grads`` of every learner. Actor dropout: each learner draws its own masks (other masks than its
+        single-seed run would draw).
+        """
+        return th.func.vmap(self._policy_grads, randomness="different")(*args)
 
     def _value_grads(
         self, params: dict[str, Tensors], buffers: dict[str, Tensors], batch: Batch
@@ -347,12 +404,13 @@ class StackedLearners:
     def update(self, batch: Batch) -> th.Tensor:
         """``step`` without setting the learning rates: what a CUDA graph captures."""
         params, buffers = self.params, self.buffers
-        with th.no_grad():  # torch.func.grad still differentiates inside
-            value_params = {"value": params["value"], "critic_target": params["critic_target"]}
-            value_grads, value_loss, values, targets = self.value_grads(value_params, buffers, batch)
+        # torch.func.grad still differentiates inside no_grad
+        with th.no_grad(), GuardSkipping.stance_of(self.guards, batch):
+            value_grads, value_loss, values, targets = self.value_grads(self._value_params(), buffers, batch)
             self._adam_("value", value_grads)
-            policy_params = {name: params[name] for name in TRAINED}
-            actor_grads, critic_grads, metrics = self.policy_grads(policy_params, buffers, batch, targets, value_loss, values)
+            actor_grads, critic_grads, metrics = self.policy_grads(
+                self._policy_params(), buffers, batch, targets, value_loss, values
+            )
             self._adam_("actor", actor_grads)
             self._adam_("critic", critic_grads)
             th._foreach_lerp_(list(params["critic_target"].values()), list(params["critic"].values()), self.tau)
@@ -501,6 +559,11 @@ def _modules(model: IQL) -> dict[str, nn.Module]:
         name: ActorObjectiveInputs(model.actor, model.policy_extraction) if name == "actor" else _network(model, name)
         for name in NETWORKS
     }
+
+
+def _stacked(batches: Sequence[Batch]) -> Batch:
+    """:return: the batches stacked along a new leading (learner) dimension"""
+    return pytree.tree_map(lambda *values: th.stack(values), *batches)
 
 
 def _stack(per_model: list[Tensors]) -> Tensors:

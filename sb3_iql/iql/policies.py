@@ -12,7 +12,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, Combine
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
-from sb3_iql.common.preprocessing import ObservationNormalizer, preprocess_observations
+from sb3_iql.common.preprocessing import ImageScaling, ObservationNormalizer, image_scaling, preprocess_observations
 from sb3_iql.common.torch_layers import features_extractor_class_named
 
 #: Gain of the orthogonal initialisation of every layer in the reference implementation.
@@ -162,18 +162,25 @@ def orthogonal_init_(module: nn.Module, gain: float = ORTHOGONAL_GAIN) -> None:
 class NormalizedFeatures:
     """
     Networks whose observations pass through the policy's ``ObservationNormalizer`` (when it has one) after SB3's
-    preprocessing and before the features extractor. Each network sets ``self.observation_normalizer = None`` in
-    its constructor; ``IQLPolicy`` gives the three networks one shared normalizer.
+    preprocessing and before the features extractor. Each network calls ``_setup_preprocessing()`` in its
+    constructor; ``IQLPolicy`` gives the three networks one shared normalizer.
     """
 
     observation_space: spaces.Space
     normalize_images: bool
     observation_normalizer: ObservationNormalizer | None
+    #: Whether SB3's preprocessing divides the observations by 255 (per key of a Dict space): ``image_scaling``.
+    image_scaling: ImageScaling
     #: The extractor is another network's (``share_features_extractor``): its features are used, not trained.
     features_detached: bool = False
 
+    def _setup_preprocessing(self) -> None:
+        """No normalizer yet; the image scaling of the observation space (after ``BaseModel.__init__``)."""
+        self.observation_normalizer = None
+        self.image_scaling = image_scaling(self.observation_space, self.normalize_images)
+
     def extract_features(self, obs: PyTorchObs, features_extractor: BaseFeaturesExtractor) -> th.Tensor:
-        preprocessed = preprocess_observations(obs, self.observation_space, self.normalize_images)
+        preprocessed = preprocess_observations(obs, self.observation_space, self.image_scaling)
         if self.observation_normalizer is not None:
             preprocessed = self.observation_normalizer(preprocessed)
         features = features_extractor(preprocessed)
@@ -218,7 +225,7 @@ class MlpActor(NormalizedFeatures, BasePolicy):
         self.net_arch = net_arch
         self.activation_fn = activation_fn
         self.dropout = dropout
-        self.observation_normalizer = None
+        self._setup_preprocessing()
         self.latent_pi = hidden_layers(features_dim, net_arch, activation_fn, dropout)
         #: Size of ``latent_pi``'s output.
         self.latent_dim = net_arch[-1] if net_arch else features_dim
@@ -430,7 +437,7 @@ class EnsembleCritic(NormalizedFeatures, BaseModel):
             observation_space, action_space, features_extractor=features_extractor, normalize_images=normalize_images
         )
         self.n_critics = n_critics
-        self.observation_normalizer = None
+        self._setup_preprocessing()
         self.discrete = isinstance(action_space, spaces.Discrete)
         action_inputs, outputs = (0, int(action_space.n)) if self.discrete else (int(action_space.shape[0]), 1)
         widths = [features_dim + action_inputs, *net_arch]
@@ -482,7 +489,7 @@ class ValueNetwork(NormalizedFeatures, BaseModel):
         super().__init__(
             observation_space, action_space, features_extractor=features_extractor, normalize_images=normalize_images
         )
-        self.observation_normalizer = None
+        self._setup_preprocessing()
         self.v_network = nn.Sequential(
             hidden_layers(features_dim, net_arch, activation_fn, dropout=None, layer_norm=layer_norm),
             nn.Linear(net_arch[-1] if net_arch else features_dim, 1),
