@@ -637,16 +637,23 @@ def train_iql(
 
 
 def train_iql_together(
-    configs: list[RunConfig], dataset: minari.MinariDataset, checkpoint_dir: Path, save_dir: Path | None, device: str = "cpu"
+    configs: list[RunConfig],
+    dataset: minari.MinariDataset,
+    checkpoint_dir: Path,
+    save_dir: Path | None,
+    device: str = "cpu",
+    compile_update: bool = False,
 ) -> list[dict]:
     """
     The runs of ``configs`` (one method, several seeds) as one batched computation (``learn_offline_together``:
     each learner reaches the parameters of its own run, to float tolerance), each evaluated and checkpointed as
     ``train_iql`` does. Runs resumed at different points first train alone up to the furthest one.
 
+    :param compile_update: compile the batched update (``learn_offline_together(compile_update=True)``: the same
+        math), and the single runs' (``IQL(compile_update=True)``) while they catch up
     :return: the progress dict of each run; ``train_s`` is the shared training time divided by the number of runs
     """
-    models, progresses = zip(*(iql_model(config, dataset, checkpoint_dir, device) for config in configs))
+    models, progresses = zip(*(iql_model(config, dataset, checkpoint_dir, device, compile_update) for config in configs))
     furthest = max(model.num_timesteps for model in models)
     for model, config, progress in zip(models, configs, progresses):
         train_alone(model, config, dataset, progress, checkpoint_dir, furthest)
@@ -654,7 +661,7 @@ def train_iql_together(
     while models[0].num_timesteps < first.updates:
         n_updates = min(first.eval_every, first.updates - models[0].num_timesteps)
         start = time.perf_counter()
-        learn_offline_together(models, n_updates, log_interval=0, reset_num_timesteps=False)
+        learn_offline_together(models, n_updates, log_interval=0, reset_num_timesteps=False, compile_update=compile_update)
         share = (time.perf_counter() - start) / len(models)
         for model, config, progress in zip(models, configs, progresses):
             progress["train_s"] += share
@@ -840,7 +847,9 @@ def main() -> None:
                     continue
                 print("\n".join(config.key for config in configs), flush=True)
                 if len(configs) > 1 and not is_peer:
-                    progresses = train_iql_together(configs, dataset, args.checkpoint_dir, args.save_models, args.device)
+                    progresses = train_iql_together(
+                        configs, dataset, args.checkpoint_dir, args.save_models, args.device, args.compile
+                    )
                     records = [run_record(config, progress) for config, progress in zip(configs, progresses)]
                 else:
                     records = [
