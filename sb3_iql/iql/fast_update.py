@@ -127,6 +127,31 @@ class GuardSkipping:
         self.signature = None
 
 
+class TensorLearningRates:
+    """
+    Learning rates as 0-d device tensors, which Adam steps inside a CUDA graph read (a float would be frozen at
+    capture). ``fill`` copies the current ones in: an in-place fill each (no host sync), for those that changed
+    since the last fill only (one kernel launch fewer per constant lr and update).
+
+    :param names: the networks, one lr each
+    :param device: the parameters' device
+    """
+
+    def __init__(self, names: Iterable[str], device: th.device):
+        self.tensors = {name: th.zeros((), device=device) for name in names}
+        self._filled: dict[str, float] = {}  # what fill last wrote
+
+    def __getitem__(self, name: str) -> th.Tensor:
+        return self.tensors[name]
+
+    def fill(self, lrs: dict[str, float]) -> None:
+        """:param lrs: each network's current learning rate"""
+        for name, lr in lrs.items():
+            if self._filled.get(name) != lr:
+                self.tensors[name].fill_(lr)
+                self._filled[name] = lr
+
+
 class ActorObjectiveInputs(nn.Module):
     """
     Calls what the actor objective takes from the actor as ``forward``, so that ``torch.func.functional_call`` can
@@ -215,8 +240,7 @@ class FunctionalUpdate:
             self._state_lists(name)
         self.tensor_lr = tensor_lr
         device = self.critic_params[0].device
-        self.lrs = {name: th.zeros((), device=device) for name in self.networks}
-        self._filled_lrs: dict[str, float] = {}  # what set_learning_rates last wrote into lrs
+        self.lrs = TensorLearningRates(self.networks, device)
         self.compile_mode = compile_mode
         self.value_grads, self.policy_grads = self._value_grads, self._policy_grads
         #: skips Dynamo's guards where they passed for the same inputs (None: not compiled)
@@ -339,16 +363,9 @@ class FunctionalUpdate:
             self.policy_grads(batch, targets, value_loss, values)
 
     def set_learning_rates(self) -> None:
-        """
-        With ``tensor_lr``: copy the optimizers' current lr into the lr tensors (an in-place fill, no sync), those
-        that changed since the last call only (one kernel launch fewer per constant lr and update).
-        """
+        """With ``tensor_lr``: copy the optimizers' current lr into the lr tensors (``TensorLearningRates.fill``)."""
         if self.tensor_lr:
-            for name, network in self.networks.items():
-                lr = network.optimizer.param_groups[0]["lr"]
-                if self._filled_lrs.get(name) != lr:
-                    self.lrs[name].fill_(lr)
-                    self._filled_lrs[name] = lr
+            self.lrs.fill({name: network.optimizer.param_groups[0]["lr"] for name, network in self.networks.items()})
 
     def __call__(self, replay_data: Any) -> th.Tensor:
         """Drop-in for ``IQL._update(replay_data)``."""

@@ -39,6 +39,7 @@ from sb3_iql.iql.fast_update import (
     ActorObjectiveInputs,
     GuardSkipping,
     SampledGraph,
+    TensorLearningRates,
     _cat_obs,
     capture_without_trace,
     compile_gradients,
@@ -226,7 +227,7 @@ class StackedLearners:
         self.step_counters: dict[str, th.Tensor] = {}
         self.states = {name: self._stack_adam_state(name) for name in TRAINED}
         # Learning rates as device tensors (inside a CUDA graph a float would be frozen at capture), or None: floats.
-        self.lrs: dict[str, th.Tensor] | None = None
+        self.lrs: TensorLearningRates | None = None
         #: the two steps of every learner at once (``compile`` replaces them with their compiled versions)
         self.value_grads, self.policy_grads = self._vmapped_value_grads, self._vmapped_policy_grads
         #: skips Dynamo's guards where they passed for the same inputs (None: not compiled)
@@ -395,11 +396,10 @@ class StackedLearners:
         return self.update(batch)
 
     def set_learning_rates(self) -> None:
-        """Check that the models' learning rates are equal; copy them into ``lrs`` (in place: no host sync), if any."""
+        """Check that the models' learning rates are equal; copy them into ``lrs``, if any (``TensorLearningRates``)."""
         _check_same_learning_rates(self.models)
         if self.lrs is not None:
-            for name in TRAINED:
-                self.lrs[name].fill_(_network(self.models[0], name).optimizer.param_groups[0]["lr"])
+            self.lrs.fill({name: _network(self.models[0], name).optimizer.param_groups[0]["lr"] for name in TRAINED})
 
     def update(self, batch: Batch) -> th.Tensor:
         """``step`` without setting the learning rates: what a CUDA graph captures."""
@@ -432,7 +432,7 @@ class CapturedStep:
 
     def __init__(self, learners: StackedLearners, n_warmup: int = 3):
         device = next(iter(learners.params["value"].values())).device
-        learners.lrs = {name: th.zeros((), device=device) for name in TRAINED}
+        learners.lrs = TensorLearningRates(TRAINED, device)
         self.learners = learners
         self.n_warmup = n_warmup
         self.state = [*(t for p in learners.params.values() for t in p.values())]
