@@ -70,6 +70,18 @@ def one_step_counter(steps: list[th.Tensor], device: th.device) -> tuple[th.Tens
     return counters, list(counters)
 
 
+#: Dynamo's recompile limit where the update's compiled functions check their guards (and may compile): each
+#: combination of shapes and hyperparameters in a process is one compilation of each function, which a sweep or
+#: a score run over many datasets takes past Dynamo's default (8; past it a ``fullgraph`` function raises).
+RECOMPILE_LIMIT = 64
+
+
+def compiling() -> contextlib.AbstractContextManager:
+    """Where the update's compiled functions may compile: Dynamo's recompile limit at ``RECOMPILE_LIMIT``."""
+    name = "recompile_limit" if hasattr(th._dynamo.config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+    return th._dynamo.config.patch(**{name: RECOMPILE_LIMIT})
+
+
 def compile_gradients(function: Callable, device: th.device, compile_mode: str = "default") -> Callable:
     """
     ``torch.compile`` of a pure gradient function of the update, whole (``fullgraph``: a graph break raises).
@@ -112,14 +124,14 @@ class GuardSkipping:
         return contextlib.nullcontext() if guards is None else guards.stance(batch)
 
     def stance(self, batch: Batch) -> contextlib.AbstractContextManager:
-        """:return: the stance to run the compiled functions in on ``batch``"""
+        """:return: what to run the compiled functions in on ``batch``: guards skipped, or checked (``compiling``)"""
         stance = getattr(th._dynamo.eval_frame, "_stance", None)
         if stance is None or (stance.stance, stance.backend) != ("default", None):
-            return contextlib.nullcontext()
+            return compiling()
         signature = _input_signature(batch, self.modules)
         if signature != self.signature:
             self.signature = signature
-            return contextlib.nullcontext()
+            return compiling()
         return th.compiler.set_stance("default", skip_guard_eval_unsafe=True)
 
     def check_again(self) -> None:
@@ -358,7 +370,7 @@ class FunctionalUpdate:
         nothing changes; a compilation that fails raises here, before any update.
         """
         batch = Batch.from_replay_data(replay_data)
-        with th.no_grad():
+        with th.no_grad(), compiling():
             _, value_loss, values, targets = self.value_grads(batch)
             self.policy_grads(batch, targets, value_loss, values)
 

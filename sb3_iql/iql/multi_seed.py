@@ -43,6 +43,7 @@ from sb3_iql.iql.fast_update import (
     _cat_obs,
     capture_without_trace,
     compile_gradients,
+    compiling,
     fused_adam_step_,
     one_step_counter,
 )
@@ -247,7 +248,7 @@ class StackedLearners:
         value_grads = compile_gradients(self._vmapped_value_grads, device)
         policy_grads = compile_gradients(self._vmapped_policy_grads, device)
         batch = _stacked([Batch.from_replay_data(model._example_batch()) for model in self.models])
-        with th.no_grad():
+        with th.no_grad(), compiling():
             _, value_loss, values, targets = value_grads(self._value_params(), self.buffers, batch)
             policy_grads(self._policy_params(), self.buffers, batch, targets, value_loss, values)
         self.value_grads, self.policy_grads = value_grads, policy_grads
