@@ -236,32 +236,6 @@ class StackedLearners:
 
     # --- stacking -------------------------------------------------------------------------------------------------
 
-    def compile(self) -> None:
-        """
-        ``torch.compile`` both vmapped gradient functions (``compile_gradients``, as the single-seed update) and run
-        them once on batches that leave every sampling stream where it was: a compilation that fails raises here,
-        before any update (and the learners keep the eager functions). Nothing else changes: the functions are pure.
-        Each has its own code object, so that each keeps its own compilations (up to Dynamo's ``recompile_limit``
-        of shapes and hyperparameters per process); other models of the same shapes and hyperparameters reuse them.
-        """
-        device = next(iter(self.params["value"].values())).device
-        value_grads = compile_gradients(self._vmapped_value_grads, device)
-        policy_grads = compile_gradients(self._vmapped_policy_grads, device)
-        batch = _stacked([Batch.from_replay_data(model._example_batch()) for model in self.models])
-        with th.no_grad(), compiling():
-            _, value_loss, values, targets = value_grads(self._value_params(), self.buffers, batch)
-            policy_grads(self._policy_params(), self.buffers, batch, targets, value_loss, values)
-        self.value_grads, self.policy_grads = value_grads, policy_grads
-        self.guards = GuardSkipping(self.templates.values())
-
-    def _value_params(self) -> dict[str, Tensors]:
-        """The parameters the value step reads."""
-        return {"value": self.params["value"], "critic_target": self.params["critic_target"]}
-
-    def _policy_params(self) -> dict[str, Tensors]:
-        """The parameters the policy step reads."""
-        return {name: self.params[name] for name in TRAINED}
-
     def _stack_adam_state(self, name: str) -> dict[str, list[th.Tensor]]:
         """
         :return: Adam's ``exp_avg`` and ``exp_avg_sq`` of network ``name``, stacked ``(K, *param_shape)`` per
@@ -310,6 +284,32 @@ class StackedLearners:
             param_state["exp_avg_sq"].copy_(state["exp_avg_sq"][position][index])
 
     # --- the update -----------------------------------------------------------------------------------------------
+
+    def compile(self) -> None:
+        """
+        ``torch.compile`` both vmapped gradient functions (``compile_gradients``, as the single-seed update) and run
+        them once on batches that leave every sampling stream where it was: a compilation that fails raises here,
+        before any update (and the learners keep the eager functions). Nothing else changes: the functions are pure.
+        Each has its own code object, so that each keeps its own compilations (``fast_update.RECOMPILE_LIMIT``
+        combinations of shapes and hyperparameters per process); models of the same ones reuse them.
+        """
+        device = next(iter(self.params["value"].values())).device
+        value_grads = compile_gradients(self._vmapped_value_grads, device)
+        policy_grads = compile_gradients(self._vmapped_policy_grads, device)
+        batch = _stacked([Batch.from_replay_data(model._example_batch()) for model in self.models])
+        with th.no_grad(), compiling():
+            _, value_loss, values, targets = value_grads(self._value_params(), self.buffers, batch)
+            policy_grads(self._policy_params(), self.buffers, batch, targets, value_loss, values)
+        self.value_grads, self.policy_grads = value_grads, policy_grads
+        self.guards = GuardSkipping(self.templates.values())
+
+    def _value_params(self) -> dict[str, Tensors]:
+        """The parameters the value step reads."""
+        return {"value": self.params["value"], "critic_target": self.params["critic_target"]}
+
+    def _policy_params(self) -> dict[str, Tensors]:
+        """The parameters the policy step reads."""
+        return {name: self.params[name] for name in TRAINED}
 
     def _call(self, name: str, params: Tensors, buffers: dict[str, Tensors]) -> Any:
         """:return: network ``name`` of one learner as a function of its inputs, with the given parameters"""
