@@ -68,8 +68,9 @@ def timed(function: Callable[[], object], device: str) -> tuple[float, float]:
 def contenders(n_learners: int, width: int, device: str, compiled: bool) -> dict[str, Callable[[int], object]]:
     """
     :return: name -> ``run(n_updates)``, warmed up: ``together`` and ``separate`` (eager), on CUDA ``graph``
-        (together in a CUDA graph, its capture timed with each call), with ``compiled`` ``together_compiled`` and
-        ``separate_compiled`` (``compile_update=True``: the compilation in the warm-up)
+        (together in a CUDA graph, its capture timed with each call); with ``compiled``, on CPU
+        ``together_compiled`` and ``separate_compiled`` (``compile_update=True``: the compilation in the warm-up),
+        on CUDA ``graph_compiled`` (the compiled update in the graph: the fastest path of one seed and of K)
     """
     runs: dict[str, Callable[[int], object]] = {}
 
@@ -86,11 +87,19 @@ def contenders(n_learners: int, width: int, device: str, compiled: bool) -> dict
             model.learn_offline(5, log_interval=0)  # warm-up
         return lambda n: [model.learn_offline(n, log_interval=0, reset_num_timesteps=False) for model in models]
 
+    def graphed(compile_update: bool) -> Callable[[int], object]:
+        models = make_models(n_learners, width, device)
+        learn_offline_together(models, 5, log_interval=0, cuda_graph=True, compile_update=compile_update)  # warm-up
+        return lambda n: learn_offline_together(
+            models, n, log_interval=0, reset_num_timesteps=False, cuda_graph=True, compile_update=compile_update
+        )
+
     runs["together"], runs["separate"] = together(False), separate(False)
     if device == "cuda":
-        graphed = make_models(n_learners, width, device)
-        runs["graph"] = lambda n: learn_offline_together(graphed, n, log_interval=0, cuda_graph=True)
-    if compiled:
+        runs["graph"] = graphed(False)
+        if compiled:
+            runs["graph_compiled"] = graphed(True)
+    elif compiled:
         runs["together_compiled"], runs["separate_compiled"] = together(True), separate(True)
     return runs
 
@@ -114,7 +123,7 @@ def benchmark(
             result[f"{name}_{clock}"] = n_learners * n_updates / seconds  # learner-updates/s: updates/s per learner x K
     for clock in ("wall", "cpu"):
         result[f"ratio_{clock}"] = result[f"together_{clock}"] / result[f"separate_{clock}"]
-    if compiled:
+    if "together_compiled_cpu" in result:
         result["ratio_compiled_cpu"] = result["together_compiled_cpu"] / result["separate_compiled_cpu"]
     return result
 
@@ -123,9 +132,10 @@ def extra_columns(rows: list[dict[str, Any]]) -> tuple[str, str, list[str]]:
     """:return: the header and separator additions and the cells of the optional columns: the CUDA graph's, and the
     compiled runs' (empty where the rows lack them)"""
     header, separator, cells = "", "", ["" for _ in rows]
-    if all("graph_wall" in row for row in rows):
-        header, separator = header + " together, CUDA graph (wall) |", separator + "---:|"
-        cells = [cell + f" {row['graph_wall']:.0f} |" for cell, row in zip(cells, rows)]
+    for name, title in (("graph", "together, CUDA graph"), ("graph_compiled", "together, compiled, CUDA graph")):
+        if all(f"{name}_wall" in row for row in rows):
+            header, separator = header + f" {title} (wall) |", separator + "---:|"
+            cells = [cell + f" {row[f'{name}_wall']:.0f} |" for cell, row in zip(cells, rows)]
     if all("together_compiled_cpu" in row for row in rows):
         header += " together, compiled (CPU) | separate, compiled (CPU) | ratio, compiled (CPU) |"
         separator += "---:|---:|---:|"
@@ -148,7 +158,7 @@ def render(result: dict[str, Any], device_name: str) -> str:
         f"{OBS_DIM}, action {ACTION_DIM}), {result['updates']} updates x {result['rounds']} rounds, median round. "
         "Figures: learner-updates/s (K x updates/s of each learner). Compiled: `compile_update=True` for both "
         "(compilation excluded; `learn_offline_together` runs its gradient functions once more per call, to check "
-        "the compilation).",
+        "the compilation). A CUDA graph is captured again by each call, which the rounds count.",
         "",
     ]
     header, separator, extra_cells = extra_columns(result["rows"])
@@ -174,7 +184,12 @@ def main() -> None:
     parser.add_argument("--widths", type=int, nargs="+", default=[64, 256], help="hidden widths (two layers)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--compiled", action="store_true", help="also time both compiled (a compilation per width and K)")
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="also time the compiled update: on CPU together and separate, on CUDA together in a CUDA graph (a "
+        "compilation per width and K)",
+    )
     parser.add_argument(
         "--output-dir", default=None, help="write multi_seed_<device>.json there and re-render its speed.md (speed.py)"
     )
@@ -203,7 +218,8 @@ def main() -> None:
                 f"{width}x{width}, K={n_learners}: {row['together_wall']:.0f} learner-updates/s together, "
                 f"{row['separate_wall']:.0f} separate, ratio {row['ratio_wall']:.2f} (wall), {row['ratio_cpu']:.2f} (CPU)"
                 + (f", {row['graph_wall']:.0f} together in a CUDA graph" if "graph_wall" in row else "")
-                + (f", compiled ratio {row['ratio_compiled_cpu']:.2f} (CPU)" if args.compiled else ""),
+                + (f", compiled ratio {row['ratio_compiled_cpu']:.2f} (CPU)" if "ratio_compiled_cpu" in row else "")
+                + (f", {row['graph_compiled_wall']:.0f} compiled in a CUDA graph" if "graph_compiled_wall" in row else ""),
                 flush=True,
             )
             if args.output_dir is not None:  # after each row: a run stopped at its time limit keeps what it measured
