@@ -41,7 +41,7 @@ from sb3_iql.iql.update import Batch
 SPEC = speed.PATHS["compiled-cudagraph"]
 #: kinds of kernels, by a part of their names (the first that matches; lower case)
 KERNEL_KINDS = {
-    "matrix products": ("gemm", "cutlass", "xmma", "cublas"),
+    "matrix products": ("gemm", "cutlass", "xmma", "cublas", "nvjet"),
     "Adam": ("adam",),
     "Triton (fused by Inductor)": ("triton",),
 }
@@ -119,6 +119,9 @@ def measure(
     :return: updates/s per K, ``learn_offline``'s and the K = 1 graph's kernels (``kernel_summary``)
     """
     device = th.device("cuda")
+    init_profiler = getattr(th.profiler._utils, "_init_for_cuda_graphs", None)
+    if n_profiled and init_profiler is not None:  # before the first capture, or replays may not profile (pytorch#100441)
+        init_profiler()
     obs_dim, action_dim = speed.SHAPES["antmaze"]
     model = speed.make_iql(obs_dim, action_dim, device, SPEC)
     data = synthetic_transitions(obs_dim, action_dim, speed.N_TRANSITIONS)

@@ -23,7 +23,8 @@ from sb3_iql.data import OfflineReplayBuffer
 from sb3_iql.data.device_buffers import DeviceReplayBuffer
 from sb3_iql.iql import fast_update
 from sb3_iql.iql import iql as iql_module
-from sb3_iql.iql.fast_update import CudaGraphUpdate, FunctionalUpdate
+from sb3_iql.iql.fast_update import CudaGraphUpdate, FunctionalUpdate, GuardSkipping
+from sb3_iql.iql.update import Batch
 
 OBS_DIM, ACTION_DIM = 29, 8
 N_TRANSITIONS = 5_000
@@ -203,6 +204,38 @@ def test_a_new_model_reuses_the_compiled_update_of_one_like_it_but_not_of_other_
         train_side_by_side(reference, [(model, model._functional_update(compile_mode="default"))], 5)
         assert counters["stats"]["unique_graphs"] - compiled_before == new_graphs
         assert max_difference(reference, model) < 1e-5
+
+
+def test_guards_are_skipped_only_after_a_checked_call_of_the_same_caller_on_like_inputs(data):
+    """Models of the same shapes share compiled functions; a skip-mode call looks first at the version the last
+    caller used, so a caller skips only where it ran the last guard-checked call itself."""
+    model, other = make_model(data, DeviceReplayBuffer), make_model(data, DeviceReplayBuffer, seed=1)
+    batch, smaller = (Batch.from_replay_data(model.replay_buffer.sample(n)) for n in (32, 16))
+    guards, other_guards = GuardSkipping([model.policy]), GuardSkipping([other.policy])
+
+    def call(caller: GuardSkipping, inputs: Batch = batch) -> None:
+        with caller.stance(inputs):  # where the compiled functions would run
+            pass
+
+    call(guards)
+    assert guards.may_skip(batch)
+    call(guards, smaller)
+    assert guards.may_skip(smaller) and not guards.may_skip(batch)  # other inputs: checked again
+    call(guards)
+    call(other_guards)  # another model's call
+    assert other_guards.may_skip(batch) and not guards.may_skip(batch)
+    call(guards)
+    with fast_update.compiling():  # a warm-up, a compilation: another caller
+        pass
+    assert not guards.may_skip(batch)
+    call(guards)
+    model.policy.set_training_mode(False)
+    assert not guards.may_skip(batch)
+    model.policy.set_training_mode(True)
+    call(guards)
+    guards.check_again()
+    assert not guards.may_skip(batch)
+    assert th._dynamo.eval_frame._stance.skip_guard_eval_unsafe is False  # the stance only within the blocks
 
 
 #: On CUDA, float64 runs of the same math differ by more than on CPU: cuBLAS picks its kernels (and so the order of

@@ -30,7 +30,7 @@ from sb3_iql import IQL, LayerNormNatureCNN, SpatialSoftmaxCNN, evaluate
 from sb3_iql.common.augmentation import random_shift
 from sb3_iql.common.preprocessing import IMAGE_STD_OFFSET
 from sb3_iql.common.synthetic import SpacesEnv
-from sb3_iql.data import DeviceImageReplayBuffer, load_transitions
+from sb3_iql.data import DeviceImageReplayBuffer, image_buffers, load_transitions
 from sb3_iql.datasets import ensure_dataset, make_pixel_pointmaze_env, make_pointmaze_dataset, pixel_dataset_id
 from sb3_iql.datasets.pixels import render_states
 from sb3_iql.iql.fast_update import FunctionalUpdate
@@ -182,14 +182,36 @@ def test_cnn_policy_trains_on_channel_last_frames_kept_as_uint8(image_dataset, t
 
 
 def test_the_compiled_update_of_image_observations_trains_like_the_eager_one(image_dataset):
-    # SB3's image test compares the space's NumPy bounds, on which a fullgraph-compiled update cannot branch: it is
-    # decided once, while tracing. A wrong decision (frames not divided by 255) would train differently.
+    # SB3's image test compares the space's NumPy bounds, on which a fullgraph-compiled update cannot branch: each
+    # network decides once, when it is built (image_scaling). A wrong decision (frames not divided by 255) would
+    # train differently.
     eager, compiled = (image_model(image_dataset, compile_update=mode) for mode in (False, True))
     eager.learn_offline(5)
     compiled.learn_offline(5)  # same seed: the same batches
     assert isinstance(compiled._fast_update, FunctionalUpdate)
     difference = max((a - b).abs().max().item() for a, b in zip(eager.policy.parameters(), compiled.policy.parameters()))
     assert difference < 1e-5
+
+
+def test_an_example_batch_leaves_the_image_buffer_drawing_the_batches_of_a_run_without_it(image_dataset, monkeypatch):
+    """On a GPU the image buffer's first sample swaps the model's CPU generator for one on the device, seeded from it
+    (``generator_on``); a batch drawn to compile or capture the update on must not leave that swap behind. Here a
+    stand-in swap on the CPU."""
+    swapped = set()
+
+    def swap(generator, device):
+        if generator is None or id(generator) in swapped:
+            return generator
+        on_device = th.Generator().manual_seed(int(th.randint(2**31, (), generator=generator)))
+        swapped.add(id(on_device))
+        return on_device
+
+    monkeypatch.setattr(image_buffers, "generator_on", swap)
+    plain, warmed = image_model(image_dataset), image_model(image_dataset)
+    warmed._example_batch()
+    for _ in range(2):
+        first, second = plain._sample_batch(8), warmed._sample_batch(8)
+        assert th.equal(first.observations, second.observations) and th.equal(first.actions, second.actions)
 
 
 @pytest.mark.parametrize("normalize_images", [True, False])

@@ -109,12 +109,13 @@ def test_compiled_together_equals_one_by_one_in_float64(data, float64):
 def test_compilation_is_tried_from_auto_s_length_on_and_a_failure_warns_and_trains_eagerly(data, float64, monkeypatch):
     """``compile_update="auto"`` compiles calls of at least ``AUTO_COMPILE_UPDATES`` updates; where compilation fails
     the learners train with the eager update (after a warning), as ``True`` would not: it raises before any update."""
-    tried = []
+    tried, training = [], []
 
     def failing_compile(function, device, compile_mode="default"):
         tried.append(function.__name__)
 
         def compiled(*args):
+            training.append(function.__self__.templates["actor"].training)  # compiled as trained (dropout on)
             raise RuntimeError("no C++ compiler")
 
         return compiled
@@ -123,9 +124,12 @@ def test_compilation_is_tried_from_auto_s_length_on_and_a_failure_warns_and_trai
     together = [make_model(data, seed) for seed in SEEDS[:2]]
     learn_offline_together(together, 5, log_interval=0)  # below AUTO_COMPILE_UPDATES: not tried
     assert tried == []
+    together[0].policy.set_training_mode(False)  # as after an evaluation
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
         learn_offline_together(together, 5, log_interval=0, compile_update=True)
-    assert counters(together[0]) == (5, 5, 5)  # nothing trained
+    assert counters(together[0]) == (5, 5, 5) and training == [True]  # nothing trained
+    with pytest.raises(ValueError, match="compile_update must be"):
+        learn_offline_together(together, 5, log_interval=0, compile_update="cudagraph")
     monkeypatch.setattr(iql_module, "AUTO_COMPILE_UPDATES", 5)
     with pytest.warns(UserWarning, match="torch.compile failed .*no C\\+\\+ compiler.*eager update"):
         learn_offline_together(together, N_UPDATES - 5, log_interval=0, reset_num_timesteps=False)

@@ -9,7 +9,7 @@ parameters. Select with ``IQL(..., compile_update=True)`` (torch.compile, CPU or
 """
 
 import contextlib
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch as th
@@ -77,7 +77,11 @@ RECOMPILE_LIMIT = 64
 
 
 def compiling() -> contextlib.AbstractContextManager:
-    """Where the update's compiled functions may compile: Dynamo's recompile limit at ``RECOMPILE_LIMIT``."""
+    """
+    Where the update's compiled functions run with their guards checked (and may compile): Dynamo's recompile limit
+    at ``RECOMPILE_LIMIT``; no ``GuardSkipping`` skips the guards of its next call (another caller ran them here).
+    """
+    GuardSkipping.last_caller = None
     name = "recompile_limit" if hasattr(th._dynamo.config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
     return th._dynamo.config.patch(**{name: RECOMPILE_LIMIT})
 
@@ -105,13 +109,18 @@ class GuardSkipping:
     Dynamo checks the compiled functions' guards (every module, parameter and input they read) at each call:
     0.5-1 ms per update on a shared 2-core CPU (``docs/guide/speed.md``). Once a call of the same input signature
     (shapes, strides, dtypes and devices of the batch, the networks' training flags) passed them, the next one
-    reads the same objects: ``stance`` runs it under ``skip_guard_eval_unsafe``, which still tells apart the
-    compiled versions a function may have. Not where a user set another stance, and not on the first call after
+    reads the same objects: ``stance`` runs it under ``skip_guard_eval_unsafe``, which checks only the guards that
+    told the compiled versions apart so far. Not where a user set another stance, not on the first call after
     ``check_again`` (each training call starts with it: global state such as autocast may differ from the last
-    one).
+    one), and not after another caller ran the compiled functions: models of the same shapes share them, and a
+    skip-mode call looks first at the version the last caller used, which guards never told apart from its own
+    may differ from it. Not thread-safe (neither is the stance, which is global).
 
     :param networks: the networks the compiled functions run
     """
+
+    #: the instance whose call last checked the guards (class-wide: compiled functions are shared between models)
+    last_caller: "GuardSkipping | None" = None
 
     def __init__(self, networks: Iterable[nn.Module]):
         self.modules = [module for network in networks for module in network.modules()]
@@ -123,16 +132,22 @@ class GuardSkipping:
         """``guards.stance(batch)``, or nothing to change where ``guards`` is None (not compiled)."""
         return contextlib.nullcontext() if guards is None else guards.stance(batch)
 
-    def stance(self, batch: Batch) -> contextlib.AbstractContextManager:
-        """:return: what to run the compiled functions in on ``batch``: guards skipped, or checked (``compiling``)"""
+    def may_skip(self, batch: Batch) -> bool:
+        """:return: whether a call on ``batch`` may skip the guards"""
         stance = getattr(th._dynamo.eval_frame, "_stance", None)
         if stance is None or (stance.stance, stance.backend) != ("default", None):
-            return compiling()
-        signature = _input_signature(batch, self.modules)
-        if signature != self.signature:
-            self.signature = signature
-            return compiling()
-        return th.compiler.set_stance("default", skip_guard_eval_unsafe=True)
+            return False
+        return GuardSkipping.last_caller is self and _input_signature(batch, self.modules) == self.signature
+
+    def stance(self, batch: Batch) -> contextlib.AbstractContextManager:
+        """:return: what to run the compiled functions in on ``batch``: guards skipped, or checked (``compiling``:
+        then remembered as the last checked call)"""
+        if self.may_skip(batch):
+            return _skipping_guards()
+        checked = compiling()
+        self.signature = _input_signature(batch, self.modules)
+        GuardSkipping.last_caller = self
+        return checked
 
     def check_again(self) -> None:
         """Have the next call check Dynamo's guards, whatever its inputs."""
@@ -383,6 +398,13 @@ class FunctionalUpdate:
         """Drop-in for ``IQL._update(replay_data)``."""
         self.set_learning_rates()
         return self.step(Batch.from_replay_data(replay_data))
+
+
+@contextlib.contextmanager
+def _skipping_guards() -> Iterator[None]:
+    """Dynamo's ``skip_guard_eval_unsafe`` stance, from entering the block (``set_stance`` itself sets it at once)."""
+    with th.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+        yield
 
 
 def _input_signature(batch: Batch, modules: Iterable[nn.Module]) -> tuple:

@@ -405,6 +405,8 @@ class IQL(OfflineAlgorithm):
         np.random.set_state(numpy_state)
         if generator is not None:
             generator.set_state(generator_state)
+            # the image buffer's first sample swaps a CPU generator for one on its device, seeded from it: undone too
+            self.replay_buffer.generator = generator  # type: ignore[union-attr]
         return batch
 
     def _auto_fast_update(self) -> FunctionalUpdate | CudaGraphUpdate | None:

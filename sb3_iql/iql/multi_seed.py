@@ -144,7 +144,11 @@ def learn_offline_together(
     if n_updates is None:
         n_updates = max(first.offline_steps - first._n_offline_updates, 0)
     tb_log_name = type(first).__name__ if tb_log_name is None else tb_log_name
+    if compile_update not in (True, False, "auto"):
+        raise ValueError(f"compile_update must be True, False or 'auto', got {compile_update!r}")
     learners = StackedLearners(models)  # checks that the Adam states are at one step, before any model changes
+    for model in models:  # compiled as trained: dropout on
+        model.policy.set_training_mode(True)
     if compile_update is True or (compile_update == "auto" and auto_mode(n_updates, first.device.type) == "compile"):
         try:
             learners.compile()
@@ -158,7 +162,6 @@ def learn_offline_together(
             )
     for model in models:
         model._setup_offline_learn(n_updates, None, reset_num_timesteps, tb_log_name, progress_bar=False)
-        model.policy.set_training_mode(True)
     metric_sums = th.zeros(len(models), len(first.metric_names), device=first.device)
     since_dump, dump_start = 0, time.perf_counter()
     captured = CapturedStep(learners) if cuda_graph else None
