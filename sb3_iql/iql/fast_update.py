@@ -113,8 +113,8 @@ class GuardSkipping:
     told the compiled versions apart so far. Not where a user set another stance, not on the first call after
     ``check_again`` (each training call starts with it: global state such as autocast may differ from the last
     one), and not after another caller ran the compiled functions: models of the same shapes share them, and a
-    skip-mode call looks first at the version the last caller used, which guards never told apart from its own
-    may differ from it. Not thread-safe (neither is the stance, which is global).
+    skip-mode call tries first the version the last caller used, which may differ from its own in a guard that
+    skip mode does not check. Not thread-safe (neither is the stance, which is global).
 
     :param networks: the networks the compiled functions run
     """
