@@ -1,9 +1,11 @@
 """Save files of earlier versions still load: same deterministic actions as when they were saved."""
 
+import io
 import pathlib
 
 import numpy as np
 import pytest
+import torch as th
 
 from sb3_iql import IQL
 
@@ -19,3 +21,16 @@ def test_a_model_saved_by_an_earlier_version_predicts_as_it_did(commit):
         observations, actions = saved["observations"], saved["actions"]
     assert observations.shape == (8, 2)
     np.testing.assert_array_equal(model.predict(observations, deterministic=True)[0], actions)
+
+
+def test_a_policy_pickled_whole_before_its_networks_kept_their_image_scaling_still_predicts():
+    model = IQL.load(DATA / f"iql_{LEGACY_COMMITS[0]}.zip", device="cpu")
+    for network in (model.actor, model.critic, model.critic_target, model.value_net):
+        del network.image_scaling  # as the networks were pickled before they had it
+    buffer = io.BytesIO()
+    th.save(model.policy, buffer)
+    buffer.seek(0)
+    policy = th.load(buffer, weights_only=False)
+    with np.load(DATA / f"iql_{LEGACY_COMMITS[0]}_predictions.npz") as saved:
+        observations, actions = saved["observations"], saved["actions"]
+    np.testing.assert_array_equal(policy.predict(observations, deterministic=True)[0], actions)

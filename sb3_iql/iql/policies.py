@@ -179,6 +179,12 @@ class NormalizedFeatures:
         self.observation_normalizer = None
         self.image_scaling = image_scaling(self.observation_space, self.normalize_images)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A network pickled whole (``torch.save(model.policy)``) before ``image_scaling`` existed gets it here."""
+        super().__setstate__(state)  # type: ignore[misc]
+        if "image_scaling" not in state:
+            self.image_scaling = image_scaling(self.observation_space, self.normalize_images)
+
     def extract_features(self, obs: PyTorchObs, features_extractor: BaseFeaturesExtractor) -> th.Tensor:
         preprocessed = preprocess_observations(obs, self.observation_space, self.image_scaling)
         if self.observation_normalizer is not None:
