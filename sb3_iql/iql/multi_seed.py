@@ -149,17 +149,7 @@ def learn_offline_together(
     learners = StackedLearners(models)  # checks that the Adam states are at one step, before any model changes
     for model in models:  # compiled as trained: dropout on
         model.policy.set_training_mode(True)
-    if compile_update is True or (compile_update == "auto" and auto_mode(n_updates, first.device.type) == "compile"):
-        try:
-            learners.compile()
-        except Exception as error:  # no C++ compiler, an unsupported platform or module...
-            if compile_update is True:
-                raise
-            warnings.warn(
-                f"compile_update='auto': torch.compile failed ({type(error).__name__}: {str(error)[:300]}); the "
-                "learners train with the eager update. Pass compile_update=False to skip the attempt.",
-                stacklevel=2,
-            )
+    _compile_as_asked(learners, compile_update, n_updates)
     for model in models:
         model._setup_offline_learn(n_updates, None, reset_num_timesteps, tb_log_name, progress_bar=False)
     metric_sums = th.zeros(len(models), len(first.metric_names), device=first.device)
@@ -182,6 +172,26 @@ def learn_offline_together(
     if since_dump > 0:
         _dump_logs(models, metric_sums, since_dump, time.perf_counter() - dump_start)
     return models
+
+
+def _compile_as_asked(learners: "StackedLearners", compile_update: bool | str, n_updates: int) -> None:
+    """
+    ``learners.compile()`` where ``compile_update`` asks for it (``True``, or ``"auto"`` for a call of at least
+    ``AUTO_COMPILE_UPDATES`` updates); under ``"auto"`` a compilation that fails warns and leaves the eager update.
+    """
+    device_type = learners.models[0].device.type
+    if compile_update is not True and not (compile_update == "auto" and auto_mode(n_updates, device_type) == "compile"):
+        return
+    try:
+        learners.compile()
+    except Exception as error:  # no C++ compiler, an unsupported platform or module...
+        if compile_update is True:
+            raise
+        warnings.warn(
+            f"compile_update='auto': torch.compile failed ({type(error).__name__}: {str(error)[:300]}); the learners "
+            "train with the eager update. Pass compile_update=False to skip the attempt.",
+            stacklevel=3,
+        )
 
 
 def sample_together(models: Sequence[IQL]) -> Batch:
