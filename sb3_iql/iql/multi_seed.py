@@ -24,7 +24,6 @@ observation spaces other than Box and Dict.
 """
 
 import time
-import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -47,7 +46,7 @@ from sb3_iql.iql.fast_update import (
     fused_adam_step_,
     one_step_counter,
 )
-from sb3_iql.iql.iql import IQL, auto_mode
+from sb3_iql.iql.iql import IQL, _warn_fallback, auto_mode
 from sb3_iql.iql.update import Batch
 
 #: The networks of a learner: the three trained ones (each with its Adam) and the Polyak-averaged target critics.
@@ -179,19 +178,15 @@ def _compile_as_asked(learners: "StackedLearners", compile_update: bool | str, n
     ``learners.compile()`` where ``compile_update`` asks for it (``True``, or ``"auto"`` for a call of at least
     ``AUTO_COMPILE_UPDATES`` updates); under ``"auto"`` a compilation that fails warns and leaves the eager update.
     """
-    device_type = learners.models[0].device.type
-    if compile_update is not True and not (compile_update == "auto" and auto_mode(n_updates, device_type) == "compile"):
+    auto = compile_update == "auto" and auto_mode(n_updates, learners.device.type) == "compile"
+    if compile_update is not True and not auto:
         return
     try:
         learners.compile()
     except Exception as error:  # no C++ compiler, an unsupported platform or module...
         if compile_update is True:
             raise
-        warnings.warn(
-            f"compile_update='auto': torch.compile failed ({type(error).__name__}: {str(error)[:300]}); the learners "
-            "train with the eager update. Pass compile_update=False to skip the attempt.",
-            stacklevel=3,
-        )
+        _warn_fallback("torch.compile failed", error, "the eager update")
 
 
 def sample_together(models: Sequence[IQL]) -> Batch:
@@ -238,6 +233,8 @@ class StackedLearners:
         per_model = [_modules(model) for model in self.models]
         self.params = {name: _stack([dict(m[name].named_parameters()) for m in per_model]) for name in NETWORKS}
         self.buffers = {name: _stack([dict(m[name].named_buffers()) for m in per_model]) for name in NETWORKS}
+        #: the device of the stacked tensors
+        self.device = next(iter(self.params["value"].values())).device
         self.step_counters: dict[str, th.Tensor] = {}
         self.states = {name: self._stack_adam_state(name) for name in TRAINED}
         # Learning rates as device tensors (inside a CUDA graph a float would be frozen at capture), or None: floats.
@@ -306,9 +303,8 @@ class StackedLearners:
         Each has its own code object, so that each keeps its own compilations (``fast_update.RECOMPILE_LIMIT``
         combinations of shapes and hyperparameters per process); models of the same ones reuse them.
         """
-        device = next(iter(self.params["value"].values())).device
-        value_grads = compile_gradients(self._vmapped_value_grads, device)
-        policy_grads = compile_gradients(self._vmapped_policy_grads, device)
+        value_grads = compile_gradients(self._vmapped_value_grads, self.device)
+        policy_grads = compile_gradients(self._vmapped_policy_grads, self.device)
         batch = _stacked([Batch.from_replay_data(model._example_batch()) for model in self.models])
         with th.no_grad(), compiling():
             _, value_loss, values, targets = value_grads(self._value_params(), self.buffers, batch)
@@ -445,8 +441,7 @@ class CapturedStep:
     """
 
     def __init__(self, learners: StackedLearners, n_warmup: int = 3):
-        device = next(iter(learners.params["value"].values())).device
-        learners.lrs = TensorLearningRates(TRAINED, device)
+        learners.lrs = TensorLearningRates(TRAINED, learners.device)
         self.learners = learners
         self.n_warmup = n_warmup
         self.state = [*(t for p in learners.params.values() for t in p.values())]
