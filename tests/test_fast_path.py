@@ -186,24 +186,43 @@ def test_compiled_update_skips_its_guards_only_for_inputs_like_those_that_passed
 
 
 @pytest.mark.slow
-def test_a_new_model_reuses_the_compiled_update_of_one_like_it_but_not_of_other_hyperparameters(data, monkeypatch):
+def test_a_new_model_reuses_the_compiled_update_of_one_like_it_whatever_its_numeric_hyperparameters(data, monkeypatch):
     """In float32, where the networks read their observation space: a compiled graph that held on to the first
     model's space would be compiled again for every new model, and fail from the ninth on (Dynamo's recompile limit).
-    Each new expectile is a compilation of the value step, which Dynamo's default limit would refuse from the ninth
-    on: here from the second, a limit the update raises where it may compile."""
+    The numeric hyperparameters are the update's inputs, not constants: a sweep over them compiles nothing again.
+    Another update order is another computation: a compilation of each step, which Dynamo's default limit would
+    refuse from the ninth on: here from the second, a limit the update raises where it may compile."""
     from torch._dynamo.utils import counters
 
     monkeypatch.setattr(th._dynamo.config, "recompile_limit", 1)
     first = make_model(data, DeviceReplayBuffer, {"fused": True})
     train_side_by_side(first, [(first, first._functional_update(compile_mode="default"))], 2)
-    for expectile, new_graphs in ((first.expectile, 0), (first.expectile, 0), (0.7, 1)):  # the value step reads it
+    sweep = [{}, {}, {"expectile": 0.7}, {"beta": 3.0, "gamma": 0.9, "max_weight": 5.0}, {"update_order": "joint"}]
+    for changes, new_graphs in zip(sweep, (0, 0, 0, 0, 2)):
         compiled_before = counters["stats"]["unique_graphs"]
         reference = make_model(data, DeviceReplayBuffer, {"fused": True}, seed=1)
         model = make_model(data, DeviceReplayBuffer, {"fused": True}, seed=1)
-        reference.expectile = model.expectile = expectile
+        for name, value in changes.items():
+            setattr(reference, name, value)
+            setattr(model, name, value)
         train_side_by_side(reference, [(model, model._functional_update(compile_mode="default"))], 5)
-        assert counters["stats"]["unique_graphs"] - compiled_before == new_graphs
+        assert counters["stats"]["unique_graphs"] - compiled_before == new_graphs, changes
         assert max_difference(reference, model) < 1e-5
+
+
+@pytest.mark.slow
+def test_hyperparameters_changed_between_calls_reach_the_compiled_update(data, float64):
+    """A numeric hyperparameter changed between two calls is copied into the compiled update (not compiled again)."""
+    eager = make_model(data, DeviceReplayBuffer, dtype=float64, compile_update=False)
+    compiled = make_model(data, DeviceReplayBuffer, dtype=float64, compile_update=True)
+    for model in (eager, compiled):
+        model.replay_buffer._storage = model.replay_buffer._storage.to(float64)
+        model.replay_buffer._make_views()
+        model.learn_offline(20, log_interval=0)
+        model.expectile, model.beta, model.gamma, model.max_weight = 0.6, 2.0, 0.95, 7.0
+        model.learn_offline(20, log_interval=0)
+    assert compiled._fast_update.numbers["expectile"].item() == 0.6
+    assert max_difference(eager, compiled) < 1e-10
 
 
 def test_guards_are_skipped_only_after_a_checked_call_of_the_same_caller_on_like_inputs(data):

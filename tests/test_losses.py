@@ -21,6 +21,15 @@ def test_expectile_loss_by_hand():
     assert expectile_loss(diff, 0.5).item() == pytest.approx(0.5 * (4 + 1 + 0.25 + 9) / 4)
 
 
+def test_expectile_loss_keeps_the_dtype_of_its_input_for_float_and_tensor_expectiles():
+    """In float64 the weights are exactly tau and 1 - tau (not rounded to float32), as with a 0-d tensor tau (what
+    the compiled and many-seed updates pass)."""
+    diff = th.tensor([-1.0, 1.0], dtype=th.float64)
+    expected = ((1.0 - 0.9) + 0.9) / 2
+    assert expectile_loss(diff, 0.9).item() == expected
+    assert expectile_loss(diff, th.tensor(0.9, dtype=th.float64)).item() == expected
+
+
 def test_twin_critic_loss_sums_the_critics():
     current_q = th.tensor([[1.0, 2.0, 3.0], [0.0, 4.0, 2.0]])  # (n_critics=2, batch=3)
     target = th.tensor([2.0, 2.0, 2.0])

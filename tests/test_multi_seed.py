@@ -5,6 +5,7 @@ step, reach the parameters, Adam states and counters of the same K models traine
 run in float64, where a difference of math shows and rounding cannot: they must agree to 1e-10.
 """
 
+import itertools
 import pathlib
 
 import gymnasium as gym
@@ -96,8 +97,9 @@ def test_together_equals_one_by_one_in_float64(data, float64):
 
 @pytest.mark.slow
 def test_compiled_together_equals_one_by_one_in_float64(data, float64):
-    together = [make_model(data, seed) for seed in SEEDS]
-    alone = [make_model(data, seed) for seed in SEEDS]
+    """Each learner with its own seed and expectile: the compiled functions take the hyperparameters as inputs."""
+    together = [make_model(data, seed, expectile=expectile) for seed, expectile in zip(SEEDS, (0.7, 0.8, 0.9))]
+    alone = [make_model(data, seed, expectile=expectile) for seed, expectile in zip(SEEDS, (0.7, 0.8, 0.9))]
     learn_offline_together(together, N_UPDATES, log_interval=0, compile_update=True)
     for joint, single in zip(together, alone):
         single.learn_offline(N_UPDATES, log_interval=0)
@@ -197,6 +199,25 @@ def test_ddpg_bc_learners_together_equal_one_by_one_in_float64(data, float64):
         assert max_difference(joint, single) < 1e-10
         optimizer_states_match(joint, single, atol=1e-10)
     assert max_difference(together[0], awr) > 1e-6  # the same batches, the other policy extraction
+
+
+@pytest.mark.parametrize(
+    "extraction, sweep",
+    [
+        ("awr", [dict(expectile=0.7, beta=3.0), dict(expectile=0.9, gamma=0.9, max_weight=5.0), {}]),
+        ("ddpg_awr", [dict(bc_weight=0.1), dict(bc_weight=1.0, beta=1.0)]),
+    ],
+)
+def test_learners_with_their_own_hyperparameters_equal_their_single_runs_in_float64(data, float64, extraction, sweep):
+    """A sweep trained together: each learner runs the update with its own gamma, expectile, beta, max_weight and
+    bc_weight (``update.NUMERIC_SETTINGS``), one seed for all (the same batches: only the hyperparameters differ)."""
+    together, alone = ([make_model(data, 0, policy_extraction=extraction, **changes) for changes in sweep] for _ in "ab")
+    learn_offline_together(together, 10, log_interval=0)
+    for joint, single in zip(together, alone):
+        single.learn_offline(10, log_interval=0)
+        assert max_difference(joint, single) < 1e-10
+        optimizer_states_match(joint, single, atol=1e-10)
+    assert min(max_difference(a, b) for a, b in itertools.pairwise(together)) > 1e-6  # each its own math
 
 
 def test_dict_observations_and_the_joint_order_in_float64(float64):

@@ -154,29 +154,39 @@ class GuardSkipping:
         self.signature = None
 
 
-class TensorLearningRates:
+class DeviceScalars:
     """
-    Learning rates as 0-d device tensors, which Adam steps inside a CUDA graph read (a float would be frozen at
-    capture). ``fill`` copies the current ones in: an in-place fill each (no host sync), for those that changed
-    since the last fill only (one kernel launch fewer per constant lr and update).
+    Named numbers as device tensors: the learning rates, which Adam steps inside a CUDA graph read, and the numeric
+    hyperparameters (``update.NUMERIC_SETTINGS``), which compiled functions and CUDA graphs take as inputs. A Python
+    float would be frozen at a graph's capture, and a constant of compiled code: compiled again for every value
+    (a sweep). ``fill`` copies the current values in, an in-place fill each (no host sync), for those that changed
+    since the last fill only (one kernel launch fewer per constant value and update).
 
-    :param names: the networks, one lr each
+    :param names: one tensor each
     :param device: the parameters' device
+    :param dtype: the tensors' dtype (the learning rates of the fused Adam kernel: float32)
+    :param n_learners: None: 0-d tensors, one value each; K: tensors of shape ``(K,)``, one value per learner
     """
 
-    def __init__(self, names: Iterable[str], device: th.device):
-        self.tensors = {name: th.zeros((), device=device) for name in names}
-        self._filled: dict[str, float] = {}  # what fill last wrote
+    def __init__(self, names: Iterable[str], device: th.device, dtype: th.dtype = th.float32, n_learners: int | None = None):
+        shape = () if n_learners is None else (n_learners,)
+        self.tensors = {name: th.zeros(shape, device=device, dtype=dtype) for name in names}
+        self._filled: dict[str, Any] = {}  # what fill last wrote
 
     def __getitem__(self, name: str) -> th.Tensor:
         return self.tensors[name]
 
-    def fill(self, lrs: dict[str, float]) -> None:
-        """:param lrs: each network's current learning rate"""
-        for name, lr in lrs.items():
-            if self._filled.get(name) != lr:
-                self.tensors[name].fill_(lr)
-                self._filled[name] = lr
+    def fill(self, values: dict[str, Any]) -> None:
+        """:param values: the current value of each name (a float; a sequence of K floats with ``n_learners``)"""
+        for name, value in values.items():
+            value = value if isinstance(value, float | int) else tuple(value)
+            if self._filled.get(name) != value:
+                tensor = self.tensors[name]
+                if tensor.dim() == 0:
+                    tensor.fill_(value)
+                else:
+                    tensor.copy_(th.tensor(value, dtype=tensor.dtype))
+                self._filled[name] = value
 
 
 class ActorObjectiveInputs(nn.Module):
@@ -208,8 +218,9 @@ class FunctionalUpdate:
     Gradients come from ``torch.func.grad_and_value`` (``loss.backward()`` would break the graph). The Adam steps
     call ``torch._fused_adam_`` directly (what ``Adam(fused=True).step()`` runs, without its ~0.3 ms of Python
     per call) on the networks' own optimizer state, so saving, loading and the eager update keep working; the
-    learning rates are read from the optimizers' param groups at every call (``IQL._set_learning_rates``).
-    Inside the compiled graph Inductor's own foreach Adam was slower on CPU than the fused kernel.
+    learning rates are read from the optimizers' param groups at every call (``IQL._set_learning_rates``). The
+    numeric hyperparameters are device tensors (``DeviceScalars``): ``set_settings`` changes them without compiling
+    or capturing again. Inside the compiled graph Inductor's own foreach Adam was slower on CPU than the fused kernel.
 
     Only for Adam without weight decay, amsgrad or maximize (IQL's defaults).
 
@@ -217,7 +228,7 @@ class FunctionalUpdate:
     :param actor: the policy, with ``log_prob(obs, actions)`` and its ``optimizer``
     :param critic: the Q ensemble, with its ``optimizer``
     :param critic_target: the target Q ensemble (Polyak-averaged towards ``critic``)
-    :param settings: the update's hyperparameters
+    :param settings: the update's hyperparameters (the numeric ones may change later: ``set_settings``)
     :param tau: Polyak coefficient
     :param compile_mode: None: no compilation (eager ``torch.func``, for tests and CUDA graph capture), or a
         ``torch.compile`` mode: ``"default"``, ``"max-autotune-no-cudagraphs"``
@@ -236,7 +247,6 @@ class FunctionalUpdate:
         compile_mode: str | None = "default",
         tensor_lr: bool = False,
     ):
-        self.settings = settings
         self.tau = tau
         self.critic_target = critic_target
         self.critic_params = list(critic.parameters())
@@ -267,7 +277,12 @@ class FunctionalUpdate:
             self._state_lists(name)
         self.tensor_lr = tensor_lr
         device = self.critic_params[0].device
-        self.lrs = TensorLearningRates(self.networks, device)
+        self.lrs = DeviceScalars(self.networks, device)
+        #: the numeric hyperparameters, which the gradient functions read from ``tensor_settings``
+        self.numbers = DeviceScalars(update.NUMERIC_SETTINGS, device, self.critic_params[0].dtype)
+        self.tensor_settings = settings.with_numbers(self.numbers.tensors)
+        self.settings = settings
+        self.set_settings(settings)
         self.compile_mode = compile_mode
         self.value_grads, self.policy_grads = self._value_grads, self._policy_grads
         #: skips Dynamo's guards where they passed for the same inputs (None: not compiled)
@@ -276,6 +291,17 @@ class FunctionalUpdate:
             self.value_grads = compile_gradients(self._value_grads, device, compile_mode)
             self.policy_grads = compile_gradients(self._policy_grads, device, compile_mode)
             self.guards = GuardSkipping([*self.networks.values(), critic_target])
+
+    def set_settings(self, settings: UpdateSettings) -> None:
+        """
+        Take other numeric hyperparameters (``DeviceScalars.fill``: only those that changed).
+
+        :raises ValueError: ``settings`` differ in a structural one (the update order, the policy extraction)
+        """
+        if not self.settings.same_structure(settings):
+            raise ValueError(f"{settings} need another update than {self.settings}: create a new FunctionalUpdate")
+        self.numbers.fill(settings.numbers())
+        self.settings = settings
 
     def _state_lists(self, name: str) -> dict[str, list[th.Tensor]]:
         """
@@ -329,10 +355,11 @@ class FunctionalUpdate:
 
     def _value_grads(self, batch: Batch) -> tuple[list[th.Tensor], th.Tensor, th.Tensor, update.ValueTargets]:
         """:return: gradients of the value loss (in parameter order), value loss, V(s), value targets"""
-        targets = update.value_targets(self.critic_target, self.networks["value"], batch, self.settings)
+        settings = self.tensor_settings
+        targets = update.value_targets(self.critic_target, self.networks["value"], batch, settings)
 
         def loss_fn(params: dict[str, th.Tensor]) -> tuple[th.Tensor, th.Tensor]:
-            return update.value_objective(self._call("value", params), batch, targets, self.settings)
+            return update.value_objective(self._call("value", params), batch, targets, settings)
 
         grads, (value_loss, values) = th.func.grad_and_value(loss_fn, has_aux=True)(self.params["value"])
         return _as_parameters(grads), value_loss, values, targets
@@ -347,12 +374,13 @@ class FunctionalUpdate:
             values = value_net(_cat_obs(observations, next_observations))  # V(s) and V(s') in one pass
             return values[: batch.actions.shape[0]], values[batch.actions.shape[0] :]
 
-        targets = update.policy_targets(value_net, batch, value_targets, self.settings, both_values)
+        settings = self.tensor_settings
+        targets = update.policy_targets(value_net, batch, value_targets, settings, both_values)
 
         critic = self._call("critic", self.params["critic"])
 
         def actor_loss_fn(params: dict[str, th.Tensor]) -> th.Tensor:
-            return update.policy_objective(self._call("actor", params), critic, batch, targets, self.settings)
+            return update.policy_objective(self._call("actor", params), critic, batch, targets, settings)
 
         def critic_loss_fn(params: dict[str, th.Tensor]) -> tuple[th.Tensor, th.Tensor]:
             return update.critic_objective(self._call("critic", params), batch, targets)
@@ -390,7 +418,7 @@ class FunctionalUpdate:
             self.policy_grads(batch, targets, value_loss, values)
 
     def set_learning_rates(self) -> None:
-        """With ``tensor_lr``: copy the optimizers' current lr into the lr tensors (``TensorLearningRates.fill``)."""
+        """With ``tensor_lr``: copy the optimizers' current lr into the lr tensors (``DeviceScalars.fill``)."""
         if self.tensor_lr:
             self.lrs.fill({name: network.optimizer.param_groups[0]["lr"] for name, network in self.networks.items()})
 
@@ -456,6 +484,10 @@ class CudaGraphUpdate:
     @property
     def settings(self) -> UpdateSettings:
         return self.functional.settings
+
+    def set_settings(self, settings: UpdateSettings) -> None:
+        """Other numeric hyperparameters: the graphs read them from device tensors (``FunctionalUpdate.set_settings``)."""
+        self.functional.set_settings(settings)
 
     @property
     def tau(self) -> float:

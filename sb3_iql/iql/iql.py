@@ -339,13 +339,14 @@ class IQL(OfflineAlgorithm):
     def _update_function(self) -> Callable[[Any], th.Tensor]:
         """
         The update to run: ``_update`` (eager), or its compiled or graph-captured version (built on first use,
-        and again after the optimizers' state was replaced, e.g. by ``load``, or a hyperparameter was changed).
+        and again after the optimizers' state was replaced, e.g. by ``load``, or a structural hyperparameter or
+        ``tau`` was changed; the numeric ones, device tensors there, are copied in).
         """
         auto = self.compile_update == "auto"
         if not self.compile_update or (auto and self._auto_mode is None):
             return self._update
-        fast = self._fast_update
-        stale = fast is None or fast.state_replaced() or fast.settings != self._update_settings() or fast.tau != self.tau
+        fast, settings = self._fast_update, self._update_settings()
+        stale = fast is None or fast.state_replaced() or not fast.settings.same_structure(settings) or fast.tau != self.tau
         if stale or (auto and _mode_of(fast) != self._auto_mode):
             if self.compile_update == "cudagraph":
                 self._fast_update = CudaGraphUpdate(self._functional_update(None, tensor_lr=True), self._example_batch())
@@ -355,6 +356,7 @@ class IQL(OfflineAlgorithm):
                     return self._update
             else:
                 self._fast_update = self._functional_update()
+        self._fast_update.set_settings(settings)  # other numeric hyperparameters need no new compilation or capture
         if isinstance(self._fast_update, FunctionalUpdate):
             self._fast_update.check_guards_again()  # a training call may run in other global state than the last
         return self._fast_update

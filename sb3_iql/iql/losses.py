@@ -7,15 +7,17 @@ against hand-computed values. All returned losses are scalars (mean over the bat
 import torch as th
 
 
-def expectile_loss(diff: th.Tensor, expectile: float) -> th.Tensor:
+def expectile_loss(diff: th.Tensor, expectile: float | th.Tensor) -> th.Tensor:
     """
     Asymmetric squared loss ``|tau - 1(u < 0)| * u^2`` averaged over the batch (IQL's value loss).
 
     :param diff: ``u = min_i Q_target_i(s, a) - V(s)``, shape ``(batch,)``
-    :param expectile: ``tau`` in (0, 1); above 0.5 it approximates a maximum over the data's actions
+    :param expectile: ``tau`` in (0, 1) (a float or a 0-d tensor); above 0.5 it approximates a maximum over the data's
+        actions
     :return: scalar loss
     """
-    weight = th.where(diff < 0, 1.0 - expectile, expectile)
+    # in diff's dtype (th.where on two floats would round tau to float32)
+    weight = (expectile - (diff < 0).to(diff.dtype)).abs()
     return (weight * diff.square()).mean()
 
 
@@ -30,7 +32,7 @@ def twin_critic_loss(current_q: th.Tensor, target_q: th.Tensor) -> th.Tensor:
     return (current_q - target_q).square().mean(dim=1).sum()
 
 
-def awr_weights(advantage: th.Tensor, beta: float, max_weight: float) -> th.Tensor:
+def awr_weights(advantage: th.Tensor, beta: float | th.Tensor, max_weight: float | th.Tensor) -> th.Tensor:
     """
     Advantage-weighted regression weights ``min(exp(beta * A), max_weight)``.
 
@@ -54,7 +56,7 @@ def awr_actor_loss(log_prob: th.Tensor, weights: th.Tensor) -> th.Tensor:
 
 
 def ddpg_bc_actor_loss(
-    policy_q: th.Tensor, log_prob: th.Tensor, bc_weight: float, weights: th.Tensor | None = None
+    policy_q: th.Tensor, log_prob: th.Tensor, bc_weight: float | th.Tensor, weights: th.Tensor | None = None
 ) -> th.Tensor:
     """
     DDPG+BC policy extraction (Park et al., 2024, "Is Value Learning Really the Main Bottleneck in Offline RL?";

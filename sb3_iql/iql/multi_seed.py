@@ -1,6 +1,7 @@
 """
-Many seeds in one process: K independent IQL learners (same hyperparameters and network shapes, different seeds)
-trained as one batched computation, ``torch.func.vmap`` over their stacked parameters.
+Many seeds in one process: K independent IQL learners (same network shapes and learning rates, different seeds,
+optionally different numeric hyperparameters: ``update.NUMERIC_SETTINGS``) trained as one batched computation,
+``torch.func.vmap`` over their stacked parameters and hyperparameters.
 
 Each learner reaches the parameters of its own single-seed ``learn_offline`` run from the same seed, to float
 tolerance (``tests/test_multi_seed.py``: 1e-10 in float64): every model draws its batches from its own replay buffer
@@ -14,6 +15,11 @@ counters go back into each model, which is then an ordinary ``IQL`` (save, load,
     models = make_seeds([0, 1, 2, 3], "MlpPolicy", env, offline_dataset="D4RL/antmaze/large-diverse-v1", expectile=0.9)
     learn_offline_together(models, 100_000)
     models[2].save("iql_seed2")
+
+    # or a sweep: one model per expectile, trained together
+    data = "D4RL/antmaze/large-diverse-v1"
+    sweep = [IQL("MlpPolicy", env, offline_dataset=data, expectile=tau, seed=0) for tau in (0.7, 0.8, 0.9)]
+    learn_offline_together(sweep, 100_000)
 
 Eager or compiled (``compile_update``: ``torch.compile`` of the two vmapped gradient functions, as the single-seed
 ``compile_update``; ``"auto"`` from ``AUTO_COMPILE_UPDATES`` updates on), and on CUDA optionally one captured CUDA
@@ -36,9 +42,9 @@ from sb3_iql.data.minari_loader import resolve_datasets
 from sb3_iql.iql import update
 from sb3_iql.iql.fast_update import (
     ActorObjectiveInputs,
+    DeviceScalars,
     GuardSkipping,
     SampledGraph,
-    TensorLearningRates,
     _cat_obs,
     capture_without_trace,
     compile_gradients,
@@ -53,17 +59,13 @@ from sb3_iql.iql.update import Batch
 TRAINED = ("value", "actor", "critic")
 NETWORKS = (*TRAINED, "critic_target")
 NETWORK_ATTRIBUTES = {"value": "value_net", "actor": "actor", "critic": "critic", "critic_target": "critic_target"}
-#: Model attributes that must be equal for the learners to share one batched update (and one learning rate).
+#: Model attributes that must be equal for the learners to share one batched update (and one learning rate); the
+#: numeric hyperparameters of the update (gamma, expectile, beta, max_weight, bc_weight) may differ.
 SHARED_ATTRIBUTES = (
     "batch_size",
     "tau",
-    "gamma",
-    "expectile",
-    "beta",
-    "max_weight",
     "update_order",
     "policy_extraction",
-    "bc_weight",
     "learning_rate",
     "actor_lr_schedule",
     "critic_lr_schedule",
@@ -217,9 +219,9 @@ class StackedLearners:
     3. vmapped policy step: policy targets with the new V (V on s and s' in one pass), actor and critic gradients;
     4. fused Adam steps of the actors and the critics, Polyak averaging of the target critics.
 
-    The first model's modules serve as templates for ``torch.func.functional_call``; every learner's parameters
-    and buffers (observation normalizer statistics) are its own. The models' tensors are copied in at creation and
-    back with ``write_back``.
+    The first model's modules serve as templates for ``torch.func.functional_call``; every learner's parameters,
+    buffers (observation normalizer statistics) and numeric hyperparameters (``numbers``, read at creation) are its
+    own. The models' tensors are copied in at creation and back with ``write_back``.
 
     :param models: models that ``check_compatible`` accepts
     """
@@ -227,7 +229,7 @@ class StackedLearners:
     def __init__(self, models: Sequence[IQL]):
         self.models = list(models)
         first = self.models[0]
-        self.settings = first._update_settings()
+        self.settings = first._update_settings()  # its structure; the numbers are each learner's own
         self.tau = first.tau
         self.templates = _modules(first)
         per_model = [_modules(model) for model in self.models]
@@ -235,16 +237,24 @@ class StackedLearners:
         self.buffers = {name: _stack([dict(m[name].named_buffers()) for m in per_model]) for name in NETWORKS}
         #: the device of the stacked tensors
         self.device = next(iter(self.params["value"].values())).device
+        #: each learner's numeric hyperparameters, ``(K,)`` tensors
+        self.numbers = DeviceScalars(update.NUMERIC_SETTINGS, self.device, self._dtype(), n_learners=len(self.models))
+        per_model = [model._update_settings().numbers() for model in self.models]
+        self.numbers.fill({name: [numbers[name] for numbers in per_model] for name in update.NUMERIC_SETTINGS})
         self.step_counters: dict[str, th.Tensor] = {}
         self.states = {name: self._stack_adam_state(name) for name in TRAINED}
         # Learning rates as device tensors (inside a CUDA graph a float would be frozen at capture), or None: floats.
-        self.lrs: TensorLearningRates | None = None
+        self.lrs: DeviceScalars | None = None
         #: the two steps of every learner at once (``compile`` replaces them with their compiled versions)
         self.value_grads, self.policy_grads = self._vmapped_value_grads, self._vmapped_policy_grads
         #: skips Dynamo's guards where they passed for the same inputs (None: not compiled)
         self.guards: GuardSkipping | None = None
 
     # --- stacking -------------------------------------------------------------------------------------------------
+
+    def _dtype(self) -> th.dtype:
+        """The dtype of the value network's parameters (of the learners' arithmetic)."""
+        return next(iter(self.params["value"].values())).dtype
 
     def _stack_adam_state(self, name: str) -> dict[str, list[th.Tensor]]:
         """
@@ -307,8 +317,8 @@ class StackedLearners:
         policy_grads = compile_gradients(self._vmapped_policy_grads, self.device)
         batch = _stacked([Batch.from_replay_data(model._example_batch()) for model in self.models])
         with th.no_grad(), compiling():
-            _, value_loss, values, targets = value_grads(self._value_params(), self.buffers, batch)
-            policy_grads(self._policy_params(), self.buffers, batch, targets, value_loss, values)
+            _, value_loss, values, targets = value_grads(self._value_params(), self.buffers, self.numbers.tensors, batch)
+            policy_grads(self._policy_params(), self.buffers, self.numbers.tensors, batch, targets, value_loss, values)
         self.value_grads, self.policy_grads = value_grads, policy_grads
         self.guards = GuardSkipping(self.templates.values())
 
@@ -336,18 +346,20 @@ class StackedLearners:
         return th.func.vmap(self._policy_grads, randomness="different")(*args)
 
     def _value_grads(
-        self, params: dict[str, Tensors], buffers: dict[str, Tensors], batch: Batch
+        self, params: dict[str, Tensors], buffers: dict[str, Tensors], numbers: Tensors, batch: Batch
     ) -> tuple[Tensors, th.Tensor, th.Tensor, Tensors]:
         """
         One learner's value step (vmapped over learners).
 
+        :param numbers: the learner's numeric hyperparameters, 0-d tensors
         :return: gradients of the value loss, value loss, V(s) ``(batch,)``, value targets as a dict
         """
+        settings = self.settings.with_numbers(numbers)
         critic_target = self._call("critic_target", params["critic_target"], buffers)
-        targets = update.value_targets(critic_target, self._call("value", params["value"], buffers), batch, self.settings)
+        targets = update.value_targets(critic_target, self._call("value", params["value"], buffers), batch, settings)
 
         def loss_fn(value_params: Tensors) -> tuple[th.Tensor, th.Tensor]:
-            return update.value_objective(self._call("value", value_params, buffers), batch, targets, self.settings)
+            return update.value_objective(self._call("value", value_params, buffers), batch, targets, settings)
 
         grads, (value_loss, values) = th.func.grad_and_value(loss_fn, has_aux=True)(params["value"])
         return grads, value_loss, values, _targets_to_dict(targets)
@@ -356,6 +368,7 @@ class StackedLearners:
         self,
         params: dict[str, Tensors],
         buffers: dict[str, Tensors],
+        numbers: Tensors,
         batch: Batch,
         value_targets: Tensors,
         value_loss: th.Tensor,
@@ -364,8 +377,10 @@ class StackedLearners:
         """
         One learner's policy step with its new V (vmapped over learners).
 
+        :param numbers: the learner's numeric hyperparameters, 0-d tensors
         :return: actor gradients, critic gradients, metrics of ``METRIC_NAMES`` ``(len(METRIC_NAMES),)``
         """
+        settings = self.settings.with_numbers(numbers)
         value = self._call("value", params["value"], buffers)
         batch_size = batch.actions.shape[0]
 
@@ -373,12 +388,12 @@ class StackedLearners:
             values = value(_cat_obs(observations, next_observations))  # V(s) and V(s') in one pass
             return values[:batch_size], values[batch_size:]
 
-        targets = update.policy_targets(value, batch, _targets_from_dict(value_targets), self.settings, both_values)
+        targets = update.policy_targets(value, batch, _targets_from_dict(value_targets), settings, both_values)
 
         critic = self._call("critic", params["critic"], buffers)
 
         def actor_loss_fn(actor_params: Tensors) -> th.Tensor:
-            return update.policy_objective(self._call("actor", actor_params, buffers), critic, batch, targets, self.settings)
+            return update.policy_objective(self._call("actor", actor_params, buffers), critic, batch, targets, settings)
 
         def critic_loss_fn(critic_params: Tensors) -> tuple[th.Tensor, th.Tensor]:
             return update.critic_objective(self._call("critic", critic_params, buffers), batch, targets)
@@ -406,20 +421,20 @@ class StackedLearners:
         return self.update(batch)
 
     def set_learning_rates(self) -> None:
-        """Check that the models' learning rates are equal; copy them into ``lrs``, if any (``TensorLearningRates``)."""
+        """Check that the models' learning rates are equal; copy them into ``lrs``, if any (``DeviceScalars``)."""
         _check_same_learning_rates(self.models)
         if self.lrs is not None:
             self.lrs.fill({name: _network(self.models[0], name).optimizer.param_groups[0]["lr"] for name in TRAINED})
 
     def update(self, batch: Batch) -> th.Tensor:
         """``step`` without setting the learning rates: what a CUDA graph captures."""
-        params, buffers = self.params, self.buffers
+        params, buffers, numbers = self.params, self.buffers, self.numbers.tensors
         # torch.func.grad still differentiates inside no_grad
         with th.no_grad(), GuardSkipping.stance_of(self.guards, batch):
-            value_grads, value_loss, values, targets = self.value_grads(self._value_params(), buffers, batch)
+            value_grads, value_loss, values, targets = self.value_grads(self._value_params(), buffers, numbers, batch)
             self._adam_("value", value_grads)
             actor_grads, critic_grads, metrics = self.policy_grads(
-                self._policy_params(), buffers, batch, targets, value_loss, values
+                self._policy_params(), buffers, numbers, batch, targets, value_loss, values
             )
             self._adam_("actor", actor_grads)
             self._adam_("critic", critic_grads)
@@ -441,7 +456,7 @@ class CapturedStep:
     """
 
     def __init__(self, learners: StackedLearners, n_warmup: int = 3):
-        learners.lrs = TensorLearningRates(TRAINED, learners.device)
+        learners.lrs = DeviceScalars(TRAINED, learners.device)
         self.learners = learners
         self.n_warmup = n_warmup
         self.state = [*(t for p in learners.params.values() for t in p.values())]
@@ -476,7 +491,8 @@ class CapturedStep:
 def check_compatible(models: Sequence[IQL]) -> None:
     """
     :raises ValueError: the models cannot be trained together: not distinct IQL models of one class, or differing
-        in a hyperparameter, the learning rate settings or progress, the network shapes, or the Adam settings; or
+        in a hyperparameter of ``SHARED_ATTRIBUTES`` (the learning rate settings or progress, the batch size, tau,
+        the update's structure...), the network shapes, or the Adam settings; or
         with an unsupported observation space, or an empty replay buffer
     """
     models = list(models)

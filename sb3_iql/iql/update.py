@@ -20,6 +20,7 @@ optimizer and Polyak mechanics. A discrete-action variant changes the callables 
 from one output per action, a categorical log-likelihood), not these steps.
 """
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -40,12 +41,18 @@ MeanAndLogProbFn = Callable[[Observations, th.Tensor], tuple[th.Tensor, th.Tenso
 #: How the actor is extracted from the critics: IQL's advantage-weighted regression, DDPG+BC, or DDPG + AWR.
 PolicyExtraction = Literal["awr", "ddpg_bc", "ddpg_awr"]
 POLICY_EXTRACTIONS: tuple[PolicyExtraction, ...] = ("awr", "ddpg_bc", "ddpg_awr")
+#: The numeric hyperparameters of ``UpdateSettings``. The fast paths hold them as device tensors, inputs of their
+#: compiled functions and CUDA graphs: another value needs no new compilation or capture, and learners trained
+#: together (``multi_seed``) may each have their own.
+NUMERIC_SETTINGS = ("gamma", "expectile", "beta", "max_weight", "bc_weight")
+Number = float | th.Tensor  # a Python float, or a 0-d tensor (the fast paths)
 
 
 @dataclass(frozen=True)
 class UpdateSettings:
     """
-    The hyperparameters of one IQL gradient step.
+    The hyperparameters of one IQL gradient step. The numeric ones (``NUMERIC_SETTINGS``) are floats, or 0-d tensors
+    in the fast paths (``with_numbers``); the others decide the computation's structure.
 
     :param gamma: discount factor
     :param expectile: tau of the expectile value loss, in (0, 1)
@@ -56,13 +63,25 @@ class UpdateSettings:
     :param bc_weight: weight of the log-likelihood term of ``"ddpg_bc"`` and ``"ddpg_awr"``
     """
 
-    gamma: float
-    expectile: float
-    beta: float
-    max_weight: float
+    gamma: Number
+    expectile: Number
+    beta: Number
+    max_weight: Number
     joint_order: bool = False
     policy_extraction: PolicyExtraction = "awr"
-    bc_weight: float = 0.0
+    bc_weight: Number = 0.0
+
+    def numbers(self) -> dict[str, Number]:
+        """:return: the numeric hyperparameters by name (``NUMERIC_SETTINGS``)"""
+        return {name: getattr(self, name) for name in NUMERIC_SETTINGS}
+
+    def with_numbers(self, numbers: dict[str, Number]) -> "UpdateSettings":
+        """:return: these settings with the given numeric hyperparameters (e.g. device tensors) instead"""
+        return dataclasses.replace(self, **numbers)
+
+    def same_structure(self, other: "UpdateSettings") -> bool:
+        """:return: whether ``other`` differs at most in its numeric hyperparameters (one compiled update runs both)"""
+        return self.with_numbers(other.numbers()) == other
 
 
 class Batch(NamedTuple):
