@@ -287,6 +287,20 @@ def test_make_seeds_models_save_load_and_continue_like_single_runs(line_dataset,
     assert counters(loaded) == counters(alone) == (30, 30, 30)
 
 
+def test_make_models_builds_a_sweep_that_trains_together_like_its_single_runs(line_dataset, monkeypatch):
+    resolved = []
+    monkeypatch.setattr(multi_seed, "resolve_datasets", lambda *args, **kwargs: resolved.append(args) or args[0])
+    kwargs = dict(policy_kwargs={"net_arch": [32, 32]}, **SMALL)
+    variants = [{"seed": 0, "expectile": 0.7}, {"seed": 1, "beta": 1.0}]
+    models = multi_seed.make_models(variants, "MlpPolicy", LINE_ENV_ID, offline_dataset=line_dataset, **kwargs)
+    assert len(resolved) == 1  # the dataset is resolved once
+    assert [(m.seed, m.expectile, m.beta) for m in models] == [(0, 0.7, SMALL["beta"]), (1, SMALL["expectile"], 1.0)]
+    alone = IQL("MlpPolicy", LINE_ENV_ID, offline_dataset=line_dataset, **{**kwargs, **variants[1]})
+    learn_offline_together(models, 20, log_interval=0)
+    alone.learn_offline(20, log_interval=0)
+    assert max_difference(models[1], alone) < 1e-5  # float32: rounding only
+
+
 def test_discrete_actions_together_equal_one_by_one_in_float64(data, float64):
     discrete = data.__class__(**{**data.__dict__, "actions": (data.actions[:, :1] > 0).astype(np.float32) * 2})
     env = SpacesEnv(spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32), spaces.Discrete(3))

@@ -10,15 +10,15 @@ callables (as ``FunctionalUpdate`` in ``fast_update.py``), vmapped over the lear
 run once on the stacked tensors; Polyak is one ``_foreach_lerp_``. At the end the parameters, Adam states and
 counters go back into each model, which is then an ordinary ``IQL`` (save, load, ``learn_offline``, ``learn``)::
 
-    from sb3_iql.iql.multi_seed import learn_offline_together, make_seeds
+    from sb3_iql.iql.multi_seed import learn_offline_together, make_models, make_seeds
 
     models = make_seeds([0, 1, 2, 3], "MlpPolicy", env, offline_dataset="D4RL/antmaze/large-diverse-v1", expectile=0.9)
     learn_offline_together(models, 100_000)
     models[2].save("iql_seed2")
 
     # or a sweep: one model per expectile, trained together
-    data = "D4RL/antmaze/large-diverse-v1"
-    sweep = [IQL("MlpPolicy", env, offline_dataset=data, expectile=tau, seed=0) for tau in (0.7, 0.8, 0.9)]
+    variants = [{"seed": 0, "expectile": tau} for tau in (0.7, 0.8, 0.9)]
+    sweep = make_models(variants, "MlpPolicy", env, offline_dataset="D4RL/antmaze/large-diverse-v1")
     learn_offline_together(sweep, 100_000)
 
 Eager or compiled (``compile_update``: ``torch.compile`` of the two vmapped gradient functions, as the single-seed
@@ -85,11 +85,7 @@ Tensors = dict[str, th.Tensor]
 
 def make_seeds(seeds: Sequence[int], *args: Any, **kwargs: Any) -> list[IQL]:
     """
-    K ordinary IQL models, ``IQL(*args, seed=seed, **kwargs)`` for each seed.
-
-    A dataset given by id is resolved (opened, downloaded if asked) once, but each model loads its transitions
-    into its own replay buffer: K copies of the data in memory, K loading times. An environment instance passed
-    as ``env`` is shared by the K models (pass an id or None for one environment each).
+    K ordinary IQL models, ``IQL(*args, seed=seed, **kwargs)`` for each seed (``make_models``).
 
     :param seeds: one seed per model
     :param args: positional arguments of ``IQL`` (policy, env, offline_dataset, ...)
@@ -98,13 +94,32 @@ def make_seeds(seeds: Sequence[int], *args: Any, **kwargs: Any) -> list[IQL]:
     """
     if "seed" in kwargs:
         raise TypeError("make_seeds takes the seeds as its first argument, not seed=")
+    return make_models([{"seed": seed} for seed in seeds], *args, **kwargs)
+
+
+def make_models(variants: Sequence[dict[str, Any]], *args: Any, **kwargs: Any) -> list[IQL]:
+    """
+    One ordinary IQL model per variant, ``IQL(*args, **{**kwargs, **variant})``: seeds, or a sweep over numeric
+    hyperparameters (``update.NUMERIC_SETTINGS``) that ``learn_offline_together`` trains as one batched update::
+
+        models = make_models([{"seed": 0, "expectile": tau} for tau in (0.7, 0.8, 0.9)], "MlpPolicy", env, dataset_id)
+
+    A dataset given by id is resolved (opened, downloaded if asked) once, but each model loads its transitions
+    into its own replay buffer: K copies of the data in memory, K loading times. An environment instance passed
+    as ``env`` is shared by the K models (pass an id or None for one environment each).
+
+    :param variants: each model's keyword arguments of ``IQL`` that differ from ``kwargs``
+    :param args: positional arguments of ``IQL`` (policy, env, offline_dataset, ...)
+    :param kwargs: keyword arguments of ``IQL`` shared by the models
+    :return: the models, in the order of ``variants``
+    """
     args, kwargs = list(args), dict(kwargs)
     download = kwargs.get("download_dataset", False)
     if len(args) > 2 and args[2] is not None:
         args[2] = resolve_datasets(args[2], download=download)
     elif kwargs.get("offline_dataset") is not None:
         kwargs["offline_dataset"] = resolve_datasets(kwargs["offline_dataset"], download=download)
-    return [IQL(*args, seed=seed, **kwargs) for seed in seeds]
+    return [IQL(*args, **{**kwargs, **variant}) for variant in variants]
 
 
 def learn_offline_together(
