@@ -71,8 +71,9 @@ def one_step_counter(steps: list[th.Tensor], device: th.device) -> tuple[th.Tens
 
 
 #: Dynamo's recompile limit where the update's compiled functions check their guards (and may compile): each
-#: combination of shapes and hyperparameters in a process is one compilation of each function, which a sweep or
-#: a score run over many datasets takes past Dynamo's default (8; past it a ``fullgraph`` function raises).
+#: combination of shapes and update structure (order, policy extraction, dropout...) in a process is one compilation
+#: of each function (not the numeric hyperparameters: ``DeviceScalars``), which a score run over many datasets takes
+#: past Dynamo's default (8; past it a ``fullgraph`` function raises).
 RECOMPILE_LIMIT = 64
 
 
