@@ -159,16 +159,18 @@ def test_together_on_cuda_equals_one_by_one_in_float64(data, float64, cuda_graph
         optimizer_states_match(joint, single, atol=CUDA_TOLERANCE, rtol=1e-6)
 
 
-def test_learners_in_a_stand_in_graph_draw_the_batches_of_their_single_runs(data, float64, monkeypatch):
+@pytest.mark.parametrize("learning_rates", [(2**-12, 2**-12), (2**-12, 2**-10)])
+def test_learners_in_a_stand_in_graph_draw_the_batches_of_their_single_runs(data, float64, monkeypatch, learning_rates):
     """``cuda_graph=True`` captures every model's sampling with the batched update (``CapturedStep``). Here a
     stand-in for the capture replays the captured work eagerly: each learner must reach its single run's parameters
     in float64, its generator where the single run's ends (the capture itself: the CUDA tests). A graph reads its
-    learning rates from float32 tensors: a constant lr that float32 holds exactly keeps the comparison exact."""
+    learning rates from float32 tensors: a constant lr that float32 holds exactly keeps the comparison exact. With
+    a learning rate of its own each learner takes its own Adam step, in the graph too."""
     captures = []
     monkeypatch.setattr(fast_update, "capture_without_trace", stand_in_capture(captures, n_learners=2))
-    exact = dict(learning_rate=2**-12, actor_lr_schedule="constant")
-    together = [make_model(data, seed, **exact) for seed in SEEDS[:2]]
-    alone = [make_model(data, seed, **exact) for seed in SEEDS[:2]]
+    exact = [dict(learning_rate=lr, actor_lr_schedule="constant") for lr in learning_rates]
+    together = [make_model(data, seed, **kwargs) for seed, kwargs in zip(SEEDS[:2], exact)]
+    alone = [make_model(data, seed, **kwargs) for seed, kwargs in zip(SEEDS[:2], exact)]
     learners = StackedLearners(together)
     captured = CapturedStep(learners)
     for _ in range(N_UPDATES):
@@ -206,11 +208,13 @@ def test_ddpg_bc_learners_together_equal_one_by_one_in_float64(data, float64):
     [
         ("awr", [dict(expectile=0.7, beta=3.0), dict(expectile=0.9, gamma=0.9, max_weight=5.0), {}]),
         ("ddpg_awr", [dict(bc_weight=0.1), dict(bc_weight=1.0, beta=1.0)]),
+        ("awr", [dict(learning_rate=1e-3), dict(learning_rate=3e-4, expectile=0.8), dict(actor_lr_schedule="constant")]),
     ],
 )
 def test_learners_with_their_own_hyperparameters_equal_their_single_runs_in_float64(data, float64, extraction, sweep):
     """A sweep trained together: each learner runs the update with its own gamma, expectile, beta, max_weight and
-    bc_weight (``update.NUMERIC_SETTINGS``), one seed for all (the same batches: only the hyperparameters differ)."""
+    bc_weight (``update.NUMERIC_SETTINGS``) and its own learning rates (one Adam call per learner), one seed for all
+    (the same batches: only the hyperparameters differ)."""
     together, alone = ([make_model(data, 0, policy_extraction=extraction, **changes) for changes in sweep] for _ in "ab")
     learn_offline_together(together, 10, log_interval=0)
     for joint, single in zip(together, alone):

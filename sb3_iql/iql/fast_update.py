@@ -32,7 +32,9 @@ def fused_adam_step_(
 
     :param state: the optimizer's ``step``, ``exp_avg`` and ``exp_avg_sq`` tensors, in the order of ``params``
     :param group: the optimizer's param group (betas, eps; no weight decay, amsgrad or maximize)
-    :param lr: the learning rate (a device tensor inside a CUDA graph)
+    :param lr: the learning rate (a device tensor inside a CUDA graph); or K learners' learning rates, a ``(K,)``
+        tensor: then ``params``, ``grads`` and the moments are stacked ``(K, ...)`` and each learner's slice steps
+        with its own lr (one kernel call per learner; the step counts are shared)
     :param step_counters: a 1-D tensor of which the ``step`` tensors are the elements (views), counted up in one
         operation; without it, one foreach addition (on the CPU, one addition per 0-d tensor)
     """
@@ -40,21 +42,16 @@ def fused_adam_step_(
         th._foreach_add_(state["step"], 1.0)
     else:
         step_counters.add_(1.0)
-    th._fused_adam_(
-        params,
-        grads,
-        state["exp_avg"],
-        state["exp_avg_sq"],
-        [],
-        state["step"],
-        lr=lr,
-        beta1=group["betas"][0],
-        beta2=group["betas"][1],
-        weight_decay=0.0,
-        eps=group["eps"],
-        amsgrad=False,
-        maximize=False,
+    how = dict(
+        beta1=group["betas"][0], beta2=group["betas"][1], weight_decay=0.0, eps=group["eps"], amsgrad=False, maximize=False
     )
+    if not isinstance(lr, th.Tensor) or lr.dim() == 0:
+        th._fused_adam_(params, grads, state["exp_avg"], state["exp_avg_sq"], [], state["step"], lr=lr, **how)
+        return
+    stacked = (params, grads, state["exp_avg"], state["exp_avg_sq"])
+    for learner, learner_lr in enumerate(lr):
+        slices = [[tensor[learner] for tensor in tensors] for tensors in stacked]
+        th._fused_adam_(*slices, [], state["step"], lr=learner_lr, **how)
 
 
 def one_step_counter(steps: list[th.Tensor], device: th.device) -> tuple[th.Tensor, list[th.Tensor]]:

@@ -1,6 +1,6 @@
 """
-Many seeds in one process: K independent IQL learners (same network shapes and learning rates, different seeds,
-optionally different numeric hyperparameters: ``update.NUMERIC_SETTINGS``) trained as one batched computation,
+Many seeds in one process: K independent IQL learners (same network shapes, different seeds, optionally different
+numeric hyperparameters, ``update.NUMERIC_SETTINGS``, and learning rates) trained as one batched computation,
 ``torch.func.vmap`` over their stacked parameters and hyperparameters.
 
 Each learner reaches the parameters of its own single-seed ``learn_offline`` run from the same seed, to float
@@ -59,16 +59,14 @@ from sb3_iql.iql.update import Batch
 TRAINED = ("value", "actor", "critic")
 NETWORKS = (*TRAINED, "critic_target")
 NETWORK_ATTRIBUTES = {"value": "value_net", "actor": "actor", "critic": "critic", "critic_target": "critic_target"}
-#: Model attributes that must be equal for the learners to share one batched update (and one learning rate); the
-#: numeric hyperparameters of the update (gamma, expectile, beta, max_weight, bc_weight) may differ.
+#: Model attributes that must be equal for the learners to share one batched update; the numeric hyperparameters of
+#: the update (gamma, expectile, beta, max_weight, bc_weight) and the learning rates (``LEARNING_RATE_SETTINGS``)
+#: may differ.
 SHARED_ATTRIBUTES = (
     "batch_size",
     "tau",
     "update_order",
     "policy_extraction",
-    "learning_rate",
-    "actor_lr_schedule",
-    "critic_lr_schedule",
     "offline_steps",
     "_n_offline_updates",
     "_current_progress_remaining",
@@ -77,6 +75,9 @@ SHARED_ATTRIBUTES = (
     "action_space",
     "policy_kwargs",
 )
+#: What sets a model's learning rates: where it differs between learners, each gets its own (one Adam kernel call per
+#: learner); otherwise one call steps them all, with the lr they share.
+LEARNING_RATE_SETTINGS = ("learning_rate", "actor_lr_schedule", "critic_lr_schedule")
 #: Adam settings that must be equal across learners (one kernel call updates them all).
 ADAM_SETTINGS = ("betas", "eps", "weight_decay", "amsgrad", "maximize", "differentiable")
 
@@ -100,7 +101,8 @@ def make_seeds(seeds: Sequence[int], *args: Any, **kwargs: Any) -> list[IQL]:
 def make_models(variants: Sequence[dict[str, Any]], *args: Any, **kwargs: Any) -> list[IQL]:
     """
     One ordinary IQL model per variant, ``IQL(*args, **{**kwargs, **variant})``: seeds, or a sweep over numeric
-    hyperparameters (``update.NUMERIC_SETTINGS``) that ``learn_offline_together`` trains as one batched update::
+    hyperparameters (``update.NUMERIC_SETTINGS``) and learning rates that ``learn_offline_together`` trains as one
+    batched update::
 
         models = make_models([{"seed": 0, "expectile": tau} for tau in (0.7, 0.8, 0.9)], "MlpPolicy", env, dataset_id)
 
@@ -258,8 +260,15 @@ class StackedLearners:
         self.numbers.fill({name: [numbers[name] for numbers in per_model] for name in update.NUMERIC_SETTINGS})
         self.step_counters: dict[str, th.Tensor] = {}
         self.states = {name: self._stack_adam_state(name) for name in TRAINED}
-        # Learning rates as device tensors (inside a CUDA graph a float would be frozen at capture), or None: floats.
+        #: the learners' learning rates differ (``LEARNING_RATE_SETTINGS``): one Adam step per learner, its own lr
+        self.lrs_per_learner = any(
+            not _equal(getattr(model, key), getattr(first, key)) for model in self.models for key in LEARNING_RATE_SETTINGS
+        )
+        # Learning rates as device tensors, ``(K,)`` per network where each learner has its own (inside a CUDA graph a
+        # float would be frozen at capture), or None: floats.
         self.lrs: DeviceScalars | None = None
+        if self.lrs_per_learner:
+            self.lrs = DeviceScalars(TRAINED, self.device, self._dtype(), n_learners=len(self.models))
         #: the two steps of every learner at once (``compile`` replaces them with their compiled versions)
         self.value_grads, self.policy_grads = self._vmapped_value_grads, self._vmapped_policy_grads
         #: skips Dynamo's guards where they passed for the same inputs (None: not compiled)
@@ -419,7 +428,10 @@ class StackedLearners:
         return actor_grads, critic_grads, metrics
 
     def _adam_(self, name: str, grads: Tensors) -> None:
-        """``Adam(fused=True).step()`` of the K networks ``name`` at once (as ``FunctionalUpdate._adam_``), in place."""
+        """
+        ``Adam(fused=True).step()`` of the K networks ``name`` (as ``FunctionalUpdate._adam_``), in place: one kernel
+        call for all of them, or one per learner where each has its own lr.
+        """
         group = _network(self.models[0], name).optimizer.param_groups[0]
         lr = group["lr"] if self.lrs is None else self.lrs[name]
         params, state = list(self.params[name].values()), self.states[name]
@@ -427,7 +439,8 @@ class StackedLearners:
 
     def step(self, batch: Batch) -> th.Tensor:
         """
-        One IQL update of every learner, with the learning rates the models' optimizers hold (equal, checked).
+        One IQL update of every learner, with the learning rates the models' optimizers hold (equal, checked, unless
+        ``lrs_per_learner``).
 
         :param batch: the stacked batches of ``sample_together``
         :return: the metrics of ``METRIC_NAMES`` of every learner, ``(K, len(METRIC_NAMES))``, on the device
@@ -436,10 +449,22 @@ class StackedLearners:
         return self.update(batch)
 
     def set_learning_rates(self) -> None:
-        """Check that the models' learning rates are equal; copy them into ``lrs``, if any (``DeviceScalars``)."""
+        """
+        Copy the models' current learning rates into ``lrs``, if any (``DeviceScalars``: each learner's, or the one
+        they share, which is checked).
+        """
+        per_model = [[_network(model, name).optimizer.param_groups[0]["lr"] for model in self.models] for name in TRAINED]
+        if self.lrs_per_learner:
+            self.lrs.fill(dict(zip(TRAINED, per_model)))  # type: ignore[union-attr]
+            return
         _check_same_learning_rates(self.models)
         if self.lrs is not None:
-            self.lrs.fill({name: _network(self.models[0], name).optimizer.param_groups[0]["lr"] for name in TRAINED})
+            self.lrs.fill({name: lrs[0] for name, lrs in zip(TRAINED, per_model)})
+
+    def use_tensor_learning_rates(self) -> None:
+        """Read the learning rates from device tensors (``lrs``), as a CUDA graph must."""
+        if self.lrs is None:
+            self.lrs = DeviceScalars(TRAINED, self.device)
 
     def update(self, batch: Batch) -> th.Tensor:
         """``step`` without setting the learning rates: what a CUDA graph captures."""
@@ -466,12 +491,12 @@ class CapturedStep:
     a graph's static output (read them before the next call). A capture's warm-up updates are undone, so the
     learners reach the parameters of their uncaptured run.
 
-    :param learners: the learners (their learning rates become device tensors)
+    :param learners: the learners (their learning rates become device tensors: ``use_tensor_learning_rates``)
     :param n_warmup: warm-up updates before a capture
     """
 
     def __init__(self, learners: StackedLearners, n_warmup: int = 3):
-        learners.lrs = DeviceScalars(TRAINED, learners.device)
+        learners.use_tensor_learning_rates()
         self.learners = learners
         self.n_warmup = n_warmup
         self.state = [*(t for p in learners.params.values() for t in p.values())]
@@ -506,9 +531,8 @@ class CapturedStep:
 def check_compatible(models: Sequence[IQL]) -> None:
     """
     :raises ValueError: the models cannot be trained together: not distinct IQL models of one class, or differing
-        in a hyperparameter of ``SHARED_ATTRIBUTES`` (the learning rate settings or progress, the batch size, tau,
-        the update's structure...), the network shapes, or the Adam settings; or
-        with an unsupported observation space, or an empty replay buffer
+        in a hyperparameter of ``SHARED_ATTRIBUTES`` (the batch size, tau, the progress, the update's structure...),
+        the network shapes, or the Adam settings; or with an unsupported observation space, or an empty replay buffer
     """
     models = list(models)
     if not models:
