@@ -145,11 +145,12 @@ def test_compilation_is_tried_from_auto_s_length_on_and_a_failure_warns_and_trai
 
 @pytest.mark.skipif(not th.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("cuda_graph, compile_update", [(False, False), (True, False), (True, True)])
-def test_together_on_cuda_equals_one_by_one_in_float64(data, float64, cuda_graph, compile_update):
+@pytest.mark.parametrize("variants", [({}, {}), ({"expectile": 0.8}, {"beta": 3.0, "learning_rate": 1e-3})])
+def test_together_on_cuda_equals_one_by_one_in_float64(data, float64, cuda_graph, compile_update, variants):
     """On CUDA too, eager or captured in a CUDA graph (sampling included; its warm-up updates must leave no trace),
-    the update eager or compiled."""
-    together = [make_model(data, seed, device="cuda") for seed in SEEDS[:2]]
-    alone = [make_model(data, seed, device="cuda") for seed in SEEDS[:2]]
+    the update eager or compiled; the learners with the same hyperparameters, or each with its own."""
+    together = [make_model(data, seed, device="cuda", **variant) for seed, variant in zip(SEEDS[:2], variants)]
+    alone = [make_model(data, seed, device="cuda", **variant) for seed, variant in zip(SEEDS[:2], variants)]
     learn_offline_together(together, N_UPDATES, log_interval=0, cuda_graph=cuda_graph, compile_update=compile_update)
     for joint, single in zip(together, alone):
         single.learn_offline(N_UPDATES, log_interval=0)
