@@ -300,6 +300,23 @@ def test_cuda_learn_offline_fast_paths_train_like_the_eager_update_in_float64(da
     assert max_difference(*models) < CUDA_TOLERANCE
 
 
+@pytest.mark.skipif(not th.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_reads_hyperparameters_changed_between_calls_without_a_new_capture(data, float64):
+    """The graph reads the numeric hyperparameters from device tensors: a change between calls is copied in."""
+    models = []
+    for option in (False, "cudagraph"):
+        model = make_model(data, DeviceReplayBuffer, dtype=float64, device="cuda", compile_update=option)
+        model.replay_buffer._storage = model.replay_buffer._storage.to(float64)
+        model.replay_buffer._make_views()
+        model.learn_offline(20, log_interval=0)
+        graph = model._fast_update
+        model.expectile, model.beta, model.gamma = 0.6, 2.0, 0.95
+        model.learn_offline(20, log_interval=0)
+        models.append(model)
+    assert isinstance(graph, CudaGraphUpdate) and models[1]._fast_update is graph  # not captured again
+    assert max_difference(*models) < CUDA_TOLERANCE
+
+
 def test_auto_picks_the_path_by_call_length_and_device():
     assert [iql_module.auto_mode(n, "cpu") for n in (999, 1_000, 49_999, 50_000)] == [None, None, None, "compile"]
     assert [iql_module.auto_mode(n, "cuda") for n in (999, 1_000, 49_999, 50_000)] == [None, "graph", "graph", "compile"]
