@@ -9,6 +9,7 @@ parameters. Select with ``IQL(..., compile_update=True)`` (torch.compile, CPU or
 """
 
 import contextlib
+import numbers
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -175,9 +176,9 @@ class DeviceScalars:
         return self.tensors[name]
 
     def fill(self, values: dict[str, Any]) -> None:
-        """:param values: the current value of each name (a float; a sequence of K floats with ``n_learners``)"""
+        """:param values: the current value of each name (a real number; K of them with ``n_learners``)"""
         for name, value in values.items():
-            value = value if isinstance(value, float | int) else tuple(value)
+            value = float(value) if isinstance(value, numbers.Real) else tuple(float(item) for item in value)
             if self._filled.get(name) != value:
                 tensor = self.tensors[name]
                 if tensor.dim() == 0:
