@@ -7,8 +7,9 @@ Each learner reaches the parameters of its own single-seed ``learn_offline`` run
 tolerance (``tests/test_multi_seed.py``: 1e-10 in float64): every model draws its batches from its own replay buffer
 and sampling generator, as ``learn_offline`` does; the update is ``sb3_iql/iql/update.py``'s math on functional
 callables (as ``FunctionalUpdate`` in ``fast_update.py``), vmapped over the learners; Adam is the same fused kernel,
-run once on the stacked tensors; Polyak is one ``_foreach_lerp_``. At the end the parameters, Adam states and
-counters go back into each model, which is then an ordinary ``IQL`` (save, load, ``learn_offline``, ``learn``)::
+run once on the stacked tensors (once per learner where each has its own learning rate); Polyak is one
+``_foreach_lerp_``. At the end the parameters, Adam states and counters go back into each model, which is then an
+ordinary ``IQL`` (save, load, ``learn_offline``, ``learn``)::
 
     from sb3_iql.iql.multi_seed import learn_offline_together, make_models, make_seeds
 
@@ -232,7 +233,8 @@ class StackedLearners:
     (``sb3_iql.iql.update``'s steps) of all of them at once:
 
     1. vmapped value step: value targets, value loss and its gradients;
-    2. fused Adam step of the K value networks (one kernel call on the stacked tensors);
+    2. fused Adam step of the K value networks (one kernel call on the stacked tensors, or one per learner with its own
+       learning rate);
     3. vmapped policy step: policy targets with the new V (V on s and s' in one pass), actor and critic gradients;
     4. fused Adam steps of the actors and the critics, Polyak averaging of the target critics.
 
