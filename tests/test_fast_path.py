@@ -11,6 +11,8 @@ any difference of math would show and rounding cannot: they must agree to 1e-10.
 first updates with the standard settings.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch as th
@@ -215,14 +217,45 @@ def test_hyperparameters_changed_between_calls_reach_the_compiled_update(data, f
     """A numeric hyperparameter changed between two calls is copied into the compiled update (not compiled again)."""
     eager = make_model(data, DeviceReplayBuffer, dtype=float64, compile_update=False)
     compiled = make_model(data, DeviceReplayBuffer, dtype=float64, compile_update=True)
+    from torch._dynamo.utils import counters
+
     for model in (eager, compiled):
         model.replay_buffer._storage = model.replay_buffer._storage.to(float64)
         model.replay_buffer._make_views()
         model.learn_offline(20, log_interval=0)
+        fast, graphs = model._fast_update, counters["stats"]["unique_graphs"]
         model.expectile, model.beta, model.gamma, model.max_weight = 0.6, 2.0, 0.95, 7.0
         model.learn_offline(20, log_interval=0)
+    assert compiled._fast_update is fast and counters["stats"]["unique_graphs"] == graphs  # nothing built again
     assert compiled._fast_update.numbers["expectile"].item() == 0.6
     assert max_difference(eager, compiled) < 1e-10
+
+
+def test_device_scalars_fill_only_what_changed():
+    """An in-place fill per changed value (per changed element for K learners): no copy from host memory, which
+    would synchronise a CUDA stream; NumPy and 0-d tensor values are numbers too."""
+    one = fast_update.DeviceScalars(["expectile", "beta"], th.device("cpu"), th.float64)
+    one.fill({"expectile": np.float32(0.5), "beta": th.tensor(3.0)})
+    assert one["expectile"].item() == 0.5 and one["beta"].item() == 3.0
+    one["beta"].fill_(-1.0)  # a fill of the same value writes nothing
+    one.fill({"expectile": 0.5, "beta": 3.0})
+    assert one["beta"].item() == -1.0
+    many = fast_update.DeviceScalars(["lr"], th.device("cpu"), n_learners=3)
+    many.fill({"lr": [1.0, 2.0, 3.0]})
+    many["lr"][0] = -1.0
+    many.fill({"lr": np.array([1.0, 2.0, 4.0])})  # only the third changed
+    assert many["lr"].tolist() == [-1.0, 2.0, 4.0] and many["lr"].dtype == th.float32
+
+
+def test_set_settings_takes_other_numbers_in_place_and_refuses_another_structure(data):
+    model = make_model(data, DeviceReplayBuffer, {"fused": True})
+    fast = model._functional_update(compile_mode=None)
+    expectile = fast.tensor_settings.expectile
+    fast.set_settings(dataclasses.replace(model._update_settings(), expectile=0.6, beta=2.0))
+    assert fast.tensor_settings.expectile is expectile and expectile.item() == pytest.approx(0.6)
+    assert fast.numbers["beta"].item() == 2.0
+    with pytest.raises(ValueError, match="need another update"):
+        fast.set_settings(dataclasses.replace(model._update_settings(), joint_order=True))
 
 
 def test_guards_are_skipped_only_after_a_checked_call_of_the_same_caller_on_like_inputs(data):

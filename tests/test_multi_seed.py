@@ -178,6 +178,7 @@ def test_learners_in_a_stand_in_graph_draw_the_batches_of_their_single_runs(data
         captured()
     learners.write_back()
     assert captures == [True]  # one graph, sampling included
+    assert learners.lrs["actor"].dtype == th.float32  # what the CUDA fused Adam kernel reads a tensor lr as
     for joint, single in zip(together, alone):
         single.learn_offline(N_UPDATES, log_interval=0)
         assert max_difference(joint, single) < 1e-10
@@ -290,6 +291,14 @@ def test_make_seeds_models_save_load_and_continue_like_single_runs(line_dataset,
     assert max_difference(loaded, alone) < 1e-5
     assert max_difference(models[1], loaded) == 0.0
     assert counters(loaded) == counters(alone) == (30, 30, 30)
+
+
+def test_a_short_call_with_the_default_budget_is_warned_about_its_undecayed_actor_lr(line_dataset):
+    models = make_seeds([0, 1], "MlpPolicy", LINE_ENV_ID, offline_dataset=line_dataset, policy_kwargs={"net_arch": [8]})
+    with pytest.warns(UserWarning, match=r"offline_steps=1,000,000 .* these 2 it will still be 1.000") as caught:
+        learn_offline_together(models, 2, log_interval=0)
+    undecayed = [warning for warning in caught if "still be" in str(warning.message)]
+    assert len(undecayed) == 1 and undecayed[0].filename == __file__  # once for all, where the user called it
 
 
 def test_make_models_builds_a_sweep_that_trains_together_like_its_single_runs(line_dataset, monkeypatch):

@@ -25,7 +25,7 @@ def fused_adam_step_(
     grads: list[th.Tensor],
     state: dict[str, list[th.Tensor]],
     group: dict,
-    lr: float | th.Tensor,
+    lr: float | th.Tensor | Sequence[float | th.Tensor],
     step_counters: th.Tensor | None = None,
 ) -> None:
     """
@@ -33,9 +33,9 @@ def fused_adam_step_(
 
     :param state: the optimizer's ``step``, ``exp_avg`` and ``exp_avg_sq`` tensors, in the order of ``params``
     :param group: the optimizer's param group (betas, eps; no weight decay, amsgrad or maximize)
-    :param lr: the learning rate (a device tensor inside a CUDA graph); or K learners' learning rates, a ``(K,)``
-        tensor: then ``params``, ``grads`` and the moments are stacked ``(K, ...)`` and each learner's slice steps
-        with its own lr (one kernel call per learner; the step counts are shared)
+    :param lr: the learning rate (a float32 device tensor inside a CUDA graph); or K learners' learning rates (floats,
+        or a float32 ``(K,)`` tensor): then ``params``, ``grads`` and the moments are stacked ``(K, ...)`` and each
+        learner's slice steps with its own lr (one kernel call per learner; the step counts are shared)
     :param step_counters: a 1-D tensor of which the ``step`` tensors are the elements (views), counted up in one
         operation; without it, one foreach addition (on the CPU, one addition per 0-d tensor)
     """
@@ -46,12 +46,14 @@ def fused_adam_step_(
     how = dict(
         beta1=group["betas"][0], beta2=group["betas"][1], weight_decay=0.0, eps=group["eps"], amsgrad=False, maximize=False
     )
-    if not isinstance(lr, th.Tensor) or lr.dim() == 0:
+    if isinstance(lr, numbers.Real) or (isinstance(lr, th.Tensor) and lr.dim() == 0):
         th._fused_adam_(params, grads, state["exp_avg"], state["exp_avg_sq"], [], state["step"], lr=lr, **how)
         return
+    # for params, grads and both moments: each learner's slices (views; one unbind per stacked tensor)
     stacked = (params, grads, state["exp_avg"], state["exp_avg_sq"])
+    per_learner = [list(zip(*(tensor.unbind(0) for tensor in tensors))) for tensors in stacked]
     for learner, learner_lr in enumerate(lr):
-        slices = [[tensor[learner] for tensor in tensors] for tensors in stacked]
+        slices = [list(lists[learner]) for lists in per_learner]
         th._fused_adam_(*slices, [], state["step"], lr=learner_lr, **how)
 
 
@@ -176,16 +178,23 @@ class DeviceScalars:
         return self.tensors[name]
 
     def fill(self, values: dict[str, Any]) -> None:
-        """:param values: the current value of each name (a real number; K of them with ``n_learners``)"""
+        """
+        :param values: the current value of each name: a number (a float, a NumPy or 0-d tensor scalar...); K of
+            them with ``n_learners`` (an element fill each that changed: a copy from host memory would sync)
+        """
         for name, value in values.items():
-            value = float(value) if isinstance(value, numbers.Real) else tuple(float(item) for item in value)
-            if self._filled.get(name) != value:
-                tensor = self.tensors[name]
-                if tensor.dim() == 0:
-                    tensor.fill_(value)
-                else:
-                    tensor.copy_(th.tensor(value, dtype=tensor.dtype))
-                self._filled[name] = value
+            tensor = self.tensors[name]
+            value = tuple(float(item) for item in value) if tensor.dim() else float(value)
+            filled = self._filled.get(name)
+            if filled == value:
+                continue
+            if tensor.dim() == 0:
+                tensor.fill_(value)
+            else:
+                for index, item in enumerate(value):
+                    if filled is None or filled[index] != item:
+                        tensor[index].fill_(item)
+            self._filled[name] = value
 
 
 class ActorObjectiveInputs(nn.Module):

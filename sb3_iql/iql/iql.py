@@ -459,16 +459,26 @@ class IQL(OfflineAlgorithm):
         mode = auto_mode(planned, self.device.type)
         if self.compile_update == "auto" and mode is not None and self._auto_mode != "compile":
             self._auto_mode = mode
-        short = n_updates is not None and self._n_offline_updates == 0 and n_updates < self.offline_steps
-        if short and self.actor_lr_schedule == "cosine" and getattr(self, "offline_steps_default", False):
-            factor = 0.5 * (1.0 + math.cos(math.pi * n_updates / self.offline_steps))
-            warnings.warn(
-                f"The actor's learning rate decays to 0 over offline_steps={self.offline_steps:,} updates; after these "
-                f"{n_updates:,} it will still be {factor:.3f} of its start. For the paper's schedule over this run, "
-                f"create the model with offline_steps={n_updates}.",
-                stacklevel=2,
-            )
+        self._warn_if_lr_stays_undecayed(n_updates, stacklevel=3)
         return super().learn_offline(n_updates, *args, **kwargs)
+
+    def _warn_if_lr_stays_undecayed(self, n_updates: int | None, stacklevel: int) -> bool:
+        """
+        Warn where a first offline call of ``n_updates`` ends far from the end of a default ``offline_steps``.
+
+        :return: whether it warned
+        """
+        short = n_updates is not None and self._n_offline_updates == 0 and n_updates < self.offline_steps
+        if not (short and self.actor_lr_schedule == "cosine" and getattr(self, "offline_steps_default", False)):
+            return False
+        factor = 0.5 * (1.0 + math.cos(math.pi * n_updates / self.offline_steps))
+        warnings.warn(
+            f"The actor's learning rate decays to 0 over offline_steps={self.offline_steps:,} updates; after these "
+            f"{n_updates:,} it will still be {factor:.3f} of its start. For the paper's schedule over this run, "
+            f"create the model with offline_steps={n_updates}.",
+            stacklevel=stacklevel,
+        )
+        return True
 
     def _set_learning_rates(self, offline: bool) -> None:
         """

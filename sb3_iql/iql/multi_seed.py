@@ -13,14 +13,15 @@ ordinary ``IQL`` (save, load, ``learn_offline``, ``learn``)::
 
     from sb3_iql.iql.multi_seed import learn_offline_together, make_models, make_seeds
 
-    models = make_seeds([0, 1, 2, 3], "MlpPolicy", env, offline_dataset="D4RL/antmaze/large-diverse-v1", expectile=0.9)
-    learn_offline_together(models, 100_000)
+    data = "D4RL/antmaze/large-diverse-v1"
+    models = make_seeds([0, 1, 2, 3], "MlpPolicy", env, offline_dataset=data, expectile=0.9, offline_steps=100_000)
+    learn_offline_together(models)  # offline_steps updates
     models[2].save("iql_seed2")
 
     # or a sweep: one model per expectile, trained together
     variants = [{"seed": 0, "expectile": tau} for tau in (0.7, 0.8, 0.9)]
-    sweep = make_models(variants, "MlpPolicy", env, offline_dataset="D4RL/antmaze/large-diverse-v1")
-    learn_offline_together(sweep, 100_000)
+    sweep = make_models(variants, "MlpPolicy", env, offline_dataset=data, offline_steps=100_000)
+    learn_offline_together(sweep)
 
 Eager or compiled (``compile_update``: ``torch.compile`` of the two vmapped gradient functions, as the single-seed
 ``compile_update``; ``"auto"`` from ``AUTO_COMPILE_UPDATES`` updates on), and on CUDA optionally one captured CUDA
@@ -107,9 +108,10 @@ def make_models(variants: Sequence[dict[str, Any]], *args: Any, **kwargs: Any) -
 
         models = make_models([{"seed": 0, "expectile": tau} for tau in (0.7, 0.8, 0.9)], "MlpPolicy", env, dataset_id)
 
-    A dataset given by id is resolved (opened, downloaded if asked) once, but each model loads its transitions
-    into its own replay buffer: K copies of the data in memory, K loading times. An environment instance passed
-    as ``env`` is shared by the K models (pass an id or None for one environment each).
+    A dataset given by id in ``args`` or ``kwargs`` is resolved (opened, downloaded if asked) once (one given in a
+    variant, by each model), but each model loads its transitions into its own replay buffer: K copies of the data
+    in memory, K loading times. An environment instance passed as ``env`` is shared by the K models (pass an id or
+    None for one environment each). A variant may not repeat a positional argument.
 
     :param variants: each model's keyword arguments of ``IQL`` that differ from ``kwargs``
     :param args: positional arguments of ``IQL`` (policy, env, offline_dataset, ...)
@@ -157,6 +159,9 @@ def learn_offline_together(
     """
     models = list(models)
     check_compatible(models)
+    for model in models:  # once for all, at most
+        if model._warn_if_lr_stays_undecayed(n_updates, stacklevel=3):
+            break
     first = models[0]
     if cuda_graph and first.device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs models on a CUDA device, they are on {first.device}")
@@ -266,11 +271,11 @@ class StackedLearners:
         self.lrs_per_learner = any(
             not _equal(getattr(model, key), getattr(first, key)) for model in self.models for key in LEARNING_RATE_SETTINGS
         )
-        # Learning rates as device tensors, ``(K,)`` per network where each learner has its own (inside a CUDA graph a
-        # float would be frozen at capture), or None: floats.
+        #: each network's current learning rate per learner (floats), set by ``set_learning_rates``
+        self.learner_lrs: dict[str, list[float]] = {}
+        # Learning rates as float32 device tensors (a CUDA graph's; a float would be frozen at capture), ``(K,)`` per
+        # network where each learner has its own; None: floats.
         self.lrs: DeviceScalars | None = None
-        if self.lrs_per_learner:
-            self.lrs = DeviceScalars(TRAINED, self.device, self._dtype(), n_learners=len(self.models))
         #: the two steps of every learner at once (``compile`` replaces them with their compiled versions)
         self.value_grads, self.policy_grads = self._vmapped_value_grads, self._vmapped_policy_grads
         #: skips Dynamo's guards where they passed for the same inputs (None: not compiled)
@@ -337,7 +342,7 @@ class StackedLearners:
         them once on batches that leave every sampling stream where it was: a compilation that fails raises here,
         before any update (and the learners keep the eager functions). Nothing else changes: the functions are pure.
         Each has its own code object, so that each keeps its own compilations (``fast_update.RECOMPILE_LIMIT``
-        combinations of shapes and hyperparameters per process); models of the same ones reuse them.
+        combinations of shapes and update structure per process); models of the same ones reuse them.
         """
         value_grads = compile_gradients(self._vmapped_value_grads, self.device)
         policy_grads = compile_gradients(self._vmapped_policy_grads, self.device)
@@ -435,7 +440,10 @@ class StackedLearners:
         call for all of them, or one per learner where each has its own lr.
         """
         group = _network(self.models[0], name).optimizer.param_groups[0]
-        lr = group["lr"] if self.lrs is None else self.lrs[name]
+        if self.lrs is not None:
+            lr: float | th.Tensor | list[float] = self.lrs[name]
+        else:
+            lr = self.learner_lrs[name] if self.lrs_per_learner else group["lr"]
         params, state = list(self.params[name].values()), self.states[name]
         fused_adam_step_(params, list(grads.values()), state, group, lr, self.step_counters[name])
 
@@ -452,21 +460,25 @@ class StackedLearners:
 
     def set_learning_rates(self) -> None:
         """
-        Copy the models' current learning rates into ``lrs``, if any (``DeviceScalars``: each learner's, or the one
-        they share, which is checked).
+        Read the models' current learning rates (each learner's, or the one they share, which is checked) into
+        ``learner_lrs``, and into ``lrs`` if any (``DeviceScalars``).
         """
-        per_model = [[_network(model, name).optimizer.param_groups[0]["lr"] for model in self.models] for name in TRAINED]
-        if self.lrs_per_learner:
-            self.lrs.fill(dict(zip(TRAINED, per_model)))  # type: ignore[union-attr]
-            return
-        _check_same_learning_rates(self.models)
+        self.learner_lrs = {
+            name: [_network(model, name).optimizer.param_groups[0]["lr"] for model in self.models] for name in TRAINED
+        }
+        if not self.lrs_per_learner:
+            _check_same_learning_rates(self.learner_lrs)
         if self.lrs is not None:
-            self.lrs.fill({name: lrs[0] for name, lrs in zip(TRAINED, per_model)})
+            self.lrs.fill({name: lrs if self.lrs_per_learner else lrs[0] for name, lrs in self.learner_lrs.items()})
 
     def use_tensor_learning_rates(self) -> None:
-        """Read the learning rates from device tensors (``lrs``), as a CUDA graph must."""
+        """
+        Read the learning rates from float32 device tensors (``lrs``), as a CUDA graph must (and the CUDA fused Adam
+        kernel reads a tensor lr as float32).
+        """
         if self.lrs is None:
-            self.lrs = DeviceScalars(TRAINED, self.device)
+            n_learners = len(self.models) if self.lrs_per_learner else None
+            self.lrs = DeviceScalars(TRAINED, self.device, n_learners=n_learners)
 
     def update(self, batch: Batch) -> th.Tensor:
         """``step`` without setting the learning rates: what a CUDA graph captures."""
@@ -591,12 +603,15 @@ def _check_networks(first: IQL, model: IQL, index: int) -> None:
                 raise ValueError(f"Adam's {key} of {name} differs: models[0] {reference[key]}, models[{index}] {group[key]}")
 
 
-def _check_same_learning_rates(models: Sequence[IQL]) -> None:
-    """The learning rates the models just set are equal (one fused Adam call steps all learners with one lr)."""
-    reference = [_network(models[0], name).optimizer.param_groups[0]["lr"] for name in TRAINED]
-    for index, model in enumerate(models[1:], start=1):
-        if [_network(model, name).optimizer.param_groups[0]["lr"] for name in TRAINED] != reference:
-            raise ValueError(f"models[{index}] has other learning rates than models[0]: the schedules or progress differ")
+def _check_same_learning_rates(learner_lrs: dict[str, list[float]]) -> None:
+    """The learning rates the models just set, per network, are equal (one fused Adam call steps all learners)."""
+    for name, lrs in learner_lrs.items():
+        for index, lr in enumerate(lrs):
+            if lr != lrs[0]:
+                raise ValueError(
+                    f"models[{index}] has another {name} learning rate than models[0] ({lr} against {lrs[0]}): the "
+                    "schedules or progress differ"
+                )
 
 
 def _shapes(module: nn.Module) -> list[tuple[str, tuple[int, ...], th.dtype]]:
