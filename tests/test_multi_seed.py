@@ -145,10 +145,11 @@ def test_compilation_is_tried_from_auto_s_length_on_and_a_failure_warns_and_trai
 
 @pytest.mark.skipif(not th.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("cuda_graph, compile_update", [(False, False), (True, False), (True, True)])
-@pytest.mark.parametrize("variants", [({}, {}), ({"expectile": 0.8}, {"beta": 3.0, "learning_rate": 1e-3})])
+@pytest.mark.parametrize("variants", [({}, {}), ({"expectile": 0.8}, {"beta": 3.0, "learning_rate": 1e-3, "tau": 0.01})])
 def test_together_on_cuda_equals_one_by_one_in_float64(data, float64, cuda_graph, compile_update, variants):
     """On CUDA too, eager or captured in a CUDA graph (sampling included; its warm-up updates must leave no trace),
-    the update eager or compiled; the learners with the same hyperparameters, or each with its own."""
+    the update eager or compiled; the learners with the same hyperparameters, or each with its own (lr and tau
+    included)."""
     together = [make_model(data, seed, device="cuda", **variant) for seed, variant in zip(SEEDS[:2], variants)]
     alone = [make_model(data, seed, device="cuda", **variant) for seed, variant in zip(SEEDS[:2], variants)]
     learn_offline_together(together, N_UPDATES, log_interval=0, cuda_graph=cuda_graph, compile_update=compile_update)
@@ -211,12 +212,13 @@ def test_ddpg_bc_learners_together_equal_one_by_one_in_float64(data, float64):
         ("awr", [dict(expectile=0.7, beta=3.0), dict(expectile=0.9, gamma=0.9, max_weight=5.0), {}]),
         ("ddpg_awr", [dict(bc_weight=0.1), dict(bc_weight=1.0, beta=1.0)]),
         ("awr", [dict(learning_rate=1e-3), dict(learning_rate=3e-4, expectile=0.8), dict(actor_lr_schedule="constant")]),
+        ("awr", [dict(tau=0.005), dict(tau=0.05, beta=3.0)]),
     ],
 )
 def test_learners_with_their_own_hyperparameters_equal_their_single_runs_in_float64(data, float64, extraction, sweep):
     """A sweep trained together: each learner runs the update with its own gamma, expectile, beta, max_weight and
-    bc_weight (``update.NUMERIC_SETTINGS``) and its own learning rates (one Adam call per learner), one seed for all
-    (the same batches: only the hyperparameters differ)."""
+    bc_weight (``update.NUMERIC_SETTINGS``), its own learning rates (one Adam call per learner) and its own tau, one
+    seed for all (the same batches: only the hyperparameters differ)."""
     together, alone = ([make_model(data, 0, policy_extraction=extraction, **changes) for changes in sweep] for _ in "ab")
     learn_offline_together(together, 10, log_interval=0)
     for joint, single in zip(together, alone):
@@ -259,8 +261,8 @@ def test_dropout_learners_draw_their_own_masks(data):
 
 def test_incompatible_models_are_refused(data):
     models = [make_model(data, seed, dtype=th.float32) for seed in SEEDS[:2]]
-    with pytest.raises(ValueError, match="tau differs"):
-        learn_offline_together([*models, make_model(data, 2, dtype=th.float32, tau=0.01)], 1)
+    with pytest.raises(ValueError, match="batch_size differs"):
+        learn_offline_together([*models, make_model(data, 2, dtype=th.float32, batch_size=16)], 1)
     with pytest.raises(ValueError, match="same model is given twice"):
         learn_offline_together([models[0], models[0]], 1)
     models[1].learn_offline(1, log_interval=0)

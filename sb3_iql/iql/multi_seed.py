@@ -1,6 +1,6 @@
 """
 Many seeds in one process: K independent IQL learners (same network shapes, different seeds, optionally different
-numeric hyperparameters, ``update.NUMERIC_SETTINGS``, and learning rates) trained as one batched computation,
+numeric hyperparameters, ``update.NUMERIC_SETTINGS``, tau and learning rates) trained as one batched computation,
 ``torch.func.vmap`` over their stacked parameters and hyperparameters.
 
 Each learner reaches the parameters of its own single-seed ``learn_offline`` run from the same seed, to float
@@ -62,11 +62,10 @@ TRAINED = ("value", "actor", "critic")
 NETWORKS = (*TRAINED, "critic_target")
 NETWORK_ATTRIBUTES = {"value": "value_net", "actor": "actor", "critic": "critic", "critic_target": "critic_target"}
 #: Model attributes that must be equal for the learners to share one batched update; the numeric hyperparameters of
-#: the update (gamma, expectile, beta, max_weight, bc_weight) and the learning rates (``LEARNING_RATE_SETTINGS``)
+#: the update (gamma, expectile, beta, max_weight, bc_weight), tau and the learning rates (``LEARNING_RATE_SETTINGS``)
 #: may differ.
 SHARED_ATTRIBUTES = (
     "batch_size",
-    "tau",
     "update_order",
     "policy_extraction",
     "offline_steps",
@@ -103,8 +102,8 @@ def make_seeds(seeds: Sequence[int], *args: Any, **kwargs: Any) -> list[IQL]:
 def make_models(variants: Sequence[dict[str, Any]], *args: Any, **kwargs: Any) -> list[IQL]:
     """
     One ordinary IQL model per variant, ``IQL(*args, **{**kwargs, **variant})``: seeds, or a sweep over numeric
-    hyperparameters (``update.NUMERIC_SETTINGS``) and learning rates that ``learn_offline_together`` trains as one
-    batched update::
+    hyperparameters (``update.NUMERIC_SETTINGS``), tau and learning rates that ``learn_offline_together`` trains as
+    one batched update::
 
         models = make_models([{"seed": 0, "expectile": tau} for tau in (0.7, 0.8, 0.9)], "MlpPolicy", env, dataset_id)
 
@@ -254,13 +253,19 @@ class StackedLearners:
         self.models = list(models)
         first = self.models[0]
         self.settings = first._update_settings()  # its structure; the numbers are each learner's own
-        self.tau = first.tau
         self.templates = _modules(first)
         per_model = [_modules(model) for model in self.models]
         self.params = {name: _stack([dict(m[name].named_parameters()) for m in per_model]) for name in NETWORKS}
         self.buffers = {name: _stack([dict(m[name].named_buffers()) for m in per_model]) for name in NETWORKS}
         #: the device of the stacked tensors
         self.device = next(iter(self.params["value"].values())).device
+        #: the Polyak coefficient: the learners' one float, or where they differ, a ``(K, 1, ...)`` weight per target
+        #: parameter (``torch.lerp`` broadcasts it)
+        self.tau: float | list[th.Tensor] = first.tau
+        taus = [model.tau for model in self.models]
+        if len(set(taus)) > 1:
+            stacked_taus = th.tensor(taus, dtype=self._dtype(), device=self.device)
+            self.tau = [stacked_taus.view(-1, *[1] * (p.dim() - 1)) for p in self.params["critic_target"].values()]
         #: each learner's numeric hyperparameters, ``(K,)`` tensors
         self.numbers = DeviceScalars(update.NUMERIC_SETTINGS, self.device, self._dtype(), n_learners=len(self.models))
         per_model = [model._update_settings().numbers() for model in self.models]
@@ -545,7 +550,7 @@ class CapturedStep:
 def check_compatible(models: Sequence[IQL]) -> None:
     """
     :raises ValueError: the models cannot be trained together: not distinct IQL models of one class, or differing
-        in a hyperparameter of ``SHARED_ATTRIBUTES`` (the batch size, tau, the progress, the update's structure...),
+        in a hyperparameter of ``SHARED_ATTRIBUTES`` (the batch size, the progress, the update's structure...),
         the network shapes, or the Adam settings; or with an unsupported observation space, or an empty replay buffer
     """
     models = list(models)
