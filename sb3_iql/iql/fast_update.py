@@ -289,8 +289,8 @@ class FunctionalUpdate:
         #: the numeric hyperparameters, which the gradient functions read from ``tensor_settings``
         self.numbers = DeviceScalars(update.NUMERIC_SETTINGS, device, self.critic_params[0].dtype)
         self.tensor_settings = settings.with_numbers(self.numbers.tensors)
+        self.numbers.fill(settings.numbers())
         self.settings = settings
-        self.set_settings(settings)
         self.compile_mode = compile_mode
         self.value_grads, self.policy_grads = self._value_grads, self._policy_grads
         #: skips Dynamo's guards where they passed for the same inputs (None: not compiled)
