@@ -6,10 +6,13 @@ Reported per configuration (K learners, hidden widths): updates/s per learner of
 time and from the process CPU time (steadier when other processes share the cores). The two are timed in
 alternation, round by round, so that the ratio holds on a loaded machine; the median round counts.
 
+With ``--sweep``, also a sweep together: learners with their own learning rate, tau, expectile and beta (their own
+Adam call each, ``learn_offline_together``'s cost of a grid), against the same learners with shared values.
+
 Usage::
 
     python benchmarks/multi_seed_speed.py --updates 50 --rounds 3 --learners 1 2 4 8 --widths 64 256 --threads 1 --compiled \
-        --output-dir benchmarks/results   # also a section of speed.md
+        --sweep --output-dir benchmarks/results   # also a section of speed.md
 """
 
 import argparse
@@ -32,8 +35,19 @@ OBS_DIM, ACTION_DIM, BATCH_SIZE = 29, 8, 256
 N_TRANSITIONS = 100_000
 
 
-def make_models(n_learners: int, width: int, device: str, compile_update: bool = False) -> list[IQL]:
-    """:return: ``n_learners`` models (seeds 0..K-1) on the same synthetic data, ``width x width`` networks"""
+def sweep_values(seed: int) -> dict[str, float]:
+    """:return: learner ``seed``'s own hyperparameters in a sweep (each differs from every other learner's)"""
+    return {
+        "learning_rate": 3e-4 * (1 + seed / 10),
+        "tau": 0.005 * (1 + seed / 10),
+        "expectile": 0.7 + seed / 40,
+        "beta": 3.0 + seed,
+    }
+
+
+def make_models(n_learners: int, width: int, device: str, compile_update: bool = False, sweep: bool = False) -> list[IQL]:
+    """:return: ``n_learners`` models (seeds 0..K-1) on the same synthetic data, ``width x width`` networks; with
+    ``sweep``, each with its own ``sweep_values``"""
     data = synthetic_transitions(OBS_DIM, ACTION_DIM, N_TRANSITIONS, seed=0)
     models = []
     for seed in range(n_learners):
@@ -46,6 +60,7 @@ def make_models(n_learners: int, width: int, device: str, compile_update: bool =
             compile_update=compile_update,
             seed=seed,
             device=device,
+            **(sweep_values(seed) if sweep else {}),
         )
         model.replay_buffer.extend(
             data.observations, data.next_observations, data.actions, data.rewards, data.dones, data.timeouts
@@ -65,17 +80,21 @@ def timed(function: Callable[[], object], device: str) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def contenders(n_learners: int, width: int, device: str, compiled: bool) -> dict[str, Callable[[int], object]]:
+def contenders(
+    n_learners: int, width: int, device: str, compiled: bool, sweep: bool = False
+) -> dict[str, Callable[[int], object]]:
     """
     :return: name -> ``run(n_updates)``, warmed up: ``together`` and ``separate`` (eager), on CUDA ``graph``
         (together in a CUDA graph, its capture timed with each call); with ``compiled``, on CPU
         ``together_compiled`` and ``separate_compiled`` (``compile_update=True``: the compilation in the warm-up),
-        on CUDA ``graph_compiled`` (the compiled update in the graph: the fastest path of one seed and of K)
+        on CUDA ``graph_compiled`` (the compiled update in the graph: the fastest path of one seed and of K); with
+        ``sweep``, ``sweep`` (together, eager, each learner with its own ``sweep_values``), on CUDA ``graph_sweep``
+        (the same in a CUDA graph)
     """
     runs: dict[str, Callable[[int], object]] = {}
 
-    def together(compile_update: bool) -> Callable[[int], object]:
-        models = make_models(n_learners, width, device)
+    def together(compile_update: bool, sweep: bool = False) -> Callable[[int], object]:
+        models = make_models(n_learners, width, device, sweep=sweep)
         learn_offline_together(models, 5, log_interval=0, compile_update=compile_update)  # warm-up
         return lambda n: learn_offline_together(
             models, n, log_interval=0, reset_num_timesteps=False, compile_update=compile_update
@@ -87,8 +106,8 @@ def contenders(n_learners: int, width: int, device: str, compiled: bool) -> dict
             model.learn_offline(5, log_interval=0)  # warm-up
         return lambda n: [model.learn_offline(n, log_interval=0, reset_num_timesteps=False) for model in models]
 
-    def graphed(compile_update: bool) -> Callable[[int], object]:
-        models = make_models(n_learners, width, device)
+    def graphed(compile_update: bool, sweep: bool = False) -> Callable[[int], object]:
+        models = make_models(n_learners, width, device, sweep=sweep)
         learn_offline_together(models, 5, log_interval=0, cuda_graph=True, compile_update=compile_update)  # warm-up
         return lambda n: learn_offline_together(
             models, n, log_interval=0, reset_num_timesteps=False, cuda_graph=True, compile_update=compile_update
@@ -101,17 +120,27 @@ def contenders(n_learners: int, width: int, device: str, compiled: bool) -> dict
             runs["graph_compiled"] = graphed(True)
     elif compiled:
         runs["together_compiled"], runs["separate_compiled"] = together(True), separate(True)
+    if sweep:
+        runs["sweep"] = together(False, sweep=True)
+        if device == "cuda":
+            runs["graph_sweep"] = graphed(False, sweep=True)
     return runs
 
 
 def benchmark(
-    n_learners: int, width: int, n_updates: int, n_rounds: int, device: str = "cpu", compiled: bool = False
+    n_learners: int,
+    width: int,
+    n_updates: int,
+    n_rounds: int,
+    device: str = "cpu",
+    compiled: bool = False,
+    sweep: bool = False,
 ) -> dict[str, float]:
     """
     :return: learner-updates/s of each of ``contenders`` (wall and CPU time, median round), and the ratios together
-        / separate (eager, and compiled with ``compiled``)
+        / separate (eager, and compiled with ``compiled``) and, with ``sweep``, sweep / together (CPU time)
     """
-    runs = contenders(n_learners, width, device, compiled)
+    runs = contenders(n_learners, width, device, compiled, sweep)
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     for _ in range(n_rounds):
         for name, run in runs.items():
@@ -125,6 +154,8 @@ def benchmark(
         result[f"ratio_{clock}"] = result[f"together_{clock}"] / result[f"separate_{clock}"]
     if "together_compiled_cpu" in result:
         result["ratio_compiled_cpu"] = result["together_compiled_cpu"] / result["separate_compiled_cpu"]
+    if sweep:
+        result["ratio_sweep_cpu"] = result["sweep_cpu"] / result["together_cpu"]
     return result
 
 
@@ -132,7 +163,11 @@ def extra_columns(rows: list[dict[str, Any]]) -> tuple[str, str, list[str]]:
     """:return: the header and separator additions and the cells of the optional columns: the CUDA graph's, and the
     compiled runs' (empty where the rows lack them)"""
     header, separator, cells = "", "", ["" for _ in rows]
-    for name, title in (("graph", "together, CUDA graph"), ("graph_compiled", "together, compiled, CUDA graph")):
+    for name, title in (
+        ("graph", "together, CUDA graph"),
+        ("graph_compiled", "together, compiled, CUDA graph"),
+        ("graph_sweep", "sweep, CUDA graph"),
+    ):
         if all(f"{name}_wall" in row for row in rows):
             header, separator = header + f" {title} (wall) |", separator + "---:|"
             cells = [cell + f" {row[f'{name}_wall']:.0f} |" for cell, row in zip(cells, rows)]
@@ -144,6 +179,10 @@ def extra_columns(rows: list[dict[str, Any]]) -> tuple[str, str, list[str]]:
             f"{row['ratio_compiled_cpu']:.2f} |"
             for cell, row in zip(cells, rows)
         ]
+    if all("sweep_cpu" in row for row in rows):
+        header += " sweep (CPU) | sweep / together (CPU) |"
+        separator += "---:|---:|"
+        cells = [cell + f" {row['sweep_cpu']:.0f} | {row['ratio_sweep_cpu']:.2f} |" for cell, row in zip(cells, rows)]
     return header, separator, cells
 
 
@@ -158,7 +197,8 @@ def render(result: dict[str, Any], device_name: str) -> str:
         f"{OBS_DIM}, action {ACTION_DIM}), {result['updates']} updates x {result['rounds']} rounds, median round. "
         "Figures: learner-updates/s (K x updates/s of each learner). Compiled: `compile_update=True` for both "
         "(compilation excluded; `learn_offline_together` runs its gradient functions once more per call, to check "
-        "the compilation). A CUDA graph is captured again by each call, which the rounds count.",
+        "the compilation). A CUDA graph is captured again by each call, which the rounds count. Sweep: together, "
+        "eager, each learner with its own learning rate, tau, expectile and beta (`sweep_values`).",
         "",
     ]
     header, separator, extra_cells = extra_columns(result["rows"])
@@ -191,6 +231,12 @@ def main() -> None:
         "compilation per width and K)",
     )
     parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also time a sweep together: learners with their own learning rate, tau, expectile and beta (on CUDA "
+        "also in a CUDA graph)",
+    )
+    parser.add_argument(
         "--output-dir", default=None, help="write multi_seed_<device>.json there and re-render its speed.md (speed.py)"
     )
     args = parser.parse_args()
@@ -211,7 +257,7 @@ def main() -> None:
             row = {
                 "width": width,
                 "learners": n_learners,
-                **benchmark(n_learners, width, args.updates, args.rounds, args.device, args.compiled),
+                **benchmark(n_learners, width, args.updates, args.rounds, args.device, args.compiled, args.sweep),
             }
             result["rows"].append(row)
             print(
@@ -219,7 +265,8 @@ def main() -> None:
                 f"{row['separate_wall']:.0f} separate, ratio {row['ratio_wall']:.2f} (wall), {row['ratio_cpu']:.2f} (CPU)"
                 + (f", {row['graph_wall']:.0f} together in a CUDA graph" if "graph_wall" in row else "")
                 + (f", compiled ratio {row['ratio_compiled_cpu']:.2f} (CPU)" if "ratio_compiled_cpu" in row else "")
-                + (f", {row['graph_compiled_wall']:.0f} compiled in a CUDA graph" if "graph_compiled_wall" in row else ""),
+                + (f", {row['graph_compiled_wall']:.0f} compiled in a CUDA graph" if "graph_compiled_wall" in row else "")
+                + (f", sweep / together {row['ratio_sweep_cpu']:.2f} (CPU)" if "ratio_sweep_cpu" in row else ""),
                 flush=True,
             )
             if args.output_dir is not None:  # after each row: a run stopped at its time limit keeps what it measured
