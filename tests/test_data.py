@@ -1,8 +1,10 @@
 """Minari datasets into the replay buffer: every transition, episode boundaries, masks, action scaling, rewards."""
 
+import dataclasses
 import hashlib
 import pathlib
 import time
+import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -13,8 +15,10 @@ from toy_data import make_episode, write_dataset
 
 from sb3_iql import IQL
 from sb3_iql.common.synthetic import SpacesEnv
-from sb3_iql.data import DatasetNotFoundError, OfflineReplayBuffer
+from sb3_iql.data import DatasetNotFoundError, OfflineReplayBuffer, load_transitions
 from sb3_iql.data.rewards import LOCOMOTION_RETURN_SCALE
+from sb3_iql.datasets import dataset_from_replay_buffer
+from sb3_iql.datasets.replay import replay_buffer_episodes
 
 OBS_SPACE = spaces.Box(-1e3, 1e3, (2,), np.float32)
 # Not [-1, 1] and not symmetric: dataset actions must be scaled like SB3 scales its own.
@@ -228,6 +232,92 @@ def test_non_finite_data_names_field_and_episode(minari_root, dict_obs, field):
         make_model(dataset, observation_space=observation_space)
     assert "episode 1" in str(error.value) and f"'{field}'" in str(error.value)
     assert folder_digest(minari_root) == before
+
+
+def online_model(observation_space=OBS_SPACE) -> IQL:
+    """A model without a dataset, filled by hand with ``add_transitions``."""
+    return IQL("MlpPolicy", SpacesEnv(observation_space, ACTION_SPACE), policy_kwargs=dict(net_arch=[8]), buffer_size=100)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("rewards", lambda t: np.where(np.arange(len(t)) == 3, np.inf, t.rewards), "'rewards' holds NaN or inf"),
+        ("actions", lambda t: np.full_like(t.actions, np.nan), "'actions' holds NaN or inf"),
+        (
+            "next_observations",
+            lambda t: {**t.next_observations, "goal": t.next_observations["goal"] * np.nan},
+            r"'next_observations\['goal'\]' holds NaN",
+        ),
+        ("actions", lambda t: t.actions[:-1], r"'actions' has shape \(8, 2\): expected 9 rows"),
+        ("observations", lambda t: {**t.observations, "goal": np.zeros((9, 3))}, r"'observations\['goal'\]' has shape"),
+        ("observations", lambda t: t.observations["goal"], "must be a dict with keys"),
+        ("terminations", lambda t: t.terminations[:-1], "'terminations' has shape"),
+        ("truncations", lambda t: np.full(len(t), 0.5), "must hold booleans"),
+        ("rewards", lambda t: t.rewards[:, None], r"'rewards' must have shape \(n,\)"),
+    ],
+    ids=[
+        "inf-reward",
+        "nan-actions",
+        "nan-goal",
+        "short-actions",
+        "wide-goal",
+        "not-a-dict",
+        "short-flags",
+        "half-flags",
+        "2d-rewards",
+    ],
+)
+def test_transitions_added_by_hand_are_checked_field_by_field(minari_root, field, value, message):
+    dataset = write_dataset(
+        "test/dict/episodes-v0", box_episodes(dict_obs=True), observation_space=DICT_OBS_SPACE, action_space=ACTION_SPACE
+    )
+    transitions = load_transitions([dataset])
+    model = online_model(DICT_OBS_SPACE)
+    with pytest.raises(ValueError, match=message):
+        model.add_transitions(dataclasses.replace(transitions, **{field: value(transitions)}))
+    assert model.replay_buffer.size() == 0, "nothing of bad data is stored"
+
+
+def test_float_flags_are_taken_as_booleans(box_dataset):
+    transitions = load_transitions([box_dataset])
+    model = online_model()
+    # D4RL stores terminals and timeouts as floats
+    as_floats = dataclasses.replace(
+        transitions, terminations=transitions.terminations.astype(np.float32), truncations=transitions.truncations * 1.0
+    )
+    model.add_transitions(as_floats)
+    np.testing.assert_array_equal(stored(model)["dones"], stored(make_model(box_dataset))["dones"])
+    np.testing.assert_array_equal(stored(model)["timeouts"], stored(make_model(box_dataset))["timeouts"])
+
+
+def test_actions_outside_the_bounds_are_warned_about_then_clipped(box_dataset):
+    transitions = load_transitions([box_dataset])
+    model = online_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.add_transitions(transitions)  # at the bounds, not outside: no warning
+    outside = transitions.actions.copy()
+    outside[:3, 0] = 6.0  # the bounds are [0, 4]: scaled to 2.0
+    with pytest.warns(UserWarning, match=r"33.3% of the dataset's actions lie outside .* the farthest is at 2"):
+        model.add_transitions(dataclasses.replace(transitions, actions=outside))
+    assert np.abs(model.replay_buffer.actions[9:12, 0, 0]).max() <= 1.0
+
+
+def test_an_iql_buffer_splits_back_into_its_dataset_episodes(box_dataset):
+    model = make_model(box_dataset)
+    episodes = replay_buffer_episodes(model.replay_buffer, OBS_SPACE, ACTION_SPACE)
+    originals = list(box_dataset.iterate_episodes())
+    assert len(episodes) == len(originals) == len(EPISODES)
+    for episode, original in zip(episodes, originals):
+        np.testing.assert_array_equal(episode.observations, original.observations)
+        np.testing.assert_allclose(episode.actions, original.actions, atol=1e-4)  # clipped at +-(1 - 1e-5) when loaded
+        np.testing.assert_array_equal(episode.rewards, original.rewards)
+        np.testing.assert_array_equal(episode.terminations, original.terminations)
+        # a time limit is stored as a truncation unless the episode also terminated (then terminal only)
+        np.testing.assert_array_equal(episode.truncations, original.truncations & ~original.terminations)
+    with pytest.raises(ValueError, match="cannot be split back into episodes"):
+        dataset_from_replay_buffer(make_model(box_dataset, n_envs=2), "test/box/replay-v0", SpacesEnv(OBS_SPACE, ACTION_SPACE))
 
 
 def test_unsupported_action_space_and_small_buffer(box_dataset):

@@ -344,8 +344,14 @@ def test_online_learning_requires_an_environment(line_dataset, tmp_path):
     loaded = IQL.load(tmp_path / "model")  # no env, and the replay buffer is not part of the model file
     with pytest.raises(RuntimeError, match="needs an environment"):
         loaded.learn(10)
-    with pytest.raises(RuntimeError, match="replay buffer is empty"):
+    with pytest.raises(RuntimeError, match=r"a saved model holds no data. Call reload_offline_dataset"):
         loaded.learn_offline(10)
+    loaded.set_env(LineEnv())
+    with pytest.warns(UserWarning, match="without its offline data"):
+        loaded.learn(3)
+    assert loaded.replay_buffer.size() == 3  # the warning's point: online steps only
+    with pytest.raises(RuntimeError, match=r"create IQL with offline_dataset=..., or call add_transitions\(\)"):
+        IQL("MlpPolicy", LineEnv()).learn_offline(10)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -427,18 +433,31 @@ def test_a_save_that_fails_half_way_keeps_the_previous_file(line_dataset, tmp_pa
     IQL.load(tmp_path / "iql", env=LineEnv())  # still a whole model
 
 
-def test_a_run_resumes_exactly_from_a_checkpoint_callback_file(line_dataset, tmp_path):
+NEEDS_CUDA = pytest.mark.skipif(not th.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.parametrize(
+    "device, compile_update",
+    [
+        ("cpu", False),
+        pytest.param("cuda", False, marks=NEEDS_CUDA),  # the buffer's own CUDA generator is saved with the model
+        pytest.param("cuda", "cudagraph", marks=NEEDS_CUDA),  # ... and sampled inside the graph
+    ],
+)
+def test_a_run_resumes_exactly_from_a_checkpoint_callback_file(line_dataset, tmp_path, device, compile_update):
     n_updates = 40
+    kwargs = dict(offline_steps=n_updates, device=device, compile_update=compile_update)
     checkpoints = CheckpointCallback(save_freq=15, save_path=str(tmp_path), name_prefix="iql")
-    line_model(line_dataset, offline_steps=n_updates).learn_offline(n_updates, callback=checkpoints)
-    uninterrupted = line_model(line_dataset, offline_steps=n_updates).learn_offline(n_updates)
+    line_model(line_dataset, **kwargs).learn_offline(n_updates, callback=checkpoints)
+    uninterrupted = line_model(line_dataset, **kwargs).learn_offline(n_updates)
 
     # killed after the checkpoint at 30 updates: resume from its file alone
-    resumed = IQL.load(tmp_path / "iql_30_steps.zip", env=LineEnv())
+    resumed = IQL.load(tmp_path / "iql_30_steps.zip", env=LineEnv(), device=device)
     resumed.reload_offline_dataset()
     resumed.learn_offline(n_updates - resumed.num_timesteps, reset_num_timesteps=False)
     assert resumed._n_offline_updates == resumed.num_timesteps == n_updates
+    atol = 0 if device == "cpu" else 1e-6  # cuBLAS may pick other kernels for a capture; other batches differ by far more
     for (name, ours), theirs in zip(resumed.policy.state_dict().items(), uninterrupted.policy.state_dict().values()):
-        th.testing.assert_close(ours, theirs, rtol=0, atol=0, msg=name)
+        th.testing.assert_close(ours, theirs, rtol=0, atol=atol, msg=name)
     with pytest.raises(RuntimeError, match="not empty"):
         resumed.reload_offline_dataset()

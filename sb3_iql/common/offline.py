@@ -12,6 +12,7 @@ metrics as a device tensor; ``_offline_train_step()`` may fuse it with the sampl
 import os
 import pathlib
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -34,11 +35,24 @@ from sb3_iql.common.augmentation import shift_observations
 from sb3_iql.common.preprocessing import to_channel_first
 from sb3_iql.data import replay_buffer_class_named
 from sb3_iql.data.buffers import OfflineDictReplayBuffer, OfflineReplayBuffer
-from sb3_iql.data.device_buffers import DeviceDictReplayBuffer, DeviceReplayBuffer
+from sb3_iql.data.device_buffers import (
+    DeviceDictReplayBuffer,
+    DeviceReplayBuffer,
+    generator_state,
+    restore_generator,
+)
 from sb3_iql.data.goals import evaluation_goal, relabel_for_evaluation_goal
 from sb3_iql.data.her import HerReplayBuffer
 from sb3_iql.data.image_buffers import DeviceImageReplayBuffer
-from sb3_iql.data.minari_loader import DatasetLike, Transitions, check_spaces, load_transitions, resolve_datasets
+from sb3_iql.data.minari_loader import (
+    DatasetLike,
+    Transitions,
+    check_spaces,
+    checked_transitions,
+    describe_space,
+    load_transitions,
+    resolve_datasets,
+)
 from sb3_iql.data.rewards import RewardTransformLike, make_reward_transform
 
 SelfOfflineAlgorithm = TypeVar("SelfOfflineAlgorithm", bound="OfflineAlgorithm")
@@ -48,6 +62,8 @@ PathLike = str | pathlib.Path | Any  # SB3 also takes open file objects
 ONLINE_BUFFER_ROOM = 1_000_000
 #: Offline gradient steps when ``offline_steps`` is not given: the paper's budget.
 DEFAULT_OFFLINE_STEPS = 1_000_000
+#: Dataset actions farther than this outside [-1, 1] once scaled (rounding aside) are warned about before clipping.
+OUT_OF_BOUNDS_TOLERANCE = 1e-5
 
 
 def write_atomically(path: PathLike, suffix: str, write: Callable[[PathLike], None]) -> None:
@@ -146,6 +162,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         self.offline_dataset_size = 0
         self._n_offline_updates = 0
         self.sampling_generator = th.Generator()
+        #: A saved model's state of its buffer's own sampling generator (on CUDA), until a buffer takes it back.
+        self.device_sampling_state: tuple[str, th.Tensor] | None = None
         if seed is None:
             self.sampling_generator.seed()
         else:
@@ -263,10 +281,21 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 self.replay_buffer_kwargs.pop("env", None)
         self._attach_generator()
 
-    def _attach_generator(self) -> None:
-        """Give the replay buffer the model's sampling generator (and a hindsight buffer the reward transform)."""
+    def _attach_generator(self, previous: th.Generator | None = None) -> None:
+        """
+        Give the replay buffer the model's sampling generator (and a hindsight buffer the reward transform). A buffer
+        on another device (CUDA) draws from a generator of its own, seeded from the model's: it goes on drawing from
+        ``previous`` (the generator of the buffer it replaces) or, in a loaded model, from the state saved with it
+        (``device_sampling_state``), so that a resumed run samples what the uninterrupted one would.
+        """
         if self.replay_buffer is not None and hasattr(self.replay_buffer, "generator"):
-            self.replay_buffer.generator = self.sampling_generator
+            device = self.replay_buffer.device
+            restored = restore_generator(self.device_sampling_state, device)
+            self.device_sampling_state = None  # used once: the buffer's generator moves on from here
+            if previous is not None and previous is not self.sampling_generator and previous.device.type == device.type:
+                self.replay_buffer.generator = previous
+            else:
+                self.replay_buffer.generator = self.sampling_generator if restored is None else restored
         if isinstance(self.replay_buffer, HerReplayBuffer):
             self.replay_buffer.reward_transform = self.reward_transform_fn
 
@@ -278,12 +307,14 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         it fitted on the first transitions added.
 
         :param transitions: transitions in the environment's units, e.g. from ``sb3_iql.data.load_transitions``
+        :raises ValueError: a field that does not fit the spaces, or NaN or inf (``checked_transitions``)
         """
         if not hasattr(self.replay_buffer, "extend"):
             raise TypeError(
                 f"{type(self.replay_buffer).__name__} cannot take an offline dataset: use a replay buffer with "
                 "extend(), such as sb3_iql.data.DeviceReplayBuffer or OfflineReplayBuffer (and their Dict versions)"
             )
+        transitions = checked_transitions(transitions, self.observation_space, self.action_space)
         observations = to_channel_first(transitions.observations, self.observation_space)
         normalizer = getattr(self.policy, "observation_normalizer", None)
         if normalizer is not None and not normalizer.fitted:  # statistics of the first offline data, then fixed
@@ -318,6 +349,14 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             scaled_actions = actions
         else:
             scaled_actions = 2.0 * (actions - low) / (high - low) - 1.0
+        outside = np.abs(scaled_actions) > 1.0 + OUT_OF_BOUNDS_TOLERANCE
+        if outside.any():
+            warnings.warn(
+                f"{outside.any(axis=-1).mean():.1%} of the dataset's actions lie outside the action space's bounds "
+                f"{describe_space(space)} (scaled to [-1, 1], the farthest is at {np.abs(scaled_actions).max():.3g}): they "
+                "are clipped to the bounds. Check that the environment is the one the data came from.",
+                stacklevel=3,
+            )
         bound = 1.0 - self.dataset_action_clip
         return np.clip(scaled_actions, -bound, bound).astype(np.float32)
 
@@ -392,6 +431,19 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         self._n_updates += gradient_steps
         self._record_metrics(metric_sums, gradient_steps)
 
+    def _check_offline_data(self) -> None:
+        """:raises RuntimeError: the replay buffer is empty, saying how to fill it"""
+        if self.replay_buffer is None or self.replay_buffer.size() == 0:
+            if self.offline_dataset_ids:  # a loaded model: SB3 saves no replay buffer
+                raise RuntimeError(
+                    "The replay buffer is empty: a saved model holds no data. Call reload_offline_dataset() to load "
+                    f"its datasets {self.offline_dataset_ids} again (or load_replay_buffer(path)) before learn_offline()"
+                )
+            raise RuntimeError(
+                f"The replay buffer is empty: create {type(self).__name__} with offline_dataset=..., or call "
+                "add_transitions() or load_replay_buffer(path), before learn_offline()"
+            )
+
     def learn_offline(
         self: SelfOfflineAlgorithm,
         n_updates: int | None = None,
@@ -415,10 +467,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         :param progress_bar: show a progress bar with updates/s
         :return: the trained model
         """
-        if self.replay_buffer is None or self.replay_buffer.size() == 0:
-            raise RuntimeError(
-                f"The replay buffer is empty: create {type(self).__name__} with offline_dataset=... before learn_offline()"
-            )
+        self._check_offline_data()
         if n_updates is None:
             n_updates = max(self.offline_steps - self._n_offline_updates, 0)
         tb_log_name = type(self).__name__ if tb_log_name is None else tb_log_name
@@ -487,6 +536,13 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     ) -> tuple[int, BaseCallback]:
         if self.env is None:
             raise RuntimeError(f"Online learning needs an environment: pass env= to {type(self).__name__} or call set_env()")
+        if self.offline_dataset_ids and self.replay_buffer is not None and self.replay_buffer.size() == 0:
+            warnings.warn(
+                "Fine-tuning a loaded model without its offline data: SB3 saves no replay buffer, so the buffer "
+                f"holds only the new online steps. Call reload_offline_dataset() first to keep {self.offline_dataset_ids} "
+                "in it, as in the run that was saved.",
+                stacklevel=4,  # the caller of learn()
+            )
         return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
 
     def learn(
@@ -519,15 +575,26 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
 
     def save(self, path: PathLike, exclude: Iterable[str] | None = None, include: Iterable[str] | None = None) -> None:
-        """SB3's ``save``, written to a temporary file then renamed: a crash mid-write keeps the previous file."""
-        write_atomically(path, "zip", lambda target: super(OfflineAlgorithm, self).save(target, exclude, include))
+        """
+        SB3's ``save``, written to a temporary file then renamed: a crash mid-write keeps the previous file. The
+        state of a buffer's own sampling generator (on CUDA) is saved too (``device_sampling_state``).
+        """
+        generator = getattr(self.replay_buffer, "generator", None)
+        own_generator = generator is not None and generator is not self.sampling_generator
+        self.device_sampling_state = generator_state(generator) if own_generator else None
+        try:
+            write_atomically(path, "zip", lambda target: super(OfflineAlgorithm, self).save(target, exclude, include))
+        finally:
+            self.device_sampling_state = None
 
     def save_replay_buffer(self, path: PathLike) -> None:
         """SB3's ``save_replay_buffer``, written to a temporary file then renamed (see ``save``)."""
         write_atomically(path, "pkl", lambda target: super(OfflineAlgorithm, self).save_replay_buffer(target))
 
     def load_replay_buffer(self, path: Any, truncate_last_traj: bool = True) -> None:
+        """SB3's ``load_replay_buffer``; sampling goes on with the model's stream (``_attach_generator``)."""
+        previous = getattr(self.replay_buffer, "generator", None)
         super().load_replay_buffer(path, truncate_last_traj)
         if isinstance(self.replay_buffer, HerReplayBuffer):
             self.replay_buffer.set_env(self.env)
-        self._attach_generator()
+        self._attach_generator(previous)

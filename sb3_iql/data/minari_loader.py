@@ -2,7 +2,7 @@
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import minari
 import numpy as np
@@ -179,4 +179,65 @@ def load_transitions(datasets: Sequence[minari.MinariDataset]) -> Transitions:
         terminations=np.concatenate(terminations).astype(bool),
         truncations=np.concatenate(truncations).astype(bool),
         episode_returns=np.asarray(returns),
+    )
+
+
+def _check_rows(field: str, values: BatchObs, space: spaces.Space, n_transitions: int) -> None:
+    """:raises ValueError: ``values`` is not ``n_transitions`` rows of ``space``'s size (per key for Dict spaces),
+    or holds NaN or inf"""
+    if isinstance(space, spaces.Dict):
+        if not isinstance(values, dict) or set(values) != set(space.spaces):
+            keys = sorted(values) if isinstance(values, dict) else type(values).__name__
+            raise ValueError(f"Transitions field '{field}' must be a dict with keys {sorted(space.spaces)}, got {keys}")
+        for key, subspace in space.spaces.items():
+            _check_rows(f"{field}[{key!r}]", values[key], subspace, n_transitions)
+        return
+    values = np.asarray(values)
+    size = int(np.prod(space.shape, dtype=int)) if space.shape else 1
+    if len(values) != n_transitions or values.size != n_transitions * size:
+        raise ValueError(
+            f"Transitions field '{field}' has shape {values.shape}: expected {n_transitions} rows (the length of "
+            f"rewards) of {space} ({size} values per row)"
+        )
+    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+        raise ValueError(f"Transitions field '{field}' holds NaN or inf values; clean the data before training.")
+
+
+def _as_flags(field: str, values: np.ndarray, n_transitions: int) -> np.ndarray:
+    """:return: ``values`` as a bool ``(n,)`` array (D4RL stores its flags as floats)
+    :raises ValueError: not ``n_transitions`` values, or values other than 0 and 1"""
+    values = np.asarray(values)
+    if values.shape != (n_transitions,):
+        raise ValueError(f"Transitions field '{field}' has shape {values.shape}: expected ({n_transitions},)")
+    if values.dtype != bool and not np.isin(values, (0, 1)).all():
+        raise ValueError(f"Transitions field '{field}' must hold booleans (or 0 and 1), got {np.unique(values)[:5]}...")
+    return values.astype(bool)
+
+
+def checked_transitions(transitions: Transitions, observation_space: spaces.Space, action_space: spaces.Space) -> Transitions:
+    """
+    The checks ``load_transitions`` makes, for transitions built by hand: every field has one row per reward and the
+    size of its space, and no NaN or inf.
+
+    :param transitions: transitions in the environment's units
+    :param observation_space: the space of each observation (a Dict space: a dict of arrays with its keys)
+    :param action_space: the space of each action (Discrete: one index per row)
+    :return: the transitions, with termination and truncation flags as bool
+    :raises ValueError: naming the first field that does not fit
+    """
+    n_transitions = len(transitions)
+    rewards = np.asarray(transitions.rewards)
+    if rewards.ndim != 1 or n_transitions == 0:
+        raise ValueError(f"Transitions field 'rewards' must have shape (n,) with n > 0, got {rewards.shape}")
+    for field, space in (
+        ("observations", observation_space),
+        ("next_observations", observation_space),
+        ("actions", action_space),
+        ("rewards", spaces.Box(-np.inf, np.inf, ())),
+    ):
+        _check_rows(field, getattr(transitions, field), space, n_transitions)
+    return replace(
+        transitions,
+        terminations=_as_flags("terminations", transitions.terminations, n_transitions),
+        truncations=_as_flags("truncations", transitions.truncations, n_transitions),
     )

@@ -5,21 +5,28 @@ from typing import Any
 import gymnasium as gym
 import minari
 import numpy as np
+import torch as th
 from gymnasium import spaces
 from gymnasium.envs.registration import EnvSpec
 from minari.data_collector import EpisodeBuffer
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
+from sb3_iql.data.image_buffers import DeviceImageReplayBuffer
 from sb3_iql.datasets.collect import DEFAULT_N_REFERENCE_EPISODES, PolicyFn, Predictor, as_env, write_episodes
 from sb3_iql.datasets.storage import check_writable
 
 
-def _rows(data: np.ndarray | dict[str, np.ndarray], rows: np.ndarray, env_index: int, space: spaces.Space) -> Any:
-    """:return: ``data[rows, env_index]`` shaped like ``space`` (per key for Dict spaces)."""
+def _numpy(values: np.ndarray | th.Tensor) -> np.ndarray:
+    """:return: ``values`` as a NumPy array (the package's device buffers store tensors)"""
+    return values.cpu().numpy() if isinstance(values, th.Tensor) else values
+
+
+def _rows(data: Any, rows: np.ndarray, env_index: int, space: spaces.Space) -> Any:
+    """:return: ``data[rows, env_index]`` shaped like ``space`` (per key for Dict spaces), as NumPy arrays."""
     if isinstance(space, spaces.Dict):
         return {key: _rows(data[key], rows, env_index, subspace) for key, subspace in space.spaces.items()}
-    return data[rows, env_index].reshape((len(rows), *space.shape)).astype(space.dtype)
+    return _numpy(data[rows, env_index]).reshape((len(rows), *space.shape)).astype(space.dtype)
 
 
 def _chronological_rows(replay_buffer: ReplayBuffer) -> np.ndarray:
@@ -35,9 +42,9 @@ def replay_buffer_episodes(
     """
     Split an SB3 (Dict)ReplayBuffer into episodes, oldest first, one environment after the other.
 
-    An episode ends at ``done``: terminated unless SB3 flagged a time-out, truncated otherwise. The data still
-    running at the end of the buffer forms a last episode marked truncated; once the ring buffer has wrapped,
-    the oldest episode starts mid-way.
+    An episode ends at ``done`` or at a time-out: terminated unless flagged a time-out, truncated otherwise (SB3 stores a
+    time-out as both, this package's offline data as a time-out only). The data still running at the end of the buffer
+    forms a last episode marked truncated; once the ring buffer has wrapped, the oldest episode starts mid-way.
 
     :param replay_buffer: The buffer (``optimize_memory_usage=False``).
     :param observation_space: The environment's observation space.
@@ -48,12 +55,14 @@ def replay_buffer_episodes(
     """
     if replay_buffer.optimize_memory_usage:
         raise ValueError("A replay buffer with optimize_memory_usage=True has no next observations at episode ends")
+    if isinstance(replay_buffer, DeviceImageReplayBuffer):
+        raise ValueError("A DeviceImageReplayBuffer stores frames once, not as rows of transitions: it cannot be split")
     rows = _chronological_rows(replay_buffer)
     episodes: list[EpisodeBuffer] = []
     for env_index in range(replay_buffer.n_envs):
-        dones = replay_buffer.dones[rows, env_index].astype(bool)
-        timeouts = replay_buffer.timeouts[rows, env_index].astype(bool)
-        ends = np.flatnonzero(dones)
+        dones = _numpy(replay_buffer.dones[rows, env_index]).astype(bool)
+        timeouts = _numpy(replay_buffer.timeouts[rows, env_index]).astype(bool)
+        ends = np.flatnonzero(dones | timeouts)
         if len(ends) == 0 or ends[-1] != len(rows) - 1:
             ends = np.append(ends, len(rows) - 1)
         for start, end in zip(np.concatenate(([0], ends[:-1] + 1)), ends):
@@ -71,7 +80,7 @@ def replay_buffer_episodes(
                     id=len(episodes),
                     observations=_append_row(observations, last),
                     actions=actions,
-                    rewards=replay_buffer.rewards[episode_rows, env_index].astype(np.float64),
+                    rewards=_numpy(replay_buffer.rewards[episode_rows, env_index]).astype(np.float64),
                     terminations=terminations,
                     truncations=~terminations & (np.arange(start, end + 1) == end),
                     infos={},
@@ -119,6 +128,12 @@ def dataset_from_replay_buffer(
     :return: The new dataset.
     """
     check_writable(dataset_id, overwrite)
+    if getattr(model, "offline_dataset_size", 0) > 0 and model.replay_buffer.n_envs > 1:
+        raise ValueError(
+            f"The replay buffer of this {type(model).__name__} holds offline data written row by row across its "
+            f"{model.replay_buffer.n_envs} environment columns, which cannot be split back into episodes: write it from "
+            "a model with one environment"
+        )
     env = as_env(env)
     episodes = replay_buffer_episodes(model.replay_buffer, env.observation_space, env.action_space)
     algorithm_name = type(model).__name__

@@ -455,6 +455,7 @@ class IQL(OfflineAlgorithm):
         nearly undecayed (``benchmarks/results/scores.md``: on large-stitch, without the decay, mean final score
         13 against 43 with it).
         """
+        self._check_offline_data()  # before the warnings
         planned = max(self.offline_steps - self._n_offline_updates, 0) if n_updates is None else n_updates
         mode = auto_mode(planned, self.device.type)
         if self.compile_update == "auto" and mode is not None and self._auto_mode != "compile":
