@@ -83,15 +83,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--overwrite", action="store_true", help="replace a local dataset of the same id")
     args = parser.parse_args(argv)
     th.set_num_threads(args.threads)
 
     arrays = make_arrays(args.n_steps, args.seed)
     if args.dataset_id in minari.list_local_datasets():
+        if not args.overwrite:
+            parser.error(f"a local dataset {args.dataset_id} exists already: pass --overwrite to replace it")
         minari.delete_dataset(args.dataset_id)
+    episodes = arrays_to_episodes(arrays)
     dataset = minari.create_dataset_from_buffers(
         dataset_id=args.dataset_id,
-        buffer=arrays_to_episodes(arrays),
+        buffer=episodes,
         env=ENV_ID,  # stores the spec: IQL and evaluate() can rebuild the environment
         algorithm_name="noisy PD controller",
         description="Example: flat numpy transitions written with minari.create_dataset_from_buffers",
@@ -101,9 +105,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     model = IQL("MlpPolicy", offline_dataset=args.dataset_id, offline_steps=args.updates, seed=args.seed, verbose=0)
     model.learn_offline(progress_bar=True)
     result = evaluate(model, Monitor(gym.make(ENV_ID)), n_eval_episodes=args.eval_episodes, seed=args.seed)
-    behaviour = arrays["rewards"].sum() / max(int(arrays["terminals"].sum() + arrays["timeouts"].sum()), 1)
+    finished = episodes if arrays["terminals"][-1] or arrays["timeouts"][-1] else episodes[:-1]
+    behaviour = np.mean([episode.rewards.sum() for episode in finished]) if finished else float("nan")
     print(
-        f"IQL mean return {result.mean_return:.1f} +/- {result.std_return:.1f} (behaviour data: {behaviour:.1f} per episode)"
+        f"IQL mean return {result.mean_return:.1f} +/- {result.std_return:.1f} (behaviour data: {behaviour:.1f} per "
+        f"finished episode)"
     )
 
 

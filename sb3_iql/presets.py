@@ -17,10 +17,12 @@ the constructor arguments of a dataset's preset, and ``IQL.from_preset`` builds 
 import copy
 import fnmatch
 import os
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
 import yaml
+from torch import nn
 
 #: The presets shipped with the package.
 DEFAULT_PRESETS_PATH = os.path.join(os.path.dirname(__file__), "hyperparams", "iql.yml")
@@ -55,7 +57,8 @@ def _is_pattern(key: str) -> bool:
 
 
 @cache
-def _read_presets(path: str) -> dict[str, dict[str, Any]]:
+def _read_presets(path: str, modified_ns: int) -> dict[str, dict[str, Any]]:
+    """:param modified_ns: the file's modification time: an edited file is read again"""
     with open(path) as file_handler:
         presets = yaml.safe_load(file_handler)
     if not isinstance(presets, dict) or not all(isinstance(value, dict) for value in presets.values()):
@@ -65,7 +68,8 @@ def _read_presets(path: str) -> dict[str, dict[str, Any]]:
 
 def _presets(path: str | None) -> dict[str, dict[str, Any]]:
     """:return: the entries of a preset file (default: the package's), shared: copy before modifying"""
-    return _read_presets(os.path.abspath(path or DEFAULT_PRESETS_PATH))
+    path = os.path.abspath(path or DEFAULT_PRESETS_PATH)
+    return _read_presets(path, os.stat(path).st_mtime_ns)
 
 
 def load_presets(path: str | None = None) -> dict[str, dict[str, Any]]:
@@ -139,6 +143,28 @@ def iql_kwargs(preset: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in preset.items() if key not in ZOO_ONLY_KEYS}
 
 
+def _linear_schedule(initial_value: float) -> Callable[[float], float]:
+    """rl-zoo's ``lin_<value>``: ``value`` times the remaining progress (1 to 0)."""
+    return lambda progress_remaining: progress_remaining * initial_value
+
+
+def from_zoo_strings(arguments: dict[str, Any]) -> dict[str, Any]:
+    """
+    Hyperparameters as rl-zoo writes them in its files, as Python values: ``policy_kwargs`` given as a string of
+    Python (``"dict(net_arch=[64, 64])"``, evaluated with ``dict`` and ``nn`` = ``torch.nn``, as rl-zoo does) and
+    ``lin_<value>`` linear schedules (``learning_rate: lin_3e-4``).
+
+    :return: a new dict
+    """
+    converted = dict(arguments)
+    if isinstance(converted.get("policy_kwargs"), str):
+        converted["policy_kwargs"] = eval(converted["policy_kwargs"], {"dict": dict, "nn": nn})  # rl-zoo's format
+    for key, value in arguments.items():
+        if isinstance(value, str) and value.startswith("lin_"):
+            converted[key] = _linear_schedule(float(value.removeprefix("lin_")))
+    return converted
+
+
 def preset_arguments(dataset_id: str, finetune: bool = False, path: str | None = None) -> dict[str, Any]:
     """
     The IQL constructor arguments of a dataset's preset (see :func:`preset_for`), from which ``IQL.from_preset``
@@ -154,7 +180,7 @@ def preset_arguments(dataset_id: str, finetune: bool = False, path: str | None =
     :return: a new dict: ``IQL(arguments.pop("policy"), env, **arguments)`` builds the model
     :raises PresetNotFoundError: no preset applies to ``dataset_id``
     """
-    arguments = iql_kwargs(preset_for(dataset_id, finetune, path))
+    arguments = from_zoo_strings(iql_kwargs(preset_for(dataset_id, finetune, path)))
     arguments.setdefault("offline_dataset", dataset_id)
     return arguments
 
@@ -167,6 +193,6 @@ def with_overrides(arguments: dict[str, Any], overrides: dict[str, Any]) -> dict
     :return: a new dict
     """
     merged = {**arguments, **overrides}
-    if "policy_kwargs" in overrides:
-        merged["policy_kwargs"] = {**arguments.get("policy_kwargs", {}), **overrides["policy_kwargs"]}
+    if "policy_kwargs" in overrides:  # None (or a preset's null): no kwargs of that side
+        merged["policy_kwargs"] = {**(arguments.get("policy_kwargs") or {}), **(overrides["policy_kwargs"] or {})}
     return merged

@@ -341,6 +341,13 @@ def test_dataset_from_replay_buffer(minari_root: pathlib.Path) -> None:
     np.testing.assert_array_equal(observations, buffer.observations[:n_steps, 0])
 
 
+def test_a_reference_score_needs_an_episode(minari_root: pathlib.Path) -> None:
+    env = gym.make("CartPole-v1")
+    with pytest.raises(ValueError, match="at least 1 episode, got 0"):  # would write a NaN score
+        collect(env, lambda _: 0, "test/cartpole/none-v0", n_steps=10, ref_max_score=500.0, n_reference_episodes=0)
+    assert not dataset_exists("test/cartpole/none-v0")
+
+
 def test_cli(minari_root: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
     arguments = ["pointmaze", "--maze", "umaze", "--stitch", "--n-steps", "500", "--n-reference-episodes", "1"]
     environment = {**os.environ, "MINARI_DATASETS_PATH": str(minari_root), "PYTHONPATH": str(REPO_ROOT)}
@@ -461,3 +468,11 @@ def test_pointmaze_recipes_follow_minari_s_goal_datasets(minari_root: pathlib.Pa
     play = by_recipe["play"]
     assert np.mean([episode.rewards.mean() for episode in play]) < 0.2
     assert len({tuple(episode.observations["desired_goal"][0]) for episode in play}) > 1
+    # one goal per episode, its last row included (that row is also the next episode's first, with another goal)
+    assert all(len(np.unique(episode.observations["desired_goal"], axis=0)) == 1 for episode in play)
+    maze = make_pointmaze_env("umaze").unwrapped
+    for episode in play:  # and the rewards are the stored goal's
+        goals = episode.observations["desired_goal"][1:]
+        np.testing.assert_array_equal(
+            episode.rewards, maze.compute_reward(episode.observations["achieved_goal"][1:], goals, {})
+        )

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 
 import gymnasium as gym
+import minari
 import numpy as np
 import pytest
 from maze_data import MAZE_ID, tiny_maze_root
@@ -59,7 +60,7 @@ def test_finetune_pointmaze(maze_root, tmp_path):
     assert "replay buffer: 1210 transitions (1200 from the dataset)" in output
 
 
-def test_from_numpy(tmp_path):
+def test_from_numpy(tmp_path, monkeypatch):
     minari_root = tmp_path / "minari"
     output = run_example(
         "from_numpy.py",
@@ -70,6 +71,12 @@ def test_from_numpy(tmp_path):
     # 200-step Pendulum episodes: two complete ones and an unfinished one, kept as truncated.
     assert "local/pendulum/pd-controller-v0: 3 episodes, 450 steps" in output and "IQL mean return" in output
     assert (minari_root / "local" / "pendulum" / "pd-controller-v0" / "data" / "main_data.hdf5").is_file()
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(minari_root))
+    episodes = list(minari.load_dataset("local/pendulum/pd-controller-v0").iterate_episodes())
+    behaviour = np.mean([episodes[0].rewards.sum(), episodes[1].rewards.sum()])  # the unfinished one left out
+    assert f"(behaviour data: {behaviour:.1f} per finished episode)" in output
+    with pytest.raises(AssertionError, match="exists already: pass --overwrite"):  # never deleted without asking
+        run_example("from_numpy.py", "--n-steps", "450", "--updates", "1", minari_root=minari_root, cwd=tmp_path)
 
 
 def test_collect_from_sb3(tmp_path):

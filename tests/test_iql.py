@@ -18,6 +18,7 @@ from toy_data import LINE_ENV_ID, LineEnv, bad_policy, good_policy, rollout_epis
 
 from sb3_iql import IQL, evaluate, normalized_score
 from sb3_iql.common.preprocessing import ObservationNormalizer
+from sb3_iql.data import load_transitions
 from sb3_iql.evaluation import dataset_reference_scores
 from sb3_iql.iql.iql import METRIC_NAMES
 
@@ -219,6 +220,34 @@ def test_learn_zero_runs_the_offline_budget_with_callbacks_per_update(line_datas
     assert sorted(path.name for path in (tmp_path / "ckpt").iterdir()) == ["iql_15_steps.zip", "iql_30_steps.zip"]
     model.learn(0)  # offline training already ran: nothing more
     assert model._n_offline_updates == 30
+
+
+def test_learn_trains_offline_first_on_transitions_added_by_hand(line_dataset):
+    model = IQL("MlpPolicy", LineEnv(), offline_steps=12, policy_kwargs=SMALL_NET, seed=0, batch_size=64)
+    model.add_transitions(load_transitions([line_dataset]))
+    assert model.offline_dataset_size == model.replay_buffer.size() > 0
+    model.learn(0)
+    assert model._n_offline_updates == model.num_timesteps == 12
+
+
+def test_learning_starts_counts_online_steps_after_the_offline_updates(line_dataset, tmp_path):
+    class SaveAt(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps == 25:  # online, inside the random warm-up
+                self.model.save(tmp_path / "inside")
+            return True
+
+    model = line_model(line_dataset, offline_steps=20, learning_starts=15)
+    sampled = []
+    sample_action = model._sample_action
+    model._sample_action = lambda *args, **kwargs: sampled.append(args[0]) or sample_action(*args, **kwargs)
+    model.learn(30, callback=SaveAt())  # 20 offline updates, then 15 random steps and 15 policy steps
+    assert model.num_timesteps == 50
+    assert model._n_updates == 20 + 15, "no online update before learning_starts online steps"
+    assert set(sampled) == {35}, "the warm-up is shifted past the offline updates"
+    assert model.learning_starts == 15 == IQL.load(tmp_path / "inside").learning_starts
+    model.learn(5, reset_num_timesteps=True)  # counters from 0: 5 random steps, no update
+    assert model._n_updates == 35
 
 
 def test_a_callback_can_stop_offline_training(line_dataset):

@@ -5,6 +5,7 @@ import pathlib
 from collections.abc import Iterator
 
 import pytest
+import torch as th
 import yaml
 from maze_data import MAZE_ID, tiny_maze_root
 
@@ -209,6 +210,8 @@ def test_lookup_order_in_a_custom_file(tmp_path):
     assert preset_for("team/robot/arm-v0", path=str(path))["beta"] == 3.0  # exact id, although listed last
     assert preset_for("team/robot/leg-v0", path=str(path))["beta"] == 1.0  # first matching pattern wins
     assert known_presets(path=str(path)) == ["team/robot/arm-v0", "team/*", "team/robot/*"]
+    path.write_text(yaml.safe_dump({"team/*": {"policy": "MlpPolicy", "n_timesteps": 0, "beta": 4.0}}))
+    assert preset_for("team/robot/arm-v0", path=str(path))["beta"] == 4.0  # an edited file is read again
 
 
 def test_unknown_ids_raise_an_error_listing_the_known_ones():
@@ -278,3 +281,17 @@ def test_from_preset_merges_the_given_policy_kwargs_into_the_preset_s(maze_root,
     path.write_text(yaml.safe_dump({MAZE_ID: preset}))
     model = IQL.from_preset(MAZE_ID, path=str(path), offline_steps=2, policy_kwargs={"net_arch": [16]})
     assert model.policy.net_arch == [16] and model.policy.observation_normalizer is not None
+    assert IQL.from_preset(MAZE_ID, path=str(path), policy_kwargs=None).policy.net_arch == [8]  # None: the preset's
+
+
+def test_from_preset_reads_hyperparameters_written_as_rl_zoo_writes_them(maze_root, tmp_path):
+    path = tmp_path / "presets.yml"
+    preset = {
+        **preset_for(MAZE_ID),
+        "policy_kwargs": "dict(net_arch=[8, 4], activation_fn=nn.Tanh)",
+        "learning_rate": "lin_1e-3",
+    }
+    path.write_text(yaml.safe_dump({MAZE_ID: preset}))
+    model = IQL.from_preset(MAZE_ID, path=str(path), offline_steps=2)
+    assert model.policy.net_arch == [8, 4] and model.policy.activation_fn is th.nn.Tanh
+    assert model.lr_schedule(1.0) == pytest.approx(1e-3) and model.lr_schedule(0.25) == pytest.approx(2.5e-4)

@@ -159,8 +159,13 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         #: Whether ``offline_steps`` was left to its default (then a shorter first ``learn_offline`` is warned about).
         self.offline_steps_default = offline_steps is None
         self.offline_dataset_ids: list[str] = []
+        #: Offline transitions put into the replay buffer (``add_transitions``): ``learn()`` trains on them first.
         self.offline_dataset_size = 0
         self._n_offline_updates = 0
+        #: Offline updates counted in ``num_timesteps`` (``learning_starts`` counts online steps after them).
+        self._offline_timesteps = 0
+        #: What ``learn()`` adds to ``learning_starts`` while it runs (``_offline_timesteps``; 0 outside it).
+        self._learning_starts_shift = 0
         self.sampling_generator = th.Generator()
         #: A saved model's state of its buffer's own sampling generator (on CUDA), until a buffer takes it back.
         self.device_sampling_state: tuple[str, th.Tensor] | None = None
@@ -182,7 +187,6 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 self.eval_goal = evaluation_goal(env)
             transitions = self._load_transitions(datasets, env)
             self.offline_dataset_ids = [dataset.spec.dataset_id for dataset in datasets]
-            self.offline_dataset_size = len(transitions)
             buffer_size = self._buffer_size_for(len(transitions), buffer_size)
         elif env is not None:
             self._check_action_space(env.action_space, supported_action_spaces)
@@ -327,6 +331,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             transitions.terminations.astype(np.float32),
             (transitions.truncations & ~transitions.terminations).astype(np.float32),
         )
+        self.offline_dataset_size += len(transitions)
 
     def _buffer_actions(self, actions: np.ndarray) -> np.ndarray:
         """
@@ -375,6 +380,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         if self.replay_buffer is not None and self.replay_buffer.size() > 0:
             raise RuntimeError("The replay buffer is not empty: reload the offline datasets into a freshly loaded model")
         datasets = resolve_datasets(self.offline_dataset_ids, download=download)
+        self.offline_dataset_size = 0  # counted again as they are added
         self.add_transitions(self._load_transitions(datasets, datasets[0].recover_environment(eval_env=True)))
 
     def _store_transition(
@@ -484,6 +490,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             self._n_offline_updates += 1
             self._n_updates += 1
             self.num_timesteps += 1
+            self._offline_timesteps += 1
             updates_since_dump += 1
             if not callback.on_step():
                 break
@@ -509,7 +516,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         """SB3's ``_setup_learn`` without the environment: counters, logger and callbacks."""
         self.start_time = time.time_ns()
         if reset_num_timesteps:
-            self.num_timesteps = 0
+            self.num_timesteps = self._offline_timesteps = 0
         self._num_timesteps_at_start = self.num_timesteps
         self._total_timesteps = self.num_timesteps + n_updates
         if not self._custom_logger:
@@ -543,6 +550,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 "in it, as in the run that was saved.",
                 stacklevel=4,  # the caller of learn()
             )
+        if reset_num_timesteps:
+            self._offline_timesteps = 0
         return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
 
     def learn(
@@ -555,10 +564,11 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         progress_bar: bool = False,
     ) -> SelfOfflineAlgorithm:
         """
-        SB3's online loop on the shared replay buffer, after ``offline_steps`` offline updates if a dataset was
-        loaded and no offline training has run yet. ``learn(0)`` is thus a pure offline run.
+        SB3's online loop on the shared replay buffer, after ``offline_steps`` offline updates if offline data was
+        added and no offline training has run yet. ``learn(0)`` is thus a pure offline run.
 
-        Online, ``num_timesteps`` continues from the offline updates when both run in this call.
+        Online, ``num_timesteps`` continues from the offline updates when both run in this call (or with
+        ``reset_num_timesteps=False``); ``learning_starts`` still counts online steps (random actions, no update).
         """
         tb_log_name = type(self).__name__ if tb_log_name is None else tb_log_name
         if self.offline_dataset_size > 0 and self._n_offline_updates == 0 and self.offline_steps > 0:
@@ -572,7 +582,14 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             reset_num_timesteps = False
             if total_timesteps == 0:
                 return self
-        return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
+        # SB3 compares learning_starts with num_timesteps: shifted past the offline updates counted there
+        self._learning_starts_shift = 0 if reset_num_timesteps else self._offline_timesteps
+        self.learning_starts += self._learning_starts_shift
+        try:
+            return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
+        finally:
+            self.learning_starts -= self._learning_starts_shift
+            self._learning_starts_shift = 0
 
     def save(self, path: PathLike, exclude: Iterable[str] | None = None, include: Iterable[str] | None = None) -> None:
         """
@@ -582,10 +599,14 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         generator = getattr(self.replay_buffer, "generator", None)
         own_generator = generator is not None and generator is not self.sampling_generator
         self.device_sampling_state = generator_state(generator) if own_generator else None
+        shift, self._learning_starts_shift = self._learning_starts_shift, 0  # a save from a callback inside learn()
+        self.learning_starts -= shift
         try:
             write_atomically(path, "zip", lambda target: super(OfflineAlgorithm, self).save(target, exclude, include))
         finally:
             self.device_sampling_state = None
+            self.learning_starts += shift
+            self._learning_starts_shift = shift
 
     def save_replay_buffer(self, path: PathLike) -> None:
         """SB3's ``save_replay_buffer``, written to a temporary file then renamed (see ``save``)."""

@@ -61,6 +61,12 @@ class RandomPolicy:
         return self.action_space.sample()
 
 
+def check_reference_episodes(n_episodes: int) -> None:
+    """:raises ValueError: ``n_episodes`` < 1: a reference score of no episode would be NaN"""
+    if n_episodes < 1:
+        raise ValueError(f"A reference score averages at least 1 episode, got {n_episodes}")
+
+
 def average_return(env: gym.Env, policy: Predictor | PolicyFn, n_episodes: int, seed: int = 0) -> float:
     """
     :param env: Environment whose episodes end (terminated or truncated, e.g. by a time limit).
@@ -68,7 +74,9 @@ def average_return(env: gym.Env, policy: Predictor | PolicyFn, n_episodes: int, 
     :param n_episodes: Number of episodes.
     :param seed: Seed of the first reset.
     :return: Mean undiscounted episode return.
+    :raises ValueError: ``n_episodes`` < 1 (a reference score of no episode would be NaN)
     """
+    check_reference_episodes(n_episodes)
     policy_fn = as_policy_fn(policy)
     returns = []
     for episode in range(n_episodes):
@@ -329,6 +337,7 @@ def collect(
     :return: The new dataset.
     """
     check_writable(dataset_id, overwrite)
+    check_reference_episodes(n_reference_episodes)  # before the rollouts
     env = as_env(env)
     episodes = rollout_episodes(env, policy, n_steps, n_episodes, action_noise_std, seed, deterministic, epsilon)
     algorithm_name = algorithm_name or type(policy).__name__

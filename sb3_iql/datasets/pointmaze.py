@@ -337,25 +337,26 @@ def make_pointmaze_dataset(
         if lengths is None:  # one continuous run: cut it into episodes
             lengths = _episode_lengths(len(actions), spec.episode_length, success if recipe == "cut" else None)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        # each episode's own goals (its last row is the next episode's first: the two may differ)
+        episode_goals = [desired_goals[start : start + length + 1] for start, length in zip(starts, lengths)]
         if recipe == "play":  # each episode stores a random goal that the behaviour never pursued
             goal_rng = np.random.default_rng((seed, _GOAL_STREAM))
-            for start, length in zip(starts, lengths):
-                cell = goal_rng.integers(len(maze_env.maze.unique_goal_locations))
-                desired_goals[start : start + length + 1] = maze_env.maze.unique_goal_locations[cell]
-        rewards = maze_env.compute_reward(achieved_goals[1:], desired_goals[1:], {})
-        for start, length in zip(starts, lengths):
+            goals = maze_env.maze.unique_goal_locations
+            episode_goals = [np.tile(goals[goal_rng.integers(len(goals))], (length + 1, 1)) for length in lengths]
+        for start, length, goals_of_episode in zip(starts, lengths, episode_goals):
             end = start + length
+            rewards = maze_env.compute_reward(achieved_goals[start + 1 : end + 1], goals_of_episode[1:], {})
             episodes.append(
                 EpisodeBuffer(
                     id=len(episodes),
                     seed=seed if not episodes else None,
                     observations={
                         "achieved_goal": achieved_goals[start : end + 1],
-                        "desired_goal": desired_goals[start : end + 1],
+                        "desired_goal": goals_of_episode,
                         "observation": observations[start : end + 1],
                     },
                     actions=actions[start:end],
-                    rewards=rewards[start:end],
+                    rewards=rewards,
                     terminations=np.zeros(length, dtype=bool),
                     truncations=np.arange(start, end) == end - 1,
                     infos={},
