@@ -42,17 +42,38 @@ def sample_iql_params(trial: optuna.Trial, n_actions: int, n_envs: int, addition
     in [0.5, 0.95], ``beta`` in [0.5, 20] (log scale), ``learning_rate`` in [1e-4, 1e-3] (log scale), ``batch_size``
     in ``BATCH_SIZES``, ``net_arch`` a name of ``NET_ARCHS`` and the actor's ``dropout`` in ``ACTOR_DROPOUTS``.
 
+    :param additional_args: ``{"preset": preset_trial(...)}`` widens each range to hold the preset's value (the
+        study's first trial), which may lie outside it
     :return: IQL constructor arguments (``convert_iql_params`` of the drawn parameters)
     """
+    preset = additional_args.get("preset", {})
+
+    def bounds(name: str, low: float, high: float) -> tuple[float, float]:
+        return (min(low, preset[name]), max(high, preset[name])) if name in preset else (low, high)
+
+    def choices(name: str, values: tuple) -> tuple:
+        return values if name not in preset or preset[name] in values else (*values, preset[name])
+
     params = {
-        "expectile": trial.suggest_float("expectile", 0.5, 0.95),
-        "beta": trial.suggest_float("beta", 0.5, 20.0, log=True),
-        "learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-3, log=True),
-        "batch_size": trial.suggest_categorical("batch_size", BATCH_SIZES),
-        "net_arch": trial.suggest_categorical("net_arch", tuple(NET_ARCHS)),
-        "dropout": trial.suggest_categorical("dropout", ACTOR_DROPOUTS),
+        "expectile": trial.suggest_float("expectile", *bounds("expectile", 0.5, 0.95)),
+        "beta": trial.suggest_float("beta", *bounds("beta", 0.5, 20.0), log=True),
+        "learning_rate": trial.suggest_float("learning_rate", *bounds("learning_rate", 1e-4, 1e-3), log=True),
+        "batch_size": trial.suggest_categorical("batch_size", choices("batch_size", BATCH_SIZES)),
+        "net_arch": trial.suggest_categorical("net_arch", choices("net_arch", tuple(NET_ARCHS))),
+        "dropout": trial.suggest_categorical("dropout", choices("dropout", ACTOR_DROPOUTS)),
     }
     return convert_iql_params(params)
+
+
+def net_arch_name(widths: list[int]) -> str:
+    """:return: the name of ``NET_ARCHS`` with these hidden widths, else the widths as ``"64x32"``"""
+    names = [name for name, named_widths in NET_ARCHS.items() if named_widths == list(widths)]
+    return names[0] if names else "x".join(str(width) for width in widths)
+
+
+def net_arch_widths(name: str) -> list[int]:
+    """:return: the hidden widths of a ``net_arch_name``"""
+    return list(NET_ARCHS[name]) if name in NET_ARCHS else [int(width) for width in name.split("x")]
 
 
 def convert_iql_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -63,7 +84,7 @@ def convert_iql_params(params: dict[str, Any]) -> dict[str, Any]:
     :return: IQL constructor arguments (``net_arch`` as ``policy_kwargs``, dropout 0 as None)
     """
     arguments = {key: value for key, value in params.items() if key not in ("net_arch", "dropout")}
-    arguments["policy_kwargs"] = {"net_arch": NET_ARCHS[params["net_arch"]]}
+    arguments["policy_kwargs"] = {"net_arch": net_arch_widths(params["net_arch"])}
     arguments["dropout"] = params["dropout"] or None
     return arguments
 
@@ -88,14 +109,13 @@ def preset_trial(hyperparams: dict[str, Any]) -> dict[str, Any]:
     :return: ``{parameter name: value}`` in ``sample_iql_params``'s names
     """
     net_arch = (hyperparams.get("policy_kwargs") or {}).get("net_arch", NET_ARCHS["medium"])
-    names = [name for name, widths in NET_ARCHS.items() if widths == list(net_arch)]
     learning_rate = hyperparams.get("learning_rate", 3e-4)
     return {
         "expectile": float(hyperparams.get("expectile", 0.7)),
         "beta": float(hyperparams.get("beta", 3.0)),
         "learning_rate": float(learning_rate) if isinstance(learning_rate, (int, float)) else 3e-4,
         "batch_size": int(hyperparams.get("batch_size", 256)),
-        "net_arch": names[0] if names else "medium",
+        "net_arch": net_arch_name(net_arch),
         "dropout": float(hyperparams.get("dropout") or 0.0),
     }
 

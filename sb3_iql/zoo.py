@@ -114,26 +114,34 @@ def _ensure_registered(spec: EnvSpec) -> None:
         gym.register(spec.id, entry_point=spec.entry_point, max_episode_steps=spec.max_episode_steps)
 
 
-def dataset_environment(dataset_id: str) -> tuple[str, dict[str, Any]]:
+class NoEnvironmentSpecError(ValueError):
+    """A dataset that stores no environment spec: the run needs ``--env``."""
+
+
+def dataset_environment(dataset_id: str) -> tuple[str, dict[str, Any], list[dict[str, dict[str, Any]]]]:
     """
     The evaluation environment stored in a Minari dataset (its collection environment if it has none), as an
-    rl-zoo ``--env`` id and ``env_kwargs``; its package is imported (or the id registered) so that rl-zoo finds it.
+    rl-zoo ``--env`` id, ``env_kwargs`` and ``env_wrapper``; its package is imported (or the id registered) so that
+    rl-zoo finds it.
 
     :param dataset_id: a local Minari dataset id
-    :return: the registered environment id and the constructor arguments that make it the stored one
-        (``max_episode_steps`` included when it differs from the registered time limit)
+    :return: the registered environment id, the constructor arguments that make it the stored one
+        (``max_episode_steps`` included when it differs from the registered time limit), and the wrappers the spec
+        adds on top (such as the pixel mazes' renderer) in rl-zoo's ``env_wrapper`` form, ``[{"module.Class": kwargs}]``
+    :raises NoEnvironmentSpecError: the dataset stores no environment spec
     """
-    dataset = load_dataset(dataset_id)
-    env = dataset.recover_environment(eval_env=True)
+    try:
+        env = load_dataset(dataset_id).recover_environment(eval_env=True)
+    except ValueError as error:  # Minari's "Environment cannot be recovered when env_spec is None"
+        raise NoEnvironmentSpecError(f"Dataset {dataset_id!r} stores no environment spec: pass --env") from error
     spec = env.spec
     env.close()
-    if spec is None:
-        raise ValueError(f"Dataset {dataset_id!r} stores no environment spec: pass --env")
     _ensure_registered(spec)
     env_kwargs = dict(spec.kwargs)
     if spec.max_episode_steps != gym.spec(spec.id).max_episode_steps:
         env_kwargs["max_episode_steps"] = spec.max_episode_steps
-    return spec.id, env_kwargs
+    wrappers = [{wrapper.entry_point.replace(":", "."): dict(wrapper.kwargs or {})} for wrapper in spec.additional_wrappers]
+    return spec.id, env_kwargs, wrappers
 
 
 def zoo_hyperparams(
@@ -145,7 +153,8 @@ def zoo_hyperparams(
 
     :param dataset_id: Minari dataset id (stored locally)
     :param env_id: the ``--env`` of the run (default: the dataset's evaluation environment); when it is the dataset's
-        environment, the stored constructor arguments are added as ``env_kwargs``
+        environment, the stored constructor arguments are added as ``env_kwargs`` and its wrappers as ``env_wrapper``
+        (needed where the dataset stores no environment)
     :param finetune: the fine-tuning preset (offline, then ``n_timesteps`` online steps)
     :param presets_path: a preset file (default: the package's)
     :return: ``{env_id: hyperparameters}``
@@ -155,10 +164,17 @@ def zoo_hyperparams(
     except PresetNotFoundError:
         hyperparams = default_hyperparams(dataset_id, finetune, presets_path)
     hyperparams["offline_dataset"] = dataset_id
-    dataset_env_id, env_kwargs = dataset_environment(dataset_id)
+    try:
+        dataset_env_id, env_kwargs, wrappers = dataset_environment(dataset_id)
+    except NoEnvironmentSpecError:
+        if env_id is None:
+            raise
+        return {env_id: hyperparams}  # the given --env, as it is registered
     if env_id is None or env_id == dataset_env_id:
         if env_kwargs:
             hyperparams.setdefault("env_kwargs", env_kwargs)
+        if wrappers:
+            hyperparams.setdefault("env_wrapper", wrappers)
         env_id = dataset_env_id
     return {env_id: hyperparams}
 
@@ -204,6 +220,8 @@ class IQLExperimentManager(ExperimentManager):
     offline_dataset: str | None = None
     #: Seconds between heartbeats of a trial in a database storage (``--heartbeat-interval``).
     heartbeat_interval: int = HEARTBEAT_INTERVAL
+    #: Options of this package's command line that the run had (``--finetune``, ``--presets``...), for ``retrain_command``.
+    retrain_options: tuple[str, ...] = ()
 
     def read_hyperparameters(self) -> tuple[dict[str, Any], dict[str, Any]]:
         hyperparams, saved_hyperparams = super().read_hyperparameters()
@@ -280,7 +298,8 @@ class IQLExperimentManager(ExperimentManager):
         :return: the mean normalized score of the last evaluations (``TrialNormalizedEvalCallback.objective``)
         """
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        arguments = with_overrides(self._hyperparams, sample_iql_params(trial, self.n_actions, 1, {}))
+        search = {"preset": preset_trial(self._hyperparams)}  # the ranges hold the preset, trial 0
+        arguments = with_overrides(self._hyperparams, sample_iql_params(trial, self.n_actions, 1, search))
         env, eval_env = self.create_envs(1, no_log=True), self.create_envs(self.n_eval_envs, eval_env=True)
         model = IQL(env=env, tensorboard_log=None, seed=self.seed, verbose=0, device=self.device, **arguments)
         finetune = self.n_timesteps > 0
@@ -342,12 +361,19 @@ class IQLExperimentManager(ExperimentManager):
             print(shlex.join(self.retrain_command(best.params)))
 
     def retrain_command(self, params: dict[str, Any]) -> list[str]:
-        """:return: the ``python -m sb3_iql.zoo train`` command line with a trial's parameters and this run's seed"""
+        """
+        :return: the ``python -m sb3_iql.zoo train`` command line that trains a trial's settings again: this run's
+            options (``retrain_options``, online steps, seed), its ``-params`` and the trial's parameters, with the
+            ``policy_kwargs`` the trial had (merged into the preset's, which rl-zoo's ``-params`` would replace)
+        """
         source = ["--dataset", self.offline_dataset] if self.offline_dataset else ["--env", self.env_name.gym_id]
-        hyperparams = {key: self._hyperparams[key] for key in ("offline_steps",) if key in self._hyperparams}
+        online_steps = ["-n", str(self.n_timesteps)] if self.n_timesteps > 0 else []
+        trial_arguments = convert_iql_params(params)
+        trial_arguments["policy_kwargs"] = with_overrides(self._hyperparams, trial_arguments)["policy_kwargs"]
+        given = dict(self.custom_hyperparams or {})
         return [
-            "python", "-m", "sb3_iql.zoo", "train", *source, "--seed", str(self.seed),
-            "-params", *zoo_params({**hyperparams, **convert_iql_params(params)}),
+            "python", "-m", "sb3_iql.zoo", "train", *source, *self.retrain_options, *online_steps, "--seed", str(self.seed),
+            "-params", *zoo_params({**given, **trial_arguments}),
         ]  # fmt: skip
 
 
@@ -427,7 +453,16 @@ def train(argv: Sequence[str] | None = None) -> None:
         elif conf_file is None and not args.help:
             raise SystemExit("python -m sb3_iql.zoo train needs --dataset ID (a preset) or --conf-file FILE (rl-zoo format)")
         zoo_argv = [f"{sys.argv[0]} train", *_rl_zoo_argv(args, rest, env_id, conf_file)]
-        manager = type("IQLExperimentManager", (IQLExperimentManager,), {"heartbeat_interval": args.heartbeat_interval})
+        retrain_options = (
+            *(["--finetune"] if args.finetune else []),
+            *(["--presets", args.presets] if args.presets else []),
+            *(["--gym-packages", *args.gym_packages] if args.gym_packages else []),
+        )
+        manager = type(
+            "IQLExperimentManager",
+            (IQLExperimentManager,),
+            {"heartbeat_interval": args.heartbeat_interval, "retrain_options": retrain_options},
+        )
         with _replaced(sys, "argv", zoo_argv), _replaced(rl_zoo3.train, "ExperimentManager", manager):
             rl_zoo3.train.train()
 
@@ -443,7 +478,7 @@ def enjoy(argv: Sequence[str] | None = None) -> None:
     _import_packages(args.gym_packages)
     env_id = args.env
     if args.dataset is not None and env_id is None:
-        env_id, _ = dataset_environment(args.dataset)
+        env_id, _, _ = dataset_environment(args.dataset)
     zoo_argv = [f"{sys.argv[0]} enjoy", *_rl_zoo_argv(args, rest, env_id, None)]
     with _replaced(sys, "argv", zoo_argv):
         rl_zoo3.enjoy.enjoy()

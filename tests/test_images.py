@@ -11,6 +11,7 @@ import sys
 import warnings
 
 import gymnasium as gym
+import minari
 import numpy as np
 import pytest
 import torch as th
@@ -32,6 +33,7 @@ from sb3_iql.common.preprocessing import IMAGE_STD_OFFSET
 from sb3_iql.common.synthetic import SpacesEnv
 from sb3_iql.data import DeviceImageReplayBuffer, image_buffers, load_transitions
 from sb3_iql.datasets import ensure_dataset, make_pixel_pointmaze_env, make_pointmaze_dataset, pixel_dataset_id
+from sb3_iql.datasets.__main__ import main as datasets_main
 from sb3_iql.datasets.pixels import render_states
 from sb3_iql.iql.fast_update import FunctionalUpdate
 from sb3_iql.iql.multi_seed import learn_offline_together
@@ -386,6 +388,14 @@ def test_critics_sharing_an_extractor_leave_the_actor_its_own(image_dataset, tmp
     assert loaded.actor.features_extractor is not loaded.critic.features_extractor
     with pytest.raises(ValueError, match="share_features_extractor must be"):
         image_model(image_dataset, policy_kwargs={**SMALL_CNN, "share_features_extractor": "actor"})
+
+
+def test_the_command_line_renders_a_maze_dataset_written_under_its_own_id(minari_root):
+    arguments = ["--maze", "umaze", "--stitch", "--n-steps", "300", "--n-reference-episodes", "1", "--pixel-steps", "20"]
+    datasets_main(["pointmaze", *arguments, "--dataset-id", "mine/maze/stitch-v0", "--pixels", "36"])
+    pixels = minari.load_dataset("mine/maze/stitch-pixels36-v0")
+    assert pixels.total_steps == 20 and pixels.observation_space.shape == (36, 36, 6)
+    assert pixels.recover_environment(eval_env=True).observation_space == pixels.observation_space
 
 
 def test_pixel_pointmaze_data_is_what_its_evaluation_environment_shows(minari_root):

@@ -92,13 +92,29 @@ def test_an_offline_study_reports_normalized_scores_counted_in_updates(maze_root
     assert command.startswith(f"python -m sb3_iql.zoo train --dataset {MAZE_ID} --seed 3 -params offline_steps:4 ")
 
 
-def test_a_fine_tuning_study_evaluates_the_online_phase(maze_root, tmp_path):
+def test_trial_zero_is_the_preset_even_outside_the_search_ranges():
+    preset = {"expectile": 0.97, "beta": 0.3, "learning_rate": 3e-4, "batch_size": 32, "net_arch": "8x4", "dropout": 0.2}
+    study = optuna.create_study(sampler=tuning.PresetFirstSampler(optuna.samplers.RandomSampler(seed=0), preset))
+    first, second = study.ask(), study.ask()
+    arguments = tuning.sample_iql_params(first, 2, 1, {"preset": preset})
+    assert first.params == preset  # before, batch size 32 raised "'32' not in (64, 128, 256, 512)" and ended the study
+    assert arguments["policy_kwargs"] == {"net_arch": [8, 4]} and arguments["dropout"] == 0.2
+    drawn = tuning.sample_iql_params(second, 2, 1, {"preset": preset})
+    assert 0.5 <= drawn["expectile"] <= 0.97 and 0.3 <= drawn["beta"] <= 20.0
+    assert tuning.preset_trial({"policy_kwargs": {"net_arch": [8, 4]}})["net_arch"] == "8x4"  # not "medium"
+
+
+def test_a_fine_tuning_study_evaluates_the_online_phase(maze_root, tmp_path, capsys):
     storage = f"sqlite:///{tmp_path / 'finetune.db'}"
     zoo.main(["train", "--dataset", MAZE_ID, "--finetune", "-n", "6", "--optimize", "--n-trials", "1", "--storage", storage,
               "--study-name", "finetune", "-f", str(tmp_path / "logs"), *STUDY, *STUDY_PARAMS])  # fmt: skip
     (trial,) = optuna.load_study(study_name="finetune", storage=storage).trials
     # 4 offline updates, then evaluations after 3 and 6 online steps (num_timesteps goes on from the offline phase)
     assert trial.state == optuna.trial.TrialState.COMPLETE and sorted(trial.intermediate_values) == [7, 10]
+    # trained again as it was: fine-tuning, 6 online steps, the given -params and the trial's network
+    command = capsys.readouterr().out.split("again:\n")[1].splitlines()[0]
+    assert f"train --dataset {MAZE_ID} --finetune -n 6 --seed 3 -params offline_steps:4 " in command
+    assert "policy_kwargs:dict(net_arch=" in command
 
 
 def test_two_workers_share_one_study_and_the_best_trial_trains_again(maze_root, tmp_path):

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import yaml
 from maze_data import MAZE_ENV_ID, MAZE_EPISODE_STEPS, MAZE_ID, MAZE_STEPS, tiny_maze_root
+from toy_data import make_episode, write_dataset
 
 from sb3_iql import IQL, HerReplayBuffer
-from sb3_iql.datasets import make_pointmaze_dataset
+from sb3_iql.datasets import ensure_dataset, make_pointmaze_dataset
 from sb3_iql.iql import MultiInputPolicy
 from sb3_iql.plotting import read_progress
 
@@ -47,6 +48,34 @@ def test_hyperparams_of_a_dataset_are_its_preset_keyed_by_its_environment(maze_r
     assert entry["env_kwargs"]["reset_target"] is False and entry["env_kwargs"]["maze_map"][1][1] == "g"
     # Another --env keeps its own construction.
     assert "env_kwargs" not in zoo.zoo_hyperparams(MAZE_ID, env_id="PointMaze_Medium-v3")["PointMaze_Medium-v3"]
+
+
+def test_a_pixel_dataset_s_environment_keeps_its_renderer_as_an_env_wrapper(minari_root):
+    from rl_zoo3.utils import get_wrapper_class
+
+    pixel_id = "sb3_iql/pointmaze/umaze-stitch-pixels36-v0"
+    dataset = ensure_dataset(pixel_id, n_steps=300)
+    ((env_id, entry),) = zoo.zoo_hyperparams(pixel_id).items()
+    assert entry["env_wrapper"] == [{"sb3_iql.datasets.pixels.PointMazePixels": {"size": 36}}]
+    env = get_wrapper_class(entry)(gym.make(env_id, **entry["env_kwargs"]))  # as rl-zoo builds it
+    assert env.observation_space == dataset.observation_space  # frames, not the state maze's Dict
+    env.close()
+
+
+def test_a_dataset_without_an_environment_takes_the_given_env(minari_root):
+    env = gym.make("Pendulum-v1")
+    episode = make_episode(
+        0,
+        [env.observation_space.sample() for _ in range(4)],
+        [env.action_space.sample()] * 3,
+        [0.0] * 3,
+        [False] * 3,
+        [False, False, True],
+    )
+    write_dataset("test/nospec/data-v0", [episode], observation_space=env.observation_space, action_space=env.action_space)
+    assert list(zoo.zoo_hyperparams("test/nospec/data-v0", env_id="Pendulum-v1")) == ["Pendulum-v1"]
+    with pytest.raises(ValueError, match="stores no environment spec: pass --env"):
+        zoo.zoo_hyperparams("test/nospec/data-v0")
 
 
 def test_train_needs_a_dataset_or_a_configuration(maze_root):

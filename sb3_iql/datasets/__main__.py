@@ -80,7 +80,9 @@ def _pointmaze(args: argparse.Namespace) -> None:
         _report(dataset, time.perf_counter() - start)
         if args.pixels is not None:
             start = time.perf_counter()
-            pixels = make_pixel_pointmaze_dataset(dataset, args.pixels, n_steps=args.pixel_steps, overwrite=args.overwrite)
+            pixels = make_pixel_pointmaze_dataset(
+                dataset, args.pixels, n_steps=args.pixel_steps, overwrite=args.overwrite, maze_and_reward=(maze, reward)
+            )
             _report(pixels, time.perf_counter() - start)
 
 

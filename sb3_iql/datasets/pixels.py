@@ -106,9 +106,13 @@ def make_pixel_pointmaze_env(maze: str, reward: str = "sparse", size: int = DEFA
     return PointMazePixels(env, size)
 
 
-def pixel_dataset_id(source_id: str, size: int = DEFAULT_SIZE) -> str:
-    """:return: the id of ``source_id`` re-rendered at ``size`` (``...-v0`` -> ``...-pixels<size>-v0``)"""
-    parse_pointmaze_dataset_id(source_id)
+def pixel_dataset_id(source_id: str, size: int = DEFAULT_SIZE, check: bool = True) -> str:
+    """
+    :param check: refuse ids that are not this package's PointMaze ids (``parse_pointmaze_dataset_id``)
+    :return: the id of ``source_id`` re-rendered at ``size`` (``...-v0`` -> ``...-pixels<size>-v0``)
+    """
+    if check:
+        parse_pointmaze_dataset_id(source_id)
     head, version = source_id.rsplit("-v", 1)
     return f"{head}-pixels{size}-v{version}"
 
@@ -150,6 +154,7 @@ def make_pixel_pointmaze_dataset(
     n_steps: int = DEFAULT_PIXEL_STEPS,
     dataset_id: str | None = None,
     overwrite: bool = False,
+    maze_and_reward: tuple[str, str] | None = None,
 ) -> minari.MinariDataset:
     """
     Re-render a local PointMaze dataset of this package in pixels (module docstring).
@@ -159,11 +164,13 @@ def make_pixel_pointmaze_dataset(
     :param n_steps: transitions: the source's first episodes, the last one cut (truncated) where they reach it
     :param dataset_id: id to write (default: ``pixel_dataset_id(source id, size)``)
     :param overwrite: replace an existing dataset with that id
+    :param maze_and_reward: the source's maze and reward, for a source written under another id (default: read from
+        its id, ``parse_pointmaze_dataset_id``)
     :return: the pixel dataset
     """
     source_id = source.spec.dataset_id
-    maze, reward, _, _ = parse_pointmaze_dataset_id(source_id)
-    dataset_id = dataset_id or pixel_dataset_id(source_id, size)
+    maze, reward = maze_and_reward or parse_pointmaze_dataset_id(source_id)[:2]
+    dataset_id = dataset_id or pixel_dataset_id(source_id, size, check=maze_and_reward is None)
     check_writable(dataset_id, overwrite)
     env = make_pixel_pointmaze_env(maze, reward, size)
     env.reset(seed=0)
