@@ -57,8 +57,8 @@ def _is_pattern(key: str) -> bool:
 
 
 @cache
-def _read_presets(path: str, modified_ns: int) -> dict[str, dict[str, Any]]:
-    """:param modified_ns: the file's modification time: an edited file is read again"""
+def _read_presets(path: str, version: tuple[int, int]) -> dict[str, dict[str, Any]]:
+    """:param version: the file's modification time and size: an edited file is read again"""
     with open(path) as file_handler:
         presets = yaml.safe_load(file_handler)
     if not isinstance(presets, dict) or not all(isinstance(value, dict) for value in presets.values()):
@@ -69,7 +69,8 @@ def _read_presets(path: str, modified_ns: int) -> dict[str, dict[str, Any]]:
 def _presets(path: str | None) -> dict[str, dict[str, Any]]:
     """:return: the entries of a preset file (default: the package's), shared: copy before modifying"""
     path = os.path.abspath(path or DEFAULT_PRESETS_PATH)
-    return _read_presets(path, os.stat(path).st_mtime_ns)
+    status = os.stat(path)
+    return _read_presets(path, (status.st_mtime_ns, status.st_size))
 
 
 def load_presets(path: str | None = None) -> dict[str, dict[str, Any]]:

@@ -89,16 +89,21 @@ def convert_iql_params(params: dict[str, Any]) -> dict[str, Any]:
     return arguments
 
 
+def _python_text(value: Any) -> str:
+    """:return: ``value`` as Python that rl-zoo evaluates back (``torch.nn`` classes as ``nn.Name``, as it reads them)"""
+    if isinstance(value, type) and value.__module__.startswith("torch.nn"):
+        return f"nn.{value.__name__}"
+    if isinstance(value, dict):
+        return "dict(" + ",".join(f"{name}={_python_text(item)}" for name, item in value.items()) + ")"
+    if isinstance(value, (list, tuple)):
+        items = ",".join(_python_text(item) for item in value)
+        return f"[{items}]" if isinstance(value, list) else f"({items}{',' if len(value) == 1 else ''})"
+    return repr(value)
+
+
 def zoo_params(arguments: dict[str, Any]) -> list[str]:
     """:return: IQL arguments as rl-zoo's ``-params`` values (``beta:10.0``, ``policy_kwargs:dict(net_arch=[64,64])``)"""
-    values = []
-    for key, value in arguments.items():
-        if isinstance(value, dict):
-            value_text = "dict(" + ",".join(f"{name}={item!r}" for name, item in value.items()) + ")"
-        else:
-            value_text = repr(value)
-        values.append(f"{key}:{value_text}".replace(" ", ""))
-    return values
+    return [f"{key}:{_python_text(value)}".replace(" ", "") for key, value in arguments.items()]
 
 
 def preset_trial(hyperparams: dict[str, Any]) -> dict[str, Any]:

@@ -130,10 +130,10 @@ def dataset_environment(dataset_id: str) -> tuple[str, dict[str, Any], list[dict
         adds on top (such as the pixel mazes' renderer) in rl-zoo's ``env_wrapper`` form, ``[{"module.Class": kwargs}]``
     :raises NoEnvironmentSpecError: the dataset stores no environment spec
     """
-    try:
-        env = load_dataset(dataset_id).recover_environment(eval_env=True)
-    except ValueError as error:  # Minari's "Environment cannot be recovered when env_spec is None"
-        raise NoEnvironmentSpecError(f"Dataset {dataset_id!r} stores no environment spec: pass --env") from error
+    dataset = load_dataset(dataset_id)
+    if not any(dataset.storage.metadata.get(key) for key in ("eval_env_spec", "env_spec")):
+        raise NoEnvironmentSpecError(f"Dataset {dataset_id!r} stores no environment spec: pass --env")
+    env = dataset.recover_environment(eval_env=True)
     spec = env.spec
     env.close()
     _ensure_registered(spec)
@@ -454,6 +454,7 @@ def train(argv: Sequence[str] | None = None) -> None:
             raise SystemExit("python -m sb3_iql.zoo train needs --dataset ID (a preset) or --conf-file FILE (rl-zoo format)")
         zoo_argv = [f"{sys.argv[0]} train", *_rl_zoo_argv(args, rest, env_id, conf_file)]
         retrain_options = (
+            *(["--env", args.env] if args.env and args.dataset else []),
             *(["--finetune"] if args.finetune else []),
             *(["--presets", args.presets] if args.presets else []),
             *(["--gym-packages", *args.gym_packages] if args.gym_packages else []),

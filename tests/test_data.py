@@ -316,6 +316,10 @@ def test_an_iql_buffer_splits_back_into_its_dataset_episodes(box_dataset):
         np.testing.assert_array_equal(episode.terminations, original.terminations)
         # a time limit is stored as a truncation unless the episode also terminated (then terminal only)
         np.testing.assert_array_equal(episode.truncations, original.truncations & ~original.terminations)
+    with pytest.raises(ValueError, match=r"stores transformed rewards \(reward_transform\)"):
+        dataset_from_replay_buffer(
+            make_model(box_dataset, reward_transform="antmaze"), "test/box/replay-v0", SpacesEnv(OBS_SPACE, ACTION_SPACE)
+        )
     with pytest.raises(ValueError, match="cannot be split back into episodes"):
         dataset_from_replay_buffer(make_model(box_dataset, n_envs=2), "test/box/replay-v0", SpacesEnv(OBS_SPACE, ACTION_SPACE))
 

@@ -26,6 +26,7 @@ from sb3_iql.datasets import (
     medium_expert,
     medium_expert_dataset_id,
     parse_pointmaze_dataset_id,
+    pointmaze,
     pointmaze_dataset_id,
     write_dataset,
 )
@@ -440,7 +441,7 @@ def test_medium_expert_dataset_has_both_halves_with_discrete_actions(
         medium_expert.make_medium_expert_dataset("CartPole-v1")
 
 
-def test_pointmaze_recipes_follow_minari_s_goal_datasets(minari_root: pathlib.Path) -> None:
+def test_pointmaze_recipes_follow_minari_s_goal_datasets(minari_root: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     eval_goal = make_pointmaze_env("umaze", evaluation=True).unwrapped.maze.unique_goal_locations[0]
     by_recipe = {}
     for recipe in ("cut", "antmaze", "antmaze-unseen", "play"):
@@ -470,6 +471,11 @@ def test_pointmaze_recipes_follow_minari_s_goal_datasets(minari_root: pathlib.Pa
     assert len({tuple(episode.observations["desired_goal"][0]) for episode in play}) > 1
     # one goal per episode, its last row included (that row is also the next episode's first, with another goal)
     assert all(len(np.unique(episode.observations["desired_goal"], axis=0)) == 1 for episode in play)
+    # a play dataset written before this fix is refused, with the way to write it again
+    monkeypatch.setattr(pointmaze, "PLAY_GOAL_ON_EVERY_ROW", "a mark the stored description lacks")
+    with pytest.raises(ValueError, match=r"older sb3-iql.*--overwrite"):
+        ensure_dataset("sb3_iql/pointmaze/umaze-play-v0")
+    ensure_dataset("sb3_iql/pointmaze/umaze-cut-v0")  # the other recipes are unaffected
     maze = make_pointmaze_env("umaze").unwrapped
     for episode in play:  # and the rewards are the stored goal's
         goals = episode.observations["desired_goal"][1:]

@@ -18,6 +18,7 @@ from contextlib import closing
 
 import optuna
 import pytest
+import torch as th
 from maze_data import MAZE_ENV_ID, MAZE_ID, tiny_maze_root
 
 from sb3_iql import IQL
@@ -71,6 +72,8 @@ def test_the_sampler_draws_iql_arguments_and_the_preset_is_a_point_of_its_space(
         "beta:10.0",
         "policy_kwargs:dict(net_arch=[64,64])",
     ]
+    # as rl-zoo evaluates -params back: torch.nn classes by their name in nn (a repr would be "<class '...'>")
+    assert tuning.zoo_params({"policy_kwargs": {"activation_fn": th.nn.Tanh}}) == ["policy_kwargs:dict(activation_fn=nn.Tanh)"]
 
 
 def test_an_offline_study_reports_normalized_scores_counted_in_updates(maze_root, tmp_path, capsys):

@@ -308,7 +308,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         Put offline transitions into the replay buffer: Box actions scaled to [-1, 1] with the action space's bounds
         (and clipped to +-(1 - ``dataset_action_clip``)), Discrete ones checked and kept as indices, rewards
         transformed, truncations stored as timeouts (not terminal). A policy with an ``observation_normalizer`` has
-        it fitted on the first transitions added.
+        it fitted on the first transitions added. They count as offline data (``offline_dataset_size``): ``learn()``
+        first trains ``offline_steps`` updates on the buffer, as with an ``offline_dataset``.
 
         :param transitions: transitions in the environment's units, e.g. from ``sb3_iql.data.load_transitions``
         :raises ValueError: a field that does not fit the spaces, or NaN or inf (``checked_transitions``)

@@ -192,6 +192,8 @@ def _check_rows(field: str, values: BatchObs, space: spaces.Space, n_transitions
         for key, subspace in space.spaces.items():
             _check_rows(f"{field}[{key!r}]", values[key], subspace, n_transitions)
         return
+    if isinstance(values, dict):
+        raise ValueError(f"Transitions field '{field}' is a dict, but {space} takes an array")
     values = np.asarray(values)
     size = int(np.prod(space.shape, dtype=int)) if space.shape else 1
     if len(values) != n_transitions or values.size != n_transitions * size:

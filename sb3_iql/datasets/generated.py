@@ -5,7 +5,13 @@ import minari
 from sb3_iql.datasets.collect import DEFAULT_N_REFERENCE_EPISODES
 from sb3_iql.datasets.medium_expert import make_medium_expert_dataset, parse_medium_expert_dataset_id
 from sb3_iql.datasets.pixels import make_pixel_pointmaze_dataset, parse_pixel_dataset_id
-from sb3_iql.datasets.pointmaze import DEFAULT_N_STEPS, make_pointmaze_dataset, parse_pointmaze_dataset_id
+from sb3_iql.datasets.pointmaze import (
+    DEFAULT_N_STEPS,
+    check_generated_correctly,
+    is_pointmaze_dataset_id,
+    make_pointmaze_dataset,
+    parse_pointmaze_dataset_id,
+)
 from sb3_iql.datasets.storage import dataset_exists
 
 
@@ -35,6 +41,8 @@ def ensure_dataset(
                 f"Local dataset {dataset_id} has {dataset.total_steps} steps, not {n_steps}: "
                 "delete it (minari.delete_dataset) or ask for its size."
             )
+        if is_pointmaze_dataset_id(dataset_id):
+            check_generated_correctly(dataset)
         return dataset
     try:
         env_id = parse_medium_expert_dataset_id(dataset_id)

@@ -72,6 +72,9 @@ _GOAL_STREAM = 3  # the goals the recipes draw (antmaze: pursued; play: stored o
 #: Recipes beyond the default: Minari's PointMaze (``cut``) and AntMaze-v1 (``antmaze``, ``antmaze-unseen``) ones,
 #: and undirected ``play`` data (module docstring).
 RECIPES = ("cut", "antmaze", "antmaze-unseen", "play")
+#: In the description of -play datasets whose episodes keep their goal on their last row (before, that row had the next
+#: episode's goal, and the last reward was computed for it).
+PLAY_GOAL_ON_EVERY_ROW = "each episode's goal on all its rows"
 _DATASET_ID_RE = re.compile(
     rf"^{DATASET_NAMESPACE}/(?P<maze>[a-z]+)(?P<dense>-dense)?(?P<stitch>-stitch)?"
     rf"(-(?P<recipe>{'|'.join(RECIPES)}))?-v{DATASET_VERSION}$"
@@ -141,6 +144,29 @@ def pointmaze_dataset_id(maze: str = "umaze", reward: str = "sparse", stitch: bo
     dense = "-dense" if reward == "dense" else ""
     suffix = f"{'-stitch' if stitch else ''}{f'-{recipe}' if recipe else ''}"
     return f"{DATASET_NAMESPACE}/{maze}{dense}{suffix}-v{DATASET_VERSION}"
+
+
+def is_pointmaze_dataset_id(dataset_id: str) -> bool:
+    """:return: whether ``dataset_id`` is one of this package's PointMaze ids (``parse_pointmaze_dataset_id``)"""
+    try:
+        parse_pointmaze_dataset_id(dataset_id)
+    except ValueError:
+        return False
+    return True
+
+
+def check_generated_correctly(dataset: minari.MinariDataset) -> None:
+    """
+    :raises ValueError: a -play dataset written before its episodes kept their goal on their last row (the last
+        transition's goal and reward were the next episode's), saying how to write it again
+    """
+    _, _, _, recipe = parse_pointmaze_dataset_id(dataset.spec.dataset_id)
+    if recipe == "play" and PLAY_GOAL_ON_EVERY_ROW not in dataset.storage.metadata.get("description", ""):
+        raise ValueError(
+            f"Local dataset {dataset.spec.dataset_id} was written by an older sb3-iql, whose play recipe gave each "
+            "episode's last transition the next episode's goal: write it again with "
+            "make_pointmaze_dataset(..., overwrite=True) or `python -m sb3_iql.datasets pointmaze ... --overwrite`"
+        )
 
 
 def parse_pointmaze_dataset_id(dataset_id: str) -> tuple[str, str, bool, str | None]:
@@ -368,7 +394,8 @@ def make_pointmaze_dataset(
         "antmaze": f"one kept goal per {spec.episode_length}-step episode from a reset (Minari's AntMaze-v1 recipe)",
         "antmaze-unseen": f"one kept goal per {spec.episode_length}-step episode from a reset, never in the evaluation "
         "goal's cell (Minari's AntMaze-v1 recipe, as medium-diverse)",
-        "play": f"cut into {spec.episode_length}-step episodes, each storing a random goal it never pursued (play data)",
+        "play": f"cut into {spec.episode_length}-step episodes, each storing a random goal it never pursued (play data), "
+        + PLAY_GOAL_ON_EVERY_ROW,
     }[recipe]
     return write_dataset(
         dataset_id,

@@ -89,6 +89,13 @@ def replay_buffer_episodes(
     return episodes
 
 
+def _shapes(space: spaces.Space) -> Any:
+    """:return: the observation shape of ``space`` (per key for Dict spaces)"""
+    if isinstance(space, spaces.Dict):
+        return {key: subspace.shape for key, subspace in space.spaces.items()}
+    return space.shape
+
+
 def _append_row(observations: Any, last: Any) -> Any:
     """:return: ``observations`` (T, ...) followed by ``last`` (1, ...), per key for dicts."""
     if isinstance(observations, dict):
@@ -128,13 +135,24 @@ def dataset_from_replay_buffer(
     :return: The new dataset.
     """
     check_writable(dataset_id, overwrite)
+    name = type(model).__name__
     if getattr(model, "offline_dataset_size", 0) > 0 and model.replay_buffer.n_envs > 1:
         raise ValueError(
-            f"The replay buffer of this {type(model).__name__} holds offline data written row by row across its "
+            f"The replay buffer of this {name} holds offline data written row by row across its "
             f"{model.replay_buffer.n_envs} environment columns, which cannot be split back into episodes: write it from "
             "a model with one environment"
         )
+    if getattr(model, "reward_transform", None) is not None or getattr(model, "relabel_eval_goal", False):
+        raise ValueError(
+            f"This {name} stores transformed rewards (reward_transform) or relabelled goals (relabel_eval_goal), not "
+            "the environment's: the dataset would hold them and be transformed again when trained on"
+        )
     env = as_env(env)
+    if _shapes(model.observation_space) != _shapes(env.observation_space):
+        raise ValueError(
+            f"The replay buffer stores observations as the model sees them ({_shapes(model.observation_space)}, e.g. "
+            f"channel-first images), not as the environment gives them ({_shapes(env.observation_space)})"
+        )
     episodes = replay_buffer_episodes(model.replay_buffer, env.observation_space, env.action_space)
     algorithm_name = type(model).__name__
     return write_episodes(
