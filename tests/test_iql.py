@@ -462,6 +462,26 @@ def test_a_save_that_fails_half_way_keeps_the_previous_file(line_dataset, tmp_pa
     IQL.load(tmp_path / "iql", env=LineEnv())  # still a whole model
 
 
+def test_a_buffer_s_own_sampling_generator_is_saved_with_the_model(line_dataset, tmp_path):
+    """A CUDA buffer draws from a generator of its own; here a CPU stand-in: its state goes with the model file."""
+    model = line_model(line_dataset, offline_steps=20)
+    model.replay_buffer.generator = th.Generator().manual_seed(123)  # not the model's sampling_generator
+    model.learn_offline(10)
+    model.save(tmp_path / "own")
+    assert model.device_sampling_state is None  # only inside save
+    model.learn_offline(10, reset_num_timesteps=False)
+    resumed = IQL.load(tmp_path / "own", env=LineEnv())
+    resumed.reload_offline_dataset()
+    resumed.learn_offline(10, reset_num_timesteps=False)
+    for (name, ours), theirs in zip(resumed.policy.state_dict().items(), model.policy.state_dict().values()):
+        th.testing.assert_close(ours, theirs, rtol=0, atol=0, msg=name)
+    # a buffer loaded later goes on with the same stream
+    stream = resumed.replay_buffer.generator
+    resumed.save_replay_buffer(tmp_path / "buffer")
+    resumed.load_replay_buffer(tmp_path / "buffer")
+    assert resumed.replay_buffer.generator is stream
+
+
 NEEDS_CUDA = pytest.mark.skipif(not th.cuda.is_available(), reason="needs CUDA")
 
 
