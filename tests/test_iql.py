@@ -228,6 +228,16 @@ def test_learn_trains_offline_first_on_transitions_added_by_hand(line_dataset):
     assert model.offline_dataset_size == model.replay_buffer.size() > 0
     model.learn(0)
     assert model._n_offline_updates == model.num_timesteps == 12
+    default_budget = IQL("MlpPolicy", LineEnv(), policy_kwargs=SMALL_NET, offline_steps=None)
+    default_budget.add_transitions(load_transitions([line_dataset]))
+    default_budget.offline_steps = 0  # the warning alone: no 1M updates here
+    default_budget.offline_steps_default = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        default_budget.learn(0)  # offline_steps 0: nothing to warn about
+    default_budget.offline_steps = 2
+    with pytest.warns(UserWarning, match=r"first trains offline_steps=2 updates \(the default\) on the data added"):
+        default_budget.learn(0)
 
 
 def test_learning_starts_counts_online_steps_after_the_offline_updates(line_dataset, tmp_path):

@@ -573,6 +573,12 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         """
         tb_log_name = type(self).__name__ if tb_log_name is None else tb_log_name
         if self.offline_dataset_size > 0 and self._n_offline_updates == 0 and self.offline_steps > 0:
+            if self.offline_steps_default and not self.offline_dataset_ids:
+                warnings.warn(
+                    f"learn() first trains offline_steps={self.offline_steps:,} updates (the default) on the data added "
+                    "with add_transitions, then acts online: create the model with offline_steps=N to choose, 0 to skip",
+                    stacklevel=2,
+                )
             self.learn_offline(
                 self.offline_steps,
                 callback=callback,
