@@ -17,11 +17,11 @@ the constructor arguments of a dataset's preset, and ``IQL.from_preset`` builds 
 import copy
 import fnmatch
 import os
-from collections.abc import Callable
 from functools import cache
 from typing import Any
 
 import yaml
+from stable_baselines3.common.utils import LinearSchedule
 from torch import nn
 
 #: The presets shipped with the package.
@@ -144,11 +144,6 @@ def iql_kwargs(preset: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in preset.items() if key not in ZOO_ONLY_KEYS}
 
 
-def _linear_schedule(initial_value: float) -> Callable[[float], float]:
-    """rl-zoo's ``lin_<value>``: ``value`` times the remaining progress (1 to 0)."""
-    return lambda progress_remaining: progress_remaining * initial_value
-
-
 def from_zoo_strings(arguments: dict[str, Any]) -> dict[str, Any]:
     """
     Hyperparameters as rl-zoo writes them in its files, as Python values: ``policy_kwargs`` given as a string of
@@ -162,7 +157,7 @@ def from_zoo_strings(arguments: dict[str, Any]) -> dict[str, Any]:
         converted["policy_kwargs"] = eval(converted["policy_kwargs"], {"dict": dict, "nn": nn})  # rl-zoo's format
     for key, value in arguments.items():
         if isinstance(value, str) and value.startswith("lin_"):
-            converted[key] = _linear_schedule(float(value.removeprefix("lin_")))
+            converted[key] = LinearSchedule(float(value.removeprefix("lin_")), 0.0, 1.0)  # value x progress remaining
     return converted
 
 

@@ -8,7 +8,6 @@ from sb3_iql.datasets.pixels import make_pixel_pointmaze_dataset, parse_pixel_da
 from sb3_iql.datasets.pointmaze import (
     DEFAULT_N_STEPS,
     check_generated_correctly,
-    is_pointmaze_dataset_id,
     make_pointmaze_dataset,
     parse_pointmaze_dataset_id,
 )
@@ -41,8 +40,7 @@ def ensure_dataset(
                 f"Local dataset {dataset_id} has {dataset.total_steps} steps, not {n_steps}: "
                 "delete it (minari.delete_dataset) or ask for its size."
             )
-        if is_pointmaze_dataset_id(dataset_id):
-            check_generated_correctly(dataset)
+        check_generated_correctly(dataset)
         return dataset
     try:
         env_id = parse_medium_expert_dataset_id(dataset_id)

@@ -154,7 +154,6 @@ def dataset_from_replay_buffer(
             f"channel-first images), not as the environment gives them ({_shapes(env.observation_space)})"
         )
     episodes = replay_buffer_episodes(model.replay_buffer, env.observation_space, env.action_space)
-    algorithm_name = type(model).__name__
     return write_episodes(
         dataset_id,
         episodes,
@@ -165,7 +164,7 @@ def dataset_from_replay_buffer(
         expert_policy,
         n_reference_episodes,
         seed,
-        algorithm_name=f"{algorithm_name} replay buffer",
-        description=description or f"The replay buffer of {algorithm_name} after {model.num_timesteps} steps.",
+        algorithm_name=f"{name} replay buffer",
+        description=description or f"The replay buffer of {name} after {model.num_timesteps} steps.",
         overwrite=overwrite,
     )
