@@ -31,9 +31,11 @@ class NormalizedEvalCallback(EvalCallback):
 
     Without reference scores (none given, none in the dataset) it behaves as ``EvalCallback``.
 
-    :param eval_env: evaluation environment (default: the dataset's evaluation environment, in a ``Monitor``)
+    :param eval_env: evaluation environment (default: ``dataset``'s evaluation environment, in a ``Monitor``; one of
+        the two is needed, the model being unknown when the callback is created)
     :param dataset: Minari dataset or id giving the reference scores (and the default ``eval_env``); default: the
-        model's first offline dataset (``model.offline_dataset_ids[0]``), when the model has one
+        model's first offline dataset (``model.offline_dataset_ids[0]``), when the model has one, for the reference
+        scores alone
     :param ref_min_score: return of score 0 (takes precedence over the dataset's; needs ``ref_max_score``)
     :param ref_max_score: return of score 100
     :param kwargs: ``EvalCallback`` arguments (``eval_freq``, ``n_eval_episodes``, ``log_path``,

@@ -77,17 +77,20 @@ def dataset_reference_scores(dataset: minari.MinariDataset) -> ReferenceScores |
 
 
 def normalized_score(
-    dataset_or_scores: minari.MinariDataset | ReferenceScores, returns: float | np.ndarray
+    dataset_or_scores: str | minari.MinariDataset | ReferenceScores, returns: float | np.ndarray
 ) -> float | np.ndarray:
     """
     D4RL-style normalized score in percent: ``100 * (returns - ref_min) / (ref_max - ref_min)``
     (0 = random policy, 100 = expert policy).
 
-    :param dataset_or_scores: a Minari dataset (its reference scores) or the reference scores ``(ref_min, ref_max)``
+    :param dataset_or_scores: a Minari dataset or its id (its reference scores), or the reference scores
+        ``(ref_min, ref_max)``
     :param returns: one return, or returns of any shape
     :return: the score of one return as a float, else an array of the shape of ``returns``
     :raises ValueError: the dataset has no reference scores, or ``ref_max == ref_min``
     """
+    if isinstance(dataset_or_scores, str):
+        dataset_or_scores = load_dataset(dataset_or_scores)
     if isinstance(dataset_or_scores, minari.MinariDataset):
         reference_scores = dataset_reference_scores(dataset_or_scores)
         if reference_scores is None:

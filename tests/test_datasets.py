@@ -407,6 +407,9 @@ def test_evaluation_goal_relabelling_rewrites_goals_rewards_and_terminals(minari
     assert float(loaded.replay_buffer.sample(512).observations["desired_goal"].sub(th.as_tensor(goal)).abs().max()) < 1e-6
     with pytest.raises(ValueError, match="exactly one goal cell"):
         evaluation_goal(gym.make("PointMaze_UMaze-v3"))
+    for typo in ("Terminal", "yes", 1):  # "Terminal" would relabel without the terminal flags
+        with pytest.raises(ValueError, match=f"relabel_eval_goal must be False, True or 'terminal', got {typo!r}"):
+            IQL("MultiInputPolicy", None, offline_dataset=dataset, relabel_eval_goal=typo)
 
 
 def test_epsilon_replaces_actions_with_uniformly_random_ones() -> None:

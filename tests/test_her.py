@@ -12,6 +12,7 @@ import stable_baselines3
 import torch as th
 from gymnasium import spaces
 from maze_data import MAZE_ID, tiny_maze_root
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from toy_data import GOAL_LINE_ENV_ID, MAX_ACTION, GoalLineEnv, rollout_episodes, write_dataset
 
 from sb3_iql import IQL, HerReplayBuffer, evaluate
@@ -124,6 +125,26 @@ def test_relabelled_rewards_come_from_compute_reward_and_go_through_the_reward_t
     assert th.equal(rewards[relabelled], th.where(reached[relabelled], 1.0, -1.0))  # 2 * {0, 1} - 1
     assert (rewards[~relabelled] == 0).all()  # stored rewards, untransformed by the buffer
     assert reached[relabelled].any() and not reached[relabelled].all()
+
+
+def test_a_normalizing_env_sees_the_samples_relabelled_on_the_stored_goals():
+    """As SB3's HerReplayBuffer: goals and rewards from the raw transitions, then VecNormalize's normalization."""
+    env = VecNormalize(DummyVecEnv([CountingGoalEnv]), clip_obs=1e6, clip_reward=1e6)
+    for statistics in env.obs_rms.values():
+        statistics.mean[:], statistics.var[:] = 50.0, 400.0
+    env.ret_rms.var = np.array(4.0)
+    buffer = counting_buffer("future", n_sampled_goal=1)
+    samples = []
+    for normalizing in (None, env):
+        buffer.generator = th.Generator().manual_seed(3)
+        samples.append(buffer.sample(256, env=normalizing))
+    raw, normalized = samples
+    assert raw.rewards.sum() > 0  # some relabelled goals reached
+    np.testing.assert_allclose(normalized.rewards.numpy(), env.normalize_reward(raw.rewards.numpy()), rtol=1e-6)
+    for field in ("observations", "next_observations"):
+        expected = env.normalize_obs({key: value.numpy() for key, value in getattr(raw, field).items()})
+        for key, value in getattr(normalized, field).items():
+            np.testing.assert_allclose(value.numpy(), expected[key], rtol=1e-6)
 
 
 def test_without_sampled_goals_the_samples_are_the_stored_transitions():

@@ -13,7 +13,7 @@ import stable_baselines3.common.off_policy_algorithm
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
 from stable_baselines3.common.logger import configure
-from stable_baselines3.common.vec_env import DummyVecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from toy_data import LINE_ENV_ID, LineEnv, bad_policy, good_policy, rollout_episodes, write_dataset
 
 from sb3_iql import IQL, evaluate, normalized_score
@@ -361,6 +361,7 @@ def test_evaluate_gives_the_normalized_score(line_dataset):
     np.testing.assert_allclose(on_dataset.episode_returns, on_env.episode_returns)  # same env, same seed
     assert on_dataset.normalized_score == pytest.approx(100 * (on_dataset.mean_return + 16.0) / 14.0)
     assert normalized_score(line_dataset, -9.0) == pytest.approx(100 * (-9.0 + 16.0) / 14.0)
+    assert normalized_score("test/line/mixed-v0", -9.0) == normalized_score(line_dataset, -9.0)  # by id, as evaluate
     # The same formula from the reference scores themselves, on arrays too.
     assert dataset_reference_scores(line_dataset) == (-16.0, -2.0)
     np.testing.assert_allclose(normalized_score((-16.0, -2.0), np.array([[-16.0], [-2.0]])), [[0.0], [100.0]])
@@ -447,6 +448,47 @@ def test_vectorized_environments(line_dataset):
     assert model.replay_buffer.size() == 1000 + 5  # rows of 2 transitions: 500 offline, 5 online
     actions, _ = model.predict(env.reset(), deterministic=True)
     assert actions.shape == (2, 1) and np.all(np.abs(actions) <= 2.0)
+
+
+def test_vec_normalize_is_refused_wherever_it_would_meet_offline_data(line_dataset, tmp_path):
+    """Offline updates see the data as stored, online ones normalized with statistics of the online steps alone."""
+    def normalizing() -> VecNormalize:
+        return VecNormalize(DummyVecEnv([LineEnv]))
+
+    with pytest.raises(ValueError, match="VecNormalize is not supported with offline data"):
+        IQL("MlpPolicy", normalizing(), offline_dataset=line_dataset)
+    model = line_model(line_dataset, offline_steps=2)
+    with pytest.raises(ValueError, match=r"VecNormalize is not supported .* policy_kwargs=dict\(normalize_observations=True\)"):
+        model.set_env(normalizing())
+    assert not isinstance(model.env, VecNormalize)  # refused before anything changed
+    model.learn_offline(2)
+    model.save(tmp_path / "model")
+    loaded = IQL.load(tmp_path / "model", env=normalizing())  # SB3's load sets the env without set_env
+    with pytest.raises(ValueError, match="VecNormalize is not supported"):
+        loaded.reload_offline_dataset()
+    assert loaded.offline_dataset_size == model.offline_dataset_size  # as it was
+    with pytest.raises(ValueError, match="VecNormalize is not supported"):  # fine-tuning a policy trained offline
+        loaded.learn(10, reset_num_timesteps=False)
+    online = IQL("MlpPolicy", normalizing(), policy_kwargs=SMALL_NET, learning_starts=5, seed=0)
+    online.learn(10)  # online alone, as SAC: normalized by the env's statistics
+    with pytest.raises(ValueError, match="VecNormalize is not supported"):
+        online.add_transitions(load_transitions([line_dataset]))
+    assert online.offline_dataset_size == 0 and online.replay_buffer.size() == 10
+
+
+def test_set_random_seed_reseeds_the_offline_batches_as_sb3_reseeds_its_buffers(line_dataset):
+    def first_batch(model: IQL) -> th.Tensor:
+        return model.replay_buffer.sample(64).observations
+
+    reseeded, fresh = line_model(line_dataset, seed=0), line_model(line_dataset, seed=1)
+    reseeded.set_random_seed(1)
+    assert th.equal(first_batch(reseeded), first_batch(fresh))
+    # seed=None: drawn from torch's global generator, so torch.manual_seed reproduces it (as np.random for SAC)
+    batches = []
+    for _ in range(2):
+        th.manual_seed(5)
+        batches.append(first_batch(line_model(line_dataset, seed=None)))
+    assert th.equal(*batches) and not th.equal(batches[0], first_batch(fresh))
 
 
 def test_a_save_that_fails_half_way_keeps_the_previous_file(line_dataset, tmp_path, monkeypatch):

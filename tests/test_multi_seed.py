@@ -76,8 +76,9 @@ def optimizer_states_match(first: IQL, second: IQL, atol: float, rtol: float = 0
             assert states[0][key]["step"].device == states[1][key]["step"].device
 
 
-def counters(model: IQL) -> tuple[int, int, int]:
-    return model._n_offline_updates, model._n_updates, model.num_timesteps
+def counters(model: IQL) -> tuple[int, int, int, int]:
+    """The update counters, ``num_timesteps`` and the offline steps in it (which ``learning_starts`` skips)."""
+    return model._n_offline_updates, model._n_updates, model.num_timesteps, model._offline_timesteps
 
 
 def test_together_equals_one_by_one_in_float64(data, float64):
@@ -90,7 +91,7 @@ def test_together_equals_one_by_one_in_float64(data, float64):
     for joint, single in zip(together, alone):
         assert max_difference(joint, single) < 1e-10
         optimizer_states_match(joint, single, atol=1e-10)
-        assert counters(joint) == counters(single) == (N_UPDATES, N_UPDATES, N_UPDATES)
+        assert counters(joint) == counters(single) == (N_UPDATES,) * 4
         assert th.equal(joint.replay_buffer.generator.get_state(), single.replay_buffer.generator.get_state())
     assert max_difference(together[0], together[1]) > 1e-3  # the learners are independent
 
@@ -129,7 +130,7 @@ def test_compilation_is_tried_from_auto_s_length_on_and_a_failure_warns_and_trai
     together[0].policy.set_training_mode(False)  # as after an evaluation
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
         learn_offline_together(together, 5, log_interval=0, compile_update=True)
-    assert counters(together[0]) == (5, 5, 5) and training == [True]  # nothing trained
+    assert counters(together[0]) == (5, 5, 5, 5) and training == [True]  # nothing trained
     with pytest.raises(ValueError, match="compile_update must be"):
         learn_offline_together(together, 5, log_interval=0, compile_update="cudagraph")
     monkeypatch.setattr(iql_module, "AUTO_COMPILE_UPDATES", 5)
@@ -268,7 +269,7 @@ def test_incompatible_models_are_refused(data):
     models[1].learn_offline(1, log_interval=0)
     with pytest.raises(ValueError, match="_n_offline_updates differs"):
         learn_offline_together(models, 1)
-    assert counters(models[0]) == (0, 0, 0)
+    assert counters(models[0]) == (0, 0, 0, 0)
 
 
 def test_make_seeds_models_save_load_and_continue_like_single_runs(line_dataset, tmp_path):
@@ -284,6 +285,8 @@ def test_make_seeds_models_save_load_and_continue_like_single_runs(line_dataset,
     models[1].save(tmp_path / "seed1")
     models[1].save_replay_buffer(tmp_path / "buffer")
     loaded = IQL.load(tmp_path / "seed1", env=LineEnv())
+    with pytest.raises(ValueError, match=r"models\[0\]: .*reload_offline_dataset\(\)"):  # SB3 saves no buffer
+        learn_offline_together([loaded, models[0]], 1)
     obs = np.random.default_rng(0).uniform(-1, 1, (16, 2)).astype(np.float32)
     np.testing.assert_array_equal(models[1].predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
     optimizer_states_match(models[1], loaded, atol=0)
@@ -292,7 +295,7 @@ def test_make_seeds_models_save_load_and_continue_like_single_runs(line_dataset,
         model.learn_offline(10, reset_num_timesteps=False, log_interval=0)
     assert max_difference(loaded, alone) < 1e-5
     assert max_difference(models[1], loaded) == 0.0
-    assert counters(loaded) == counters(alone) == (30, 30, 30)
+    assert counters(loaded) == counters(alone) == (30,) * 4
 
 
 def test_a_short_call_with_the_default_budget_is_warned_about_its_undecayed_actor_lr(line_dataset):

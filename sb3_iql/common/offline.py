@@ -28,7 +28,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
-from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.vec_env import VecNormalize, unwrap_vec_normalize
 
 from sb3_iql.callbacks import UpdatesProgressBarCallback
 from sb3_iql.common.augmentation import shift_observations
@@ -36,12 +36,13 @@ from sb3_iql.common.preprocessing import to_channel_first
 from sb3_iql.data import replay_buffer_class_named
 from sb3_iql.data.buffers import OfflineDictReplayBuffer, OfflineReplayBuffer
 from sb3_iql.data.device_buffers import (
+    SEED_BOUND,
     DeviceDictReplayBuffer,
     DeviceReplayBuffer,
     generator_state,
     restore_generator,
 )
-from sb3_iql.data.goals import evaluation_goal, relabel_for_evaluation_goal
+from sb3_iql.data.goals import check_relabel_mode, evaluation_goal, relabel_for_evaluation_goal
 from sb3_iql.data.her import HerReplayBuffer
 from sb3_iql.data.image_buffers import DeviceImageReplayBuffer
 from sb3_iql.data.minari_loader import (
@@ -150,6 +151,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     ):
         if image_shift < 0:
             raise ValueError(f"image_shift must be >= 0 pixels, got {image_shift}")
+        check_relabel_mode(relabel_eval_goal)
         self.image_shift = image_shift
         self.reward_transform = reward_transform
         self.relabel_eval_goal = relabel_eval_goal
@@ -169,10 +171,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         self.sampling_generator = th.Generator()
         #: A saved model's state of its buffer's own sampling generator (on CUDA), until a buffer takes it back.
         self.device_sampling_state: tuple[str, th.Tensor] | None = None
-        if seed is None:
-            self.sampling_generator.seed()
-        else:
-            self.sampling_generator.manual_seed(seed)
+        # seed=None: drawn from torch's global generator, so that torch.manual_seed makes the run reproducible, as
+        # NumPy's global generator does for SB3's own buffers
+        self.sampling_generator.manual_seed(int(th.randint(SEED_BOUND, ())) if seed is None else seed)
 
         env = gym.make(env) if isinstance(env, str) else env
         transitions = None
@@ -228,8 +229,6 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         if _init_setup_model:
             self._setup_model()
             if transitions is not None:
-                if self._vec_normalize_env is not None:
-                    raise ValueError("VecNormalize is not supported with an offline dataset: its data is not normalized")
                 self.add_transitions(transitions)
 
     def _load_transitions(self, datasets: list, env: gym.Env) -> Transitions:
@@ -314,6 +313,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         :param transitions: transitions in the environment's units, e.g. from ``sb3_iql.data.load_transitions``
         :raises ValueError: a field that does not fit the spaces, or NaN or inf (``checked_transitions``)
         """
+        _refuse_vec_normalize(self._vec_normalize_env, offline_data=True)
         if not hasattr(self.replay_buffer, "extend"):
             raise TypeError(
                 f"{type(self.replay_buffer).__name__} cannot take an offline dataset: use a replay buffer with "
@@ -381,8 +381,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         if self.replay_buffer is not None and self.replay_buffer.size() > 0:
             raise RuntimeError("The replay buffer is not empty: reload the offline datasets into a freshly loaded model")
         datasets = resolve_datasets(self.offline_dataset_ids, download=download)
-        self.offline_dataset_size = 0  # counted again as they are added
+        counted = self.offline_dataset_size  # counted again as they are added; kept where adding them fails
         self.add_transitions(self._load_transitions(datasets, datasets[0].recover_environment(eval_env=True)))
+        self.offline_dataset_size -= counted
 
     def _store_transition(
         self,
@@ -488,10 +489,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         for _ in range(n_updates):
             self._set_learning_rates(offline=True)
             metric_sums += train_step()
-            self._n_offline_updates += 1
-            self._n_updates += 1
-            self.num_timesteps += 1
-            self._offline_timesteps += 1
+            self._count_offline_update()
             updates_since_dump += 1
             if not callback.on_step():
                 break
@@ -505,6 +503,13 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             self._dump_offline_logs(metric_sums, updates_since_dump, time.perf_counter() - dump_start)
         callback.on_training_end()
         return self
+
+    def _count_offline_update(self) -> None:
+        """One offline update done: counted in the update counters and in ``num_timesteps``."""
+        self._n_offline_updates += 1
+        self._n_updates += 1
+        self.num_timesteps += 1
+        self._offline_timesteps += 1
 
     def _setup_offline_learn(
         self,
@@ -551,6 +556,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 "in it, as in the run that was saved.",
                 stacklevel=4,  # the caller of learn()
             )
+        _refuse_vec_normalize(self._vec_normalize_env, offline_data=self.offline_dataset_size > 0)
         if reset_num_timesteps:
             self._offline_timesteps = 0
         return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
@@ -598,6 +604,22 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             self.learning_starts -= self._learning_starts_shift
             self._learning_starts_shift = 0
 
+    def set_random_seed(self, seed: int | None = None) -> None:
+        """
+        SB3's ``set_random_seed``, and the offline batches' generator too (SB3's own buffers sample from NumPy's
+        global generator, which SB3 seeds): the batches that follow are those of a new model with ``seed``. SB3 also
+        calls it while setting the model up, before the replay buffer exists: a loaded model keeps its saved stream.
+        """
+        super().set_random_seed(seed)
+        if seed is not None and self.replay_buffer is not None:
+            self.sampling_generator.manual_seed(seed)
+            self._attach_generator()  # a buffer on another device seeds its own generator from it again
+
+    def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
+        """SB3's ``set_env``; a ``VecNormalize`` env is refused where the model has offline data."""
+        _refuse_vec_normalize(unwrap_vec_normalize(env), offline_data=self.offline_dataset_size > 0)
+        super().set_env(env, force_reset)
+
     def save(self, path: PathLike, exclude: Iterable[str] | None = None, include: Iterable[str] | None = None) -> None:
         """
         SB3's ``save``, written to a temporary file then renamed: a crash mid-write keeps the previous file. The
@@ -626,3 +648,16 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         if isinstance(self.replay_buffer, HerReplayBuffer):
             self.replay_buffer.set_env(self.env)
         self._attach_generator(previous)
+
+
+def _refuse_vec_normalize(vec_normalize: VecNormalize | None, offline_data: bool) -> None:
+    """
+    :raises ValueError: a ``VecNormalize`` env with offline data: offline updates would train on the data as stored
+        (its statistics come from online steps only), online ones on observations normalized with those statistics
+    """
+    if vec_normalize is not None and offline_data:
+        raise ValueError(
+            "VecNormalize is not supported with offline data: offline updates would see raw observations, online ones "
+            "observations normalized with statistics of the online steps alone. Normalize with the dataset's mean and "
+            "std instead: policy_kwargs=dict(normalize_observations=True)"
+        )

@@ -316,35 +316,52 @@ class DeviceBufferMixin:
     def gather(self, indices: th.Tensor, env: VecNormalize | None = None) -> ReplayBufferSamples | DictReplayBufferSamples:
         """
         :param indices: flat transition indices ``row * n_envs + env_index``, shape ``(batch,)``, on the device
-        :return: the transitions; fields are float32 column views of one gathered ``(batch, width)`` tensor,
-            ``dones`` is ``done * (1 - timeout)`` of shape ``(batch, 1)``, ``rewards`` has shape ``(batch, 1)``
+        :return: the transitions (``normalized`` by ``env``); fields are float32 column views of one gathered
+            ``(batch, width)`` tensor, ``dones`` is ``done * (1 - timeout)`` of shape ``(batch, 1)``, ``rewards`` has
+            shape ``(batch, 1)``
         """
         assert self._storage is not None
         rows = self._storage.index_select(0, indices)
-        observations = self._sampled_obs(rows, "obs", env)
-        next_observations = self._sampled_obs(rows, "next_obs", env)
         dones = self._field_view(rows, "dones", keep_column=True) * (
             1.0 - self._field_view(rows, "timeouts", keep_column=True)
         )
-        rewards = self._field_view(rows, "rewards", keep_column=True)
-        if env is not None:
-            normalized = self._normalize_reward(rewards.cpu().numpy(), env)  # type: ignore[attr-defined]
-            rewards = th.as_tensor(normalized, dtype=th.float32, device=self._device)
-        return self._samples(observations, self._field_view(rows, "actions"), next_observations, dones, rewards)
+        samples = self._samples(
+            self._sampled_obs(rows, "obs"),
+            self._field_view(rows, "actions"),
+            self._sampled_obs(rows, "next_obs"),
+            dones,
+            self._field_view(rows, "rewards", keep_column=True),
+        )
+        return self.normalized(samples, env)
 
-    def _sampled_obs(self, rows: th.Tensor, kind: str, env: VecNormalize | None) -> th.Tensor | dict[str, th.Tensor]:
+    def _sampled_obs(self, rows: th.Tensor, kind: str) -> th.Tensor | dict[str, th.Tensor]:
         if self._obs_keys == [None]:
-            obs: th.Tensor | dict[str, th.Tensor] = self._field_view(rows, (kind, None))
-        else:
-            obs = {key: self._field_view(rows, (kind, key)) for key in self._obs_keys}  # type: ignore[misc]
+            return self._field_view(rows, (kind, None))
+        return {key: self._field_view(rows, (kind, key)) for key in self._obs_keys}  # type: ignore[misc]
+
+    def normalized(self, samples: Any, env: VecNormalize | None) -> Any:
+        """
+        :return: ``samples`` with observations and rewards normalized by ``env`` as SB3's buffers return them;
+            ``samples`` itself where ``env`` is None. VecNormalize works on NumPy arrays: a host round trip, only
+            when a normalizing env is given.
+        """
         if env is None:
-            return obs
-        # VecNormalize works on NumPy arrays: a host round trip, only when a normalizing env is given.
-        numpy_obs = {key: value.cpu().numpy() for key, value in obs.items()} if isinstance(obs, dict) else obs.cpu().numpy()
-        normalized = self._normalize_obs(numpy_obs, env)  # type: ignore[attr-defined]
-        if isinstance(normalized, dict):
-            return {key: th.as_tensor(value, dtype=th.float32, device=self._device) for key, value in normalized.items()}
-        return th.as_tensor(normalized, dtype=th.float32, device=self._device)
+            return samples
+
+        def on_device(value: np.ndarray) -> th.Tensor:
+            return th.as_tensor(value, dtype=th.float32, device=self._device)
+
+        def normalized_obs(obs: th.Tensor | dict[str, th.Tensor]) -> th.Tensor | dict[str, th.Tensor]:
+            if isinstance(obs, dict):
+                normalized = self._normalize_obs({key: value.cpu().numpy() for key, value in obs.items()}, env)  # type: ignore[attr-defined]
+                return {key: on_device(value) for key, value in normalized.items()}
+            return on_device(self._normalize_obs(obs.cpu().numpy(), env))  # type: ignore[attr-defined]
+
+        return samples._replace(
+            observations=normalized_obs(samples.observations),
+            next_observations=normalized_obs(samples.next_observations),
+            rewards=on_device(self._normalize_reward(samples.rewards.cpu().numpy(), env)),  # type: ignore[attr-defined]
+        )
 
     def _samples(
         self, observations: Any, actions: th.Tensor, next_observations: Any, dones: th.Tensor, rewards: th.Tensor

@@ -9,6 +9,7 @@ Gymnasium-Robotics goal API, vectorised over transitions).
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -72,6 +73,17 @@ def relabel_to_goal(
     )
 
 
+#: The values of ``relabel_eval_goal``.
+RELABEL_MODES = (False, True, "terminal")
+
+
+def check_relabel_mode(mode: Any) -> None:
+    """:raises ValueError: ``mode`` is not one of ``RELABEL_MODES`` (a typo of ``"terminal"`` would relabel silently
+    without the terminal flags)"""
+    if not any(mode is option or (isinstance(option, str) and mode == option) for option in RELABEL_MODES):
+        raise ValueError(f"relabel_eval_goal must be False, True or 'terminal', got {mode!r}")
+
+
 def relabel_for_evaluation_goal(
     transitions: Transitions, env: gym.Env, mode: bool | str, goal: np.ndarray | None = None
 ) -> Transitions:
@@ -83,6 +95,7 @@ def relabel_for_evaluation_goal(
         within ``MAZE_GOAL_DISTANCE`` of it
     :param goal: ``(goal_dim,)``; None: ``evaluation_goal(env)``
     """
+    check_relabel_mode(mode)
     if not mode:
         return transitions
     goal = evaluation_goal(env) if goal is None else goal

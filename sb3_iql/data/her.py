@@ -188,10 +188,13 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
     # --- sampling -------------------------------------------------------------------------------------------------
 
     def sample(self, batch_size: int, env: VecNormalize | None = None) -> DictReplayBufferSamples:  # type: ignore[override]
-        """``DeviceDictReplayBuffer.sample``, a fraction ``her_ratio`` of the transitions relabelled."""
+        """
+        ``DeviceDictReplayBuffer.sample``, a fraction ``her_ratio`` of the transitions relabelled: on the stored
+        goals and rewards, then normalized by ``env`` (VecNormalize), as SB3's HerReplayBuffer does.
+        """
         upper_bound = (self.buffer_size if self.full else self.pos) * self.n_envs
         indices = th.randint(upper_bound, (batch_size,), device=self.device, generator=self._generator)
-        return self.relabel(indices, self.gather(indices, env))
+        return self.normalized(self.relabel(indices, self.gather(indices)), env)
 
     def _goal_indices(self, indices: th.Tensor, upper_bound: int) -> th.Tensor:
         """:return: the flat index of the transition whose next achieved goal becomes the goal, per sample"""

@@ -142,7 +142,8 @@ def learn_offline_together(
     would; the K batches are stacked (leading dimension K) and one batched update steps all the learners. Every
     model's logger gets its own metrics every ``log_interval`` updates. Whenever the function returns (or raises),
     the parameters and Adam states are written back into the models and their counters (``_n_offline_updates``,
-    ``_n_updates``, ``num_timesteps``) count the updates done, as ``learn_offline`` leaves them.
+    ``_n_updates``, ``num_timesteps`` and the offline steps that ``learning_starts`` skips) count the updates done,
+    as ``learn_offline`` leaves them.
 
     :param models: models that ``check_compatible`` accepts (e.g. from ``make_seeds``)
     :param n_updates: gradient steps (default: what is left of ``offline_steps``)
@@ -182,9 +183,7 @@ def learn_offline_together(
         for _ in range(n_updates):
             metric_sums += learners.step(sample_together(models)) if captured is None else captured()
             for model in models:
-                model._n_offline_updates += 1
-                model._n_updates += 1
-                model.num_timesteps += 1
+                model._count_offline_update()
             since_dump += 1
             if log_interval and since_dump == log_interval:
                 _dump_logs(models, metric_sums, since_dump, time.perf_counter() - dump_start)
@@ -575,8 +574,10 @@ def check_compatible(models: Sequence[IQL]) -> None:
 
 def _check_alone(model: IQL, index: int) -> None:
     """What one model must satisfy on its own: data to train on, a supported space, plain Adam."""
-    if model.replay_buffer is None or model.replay_buffer.size() == 0:
-        raise ValueError(f"models[{index}] has an empty replay buffer: create it with offline_dataset=...")
+    try:
+        model._check_offline_data()
+    except RuntimeError as error:  # says how to fill the buffer (a loaded model: reload_offline_dataset())
+        raise ValueError(f"models[{index}]: {error}") from None
     if model.policy.share_features_extractor:
         raise ValueError("learn_offline_together does not support a shared features extractor (share_features_extractor)")
     if not isinstance(model.observation_space, (spaces.Box, spaces.Dict)):
