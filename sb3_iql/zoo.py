@@ -8,7 +8,8 @@ Train on a Minari dataset with the paper's preset (``sb3_iql/hyperparams/iql.yml
     python -m sb3_iql.zoo train --dataset D4RL/antmaze/large-diverse-v1 --finetune --gym-packages gymnasium_robotics
     python -m sb3_iql.zoo train --dataset mujoco/hopper/medium-v0 -params offline_steps:200000 batch_size:512
 
-Every other option is rl-zoo's (``python -m rl_zoo3.train --help``). ``--env`` defaults to the dataset's evaluation
+``--download`` fetches a dataset that is not stored locally from Minari's server first. Every other option is
+rl-zoo's (``python -m rl_zoo3.train --help``). ``--env`` defaults to the dataset's evaluation
 environment, whose constructor arguments (maze layout, fixed goal...) become the preset's ``env_kwargs``; the
 training and the evaluation environments are both built with them. The run folder is rl-zoo's
 (``logs/iql/<env>_<n>/``: final model, ``best_model.zip``, ``evaluations.npz``, ``config.yml``, ``args.yml``), plus a
@@ -390,23 +391,42 @@ def _replaced(target: Any, name: str, value: Any) -> Iterator[None]:
 
 def _peek_parser() -> argparse.ArgumentParser:
     """The options this module reads before handing the command line to rl-zoo."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--dataset", help="Minari dataset id: its preset and environment are used")
-    parser.add_argument("--finetune", action="store_true", help="the fine-tuning preset: offline, then online")
-    parser.add_argument("--presets", help="a preset file to use instead of the package's hyperparams/iql.yml")
-    parser.add_argument("--env")
-    parser.add_argument("--algo")
-    parser.add_argument("-conf", "--conf-file")
-    parser.add_argument("--gym-packages", nargs="+", default=[])
-    parser.add_argument(
+    parser = argparse.ArgumentParser(
+        prog="python -m sb3_iql.zoo {train,enjoy}", usage=argparse.SUPPRESS, add_help=False, allow_abbrev=False
+    )
+    ours = parser.add_argument_group("sb3_iql.zoo options (the others below are rl-zoo's)")
+    ours.add_argument("--dataset", help="Minari dataset id: its preset and environment are used")
+    ours.add_argument(
+        "--download", action="store_true", help="download --dataset from Minari's server first if it is not stored"
+    )
+    ours.add_argument("--finetune", action="store_true", help="the fine-tuning preset: offline, then online")
+    ours.add_argument("--presets", help="a preset file to use instead of the package's hyperparams/iql.yml")
+    for rl_zoo_option in (["--env"], ["--algo"], ["-conf", "--conf-file"]):  # read here too, listed by rl-zoo
+        parser.add_argument(*rl_zoo_option, help=argparse.SUPPRESS)
+    parser.add_argument("--gym-packages", nargs="+", default=[], help=argparse.SUPPRESS)
+    ours.add_argument(
         "--heartbeat-interval",
         type=int,
         default=HEARTBEAT_INTERVAL,
         help="--optimize with a database --storage: seconds between heartbeats of a running trial; a trial silent for "
         "three of them (its worker died) is marked failed and run again",
     )
-    parser.add_argument("-h", "--help", action="store_true")
+    parser.add_argument("-h", "--help", action="store_true", help=argparse.SUPPRESS)
     return parser
+
+
+def _read_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """:return: this module's options (the dataset downloaded where asked) and the command line left for rl-zoo"""
+    parser = _peek_parser()
+    args, rest = parser.parse_known_args(sys.argv[2:] if argv is None else argv)
+    if args.help:
+        print(__doc__)
+        print(parser.format_help())
+    if args.download and args.dataset is not None:
+        load_dataset(args.dataset, download=True)
+    register_iql()
+    _import_packages(args.gym_packages)
+    return args, rest
 
 
 def _import_packages(packages: Sequence[str]) -> None:
@@ -433,11 +453,7 @@ def train(argv: Sequence[str] | None = None) -> None:
 
     :param argv: the command line after ``train`` (default: ``sys.argv[2:]``)
     """
-    args, rest = _peek_parser().parse_known_args(sys.argv[2:] if argv is None else argv)
-    register_iql()
-    _import_packages(args.gym_packages)
-    if args.help:
-        print(__doc__)
+    args, rest = _read_args(argv)
     with tempfile.TemporaryDirectory(prefix="sb3_iql_zoo_") as folder:
         env_id, conf_file = args.env, args.conf_file
         if args.dataset is not None:
@@ -474,9 +490,7 @@ def enjoy(argv: Sequence[str] | None = None) -> None:
 
     :param argv: the command line after ``enjoy`` (default: ``sys.argv[2:]``)
     """
-    args, rest = _peek_parser().parse_known_args(sys.argv[2:] if argv is None else argv)
-    register_iql()
-    _import_packages(args.gym_packages)
+    args, rest = _read_args(argv)
     env_id = args.env
     if args.dataset is not None and env_id is None:
         env_id, _, _ = dataset_environment(args.dataset)

@@ -356,9 +356,14 @@ def test_cli(minari_root: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> N
     result = subprocess.run(command, env=environment, capture_output=True, text=True, cwd=REPO_ROOT, check=False)
     assert result.returncode == 0, result.stderr
     assert "sb3_iql/pointmaze/umaze-stitch-v0: 500 steps, 2 episodes" in result.stdout
+    main(arguments)  # made already: kept, as ensure_dataset keeps it
+    assert "sb3_iql/pointmaze/umaze-stitch-v0: stored, kept (500 steps" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
-        main(arguments)
-    assert exit_info.value.code == 1 and "already exists" in capsys.readouterr().err
+        main([*arguments[:-4], "--n-steps", "600"])
+    assert exit_info.value.code == 1 and "has 500 steps, not 600" in capsys.readouterr().err
+    main(["pointmaze", "--maze", "umaze", "--stitch", "--pixels", "36", "--pixel-steps", "20"])  # from the stored data
+    output = capsys.readouterr().out
+    assert "umaze-stitch-v0: stored, kept" in output and "umaze-stitch-pixels36-v0: 20 steps" in output
 
     main(["collect", "--env", PENDULUM_ID, "--dataset-id", "test/pendulum/random-v0", "--n-steps", "30", "--ref-max", "1000"])
     assert "test/pendulum/random-v0: 30 steps" in capsys.readouterr().out

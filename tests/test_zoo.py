@@ -85,6 +85,25 @@ def test_train_needs_a_dataset_or_a_configuration(maze_root):
         zoo.main(["fly"])
 
 
+def test_help_lists_the_package_s_options_and_download_fetches_the_dataset_first(maze_root, monkeypatch, capsys):
+    with pytest.raises(SystemExit):  # rl-zoo's --help exits
+        zoo.main(["train", "--help"])
+    ours = capsys.readouterr().out.split("sb3_iql.zoo options")[1].split("usage:")[0]
+    for option in ("--dataset", "--download", "--finetune", "--presets", "--heartbeat-interval"):
+        assert option in ours
+    downloads = []
+
+    def remote(dataset_id: str, download: bool = False):
+        downloads.append((dataset_id, download))
+        raise SystemExit("no network in the test")
+
+    monkeypatch.setattr(zoo, "load_dataset", remote)
+    for command in ("train", "enjoy"):
+        with pytest.raises(SystemExit, match="no network"):  # before the preset reads the dataset
+            zoo.main([command, "--dataset", "D4RL/antmaze/large-diverse-v1", "--download"])
+    assert downloads == [("D4RL/antmaze/large-diverse-v1", True)] * 2
+
+
 def test_offline_training_then_enjoy(maze_root, tmp_path, capsys):
     logs, tensorboard = tmp_path / "logs", tmp_path / "tb"
     zoo.main(

@@ -16,18 +16,27 @@ Examples::
 """
 
 import argparse
+import functools
 import importlib
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import minari
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from sb3_iql.datasets import medium_expert
 from sb3_iql.datasets.collect import DEFAULT_N_REFERENCE_EPISODES, RandomPolicy, as_env, collect
-from sb3_iql.datasets.pixels import DEFAULT_PIXEL_STEPS, make_pixel_pointmaze_dataset
-from sb3_iql.datasets.pointmaze import DEFAULT_N_STEPS, MAZES, RECIPES, REWARD_TYPES, make_pointmaze_dataset
+from sb3_iql.datasets.generated import stored_dataset
+from sb3_iql.datasets.pixels import DEFAULT_PIXEL_STEPS, make_pixel_pointmaze_dataset, pixel_dataset_id
+from sb3_iql.datasets.pointmaze import (
+    DEFAULT_N_STEPS,
+    MAZES,
+    RECIPES,
+    REWARD_TYPES,
+    make_pointmaze_dataset,
+    pointmaze_dataset_id,
+)
 
 # Packages searched, in order, for the class named by --algo
 ALGORITHM_PACKAGES = ("stable_baselines3", "sb3_contrib", "sb3_iql")
@@ -65,25 +74,55 @@ def _pointmaze(args: argparse.Namespace) -> None:
     if args.dataset_id is not None and len(combinations) > 1:
         raise SystemExit("--dataset-id needs a single --maze and a single --reward")
     for maze, reward in combinations:
-        start = time.perf_counter()
-        dataset = make_pointmaze_dataset(
-            maze,
-            reward,
-            args.stitch,
-            n_steps=args.n_steps,
-            recipe=args.recipe,
-            seed=args.seed,
-            n_reference_episodes=args.n_reference_episodes,
-            dataset_id=args.dataset_id,
-            overwrite=args.overwrite,
+        dataset_id = args.dataset_id or pointmaze_dataset_id(maze, reward, args.stitch, args.recipe)
+        dataset = _kept_or_made(
+            dataset_id,
+            args.n_steps,
+            args.overwrite,
+            functools.partial(
+                make_pointmaze_dataset,
+                maze,
+                reward,
+                args.stitch,
+                n_steps=DEFAULT_N_STEPS if args.n_steps is None else args.n_steps,
+                recipe=args.recipe,
+                seed=args.seed,
+                n_reference_episodes=args.n_reference_episodes,
+                dataset_id=dataset_id,
+                overwrite=args.overwrite,
+            ),
         )
-        _report(dataset, time.perf_counter() - start)
         if args.pixels is not None:
-            start = time.perf_counter()
-            pixels = make_pixel_pointmaze_dataset(
-                dataset, args.pixels, n_steps=args.pixel_steps, overwrite=args.overwrite, maze_and_reward=(maze, reward)
+            pixel_id = pixel_dataset_id(dataset_id, args.pixels, check=False)
+            _kept_or_made(
+                pixel_id,
+                args.pixel_steps,
+                args.overwrite,
+                functools.partial(
+                    make_pixel_pointmaze_dataset,
+                    dataset,
+                    args.pixels,
+                    n_steps=DEFAULT_PIXEL_STEPS if args.pixel_steps is None else args.pixel_steps,
+                    dataset_id=pixel_id,
+                    overwrite=args.overwrite,
+                    maze_and_reward=(maze, reward),
+                ),
             )
-            _report(pixels, time.perf_counter() - start)
+
+
+def _kept_or_made(
+    dataset_id: str, n_steps: int | None, overwrite: bool, make: Callable[[], minari.MinariDataset]
+) -> minari.MinariDataset:
+    """:return: the stored dataset ``dataset_id`` (of ``n_steps`` where given), kept unless ``overwrite``; else
+    ``make()``'s, reported"""
+    dataset = None if overwrite else stored_dataset(dataset_id, n_steps)
+    if dataset is not None:
+        print(f"{dataset_id}: stored, kept ({dataset.total_steps} steps; --overwrite makes it again)")
+        return dataset
+    start = time.perf_counter()
+    dataset = make()
+    _report(dataset, time.perf_counter() - start)
+    return dataset
 
 
 def _collect(args: argparse.Namespace) -> None:
@@ -150,12 +189,18 @@ def make_parser() -> argparse.ArgumentParser:
     maze.add_argument("--reward", nargs="+", choices=REWARD_TYPES, default=["sparse"])
     maze.add_argument("--stitch", action="store_true", help="store the evaluation goal as desired_goal everywhere")
     maze.add_argument("--recipe", choices=RECIPES, help="Minari's PointMaze (cut) or AntMaze-v1 recipe, or play data")
-    maze.add_argument("--n-steps", type=int, default=DEFAULT_N_STEPS)
+    maze.add_argument(
+        "--n-steps", type=int, help=f"transitions (default {DEFAULT_N_STEPS:,}; a stored dataset of any size is kept)"
+    )
     maze.add_argument("--dataset-id", help="write to this id instead of the standard one")
     maze.add_argument(
         "--pixels", type=int, metavar="SIZE", help="also re-render the dataset as SIZE x SIZE frames (<id>-pixels<SIZE>-v0)"
     )
-    maze.add_argument("--pixel-steps", type=int, default=DEFAULT_PIXEL_STEPS, help="transitions of the pixel dataset")
+    maze.add_argument(
+        "--pixel-steps",
+        type=int,
+        help=f"transitions of the pixel dataset (default {DEFAULT_PIXEL_STEPS:,}; a stored dataset of any size is kept)",
+    )
     maze.set_defaults(run=_pointmaze)
 
     rollout = subparsers.add_parser("collect", help="roll out a saved SB3 model (or random actions) in an environment")
