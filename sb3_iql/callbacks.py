@@ -14,7 +14,7 @@ import minari
 import numpy as np
 from stable_baselines3.common.callbacks import EvalCallback, ProgressBarCallback
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv, VecTransposeImage
 from tqdm.auto import tqdm
 
 from sb3_iql import evaluation
@@ -55,6 +55,8 @@ class NormalizedEvalCallback(EvalCallback):
         if ref_min_score is not None and ref_max_score == ref_min_score:
             raise ValueError(f"ref_max_score must differ from ref_min_score, both are {ref_min_score}")
         self.dataset = load_dataset(dataset) if isinstance(dataset, str) else dataset
+        #: whether the evaluation environment is built here (then wrapped as the model's own env is, at its start)
+        self.builds_eval_env = eval_env is None
         if eval_env is None:
             if self.dataset is None:
                 raise ValueError("NormalizedEvalCallback needs an eval_env or a dataset to recover it from")
@@ -103,6 +105,9 @@ class NormalizedEvalCallback(EvalCallback):
         )
 
     def _init_callback(self) -> None:
+        if self.builds_eval_env and isinstance(self.training_env, VecTransposeImage):  # images, channel-first
+            if not isinstance(self.eval_env, VecTransposeImage):
+                self.eval_env = VecTransposeImage(self.eval_env)  # else EvalCallback warns of another env type
         super()._init_callback()
         dataset_ids = getattr(self.model, "offline_dataset_ids", [])
         if self.reference_scores is None and self.dataset is None and dataset_ids:

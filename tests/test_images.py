@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.vec_env import VecTransposeImage
 from toy_data import (
     IMAGE_LINE_ENV_ID,
     IMAGE_SIZE,
@@ -27,7 +28,7 @@ from toy_data import (
     write_dataset,
 )
 
-from sb3_iql import IQL, LayerNormNatureCNN, SpatialSoftmaxCNN, evaluate
+from sb3_iql import IQL, LayerNormNatureCNN, NormalizedEvalCallback, SpatialSoftmaxCNN, evaluate
 from sb3_iql.common.augmentation import random_shift
 from sb3_iql.common.preprocessing import IMAGE_STD_OFFSET
 from sb3_iql.common.synthetic import SpacesEnv
@@ -181,6 +182,15 @@ def test_cnn_policy_trains_on_channel_last_frames_kept_as_uint8(image_dataset, t
         warnings.simplefilter("ignore")
         model.learn(total_timesteps=40)  # online steps through VecTransposeImage into the same buffer
     assert buffer.size() == 40 * 20 + 40 and buffer.n_frames == n_frames + 40 + 2  # two 20-step episodes
+
+
+def test_a_normalized_evaluation_built_from_the_dataset_sees_frames_as_the_model_s_env_does(image_dataset):
+    model = image_model(image_dataset, offline_steps=4)
+    callback = NormalizedEvalCallback(dataset=image_dataset, eval_freq=2, n_eval_episodes=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # EvalCallback warns where the two envs are of other types
+        model.learn_offline(4, callback=callback)
+    assert isinstance(callback.eval_env, VecTransposeImage) and callback.last_normalized_score is not None
 
 
 def test_the_compiled_update_of_image_observations_trains_like_the_eager_one(image_dataset):
