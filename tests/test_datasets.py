@@ -31,7 +31,8 @@ from sb3_iql.datasets import (
     write_dataset,
 )
 from sb3_iql.datasets.__main__ import main
-from sb3_iql.datasets.collect import rollout_episodes
+from sb3_iql.datasets.collect import rollout_episodes, write_episodes
+from sb3_iql.evaluation import dataset_reference_scores
 
 th.set_num_threads(1)
 
@@ -347,6 +348,20 @@ def test_a_reference_score_needs_an_episode(minari_root: pathlib.Path) -> None:
     with pytest.raises(ValueError, match="at least 1 episode, got 0"):  # would write a NaN score
         collect(env, lambda _: 0, "test/cartpole/none-v0", n_steps=10, ref_max_score=500.0, n_reference_episodes=0)
     assert not dataset_exists("test/cartpole/none-v0")
+
+
+def test_reference_scores_that_would_invert_normalized_scores_are_left_out(minari_root):
+    """Refused before collect's rollouts; episodes already collected are written without them."""
+    env = gym.make("CartPole-v1")
+    rollouts = []
+    episodes = rollout_episodes(env, lambda _: 0, n_steps=30)
+    with pytest.warns(UserWarning, match=r"ref_max_score \(5\) must be above ref_min_score \(10.*written without"):
+        written = write_episodes("test/cartpole/kept-v0", episodes, env, ref_min_score=10.0, ref_max_score=5.0)
+    assert written.total_steps == 30 and dataset_reference_scores(written) is None  # the data kept, no inverted score
+    with pytest.raises(ValueError, match=r"must be above ref_min_score .* normalized scores would be inverted"):
+        # always pushing left falls sooner than random actions
+        collect(env, lambda obs: rollouts.append(obs) or 0, "test/cartpole/left-v0", n_steps=50, expert_policy=lambda _: 0)
+    assert rollouts == [] and not dataset_exists("test/cartpole/left-v0")
 
 
 def test_cli(minari_root: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:

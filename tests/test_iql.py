@@ -1,6 +1,7 @@
 """IQL end to end: the update against a step-by-step reference, schedules, callbacks, logging, save/load, learning."""
 
 import copy
+import dataclasses
 import math
 import pathlib
 import warnings
@@ -268,6 +269,89 @@ def test_a_callback_can_stop_offline_training(line_dataset):
     model = line_model(line_dataset)
     model.learn_offline(50, callback=StopAt())
     assert model._n_offline_updates == 7
+
+
+def test_a_callback_that_stops_learn_s_offline_phase_stops_the_call_and_the_next_call_finishes_it(line_dataset):
+    class StopAt(BaseCallback):
+        def _on_step(self) -> bool:
+            return self.n_calls < 10
+
+    model = line_model(line_dataset, offline_steps=30)
+    offline_size = model.replay_buffer.size()
+    model.learn(20, callback=StopAt())  # as SAC's learn() stops: no online step
+    assert model._n_offline_updates == model.num_timesteps == 10 and model.replay_buffer.size() == offline_size
+    model.learn(20, reset_num_timesteps=False)  # the 20 offline updates left, then 20 online steps
+    assert model._n_offline_updates == 30 and model.num_timesteps == 50
+    assert model.replay_buffer.size() == offline_size + 20
+
+
+def test_a_checkpoint_saved_in_learn_s_offline_phase_resumes_to_the_uninterrupted_run(line_dataset, tmp_path):
+    checkpoints = CheckpointCallback(save_freq=15, save_path=str(tmp_path), name_prefix="iql")
+    line_model(line_dataset, offline_steps=40).learn(0, callback=checkpoints)
+    uninterrupted = line_model(line_dataset, offline_steps=40).learn(0)
+    resumed = IQL.load(tmp_path / "iql_30_steps.zip", env=LineEnv())  # killed after 30 of the 40 offline updates
+    resumed.reload_offline_dataset()
+    resumed.learn(0, reset_num_timesteps=False)  # before: nothing, as an offline update had run
+    assert resumed._n_offline_updates == resumed.num_timesteps == 40
+    for (name, ours), theirs in zip(resumed.policy.state_dict().items(), uninterrupted.policy.state_dict().values()):
+        th.testing.assert_close(ours, theirs, rtol=0, atol=0, msg=name)
+    uninterrupted.save(tmp_path / "done")
+    assert not IQL.load(tmp_path / "done")._offline_phase_unfinished  # a later learn() goes online
+
+
+def test_what_the_online_loop_refuses_is_refused_before_the_offline_updates(line_dataset, tmp_path):
+    episodic = IQL(
+        "MlpPolicy", DummyVecEnv([LineEnv, LineEnv]), offline_dataset=line_dataset, offline_steps=20,
+        train_freq=(1, "episode"), policy_kwargs=SMALL_NET,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"train_freq=\(1, 'episode'\) counts episodes, .* the env has 2"):
+        episodic.learn(10)
+    line_model(line_dataset, offline_steps=20).save(tmp_path / "untrained")
+    no_env = IQL.load(tmp_path / "untrained")  # a saved model keeps no env
+    no_env.reload_offline_dataset()
+    with pytest.raises(RuntimeError, match="needs an environment"):
+        no_env.learn(10)
+    assert episodic._n_offline_updates == no_env._n_offline_updates == 0
+    no_env.learn(0)  # offline only: no environment needed
+    assert no_env._n_offline_updates == 20
+
+
+def test_online_steps_that_start_replacing_the_offline_data_warn_once(line_dataset):
+    model = line_model(line_dataset, offline_steps=0, buffer_size=2010)  # the dataset's 2,000 transitions + 10
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.learn(10)  # fills the room left
+    with pytest.warns(UserWarning, match=r"buffer is full \(buffer_size=2,010\): online transitions now replace"):
+        model.learn(10, reset_num_timesteps=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.learn(5, reset_num_timesteps=False)  # said once
+
+
+def test_buffers_and_sizes_that_cannot_take_the_offline_data_are_refused(line_dataset):
+    from stable_baselines3.common.buffers import ReplayBuffer
+
+    with pytest.raises(TypeError, match="ReplayBuffer cannot take an offline dataset: use one of this package's"):
+        line_model(line_dataset, replay_buffer_class=ReplayBuffer)  # SB3's own has an extend() of another kind
+    odd = load_transitions([line_dataset])
+    n = len(odd) - 1
+    fields = ("observations", "next_observations", "actions", "rewards", "terminations", "truncations")
+    odd = dataclasses.replace(odd, **{name: getattr(odd, name)[:n] for name in fields})
+    with pytest.raises(ValueError, match=rf"buffer_size={n} is smaller than the offline dataset \({n} .* rows of 2"):
+        IQL._buffer_size_for(n, n, n_envs=2)  # rows of 2 transitions: one short
+    model = IQL("MlpPolicy", DummyVecEnv([LineEnv, LineEnv]), buffer_size=IQL._buffer_size_for(n, n + 1, n_envs=2))
+    model.add_transitions(odd)  # the size the check asks for takes them
+    assert model.offline_dataset_size == n
+
+
+def test_action_noise_is_taken_as_sac_takes_it(line_dataset):
+    from stable_baselines3.common.noise import NormalActionNoise
+
+    model = line_model(line_dataset, offline_steps=0, action_noise=NormalActionNoise(np.full(1, 10.0), np.full(1, 0.1)))
+    offline_size = model.replay_buffer.size()
+    model.learn(5)  # noise far past the bounds: every action clipped to the top one
+    online = model.replay_buffer.gather(th.arange(offline_size, offline_size + 5)).actions
+    assert th.equal(online, th.ones(5, 1))
 
 
 def test_logger_records_the_training_figures(line_dataset, tmp_path):

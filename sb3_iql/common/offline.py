@@ -24,19 +24,21 @@ from stable_baselines3 import her as sb3_her
 from stable_baselines3.common import utils
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.preprocessing import is_image_space
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule, TrainFrequencyUnit
 from stable_baselines3.common.vec_env import VecNormalize, unwrap_vec_normalize
 
 from sb3_iql.callbacks import UpdatesProgressBarCallback
 from sb3_iql.common.augmentation import shift_observations
 from sb3_iql.common.preprocessing import to_channel_first
 from sb3_iql.data import replay_buffer_class_named
-from sb3_iql.data.buffers import OfflineDictReplayBuffer, OfflineReplayBuffer
+from sb3_iql.data.buffers import OfflineDataMixin, OfflineDictReplayBuffer, OfflineReplayBuffer
 from sb3_iql.data.device_buffers import (
     SEED_BOUND,
+    DeviceBufferMixin,
     DeviceDictReplayBuffer,
     DeviceReplayBuffer,
     generator_state,
@@ -109,8 +111,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     :param buffer_size: replay buffer capacity in transitions (None: dataset size + ``ONLINE_BUFFER_ROOM``)
     :param image_shift: random-shift augmentation of image observations in training batches (DrQ): each image
         (and next image) shifted by up to this many pixels, borders replicated; 0: off (4 for 84x84 in DrQ)
-    :param replay_buffer_class: a buffer with ``extend`` (default: ``DeviceReplayBuffer`` or its Dict version,
-        ``DeviceImageReplayBuffer`` for image observations;
+    :param action_noise: online: noise added to the policy's actions (SB3's ``ActionNoise``)
+    :param replay_buffer_class: one of the package's buffers, which take offline data (default:
+        ``DeviceReplayBuffer`` or its Dict version, ``DeviceImageReplayBuffer`` for image observations;
         ``OfflineReplayBuffer`` keeps SB3's NumPy storage; the Dict variant is picked from the observation space),
         or the class name of one of the package's buffers (``"HerReplayBuffer"``, as preset files write it)
     """
@@ -137,6 +140,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         offline_steps: int | None = None,
         download_dataset: bool = False,
         relabel_eval_goal: bool | Literal["terminal"] = False,
+        action_noise: ActionNoise | None = None,
         replay_buffer_class: type[ReplayBuffer] | str | None = None,
         replay_buffer_kwargs: dict[str, Any] | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -168,6 +172,10 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         self._offline_timesteps = 0
         #: What ``learn()`` adds to ``learning_starts`` while it runs (``_offline_timesteps``; 0 outside it).
         self._learning_starts_shift = 0
+        #: Whether ``learn()``'s offline phase has begun and not ended (saved: a checkpoint resumed finishes it).
+        self._offline_phase_unfinished = False
+        #: Whether online steps were told that they replace the offline data (once per model).
+        self._warned_full_buffer = False
         self.sampling_generator = th.Generator()
         #: A saved model's state of its buffer's own sampling generator (on CUDA), until a buffer takes it back.
         self.device_sampling_state: tuple[str, th.Tensor] | None = None
@@ -188,7 +196,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 self.eval_goal = evaluation_goal(env)
             transitions = self._load_transitions(datasets, env)
             self.offline_dataset_ids = [dataset.spec.dataset_id for dataset in datasets]
-            buffer_size = self._buffer_size_for(len(transitions), buffer_size)
+            buffer_size = self._buffer_size_for(len(transitions), buffer_size, getattr(env, "num_envs", 1))
         elif env is not None:
             self._check_action_space(env.action_space, supported_action_spaces)
         self.reward_transform_fn = make_reward_transform(
@@ -210,6 +218,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             gamma,
             train_freq,
             gradient_steps,
+            action_noise=action_noise,
             replay_buffer_class=(
                 replay_buffer_class_named(replay_buffer_class) if isinstance(replay_buffer_class, str) else replay_buffer_class
             ),
@@ -236,13 +245,21 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         return relabel_for_evaluation_goal(load_transitions(datasets), env, self.relabel_eval_goal, self.eval_goal)
 
     @staticmethod
-    def _buffer_size_for(n_transitions: int, buffer_size: int | None) -> int:
+    def _buffer_size_for(n_transitions: int, buffer_size: int | None, n_envs: int = 1) -> int:
+        """
+        :return: the replay buffer's capacity in transitions: ``buffer_size``, or room for the dataset and
+            ``ONLINE_BUFFER_ROOM`` online steps
+        :raises ValueError: ``buffer_size`` cannot hold the dataset (SB3's buffers keep ``buffer_size // n_envs``
+            rows of ``n_envs`` transitions, and the offline ones fill rows)
+        """
         if buffer_size is None:
             return n_transitions + ONLINE_BUFFER_ROOM
-        if buffer_size < n_transitions:
+        needed = -(-n_transitions // n_envs) * n_envs
+        if buffer_size < needed:
+            rows = "" if n_envs == 1 else f" in rows of {n_envs} environments, {needed} slots"
             raise ValueError(
-                f"buffer_size={buffer_size} is smaller than the offline dataset ({n_transitions} transitions): "
-                f"use buffer_size >= {n_transitions}, or None for dataset size + {ONLINE_BUFFER_ROOM} online steps"
+                f"buffer_size={buffer_size} is smaller than the offline dataset ({n_transitions} transitions){rows}: "
+                f"use buffer_size >= {needed}, or None for dataset size + {ONLINE_BUFFER_ROOM} online steps"
             )
         return buffer_size
 
@@ -314,10 +331,10 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         :raises ValueError: a field that does not fit the spaces, or NaN or inf (``checked_transitions``)
         """
         _refuse_vec_normalize(self._vec_normalize_env, offline_data=True)
-        if not hasattr(self.replay_buffer, "extend"):
+        if not isinstance(self.replay_buffer, (OfflineDataMixin, DeviceBufferMixin, DeviceImageReplayBuffer)):
             raise TypeError(
-                f"{type(self.replay_buffer).__name__} cannot take an offline dataset: use a replay buffer with "
-                "extend(), such as sb3_iql.data.DeviceReplayBuffer or OfflineReplayBuffer (and their Dict versions)"
+                f"{type(self.replay_buffer).__name__} cannot take an offline dataset: use one of this package's buffers, "
+                "such as sb3_iql.data.DeviceReplayBuffer or OfflineReplayBuffer (and their Dict versions)"
             )
         transitions = checked_transitions(transitions, self.observation_space, self.action_space)
         observations = to_channel_first(transitions.observations, self.observation_space)
@@ -395,6 +412,14 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         infos: list[dict[str, Any]],
     ) -> None:
         # Online rewards go through the same transform as the offline ones.
+        if replay_buffer.full and self.offline_dataset_size > 0 and not self._warned_full_buffer:
+            warnings.warn(
+                f"The replay buffer is full (buffer_size={self.buffer_size:,}): online "
+                "transitions now replace the oldest ones, the offline dataset's first. Pass a larger buffer_size (the "
+                f"default keeps the dataset and {ONLINE_BUFFER_ROOM:,} online transitions) to keep them all.",
+                stacklevel=2,
+            )
+            self._warned_full_buffer = True
         super()._store_transition(replay_buffer, buffer_action, new_obs, self.reward_transform_fn(reward), dones, infos)
 
     def _update_function(self) -> Callable[[Any], th.Tensor]:
@@ -547,8 +572,6 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         tb_log_name: str = "run",
         progress_bar: bool = False,
     ) -> tuple[int, BaseCallback]:
-        if self.env is None:
-            raise RuntimeError(f"Online learning needs an environment: pass env= to {type(self).__name__} or call set_env()")
         if self.offline_dataset_ids and self.replay_buffer is not None and self.replay_buffer.size() == 0:
             warnings.warn(
                 "Fine-tuning a loaded model without its offline data: SB3 saves no replay buffer, so the buffer "
@@ -556,10 +579,21 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 "in it, as in the run that was saved.",
                 stacklevel=4,  # the caller of learn()
             )
-        _refuse_vec_normalize(self._vec_normalize_env, offline_data=self.offline_dataset_size > 0)
         if reset_num_timesteps:
             self._offline_timesteps = 0
         return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+
+    def _check_online_setup(self) -> None:
+        """:raises: what SB3's online loop would refuse, checked before a ``learn()`` call trains offline first"""
+        if self.env is None:
+            raise RuntimeError(f"Online learning needs an environment: pass env= to {type(self).__name__} or call set_env()")
+        _refuse_vec_normalize(self._vec_normalize_env, offline_data=self.offline_dataset_size > 0)
+        if self.env.num_envs > 1 and self.train_freq.unit != TrainFrequencyUnit.STEP:
+            raise ValueError(
+                f"train_freq=({self.train_freq.frequency}, 'episode') counts episodes, which SB3 supports with one "
+                "environment only; "
+                f"the env has {self.env.num_envs}: count steps, e.g. train_freq=(1, 'step')"
+            )
 
     def learn(
         self: SelfOfflineAlgorithm,
@@ -572,27 +606,38 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     ) -> SelfOfflineAlgorithm:
         """
         SB3's online loop on the shared replay buffer, after ``offline_steps`` offline updates if offline data was
-        added and no offline training has run yet. ``learn(0)`` is thus a pure offline run.
+        added and no offline training has run yet. ``learn(0)`` is thus a pure offline run. That offline phase is
+        finished first where it was cut short: by a callback (which stops the call, as SB3's ``learn()`` stops), or
+        in a checkpoint resumed. Offline updates run with ``learn_offline`` are never extended.
 
         Online, ``num_timesteps`` continues from the offline updates when both run in this call (or with
         ``reset_num_timesteps=False``); ``learning_starts`` still counts online steps (random actions, no update).
+        What the online loop would refuse (no env, episodic ``train_freq`` with several envs, VecNormalize with
+        offline data) is refused before the offline updates.
         """
         tb_log_name = type(self).__name__ if tb_log_name is None else tb_log_name
-        if self.offline_dataset_size > 0 and self._n_offline_updates == 0 and self.offline_steps > 0:
+        offline_first = self.offline_dataset_size > 0 and self.offline_steps > 0
+        offline_first = offline_first and (self._n_offline_updates == 0 or self._offline_phase_unfinished)
+        if total_timesteps > 0 or not offline_first:
+            self._check_online_setup()
+        if offline_first:
             if self.offline_steps_default and not self.offline_dataset_ids:
                 warnings.warn(
                     f"learn() first trains offline_steps={self.offline_steps:,} updates (the default) on the data added "
                     "with add_transitions, then acts online: create the model with offline_steps=N to choose, 0 to skip",
                     stacklevel=2,
                 )
-            self.learn_offline(
-                self.offline_steps,
+            self._offline_phase_unfinished = True
+            self.learn_offline(  # what is left of offline_steps
                 callback=callback,
                 tb_log_name=tb_log_name,
                 reset_num_timesteps=reset_num_timesteps,
                 progress_bar=progress_bar,
             )
             reset_num_timesteps = False
+            if self._n_offline_updates < self.offline_steps:  # a callback stopped training
+                return self
+            self._offline_phase_unfinished = False
             if total_timesteps == 0:
                 return self
         # SB3 compares learning_starts with num_timesteps: shifted past the offline updates counted there

@@ -1,6 +1,7 @@
 """Roll out any SB3 model or callable policy in a Gymnasium environment and write a Minari dataset."""
 
 import copy
+import warnings
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -131,6 +132,17 @@ def reference_scores(
     return {"ref_min_score": ref_min_score, "ref_max_score": ref_max_score, "num_episodes_average_score": n_episodes}
 
 
+def check_reference_scores(scores: dict[str, float | int]) -> None:
+    """:raises ValueError: ``reference_scores``' ``ref_max_score`` is not above its ``ref_min_score`` (an expert no
+    better than random actions): normalized scores would be inverted, or divide by 0"""
+    if scores and scores["ref_max_score"] <= scores["ref_min_score"]:
+        raise ValueError(
+            f"ref_max_score ({scores['ref_max_score']:.6g}) must be above ref_min_score ({scores['ref_min_score']:.6g}, "
+            "random actions when measured): normalized scores would be inverted. Pass a better expert_policy or other "
+            "reference scores"
+        )
+
+
 def _stack(space: spaces.Space, items: list[Any]) -> Any:
     """:return: ``items`` stacked along a new first axis (a dict of arrays for Dict spaces)."""
     return concatenate(space, items, create_empty_array(space, n=len(items), fn=np.empty))
@@ -254,7 +266,8 @@ def write_episodes(
     overwrite: bool = False,
 ) -> minari.MinariDataset:
     """
-    Write episodes as a local Minari dataset with the evaluation environment's spec and reference scores.
+    Write episodes as a local Minari dataset with the evaluation environment's spec and reference scores (left out,
+    with a warning, where ``check_reference_scores`` refuses them).
 
     :param dataset_id: Minari id to write.
     :param episodes: The episodes (observations have one more row than actions).
@@ -275,6 +288,11 @@ def write_episodes(
     scores = reference_scores(
         eval_env if eval_env is not None else env, ref_min_score, ref_max_score, expert_policy, n_reference_episodes, seed
     )
+    try:
+        check_reference_scores(scores)
+    except ValueError as error:  # the episodes are kept
+        warnings.warn(f"{error}. The dataset is written without reference scores.", stacklevel=2)
+        scores = {}
     n_steps = sum(len(episode) for episode in episodes)
     return write_dataset(
         dataset_id,
@@ -337,8 +355,13 @@ def collect(
     :return: The new dataset.
     """
     check_writable(dataset_id, overwrite)
-    check_reference_episodes(n_reference_episodes)  # before the rollouts
+    check_reference_episodes(n_reference_episodes)
     env = as_env(env)
+    # measured before the rollouts, so that reference scores refused cost no collected data
+    scores = reference_scores(
+        env.spec if eval_env is None else eval_env, ref_min_score, ref_max_score, expert_policy, n_reference_episodes, seed
+    )
+    check_reference_scores(scores)
     episodes = rollout_episodes(env, policy, n_steps, n_episodes, action_noise_std, seed, deterministic, epsilon)
     algorithm_name = algorithm_name or type(policy).__name__
     return write_episodes(
@@ -346,9 +369,9 @@ def collect(
         episodes,
         env,
         eval_env,
-        ref_min_score,
-        ref_max_score,
-        expert_policy,
+        scores.get("ref_min_score"),
+        scores.get("ref_max_score"),
+        None,
         n_reference_episodes,
         seed,
         algorithm_name=algorithm_name,

@@ -9,6 +9,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import update_learning_rate
@@ -65,7 +66,9 @@ class IQL(OfflineAlgorithm):
     :param offline_dataset: Minari dataset id, ``minari.MinariDataset``, or a list of them; every transition is
         loaded into the replay buffer
     :param learning_rate: learning rate of the three Adam optimizers, or an SB3 schedule of the progress remaining
-        (1 to 0 over ``offline_steps`` offline, over each ``learn()`` call online); see also ``actor_lr_schedule``
+        (1 to 0 over ``offline_steps`` offline; online, SB3's ``1 - num_timesteps / total_timesteps`` of the
+        ``learn()`` call, whose steps include the offline updates that call runs first); see also
+        ``actor_lr_schedule``
     :param buffer_size: replay buffer capacity in transitions (default: dataset size + 1,000,000)
     :param learning_starts: environment steps of uniformly random actions before learning online (0: act with
         the learned policy from the first step)
@@ -103,7 +106,9 @@ class IQL(OfflineAlgorithm):
         paper's AntMaze protocol on Minari's goal datasets; ``"terminal"``: also end episodes at the goal)
     :param image_shift: random-shift augmentation of image observations in training batches (DrQ): up to this many
         pixels, borders replicated; 0: off
-    :param replay_buffer_class: replay buffer class, which must offer ``extend`` to take the offline data
+    :param action_noise: online: noise added to the policy's actions (SB3's ``ActionNoise``, as for SAC); None: the
+        stochastic policy's own samples
+    :param replay_buffer_class: replay buffer class, one of this package's, which take the offline data
         (default: ``DeviceReplayBuffer`` or ``DeviceDictReplayBuffer``, float32 tensors on the model's device, and
         ``DeviceImageReplayBuffer`` for image observations, uint8 frames stored once;
         ``OfflineReplayBuffer`` / ``OfflineDictReplayBuffer`` keep SB3's NumPy storage; ``HerReplayBuffer``
@@ -159,6 +164,7 @@ class IQL(OfflineAlgorithm):
         download_dataset: bool = False,
         relabel_eval_goal: bool | Literal["terminal"] = False,
         image_shift: int = 0,
+        action_noise: ActionNoise | None = None,
         replay_buffer_class: type[ReplayBuffer] | str | None = None,
         replay_buffer_kwargs: dict[str, Any] | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -204,6 +210,7 @@ class IQL(OfflineAlgorithm):
             offline_steps=offline_steps,
             download_dataset=download_dataset,
             relabel_eval_goal=relabel_eval_goal,
+            action_noise=action_noise,
             replay_buffer_class=replay_buffer_class,
             replay_buffer_kwargs=replay_buffer_kwargs,
             policy_kwargs=policy_kwargs,
