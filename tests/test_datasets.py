@@ -11,6 +11,7 @@ import minari
 import numpy as np
 import pytest
 import torch as th
+from gymnasium.envs.classic_control import CartPoleEnv
 from minari.storage import get_dataset_path
 from stable_baselines3 import SAC, TD3
 
@@ -362,6 +363,8 @@ def test_reference_scores_that_would_invert_normalized_scores_are_left_out(minar
         # always pushing left falls sooner than random actions
         collect(env, lambda obs: rollouts.append(obs) or 0, "test/cartpole/left-v0", n_steps=50, expert_policy=lambda _: 0)
     assert rollouts == [] and not dataset_exists("test/cartpole/left-v0")
+    unregistered = gym.wrappers.TimeLimit(CartPoleEnv(), 50)  # no spec: the random reference runs on the env itself
+    assert collect(unregistered, lambda _: 0, "test/cartpole/own-v0", n_steps=30, ref_max_score=100.0).total_steps == 30
 
 
 def test_cli(minari_root: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:

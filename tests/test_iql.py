@@ -297,6 +297,12 @@ def test_a_checkpoint_saved_in_learn_s_offline_phase_resumes_to_the_uninterrupte
         th.testing.assert_close(ours, theirs, rtol=0, atol=0, msg=name)
     uninterrupted.save(tmp_path / "done")
     assert not IQL.load(tmp_path / "done")._offline_phase_unfinished  # a later learn() goes online
+    # the same phase finished with learn_offline: learn() then goes online only
+    finished = IQL.load(tmp_path / "iql_30_steps.zip", env=LineEnv())
+    finished.reload_offline_dataset()
+    finished.learn_offline(10, reset_num_timesteps=False)
+    finished.learn(5, reset_num_timesteps=False)
+    assert finished._n_offline_updates == 40 and finished.num_timesteps == 45
 
 
 def test_what_the_online_loop_refuses_is_refused_before_the_offline_updates(line_dataset, tmp_path):
@@ -342,6 +348,9 @@ def test_buffers_and_sizes_that_cannot_take_the_offline_data_are_refused(line_da
     model = IQL("MlpPolicy", DummyVecEnv([LineEnv, LineEnv]), buffer_size=IQL._buffer_size_for(n, n + 1, n_envs=2))
     model.add_transitions(odd)  # the size the check asks for takes them
     assert model.offline_dataset_size == n
+    size = line_model(line_dataset).replay_buffer.size()  # even: in rows of 3 it needs one slot more
+    with pytest.raises(ValueError, match=rf"buffer_size={size} is smaller .* in rows of 3 environments, {size + 1} slots"):
+        IQL("MlpPolicy", DummyVecEnv([LineEnv] * 3), offline_dataset=line_dataset, buffer_size=size)
 
 
 def test_action_noise_is_taken_as_sac_takes_it(line_dataset):
@@ -561,7 +570,7 @@ def test_vec_normalize_is_refused_wherever_it_would_meet_offline_data(line_datas
     assert online.offline_dataset_size == 0 and online.replay_buffer.size() == 10
 
 
-def test_set_random_seed_reseeds_the_offline_batches_as_sb3_reseeds_its_buffers(line_dataset):
+def test_set_random_seed_reseeds_the_offline_batches_as_sb3_reseeds_its_buffers(line_dataset, tmp_path):
     def first_batch(model: IQL) -> th.Tensor:
         return model.replay_buffer.sample(64).observations
 
@@ -574,6 +583,11 @@ def test_set_random_seed_reseeds_the_offline_batches_as_sb3_reseeds_its_buffers(
         th.manual_seed(5)
         batches.append(first_batch(line_model(line_dataset, seed=None)))
     assert th.equal(*batches) and not th.equal(batches[0], first_batch(fresh))
+    # a loaded model keeps its saved stream (SB3 calls set_random_seed while setting it up)
+    fresh.save(tmp_path / "fresh")
+    loaded = IQL.load(tmp_path / "fresh", env=LineEnv())
+    loaded.reload_offline_dataset()
+    assert th.equal(first_batch(loaded), first_batch(fresh))
 
 
 def test_a_save_that_fails_half_way_keeps_the_previous_file(line_dataset, tmp_path, monkeypatch):

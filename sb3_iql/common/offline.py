@@ -34,11 +34,10 @@ from stable_baselines3.common.vec_env import VecNormalize, unwrap_vec_normalize
 from sb3_iql.callbacks import UpdatesProgressBarCallback
 from sb3_iql.common.augmentation import shift_observations
 from sb3_iql.common.preprocessing import to_channel_first
-from sb3_iql.data import replay_buffer_class_named
-from sb3_iql.data.buffers import OfflineDataMixin, OfflineDictReplayBuffer, OfflineReplayBuffer
+from sb3_iql.data import REPLAY_BUFFER_CLASSES, replay_buffer_class_named
+from sb3_iql.data.buffers import OfflineDictReplayBuffer, OfflineReplayBuffer
 from sb3_iql.data.device_buffers import (
     SEED_BOUND,
-    DeviceBufferMixin,
     DeviceDictReplayBuffer,
     DeviceReplayBuffer,
     generator_state,
@@ -179,9 +178,12 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         self.sampling_generator = th.Generator()
         #: A saved model's state of its buffer's own sampling generator (on CUDA), until a buffer takes it back.
         self.device_sampling_state: tuple[str, th.Tensor] | None = None
-        # seed=None: drawn from torch's global generator, so that torch.manual_seed makes the run reproducible, as
-        # NumPy's global generator does for SB3's own buffers
-        self.sampling_generator.manual_seed(int(th.randint(SEED_BOUND, ())) if seed is None else seed)
+        if seed is not None:
+            self.sampling_generator.manual_seed(seed)
+        elif _init_setup_model:  # not in SB3's load, which restores the saved generator
+            # from torch's global generator, so that torch.manual_seed makes the run reproducible, as NumPy's global
+            # generator does for SB3's own buffers
+            self.sampling_generator.manual_seed(int(th.randint(SEED_BOUND, ())))
 
         env = gym.make(env) if isinstance(env, str) else env
         transitions = None
@@ -331,7 +333,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         :raises ValueError: a field that does not fit the spaces, or NaN or inf (``checked_transitions``)
         """
         _refuse_vec_normalize(self._vec_normalize_env, offline_data=True)
-        if not isinstance(self.replay_buffer, (OfflineDataMixin, DeviceBufferMixin, DeviceImageReplayBuffer)):
+        if not isinstance(self.replay_buffer, tuple(REPLAY_BUFFER_CLASSES.values())):
             raise TypeError(
                 f"{type(self.replay_buffer).__name__} cannot take an offline dataset: use one of this package's buffers, "
                 "such as sb3_iql.data.DeviceReplayBuffer or OfflineReplayBuffer (and their Dict versions)"
@@ -470,11 +472,11 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             if self.offline_dataset_ids:  # a loaded model: SB3 saves no replay buffer
                 raise RuntimeError(
                     "The replay buffer is empty: a saved model holds no data. Call reload_offline_dataset() to load "
-                    f"its datasets {self.offline_dataset_ids} again (or load_replay_buffer(path)) before learn_offline()"
+                    f"its datasets {self.offline_dataset_ids} again (or load_replay_buffer(path)) before training offline"
                 )
             raise RuntimeError(
                 f"The replay buffer is empty: create {type(self).__name__} with offline_dataset=..., or call "
-                "add_transitions() or load_replay_buffer(path), before learn_offline()"
+                "add_transitions() or load_replay_buffer(path), before training offline"
             )
 
     def learn_offline(
@@ -616,7 +618,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         offline data) is refused before the offline updates.
         """
         tb_log_name = type(self).__name__ if tb_log_name is None else tb_log_name
-        offline_first = self.offline_dataset_size > 0 and self.offline_steps > 0
+        offline_first = self.offline_dataset_size > 0 and self._n_offline_updates < self.offline_steps
         offline_first = offline_first and (self._n_offline_updates == 0 or self._offline_phase_unfinished)
         if total_timesteps > 0 or not offline_first:
             self._check_online_setup()

@@ -359,7 +359,12 @@ def collect(
     env = as_env(env)
     # measured before the rollouts, so that reference scores refused cost no collected data
     scores = reference_scores(
-        env.spec if eval_env is None else eval_env, ref_min_score, ref_max_score, expert_policy, n_reference_episodes, seed
+        eval_env if eval_env is not None else (env.spec or env),
+        ref_min_score,
+        ref_max_score,
+        expert_policy,
+        n_reference_episodes,
+        seed,
     )
     check_reference_scores(scores)
     episodes = rollout_episodes(env, policy, n_steps, n_episodes, action_noise_std, seed, deterministic, epsilon)
