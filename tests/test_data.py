@@ -7,6 +7,7 @@ import time
 import warnings
 
 import gymnasium as gym
+import minari
 import numpy as np
 import pytest
 from gymnasium import spaces
@@ -23,6 +24,8 @@ from sb3_iql.datasets.replay import replay_buffer_episodes
 OBS_SPACE = spaces.Box(-1e3, 1e3, (2,), np.float32)
 # Not [-1, 1] and not symmetric: dataset actions must be scaled like SB3 scales its own.
 ACTION_SPACE = spaces.Box(np.array([0.0, -2.0], np.float32), np.array([4.0, 2.0], np.float32))
+#: ``write_dataset``'s arguments for datasets of these spaces
+OBS_SPACE_ENV = SpacesEnv(OBS_SPACE, ACTION_SPACE)
 DICT_OBS_SPACE = spaces.Dict(
     {"observation": spaces.Box(-1e3, 1e3, (2,), np.float32), "goal": spaces.Box(-1e3, 1e3, (1,), np.float32)}
 )
@@ -329,7 +332,60 @@ def test_unsupported_action_space_and_small_buffer(box_dataset):
         IQL("MlpPolicy", SpacesEnv(OBS_SPACE, spaces.MultiDiscrete([3, 2])))
     with pytest.raises(ValueError, match="bounded action space"):
         IQL("MlpPolicy", SpacesEnv(OBS_SPACE, spaces.Box(-np.inf, np.inf, (2,))))
+    with pytest.raises(ValueError, match="low < high in every action dimension"):  # scaled, it would be NaN
+        IQL("MlpPolicy", SpacesEnv(OBS_SPACE, spaces.Box(np.array([-1.0, 0.0]), np.array([1.0, 0.0]))))
     with pytest.raises(ValueError, match=r"buffer_size=5 is smaller than the offline dataset \(9 transitions\)"):
         make_model(box_dataset, buffer_size=5)
     with pytest.raises(ValueError, match="optimize_memory_usage"):
         OfflineReplayBuffer(10, OBS_SPACE, ACTION_SPACE, optimize_memory_usage=True)
+
+
+def test_an_episode_cut_short_ends_there_and_rows_that_do_not_line_up_are_refused(minari_root):
+    episodes = box_episodes()
+    cut = dataclasses.replace(episodes[1], truncations=np.zeros(4, bool))  # neither flag on its last step
+    transitions = load_transitions([write_dataset("test/box/cut-v0", [episodes[0], cut, episodes[2]], OBS_SPACE_ENV)])
+    ends = np.flatnonzero(transitions.terminations | transitions.truncations)
+    assert ends.tolist() == [2, 6, 8]  # episode 1 ends where it was cut (a time-out: not terminal, bootstrapped)
+    assert transitions.truncations[6] and not transitions.terminations[6]
+    short = dataclasses.replace(episodes[1], observations=episodes[1].observations[:-1])  # its last row missing
+    with pytest.raises(ValueError, match=r"'test/box/short-v0', episode 1: observations holds 3 steps for 4 actions"):
+        load_transitions([write_dataset("test/box/short-v0", [episodes[0], short], OBS_SPACE_ENV)])
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        (spaces.Dict({"inner": spaces.Dict({"x": spaces.Box(-1, 1, (1,))})}), "Nested observation spaces"),
+        (spaces.Tuple((spaces.Box(-1, 1, (1,)), spaces.Box(-1, 1, (1,)))), "Tuple observation spaces"),
+        (spaces.Box(-1.0, 1.0, ()), r"shape \(\) are not supported .* reshape them to \(1,\)"),
+        (spaces.Discrete(6, start=1), "Discrete observations must start at 0"),
+    ],
+)
+def test_observation_spaces_the_buffers_cannot_hold_are_refused_before_loading(box_dataset, space, message):
+    with pytest.raises(ValueError, match=message):
+        IQL("MlpPolicy", SpacesEnv(space, ACTION_SPACE), offline_dataset=box_dataset)
+
+
+def test_a_view_of_a_dataset_is_what_a_saved_model_reloads(box_dataset, tmp_path):
+    view = minari.MinariDataset(box_dataset.spec.data_path, np.array([2, 0]))  # as split_dataset makes them
+    model = make_model(view)
+    assert model.offline_dataset_episodes == [[2, 0]] and model.replay_buffer.size() == 2 + 3
+    before = stored(model)
+    model.save(tmp_path / "model")
+    loaded = IQL.load(tmp_path / "model", env=DummyVecEnv([lambda: SpacesEnv(OBS_SPACE, ACTION_SPACE)]))
+    loaded.reload_offline_dataset()
+    for field, values in stored(loaded).items():
+        np.testing.assert_array_equal(values, before[field], err_msg=field)
+    whole = make_model(box_dataset)
+    assert whole.offline_dataset_episodes == [None]
+
+
+def test_a_dataset_that_stores_no_environment_needs_env_and_reloads_without_one(minari_root, tmp_path):
+    dataset = write_dataset("test/box/nospec-v0", box_episodes(), observation_space=OBS_SPACE, action_space=ACTION_SPACE)
+    with pytest.raises(ValueError, match=r"'test/box/nospec-v0' stores no environment to recover: pass env="):
+        IQL("MlpPolicy", None, offline_dataset=dataset)
+    model = make_model(dataset)
+    model.save(tmp_path / "model")
+    loaded = IQL.load(tmp_path / "model")
+    loaded.reload_offline_dataset()  # no environment needed without relabelling
+    assert loaded.replay_buffer.size() == model.replay_buffer.size()

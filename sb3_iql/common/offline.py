@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Literal, TypeVar
 
 import gymnasium as gym
+import minari
 import numpy as np
 import torch as th
 from gymnasium import spaces
@@ -49,10 +50,13 @@ from sb3_iql.data.image_buffers import DeviceImageReplayBuffer
 from sb3_iql.data.minari_loader import (
     DatasetLike,
     Transitions,
+    check_observation_space,
     check_spaces,
     checked_transitions,
     describe_space,
+    episode_subset,
     load_transitions,
+    recover_eval_env,
     resolve_datasets,
 )
 from sb3_iql.data.rewards import RewardTransformLike, make_reward_transform
@@ -164,6 +168,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         #: Whether ``offline_steps`` was left to its default (then a shorter first ``learn_offline`` is warned about).
         self.offline_steps_default = offline_steps is None
         self.offline_dataset_ids: list[str] = []
+        #: Per dataset, the episodes of a view of it (``minari.split_dataset``...) in its order; None: all of them.
+        self.offline_dataset_episodes: list[list[int] | None] = []
         #: Offline transitions put into the replay buffer (``add_transitions``): ``learn()`` trains on them first.
         self.offline_dataset_size = 0
         self._n_offline_updates = 0
@@ -190,7 +196,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         if _init_setup_model and offline_dataset is not None:
             datasets = resolve_datasets(offline_dataset, download=download_dataset)
             if env is None:  # the task the dataset is scored on, also the one to fine-tune on
-                env = datasets[0].recover_environment(eval_env=True)
+                env = recover_eval_env(datasets[0])
+            check_observation_space(env.observation_space)
             self._check_action_space(env.action_space, supported_action_spaces)
             for dataset in datasets:
                 check_spaces(dataset, env.observation_space, env.action_space)
@@ -198,6 +205,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 self.eval_goal = evaluation_goal(env)
             transitions = self._load_transitions(datasets, env)
             self.offline_dataset_ids = [dataset.spec.dataset_id for dataset in datasets]
+            self.offline_dataset_episodes = [episode_subset(dataset) for dataset in datasets]
             buffer_size = self._buffer_size_for(len(transitions), buffer_size, getattr(env, "num_envs", 1))
         elif env is not None:
             self._check_action_space(env.action_space, supported_action_spaces)
@@ -242,7 +250,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             if transitions is not None:
                 self.add_transitions(transitions)
 
-    def _load_transitions(self, datasets: list, env: gym.Env) -> Transitions:
+    def _load_transitions(self, datasets: list, env: gym.Env | None) -> Transitions:
         """:return: the datasets' transitions, relabelled for ``eval_goal`` with ``relabel_eval_goal``"""
         return relabel_for_evaluation_goal(load_transitions(datasets), env, self.relabel_eval_goal, self.eval_goal)
 
@@ -282,6 +290,11 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()
         ):
             raise ValueError(f"{name} needs a bounded action space to scale actions to [-1, 1], got {action_space}")
+        if isinstance(action_space, spaces.Box) and (action_space.high <= action_space.low).any():
+            raise ValueError(
+                f"{name} needs low < high in every action dimension to scale actions to [-1, 1], got {action_space}: "
+                "leave out the dimensions that cannot move"
+            )
 
     def _setup_model(self) -> None:
         is_dict = isinstance(self.observation_space, spaces.Dict)
@@ -400,8 +413,12 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         if self.replay_buffer is not None and self.replay_buffer.size() > 0:
             raise RuntimeError("The replay buffer is not empty: reload the offline datasets into a freshly loaded model")
         datasets = resolve_datasets(self.offline_dataset_ids, download=download)
+        for index, episodes in enumerate(self.offline_dataset_episodes):  # older models saved none: whole datasets
+            if episodes is not None:
+                datasets[index] = minari.MinariDataset(datasets[index].spec.data_path, np.asarray(episodes))
+        env = recover_eval_env(datasets[0]) if self.relabel_eval_goal else None  # its goal, to relabel for
         counted = self.offline_dataset_size  # counted again as they are added; kept where adding them fails
-        self.add_transitions(self._load_transitions(datasets, datasets[0].recover_environment(eval_env=True)))
+        self.add_transitions(self._load_transitions(datasets, env))
         self.offline_dataset_size -= counted
 
     def _store_transition(

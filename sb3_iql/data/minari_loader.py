@@ -3,7 +3,9 @@
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
+import gymnasium as gym
 import minari
 import numpy as np
 from gymnasium import spaces
@@ -120,6 +122,45 @@ def check_spaces(dataset: minari.MinariDataset, observation_space: spaces.Space,
         )
 
 
+def check_observation_space(space: spaces.Space) -> None:
+    """
+    :raises ValueError: a space the replay buffers cannot hold: nested Dict, Tuple, a Box of shape ``()`` or a
+        Discrete not starting at 0 (also inside a Dict), saying what to do instead
+    """
+    if isinstance(space, spaces.Dict):
+        for key, subspace in space.spaces.items():
+            if isinstance(subspace, (spaces.Dict, spaces.Tuple)):
+                raise ValueError(f"Nested observation spaces are not supported ({key!r} is {subspace}): flatten them")
+            check_observation_space(subspace)
+    elif isinstance(space, spaces.Tuple):
+        raise ValueError(f"Tuple observation spaces are not supported ({space}): use a Dict, or flatten them")
+    elif isinstance(space, spaces.Box) and space.shape == ():
+        raise ValueError(f"Box observations of shape () are not supported ({space}): reshape them to (1,)")
+    elif isinstance(space, spaces.Discrete) and space.start != 0:
+        raise ValueError(f"Discrete observations must start at 0, as SB3 one-hot encodes them, got {space}")
+
+
+def recover_eval_env(dataset: minari.MinariDataset) -> gym.Env:
+    """
+    :return: the dataset's evaluation environment (its collection environment where it stores none)
+    :raises ValueError: the dataset stores no environment at all
+    """
+    if not any(dataset.storage.metadata.get(key) for key in ("eval_env_spec", "env_spec")):
+        raise ValueError(
+            f"Dataset '{dataset.spec.dataset_id}' stores no environment to recover: pass env= (one with the dataset's spaces)"
+        )
+    return dataset.recover_environment(eval_env=True)
+
+
+def episode_subset(dataset: minari.MinariDataset) -> list[int] | None:
+    """:return: the episodes a dataset view reads, in its order (``minari.split_dataset``, ``filter_episodes``),
+    or None where it reads its storage's every episode in order"""
+    indices = np.asarray(dataset.episode_indices)
+    if np.array_equal(indices, np.arange(dataset.storage.total_episodes)):
+        return None
+    return indices.tolist()
+
+
 def _first_non_finite(values: BatchObs) -> str | None:
     """:return: the name of the first (sub)field holding NaN or inf, "" for a plain array, None if all finite"""
     if isinstance(values, dict):
@@ -147,9 +188,11 @@ def load_transitions(datasets: Sequence[minari.MinariDataset]) -> Transitions:
     Read every episode of the datasets into flat transition arrays.
 
     Next observations come from the episode's own next row (Minari stores ``n_steps + 1`` observations per
-    episode), so episode boundaries are never crossed.
+    episode), so episode boundaries are never crossed. An episode whose last step is neither terminated nor
+    truncated (cut short) is marked truncated there: it ends, and keeps bootstrapping.
 
-    :raises ValueError: an episode holds NaN or inf (names the dataset, episode and field), or no data at all
+    :raises ValueError: an episode holds NaN or inf, or rows of other lengths than its ``n_steps`` actions (and
+        ``n_steps + 1`` observations), naming the dataset, episode and field; or no data at all
     """
     observations, next_observations, actions, rewards, terminations, truncations, returns = [], [], [], [], [], [], []
     for dataset in datasets:
@@ -162,12 +205,15 @@ def load_transitions(datasets: Sequence[minari.MinariDataset]) -> Transitions:
                         f"Dataset '{dataset.spec.dataset_id}', episode {episode.id}: field '{field}{bad}' "
                         "holds NaN or inf values; clean the dataset before training."
                     )
+            _check_episode_rows(dataset.spec.dataset_id, episode)
             observations.append(_slice(episode.observations, 0, -1))
             next_observations.append(_slice(episode.observations, 1, None))
             actions.append(episode.actions)
             rewards.append(episode.rewards)
             terminations.append(episode.terminations)
-            truncations.append(episode.truncations)
+            ends = np.asarray(episode.truncations, dtype=bool).copy()
+            ends[-1:] |= ~np.asarray(episode.terminations[-1:], dtype=bool)  # cut short: truncated there
+            truncations.append(ends)
             returns.append(float(np.sum(episode.rewards)))
     if not rewards or sum(len(chunk) for chunk in rewards) == 0:
         raise ValueError("The offline dataset holds no transitions")
@@ -180,6 +226,26 @@ def load_transitions(datasets: Sequence[minari.MinariDataset]) -> Transitions:
         truncations=np.concatenate(truncations).astype(bool),
         episode_returns=np.asarray(returns),
     )
+
+
+def _check_episode_rows(dataset_id: str, episode: Any) -> None:
+    """:raises ValueError: the episode's fields are not ``n_steps`` rows (``n_steps + 1`` for observations), naming
+    the dataset, episode and field"""
+    observations = episode.observations
+    obs_rows = (
+        {f"[{key!r}]": len(value) for key, value in observations.items()}
+        if isinstance(observations, dict)
+        else {"": len(observations)}
+    )
+    steps = {f"observations{key}": rows - 1 for key, rows in obs_rows.items()}
+    steps.update(rewards=len(episode.rewards), terminations=len(episode.terminations), truncations=len(episode.truncations))
+    n_steps = len(episode.actions)
+    for field, n in steps.items():
+        if n != n_steps:
+            raise ValueError(
+                f"Dataset '{dataset_id}', episode {episode.id}: {field} holds {n} steps for {n_steps} actions "
+                "(observations have one row more than the actions, the episode's last)"
+            )
 
 
 def _check_rows(field: str, values: BatchObs, space: spaces.Space, n_transitions: int) -> None:
