@@ -18,7 +18,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecTransposeImage
 from tqdm.auto import tqdm
 
 from sb3_iql import evaluation
-from sb3_iql.data.minari_loader import load_dataset
+from sb3_iql.data.minari_loader import load_dataset, recover_eval_env
 from sb3_iql.evaluation import ReferenceScores, dataset_reference_scores
 
 
@@ -60,7 +60,7 @@ class NormalizedEvalCallback(EvalCallback):
         if eval_env is None:
             if self.dataset is None:
                 raise ValueError("NormalizedEvalCallback needs an eval_env or a dataset to recover it from")
-            eval_env = Monitor(self.dataset.recover_environment(eval_env=True))
+            eval_env = Monitor(recover_eval_env(self.dataset))
         super().__init__(eval_env, **kwargs)
         self.reference_scores: ReferenceScores | None = None
         if ref_min_score is not None and ref_max_score is not None:

@@ -11,7 +11,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_iql.data.minari_loader import load_dataset
+from sb3_iql.data.minari_loader import load_dataset, recover_eval_env
 
 #: Normalized scores are in percent: 0 = random policy, 100 = expert policy.
 SCORE_SCALE = 100.0
@@ -132,7 +132,7 @@ def evaluate(
     if isinstance(dataset_or_env, minari.MinariDataset):
         dataset = dataset_or_env
         normalized_score(dataset, 0.0)  # fail before the episodes are run
-        env = Monitor(dataset.recover_environment(eval_env=True))
+        env = Monitor(recover_eval_env(dataset))
     elif isinstance(dataset_or_env, gym.Env) and not is_wrapped(dataset_or_env, Monitor):
         env = Monitor(dataset_or_env)  # episode returns as the environment reports them
     else:

@@ -14,7 +14,7 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env import DummyVecEnv
 from toy_data import make_episode, write_dataset
 
-from sb3_iql import IQL
+from sb3_iql import IQL, NormalizedEvalCallback
 from sb3_iql.common.synthetic import SpacesEnv
 from sb3_iql.data import DatasetNotFoundError, OfflineReplayBuffer, load_transitions
 from sb3_iql.data.rewards import LOCOMOTION_RETURN_SCALE
@@ -384,6 +384,8 @@ def test_a_dataset_that_stores_no_environment_needs_env_and_reloads_without_one(
     dataset = write_dataset("test/box/nospec-v0", box_episodes(), observation_space=OBS_SPACE, action_space=ACTION_SPACE)
     with pytest.raises(ValueError, match=r"'test/box/nospec-v0' stores no environment to recover: pass env="):
         IQL("MlpPolicy", None, offline_dataset=dataset)
+    with pytest.raises(ValueError, match="stores no environment to recover"):  # the same where one is evaluated
+        NormalizedEvalCallback(dataset=dataset)
     model = make_model(dataset)
     model.save(tmp_path / "model")
     loaded = IQL.load(tmp_path / "model")
