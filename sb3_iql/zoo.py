@@ -57,7 +57,7 @@ from stable_baselines3.common.utils import configure_logger
 from sb3_iql.callbacks import NormalizedEvalCallback, UpdatesProgressBarCallback
 from sb3_iql.common.offline import OfflineAlgorithm
 from sb3_iql.data import REPLAY_BUFFER_CLASSES
-from sb3_iql.data.minari_loader import load_dataset
+from sb3_iql.data.minari_loader import load_dataset, stores_environment
 from sb3_iql.iql import IQL
 from sb3_iql.presets import PresetNotFoundError, known_presets, preset_for, with_overrides
 from sb3_iql.tuning import (
@@ -132,7 +132,7 @@ def dataset_environment(dataset_id: str) -> tuple[str, dict[str, Any], list[dict
     :raises NoEnvironmentSpecError: the dataset stores no environment spec
     """
     dataset = load_dataset(dataset_id)
-    if not any(dataset.storage.metadata.get(key) for key in ("eval_env_spec", "env_spec")):
+    if not stores_environment(dataset):
         raise NoEnvironmentSpecError(f"Dataset {dataset_id!r} stores no environment spec: pass --env")
     env = dataset.recover_environment(eval_env=True)
     spec = env.spec

@@ -359,6 +359,7 @@ def test_an_episode_cut_short_ends_there_and_rows_that_do_not_line_up_are_refuse
         (spaces.Tuple((spaces.Box(-1, 1, (1,)), spaces.Box(-1, 1, (1,)))), "Tuple observation spaces"),
         (spaces.Box(-1.0, 1.0, ()), r"shape \(\) are not supported .* reshape them to \(1,\)"),
         (spaces.Discrete(6, start=1), "Discrete observations must start at 0"),
+        (spaces.Dict({"cell": spaces.Discrete(6, start=1)}), "Discrete observations must start at 0"),
     ],
 )
 def test_observation_spaces_the_buffers_cannot_hold_are_refused_before_loading(box_dataset, space, message):
@@ -382,12 +383,13 @@ def test_a_view_of_a_dataset_is_what_a_saved_model_reloads(box_dataset, tmp_path
 
 def test_a_dataset_that_stores_no_environment_needs_env_and_reloads_without_one(minari_root, tmp_path):
     dataset = write_dataset("test/box/nospec-v0", box_episodes(), observation_space=OBS_SPACE, action_space=ACTION_SPACE)
-    with pytest.raises(ValueError, match=r"'test/box/nospec-v0' stores no environment to recover: pass env="):
+    with pytest.raises(ValueError, match=r"'test/box/nospec-v0' stores no environment to recover: give the environment"):
         IQL("MlpPolicy", None, offline_dataset=dataset)
+    model = make_model(dataset)
     with pytest.raises(ValueError, match="stores no environment to recover"):  # the same where one is evaluated
         NormalizedEvalCallback(dataset=dataset)
-    model = make_model(dataset)
     model.save(tmp_path / "model")
     loaded = IQL.load(tmp_path / "model")
     loaded.reload_offline_dataset()  # no environment needed without relabelling
-    assert loaded.replay_buffer.size() == model.replay_buffer.size()
+    for field, values in stored(loaded).items():
+        np.testing.assert_array_equal(values, stored(model)[field], err_msg=field)

@@ -208,6 +208,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             self.offline_dataset_episodes = [episode_subset(dataset) for dataset in datasets]
             buffer_size = self._buffer_size_for(len(transitions), buffer_size, getattr(env, "num_envs", 1))
         elif env is not None:
+            check_observation_space(env.observation_space)
             self._check_action_space(env.action_space, supported_action_spaces)
         self.reward_transform_fn = make_reward_transform(
             reward_transform, None if transitions is None else transitions.episode_returns

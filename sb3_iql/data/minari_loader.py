@@ -140,14 +140,20 @@ def check_observation_space(space: spaces.Space) -> None:
         raise ValueError(f"Discrete observations must start at 0, as SB3 one-hot encodes them, got {space}")
 
 
+def stores_environment(dataset: minari.MinariDataset) -> bool:
+    """:return: whether the dataset stores an environment spec (for evaluation, or the one it was collected in)"""
+    return any(dataset.storage.metadata.get(key) for key in ("eval_env_spec", "env_spec"))
+
+
 def recover_eval_env(dataset: minari.MinariDataset) -> gym.Env:
     """
     :return: the dataset's evaluation environment (its collection environment where it stores none)
     :raises ValueError: the dataset stores no environment at all
     """
-    if not any(dataset.storage.metadata.get(key) for key in ("eval_env_spec", "env_spec")):
+    if not stores_environment(dataset):
         raise ValueError(
-            f"Dataset '{dataset.spec.dataset_id}' stores no environment to recover: pass env= (one with the dataset's spaces)"
+            f"Dataset '{dataset.spec.dataset_id}' stores no environment to recover: give the environment itself (one "
+            "with the dataset's spaces)"
         )
     return dataset.recover_environment(eval_env=True)
 
