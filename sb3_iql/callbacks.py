@@ -105,9 +105,9 @@ class NormalizedEvalCallback(EvalCallback):
         )
 
     def _init_callback(self) -> None:
-        if self.builds_eval_env and isinstance(self.training_env, VecTransposeImage):  # images, channel-first
-            if not isinstance(self.eval_env, VecTransposeImage):
-                self.eval_env = VecTransposeImage(self.eval_env)  # else EvalCallback warns of another env type
+        images = isinstance(self.training_env, VecTransposeImage)  # channel-first, as the model sees them
+        if self.builds_eval_env and images and not isinstance(self.eval_env, VecTransposeImage):
+            self.eval_env = VecTransposeImage(self.eval_env)  # else EvalCallback warns of another env type
         super()._init_callback()
         dataset_ids = getattr(self.model, "offline_dataset_ids", [])
         if self.reference_scores is None and self.dataset is None and dataset_ids:

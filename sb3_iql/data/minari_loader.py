@@ -217,9 +217,7 @@ def load_transitions(datasets: Sequence[minari.MinariDataset]) -> Transitions:
             actions.append(episode.actions)
             rewards.append(episode.rewards)
             terminations.append(episode.terminations)
-            ends = np.asarray(episode.truncations, dtype=bool).copy()
-            ends[-1:] |= ~np.asarray(episode.terminations[-1:], dtype=bool)  # cut short: truncated there
-            truncations.append(ends)
+            truncations.append(truncated_where_cut(episode.terminations, episode.truncations))
             returns.append(float(np.sum(episode.rewards)))
     if not rewards or sum(len(chunk) for chunk in rewards) == 0:
         raise ValueError("The offline dataset holds no transitions")
@@ -232,6 +230,14 @@ def load_transitions(datasets: Sequence[minari.MinariDataset]) -> Transitions:
         truncations=np.concatenate(truncations).astype(bool),
         episode_returns=np.asarray(returns),
     )
+
+
+def truncated_where_cut(terminations: np.ndarray, truncations: np.ndarray) -> np.ndarray:
+    """:return: an episode's truncation flags ``(n_steps,)``, its last step flagged where it ends neither terminated
+    nor truncated (cut short: it ends there and keeps bootstrapping)"""
+    ends = np.asarray(truncations, dtype=bool).copy()
+    ends[-1:] |= ~np.asarray(terminations[-1:], dtype=bool)
+    return ends
 
 
 def _check_episode_rows(dataset_id: str, episode: Any) -> None:

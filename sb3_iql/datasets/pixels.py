@@ -30,6 +30,7 @@ import numpy as np
 from gymnasium import spaces
 from minari.data_collector import EpisodeBuffer
 
+from sb3_iql.data.minari_loader import truncated_where_cut
 from sb3_iql.datasets.pointmaze import POSITION_DIM, make_pointmaze_env, parse_pointmaze_dataset_id
 from sb3_iql.datasets.storage import check_writable, write_dataset
 
@@ -182,8 +183,7 @@ def make_pixel_pointmaze_dataset(
             break
         total += length
         frames = render_states(env, episode.observations["observation"][: length + 1], episode.observations["desired_goal"])
-        truncations = episode.truncations[:length].copy()
-        truncations[-1] |= not episode.terminations[length - 1]
+        truncations = truncated_where_cut(episode.terminations[:length], episode.truncations[:length])
         episodes.append(
             EpisodeBuffer(
                 id=episode.id,
