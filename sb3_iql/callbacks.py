@@ -1,6 +1,7 @@
 """
-Callbacks: SB3's evaluation with D4RL-style normalized scores (from a Minari dataset's reference scores), and the
-progress bar of offline training, where one step is one gradient update.
+Callbacks: SB3's evaluation with D4RL-style normalized scores (from a Minari dataset's reference scores), the
+progress bar of offline training, where one step is one gradient update, and the offline and online phases of
+one ``learn()`` call as one training run for the callbacks.
 """
 
 import math
@@ -12,8 +13,9 @@ from typing import Any, TextIO
 import gymnasium as gym
 import minari
 import numpy as np
-from stable_baselines3.common.callbacks import EvalCallback, ProgressBarCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback, EvalCallback, ProgressBarCallback
 from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.type_aliases import MaybeCallback
 from stable_baselines3.common.vec_env import VecEnv, VecTransposeImage
 from tqdm.auto import tqdm
 
@@ -281,3 +283,51 @@ class UpdatesProgressBarCallback(ProgressBarCallback):
 
 
 __all__ = ["NormalizedEvalCallback", "PlainLineProgress", "UpdatesProgressBarCallback"]
+
+
+def callback_items(callback: MaybeCallback) -> list[BaseCallback]:
+    """:return: ``callback`` (one, a list or None) as a list of callbacks, functions wrapped as SB3 wraps them"""
+    items = [] if callback is None else list(callback) if isinstance(callback, list) else [callback]
+    return [item if isinstance(item, BaseCallback) else ConvertCallback(item) for item in items]
+
+
+def find_eval_callback(callbacks: list[BaseCallback]) -> EvalCallback | None:
+    """:return: the first ``EvalCallback`` among ``callbacks``, in ``CallbackList``s too (None if there is none)"""
+    for callback in callbacks:
+        if isinstance(callback, EvalCallback):
+            return callback
+        if isinstance(callback, CallbackList) and (found := find_eval_callback(callback.callbacks)) is not None:
+            return found
+    return None
+
+
+class OneRunCallback(CallbackList):
+    """
+    The callbacks of a ``learn()`` call that trains offline, then online. The two phases are two training loops,
+    each starting and ending its callbacks; through this list the callbacks see one run, as in SAC's ``learn()``:
+    one ``init_callback``, one ``on_training_start`` (the offline phase's), and one ``on_training_end``, once
+    ``last_phase`` is set. ``n_calls`` and ``num_timesteps`` go on across the phases.
+
+    :param callbacks: the callbacks of the call
+    """
+
+    def __init__(self, callbacks: list[BaseCallback]):
+        super().__init__(callbacks)
+        self.last_phase = False
+        self._initialized = self._started = False
+
+    def init_callback(self, model: Any) -> None:
+        if not self._initialized:
+            self._initialized = True
+            super().init_callback(model)
+
+    def on_training_start(self, locals_: dict[str, Any], globals_: dict[str, Any]) -> None:
+        if self._started:  # the online phase: its locals reach the callbacks through update_locals()
+            self.update_locals(locals_)
+            return
+        self._started = True
+        super().on_training_start(locals_, globals_)
+
+    def on_training_end(self) -> None:
+        if self.last_phase:
+            super().on_training_end()

@@ -285,6 +285,52 @@ def test_a_callback_that_stops_learn_s_offline_phase_stops_the_call_and_the_next
     assert model.replay_buffer.size() == offline_size + 20
 
 
+class Events(BaseCallback):
+    """Records the callback events of a run, with the step each came at."""
+
+    def __init__(self):
+        super().__init__()
+        self.events = []
+
+    def _init_callback(self) -> None:
+        self.events.append(("init", self.model.num_timesteps))
+
+    def _on_training_start(self) -> None:
+        self.events.append(("start", self.num_timesteps))
+
+    def _on_training_end(self) -> None:
+        self.events.append(("end", self.model.num_timesteps))
+
+    def _on_step(self) -> bool:
+        assert not self.locals["dones"].any() or self.num_timesteps > 20  # no episode ends offline
+        return True
+
+
+@pytest.mark.parametrize("stop_offline", [False, True])
+def test_learn_s_two_phases_are_one_run_for_the_callbacks(line_dataset, stop_offline):
+    class StopAt(Events):
+        def _on_step(self) -> bool:
+            super()._on_step()
+            return not stop_offline or self.n_calls < 10
+
+    callback = StopAt()
+    line_model(line_dataset, offline_steps=20).learn(15, callback=callback)
+    last_step = 10 if stop_offline else 35
+    assert callback.events == [("init", 0), ("start", 0), ("end", last_step)], "as SAC's learn(): once each"
+    assert callback.n_calls == last_step
+
+
+def test_sb3_callbacks_that_read_the_rollout_s_locals_and_functions_run_offline(line_dataset):
+    from stable_baselines3.common.callbacks import LogEveryNTimesteps, StopTrainingOnMaxEpisodes
+
+    calls = []
+    episodes = StopTrainingOnMaxEpisodes(max_episodes=2)
+    model = line_model(line_dataset, offline_steps=20)
+    model.learn(100, callback=[episodes, LogEveryNTimesteps(n_steps=10), lambda locals_, globals_: calls.append(1) is None])
+    assert model._n_offline_updates == 20 and model.num_timesteps == 60, "stopped after 2 online episodes of 20 steps"
+    assert len(calls) == 60, "the function ran at every step, offline too"
+
+
 def test_a_checkpoint_saved_in_learn_s_offline_phase_resumes_to_the_uninterrupted_run(line_dataset, tmp_path):
     checkpoints = CheckpointCallback(save_freq=15, save_path=str(tmp_path), name_prefix="iql")
     line_model(line_dataset, offline_steps=40).learn(0, callback=checkpoints)
@@ -378,6 +424,7 @@ def test_logger_records_the_training_figures(line_dataset, tmp_path):
     logged = [float(values[f"train/{name}"]) for name in METRIC_NAMES]
     assert logged == pytest.approx(th.stack(per_update[10:]).mean(0).tolist(), rel=1e-5)  # the last 10 updates' mean
     assert float(values["time/updates_per_second"]) > 0
+    assert [int(dict(zip(columns, row.split(",")))["time/total_timesteps"]) for row in rows] == [10, 20]  # as SB3's
     # TensorBoard through SB3's own logger
     tb_model = line_model(line_dataset, tensorboard_log=str(tmp_path / "tb"))
     tb_model.learn_offline(5, tb_log_name="offline")

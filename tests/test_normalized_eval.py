@@ -8,13 +8,13 @@ import gymnasium as gym
 import minari
 import numpy as np
 import pytest
-from stable_baselines3.common.callbacks import BaseCallback, EvalCallback, ProgressBarCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback, ProgressBarCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.monitor import Monitor
 from toy_data import LINE_ENV_ID, LineEnv, bad_policy, good_policy, rollout_episodes, write_dataset
 
 from sb3_iql import IQL, evaluate
-from sb3_iql.callbacks import NormalizedEvalCallback, UpdatesProgressBarCallback
+from sb3_iql.callbacks import NormalizedEvalCallback, UpdatesProgressBarCallback, find_eval_callback
 from sb3_iql.plotting import read_progress
 
 REF_MIN, REF_MAX = -16.0, -2.0
@@ -144,6 +144,7 @@ def test_progress_bar_is_sb3s_tqdm_bar_on_a_terminal(line_datasets, tmp_path):
     output = stream.getvalue()
     assert "\r" in output and output.count("\n") == 1  # redrawn in place, closed once
     assert "300/300" in output.rsplit("\r", 1)[-1] and "eval_score=" in output
+    assert find_eval_callback([CallbackList([StopAfter(50), CallbackList([evaluation])])]) is evaluation  # progress_bar=True
     # A stopped run: SB3's closing code shows the updates done.
     stream = TerminalStream()
     tiny_model(scored, tmp_path).learn_offline(300, callback=[StopAfter(50), UpdatesProgressBarCallback(file=stream)])

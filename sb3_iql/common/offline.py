@@ -13,6 +13,7 @@ import os
 import pathlib
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -24,7 +25,7 @@ from gymnasium import spaces
 from stable_baselines3 import her as sb3_her
 from stable_baselines3.common import utils
 from stable_baselines3.common.buffers import ReplayBuffer
-from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
@@ -32,7 +33,7 @@ from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule, TrainFrequencyUnit
 from stable_baselines3.common.vec_env import VecNormalize, unwrap_vec_normalize
 
-from sb3_iql.callbacks import UpdatesProgressBarCallback
+from sb3_iql.callbacks import OneRunCallback, UpdatesProgressBarCallback, callback_items, find_eval_callback
 from sb3_iql.common.augmentation import shift_observations
 from sb3_iql.common.preprocessing import to_channel_first
 from sb3_iql.data import REPLAY_BUFFER_CLASSES, replay_buffer_class_named
@@ -510,7 +511,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         Offline training: gradient steps on the replay buffer, no environment interaction.
 
         While it runs, ``num_timesteps`` counts updates, so callback frequencies (EvalCallback's ``eval_freq``,
-        CheckpointCallback's ``save_freq``) and log steps are in updates. Callbacks get one ``on_step()`` per update.
+        CheckpointCallback's ``save_freq``) and log steps are in updates. Callbacks get one ``on_step()`` per update;
+        no episode ends, so their ``locals`` hold ``dones`` all False and empty ``infos``, one per environment.
 
         :param n_updates: gradient steps (default: what is left of ``offline_steps``)
         :param callback: SB3 callback(s) called after every update
@@ -525,7 +527,10 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             n_updates = max(self.offline_steps - self._n_offline_updates, 0)
         tb_log_name = type(self).__name__ if tb_log_name is None else tb_log_name
         callback = self._setup_offline_learn(n_updates, callback, reset_num_timesteps, tb_log_name, progress_bar)
-        total_timesteps = self._total_timesteps  # read by callbacks through locals(), as in SB3
+        # read by callbacks through locals(), as in SB3
+        total_timesteps = self._total_timesteps
+        n_envs = getattr(self, "n_envs", 1)
+        dones, infos = np.zeros(n_envs, dtype=bool), [{} for _ in range(n_envs)]
         callback.on_training_start(locals(), globals())
         self.policy.set_training_mode(True)
         train_step = self._offline_train_step()
@@ -570,18 +575,21 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             self.num_timesteps = self._offline_timesteps = 0
         self._num_timesteps_at_start = self.num_timesteps
         self._total_timesteps = self.num_timesteps + n_updates
+        if self.ep_info_buffer is None or reset_num_timesteps:  # as SB3's: read by dump_logs()
+            self.ep_info_buffer = deque(maxlen=self._stats_window_size)
+            self.ep_success_buffer = deque(maxlen=self._stats_window_size)
         if not self._custom_logger:
             self._logger = utils.configure_logger(self.verbose, self.tensorboard_log, tb_log_name, reset_num_timesteps)
-        callbacks = [] if callback is None else list(callback) if isinstance(callback, list) else [callback]
+        callbacks = callback_items(callback)
         if progress_bar:
-            evaluations = [item for item in callbacks if isinstance(item, EvalCallback)]
-            callbacks.append(UpdatesProgressBarCallback(evaluations[0] if evaluations else None))
+            callbacks.append(UpdatesProgressBarCallback(find_eval_callback(callbacks)))
         return self._init_callback(callbacks)
 
     def _dump_offline_logs(self, metric_sums: th.Tensor, n_steps: int, seconds: float) -> None:
         self._record_metrics(metric_sums, n_steps)
         self.logger.record("time/updates_per_second", n_steps / max(seconds, 1e-9))
         self.logger.record("time/time_elapsed", int((time.time_ns() - self.start_time) / 1e9), exclude="tensorboard")
+        self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
         self.logger.dump(step=self.num_timesteps)
 
     def _setup_learn(
@@ -648,6 +656,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                     stacklevel=2,
                 )
             self._offline_phase_unfinished = True
+            if total_timesteps > 0:  # both phases: one run for the callbacks
+                callback = OneRunCallback(callback_items(callback))
             self.learn_offline(  # what is left of offline_steps
                 callback=callback,
                 tb_log_name=tb_log_name,
@@ -655,7 +665,11 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 progress_bar=progress_bar,
             )
             reset_num_timesteps = False
+            if isinstance(callback, OneRunCallback):
+                callback.last_phase = True
             if self._n_offline_updates < self.offline_steps:  # a callback stopped training
+                if isinstance(callback, OneRunCallback):
+                    callback.on_training_end()
                 return self
             self._offline_phase_unfinished = False
             if total_timesteps == 0:
