@@ -19,6 +19,14 @@ an Intel Xeon with AVX-512, twice to the digit; 160k on an AMD EPYC; 150k on the
 kernels, ``ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2``). The results record the machine. Policy
 returns are printed and written to ``--results-dir`` as JSON and Markdown.
 
+``--portable`` makes a generation meant to be the same on every x86-64 CPU: the script starts itself again with
+``PORTABLE_ENV``, which pins each CPU-dependent numeric path to the baseline instruction set (torch's scalar
+kernels, MKL's conditional numerical reproducibility, glibc's SSE2 maths functions, which MuJoCo calls and whose
+FMA variants round otherwise, NumPy's baseline loops), and oneDNN is off. SAC runs about 40% slower. Its results
+(``locomotion_datasets_<env>_seed<seed>_portable.*``) start with a fingerprint: the hashes of SAC's parameters and
+observations after ``FINGERPRINT_STEPS`` steps. ``--fingerprint-only`` computes it alone (about 2 minutes) and
+compares it with the recorded one, which tells whether this machine makes the recorded generation.
+
 Budget: SAC runs about 100 steps/s on one CPU core here, so a medium Hopper policy (~100k steps) takes
 about 20 minutes and an expert one (1M steps) hours. Smoke test::
 
@@ -27,8 +35,11 @@ about 20 minutes and an expert one (1M steps) hours. Smoke test::
 """
 
 import argparse
+import hashlib
 import json
+import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -51,6 +62,16 @@ D4RL_REFERENCE_RETURNS = {
     "Walker2d-v5": (1.629008, 4592.3),
 }
 MEDIUM_FRACTION = 1 / 3
+#: SAC steps of the fingerprint (the first 500 random, then one update per step)
+FINGERPRINT_STEPS = 2_500
+#: Environment of ``--portable`` runs; GLIBC_TUNABLES and NPY_DISABLE_CPU_FEATURES are read when a process
+#: starts, hence a restart (``restart_portable``).
+PORTABLE_ENV = {
+    "ATEN_CPU_CAPABILITY": "default",
+    "MKL_CBWR": "COMPATIBLE,STRICT",
+    "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX,-AVX2,-FMA,-FMA4,-AVX512F",
+    "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR",
+}
 CHECKPOINT_PREFIX = "sac"
 _CHECKPOINT_RE = re.compile(rf"{CHECKPOINT_PREFIX}_(\d+)_steps\.zip")
 
@@ -114,6 +135,52 @@ def train_stage(
     return model
 
 
+def restart_portable() -> None:
+    """Start this script again with ``PORTABLE_ENV``, unless it already runs with it (before any computation)."""
+    if any(os.environ.get(name) != value for name, value in PORTABLE_ENV.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **PORTABLE_ENV})
+    th.backends.mkldnn.enabled = False
+
+
+def fingerprint(args: argparse.Namespace) -> dict[str, int | str]:
+    """
+    Train SAC for ``FINGERPRINT_STEPS`` steps as the medium stage starts: two machines that give the same hashes
+    compute SAC and MuJoCo alike, and make the same generation.
+
+    :return: The steps, and the SHA-256 (first 16 hex digits) of SAC's parameters and of the observations it saw.
+    """
+    model = SAC("MlpPolicy", gym.make(args.env), learning_starts=500, seed=args.seed, device="cpu")
+    model.learn(FINGERPRINT_STEPS)
+    parameters = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.policy.parameters()))
+    observations = hashlib.sha256(model.replay_buffer.observations[: model.replay_buffer.pos].tobytes())
+    return {
+        "steps": FINGERPRINT_STEPS,
+        "parameters_sha256": parameters.hexdigest()[:16],
+        "observations_sha256": observations.hexdigest()[:16],
+    }
+
+
+def results_stem(args: argparse.Namespace) -> Path:
+    """:return: ``<results-dir>/locomotion_datasets_<env>_seed<seed>`` (``_portable`` added with ``--portable``)."""
+    suffix = "_portable" if args.portable else ""
+    return args.results_dir / f"locomotion_datasets_{args.env.split('-')[0].lower()}_seed{args.seed}{suffix}"
+
+
+def check_fingerprint(args: argparse.Namespace) -> None:
+    """Compute this machine's fingerprint, print it, and compare it with the recorded one."""
+    found = fingerprint(args)
+    print(json.dumps(found))
+    recorded_file = results_stem(args).with_suffix(".json")
+    if not recorded_file.exists():
+        print(f"Nothing recorded in {recorded_file} to compare with.")
+        return
+    recorded = json.loads(recorded_file.read_text()).get("fingerprint")
+    if recorded == found:
+        print(f"Same as {recorded_file}: this machine makes the recorded generation.")
+    else:
+        raise SystemExit(f"Not the fingerprint of {recorded_file} ({recorded}): this machine makes another generation.")
+
+
 def evaluate(model: SAC, args: argparse.Namespace) -> dict[str, float]:
     """:return: Steps trained, mean and std of the deterministic return, and its D4RL normalized score (0-100)."""
     env = Monitor(gym.make(args.env))
@@ -152,7 +219,7 @@ def make_dataset(kind: str, model: SAC, args: argparse.Namespace) -> dict[str, f
 def write_results(results: dict, args: argparse.Namespace) -> None:
     """Print the results and write them as JSON and as a Markdown table."""
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.results_dir / f"locomotion_datasets_{args.env.split('-')[0].lower()}_seed{args.seed}"
+    stem = results_stem(args)
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     hardware = results["machine"]
     lines = [
@@ -161,6 +228,15 @@ def write_results(results: dict, args: argparse.Namespace) -> None:
         f"Made on {hardware['cpu']}, torch {hardware['torch']} with {hardware['torch_cpu_capability']} kernels "
         f"(MKL instructions: {hardware['mkl_enable_instructions'] or 'default'}).",
         "",
+    ]
+    if args.portable:
+        lines += [
+            f"Portable: {PORTABLE_ENV}, oneDNN off. Fingerprint after {results['fingerprint']['steps']} SAC steps: "
+            f"parameters {results['fingerprint']['parameters_sha256']}, "
+            f"observations {results['fingerprint']['observations_sha256']}.",
+            "",
+        ]
+    lines += [
         "| policy | SAC steps | return (mean ± std) | D4RL normalized |",
         "|---|---|---|---|",
     ]
@@ -193,14 +269,23 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--log-dir", type=Path, default=Path("logs/locomotion_datasets"))
     parser.add_argument("--results-dir", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--portable", action="store_true", help="the same generation on every x86-64 CPU (slower)")
+    parser.add_argument(
+        "--fingerprint-only", action="store_true", help="compare this machine's fingerprint with the recorded one"
+    )
     args = parser.parse_args()
-    args.log_dir = args.log_dir / f"{args.env}_seed{args.seed}"
+    args.log_dir = args.log_dir / f"{args.env}_seed{args.seed}{'_portable' if args.portable else ''}"
     return args
 
 
 def main() -> None:
     args = parse_args()
+    if args.portable:
+        restart_portable()
     th.set_num_threads(args.torch_threads)
+    if args.fingerprint_only:
+        check_fingerprint(args)
+        return
     start = time.perf_counter()
     ref_min, ref_max = D4RL_REFERENCE_RETURNS[args.env]
     medium_return = ref_min + args.medium_fraction * (ref_max - ref_min)
@@ -209,6 +294,8 @@ def main() -> None:
         "env": args.env,
         "seed": args.seed,
         "machine": machine(),
+        "portable": args.portable,
+        "fingerprint": fingerprint(args) if args.portable else None,
         "medium_target_return": medium_return,
         "policies": {},
         "datasets": {},
