@@ -231,7 +231,10 @@ class IQLExperimentManager(ExperimentManager):
         return hyperparams, saved_hyperparams
 
     def create_callbacks(self) -> None:
-        super().create_callbacks()
+        # rl-zoo divides --eval-freq and --save-freq by n_envs, as each online callback step is n_envs steps; an
+        # offline step is one update, so an offline-only run keeps them whole.
+        with _replaced(self, "n_envs", 1 if self.n_timesteps == 0 else self.n_envs):
+            super().create_callbacks()
         evaluations = [callback for callback in self.callbacks if type(callback) is EvalCallback]
         evaluation = NormalizedEvalCallback.from_eval_callback(evaluations[0], self.offline_dataset) if evaluations else None
         callbacks: list[BaseCallback] = []

@@ -112,6 +112,14 @@ def test_box_round_trip_keeps_episode_boundaries_and_masks(box_dataset):
         assert done == float(next_obs in terminal_next)
 
 
+@pytest.mark.parametrize("replay_buffer_class", [None, OfflineReplayBuffer])
+def test_without_timeout_handling_offline_time_outs_are_terminal_as_online_ones(box_dataset, replay_buffer_class):
+    kwargs = dict(replay_buffer_class=replay_buffer_class, replay_buffer_kwargs=dict(handle_timeout_termination=False))
+    handled, unhandled = stored(make_model(box_dataset)), stored(make_model(box_dataset, **kwargs))
+    assert handled["timeouts"].any() and not unhandled["timeouts"].any()
+    np.testing.assert_array_equal(unhandled["dones"], np.maximum(handled["dones"], handled["timeouts"]))
+
+
 def test_actions_are_scaled_to_unit_box_and_clipped(box_dataset):
     actions = stored(make_model(box_dataset))["actions"]
     bound = 1.0 - 1e-5
@@ -252,6 +260,11 @@ def online_model(observation_space=OBS_SPACE) -> IQL:
             lambda t: {**t.next_observations, "goal": t.next_observations["goal"] * np.nan},
             r"'next_observations\['goal'\]' holds NaN",
         ),
+        (
+            "observations",
+            lambda t: {**t.observations, "goal": np.full(t.observations["goal"].shape, 1e39)},
+            r"'observations\['goal'\]' holds NaN or inf values \(in float32",  # finite in float64, inf in the buffer
+        ),
         ("actions", lambda t: t.actions[:-1], r"'actions' has shape \(8, 2\): expected 9 rows"),
         ("observations", lambda t: {**t.observations, "goal": np.zeros((9, 3))}, r"'observations\['goal'\]' has shape"),
         ("observations", lambda t: t.observations["goal"], "must be a dict with keys"),
@@ -263,6 +276,7 @@ def online_model(observation_space=OBS_SPACE) -> IQL:
         "inf-reward",
         "nan-actions",
         "nan-goal",
+        "float64-beyond-float32",
         "short-actions",
         "wide-goal",
         "not-a-dict",

@@ -385,6 +385,8 @@ def test_cli(minari_root: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> N
 
     main(["collect", "--env", PENDULUM_ID, "--dataset-id", "test/pendulum/random-v0", "--n-steps", "30", "--ref-max", "1000"])
     assert "test/pendulum/random-v0: 30 steps" in capsys.readouterr().out
+    main(["collect", "--env", PENDULUM_ID, "--dataset-id", "test/pendulum/unscored-v0", "--n-steps", "20"])
+    assert "test/pendulum/unscored-v0: 20 steps, 4 episodes (" in capsys.readouterr().out  # no reference scores
     main(["list", "--prefix", "test"])
     listing = capsys.readouterr().out
     assert "test/pendulum/random-v0  30 steps" in listing and "ref [" in listing and "sb3_iql" not in listing

@@ -171,6 +171,8 @@ def test_sigmoid_log_std_starts_at_its_initial_value_and_stays_inside_the_bounds
     th.testing.assert_close(other.actor.log_std_value().detach(), th.full((2,), 0.5))
     clipped = small_policy(log_std_init=-1.5)
     assert th.equal(clipped.actor.log_std.detach(), th.full((2,), -1.5))
+    integer = small_policy(log_std_init=-3)  # as rl-zoo's files write it
+    assert integer.actor.log_std.dtype == th.float32 and th.equal(integer.actor.log_std.detach(), th.full((2,), -3.0))
 
 
 def test_log_std_options_are_checked():

@@ -32,8 +32,9 @@ def line_datasets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[mi
         yield scored, write_dataset(UNSCORED_ID, episodes, env=env)
 
 
-def tiny_model(dataset: minari.MinariDataset, folder: pathlib.Path) -> IQL:
-    model = IQL("MlpPolicy", LineEnv(), offline_dataset=dataset, batch_size=16, policy_kwargs=dict(net_arch=[16]), seed=0)
+def tiny_model(dataset: minari.MinariDataset, folder: pathlib.Path, **kwargs) -> IQL:
+    kwargs = dict(batch_size=16, policy_kwargs=dict(net_arch=[16]), seed=0, **kwargs)
+    model = IQL("MlpPolicy", LineEnv(), offline_dataset=dataset, **kwargs)
     model.set_logger(configure(str(folder), ["csv"]))
     return model
 
@@ -133,6 +134,12 @@ def test_progress_bar_prints_plain_lines_where_the_output_is_not_a_terminal(line
     stream = io.StringIO()
     model.learn_offline(400, callback=[StopAfter(30), UpdatesProgressBarCallback(file=stream)])
     assert len(stream.getvalue().splitlines()) == 2 and "30/400" in stream.getvalue().splitlines()[-1]
+    # learn(): one bar per phase (offline updates, then online steps), as before the phases shared their callbacks.
+    stream = io.StringIO()
+    tiny_model(scored, tmp_path, offline_steps=40).learn(
+        60, callback=UpdatesProgressBarCallback(file=stream, line_percent=100)
+    )
+    assert [line.split("|")[-1].split()[0] for line in stream.getvalue().splitlines()] == ["40/40", "60/60"]
 
 
 def test_progress_bar_is_sb3s_tqdm_bar_on_a_terminal(line_datasets, tmp_path):

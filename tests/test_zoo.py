@@ -140,6 +140,28 @@ def test_offline_training_then_enjoy(maze_root, tmp_path, capsys):
     assert "1 Episodes" in output and f"Mean episode length: {MAZE_EPISODE_STEPS}.00" in output
 
 
+def test_offline_only_evaluations_count_updates_with_several_envs(maze_root, tmp_path):
+    # rl-zoo divides --eval-freq by n_envs for environment steps; offline, one step is one update.
+    logs = tmp_path / "logs"
+    zoo.main(
+        [
+            "train",
+            "--dataset",
+            MAZE_ID,
+            "-f",
+            str(logs),
+            "--eval-freq",
+            "5",
+            "--eval-episodes",
+            "1",
+            *TINY,
+            "offline_steps:10",
+            "n_envs:2",
+        ]
+    )
+    assert np.load(run_folder(logs) / "evaluations.npz")["timesteps"].tolist() == [5, 10]
+
+
 def test_a_hindsight_preset_trains_with_the_package_s_buffer(maze_root, tmp_path):
     # The goal-carrying presets name HerReplayBuffer; rl-zoo alone would evaluate the name to SB3's class.
     dataset_id = "sb3_iql/pointmaze/umaze-cut-v0"

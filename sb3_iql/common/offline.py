@@ -25,7 +25,7 @@ from gymnasium import spaces
 from stable_baselines3 import her as sb3_her
 from stable_baselines3.common import utils
 from stable_baselines3.common.buffers import ReplayBuffer
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, ProgressBarCallback
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
@@ -340,7 +340,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         """
         Put offline transitions into the replay buffer: Box actions scaled to [-1, 1] with the action space's bounds
         (and clipped to +-(1 - ``dataset_action_clip``)), Discrete ones checked and kept as indices, rewards
-        transformed, truncations stored as timeouts (not terminal). A policy with an ``observation_normalizer`` has
+        transformed, truncations stored as timeouts (not terminal; terminal where the buffer has
+        ``handle_timeout_termination=False``, as SB3 stores online ones then). A policy with an ``observation_normalizer`` has
         it fitted on the first transitions added. They count as offline data (``offline_dataset_size``): ``learn()``
         first trains ``offline_steps`` updates on the buffer, as with an ``offline_dataset``.
 
@@ -358,13 +359,16 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         normalizer = getattr(self.policy, "observation_normalizer", None)
         if normalizer is not None and not normalizer.fitted:  # statistics of the first offline data, then fixed
             normalizer.fit(observations)
+        dones, timeouts = transitions.terminations, transitions.truncations & ~transitions.terminations
+        if not getattr(self.replay_buffer, "handle_timeout_termination", True):  # time-outs are terminal
+            dones, timeouts = dones | timeouts, np.zeros_like(timeouts)
         self.replay_buffer.extend(
             observations,
             to_channel_first(transitions.next_observations, self.observation_space),
             self._buffer_actions(transitions.actions),
             self.reward_transform_fn(transitions.rewards),
-            transitions.terminations.astype(np.float32),
-            (transitions.truncations & ~transitions.terminations).astype(np.float32),
+            dones.astype(np.float32),
+            timeouts.astype(np.float32),
         )
         self.offline_dataset_size += len(transitions)
 
@@ -656,8 +660,12 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                     stacklevel=2,
                 )
             self._offline_phase_unfinished = True
-            if total_timesteps > 0:  # both phases: one run for the callbacks
-                callback = OneRunCallback(callback_items(callback))
+            one_run = None
+            if total_timesteps > 0:  # both phases: one run for the callbacks, a progress bar for each phase
+                items = callback_items(callback)
+                bars = [item for item in items if isinstance(item, ProgressBarCallback)]
+                one_run = OneRunCallback([item for item in items if item not in bars])
+                callback = [one_run, *bars]
             self.learn_offline(  # what is left of offline_steps
                 callback=callback,
                 tb_log_name=tb_log_name,
@@ -665,11 +673,11 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 progress_bar=progress_bar,
             )
             reset_num_timesteps = False
-            if isinstance(callback, OneRunCallback):
-                callback.last_phase = True
+            if one_run is not None:
+                one_run.last_phase = True
             if self._n_offline_updates < self.offline_steps:  # a callback stopped training
-                if isinstance(callback, OneRunCallback):
-                    callback.on_training_end()
+                if one_run is not None:
+                    one_run.on_training_end()
                 return self
             self._offline_phase_unfinished = False
             if total_timesteps == 0:

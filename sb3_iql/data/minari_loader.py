@@ -167,14 +167,31 @@ def episode_subset(dataset: minari.MinariDataset) -> list[int] | None:
     return indices.tolist()
 
 
+#: Why a finite value can count as inf
+NON_FINITE_HINT = "which the networks compute in: |x| above 3.4e38 is inf there"
+
+
+def finite_in_float32(values: np.ndarray) -> bool:
+    """:return: whether ``values`` hold no NaN or inf, and none once in float32, as the buffers and networks take
+    them (a finite float64 beyond float32's range, about 3.4e38, becomes inf there)"""
+    values = np.asarray(values)
+    if not np.issubdtype(values.dtype, np.floating):
+        return True
+    finite = np.isfinite(values).all()
+    if finite and values.dtype.itemsize > 4 and values.size:
+        finite = np.abs(values).max() <= np.finfo(np.float32).max
+    return bool(finite)
+
+
 def _first_non_finite(values: BatchObs) -> str | None:
-    """:return: the name of the first (sub)field holding NaN or inf, "" for a plain array, None if all finite"""
+    """:return: the name of the first (sub)field holding NaN or inf (in float32), "" for a plain array, None if all
+    finite"""
     if isinstance(values, dict):
         for key, array in values.items():
             if _first_non_finite(array) is not None:
                 return f"[{key!r}]"
         return None
-    return None if np.isfinite(values).all() else ""
+    return None if finite_in_float32(values) else ""
 
 
 def _concatenate(chunks: list[BatchObs]) -> BatchObs:
@@ -209,7 +226,7 @@ def load_transitions(datasets: Sequence[minari.MinariDataset]) -> Transitions:
                 if bad is not None:
                     raise ValueError(
                         f"Dataset '{dataset.spec.dataset_id}', episode {episode.id}: field '{field}{bad}' "
-                        "holds NaN or inf values; clean the dataset before training."
+                        f"holds NaN or inf values (in float32, {NON_FINITE_HINT}); clean the dataset before training."
                     )
             _check_episode_rows(dataset.spec.dataset_id, episode)
             observations.append(_slice(episode.observations, 0, -1))
@@ -279,8 +296,11 @@ def _check_rows(field: str, values: BatchObs, space: spaces.Space, n_transitions
             f"Transitions field '{field}' has shape {values.shape}: expected {n_transitions} rows (the length of "
             f"rewards) of {space} ({size} values per row)"
         )
-    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
-        raise ValueError(f"Transitions field '{field}' holds NaN or inf values; clean the data before training.")
+    if not finite_in_float32(values):
+        raise ValueError(
+            f"Transitions field '{field}' holds NaN or inf values (in float32, {NON_FINITE_HINT}); clean the data "
+            "before training."
+        )
 
 
 def _as_flags(field: str, values: np.ndarray, n_transitions: int) -> np.ndarray:

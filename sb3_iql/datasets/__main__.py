@@ -62,10 +62,12 @@ def load_model(algo: str, path: str) -> BaseAlgorithm:
 
 def _report(dataset: minari.MinariDataset, seconds: float) -> None:
     metadata = dataset.storage.metadata
-    scores = f", ref_min_score {metadata['ref_min_score']:.2f}, ref_max_score {metadata['ref_max_score']:.2f}"
+    scores = ""
+    if "ref_max_score" in metadata:
+        scores = f", ref_min_score {metadata['ref_min_score']:.2f}, ref_max_score {metadata['ref_max_score']:.2f}"
     print(
-        f"{dataset.spec.dataset_id}: {dataset.total_steps} steps, {dataset.total_episodes} episodes"
-        f"{scores if 'ref_max_score' in metadata else ''} ({seconds:.1f} s, {dataset.total_steps / seconds:.0f} steps/s)"
+        f"{dataset.spec.dataset_id}: {dataset.total_steps} steps, {dataset.total_episodes} episodes{scores} "
+        f"({seconds:.1f} s, {dataset.total_steps / seconds:.0f} steps/s)"
     )
 
 

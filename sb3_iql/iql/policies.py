@@ -289,6 +289,7 @@ class Actor(MlpActor):
         normalize_images: bool = True,
     ):
         low, high = log_std_bounds
+        log_std_init = float(log_std_init)  # rl-zoo's files write integers: log_std_init=-3
         if not low < log_std_init < high:
             raise ValueError(f"log_std_init={log_std_init} must lie strictly inside log_std_bounds={log_std_bounds}")
         if log_std_parametrization == "clip":
