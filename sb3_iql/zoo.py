@@ -262,8 +262,8 @@ class IQLExperimentManager(ExperimentManager):
         """
         model.set_logger(self.make_logger(model))
         if isinstance(model, OfflineAlgorithm) and 0 < model._n_offline_updates < model.offline_steps:
-            log_interval = self.log_interval if self.log_interval > 0 else 1000
-            model.learn_offline(callback=self.callbacks, log_interval=log_interval, reset_num_timesteps=False)
+            # dumps every 1000 updates, as learn()'s offline phase (--log-interval counts online episodes)
+            model.learn_offline(callback=self.callbacks, reset_num_timesteps=False)
             if self.n_timesteps == 0:
                 return
         super().learn(model)
