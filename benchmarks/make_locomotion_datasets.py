@@ -19,13 +19,15 @@ an Intel Xeon with AVX-512, twice to the digit; 160k on an AMD EPYC; 150k on the
 kernels, ``ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2``). The results record the machine. Policy
 returns are printed and written to ``--results-dir`` as JSON and Markdown.
 
-``--portable`` makes a generation meant to be the same on every x86-64 CPU: the script starts itself again with
-``PORTABLE_ENV``, which pins each CPU-dependent numeric path to the baseline instruction set (torch's scalar
-kernels, MKL's conditional numerical reproducibility, glibc's SSE2 maths functions, which MuJoCo calls and whose
-FMA variants round otherwise, NumPy's baseline loops), and oneDNN is off. SAC runs about 40% slower. Its results
-(``locomotion_datasets_<env>_seed<seed>_portable.*``) start with a fingerprint: the hashes of SAC's parameters and
-observations after ``FINGERPRINT_STEPS`` steps. ``--fingerprint-only`` computes it alone (about 2 minutes) and
-compares it with the recorded one, which tells whether this machine makes the recorded generation.
+``--portable`` makes a generation meant to be the same on every x86-64 CPU with AVX (MuJoCo's wheels need it):
+the script starts itself again with ``PORTABLE_ENV``, which pins each CPU-dependent numeric path to the baseline
+instruction set (torch's scalar kernels, MKL's conditional numerical reproducibility, glibc's SSE2 maths
+functions, which MuJoCo calls and whose FMA variants round otherwise, NumPy's baseline loops), and oneDNN is off;
+it stops if torch or NumPy still dispatch to more. SAC runs about 40% slower. The results
+(``locomotion_datasets_<env>_seed<seed>_portable.*``) hold a fingerprint, computed first: the hashes of SAC's
+parameters and observations after ``FINGERPRINT_STEPS`` steps (500 of them random), and the versions of the
+packages the data depend on. ``--fingerprint-only`` computes it alone (about 2 minutes) and compares it with the
+recorded one: the same hashes on another machine say that it makes the recorded generation.
 
 Budget: SAC runs about 100 steps/s on one CPU core here, so a medium Hopper policy (~100k steps) takes
 about 20 minutes and an expert one (1M steps) hours. Smoke test::
@@ -36,8 +38,10 @@ about 20 minutes and an expert one (1M steps) hours. Smoke test::
 
 import argparse
 import hashlib
+import importlib.metadata
 import json
 import os
+import platform
 import re
 import sys
 import time
@@ -66,6 +70,10 @@ MEDIUM_FRACTION = 1 / 3
 FINGERPRINT_STEPS = 2_500
 #: Environment of ``--portable`` runs; GLIBC_TUNABLES and NPY_DISABLE_CPU_FEATURES are read when a process
 #: starts, hence a restart (``restart_portable``).
+#: Packages whose versions a generation depends on (with Python and glibc)
+FINGERPRINT_PACKAGES = ("torch", "numpy", "mujoco", "gymnasium", "stable_baselines3")
+#: Set in the restarted process (so that it restarts once)
+PORTABLE_MARK = "SB3_IQL_PORTABLE"
 PORTABLE_ENV = {
     "ATEN_CPU_CAPABILITY": "default",
     "MKL_CBWR": "COMPATIBLE,STRICT",
@@ -136,16 +144,39 @@ def train_stage(
 
 
 def restart_portable() -> None:
-    """Start this script again with ``PORTABLE_ENV``, unless it already runs with it (before any computation)."""
-    if any(os.environ.get(name) != value for name, value in PORTABLE_ENV.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **PORTABLE_ENV})
+    """
+    Start this script again with ``PORTABLE_ENV`` (before any computation), unless it already runs with it.
+
+    :raises SystemExit: torch or NumPy still dispatch to instructions beyond the baseline
+    """
+    if os.environ.get(PORTABLE_MARK) is None:
+        tunables = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), PORTABLE_ENV["GLIBC_TUNABLES"]]))
+        env = {**os.environ, **PORTABLE_ENV, "GLIBC_TUNABLES": tunables, PORTABLE_MARK: "1"}
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
     th.backends.mkldnn.enabled = False
+    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__  # NumPy 2
+
+    numpy_features = [name for name in __cpu_dispatch__ if __cpu_features__.get(name)]
+    if th.backends.cpu.get_cpu_capability() != "DEFAULT" or numpy_features:
+        raise SystemExit(
+            f"--portable: torch dispatches to {th.backends.cpu.get_cpu_capability()} kernels, NumPy to "
+            f"{numpy_features or 'its baseline'}; this torch or NumPy does not take PORTABLE_ENV's settings"
+        )
+
+
+def package_versions() -> dict[str, str]:
+    """:return: the versions of what a generation's numbers depend on besides the CPU"""
+    return {
+        "python": platform.python_version(),
+        "glibc": " ".join(platform.libc_ver()),
+        **{package: importlib.metadata.version(package) for package in FINGERPRINT_PACKAGES},
+    }
 
 
 def fingerprint(args: argparse.Namespace) -> dict[str, int | str]:
     """
-    Train SAC for ``FINGERPRINT_STEPS`` steps as the medium stage starts: two machines that give the same hashes
-    compute SAC and MuJoCo alike, and make the same generation.
+    Train SAC for ``FINGERPRINT_STEPS`` steps (500 random, as ``learning_starts=500``): two machines that give the
+    same hashes compute SAC and MuJoCo alike, and make the same generation. The stages after it seed their own SAC.
 
     :return: The steps, and the SHA-256 (first 16 hex digits) of SAC's parameters and of the observations it saw.
     """
@@ -169,13 +200,15 @@ def results_stem(args: argparse.Namespace) -> Path:
 def check_fingerprint(args: argparse.Namespace) -> None:
     """Compute this machine's fingerprint, print it, and compare it with the recorded one."""
     found = fingerprint(args)
-    print(json.dumps(found))
+    print(json.dumps({**found, "versions": package_versions()}))
     recorded_file = results_stem(args).with_suffix(".json")
     if not recorded_file.exists():
         print(f"Nothing recorded in {recorded_file} to compare with.")
         return
     recorded = json.loads(recorded_file.read_text()).get("fingerprint")
-    if recorded == found:
+    if recorded is None:
+        print(f"No fingerprint recorded in {recorded_file} to compare with.")
+    elif recorded == found:
         print(f"Same as {recorded_file}: this machine makes the recorded generation.")
     else:
         raise SystemExit(f"Not the fingerprint of {recorded_file} ({recorded}): this machine makes another generation.")
@@ -271,9 +304,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--portable", action="store_true", help="the same generation on every x86-64 CPU (slower)")
     parser.add_argument(
-        "--fingerprint-only", action="store_true", help="compare this machine's fingerprint with the recorded one"
+        "--fingerprint-only",
+        action="store_true",
+        help="compare this machine's fingerprint with the recorded one (implies --portable)",
     )
     args = parser.parse_args()
+    args.portable |= args.fingerprint_only
     args.log_dir = args.log_dir / f"{args.env}_seed{args.seed}{'_portable' if args.portable else ''}"
     return args
 
@@ -289,13 +325,17 @@ def main() -> None:
     start = time.perf_counter()
     ref_min, ref_max = D4RL_REFERENCE_RETURNS[args.env]
     medium_return = ref_min + args.medium_fraction * (ref_max - ref_min)
+    first_fingerprint = fingerprint(args) if args.portable else None  # first: another machine compares it in minutes
+    if first_fingerprint is not None:
+        print(json.dumps(first_fingerprint))
     medium = train_stage("medium", args, args.total_steps, stop_return=medium_return)
     results: dict = {
         "env": args.env,
         "seed": args.seed,
         "machine": machine(),
         "portable": args.portable,
-        "fingerprint": fingerprint(args) if args.portable else None,
+        "fingerprint": first_fingerprint,
+        "versions": package_versions(),
         "medium_target_return": medium_return,
         "policies": {},
         "datasets": {},

@@ -282,7 +282,14 @@ class UpdatesProgressBarCallback(ProgressBarCallback):
         return figures
 
 
-__all__ = ["NormalizedEvalCallback", "PlainLineProgress", "UpdatesProgressBarCallback"]
+__all__ = [
+    "NormalizedEvalCallback",
+    "OneRunCallback",
+    "PlainLineProgress",
+    "UpdatesProgressBarCallback",
+    "callback_items",
+    "find_eval_callback",
+]
 
 
 def callback_items(callback: MaybeCallback) -> list[BaseCallback]:
@@ -322,7 +329,8 @@ class OneRunCallback(CallbackList):
             super().init_callback(model)
 
     def on_training_start(self, locals_: dict[str, Any], globals_: dict[str, Any]) -> None:
-        if self._started:  # the online phase: its locals reach the callbacks through update_locals()
+        if self._started:  # the online phase: its locals replace the offline ones, in the dict the callbacks hold
+            self.locals.clear()
             self.update_locals(locals_)
             return
         self._started = True

@@ -306,29 +306,35 @@ class Events(BaseCallback):
         return True
 
 
-@pytest.mark.parametrize("stop_offline", [False, True])
-def test_learn_s_two_phases_are_one_run_for_the_callbacks(line_dataset, stop_offline):
+@pytest.mark.parametrize("stop_at", [None, 10, 20])
+def test_learn_s_two_phases_are_one_run_for_the_callbacks(line_dataset, stop_at):
     class StopAt(Events):
         def _on_step(self) -> bool:
             super()._on_step()
-            return not stop_offline or self.n_calls < 10
+            return self.n_calls != stop_at
 
     callback = StopAt()
-    line_model(line_dataset, offline_steps=20).learn(15, callback=callback)
-    last_step = 10 if stop_offline else 35
+    model = line_model(line_dataset, offline_steps=20)
+    model.learn(15, callback=callback)
+    last_step = stop_at or 35  # a stop at the last offline update stops the call too
     assert callback.events == [("init", 0), ("start", 0), ("end", last_step)], "as SAC's learn(): once each"
-    assert callback.n_calls == last_step
+    assert callback.n_calls == model.num_timesteps == last_step
+    assert model._offline_phase_unfinished == (stop_at == 10)
 
 
-def test_sb3_callbacks_that_read_the_rollout_s_locals_and_functions_run_offline(line_dataset):
+def test_sb3_callbacks_that_read_the_rollout_s_locals_and_functions_run_offline(line_dataset, tmp_path):
     from stable_baselines3.common.callbacks import LogEveryNTimesteps, StopTrainingOnMaxEpisodes
 
     calls = []
     episodes = StopTrainingOnMaxEpisodes(max_episodes=2)
     model = line_model(line_dataset, offline_steps=20)
+    model.set_logger(configure(str(tmp_path), ["csv"]))
     model.learn(100, callback=[episodes, LogEveryNTimesteps(n_steps=10), lambda locals_, globals_: calls.append(1) is None])
     assert model._n_offline_updates == 20 and model.num_timesteps == 60, "stopped after 2 online episodes of 20 steps"
     assert len(calls) == 60, "the function ran at every step, offline too"
+    header, *rows = (tmp_path / "progress.csv").read_text().splitlines()
+    steps = [int(float(dict(zip(header.split(","), row.split(",")))["time/total_timesteps"])) for row in rows]
+    assert {10, 20, 30, 40, 50} <= set(steps), "LogEveryNTimesteps dumped offline and online"
 
 
 def test_a_checkpoint_saved_in_learn_s_offline_phase_resumes_to_the_uninterrupted_run(line_dataset, tmp_path):

@@ -180,6 +180,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         self._learning_starts_shift = 0
         #: Whether ``learn()``'s offline phase has begun and not ended (saved: a checkpoint resumed finishes it).
         self._offline_phase_unfinished = False
+        #: Whether a callback stopped the last ``learn_offline`` call (then ``learn()`` stops too, as SAC's).
+        self._offline_stopped = False
         #: Whether online steps were told that they replace the offline data (once per model).
         self._warned_full_buffer = False
         self.sampling_generator = th.Generator()
@@ -540,12 +542,14 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         train_step = self._offline_train_step()
         metric_sums = th.zeros(len(self.metric_names), device=self.device)
         updates_since_dump, dump_start = 0, time.perf_counter()
+        self._offline_stopped = False
         for _ in range(n_updates):
             self._set_learning_rates(offline=True)
             metric_sums += train_step()
             self._count_offline_update()
             updates_since_dump += 1
             if not callback.on_step():
+                self._offline_stopped = True
                 break
             if not self.policy.training:  # a callback evaluated the policy
                 self.policy.set_training_mode(True)
@@ -661,7 +665,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 )
             self._offline_phase_unfinished = True
             one_run = None
-            if total_timesteps > 0:  # both phases: one run for the callbacks, a progress bar for each phase
+            if total_timesteps > 0:  # both phases: one run for the callbacks, a progress bar (listed) for each phase
                 items = callback_items(callback)
                 bars = [item for item in items if isinstance(item, ProgressBarCallback)]
                 one_run = OneRunCallback([item for item in items if item not in bars])
@@ -675,11 +679,11 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             reset_num_timesteps = False
             if one_run is not None:
                 one_run.last_phase = True
-            if self._n_offline_updates < self.offline_steps:  # a callback stopped training
+            self._offline_phase_unfinished = self._n_offline_updates < self.offline_steps
+            if self._offline_stopped:  # a callback stopped training, at the last update too
                 if one_run is not None:
                     one_run.on_training_end()
                 return self
-            self._offline_phase_unfinished = False
             if total_timesteps == 0:
                 return self
         # SB3 compares learning_starts with num_timesteps: shifted past the offline updates counted there

@@ -168,7 +168,7 @@ def episode_subset(dataset: minari.MinariDataset) -> list[int] | None:
 
 
 #: Why a finite value can count as inf
-NON_FINITE_HINT = "which the networks compute in: |x| above 3.4e38 is inf there"
+NON_FINITE_HINT = "which the buffers and networks take: |x| above 3.4e38 is inf there"
 
 
 def finite_in_float32(values: np.ndarray) -> bool:
@@ -179,7 +179,8 @@ def finite_in_float32(values: np.ndarray) -> bool:
         return True
     finite = np.isfinite(values).all()
     if finite and values.dtype.itemsize > 4 and values.size:
-        finite = np.abs(values).max() <= np.finfo(np.float32).max
+        largest = np.finfo(np.float32).max
+        finite = values.max() <= largest and values.min() >= -largest
     return bool(finite)
 
 
