@@ -364,7 +364,10 @@ def test_reference_scores_that_would_invert_normalized_scores_are_left_out(minar
         collect(env, lambda obs: rollouts.append(obs) or 0, "test/cartpole/left-v0", n_steps=50, expert_policy=lambda _: 0)
     assert rollouts == [] and not dataset_exists("test/cartpole/left-v0")
     unregistered = gym.wrappers.TimeLimit(CartPoleEnv(), 50)  # no spec: the random reference runs on the env itself
-    assert collect(unregistered, lambda _: 0, "test/cartpole/own-v0", n_steps=30, ref_max_score=100.0).total_steps == 30
+    own = collect(unregistered, lambda _: 0, "test/cartpole/own-v0", n_steps=30, ref_max_score=100.0)
+    assert own.total_steps == 30
+    scores = dataset_reference_scores(own)  # kept, though Minari keeps them only with an env spec
+    assert scores is not None and scores[1] == 100.0 and 0 < scores[0] < 100
 
 
 def test_cli(minari_root: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:

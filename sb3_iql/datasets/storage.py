@@ -58,6 +58,10 @@ def check_writable(dataset_id: str, overwrite: bool = False) -> None:
         )
 
 
+#: Metadata of the normalized score: the returns of score 0 and 1
+REFERENCE_SCORE_KEYS = ("ref_min_score", "ref_max_score")
+
+
 def write_dataset(
     dataset_id: str,
     episodes: Sequence[EpisodeBuffer],
@@ -92,9 +96,13 @@ def write_dataset(
     try:
         with _datasets_root(staging), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_OPTIONAL_METADATA_WARNING)
-            minari.create_dataset_from_buffers(
+            written = minari.create_dataset_from_buffers(
                 dataset_id, list(episodes), env=env, eval_env=eval_env if eval_env is not None else env.spec, **metadata
             )
+            # Minari keeps reference scores only with an environment spec (to measure a missing minimum): kept here
+            scores = {key: metadata[key] for key in REFERENCE_SCORE_KEYS if metadata.get(key) is not None}
+            if scores.keys() - written.storage.metadata.keys():
+                written.storage.update_metadata(scores)
         if path.exists():  # the dataset being overwritten (checked above), or a folder without metadata
             shutil.rmtree(path)
         path.parent.mkdir(parents=True, exist_ok=True)
