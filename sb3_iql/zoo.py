@@ -258,14 +258,12 @@ class IQLExperimentManager(ExperimentManager):
     def learn(self, model: BaseAlgorithm) -> None:
         """
         rl-zoo's ``learn``; a model resumed with ``-i`` in the middle of its offline phase first runs the rest of its
-        ``offline_steps`` (rl-zoo's callbacks, ``num_timesteps`` going on), then the online steps if any.
+        ``offline_steps``, then the online steps if any, in one ``learn()`` call whose ``num_timesteps`` goes on
+        from the checkpoint's (rl-zoo's own starts again from 0).
         """
         model.set_logger(self.make_logger(model))
         if isinstance(model, OfflineAlgorithm) and 0 < model._n_offline_updates < model.offline_steps:
-            # dumps every 1000 updates, as learn()'s offline phase (--log-interval counts online episodes)
-            model.learn_offline(callback=self.callbacks, reset_num_timesteps=False)
-            if self.n_timesteps == 0:
-                return
+            model = _CountingOn(model)  # type: ignore[assignment]
         super().learn(model)
 
     def _load_pretrained_agent(self, hyperparams: dict[str, Any], env: Any) -> BaseAlgorithm:
@@ -379,6 +377,19 @@ class IQLExperimentManager(ExperimentManager):
             "python", "-m", "sb3_iql.zoo", "train", *source, *self.retrain_options, *online_steps, "--seed", str(self.seed),
             "-params", *zoo_params({**given, **trial_arguments}),
         ]  # fmt: skip
+
+
+class _CountingOn:
+    """A model, as rl-zoo's ``learn`` sees it: its ``learn()`` goes on from ``num_timesteps`` instead of 0."""
+
+    def __init__(self, model: BaseAlgorithm):
+        self._model = model
+
+    def learn(self, *args: Any, **kwargs: Any) -> BaseAlgorithm:
+        return self._model.learn(*args, reset_num_timesteps=False, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
 
 
 @contextlib.contextmanager

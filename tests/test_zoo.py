@@ -248,3 +248,12 @@ def test_an_interrupted_offline_run_resumes_from_its_checkpoint_to_the_same_para
         ours = getattr(resumed, optimizer).optimizer.state_dict()["state"]
         theirs = getattr(expected, optimizer).optimizer.state_dict()["state"]
         assert all(np.array_equal(ours[key]["exp_avg"], theirs[key]["exp_avg"]) for key in theirs), optimizer
+    # With online steps after it: the counters go on from the checkpoint's through both phases, as uninterrupted.
+    finetune = [*common, "--finetune", "-n", "6", "--gym-packages", "gymnasium_robotics"]
+    zoo.main([*finetune, "-f", str(tmp_path / "whole_ft"), "--save-freq", "4"])
+    checkpoint = run_folder(tmp_path / "whole_ft") / "rl_model_4_steps.zip"
+    zoo.main([*finetune, "-f", str(tmp_path / "resumed_ft"), "-i", str(checkpoint)])
+    resumed = run_folder(tmp_path / "resumed_ft")
+    assert IQL.load(resumed / f"{MAZE_ENV_ID}.zip").num_timesteps == 14
+    # every 3 calls from the checkpoint's step 4 (SB3 counts calls); rl-zoo's own learn() started from 0 again
+    assert np.load(resumed / "evaluations.npz")["timesteps"].tolist() == [7, 10, 13]
