@@ -299,7 +299,7 @@ def callback_items(callback: MaybeCallback) -> list[BaseCallback]:
 
 
 def find_eval_callback(callbacks: list[BaseCallback]) -> EvalCallback | None:
-    """:return: the first ``EvalCallback`` among ``callbacks``, in ``CallbackList``s too (None if there is none)"""
+    """:return: the first ``EvalCallback`` among ``callbacks``, nested ones (in a ``CallbackList``) too, else None"""
     for callback in callbacks:
         if isinstance(callback, EvalCallback):
             return callback
