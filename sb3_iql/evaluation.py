@@ -17,6 +17,8 @@ from sb3_iql.data.minari_loader import load_dataset, recover_eval_env
 SCORE_SCALE = 100.0
 #: ``(ref_min_score, ref_max_score)``: the returns of normalized score 0 and 100.
 ReferenceScores = tuple[float, float]
+#: The metadata keys of a Minari dataset's reference scores, in the order of ``ReferenceScores``
+REFERENCE_SCORE_KEYS = ("ref_min_score", "ref_max_score")
 
 
 class EvaluationResult(NamedTuple):
@@ -70,7 +72,7 @@ def dataset_reference_scores(dataset: minari.MinariDataset) -> ReferenceScores |
     :return: ``(ref_min_score, ref_max_score)``, or None when the dataset has none
     """
     metadata = dataset.storage.metadata
-    ref_min, ref_max = metadata.get("ref_min_score"), metadata.get("ref_max_score")
+    ref_min, ref_max = (metadata.get(key) for key in REFERENCE_SCORE_KEYS)
     if ref_min is None or ref_max is None:
         return None
     return float(ref_min), float(ref_max)

@@ -437,6 +437,22 @@ def test_logger_records_the_training_figures(line_dataset, tmp_path):
     assert list((tmp_path / "tb").glob("offline_1/events.out.tfevents.*"))
 
 
+def test_learn_s_two_phases_write_one_tensorboard_run(line_dataset, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = line_model(line_dataset, offline_steps=20, tensorboard_log=str(tmp_path / "tb"), learning_starts=0)
+    model.learn(25, log_interval=1, tb_log_name="both")  # one online episode: 20 steps
+    model.logger.close()
+    runs = sorted(path.name for path in (tmp_path / "tb").iterdir())
+    event_files = list((tmp_path / "tb" / "both_1").glob("events.out.tfevents.*"))
+    assert runs == ["both_1"] and len(event_files) == 1, "one run, one writer, as SAC's learn()"
+    events = EventAccumulator(str(event_files[0]))
+    events.Reload()
+    offline_steps = [event.step for event in events.Scalars("train/value_loss")]
+    online_steps = [event.step for event in events.Scalars("rollout/ep_rew_mean")]
+    assert offline_steps[0] == 20 and online_steps == [40], "the offline updates, then the online steps after them"
+
+
 def test_save_load_gives_identical_predictions_and_resumes_exactly(line_dataset, tmp_path):
     n_updates = 40
     model = line_model(line_dataset)

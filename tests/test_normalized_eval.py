@@ -142,6 +142,17 @@ def test_progress_bar_prints_plain_lines_where_the_output_is_not_a_terminal(line
     assert [line.split("|")[-1].split()[0] for line in stream.getvalue().splitlines()] == ["40/40", "60/60"]
 
 
+def test_sb3_s_own_progress_bar_counts_updates_offline_with_several_envs(line_datasets, tmp_path, capsys):
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    scored, _ = line_datasets
+    model = IQL("MlpPolicy", DummyVecEnv([LineEnv] * 3), offline_dataset=scored, batch_size=16, offline_steps=0)
+    model.learn_offline(60, callback=ProgressBarCallback())  # SB3's bar counts n_envs timesteps per step
+    output = capsys.readouterr()
+    last_line = (output.out + output.err).replace("\r", "\n").strip().splitlines()[-1]
+    assert "60/60" in last_line, last_line
+
+
 def test_progress_bar_is_sb3s_tqdm_bar_on_a_terminal(line_datasets, tmp_path):
     scored, _ = line_datasets
     assert isinstance(UpdatesProgressBarCallback(), ProgressBarCallback)

@@ -589,8 +589,13 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         if not self._custom_logger:
             self._logger = utils.configure_logger(self.verbose, self.tensorboard_log, tb_log_name, reset_num_timesteps)
         callbacks = callback_items(callback)
+        evaluation = find_eval_callback(callbacks)
+        # SB3's own bar counts n_envs timesteps per step: offline, the updates bar counts one per update
+        callbacks = [
+            UpdatesProgressBarCallback(evaluation) if type(item) is ProgressBarCallback else item for item in callbacks
+        ]
         if progress_bar:
-            callbacks.append(UpdatesProgressBarCallback(find_eval_callback(callbacks)))
+            callbacks.append(UpdatesProgressBarCallback(evaluation))
         return self._init_callback(callbacks)
 
     def _dump_offline_logs(self, metric_sums: th.Tensor, n_steps: int, seconds: float) -> None:
@@ -689,11 +694,14 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         # SB3 compares learning_starts with num_timesteps: shifted past the offline updates counted there
         self._learning_starts_shift = 0 if reset_num_timesteps else self._offline_timesteps
         self.learning_starts += self._learning_starts_shift
+        custom_logger = self._custom_logger
+        self._custom_logger = custom_logger or offline_first  # SB3 keeps the offline phase's logger: one run, one writer
         try:
             return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
         finally:
             self.learning_starts -= self._learning_starts_shift
             self._learning_starts_shift = 0
+            self._custom_logger = custom_logger
 
     def set_random_seed(self, seed: int | None = None) -> None:
         """

@@ -17,6 +17,8 @@ from minari.data_collector import EpisodeBuffer
 from minari.dataset.minari_dataset import parse_dataset_id
 from minari.storage import get_dataset_path
 
+from sb3_iql.evaluation import REFERENCE_SCORE_KEYS
+
 AUTHOR = "sb3-iql"
 # Minari warns about every optional metadata field left empty; these are optional for local datasets
 _OPTIONAL_METADATA_WARNING = r"`(code_permalink|author_email)` is set to None"
@@ -56,10 +58,6 @@ def check_writable(dataset_id: str, overwrite: bool = False) -> None:
             f"Dataset {dataset_id} already exists at {dataset_path(dataset_id)}. "
             "Pass overwrite=True (CLI: --overwrite) or delete it with minari.delete_dataset()."
         )
-
-
-#: Metadata of the normalized score: the returns of score 0 and 1
-REFERENCE_SCORE_KEYS = ("ref_min_score", "ref_max_score")
 
 
 def write_dataset(
