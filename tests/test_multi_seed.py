@@ -298,6 +298,25 @@ def test_make_seeds_models_save_load_and_continue_like_single_runs(line_dataset,
     assert counters(loaded) == counters(alone) == (30,) * 4
 
 
+def test_each_model_continues_its_own_tensorboard_run(line_dataset, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    models = make_seeds(
+        [0, 1, 2], "MlpPolicy", LINE_ENV_ID, offline_dataset=line_dataset, tensorboard_log=str(tmp_path / "tb"), **SMALL
+    )
+    learn_offline_together(models, 10, log_interval=5)  # runs IQL_1, IQL_2, IQL_3: one per model
+    learn_offline_together(models, 10, log_interval=5, reset_num_timesteps=False)
+    models[0].learn_offline(5, reset_num_timesteps=False)  # SB3 would open the newest run, IQL_3
+    for model in models:
+        model.logger.close()
+    steps = {}
+    for run in sorted((tmp_path / "tb").iterdir()):
+        events = EventAccumulator(str(run))
+        events.Reload()
+        steps[run.name] = [event.step for event in events.Scalars("train/value_loss")]
+    assert steps == {"IQL_1": [5, 10, 15, 20, 25], "IQL_2": [5, 10, 15, 20], "IQL_3": [5, 10, 15, 20]}
+
+
 def test_a_short_call_with_the_default_budget_is_warned_about_its_undecayed_actor_lr(line_dataset):
     models = make_seeds([0, 1], "MlpPolicy", LINE_ENV_ID, offline_dataset=line_dataset, policy_kwargs={"net_arch": [8]})
     with pytest.warns(UserWarning, match=r"offline_steps=1,000,000 .* these 2 it will still be 1.000") as caught:

@@ -182,6 +182,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         self._offline_phase_unfinished = False
         #: Whether a callback stopped the last ``learn_offline`` call (then ``learn()`` stops too, as SAC's).
         self._offline_stopped = False
+        #: ``tb_log_name`` of the run that this model's logger writes (None: none configured by this model yet).
+        self._logger_run_name: str | None = None
         #: Whether online steps were told that they replace the offline data (once per model).
         self._warned_full_buffer = False
         self.sampling_generator = th.Generator()
@@ -586,8 +588,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         if self.ep_info_buffer is None or reset_num_timesteps:  # as SB3's: read by dump_logs()
             self.ep_info_buffer = deque(maxlen=self._stats_window_size)
             self.ep_success_buffer = deque(maxlen=self._stats_window_size)
-        if not self._custom_logger:
+        if not self._continues_its_run(tb_log_name, reset_num_timesteps):
             self._logger = utils.configure_logger(self.verbose, self.tensorboard_log, tb_log_name, reset_num_timesteps)
+            self._logger_run_name = tb_log_name
         callbacks = callback_items(callback)
         evaluation = find_eval_callback(callbacks)
         # SB3's own bar counts n_envs timesteps per step: offline, the updates bar counts one per update
@@ -597,6 +600,16 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         if progress_bar:
             callbacks.append(UpdatesProgressBarCallback(evaluation))
         return self._init_callback(callbacks)
+
+    def _continues_its_run(self, tb_log_name: str, reset_num_timesteps: bool) -> bool:
+        """
+        Whether the logger stays as it is: set with ``set_logger``, or a run continued (``reset_num_timesteps=False``,
+        the same ``tb_log_name``) whose logger this model configured. SB3 would open the newest run of that name
+        instead: another model's where several write to one ``tensorboard_log`` (``make_seeds``).
+        """
+        if self._custom_logger:
+            return True
+        return not reset_num_timesteps and tb_log_name == self._logger_run_name and hasattr(self, "_logger")
 
     def _dump_offline_logs(self, metric_sums: th.Tensor, n_steps: int, seconds: float) -> None:
         self._record_metrics(metric_sums, n_steps)
@@ -622,7 +635,14 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             )
         if reset_num_timesteps:
             self._offline_timesteps = 0
-        return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        custom_logger = self._custom_logger
+        self._custom_logger = self._continues_its_run(tb_log_name, reset_num_timesteps)  # SB3 configures none then
+        try:
+            return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        finally:
+            if not self._custom_logger:  # SB3 configured one
+                self._logger_run_name = tb_log_name
+            self._custom_logger = custom_logger
 
     def _check_online_setup(self) -> None:
         """:raises: what SB3's online loop would refuse, checked before a ``learn()`` call trains offline first"""
@@ -694,14 +714,11 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         # SB3 compares learning_starts with num_timesteps: shifted past the offline updates counted there
         self._learning_starts_shift = 0 if reset_num_timesteps else self._offline_timesteps
         self.learning_starts += self._learning_starts_shift
-        custom_logger = self._custom_logger
-        self._custom_logger = custom_logger or offline_first  # SB3 keeps the offline phase's logger: one run, one writer
-        try:
+        try:  # after an offline phase, reset_num_timesteps is False: the offline run's logger goes on (one writer)
             return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
         finally:
             self.learning_starts -= self._learning_starts_shift
             self._learning_starts_shift = 0
-            self._custom_logger = custom_logger
 
     def set_random_seed(self, seed: int | None = None) -> None:
         """
