@@ -154,7 +154,7 @@ def load_run(
         run.progress = read_progress(run.folder / PROGRESS_FILE)
         if run.returns is None and "eval/mean_reward" in run.progress:  # evaluations logged, not saved
             rows = ~np.isnan(run.progress["eval/mean_reward"])
-            run.timesteps = run.progress.get("time/total_timesteps", np.flatnonzero(rows))[rows].astype(np.int64)
+            run.timesteps = run.progress.get("time/total_timesteps", np.arange(len(rows)))[rows].astype(np.int64)
             run.returns = run.progress["eval/mean_reward"][rows, None]
     if ref_min_score is not None and ref_max_score is not None:
         run.reference_scores = (float(ref_min_score), float(ref_max_score))

@@ -61,6 +61,12 @@ def test_load_run_reads_evaluations_losses_and_reference_scores(runs):
     np.testing.assert_allclose(given.normalized_scores, -100 * run.returns)
 
 
+def test_evaluations_logged_without_timesteps_are_placed_at_their_rows(tmp_path):
+    (tmp_path / "progress.csv").write_text("eval/mean_reward,train/value_loss\n-5.0,0.1\n,0.05\n-3.0,0.02\n")
+    run = load_run(tmp_path, ref_min_score=REF_MIN, ref_max_score=REF_MAX)
+    assert run.timesteps.tolist() == [0, 2] and run.returns.ravel().tolist() == [-5.0, -3.0]
+
+
 def test_reference_scores_come_from_the_dataset_or_the_zoo_config(runs):
     from_config = load_run(runs["plain"])  # EvalCallback stores no scores: the run's config names the dataset
     assert (from_config.reference_scores, from_config.dataset_id) == ((REF_MIN, REF_MAX), DATASET_ID)
