@@ -261,6 +261,9 @@ def test_collect_bad_input(minari_root: pathlib.Path) -> None:
         collect("CartPole-v1", lambda observation: 0, "test/cartpole/noise-v0", n_steps=5, action_noise_std=0.1)
     with pytest.raises(TypeError, match="predict"):
         collect(env, 3, "test/pendulum/policy-v0", n_steps=5)
+    for malformed in ("pendulum_random", "test/pendulum", "test/pendulum/random-vX"):  # Minari: a TypeError, a ValueError
+        with pytest.raises(ValueError, match=r"Malformed dataset id .* \[namespace/\]name-vN"):
+            collect(env, lambda observation: policy(), malformed, n_steps=5)
     assert not any(minari_root.rglob("data")), "failed calls leave nothing behind"
 
 

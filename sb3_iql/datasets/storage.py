@@ -50,9 +50,15 @@ def check_writable(dataset_id: str, overwrite: bool = False) -> None:
 
     :param dataset_id: Minari dataset id.
     :param overwrite: Whether an existing dataset may be replaced.
+    :raises ValueError: If ``dataset_id`` is not of the form ``[namespace/]name-vN``.
     :raises FileExistsError: If the dataset exists and ``overwrite`` is False.
     """
-    parse_dataset_id(dataset_id)  # raises ValueError on a malformed id
+    try:
+        parse_dataset_id(dataset_id)
+    except (TypeError, ValueError) as error:  # Minari raises a TypeError where the version is missing
+        raise ValueError(
+            f"Malformed dataset id {dataset_id!r}: it needs the form [namespace/]name-vN, e.g. 'local/pendulum/random-v0'"
+        ) from error
     if dataset_exists(dataset_id) and not overwrite:
         raise FileExistsError(
             f"Dataset {dataset_id} already exists at {dataset_path(dataset_id)}. "
