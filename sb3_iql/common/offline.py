@@ -292,6 +292,11 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             raise ValueError(f"{name} supports {names} action spaces, got {action_space}")
         if isinstance(action_space, spaces.Discrete) and action_space.start != 0:
             raise ValueError(f"{name} needs Discrete actions starting at 0 (as SB3's policies predict), got {action_space}")
+        if isinstance(action_space, spaces.Box) and len(action_space.shape) != 1:
+            raise ValueError(
+                f"{name} needs a Box action space of one dimension, shape (n,), got shape {action_space.shape}: "
+                "flatten the environment's actions and the dataset's (gymnasium.wrappers.TransformAction)"
+            )
         if isinstance(action_space, spaces.Box) and not (
             np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()
         ):
