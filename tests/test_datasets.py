@@ -436,6 +436,13 @@ def test_evaluation_goal_relabelling_rewrites_goals_rewards_and_terminals(minari
     np.testing.assert_array_equal(loaded.eval_goal, goal)
     assert loaded.replay_buffer.size() == model.replay_buffer.size()
     assert float(loaded.replay_buffer.sample(512).observations["desired_goal"].sub(th.as_tensor(goal)).abs().max()) < 1e-6
+    # data added later must be relabelled too: refused as it is, taken relabelled
+    with pytest.raises(ValueError, match=r"relabelled for the evaluation goal .* relabel_for_evaluation_goal"):
+        loaded.add_transitions(transitions)
+    loaded.add_transitions(relabelled)
+    assert loaded.replay_buffer.size() == 2 * model.replay_buffer.size()
+    with pytest.raises(ValueError, match="relabels the offline_dataset as it loads, and there is none"):
+        IQL("MultiInputPolicy", env, relabel_eval_goal=True)
     with pytest.raises(ValueError, match="exactly one goal cell"):
         evaluation_goal(gym.make("PointMaze_UMaze-v3"))
     for typo in ("Terminal", "yes", 1):  # "Terminal" would relabel without the terminal flags

@@ -45,7 +45,7 @@ from sb3_iql.data.device_buffers import (
     generator_state,
     restore_generator,
 )
-from sb3_iql.data.goals import check_relabel_mode, evaluation_goal, relabel_for_evaluation_goal
+from sb3_iql.data.goals import check_relabel_mode, check_relabelled, evaluation_goal, relabel_for_evaluation_goal
 from sb3_iql.data.her import HerReplayBuffer
 from sb3_iql.data.image_buffers import DeviceImageReplayBuffer
 from sb3_iql.data.minari_loader import (
@@ -160,6 +160,12 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         if image_shift < 0:
             raise ValueError(f"image_shift must be >= 0 pixels, got {image_shift}")
         check_relabel_mode(relabel_eval_goal)
+        if relabel_eval_goal and offline_dataset is None and _init_setup_model:
+            raise ValueError(
+                "relabel_eval_goal relabels the offline_dataset as it loads, and there is none: relabel your own "
+                "transitions with relabel_for_evaluation_goal(transitions, env, mode) from sb3_iql.data.goals before "
+                "add_transitions, without relabel_eval_goal"
+            )
         self.image_shift = image_shift
         self.reward_transform = reward_transform
         self.relabel_eval_goal = relabel_eval_goal
@@ -355,7 +361,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         first trains ``offline_steps`` updates on the buffer, as with an ``offline_dataset``.
 
         :param transitions: transitions in the environment's units, e.g. from ``sb3_iql.data.load_transitions``
-        :raises ValueError: a field that does not fit the spaces, or NaN or inf (``checked_transitions``)
+        :raises ValueError: a field that does not fit the spaces, or NaN or inf (``checked_transitions``); with
+            ``relabel_eval_goal``, transitions not relabelled for ``eval_goal`` (``check_relabelled``)
         """
         _refuse_vec_normalize(self._vec_normalize_env, offline_data=True)
         if not isinstance(self.replay_buffer, tuple(REPLAY_BUFFER_CLASSES.values())):
@@ -364,6 +371,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 "such as sb3_iql.data.DeviceReplayBuffer or OfflineReplayBuffer (and their Dict versions)"
             )
         transitions = checked_transitions(transitions, self.observation_space, self.action_space)
+        if self.eval_goal is not None:  # relabel_eval_goal: every offline transition is for this goal
+            check_relabelled(transitions, self.eval_goal)
         observations = to_channel_first(transitions.observations, self.observation_space)
         normalizer = getattr(self.policy, "observation_normalizer", None)
         if normalizer is not None and not normalizer.fitted:  # statistics of the first offline data, then fixed

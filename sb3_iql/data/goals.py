@@ -73,6 +73,21 @@ def relabel_to_goal(
     )
 
 
+def check_relabelled(transitions: Transitions, goal: np.ndarray) -> None:
+    """
+    :param goal: the evaluation goal the model's offline data was relabelled for, ``(goal_dim,)``
+    :raises ValueError: a transition's ``desired_goal`` (or its next one) is not ``goal``: data left as it was
+    """
+    for observations in (transitions.observations, transitions.next_observations):
+        desired = observations.get("desired_goal") if isinstance(observations, dict) else None
+        if desired is None or not (desired == goal.astype(desired.dtype)).all():
+            raise ValueError(
+                f"This model's offline data is relabelled for the evaluation goal {goal.tolist()} (relabel_eval_goal); "
+                "transitions added to it must be too: relabel_for_evaluation_goal(transitions, env, "
+                "model.relabel_eval_goal, model.eval_goal) from sb3_iql.data.goals"
+            )
+
+
 #: The values of ``relabel_eval_goal``.
 RELABEL_MODES = (False, True, "terminal")
 
