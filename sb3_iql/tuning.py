@@ -110,7 +110,8 @@ def preset_trial(hyperparams: dict[str, Any]) -> dict[str, Any]:
     """
     The sampler's parameters that reproduce a configuration (the dataset's preset): the first trial of a study.
 
-    :param hyperparams: IQL arguments of the run (missing ones: IQL's defaults)
+    :param hyperparams: IQL arguments of the run (missing ones: IQL's defaults); a learning rate schedule counts
+        as its initial value (rl-zoo's ``lin_X``: X, whose schedule the study's trials keep, from their own value)
     :return: ``{parameter name: value}`` in ``sample_iql_params``'s names
     """
     net_arch = (hyperparams.get("policy_kwargs") or {}).get("net_arch", NET_ARCHS["medium"])
@@ -118,7 +119,7 @@ def preset_trial(hyperparams: dict[str, Any]) -> dict[str, Any]:
     return {
         "expectile": float(hyperparams.get("expectile", 0.7)),
         "beta": float(hyperparams.get("beta", 3.0)),
-        "learning_rate": float(learning_rate) if isinstance(learning_rate, (int, float)) else 3e-4,
+        "learning_rate": float(learning_rate(1.0) if callable(learning_rate) else learning_rate),
         "batch_size": int(hyperparams.get("batch_size", 256)),
         "net_arch": net_arch_name(net_arch),
         "dropout": float(hyperparams.get("dropout") or 0.0),

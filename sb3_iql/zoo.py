@@ -43,6 +43,7 @@ import socket
 import sys
 import tempfile
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -225,7 +226,18 @@ class IQLExperimentManager(ExperimentManager):
     retrain_options: tuple[str, ...] = ()
 
     def read_hyperparameters(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        hyperparams, saved_hyperparams = super().read_hyperparameters()
+        # rl-zoo's --trial-id replaces the configuration's policy_kwargs and schedule with the trial's parameters
+        # (net_arch only, a constant rate): the trial's are applied here instead, as the trial trained with them
+        trial_id, self.trial_id = self.trial_id, None
+        try:
+            hyperparams, saved_hyperparams = super().read_hyperparameters()
+        finally:
+            self.trial_id = trial_id
+        if self.storage and self.study_name and trial_id is not None:
+            print(f"Loading trial {trial_id} of the Optuna study...")
+            trial = self.load_trial(self.storage, self.study_name, trial_id)
+            hyperparams = {**_as_trained(hyperparams, trial, raw=True), **(self.custom_hyperparams or {})}
+            saved_hyperparams = OrderedDict((key, hyperparams[key]) for key in sorted(hyperparams))
         dataset = hyperparams.get("offline_dataset")
         self.offline_dataset = dataset if isinstance(dataset, str) else None
         return hyperparams, saved_hyperparams
@@ -301,7 +313,7 @@ class IQLExperimentManager(ExperimentManager):
         """
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         search = {"preset": preset_trial(self._hyperparams)}  # the ranges hold the preset, trial 0
-        arguments = with_overrides(self._hyperparams, sample_iql_params(trial, self.n_actions, 1, search))
+        arguments = _as_trained(self._hyperparams, sample_iql_params(trial, self.n_actions, 1, search))
         env, eval_env = self.create_envs(1, no_log=True), self.create_envs(self.n_eval_envs, eval_env=True)
         model = IQL(env=env, tensorboard_log=None, seed=self.seed, verbose=0, device=self.device, **arguments)
         finetune = self.n_timesteps > 0
@@ -370,8 +382,10 @@ class IQLExperimentManager(ExperimentManager):
         """
         source = ["--dataset", self.offline_dataset] if self.offline_dataset else ["--env", self.env_name.gym_id]
         online_steps = ["-n", str(self.n_timesteps)] if self.n_timesteps > 0 else []
-        trial_arguments = convert_iql_params(params)
-        trial_arguments["policy_kwargs"] = with_overrides(self._hyperparams, trial_arguments)["policy_kwargs"]
+        trained = _as_trained(self._hyperparams, convert_iql_params(params))
+        trial_arguments = {key: trained[key] for key in (*convert_iql_params(params), "policy_kwargs")}
+        if isinstance(trial_arguments["learning_rate"], rl_zoo3.utils.SimpleLinearSchedule):  # as -params reads it
+            trial_arguments["learning_rate"] = f"lin_{trial_arguments['learning_rate'].initial_value}"
         given = dict(self.custom_hyperparams or {})
         return [
             "python", "-m", "sb3_iql.zoo", "train", *source, *self.retrain_options, *online_steps, "--seed", str(self.seed),
@@ -390,6 +404,26 @@ class _CountingOn:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
+
+
+def _as_trained(hyperparams: dict[str, Any], trial_arguments: dict[str, Any], raw: bool = False) -> dict[str, Any]:
+    """
+    :param hyperparams: the run's IQL arguments (the dataset's preset, ``-params``)
+    :param trial_arguments: a trial's arguments (``convert_iql_params``)
+    :param raw: ``hyperparams`` as read from the file (``policy_kwargs`` may be Python text, schedules ``"lin_X"``),
+        not yet as rl-zoo preprocesses them
+    :return: the arguments the trial trains with: its ``policy_kwargs`` merged into the run's, and its learning rate
+        on the run's linear schedule where it has one (rl-zoo's ``lin_X``)
+    """
+    if raw and isinstance(hyperparams.get("policy_kwargs"), str):  # as rl-zoo evaluates it, in its module
+        hyperparams = {**hyperparams, "policy_kwargs": eval(hyperparams["policy_kwargs"], vars(rl_zoo3.exp_manager))}
+    arguments = with_overrides(hyperparams, trial_arguments)
+    schedule = hyperparams.get("learning_rate")
+    if isinstance(schedule, rl_zoo3.utils.SimpleLinearSchedule):
+        arguments["learning_rate"] = rl_zoo3.utils.SimpleLinearSchedule(trial_arguments["learning_rate"])
+    elif isinstance(schedule, str) and schedule.startswith("lin_"):
+        arguments["learning_rate"] = f"lin_{trial_arguments['learning_rate']}"
+    return arguments
 
 
 @contextlib.contextmanager

@@ -120,6 +120,28 @@ def test_a_fine_tuning_study_evaluates_the_online_phase(maze_root, tmp_path, cap
     assert "policy_kwargs:dict(net_arch=" in command
 
 
+def test_trials_keep_the_preset_s_network_settings_and_schedule_also_trained_again_by_id(maze_root, tmp_path, capsys):
+    presets, storage = tmp_path / "presets.yml", f"sqlite:///{tmp_path / 'id.db'}"
+    presets.write_text(
+        f"{MAZE_ID}:\n  policy: MlpPolicy\n  n_timesteps: 0\n  offline_steps: 4\n  learning_rate: lin_1e-3\n"
+        "  policy_kwargs: {normalize_observations: true}\n"
+    )
+    common = ["--dataset", MAZE_ID, "--presets", str(presets), "--storage", storage, "--study-name", "id", *STUDY]
+    zoo.main(["train", *common, "--optimize", "--n-trials", "2", "-f", str(tmp_path / "logs")])
+    trials = optuna.load_study(study_name="id", storage=storage).trials
+    assert trials[0].params["learning_rate"] == 1e-3  # the preset's schedule starts there (was IQL's 3e-4)
+    command = shlex.split(capsys.readouterr().out.split("again:\n")[1].splitlines()[0])
+    assert any(word.startswith("learning_rate:'lin_") for word in command), command
+    assert any(word.startswith("policy_kwargs:dict(normalize_observations=True,") for word in command), command
+    zoo.main(["train", *common, "--trial-id", "1", "-f", str(tmp_path / "retrain")])
+    model = IQL.load(tmp_path / "retrain" / "iql" / f"{MAZE_ENV_ID}_1" / f"{MAZE_ENV_ID}.zip")
+    learning_rate = trials[1].params["learning_rate"]
+    assert model.lr_schedule(1.0) == pytest.approx(learning_rate) and model.lr_schedule(0.5) == pytest.approx(learning_rate / 2)
+    expected_net_arch = tuning.net_arch_widths(trials[1].params["net_arch"])
+    kwargs = model.policy_kwargs  # rl-zoo's own --trial-id kept net_arch only
+    assert kwargs["normalize_observations"] is True and kwargs["net_arch"] == expected_net_arch, kwargs
+
+
 def test_two_workers_share_one_study_and_the_best_trial_trains_again(maze_root, tmp_path):
     storage, logs = f"sqlite:///{tmp_path / 'shared.db'}", tmp_path / "logs"
     workers = [worker(storage, "shared", logs, "--max-total-trials", "6", *STUDY_PARAMS) for _ in range(2)]
