@@ -115,6 +115,17 @@ def test_unsupported_action_spaces_get_a_clear_error(action_space, message):
         IQL("MlpPolicy", SpacesEnv(spaces.Box(-1, 1, (2,), np.float32), action_space))
 
 
+def test_action_noise_needs_continuous_actions():
+    from stable_baselines3.common.noise import NormalActionNoise
+
+    with pytest.raises(ValueError, match=r"action_noise perturbs Box actions; with Discrete\(3\) it would do nothing"):
+        IQL(
+            "MlpPolicy",
+            SpacesEnv(spaces.Box(-1, 1, (2,), np.float32), spaces.Discrete(3)),
+            action_noise=NormalActionNoise(0, 1),
+        )
+
+
 def test_ddpg_bc_needs_continuous_actions():
     with pytest.raises(ValueError, match=r"ddpg_bc.*Box"):
         IQL("MlpPolicy", SpacesEnv(spaces.Box(-1, 1, (2,), np.float32), spaces.Discrete(3)), policy_extraction="ddpg_bc")

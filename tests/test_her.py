@@ -222,8 +222,24 @@ def test_iql_trains_online_with_hindsight_and_relabels_finished_episodes_only(ma
     expected = env.unwrapped.compute_reward(achieved.numpy(), goals.numpy(), {}) - 1.0  # the antmaze transform, r - 1
     assert relabelled.any() and np.allclose(samples.rewards[relabelled, 0].numpy(), expected[relabelled.numpy()])
     model.save_replay_buffer(tmp_path / "buffer")
-    model.load_replay_buffer(tmp_path / "buffer")
+    model.load_replay_buffer(tmp_path / "buffer", truncate_last_traj=False)  # to go on in the same episode
     assert model.replay_buffer.env is model.env and th.equal(model.replay_buffer._episode_length, buffer._episode_length)
+    with pytest.warns(UserWarning, match="last trajectory in the replay buffer will be truncated"):
+        model.load_replay_buffer(tmp_path / "buffer")  # SB3's default: the open episode ends there, as SB3's buffer
+    loaded = model.replay_buffer
+    assert (loaded._episode_length[offline + 50 : offline + 70] == 20).all() and not any(loaded._open_episodes)
+    last_row = offline + 69  # one environment: one transition per row
+    assert loaded.dones[last_row, 0] == 1 and loaded.timeouts[last_row, 0] == 1  # a time-out: still bootstrapped
+
+
+def test_the_copies_that_complete_the_last_row_relabel_as_the_transitions_they_copy():
+    buffer = HerReplayBuffer(100, GOAL_SPACE, ACTION_SPACE, env=CountingGoalEnv(), device="cpu", n_envs=3)
+    buffer.extend(**counting_episodes())
+    n = sum(EPISODE_LENGTHS)
+    copies = slice(n, n + (-n % 3))
+    assert copies.stop > n, "the episodes leave a row to complete"
+    for record in (buffer._absolute, buffer._episode_first, buffer._episode_length):  # the place in the episode
+        assert th.equal(record[copies], record[: copies.stop - n])
 
 
 def test_the_buffer_pickles_with_its_episodes():

@@ -136,7 +136,9 @@ def test_trials_keep_the_preset_s_network_settings_and_schedule_also_trained_aga
     zoo.main(["train", *common, "--trial-id", "1", "-f", str(tmp_path / "retrain")])
     model = IQL.load(tmp_path / "retrain" / "iql" / f"{MAZE_ENV_ID}_1" / f"{MAZE_ENV_ID}.zip")
     learning_rate = trials[1].params["learning_rate"]
-    assert model.lr_schedule(1.0) == pytest.approx(learning_rate) and model.lr_schedule(0.5) == pytest.approx(learning_rate / 2)
+    assert model.lr_schedule(1.0) == pytest.approx(learning_rate) and model.lr_schedule(0.5) == pytest.approx(
+        learning_rate / 2
+    )
     expected_net_arch = tuning.net_arch_widths(trials[1].params["net_arch"])
     kwargs = model.policy_kwargs  # rl-zoo's own --trial-id kept net_arch only
     assert kwargs["normalize_observations"] is True and kwargs["net_arch"] == expected_net_arch, kwargs

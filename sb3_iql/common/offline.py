@@ -209,7 +209,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             if env is None:  # the task the dataset is scored on, also the one to fine-tune on
                 env = recover_eval_env(datasets[0])
             check_observation_space(env.observation_space)
-            self._check_action_space(env.action_space, supported_action_spaces)
+            self._check_action_space(env.action_space, supported_action_spaces, action_noise)
             for dataset in datasets:
                 check_spaces(dataset, env.observation_space, env.action_space)
             if relabel_eval_goal:
@@ -220,7 +220,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             buffer_size = self._buffer_size_for(len(transitions), buffer_size, getattr(env, "num_envs", 1))
         elif env is not None:
             check_observation_space(env.observation_space)
-            self._check_action_space(env.action_space, supported_action_spaces)
+            self._check_action_space(env.action_space, supported_action_spaces, action_noise)
         self.reward_transform_fn = make_reward_transform(
             reward_transform, None if transitions is None else transitions.episode_returns
         )
@@ -285,11 +285,14 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             )
         return buffer_size
 
-    def _check_action_space(self, action_space: spaces.Space, supported: tuple[type[spaces.Space], ...]) -> None:
+    def _check_action_space(
+        self, action_space: spaces.Space, supported: tuple[type[spaces.Space], ...], action_noise: ActionNoise | None = None
+    ) -> None:
         """
         A bounded Box (dataset actions are scaled to [-1, 1] with its bounds), or a ``Discrete(n)`` starting at 0
         where the algorithm supports it (actions are stored as indices, as SB3's DQN does).
 
+        :param action_noise: the online action noise, which only Box actions take
         :raises ValueError: the space is not supported, naming the ones that are
         """
         name = type(self).__name__
@@ -298,6 +301,11 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             raise ValueError(f"{name} supports {names} action spaces, got {action_space}")
         if isinstance(action_space, spaces.Discrete) and action_space.start != 0:
             raise ValueError(f"{name} needs Discrete actions starting at 0 (as SB3's policies predict), got {action_space}")
+        if isinstance(action_space, spaces.Discrete) and action_noise is not None:
+            raise ValueError(
+                f"action_noise perturbs Box actions; with {action_space} it would do nothing: Discrete actions explore "
+                "by sampling the policy's categorical distribution online"
+            )
         if isinstance(action_space, spaces.Box) and len(action_space.shape) != 1:
             raise ValueError(
                 f"{name} needs a Box action space of one dimension, shape (n,), got shape {action_space.shape}: "
@@ -772,11 +780,16 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         write_atomically(path, "pkl", lambda target: super(OfflineAlgorithm, self).save_replay_buffer(target))
 
     def load_replay_buffer(self, path: Any, truncate_last_traj: bool = True) -> None:
-        """SB3's ``load_replay_buffer``; sampling goes on with the model's stream (``_attach_generator``)."""
+        """
+        SB3's ``load_replay_buffer``; sampling goes on with the model's stream (``_attach_generator``). A
+        ``HerReplayBuffer`` gets the model's env and, with ``truncate_last_traj``, its open episodes ended, as SB3's.
+        """
         previous = getattr(self.replay_buffer, "generator", None)
         super().load_replay_buffer(path, truncate_last_traj)
         if isinstance(self.replay_buffer, HerReplayBuffer):
             self.replay_buffer.set_env(self.env)
+            if truncate_last_traj:
+                self.replay_buffer.truncate_last_trajectory()
         self._attach_generator(previous)
 
 

@@ -11,6 +11,7 @@ API, vectorised), then passed through the algorithm's reward transform. Episodes
 from the transition's own episode, and online only finished episodes are relabelled.
 """
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -139,8 +140,14 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
 
     # --- writing --------------------------------------------------------------------------------------------------
 
-    def _record_episodes(self, absolute: np.ndarray, first: np.ndarray, stride: int, length: np.ndarray) -> None:
-        slots = th.as_tensor(absolute % (self.buffer_size * self.n_envs), device=self.device)
+    def _record_episodes(
+        self, absolute: np.ndarray, first: np.ndarray, stride: int, length: np.ndarray, slots: np.ndarray | None = None
+    ) -> None:
+        """
+        :param absolute: each transition's absolute index (its place in its episode)
+        :param slots: the flat indices they are stored at (default: ``absolute`` in the ring)
+        """
+        slots = th.as_tensor(absolute % (self.buffer_size * self.n_envs) if slots is None else slots, device=self.device)
         self._absolute[slots] = th.as_tensor(absolute, device=self.device)
         self._episode_first[slots] = th.as_tensor(first, device=self.device)
         self._episode_stride[slots] = stride
@@ -164,9 +171,11 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
         absolute = start + np.arange(n_transitions)
         self._record_episodes(absolute, start + first_of_episode[episode], 1, lengths[episode])
         n_duplicates = -n_transitions % self.n_envs  # the mixin completes the last row with the first transitions
-        if n_duplicates:
-            copies = start + n_transitions + np.arange(n_duplicates)
-            self._record_episodes(copies, start + first_of_episode[episode[:n_duplicates]], 1, lengths[episode[:n_duplicates]])
+        if n_duplicates:  # each copy relabels as the transition it copies
+            copied, copies = np.arange(n_duplicates), start + n_transitions + np.arange(n_duplicates)
+            slots = copies % (self.buffer_size * self.n_envs)
+            first, length = start + first_of_episode[episode[copied]], lengths[episode[copied]]
+            self._record_episodes(start + copied, first, 1, length, slots)
         self._n_written += n_transitions + n_duplicates
 
     def add(self, obs, next_obs, action, reward, done, infos) -> None:  # type: ignore[no-untyped-def]
@@ -184,6 +193,28 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
                 )
                 self._open_episodes[env_index] = []
         self._n_written += self.n_envs
+
+    def truncate_last_trajectory(self) -> None:
+        """
+        SB3's, for a buffer loaded to go on training (``load_replay_buffer(truncate_last_traj=True)``): the episodes
+        open when it was saved end at their last stored transition, as time-outs, so that the next steps (after a
+        reset) start new episodes instead of extending them.
+        """
+        open_envs = [env_index for env_index, episode in enumerate(self._open_episodes) if episode]
+        if open_envs:
+            warnings.warn(
+                "The last trajectory in the replay buffer will be truncated. If you are in the same episode as when the "
+                "replay buffer was saved, use truncate_last_traj=False to avoid that issue.",
+                stacklevel=2,
+            )
+        last_row = (self.pos - 1) % self.buffer_size
+        for env_index in open_envs:
+            episode = np.array(self._open_episodes[env_index])
+            self._record_episodes(episode, np.full(len(episode), episode[0]), self.n_envs, np.full(len(episode), len(episode)))
+            self._open_episodes[env_index] = []
+            self.dones[last_row, env_index] = 1.0
+            if self.handle_timeout_termination:  # not terminal: bootstrapped as a time-out
+                self.timeouts[last_row, env_index] = 1.0
 
     # --- sampling -------------------------------------------------------------------------------------------------
 
