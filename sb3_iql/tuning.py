@@ -14,6 +14,7 @@ Hyperparameter optimisation of IQL with rl-zoo's Optuna search (``python -m sb3_
 """
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -124,6 +125,21 @@ def preset_trial(hyperparams: dict[str, Any]) -> dict[str, Any]:
         "net_arch": net_arch_name(net_arch),
         "dropout": float(hyperparams.get("dropout") or 0.0),
     }
+
+
+class ScaledSchedule:
+    """
+    A learning-rate schedule scaled to start at another rate, as trials draw it: ``schedule(p) * start / schedule(1)``.
+
+    :param schedule: SB3 schedule of the progress remaining (1 at the start, 0 at the end)
+    :param start: the rate at the start
+    """
+
+    def __init__(self, schedule: Callable[[float], float], start: float):
+        self.schedule, self.start = schedule, start
+
+    def __call__(self, progress_remaining: float) -> float:
+        return self.schedule(progress_remaining) * self.start / self.schedule(1.0)
 
 
 class PresetFirstSampler(optuna.samplers.BaseSampler):

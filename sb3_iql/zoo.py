@@ -64,6 +64,7 @@ from sb3_iql.presets import PresetNotFoundError, known_presets, preset_for, with
 from sb3_iql.tuning import (
     HEARTBEAT_INTERVAL,
     PresetFirstSampler,
+    ScaledSchedule,
     TrialNormalizedEvalCallback,
     convert_iql_params,
     make_storage,
@@ -227,7 +228,7 @@ class IQLExperimentManager(ExperimentManager):
 
     def read_hyperparameters(self) -> tuple[dict[str, Any], dict[str, Any]]:
         # rl-zoo's --trial-id replaces the configuration's policy_kwargs and schedule with the trial's parameters
-        # (net_arch only, a constant rate): the trial's are applied here instead, as the trial trained with them
+        # (net_arch only, a constant rate), and -params then replace those: applied here as the trial trained
         trial_id, self.trial_id = self.trial_id, None
         try:
             hyperparams, saved_hyperparams = super().read_hyperparameters()
@@ -236,7 +237,7 @@ class IQLExperimentManager(ExperimentManager):
         if self.storage and self.study_name and trial_id is not None:
             print(f"Loading trial {trial_id} of the Optuna study...")
             trial = self.load_trial(self.storage, self.study_name, trial_id)
-            hyperparams = {**_as_trained(hyperparams, trial, raw=True), **(self.custom_hyperparams or {})}
+            hyperparams = _as_trained(hyperparams, trial, raw=True)  # over -params, as in the study
             saved_hyperparams = OrderedDict((key, hyperparams[key]) for key in sorted(hyperparams))
         dataset = hyperparams.get("offline_dataset")
         self.offline_dataset = dataset if isinstance(dataset, str) else None
@@ -373,6 +374,11 @@ class IQLExperimentManager(ExperimentManager):
             best = max(completed, key=lambda trial: trial.value)
             print(f"Train the best trial ({best.number}, objective {best.value:.2f}) again:")
             print(shlex.join(self.retrain_command(best.params)))
+            if isinstance(_as_trained(self._hyperparams, convert_iql_params(best.params))["learning_rate"], ScaledSchedule):
+                print(
+                    "(-params cannot write the configuration's Python learning-rate schedule: the command trains a constant "
+                    f"rate; --storage ... --study-name ... --trial-id {best.number} keeps the schedule)"
+                )
 
     def retrain_command(self, params: dict[str, Any]) -> list[str]:
         """
@@ -384,8 +390,11 @@ class IQLExperimentManager(ExperimentManager):
         online_steps = ["-n", str(self.n_timesteps)] if self.n_timesteps > 0 else []
         trained = _as_trained(self._hyperparams, convert_iql_params(params))
         trial_arguments = {key: trained[key] for key in (*convert_iql_params(params), "policy_kwargs")}
-        if isinstance(trial_arguments["learning_rate"], rl_zoo3.utils.SimpleLinearSchedule):  # as -params reads it
-            trial_arguments["learning_rate"] = f"lin_{trial_arguments['learning_rate'].initial_value}"
+        learning_rate = trial_arguments["learning_rate"]
+        if isinstance(learning_rate, rl_zoo3.utils.SimpleLinearSchedule):  # as -params reads it
+            trial_arguments["learning_rate"] = f"lin_{learning_rate.initial_value}"
+        elif isinstance(learning_rate, ScaledSchedule):  # not writable as -params (said where it is printed)
+            trial_arguments["learning_rate"] = learning_rate.start
         given = dict(self.custom_hyperparams or {})
         return [
             "python", "-m", "sb3_iql.zoo", "train", *source, *self.retrain_options, *online_steps, "--seed", str(self.seed),
@@ -410,19 +419,27 @@ def _as_trained(hyperparams: dict[str, Any], trial_arguments: dict[str, Any], ra
     """
     :param hyperparams: the run's IQL arguments (the dataset's preset, ``-params``)
     :param trial_arguments: a trial's arguments (``convert_iql_params``)
-    :param raw: ``hyperparams`` as read from the file (``policy_kwargs`` may be Python text, schedules ``"lin_X"``),
-        not yet as rl-zoo preprocesses them
+    :param raw: ``hyperparams`` as read from the file, before rl-zoo's preprocessing: ``policy_kwargs`` may be
+        Python text and schedules ``"lin_X"`` (any ``"name_X"``, which rl-zoo reads as linear)
     :return: the arguments the trial trains with: its ``policy_kwargs`` merged into the run's, and its learning rate
-        on the run's linear schedule where it has one (rl-zoo's ``lin_X``)
+        on the run's schedule where it has one (scaled to start at the trial's value)
     """
-    if raw and isinstance(hyperparams.get("policy_kwargs"), str):  # as rl-zoo evaluates it, in its module
-        hyperparams = {**hyperparams, "policy_kwargs": eval(hyperparams["policy_kwargs"], vars(rl_zoo3.exp_manager))}
-    arguments = with_overrides(hyperparams, trial_arguments)
-    schedule = hyperparams.get("learning_rate")
-    if isinstance(schedule, rl_zoo3.utils.SimpleLinearSchedule):
-        arguments["learning_rate"] = rl_zoo3.utils.SimpleLinearSchedule(trial_arguments["learning_rate"])
-    elif isinstance(schedule, str) and schedule.startswith("lin_"):
-        arguments["learning_rate"] = f"lin_{trial_arguments['learning_rate']}"
+    policy_kwargs = hyperparams.get("policy_kwargs")
+    if isinstance(policy_kwargs, str):  # Python text that rl-zoo evaluates later: the trial's added to it
+        arguments = {
+            **hyperparams,
+            **trial_arguments,
+            "policy_kwargs": f"dict({policy_kwargs}, **{trial_arguments['policy_kwargs']!r})",
+        }
+    else:
+        arguments = with_overrides(hyperparams, trial_arguments)
+    schedule, learning_rate = hyperparams.get("learning_rate"), trial_arguments["learning_rate"]
+    if raw and isinstance(schedule, str):
+        arguments["learning_rate"] = f"lin_{learning_rate}"
+    elif isinstance(schedule, rl_zoo3.utils.SimpleLinearSchedule):
+        arguments["learning_rate"] = rl_zoo3.utils.SimpleLinearSchedule(learning_rate)
+    elif callable(schedule):
+        arguments["learning_rate"] = ScaledSchedule(schedule, learning_rate)
     return arguments
 
 

@@ -3,6 +3,7 @@
 import dataclasses
 import hashlib
 import pathlib
+import re
 import time
 import warnings
 
@@ -348,8 +349,12 @@ def test_unsupported_action_space_and_small_buffer(box_dataset):
         IQL("MlpPolicy", SpacesEnv(OBS_SPACE, spaces.Box(-np.inf, np.inf, (2,))))
     with pytest.raises(ValueError, match="low < high in every action dimension"):  # scaled, it would be NaN
         IQL("MlpPolicy", SpacesEnv(OBS_SPACE, spaces.Box(np.array([-1.0, 0.0]), np.array([1.0, 0.0]))))
-    with pytest.raises(ValueError, match=r"one dimension, shape \(n,\), got shape \(2, 2\)"):  # SAC flattens it
-        IQL("MlpPolicy", SpacesEnv(OBS_SPACE, spaces.Box(-1.0, 1.0, (2, 2))))
+    for shape in [(2, 2), (1, 2), ()]:  # SAC flattens them; (n, 1) is taken as (n,)
+        with pytest.raises(
+            ValueError, match=rf"one dimension, shape \(n,\) \(or \(n, 1\)\), got shape {re.escape(str(shape))}"
+        ):
+            IQL("MlpPolicy", SpacesEnv(OBS_SPACE, spaces.Box(-1.0, 1.0, shape)))
+    IQL("MlpPolicy", SpacesEnv(OBS_SPACE, spaces.Box(-1.0, 1.0, (2, 1))))
     with pytest.raises(ValueError, match=r"buffer_size=5 is smaller than the offline dataset \(9 transitions\)"):
         make_model(box_dataset, buffer_size=5)
     with pytest.raises(ValueError, match="optimize_memory_usage"):

@@ -309,12 +309,17 @@ def test_each_model_continues_its_own_tensorboard_run(line_dataset, tmp_path):
     models[0].learn_offline(5, reset_num_timesteps=False)  # SB3 would open the newest run, IQL_3
     for model in models:
         model.logger.close()
+        model.save(tmp_path / "model")  # a loaded model goes on in its run too
+        loaded = IQL.load(tmp_path / "model", env=LineEnv())
+        loaded.reload_offline_dataset()
+        loaded.learn_offline(5, reset_num_timesteps=False)
+        loaded.logger.close()
     steps = {}
     for run in sorted((tmp_path / "tb").iterdir()):
         events = EventAccumulator(str(run))
         events.Reload()
         steps[run.name] = [event.step for event in events.Scalars("train/value_loss")]
-    assert steps == {"IQL_1": [5, 10, 15, 20, 25], "IQL_2": [5, 10, 15, 20], "IQL_3": [5, 10, 15, 20]}
+    assert steps == {"IQL_1": [5, 10, 15, 20, 25, 30], "IQL_2": [5, 10, 15, 20, 25], "IQL_3": [5, 10, 15, 20, 25]}
 
 
 def test_a_short_call_with_the_default_budget_is_warned_about_its_undecayed_actor_lr(line_dataset):

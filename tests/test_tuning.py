@@ -122,11 +122,9 @@ def test_a_fine_tuning_study_evaluates_the_online_phase(maze_root, tmp_path, cap
 
 def test_trials_keep_the_preset_s_network_settings_and_schedule_also_trained_again_by_id(maze_root, tmp_path, capsys):
     presets, storage = tmp_path / "presets.yml", f"sqlite:///{tmp_path / 'id.db'}"
-    presets.write_text(
-        f"{MAZE_ID}:\n  policy: MlpPolicy\n  n_timesteps: 0\n  offline_steps: 4\n  learning_rate: lin_1e-3\n"
-        "  policy_kwargs: {normalize_observations: true}\n"
-    )
-    common = ["--dataset", MAZE_ID, "--presets", str(presets), "--storage", storage, "--study-name", "id", *STUDY]
+    presets.write_text(f"{MAZE_ID}:\n  policy: MlpPolicy\n  n_timesteps: 0\n  offline_steps: 4\n  learning_rate: lin_1e-3\n")
+    common = ["--dataset", MAZE_ID, "--presets", str(presets), "--storage", storage, "--study-name", "id", *STUDY,
+              "-params", "policy_kwargs:dict(normalize_observations=True)"]  # fmt: skip
     zoo.main(["train", *common, "--optimize", "--n-trials", "2", "-f", str(tmp_path / "logs")])
     trials = optuna.load_study(study_name="id", storage=storage).trials
     assert trials[0].params["learning_rate"] == 1e-3  # the preset's schedule starts there (was IQL's 3e-4)
@@ -142,6 +140,25 @@ def test_trials_keep_the_preset_s_network_settings_and_schedule_also_trained_aga
     expected_net_arch = tuning.net_arch_widths(trials[1].params["net_arch"])
     kwargs = model.policy_kwargs  # rl-zoo's own --trial-id kept net_arch only
     assert kwargs["normalize_observations"] is True and kwargs["net_arch"] == expected_net_arch, kwargs
+
+
+def test_a_trial_s_arguments_keep_the_run_s_network_settings_and_schedule():
+    from rl_zoo3.utils import SimpleLinearSchedule
+    from stable_baselines3.common.utils import LinearSchedule
+
+    trial = tuning.convert_iql_params({**tuning.preset_trial({}), "learning_rate": 5e-4, "net_arch": "small"})
+    raw = zoo._as_trained(
+        {"policy_kwargs": "dict(normalize_observations=True)", "learning_rate": "linear_1e-3"}, trial, raw=True
+    )
+    assert eval(raw["policy_kwargs"]) == {"normalize_observations": True, "net_arch": [64, 64]}  # as rl-zoo evaluates it
+    assert raw["learning_rate"] == "lin_0.0005"  # rl-zoo reads any name_X as linear
+    linear = zoo._as_trained({"learning_rate": SimpleLinearSchedule(1e-3)}, trial)["learning_rate"]
+    assert isinstance(linear, SimpleLinearSchedule) and linear(0.5) == pytest.approx(2.5e-4)
+    python_schedule = LinearSchedule(1e-3, 1e-4, 1.0)  # from a Python --conf-file
+    scaled = zoo._as_trained({"learning_rate": python_schedule}, trial)["learning_rate"]
+    assert scaled(1.0) == pytest.approx(5e-4) and scaled(0.0) == pytest.approx(5e-5)
+    assert tuning.preset_trial({"learning_rate": python_schedule})["learning_rate"] == pytest.approx(1e-3)
+    assert zoo._as_trained({"learning_rate": 1e-3}, trial)["learning_rate"] == 5e-4
 
 
 def test_two_workers_share_one_study_and_the_best_trial_trains_again(maze_root, tmp_path):

@@ -26,6 +26,7 @@ from stable_baselines3 import her as sb3_her
 from stable_baselines3.common import utils
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback, ProgressBarCallback
+from stable_baselines3.common.logger import configure
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
@@ -188,8 +189,10 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         self._offline_phase_unfinished = False
         #: Whether a callback stopped the last ``learn_offline`` call (then ``learn()`` stops too, as SAC's).
         self._offline_stopped = False
-        #: ``tb_log_name`` of the run that this model's logger writes (None: none configured by this model yet).
+        #: ``tb_log_name`` and folder of the TensorBoard run that this model's logger writes (saved: a loaded model
+        #: continued with ``reset_num_timesteps=False`` goes on writing it); None: none configured by this model yet.
         self._logger_run_name: str | None = None
+        self._logger_run_folder: str | None = None
         #: Whether online steps were told that they replace the offline data (once per model).
         self._warned_full_buffer = False
         self.sampling_generator = th.Generator()
@@ -306,10 +309,11 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 f"action_noise perturbs Box actions; with {action_space} it would do nothing: Discrete actions explore "
                 "by sampling the policy's categorical distribution online"
             )
-        if isinstance(action_space, spaces.Box) and len(action_space.shape) != 1:
+        shape = getattr(action_space, "shape", None)
+        if isinstance(action_space, spaces.Box) and (len(shape) == 0 or int(np.prod(shape)) != shape[0]):
             raise ValueError(
-                f"{name} needs a Box action space of one dimension, shape (n,), got shape {action_space.shape}: "
-                "flatten the environment's actions and the dataset's (gymnasium.wrappers.TransformAction)"
+                f"{name} needs Box actions of one dimension, shape (n,) (or (n, 1)), got shape {shape}: flatten the "
+                "environment's actions and the dataset's (gymnasium.wrappers.TransformAction)"
             )
         if isinstance(action_space, spaces.Box) and not (
             np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()
@@ -610,9 +614,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         if self.ep_info_buffer is None or reset_num_timesteps:  # as SB3's: read by dump_logs()
             self.ep_info_buffer = deque(maxlen=self._stats_window_size)
             self.ep_success_buffer = deque(maxlen=self._stats_window_size)
-        if not self._continues_its_run(tb_log_name, reset_num_timesteps):
-            self._logger = utils.configure_logger(self.verbose, self.tensorboard_log, tb_log_name, reset_num_timesteps)
-            self._logger_run_name = tb_log_name
+        self._set_up_logger(tb_log_name, reset_num_timesteps)
         callbacks = callback_items(callback)
         evaluation = find_eval_callback(callbacks)
         # SB3's own bar counts n_envs timesteps per step: offline, the updates bar counts one per update
@@ -623,15 +625,26 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             callbacks.append(UpdatesProgressBarCallback(evaluation))
         return self._init_callback(callbacks)
 
-    def _continues_its_run(self, tb_log_name: str, reset_num_timesteps: bool) -> bool:
+    def _set_up_logger(self, tb_log_name: str, reset_num_timesteps: bool) -> None:
         """
-        Whether the logger stays as it is: set with ``set_logger``, or a run continued (``reset_num_timesteps=False``,
-        the same ``tb_log_name``) whose logger this model configured. SB3 would open the newest run of that name
-        instead: another model's where several write to one ``tensorboard_log`` (``make_seeds``).
+        SB3's logger set-up, except for a run continued (``reset_num_timesteps=False``, the same ``tb_log_name``):
+        it goes on in its own TensorBoard run, with this model's logger or, for a loaded model, on the run's folder.
+        SB3 would open the newest run of that name: another model's where several write to one ``tensorboard_log``
+        (``make_seeds``). A logger given with ``set_logger`` is kept, as in SB3.
         """
         if self._custom_logger:
-            return True
-        return not reset_num_timesteps and tb_log_name == self._logger_run_name and hasattr(self, "_logger")
+            return
+        continued = not reset_num_timesteps and tb_log_name == self._logger_run_name
+        if continued and hasattr(self, "_logger"):
+            return
+        folder = self._logger_run_folder
+        if continued and self.tensorboard_log is not None and folder is not None and os.path.isdir(folder):
+            formats = ["stdout", "tensorboard"] if self.verbose >= 1 else ["tensorboard"]  # as SB3's configure_logger
+            self._logger = configure(folder, formats)
+        else:
+            self._logger = utils.configure_logger(self.verbose, self.tensorboard_log, tb_log_name, reset_num_timesteps)
+        self._logger_run_name = tb_log_name
+        self._logger_run_folder = self._logger.get_dir() if self.tensorboard_log is not None else None
 
     def _dump_offline_logs(self, metric_sums: th.Tensor, n_steps: int, seconds: float) -> None:
         self._record_metrics(metric_sums, n_steps)
@@ -657,13 +670,11 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             )
         if reset_num_timesteps:
             self._offline_timesteps = 0
-        custom_logger = self._custom_logger
-        self._custom_logger = self._continues_its_run(tb_log_name, reset_num_timesteps)  # SB3 configures none then
+        self._set_up_logger(tb_log_name, reset_num_timesteps)
+        custom_logger, self._custom_logger = self._custom_logger, True  # SB3 configures no other
         try:
             return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
         finally:
-            if not self._custom_logger:  # SB3 configured one
-                self._logger_run_name = tb_log_name
             self._custom_logger = custom_logger
 
     def _check_online_setup(self) -> None:

@@ -207,11 +207,11 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
                 "replay buffer was saved, use truncate_last_traj=False to avoid that issue.",
                 stacklevel=2,
             )
-        last_row = (self.pos - 1) % self.buffer_size
         for env_index in open_envs:
             episode = np.array(self._open_episodes[env_index])
             self._record_episodes(episode, np.full(len(episode), episode[0]), self.n_envs, np.full(len(episode), len(episode)))
             self._open_episodes[env_index] = []
+            last_row = int(episode[-1] % (self.buffer_size * self.n_envs)) // self.n_envs  # its env's column
             self.dones[last_row, env_index] = 1.0
             if self.handle_timeout_termination:  # not terminal: bootstrapped as a time-out
                 self.timeouts[last_row, env_index] = 1.0

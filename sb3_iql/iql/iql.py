@@ -523,7 +523,6 @@ class IQL(OfflineAlgorithm):
             "_critic_params",
             "_critic_target_params",
             "_fast_update",
-            "_logger_run_name",
             "_auto_mode",
         ]
 
