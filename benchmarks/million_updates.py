@@ -56,7 +56,9 @@ def run(path: str, n_updates: int, chunk: int, max_seconds: float, device: th.de
         peer_rates.append(_updates_per_s(time_peer, peer_updates, device))
     chunks: list[tuple[int, float]] = []
     done, start = 0, time.perf_counter()
-    while not chunks or (done < n_updates and time.perf_counter() - start < max_seconds):
+    # a chunk starts only if it should end within max_seconds (at the last chunk's pace): a stage's time limit
+    # (gpu_check.sh) would kill the run before it writes its figures
+    while not chunks or (done < n_updates and time.perf_counter() - start + chunks[-1][1] < max_seconds):
         size = min(chunk, n_updates - done)
         chunk_start = time.perf_counter()
         model.learn_offline(size, log_interval=0, reset_num_timesteps=not chunks)
@@ -82,6 +84,7 @@ def run(path: str, n_updates: int, chunk: int, max_seconds: float, device: th.de
         "steady_updates_per_s": sum(size for size, _ in steady) / sum(seconds for _, seconds in steady),
         "chunk_updates_per_s": [size / seconds for size, seconds in chunks],
         "finite": bool(all(th.isfinite(p).all() for p in parameters) and np.isfinite(actions).all()),
+        "ran": speed.path_that_ran(model),
         "peer_updates": peer_updates,
         "peer_updates_per_s": peer_rates,
         "ratio_to_peer": done / total / float(np.mean(peer_rates)) if peer_rates else None,
@@ -99,6 +102,7 @@ def _updates_per_s(run_updates: Callable[[int], None], n_updates: int, device: t
 def render(result: dict[str, Any], device_name: str) -> str:
     """:return: a markdown section of ``speed.md``"""
     finished = "" if result["updates"] == result["target_updates"] else f" (stopped at {result['updates']:,})"
+    ran = f"; ran: {result['ran']}" if result.get("ran") else ""  # a path that fell back names the one it ran
     peer_rates = result.get("peer_updates_per_s") or []
     ratios = " and ".join(f"{result['updates_per_s'] / rate:.2f}x" for rate in peer_rates)
     peer = (
@@ -115,7 +119,7 @@ def render(result: dict[str, Any], device_name: str) -> str:
             f"{result['date']}",
             "",
             f"`learn_offline` of {result['target_updates']:,} updates{finished}, `{result['path']}` path "
-            f"({result['note']}), batch 256, 256x256, AntMaze's shapes, 1M synthetic transitions "
+            f"({result['note']}{ran}), batch 256, 256x256, AntMaze's shapes, 1M synthetic transitions "
             "(`benchmarks/million_updates.py`); wall time from the first update, compilation included.",
             "",
             "| updates | wall (s) | first chunk, compilation included (s) | updates/s, whole run | updates/s after "
@@ -135,7 +139,9 @@ def main() -> None:
     parser.add_argument("--path", default="auto", help="auto (IQL's defaults) or one of speed.py's sb3-iql paths")
     parser.add_argument("--updates", type=int, default=1_000_000)
     parser.add_argument("--chunk", type=int, default=50_000, help="updates per learn_offline call")
-    parser.add_argument("--max-seconds", type=float, default=float("inf"), help="start no chunk after this (but the first)")
+    parser.add_argument(
+        "--max-seconds", type=float, default=float("inf"), help="start no chunk that would end after this (but the first)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--output-dir", default=speed.RESULTS_DIR)

@@ -63,6 +63,7 @@ from sb3_iql.common.offline import OfflineAlgorithm
 from sb3_iql.common.synthetic import SyntheticTransitions, box_env, synthetic_antmaze_transitions, synthetic_transitions
 from sb3_iql.data import OfflineDictReplayBuffer, OfflineReplayBuffer
 from sb3_iql.data.device_buffers import DeviceDictReplayBuffer, DeviceReplayBuffer
+from sb3_iql.iql.fast_update import CudaGraphUpdate
 
 #: name -> (observation dim, action dim)
 SHAPES = {"antmaze": (29, 8), "locomotion": (17, 6)}
@@ -427,8 +428,9 @@ def render_markdown(results: list[dict[str, Any]]) -> str:
                 load_seconds = row.get("probe", {}).get("load_seconds", row["load_seconds"])
                 sample_us = row.get("probe", {}).get("sample_us", float("nan"))
                 sample_text = "" if math.isnan(sample_us) else f"{sample_us:.0f}"
+                ran = f" (ran: {row['ran']})" if row.get("ran") else ""  # what a path that fell back trained on
                 lines.append(
-                    f"| {row['path']} | {row['note']} | {row['wall']:.1f} | {row['wall_ratio']:.2f} | {row['cpu']:.1f} | "
+                    f"| {row['path']} | {row['note']}{ran} | {row['wall']:.1f} | {row['wall_ratio']:.2f} | {row['cpu']:.1f} | "
                     f"{row['cpu_ratio']:.2f} | {memory_text} | {load_seconds:.2f} | {sample_text} |"
                 )
             lines.append("")
@@ -458,6 +460,24 @@ def render_markdown(results: list[dict[str, Any]]) -> str:
 RATIO_REFERENCES = ("plain", "d3rlpy")
 
 
+def path_that_ran(model: IQL | None) -> str | None:
+    """
+    :return: the update path ``model`` trained on last, as built (a fast path that fell back, with a warning, names
+        the one it fell back to); None for a peer's path
+    """
+    if model is None:
+        return None
+    fast = model._fast_update
+    if fast is None:
+        return "eager update"
+    graph = isinstance(fast, CudaGraphUpdate)
+    update = "compiled update" if (fast.functional if graph else fast).compile_mode is not None else "eager update"
+    if not graph:
+        return update
+    inside = fast._sampled is not None and not fast.sampling_failed
+    return f"{update} in a CUDA graph, sampling {'inside' if inside else 'outside'} it"
+
+
 def summarize(paths: list[Path]) -> list[dict[str, Any]]:
     """:return: one row per path: median updates/s (wall, CPU time), and their ratios to the reference path's"""
     rows = []
@@ -478,6 +498,7 @@ def summarize(paths: list[Path]) -> list[dict[str, Any]]:
                 "rates_wall": path.rates_wall,
                 "rates_cpu": path.rates_cpu,
                 "load_seconds": path.load_seconds,
+                "ran": path_that_ran(path.model),
             }
         )
     return rows

@@ -170,6 +170,13 @@ def test_million_updates_counts_its_chunks_and_stops_at_its_time_limit(monkeypat
     assert stopped["updates"] == 5 and stopped["ratio_to_peer"] is None  # the first chunk always runs; no peer
     section = million_updates.render({**stopped, "torch": th.__version__, "threads": 2, "date": "today"}, "cpu")
     assert "12 updates (stopped at 5)" in section and "| 5 |" in section and "cpu, 2 thread(s)" in section
+    assert full["ran"] == stopped["ran"] == "eager update" and "ran: eager update" in section  # what trained
+    # a chunk that would end past the limit (at the last chunk's pace) does not start
+    # the script's clock: start 0, a first chunk from 0 to 10 s, then 18 s read when deciding on the next
+    clock = iter([0.0, 0.0, 10.0, *[18.0] * 3, *[28.0] * 20])
+    monkeypatch.setattr(million_updates, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    paced = million_updates.run("fused", 12, chunk=5, max_seconds=25.0, device=th.device("cpu"))
+    assert paced["updates"] == 5, "at 18 s, the second chunk would end after 25 s: it does not start"
     with pytest.raises(ValueError, match="sb3-iql's paths"):
         million_updates.run("d3rlpy", 12, chunk=5, max_seconds=1.0, device=th.device("cpu"))
 
