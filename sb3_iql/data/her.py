@@ -187,12 +187,15 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
             episode.append(absolute)
             self._record_episodes(np.array([absolute]), np.array([episode[0]]), self.n_envs, np.array([0]))
             if done[env_index] or infos[env_index].get("TimeLimit.truncated", False):
-                indices = np.array(episode)
-                self._record_episodes(
-                    indices, np.full(len(indices), episode[0]), self.n_envs, np.full(len(indices), len(indices))
-                )
-                self._open_episodes[env_index] = []
+                self._close_episode(env_index)
         self._n_written += self.n_envs
+
+    def _close_episode(self, env_index: int) -> np.ndarray:
+        """Record environment ``env_index``'s open episode as finished (relabelable). :return: its absolute indices"""
+        episode = np.array(self._open_episodes[env_index])
+        self._record_episodes(episode, np.full(len(episode), episode[0]), self.n_envs, np.full(len(episode), len(episode)))
+        self._open_episodes[env_index] = []
+        return episode
 
     def truncate_last_trajectory(self) -> None:
         """
@@ -208,9 +211,7 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
                 stacklevel=2,
             )
         for env_index in open_envs:
-            episode = np.array(self._open_episodes[env_index])
-            self._record_episodes(episode, np.full(len(episode), episode[0]), self.n_envs, np.full(len(episode), len(episode)))
-            self._open_episodes[env_index] = []
+            episode = self._close_episode(env_index)
             last_row = int(episode[-1] % (self.buffer_size * self.n_envs)) // self.n_envs  # its env's column
             self.dones[last_row, env_index] = 1.0
             if self.handle_timeout_termination:  # not terminal: bootstrapped as a time-out
