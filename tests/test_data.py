@@ -17,7 +17,7 @@ from toy_data import make_episode, write_dataset
 
 from sb3_iql import IQL, NormalizedEvalCallback
 from sb3_iql.common.synthetic import SpacesEnv
-from sb3_iql.data import DatasetNotFoundError, OfflineReplayBuffer, load_transitions
+from sb3_iql.data import DatasetNotFoundError, OfflineReplayBuffer, Transitions, load_transitions
 from sb3_iql.data.rewards import LOCOMOTION_RETURN_SCALE
 from sb3_iql.datasets import dataset_from_replay_buffer
 from sb3_iql.datasets.replay import replay_buffer_episodes
@@ -414,3 +414,95 @@ def test_a_dataset_that_stores_no_environment_needs_env_and_reloads_without_one(
     loaded.reload_offline_dataset()  # no environment needed without relabelling
     for field, values in stored(loaded).items():
         np.testing.assert_array_equal(values, stored(model)[field], err_msg=field)
+
+
+def hand_transitions(observations: np.ndarray, n: int = 4) -> Transitions:
+    """``n`` transitions of the given observation rows (next observations the same), actions 0, rewards 1."""
+    return Transitions(
+        observations=observations,
+        next_observations=observations.copy(),
+        actions=np.zeros((n, 2), np.float32),
+        rewards=np.ones(n, np.float32),
+        terminations=np.zeros(n, bool),
+        truncations=np.eye(1, n, n - 1, dtype=bool)[0],
+        episode_returns=np.array([float(n)]),
+    )
+
+
+IMAGE_SPACE = spaces.Box(0, 255, (8, 8, 3), np.uint8)
+
+
+@pytest.mark.parametrize(
+    "observation_space, observations, message",
+    [
+        (
+            spaces.Discrete(4),
+            np.array([0, 1, 7, 2]),
+            r"holds 7 \(transition 2, value 0; 1 transitions in all\), not an integer in \[0, 3\]",
+        ),
+        (spaces.Discrete(4), np.array([0, 1.5, 1, 2]), r"holds 1.5 \(transition 1"),
+        (
+            spaces.MultiDiscrete([3, 3]),
+            np.array([[0, 0], [2, 1], [1, 5], [0, 2]]),
+            r"holds 5 \(transition 2, value 1; .* \[0, 2\]",
+        ),
+        (spaces.MultiBinary(2), np.array([[0, 1], [1, 1], [2, 0], [0, 0]]), r"holds 2 \(transition 2, value 0; .* \[0, 1\]"),
+        (
+            IMAGE_SPACE,
+            np.full((4, 8, 8, 3), 0.5),
+            r"holds 0.5 \(transition 0, value 0; 4 transitions in all\), not an integer in \[0, 255\]",
+        ),
+        (IMAGE_SPACE, np.full((4, 8, 8, 3), 300), r"holds 300 .* not an integer in \[0, 255\]"),
+        # SB3 transposes image spaces to (3, 8, 8): frames come in that shape or the environment's (8, 8, 3)
+        (
+            IMAGE_SPACE,
+            np.zeros((4, 8, 3, 8), np.uint8),
+            r"frames of shape \(8, 3, 8\): expected \(3, 8, 8\) \(or channel-last \(8, 8, 3\)\)",
+        ),
+        (OBS_SPACE, np.array([["a", "b"]] * 4, dtype=object), "dtype object: expected numbers"),
+    ],
+    ids=[
+        "discrete-past-the-end",
+        "discrete-fraction",
+        "multidiscrete",
+        "multibinary",
+        "scaled-frames",
+        "frames-past-255",
+        "frames-in-another-layout",
+        "objects",
+    ],
+)
+def test_observations_outside_their_space_are_refused_naming_the_first(observation_space, observations, message):
+    # before: stored as they came (a 1.5 truncated to 1, 300 wrapped to 44 in uint8, frames scaled to [0, 1] stored
+    # as 0), or refused by torch deep in the first update
+    model = IQL("MlpPolicy", SpacesEnv(observation_space, ACTION_SPACE), policy_kwargs=dict(net_arch=[8]), buffer_size=100)
+    with pytest.raises(ValueError, match=message):
+        model.add_transitions(hand_transitions(observations))
+    assert model.replay_buffer.size() == 0, "nothing of bad data is stored"
+
+
+def test_observations_inside_integer_spaces_are_stored():
+    for observation_space, observations in (
+        (spaces.Discrete(4), np.array([0, 1, 3, 2.0])),
+        (IMAGE_SPACE, np.arange(4 * 8 * 8 * 3).reshape(4, 8, 8, 3) % 256),  # int64 frames within [0, 255]
+        (IMAGE_SPACE, np.full((4, 8, 8, 3), 255, np.uint8)),
+        (IMAGE_SPACE, np.zeros((4, 3, 8, 8), np.uint8)),  # channel-first, as the model's space
+    ):
+        model = IQL("MlpPolicy", SpacesEnv(observation_space, ACTION_SPACE), policy_kwargs=dict(net_arch=[8]), buffer_size=100)
+        model.add_transitions(hand_transitions(observations))
+        assert model.replay_buffer.size() == 4
+
+
+@pytest.mark.parametrize(
+    "transform, message",
+    [
+        (lambda r: r[:2], r"returned shape \(2,\) for rewards of shape \(9,\): it must return one reward per reward"),
+        (lambda r: r * np.inf, r"returned NaN or inf \(in float32\) for 9 of 9 rewards"),
+        (lambda r: np.float32(1.0), r"returned shape \(\) for rewards of shape \(9,\)"),
+    ],
+    ids=["shorter", "inf", "scalar"],
+)
+def test_a_callable_reward_transform_is_checked(box_dataset, transform, message):
+    # before: a shorter output filled part of the buffer, an inf one trained to NaN parameters, a scalar crashed
+    with pytest.raises(ValueError, match=message):
+        make_model(box_dataset, reward_transform=transform)

@@ -2,8 +2,10 @@
 
 import copy
 import dataclasses
+import functools
 import math
 import pathlib
+import re
 import warnings
 
 import gymnasium as gym
@@ -22,6 +24,7 @@ from sb3_iql.common.preprocessing import ObservationNormalizer
 from sb3_iql.data import load_transitions
 from sb3_iql.evaluation import dataset_reference_scores
 from sb3_iql.iql.iql import METRIC_NAMES
+from sb3_iql.iql.multi_seed import learn_offline_together
 
 SMALL_NET = dict(net_arch=[32, 32])
 
@@ -209,6 +212,68 @@ def test_a_short_run_with_the_default_budget_is_warned_about_its_undecayed_actor
         warnings.simplefilter("error")
         model.learn_offline(4, reset_num_timesteps=False)  # a later chunk of the same run: no warning
         line_model(line_dataset, offline_steps=8).learn_offline(4)  # a budget given explicitly, trained in chunks
+
+
+def test_a_call_past_offline_steps_is_warned_about_its_updates_at_lr_zero(line_dataset):
+    # before: updates past offline_steps ran with the actor's lr at 0, silently (offline_steps=0 too)
+    model = line_model(line_dataset, offline_steps=4)
+    with pytest.warns(
+        UserWarning, match=r"actor_lr_schedule='cosine' .* offline_steps=4 .* \(0 done\): the last 2 of these 6"
+    ):
+        model.learn_offline(6)
+    assert model.actor.optimizer.param_groups[0]["lr"] == 0.0  # what the warning is about
+    with pytest.warns(UserWarning, match=r"actor_lr_schedule and critic_lr_schedule=.* \(0 done\): the last 3 of these 3"):
+        line_model(line_dataset, offline_steps=0, critic_lr_schedule="cosine").learn_offline(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        line_model(line_dataset, offline_steps=4).learn_offline(4)  # to the end, not past it
+        line_model(line_dataset, offline_steps=0, actor_lr_schedule="constant").learn_offline(3)
+
+
+@pytest.mark.parametrize(
+    "name, value, rule",
+    [
+        ("beta", -1.0, "finite and >= 0"),
+        ("beta", math.inf, "finite and >= 0"),
+        ("tau", 1.5, r"in \[0, 1\]"),
+        ("tau", -0.5, r"in \[0, 1\]"),
+        ("gamma", math.nan, r"in \[0, 1\]"),
+        ("max_weight", 0.0, "> 0"),
+        ("bc_weight", -1.0, "finite and >= 0"),
+        ("dropout", 1.0, r"None or in \[0, 1\)"),
+        ("batch_size", 0, "an integer >= 1"),
+        ("batch_size", 64.0, "an integer >= 1"),
+        ("offline_steps", -5, "None or an integer >= 0"),
+        ("expectile", 1.0, r"in \(0, 1\)"),
+        ("beta", "3", "finite and >= 0"),
+    ],
+)
+def test_hyperparameters_out_of_range_are_refused_when_the_model_is_made(line_dataset, name, value, rule):
+    # before: only expectile was checked; a negative beta, tau or max_weight, or a NaN, trained without a word
+    with pytest.raises(ValueError, match=rf"{name} must be {rule}.*, got {re.escape(repr(value))}"):
+        line_model(line_dataset, **{name: value})
+
+
+def test_a_loaded_model_s_hyperparameters_are_checked_too(line_dataset, tmp_path):
+    line_model(line_dataset, max_weight=math.inf, gamma=1.0, tau=0.0, beta=0.0, dropout=0.0).save(tmp_path / "edges")
+    IQL.load(tmp_path / "edges")  # the edges of each range are valid
+    for name, value in (("expectile", 5.0), ("tau", 3.0), ("offline_steps", -1), ("policy_extraction", "bogus")):
+        with pytest.raises(ValueError, match=f"{name} must be"):
+            IQL.load(tmp_path / "edges", custom_objects={name: value})
+
+
+def test_update_counts_must_be_whole_numbers_of_at_least_zero(line_dataset):
+    model = line_model(line_dataset)
+    for call in (model.learn_offline, model.learn, functools.partial(learn_offline_together, [model])):
+        for count in (-5, 2.5, "5", math.inf):
+            with pytest.raises(ValueError, match=rf"must be a whole number >= 0, got {re.escape(repr(count))}"):
+                call(count)
+    assert model._n_offline_updates == 0
+    model.learn_offline(2.0)  # 1e5 is a count too, as in SB3's learn
+    assert model._n_offline_updates == 2
+    fresh = line_model(line_dataset, offline_steps=3)
+    fresh.learn(0.0)
+    assert fresh._n_offline_updates == 3
 
 
 def test_learn_zero_runs_the_offline_budget_with_callbacks_per_update(line_dataset, tmp_path):

@@ -9,6 +9,8 @@ metrics as a device tensor; ``_offline_train_step()`` may fuse it with the sampl
 ``OfflineAlgorithm.__init__``, which builds the model and loads the data.
 """
 
+import math
+import numbers
 import os
 import pathlib
 import time
@@ -96,6 +98,18 @@ def write_atomically(path: PathLike, suffix: str, write: Callable[[PathLike], No
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def checked_count(name: str, value: Any) -> int:
+    """
+    :param name: the argument's name, for the error
+    :return: ``value`` as an int (``1e5`` too, as SB3's ``learn`` takes it)
+    :raises ValueError: ``value`` is not a whole number >= 0
+    """
+    whole = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not (whole and value >= 0 and float(value).is_integer()):
+        raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+    return int(value)
 
 
 class OfflineAlgorithm(OffPolicyAlgorithm):
@@ -406,17 +420,10 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         """
         :param actions: dataset actions in the environment's units, ``(n, action_dim)``
         :return: Box: scaled to [-1, 1] and clipped to +-(1 - ``dataset_action_clip``); Discrete: the indices as
-            they are, float32 ``(n, 1)``
-        :raises ValueError: Discrete actions that are not integers in ``[0, n)``, naming the first bad one
+            they are (``checked_transitions`` checked them), float32 ``(n, 1)``
         """
         space = self.action_space
         if isinstance(space, spaces.Discrete):
-            bad = np.flatnonzero((actions != np.round(actions)) | (actions < 0) | (actions >= space.n))
-            if len(bad) > 0:
-                raise ValueError(
-                    f"Dataset action {actions.flat[bad[0]]} (transition {bad[0]}, {len(bad)} bad in all) is not an "
-                    f"integer in [0, {space.n}) of the action space {space}"
-                )
             return actions.astype(np.float32)
         low, high = space.low, space.high  # type: ignore[attr-defined]
         if np.all(low == -1.0) and np.all(high == 1.0):  # already scaled: the formula would move them by 1 ulp
@@ -559,6 +566,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         self._check_offline_data()
         if n_updates is None:
             n_updates = max(self.offline_steps - self._n_offline_updates, 0)
+        n_updates = checked_count("n_updates", n_updates)
         tb_log_name = type(self).__name__ if tb_log_name is None else tb_log_name
         callback = self._setup_offline_learn(n_updates, callback, reset_num_timesteps, tb_log_name, progress_bar)
         # read by callbacks through locals(), as in SB3
@@ -709,6 +717,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         What the online loop would refuse (no env, episodic ``train_freq`` with several envs, VecNormalize with
         offline data) is refused before the offline updates.
         """
+        total_timesteps = checked_count("total_timesteps", total_timesteps)
         tb_log_name = type(self).__name__ if tb_log_name is None else tb_log_name
         offline_first = self.offline_dataset_size > 0 and self._n_offline_updates < self.offline_steps
         offline_first = offline_first and (self._n_offline_updates == 0 or self._offline_phase_unfinished)

@@ -27,10 +27,14 @@ def to_channel_first(observations: BatchObs, observation_space: spaces.Space) ->
         return {key: to_channel_first(value, observation_space[key]) for key, value in observations.items()}
     shape = observation_space.shape
     if isinstance(observations, np.ndarray) and shape is not None and len(shape) == 3:
-        channels_last = (shape[1], shape[2], shape[0])
-        if observations.shape[1:] != shape and observations.shape[1:] == channels_last:
+        if observations.shape[1:] != shape and observations.shape[1:] == channel_last(shape):
             return observations.transpose(0, 3, 1, 2)
     return observations
+
+
+def channel_last(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """:return: the channel-last ``(H, W, C)`` form of a channel-first image shape ``(C, H, W)``"""
+    return shape[1], shape[2], shape[0]
 
 
 ImageScaling = bool | dict[str, "ImageScaling"]

@@ -11,6 +11,8 @@ import numpy as np
 from gymnasium import spaces
 from minari.storage.datasets_root_dir import get_dataset_path
 
+from sb3_iql.common.preprocessing import channel_last
+
 #: A Minari id, a loaded dataset, or a list of them.
 DatasetLike = str | minari.MinariDataset | Sequence[str | minari.MinariDataset]
 #: Observations of n transitions: an array ``(n, *obs_shape)`` or a dict of such arrays.
@@ -278,9 +280,48 @@ def _check_episode_rows(dataset_id: str, episode: Any) -> None:
             )
 
 
+def _integer_bounds(space: spaces.Space) -> tuple[np.ndarray, np.ndarray] | None:
+    """:return: the lowest and highest value of each entry of an integer space (Discrete, MultiDiscrete,
+    MultiBinary, integer Box such as uint8 images), flattened; None for a space of real numbers"""
+    if isinstance(space, spaces.Discrete):
+        return np.array([space.start]), np.array([space.start + space.n - 1])
+    if isinstance(space, spaces.MultiDiscrete):
+        return space.start.ravel(), (space.start + space.nvec - 1).ravel()
+    if isinstance(space, spaces.MultiBinary):
+        return np.zeros(1, dtype=np.int8), np.ones(1, dtype=np.int8)
+    if isinstance(space, spaces.Box) and np.issubdtype(space.dtype, np.integer):
+        return space.low.ravel(), space.high.ravel()
+    return None
+
+
+def _check_integer_values(field: str, values: np.ndarray, space: spaces.Space) -> None:
+    """:raises ValueError: ``values`` (``(n, *space.shape)``) of an integer space are not integers within its bounds
+    (a float frame scaled to [0, 1] for a uint8 image space, an index past a Discrete space's end), naming the first"""
+    bounds = _integer_bounds(space)
+    if bounds is None:
+        return
+    low, high = bounds
+    if np.issubdtype(values.dtype, np.integer):
+        representable = np.iinfo(values.dtype)
+        if representable.min >= low.max() and representable.max <= high.min():
+            return  # uint8 frames for a [0, 255] image space: nothing to check, nothing to copy
+    rows = values.reshape(len(values), -1)
+    bad = (rows < low) | (rows > high)
+    if not np.issubdtype(values.dtype, np.integer):
+        bad |= rows != np.round(rows)
+    if bad.any():
+        row, column = np.argwhere(bad)[0]
+        raise ValueError(
+            f"Transitions field '{field}' holds {rows[row, column]} (transition {row}, value {column}; "
+            f"{int(bad.any(axis=1).sum())} transitions in all), not an integer in [{low.flat[column % low.size]}, "
+            f"{high.flat[column % high.size]}] of {space}"
+        )
+
+
 def _check_rows(field: str, values: BatchObs, space: spaces.Space, n_transitions: int) -> None:
-    """:raises ValueError: ``values`` is not ``n_transitions`` rows of ``space``'s size (per key for Dict spaces),
-    or holds NaN or inf"""
+    """:raises ValueError: ``values`` is not ``n_transitions`` rows of ``space``'s size (per key for Dict spaces;
+    frames of an image space in its shape or its channel-last one), holds other than numbers, NaN or inf, or values
+    outside an integer space (Discrete, MultiDiscrete, MultiBinary, uint8 images)"""
     if isinstance(space, spaces.Dict):
         if not isinstance(values, dict) or set(values) != set(space.spaces):
             keys = sorted(values) if isinstance(values, dict) else type(values).__name__
@@ -297,11 +338,19 @@ def _check_rows(field: str, values: BatchObs, space: spaces.Space, n_transitions
             f"Transitions field '{field}' has shape {values.shape}: expected {n_transitions} rows (the length of "
             f"rewards) of {space} ({size} values per row)"
         )
+    if len(space.shape or ()) == 3 and values.shape[1:] not in (space.shape, channel_last(space.shape)):
+        raise ValueError(
+            f"Transitions field '{field}' holds frames of shape {values.shape[1:]}: expected {space.shape} (or "
+            f"channel-last {channel_last(space.shape)}) for {space}"
+        )
+    if values.dtype.kind not in "biuf":
+        raise ValueError(f"Transitions field '{field}' holds values of dtype {values.dtype}: expected numbers")
     if not finite_in_float32(values):
         raise ValueError(
             f"Transitions field '{field}' holds NaN or inf values (in float32, {NON_FINITE_HINT}); clean the data "
             "before training."
         )
+    _check_integer_values(field, values, space)
 
 
 def _as_flags(field: str, values: np.ndarray, n_transitions: int) -> np.ndarray:

@@ -25,6 +25,33 @@ class AffineRewardTransform:
         return (self.scale * np.asarray(rewards, dtype=np.float32) + self.shift).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class CheckedRewardTransform:
+    """A reward transform of the user's (a callable), its output checked: one finite reward per reward given."""
+
+    transform: Callable[[np.ndarray], np.ndarray]
+
+    def __call__(self, rewards: np.ndarray) -> np.ndarray:
+        """
+        :param rewards: any shape
+        :return: the callable's rewards, float32, same shape
+        :raises ValueError: the callable returned another shape, or NaN or inf (in float32)
+        """
+        rewards = np.asarray(rewards)
+        transformed = np.asarray(self.transform(rewards), dtype=np.float32)
+        if transformed.shape != rewards.shape:
+            raise ValueError(
+                f"reward_transform {self.transform!r} returned shape {transformed.shape} for rewards of shape "
+                f"{rewards.shape}: it must return one reward per reward"
+            )
+        if not np.isfinite(transformed).all():
+            raise ValueError(
+                f"reward_transform {self.transform!r} returned NaN or inf (in float32) for "
+                f"{int((~np.isfinite(transformed)).sum())} of {transformed.size} rewards"
+            )
+        return transformed
+
+
 def make_reward_transform(
     transform: RewardTransformLike, episode_returns: np.ndarray | None
 ) -> Callable[[np.ndarray], np.ndarray]:
@@ -38,7 +65,7 @@ def make_reward_transform(
     if transform is None:
         return AffineRewardTransform()
     if callable(transform):
-        return transform
+        return CheckedRewardTransform(transform)
     if transform == "antmaze":
         return AffineRewardTransform(shift=ANTMAZE_REWARD_SHIFT)
     if transform == "locomotion":

@@ -1,6 +1,7 @@
 """Implicit Q-Learning (Kostrikov, Nair and Levine, ICLR 2022) as an SB3 off-policy algorithm."""
 
 import math
+import numbers
 import warnings
 from collections.abc import Callable, Hashable
 from typing import Any, ClassVar, Literal, TypeVar
@@ -14,7 +15,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import update_learning_rate
 
-from sb3_iql.common.offline import OfflineAlgorithm
+from sb3_iql.common.offline import OfflineAlgorithm, checked_count
 from sb3_iql.data.minari_loader import DatasetLike
 from sb3_iql.data.rewards import RewardTransformLike
 from sb3_iql.iql import update
@@ -38,6 +39,30 @@ AUTO_GRAPH_UPDATES = 1_000
 #: What ``"auto"`` runs: None (the eager update), ``"graph"`` (the eager update in a CUDA graph) or ``"compile"``
 #: (compiled; on CUDA, in a CUDA graph).
 AutoMode = Literal["graph", "compile"] | None
+
+
+def _is_count(value: Any, least: int) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
+
+
+#: The constructor's checks of its hyperparameters, by argument name: a test (False for NaN, by comparison) and
+#: the rule that an error states.
+HYPERPARAMETER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "expectile": (lambda value: 0 < value < 1, "in (0, 1)"),
+    "beta": (lambda value: 0 <= value < math.inf, "finite and >= 0 (0: behaviour cloning)"),
+    "max_weight": (lambda value: value > 0, "> 0 (inf: no clipping of the AWR weights)"),
+    "bc_weight": (lambda value: 0 <= value < math.inf, "finite and >= 0"),
+    "dropout": (lambda value: value is None or 0 <= value < 1, "None or in [0, 1)"),
+    "tau": (lambda value: 0 <= value <= 1, "in [0, 1]"),
+    "gamma": (lambda value: 0 <= value <= 1, "in [0, 1]"),
+    "batch_size": (lambda value: _is_count(value, 1), "an integer >= 1"),
+    "offline_steps": (lambda value: value is None or _is_count(value, 0), "None or an integer >= 0"),
+    "actor_lr_schedule": (lambda value: value in ("cosine", "constant"), "'cosine' or 'constant'"),
+    "critic_lr_schedule": (lambda value: value in ("cosine", "constant"), "'cosine' or 'constant'"),
+    "update_order": (lambda value: value in UPDATE_ORDERS, f"one of {UPDATE_ORDERS}"),
+    "compile_update": (lambda value: value in (False, True, "auto", "cudagraph"), "False, True, 'auto' or 'cudagraph'"),
+    "policy_extraction": (lambda value: value in POLICY_EXTRACTIONS, f"one of {POLICY_EXTRACTIONS}"),
+}
 
 
 def auto_mode(n_updates: int, device_type: str) -> AutoMode:
@@ -175,8 +200,23 @@ class IQL(OfflineAlgorithm):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
     ):
-        self._check_options(
-            expectile, (actor_lr_schedule, critic_lr_schedule), update_order, compile_update, policy_extraction
+        self._check_hyperparameters(
+            dict(
+                expectile=expectile,
+                beta=beta,
+                max_weight=max_weight,
+                bc_weight=bc_weight,
+                dropout=dropout,
+                tau=tau,
+                gamma=gamma,
+                batch_size=batch_size,
+                offline_steps=offline_steps,
+                actor_lr_schedule=actor_lr_schedule,
+                critic_lr_schedule=critic_lr_schedule,
+                update_order=update_order,
+                compile_update=compile_update,
+                policy_extraction=policy_extraction,
+            )
         )
         self.policy_extraction = policy_extraction
         self.bc_weight = bc_weight
@@ -256,26 +296,24 @@ class IQL(OfflineAlgorithm):
         return cls(arguments.pop("policy", "MlpPolicy"), env, **arguments)
 
     @staticmethod
-    def _check_options(
-        expectile: float,
-        lr_schedules: tuple[str, str],
-        update_order: str,
-        compile_update: bool | str,
-        policy_extraction: str,
-    ) -> None:
-        if not 0 < expectile < 1:
-            raise ValueError(f"expectile must be in (0, 1), got {expectile}")
-        for name, schedule in zip(("actor_lr_schedule", "critic_lr_schedule"), lr_schedules):
-            if schedule not in ("cosine", "constant"):
-                raise ValueError(f"{name} must be 'cosine' or 'constant', got {schedule!r}")
-        if update_order not in UPDATE_ORDERS:
-            raise ValueError(f"update_order must be one of {UPDATE_ORDERS}, got {update_order!r}")
-        if compile_update not in (False, True, "auto", "cudagraph"):
-            raise ValueError(f"compile_update must be False, True, 'auto' or 'cudagraph', got {compile_update!r}")
-        if policy_extraction not in POLICY_EXTRACTIONS:
-            raise ValueError(f"policy_extraction must be one of {POLICY_EXTRACTIONS}, got {policy_extraction!r}")
+    def _check_hyperparameters(values: dict[str, Any]) -> None:
+        """
+        :param values: hyperparameters by constructor argument name (those of ``HYPERPARAMETER_RULES``)
+        :raises ValueError: one outside its range (NaN included) or not one of its choices, naming it
+        """
+        for name, (is_valid, rule) in HYPERPARAMETER_RULES.items():
+            if name not in values:
+                continue
+            try:
+                valid = bool(is_valid(values[name]))
+            except TypeError:  # a string where a number goes, or the reverse
+                valid = False
+            if not valid:
+                raise ValueError(f"{name} must be {rule}, got {values[name]!r}")
 
     def _setup_model(self) -> None:
+        # here too for IQL.load, whose saved values and custom_objects do not pass through the constructor
+        self._check_hyperparameters({name: getattr(self, name) for name in HYPERPARAMETER_RULES})
         if self.compile_update == "cudagraph" and self.device.type != "cuda":
             raise ValueError(f"compile_update='cudagraph' needs a CUDA device, the model is on {self.device}")
         if self.policy_extraction != "awr" and not isinstance(self.action_space, spaces.Box):
@@ -463,21 +501,38 @@ class IQL(OfflineAlgorithm):
         13 against 43 with it).
         """
         self._check_offline_data()  # before the warnings
+        if n_updates is not None:
+            n_updates = checked_count("n_updates", n_updates)
         planned = max(self.offline_steps - self._n_offline_updates, 0) if n_updates is None else n_updates
         mode = auto_mode(planned, self.device.type)
         if self.compile_update == "auto" and mode is not None and self._auto_mode != "compile":
             self._auto_mode = mode
-        self._warn_if_lr_stays_undecayed(n_updates, stacklevel=3)
+        self._warn_about_lr_schedule(n_updates, stacklevel=3)
         return super().learn_offline(n_updates, *args, **kwargs)
 
-    def _warn_if_lr_stays_undecayed(self, n_updates: int | None, stacklevel: int) -> bool:
+    def _warn_about_lr_schedule(self, n_updates: int | None, stacklevel: int) -> bool:
         """
-        Warn where a first offline call of ``n_updates`` ends far from the end of a default ``offline_steps``.
+        Warn where an offline call of ``n_updates`` misses the cosine schedule: a first call that ends far from the
+        end of a default ``offline_steps`` (the lr nearly undecayed), or a call that runs past ``offline_steps``,
+        where the decayed lr is 0 and those updates leave the cosine-scheduled networks unchanged.
 
         :return: whether it warned
         """
-        short = n_updates is not None and self._n_offline_updates == 0 and n_updates < self.offline_steps
-        if not (short and self.actor_lr_schedule == "cosine" and getattr(self, "offline_steps_default", False)):
+        cosine = [name for name in ("actor_lr_schedule", "critic_lr_schedule") if getattr(self, name) == "cosine"]
+        if n_updates is None or not cosine:
+            return False
+        past_the_end = self._n_offline_updates + n_updates - max(self.offline_steps, self._n_offline_updates)
+        if past_the_end > 0:
+            warnings.warn(
+                f"{' and '.join(cosine)}='cosine' decays the lr to 0 over offline_steps={self.offline_steps:,} offline "
+                f"updates ({self._n_offline_updates:,} done): the last {past_the_end:,} of these {n_updates:,} leave "
+                "those networks unchanged. Create the model with offline_steps=N for a longer run, or a 'constant' "
+                "schedule.",
+                stacklevel=stacklevel,
+            )
+            return True
+        short = self._n_offline_updates == 0 and n_updates < self.offline_steps
+        if not (short and "actor_lr_schedule" in cosine and getattr(self, "offline_steps_default", False)):
             return False
         factor = 0.5 * (1.0 + math.cos(math.pi * n_updates / self.offline_steps))
         warnings.warn(

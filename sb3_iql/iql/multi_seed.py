@@ -40,6 +40,7 @@ from gymnasium import spaces
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from sb3_iql.common.offline import checked_count
 from sb3_iql.data.minari_loader import resolve_datasets
 from sb3_iql.iql import update
 from sb3_iql.iql.fast_update import (
@@ -159,8 +160,10 @@ def learn_offline_together(
     """
     models = list(models)
     check_compatible(models)
+    if n_updates is not None:
+        n_updates = checked_count("n_updates", n_updates)
     for model in models:  # once for all, at most
-        if model._warn_if_lr_stays_undecayed(n_updates, stacklevel=3):
+        if model._warn_about_lr_schedule(n_updates, stacklevel=3):
             break
     first = models[0]
     if cuda_graph and first.device.type != "cuda":
