@@ -40,7 +40,8 @@ probabilities of improvement over d3rlpy.
 
 PointMaze ids of this package (``sb3_iql/pointmaze/...``) are generated on first use with ``--dataset-steps``
 steps; other ids must exist in ``$MINARI_DATASETS_PATH`` (e.g. ``sb3_iql/hopper/medium-replay-v0`` from
-``benchmarks/make_locomotion_datasets.py``) and are skipped with a message otherwise.
+``benchmarks/make_locomotion_datasets.py --portable``, the generation of the report's Hopper rows) and are skipped
+with a message otherwise.
 
 Usage::
 
