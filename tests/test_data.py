@@ -481,12 +481,13 @@ def test_observations_outside_their_space_are_refused_naming_the_first(observati
     assert model.replay_buffer.size() == 0, "nothing of bad data is stored"
 
 
-def test_observations_inside_integer_spaces_are_stored():
+def test_observations_inside_their_space_are_stored():
     for observation_space, observations in (
         (spaces.Discrete(4), np.array([0, 1, 3, 2.0])),
         (IMAGE_SPACE, np.arange(4 * 8 * 8 * 3).reshape(4, 8, 8, 3) % 256),  # int64 frames within [0, 255]
         (IMAGE_SPACE, np.full((4, 8, 8, 3), 255, np.uint8)),
         (IMAGE_SPACE, np.zeros((4, 3, 8, 8), np.uint8)),  # channel-first, as the model's space
+        (spaces.Box(-1, 1, (2, 3, 4), np.float32), np.zeros((4, 24))),  # not an image: rows may come flattened
     ):
         model = IQL("MlpPolicy", SpacesEnv(observation_space, ACTION_SPACE), policy_kwargs=dict(net_arch=[8]), buffer_size=100)
         model.add_transitions(hand_transitions(observations))

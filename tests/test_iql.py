@@ -222,7 +222,7 @@ def test_a_call_past_offline_steps_is_warned_about_its_updates_at_lr_zero(line_d
     ):
         model.learn_offline(6)
     assert model.actor.optimizer.param_groups[0]["lr"] == 0.0  # what the warning is about
-    with pytest.warns(UserWarning, match=r"actor_lr_schedule and critic_lr_schedule=.* \(0 done\): the last 3 of these 3"):
+    with pytest.warns(UserWarning, match=r"actor_lr_schedule and critic_lr_schedule=.* \(0 done\): the last 2 of these 3"):
         line_model(line_dataset, offline_steps=0, critic_lr_schedule="cosine").learn_offline(3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -243,7 +243,8 @@ def test_a_call_past_offline_steps_is_warned_about_its_updates_at_lr_zero(line_d
         ("dropout", 1.0, r"None or in \[0, 1\)"),
         ("batch_size", 0, "an integer >= 1"),
         ("batch_size", 64.0, "an integer >= 1"),
-        ("offline_steps", -5, "None or an integer >= 0"),
+        ("offline_steps", -5, "a whole number >= 0"),
+        ("offline_steps", 2.5, "a whole number >= 0"),
         ("expectile", 1.0, r"in \(0, 1\)"),
         ("beta", "3", "finite and >= 0"),
     ],
@@ -257,7 +258,8 @@ def test_hyperparameters_out_of_range_are_refused_when_the_model_is_made(line_da
 def test_a_loaded_model_s_hyperparameters_are_checked_too(line_dataset, tmp_path):
     line_model(line_dataset, max_weight=math.inf, gamma=1.0, tau=0.0, beta=0.0, dropout=0.0).save(tmp_path / "edges")
     IQL.load(tmp_path / "edges")  # the edges of each range are valid
-    for name, value in (("expectile", 5.0), ("tau", 3.0), ("offline_steps", -1), ("policy_extraction", "bogus")):
+    checks = (("expectile", 5.0), ("tau", 3.0), ("offline_steps", -1), ("offline_steps", None), ("policy_extraction", "x"))
+    for name, value in checks:
         with pytest.raises(ValueError, match=f"{name} must be"):
             IQL.load(tmp_path / "edges", custom_objects={name: value})
 
@@ -269,6 +271,7 @@ def test_update_counts_must_be_whole_numbers_of_at_least_zero(line_dataset):
             with pytest.raises(ValueError, match=rf"must be a whole number >= 0, got {re.escape(repr(count))}"):
                 call(count)
     assert model._n_offline_updates == 0
+    assert line_model(line_dataset, offline_steps=1e2).offline_steps == 100  # as rl-zoo's "-params offline_steps:1e5"
     model.learn_offline(2.0)  # 1e5 is a count too, as in SB3's learn
     assert model._n_offline_updates == 2
     fresh = line_model(line_dataset, offline_steps=3)

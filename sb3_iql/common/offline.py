@@ -103,6 +103,7 @@ def write_atomically(path: PathLike, suffix: str, write: Callable[[PathLike], No
 def checked_count(name: str, value: Any) -> int:
     """
     :param name: the argument's name, for the error
+    :param value: a count (of updates, steps...)
     :return: ``value`` as an int (``1e5`` too, as SB3's ``learn`` takes it)
     :raises ValueError: ``value`` is not a whole number >= 0
     """
@@ -186,7 +187,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         self.relabel_eval_goal = relabel_eval_goal
         #: The goal every offline transition was relabelled for (``relabel_eval_goal``), ``(goal_dim,)``, or None.
         self.eval_goal: np.ndarray | None = None
-        self.offline_steps = DEFAULT_OFFLINE_STEPS if offline_steps is None else offline_steps
+        self.offline_steps = DEFAULT_OFFLINE_STEPS if offline_steps is None else checked_count("offline_steps", offline_steps)
         #: Whether ``offline_steps`` was left to its default (then a shorter first ``learn_offline`` is warned about).
         self.offline_steps_default = offline_steps is None
         self.offline_dataset_ids: list[str] = []
@@ -340,6 +341,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             )
 
     def _setup_model(self) -> None:
+        self.offline_steps = checked_count("offline_steps", self.offline_steps)  # IQL.load's custom_objects too
         is_dict = isinstance(self.observation_space, spaces.Dict)
         if self.replay_buffer_class is None and is_image_space(self.observation_space, check_channels=False):
             self.replay_buffer_class = DeviceImageReplayBuffer  # uint8 frames, each stored once

@@ -10,6 +10,7 @@ import minari
 import numpy as np
 from gymnasium import spaces
 from minari.storage.datasets_root_dir import get_dataset_path
+from stable_baselines3.common.preprocessing import is_image_space
 
 from sb3_iql.common.preprocessing import channel_last
 
@@ -280,6 +281,10 @@ def _check_episode_rows(dataset_id: str, episode: Any) -> None:
             )
 
 
+#: Values checked at once against an integer space's bounds (``_check_integer_values``): 4M, 16 MB of float32.
+_CHECK_CHUNK_VALUES = 1 << 22
+
+
 def _integer_bounds(space: spaces.Space) -> tuple[np.ndarray, np.ndarray] | None:
     """:return: the lowest and highest value of each entry of an integer space (Discrete, MultiDiscrete,
     MultiBinary, integer Box such as uint8 images), flattened; None for a space of real numbers"""
@@ -306,15 +311,23 @@ def _check_integer_values(field: str, values: np.ndarray, space: spaces.Space) -
         if representable.min >= low.max() and representable.max <= high.min():
             return  # uint8 frames for a [0, 255] image space: nothing to check, nothing to copy
     rows = values.reshape(len(values), -1)
-    bad = (rows < low) | (rows > high)
-    if not np.issubdtype(values.dtype, np.integer):
-        bad |= rows != np.round(rows)
-    if bad.any():
-        row, column = np.argwhere(bad)[0]
+    chunk = max(1, _CHECK_CHUNK_VALUES // max(rows.shape[1], 1))  # float frames: bounded temporary arrays
+    first, n_bad = None, 0
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        bad = (part < low) | (part > high)
+        if not np.issubdtype(values.dtype, np.integer):
+            bad |= part != np.round(part)
+        bad_rows = bad.any(axis=1)
+        n_bad += int(bad_rows.sum())
+        if first is None and n_bad:
+            row, column = np.argwhere(bad)[0]
+            first = (start + row, column, part[row, column])
+    if first is not None:
+        row, column, value = first
         raise ValueError(
-            f"Transitions field '{field}' holds {rows[row, column]} (transition {row}, value {column}; "
-            f"{int(bad.any(axis=1).sum())} transitions in all), not an integer in [{low.flat[column % low.size]}, "
-            f"{high.flat[column % high.size]}] of {space}"
+            f"Transitions field '{field}' holds {value} (transition {row}, value {column}; {n_bad} transitions in "
+            f"all), not an integer in [{low.flat[column % low.size]}, {high.flat[column % high.size]}] of {space}"
         )
 
 
@@ -338,7 +351,7 @@ def _check_rows(field: str, values: BatchObs, space: spaces.Space, n_transitions
             f"Transitions field '{field}' has shape {values.shape}: expected {n_transitions} rows (the length of "
             f"rewards) of {space} ({size} values per row)"
         )
-    if len(space.shape or ()) == 3 and values.shape[1:] not in (space.shape, channel_last(space.shape)):
+    if is_image_space(space, check_channels=False) and values.shape[1:] not in (space.shape, channel_last(space.shape)):
         raise ValueError(
             f"Transitions field '{field}' holds frames of shape {values.shape[1:]}: expected {space.shape} (or "
             f"channel-last {channel_last(space.shape)}) for {space}"

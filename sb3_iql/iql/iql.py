@@ -42,11 +42,12 @@ AutoMode = Literal["graph", "compile"] | None
 
 
 def _is_count(value: Any, least: int) -> bool:
+    """:return: whether ``value`` is an integer (not a bool) of at least ``least``"""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
 
 
 #: The constructor's checks of its hyperparameters, by argument name: a test (False for NaN, by comparison) and
-#: the rule that an error states.
+#: the rule that an error states (``offline_steps``: ``checked_count``, in ``OfflineAlgorithm``).
 HYPERPARAMETER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "expectile": (lambda value: 0 < value < 1, "in (0, 1)"),
     "beta": (lambda value: 0 <= value < math.inf, "finite and >= 0 (0: behaviour cloning)"),
@@ -56,7 +57,6 @@ HYPERPARAMETER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tau": (lambda value: 0 <= value <= 1, "in [0, 1]"),
     "gamma": (lambda value: 0 <= value <= 1, "in [0, 1]"),
     "batch_size": (lambda value: _is_count(value, 1), "an integer >= 1"),
-    "offline_steps": (lambda value: value is None or _is_count(value, 0), "None or an integer >= 0"),
     "actor_lr_schedule": (lambda value: value in ("cosine", "constant"), "'cosine' or 'constant'"),
     "critic_lr_schedule": (lambda value: value in ("cosine", "constant"), "'cosine' or 'constant'"),
     "update_order": (lambda value: value in UPDATE_ORDERS, f"one of {UPDATE_ORDERS}"),
@@ -306,7 +306,7 @@ class IQL(OfflineAlgorithm):
                 continue
             try:
                 valid = bool(is_valid(values[name]))
-            except TypeError:  # a string where a number goes, or the reverse
+            except (TypeError, ValueError):  # a string where a number goes, or an array
                 valid = False
             if not valid:
                 raise ValueError(f"{name} must be {rule}, got {values[name]!r}")
@@ -521,7 +521,8 @@ class IQL(OfflineAlgorithm):
         cosine = [name for name in ("actor_lr_schedule", "critic_lr_schedule") if getattr(self, name) == "cosine"]
         if n_updates is None or not cosine:
             return False
-        past_the_end = self._n_offline_updates + n_updates - max(self.offline_steps, self._n_offline_updates)
+        horizon = max(self.offline_steps, 1)  # as in _set_learning_rates: the first update takes the full lr
+        past_the_end = self._n_offline_updates + n_updates - max(horizon, self._n_offline_updates)
         if past_the_end > 0:
             warnings.warn(
                 f"{' and '.join(cosine)}='cosine' decays the lr to 0 over offline_steps={self.offline_steps:,} offline "
