@@ -210,7 +210,6 @@ class IQL(OfflineAlgorithm):
                 tau=tau,
                 gamma=gamma,
                 batch_size=batch_size,
-                offline_steps=offline_steps,
                 actor_lr_schedule=actor_lr_schedule,
                 critic_lr_schedule=critic_lr_schedule,
                 update_order=update_order,
@@ -298,12 +297,10 @@ class IQL(OfflineAlgorithm):
     @staticmethod
     def _check_hyperparameters(values: dict[str, Any]) -> None:
         """
-        :param values: hyperparameters by constructor argument name (those of ``HYPERPARAMETER_RULES``)
+        :param values: hyperparameters by constructor argument name, every one of ``HYPERPARAMETER_RULES``
         :raises ValueError: one outside its range (NaN included) or not one of its choices, naming it
         """
         for name, (is_valid, rule) in HYPERPARAMETER_RULES.items():
-            if name not in values:
-                continue
             try:
                 valid = bool(is_valid(values[name]))
             except (TypeError, ValueError):  # a string where a number goes, or an array
