@@ -624,6 +624,42 @@ def test_online_learning_requires_an_environment(line_dataset, tmp_path):
         IQL("MlpPolicy", LineEnv()).learn_offline(10)
 
 
+def test_data_from_add_transitions_is_missed_after_load_and_counted_once_when_added_back(line_dataset, tmp_path):
+    transitions = load_transitions([line_dataset])
+    model = IQL("MlpPolicy", LineEnv(), offline_steps=2, policy_kwargs=SMALL_NET, seed=0, batch_size=64)
+    model.add_transitions(transitions)
+    model.learn_offline(2)
+    model.save(tmp_path / "model")
+    loaded = IQL.load(tmp_path / "model", env=LineEnv())
+    assert loaded.offline_dataset_size == len(transitions) and loaded.replay_buffer.size() == 0
+    with pytest.warns(UserWarning, match=r"without its offline data.*add_transitions\(\), or load_replay_buffer"):
+        loaded.learn(3, reset_num_timesteps=False)
+    again = IQL.load(tmp_path / "model", env=LineEnv())
+    again.add_transitions(transitions)  # the saved count was of data no longer in the buffer
+    assert again.offline_dataset_size == len(transitions) == again.replay_buffer.size()
+
+
+def test_a_buffer_loaded_into_a_new_model_is_its_offline_data(line_dataset, tmp_path):
+    source = line_model(line_dataset)
+    source.save_replay_buffer(tmp_path / "buffer")
+    model = IQL("MlpPolicy", LineEnv(), offline_steps=5, policy_kwargs=SMALL_NET, seed=0, batch_size=64)
+    model.load_replay_buffer(tmp_path / "buffer")
+    assert model.offline_dataset_size == source.offline_dataset_size == model.replay_buffer.size()
+    with pytest.raises(ValueError, match="VecNormalize is not supported with offline data"):
+        model.set_env(VecNormalize(DummyVecEnv([LineEnv])))
+    model.learn(3)
+    assert model._n_offline_updates == 5, "learn() trains offline_steps updates on it first, as on add_transitions data"
+    assert model.offline_dataset_size == source.offline_dataset_size  # online steps are not offline data
+
+    trained = line_model(line_dataset)
+    trained.learn_offline(2)
+    trained.load_replay_buffer(tmp_path / "buffer")  # a model that trained keeps its count
+    assert trained.offline_dataset_size == source.offline_dataset_size
+    normalizing = IQL("MlpPolicy", LineEnv(), policy_kwargs={**SMALL_NET, "normalize_observations": True})
+    with pytest.raises(ValueError, match="a replay buffer file does not carry"):
+        normalizing.load_replay_buffer(tmp_path / "buffer")
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Learning
 

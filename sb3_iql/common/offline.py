@@ -128,7 +128,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     :param relabel_eval_goal: rewrite every transition for the evaluation environment's fixed goal at load time
         (``desired_goal`` and rewards from the env's ``compute_reward``), as D4RL's AntMaze data was: the paper's
         protocol on Minari's goal datasets (``sb3_iql.data.goals``); ``"terminal"`` also ends episodes on reaching it
-    :param buffer_size: replay buffer capacity in transitions (None: dataset size + ``ONLINE_BUFFER_ROOM``)
+    :param buffer_size: replay buffer capacity in transitions (None: the ``offline_dataset``'s size +
+        ``ONLINE_BUFFER_ROOM``; ``ONLINE_BUFFER_ROOM`` in all without one, data added with ``add_transitions`` included)
     :param image_shift: random-shift augmentation of image observations in training batches (DrQ): each image
         (and next image) shifted by up to this many pixels, borders replicated; 0: off (4 for 84x84 in DrQ)
     :param action_noise: online: noise added to the policy's actions (SB3's ``ActionNoise``)
@@ -393,6 +394,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             ``relabel_eval_goal``, transitions not relabelled for ``eval_goal`` (``check_relabelled``)
         """
         _refuse_vec_normalize(self._vec_normalize_env, offline_data=True)
+        if self.replay_buffer is not None and self.replay_buffer.size() == 0:  # a loaded model's count is of data gone
+            self.offline_dataset_size = 0
         if not isinstance(self.replay_buffer, tuple(REPLAY_BUFFER_CLASSES.values())):
             raise TypeError(
                 f"{type(self.replay_buffer).__name__} cannot take an offline dataset: use one of this package's buffers, "
@@ -462,9 +465,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             if episodes is not None:
                 datasets[index] = minari.MinariDataset(datasets[index].spec.data_path, np.asarray(episodes))
         env = recover_eval_env(datasets[0]) if self.relabel_eval_goal else None  # its goal, to relabel for
-        counted = self.offline_dataset_size  # counted again as they are added; kept where adding them fails
-        self.add_transitions(self._load_transitions(datasets, env))
-        self.offline_dataset_size -= counted
+        self.add_transitions(self._load_transitions(datasets, env))  # counted anew: the buffer was empty
 
     def _store_transition(
         self,
@@ -671,11 +672,17 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         tb_log_name: str = "run",
         progress_bar: bool = False,
     ) -> tuple[int, BaseCallback]:
-        if self.offline_dataset_ids and self.replay_buffer is not None and self.replay_buffer.size() == 0:
+        has_offline_data = self.offline_dataset_ids or self.offline_dataset_size > 0
+        if has_offline_data and self.replay_buffer is not None and self.replay_buffer.size() == 0:
+            how = (
+                f"Call reload_offline_dataset() first to keep {self.offline_dataset_ids} in it"
+                if self.offline_dataset_ids
+                else f"Add its {self.offline_dataset_size:,} offline transitions back first (add_transitions(), or "
+                "load_replay_buffer(path) with a buffer saved by save_replay_buffer)"
+            )
             warnings.warn(
                 "Fine-tuning a loaded model without its offline data: SB3 saves no replay buffer, so the buffer "
-                f"holds only the new online steps. Call reload_offline_dataset() first to keep {self.offline_dataset_ids} "
-                "in it, as in the run that was saved.",
+                f"holds only the new online steps. {how}, as in the run that was saved.",
                 stacklevel=4,  # the caller of learn()
             )
         if reset_num_timesteps:
@@ -729,7 +736,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             if self.offline_steps_default and not self.offline_dataset_ids:
                 warnings.warn(
                     f"learn() first trains offline_steps={self.offline_steps:,} updates (the default) on the data added "
-                    "with add_transitions, then acts online: create the model with offline_steps=N to choose, 0 to skip",
+                    "(add_transitions, load_replay_buffer), then acts online: create the model with offline_steps=N to choose, 0 to skip",
                     stacklevel=2,
                 )
             self._offline_phase_unfinished = True
@@ -805,7 +812,20 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         """
         SB3's ``load_replay_buffer``; sampling goes on with the model's stream (``_attach_generator``). A
         ``HerReplayBuffer`` gets the model's env and, with ``truncate_last_traj``, its open episodes ended, as SB3's.
+        In a model that has not trained and holds no offline data, the loaded transitions are its offline data, as
+        those of ``add_transitions`` (``learn()`` trains ``offline_steps`` updates on them first).
+
+        :raises ValueError: such a model normalises observations (``normalize_observations``) and its statistics are
+            not fitted yet: they come from the data given to ``add_transitions`` or ``offline_dataset``
         """
+        as_offline_data = self.offline_dataset_size == 0 and self.num_timesteps == 0 and self._n_offline_updates == 0
+        normalizer = getattr(self.policy, "observation_normalizer", None)
+        if as_offline_data and normalizer is not None and not normalizer.fitted:
+            raise ValueError(
+                "This model normalises observations with its offline data's mean and std, which a replay buffer file "
+                "does not carry: give the data to add_transitions() (or offline_dataset=), or load the saved model "
+                f"({type(self).__name__}.load) whose statistics were fitted, then its buffer"
+            )
         previous = getattr(self.replay_buffer, "generator", None)
         super().load_replay_buffer(path, truncate_last_traj)
         if isinstance(self.replay_buffer, HerReplayBuffer):
@@ -813,6 +833,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             if truncate_last_traj:
                 self.replay_buffer.truncate_last_trajectory()
         self._attach_generator(previous)
+        if as_offline_data:
+            self.offline_dataset_size = self.replay_buffer.size() * self.replay_buffer.n_envs
 
 
 def _refuse_vec_normalize(vec_normalize: VecNormalize | None, offline_data: bool) -> None:

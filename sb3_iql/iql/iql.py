@@ -94,7 +94,8 @@ class IQL(OfflineAlgorithm):
         (1 to 0 over ``offline_steps`` offline; online, SB3's ``1 - num_timesteps / total_timesteps`` of the
         ``learn()`` call, whose steps include the offline updates that call runs first); see also
         ``actor_lr_schedule``
-    :param buffer_size: replay buffer capacity in transitions (default: dataset size + 1,000,000)
+    :param buffer_size: replay buffer capacity in transitions (default: the ``offline_dataset``'s size + 1,000,000;
+        1,000,000 in all without one, data added later with ``add_transitions`` included)
     :param learning_starts: environment steps of uniformly random actions before learning online (0: act with
         the learned policy from the first step)
     :param batch_size: minibatch size of each gradient step
