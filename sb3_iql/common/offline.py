@@ -736,7 +736,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             if self.offline_steps_default and not self.offline_dataset_ids:
                 warnings.warn(
                     f"learn() first trains offline_steps={self.offline_steps:,} updates (the default) on the data added "
-                    "(add_transitions, load_replay_buffer), then acts online: create the model with offline_steps=N to choose, 0 to skip",
+                    "(add_transitions, load_replay_buffer), then acts online: create the model with offline_steps=N to "
+                    "choose, 0 to skip",
                     stacklevel=2,
                 )
             self._offline_phase_unfinished = True
