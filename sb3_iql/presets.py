@@ -76,9 +76,10 @@ def _presets(path: str | None) -> dict[str, dict[str, Any]]:
 def load_presets(path: str | None = None) -> dict[str, dict[str, Any]]:
     """
     :param path: a YAML preset file (default: the package's ``hyperparams/iql.yml``)
-    :return: every entry, keyed as in the file (ids, patterns, ``...:finetune`` keys); a copy, safe to modify
+    :return: every entry, keyed as in the file (ids, patterns, ``...:finetune`` keys); a copy, safe to modify (each
+        entry its own: the file's YAML anchors share one mapping among the entries that use them)
     """
-    return copy.deepcopy(_presets(path))
+    return {key: copy.deepcopy(value) for key, value in _presets(path).items()}
 
 
 def known_presets(finetune: bool = False, path: str | None = None) -> list[str]:
@@ -185,10 +186,18 @@ def with_overrides(arguments: dict[str, Any], overrides: dict[str, Any]) -> dict
     """
     :param arguments: IQL arguments, e.g. a preset's
     :param overrides: arguments that replace them, except ``policy_kwargs``, which are merged into theirs (so that
-        ``{"net_arch": [64, 64]}`` keeps the other network settings)
+        ``{"net_arch": [64, 64]}`` keeps the other network settings); rl-zoo's strings are taken
+        (:func:`from_zoo_strings`). A ``replay_buffer_class`` given without ``replay_buffer_kwargs`` drops the
+        arguments' buffer kwargs (a hindsight preset's ``n_sampled_goal`` fits no other buffer), and
+        ``policy_kwargs`` with ``actor_dropout`` replace the arguments' ``dropout``
     :return: a new dict
     """
+    overrides = from_zoo_strings(overrides)
     merged = {**arguments, **overrides}
     if "policy_kwargs" in overrides:  # None (or a preset's null): no kwargs of that side
         merged["policy_kwargs"] = {**(arguments.get("policy_kwargs") or {}), **(overrides["policy_kwargs"] or {})}
+        if "actor_dropout" in merged["policy_kwargs"] and "dropout" not in overrides:
+            merged.pop("dropout", None)
+    if "replay_buffer_class" in overrides and "replay_buffer_kwargs" not in overrides:
+        merged.pop("replay_buffer_kwargs", None)
     return merged

@@ -60,7 +60,7 @@ from sb3_iql.common.offline import OfflineAlgorithm
 from sb3_iql.data import REPLAY_BUFFER_CLASSES
 from sb3_iql.data.minari_loader import load_dataset, stores_environment
 from sb3_iql.iql import IQL
-from sb3_iql.presets import PresetNotFoundError, known_presets, preset_for, with_overrides
+from sb3_iql.presets import PresetNotFoundError, from_zoo_strings, known_presets, preset_for, with_overrides
 from sb3_iql.tuning import (
     HEARTBEAT_INTERVAL,
     PresetFirstSampler,
@@ -196,10 +196,23 @@ DEFAULT_FINETUNE_HYPERPARAMS: dict[str, Any] = {
 def default_hyperparams(dataset_id: str, finetune: bool = False, presets_path: str | None = None) -> dict[str, Any]:
     """
     The configuration of a dataset no preset applies to (a user's own): IQL's defaults, with a warning that names
-    the closest preset.
+    the closest preset; for fine-tuning, the dataset's offline preset with the paper's protocol where it has one.
 
     :return: a new dict in rl-zoo format
     """
+    if finetune:
+        try:
+            offline = preset_for(dataset_id, False, presets_path)
+        except PresetNotFoundError:
+            offline = None
+        if offline is not None:
+            warnings.warn(
+                f"No IQL fine-tuning preset for dataset {dataset_id!r}: its offline preset with the paper's fine-tuning "
+                "protocol (1M online steps, learning_starts 0, constant actor lr); change them with -params.",
+                stacklevel=2,
+            )
+            protocol = {key: value for key, value in DEFAULT_FINETUNE_HYPERPARAMS.items() if key != "policy"}
+            return {**offline, **protocol}
     message = (
         f"No IQL preset for dataset {dataset_id!r}: training with the package defaults (expectile 0.7, beta 3.0, "
         "no reward transform)."
@@ -225,6 +238,9 @@ class IQLExperimentManager(ExperimentManager):
     heartbeat_interval: int = HEARTBEAT_INTERVAL
     #: Options of this package's command line that the run had (``--finetune``, ``--presets``...), for ``retrain_command``.
     retrain_options: tuple[str, ...] = ()
+    #: Whether ``-params policy_kwargs:...`` are merged into the configuration's (a run from a dataset's preset, as
+    #: ``IQL.from_preset`` merges them) instead of replacing them (rl-zoo's rule for its own files).
+    merge_policy_kwargs: bool = False
 
     def read_hyperparameters(self) -> tuple[dict[str, Any], dict[str, Any]]:
         # rl-zoo's --trial-id replaces the configuration's policy_kwargs and schedule with the trial's parameters
@@ -234,6 +250,13 @@ class IQLExperimentManager(ExperimentManager):
             hyperparams, saved_hyperparams = super().read_hyperparameters()
         finally:
             self.trial_id = trial_id
+        given = (self.custom_hyperparams or {}).get("policy_kwargs")
+        if self.merge_policy_kwargs and isinstance(given, dict):
+            with open(self.config) as file_handler:
+                configured = yaml.safe_load(file_handler)[self.env_name.gym_id].get("policy_kwargs")
+            configured = from_zoo_strings({"policy_kwargs": configured})
+            merged = with_overrides(configured, {"policy_kwargs": given})["policy_kwargs"]
+            hyperparams["policy_kwargs"] = saved_hyperparams["policy_kwargs"] = merged
         if self.storage and self.study_name and trial_id is not None:
             print(f"Loading trial {trial_id} of the Optuna study...")
             trial = self.load_trial(self.storage, self.study_name, trial_id)
@@ -543,7 +566,11 @@ def train(argv: Sequence[str] | None = None) -> None:
         manager = type(
             "IQLExperimentManager",
             (IQLExperimentManager,),
-            {"heartbeat_interval": args.heartbeat_interval, "retrain_options": retrain_options},
+            {
+                "heartbeat_interval": args.heartbeat_interval,
+                "retrain_options": retrain_options,
+                "merge_policy_kwargs": args.dataset is not None,
+            },
         )
         with _replaced(sys, "argv", zoo_argv), _replaced(rl_zoo3.train, "ExperimentManager", manager):
             rl_zoo3.train.train()

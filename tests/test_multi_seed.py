@@ -46,7 +46,7 @@ def make_model(data, seed: int, env: gym.Env | None = None, dtype: th.dtype = th
     """A model on ``data``, its observation normalizer fitted on a slice of its own (so each learner has its own
     buffers), its networks and replay buffer storage in ``dtype``."""
     env = box_env(OBS_DIM, ACTION_DIM) if env is None else env
-    policy_kwargs = {"net_arch": [32, 32], "normalize_observations": True}
+    policy_kwargs = {"net_arch": [32, 32], "normalize_observations": True, **kwargs.pop("policy_kwargs", {})}
     model = IQL("MlpPolicy", env, buffer_size=N_TRANSITIONS, policy_kwargs=policy_kwargs, seed=seed, **{**SMALL, **kwargs})
     model.replay_buffer.extend(
         data.observations, data.next_observations, data.actions, data.rewards, data.dones, data.timeouts
@@ -267,9 +267,19 @@ def test_incompatible_models_are_refused(data):
     with pytest.raises(ValueError, match="same model is given twice"):
         learn_offline_together([models[0], models[0]], 1)
     models[1].learn_offline(1, log_interval=0)
-    with pytest.raises(ValueError, match="_n_offline_updates differs"):
+    with pytest.raises(ValueError, match=r"_n_offline_updates \(offline updates run so far\) differs"):
         learn_offline_together(models, 1)
     assert counters(models[0]) == (0, 0, 0, 0)
+
+
+def test_policies_are_compared_by_their_settings_not_by_how_they_were_written(data):
+    written_out = {"n_critics": 2, "activation_fn": th.nn.ReLU, "actor_dropout": None}  # the defaults, spelled out
+    models = [make_model(data, 0, dtype=th.float32), make_model(data, 1, dtype=th.float32, policy_kwargs=written_out)]
+    learn_offline_together(models, 1, log_interval=0)
+    assert counters(models[1])[0] == 1
+    wider = make_model(data, 2, dtype=th.float32, policy_kwargs={"n_critics": 3})
+    with pytest.raises(ValueError, match=r"The policies differ in n_critics: models\[0\] has 2, models\[1\] 3"):
+        learn_offline_together([make_model(data, 0, dtype=th.float32), wider], 1)
 
 
 def test_make_seeds_models_save_load_and_continue_like_single_runs(line_dataset, tmp_path):

@@ -20,6 +20,7 @@ from sb3_iql.presets import (
     preset_arguments,
     preset_for,
     preset_key,
+    with_overrides,
 )
 
 IQL_ARGUMENTS = set(inspect.signature(IQL.__init__).parameters) - {"self"}
@@ -234,6 +235,36 @@ def test_presets_are_copies():
     preset_for("D4RL/antmaze/umaze-v1")["beta"] = -1.0
     assert preset_for("D4RL/antmaze/umaze-diverse-v1")["beta"] == 10.0  # same YAML anchor, not shared
     assert preset_for("D4RL/antmaze/umaze-v1")["beta"] == 10.0
+
+
+def test_load_presets_gives_every_entry_its_own_copy():
+    presets = load_presets()
+    presets["mujoco/hopper/expert-v0"]["beta"] = 1.0  # its YAML anchor is shared with the other locomotion entries
+    assert presets["mujoco/halfcheetah/medium-v0"]["beta"] == 3.0 and load_presets()["mujoco/hopper/expert-v0"]["beta"] == 3.0
+
+
+def test_overrides_replace_what_goes_with_them_and_take_rl_zoo_strings():
+    hindsight = preset_arguments("sb3_iql/pointmaze/umaze-v0")
+    assert hindsight["replay_buffer_kwargs"]["n_sampled_goal"] == 4
+    assert "replay_buffer_kwargs" not in with_overrides(hindsight, {"replay_buffer_class": None})  # HER's, for HER only
+    kept = with_overrides(hindsight, {"replay_buffer_class": "HerReplayBuffer", "replay_buffer_kwargs": {"n_sampled_goal": 2}})
+    assert kept["replay_buffer_kwargs"] == {"n_sampled_goal": 2}
+    stitch = preset_arguments(MAZE_ID)
+    assert stitch["dropout"] == 0.1
+    assert "dropout" not in with_overrides(stitch, {"policy_kwargs": {"actor_dropout": 0.3}})
+    as_zoo_writes = {"policy_kwargs": "dict(net_arch=[16], activation_fn=nn.Tanh)", "learning_rate": "lin_1e-3"}
+    written = with_overrides(stitch, as_zoo_writes)
+    assert written["policy_kwargs"] == {"net_arch": [16], "activation_fn": th.nn.Tanh}
+    assert written["learning_rate"](0.5) == 5e-4
+
+
+def test_the_actor_s_dropout_is_given_once():
+    assert IQL("MlpPolicy", "Pendulum-v1", policy_kwargs={"actor_dropout": 0.3}).dropout == 0.3
+    assert IQL("MlpPolicy", "Pendulum-v1", dropout=0.3, policy_kwargs={"actor_dropout": 0.3}).actor.latent_pi[2].p == 0.3
+    with pytest.raises(ValueError, match=r"dropout=0.1 and policy_kwargs\['actor_dropout'\]=0.3 disagree"):
+        IQL("MlpPolicy", "Pendulum-v1", dropout=0.1, policy_kwargs={"actor_dropout": 0.3})
+    with pytest.raises(ValueError, match="dropout must be"):
+        IQL("MlpPolicy", "Pendulum-v1", policy_kwargs={"actor_dropout": 1.0})
 
 
 def test_every_entry_is_made_of_iql_arguments_and_rl_zoo_keys():

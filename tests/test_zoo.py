@@ -205,6 +205,25 @@ def test_offline_then_online_fine_tuning(maze_root, tmp_path):
     assert np.nanmax(progress["time/total_timesteps"]) == 20
 
 
+def test_a_preset_s_policy_kwargs_take_those_of_params_and_fine_tuning_keeps_an_offline_preset(maze_root, tmp_path):
+    from sb3_iql.presets import preset_for
+    from sb3_iql.zoo import zoo_hyperparams
+
+    presets = tmp_path / "presets.yml"  # an offline preset with network settings, no fine-tuning one
+    preset = {**preset_for(MAZE_ID), "policy_kwargs": "dict(normalize_observations=True, net_arch=[8])"}
+    presets.write_text(yaml.safe_dump({MAZE_ID: preset}))
+    with pytest.warns(UserWarning, match="No IQL fine-tuning preset for dataset .*its offline preset"):
+        (finetune,) = zoo_hyperparams(MAZE_ID, finetune=True, presets_path=str(presets)).values()
+    assert (finetune["expectile"], finetune["reward_transform"], finetune["policy_kwargs"]) == (
+        0.9, "antmaze", preset["policy_kwargs"]
+    )  # fmt: skip
+    assert (finetune["n_timesteps"], finetune["learning_starts"], finetune["actor_lr_schedule"]) == (1_000_000, 0, "constant")
+    logs = tmp_path / "logs"
+    zoo.main(["train", "--dataset", MAZE_ID, "--presets", str(presets), "-f", str(logs), *TINY, "offline_steps:2"])
+    model = IQL.load(run_folder(logs) / f"{MAZE_ENV_ID}.zip")
+    assert model.policy.net_arch == [16] and model.policy.observation_normalizer is not None  # merged, as from_preset
+
+
 def test_a_dataset_without_preset_trains_with_the_defaults_and_a_warning(maze_root, tmp_path):
     from sb3_iql.datasets import make_pointmaze_dataset
     from sb3_iql.zoo import zoo_hyperparams

@@ -201,6 +201,13 @@ class IQL(OfflineAlgorithm):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
     ):
+        policy_kwargs = {} if policy_kwargs is None else dict(policy_kwargs)
+        if dropout is not None and policy_kwargs.get("actor_dropout", dropout) != dropout:
+            raise ValueError(
+                f"dropout={dropout} and policy_kwargs['actor_dropout']={policy_kwargs['actor_dropout']} disagree: give "
+                "the actor's dropout once (dropout=)"
+            )
+        dropout = policy_kwargs.pop("actor_dropout", dropout)  # one place: the model's dropout, passed on below
         self._check_hyperparameters(
             dict(
                 expectile=expectile,
@@ -231,7 +238,6 @@ class IQL(OfflineAlgorithm):
         self._fast_update: FunctionalUpdate | CudaGraphUpdate | None = None
         # compile_update="auto": the fastest path a learn_offline call asked for so far (never downgraded)
         self._auto_mode: AutoMode = None
-        policy_kwargs = {} if policy_kwargs is None else dict(policy_kwargs)
         if dropout is not None:
             policy_kwargs["actor_dropout"] = dropout
         super().__init__(

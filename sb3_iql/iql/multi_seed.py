@@ -64,7 +64,7 @@ NETWORKS = (*TRAINED, "critic_target")
 NETWORK_ATTRIBUTES = {"value": "value_net", "actor": "actor", "critic": "critic", "critic_target": "critic_target"}
 #: Model attributes that must be equal for the learners to share one batched update; the numeric hyperparameters of
 #: the update (gamma, expectile, beta, max_weight, bc_weight), tau and the learning rates (``LEARNING_RATE_SETTINGS``)
-#: may differ.
+#: may differ. The policies' constructor parameters must be equal too (``_policy_settings``).
 SHARED_ATTRIBUTES = (
     "batch_size",
     "update_order",
@@ -75,8 +75,12 @@ SHARED_ATTRIBUTES = (
     "device",
     "observation_space",
     "action_space",
-    "policy_kwargs",
 )
+#: What the private ones of ``SHARED_ATTRIBUTES`` mean, for the error that names them.
+ATTRIBUTE_MEANINGS = {
+    "_n_offline_updates": "offline updates run so far",
+    "_current_progress_remaining": "training progress (one model has trained online or further)",
+}
 #: What sets a model's learning rates: where it differs between learners, each gets its own (one Adam kernel call per
 #: learner); otherwise one call steps them all, with the lr they share.
 LEARNING_RATE_SETTINGS = ("learning_rate", "actor_lr_schedule", "critic_lr_schedule")
@@ -568,11 +572,23 @@ def check_compatible(models: Sequence[IQL]) -> None:
         _check_alone(model, index)
         for attribute in SHARED_ATTRIBUTES:
             if not _equal(getattr(model, attribute), getattr(first, attribute)):
+                meaning = f" ({ATTRIBUTE_MEANINGS[attribute]})" if attribute in ATTRIBUTE_MEANINGS else ""
                 raise ValueError(
-                    f"{attribute} differs: models[0].{attribute}={getattr(first, attribute)!r}, "
+                    f"{attribute}{meaning} differs: models[0].{attribute}={getattr(first, attribute)!r}, "
                     f"models[{index}].{attribute}={getattr(model, attribute)!r}"
                 )
+        settings, first_settings = _policy_settings(model), _policy_settings(first)
+        for name, value in settings.items():
+            if not _equal(value, first_settings.get(name)):
+                raise ValueError(
+                    f"The policies differ in {name}: models[0] has {first_settings.get(name)!r}, models[{index}] {value!r}"
+                )
         _check_networks(first, model, index)
+
+
+def _policy_settings(model: IQL) -> dict[str, Any]:
+    """:return: the policy's constructor parameters (its ``policy_kwargs`` with their defaults), without its lr"""
+    return {name: value for name, value in model.policy._get_constructor_parameters().items() if name != "lr_schedule"}
 
 
 def _check_alone(model: IQL, index: int) -> None:
