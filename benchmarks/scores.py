@@ -469,14 +469,16 @@ class GoalTimes(gym.Wrapper):
 
 def evaluate_point(model: Any, dataset: minari.MinariDataset, config: RunConfig, n_updates: int) -> dict:
     """
-    Evaluate ``model`` (an SB3 model or ``peers.D3rlpyPredictor``) on the dataset's evaluation environment,
-    first reset with seed ``EVAL_SEED_OFFSET + seed``.
+    Evaluate ``model`` (an SB3 model or ``peers.D3rlpyPredictor``) on the dataset's evaluation environment, reset
+    with seed ``EVAL_SEED_OFFSET + seed`` before the episodes (which start at the resets after it: the protocol of
+    every stored run).
 
     :return: a curve point: updates, normalized score, returns, and for sparse mazes the success rate, the mean
         first step at the goal (over the episodes that reach it) and the mean fraction of time at the goal after
     """
     env = GoalTimes(Monitor(dataset.recover_environment(eval_env=True)))
-    result = evaluate(model, env, n_eval_episodes=config.eval_episodes, seed=EVAL_SEED_OFFSET + config.seed)
+    env.reset(seed=EVAL_SEED_OFFSET + config.seed)
+    result = evaluate(model, env, n_eval_episodes=config.eval_episodes)
     env.close()
     point = {
         "updates": n_updates,

@@ -31,7 +31,9 @@ class NormalizedEvalCallback(EvalCallback):
     Minari dataset or given ones. The latest score is ``last_normalized_score`` (read by the progress bar) and
     every score goes to ``evaluations.npz`` as ``normalized_scores``, next to ``ref_min_score`` and ``ref_max_score``.
 
-    Without reference scores (none given, none in the dataset) it behaves as ``EvalCallback``.
+    Without reference scores (none given, none in the dataset) it behaves as ``EvalCallback``. The success rate
+    (``eval/success_rate``, ``successes`` in ``evaluations.npz``) counts an episode as ``sb3_iql.evaluate`` does: its
+    info's ``is_success`` or ``success`` (the mazes') true at any step.
 
     :param eval_env: evaluation environment (default: ``dataset``'s evaluation environment, in a ``Monitor``; one of
         the two is needed, the model being unknown when the callback is created)
@@ -54,8 +56,8 @@ class NormalizedEvalCallback(EvalCallback):
     ):
         if (ref_min_score is None) != (ref_max_score is None):
             raise ValueError("Pass both ref_min_score and ref_max_score, or neither")
-        if ref_min_score is not None and ref_max_score == ref_min_score:
-            raise ValueError(f"ref_max_score must differ from ref_min_score, both are {ref_min_score}")
+        if ref_min_score is not None and ref_max_score <= ref_min_score:
+            raise ValueError(f"ref_max_score must exceed ref_min_score, got {ref_min_score} and {ref_max_score}")
         self.dataset = load_dataset(dataset) if isinstance(dataset, str) else dataset
         #: whether the evaluation environment is built here (then wrapped as the model's own env is, at its start)
         self.builds_eval_env = eval_env is None
@@ -71,6 +73,7 @@ class NormalizedEvalCallback(EvalCallback):
             self.reference_scores = dataset_reference_scores(self.dataset)
         self.last_normalized_score: float | None = None
         self.evaluations_normalized_scores: list[float] = []
+        self._successes: tuple[list, evaluation.SuccessRecorder] | None = None  # (the evaluation's buffer, its recorder)
 
     @classmethod
     def from_eval_callback(
@@ -147,6 +150,19 @@ class NormalizedEvalCallback(EvalCallback):
         if self.log_path is not None:
             self._save_evaluations()
         return continue_training
+
+    def _log_success_callback(self, locals_: dict[str, Any], globals_: dict[str, Any]) -> None:
+        """
+        The episode's success as ``sb3_iql.evaluate`` counts it: ``is_success`` or ``success`` (the mazes' key) at any
+        of its steps (SB3's ``EvalCallback`` reads ``is_success`` at the last step only).
+        """
+        if self._successes is None or self._successes[0] is not self._is_success_buffer:  # a new evaluation
+            self._successes = (self._is_success_buffer, evaluation.SuccessRecorder())
+        recorder = self._successes[1]
+        finished = len(recorder.episodes)
+        recorder(locals_, globals_)
+        if recorder.reported and len(recorder.episodes) > finished:
+            self._is_success_buffer.append(recorder.episodes[-1])
 
     def _save_evaluations(self) -> None:
         """Rewrite ``evaluations.npz`` with the normalized scores and the reference scores added."""

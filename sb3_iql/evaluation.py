@@ -9,7 +9,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import is_wrapped
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from sb3_iql.data.minari_loader import load_dataset, recover_eval_env
 
@@ -42,7 +42,7 @@ class EvaluationResult(NamedTuple):
 SUCCESS_KEYS = ("success", "is_success")
 
 
-class _SuccessRecorder:
+class SuccessRecorder:
     """``evaluate_policy`` callback: whether each finished episode reported success at any of its steps."""
 
     def __init__(self) -> None:
@@ -89,7 +89,7 @@ def normalized_score(
         ``(ref_min, ref_max)``
     :param returns: one return, or returns of any shape
     :return: the score of one return as a float, else an array of the shape of ``returns``
-    :raises ValueError: the dataset has no reference scores, or ``ref_max == ref_min``
+    :raises ValueError: the dataset has no reference scores, or ``ref_max <= ref_min``
     """
     if isinstance(dataset_or_scores, str):
         dataset_or_scores = load_dataset(dataset_or_scores)
@@ -103,8 +103,8 @@ def normalized_score(
     else:
         reference_scores = dataset_or_scores
     ref_min, ref_max = reference_scores
-    if ref_max == ref_min:
-        raise ValueError(f"ref_max_score must differ from ref_min_score, both are {ref_min}")
+    if ref_max <= ref_min:  # as the dataset writers require (check_reference_scores)
+        raise ValueError(f"ref_max_score must exceed ref_min_score, got ref_min {ref_min} and ref_max {ref_max}")
     scores = SCORE_SCALE * (np.asarray(returns, dtype=np.float64) - ref_min) / (ref_max - ref_min)
     return float(scores) if scores.ndim == 0 else scores
 
@@ -124,7 +124,8 @@ def evaluate(
         scores give the normalized score), or an environment (returns only)
     :param n_eval_episodes: number of episodes
     :param deterministic: act with the policy's mean (IQL's evaluation protocol)
-    :param seed: seed of the evaluation environment's first reset
+    :param seed: seed of the evaluation environment's first reset: the first episode starts there, for an
+        environment, a dataset's or a ``VecEnv`` alike (SB3's ``VecEnv.seed``)
     :return: mean and std return, normalized score (None for an environment), every episode's return and the
         success rate (for environments that report success)
     """
@@ -140,8 +141,10 @@ def evaluate(
     else:
         env = dataset_or_env
     if seed is not None:
-        env.reset(seed=seed) if isinstance(env, gym.Env) else env.seed(seed)
-    successes = _SuccessRecorder()
+        if isinstance(env, gym.Env):  # evaluate_policy resets a VecEnv before its first episode: the seed goes there
+            env = DummyVecEnv([lambda env=env: env])
+        env.seed(seed)
+    successes = SuccessRecorder()
     returns, _ = evaluate_policy(
         model,
         env,

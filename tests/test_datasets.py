@@ -267,6 +267,19 @@ def test_collect_bad_input(minari_root: pathlib.Path) -> None:
     assert not any(minari_root.rglob("data")), "failed calls leave nothing behind"
 
 
+def test_a_sampling_sb3_policy_rolls_out_the_same_actions_for_the_same_seed() -> None:
+    model = SAC("MlpPolicy", PENDULUM_ID, policy_kwargs={"net_arch": [8]}, seed=0)
+
+    def actions(seed: int) -> np.ndarray:
+        episodes = rollout_episodes(gym.make(PENDULUM_ID), model, n_steps=20, seed=seed, deterministic=False)
+        return episodes[0].actions
+
+    state = th.random.get_rng_state()
+    np.testing.assert_array_equal(actions(1), actions(1))
+    assert not np.array_equal(actions(1), actions(2))
+    assert th.equal(th.random.get_rng_state(), state)  # the caller's generator is left as it was
+
+
 def test_failed_write_leaves_no_folder(minari_root: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     dataset_id = "test/pendulum/failed-v0"
     episodes = rollout_episodes(gym.make(PENDULUM_ID), lambda observation: np.zeros(1), n_episodes=1)
@@ -401,6 +414,19 @@ def test_cli(minari_root: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> N
     assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
+def test_cli_errors_are_one_line(minari_root: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture) -> None:
+    SAC("MlpPolicy", PENDULUM_ID, policy_kwargs={"net_arch": [8]}).save(tmp_path / "sac")
+    collect = ["collect", "--dataset-id", "test/pendulum/x-v0", "--n-steps", "10"]
+    for extra, message in (
+        (["--env", PENDULUM_ID, "--model", str(tmp_path / "missing.zip")], "No saved model at"),
+        (["--env", "NoSuchEnv-v0"], "NoSuchEnv"),
+        (["--env", PENDULUM_ID, "--algo", "td3", "--model", str(tmp_path / "sac")], "does not load as a TD3 model"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*collect, *extra])
+        assert exit_info.value.code == 1 and message in capsys.readouterr().err, extra
+
+
 def test_evaluation_goal_relabelling_rewrites_goals_rewards_and_terminals(minari_root: pathlib.Path) -> None:
     from sb3_iql import IQL
     from sb3_iql.data import load_transitions
@@ -480,6 +506,12 @@ def test_medium_expert_dataset_has_both_halves_with_discrete_actions(
     assert "after 128 environment steps (medium, return" in dataset.storage.metadata["description"]
     with pytest.raises(ValueError, match="No medium-expert recipe"):
         medium_expert.make_medium_expert_dataset("CartPole-v1")
+    trained = []
+    monkeypatch.setattr(medium_expert, "train_medium_and_expert", lambda *args, **kwargs: trained.append(args))
+    for arguments in ({"n_steps": 1}, {"epsilon": 2.0}, {"n_reference_episodes": 0}):
+        with pytest.raises(ValueError, match="n_steps must be >= 2"):
+            medium_expert.make_medium_expert_dataset("Acrobot-v1", dataset_id="test/acrobot/bad-v0", **arguments)
+    assert not trained, "bad arguments are refused before PPO trains"
 
 
 def test_pointmaze_recipes_follow_minari_s_goal_datasets(minari_root: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -492,6 +524,8 @@ def test_pointmaze_recipes_follow_minari_s_goal_datasets(minari_root: pathlib.Pa
         by_recipe[recipe] = episodes_of(dataset.spec.dataset_id)
         for episode in by_recipe[recipe]:
             assert_single_end_flag(episode)
+        # the stored collection environment: goals kept once reached (AntMaze-v1's recipes) or redrawn
+        assert dataset.recover_environment().unwrapped.reset_target == (recipe not in ("antmaze", "antmaze-unseen"))
     # Minari's PointMaze: every episode but the last ends on reaching its goal, which holds along the episode
     cut = by_recipe["cut"]
     assert len(cut) > 10 and all(episode.rewards[-1] == 1 and episode.rewards[:-1].sum() == 0 for episode in cut[:-1])

@@ -603,8 +603,10 @@ def test_normalized_score_needs_reference_scores(minari_root):
     with pytest.raises(ValueError, match="has no reference scores"):
         normalized_score(dataset, 1.0)
     assert dataset_reference_scores(dataset) is None
-    with pytest.raises(ValueError, match="must differ"):
+    with pytest.raises(ValueError, match="must exceed"):
         normalized_score((1.0, 1.0), 1.0)
+    with pytest.raises(ValueError, match="must exceed"):  # reversed: a score of 100 for the worse return
+        normalized_score((5.0, 1.0), 1.0)
 
 
 def test_online_learning_requires_an_environment(line_dataset, tmp_path):

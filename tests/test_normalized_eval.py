@@ -11,6 +11,7 @@ import pytest
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback, ProgressBarCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv
 from toy_data import LINE_ENV_ID, LineEnv, bad_policy, good_policy, rollout_episodes, write_dataset
 
 from sb3_iql import IQL, evaluate
@@ -96,8 +97,10 @@ def test_replacing_an_eval_callback_keeps_its_settings(line_datasets, tmp_path):
 def test_errors():
     with pytest.raises(ValueError, match="both ref_min_score and ref_max_score"):
         NormalizedEvalCallback(Monitor(LineEnv()), ref_min_score=0.0)
-    with pytest.raises(ValueError, match="must differ"):
+    with pytest.raises(ValueError, match="must exceed"):
         NormalizedEvalCallback(Monitor(LineEnv()), ref_min_score=1.0, ref_max_score=1.0)
+    with pytest.raises(ValueError, match="must exceed"):  # reversed
+        NormalizedEvalCallback(Monitor(LineEnv()), ref_min_score=5.0, ref_max_score=1.0)
     with pytest.raises(ValueError, match="needs an eval_env or a dataset"):
         NormalizedEvalCallback()
 
@@ -198,3 +201,34 @@ def test_evaluate_reports_the_success_rate_of_environments_that_report_success()
     result = evaluate(_ZeroPolicy(), _ReportsSuccess(), n_eval_episodes=4)
     assert result.success_rate == 0.5  # success at any step of the episode counts, not only at its end
     assert evaluate(_ZeroPolicy(), _ReportsSuccess(report=False), n_eval_episodes=4).success_rate is None
+
+
+def test_evaluate_s_first_episode_starts_at_the_seeded_reset_for_an_env_as_for_a_vec_env():
+    def pendulum() -> gym.Env:  # random starts: the seed decides them
+        return Monitor(gym.make("Pendulum-v1"))
+
+    on_env = evaluate(_ZeroPolicy(), pendulum(), n_eval_episodes=2, seed=3).episode_returns
+    on_vec_env = evaluate(_ZeroPolicy(), DummyVecEnv([pendulum]), n_eval_episodes=2, seed=3).episode_returns
+    np.testing.assert_array_equal(on_env, on_vec_env)
+    env = pendulum()
+    env.reset(seed=3)
+    first_return, done = 0.0, False
+    while not done:
+        _, reward, terminated, truncated, _ = env.step(np.zeros(1, np.float32))
+        first_return, done = first_return + reward, terminated or truncated
+    assert on_env[0] == pytest.approx(first_return)
+
+
+def test_the_callback_counts_success_as_evaluate_does():
+    callback = NormalizedEvalCallback(Monitor(_ReportsSuccess()), ref_min_score=0.0, ref_max_score=1.0)
+    for _ in range(2):  # EvalCallback gives each evaluation a new buffer
+        callback._is_success_buffer = []
+        for episode in range(4):  # the mazes' key, true at one step in the middle of odd episodes
+            for step in range(1, 6):
+                info = {"success": episode % 2 == 1 and step == 3}
+                callback._log_success_callback({"i": 0, "info": info, "done": step == 5}, {})
+        assert callback._is_success_buffer == [False, True, False, True]
+    silent = NormalizedEvalCallback(Monitor(_ReportsSuccess()), ref_min_score=0.0, ref_max_score=1.0)
+    silent._is_success_buffer = []
+    silent._log_success_callback({"i": 0, "info": {}, "done": True}, {})
+    assert silent._is_success_buffer == []  # no key: no success rate, as EvalCallback

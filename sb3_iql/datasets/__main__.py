@@ -19,9 +19,11 @@ import argparse
 import functools
 import importlib
 import itertools
+import os
 import time
 from collections.abc import Callable, Sequence
 
+import gymnasium as gym
 import minari
 from stable_baselines3.common.base_class import BaseAlgorithm
 
@@ -45,9 +47,12 @@ ALGORITHM_PACKAGES = ("stable_baselines3", "sb3_contrib", "sb3_iql")
 def load_model(algo: str, path: str) -> BaseAlgorithm:
     """
     :param algo: Algorithm name, case-insensitive (``sac``, ``tqc``, ``iql``...).
-    :param path: Path of the saved model (``.zip``).
+    :param path: Path of the saved model (``.zip``, which may be left out).
     :return: The loaded model.
+    :raises ValueError: no such algorithm, no such file, or a file that this algorithm cannot load
     """
+    if not (os.path.isfile(path) or os.path.isfile(f"{path}.zip")):
+        raise ValueError(f"No saved model at {path!r} (nor {path + '.zip'!r})")
     for package in ALGORITHM_PACKAGES:
         try:
             module = importlib.import_module(package)
@@ -56,7 +61,10 @@ def load_model(algo: str, path: str) -> BaseAlgorithm:
         for name in dir(module):
             candidate = getattr(module, name)
             if name.lower() == algo.lower() and isinstance(candidate, type) and issubclass(candidate, BaseAlgorithm):
-                return candidate.load(path)
+                try:
+                    return candidate.load(path)
+                except (AttributeError, KeyError, TypeError) as error:  # another algorithm's file
+                    raise ValueError(f"{path!r} does not load as a {name} model ({type(error).__name__}: {error})") from None
     raise ValueError(f"Unknown algorithm {algo!r}: no such class in {', '.join(ALGORITHM_PACKAGES)}")
 
 
@@ -192,7 +200,9 @@ def make_parser() -> argparse.ArgumentParser:
     maze.add_argument("--stitch", action="store_true", help="store the evaluation goal as desired_goal everywhere")
     maze.add_argument("--recipe", choices=RECIPES, help="Minari's PointMaze (cut) or AntMaze-v1 recipe, or play data")
     maze.add_argument(
-        "--n-steps", type=int, help=f"transitions (default {DEFAULT_N_STEPS:,}; a stored dataset of any size is kept)"
+        "--n-steps",
+        type=int,
+        help=f"transitions (default {DEFAULT_N_STEPS:,}; when left out, a stored dataset of any size is kept)",
     )
     maze.add_argument("--dataset-id", help="write to this id instead of the standard one")
     maze.add_argument(
@@ -201,7 +211,7 @@ def make_parser() -> argparse.ArgumentParser:
     maze.add_argument(
         "--pixel-steps",
         type=int,
-        help=f"transitions of the pixel dataset (default {DEFAULT_PIXEL_STEPS:,}; a stored dataset of any size is kept)",
+        help=f"transitions of the pixel dataset (default {DEFAULT_PIXEL_STEPS:,}; when left out, a stored one is kept)",
     )
     maze.set_defaults(run=_pointmaze)
 
@@ -251,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, FileExistsError) as error:
+    except (ValueError, FileExistsError, gym.error.Error) as error:  # gym's: an unknown --env, for one
         parser.exit(1, f"error: {error}\n")
 
 

@@ -8,6 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 import gymnasium as gym
 import minari
 import numpy as np
+import torch as th
 from gymnasium import spaces
 from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector.utils import concatenate, create_empty_array
@@ -195,7 +196,8 @@ def rollout_episodes(
     :param action_noise_std: Std of the Gaussian noise added to every action, in units of half the action
         range (i.e. in the [-1, 1] scaled actions of SB3); noisy actions are clipped to the bounds.
     :param seed: Seed of the first reset and of the noise.
-    :param deterministic: For SB3 models, act with the deterministic action (False: sample from the policy).
+    :param deterministic: For SB3 models, act with the deterministic action (False: sample from the policy, torch
+        seeded with ``seed`` for the rollout; the caller's torch generator is left as it was).
     :param epsilon: Probability of replacing each action with a uniformly random one (any action space; applied
         after ``action_noise_std``).
     :return: The episodes: observations (T + 1, ...) (a dict of arrays for Dict spaces), actions (T, ...),
@@ -213,6 +215,23 @@ def rollout_episodes(
     policy_fn = as_policy_fn(policy, deterministic)
     noise = _Noise(env.action_space, action_noise_std, seed) if action_noise_std > 0 else None
     random_actions = _RandomActions(env.action_space, epsilon, seed) if epsilon > 0 else None
+    if deterministic or not isinstance(policy, Predictor):
+        return _roll_out(env, policy_fn, n_steps, n_episodes, noise, random_actions, seed)
+    with th.random.fork_rng():  # the model samples with torch's generator: seeded here, restored after
+        th.manual_seed(seed)
+        return _roll_out(env, policy_fn, n_steps, n_episodes, noise, random_actions, seed)
+
+
+def _roll_out(
+    env: gym.Env,
+    policy_fn: PolicyFn,
+    n_steps: int | None,
+    n_episodes: int | None,
+    noise: _Noise | None,
+    random_actions: _RandomActions | None,
+    seed: int,
+) -> list[EpisodeBuffer]:
+    """The rollout of ``rollout_episodes``, its arguments checked and turned into callables."""
     episodes: list[EpisodeBuffer] = []
     total_steps = 0
     observation, _ = env.reset(seed=seed)

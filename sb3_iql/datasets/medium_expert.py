@@ -109,9 +109,15 @@ def make_medium_expert_dataset(
     :param dataset_id: id to write (default ``medium_expert_dataset_id(env_id)``)
     :param overwrite: replace an existing dataset with the same id
     :return: the dataset
+    :raises ValueError: no recipe for ``env_id``, or an argument out of range (checked before PPO trains)
     """
     if env_id not in RECIPES:
         raise ValueError(f"No medium-expert recipe for {env_id!r}: use one of {list(RECIPES)}")
+    if n_steps < 2 or not 0.0 <= epsilon <= 1.0 or n_reference_episodes < 1:  # before PPO trains, not after
+        raise ValueError(
+            f"n_steps must be >= 2 (half from each policy), epsilon in [0, 1] and n_reference_episodes >= 1, got "
+            f"{n_steps}, {epsilon} and {n_reference_episodes}"
+        )
     dataset_id = medium_expert_dataset_id(env_id) if dataset_id is None else dataset_id
     check_writable(dataset_id, overwrite)
     recipe = RECIPES[env_id]

@@ -181,19 +181,26 @@ def parse_pointmaze_dataset_id(dataset_id: str) -> tuple[str, str, bool, str | N
     return match["maze"], "dense" if match["dense"] else "sparse", match["stitch"] is not None, match["recipe"]
 
 
-def make_pointmaze_env(maze: str = "umaze", reward: str = "sparse", evaluation: bool = False, **render_kwargs: Any) -> gym.Env:
+def make_pointmaze_env(
+    maze: str = "umaze", reward: str = "sparse", evaluation: bool = False, keep_goal: bool = False, **render_kwargs: Any
+) -> gym.Env:
     """
     :param maze: ``"umaze"``, ``"medium"`` or ``"large"``.
     :param reward: ``"sparse"`` or ``"dense"``.
     :param evaluation: False: the data-collection environment (random goals, a new one each time a goal is
         reached). True: the evaluation environment (fixed goal cell, ``reset_target=False``).
+    :param keep_goal: a collection environment whose random goal stays once reached (``reset_target=False``: the
+        AntMaze-v1 recipes)
     :param render_kwargs: ``render_mode``, ``width``, ``height`` of the environment
     :return: The environment, with the D4RL episode length as time limit.
     """
     spec = _maze_spec(maze)
     _check_reward(reward)
     env_id = f"{spec.env_name}{'Dense' if reward == 'dense' else ''}-v3"
-    maze_kwargs = {"maze_map": spec.eval_maze_map(), "reset_target": False} if evaluation else {"reset_target": True}
+    if evaluation:
+        maze_kwargs = {"maze_map": spec.eval_maze_map(), "reset_target": False}
+    else:
+        maze_kwargs = {"reset_target": not keep_goal}
     return gym.make(env_id, continuing_task=True, max_episode_steps=spec.episode_length, **maze_kwargs, **render_kwargs)
 
 
@@ -274,7 +281,7 @@ def _goal_keeping_runs(
         if cell != 1 and not (exclude_eval_cell and np.allclose(maze.cell_rowcol_to_xy(np.array((row, col))), eval_goal))
     ]
     goal_rng = np.random.default_rng((seed, _GOAL_STREAM))
-    maze_env.reset_target = False  # the goal stays once reached
+    assert not maze_env.reset_target, "the goal must stay once reached (make_pointmaze_env(keep_goal=True))"
     runs = []
     for start in range(0, n_steps, spec.episode_length):
         length = min(spec.episode_length, n_steps - start)
@@ -341,10 +348,11 @@ def make_pointmaze_dataset(
     if n_steps < 1 or n_reference_episodes < 1:
         raise ValueError(f"n_steps ({n_steps}) and n_reference_episodes ({n_reference_episodes}) must be positive")
     check_writable(dataset_id, overwrite)
-    env, eval_env = make_pointmaze_env(maze, reward), make_pointmaze_env(maze, reward, evaluation=True)
+    keeps_goal = recipe in ("antmaze", "antmaze-unseen")  # its stored spec says so too
+    env, eval_env = make_pointmaze_env(maze, reward, keep_goal=keeps_goal), make_pointmaze_env(maze, reward, evaluation=True)
     maze_env: PointMazeEnv = env.unwrapped
     noise = np.random.default_rng((seed, _ACTION_NOISE_STREAM)).normal(scale=ACTION_NOISE_STD, size=(n_steps, POSITION_DIM))
-    if recipe in ("antmaze", "antmaze-unseen"):
+    if keeps_goal:
         runs = _goal_keeping_runs(maze_env, spec, n_steps, noise, seed, exclude_eval_cell=recipe == "antmaze-unseen")
     else:
         maze_env.reset(seed=seed)
