@@ -57,8 +57,8 @@ def test_load_run_reads_evaluations_losses_and_reference_scores(runs):
     assert updates[np.isfinite(updates)].tolist() == [10, 20, 30]
     assert np.isfinite(value_loss).sum() == UPDATES // LOG_INTERVAL and (value_loss[np.isfinite(value_loss)] >= 0).all()
 
-    given = load_run(runs["scored"], ref_min_score=0.0, ref_max_score=-1.0)
-    np.testing.assert_allclose(given.normalized_scores, -100 * run.returns)
+    given = load_run(runs["scored"], ref_min_score=-1.0, ref_max_score=0.0)  # given scores replace the stored ones
+    np.testing.assert_allclose(given.normalized_scores, 100 * (run.returns + 1.0))
 
 
 def test_evaluations_logged_without_timesteps_are_placed_at_their_rows(tmp_path):
