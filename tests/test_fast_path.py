@@ -231,6 +231,52 @@ def test_hyperparameters_changed_between_calls_reach_the_compiled_update(data, f
     assert max_difference(eager, compiled) < 1e-10
 
 
+class _ChangesHyperparameters(BaseCallback):
+    """Sets beta and tau at the given update of a call, as a user's schedule would from a callback."""
+
+    def __init__(self, at: int, **values: float):
+        super().__init__()
+        self.at, self.values = at, values
+
+    def _on_step(self) -> bool:
+        if self.n_calls == self.at:
+            for name, value in self.values.items():
+                setattr(self.model, name, value)
+        return True
+
+
+def test_hyperparameters_changed_by_a_callback_reach_the_next_update_on_every_path(data, float64):
+    eager = make_model(data, DeviceReplayBuffer, dtype=float64, compile_update=False)
+    functional = make_model(data, DeviceReplayBuffer, dtype=float64, compile_update=True)
+    # the functional update uncompiled (the compiled one is the same math: the slow tests), to keep this test quick
+    functional._functional_update = lambda compile_mode=None, tensor_lr=False: IQL._functional_update(
+        functional, None, tensor_lr
+    )
+    for model in (eager, functional):
+        model.replay_buffer._storage = model.replay_buffer._storage.to(float64)
+        model.replay_buffer._make_views()
+        model.learn_offline(10, callback=_ChangesHyperparameters(4, beta=30.0, tau=0.05), log_interval=0)
+    assert isinstance(functional._fast_update, FunctionalUpdate) and functional._fast_update.numbers["beta"].item() == 30.0
+    assert max_difference(eager, functional) < 1e-10
+    with pytest.raises(ValueError, match="expectile must be"):  # refused as in the constructor
+        eager.learn_offline(5, callback=_ChangesHyperparameters(2, expectile=1.5), log_interval=0)
+    eager.expectile = 0.9
+    eager.beta = -1.0
+    with pytest.raises(ValueError, match="beta must be"):  # set between calls: refused before training or saving
+        eager.learn_offline(1)
+    with pytest.raises(ValueError, match="beta must be"):
+        eager.save("never-written")
+
+
+def test_an_optimizer_changed_into_one_the_fused_step_cannot_run_is_refused(data):
+    model = make_model(data, DeviceReplayBuffer, compile_update=True)
+    model._functional_update = lambda compile_mode=None, tensor_lr=False: IQL._functional_update(model, None, tensor_lr)
+    model.learn_offline(2, log_interval=0)
+    model.actor.optimizer.param_groups[0]["weight_decay"] = 0.1  # the fused step would skip it
+    with pytest.raises(ValueError, match=r"without weight_decay.*use compile_update=False"):
+        model.learn_offline(1, log_interval=0)
+
+
 def test_device_scalars_fill_only_what_changed():
     """An in-place fill per changed value (per changed element for K learners): no copy from host memory, which
     would synchronise a CUDA stream; NumPy and 0-d tensor values are numbers too."""

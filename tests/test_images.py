@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.vec_env import VecTransposeImage
+from stable_baselines3.common.vec_env import DummyVecEnv, VecTransposeImage
 from toy_data import (
     IMAGE_LINE_ENV_ID,
     IMAGE_SIZE,
@@ -157,6 +157,15 @@ def image_model(dataset, **kwargs) -> IQL:
     defaults = dict(offline_steps=100, policy_kwargs=SMALL_CNN, seed=0, batch_size=64)
     defaults.update(kwargs)
     return IQL("CnnPolicy", ImageLineEnv(), offline_dataset=dataset, **defaults)
+
+
+def test_an_env_already_in_vec_transpose_image_takes_the_channel_last_dataset(image_dataset):
+    wrapped = IQL(
+        "CnnPolicy", VecTransposeImage(DummyVecEnv([ImageLineEnv])), offline_dataset=image_dataset, policy_kwargs=SMALL_CNN
+    )
+    raw = image_model(image_dataset)
+    assert wrapped.observation_space == raw.observation_space
+    assert th.equal(wrapped.replay_buffer.frames, raw.replay_buffer.frames)  # transposed alike
 
 
 def test_cnn_policy_trains_on_channel_last_frames_kept_as_uint8(image_dataset, tmp_path):
@@ -311,6 +320,8 @@ def test_image_shift_augments_the_training_batches_only(image_dataset):
     assert np.array_equal(model.predict(frames, deterministic=True)[0], model.predict(frames, deterministic=True)[0])
     with pytest.raises(ValueError, match="image_shift"):
         image_model(image_dataset, image_shift=-1)
+    with pytest.raises(ValueError, match=r"image_shift=4 shifts image observations, and .* has none"):
+        IQL("MlpPolicy", "Pendulum-v1", image_shift=4)  # no image to shift: refused, not ignored
 
 
 def test_learners_trained_together_see_the_shifted_pictures_of_their_single_runs(image_dataset):

@@ -30,6 +30,12 @@ def random_shift(images: th.Tensor, pad: int, generator: th.Generator | None = N
     return shifted.to(images.dtype)
 
 
+def has_images(observation_space: spaces.Space) -> bool:
+    """:return: whether the space is an image, or a Dict with an image key (what ``shift_observations`` shifts)"""
+    subspaces = observation_space.spaces.values() if isinstance(observation_space, spaces.Dict) else [observation_space]
+    return any(is_image_space(space, check_channels=False) for space in subspaces)
+
+
 def shift_observations(observations: Any, observation_space: spaces.Space, pad: int, generator: th.Generator | None) -> Any:
     """:return: ``observations`` (a tensor or a dict of them) with every image (key) randomly shifted"""
     if isinstance(observations, dict):

@@ -37,7 +37,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from stable_baselines3.common.vec_env import VecNormalize, unwrap_vec_normalize
 
 from sb3_iql.callbacks import OneRunCallback, UpdatesProgressBarCallback, callback_items, find_eval_callback
-from sb3_iql.common.augmentation import shift_observations
+from sb3_iql.common.augmentation import has_images, shift_observations
 from sb3_iql.common.preprocessing import to_channel_first
 from sb3_iql.data import REPLAY_BUFFER_CLASSES, replay_buffer_class_named
 from sb3_iql.data.buffers import OfflineDictReplayBuffer, OfflineReplayBuffer
@@ -343,6 +343,11 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
 
     def _setup_model(self) -> None:
         self.offline_steps = checked_count("offline_steps", self.offline_steps)  # IQL.load's custom_objects too
+        if self.image_shift and not has_images(self.observation_space):
+            raise ValueError(
+                f"image_shift={self.image_shift} shifts image observations, and {describe_space(self.observation_space)} "
+                "has none: leave it at 0"
+            )
         is_dict = isinstance(self.observation_space, spaces.Dict)
         if self.replay_buffer_class is None and is_image_space(self.observation_space, check_channels=False):
             self.replay_buffer_class = DeviceImageReplayBuffer  # uint8 frames, each stored once
@@ -491,6 +496,13 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         """:return: one gradient step on a replay batch, returning ``metric_names``' values as a device tensor"""
         raise NotImplementedError
 
+    def _train_step_settings(self) -> Any:
+        """:return: what a train step is built with (compared after every callback step: a change rebuilds it)"""
+        return None
+
+    def _check_settings(self) -> None:
+        """:raises ValueError: a hyperparameter set on the model out of its range (checked before training, saving)"""
+
     def _offline_train_step(self) -> Callable[[], th.Tensor]:
         """:return: one offline update on a batch it samples itself (``batch_size``), returning the metrics"""
         update = self._update_function()
@@ -578,7 +590,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         dones, infos = np.zeros(n_envs, dtype=bool), [{} for _ in range(n_envs)]
         callback.on_training_start(locals(), globals())
         self.policy.set_training_mode(True)
-        train_step = self._offline_train_step()
+        train_step, settings = self._offline_train_step(), self._train_step_settings()
         metric_sums = th.zeros(len(self.metric_names), device=self.device)
         updates_since_dump, dump_start = 0, time.perf_counter()
         self._offline_stopped = False
@@ -592,6 +604,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 break
             if not self.policy.training:  # a callback evaluated the policy
                 self.policy.set_training_mode(True)
+            if self._train_step_settings() != settings:  # a callback changed a hyperparameter: the next update has it
+                self._check_settings()
+                train_step, settings = self._offline_train_step(), self._train_step_settings()
             if log_interval and updates_since_dump == log_interval:
                 self._dump_offline_logs(metric_sums, updates_since_dump, time.perf_counter() - dump_start)
                 metric_sums.zero_()
@@ -617,6 +632,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         progress_bar: bool,
     ) -> BaseCallback:
         """SB3's ``_setup_learn`` without the environment: counters, logger and callbacks."""
+        self._check_settings()
         self.start_time = time.time_ns()
         if reset_num_timesteps:
             self.num_timesteps = self._offline_timesteps = 0
@@ -672,6 +688,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         tb_log_name: str = "run",
         progress_bar: bool = False,
     ) -> tuple[int, BaseCallback]:
+        self._check_settings()
         has_offline_data = self.offline_dataset_ids or self.offline_dataset_size > 0
         if has_offline_data and self.replay_buffer is not None and self.replay_buffer.size() == 0:
             how = (
@@ -793,6 +810,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         SB3's ``save``, written to a temporary file then renamed: a crash mid-write keeps the previous file. The
         state of a buffer's own sampling generator (on CUDA) is saved too (``device_sampling_state``).
         """
+        self._check_settings()  # a file that load() would refuse is not written
         generator = getattr(self.replay_buffer, "generator", None)
         own_generator = generator is not None and generator is not self.sampling_generator
         self.device_sampling_state = generator_state(generator) if own_generator else None

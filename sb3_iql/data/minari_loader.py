@@ -91,7 +91,14 @@ def describe_space(space: spaces.Space) -> str:
 
 
 def spaces_match(dataset_space: spaces.Space, env_space: spaces.Space, check_bounds: bool) -> bool:
-    """:return: whether data of ``dataset_space`` fits ``env_space`` (same structure and shapes, and bounds if asked)"""
+    """
+    :return: whether data of ``dataset_space`` fits ``env_space`` (same structure and shapes, and bounds if asked);
+        channel-last image frames fit the channel-first space of an env in SB3's ``VecTransposeImage``, as the
+        frames are transposed when they are stored
+    """
+    if isinstance(dataset_space, spaces.Box) and is_image_space(env_space, check_channels=False):
+        if len(env_space.shape) == 3 and dataset_space.shape == channel_last(env_space.shape) != env_space.shape:
+            return dataset_space.dtype == env_space.dtype
     if isinstance(dataset_space, spaces.Dict) and isinstance(env_space, spaces.Dict):
         return set(dataset_space.spaces) == set(env_space.spaces) and all(
             spaces_match(dataset_space[key], env_space[key], check_bounds) for key in dataset_space.spaces

@@ -57,6 +57,16 @@ def fused_adam_step_(
         th._fused_adam_(*slices, [], state["step"], lr=learner_lr, **how)
 
 
+def unsupported_optimizer(optimizer: th.optim.Optimizer) -> str | None:
+    """:return: why ``fused_adam_step_`` cannot run this optimizer's steps, None where it can"""
+    if not isinstance(optimizer, th.optim.Adam) or len(optimizer.param_groups) != 1:
+        return f"FunctionalUpdate needs one Adam param group per network, got {optimizer}"
+    group = optimizer.param_groups[0]
+    if group["weight_decay"] or group["amsgrad"] or group["maximize"] or group["differentiable"]:
+        return "FunctionalUpdate supports Adam without weight_decay, amsgrad, maximize or differentiable"
+    return None
+
+
 def one_step_counter(steps: list[th.Tensor], device: th.device) -> tuple[th.Tensor, list[th.Tensor]]:
     """
     Adam's per-parameter ``step`` tensors as the elements of one float32 tensor, as ``Adam(fused=True)`` keeps them,
@@ -272,12 +282,9 @@ class FunctionalUpdate:
                 "networks only; use compile_update=False"
             )
         for name, network in self.networks.items():
-            optimizer = network.optimizer
-            if not isinstance(optimizer, th.optim.Adam) or len(optimizer.param_groups) != 1:
-                raise ValueError(f"FunctionalUpdate needs one Adam param group per network, got {optimizer}")
-            group = optimizer.param_groups[0]
-            if group["weight_decay"] or group["amsgrad"] or group["maximize"] or group["differentiable"]:
-                raise ValueError("FunctionalUpdate supports Adam without weight_decay, amsgrad, maximize or differentiable")
+            reason = unsupported_optimizer(network.optimizer)
+            if reason is not None:
+                raise ValueError(f"{reason}: use compile_update=False")
             prefix = "actor." if name == "actor" else ""
             self.params[name] = {prefix + key: value for key, value in network.named_parameters()}
         self._state_owners: dict[str, dict] = {}
@@ -349,6 +356,10 @@ class FunctionalUpdate:
     def state_replaced(self) -> bool:
         """Whether an optimizer's state was replaced since the state lists were collected."""
         return any(self._state_owners[name] is not network.optimizer.state for name, network in self.networks.items())
+
+    def optimizers_unsupported(self) -> bool:
+        """Whether an optimizer was changed since into one the fused step cannot run (weight decay set on it...)."""
+        return any(unsupported_optimizer(network.optimizer) is not None for network in self.networks.values())
 
     def _adam_(self, name: str, grads: list[th.Tensor]) -> None:
         """``Adam(fused=True).step()`` of network ``name`` with the given gradients, in place."""
@@ -504,6 +515,10 @@ class CudaGraphUpdate:
     def state_replaced(self) -> bool:
         """Whether an optimizer's state was replaced since the capture (the graph would update stale tensors)."""
         return self.functional.state_replaced()
+
+    def optimizers_unsupported(self) -> bool:
+        """``FunctionalUpdate.optimizers_unsupported`` of the captured update."""
+        return self.functional.optimizers_unsupported()
 
     def __call__(self, replay_data: Any) -> th.Tensor:
         self._check_state()

@@ -315,9 +315,16 @@ class IQL(OfflineAlgorithm):
             if not valid:
                 raise ValueError(f"{name} must be {rule}, got {values[name]!r}")
 
+    def _check_settings(self) -> None:
+        """:raises ValueError: a hyperparameter of ``HYPERPARAMETER_RULES`` set on the model out of its range"""
+        self._check_hyperparameters({name: getattr(self, name) for name in HYPERPARAMETER_RULES})
+
+    def _train_step_settings(self) -> tuple[UpdateSettings, float]:
+        return self._update_settings(), self.tau
+
     def _setup_model(self) -> None:
         # here too for IQL.load, whose saved values and custom_objects do not pass through the constructor
-        self._check_hyperparameters({name: getattr(self, name) for name in HYPERPARAMETER_RULES})
+        self._check_settings()
         if self.compile_update == "cudagraph" and self.device.type != "cuda":
             raise ValueError(f"compile_update='cudagraph' needs a CUDA device, the model is on {self.device}")
         if self.policy_extraction != "awr" and not isinstance(self.action_space, spaces.Box):
@@ -396,6 +403,7 @@ class IQL(OfflineAlgorithm):
             return self._update
         fast, settings = self._fast_update, self._update_settings()
         stale = fast is None or fast.state_replaced() or not fast.settings.same_structure(settings) or fast.tau != self.tau
+        stale = stale or fast.optimizers_unsupported()  # e.g. weight decay set on a param group: built again, refused
         if stale or (auto and _mode_of(fast) != self._auto_mode):
             if self.compile_update == "cudagraph":
                 self._fast_update = CudaGraphUpdate(self._functional_update(None, tensor_lr=True), self._example_batch())
