@@ -68,7 +68,9 @@ def toy_returns(seeds: list[int], n_updates: int) -> None:
                     beta=beta,
                 )
                 model.learn(0)
-                result = evaluate(model, ImageLineEnv(), n_eval_episodes=20, seed=100 + seed)
+                env = ImageLineEnv()
+                env.reset(seed=100 + seed)  # the protocol of the recorded figures: the episodes after this reset
+                result = evaluate(model, env, n_eval_episodes=20)
                 layout, method = "shared" if share else "separate", "IQL" if beta else "BC"
                 print(f"seed {seed}, {layout} encoder, {method}: return {result.mean_return:.2f}", flush=True)
 

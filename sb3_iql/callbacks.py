@@ -159,10 +159,9 @@ class NormalizedEvalCallback(EvalCallback):
         if self._successes is None or self._successes[0] is not self._is_success_buffer:  # a new evaluation
             self._successes = (self._is_success_buffer, evaluation.SuccessRecorder())
         recorder = self._successes[1]
-        finished = len(recorder.episodes)
         recorder(locals_, globals_)
-        if recorder.reported and len(recorder.episodes) > finished:
-            self._is_success_buffer.append(recorder.episodes[-1])
+        if recorder.reported:  # every finished episode, those before the first report too (as evaluate's rate)
+            self._is_success_buffer[:] = recorder.episodes
 
     def _save_evaluations(self) -> None:
         """Rewrite ``evaluations.npz`` with the normalized scores and the reference scores added."""

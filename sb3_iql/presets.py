@@ -145,6 +145,10 @@ def iql_kwargs(preset: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in preset.items() if key not in ZOO_ONLY_KEYS}
 
 
+#: Arguments that rl-zoo reads as schedules where written ``lin_<value>`` (its ``_preprocess_schedules``).
+SCHEDULE_KEYS = ("learning_rate",)
+
+
 def from_zoo_strings(arguments: dict[str, Any]) -> dict[str, Any]:
     """
     Hyperparameters as rl-zoo writes them in its files, as Python values: ``policy_kwargs`` given as a string of
@@ -156,7 +160,8 @@ def from_zoo_strings(arguments: dict[str, Any]) -> dict[str, Any]:
     converted = dict(arguments)
     if isinstance(converted.get("policy_kwargs"), str):
         converted["policy_kwargs"] = eval(converted["policy_kwargs"], {"dict": dict, "nn": nn})  # rl-zoo's format
-    for key, value in arguments.items():
+    for key in SCHEDULE_KEYS:
+        value = arguments.get(key)
         if isinstance(value, str) and value.startswith("lin_"):
             converted[key] = LinearSchedule(float(value.removeprefix("lin_")), 0.0, 1.0)  # value x progress remaining
     return converted
@@ -196,8 +201,26 @@ def with_overrides(arguments: dict[str, Any], overrides: dict[str, Any]) -> dict
     merged = {**arguments, **overrides}
     if "policy_kwargs" in overrides:  # None (or a preset's null): no kwargs of that side
         merged["policy_kwargs"] = {**(arguments.get("policy_kwargs") or {}), **(overrides["policy_kwargs"] or {})}
-        if "actor_dropout" in merged["policy_kwargs"] and "dropout" not in overrides:
-            merged.pop("dropout", None)
-    if "replay_buffer_class" in overrides and "replay_buffer_kwargs" not in overrides:
-        merged.pop("replay_buffer_kwargs", None)
+    for key in replaced_with(arguments, overrides):
+        merged.pop(key, None)
     return merged
+
+
+def replaced_with(arguments: dict[str, Any], overrides: dict[str, Any]) -> list[str]:
+    """
+    :return: the keys of ``arguments`` that go with a setting ``overrides`` replace (see :func:`with_overrides`):
+        ``dropout`` where ``policy_kwargs`` give ``actor_dropout``, ``replay_buffer_kwargs`` where another
+        ``replay_buffer_class`` is given without kwargs of its own
+    """
+    keys = []
+    if "actor_dropout" in (overrides.get("policy_kwargs") or {}) and "dropout" not in overrides:
+        keys.append("dropout")
+    other_buffer = _class_name(overrides.get("replay_buffer_class")) != _class_name(arguments.get("replay_buffer_class"))
+    if "replay_buffer_class" in overrides and other_buffer and "replay_buffer_kwargs" not in overrides:
+        keys.append("replay_buffer_kwargs")
+    return keys
+
+
+def _class_name(value: Any) -> str | None:
+    """:return: a class given by name or as the class, as its name (None: the default)"""
+    return value if value is None or isinstance(value, str) else value.__name__

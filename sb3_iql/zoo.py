@@ -60,7 +60,14 @@ from sb3_iql.common.offline import OfflineAlgorithm
 from sb3_iql.data import REPLAY_BUFFER_CLASSES
 from sb3_iql.data.minari_loader import load_dataset, stores_environment
 from sb3_iql.iql import IQL
-from sb3_iql.presets import PresetNotFoundError, from_zoo_strings, known_presets, preset_for, with_overrides
+from sb3_iql.presets import (
+    PresetNotFoundError,
+    from_zoo_strings,
+    known_presets,
+    preset_for,
+    replaced_with,
+    with_overrides,
+)
 from sb3_iql.tuning import (
     HEARTBEAT_INTERVAL,
     PresetFirstSampler,
@@ -238,9 +245,9 @@ class IQLExperimentManager(ExperimentManager):
     heartbeat_interval: int = HEARTBEAT_INTERVAL
     #: Options of this package's command line that the run had (``--finetune``, ``--presets``...), for ``retrain_command``.
     retrain_options: tuple[str, ...] = ()
-    #: Whether ``-params policy_kwargs:...`` are merged into the configuration's (a run from a dataset's preset, as
-    #: ``IQL.from_preset`` merges them) instead of replacing them (rl-zoo's rule for its own files).
-    merge_policy_kwargs: bool = False
+    #: Whether ``-params`` apply to the configuration as ``IQL.from_preset``'s overrides do (a run from a dataset's
+    #: preset: ``policy_kwargs`` merged, what goes with a replaced setting dropped) instead of rl-zoo's replacing.
+    params_as_overrides: bool = False
 
     def read_hyperparameters(self) -> tuple[dict[str, Any], dict[str, Any]]:
         # rl-zoo's --trial-id replaces the configuration's policy_kwargs and schedule with the trial's parameters
@@ -250,13 +257,17 @@ class IQLExperimentManager(ExperimentManager):
             hyperparams, saved_hyperparams = super().read_hyperparameters()
         finally:
             self.trial_id = trial_id
-        given = (self.custom_hyperparams or {}).get("policy_kwargs")
-        if self.merge_policy_kwargs and isinstance(given, dict):
+        given = dict(self.custom_hyperparams or {})
+        if self.params_as_overrides and given:  # from_preset's rules over the preset (-params replaced its values)
             with open(self.config) as file_handler:
-                configured = yaml.safe_load(file_handler)[self.env_name.gym_id].get("policy_kwargs")
-            configured = from_zoo_strings({"policy_kwargs": configured})
-            merged = with_overrides(configured, {"policy_kwargs": given})["policy_kwargs"]
-            hyperparams["policy_kwargs"] = saved_hyperparams["policy_kwargs"] = merged
+                configured = yaml.safe_load(file_handler)[self.env_name.gym_id]
+            if isinstance(given.get("policy_kwargs"), dict):
+                preset_kwargs = from_zoo_strings({"policy_kwargs": configured.get("policy_kwargs")})
+                merged = with_overrides(preset_kwargs, {"policy_kwargs": given["policy_kwargs"]})["policy_kwargs"]
+                hyperparams["policy_kwargs"] = saved_hyperparams["policy_kwargs"] = merged
+            for key in replaced_with(configured, given):
+                hyperparams.pop(key, None)
+                saved_hyperparams.pop(key, None)
         if self.storage and self.study_name and trial_id is not None:
             print(f"Loading trial {trial_id} of the Optuna study...")
             trial = self.load_trial(self.storage, self.study_name, trial_id)
@@ -569,7 +580,7 @@ def train(argv: Sequence[str] | None = None) -> None:
             {
                 "heartbeat_interval": args.heartbeat_interval,
                 "retrain_options": retrain_options,
-                "merge_policy_kwargs": args.dataset is not None,
+                "params_as_overrides": args.dataset is not None,
             },
         )
         with _replaced(sys, "argv", zoo_argv), _replaced(rl_zoo3.train, "ExperimentManager", manager):

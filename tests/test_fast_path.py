@@ -261,6 +261,9 @@ def test_hyperparameters_changed_by_a_callback_reach_the_next_update_on_every_pa
     with pytest.raises(ValueError, match="expectile must be"):  # refused as in the constructor
         eager.learn_offline(5, callback=_ChangesHyperparameters(2, expectile=1.5), log_interval=0)
     eager.expectile = 0.9
+    with pytest.raises(ValueError, match="actor_lr_schedule must be"):  # a typo outside the update's settings too
+        eager.learn_offline(5, callback=_ChangesHyperparameters(2, actor_lr_schedule="cosin"), log_interval=0)
+    eager.actor_lr_schedule = "cosine"
     eager.beta = -1.0
     with pytest.raises(ValueError, match="beta must be"):  # set between calls: refused before training or saving
         eager.learn_offline(1)

@@ -168,6 +168,18 @@ def test_an_env_already_in_vec_transpose_image_takes_the_channel_last_dataset(im
     assert th.equal(wrapped.replay_buffer.frames, raw.replay_buffer.frames)  # transposed alike
 
 
+def test_a_frame_buffer_loaded_into_a_new_model_counts_its_transitions(image_dataset, tmp_path):
+    def two_envs() -> IQL:
+        return IQL("CnnPolicy", DummyVecEnv([ImageLineEnv] * 2), policy_kwargs=SMALL_CNN)
+
+    source = two_envs()
+    source.add_transitions(load_transitions([image_dataset]))
+    source.save_replay_buffer(tmp_path / "frames")
+    model = two_envs()
+    model.load_replay_buffer(tmp_path / "frames")
+    assert model.offline_dataset_size == source.offline_dataset_size == 40 * 20  # size() counts transitions here
+
+
 def test_cnn_policy_trains_on_channel_last_frames_kept_as_uint8(image_dataset, tmp_path):
     model = image_model(image_dataset)
     buffer = model.replay_buffer

@@ -637,6 +637,10 @@ def test_data_from_add_transitions_is_missed_after_load_and_counted_once_when_ad
     with pytest.warns(UserWarning, match=r"without its offline data.*add_transitions\(\), or load_replay_buffer"):
         loaded.learn(3, reset_num_timesteps=False)
     again = IQL.load(tmp_path / "model", env=LineEnv())
+    bad = dataclasses.replace(transitions, rewards=np.full_like(transitions.rewards, np.nan))
+    with pytest.raises(ValueError, match="NaN"):
+        again.add_transitions(bad)
+    assert again.offline_dataset_size == len(transitions), "a refused add keeps the count (and the warning)"
     again.add_transitions(transitions)  # the saved count was of data no longer in the buffer
     assert again.offline_dataset_size == len(transitions) == again.replay_buffer.size()
 

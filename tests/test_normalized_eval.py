@@ -228,6 +228,12 @@ def test_the_callback_counts_success_as_evaluate_does():
                 info = {"success": episode % 2 == 1 and step == 3}
                 callback._log_success_callback({"i": 0, "info": info, "done": step == 5}, {})
         assert callback._is_success_buffer == [False, True, False, True]
+    callback._is_success_buffer = []  # an env that reports success only where it happens, as evaluate counts it
+    for episode in range(4):
+        for step in range(1, 6):
+            info = {"is_success": True} if episode % 2 == 1 and step == 3 else {}
+            callback._log_success_callback({"i": 0, "info": info, "done": step == 5}, {})
+    assert callback._is_success_buffer == [False, True, False, True]
     silent = NormalizedEvalCallback(Monitor(_ReportsSuccess()), ref_min_score=0.0, ref_max_score=1.0)
     silent._is_success_buffer = []
     silent._log_success_callback({"i": 0, "info": {}, "done": True}, {})

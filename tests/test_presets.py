@@ -249,6 +249,9 @@ def test_overrides_replace_what_goes_with_them_and_take_rl_zoo_strings():
     assert "replay_buffer_kwargs" not in with_overrides(hindsight, {"replay_buffer_class": None})  # HER's, for HER only
     kept = with_overrides(hindsight, {"replay_buffer_class": "HerReplayBuffer", "replay_buffer_kwargs": {"n_sampled_goal": 2}})
     assert kept["replay_buffer_kwargs"] == {"n_sampled_goal": 2}
+    restated = with_overrides(hindsight, {"replay_buffer_class": "HerReplayBuffer"})  # the same class: its kwargs stay
+    assert restated["replay_buffer_kwargs"] == hindsight["replay_buffer_kwargs"]
+    assert with_overrides(hindsight, {"tensorboard_log": "lin_runs"})["tensorboard_log"] == "lin_runs"  # no schedule
     stitch = preset_arguments(MAZE_ID)
     assert stitch["dropout"] == 0.1
     assert "dropout" not in with_overrides(stitch, {"policy_kwargs": {"actor_dropout": 0.3}})

@@ -219,9 +219,11 @@ def test_a_preset_s_policy_kwargs_take_those_of_params_and_fine_tuning_keeps_an_
     )  # fmt: skip
     assert (finetune["n_timesteps"], finetune["learning_starts"], finetune["actor_lr_schedule"]) == (1_000_000, 0, "constant")
     logs = tmp_path / "logs"
-    zoo.main(["train", "--dataset", MAZE_ID, "--presets", str(presets), "-f", str(logs), *TINY, "offline_steps:2"])
+    params = ["batch_size:16", "policy_kwargs:dict(net_arch=[16], actor_dropout=0.2)", "offline_steps:2"]
+    zoo.main(["train", "--dataset", MAZE_ID, "--presets", str(presets), "-f", str(logs), *TINY[:4], "-params", *params])
     model = IQL.load(run_folder(logs) / f"{MAZE_ENV_ID}.zip")
     assert model.policy.net_arch == [16] and model.policy.observation_normalizer is not None  # merged, as from_preset
+    assert preset["dropout"] == 0.1 and model.dropout == 0.2  # the actor's dropout replaces the preset's
 
 
 def test_a_dataset_without_preset_trains_with_the_defaults_and_a_warning(maze_root, tmp_path):

@@ -276,6 +276,11 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             supported_action_spaces=supported_action_spaces,
             support_multi_env=True,
         )
+        if image_shift and self.observation_space is not None and not has_images(self.observation_space):
+            raise ValueError(
+                f"image_shift={image_shift} shifts image observations, and {describe_space(self.observation_space)} "
+                "has none: leave it at 0"
+            )
         if _init_setup_model:
             self._setup_model()
             if transitions is not None:
@@ -343,11 +348,6 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
 
     def _setup_model(self) -> None:
         self.offline_steps = checked_count("offline_steps", self.offline_steps)  # IQL.load's custom_objects too
-        if self.image_shift and not has_images(self.observation_space):
-            raise ValueError(
-                f"image_shift={self.image_shift} shifts image observations, and {describe_space(self.observation_space)} "
-                "has none: leave it at 0"
-            )
         is_dict = isinstance(self.observation_space, spaces.Dict)
         if self.replay_buffer_class is None and is_image_space(self.observation_space, check_channels=False):
             self.replay_buffer_class = DeviceImageReplayBuffer  # uint8 frames, each stored once
@@ -399,8 +399,6 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             ``relabel_eval_goal``, transitions not relabelled for ``eval_goal`` (``check_relabelled``)
         """
         _refuse_vec_normalize(self._vec_normalize_env, offline_data=True)
-        if self.replay_buffer is not None and self.replay_buffer.size() == 0:  # a loaded model's count is of data gone
-            self.offline_dataset_size = 0
         if not isinstance(self.replay_buffer, tuple(REPLAY_BUFFER_CLASSES.values())):
             raise TypeError(
                 f"{type(self.replay_buffer).__name__} cannot take an offline dataset: use one of this package's buffers, "
@@ -416,6 +414,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         dones, timeouts = transitions.terminations, transitions.truncations & ~transitions.terminations
         if not getattr(self.replay_buffer, "handle_timeout_termination", True):  # time-outs are terminal
             dones, timeouts = dones | timeouts, np.zeros_like(timeouts)
+        if self.replay_buffer.size() == 0:  # a loaded model's count is of data no longer here (kept where refused)
+            self.offline_dataset_size = 0
         self.replay_buffer.extend(
             observations,
             to_channel_first(transitions.next_observations, self.observation_space),
@@ -496,8 +496,11 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         """:return: one gradient step on a replay batch, returning ``metric_names``' values as a device tensor"""
         raise NotImplementedError
 
-    def _train_step_settings(self) -> Any:
-        """:return: what a train step is built with (compared after every callback step: a change rebuilds it)"""
+    def _settings_snapshot(self) -> Any:
+        """
+        :return: the hyperparameters as they are now (compared after every callback step: a change is checked with
+            ``_check_settings`` and the train step built again, so that the next update has it)
+        """
         return None
 
     def _check_settings(self) -> None:
@@ -590,7 +593,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         dones, infos = np.zeros(n_envs, dtype=bool), [{} for _ in range(n_envs)]
         callback.on_training_start(locals(), globals())
         self.policy.set_training_mode(True)
-        train_step, settings = self._offline_train_step(), self._train_step_settings()
+        train_step, settings = self._offline_train_step(), self._settings_snapshot()
         metric_sums = th.zeros(len(self.metric_names), device=self.device)
         updates_since_dump, dump_start = 0, time.perf_counter()
         self._offline_stopped = False
@@ -604,9 +607,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 break
             if not self.policy.training:  # a callback evaluated the policy
                 self.policy.set_training_mode(True)
-            if self._train_step_settings() != settings:  # a callback changed a hyperparameter: the next update has it
+            if self._settings_snapshot() != settings:  # a callback changed a hyperparameter: the next update has it
                 self._check_settings()
-                train_step, settings = self._offline_train_step(), self._train_step_settings()
+                train_step, settings = self._offline_train_step(), self._settings_snapshot()
             if log_interval and updates_since_dump == log_interval:
                 self._dump_offline_logs(metric_sums, updates_since_dump, time.perf_counter() - dump_start)
                 metric_sums.zero_()
@@ -831,8 +834,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         """
         SB3's ``load_replay_buffer``; sampling goes on with the model's stream (``_attach_generator``). A
         ``HerReplayBuffer`` gets the model's env and, with ``truncate_last_traj``, its open episodes ended, as SB3's.
-        In a model that has not trained and holds no offline data, the loaded transitions are its offline data, as
-        those of ``add_transitions`` (``learn()`` trains ``offline_steps`` updates on them first).
+        In a model that has not trained and holds no offline data, the loaded transitions count as its offline data
+        (``learn()`` trains ``offline_steps`` updates on them first); they are stored as the file holds them (rewards
+        transformed by the model that saved them, if it did).
 
         :raises ValueError: such a model normalises observations (``normalize_observations``) and its statistics are
             not fitted yet: they come from the data given to ``add_transitions`` or ``offline_dataset``
@@ -853,7 +857,15 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 self.replay_buffer.truncate_last_trajectory()
         self._attach_generator(previous)
         if as_offline_data:
-            self.offline_dataset_size = self.replay_buffer.size() * self.replay_buffer.n_envs
+            self.offline_dataset_size = stored_transitions(self.replay_buffer)
+
+
+def stored_transitions(buffer: Any) -> int:
+    """
+    :return: the transitions a replay buffer holds (``DeviceImageReplayBuffer.size()`` counts transitions, SB3's
+        buffers rows of ``n_envs``)
+    """
+    return buffer.size() if isinstance(buffer, DeviceImageReplayBuffer) else buffer.size() * buffer.n_envs
 
 
 def _refuse_vec_normalize(vec_normalize: VecNormalize | None, offline_data: bool) -> None:

@@ -319,12 +319,13 @@ class IQL(OfflineAlgorithm):
         """:raises ValueError: a hyperparameter of ``HYPERPARAMETER_RULES`` set on the model out of its range"""
         self._check_hyperparameters({name: getattr(self, name) for name in HYPERPARAMETER_RULES})
 
-    def _train_step_settings(self) -> tuple[UpdateSettings, float]:
-        return self._update_settings(), self.tau
+    def _settings_snapshot(self) -> tuple:
+        return tuple(getattr(self, name) for name in HYPERPARAMETER_RULES)  # tau and the update's settings included
 
     def _setup_model(self) -> None:
         # here too for IQL.load, whose saved values and custom_objects do not pass through the constructor
         self._check_settings()
+        self.dropout = (self.policy_kwargs or {}).get("actor_dropout", self.dropout)  # a model saved with it there
         if self.compile_update == "cudagraph" and self.device.type != "cuda":
             raise ValueError(f"compile_update='cudagraph' needs a CUDA device, the model is on {self.device}")
         if self.policy_extraction != "awr" and not isinstance(self.action_space, spaces.Box):
