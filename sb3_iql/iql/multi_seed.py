@@ -54,6 +54,7 @@ from sb3_iql.iql.fast_update import (
     compiling,
     fused_adam_step_,
     one_step_counter,
+    unsupported_optimizer,
 )
 from sb3_iql.iql.iql import IQL, _warn_fallback, auto_mode
 from sb3_iql.iql.update import Batch
@@ -603,11 +604,10 @@ def _check_alone(model: IQL, index: int) -> None:
         raise ValueError(f"learn_offline_together supports Box and Dict observations, got {model.observation_space}")
     for name in TRAINED:
         optimizer = _network(model, name).optimizer
-        if not isinstance(optimizer, th.optim.Adam) or len(optimizer.param_groups) != 1:
-            raise ValueError(f"learn_offline_together needs one Adam param group per network, got {optimizer}")
+        reason = unsupported_optimizer(optimizer)  # the fused Adam step's own check
+        if reason is not None:
+            raise ValueError(f"learn_offline_together: {reason}")
         group = optimizer.param_groups[0]
-        if group["weight_decay"] or group["amsgrad"] or group["maximize"] or group["differentiable"]:
-            raise ValueError("learn_offline_together supports Adam without weight_decay, amsgrad, maximize or differentiable")
         params = list(_network(model, name).parameters())
         if len(group["params"]) != len(params) or any(a is not b for a, b in zip(group["params"], params)):
             raise ValueError(f"The {name} optimizer of models[{index}] does not hold exactly its network's parameters")
