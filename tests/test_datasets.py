@@ -280,6 +280,14 @@ def test_a_sampling_sb3_policy_rolls_out_the_same_actions_for_the_same_seed() ->
     assert th.equal(th.random.get_rng_state(), state)  # the caller's generator is left as it was
 
 
+def test_toy_text_envs_step_with_a_scalar_action() -> None:
+    """FrozenLake indexes its transition table with the action: a 0-d array there is unhashable."""
+    env = gym.make("FrozenLake-v1")
+    episodes = rollout_episodes(env, lambda observation: env.action_space.sample(), n_steps=30, epsilon=0.5)
+    actions = np.concatenate([episode.actions for episode in episodes])
+    assert len(actions) == 30 and actions.dtype == env.action_space.dtype and set(actions) <= {0, 1, 2, 3}
+
+
 def test_failed_write_leaves_no_folder(minari_root: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     dataset_id = "test/pendulum/failed-v0"
     episodes = rollout_episodes(gym.make(PENDULUM_ID), lambda observation: np.zeros(1), n_episodes=1)

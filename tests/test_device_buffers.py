@@ -122,19 +122,27 @@ def test_online_adds_with_two_envs_match_sb3_replay_buffer():
     assert {tuple(row) for row in batch.observations.numpy().tolist()} <= stored
 
 
-def test_extend_with_two_envs_fills_rows_like_the_numpy_buffer():
-    data = transitions(7)
-    reference = OfflineReplayBuffer(10, OBS_SPACE, ACTION_SPACE, device="cpu", n_envs=2)
-    buffer = DeviceReplayBuffer(10, OBS_SPACE, ACTION_SPACE, device="cpu", n_envs=2)
+@pytest.mark.parametrize("dict_obs", [False, True])
+def test_extend_with_two_envs_fills_rows_and_samples_like_the_numpy_buffer(dict_obs):
+    data = transitions(7, dict_obs)
+    space = DICT_SPACE if dict_obs else OBS_SPACE
+    reference = (OfflineDictReplayBuffer if dict_obs else OfflineReplayBuffer)(10, space, ACTION_SPACE, device="cpu", n_envs=2)
+    buffer = (DeviceDictReplayBuffer if dict_obs else DeviceReplayBuffer)(10, space, ACTION_SPACE, device="cpu", n_envs=2)
     with pytest.warns(UserWarning, match="1 of them are stored twice"):
         reference.extend(*data)
     with pytest.warns(UserWarning, match="1 of them are stored twice"):
         buffer.extend(*data)
     assert buffer.pos == reference.pos == 4
-    for name in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
+    for name in ("actions", "rewards", "dones", "timeouts"):
         np.testing.assert_array_equal(getattr(buffer, name)[:4].numpy(), getattr(reference, name)[:4], err_msg=name)
+    # rows and env columns both from the seeded generator (SB3's buffer draws the columns from NumPy's global one)
+    reference.generator, buffer.generator = seeded(), seeded()
+    numpy_state = np.random.get_state()[1].copy()
+    for _ in range(3):
+        assert_same_samples(reference.sample(64), buffer.sample(64))
+    np.testing.assert_array_equal(np.random.get_state()[1], numpy_state)
     with pytest.raises(ValueError, match="room for 2 more transitions"):
-        buffer.extend(*transitions(3))
+        buffer.extend(*transitions(3, dict_obs))
 
 
 def test_wrong_spaces_and_memory_option_are_refused():

@@ -126,9 +126,27 @@ def test_action_noise_needs_continuous_actions():
         )
 
 
-def test_ddpg_bc_needs_continuous_actions():
+@pytest.mark.parametrize(
+    "gaussian_setting", [dict(log_std_init=-1.5), dict(log_std_parametrization="sigmoid"), dict(log_std_bounds=(-3, 1))]
+)
+def test_the_gaussian_actor_s_settings_are_refused_for_discrete_actions(gaussian_setting):
+    env = SpacesEnv(spaces.Box(-1, 1, (2,), np.float32), spaces.Discrete(3))
+    with pytest.raises(ValueError, match=r"Gaussian actor of Box actions; Discrete\(3\) actions have a categorical actor"):
+        IQL("MlpPolicy", env, policy_kwargs=dict(net_arch=[8], **gaussian_setting))
+    IQL("MlpPolicy", env, policy_kwargs=dict(net_arch=[8], log_std_init=0, log_std_bounds=[-5, 2]))  # the defaults
+
+
+def test_ddpg_bc_needs_continuous_actions(discrete_dataset, tmp_path):
     with pytest.raises(ValueError, match=r"ddpg_bc.*Box"):
         IQL("MlpPolicy", SpacesEnv(spaces.Box(-1, 1, (2,), np.float32), spaces.Discrete(3)), policy_extraction="ddpg_bc")
+    # set on a model (by hand or from a callback): refused before an update, and no file that load() refuses
+    model = discrete_model(discrete_dataset)
+    model.policy_extraction = "ddpg_awr"
+    with pytest.raises(ValueError, match=r"ddpg_awr.*Box"):
+        model.learn_offline(1)
+    with pytest.raises(ValueError, match=r"ddpg_awr.*Box"):
+        model.save(tmp_path / "model")
+    assert not (tmp_path / "model.zip").exists()
 
 
 def test_save_load_gives_identical_predictions_and_online_steps_store_indices(discrete_dataset, tmp_path):

@@ -202,7 +202,7 @@ def test_iql_trains_online_with_hindsight_and_relabels_finished_episodes_only(ma
         offline_dataset=MAZE_ID,
         replay_buffer_class=HerReplayBuffer,
         replay_buffer_kwargs=dict(n_sampled_goal=4, goal_selection_strategy="future"),
-        reward_transform="antmaze",
+        reward_transform=lambda rewards: rewards - 1.0,  # as "antmaze"; a lambda, which a buffer file leaves out
         policy_kwargs=dict(net_arch=[32]),
         batch_size=64,
         seed=0,
@@ -230,6 +230,14 @@ def test_iql_trains_online_with_hindsight_and_relabels_finished_episodes_only(ma
     assert (loaded._episode_length[offline + 50 : offline + 70] == 20).all() and not any(loaded._open_episodes)
     last_row = offline + 69  # one environment: one transition per row
     assert loaded.dones[last_row, 0] == 1 and loaded.timeouts[last_row, 0] == 1  # a time-out: still bootstrapped
+    assert loaded.reward_transform is model.reward_transform_fn  # set again by load_replay_buffer
+    # a model loaded without env has no reward rule until set_env gives it one (SB3's HER needs env= at load)
+    model.save(tmp_path / "model")
+    reloaded = IQL.load(tmp_path / "model")
+    assert reloaded.replay_buffer.distance_reward is None
+    reloaded.set_env(env)
+    assert reloaded.replay_buffer.env is reloaded.env
+    assert reloaded.replay_buffer.distance_reward == ("sparse", MAZE_GOAL_DISTANCE)
 
 
 def test_the_copies_that_complete_the_last_row_relabel_as_the_transitions_they_copy():
@@ -244,8 +252,14 @@ def test_the_copies_that_complete_the_last_row_relabel_as_the_transitions_they_c
 
 def test_the_buffer_pickles_with_its_episodes():
     buffer = counting_buffer("future")
+    buffer.reward_transform = lambda rewards: rewards - 1.0  # not picklable: left out
+    without_transform = pickle.loads(pickle.dumps(buffer))
+    without_transform.set_env(CountingGoalEnv())
+    with pytest.raises(RuntimeError, match="no reward_transform"):
+        without_transform.sample(32)
     copy = pickle.loads(pickle.dumps(buffer))
     copy.set_env(CountingGoalEnv())
+    copy.reward_transform = buffer.reward_transform
     first, second = buffer.sample(32), copy.sample(32)
     assert th.equal(first.observations["desired_goal"], second.observations["desired_goal"])
     assert th.equal(first.rewards, second.rewards)
@@ -254,8 +268,10 @@ def test_the_buffer_pickles_with_its_episodes():
 def test_bad_arguments_get_clear_errors(maze_root):
     with pytest.raises(ValueError, match="goal_selection_strategy"):
         HerReplayBuffer(10, GOAL_SPACE, ACTION_SPACE, env=CountingGoalEnv(), goal_selection_strategy="past")
-    with pytest.raises(ValueError, match="needs a goal distance"):
+    with pytest.raises(ValueError, match=r"needs a sparse goal distance.*replacing the env's reward rule"):
         HerReplayBuffer(10, GOAL_SPACE, ACTION_SPACE, env=CountingGoalEnv(), terminal_on_goal=True)
+    with pytest.raises(ValueError, match="copy_info_dict=True is not supported"):  # compute_reward would get {}
+        HerReplayBuffer(10, GOAL_SPACE, ACTION_SPACE, env=CountingGoalEnv(), copy_info_dict=True)
     with pytest.raises(ValueError, match="Dict observation space with keys"):
         HerReplayBuffer(10, spaces.Dict({"observation": GOAL_SPACE["observation"]}), ACTION_SPACE)
     with pytest.raises(ValueError, match=r"use sb3_iql\.HerReplayBuffer"):

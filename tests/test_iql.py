@@ -664,6 +664,11 @@ def test_a_buffer_loaded_into_a_new_model_is_its_offline_data(line_dataset, tmp_
     normalizing = IQL("MlpPolicy", LineEnv(), policy_kwargs={**SMALL_NET, "normalize_observations": True})
     with pytest.raises(ValueError, match="a replay buffer file does not carry"):
         normalizing.load_replay_buffer(tmp_path / "buffer")
+    discrete = IQL("MlpPolicy", LineEnv(discrete=True), policy_kwargs=SMALL_NET)  # Box actions would be cut to indices
+    own_buffer = discrete.replay_buffer
+    with pytest.raises(ValueError, match=r"holds observations .* and actions Box.*this model has .* Discrete\(3\)"):
+        discrete.load_replay_buffer(tmp_path / "buffer")
+    assert discrete.replay_buffer is own_buffer and discrete.offline_dataset_size == 0
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -742,8 +747,15 @@ def test_vec_normalize_is_refused_wherever_it_would_meet_offline_data(line_datas
     assert loaded.offline_dataset_size == model.offline_dataset_size  # as it was
     with pytest.raises(ValueError, match="VecNormalize is not supported"):  # fine-tuning a policy trained offline
         loaded.learn(10, reset_num_timesteps=False)
-    online = IQL("MlpPolicy", normalizing(), policy_kwargs=SMALL_NET, learning_starts=5, seed=0)
+    online = IQL(
+        "MlpPolicy", normalizing(), policy_kwargs=SMALL_NET, learning_starts=5, seed=0, reward_transform=lambda r: 10 * r + 1
+    )
     online.learn(10)  # online alone, as SAC: normalized by the env's statistics
+    # the stored rewards are the env's (SB3 stores VecNormalize's original ones), transformed as without VecNormalize
+    stored = online.replay_buffer.sample(10, env=None)  # no normalization: the rows as stored
+    np.testing.assert_allclose(
+        stored.rewards[:, 0].cpu().numpy(), 10 * -np.abs(stored.next_observations[:, 0].cpu().numpy() - 0.5) + 1, atol=1e-5
+    )
     with pytest.raises(ValueError, match="VecNormalize is not supported"):
         online.add_transitions(load_transitions([line_dataset]))
     assert online.offline_dataset_size == 0 and online.replay_buffer.size() == 10

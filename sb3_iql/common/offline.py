@@ -62,6 +62,7 @@ from sb3_iql.data.minari_loader import (
     load_transitions,
     recover_eval_env,
     resolve_datasets,
+    spaces_match,
 )
 from sb3_iql.data.rewards import RewardTransformLike, make_reward_transform
 
@@ -490,7 +491,17 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 stacklevel=2,
             )
             self._warned_full_buffer = True
-        super()._store_transition(replay_buffer, buffer_action, new_obs, self.reward_transform_fn(reward), dones, infos)
+        vec_normalize = self._vec_normalize_env
+        if vec_normalize is None:
+            super()._store_transition(replay_buffer, buffer_action, new_obs, self.reward_transform_fn(reward), dones, infos)
+            return
+        # SB3 stores VecNormalize's original reward in place of the one passed: transformed there for this call
+        original_reward = vec_normalize.get_original_reward
+        vec_normalize.get_original_reward = lambda: self.reward_transform_fn(original_reward())  # type: ignore[method-assign]
+        try:
+            super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
+        finally:
+            del vec_normalize.get_original_reward  # the class's method again
 
     def _update_function(self) -> Callable[[Any], th.Tensor]:
         """:return: one gradient step on a replay batch, returning ``metric_names``' values as a device tensor"""
@@ -804,9 +815,14 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             self._attach_generator()  # a buffer on another device seeds its own generator from it again
 
     def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
-        """SB3's ``set_env``; a ``VecNormalize`` env is refused where the model has offline data."""
+        """
+        SB3's ``set_env``; a ``VecNormalize`` env is refused where the model has offline data. A ``HerReplayBuffer``
+        takes the env's reward rule.
+        """
         _refuse_vec_normalize(unwrap_vec_normalize(env), offline_data=self.offline_dataset_size > 0)
         super().set_env(env, force_reset)
+        if isinstance(self.replay_buffer, HerReplayBuffer):  # its reward rule (a model loaded without env has none)
+            self.replay_buffer.set_env(self.env)
 
     def save(self, path: PathLike, exclude: Iterable[str] | None = None, include: Iterable[str] | None = None) -> None:
         """
@@ -849,8 +865,19 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 "does not carry: give the data to add_transitions() (or offline_dataset=), or load the saved model "
                 f"({type(self).__name__}.load) whose statistics were fitted, then its buffer"
             )
+        previous_buffer = self.replay_buffer
         previous = getattr(self.replay_buffer, "generator", None)
         super().load_replay_buffer(path, truncate_last_traj)
+        loaded = self.replay_buffer
+        if not (
+            spaces_match(loaded.observation_space, self.observation_space, check_bounds=False)
+            and spaces_match(loaded.action_space, self.action_space, check_bounds=False)
+        ):
+            self.replay_buffer = previous_buffer  # kept: the model's own data stay
+            raise ValueError(
+                f"The replay buffer in {path} holds observations {loaded.observation_space} and actions "
+                f"{loaded.action_space}; this model has {self.observation_space} and {self.action_space}"
+            )
         if isinstance(self.replay_buffer, HerReplayBuffer):
             self.replay_buffer.set_env(self.env)
             if truncate_last_traj:

@@ -65,10 +65,31 @@ class OfflineDataMixin:
             )
 
     def sample(self, batch_size: int, env: VecNormalize | None = None) -> ReplayBufferSamples | DictReplayBufferSamples:
-        """Uniform sample of ``batch_size`` stored transitions, indices drawn from ``self.generator``."""
-        upper_bound = self.buffer_size if self.full else self.pos
-        batch_inds = th.randint(upper_bound, (batch_size,), generator=self.generator).numpy()
-        return self._get_samples(batch_inds, env=env)  # type: ignore[attr-defined]
+        """
+        Uniform sample of ``batch_size`` stored transitions, rows and env columns drawn from ``self.generator`` (SB3's
+        ``_get_samples`` draws the columns from NumPy's global generator), gathered and normalized as SB3 does.
+        """
+        upper_bound = (self.buffer_size if self.full else self.pos) * self.n_envs
+        rows, columns = np.divmod(th.randint(upper_bound, (batch_size,), generator=self.generator).numpy(), self.n_envs)
+        observations, next_observations = self._observations_at(rows, columns)
+        samples_type = DictReplayBufferSamples if isinstance(observations, dict) else ReplayBufferSamples
+        return samples_type(
+            self._to_torch_obs(self._normalize_obs(observations, env)),  # type: ignore[attr-defined]
+            self.to_torch(self.actions[rows, columns]),  # type: ignore[attr-defined]
+            self._to_torch_obs(self._normalize_obs(next_observations, env)),  # type: ignore[attr-defined]
+            # time-outs are not terminal
+            self.to_torch((self.dones[rows, columns] * (1 - self.timeouts[rows, columns])).reshape(-1, 1)),  # type: ignore[attr-defined]
+            self.to_torch(self._normalize_reward(self.rewards[rows, columns].reshape(-1, 1), env)),  # type: ignore[attr-defined]
+        )
+
+    def _observations_at(self, rows: np.ndarray, columns: np.ndarray) -> tuple[BatchObs, BatchObs]:
+        """:return: the observations and next observations stored at ``(rows, columns)``"""
+        raise NotImplementedError
+
+    def _to_torch_obs(self, observations: BatchObs) -> th.Tensor | dict[str, th.Tensor]:
+        if isinstance(observations, dict):
+            return {key: self.to_torch(value) for key, value in observations.items()}  # type: ignore[attr-defined]
+        return self.to_torch(observations)  # type: ignore[attr-defined]
 
     def _write_observations(self, rows: slice, observations: BatchObs, next_observations: BatchObs) -> None:
         raise NotImplementedError
@@ -129,6 +150,9 @@ class OfflineReplayBuffer(OfflineDataMixin, ReplayBuffer):
         self.observations[rows] = observations.reshape(self.observations[rows].shape)
         self.next_observations[rows] = next_observations.reshape(self.next_observations[rows].shape)
 
+    def _observations_at(self, rows: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.observations[rows, columns], self.next_observations[rows, columns]
+
 
 class OfflineDictReplayBuffer(OfflineDataMixin, DictReplayBuffer):
     """SB3 ``DictReplayBuffer`` with ``extend`` (bulk loading) and a seeded sampling generator."""
@@ -143,3 +167,9 @@ class OfflineDictReplayBuffer(OfflineDataMixin, DictReplayBuffer):
         for key in self.observations:
             self.observations[key][rows] = observations[key].reshape(self.observations[key][rows].shape)
             self.next_observations[key][rows] = next_observations[key].reshape(self.next_observations[key][rows].shape)
+
+    def _observations_at(self, rows: np.ndarray, columns: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        return (
+            {key: array[rows, columns] for key, array in self.observations.items()},
+            {key: array[rows, columns] for key, array in self.next_observations.items()},
+        )

@@ -59,11 +59,13 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
     :param handle_timeout_termination: store timeouts from ``infos`` in ``add``
     :param n_sampled_goal: relabelled transitions per original one: a fraction ``n / (n + 1)`` of each batch
     :param goal_selection_strategy: ``"future"``, ``"final"``, ``"episode"`` (SB3's) or ``"random"``
-    :param copy_info_dict: accepted for SB3's signature; infos are not stored (``compute_reward`` gets ``{}``)
-    :param goal_distance: sparse reward ``distance(next achieved goal, goal) <= goal_distance``, computed on the
-        device (default: the maze environments' own rule, detected from ``env``; otherwise ``compute_reward``)
+    :param copy_info_dict: must be False: infos are not stored (``compute_reward`` gets ``{}``), so an
+        environment whose reward reads them cannot be relabelled here
+    :param goal_distance: the relabelled rewards' rule, replacing the environment's: sparse reward
+        ``distance(next achieved goal, goal) <= goal_distance``, computed on the device (default: the maze
+        environments' own rule, detected from ``env``; otherwise ``compute_reward``)
     :param terminal_on_goal: every sampled transition whose next achieved goal reaches its (new) goal is terminal,
-        as goal-conditioned IQL trains (needs a distance: ``goal_distance`` or a maze environment)
+        as goal-conditioned IQL trains (needs a sparse distance rule: ``goal_distance`` or a sparse maze environment)
     """
 
     def __init__(
@@ -92,6 +94,11 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
             raise ValueError(f"HerReplayBuffer needs a Dict observation space with keys {GOAL_KEYS}, got {observation_space}")
         if n_sampled_goal < 0:
             raise ValueError(f"n_sampled_goal must be >= 0, got {n_sampled_goal}")
+        if copy_info_dict:
+            raise ValueError(
+                "copy_info_dict=True is not supported: infos are not stored, relabelled rewards come from "
+                "compute_reward(achieved, goal, {}) or goal_distance"
+            )
         super().__init__(
             buffer_size, observation_space, action_space, device, n_envs, optimize_memory_usage, handle_timeout_termination
         )
@@ -102,12 +109,15 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
         self.terminal_on_goal = terminal_on_goal
         self.goal_distance = goal_distance
         #: Applied to relabelled rewards; ``IQL`` sets its ``reward_transform`` here.
-        self.reward_transform: Callable[[np.ndarray], np.ndarray] = AffineRewardTransform()
+        self.reward_transform: Callable[[np.ndarray], np.ndarray] | None = AffineRewardTransform()
         self.env: VecEnv | None = None
         self.distance_reward: tuple[str, float] | None = None
         self.set_env(env)
         if terminal_on_goal and (self.distance_reward is None or self.distance_reward[0] != "sparse"):
-            raise ValueError("terminal_on_goal needs a goal distance: pass goal_distance= (or use a sparse maze env)")
+            raise ValueError(
+                "terminal_on_goal needs a sparse goal distance: a sparse maze env, or goal_distance= (which also makes "
+                "the relabelled rewards distance <= goal_distance, replacing the env's reward rule)"
+            )
         capacity = self.buffer_size * self.n_envs
         # Per stored transition (flat index): its absolute index, its episode's first absolute index, the stride
         # between consecutive transitions of the episode (1 offline, n_envs online) and its length (0: unfinished).
@@ -264,6 +274,11 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
 
     def _transform(self, rewards: th.Tensor) -> th.Tensor:
         transform = self.reward_transform
+        if transform is None:
+            raise RuntimeError(
+                "This unpickled HerReplayBuffer has no reward_transform (not saved): load it with "
+                "model.load_replay_buffer(), or set reward_transform to the model's"
+            )
         if isinstance(transform, AffineRewardTransform):
             return transform.scale * rewards + transform.shift
         return th.as_tensor(transform(rewards.cpu().numpy()), dtype=th.float32, device=self.device)
@@ -297,6 +312,7 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state["env"] = None  # not picklable: set_env after loading (IQL.load_replay_buffer does)
+        state["reward_transform"] = None  # a lambda is not picklable: IQL.load_replay_buffer sets the model's again
         for name in ("_absolute", "_episode_first", "_episode_stride", "_episode_length"):
             state[name] = getattr(self, name).cpu().numpy()
         return state

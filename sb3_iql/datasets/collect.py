@@ -244,7 +244,8 @@ def _roll_out(
                 action = noise(action).astype(env.action_space.dtype)
             if random_actions is not None:
                 action = np.asarray(random_actions(action), dtype=env.action_space.dtype)
-            observation, reward, terminated, truncated, _ = env.step(action)
+            # a Discrete action as a NumPy scalar, as SB3's VecEnvs step: toy-text envs index tables with it
+            observation, reward, terminated, truncated, _ = env.step(action[()] if action.ndim == 0 else action)
             total_steps += 1
             done = terminated or truncated
             out_of_steps = n_steps is not None and total_steps >= n_steps

@@ -1,7 +1,8 @@
 """
-Medium-expert datasets for any Gymnasium environment, Discrete actions included: D4RL's recipe (half the
-transitions from a partly trained policy, half from a trained one) with SB3's PPO, each action replaced by a
-uniformly random one with probability ``epsilon``.
+Medium-expert datasets for the Gymnasium environments of ``RECIPES`` (Acrobot-v1, Discrete actions): D4RL's recipe
+(half the transitions from a partly trained policy, half from a trained one) with SB3's PPO, each action replaced by
+a uniformly random one with probability ``epsilon``. Another environment needs its own ``PPORecipe`` (PPO's settings
+and the two policies' training steps).
 
 Where the two policies disagree the data holds both actions, the medium one more often where the medium policy
 lingers, so behaviour cloning follows it there while IQL can pick the better one; the random actions widen the

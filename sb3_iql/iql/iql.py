@@ -316,8 +316,17 @@ class IQL(OfflineAlgorithm):
                 raise ValueError(f"{name} must be {rule}, got {values[name]!r}")
 
     def _check_settings(self) -> None:
-        """:raises ValueError: a hyperparameter of ``HYPERPARAMETER_RULES`` set on the model out of its range"""
+        """
+        Checked again wherever the settings may have changed (training, a callback's change, saving, loading).
+
+        :raises ValueError: a hyperparameter of ``HYPERPARAMETER_RULES`` set on the model out of its range, or a
+            policy extraction the action space cannot take
+        """
         self._check_hyperparameters({name: getattr(self, name) for name in HYPERPARAMETER_RULES})
+        if self.policy_extraction != "awr" and not isinstance(self.action_space, spaces.Box):
+            raise ValueError(
+                f"policy_extraction={self.policy_extraction!r} needs continuous (Box) actions, got {self.action_space}"
+            )
 
     def _settings_snapshot(self) -> tuple:
         return tuple(getattr(self, name) for name in HYPERPARAMETER_RULES)  # tau and the update's settings included
@@ -328,10 +337,6 @@ class IQL(OfflineAlgorithm):
         self.dropout = (self.policy_kwargs or {}).get("actor_dropout", self.dropout)  # a model saved with it there
         if self.compile_update == "cudagraph" and self.device.type != "cuda":
             raise ValueError(f"compile_update='cudagraph' needs a CUDA device, the model is on {self.device}")
-        if self.policy_extraction != "awr" and not isinstance(self.action_space, spaces.Box):
-            raise ValueError(
-                f"policy_extraction={self.policy_extraction!r} needs continuous (Box) actions, got {self.action_space}"
-            )
         super()._setup_model()
         self._create_aliases()
 

@@ -588,6 +588,12 @@ class IQLPolicy(BasePolicy):
     ):
         if isinstance(features_extractor_class, str):
             features_extractor_class = features_extractor_class_named(features_extractor_class)
+        gaussian = (tuple(log_std_bounds), log_std_parametrization, float(log_std_init))
+        if isinstance(action_space, spaces.Discrete) and gaussian != (tuple(LOG_STD_BOUNDS), "clip", 0.0):
+            raise ValueError(
+                "log_std_bounds, log_std_parametrization and log_std_init set the Gaussian actor of Box actions; "
+                f"{action_space} actions have a categorical actor: leave them out"
+            )
         if share_features_extractor not in (False, True, "critics"):
             raise ValueError(f"share_features_extractor must be False, True or 'critics', got {share_features_extractor!r}")
         if optimizer_class is th.optim.Adam and optimizer_kwargs is None:
