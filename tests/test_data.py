@@ -354,7 +354,15 @@ def test_unsupported_action_space_and_small_buffer(box_dataset):
             ValueError, match=rf"one dimension, shape \(n,\) \(or \(n, 1\)\), got shape {re.escape(str(shape))}"
         ):
             IQL("MlpPolicy", SpacesEnv(OBS_SPACE, spaces.Box(-1.0, 1.0, shape)))
-    IQL("MlpPolicy", SpacesEnv(OBS_SPACE, spaces.Box(-1.0, 1.0, (2, 1))))
+    column_space = spaces.Box(np.array([[0.0], [-3.0]], np.float32), np.array([[5.0], [1.0]], np.float32))
+    column = IQL("MlpPolicy", SpacesEnv(OBS_SPACE, column_space), buffer_size=10)
+    n = 4
+    for actions in (np.array([[5.0, -3.0]] * n), np.array([[[5.0], [-3.0]]] * n)):  # (n, 2) or as the space, (n, 2, 1)
+        zeros = np.zeros((n, *OBS_SPACE.shape), np.float32)
+        flags = np.zeros(n, bool)
+        column.replay_buffer.reset()
+        column.add_transitions(Transitions(zeros, zeros, actions, np.zeros(n), flags, flags | [0, 0, 0, 1], np.zeros(1)))
+        np.testing.assert_allclose(column.replay_buffer.actions[:n, 0].numpy(), [[1 - 1e-5, -1 + 1e-5]] * n)
     with pytest.raises(ValueError, match=r"buffer_size=5 is smaller than the offline dataset \(9 transitions\)"):
         make_model(box_dataset, buffer_size=5)
     with pytest.raises(ValueError, match="optimize_memory_usage"):

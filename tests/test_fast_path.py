@@ -311,6 +311,8 @@ def test_guards_are_skipped_only_after_a_checked_call_of_the_same_caller_on_like
     """Models of the same shapes share compiled functions; a skip-mode call looks first at the version the last
     caller used, so a caller skips only where it ran the last guard-checked call itself."""
     model, other = make_model(data, DeviceReplayBuffer), make_model(data, DeviceReplayBuffer, seed=1)
+    for trained in (model, other):
+        trained.policy.set_training_mode(True)  # as training runs them
     batch, smaller = (Batch.from_replay_data(model.replay_buffer.sample(n)) for n in (32, 16))
     guards, other_guards = GuardSkipping([model.policy]), GuardSkipping([other.policy])
 

@@ -548,6 +548,33 @@ def test_save_load_gives_identical_predictions_and_resumes_exactly(line_dataset,
         th.testing.assert_close(resumed, straight, msg=name)
 
 
+def test_a_file_of_another_algorithm_is_refused_by_name(tmp_path):
+    from stable_baselines3 import SAC
+
+    SAC("MlpPolicy", LineEnv(), policy_kwargs=dict(net_arch=[8]), buffer_size=10).save(tmp_path / "sac")
+    with pytest.raises(ValueError, match=r"IQL needs an IQLPolicy .* got SACPolicy"):  # an AttributeError deep inside before
+        IQL.load(tmp_path / "sac")
+
+
+def test_the_actor_called_directly_is_deterministic_after_training_and_loading(line_dataset, tmp_path):
+    """SB3's export guide checks an exported actor against model.actor(obs, deterministic=True): no dropout there."""
+    model = line_model(line_dataset, dropout=0.5, offline_steps=20, learning_starts=0)
+    obs = th.as_tensor(np.random.default_rng(0).uniform(-1, 1, (16, 2)).astype(np.float32))
+
+    def direct_calls(trained: IQL) -> list[th.Tensor]:
+        with th.no_grad():
+            return [trained.actor(obs, deterministic=True) for _ in range(3)]
+
+    for step in (lambda: None, lambda: model.learn_offline(20), lambda: model.learn(30)):
+        step()
+        expected = th.as_tensor(model.policy.scale_action(model.predict(obs.numpy(), deterministic=True)[0]))
+        for actions in direct_calls(model):
+            th.testing.assert_close(actions, expected)
+    model.save(tmp_path / "model")
+    for actions in direct_calls(IQL.load(tmp_path / "model")):
+        th.testing.assert_close(actions, expected)
+
+
 def test_observation_normalisation_uses_the_dataset_statistics_and_survives_save_load(line_dataset, tmp_path):
     model = line_model(line_dataset, policy_kwargs={**SMALL_NET, "normalize_observations": True})
     observations = np.concatenate([episode.observations[:-1] for episode in line_dataset.iterate_episodes()])

@@ -366,6 +366,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         finally:
             if hindsight:
                 self.replay_buffer_kwargs.pop("env", None)
+        # evaluation mode until training (which sets it): a new or loaded model's actor keeps no dropout, so that
+        # model.actor(obs, deterministic=True) is deterministic, as SB3's export guide checks it
+        self.policy.set_training_mode(False)
         self._attach_generator()
 
     def _attach_generator(self, previous: th.Generator | None = None) -> None:
@@ -429,14 +432,16 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
 
     def _buffer_actions(self, actions: np.ndarray) -> np.ndarray:
         """
-        :param actions: dataset actions in the environment's units, ``(n, action_dim)``
-        :return: Box: scaled to [-1, 1] and clipped to +-(1 - ``dataset_action_clip``); Discrete: the indices as
-            they are (``checked_transitions`` checked them), float32 ``(n, 1)``
+        :param actions: dataset actions in the environment's units, ``(n, action_dim)`` (or ``(n, action_dim, 1)``
+            for a Box of shape ``(action_dim, 1)``)
+        :return: Box: scaled to [-1, 1] and clipped to +-(1 - ``dataset_action_clip``), ``(n, action_dim)``; Discrete:
+            the indices as they are (``checked_transitions`` checked them), float32 ``(n, 1)``
         """
         space = self.action_space
         if isinstance(space, spaces.Discrete):
             return actions.astype(np.float32)
-        low, high = space.low, space.high  # type: ignore[attr-defined]
+        actions = actions.reshape(len(actions), -1)
+        low, high = space.low.reshape(-1), space.high.reshape(-1)  # type: ignore[attr-defined]
         if np.all(low == -1.0) and np.all(high == 1.0):  # already scaled: the formula would move them by 1 ulp
             scaled_actions = actions
         else:
@@ -627,6 +632,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 updates_since_dump, dump_start = 0, time.perf_counter()
         if updates_since_dump > 0:
             self._dump_offline_logs(metric_sums, updates_since_dump, time.perf_counter() - dump_start)
+        self.policy.set_training_mode(False)  # as after a predict(): the actor's dropout off for direct calls
         callback.on_training_end()
         return self
 
@@ -802,6 +808,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         finally:
             self.learning_starts -= self._learning_starts_shift
             self._learning_starts_shift = 0
+            self.policy.set_training_mode(False)  # the last train() left it on
 
     def set_random_seed(self, seed: int | None = None) -> None:
         """

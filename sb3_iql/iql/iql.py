@@ -332,6 +332,12 @@ class IQL(OfflineAlgorithm):
         return tuple(getattr(self, name) for name in HYPERPARAMETER_RULES)  # tau and the update's settings included
 
     def _setup_model(self) -> None:
+        if not (isinstance(self.policy_class, type) and issubclass(self.policy_class, IQLPolicy)):
+            policy_name = getattr(self.policy_class, "__name__", self.policy_class)  # a file of another algorithm
+            raise ValueError(
+                f"IQL needs an IQLPolicy (MlpPolicy, MultiInputPolicy, CnnPolicy of sb3_iql), got {policy_name}: a model "
+                "saved by another algorithm loads with that algorithm's class"
+            )
         # here too for IQL.load, whose saved values and custom_objects do not pass through the constructor
         self._check_settings()
         self.dropout = (self.policy_kwargs or {}).get("actor_dropout", self.dropout)  # a model saved with it there

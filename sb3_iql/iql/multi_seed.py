@@ -199,6 +199,8 @@ def learn_offline_together(
                 since_dump, dump_start = 0, time.perf_counter()
     finally:
         learners.write_back()
+        for model in models:  # as learn_offline leaves it
+            model.policy.set_training_mode(False)
     if since_dump > 0:
         _dump_logs(models, metric_sums, since_dump, time.perf_counter() - dump_start)
     return models
