@@ -308,9 +308,19 @@ __all__ = [
 
 
 def callback_items(callback: MaybeCallback) -> list[BaseCallback]:
-    """:return: ``callback`` (one, a list or None) as a list of callbacks, functions wrapped as SB3 wraps them"""
+    """
+    :return: ``callback`` (one, a list or None) as a list of callbacks, functions wrapped as SB3 wraps them, the
+        callbacks of a ``CallbackList`` in its place (it calls them in that order), so that a progress bar in one is
+        found as one given alone
+    """
     items = [] if callback is None else list(callback) if isinstance(callback, list) else [callback]
-    return [item if isinstance(item, BaseCallback) else ConvertCallback(item) for item in items]
+    flat: list[BaseCallback] = []
+    for item in items:
+        if type(item) is CallbackList:  # SB3's own; a subclass (OneRunCallback) does more than call its callbacks
+            flat.extend(callback_items(item.callbacks))
+        else:
+            flat.append(item if isinstance(item, BaseCallback) else ConvertCallback(item))
+    return flat
 
 
 def find_eval_callback(callbacks: list[BaseCallback]) -> EvalCallback | None:

@@ -119,6 +119,35 @@ def test_transitions_whose_frames_were_overwritten_are_no_longer_sampled():
     assert np.array_equal(samples.next_observations.numpy(), data["next_observations"][1:])
 
 
+def test_an_env_s_frame_is_shared_only_while_it_is_still_in_the_ring():
+    """Two envs step, offline data fill the ring, then env 1 goes on: its last frame is written again, not reused."""
+    rng = np.random.default_rng(3)
+    buffer = DeviceImageReplayBuffer(30, FRAME_SPACE, ACTION_SPACE, device="cpu", n_envs=2, extra_frames=4)
+    env_episodes = [episode_arrays(6, 0, rng), episode_arrays(6, 100, rng)]
+    expected_obs, expected_next = [], []
+
+    def step(index: int) -> None:
+        fields = {key: np.stack([episode[key][index] for episode in env_episodes]) for key in env_episodes[0]}
+        observations, next_observations = fields["observations"], fields["next_observations"]
+        buffer.add(observations, next_observations, fields["actions"], fields["rewards"], fields["dones"], [{}, {}])
+        expected_obs.extend(fields["observations"][:, 0, 0, 0])
+        expected_next.extend(fields["next_observations"][:, 0, 0, 0])
+
+    for index in range(3):  # the episodes go on after the offline data
+        step(index)
+    offline = concatenated([episode_arrays(15, 40 + 20 * index, rng) for index in range(2)])  # 32 frames: a full ring
+    buffer.extend(**offline)
+    expected_obs.extend(offline["observations"][:, 0, 0, 0])
+    expected_next.extend(offline["next_observations"][:, 0, 0, 0])
+    for index in range(3, 6):
+        step(index)
+    samples = all_samples(buffer)
+    first = buffer.oldest
+    assert buffer.size() > 0
+    assert np.array_equal(samples.observations[:, 0, 0, 0].numpy(), expected_obs[first:])
+    assert np.array_equal(samples.next_observations[:, 0, 0, 0].numpy(), expected_next[first:])
+
+
 def test_the_graph_sampling_key_follows_the_sampleable_range():
     """``sample`` bakes the range of sampleable transitions (its size, and the oldest as an absolute number) into a
     CUDA graph: the key changes with either."""
@@ -423,11 +452,14 @@ def test_critics_sharing_an_extractor_leave_the_actor_its_own(image_dataset, tmp
         image_model(image_dataset, policy_kwargs={**SMALL_CNN, "share_features_extractor": "actor"})
 
 
-def test_the_command_line_renders_a_maze_dataset_written_under_its_own_id(minari_root):
+def test_the_command_line_renders_a_maze_dataset_written_under_its_own_id(minari_root, capsys):
     arguments = ["--maze", "umaze", "--stitch", "--n-steps", "300", "--n-reference-episodes", "1", "--pixel-steps", "20"]
     datasets_main(["pointmaze", *arguments, "--dataset-id", "mine/maze/stitch-v0", "--pixels", "36"])
     pixels = minari.load_dataset("mine/maze/stitch-pixels36-v0")
     assert pixels.total_steps == 20 and pixels.observation_space.shape == (36, 36, 6)
+    with pytest.raises(SystemExit):  # it wrote 300 steps, which the same command then refused as not 500
+        datasets_main(["pointmaze", *arguments[:-1], "500", "--dataset-id", "mine/maze/stitch-v0", "--pixels", "40"])
+    assert "n_steps=500 is more than the 300 steps of mine/maze/stitch-v0" in capsys.readouterr().err
     assert pixels.recover_environment(eval_env=True).observation_space == pixels.observation_space
 
 

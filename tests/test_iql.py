@@ -442,6 +442,16 @@ def test_what_the_online_loop_refuses_is_refused_before_the_offline_updates(line
     assert no_env._n_offline_updates == 20
 
 
+def test_a_new_offline_run_after_online_steps_counts_episodes_and_resets_the_env_as_sb3(line_dataset):
+    model = line_model(line_dataset, offline_steps=5, learning_starts=0)
+    model.learn(45)  # two 20-step episodes, the third one under way
+    assert model._episode_num == 2 and model._last_obs is not None
+    model.learn_offline(5)  # reset_num_timesteps=True: a new run
+    assert model.num_timesteps == 5 and model._episode_num == 0 and model._last_obs is None
+    model.learn(20, reset_num_timesteps=False)  # starts a new episode: one ends within these 20 steps
+    assert model._episode_num == 1
+
+
 def test_online_steps_that_start_replacing_the_offline_data_warn_once(line_dataset):
     model = line_model(line_dataset, offline_steps=0, buffer_size=2010)  # the dataset's 2,000 transitions + 10
     with warnings.catch_warnings():
@@ -696,6 +706,9 @@ def test_a_buffer_loaded_into_a_new_model_is_its_offline_data(line_dataset, tmp_
     with pytest.raises(ValueError, match=r"holds observations .* and actions Box.*this model has .* Discrete\(3\)"):
         discrete.load_replay_buffer(tmp_path / "buffer")
     assert discrete.replay_buffer is own_buffer and discrete.offline_dataset_size == 0
+    two_envs = IQL("MlpPolicy", DummyVecEnv([LineEnv, LineEnv]), policy_kwargs=SMALL_NET)
+    with pytest.raises(ValueError, match=r"takes steps of 1 environment\(s\); this model's env has 2"):
+        two_envs.load_replay_buffer(tmp_path / "buffer")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -330,6 +330,12 @@ def test_each_model_continues_its_own_tensorboard_run(line_dataset, tmp_path):
         events.Reload()
         steps[run.name] = [event.step for event in events.Scalars("train/value_loss")]
     assert steps == {"IQL_1": [5, 10, 15, 20, 25, 30], "IQL_2": [5, 10, 15, 20, 25], "IQL_3": [5, 10, 15, 20, 25]}
+    # another tensorboard_log (given to load, or set on the model): a run there, as SB3 opens one
+    moved = IQL.load(tmp_path / "model", env=LineEnv(), tensorboard_log=str(tmp_path / "elsewhere"))
+    moved.reload_offline_dataset()
+    moved.learn_offline(5, reset_num_timesteps=False)
+    moved.logger.close()
+    assert [run.name for run in (tmp_path / "elsewhere").iterdir()] == ["IQL_0"]
 
 
 def test_a_short_call_with_the_default_budget_is_warned_about_its_undecayed_actor_lr(line_dataset):

@@ -150,10 +150,11 @@ def test_sb3_s_own_progress_bar_counts_updates_offline_with_several_envs(line_da
 
     scored, _ = line_datasets
     model = IQL("MlpPolicy", DummyVecEnv([LineEnv] * 3), offline_dataset=scored, batch_size=16, offline_steps=0)
-    model.learn_offline(60, callback=ProgressBarCallback())  # SB3's bar counts n_envs timesteps per step
-    output = capsys.readouterr()
-    last_line = (output.out + output.err).replace("\r", "\n").strip().splitlines()[-1]
-    assert "60/60" in last_line, last_line
+    for callback in (ProgressBarCallback(), CallbackList([ProgressBarCallback()])):  # alone or in a CallbackList
+        model.learn_offline(60, callback=callback)  # SB3's bar counts n_envs timesteps per step
+        output = capsys.readouterr()
+        last_line = (output.out + output.err).replace("\r", "\n").strip().splitlines()[-1]
+        assert "60/60" in last_line, last_line
 
 
 def test_progress_bar_is_sb3s_tqdm_bar_on_a_terminal(line_datasets, tmp_path):

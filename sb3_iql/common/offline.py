@@ -654,8 +654,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         """SB3's ``_setup_learn`` without the environment: counters, logger and callbacks."""
         self._check_settings()
         self.start_time = time.time_ns()
-        if reset_num_timesteps:
-            self.num_timesteps = self._offline_timesteps = 0
+        if reset_num_timesteps:  # a new run, as SB3's reset: episodes counted again, the env reset by the next learn()
+            self.num_timesteps = self._offline_timesteps = self._episode_num = 0
+            self._last_obs = None
         self._num_timesteps_at_start = self.num_timesteps
         self._total_timesteps = self.num_timesteps + n_updates
         if self.ep_info_buffer is None or reset_num_timesteps:  # as SB3's: read by dump_logs()
@@ -681,10 +682,14 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         """
         if self._custom_logger:
             return
-        continued = not reset_num_timesteps and tb_log_name == self._logger_run_name
+        folder = self._logger_run_folder
+        if folder is None or self.tensorboard_log is None:
+            same_place = folder is None and self.tensorboard_log is None
+        else:  # a tensorboard_log changed since (set on the model, or given to load) starts a run there, as SB3's
+            same_place = os.path.dirname(os.path.abspath(folder)) == os.path.abspath(self.tensorboard_log)
+        continued = not reset_num_timesteps and tb_log_name == self._logger_run_name and same_place
         if continued and hasattr(self, "_logger"):
             return
-        folder = self._logger_run_folder
         if continued and self.tensorboard_log is not None and folder is not None and os.path.isdir(folder):
             formats = ["stdout", "tensorboard"] if self.verbose >= 1 else ["tensorboard"]  # as SB3's configure_logger
             self._logger = configure(folder, formats)
@@ -884,6 +889,12 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             raise ValueError(
                 f"The replay buffer in {path} holds observations {loaded.observation_space} and actions "
                 f"{loaded.action_space}; this model has {self.observation_space} and {self.action_space}"
+            )
+        if self.env is not None and loaded.n_envs != self.n_envs:  # online steps would be dropped or refused
+            self.replay_buffer = previous_buffer
+            raise ValueError(
+                f"The replay buffer in {path} takes steps of {loaded.n_envs} environment(s); this model's env has "
+                f"{self.n_envs}: load it into a model with as many (SB3's buffers store one column per environment)"
             )
         if isinstance(self.replay_buffer, HerReplayBuffer):
             self.replay_buffer.set_env(self.env)

@@ -112,7 +112,11 @@ class DeviceImageReplayBuffer(ReplayBuffer):
         # The observation of transition i is the next observation of transition i - 1: share that frame.
         shared = np.empty(n, dtype=bool)
         last = self._last_next[env_index]
-        shared[0] = last is not None and np.array_equal(last[1], flat_obs[0])
+        # Only a frame written within the last step of the environments (SB3's add loop writes at most 2 frames per
+        # environment in between), so that it is still in the ring and observation frames grow in write order to
+        # within _drop_overwritten's order_margin; after other data (extend) the frame is written again.
+        recent = last is not None and last[0] >= self.n_frames - (2 * self.n_envs - 1)
+        shared[0] = recent and np.array_equal(last[1], flat_obs[0])  # type: ignore[index]
         for start in range(0, n - 1, _COMPARE_ROWS):  # row blocks: the comparison's temporary stays small
             stop = min(start + _COMPARE_ROWS, n - 1)
             shared[start + 1 : stop + 1] = (flat_next[start:stop] == flat_obs[start + 1 : stop + 1]).all(axis=1)
@@ -136,8 +140,10 @@ class DeviceImageReplayBuffer(ReplayBuffer):
         """Move ``oldest`` past the transitions that left the ring or whose observation frame was overwritten."""
         oldest = max(self.oldest, self.n_transitions - self.buffer_size)
         first_kept_frame = self.n_frames - self.frame_capacity
+        # an observation frame is at most this much older than one of an earlier transition (shared frames: _append)
+        order_margin = 2 * (self.n_envs - 1)
         dropped_for_frames = 0
-        while oldest < self.n_transitions and self._obs_frame_ids[oldest % self.buffer_size] < first_kept_frame:
+        while oldest < self.n_transitions and self._obs_frame_ids[oldest % self.buffer_size] < first_kept_frame + order_margin:
             oldest += 1
             dropped_for_frames += 1
         if dropped_for_frames:

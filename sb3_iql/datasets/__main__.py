@@ -112,7 +112,7 @@ def _pointmaze(args: argparse.Namespace) -> None:
                     make_pixel_pointmaze_dataset,
                     dataset,
                     args.pixels,
-                    n_steps=DEFAULT_PIXEL_STEPS if args.pixel_steps is None else args.pixel_steps,
+                    n_steps=args.pixel_steps,
                     dataset_id=pixel_id,
                     overwrite=args.overwrite,
                     maze_and_reward=(maze, reward),
@@ -211,7 +211,8 @@ def make_parser() -> argparse.ArgumentParser:
     maze.add_argument(
         "--pixel-steps",
         type=int,
-        help=f"transitions of the pixel dataset (default {DEFAULT_PIXEL_STEPS:,}; when left out, a stored one is kept)",
+        help=f"transitions of the pixel dataset, at most the state dataset's (default {DEFAULT_PIXEL_STEPS:,} or all of a "
+        "smaller one; when left out, a stored one is kept)",
     )
     maze.set_defaults(run=_pointmaze)
 

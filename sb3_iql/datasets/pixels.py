@@ -5,7 +5,8 @@ offscreen renderer from a camera straight above the maze, at the height where th
 Dataset ids: the state dataset's id with ``-pixels<size>`` before the version, e.g.
 ``sb3_iql/pointmaze/umaze-stitch-pixels48-v0`` from ``sb3_iql/pointmaze/umaze-stitch-v0`` (made first if missing).
 Observations: ``(size, size, 6)`` uint8 images, the frame of the current step (channels 0-2) and of the step before
-(channels 3-5; at an episode's first step, the current one again), as SB3's frame stacking gives them: the position
+(channels 3-5; at an episode's first step, the current one again; SB3's ``VecFrameStack`` orders them the other
+way and starts from zeros, so evaluate in ``PointMazePixels``, which stacks as the data do): the position
 of the ball, its velocity (the difference between the two frames: under a pixel per step at 48x48, carried by the
 antialiased edge) and the goal (the red marker) are only in the pictures. ``"CnnPolicy"`` takes them (NatureCNN,
 channel-last frames transposed, ``DeviceImageReplayBuffer``).
@@ -152,7 +153,7 @@ def render_states(env: PointMazePixels, observations: np.ndarray, goals: np.ndar
 def make_pixel_pointmaze_dataset(
     source: minari.MinariDataset,
     size: int = DEFAULT_SIZE,
-    n_steps: int = DEFAULT_PIXEL_STEPS,
+    n_steps: int | None = None,
     dataset_id: str | None = None,
     overwrite: bool = False,
     maze_and_reward: tuple[str, str] | None = None,
@@ -163,6 +164,7 @@ def make_pixel_pointmaze_dataset(
     :param source: the state dataset (``sb3_iql.datasets.ensure_dataset(id)``)
     :param size: frame height and width in pixels (at least 36 for NatureCNN)
     :param n_steps: transitions: the source's first episodes, the last one cut (truncated) where they reach it
+        (None: ``DEFAULT_PIXEL_STEPS``, or all of a smaller source)
     :param dataset_id: id to write (default: ``pixel_dataset_id(source id, size)``)
     :param overwrite: replace an existing dataset with that id
     :param maze_and_reward: the source's maze and reward, for a source written under another id (default: read from
@@ -170,6 +172,10 @@ def make_pixel_pointmaze_dataset(
     :return: the pixel dataset
     """
     source_id = source.spec.dataset_id
+    if n_steps is None:
+        n_steps = min(DEFAULT_PIXEL_STEPS, source.total_steps)
+    elif n_steps > source.total_steps:  # it would write fewer, and a later call asking for n_steps would refuse them
+        raise ValueError(f"n_steps={n_steps} is more than the {source.total_steps} steps of {source_id}")
     maze, reward = maze_and_reward or parse_pointmaze_dataset_id(source_id)[:2]
     dataset_id = dataset_id or pixel_dataset_id(source_id, size, check=maze_and_reward is None)
     check_writable(dataset_id, overwrite)
