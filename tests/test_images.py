@@ -188,6 +188,16 @@ def image_model(dataset, **kwargs) -> IQL:
     return IQL("CnnPolicy", ImageLineEnv(), offline_dataset=dataset, **defaults)
 
 
+def test_a_dataset_of_short_episodes_fits_a_frame_buffer_of_its_size(minari_root):
+    env = gym.make(IMAGE_LINE_ENV_ID, max_episode_steps=3)
+    dataset = write_dataset("test/line/image-short-v0", rollout_episodes(env, [good_policy], n_episodes=30), env=env)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = IQL("CnnPolicy", ImageLineEnv(), offline_dataset=dataset, buffer_size=90, policy_kwargs=SMALL_CNN)
+    assert not [warning for warning in caught if "no longer sampled" in str(warning.message)]
+    assert model.replay_buffer.size() == model.offline_dataset_size == 90  # 30 episodes of 3 steps: 120 frames
+
+
 def test_an_env_already_in_vec_transpose_image_takes_the_channel_last_dataset(image_dataset):
     wrapped = IQL(
         "CnnPolicy", VecTransposeImage(DummyVecEnv([ImageLineEnv])), offline_dataset=image_dataset, policy_kwargs=SMALL_CNN

@@ -283,7 +283,10 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 "has none: leave it at 0"
             )
         if _init_setup_model:
+            # a frame buffer keeps room for the first frame of each of the dataset's episodes
+            self._dataset_size = None if transitions is None else (len(transitions), len(transitions.episode_returns))
             self._setup_model()
+            del self._dataset_size
             if transitions is not None:
                 self.add_transitions(transitions)
 
@@ -358,6 +361,13 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             self.replay_buffer_class = OfflineDictReplayBuffer if is_dict else OfflineReplayBuffer
         elif self.replay_buffer_class is sb3_her.HerReplayBuffer:
             raise ValueError("SB3's HerReplayBuffer cannot take offline data: use sb3_iql.HerReplayBuffer (same arguments)")
+        dataset_size = getattr(self, "_dataset_size", None)  # (transitions, episodes) of the constructor's dataset
+        image_buffer = issubclass(self.replay_buffer_class, DeviceImageReplayBuffer)
+        if image_buffer and dataset_size is not None and "extra_frames" not in self.replay_buffer_kwargs:
+            extra_frames = DeviceImageReplayBuffer.default_extra_frames(
+                self.buffer_size, getattr(self, "n_envs", 1), dataset_size[1], dataset_size[0]
+            )
+            self.replay_buffer_kwargs = {**self.replay_buffer_kwargs, "extra_frames": extra_frames}  # saved: same ring
         hindsight = issubclass(self.replay_buffer_class, HerReplayBuffer)
         if hindsight:  # as SB3 does for its HerReplayBuffer, without keeping the env in the saved kwargs
             self.replay_buffer_kwargs["env"] = self.env

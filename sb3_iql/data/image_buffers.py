@@ -49,9 +49,19 @@ class DeviceImageReplayBuffer(ReplayBuffer):
     :param optimize_memory_usage: must be False (frames are shared anyway)
     :param handle_timeout_termination: store timeouts from ``infos`` in ``add`` (sampled dones are
         ``done * (1 - timeout)``)
-    :param extra_frames: frame slots beyond one per transition (default ``buffer_size // 10 + n_envs``: episodes of
-        at least 10 steps on average keep every transition sampleable)
+    :param extra_frames: frame slots beyond one per transition (default ``default_extra_frames``: episodes of at
+        least 10 steps on average keep every transition sampleable)
     """
+
+    @staticmethod
+    def default_extra_frames(buffer_size: int, n_envs: int = 1, n_episodes: int = 0, n_transitions: int = 0) -> int:
+        """
+        :param n_episodes: episodes of the offline data the buffer will hold (their first frames)
+        :param n_transitions: transitions of that data
+        :return: ``buffer_size // 10 + n_envs``, or more where the offline data's episodes need it: one frame per
+            episode, and a tenth of the room left for online steps
+        """
+        return max(buffer_size // 10, n_episodes + (buffer_size - n_transitions) // 10) + n_envs
 
     def __init__(
         self,
@@ -71,7 +81,7 @@ class DeviceImageReplayBuffer(ReplayBuffer):
         BaseBuffer.__init__(self, buffer_size, observation_space, action_space, device, n_envs=n_envs)  # type: ignore[arg-type]
         self.optimize_memory_usage = False
         self.handle_timeout_termination = handle_timeout_termination
-        self.extra_frames = buffer_size // 10 + n_envs if extra_frames is None else extra_frames
+        self.extra_frames = self.default_extra_frames(buffer_size, n_envs) if extra_frames is None else extra_frames
         self.frame_capacity = buffer_size + self.extra_frames
         self.frames = zeros((self.frame_capacity, *self.obs_shape), self.device, np.uint8)  # type: ignore[misc]
         #: Absolute frame numbers of each transition's observation and next observation, ``(buffer_size, 2)``.
