@@ -558,6 +558,17 @@ def test_save_load_gives_identical_predictions_and_resumes_exactly(line_dataset,
         th.testing.assert_close(resumed, straight, msg=name)
 
 
+def test_a_replay_buffer_that_does_not_fit_says_which_size_to_change(line_dataset, monkeypatch):
+    from sb3_iql.data import device_buffers
+
+    def no_memory(shape, device, dtype=np.float32):
+        raise MemoryError(f"Unable to allocate {shape}")  # as NumPy says it
+
+    monkeypatch.setattr(device_buffers, "zeros", no_memory)
+    with pytest.raises(MemoryError, match=r"buffer_size=1,002,000 transitions does not fit .* pass a smaller buffer_size"):
+        line_model(line_dataset, buffer_size=None)
+
+
 def test_a_file_of_another_algorithm_is_refused_by_name(tmp_path):
     from stable_baselines3 import SAC
 

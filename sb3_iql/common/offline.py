@@ -373,6 +373,11 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             self.replay_buffer_kwargs["env"] = self.env
         try:
             super()._setup_model()
+        except (MemoryError, th.OutOfMemoryError) as error:  # the replay buffer, allocated whole on its device
+            raise type(error)(
+                f"The replay buffer of buffer_size={self.buffer_size:,} transitions does not fit on {self.device} "
+                f"({error}): pass a smaller buffer_size (the offline dataset's transitions and the online steps to keep)"
+            ) from error
         finally:
             if hindsight:
                 self.replay_buffer_kwargs.pop("env", None)
