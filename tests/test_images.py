@@ -33,7 +33,14 @@ from sb3_iql.common.augmentation import random_shift
 from sb3_iql.common.preprocessing import IMAGE_STD_OFFSET
 from sb3_iql.common.synthetic import SpacesEnv
 from sb3_iql.data import DeviceImageReplayBuffer, image_buffers, load_transitions
-from sb3_iql.datasets import ensure_dataset, make_pixel_pointmaze_env, make_pointmaze_dataset, pixel_dataset_id
+from sb3_iql.datasets import (
+    RandomPolicy,
+    collect,
+    ensure_dataset,
+    make_pixel_pointmaze_env,
+    make_pointmaze_dataset,
+    pixel_dataset_id,
+)
 from sb3_iql.datasets.__main__ import main as datasets_main
 from sb3_iql.datasets.pixels import render_states
 from sb3_iql.iql.fast_update import FunctionalUpdate
@@ -411,6 +418,26 @@ def test_an_atari_shaped_minari_dataset_loads_as_uint8_frames_with_discrete_acti
     model.learn_offline(3)
     actions, _ = model.predict(transitions.observations[:4], deterministic=True)
     assert actions.shape == (4,) and set(actions.tolist()) <= set(range(6))
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_collected_frames_load_back_exactly_unless_jpeg_is_asked_for(minari_root, channels):
+    env = SpacesEnv(spaces.Box(0, 255, (36, 36, channels), dtype=np.uint8), spaces.Discrete(2))
+    env.observation_space.seed(0)
+    collect(env, RandomPolicy(env.action_space), "test/frames/lossless-v0", n_steps=6)
+    episode = next(iter(minari.load_dataset("test/frames/lossless-v0").iterate_episodes()))
+    env.observation_space.seed(0)
+    expected = np.stack([env.observation_space.sample() for _ in range(2)])
+    assert np.array_equal(episode.observations, expected)  # random frames, each episode of one step
+    if channels != 3:
+        with pytest.raises(ValueError, match="JPEG stores 2-D or RGB"):
+            collect(env, RandomPolicy(env.action_space), "test/frames/jpeg-v0", n_steps=6, jpeg_encoding=True)
+        assert not minari_root.joinpath("test", "frames", "jpeg-v0").exists()
+        return
+    env.observation_space.seed(0)
+    collect(env, RandomPolicy(env.action_space), "test/frames/jpeg-v0", n_steps=6, jpeg_encoding=True)
+    jpeg = next(iter(minari.load_dataset("test/frames/jpeg-v0").iterate_episodes()))
+    assert jpeg.observations.shape == expected.shape and not np.array_equal(jpeg.observations, expected)
 
 
 def test_a_shared_extractor_is_trained_by_the_critics_only_and_survives_save_load(image_dataset, tmp_path):

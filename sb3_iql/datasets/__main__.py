@@ -157,6 +157,7 @@ def _collect(args: argparse.Namespace) -> None:
         expert_policy=expert,
         n_reference_episodes=args.n_reference_episodes,
         overwrite=args.overwrite,
+        jpeg_encoding=args.jpeg,
     )
     _report(dataset, time.perf_counter() - start)
 
@@ -231,6 +232,7 @@ def make_parser() -> argparse.ArgumentParser:
     rollout.add_argument("--ref-max", type=float, help="return of normalized score 100 (Minari's ref_max_score)")
     rollout.add_argument("--expert-model", help="saved model whose mean return is the reference max score")
     rollout.add_argument("--expert-algo", help="class of --expert-model (default: --algo)")
+    rollout.add_argument("--jpeg", action="store_true", help="store image observations as JPEG (lossy, smaller)")
     rollout.add_argument("--gym-packages", nargs="*", default=[], help="modules to import to register environments")
     rollout.set_defaults(run=_collect)
 

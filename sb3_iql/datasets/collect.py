@@ -284,6 +284,7 @@ def write_episodes(
     algorithm_name: str = "unknown",
     description: str | None = None,
     overwrite: bool = False,
+    jpeg_encoding: bool = False,
 ) -> minari.MinariDataset:
     """
     Write episodes as a local Minari dataset with the evaluation environment's spec and reference scores (left out,
@@ -302,6 +303,8 @@ def write_episodes(
     :param algorithm_name: How the data was produced (stored in the metadata).
     :param description: Stored in the metadata.
     :param overwrite: Whether to replace an existing dataset with the same id.
+    :param jpeg_encoding: Store image observations as JPEG (Minari's default; lossy, about 10x smaller, RGB or
+        single-channel 2-D frames only). Off by default: frames are stored as given and load back exactly.
     :return: The new dataset.
     """
     eval_env = eval_env if eval_env is not None else env.spec
@@ -322,6 +325,7 @@ def write_episodes(
         overwrite=overwrite,
         algorithm_name=algorithm_name,
         description=description or f"{n_steps} steps of {algorithm_name}. Written by sb3_iql.datasets.",
+        jpeg_encoding=jpeg_encoding,
         **scores,
     )
 
@@ -344,6 +348,7 @@ def collect(
     algorithm_name: str | None = None,
     description: str | None = None,
     overwrite: bool = False,
+    jpeg_encoding: bool = False,
 ) -> minari.MinariDataset:
     """
     Roll out a policy in an environment and write the transitions as a local Minari dataset (no jax needed).
@@ -372,6 +377,7 @@ def collect(
     :param algorithm_name: Stored in the metadata; default the policy's class name.
     :param description: Stored in the metadata.
     :param overwrite: Whether to replace an existing dataset with the same id.
+    :param jpeg_encoding: Store image observations as JPEG (lossy; see ``write_episodes``). Off by default.
     :return: The new dataset.
     """
     check_writable(dataset_id, overwrite)
@@ -404,4 +410,5 @@ def collect(
         or f"{algorithm_name} ({'deterministic' if deterministic else 'stochastic'}) with action noise std "
         f"{action_noise_std}, random actions with probability {epsilon}, seed {seed}.",
         overwrite=overwrite,
+        jpeg_encoding=jpeg_encoding,
     )

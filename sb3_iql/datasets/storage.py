@@ -15,6 +15,7 @@ import minari
 from gymnasium.envs.registration import EnvSpec
 from minari.data_collector import EpisodeBuffer
 from minari.dataset.minari_dataset import parse_dataset_id
+from minari.dataset.minari_storage import is_image_space
 from minari.storage import get_dataset_path
 
 from sb3_iql.evaluation import REFERENCE_SCORE_KEYS
@@ -72,6 +73,7 @@ def write_dataset(
     env: gym.Env,
     eval_env: str | EnvSpec | gym.Env | None = None,
     overwrite: bool = False,
+    jpeg_encoding: bool = False,
     **metadata: Any,
 ) -> minari.MinariDataset:
     """
@@ -86,11 +88,15 @@ def write_dataset(
     :param eval_env: The evaluation environment (spec stored for ``dataset.recover_environment(eval_env=True)``);
         defaults to the spec of ``env``.
     :param overwrite: Whether to replace an existing dataset with the same id.
+    :param jpeg_encoding: Store image observations (uint8 frames of at least 32x32 pixels) as JPEG, Minari's
+        default: lossy, and only for 2-D or RGB ``(H, W, 3)`` frames. Off by default: frames load back exactly.
     :param metadata: Further keyword arguments of ``minari.create_dataset_from_buffers``
         (``algorithm_name``, ``ref_min_score``, ``ref_max_score``, ``description``...).
     :return: The new dataset.
     """
     check_writable(dataset_id, overwrite)
+    if jpeg_encoding:
+        check_jpeg_frames(env.observation_space)
     path = dataset_path(dataset_id)
     metadata.setdefault("author", AUTHOR)
     # Written in a staging root beside the datasets root, then moved into place: a crash mid-write (even a killed
@@ -101,7 +107,12 @@ def write_dataset(
         with _datasets_root(staging), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_OPTIONAL_METADATA_WARNING)
             written = minari.create_dataset_from_buffers(
-                dataset_id, list(episodes), env=env, eval_env=eval_env if eval_env is not None else env.spec, **metadata
+                dataset_id,
+                list(episodes),
+                env=env,
+                eval_env=eval_env if eval_env is not None else env.spec,
+                jpeg_encoding=jpeg_encoding,
+                **metadata,
             )
             # Minari keeps reference scores only with an environment spec (to measure a missing minimum): kept here
             scores = {key: metadata[key] for key in REFERENCE_SCORE_KEYS if metadata.get(key) is not None}
@@ -114,6 +125,23 @@ def write_dataset(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return minari.load_dataset(dataset_id)
+
+
+def check_jpeg_frames(space: gym.Space) -> None:
+    """
+    Refuse JPEG storage for image observations JPEG cannot hold (PIL fails on them mid-write).
+
+    :param space: Observation space; Dict spaces are checked key by key.
+    :raises ValueError: For an image space (as Minari detects them) of shape ``(H, W, C)`` with ``C`` other than 3.
+    """
+    if isinstance(space, gym.spaces.Dict):
+        for subspace in space.spaces.values():
+            check_jpeg_frames(subspace)
+    elif is_image_space(space) and len(space.shape) == 3 and space.shape[-1] != 3:
+        raise ValueError(
+            f"JPEG stores 2-D or RGB (H, W, 3) frames, not frames of shape {space.shape}: "
+            "pass jpeg_encoding=False (lossless, the default)"
+        )
 
 
 #: Staging folders of datasets being written, beside the datasets root (``write_dataset``), named after the host
