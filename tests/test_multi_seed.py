@@ -369,3 +369,12 @@ def test_discrete_actions_together_equal_one_by_one_in_float64(data, float64):
     for joint, single in zip(together, alone):
         single.learn_offline(10, log_interval=0)
         assert max_difference(joint, single) < 1e-10
+
+
+def test_each_learner_s_stdout_table_names_it(data, capsys):
+    together = [make_model(data, seed, dtype=th.float32, verbose=1) for seed in (5, 7)]
+    learn_offline_together(together, 4, log_interval=2)
+    rows = [line.split("|")[1:3] for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    values = {name: [int(value) for key, value in rows if key.strip() == name] for name in ("learner", "seed")}
+    assert sum(key.strip() == "value_loss" for key, _ in rows) == 4  # two dumps of two learners
+    assert values == {"learner": [0, 1, 0, 1], "seed": [5, 7, 5, 7]}

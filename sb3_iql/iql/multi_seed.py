@@ -695,6 +695,12 @@ def _targets_from_dict(targets: Tensors) -> update.ValueTargets:
 
 
 def _dump_logs(models: Sequence[IQL], metric_sums: th.Tensor, n_steps: int, seconds: float) -> None:
-    """Each model's logger dump, with its own metrics; updates/s is that of every learner (they run together)."""
-    for model, sums in zip(models, metric_sums):
+    """
+    Each model's logger dump, with its own metrics; updates/s is that of every learner (they run together). The
+    learner's place in ``models`` and its seed label the dump (``together/learner``, ``together/seed``; not in
+    TensorBoard), since K models logging to stdout print K tables otherwise alike.
+    """
+    for index, (model, sums) in enumerate(zip(models, metric_sums)):
+        model.logger.record("together/learner", index, exclude="tensorboard")
+        model.logger.record("together/seed", model.seed, exclude="tensorboard")
         model._dump_offline_logs(sums, n_steps, seconds)
