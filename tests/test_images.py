@@ -440,6 +440,54 @@ def test_collected_frames_load_back_exactly_unless_jpeg_is_asked_for(minari_root
     assert jpeg.observations.shape == expected.shape and not np.array_equal(jpeg.observations, expected)
 
 
+def test_dict_image_keys_are_stored_as_uint8_and_sampled_exactly(minari_root, tmp_path):
+    observation_space = spaces.Dict({"camera": PICTURE_SPACE, "position": spaces.Box(-np.inf, np.inf, (2,), dtype=np.float32)})
+    env = SpacesEnv(observation_space, spaces.Box(-1, 1, (2,), dtype=np.float32))
+    rng = np.random.default_rng(0)
+    episodes = []
+    for index, length in enumerate([12, 9]):
+        observations = [
+            {
+                "camera": rng.integers(256, size=PICTURE_SPACE.shape, dtype=np.uint8),
+                "position": rng.normal(size=2).astype(np.float32),
+            }
+            for _ in range(length + 1)
+        ]
+        actions = rng.uniform(-0.9, 0.9, size=(length, 2)).astype(np.float32)
+        episodes.append(
+            make_episode(
+                index, observations, actions, rng.normal(size=length), [False] * length, [False] * (length - 1) + [True]
+            )
+        )
+    dataset = write_dataset("test/camera/random-v0", episodes, env=env)
+    policy_kwargs = dict(net_arch=[16], features_extractor_kwargs=dict(cnn_output_dim=8))
+    model = IQL(
+        "MultiInputPolicy", env, offline_dataset=dataset, buffer_size=40, policy_kwargs=policy_kwargs, batch_size=8, seed=0
+    )
+    buffer = model.replay_buffer
+    assert buffer._image_storage.dtype == th.uint8 and buffer._image_storage.shape == (40, 2 * 36 * 36 * 3)
+    assert buffer._storage.shape == (40, 2 * 2 + 2 + 3)  # position, next position, action, reward, done, timeout
+    transitions = load_transitions([dataset])
+    samples = buffer.gather(th.arange(21))
+    assert samples.observations["camera"].dtype == th.uint8
+    assert np.array_equal(samples.observations["camera"].numpy(), transitions.observations["camera"].transpose(0, 3, 1, 2))
+    assert np.array_equal(
+        samples.next_observations["camera"].numpy(), transitions.next_observations["camera"].transpose(0, 3, 1, 2)
+    )
+    assert np.array_equal(samples.observations["position"].numpy(), transitions.observations["position"])
+    model.learn_offline(2)
+    model.save_replay_buffer(tmp_path / "buffer")
+    reloaded = IQL("MultiInputPolicy", env, buffer_size=40, policy_kwargs=policy_kwargs, seed=0)
+    reloaded.load_replay_buffer(tmp_path / "buffer")
+    again = reloaded.replay_buffer.gather(th.arange(21))
+    for key in ("camera", "position"):
+        assert th.equal(again.observations[key], samples.observations[key])
+        assert th.equal(again.next_observations[key], samples.next_observations[key])
+    model.learn(total_timesteps=3)  # online steps through add(): the frames of the env, as uint8
+    online = model.replay_buffer.gather(th.arange(21, 24))
+    assert online.observations["camera"].dtype == th.uint8 and online.observations["camera"].float().std() > 50
+
+
 def test_a_shared_extractor_is_trained_by_the_critics_only_and_survives_save_load(image_dataset, tmp_path):
     model = image_model(image_dataset, policy_kwargs={**SMALL_CNN, "share_features_extractor": True})
     policy = model.policy

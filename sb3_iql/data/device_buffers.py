@@ -3,8 +3,10 @@ SB3 replay buffers stored as torch tensors on the model's device, sampled withou
 
 Every transition is one row of a single float32 tensor ``(buffer_size * n_envs, width)`` whose columns are,
 in order: the observation (each key of a Dict observation, flattened), the next observation, the action, the
-reward, the done flag and the timeout flag. Sampling is one ``torch.randint`` on the device and one
-``index_select`` of those rows; the batch fields are column views of the gathered rows.
+reward, the done flag and the timeout flag. Image keys of a Dict observation (uint8 frames, SB3's
+``is_image_space``) are kept as uint8 in a second tensor with the same rows: the key's observation, then its next
+observation. Sampling is one ``torch.randint`` on the device and one ``index_select`` of those rows per tensor;
+the batch fields are column views of the gathered rows.
 """
 
 from collections.abc import Hashable
@@ -14,6 +16,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import BaseBuffer, DictReplayBuffer, ReplayBuffer
+from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.type_aliases import DictReplayBufferSamples, ReplayBufferSamples
 from stable_baselines3.common.utils import get_device
 from stable_baselines3.common.vec_env import VecNormalize
@@ -60,6 +63,20 @@ def restore_generator(saved: tuple[str, th.Tensor] | None, device: th.device) ->
     return generator
 
 
+def _columns_of(fields: list[tuple[Any, tuple[int, ...]]]) -> dict[Any, tuple[slice, tuple[int, ...]]]:
+    """:return: each field's columns in a row holding the fields side by side, flattened, and its shape"""
+    layout, width = {}, 0
+    for name, shape in fields:
+        size = int(np.prod(shape, dtype=int))
+        layout[name] = (slice(width, width + size), shape)
+        width += size
+    return layout
+
+
+def _width(layout: dict[Any, tuple[slice, tuple[int, ...]]]) -> int:
+    return max((columns.stop for columns, _ in layout.values()), default=0)
+
+
 class DeviceBufferMixin:
     """
     Storage, ``add``, ``extend``, ``sample`` and pickling shared by ``DeviceReplayBuffer`` and
@@ -86,8 +103,12 @@ class DeviceBufferMixin:
     _device: th.device
     _generator: th.Generator | None
     _storage: th.Tensor | None = None
+    #: uint8 rows of the image keys of a Dict observation (None without image keys)
+    _image_storage: th.Tensor | None = None
     #: field name -> (columns, shape of one value); observation fields are ``("obs", key)`` and ``("next_obs", key)``
     _layout: dict[Any, tuple[slice, tuple[int, ...]]]
+    #: the same for the fields in ``_image_storage``
+    _image_layout: dict[Any, tuple[slice, tuple[int, ...]]]
     _obs_keys: list[str | None]
 
     def _init_storage(
@@ -110,15 +131,20 @@ class DeviceBufferMixin:
         self.buffer_size = max(buffer_size // n_envs, 1)
         obs_shapes = self.obs_shape if isinstance(self.obs_shape, dict) else {None: self.obs_shape}  # type: ignore[attr-defined]
         self._obs_keys = list(obs_shapes)
+        image_keys = {
+            key
+            for key, space in getattr(observation_space, "spaces", {}).items()
+            if is_image_space(space, check_channels=False)
+        }
         fields: list[tuple[Any, tuple[int, ...]]] = [(("obs", key), tuple(shape)) for key, shape in obs_shapes.items()]
         fields += [(("next_obs", key), tuple(shape)) for key, shape in obs_shapes.items()]
         fields += [("actions", (self.action_dim,)), ("rewards", ()), ("dones", ()), ("timeouts", ())]
-        self._layout, width = {}, 0
-        for name, shape in fields:
-            size = int(np.prod(shape, dtype=int))
-            self._layout[name] = (slice(width, width + size), shape)
-            width += size
-        self._storage = zeros((self.buffer_size * self.n_envs, width), self._device)
+        in_images = [isinstance(name, tuple) and name[1] in image_keys for name, _ in fields]
+        self._layout = _columns_of([field for field, image in zip(fields, in_images) if not image])
+        self._image_layout = _columns_of([field for field, image in zip(fields, in_images) if image])
+        n_rows = self.buffer_size * self.n_envs
+        self._storage = zeros((n_rows, _width(self._layout)), self._device)
+        self._image_storage = zeros((n_rows, _width(self._image_layout)), self._device, np.uint8) if image_keys else None
         self._make_views()
 
     # --- device and generator -------------------------------------------------------------------------------------
@@ -133,6 +159,8 @@ class DeviceBufferMixin:
         self._device = get_device(device)
         if self._storage is not None and self._storage.device != self._device:
             self._storage = self._storage.to(self._device)
+            if self._image_storage is not None:
+                self._image_storage = self._image_storage.to(self._device)
             self._make_views()
         if getattr(self, "_generator", None) is not None:
             self.generator = self._generator  # re-seeds a generator of the new device if needed
@@ -149,10 +177,10 @@ class DeviceBufferMixin:
     # --- storage views --------------------------------------------------------------------------------------------
 
     def _columns(self, name: Any) -> tuple[slice, tuple[int, ...]]:
-        return self._layout[name]
+        return self._image_layout[name] if name in self._image_layout else self._layout[name]
 
     def _field_view(self, rows: th.Tensor, name: Any, keep_column: bool = False) -> th.Tensor:
-        """:return: the columns of ``name`` in ``rows`` (shape ``(len(rows), *shape)``), a view"""
+        """:return: the columns of ``name`` in ``rows`` of its storage (shape ``(len(rows), *shape)``), a view"""
         columns, shape = self._columns(name)
         view = rows[:, columns]
         if shape == ():
@@ -161,10 +189,11 @@ class DeviceBufferMixin:
 
     def _make_views(self) -> None:
         assert self._storage is not None
-        table = self._storage.view(self.buffer_size, self.n_envs, -1)
+        tables = [storage.view(self.buffer_size, self.n_envs, -1) for storage in self._storages()]
 
         def view(name: Any) -> th.Tensor:
             columns, shape = self._columns(name)
+            table = tables[1] if name in self._image_layout else tables[0]
             return table[:, :, columns].unflatten(-1, shape) if shape else table[:, :, columns.start]
 
         def obs_view(kind: str) -> th.Tensor | dict[str, th.Tensor]:
@@ -190,19 +219,24 @@ class DeviceBufferMixin:
             raise TypeError(f"{type(self).__name__} stores Dict observations, got {type(observations).__name__}")
         return [((kind, key), observations[key]) for key in self._obs_keys]
 
+    def _storages(self) -> list[th.Tensor]:
+        """:return: the float32 storage, and the uint8 one of the image keys where there are some"""
+        assert self._storage is not None
+        return [self._storage] if self._image_storage is None else [self._storage, self._image_storage]
+
     def _write(self, start: int, fields: list[tuple[Any, Any]], n_items: int) -> None:
         """Copy ``n_items`` transitions (arrays or tensors, first dimension ``n_items``) to storage rows ``start:``."""
-        assert self._storage is not None
-        # Chunks are assembled on the CPU in float32, then copied in one contiguous (host to device) transfer.
-        chunk = th.empty((min(EXTEND_CHUNK, n_items), self._storage.shape[1]), dtype=th.float32)
-        for chunk_start in range(0, n_items, EXTEND_CHUNK):
-            chunk_stop = min(chunk_start + EXTEND_CHUNK, n_items)
-            rows = chunk[: chunk_stop - chunk_start]
-            for name, values in fields:
-                columns, _ = self._columns(name)
-                source = th.as_tensor(values[chunk_start:chunk_stop]).reshape(chunk_stop - chunk_start, -1)
-                rows[:, columns].copy_(source)
-            self._storage[start + chunk_start : start + chunk_stop].copy_(rows)
+        for storage, layout in zip(self._storages(), (self._layout, self._image_layout)):
+            # Chunks are assembled on the CPU in the storage's dtype, then copied in one (host to device) transfer.
+            chunk = th.empty((min(EXTEND_CHUNK, n_items), storage.shape[1]), dtype=storage.dtype)
+            for chunk_start in range(0, n_items, EXTEND_CHUNK):
+                chunk_stop = min(chunk_start + EXTEND_CHUNK, n_items)
+                rows = chunk[: chunk_stop - chunk_start]
+                for name, values in fields:
+                    if name in layout:
+                        source = th.as_tensor(values[chunk_start:chunk_stop]).reshape(chunk_stop - chunk_start, -1)
+                        rows[:, layout[name][0]].copy_(source)
+                storage[start + chunk_start : start + chunk_stop].copy_(rows)
 
     def extend(
         self,
@@ -257,8 +291,6 @@ class DeviceBufferMixin:
         infos: list[dict[str, Any]],
     ) -> None:
         """One transition per environment (SB3's ``collect_rollouts``): arrays with a first dimension ``n_envs``."""
-        assert self._storage is not None
-        row = np.empty((self.n_envs, self._storage.shape[1]), dtype=np.float32)
         if self.handle_timeout_termination:
             timeouts = np.array([info.get("TimeLimit.truncated", False) for info in infos], dtype=np.float32)
         else:
@@ -271,11 +303,13 @@ class DeviceBufferMixin:
             ("dones", done),
             ("timeouts", timeouts),
         ]
-        for name, values in fields:
-            columns, _ = self._columns(name)
-            row[:, columns] = np.asarray(values, dtype=np.float32).reshape(self.n_envs, -1)
         start = self.pos * self.n_envs
-        self._storage[start : start + self.n_envs].copy_(th.from_numpy(row))
+        for storage, layout in zip(self._storages(), (self._layout, self._image_layout)):
+            row = th.empty((self.n_envs, storage.shape[1]), dtype=storage.dtype).numpy()
+            for name, values in fields:
+                if name in layout:
+                    row[:, layout[name][0]] = np.asarray(values).reshape(self.n_envs, -1)
+            storage[start : start + self.n_envs].copy_(th.from_numpy(row))
         self.pos += 1
         if self.pos == self.buffer_size:
             self.full = True
@@ -301,9 +335,8 @@ class DeviceBufferMixin:
         """
         if type(self).sample is not DeviceBufferMixin.sample:
             return None
-        assert self._storage is not None
         upper_bound = (self.buffer_size if self.full else self.pos) * self.n_envs
-        return self._storage.data_ptr(), upper_bound, self._generator
+        return tuple(storage.data_ptr() for storage in self._storages()), upper_bound, self._generator
 
     def _get_samples(  # type: ignore[override]
         self, batch_inds: np.ndarray | th.Tensor, env: VecNormalize | None = None
@@ -320,24 +353,33 @@ class DeviceBufferMixin:
             ``(batch, width)`` tensor, ``dones`` is ``done * (1 - timeout)`` of shape ``(batch, 1)``, ``rewards`` has
             shape ``(batch, 1)``
         """
-        assert self._storage is not None
-        rows = self._storage.index_select(0, indices)
+        rows, *image_rows = (storage.index_select(0, indices) for storage in self._storages())
         dones = self._field_view(rows, "dones", keep_column=True) * (
             1.0 - self._field_view(rows, "timeouts", keep_column=True)
         )
         samples = self._samples(
-            self._sampled_obs(rows, "obs"),
+            self._sampled_obs(rows, image_rows, "obs"),
             self._field_view(rows, "actions"),
-            self._sampled_obs(rows, "next_obs"),
+            self._sampled_obs(rows, image_rows, "next_obs"),
             dones,
             self._field_view(rows, "rewards", keep_column=True),
         )
         return self.normalized(samples, env)
 
-    def _sampled_obs(self, rows: th.Tensor, kind: str) -> th.Tensor | dict[str, th.Tensor]:
+    def gather_field(self, indices: th.Tensor, name: Any) -> th.Tensor:
+        """:return: field ``name`` (e.g. ``("next_obs", "achieved_goal")``) of transitions ``indices``, ``(batch, *shape)``"""
+        storage = self._image_storage if name in self._image_layout else self._storage
+        assert storage is not None
+        return self._field_view(storage.index_select(0, indices), name)
+
+    def _sampled_obs(self, rows: th.Tensor, image_rows: list[th.Tensor], kind: str) -> th.Tensor | dict[str, th.Tensor]:
+        """:return: the observations of ``kind`` in gathered ``rows`` (and ``image_rows``, the image keys' rows)"""
         if self._obs_keys == [None]:
             return self._field_view(rows, (kind, None))
-        return {key: self._field_view(rows, (kind, key)) for key in self._obs_keys}  # type: ignore[misc]
+        return {
+            key: self._field_view(image_rows[0] if (kind, key) in self._image_layout else rows, (kind, key))
+            for key in self._obs_keys  # type: ignore[misc]
+        }
 
     def normalized(self, samples: Any, env: VecNormalize | None) -> Any:
         """
@@ -374,24 +416,29 @@ class DeviceBufferMixin:
         state = self.__dict__.copy()
         for name in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
             state.pop(name, None)
-        assert self._storage is not None
-        # Only the written rows, as a NumPy array, so that a CUDA buffer loads on any machine.
+        # Only the written rows, as NumPy arrays, so that a CUDA buffer loads on any machine.
         n_rows = (self.buffer_size if self.full else self.pos) * self.n_envs
-        state["_storage"] = self._storage[:n_rows].cpu().numpy()
+        for name, storage in zip(("_storage", "_image_storage"), self._storages()):
+            state[name] = storage[:n_rows].cpu().numpy()
         state["_device"] = str(self._device)
         state["_generator"] = generator_state(self._generator)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        stored = state.pop("_storage")
+        stored = [state.pop("_storage"), state.pop("_image_storage", None)]
+        state.setdefault("_image_layout", {})  # files of older versions: every key in the float32 storage
         saved_generator = state.pop("_generator")
         self.__dict__.update(state)
         device = th.device(state["_device"])
         if device.type == "cuda" and not th.cuda.is_available():
             device = th.device("cpu")  # SB3's load_replay_buffer then sets the model's device
         self._device = device
-        self._storage = zeros((self.buffer_size * self.n_envs, stored.shape[1]), device)
-        self._storage[: len(stored)].copy_(th.from_numpy(stored))
+        self._storage, self._image_storage = (
+            None if rows is None else zeros((self.buffer_size * self.n_envs, rows.shape[1]), device, rows.dtype.type)
+            for rows in stored
+        )
+        for storage, rows in zip(self._storages(), stored):
+            storage[: len(rows)].copy_(th.from_numpy(rows))
         self._generator = restore_generator(saved_generator, device)
         self._make_views()
 
@@ -438,10 +485,11 @@ class DeviceReplayBuffer(DeviceBufferMixin, ReplayBuffer):
 class DeviceDictReplayBuffer(DeviceBufferMixin, DictReplayBuffer):
     """
     SB3 ``DictReplayBuffer`` whose storage is one float32 tensor on ``device`` (every key of the observation
-    side by side); same sampling, ``extend`` and memory as ``DeviceReplayBuffer``.
+    side by side) and, for image keys (uint8 frames), one uint8 tensor; same sampling and ``extend`` as
+    ``DeviceReplayBuffer``; samples keep image keys as uint8 (the policy scales them, as SB3's buffers return them).
 
     :param buffer_size: capacity in transitions
-    :param observation_space: Dict observation space (every key stored as float32)
+    :param observation_space: Dict observation space (image keys stored as uint8, the others as float32)
     :param action_space: action space
     :param device: device of the storage and of the samples
     :param n_envs: number of parallel environments

@@ -294,8 +294,7 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
         upper_bound = (self.buffer_size if self.full else self.pos) * self.n_envs
         draws = th.rand(indices.shape, device=self.device, generator=self._generator)
         relabelled = (draws < self.her_ratio) & (self._episode_length[indices] > 0)
-        goal_rows = self._storage.index_select(0, self._goal_indices(indices, upper_bound))  # type: ignore[union-attr]
-        new_goals = self._field_view(goal_rows, ("next_obs", "achieved_goal"))
+        new_goals = self.gather_field(self._goal_indices(indices, upper_bound), ("next_obs", "achieved_goal"))
         goals = th.where(relabelled.unsqueeze(-1), new_goals, samples.observations["desired_goal"])
         samples.observations["desired_goal"].copy_(goals)
         samples.next_observations["desired_goal"].copy_(goals)

@@ -135,8 +135,9 @@ class IQL(OfflineAlgorithm):
     :param action_noise: online: noise added to the policy's actions (SB3's ``ActionNoise``, as for SAC); None: the
         stochastic policy's own samples
     :param replay_buffer_class: replay buffer class, one of this package's, which take the offline data
-        (default: ``DeviceReplayBuffer`` or ``DeviceDictReplayBuffer``, float32 tensors on the model's device, and
-        ``DeviceImageReplayBuffer`` for image observations, uint8 frames stored once;
+        (default: ``DeviceReplayBuffer`` or ``DeviceDictReplayBuffer``, float32 tensors on the model's device,
+        uint8 for a Dict's image keys, and ``DeviceImageReplayBuffer`` for image observations, uint8 frames stored
+        once;
         ``OfflineReplayBuffer`` / ``OfflineDictReplayBuffer`` keep SB3's NumPy storage; ``HerReplayBuffer``
         relabels goals in hindsight), or its class name (``"HerReplayBuffer"``, as preset files write it)
     :param replay_buffer_kwargs: keyword arguments of the replay buffer
