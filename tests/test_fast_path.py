@@ -280,6 +280,72 @@ def test_an_optimizer_changed_into_one_the_fused_step_cannot_run_is_refused(data
         model.learn_offline(1, log_interval=0)
 
 
+def freeze_first_layer(model: IQL) -> None:
+    model.actor.latent_pi[0].weight.requires_grad_(False)
+
+
+def train_only_the_head(model: IQL) -> None:
+    model.actor.optimizer = th.optim.Adam(model.actor.mu.parameters(), lr=3e-4)
+
+
+def clip_gradients_by_hook(model: IQL) -> None:
+    for param in model.value_net.parameters():
+        param.register_hook(lambda grad: grad.clamp(-1e-3, 1e-3))
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (freeze_first_layer, "frozen ones"),
+        (train_only_the_head, "holds other ones"),
+        (clip_gradients_by_hook, "gradient hooks"),
+    ],
+)
+def test_what_the_functional_update_would_train_otherwise_than_autograd_is_refused_and_auto_stays_eager(
+    data, change, reason, monkeypatch
+):
+    """Frozen parameters, an optimizer over some of a network's parameters, gradient hooks: torch.func would
+    differentiate and step every parameter, hooks unrun. Refused before any compilation; "auto" then trains eagerly."""
+    model = make_model(data, DeviceReplayBuffer, compile_update=True)
+    change(model)
+    with pytest.raises(ValueError, match=rf"{reason}.*use compile_update=False"):
+        model.learn_offline(1, log_interval=0)
+    monkeypatch.setattr(iql_module, "AUTO_COMPILE_UPDATES", 3)  # "auto" would compile this call
+    auto, eager, initial = (make_model(data, DeviceReplayBuffer, compile_update=mode) for mode in ("auto", False, False))
+    for trained in (auto, eager, initial):
+        change(trained)
+    for trained in (auto, eager):
+        trained.learn_offline(3, log_interval=0)
+    assert auto._fast_update is None and max_difference(auto, eager) == 0.0 and max_difference(auto, initial) > 0
+    if change is freeze_first_layer:
+        assert th.equal(auto.actor.latent_pi[0].weight, initial.actor.latent_pi[0].weight)
+
+
+def test_a_dropout_rate_changed_by_a_callback_is_an_input_of_the_compiled_update(data):
+    model = make_model(data, DeviceReplayBuffer, dropout=0.1)
+    modules = list(model.policy.modules())
+    batch = Batch.from_replay_data(model.replay_buffer.sample(8))
+    before = fast_update._input_signature(batch, modules)
+    model.dropout = 0.3
+    model._check_settings()  # as training does after a callback's step
+    assert fast_update._input_signature(batch, modules) != before
+
+
+def test_dropout_set_on_the_model_reaches_the_actor_and_its_saved_arguments(data, tmp_path):
+    model = make_model(data, DeviceReplayBuffer, dropout=0.1)
+    model.dropout = 0.3
+    model.learn_offline(1, log_interval=0)
+    assert {module.p for module in model.actor.modules() if isinstance(module, th.nn.Dropout)} == {0.3}
+    model.save(tmp_path / "model")
+    loaded = IQL.load(tmp_path / "model")
+    assert loaded.dropout == 0.3
+    assert {module.p for module in loaded.actor.modules() if isinstance(module, th.nn.Dropout)} == {0.3}
+    without = make_model(data, DeviceReplayBuffer)
+    without.dropout = 0.2
+    with pytest.raises(ValueError, match="built without dropout layers"):
+        without.learn_offline(1, log_interval=0)
+
+
 def test_device_scalars_fill_only_what_changed():
     """An in-place fill per changed value (per changed element for K learners): no copy from host memory, which
     would synchronise a CUDA stream; NumPy and 0-d tensor values are numbers too."""

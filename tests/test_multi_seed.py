@@ -378,3 +378,10 @@ def test_each_learner_s_stdout_table_names_it(data, capsys):
     values = {name: [int(value) for key, value in rows if key.strip() == name] for name in ("learner", "seed")}
     assert sum(key.strip() == "value_loss" for key, _ in rows) == 4  # two dumps of two learners
     assert values == {"learner": [0, 1, 0, 1], "seed": [5, 7, 5, 7]}
+
+
+def test_frozen_parameters_are_refused(data):
+    together = [make_model(data, seed, dtype=th.float32) for seed in (0, 1)]
+    together[1].value_net.parameters().__next__().requires_grad_(False)  # the vmapped update would train it
+    with pytest.raises(ValueError, match=r"models\[1\].*frozen ones"):
+        learn_offline_together(together, 2, log_interval=0)

@@ -67,6 +67,26 @@ def unsupported_optimizer(optimizer: th.optim.Optimizer) -> str | None:
     return None
 
 
+def unsupported_network(network: nn.Module) -> str | None:
+    """
+    :return: why ``torch.func`` gradients and ``fused_adam_step_`` would not train ``network`` as its optimizer and
+        autograd do (they differentiate every parameter and step each one), None where they would
+    """
+    reason = unsupported_optimizer(network.optimizer)
+    if reason is not None:
+        return reason
+    params = list(network.parameters())
+    if {id(param) for param in network.optimizer.param_groups[0]["params"]} != {id(param) for param in params}:
+        return (
+            f"FunctionalUpdate trains every parameter of a network; the optimizer of {type(network).__name__} holds other ones"
+        )
+    if not all(param.requires_grad for param in params):
+        return f"FunctionalUpdate trains every parameter; {type(network).__name__} has frozen ones (requires_grad=False)"
+    if any(param._backward_hooks or getattr(param, "_post_accumulate_grad_hooks", None) for param in params):
+        return f"FunctionalUpdate does not run gradient hooks, which parameters of {type(network).__name__} have"
+    return None
+
+
 def one_step_counter(steps: list[th.Tensor], device: th.device) -> tuple[th.Tensor, list[th.Tensor]]:
     """
     Adam's per-parameter ``step`` tensors as the elements of one float32 tensor, as ``Adam(fused=True)`` keeps them,
@@ -282,7 +302,7 @@ class FunctionalUpdate:
                 "networks only; use compile_update=False"
             )
         for name, network in self.networks.items():
-            reason = unsupported_optimizer(network.optimizer)
+            reason = unsupported_network(network)
             if reason is not None:
                 raise ValueError(f"{reason}: use compile_update=False")
             prefix = "actor." if name == "actor" else ""
@@ -358,8 +378,9 @@ class FunctionalUpdate:
         return any(self._state_owners[name] is not network.optimizer.state for name, network in self.networks.items())
 
     def optimizers_unsupported(self) -> bool:
-        """Whether an optimizer was changed since into one the fused step cannot run (weight decay set on it...)."""
-        return any(unsupported_optimizer(network.optimizer) is not None for network in self.networks.values())
+        """Whether a network or its optimizer was changed since into one the functional update cannot train as
+        autograd and the optimizer would (weight decay set on it, parameters frozen, a gradient hook...)."""
+        return any(unsupported_network(network) is not None for network in self.networks.values())
 
     def _adam_(self, name: str, grads: list[th.Tensor]) -> None:
         """``Adam(fused=True).step()`` of network ``name`` with the given gradients, in place."""
@@ -455,11 +476,16 @@ def _skipping_guards() -> Iterator[None]:
 
 
 def _input_signature(batch: Batch, modules: Iterable[nn.Module]) -> tuple:
-    """:return: what tells two calls of the compiled functions apart besides the objects they read"""
+    """
+    :return: what tells two calls of the compiled functions apart besides the objects they read: the batch's
+        tensors' layout, the networks' training flags and dropout rates (which a callback may change: compiled as
+        constants)
+    """
     tensors = th.utils._pytree.tree_leaves(batch)
     return (
         tuple((tensor.shape, tensor.stride(), tensor.dtype, tensor.device) for tensor in tensors),
         tuple(module.training for module in modules),
+        tuple(module.p for module in modules if isinstance(module, nn.modules.dropout._DropoutNd)),
     )
 
 

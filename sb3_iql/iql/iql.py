@@ -320,14 +320,33 @@ class IQL(OfflineAlgorithm):
         """
         Checked again wherever the settings may have changed (training, a callback's change, saving, loading).
 
-        :raises ValueError: a hyperparameter of ``HYPERPARAMETER_RULES`` set on the model out of its range, or a
-            policy extraction the action space cannot take
+        :raises ValueError: a hyperparameter of ``HYPERPARAMETER_RULES`` set on the model out of its range, a
+            policy extraction the action space cannot take, or a dropout an actor built without it cannot take
         """
         self._check_hyperparameters({name: getattr(self, name) for name in HYPERPARAMETER_RULES})
         if self.policy_extraction != "awr" and not isinstance(self.action_space, spaces.Box):
             raise ValueError(
                 f"policy_extraction={self.policy_extraction!r} needs continuous (Box) actions, got {self.action_space}"
             )
+        if getattr(self, "actor", None) is not None:
+            self._apply_dropout()
+
+    def _apply_dropout(self) -> None:
+        """
+        ``dropout`` set on the model after its actor was built: its dropout layers take the new rate, and the policy's
+        saved arguments too (a loaded model builds them with it). An actor built without dropout layers cannot take one.
+        """
+        layers = [module for module in self.actor.modules() if isinstance(module, th.nn.Dropout)]
+        if not layers:
+            if self.dropout:
+                raise ValueError(
+                    f"dropout={self.dropout}: the actor was built without dropout layers; create the model with dropout="
+                )
+            return
+        for layer in layers:
+            layer.p = self.dropout or 0.0
+        self.policy.actor_dropout = self.actor.dropout = self.dropout
+        self.policy_kwargs["actor_dropout"] = self.dropout
 
     def _settings_snapshot(self) -> tuple:
         return tuple(getattr(self, name) for name in HYPERPARAMETER_RULES)  # tau and the update's settings included

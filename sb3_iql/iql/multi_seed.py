@@ -54,7 +54,7 @@ from sb3_iql.iql.fast_update import (
     compiling,
     fused_adam_step_,
     one_step_counter,
-    unsupported_optimizer,
+    unsupported_network,
 )
 from sb3_iql.iql.iql import IQL, _warn_fallback, auto_mode
 from sb3_iql.iql.update import Batch
@@ -605,12 +605,12 @@ def _check_alone(model: IQL, index: int) -> None:
     if not isinstance(model.observation_space, (spaces.Box, spaces.Dict)):
         raise ValueError(f"learn_offline_together supports Box and Dict observations, got {model.observation_space}")
     for name in TRAINED:
-        optimizer = _network(model, name).optimizer
-        reason = unsupported_optimizer(optimizer)  # the fused Adam step's own check
+        network = _network(model, name)
+        reason = unsupported_network(network)  # the functional update's own check
         if reason is not None:
-            raise ValueError(f"learn_offline_together: {reason}")
-        group = optimizer.param_groups[0]
-        params = list(_network(model, name).parameters())
+            raise ValueError(f"learn_offline_together, models[{index}]: {reason}")
+        group = network.optimizer.param_groups[0]
+        params = list(network.parameters())
         if len(group["params"]) != len(params) or any(a is not b for a, b in zip(group["params"], params)):
             raise ValueError(f"The {name} optimizer of models[{index}] does not hold exactly its network's parameters")
 
