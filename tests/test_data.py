@@ -369,6 +369,17 @@ def test_unsupported_action_space_and_small_buffer(box_dataset):
         OfflineReplayBuffer(10, OBS_SPACE, ACTION_SPACE, optimize_memory_usage=True)
 
 
+@pytest.mark.parametrize("field", ["terminations", "truncations"])
+def test_flags_of_a_stored_episode_other_than_0_and_1_are_refused_naming_it(minari_root, field):
+    episodes = box_episodes()
+    flags = np.asarray(getattr(episodes[1], field), np.float64)
+    flags[0] = np.nan  # read as True (a terminal) before
+    bad = dataclasses.replace(episodes[1], **{field: flags})
+    dataset = write_dataset("test/box/flags-v0", [episodes[0], bad], OBS_SPACE_ENV)
+    with pytest.raises(ValueError, match=rf"'test/box/flags-v0', episode 1: field '{field}' must hold booleans"):
+        load_transitions([dataset])
+
+
 def test_an_episode_cut_short_ends_there_and_rows_that_do_not_line_up_are_refused(minari_root):
     episodes = box_episodes()
     cut = dataclasses.replace(episodes[1], truncations=np.zeros(4, bool))  # neither flag on its last step
@@ -468,6 +479,12 @@ IMAGE_SPACE = spaces.Box(0, 255, (8, 8, 3), np.uint8)
             r"frames of shape \(8, 3, 8\): expected \(3, 8, 8\) \(or channel-last \(8, 8, 3\)\)",
         ),
         (OBS_SPACE, np.array([["a", "b"]] * 4, dtype=object), "dtype object: expected numbers"),
+        # rows of a 2-D Box given transposed would be reshaped, not transposed: scrambled
+        (
+            spaces.Box(-1, 1, (2, 3), np.float32),
+            np.zeros((4, 3, 2), np.float32),
+            r"rows of shape \(3, 2\): expected \(2, 3\) \(or flat \(6,\)\)",
+        ),
     ],
     ids=[
         "discrete-past-the-end",
@@ -478,6 +495,7 @@ IMAGE_SPACE = spaces.Box(0, 255, (8, 8, 3), np.uint8)
         "frames-past-255",
         "frames-in-another-layout",
         "objects",
+        "transposed-rows",
     ],
 )
 def test_observations_outside_their_space_are_refused_naming_the_first(observation_space, observations, message):

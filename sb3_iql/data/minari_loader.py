@@ -240,6 +240,13 @@ def load_transitions(datasets: Sequence[minari.MinariDataset]) -> Transitions:
                         f"holds NaN or inf values (in float32, {NON_FINITE_HINT}); clean the dataset before training."
                     )
             _check_episode_rows(dataset.spec.dataset_id, episode)
+            for field in ("terminations", "truncations"):
+                flags = np.asarray(getattr(episode, field))
+                if flags.dtype != bool and not np.isin(flags, (0, 1)).all():
+                    raise ValueError(
+                        f"Dataset '{dataset.spec.dataset_id}', episode {episode.id}: field '{field}' must hold "
+                        f"booleans (or 0 and 1), got {np.unique(flags)[:5]}"
+                    )
             observations.append(_slice(episode.observations, 0, -1))
             next_observations.append(_slice(episode.observations, 1, None))
             actions.append(episode.actions)
@@ -358,10 +365,16 @@ def _check_rows(field: str, values: BatchObs, space: spaces.Space, n_transitions
             f"Transitions field '{field}' has shape {values.shape}: expected {n_transitions} rows (the length of "
             f"rewards) of {space} ({size} values per row)"
         )
-    if is_image_space(space, check_channels=False) and values.shape[1:] not in (space.shape, channel_last(space.shape)):
-        raise ValueError(
-            f"Transitions field '{field}' holds frames of shape {values.shape[1:]}: expected {space.shape} (or "
-            f"channel-last {channel_last(space.shape)}) for {space}"
+    if is_image_space(space, check_channels=False):
+        if values.shape[1:] not in (space.shape, channel_last(space.shape)):
+            raise ValueError(
+                f"Transitions field '{field}' holds frames of shape {values.shape[1:]}: expected {space.shape} (or "
+                f"channel-last {channel_last(space.shape)}) for {space}"
+            )
+    elif values.shape[1:] not in (space.shape, (size,), *([()] if size == 1 else [])):
+        raise ValueError(  # a transposed (n, 3, 2) for (2, 3) rows would be reshaped, not transposed: scrambled
+            f"Transitions field '{field}' holds rows of shape {values.shape[1:]}: expected {space.shape} (or flat "
+            f"({size},)) for {space}"
         )
     if values.dtype.kind not in "biuf":
         raise ValueError(f"Transitions field '{field}' holds values of dtype {values.dtype}: expected numbers")
