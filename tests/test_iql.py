@@ -717,6 +717,9 @@ def test_a_buffer_loaded_into_a_new_model_is_its_offline_data(line_dataset, tmp_
     with pytest.raises(ValueError, match=r"holds observations .* and actions Box.*this model has .* Discrete\(3\)"):
         discrete.load_replay_buffer(tmp_path / "buffer")
     assert discrete.replay_buffer is own_buffer and discrete.offline_dataset_size == 0
+    wider = IQL("MlpPolicy", gym.wrappers.RescaleAction(LineEnv(), np.float32(-5), np.float32(5)), policy_kwargs=SMALL_NET)
+    with pytest.raises(ValueError, match=r"holds observations .* and actions Box.*this model has .* Box\(-5.0, 5.0"):
+        wider.load_replay_buffer(tmp_path / "buffer")  # its actions, scaled by other bounds, would mean others
     two_envs = IQL("MlpPolicy", DummyVecEnv([LineEnv, LineEnv]), policy_kwargs=SMALL_NET)
     with pytest.raises(ValueError, match=r"takes steps of 1 environment\(s\); this model's env has 2"):
         two_envs.load_replay_buffer(tmp_path / "buffer")

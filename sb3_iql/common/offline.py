@@ -898,7 +898,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         loaded = self.replay_buffer
         if not (
             spaces_match(loaded.observation_space, self.observation_space, check_bounds=False)
-            and spaces_match(loaded.action_space, self.action_space, check_bounds=False)
+            # actions are stored scaled to [-1, 1] by their bounds: other bounds, other actions
+            and spaces_match(loaded.action_space, self.action_space, check_bounds=True)
         ):
             self.replay_buffer = previous_buffer  # kept: the model's own data stay
             raise ValueError(
