@@ -217,6 +217,38 @@ def test_missing_dataset_says_where_it_looked_and_how_to_download(minari_root):
     assert folder_digest(minari_root) == before
 
 
+def test_a_download_that_fails_names_the_dataset_and_what_to_check(minari_root, monkeypatch):
+    def no_network(dataset_id: str, force_download: bool = False) -> None:
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(minari, "download_dataset", no_network)
+    with pytest.raises(
+        DatasetNotFoundError,
+        match=r"'D4RL/antmaze/large-diverse-v1' is not stored locally .* its "
+        r"download failed \(ConnectionError: Name or service not known\)",
+    ):
+        IQL(
+            "MlpPolicy",
+            SpacesEnv(OBS_SPACE, ACTION_SPACE),
+            offline_dataset="D4RL/antmaze/large-diverse-v1",
+            download_dataset=True,
+        )
+
+
+@pytest.mark.parametrize(
+    "offline_dataset, error, message",
+    [
+        ("pendulum-random", ValueError, r"Malformed dataset id 'pendulum-random': it needs the form"),  # not a download
+        ("", ValueError, "Malformed dataset id ''"),
+        (5, TypeError, "offline_dataset must be a Minari dataset id, a MinariDataset or a list of them, got 5"),
+        ([None], TypeError, r"or a list of them, got \[None\]"),
+    ],
+)
+def test_an_offline_dataset_that_is_no_dataset_id_says_so(minari_root, offline_dataset, error, message):
+    with pytest.raises(error, match=message):
+        IQL("MlpPolicy", SpacesEnv(OBS_SPACE, ACTION_SPACE), offline_dataset=offline_dataset)
+
+
 def test_mismatched_spaces_show_both(box_dataset, minari_root):
     before = folder_digest(minari_root)
     wrong_obs = spaces.Box(-1.0, 1.0, (5,), np.float32)

@@ -9,6 +9,7 @@ import gymnasium as gym
 import minari
 import numpy as np
 from gymnasium import spaces
+from minari.dataset.minari_dataset import parse_dataset_id
 from minari.storage.datasets_root_dir import get_dataset_path
 from stable_baselines3.common.preprocessing import is_image_space
 
@@ -52,28 +53,54 @@ class Transitions:
         return len(self.rewards)
 
 
+def check_dataset_id(dataset_id: str) -> None:
+    """:raises ValueError: ``dataset_id`` is not of the form ``[namespace/]name-vN``"""
+    try:
+        parse_dataset_id(dataset_id)
+    except (TypeError, ValueError) as error:  # Minari raises a TypeError where the version is missing
+        raise ValueError(
+            f"Malformed dataset id {dataset_id!r}: it needs the form [namespace/]name-vN, e.g. 'local/pendulum/random-v0'"
+        ) from error
+
+
 def load_dataset(dataset_id: str, download: bool = False) -> minari.MinariDataset:
     """
     Load a local Minari dataset, or download it first when asked.
 
     :param dataset_id: Minari id, e.g. ``"D4RL/antmaze/large-diverse-v1"``
     :param download: download the dataset from Minari's remote when it is not stored locally (needs network)
-    :raises DatasetNotFoundError: the dataset is not local and ``download`` is False
+    :raises ValueError: a malformed id
+    :raises DatasetNotFoundError: the dataset is not local and ``download`` is False, or its download failed
     """
-    if not download and not os.path.exists(os.path.join(get_dataset_path(dataset_id), "data")):
+    check_dataset_id(dataset_id)
+    if not os.path.exists(os.path.join(get_dataset_path(dataset_id), "data")):
         root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets (default; MINARI_DATASETS_PATH is not set)")
-        raise DatasetNotFoundError(
-            f"Minari dataset '{dataset_id}' is not stored locally: searched MINARI_DATASETS_PATH={root}. "
-            f"Download it with `minari download {dataset_id}`, or pass download_dataset=True to IQL, "
-            "or point MINARI_DATASETS_PATH at the folder that holds it."
-        )
-    return minari.load_dataset(dataset_id, download=download)
+        where = f"searched MINARI_DATASETS_PATH={root}"
+        if not download:
+            raise DatasetNotFoundError(
+                f"Minari dataset '{dataset_id}' is not stored locally: {where}. Download it with `minari download "
+                f"{dataset_id}`, or pass download_dataset=True to IQL, or point MINARI_DATASETS_PATH at the folder "
+                "that holds it."
+            )
+        try:
+            minari.download_dataset(dataset_id)
+        except Exception as error:  # no network, an id the remote does not have, a newer Minari needed...
+            raise DatasetNotFoundError(
+                f"Minari dataset '{dataset_id}' is not stored locally ({where}) and its download failed "
+                f"({type(error).__name__}: {str(error)[:300]}). Check the id and the network, or point "
+                "MINARI_DATASETS_PATH at a folder that holds it."
+            ) from error
+    return minari.load_dataset(dataset_id)
 
 
 def resolve_datasets(datasets: DatasetLike, download: bool = False) -> list[minari.MinariDataset]:
     """:return: the loaded datasets of a Minari id, a dataset, or a list of them"""
     if isinstance(datasets, (str, minari.MinariDataset)):
         datasets = [datasets]
+    if not isinstance(datasets, Sequence) or not all(isinstance(item, (str, minari.MinariDataset)) for item in datasets):
+        raise TypeError(
+            f"offline_dataset must be a Minari dataset id, a MinariDataset or a list of them, got {datasets!r:.200}"
+        )
     if len(datasets) == 0:
         raise ValueError("offline_dataset is an empty list")
     return [load_dataset(item, download) if isinstance(item, str) else item for item in datasets]

@@ -14,10 +14,10 @@ import gymnasium as gym
 import minari
 from gymnasium.envs.registration import EnvSpec
 from minari.data_collector import EpisodeBuffer
-from minari.dataset.minari_dataset import parse_dataset_id
 from minari.dataset.minari_storage import is_image_space
 from minari.storage import get_dataset_path
 
+from sb3_iql.data.minari_loader import check_dataset_id
 from sb3_iql.evaluation import REFERENCE_SCORE_KEYS
 
 AUTHOR = "sb3-iql"
@@ -54,12 +54,7 @@ def check_writable(dataset_id: str, overwrite: bool = False) -> None:
     :raises ValueError: If ``dataset_id`` is not of the form ``[namespace/]name-vN``.
     :raises FileExistsError: If the dataset exists and ``overwrite`` is False.
     """
-    try:
-        parse_dataset_id(dataset_id)
-    except (TypeError, ValueError) as error:  # Minari raises a TypeError where the version is missing
-        raise ValueError(
-            f"Malformed dataset id {dataset_id!r}: it needs the form [namespace/]name-vN, e.g. 'local/pendulum/random-v0'"
-        ) from error
+    check_dataset_id(dataset_id)
     if dataset_exists(dataset_id) and not overwrite:
         raise FileExistsError(
             f"Dataset {dataset_id} already exists at {dataset_path(dataset_id)}. "
