@@ -453,6 +453,18 @@ def test_a_view_of_a_dataset_is_what_a_saved_model_reloads(box_dataset, tmp_path
     assert whole.offline_dataset_episodes == [None]
 
 
+def test_a_dataset_changed_since_the_model_was_saved_is_refused_or_warned_about(box_dataset, tmp_path):
+    make_model(minari.MinariDataset(box_dataset.spec.data_path, np.array([2, 0]))).save(tmp_path / "view")
+    make_model(box_dataset).save(tmp_path / "whole")
+    minari.delete_dataset("test/box/episodes-v0")
+    write_dataset("test/box/episodes-v0", box_episodes()[:2], observation_space=OBS_SPACE, action_space=ACTION_SPACE)
+    env = DummyVecEnv([lambda: SpacesEnv(OBS_SPACE, ACTION_SPACE)])
+    with pytest.raises(ValueError, match=r"episodes \[2, 0\] of 'test/box/episodes-v0', which now holds 2 episodes"):
+        IQL.load(tmp_path / "view", env=env).reload_offline_dataset()  # an h5py KeyError before
+    with pytest.warns(UserWarning, match=r"now hold 7 transitions, the model trained on 9: they changed since"):
+        IQL.load(tmp_path / "whole", env=env).reload_offline_dataset()
+
+
 def test_a_dataset_that_stores_no_environment_needs_env_and_reloads_without_one(minari_root, tmp_path):
     dataset = write_dataset("test/box/nospec-v0", box_episodes(), observation_space=OBS_SPACE, action_space=ACTION_SPACE)
     with pytest.raises(ValueError, match=r"'test/box/nospec-v0' stores no environment to recover: give the environment"):

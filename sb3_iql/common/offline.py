@@ -16,7 +16,7 @@ import pathlib
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, Literal, TypeVar
 
 import gymnasium as gym
@@ -489,9 +489,22 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         datasets = resolve_datasets(self.offline_dataset_ids, download=download)
         for index, episodes in enumerate(self.offline_dataset_episodes):  # older models saved none: whole datasets
             if episodes is not None:
+                n_episodes = datasets[index].total_episodes
+                if max(episodes, default=-1) >= n_episodes:
+                    raise ValueError(
+                        f"The model trained on episodes {_first_items(episodes)} of '{self.offline_dataset_ids[index]}', "
+                        f"which now holds {n_episodes} episodes: the dataset changed since"
+                    )
                 datasets[index] = minari.MinariDataset(datasets[index].spec.data_path, np.asarray(episodes))
         env = recover_eval_env(datasets[0]) if self.relabel_eval_goal else None  # its goal, to relabel for
+        saved_size = self.offline_dataset_size
         self.add_transitions(self._load_transitions(datasets, env))  # counted anew: the buffer was empty
+        if saved_size and self.offline_dataset_size != saved_size:
+            warnings.warn(
+                f"The offline datasets {self.offline_dataset_ids} now hold {self.offline_dataset_size:,} transitions, "
+                f"the model trained on {saved_size:,}: they changed since, and training does not resume as it was",
+                stacklevel=2,
+            )
 
     def _store_transition(
         self,
@@ -927,6 +940,12 @@ def stored_transitions(buffer: Any) -> int:
         buffers rows of ``n_envs``)
     """
     return buffer.size() if isinstance(buffer, DeviceImageReplayBuffer) else buffer.size() * buffer.n_envs
+
+
+def _first_items(values: Sequence[int], n_items: int = 10) -> str:
+    """:return: ``values`` as a list, its first ``n_items`` only (then ``...``)"""
+    shown = ", ".join(str(value) for value in values[:n_items])
+    return f"[{shown}{', ...' if len(values) > n_items else ''}]"
 
 
 def _refuse_vec_normalize(vec_normalize: VecNormalize | None, offline_data: bool) -> None:
