@@ -1,5 +1,6 @@
 """Dataset generators and writers: every dataset is written under a temporary MINARI_DATASETS_PATH."""
 
+import dataclasses
 import itertools
 import os
 import pathlib
@@ -265,6 +266,44 @@ def test_collect_bad_input(minari_root: pathlib.Path) -> None:
         with pytest.raises(ValueError, match=r"Malformed dataset id .* \[namespace/\]name-vN"):
             collect(env, lambda observation: policy(), malformed, n_steps=5)
     assert not any(minari_root.rglob("data")), "failed calls leave nothing behind"
+
+
+def test_episodes_minari_would_not_read_back_are_refused_before_writing(minari_root: pathlib.Path) -> None:
+    env = gym.make(PENDULUM_ID)
+    good = rollout_episodes(env, lambda observation: env.action_space.sample(), n_episodes=1)[0]
+    n, width = good.observations.shape
+    n -= 1
+    cases = [
+        (dataclasses.replace(good, actions=good.actions[:0], rewards=[], terminations=[], truncations=[]), "holds no step"),
+        (dataclasses.replace(good, rewards=good.rewards[:-1]), rf"rewards holds {n - 1} steps for {n} actions"),
+        (
+            dataclasses.replace(good, observations=good.observations[:-1]),
+            rf"have shape \({n}, {width}\): expected \({n + 1}, {width}\)",
+        ),
+        (
+            dataclasses.replace(good, observations={"x": good.observations}),
+            rf"have shape of a dict: expected \({n + 1}, {width}\)",
+        ),
+    ]
+    for episode, message in cases:  # a bare IndexError or AssertionError inside Minari, or a dataset that fails to load
+        with pytest.raises(ValueError, match=rf"Episode 1 \(id 0\).*{message}"):
+            write_dataset("test/pendulum/bad-v0", [good, episode], env=env)
+    goal_env = gym.make("PointMaze_UMaze-v3")
+    observation, _ = goal_env.reset(seed=0)
+    rows = {key: np.stack([value] * 3) for key, value in observation.items()}
+    extra = dataclasses.replace(
+        good,
+        observations={**rows, "extra": rows["achieved_goal"]},
+        actions=good.actions[:2],
+        rewards=good.rewards[:2],
+        terminations=good.terminations[:2],
+        truncations=good.truncations[:2],
+    )
+    with pytest.raises(
+        ValueError, match=r"observations have keys \['achieved_goal', 'desired_goal', 'extra', 'observation'\]"
+    ):
+        write_dataset("test/pointmaze/extra-v0", [extra], env=goal_env)
+    assert not any(minari_root.rglob("data")), "refused before writing"
 
 
 def test_a_sampling_sb3_policy_rolls_out_the_same_actions_for_the_same_seed() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import gymnasium as gym
 import minari
+import numpy as np
 from gymnasium.envs.registration import EnvSpec
 from minari.data_collector import EpisodeBuffer
 from minari.dataset.minari_storage import is_image_space
@@ -90,6 +91,7 @@ def write_dataset(
     :return: The new dataset.
     """
     check_writable(dataset_id, overwrite)
+    check_episodes(episodes, env.observation_space)
     if jpeg_encoding:
         check_jpeg_frames(env.observation_space)
     path = dataset_path(dataset_id)
@@ -120,6 +122,42 @@ def write_dataset(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return minari.load_dataset(dataset_id)
+
+
+def check_episodes(episodes: Sequence[EpisodeBuffer], observation_space: gym.Space) -> None:
+    """
+    Refuse episodes Minari would write but not read back (or fail on mid-write, naming nothing).
+
+    :param episodes: the episodes to write
+    :param observation_space: the environment's observation space
+    :raises ValueError: an episode without steps, with other than one observation more than its actions, or
+        observations of another structure or shape than the space's, naming the episode
+    """
+    for index, episode in enumerate(episodes):
+        n_steps = len(episode.actions)
+        where = f"Episode {index} (id {episode.id})"
+        if n_steps == 0:
+            raise ValueError(f"{where} holds no step: leave it out")
+        for field in ("rewards", "terminations", "truncations"):
+            if len(getattr(episode, field)) != n_steps:
+                raise ValueError(f"{where}: {field} holds {len(getattr(episode, field))} steps for {n_steps} actions")
+        _check_observations(f"{where}: observations", episode.observations, observation_space, n_steps + 1)
+
+
+def _check_observations(where: str, values: Any, space: gym.Space, n_rows: int) -> None:
+    if isinstance(space, gym.spaces.Dict):
+        if not isinstance(values, dict) or set(values) != set(space.spaces):
+            keys = sorted(values) if isinstance(values, dict) else f"a {type(values).__name__}"
+            raise ValueError(f"{where} have keys {keys}; the observation space has {sorted(space.spaces)}")
+        for key, subspace in space.spaces.items():
+            _check_observations(f"{where}[{key!r}]", values[key], subspace, n_rows)
+        return
+    shape = np.shape(values) if not isinstance(values, dict) else None
+    if shape != (n_rows, *space.shape):
+        raise ValueError(
+            f"{where} have shape {shape if shape is not None else 'of a dict'}: expected {(n_rows, *space.shape)} "
+            f"(one row per step and the last observation, each of {space})"
+        )
 
 
 def check_jpeg_frames(space: gym.Space) -> None:
