@@ -255,6 +255,14 @@ def test_hyperparameters_out_of_range_are_refused_when_the_model_is_made(line_da
         line_model(line_dataset, **{name: value})
 
 
+@pytest.mark.parametrize("n_critics", [0, -1, 1.5, True])
+def test_an_ensemble_without_critics_is_refused_when_the_model_is_made(line_dataset, n_critics):
+    # before: n_critics=0 made a model whose first update failed in torch.min of an empty ensemble
+    with pytest.raises(ValueError, match=rf"n_critics must be an integer of at least 1 .*, got {n_critics!r}"):
+        line_model(line_dataset, policy_kwargs={**SMALL_NET, "n_critics": n_critics})
+    line_model(line_dataset, policy_kwargs={**SMALL_NET, "n_critics": np.int64(1)})  # a NumPy integer (a sweep's) is one
+
+
 def test_a_loaded_model_s_hyperparameters_are_checked_too(line_dataset, tmp_path):
     line_model(line_dataset, max_weight=math.inf, gamma=1.0, tau=0.0, beta=0.0, dropout=0.0).save(tmp_path / "edges")
     IQL.load(tmp_path / "edges")  # the edges of each range are valid

@@ -3,6 +3,7 @@ and the policy holding them."""
 
 import itertools
 import math
+import numbers
 from typing import Any, Literal
 
 import torch as th
@@ -608,6 +609,8 @@ class IQLPolicy(BasePolicy):
             squash_output=True,
             normalize_images=normalize_images,
         )
+        if isinstance(n_critics, bool) or not isinstance(n_critics, numbers.Integral) or n_critics < 1:
+            raise ValueError(f"n_critics must be an integer of at least 1 (the Q networks' ensemble), got {n_critics!r}")
         self.net_arch = DEFAULT_NET_ARCH if net_arch is None else net_arch
         self.activation_fn = activation_fn
         self.actor_dropout = actor_dropout
