@@ -293,12 +293,19 @@ def clip_gradients_by_hook(model: IQL) -> None:
         param.register_hook(lambda grad: grad.clamp(-1e-3, 1e-3))
 
 
+def normalize_value_batches(model: IQL) -> None:
+    extractor = model.value_net.features_extractor
+    extractor.add_module("batch_norm", th.nn.BatchNorm1d(OBS_DIM, affine=False))  # no parameter for the optimizer
+    extractor.forward = lambda observations: extractor.batch_norm(observations)
+
+
 @pytest.mark.parametrize(
     "change, reason",
     [
         (freeze_first_layer, "frozen ones"),
         (train_only_the_head, "holds other ones"),
         (clip_gradients_by_hook, "gradient hooks"),
+        (normalize_value_batches, "statistics of the BatchNorm layers"),
     ],
 )
 def test_what_the_functional_update_would_train_otherwise_than_autograd_is_refused_and_auto_stays_eager(

@@ -84,6 +84,11 @@ def unsupported_network(network: nn.Module) -> str | None:
         return f"FunctionalUpdate trains every parameter; {type(network).__name__} has frozen ones (requires_grad=False)"
     if any(param._backward_hooks or getattr(param, "_post_accumulate_grad_hooks", None) for param in params):
         return f"FunctionalUpdate does not run gradient hooks, which parameters of {type(network).__name__} have"
+    if any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in network.modules()):
+        return (  # one pass over cat(s, s') where the eager update makes two: other batch statistics
+            f"FunctionalUpdate evaluates batches of observations and next observations together, which changes the "
+            f"statistics of the BatchNorm layers of {type(network).__name__}"
+        )
     return None
 
 
