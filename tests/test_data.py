@@ -217,6 +217,12 @@ def test_missing_dataset_says_where_it_looked_and_how_to_download(minari_root):
     assert folder_digest(minari_root) == before
 
 
+def test_a_dataset_folder_without_metadata_is_named_as_unfinished(minari_root):
+    (minari_root / "test" / "box" / "half-v0" / "data").mkdir(parents=True)  # Minari: "No data found in data path"
+    with pytest.raises(DatasetNotFoundError, match=r"'test/box/half-v0' at .* has no metadata.json: a write that did"):
+        IQL("MlpPolicy", SpacesEnv(OBS_SPACE, ACTION_SPACE), offline_dataset="test/box/half-v0")
+
+
 def test_a_download_that_fails_names_the_dataset_and_what_to_check(minari_root, monkeypatch):
     def no_network(dataset_id: str, force_download: bool = False) -> None:
         raise ConnectionError("Name or service not known")

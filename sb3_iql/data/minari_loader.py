@@ -73,7 +73,13 @@ def load_dataset(dataset_id: str, download: bool = False) -> minari.MinariDatase
     :raises DatasetNotFoundError: the dataset is not local and ``download`` is False, or its download failed
     """
     check_dataset_id(dataset_id)
-    if not os.path.exists(os.path.join(get_dataset_path(dataset_id), "data")):
+    data_path = os.path.join(get_dataset_path(dataset_id), "data")
+    if os.path.isdir(data_path) and not os.path.isfile(os.path.join(data_path, "metadata.json")):
+        raise DatasetNotFoundError(
+            f"Minari dataset '{dataset_id}' at {data_path} has no metadata.json: a write that did not finish? Write "
+            "it again (overwrite=True), or delete the folder"
+        )
+    if not os.path.exists(data_path):
         root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets (default; MINARI_DATASETS_PATH is not set)")
         where = f"searched MINARI_DATASETS_PATH={root}"
         if not download:
