@@ -469,6 +469,12 @@ def test_a_dataset_changed_since_the_model_was_saved_is_refused_or_warned_about(
         IQL.load(tmp_path / "view", env=env).reload_offline_dataset()  # an h5py KeyError before
     with pytest.warns(UserWarning, match=r"now hold 7 transitions, the model trained on 9: they changed since"):
         IQL.load(tmp_path / "whole", env=env).reload_offline_dataset()
+    more = make_model(minari.load_dataset("test/box/episodes-v0"))
+    more.add_transitions(load_transitions([minari.load_dataset("test/box/episodes-v0")]))  # offline data beside it
+    more.save(tmp_path / "more")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the dataset is as it was: nothing to warn about
+        IQL.load(tmp_path / "more", env=env).reload_offline_dataset()
 
 
 def test_a_dataset_that_stores_no_environment_needs_env_and_reloads_without_one(minari_root, tmp_path):

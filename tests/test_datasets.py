@@ -12,6 +12,7 @@ import minari
 import numpy as np
 import pytest
 import torch as th
+from gymnasium import spaces
 from gymnasium.envs.classic_control import CartPoleEnv
 from minari.storage import get_dataset_path
 from stable_baselines3 import SAC, TD3
@@ -304,6 +305,11 @@ def test_episodes_minari_would_not_read_back_are_refused_before_writing(minari_r
     ):
         write_dataset("test/pointmaze/extra-v0", [extra], env=goal_env)
     assert not any(minari_root.rglob("data")), "refused before writing"
+    flat = dataclasses.replace(good, observations=good.observations[:, :1].ravel())  # flat rows of one value
+    one_value = gym.make(PENDULUM_ID)
+    one_value.observation_space = spaces.Box(-np.inf, np.inf, (1,), np.float64)
+    written = write_dataset("test/pendulum/flat-v0", (episode for episode in [good, flat][1:]), env=one_value)
+    assert written.total_episodes == 1  # episodes from a generator are written, not consumed by the checks
 
 
 def test_a_sampling_sb3_policy_rolls_out_the_same_actions_for_the_same_seed() -> None:

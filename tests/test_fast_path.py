@@ -347,10 +347,20 @@ def test_dropout_set_on_the_model_reaches_the_actor_and_its_saved_arguments(data
     loaded = IQL.load(tmp_path / "model")
     assert loaded.dropout == 0.3
     assert {module.p for module in loaded.actor.modules() if isinstance(module, th.nn.Dropout)} == {0.3}
+    loaded.dropout = None  # off: the layers stay, at 0 (saved so; None would take the built 0.1 back at loading)
+    loaded.save(tmp_path / "off")
+    off = IQL.load(tmp_path / "off")
+    assert off.dropout == 0.0 and {module.p for module in off.actor.modules() if isinstance(module, th.nn.Dropout)} == {0.0}
     without = make_model(data, DeviceReplayBuffer)
     without.dropout = 0.2
     with pytest.raises(ValueError, match="built without dropout layers"):
         without.learn_offline(1, log_interval=0)
+    without.dropout = None
+    without.save(tmp_path / "without")
+    with pytest.warns(UserWarning, match=r"dropout=0.2 was never applied \(its actor has no dropout layers\)"):
+        older = IQL.load(tmp_path / "without", custom_objects={"dropout": 0.2})  # as files of versions that ignored it
+    assert older.dropout is None
+    older.save(tmp_path / "older")
 
 
 def test_device_scalars_fill_only_what_changed():

@@ -385,3 +385,10 @@ def test_frozen_parameters_are_refused(data):
     together[1].value_net.parameters().__next__().requires_grad_(False)  # the vmapped update would train it
     with pytest.raises(ValueError, match=r"models\[1\].*frozen ones"):
         learn_offline_together(together, 2, log_interval=0)
+
+
+def test_a_dropout_changed_on_one_learner_since_it_was_built_is_refused(data):
+    together = [make_model(data, seed, dtype=th.float32, dropout=0.1) for seed in (0, 1)]
+    together[1].dropout = 0.5  # the vmapped update would run models[0]'s rate for both
+    with pytest.raises(ValueError, match=r"The actor networks of models\[0\] and models\[1\] differ"):
+        learn_offline_together(together, 2, log_interval=0)

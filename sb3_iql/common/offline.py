@@ -197,6 +197,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         self.offline_dataset_episodes: list[list[int] | None] = []
         #: Offline transitions put into the replay buffer (``add_transitions``): ``learn()`` trains on them first.
         self.offline_dataset_size = 0
+        #: Transitions the datasets of ``offline_dataset_ids`` held when the model loaded them (None: no dataset).
+        self.offline_dataset_transitions: int | None = None
         self._n_offline_updates = 0
         #: Offline updates counted in ``num_timesteps`` (``learning_starts`` counts online steps after them).
         self._offline_timesteps = 0
@@ -235,6 +237,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             if relabel_eval_goal:
                 self.eval_goal = evaluation_goal(env)
             transitions = self._load_transitions(datasets, env)
+            self.offline_dataset_transitions = len(transitions)
             self.offline_dataset_ids = [dataset.spec.dataset_id for dataset in datasets]
             self.offline_dataset_episodes = [episode_subset(dataset) for dataset in datasets]
             buffer_size = self._buffer_size_for(len(transitions), buffer_size, getattr(env, "num_envs", 1))
@@ -497,14 +500,15 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                     )
                 datasets[index] = minari.MinariDataset(datasets[index].spec.data_path, np.asarray(episodes))
         env = recover_eval_env(datasets[0]) if self.relabel_eval_goal else None  # its goal, to relabel for
-        saved_size = self.offline_dataset_size
-        self.add_transitions(self._load_transitions(datasets, env))  # counted anew: the buffer was empty
-        if saved_size and self.offline_dataset_size != saved_size:
+        transitions = self._load_transitions(datasets, env)
+        if self.offline_dataset_transitions not in (None, len(transitions)):  # None: a file of an older version
             warnings.warn(
-                f"The offline datasets {self.offline_dataset_ids} now hold {self.offline_dataset_size:,} transitions, "
-                f"the model trained on {saved_size:,}: they changed since, and training does not resume as it was",
+                f"The offline datasets {self.offline_dataset_ids} now hold {len(transitions):,} transitions, the model "
+                f"trained on {self.offline_dataset_transitions:,}: they changed since, and training does not resume "
+                "as it was",
                 stacklevel=2,
             )
+        self.add_transitions(transitions)  # counted anew: the buffer was empty
 
     def _store_transition(
         self,

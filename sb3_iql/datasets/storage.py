@@ -91,6 +91,7 @@ def write_dataset(
     :return: The new dataset.
     """
     check_writable(dataset_id, overwrite)
+    episodes = list(episodes)  # read twice (a generator once only)
     check_episodes(episodes, env.observation_space)
     if jpeg_encoding:
         check_jpeg_frames(env.observation_space)
@@ -105,7 +106,7 @@ def write_dataset(
             warnings.filterwarnings("ignore", message=_OPTIONAL_METADATA_WARNING)
             written = minari.create_dataset_from_buffers(
                 dataset_id,
-                list(episodes),
+                episodes,
                 env=env,
                 eval_env=eval_env if eval_env is not None else env.spec,
                 jpeg_encoding=jpeg_encoding,
@@ -153,7 +154,9 @@ def _check_observations(where: str, values: Any, space: gym.Space, n_rows: int) 
             _check_observations(f"{where}[{key!r}]", values[key], subspace, n_rows)
         return
     shape = np.shape(values) if not isinstance(values, dict) else None
-    if shape != (n_rows, *space.shape):
+    size = int(np.prod(space.shape, dtype=int))
+    flat = [(n_rows, size), *([(n_rows,)] if size == 1 else [])]  # rows the loader takes too (flattened)
+    if shape != (n_rows, *space.shape) and shape not in flat:
         raise ValueError(
             f"{where} have shape {shape if shape is not None else 'of a dict'}: expected {(n_rows, *space.shape)} "
             f"(one row per step and the last observation, each of {space})"

@@ -494,6 +494,13 @@ def _input_signature(batch: Batch, modules: Iterable[nn.Module]) -> tuple:
     )
 
 
+def dropout_rates(networks: Iterable[nn.Module]) -> tuple[float, ...]:
+    """:return: the rates of the dropout layers of ``networks``, in order"""
+    return tuple(
+        layer.p for network in networks for layer in network.modules() if isinstance(layer, nn.modules.dropout._DropoutNd)
+    )
+
+
 def _as_parameters(grads: dict[str, th.Tensor]) -> list[th.Tensor]:
     """The gradients, contiguous as the parameters are (the fused Adam kernel needs equal strides; no-op if so)."""
     return [grad.contiguous() for grad in grads.values()]
@@ -526,6 +533,8 @@ class CudaGraphUpdate:
         self.static = Batch(*(_clone_obs(x) for x in Batch.from_replay_data(example)))
         self.functional.set_learning_rates()
         self.graph, self.metrics = capture_without_trace(functional.step, self.static, functional.state_tensors(), n_warmup)
+        #: the dropout rates the graph's kernels were captured with
+        self.dropout_rates = dropout_rates(functional.networks.values())
         #: ``sampled_step``'s graph, or None before the first call
         self._sampled: SampledGraph | None = None
         #: set by the caller when ``sampled_step`` could not capture the sampling here (not tried again)
@@ -550,6 +559,10 @@ class CudaGraphUpdate:
     def optimizers_unsupported(self) -> bool:
         """``FunctionalUpdate.optimizers_unsupported`` of the captured update."""
         return self.functional.optimizers_unsupported()
+
+    def dropout_changed(self) -> bool:
+        """Whether a dropout rate was changed since the capture (the graph replays the captured one)."""
+        return dropout_rates(self.functional.networks.values()) != self.dropout_rates
 
     def __call__(self, replay_data: Any) -> th.Tensor:
         self._check_state()

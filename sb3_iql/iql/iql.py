@@ -331,22 +331,27 @@ class IQL(OfflineAlgorithm):
         if getattr(self, "actor", None) is not None:
             self._apply_dropout()
 
+    def _dropout_layers(self) -> list[th.nn.Dropout]:
+        return [module for module in self.actor.modules() if isinstance(module, th.nn.Dropout)]
+
     def _apply_dropout(self) -> None:
         """
-        ``dropout`` set on the model after its actor was built: its dropout layers take the new rate, and the policy's
-        saved arguments too (a loaded model builds them with it). An actor built without dropout layers cannot take one.
+        ``dropout`` set on the model after its actor was built: its dropout layers take the rate (None: 0.0, the
+        layers kept). The policy's arguments (``actor_dropout``) keep the built rate, which makes the layers again
+        when the model is loaded, then given the saved ``dropout``. An actor built without dropout layers cannot
+        take one.
         """
-        layers = [module for module in self.actor.modules() if isinstance(module, th.nn.Dropout)]
+        layers = self._dropout_layers()
         if not layers:
             if self.dropout:
                 raise ValueError(
                     f"dropout={self.dropout}: the actor was built without dropout layers; create the model with dropout="
                 )
             return
+        if self.dropout is None:
+            self.dropout = 0.0  # saved so: None would take the built rate back at loading
         for layer in layers:
-            layer.p = self.dropout or 0.0
-        self.policy.actor_dropout = self.actor.dropout = self.dropout
-        self.policy_kwargs["actor_dropout"] = self.dropout
+            layer.p = self.dropout
 
     def _settings_snapshot(self) -> tuple:
         return tuple(getattr(self, name) for name in HYPERPARAMETER_RULES)  # tau and the update's settings included
@@ -360,11 +365,19 @@ class IQL(OfflineAlgorithm):
             )
         # here too for IQL.load, whose saved values and custom_objects do not pass through the constructor
         self._check_settings()
-        self.dropout = (self.policy_kwargs or {}).get("actor_dropout", self.dropout)  # a model saved with it there
+        if self.dropout is None:  # a model saved with it in policy_kwargs only
+            self.dropout = (self.policy_kwargs or {}).get("actor_dropout")
         if self.compile_update == "cudagraph" and self.device.type != "cuda":
             raise ValueError(f"compile_update='cudagraph' needs a CUDA device, the model is on {self.device}")
         super()._setup_model()
         self._create_aliases()
+        if self.dropout and not self._dropout_layers():  # a file of a version that ignored dropout set after building
+            warnings.warn(
+                f"This model's dropout={self.dropout} was never applied (its actor has no dropout layers): set to None",
+                stacklevel=2,
+            )
+            self.dropout = None
+        self._apply_dropout()
 
     def _create_aliases(self) -> None:
         self.actor = self.policy.actor
@@ -436,6 +449,7 @@ class IQL(OfflineAlgorithm):
         fast, settings = self._fast_update, self._update_settings()
         stale = fast is None or fast.state_replaced() or not fast.settings.same_structure(settings) or fast.tau != self.tau
         stale = stale or fast.optimizers_unsupported()  # e.g. weight decay set on a param group: built again, refused
+        stale = stale or (isinstance(fast, CudaGraphUpdate) and fast.dropout_changed())  # a rate captured in the graph
         if stale or (auto and _mode_of(fast) != self._auto_mode):
             if self.compile_update == "cudagraph":
                 self._fast_update = CudaGraphUpdate(self._functional_update(None, tensor_lr=True), self._example_batch())

@@ -164,6 +164,8 @@ def learn_offline_together(
     :return: the models, trained
     """
     models = list(models)
+    for model in models:  # settings changed on a model since it was built reach its networks (dropout) first
+        model._check_settings()
     check_compatible(models)
     if n_updates is not None:
         n_updates = checked_count("n_updates", n_updates)
