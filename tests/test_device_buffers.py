@@ -13,7 +13,7 @@ from toy_data import LineEnv
 
 from sb3_iql import IQL
 from sb3_iql.common.synthetic import SpacesEnv
-from sb3_iql.data import OfflineDictReplayBuffer, OfflineReplayBuffer
+from sb3_iql.data import OfflineDictReplayBuffer, OfflineReplayBuffer, device_buffers
 from sb3_iql.data.device_buffers import DeviceDictReplayBuffer, DeviceReplayBuffer
 
 OBS_SPACE = spaces.Box(-np.inf, np.inf, (3,), np.float32)
@@ -273,3 +273,21 @@ def test_cuda_buffer_samples_on_the_device_with_its_own_generator(tmp_path):
     assert_same_samples(buffer.sample(16), loaded.sample(16))
     loaded.device = "cpu"  # what SB3's load_replay_buffer does for a CPU model
     assert loaded._storage.device.type == "cpu" and loaded.sample(8).actions.device.type == "cpu"
+
+
+def test_extend_copies_in_chunks_of_bounded_bytes_per_storage(monkeypatch):
+    image_space = spaces.Box(0, 255, (3, 4, 4), np.uint8)
+    space = spaces.Dict({"camera": image_space, "goal": spaces.Box(-np.inf, np.inf, (2,), np.float32)})
+    monkeypatch.setattr(device_buffers, "EXTEND_CHUNK_BYTES", 3 * 2 * 48)  # 3 rows of the images, 8 of the rest
+    buffer = DeviceDictReplayBuffer(20, space, ACTION_SPACE, device="cpu")
+    rng = np.random.default_rng(0)
+    frames = rng.integers(256, size=(21, 3, 4, 4), dtype=np.uint8)
+    goals = rng.standard_normal((21, 2)).astype(np.float32)
+    _, _, actions, rewards, dones, timeouts = transitions(20)
+    observations = {"camera": frames[:-1], "goal": goals[:-1]}
+    buffer.extend(observations, {"camera": frames[1:], "goal": goals[1:]}, actions, rewards, dones, timeouts)
+    samples = buffer.gather(th.arange(20))
+    assert np.array_equal(samples.observations["camera"].numpy(), frames[:-1])
+    assert np.array_equal(samples.next_observations["camera"].numpy(), frames[1:])
+    assert np.array_equal(samples.observations["goal"].numpy(), goals[:-1])
+    assert np.array_equal(samples.actions.numpy(), actions) and np.array_equal(samples.rewards[:, 0].numpy(), rewards)
