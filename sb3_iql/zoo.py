@@ -53,7 +53,7 @@ from gymnasium.envs.registration import EnvSpec
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback, ProgressBarCallback
 from stable_baselines3.common.logger import Logger, make_output_format
-from stable_baselines3.common.utils import configure_logger
+from stable_baselines3.common.utils import ConstantSchedule, configure_logger
 
 from sb3_iql.callbacks import NormalizedEvalCallback, UpdatesProgressBarCallback
 from sb3_iql.common.offline import OfflineAlgorithm
@@ -470,6 +470,8 @@ def _as_trained(hyperparams: dict[str, Any], trial_arguments: dict[str, Any], ra
     schedule, learning_rate = hyperparams.get("learning_rate"), trial_arguments["learning_rate"]
     if raw and isinstance(schedule, str):
         arguments["learning_rate"] = f"lin_{learning_rate}"
+    elif isinstance(schedule, ConstantSchedule):  # rl-zoo's wrapping of a constant rate: the trial's rate, constant
+        arguments["learning_rate"] = learning_rate
     elif isinstance(schedule, rl_zoo3.utils.SimpleLinearSchedule):
         arguments["learning_rate"] = rl_zoo3.utils.SimpleLinearSchedule(learning_rate)
     elif callable(schedule):

@@ -93,6 +93,7 @@ def test_an_offline_study_reports_normalized_scores_counted_in_updates(maze_root
     assert f"Train the best trial ({study.best_trial.number}," in output
     command = output.split("again:\n")[1].splitlines()[0]
     assert command.startswith(f"python -m sb3_iql.zoo train --dataset {MAZE_ID} --seed 3 -params offline_steps:4 ")
+    assert "cannot write the configuration's Python learning-rate schedule" not in output  # the preset's is constant
 
 
 def test_trial_zero_is_the_preset_even_outside_the_search_ranges():
