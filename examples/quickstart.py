@@ -50,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     th.set_num_threads(1)
 
-    dataset = ensure_dataset(DATASET_ID, n_steps=args.n_steps, n_reference_episodes=args.eval_episodes)
+    dataset = ensure_dataset(DATASET_ID, n_steps=args.n_steps)  # as the docs make it: the same reference scores
     print(f"Dataset {DATASET_ID}: {dataset.total_episodes} episodes, {dataset.total_steps} steps")
     rows = []
     for name, beta in (("IQL (beta=10)", 10.0), ("BC (beta=0)", 0.0)):
