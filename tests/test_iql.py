@@ -413,10 +413,11 @@ def test_sb3_callbacks_that_read_the_rollout_s_locals_and_functions_run_offline(
     assert {10, 20, 30, 40, 50} <= set(steps), "LogEveryNTimesteps dumped offline and online"
 
 
-def test_a_checkpoint_saved_in_learn_s_offline_phase_resumes_to_the_uninterrupted_run(line_dataset, tmp_path):
+@pytest.mark.parametrize("dropout", [None, 0.1])  # dropout masks come from torch's global generator, saved too
+def test_a_checkpoint_saved_in_learn_s_offline_phase_resumes_to_the_uninterrupted_run(line_dataset, tmp_path, dropout):
     checkpoints = CheckpointCallback(save_freq=15, save_path=str(tmp_path), name_prefix="iql")
-    line_model(line_dataset, offline_steps=40).learn(0, callback=checkpoints)
-    uninterrupted = line_model(line_dataset, offline_steps=40).learn(0)
+    line_model(line_dataset, offline_steps=40, dropout=dropout).learn(0, callback=checkpoints)
+    uninterrupted = line_model(line_dataset, offline_steps=40, dropout=dropout).learn(0)
     resumed = IQL.load(tmp_path / "iql_30_steps.zip", env=LineEnv())  # killed after 30 of the 40 offline updates
     resumed.reload_offline_dataset()
     resumed.learn(0, reset_num_timesteps=False)  # before: nothing, as an offline update had run

@@ -217,6 +217,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         self.sampling_generator = th.Generator()
         #: A saved model's state of its buffer's own sampling generator (on CUDA), until a buffer takes it back.
         self.device_sampling_state: tuple[str, th.Tensor] | None = None
+        #: A saved model's state of torch's global generators (CPU, and CUDA where the model is), which the actor's
+        #: dropout masks draw from, until loading gives it back (SB3's load seeds them again from ``seed``).
+        self.torch_rng_state: tuple[th.Tensor, th.Tensor | None] | None = None
         if seed is not None:
             self.sampling_generator.manual_seed(seed)
         elif _init_setup_model:  # not in SB3's load, which restores the saved generator
@@ -388,6 +391,21 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         # model.actor(obs, deterministic=True) is deterministic, as SB3's export guide checks it
         self.policy.set_training_mode(False)
         self._attach_generator()
+        self._restore_torch_rng()
+
+    def _restore_torch_rng(self) -> None:
+        """
+        A loaded seeded model: torch's global generators as they were at saving, where SB3's load (``_setup_model``'s
+        ``set_random_seed``) seeded them from the start, so that a resumed run draws the dropout masks the
+        uninterrupted one would. Used once; a model without seed leaves them as they are, as SB3 does.
+        """
+        saved, self.torch_rng_state = self.torch_rng_state, None
+        if saved is None or self.seed is None:
+            return
+        cpu_state, cuda_state = saved
+        th.set_rng_state(cpu_state)
+        if cuda_state is not None and self.device.type == "cuda":
+            th.cuda.set_rng_state(cuda_state, self.device)
 
     def _attach_generator(self, previous: th.Generator | None = None) -> None:
         """
@@ -871,18 +889,21 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     def save(self, path: PathLike, exclude: Iterable[str] | None = None, include: Iterable[str] | None = None) -> None:
         """
         SB3's ``save``, written to a temporary file then renamed: a crash mid-write keeps the previous file. The
-        state of a buffer's own sampling generator (on CUDA) is saved too (``device_sampling_state``).
+        state of a buffer's own sampling generator (on CUDA) is saved too (``device_sampling_state``), and that of
+        torch's global generators (``torch_rng_state``: the dropout masks').
         """
         self._check_settings()  # a file that load() would refuse is not written
         generator = getattr(self.replay_buffer, "generator", None)
         own_generator = generator is not None and generator is not self.sampling_generator
         self.device_sampling_state = generator_state(generator) if own_generator else None
+        cuda_state = th.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        self.torch_rng_state = (th.get_rng_state(), cuda_state)
         shift, self._learning_starts_shift = self._learning_starts_shift, 0  # a save from a callback inside learn()
         self.learning_starts -= shift
         try:
             write_atomically(path, "zip", lambda target: super(OfflineAlgorithm, self).save(target, exclude, include))
         finally:
-            self.device_sampling_state = None
+            self.device_sampling_state = self.torch_rng_state = None
             self.learning_starts += shift
             self._learning_starts_shift = shift
 
