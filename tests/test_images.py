@@ -170,15 +170,27 @@ def test_the_graph_sampling_key_follows_the_sampleable_range():
     assert buffer.size() == 10 and buffer.graph_sampling_key() != full_key
 
 
-def test_the_buffer_pickles_with_its_frames_and_generator():
+def test_the_buffer_pickles_its_written_frames_and_generator_and_goes_on_as_the_original():
     rng = np.random.default_rng(3)
-    buffer = DeviceImageReplayBuffer(50, FRAME_SPACE, ACTION_SPACE, device="cpu")
+    buffer = DeviceImageReplayBuffer(5000, FRAME_SPACE, ACTION_SPACE, device="cpu")
     buffer.extend(**concatenated([episode_arrays(8, 0, rng), episode_arrays(9, 50, rng)]))
     buffer.generator = th.Generator().manual_seed(0)
-    copy = pickle.loads(pickle.dumps(buffer))
+    pickled = pickle.dumps(buffer)
+    assert len(pickled) < 20_000, "the written frames only, not the room for 5,000 transitions (5500 x 64 bytes)"
+    copy = pickle.loads(pickled)
+    assert copy.frames.shape == buffer.frames.shape and copy.table.shape == buffer.table.shape
     first, second = buffer.sample(16), copy.sample(16)
     for name in ("observations", "next_observations", "actions", "rewards", "dones"):
         assert th.equal(getattr(first, name), getattr(second, name))
+    small = DeviceImageReplayBuffer(20, FRAME_SPACE, ACTION_SPACE, device="cpu")  # a wrapped ring: every slot written
+    small.extend(**concatenated([episode_arrays(8, 0, rng), episode_arrays(9, 50, rng)]))
+    small.extend(**episode_arrays(7, 100, rng))
+    copy = pickle.loads(pickle.dumps(small))
+    more = concatenated([episode_arrays(6, 150, np.random.default_rng(4))])
+    for trained in (small, copy):
+        trained.extend(**more)
+    for name in ("observations", "next_observations", "actions", "rewards", "dones"):
+        assert th.equal(getattr(all_samples(small), name), getattr(all_samples(copy), name))
 
 
 @pytest.fixture

@@ -273,20 +273,35 @@ class DeviceImageReplayBuffer(ReplayBuffer):
     # --- pickling (SB3's save_replay_buffer / load_replay_buffer) ---------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
+        """Only the slots written so far (a prefix until the rings wrap), as NumPy arrays: a CUDA buffer loads on any
+        machine, and a new buffer's room for a million online steps is not written to disk."""
         state = self.__dict__.copy()
-        for name in ("frames", "frame_ids", "table"):
-            state[name] = getattr(self, name).cpu().numpy()
+        written_frames, written_rows = min(self.n_frames, self.frame_capacity), min(self.n_transitions, self.buffer_size)
+        state["frames"] = self.frames[:written_frames].cpu().numpy()
+        for name in ("frame_ids", "table"):
+            state[name] = getattr(self, name)[:written_rows].cpu().numpy()
+        state["_obs_frame_ids"] = self._obs_frame_ids[:written_rows].copy()
         state["device"] = str(self.device)
         state["generator"] = generator_state(self.generator)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         saved_generator = state.pop("generator")
+        written = {name: state.pop(name) for name in ("frames", "frame_ids", "table", "_obs_frame_ids")}
         self.__dict__.update(state)
         device = th.device(state["device"])
         if device.type == "cuda" and not th.cuda.is_available():
             device = th.device("cpu")
         self.device = device
-        for name in ("frames", "frame_ids", "table"):
-            setattr(self, name, th.from_numpy(state[name]).to(device))
+        shapes = {
+            "frames": (self.frame_capacity, *self.obs_shape),  # type: ignore[misc]
+            "frame_ids": (self.buffer_size, 2),
+            "table": (self.buffer_size, self.action_dim + 3),
+        }
+        for name, shape in shapes.items():  # whole rings again (files of older versions saved them whole)
+            tensor = zeros(shape, device, written[name].dtype.type)
+            tensor[: len(written[name])].copy_(th.from_numpy(written[name]))
+            setattr(self, name, tensor)
+        self._obs_frame_ids = np.zeros(self.buffer_size, dtype=np.int64)
+        self._obs_frame_ids[: len(written["_obs_frame_ids"])] = written["_obs_frame_ids"]
         self.generator = restore_generator(saved_generator, device)
