@@ -270,6 +270,10 @@ def test_bad_arguments_get_clear_errors(maze_root):
         HerReplayBuffer(10, GOAL_SPACE, ACTION_SPACE, env=CountingGoalEnv(), goal_selection_strategy="past")
     with pytest.raises(ValueError, match=r"needs a sparse goal distance.*replacing the env's reward rule"):
         HerReplayBuffer(10, GOAL_SPACE, ACTION_SPACE, env=CountingGoalEnv(), terminal_on_goal=True)
+    # without env (IQL.load without env=, a saved terminal_on_goal model) the rule is checked when set_env gives one
+    unset = HerReplayBuffer(10, GOAL_SPACE, ACTION_SPACE, terminal_on_goal=True)
+    with pytest.raises(ValueError, match=r"needs a sparse goal distance"):
+        unset.set_env(CountingGoalEnv())
     with pytest.raises(ValueError, match="copy_info_dict=True is not supported"):  # compute_reward would get {}
         HerReplayBuffer(10, GOAL_SPACE, ACTION_SPACE, env=CountingGoalEnv(), copy_info_dict=True)
     with pytest.raises(ValueError, match="Dict observation space with keys"):

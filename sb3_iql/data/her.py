@@ -113,11 +113,6 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
         self.env: VecEnv | None = None
         self.distance_reward: tuple[str, float] | None = None
         self.set_env(env)
-        if terminal_on_goal and (self.distance_reward is None or self.distance_reward[0] != "sparse"):
-            raise ValueError(
-                "terminal_on_goal needs a sparse goal distance: a sparse maze env, or goal_distance= (which also makes "
-                "the relabelled rewards distance <= goal_distance, replacing the env's reward rule)"
-            )
         capacity = self.buffer_size * self.n_envs
         # Per stored transition (flat index): its absolute index, its episode's first absolute index, the stride
         # between consecutive transitions of the episode (1 offline, n_envs online) and its length (0: unfinished).
@@ -147,6 +142,13 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
             self.distance_reward = ("sparse", self.goal_distance)
         elif env is not None:
             self.distance_reward = maze_distance_reward(env)
+        # without env (IQL.load without env=) the reward rule comes with set_env
+        decided = env is not None or self.goal_distance is not None
+        if decided and self.terminal_on_goal and (self.distance_reward is None or self.distance_reward[0] != "sparse"):
+            raise ValueError(
+                "terminal_on_goal needs a sparse goal distance: a sparse maze env, or goal_distance= (which also makes "
+                "the relabelled rewards distance <= goal_distance, replacing the env's reward rule)"
+            )
 
     # --- writing --------------------------------------------------------------------------------------------------
 
