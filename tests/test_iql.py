@@ -20,6 +20,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from toy_data import LINE_ENV_ID, LineEnv, bad_policy, good_policy, rollout_episodes, write_dataset
 
 from sb3_iql import IQL, evaluate, normalized_score
+from sb3_iql.common.offline import ONLINE_BUFFER_ROOM
 from sb3_iql.common.preprocessing import ObservationNormalizer
 from sb3_iql.data import load_transitions
 from sb3_iql.evaluation import dataset_reference_scores
@@ -490,6 +491,9 @@ def test_buffers_and_sizes_that_cannot_take_the_offline_data_are_refused(line_da
     size = line_model(line_dataset).replay_buffer.size()  # even: in rows of 3 it needs one slot more
     with pytest.raises(ValueError, match=rf"buffer_size={size} is smaller .* in rows of 3 environments, {size + 1} slots"):
         IQL("MlpPolicy", DummyVecEnv([LineEnv] * 3), offline_dataset=line_dataset, buffer_size=size)
+    for n_envs in (1, 3, 7):  # the default: whole rows for the dataset, and at least ONLINE_BUFFER_ROOM online slots
+        rows = IQL._buffer_size_for(10, None, n_envs) // n_envs
+        assert rows * n_envs - -(-10 // n_envs) * n_envs >= ONLINE_BUFFER_ROOM  # with 3 envs 999,999 before
 
 
 def test_action_noise_is_taken_as_sac_takes_it(line_dataset):

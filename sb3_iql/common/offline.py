@@ -308,9 +308,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         :raises ValueError: ``buffer_size`` cannot hold the dataset (SB3's buffers keep ``buffer_size // n_envs``
             rows of ``n_envs`` transitions, and the offline ones fill rows)
         """
-        if buffer_size is None:
-            return n_transitions + ONLINE_BUFFER_ROOM
         needed = -(-n_transitions // n_envs) * n_envs
+        if buffer_size is None:  # whole rows of n_envs for both parts
+            return needed + -(-ONLINE_BUFFER_ROOM // n_envs) * n_envs
         if buffer_size < needed:
             rows = "" if n_envs == 1 else f" in rows of {n_envs} environments, {needed} slots"
             raise ValueError(

@@ -8,7 +8,9 @@ the transition, ``final``: at its end, ``episode``: anywhere in it) or anywhere 
 goal-conditioned offline RL samples). Rewards are recomputed for the new goal: on the device for the maze
 environments' distance rewards, otherwise with the environment's ``compute_reward`` (Gymnasium-Robotics' goal
 API, vectorised), then passed through the algorithm's reward transform. Episodes are never crossed: goals come
-from the transition's own episode, and online only finished episodes are relabelled.
+from the transition's own episode, and online only finished episodes are relabelled. As in SB3's buffer, an
+episode still open when a ``learn()`` call ends goes on in the next call's steps, even where that call resets the
+environment (``reset_num_timesteps=True``); ``load_replay_buffer(truncate_last_traj=True)`` ends it.
 """
 
 import warnings
