@@ -18,7 +18,6 @@ Files: ``scores.md`` (text between ``<!-- BEGIN NOTES -->`` and ``<!-- END NOTES
 import csv
 import hashlib
 import json
-import os
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +28,8 @@ import numpy as np
 from hardware import machine  # benchmarks/hardware.py
 from rliable import library as rly
 from rliable import metrics
+
+from sb3_iql.common.offline import write_atomically
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -96,10 +97,7 @@ def setting_of(record: dict) -> tuple:
 
 def write_json(path: Path, data: Any) -> None:
     """Write atomically, so that a killed run never leaves a truncated cache or report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomically(path, "json", lambda target: Path(target).write_text(json.dumps(data, indent=1) + "\n"))
 
 
 def load_runs(out: Path) -> dict[str, dict]:
@@ -454,7 +452,7 @@ def write_markdown(
         if NOTES_BEGIN in text and NOTES_END in text:
             notes = text[text.index(NOTES_BEGIN) : text.index(NOTES_END) + len(NOTES_END)]
     lines += ["", "## Findings", "", notes or f"{NOTES_BEGIN}\n{NOTES_END}", ""]
-    path.write_text("\n".join(lines))
+    write_atomically(path, "md", lambda target: Path(target).write_text("\n".join(lines)))
 
 
 def write_plot(path: Path, groups: dict[tuple, dict[str, list[dict]]], metric: str = "normalized_score") -> None:
@@ -499,7 +497,7 @@ def write_plot(path: Path, groups: dict[tuple, dict[str, list[dict]]], metric: s
         axis.set_visible(False)
     figure.suptitle(f"{label}, mean ± std over seeds (seeds in brackets)", fontsize=11)
     figure.tight_layout(rect=(0, 0, 1, 0.98))  # room for the title above the first row
-    figure.savefig(path, dpi=110)
+    write_atomically(path, "png", lambda target: figure.savefig(target, dpi=110, format=path.suffix[1:]))
     plt.close(figure)
 
 
@@ -507,6 +505,10 @@ CSV_FIELDS = ("normalized_score", "mean_return", "std_return", "success_rate", "
 
 
 def write_csv(path: Path, groups: dict[tuple, dict[str, list[dict]]]) -> None:
+    write_atomically(path, "csv", lambda target: _write_csv(Path(target), groups))
+
+
+def _write_csv(path: Path, groups: dict[tuple, dict[str, list[dict]]]) -> None:
     with open(path, "w", newline="") as file_handler:
         writer = csv.writer(file_handler)
         writer.writerow(

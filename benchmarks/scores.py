@@ -58,12 +58,15 @@ Smoke test (seconds)::
 """
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
+import fcntl
 import hashlib
 import inspect
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +84,7 @@ from stable_baselines3.common.preprocessing import is_image_space
 
 from sb3_iql.data.goals import relabel_for_evaluation_goal
 from sb3_iql.data.her import HerReplayBuffer
-from sb3_iql.data.minari_loader import DatasetNotFoundError, load_dataset, load_transitions
+from sb3_iql.data.minari_loader import DatasetNotFoundError, check_dataset_id, load_dataset, load_transitions
 from sb3_iql.datasets import ensure_dataset, parse_pointmaze_dataset_id
 from sb3_iql.datasets.pixels import parse_pixel_dataset_id
 from sb3_iql.evaluation import SUCCESS_KEYS, evaluate, normalized_score
@@ -412,20 +415,17 @@ def cached_run(runs: dict[str, dict], config: RunConfig) -> dict | None:
 
 def _checkpoint_path(checkpoint_dir: Path, config: RunConfig) -> Path:
     """
-    :return: ``<checkpoint_dir>/<run key>.zip``; the progress beside it as ``.json``, torch's global random state
-        (actor dropout's masks) as ``.rng`` (d3rlpy: ``.pt`` and ``.d3``)
+    :return: ``<checkpoint_dir>/<run key>.zip``; the progress beside it as ``.json`` (d3rlpy: ``.pt`` and ``.d3``);
+        ``.rng``: torch's global random state (actor dropout's masks) of checkpoints of earlier versions, whose model
+        files did not carry it
     """
     name = "".join(character if character.isalnum() or character in "-_." else "_" for character in config.key)
     return checkpoint_dir / f"{name}.zip"
 
 
-def save_global_rng(path: Path) -> None:
-    """Save torch's global random states (CPU and CUDA): dropout draws its masks there, not from the model's seed."""
-    th.save({"cpu": th.get_rng_state(), "cuda": th.cuda.get_rng_state_all() if th.cuda.is_available() else []}, path)
-
-
 def restore_global_rng(path: Path) -> None:
-    """Restore what ``save_global_rng`` saved, if it was saved (checkpoints of earlier versions have no file)."""
+    """Restore torch's global random states (CPU and CUDA) saved by earlier versions beside their checkpoints, if
+    there is such a file (the model file carries them since: ``IQL.load`` restores them)."""
     if path.exists():
         states = th.load(path)
         th.set_rng_state(states["cpu"])
@@ -576,6 +576,12 @@ def iql_model(
         restore_global_rng(checkpoint.with_suffix(".rng"))  # after loading, which draws initial weights
         progress = json.loads(progress_file.read_text())
         print(f"  resumed at {model.num_timesteps} updates", flush=True)
+        if model.num_timesteps > (progress["curve"][-1]["updates"] if progress["curve"] else 0):
+            # killed between saving the model and its progress: the evaluation of this point is written again, the
+            # random state kept as it was saved (after the evaluation that the uninterrupted run made)
+            state = th.get_rng_state()
+            evaluate_and_checkpoint(model, config, dataset, progress, checkpoint_dir)
+            th.set_rng_state(state)
     else:
         model = IQL(
             preset_arguments(config.dataset_id)["policy"],  # CnnPolicy for pixels; Dict observations: MultiInputPolicy
@@ -606,8 +612,8 @@ def evaluate_and_checkpoint(
     progress["curve"].append(point)
     _print_point(point, model.num_timesteps / max(progress["train_s"], 1e-9))
     checkpoint = _checkpoint_path(checkpoint_dir, config)
-    model.save(checkpoint)
-    save_global_rng(checkpoint.with_suffix(".rng"))
+    checkpoint.with_suffix(".rng").unlink(missing_ok=True)  # an earlier version's: the model file carries it now
+    model.save(checkpoint)  # with torch's global random state (actor dropout's masks)
     write_json(checkpoint.with_suffix(".json"), progress)  # last: a checkpoint is complete once its progress is
 
 
@@ -759,12 +765,12 @@ def parse_args() -> argparse.Namespace:
         ],
         help="Minari dataset ids (PointMaze ids of this package are generated when missing)",
     )
-    parser.add_argument("--updates", type=int, default=30_000, help="offline updates per run (the budget)")
-    parser.add_argument("--eval-every", type=int, default=5_000, help="updates between evaluations")
+    parser.add_argument("--updates", type=_positive, default=30_000, help="offline updates per run (the budget)")
+    parser.add_argument("--eval-every", type=_positive, default=5_000, help="updates between evaluations")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--eval-episodes", type=int, default=20, help="episodes per evaluation")
-    parser.add_argument("--net-arch", type=int, nargs="+", default=[256, 256], help="hidden widths of every network")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--eval-episodes", type=_positive, default=20, help="episodes per evaluation")
+    parser.add_argument("--net-arch", type=_positive, nargs="+", default=[256, 256], help="hidden widths of every network")
+    parser.add_argument("--batch-size", type=_positive, default=256)
     parser.add_argument(
         "--methods",
         nargs="+",
@@ -773,14 +779,16 @@ def parse_args() -> argparse.Namespace:
         help=f"methods: {', '.join(BASE_METHODS)}, or iql-ref+FACTOR[+FACTOR...] with factors {', '.join(FACTORS)}",
     )
     parser.add_argument("--no-report", action="store_true", help="train only; write the report later with --report-only")
-    parser.add_argument("--dataset-steps", type=int, default=1_000_000, help="size of generated PointMaze datasets")
+    parser.add_argument("--dataset-steps", type=_positive, default=1_000_000, help="size of generated PointMaze datasets")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder of the cache and the report")
     parser.add_argument(
         "--checkpoint-dir", type=Path, default=Path("/tmp/sb3iql_scores/checkpoints"), help="checkpoints of unfinished runs"
     )
     parser.add_argument("--save-models", type=Path, default=None, help="folder to save each final model in (default: none)")
-    parser.add_argument("--torch-threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu", help="where to train: cpu or cuda (runs are keyed without it)")
+    parser.add_argument("--torch-threads", type=_positive, default=1)
+    parser.add_argument(
+        "--device", default="cpu", type=_device, help="where to train: cpu or cuda (runs are keyed without it)"
+    )
     parser.add_argument(
         "--compile",
         action="store_true",
@@ -800,7 +808,58 @@ def parse_args() -> argparse.Namespace:
         help="train the seeds of each sb3-iql method as one batched computation (sb3_iql.iql.multi_seed: the same "
         "parameters as separate runs; faster on a GPU, not on a CPU); d3rlpy runs stay one by one",
     )
-    return parser.parse_args()
+    args = parser.parse_args()
+    for dataset_id in args.datasets:
+        try:
+            check_dataset_id(dataset_id)
+        except ValueError as error:
+            parser.error(str(error))
+    if args.report_only and not (args.out / RUNS_FILE).exists():
+        parser.error(f"--report-only: no runs in {args.out / RUNS_FILE} (is --out right?)")
+    return args
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _device(text: str) -> str:
+    """An argparse type: a torch device name."""
+    try:
+        th.device(text)
+    except RuntimeError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+@contextlib.contextmanager
+def runs_lock(out: Path) -> Iterator[None]:
+    """Hold ``<out>/.scores_runs.lock`` (``fcntl.flock``): invocations sharing ``--out`` read, merge and write the
+    cache one at a time, so that none writes over runs another one added."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".scores_runs.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def record_runs(out: Path, checkpoint_dir: Path, configs: list[RunConfig], records: list[dict], n_episodes: int) -> None:
+    """Add finished runs to the cache (read again under the lock: another invocation may have added runs
+    meanwhile), then delete their checkpoints: a kill in between keeps the finished checkpoints, not the work."""
+    with runs_lock(out):
+        runs = load_runs(out)
+        for config, record in zip(configs, records):
+            runs[config.key] = {**record, "dataset_episodes": n_episodes}
+        write_json(out / RUNS_FILE, {"runs": runs})
+    for config in configs:
+        for suffix in (".zip", ".json", ".rng", ".pt", ".d3"):
+            _checkpoint_path(checkpoint_dir, config).with_suffix(suffix).unlink(missing_ok=True)
 
 
 def main() -> None:
@@ -841,9 +900,10 @@ def main() -> None:
                     )
                     for seed in seeds
                 ]
-                runs = load_runs(args.out)
-                if set_aside_earlier_presets(runs, configs, dataset):
-                    write_json(args.out / RUNS_FILE, {"runs": runs})
+                with runs_lock(args.out):
+                    runs = load_runs(args.out)
+                    if set_aside_earlier_presets(runs, configs, dataset):
+                        write_json(args.out / RUNS_FILE, {"runs": runs})
                 check_cached_runs(runs, configs, dataset)
                 configs = [config for config in configs if cached_run(runs, config) is None]
                 if not configs:
@@ -859,17 +919,13 @@ def main() -> None:
                         run(config, dataset, args.checkpoint_dir, args.save_models, args.device, args.compile)
                         for config in configs
                     ]
-                runs = load_runs(args.out)  # another invocation may have added runs meanwhile
-                for config, record in zip(configs, records):
-                    runs[config.key] = {**record, "dataset_episodes": dataset.total_episodes}
-                    for suffix in (".zip", ".json", ".rng", ".pt", ".d3"):
-                        _checkpoint_path(args.checkpoint_dir, config).with_suffix(suffix).unlink(missing_ok=True)
-                write_json(args.out / RUNS_FILE, {"runs": runs})
+                record_runs(args.out, args.checkpoint_dir, configs, records, dataset.total_episodes)
                 if not args.no_report:
                     write_report(args.out, args.datasets, args.torch_threads, trains_the_preset)
     if not args.no_report:
         write_report(args.out, args.datasets, args.torch_threads, trains_the_preset)
-    print(f"Done in {(time.perf_counter() - start) / 60:.1f} min; report in {args.out / (REPORT_STEM + '.md')}")
+    report = "" if args.no_report else f"; report in {args.out / (REPORT_STEM + '.md')}"
+    print(f"Done in {(time.perf_counter() - start) / 60:.1f} min{report}", flush=True)
 
 
 if __name__ == "__main__":

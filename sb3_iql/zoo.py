@@ -58,7 +58,7 @@ from stable_baselines3.common.utils import ConstantSchedule, configure_logger
 from sb3_iql.callbacks import NormalizedEvalCallback, UpdatesProgressBarCallback
 from sb3_iql.common.offline import OfflineAlgorithm
 from sb3_iql.data import REPLAY_BUFFER_CLASSES
-from sb3_iql.data.minari_loader import load_dataset, stores_environment
+from sb3_iql.data.minari_loader import DatasetNotFoundError, load_dataset, stores_environment
 from sb3_iql.iql import IQL
 from sb3_iql.presets import (
     PresetNotFoundError,
@@ -523,8 +523,11 @@ def _read_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     if args.help:
         print(__doc__)
         print(parser.format_help())
-    if args.download and args.dataset is not None:
-        load_dataset(args.dataset, download=True)
+    if args.dataset is not None:  # here, so that a missing or malformed id is one line, not a traceback
+        try:
+            load_dataset(args.dataset, download=args.download)
+        except (ValueError, DatasetNotFoundError) as error:
+            raise SystemExit(f"sb3_iql.zoo: error: {error}") from None
     register_iql()
     _import_packages(args.gym_packages)
     return args, rest

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import types
@@ -102,7 +103,8 @@ def test_advantage_signal(maze_root, tmp_path):
     assert "| sb3_iql/pointmaze/umaze-stitch-v0 | 10 | 30 |" in out.with_suffix(".md").read_text()
 
 
-def test_an_interrupted_score_run_resumes_to_the_same_parameters(maze_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("progress_written", [True, False])  # False: killed between the model's save and its progress
+def test_an_interrupted_score_run_resumes_to_the_same_parameters(maze_root, tmp_path, monkeypatch, progress_written):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(maze_root))
     import scores
@@ -120,8 +122,10 @@ def test_an_interrupted_score_run_resumes_to_the_same_parameters(maze_root, tmp_
     write_json, calls = scores.write_json, []
 
     def interrupt_after_the_second_checkpoint(path, data):
-        write_json(path, data)
         calls.append(path)
+        if len(calls) == 2 and not progress_written:
+            raise KeyboardInterrupt  # the model of 20 updates saved, the progress of 10 (the curve lost a point)
+        write_json(path, data)
         if len(calls) == 2:
             raise KeyboardInterrupt
 
@@ -520,3 +524,24 @@ def test_pixel_critics_finds_a_model_identical_to_itself_and_counts_cells_to_the
         around = ((row - 1, column), (row + 1, column), (row, column - 1), (row, column + 1))
         assert count == 0 or min(hops[cell] for cell in around if cell in hops) == count - 1
     assert max(hops.values()) >= 4  # the U: the far arm is several moves away
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--updates", "0"], "argument --updates: must be at least 1, got 0"),  # an IndexError after the dataset before
+        (["--eval-episodes", "0"], "argument --eval-episodes: must be at least 1"),  # NaN scores cached before
+        (["--net-arch", "8", "0"], "argument --net-arch: must be at least 1"),  # a network of width 0 trained before
+        (["--device", "gpu0"], "argument --device: Invalid device string"),
+        (["--datasets", "not an id"], "Malformed dataset id 'not an id'"),
+        (["--report-only", "--out", "no/such/folder"], r"--report-only: no runs in no/such/folder"),
+    ],
+)
+def test_score_run_arguments_that_cannot_run_are_argparse_errors(monkeypatch, capsys, arguments, message):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import scores
+
+    monkeypatch.setattr(sys, "argv", ["scores.py", *arguments])
+    with pytest.raises(SystemExit) as exit_info:
+        scores.parse_args()
+    assert exit_info.value.code == 2 and re.search(message, capsys.readouterr().err)

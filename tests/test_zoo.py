@@ -104,6 +104,15 @@ def test_help_lists_the_package_s_options_and_download_fetches_the_dataset_first
     assert downloads == [("D4RL/antmaze/large-diverse-v1", True)] * 2
 
 
+@pytest.mark.parametrize(
+    "dataset, message",
+    [("test/missing/none-v0", "'test/missing/none-v0' is not stored locally"), ("bad id", "Malformed dataset id 'bad id'")],
+)
+def test_a_missing_or_malformed_dataset_is_one_line(maze_root, tmp_path, dataset, message):
+    with pytest.raises(SystemExit, match=rf"^sb3_iql.zoo: error: .*{message}"):  # a traceback before
+        zoo.main(["train", "--dataset", dataset, "-f", str(tmp_path)])
+
+
 def test_offline_training_then_enjoy(maze_root, tmp_path, capsys):
     logs, tensorboard = tmp_path / "logs", tmp_path / "tb"
     zoo.main(

@@ -14,6 +14,7 @@ import numbers
 import os
 import pathlib
 import time
+import uuid
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -93,7 +94,9 @@ def write_atomically(path: PathLike, suffix: str, write: Callable[[PathLike], No
     if target.suffix == "":
         target = target.with_name(f"{target.name}.{suffix}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp")  # has a suffix: SB3 adds none
+    # a name of its own (two processes may write the same target), with a suffix: SB3 adds none; created by
+    # ``write``, with the permissions of any new file
+    temporary = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         write(temporary)
         os.replace(temporary, target)
