@@ -278,6 +278,9 @@ def test_bad_arguments_get_clear_errors(maze_root):
         HerReplayBuffer(10, GOAL_SPACE, ACTION_SPACE, env=CountingGoalEnv(), copy_info_dict=True)
     with pytest.raises(ValueError, match="Dict observation space with keys"):
         HerReplayBuffer(10, spaces.Dict({"observation": GOAL_SPACE["observation"]}), ACTION_SPACE)
+    square_goals = spaces.Dict({**GOAL_SPACE.spaces, "desired_goal": spaces.Box(-1, 1, (2, 2), np.float32)})
+    with pytest.raises(ValueError, match=r"goals of one dimension .* 'desired_goal' is Box\(-1.0, 1.0, \(2, 2\)"):
+        HerReplayBuffer(10, square_goals, ACTION_SPACE)  # relabelling failed in the first batch before
     with pytest.raises(ValueError, match=r"use sb3_iql\.HerReplayBuffer"):
         IQL("MultiInputPolicy", offline_dataset=MAZE_ID, replay_buffer_class=stable_baselines3.HerReplayBuffer)
     with pytest.raises(ValueError, match=r"Unknown replay_buffer_class 'HindsightBuffer'.*'HerReplayBuffer'"):
