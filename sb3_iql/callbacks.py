@@ -71,6 +71,8 @@ class NormalizedEvalCallback(EvalCallback):
             self.reference_scores = (float(ref_min_score), float(ref_max_score))
         elif self.dataset is not None:
             self.reference_scores = dataset_reference_scores(self.dataset)
+        if self.reference_scores is not None:
+            evaluation.normalized_score(self.reference_scores, 0.0)  # unusable scores refused now, not at the first
         self.last_normalized_score: float | None = None
         self.evaluations_normalized_scores: list[float] = []
         self._successes: tuple[list, evaluation.SuccessRecorder] | None = None  # (the evaluation's buffer, its recorder)
@@ -114,10 +116,13 @@ class NormalizedEvalCallback(EvalCallback):
         if self.builds_eval_env and images and not isinstance(self.eval_env, VecTransposeImage):
             self.eval_env = VecTransposeImage(self.eval_env)  # else EvalCallback warns of another env type
         super()._init_callback()
+        evaluation.check_evaluation_actions(self.model, self.eval_env)
         dataset_ids = getattr(self.model, "offline_dataset_ids", [])
         if self.reference_scores is None and self.dataset is None and dataset_ids:
             self.dataset = load_dataset(dataset_ids[0])
             self.reference_scores = dataset_reference_scores(self.dataset)
+            if self.reference_scores is not None:
+                evaluation.normalized_score(self.reference_scores, 0.0)  # before the first evaluation
 
     def normalized_score(self, mean_return: float) -> float | None:
         """:return: the normalized score of a mean return in percent, None without reference scores"""

@@ -11,7 +11,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
-from sb3_iql.data.minari_loader import load_dataset, recover_eval_env
+from sb3_iql.data.minari_loader import load_dataset, recover_eval_env, spaces_match
 
 #: Normalized scores are in percent: 0 = random policy, 100 = expert policy.
 SCORE_SCALE = 100.0
@@ -63,6 +63,19 @@ class SuccessRecorder:
 
     def rate(self) -> float | None:
         return float(np.mean(self.episodes)) if self.reported and self.episodes else None
+
+
+def check_evaluation_actions(model: BaseAlgorithm, env: gym.Env | VecEnv) -> None:
+    """
+    :raises ValueError: the environment takes other actions than the model's (other bounds: SB3's ``predict`` gives
+        actions within the model's, which would mean others; another space: a failure inside the env's ``step``)
+    """
+    model_space = getattr(model, "action_space", None)  # any object with SB3's predict is evaluated
+    if model_space is not None and not spaces_match(env.action_space, model_space, check_bounds=True):
+        raise ValueError(
+            f"The evaluation environment takes actions {env.action_space}; the model's are {model_space}: "
+            "evaluate on the environment of the model's data"
+        )
 
 
 def dataset_reference_scores(dataset: minari.MinariDataset) -> ReferenceScores | None:
@@ -140,6 +153,7 @@ def evaluate(
         env = Monitor(dataset_or_env)  # episode returns as the environment reports them
     else:
         env = dataset_or_env
+    check_evaluation_actions(model, env)
     if seed is not None:
         if isinstance(env, gym.Env):  # evaluate_policy resets a VecEnv before its first episode: the seed goes there
             env = DummyVecEnv([lambda env=env: env])

@@ -105,6 +105,26 @@ def test_errors():
         NormalizedEvalCallback()
 
 
+def test_an_evaluation_environment_of_other_actions_is_refused_before_any_episode(line_datasets, tmp_path):
+    model = tiny_model(line_datasets[0], tmp_path)  # LineEnv: actions in [-2, 2]
+    narrower = gym.wrappers.RescaleAction(LineEnv(), np.float32(-1), np.float32(1))  # predict's 1.9 would mean 0.95
+    with pytest.raises(ValueError, match=r"takes actions Box\(-1.0, 1.0, \(1,\).*the model's are Box\(-2.0, 2.0"):
+        evaluate(model, narrower, n_eval_episodes=1)
+    discrete = LineEnv(discrete=True)  # a failure inside the env's step before
+    with pytest.raises(ValueError, match=r"takes actions Discrete\(3\)"):
+        evaluate(model, discrete, n_eval_episodes=1)
+    with pytest.raises(ValueError, match=r"takes actions Discrete\(3\)"):
+        model.learn_offline(2, callback=NormalizedEvalCallback(Monitor(discrete), ref_min_score=0.0, ref_max_score=1.0))
+
+
+def test_a_dataset_s_unusable_reference_scores_are_refused_when_the_callback_is_made(minari_root):
+    env = gym.make(LINE_ENV_ID)
+    episodes = rollout_episodes(env, [good_policy], n_episodes=2)
+    flat = write_dataset("test/line/flat-v0", episodes, env=env, ref_min_score=-2.0, ref_max_score=-2.0)
+    with pytest.raises(ValueError, match="ref_max_score must exceed ref_min_score"):  # at the first evaluation before
+        NormalizedEvalCallback(dataset=flat)
+
+
 class TerminalStream(io.StringIO):
     """A captured stream that says it is a terminal."""
 
