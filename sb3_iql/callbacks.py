@@ -56,8 +56,9 @@ class NormalizedEvalCallback(EvalCallback):
     ):
         if (ref_min_score is None) != (ref_max_score is None):
             raise ValueError("Pass both ref_min_score and ref_max_score, or neither")
-        if ref_min_score is not None and ref_max_score <= ref_min_score:
-            raise ValueError(f"ref_max_score must exceed ref_min_score, got {ref_min_score} and {ref_max_score}")
+        given = None
+        if ref_min_score is not None and ref_max_score is not None:
+            given = evaluation.checked_reference_scores((float(ref_min_score), float(ref_max_score)))
         self.dataset = load_dataset(dataset) if isinstance(dataset, str) else dataset
         #: whether the evaluation environment is built here (then wrapped as the model's own env is, at its start)
         self.builds_eval_env = eval_env is None
@@ -66,13 +67,7 @@ class NormalizedEvalCallback(EvalCallback):
                 raise ValueError("NormalizedEvalCallback needs an eval_env or a dataset to recover it from")
             eval_env = Monitor(recover_eval_env(self.dataset))
         super().__init__(eval_env, **kwargs)
-        self.reference_scores: ReferenceScores | None = None
-        if ref_min_score is not None and ref_max_score is not None:
-            self.reference_scores = (float(ref_min_score), float(ref_max_score))
-        elif self.dataset is not None:
-            self.reference_scores = dataset_reference_scores(self.dataset)
-        if self.reference_scores is not None:
-            evaluation.normalized_score(self.reference_scores, 0.0)  # unusable scores refused now, not at the first
+        self.reference_scores = given if given is not None else _usable_reference_scores(self.dataset)
         self.last_normalized_score: float | None = None
         self.evaluations_normalized_scores: list[float] = []
         self._successes: tuple[list, evaluation.SuccessRecorder] | None = None  # (the evaluation's buffer, its recorder)
@@ -120,9 +115,7 @@ class NormalizedEvalCallback(EvalCallback):
         dataset_ids = getattr(self.model, "offline_dataset_ids", [])
         if self.reference_scores is None and self.dataset is None and dataset_ids:
             self.dataset = load_dataset(dataset_ids[0])
-            self.reference_scores = dataset_reference_scores(self.dataset)
-            if self.reference_scores is not None:
-                evaluation.normalized_score(self.reference_scores, 0.0)  # before the first evaluation
+            self.reference_scores = _usable_reference_scores(self.dataset)
 
     def normalized_score(self, mean_return: float) -> float | None:
         """:return: the normalized score of a mean return in percent, None without reference scores"""
@@ -310,6 +303,13 @@ __all__ = [
     "callback_items",
     "find_eval_callback",
 ]
+
+
+def _usable_reference_scores(dataset: minari.MinariDataset | None) -> ReferenceScores | None:
+    """:return: the dataset's reference scores (None without dataset or scores), refused where ``ref_max <= ref_min``
+    now rather than at the first evaluation"""
+    scores = None if dataset is None else dataset_reference_scores(dataset)
+    return None if scores is None else evaluation.checked_reference_scores(scores)
 
 
 def callback_items(callback: MaybeCallback) -> list[BaseCallback]:

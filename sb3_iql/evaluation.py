@@ -78,6 +78,17 @@ def check_evaluation_actions(model: BaseAlgorithm, env: gym.Env | VecEnv) -> Non
         )
 
 
+def checked_reference_scores(scores: ReferenceScores) -> ReferenceScores:
+    """
+    :return: ``scores``
+    :raises ValueError: ``ref_max <= ref_min``: no normalized score (the dataset writers refuse such scores too)
+    """
+    ref_min, ref_max = scores
+    if ref_max <= ref_min:
+        raise ValueError(f"ref_max_score must exceed ref_min_score, got ref_min {ref_min} and ref_max {ref_max}")
+    return scores
+
+
 def dataset_reference_scores(dataset: minari.MinariDataset) -> ReferenceScores | None:
     """
     The one reader of a Minari dataset's reference scores (its metadata's ``ref_min_score`` and ``ref_max_score``).
@@ -115,9 +126,7 @@ def normalized_score(
             )
     else:
         reference_scores = dataset_or_scores
-    ref_min, ref_max = reference_scores
-    if ref_max <= ref_min:  # as the dataset writers require (check_reference_scores)
-        raise ValueError(f"ref_max_score must exceed ref_min_score, got ref_min {ref_min} and ref_max {ref_max}")
+    ref_min, ref_max = checked_reference_scores(reference_scores)
     scores = SCORE_SCALE * (np.asarray(returns, dtype=np.float64) - ref_min) / (ref_max - ref_min)
     return float(scores) if scores.ndim == 0 else scores
 

@@ -275,7 +275,7 @@ def load_transitions(datasets: Sequence[minari.MinariDataset]) -> Transitions:
             _check_episode_rows(dataset.spec.dataset_id, episode)
             for field in ("terminations", "truncations"):
                 flags = np.asarray(getattr(episode, field))
-                if flags.dtype != bool and not np.isin(flags, (0, 1)).all():
+                if not are_flags(flags):
                     raise ValueError(
                         f"Dataset '{dataset.spec.dataset_id}', episode {episode.id}: field '{field}' must hold "
                         f"booleans (or 0 and 1), got {np.unique(flags)[:5]}"
@@ -404,7 +404,7 @@ def _check_rows(field: str, values: BatchObs, space: spaces.Space, n_transitions
                 f"Transitions field '{field}' holds frames of shape {values.shape[1:]}: expected {space.shape} (or "
                 f"channel-last {channel_last(space.shape)}) for {space}"
             )
-    elif values.shape[1:] not in (space.shape, (size,), *([()] if size == 1 else [])):
+    elif not row_shape_fits(values.shape[1:], space):
         raise ValueError(  # a transposed (n, 3, 2) for (2, 3) rows would be reshaped, not transposed: scrambled
             f"Transitions field '{field}' holds rows of shape {values.shape[1:]}: expected {space.shape} (or flat "
             f"({size},)) for {space}"
@@ -419,13 +419,24 @@ def _check_rows(field: str, values: BatchObs, space: spaces.Space, n_transitions
     _check_integer_values(field, values, space)
 
 
+def are_flags(values: np.ndarray) -> bool:
+    """:return: whether ``values`` are booleans, or numbers that are all 0 or 1 (D4RL stores its flags as floats)"""
+    return values.dtype == bool or bool(np.isin(values, (0, 1)).all())
+
+
+def row_shape_fits(row_shape: tuple[int, ...], space: spaces.Space) -> bool:
+    """:return: whether rows of ``row_shape`` hold values of ``space``: its shape, or flattened (a scalar for one value)"""
+    size = int(np.prod(space.shape, dtype=int)) if space.shape else 1
+    return row_shape in (space.shape, (size,), *([()] if size == 1 else []))
+
+
 def _as_flags(field: str, values: np.ndarray, n_transitions: int) -> np.ndarray:
     """:return: ``values`` as a bool ``(n,)`` array (D4RL stores its flags as floats)
     :raises ValueError: not ``n_transitions`` values, or values other than 0 and 1"""
     values = np.asarray(values)
     if values.shape != (n_transitions,):
         raise ValueError(f"Transitions field '{field}' has shape {values.shape}: expected ({n_transitions},)")
-    if values.dtype != bool and not np.isin(values, (0, 1)).all():
+    if not are_flags(values):
         raise ValueError(f"Transitions field '{field}' must hold booleans (or 0 and 1), got {np.unique(values)[:5]}...")
     return values.astype(bool)
 

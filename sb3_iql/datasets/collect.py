@@ -303,7 +303,7 @@ def write_episodes(
     :param algorithm_name: How the data was produced (stored in the metadata).
     :param description: Stored in the metadata.
     :param overwrite: Whether to replace an existing dataset with the same id.
-    :param jpeg_encoding: Store image observations as JPEG (Minari's default; lossy, about 10x smaller, RGB or
+    :param jpeg_encoding: Store image observations as JPEG (Minari's default; lossy and smaller, RGB or
         single-channel 2-D frames only). Off by default: frames are stored as given and load back exactly.
     :return: The new dataset.
     """

@@ -18,7 +18,7 @@ from minari.data_collector import EpisodeBuffer
 from minari.dataset.minari_storage import is_image_space
 from minari.storage import get_dataset_path
 
-from sb3_iql.data.minari_loader import check_dataset_id
+from sb3_iql.data.minari_loader import check_dataset_id, row_shape_fits
 from sb3_iql.evaluation import REFERENCE_SCORE_KEYS
 
 AUTHOR = "sb3-iql"
@@ -154,9 +154,7 @@ def _check_observations(where: str, values: Any, space: gym.Space, n_rows: int) 
             _check_observations(f"{where}[{key!r}]", values[key], subspace, n_rows)
         return
     shape = np.shape(values) if not isinstance(values, dict) else None
-    size = int(np.prod(space.shape, dtype=int))
-    flat = [(n_rows, size), *([(n_rows,)] if size == 1 else [])]  # rows the loader takes too (flattened)
-    if shape != (n_rows, *space.shape) and shape not in flat:
+    if shape is None or shape[:1] != (n_rows,) or not row_shape_fits(shape[1:], space):  # rows the loader takes
         raise ValueError(
             f"{where} have shape {shape if shape is not None else 'of a dict'}: expected {(n_rows, *space.shape)} "
             f"(one row per step and the last observation, each of {space})"
