@@ -475,6 +475,11 @@ def test_a_dataset_changed_since_the_model_was_saved_is_refused_or_warned_about(
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the dataset is as it was: nothing to warn about
         IQL.load(tmp_path / "more", env=env).reload_offline_dataset()
+    minari.delete_dataset("test/box/episodes-v0")  # written again: as many transitions, other observations
+    moved = [dataclasses.replace(episode, observations=episode.observations + 0.5) for episode in box_episodes()[:2]]
+    write_dataset("test/box/episodes-v0", moved, observation_space=OBS_SPACE, action_space=ACTION_SPACE)
+    with pytest.warns(UserWarning, match=r"hold 7 transitions as before, but other ones .* changed since"):
+        IQL.load(tmp_path / "more", env=env).reload_offline_dataset()
 
 
 def test_a_dataset_that_stores_no_environment_needs_env_and_reloads_without_one(minari_root, tmp_path):

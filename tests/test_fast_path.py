@@ -12,6 +12,7 @@ first updates with the standard settings.
 """
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
@@ -328,14 +329,51 @@ def test_what_the_functional_update_would_train_otherwise_than_autograd_is_refus
         assert th.equal(auto.actor.latent_pi[0].weight, initial.actor.latent_pi[0].weight)
 
 
-def test_a_dropout_rate_changed_by_a_callback_is_an_input_of_the_compiled_update(data):
+class _ChangesActor(BaseCallback):
+    """Sets attributes of the actor at the given update of a call."""
+
+    def __init__(self, at: int, **values: Any):
+        super().__init__()
+        self.at, self.values = at, values
+
+    def _on_step(self) -> bool:
+        if self.n_calls == self.at:
+            for name, value in self.values.items():
+                setattr(self.model.actor, name, value)
+        return True
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda model: (setattr(model, "dropout", 0.3), model._check_settings()),  # as training does after a callback
+        lambda model: setattr(model.actor, "log_std_bounds", (-0.5, -0.2)),
+        lambda model: setattr(model.actor, "log_std_parametrization", "sigmoid"),
+    ],
+)
+def test_a_constant_of_the_networks_changed_by_a_callback_is_an_input_of_the_compiled_update(data, change):
+    """Compiled code reads a dropout rate or the actor's log-std bounds as a constant, a CUDA graph froze it: a
+    change enters the guard-skipping signature (checked again: compiled anew) and the settings a training loop
+    compares after each callback (a CUDA graph captured anew)."""
     model = make_model(data, DeviceReplayBuffer, dropout=0.1)
-    modules = list(model.policy.modules())
+    guards = GuardSkipping([model.actor, model.critic, model.critic_target, model.value_net])
     batch = Batch.from_replay_data(model.replay_buffer.sample(8))
-    before = fast_update._input_signature(batch, modules)
-    model.dropout = 0.3
-    model._check_settings()  # as training does after a callback's step
-    assert fast_update._input_signature(batch, modules) != before
+    signature, settings = fast_update._input_signature(batch, guards.modules, guards.constants), model._settings_snapshot()
+    change(model)
+    assert fast_update._input_signature(batch, guards.modules, guards.constants) != signature
+    assert model._settings_snapshot() != settings
+
+
+@pytest.mark.slow
+def test_an_actor_setting_changed_by_a_callback_reaches_the_next_compiled_update(data, float64):
+    """The compiled update skipped its guards from the second update of a call: it ran the old bounds to the end."""
+    eager, compiled = (make_model(data, DeviceReplayBuffer, dtype=float64, compile_update=mode) for mode in (False, True))
+    for model in (eager, compiled):
+        model.replay_buffer._storage = model.replay_buffer._storage.to(float64)
+        model.replay_buffer._make_views()
+        model.learn_offline(8, callback=_ChangesActor(3, log_std_bounds=(-0.5, -0.2)), log_interval=0)
+    assert isinstance(compiled._fast_update, FunctionalUpdate)
+    assert max_difference(eager, compiled) < 1e-10
 
 
 def test_dropout_set_on_the_model_reaches_the_actor_and_its_saved_arguments(data, tmp_path):

@@ -392,3 +392,7 @@ def test_a_dropout_changed_on_one_learner_since_it_was_built_is_refused(data):
     together[1].dropout = 0.5  # the vmapped update would run models[0]'s rate for both
     with pytest.raises(ValueError, match=r"The actor networks of models\[0\] and models\[1\] differ"):
         learn_offline_together(together, 2, log_interval=0)
+    together[1].dropout = 0.1
+    together[1].actor.log_std_bounds = (-0.5, -0.2)  # set after building: models[0]'s modules run every learner
+    with pytest.raises(ValueError, match=r"The actor networks of models\[0\] and models\[1\] differ in actor.log_std_bounds"):
+        learn_offline_together(together, 2, log_interval=0)

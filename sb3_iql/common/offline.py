@@ -202,6 +202,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         self.offline_dataset_size = 0
         #: Transitions the datasets of ``offline_dataset_ids`` held when the model loaded them (None: no dataset).
         self.offline_dataset_transitions: int | None = None
+        #: ``Transitions.digest`` of those transitions (None: no dataset, or a file of an older version).
+        self.offline_dataset_digest: str | None = None
         self._n_offline_updates = 0
         #: Offline updates counted in ``num_timesteps`` (``learning_starts`` counts online steps after them).
         self._offline_timesteps = 0
@@ -244,6 +246,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 self.eval_goal = evaluation_goal(env)
             transitions = self._load_transitions(datasets, env)
             self.offline_dataset_transitions = len(transitions)
+            self.offline_dataset_digest = transitions.digest()
             self.offline_dataset_ids = [dataset.spec.dataset_id for dataset in datasets]
             self.offline_dataset_episodes = [episode_subset(dataset) for dataset in datasets]
             buffer_size = self._buffer_size_for(len(transitions), buffer_size, getattr(env, "num_envs", 1))
@@ -383,7 +386,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         try:
             super()._setup_model()
         except (MemoryError, th.OutOfMemoryError) as error:  # the replay buffer, allocated whole on its device
-            raise type(error)(
+            # the base classes: NumPy's MemoryError subclass takes (shape, dtype), not a message
+            error_type = th.OutOfMemoryError if isinstance(error, th.OutOfMemoryError) else MemoryError
+            raise error_type(
                 f"The replay buffer of buffer_size={self.buffer_size:,} transitions does not fit on {self.device} "
                 f"({error}): pass a smaller buffer_size (the offline dataset's transitions and the online steps to keep)"
             ) from error
@@ -503,6 +508,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         (``load``, a ``CheckpointCallback`` file) holds no replay buffer, and this lets it resume offline training
         exactly where it stopped (the sampling generator's state is saved with the model).
 
+        A dataset written again since (other transitions, by count or by ``Transitions.digest``) is loaded with a
+        warning: training does not resume as it was.
+
         :param download: download datasets that are not stored locally
         :raises RuntimeError: the model has no offline dataset, or its buffer is not empty
         """
@@ -523,10 +531,15 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         env = recover_eval_env(datasets[0]) if self.relabel_eval_goal else None  # its goal, to relabel for
         transitions = self._load_transitions(datasets, env)
         if self.offline_dataset_transitions not in (None, len(transitions)):  # None: a file of an older version
+            changed = f"now hold {len(transitions):,} transitions, the model trained on {self.offline_dataset_transitions:,}"
+        elif self.offline_dataset_digest not in (None, transitions.digest()):
+            changed = f"hold {len(transitions):,} transitions as before, but other ones (written again under the id?)"
+        else:
+            changed = None
+        if changed is not None:
             warnings.warn(
-                f"The offline datasets {self.offline_dataset_ids} now hold {len(transitions):,} transitions, the model "
-                f"trained on {self.offline_dataset_transitions:,}: they changed since, and training does not resume "
-                "as it was",
+                f"The offline datasets {self.offline_dataset_ids} {changed}: they changed since, and training does not "
+                "resume as it was",
                 stacklevel=2,
             )
         self.add_transitions(transitions)  # counted anew: the buffer was empty

@@ -19,7 +19,7 @@ from sb3_iql.common.offline import OfflineAlgorithm, checked_count
 from sb3_iql.data.minari_loader import DatasetLike
 from sb3_iql.data.rewards import RewardTransformLike
 from sb3_iql.iql import update
-from sb3_iql.iql.fast_update import CudaGraphUpdate, FunctionalUpdate
+from sb3_iql.iql.fast_update import CudaGraphUpdate, FunctionalUpdate, constant_attributes, constant_values
 from sb3_iql.iql.policies import CnnPolicy, EnsembleCritic, IQLPolicy, MlpActor, MlpPolicy, MultiInputPolicy, ValueNetwork
 from sb3_iql.iql.update import METRIC_NAMES, POLICY_EXTRACTIONS, Batch, PolicyExtraction, UpdateSettings
 from sb3_iql.presets import preset_arguments, with_overrides
@@ -354,7 +354,10 @@ class IQL(OfflineAlgorithm):
             layer.p = self.dropout
 
     def _settings_snapshot(self) -> tuple:
-        return tuple(getattr(self, name) for name in HYPERPARAMETER_RULES)  # tau and the update's settings included
+        """:return: what a callback may change between two updates: the hyperparameters (tau and the update's
+        settings included) and the networks' constants (a dropout rate, an actor's log-std bounds...), which a
+        compiled update or a CUDA graph holds as they were"""
+        return (*(getattr(self, name) for name in HYPERPARAMETER_RULES), constant_values(self._network_constants))
 
     def _setup_model(self) -> None:
         if not (isinstance(self.policy_class, type) and issubclass(self.policy_class, IQLPolicy)):
@@ -386,6 +389,7 @@ class IQL(OfflineAlgorithm):
         self.value_net = self.policy.value_net
         self._critic_params = list(self.critic.parameters())
         self._critic_target_params = list(self.critic_target.parameters())
+        self._network_constants = constant_attributes([self.actor, self.critic, self.critic_target, self.value_net])
 
     def _update_settings(self) -> UpdateSettings:
         """The hyperparameters of the update, read from the model at every call (they may be changed)."""
@@ -449,7 +453,7 @@ class IQL(OfflineAlgorithm):
         fast, settings = self._fast_update, self._update_settings()
         stale = fast is None or fast.state_replaced() or not fast.settings.same_structure(settings) or fast.tau != self.tau
         stale = stale or fast.optimizers_unsupported()  # e.g. weight decay set on a param group: built again, refused
-        stale = stale or (isinstance(fast, CudaGraphUpdate) and fast.dropout_changed())  # a rate captured in the graph
+        stale = stale or (isinstance(fast, CudaGraphUpdate) and fast.constants_changed())  # captured in the graph
         if stale or (auto and _mode_of(fast) != self._auto_mode):
             if self.compile_update == "cudagraph":
                 self._fast_update = CudaGraphUpdate(self._functional_update(None, tensor_lr=True), self._example_batch())
@@ -636,6 +640,7 @@ class IQL(OfflineAlgorithm):
             "value_net",
             "_critic_params",
             "_critic_target_params",
+            "_network_constants",
             "_fast_update",
             "_auto_mode",
         ]

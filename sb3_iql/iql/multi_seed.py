@@ -52,6 +52,7 @@ from sb3_iql.iql.fast_update import (
     capture_without_trace,
     compile_gradients,
     compiling,
+    constant_attributes,
     fused_adam_step_,
     one_step_counter,
     unsupported_network,
@@ -625,11 +626,27 @@ def _check_networks(first: IQL, model: IQL, index: int) -> None:
         reference = _modules(first)[name]
         if repr(network) != repr(reference) or _shapes(network) != _shapes(reference):
             raise ValueError(f"The {name} networks of models[0] and models[{index}] differ in structure or shapes")
+        constants, reference_constants = (_named_constants(module) for module in (network, reference))
+        if constants != reference_constants:  # every learner runs models[0]'s modules
+            differing = sorted(key for key, value in constants.items() if reference_constants.get(key) != value)
+            raise ValueError(
+                f"The {name} networks of models[0] and models[{index}] differ in {', '.join(differing)} (set after "
+                "building): every learner would train with models[0]'s"
+            )
     for name in TRAINED:
         group, reference = (_network(m, name).optimizer.param_groups[0] for m in (model, first))
         for key in ADAM_SETTINGS:
             if group[key] != reference[key]:
                 raise ValueError(f"Adam's {key} of {name} differs: models[0] {reference[key]}, models[{index}] {group[key]}")
+
+
+def _named_constants(network: nn.Module) -> dict[str, Any]:
+    """:return: ``fast_update.constant_attributes`` of a network by qualified name (``"mu.out_features"``), with values"""
+    names = {module: prefix for prefix, module in network.named_modules()}
+    return {
+        f"{names[module]}.{attribute}".lstrip("."): getattr(module, attribute)
+        for module, attribute in constant_attributes([network])
+    }
 
 
 def _check_same_learning_rates(learner_lrs: dict[str, list[float]]) -> None:
