@@ -18,6 +18,7 @@ from toy_data import make_episode, write_dataset
 from sb3_iql import IQL, NormalizedEvalCallback
 from sb3_iql.common.synthetic import SpacesEnv
 from sb3_iql.data import DatasetNotFoundError, OfflineReplayBuffer, Transitions, load_transitions
+from sb3_iql.data.minari_loader import spaces_match
 from sb3_iql.data.rewards import LOCOMOTION_RETURN_SCALE
 from sb3_iql.datasets import dataset_from_replay_buffer
 from sb3_iql.datasets.replay import replay_buffer_episodes
@@ -268,6 +269,23 @@ def test_mismatched_spaces_show_both(box_dataset, minari_root):
     assert folder_digest(minari_root) == before
 
 
+FLOAT_FRAMES, UINT8_FRAMES = spaces.Box(0.0, 1.0, (8, 8, 3), np.float32), spaces.Box(0, 255, (8, 8, 3), np.uint8)
+
+
+@pytest.mark.parametrize(
+    "dataset_space, env_space, fits",
+    [
+        (FLOAT_FRAMES, UINT8_FRAMES, False),  # white (1.0) stored as 1 of 255: nearly black
+        (UINT8_FRAMES, FLOAT_FRAMES, False),  # values up to 255 where the env gives [0, 1]
+        (FLOAT_FRAMES, spaces.Box(0, 255, (3, 8, 8), np.uint8), False),  # transposed too
+        (UINT8_FRAMES, spaces.Box(0, 255, (3, 8, 8), np.uint8), True),
+        (spaces.Box(-1.0, 1.0, (2,), np.float64), spaces.Box(-1.0, 1.0, (2,), np.float32), True),  # as D4RL's
+    ],
+)
+def test_image_frames_fit_only_frames_of_their_dtype(dataset_space, env_space, fits):
+    assert spaces_match(dataset_space, env_space, check_bounds=False) == fits
+
+
 @pytest.mark.parametrize("dict_obs, field", [(False, "rewards"), (True, "observations['goal']")])
 def test_non_finite_data_names_field_and_episode(minari_root, dict_obs, field):
     observation_space = DICT_OBS_SPACE if dict_obs else OBS_SPACE
@@ -438,6 +456,10 @@ def test_an_episode_cut_short_ends_there_and_rows_that_do_not_line_up_are_refuse
         (spaces.Box(-1.0, 1.0, ()), r"shape \(\) are not supported .* reshape them to \(1,\)"),
         (spaces.Discrete(6, start=1), "Discrete observations must start at 0"),
         (spaces.Dict({"cell": spaces.Discrete(6, start=1)}), "Discrete observations must start at 0"),
+        (spaces.MultiDiscrete([3, 4], start=[0, 1]), "MultiDiscrete observations must start at 0"),
+        (spaces.Dict({"cells": spaces.MultiDiscrete([3, 4], start=[1, 0])}), "MultiDiscrete observations must start"),
+        (spaces.Text(8), r"Text observation spaces are not supported .* Box, Discrete, MultiDiscrete, MultiBinary"),
+        (spaces.Dict({"name": spaces.Text(8)}), "Text observation spaces are not supported"),
     ],
 )
 def test_observation_spaces_the_buffers_cannot_hold_are_refused_before_loading(box_dataset, space, message):

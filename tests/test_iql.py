@@ -643,6 +643,28 @@ def test_a_feature_constant_over_a_million_observations_is_only_centred():
     th.testing.assert_close(normalizer.std_obs, th.tensor([varying.std()], dtype=th.float32))
 
 
+def test_one_hot_observations_are_left_as_they_are_by_the_normalizer():
+    """Fitted on indices, the statistics had the index shape: a MultiDiscrete key failed at the first update, a
+    Discrete one had its one-hot input shifted by the mean index."""
+    from stable_baselines3.common.preprocessing import preprocess_obs
+
+    space = gym.spaces.Dict(
+        {"x": gym.spaces.Box(-10, 10, (2,)), "cell": gym.spaces.Discrete(4), "cells": gym.spaces.MultiDiscrete([3, 2])}
+    )
+    observations = {
+        "x": np.array([[1.0, 2.0], [3.0, 6.0]], np.float32),
+        "cell": np.array([3, 1]),
+        "cells": np.array([[2, 1], [0, 1]]),
+    }
+    normalizer = ObservationNormalizer(space)
+    normalizer.fit(observations)
+    one_hot = preprocess_obs({key: th.as_tensor(value) for key, value in observations.items()}, space)
+    normalized = normalizer(one_hot)
+    th.testing.assert_close(normalized["x"], th.tensor([[-1.0, -1.0], [1.0, 1.0]]))
+    for key in ("cell", "cells"):
+        assert th.equal(normalized[key], one_hot[key])
+
+
 def test_evaluate_gives_the_normalized_score(line_dataset):
     model = line_model(line_dataset)
     model.learn_offline(5)

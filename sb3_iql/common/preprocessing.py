@@ -103,7 +103,7 @@ class ObservationNormalizer(nn.Module):
     ``normalize_images``), with ``IMAGE_STD_OFFSET`` added to each pixel's std. On a fixed background (a maze seen
     from above) this subtracts the background and leaves the moving object: NatureCNN's features of pixel
     PointMaze vary by 0.017 across ball positions at initialisation instead of 0.0006
-    (``benchmarks/results/scores.md``).
+    (``benchmarks/results/scores.md``). One-hot encoded observations (Discrete, MultiDiscrete) are left as they are.
 
     :param observation_space: Box or Dict observation space (channel-first images, as the policy's)
     :param normalize_images: whether the networks see images divided by 255 (SB3's ``normalize_images``)
@@ -120,9 +120,14 @@ class ObservationNormalizer(nn.Module):
             if is_image_space(space, check_channels=False)
         }
         self.keys: list[str] | None = list(subspaces) if is_dict else None
+        #: One-hot encoded keys (Discrete, MultiDiscrete): left as they are (statistics 0 and 1, never fitted).
+        self.one_hot = {
+            name for name, space in subspaces.items() if isinstance(space, (spaces.Discrete, spaces.MultiDiscrete))
+        }
         for name, space in subspaces.items():
-            self.register_buffer(f"mean_{name}", th.zeros(space.shape))
-            self.register_buffer(f"std_{name}", th.ones(space.shape))
+            shape = (int(np.sum(space.nvec)),) if isinstance(space, spaces.MultiDiscrete) else space.shape  # one-hot
+            self.register_buffer(f"mean_{name}", th.zeros(shape))
+            self.register_buffer(f"std_{name}", th.ones(shape))
         self.register_buffer("fitted", th.zeros((), dtype=th.bool))
 
     def fit(self, observations: np.ndarray | dict[str, np.ndarray]) -> None:
@@ -132,6 +137,8 @@ class ObservationNormalizer(nn.Module):
         """
         parts = observations if self.keys is not None else {"obs": observations}
         for name, values in parts.items():
+            if name in self.one_hot:
+                continue
             mean, std = _mean_and_std(values)
             if name in self.image_scales:
                 scale = self.image_scales[name]

@@ -143,9 +143,9 @@ def describe_space(space: spaces.Space) -> str:
 
 def spaces_match(dataset_space: spaces.Space, env_space: spaces.Space, check_bounds: bool) -> bool:
     """
-    :return: whether data of ``dataset_space`` fits ``env_space`` (same structure and shapes, and bounds if asked);
-        channel-last image frames fit the channel-first space of an env in SB3's ``VecTransposeImage``, as the
-        frames are transposed when they are stored
+    :return: whether data of ``dataset_space`` fits ``env_space`` (same structure and shapes, the same dtype where
+        either is an image space, and bounds if asked); channel-last image frames fit the channel-first space of an
+        env in SB3's ``VecTransposeImage``, as the frames are transposed when they are stored
     """
     if isinstance(dataset_space, spaces.Box) and is_image_space(env_space, check_channels=False):
         if len(env_space.shape) == 3 and dataset_space.shape == channel_last(env_space.shape) != env_space.shape:
@@ -156,6 +156,10 @@ def spaces_match(dataset_space: spaces.Space, env_space: spaces.Space, check_bou
         )
     if isinstance(dataset_space, spaces.Box) and isinstance(env_space, spaces.Box):
         same_shape = dataset_space.shape == env_space.shape
+        # uint8 frames [0, 255] stored as they come, float ones not: the other kind would be read in other units
+        images = any(is_image_space(space, check_channels=False) for space in (dataset_space, env_space))
+        if images and dataset_space.dtype != env_space.dtype:
+            return False
         return same_shape and (
             not check_bounds
             or (np.allclose(dataset_space.low, env_space.low) and np.allclose(dataset_space.high, env_space.high))
@@ -185,8 +189,9 @@ def check_spaces(dataset: minari.MinariDataset, observation_space: spaces.Space,
 
 def check_observation_space(space: spaces.Space) -> None:
     """
-    :raises ValueError: a space the replay buffers cannot hold: nested Dict, Tuple, a Box of shape ``()`` or a
-        Discrete not starting at 0 (also inside a Dict), saying what to do instead
+    :raises ValueError: a space the replay buffers cannot hold: nested Dict, Tuple, a space other than Box,
+        Discrete, MultiDiscrete, MultiBinary and a flat Dict of them (Text, Graph...), a Box of shape ``()``, or a
+        Discrete or MultiDiscrete not starting at 0 (also inside a Dict), saying what to do instead
     """
     if isinstance(space, spaces.Dict):
         for key, subspace in space.spaces.items():
@@ -195,10 +200,15 @@ def check_observation_space(space: spaces.Space) -> None:
             check_observation_space(subspace)
     elif isinstance(space, spaces.Tuple):
         raise ValueError(f"Tuple observation spaces are not supported ({space}): use a Dict, or flatten them")
+    elif not isinstance(space, (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)):
+        raise ValueError(
+            f"{type(space).__name__} observation spaces are not supported ({space}): SB3's policies take Box, Discrete, "
+            "MultiDiscrete, MultiBinary and Dict of them; encode the observations as one of these"
+        )
     elif isinstance(space, spaces.Box) and space.shape == ():
         raise ValueError(f"Box observations of shape () are not supported ({space}): reshape them to (1,)")
-    elif isinstance(space, spaces.Discrete) and space.start != 0:
-        raise ValueError(f"Discrete observations must start at 0, as SB3 one-hot encodes them, got {space}")
+    elif isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)) and np.any(space.start != 0):
+        raise ValueError(f"{type(space).__name__} observations must start at 0, as SB3 one-hot encodes them, got {space}")
 
 
 def stores_environment(dataset: minari.MinariDataset) -> bool:

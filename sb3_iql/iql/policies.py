@@ -540,7 +540,8 @@ class IQLPolicy(BasePolicy):
     :param critic_layer_norm: LayerNorm before each hidden activation of the critics and the value network
     :param normalize_observations: normalise observations with the offline dataset's mean and std (fitted by
         ``IQL`` when the dataset is loaded, then fixed; features that are constant in the data are only centred;
-        images per pixel, after the division by 255: ``ObservationNormalizer``)
+        images per pixel, after the division by 255; one-hot Discrete and MultiDiscrete keys left as they are:
+        ``ObservationNormalizer``)
     :param spread_first_layer_biases: random first-hidden-layer biases (``spread_first_layer_biases_``) instead of
         the initialisation's, so that the ReLU kinks of the first layer do not all pass through the inputs' origin
     :param features_extractor_class: features extractor of each network, or its name in
