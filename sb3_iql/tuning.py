@@ -211,8 +211,10 @@ def _database_storage(url: str, heartbeat_interval: int) -> RDBStorage:
 class TrialNormalizedEvalCallback(NormalizedEvalCallback):
     """
     The evaluations of one Optuna trial: each normalized score (the mean return without reference scores) is
-    reported to the trial at ``model.num_timesteps`` (updates offline, environment steps online), and training
-    stops when Optuna prunes the trial.
+    reported to the trial at its evaluation's number (1, 2...), as rl-zoo's ``TrialEvalCallback`` does, which its
+    pruners count (the median pruner's warm-up is a third of the evaluations); the ``model.num_timesteps`` of each
+    (updates offline, environment steps online) go in the trial's user attribute ``evaluation_timesteps``.
+    Training stops when Optuna prunes the trial.
 
     :param trial: the trial
     :param kwargs: ``NormalizedEvalCallback`` arguments (``eval_env``, ``dataset``, ``eval_freq``...)
@@ -222,6 +224,7 @@ class TrialNormalizedEvalCallback(NormalizedEvalCallback):
         super().__init__(**kwargs)
         self.trial = trial
         self.scores: list[float] = []
+        self.timesteps: list[int] = []
         self.is_pruned = False
 
     def _on_step(self) -> bool:
@@ -230,7 +233,9 @@ class TrialNormalizedEvalCallback(NormalizedEvalCallback):
         continue_training = super()._on_step()
         score = self.last_normalized_score if self.last_normalized_score is not None else float(self.last_mean_reward)
         self.scores.append(score)
-        self.trial.report(score, self.num_timesteps)
+        self.timesteps.append(self.num_timesteps)
+        self.trial.report(score, len(self.scores))
+        self.trial.set_user_attr("evaluation_timesteps", self.timesteps)
         if self.trial.should_prune():
             self.is_pruned = True
             return False

@@ -181,8 +181,8 @@ def zoo_hyperparams(
             raise
         return {env_id: hyperparams}  # the given --env, as it is registered
     if env_id is None or env_id == dataset_env_id:
-        if env_kwargs:
-            hyperparams.setdefault("env_kwargs", env_kwargs)
+        if env_kwargs:  # a preset's own env_kwargs go over the stored ones
+            hyperparams["env_kwargs"] = {**env_kwargs, **hyperparams.get("env_kwargs", {})}
         if wrappers:
             hyperparams.setdefault("env_wrapper", wrappers)
         env_id = dataset_env_id
@@ -243,7 +243,8 @@ class IQLExperimentManager(ExperimentManager):
     offline_dataset: str | None = None
     #: Seconds between heartbeats of a trial in a database storage (``--heartbeat-interval``).
     heartbeat_interval: int = HEARTBEAT_INTERVAL
-    #: Options of this package's command line that the run had (``--finetune``, ``--presets``...), for ``retrain_command``.
+    #: Options of the run's command line that name its configuration and environment (``--dataset`` or
+    #: ``--conf-file``, ``--env``, ``--env-kwargs``, ``--finetune``, ``--presets``...), for ``retrain_command``.
     retrain_options: tuple[str, ...] = ()
     #: Whether ``-params`` apply to the configuration as ``IQL.from_preset``'s overrides do (a run from a dataset's
     #: preset: ``policy_kwargs`` merged, what goes with a replaced setting dropped) instead of rl-zoo's replacing.
@@ -258,9 +259,19 @@ class IQLExperimentManager(ExperimentManager):
         finally:
             self.trial_id = trial_id
         given = dict(self.custom_hyperparams or {})
-        if self.params_as_overrides and given:  # from_preset's rules over the preset (-params replaced its values)
+        configured: dict[str, Any] = {}
+        if self.params_as_overrides:  # a run from a dataset's preset (zoo_hyperparams' file)
             with open(self.config) as file_handler:
                 configured = yaml.safe_load(file_handler)[self.env_name.gym_id]
+        stored_env_kwargs = configured.get("env_kwargs") or {}
+        if stored_env_kwargs and hyperparams.get("env_kwargs") is not None:
+            # the dataset's environment arguments (its maze, its goal) with the given ones over them: rl-zoo's
+            # --env-kwargs and -params env_kwargs replace the whole dict
+            merged = {**stored_env_kwargs, **hyperparams["env_kwargs"]}
+            hyperparams["env_kwargs"] = saved_hyperparams["env_kwargs"] = merged
+            if self._eval_env_kwargs_args is None:
+                self.eval_env_kwargs = merged
+        if self.params_as_overrides and given:  # from_preset's rules over the preset (-params replaced its values)
             if isinstance(given.get("policy_kwargs"), dict):
                 preset_kwargs = from_zoo_strings({"policy_kwargs": configured.get("policy_kwargs")})
                 merged = with_overrides(preset_kwargs, {"policy_kwargs": given["policy_kwargs"]})["policy_kwargs"]
@@ -336,6 +347,7 @@ class IQLExperimentManager(ExperimentManager):
             self.eval_env_kwargs = self.env_kwargs
         if derive and self.n_timesteps == 0:
             self.n_evaluations = max(1, int(hyperparams.get("offline_steps", 1_000_000)) // 100_000)
+            print(f"Offline: {self.n_evaluations} intermediate evaluations instead (1 every 100k offline updates)")
         return processed
 
     def objective(self, trial: optuna.Trial) -> float:
@@ -349,10 +361,11 @@ class IQLExperimentManager(ExperimentManager):
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         search = {"preset": preset_trial(self._hyperparams)}  # the ranges hold the preset, trial 0
         arguments = _as_trained(self._hyperparams, sample_iql_params(trial, self.n_actions, 1, search))
-        env, eval_env = self.create_envs(1, no_log=True), self.create_envs(self.n_eval_envs, eval_env=True)
+        env, eval_env = self.create_envs(self.n_envs, no_log=True), self.create_envs(self.n_eval_envs, eval_env=True)
         model = IQL(env=env, tensorboard_log=None, seed=self.seed, verbose=0, device=self.device, **arguments)
         finetune = self.n_timesteps > 0
-        budget = self.n_timesteps if finetune else model.offline_steps
+        # each online callback step is n_envs environment steps (as rl-zoo counts them), each offline step one update
+        budget = self.n_timesteps // self.n_envs if finetune else model.offline_steps
         path = (
             None if self.optimization_log_path is None else os.path.join(self.optimization_log_path, f"trial_{trial.number}")
         )
@@ -366,12 +379,13 @@ class IQLExperimentManager(ExperimentManager):
             best_model_save_path=path,
             deterministic=self.deterministic_eval,
         )
+        configured = rl_zoo3.utils.get_callback_list({"callback": self.specified_callbacks})  # as rl-zoo's trials
         try:
             if finetune:  # the online phase is what is optimised: evaluations count environment steps
-                model.learn_offline(model.offline_steps)
-                model.learn(self.n_timesteps, callback=evaluation, reset_num_timesteps=False)
+                model.learn_offline(model.offline_steps, callback=configured)
+                model.learn(self.n_timesteps, callback=[*configured, evaluation], reset_num_timesteps=False)
             else:
-                model.learn_offline(model.offline_steps, callback=evaluation)
+                model.learn_offline(model.offline_steps, callback=[*configured, evaluation])
         except (AssertionError, ValueError) as error:  # e.g. NaN losses of extreme settings, as rl-zoo prunes them
             print(f"Trial {trial.number} pruned: {error}")
             raise optuna.TrialPruned() from error
@@ -420,7 +434,7 @@ class IQLExperimentManager(ExperimentManager):
             options (``retrain_options``, online steps, seed), its ``-params`` and the trial's parameters, with the
             ``policy_kwargs`` the trial had (merged into the preset's, which rl-zoo's ``-params`` would replace)
         """
-        source = ["--dataset", self.offline_dataset] if self.offline_dataset else ["--env", self.env_name.gym_id]
+        source = [] if self.retrain_options else ["--env", self.env_name.gym_id]  # a manager made outside train()
         online_steps = ["-n", str(self.n_timesteps)] if self.n_timesteps > 0 else []
         trained = _as_trained(self._hyperparams, convert_iql_params(params))
         trial_arguments = {key: trained[key] for key in (*convert_iql_params(params), "policy_kwargs")}
@@ -551,6 +565,20 @@ def _rl_zoo_argv(args: argparse.Namespace, rest: list[str], env_id: str | None, 
     return argv
 
 
+def _as_given_or_absolute(conf_file: str) -> str:
+    """:return: the absolute path of a configuration file, or the name of a Python module as given (rl-zoo takes both)"""
+    return os.path.abspath(conf_file) if os.path.exists(conf_file) else conf_file
+
+
+def _option_tokens(argv: Sequence[str], option: str) -> list[str]:
+    """:return: ``option`` and its ``key:value`` arguments in ``argv`` (rl-zoo's ``StoreDict`` options), or nothing"""
+    if option not in argv:
+        return []
+    start = list(argv).index(option) + 1
+    end = next((index for index in range(start, len(argv)) if ":" not in argv[index]), len(argv))
+    return [option, *argv[start:end]]
+
+
 def train(argv: Sequence[str] | None = None) -> None:
     """
     ``rl_zoo3.train.train()`` with IQL registered and, given ``--dataset``, the dataset's preset as configuration.
@@ -574,7 +602,10 @@ def train(argv: Sequence[str] | None = None) -> None:
             raise SystemExit("python -m sb3_iql.zoo train needs --dataset ID (a preset) or --conf-file FILE (rl-zoo format)")
         zoo_argv = [f"{sys.argv[0]} train", *_rl_zoo_argv(args, rest, env_id, conf_file)]
         retrain_options = (
-            *(["--env", args.env] if args.env and args.dataset else []),
+            *(["--dataset", args.dataset] if args.dataset is not None else []),
+            *(["--conf-file", _as_given_or_absolute(args.conf_file)] if args.conf_file else []),
+            *(["--env", args.env] if args.env else []),
+            *_option_tokens(rest, "--env-kwargs"),
             *(["--finetune"] if args.finetune else []),
             *(["--presets", args.presets] if args.presets else []),
             *(["--gym-packages", *args.gym_packages] if args.gym_packages else []),

@@ -19,9 +19,11 @@ from contextlib import closing
 import optuna
 import pytest
 import torch as th
+import yaml
 from maze_data import MAZE_ENV_ID, MAZE_ID, tiny_maze_root
 
 from sb3_iql import IQL
+from sb3_iql.iql import MultiInputPolicy
 from sb3_iql.presets import preset_arguments
 
 zoo = pytest.importorskip("sb3_iql.zoo", reason="rl-zoo3 is not installed (pip install 'sb3_iql[zoo]')")
@@ -86,8 +88,9 @@ def test_an_offline_study_reports_normalized_scores_counted_in_updates(maze_root
     # The first trial is the dataset's preset (the paper's AntMaze values).
     assert trials[0].params == tuning.preset_trial(preset_arguments(MAZE_ID))
     for trial in trials:
-        # two evaluations, after 2 and 4 updates; the objective is their mean (fewer than OBJECTIVE_LAST_EVALUATIONS)
-        assert sorted(trial.intermediate_values) == [2, 4]
+        # two evaluations, after 2 and 4 updates, reported at their numbers as rl-zoo does (its pruners count them);
+        # the objective is their mean (fewer than OBJECTIVE_LAST_EVALUATIONS)
+        assert sorted(trial.intermediate_values) == [1, 2] and trial.user_attrs["evaluation_timesteps"] == [2, 4]
         assert trial.value == pytest.approx(sum(trial.intermediate_values.values()) / 2)
     output = capsys.readouterr().out
     assert f"Train the best trial ({study.best_trial.number}," in output
@@ -108,13 +111,32 @@ def test_trial_zero_is_the_preset_even_outside_the_search_ranges():
     assert tuning.preset_trial({"policy_kwargs": {"net_arch": [8, 4]}})["net_arch"] == "8x4"  # not "medium"
 
 
+def test_a_study_of_a_configuration_file_keeps_its_callback_and_envs_and_trains_it_again(maze_root, tmp_path, capsys):
+    """Trials ran without the file's callback and with one env; the printed command swapped the file for the
+    dataset's preset (another policy, reward transform and policy extraction)."""
+    conf_file, checkpoints = tmp_path / "conf.yml", tmp_path / "checkpoints"
+    callback = {"stable_baselines3.common.callbacks.CheckpointCallback": {"save_freq": 2, "save_path": str(checkpoints)}}
+    configuration = {"policy": "MultiInputPolicy", "n_timesteps": 0, "offline_dataset": MAZE_ID, "offline_steps": 4,
+                     "n_envs": 2, "callback": callback}  # fmt: skip
+    conf_file.write_text(yaml.safe_dump({MAZE_ENV_ID: configuration}))
+    storage = f"sqlite:///{tmp_path / 'conf.db'}"
+    zoo.main(["train", "--conf-file", str(conf_file), "--env", MAZE_ENV_ID, "--optimize", "--n-trials", "1",
+              "--storage", storage, "--study-name", "conf", "-f", str(tmp_path / "logs"), *STUDY])  # fmt: skip
+    assert len(list(checkpoints.glob("*.zip"))) == 2  # after 2 and 4 updates of the trial
+    command = shlex.split(capsys.readouterr().out.split("again:\n")[1].splitlines()[0])
+    assert command[3:8] == ["train", "--conf-file", str(conf_file), "--env", MAZE_ENV_ID] and "--dataset" not in command
+    zoo.main([*command[3:], "-f", str(tmp_path / "retrain"), "--num-threads", "1", "--eval-episodes", "1"])
+    model = IQL.load(tmp_path / "retrain" / "iql" / f"{MAZE_ENV_ID}_1" / f"{MAZE_ENV_ID}.zip")
+    assert isinstance(model.policy, MultiInputPolicy) and model.reward_transform is None and model.n_envs == 2
+
+
 def test_a_fine_tuning_study_evaluates_the_online_phase(maze_root, tmp_path, capsys):
     storage = f"sqlite:///{tmp_path / 'finetune.db'}"
     zoo.main(["train", "--dataset", MAZE_ID, "--finetune", "-n", "6", "--optimize", "--n-trials", "1", "--storage", storage,
               "--study-name", "finetune", "-f", str(tmp_path / "logs"), *STUDY, *STUDY_PARAMS])  # fmt: skip
     (trial,) = optuna.load_study(study_name="finetune", storage=storage).trials
     # 4 offline updates, then evaluations after 3 and 6 online steps (num_timesteps goes on from the offline phase)
-    assert trial.state == optuna.trial.TrialState.COMPLETE and sorted(trial.intermediate_values) == [7, 10]
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.user_attrs["evaluation_timesteps"] == [7, 10]
     # trained again as it was: fine-tuning, 6 online steps, the given -params and the trial's network
     command = capsys.readouterr().out.split("again:\n")[1].splitlines()[0]
     assert f"train --dataset {MAZE_ID} --finetune -n 6 --seed 3 -params offline_steps:4 " in command

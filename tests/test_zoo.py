@@ -149,6 +149,19 @@ def test_offline_training_then_enjoy(maze_root, tmp_path, capsys):
     assert "1 Episodes" in output and f"Mean episode length: {MAZE_EPISODE_STEPS}.00" in output
 
 
+@pytest.mark.parametrize("given", [["--env-kwargs", "continuing_task:True"], ["env_kwargs:dict(continuing_task=True)"]])
+def test_given_env_kwargs_go_over_the_dataset_s_stored_ones(maze_root, tmp_path, given):
+    """rl-zoo replaces the whole dict: the maze and its fixed goal were lost, and the scores normalised with the
+    dataset's reference scores on the default maze with a random goal."""
+    logs = tmp_path / "logs"
+    options = given if given[0] == "--env-kwargs" else []
+    params = given if not options else []
+    zoo.main(["train", "--dataset", MAZE_ID, "-f", str(logs), "--eval-freq", "0", *options, *TINY, "offline_steps:2", *params])
+    config = dict(yaml.load((run_folder(logs) / MAZE_ENV_ID / "config.yml").read_text(), Loader=yaml.UnsafeLoader))
+    stored = zoo.zoo_hyperparams(MAZE_ID)[MAZE_ENV_ID]["env_kwargs"]
+    assert config["env_kwargs"] == {**stored, "continuing_task": True} and stored["maze_map"][1][1] == "g"
+
+
 def test_offline_only_evaluations_count_updates_with_several_envs(maze_root, tmp_path):
     # rl-zoo divides --eval-freq by n_envs for environment steps; offline, one step is one update.
     logs = tmp_path / "logs"
