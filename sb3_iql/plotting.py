@@ -146,6 +146,8 @@ def load_run(
     stored_scores = None
     if (run.folder / EVALUATIONS_FILE).is_file():
         with np.load(run.folder / EVALUATIONS_FILE) as evaluations:
+            if len(evaluations["timesteps"]) == 0:
+                raise ValueError(f"No evaluations in {run.folder / EVALUATIONS_FILE}")
             run.timesteps = np.asarray(evaluations["timesteps"], dtype=np.int64)
             run.returns = np.asarray(evaluations["results"], dtype=np.float64).reshape(len(run.timesteps), -1)
             if "ref_min_score" in evaluations and "ref_max_score" in evaluations:
@@ -187,7 +189,8 @@ def plot_run(
     deviation over episodes) and its losses against updates, one panel each, into a PNG.
 
     :param logdir: the run folder (or a folder holding one run)
-    :param output: the PNG to write (default: ``<run folder>/curves.png``)
+    :param output: the PNG to write (default: ``<run folder>/curves.png``; ``curves.png`` in a folder given, ``.png``
+        added to a name without suffix)
     :param dataset: Minari dataset id whose reference scores normalize the returns
     :param ref_min_score: return of score 0 (with ``ref_max_score``)
     :param ref_max_score: return of score 100
@@ -200,10 +203,14 @@ def plot_run(
         raise ImportError("Plotting needs matplotlib: pip install 'sb3_iql[plots]'") from error
 
     run = load_run(logdir, dataset, ref_min_score, ref_max_score)
-    losses = {key: name for key, name in LOSS_COLUMNS.items() if key in run.progress and UPDATES_COLUMN in run.progress}
+    losses = {
+        key: name
+        for key, name in LOSS_COLUMNS.items()
+        if key in run.progress and UPDATES_COLUMN in run.progress and np.isfinite(run.progress[key]).any()
+    }
     n_panels = int(run.returns is not None) + len(losses)
     if n_panels == 0:
-        raise ValueError(f"Nothing to plot in {run.folder}: no evaluations and no {', '.join(LOSS_COLUMNS)} columns")
+        raise ValueError(f"Nothing to plot in {run.folder}: no evaluations and no {', '.join(LOSS_COLUMNS)} values")
     figure = Figure(figsize=(PANEL_WIDTH * n_panels, PANEL_HEIGHT), layout="constrained")
     axes = figure.subplots(1, n_panels, squeeze=False)[0]
     panels = iter(axes)
@@ -213,6 +220,10 @@ def plot_run(
         _plot_column(next(panels), run.progress[UPDATES_COLUMN], run.progress[key], name)
     figure.suptitle(title or " - ".join(part for part in (run.folder.name, run.dataset_id) if part))
     output = Path(output) if output is not None else run.folder / "curves.png"
+    if output.is_dir():
+        output = output / "curves.png"
+    elif output.suffix == "":
+        output = output.with_suffix(".png")  # as matplotlib writes it: the path returned is the one written
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=100)
     return output
@@ -222,7 +233,7 @@ def _plot_evaluations(ax: Any, run: RunLogs) -> None:
     assert run.returns is not None and run.timesteps is not None
     scores = run.normalized_scores
     values = scores if scores is not None else run.returns
-    mean, std = values.mean(axis=1), values.std(axis=1)
+    mean, std = np.nanmean(values, axis=1), np.nanstd(values, axis=1)  # an episode of NaN return left out
     ax.plot(run.timesteps, mean, marker="o", markersize=3)
     ax.fill_between(run.timesteps, mean - std, mean + std, alpha=0.25)
     if scores is not None:
@@ -235,9 +246,13 @@ def _plot_evaluations(ax: Any, run: RunLogs) -> None:
     ax.grid(alpha=0.3)
 
 
+#: Below this many logged values a loss is drawn with markers (one point alone is no line).
+FEW_POINTS = 10
+
+
 def _plot_column(ax: Any, updates: np.ndarray, values: np.ndarray, name: str) -> None:
     rows = ~(np.isnan(updates) | np.isnan(values))
-    ax.plot(updates[rows], values[rows])
+    ax.plot(updates[rows], values[rows], marker="o" if rows.sum() < FEW_POINTS else None, markersize=3)
     ax.set_xlabel("updates")
     ax.set_title(name)
     ax.grid(alpha=0.3)

@@ -107,3 +107,24 @@ def test_command_line(runs, tmp_path, capsys):
     assert find_run_folder(tmp_path / "one") == tmp_path / "one" / "iql" / "Env_1"
     with pytest.raises(FileNotFoundError, match=r"No evaluations\.npz"):
         find_run_folder(tmp_path / "empty")
+
+
+def test_the_path_printed_is_the_png_written(runs, tmp_path, capsys):
+    """matplotlib adds .png to a name without one: "Saved" named a file that did not exist (a folder too)."""
+    main([str(runs["scored"]), "-o", str(tmp_path / "curves_without_suffix")])
+    assert f"Saved {tmp_path / 'curves_without_suffix.png'}" in capsys.readouterr().out
+    (tmp_path / "folder").mkdir()
+    assert plot_run(runs["scored"], tmp_path / "folder") == tmp_path / "folder" / "curves.png"
+    assert (tmp_path / "folder" / "curves.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_empty_or_partly_missing_logs(tmp_path):
+    np.savez(tmp_path / "evaluations.npz", timesteps=np.zeros(0), results=np.zeros((0, 3)))
+    with pytest.raises(ValueError, match="No evaluations in"):  # a reshape error before
+        load_run(tmp_path)
+    (tmp_path / "evaluations.npz").unlink()
+    (tmp_path / "progress.csv").write_text("train/n_updates,train/value_loss,train/critic_loss,train/actor_loss\n")
+    with pytest.raises(ValueError, match=r"no evaluations and no .* values"):
+        plot_run(tmp_path)
+    np.savez(tmp_path / "evaluations.npz", timesteps=np.array([5, 10]), results=np.array([[1.0, np.nan], [2.0, 4.0]]))
+    plot_run(tmp_path, ref_min_score=0.0, ref_max_score=10.0)  # an episode's NaN return leaves the others plotted
