@@ -127,6 +127,20 @@ def test_relabelled_rewards_come_from_compute_reward_and_go_through_the_reward_t
     assert reached[relabelled].any() and not reached[relabelled].all()
 
 
+def test_sb3_s_bit_flipping_env_trains_with_its_multibinary_goals_relabelled_by_its_rule():
+    """SB3's own hindsight example: refused before (goals of a Box only)."""
+    from stable_baselines3.common.envs import BitFlippingEnv
+
+    env = BitFlippingEnv(n_bits=4, continuous=True, max_steps=4)
+    model = IQL("MultiInputPolicy", env, replay_buffer_class=HerReplayBuffer, batch_size=8, learning_starts=8,
+                policy_kwargs=dict(net_arch=[8]), buffer_size=500, seed=0, offline_steps=0)  # fmt: skip
+    model.learn(40)
+    samples = model.replay_buffer.sample(400)
+    achieved, goal = (samples.next_observations["achieved_goal"].numpy(), samples.observations["desired_goal"].numpy())
+    assert set(np.unique(goal)) <= {0.0, 1.0} and len(np.unique(goal, axis=0)) > 1
+    np.testing.assert_array_equal(samples.rewards[:, 0].numpy(), env.compute_reward(achieved, goal, {}))
+
+
 def test_a_normalizing_env_sees_the_samples_relabelled_on_the_stored_goals():
     """As SB3's HerReplayBuffer: goals and rewards from the raw transitions, then VecNormalize's normalization."""
     env = VecNormalize(DummyVecEnv([CountingGoalEnv]), clip_obs=1e6, clip_reward=1e6)
@@ -281,7 +295,7 @@ def test_bad_arguments_get_clear_errors(maze_root):
     square_goals = spaces.Dict({**GOAL_SPACE.spaces, "desired_goal": spaces.Box(-1, 1, (2, 2), np.float32)})
     with pytest.raises(ValueError, match=r"goals of one dimension .* 'desired_goal' is Box\(-1.0, 1.0, \(2, 2\)"):
         HerReplayBuffer(10, square_goals, ACTION_SPACE)  # relabelling failed in the first batch before
-    with pytest.raises(ValueError, match=r"use sb3_iql\.HerReplayBuffer"):
+    with pytest.raises(ValueError, match=r"IQL takes sb3_iql\.HerReplayBuffer .* online too"):
         IQL("MultiInputPolicy", offline_dataset=MAZE_ID, replay_buffer_class=stable_baselines3.HerReplayBuffer)
     with pytest.raises(ValueError, match=r"Unknown replay_buffer_class 'HindsightBuffer'.*'HerReplayBuffer'"):
         IQL("MultiInputPolicy", offline_dataset=MAZE_ID, replay_buffer_class="HindsightBuffer")

@@ -372,7 +372,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         elif self.replay_buffer_class in (OfflineReplayBuffer, OfflineDictReplayBuffer):
             self.replay_buffer_class = OfflineDictReplayBuffer if is_dict else OfflineReplayBuffer
         elif self.replay_buffer_class is sb3_her.HerReplayBuffer:
-            raise ValueError("SB3's HerReplayBuffer cannot take offline data: use sb3_iql.HerReplayBuffer (same arguments)")
+            raise ValueError(
+                "IQL takes sb3_iql.HerReplayBuffer (the same arguments), online too: SB3's cannot hold offline data"
+            )
         dataset_size = getattr(self, "_dataset_size", None)  # (transitions, episodes) of the constructor's dataset
         image_buffer = issubclass(self.replay_buffer_class, DeviceImageReplayBuffer)
         if image_buffer and dataset_size is not None and "extra_frames" not in self.replay_buffer_kwargs:

@@ -96,10 +96,10 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
             raise ValueError(f"HerReplayBuffer needs a Dict observation space with keys {GOAL_KEYS}, got {observation_space}")
         for key in ("achieved_goal", "desired_goal"):  # goals are relabelled and compared as vectors
             goal_space = observation_space[key]
-            if not isinstance(goal_space, spaces.Box) or len(goal_space.shape) != 1:
+            if not isinstance(goal_space, (spaces.Box, spaces.MultiBinary)) or len(goal_space.shape) != 1:
                 raise ValueError(
-                    f"HerReplayBuffer takes goals of one dimension (Box of shape (n,)), as the goal API's; "
-                    f"'{key}' is {goal_space}: flatten the goals (gymnasium.wrappers.TransformObservation)"
+                    f"HerReplayBuffer takes goals of one dimension (Box or MultiBinary of shape (n,)), as the goal "
+                    f"API's; '{key}' is {goal_space}: flatten the goals (gymnasium.wrappers.TransformObservation)"
                 )
         if n_sampled_goal < 0:
             raise ValueError(f"n_sampled_goal must be >= 0, got {n_sampled_goal}")
