@@ -34,7 +34,8 @@ from sb3_iql.datasets import (
     write_dataset,
 )
 from sb3_iql.datasets.__main__ import main
-from sb3_iql.datasets.collect import rollout_episodes, write_episodes
+from sb3_iql.datasets.collect import reference_scores, rollout_episodes, write_episodes
+from sb3_iql.datasets.pixels import make_pixel_pointmaze_dataset
 from sb3_iql.evaluation import dataset_reference_scores
 
 th.set_num_threads(1)
@@ -413,6 +414,47 @@ def test_dataset_from_replay_buffer(minari_root: pathlib.Path) -> None:
     np.testing.assert_array_equal(observations, buffer.observations[:n_steps, 0])
 
 
+def test_a_replay_buffer_that_cannot_tell_time_limits_from_terminations_or_is_empty_is_refused(minari_root) -> None:
+    env = gym.make(PENDULUM_ID, max_episode_steps=5)  # never terminates: every end is a time limit
+    model = SAC("MlpPolicy", env, learning_starts=20, replay_buffer_kwargs={"handle_timeout_termination": False})
+    with pytest.raises(ValueError, match="The replay buffer is empty"):  # "Episode 0 (id 0) holds no step" before
+        dataset_from_replay_buffer(model, "test/pendulum/replay-v0", env)
+    model.learn(20)
+    with pytest.raises(ValueError, match="handle_timeout_termination=False: SB3 stored its time-limit ends as"):
+        dataset_from_replay_buffer(model, "test/pendulum/replay-v0", env)  # written as 4 terminations before
+    assert not dataset_exists("test/pendulum/replay-v0")
+
+
+def test_an_expert_acts_as_in_its_own_episodes_in_reference_rollouts() -> None:
+    """A recurrent policy kept its memory of zero (no state passed), and an SB3 model's 0-d Discrete action was
+    unhashable for toy-text envs when measuring reference scores."""
+    from sb3_contrib import RecurrentPPO
+    from stable_baselines3 import DQN
+
+    model = RecurrentPPO("MlpLstmPolicy", "CartPole-v1", n_steps=8, seed=0, policy_kwargs={"lstm_hidden_size": 4})
+    env = gym.make("CartPole-v1")
+    (episode,) = rollout_episodes(env, model, n_episodes=1, seed=3)
+    observation, _ = env.reset(seed=3)
+    state, start, expected, done = None, np.array([True]), [], False
+    while not done:
+        action, state = model.predict(observation, state=state, episode_start=start, deterministic=True)
+        start = np.array([False])
+        expected.append(action)
+        observation, _, terminated, truncated, _ = env.step(action[()])
+        done = terminated or truncated
+    np.testing.assert_array_equal(episode.actions, expected)
+    frozen_lake = gym.make("FrozenLake-v1")
+    dqn = DQN("MlpPolicy", frozen_lake, policy_kwargs={"net_arch": [8]}, seed=0)
+    assert reference_scores(frozen_lake, ref_min_score=0.0, expert_policy=dqn, n_episodes=2)["ref_max_score"] >= 0
+
+
+def test_given_reference_scores_claim_no_averaged_episodes() -> None:
+    given = reference_scores("CartPole-v1", ref_min_score=9.0, ref_max_score=500.0, n_episodes=7)
+    assert given == {"ref_min_score": 9.0, "ref_max_score": 500.0}  # num_episodes_average_score 7 before
+    measured = reference_scores("CartPole-v1", ref_max_score=500.0, n_episodes=2)
+    assert measured["num_episodes_average_score"] == 2
+
+
 def test_a_reference_score_needs_an_episode(minari_root: pathlib.Path) -> None:
     env = gym.make("CartPole-v1")
     with pytest.raises(ValueError, match="at least 1 episode, got 0"):  # would write a NaN score
@@ -447,7 +489,7 @@ def test_cli(minari_root: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> N
     assert result.returncode == 0, result.stderr
     assert "sb3_iql/pointmaze/umaze-stitch-v0: 500 steps, 2 episodes" in result.stdout
     main(arguments)  # made already: kept, as ensure_dataset keeps it
-    assert "sb3_iql/pointmaze/umaze-stitch-v0: stored, kept (500 steps" in capsys.readouterr().out
+    assert "sb3_iql/pointmaze/umaze-stitch-v0: stored, kept as it was made (500 steps" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
         main([*arguments[:-4], "--n-steps", "600"])
     assert exit_info.value.code == 1 and "has 500 steps, not 600" in capsys.readouterr().err
@@ -474,6 +516,7 @@ def test_cli_errors_are_one_line(minari_root: pathlib.Path, tmp_path: pathlib.Pa
         (["--env", PENDULUM_ID, "--model", str(tmp_path / "missing.zip")], "No saved model at"),
         (["--env", "NoSuchEnv-v0"], "NoSuchEnv"),
         (["--env", PENDULUM_ID, "--algo", "td3", "--model", str(tmp_path / "sac")], "does not load as a TD3 model"),
+        (["--env", PENDULUM_ID, "--gym-packages", "no_such_package"], "--gym-packages no_such_package: No module"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             main([*collect, *extra])
@@ -579,6 +622,9 @@ def test_pointmaze_recipes_follow_minari_s_goal_datasets(minari_root: pathlib.Pa
             assert_single_end_flag(episode)
         # the stored collection environment: goals kept once reached (AntMaze-v1's recipes) or redrawn
         assert dataset.recover_environment().unwrapped.reset_target == (recipe not in ("antmaze", "antmaze-unseen"))
+        if recipe in ("cut", "antmaze"):  # and their pixel datasets' (the antmaze one redrew them before)
+            pixels = make_pixel_pointmaze_dataset(dataset, size=36, n_steps=20)
+            assert pixels.recover_environment().unwrapped.reset_target == (recipe == "cut")
     # Minari's PointMaze: every episode but the last ends on reaching its goal, which holds along the episode
     cut = by_recipe["cut"]
     assert len(cut) > 10 and all(episode.rewards[-1] == 1 and episode.rewards[:-1].sum() == 0 for episode in cut[:-1])

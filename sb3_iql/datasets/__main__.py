@@ -127,7 +127,10 @@ def _kept_or_made(
     ``make()``'s, reported"""
     dataset = None if overwrite else stored_dataset(dataset_id, n_steps)
     if dataset is not None:
-        print(f"{dataset_id}: stored, kept ({dataset.total_steps} steps; --overwrite makes it again)")
+        print(
+            f"{dataset_id}: stored, kept as it was made ({dataset.total_steps} steps, its own seed and reference "
+            "episodes; --overwrite makes it again with these options)"
+        )
         return dataset
     start = time.perf_counter()
     dataset = make()
@@ -137,7 +140,10 @@ def _kept_or_made(
 
 def _collect(args: argparse.Namespace) -> None:
     for package in args.gym_packages:
-        importlib.import_module(package)
+        try:
+            importlib.import_module(package)
+        except ImportError as error:
+            raise ValueError(f"--gym-packages {package}: {error}") from error
     env = as_env(args.env)
     policy = load_model(args.algo, args.model) if args.model else RandomPolicy(env.action_space, args.seed)
     expert = load_model(args.expert_algo or args.algo, args.expert_model) if args.expert_model else None

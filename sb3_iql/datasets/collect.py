@@ -33,17 +33,56 @@ class Predictor(Protocol):
         """SB3 ``predict``: returns ``(action, state)``."""
 
 
+class PredictorPolicy:
+    """
+    An SB3 model or policy as a callable ``observation -> action``, which carries ``predict``'s state through an
+    episode (a recurrent policy's memory: sb3-contrib's ``RecurrentPPO``); ``start_episode()`` at each reset.
+
+    :param predictor: anything with SB3's ``predict``
+    :param deterministic: whether to act with the deterministic action
+    """
+
+    def __init__(self, predictor: Predictor, deterministic: bool = True):
+        self.predictor, self.deterministic = predictor, deterministic
+        self.state: Any = None
+        self.episode_start = True
+
+    def start_episode(self) -> None:
+        self.episode_start = True
+
+    def __call__(self, observation: Any) -> Any:
+        episode_start = np.array([self.episode_start])
+        action, self.state = self.predictor.predict(
+            observation, state=self.state, episode_start=episode_start, deterministic=self.deterministic
+        )
+        self.episode_start = False
+        return action
+
+
 def as_policy_fn(policy: Predictor | PolicyFn, deterministic: bool = True) -> PolicyFn:
     """
     :param policy: An SB3 model or policy (anything with ``predict``), or a callable ``observation -> action``.
     :param deterministic: For SB3 models, whether to act with the deterministic action.
-    :return: A callable ``observation -> action``.
+    :return: A callable ``observation -> action`` (a ``PredictorPolicy`` for an SB3 model or policy).
     """
     if isinstance(policy, Predictor):
-        return lambda observation: policy.predict(observation, deterministic=deterministic)[0]
+        return PredictorPolicy(policy, deterministic)
     if callable(policy):
         return policy
     raise TypeError(f"policy must have a predict() method or be callable, got {type(policy).__name__}")
+
+
+def _start_episode(policy_fn: PolicyFn) -> None:
+    """Tell a ``PredictorPolicy`` that a new episode starts (nothing for a plain callable)."""
+    if isinstance(policy_fn, PredictorPolicy):
+        policy_fn.start_episode()
+
+
+def env_action(action: Any, action_space: spaces.Space) -> Any:
+    """:return: ``action`` as an array of the space's dtype, a Discrete one as a NumPy scalar (as SB3's VecEnvs step
+    it: toy-text environments index tables with it; a 0-d array is unhashable)"""
+    action = np.asarray(action, dtype=action_space.dtype)
+    return action[()] if action.ndim == 0 else action
 
 
 class RandomPolicy:
@@ -83,9 +122,10 @@ def average_return(env: gym.Env, policy: Predictor | PolicyFn, n_episodes: int, 
     returns = []
     for episode in range(n_episodes):
         observation, _ = env.reset(seed=seed if episode == 0 else None)
+        _start_episode(policy_fn)
         episode_return, done = 0.0, False
         while not done:
-            observation, reward, terminated, truncated, _ = env.step(policy_fn(observation))
+            observation, reward, terminated, truncated, _ = env.step(env_action(policy_fn(observation), env.action_space))
             episode_return += float(reward)
             done = terminated or truncated
         returns.append(episode_return)
@@ -115,9 +155,9 @@ def reference_scores(
     :param expert_policy: Policy whose mean return is ``ref_max_score``.
     :param n_episodes: Episodes averaged per measured score.
     :param seed: Seed of the first reset and of the random policy.
-    :return: ``ref_min_score``, ``ref_max_score`` and ``num_episodes_average_score`` (keyword arguments of
-        ``minari.create_dataset_from_buffers``), or an empty dict when neither ``ref_max_score`` nor
-        ``expert_policy`` is given.
+    :return: ``ref_min_score``, ``ref_max_score`` and, where one was measured, ``num_episodes_average_score``
+        (keyword arguments of ``minari.create_dataset_from_buffers``), or an empty dict when neither
+        ``ref_max_score`` nor ``expert_policy`` is given.
     """
     if ref_max_score is not None and expert_policy is not None:
         raise ValueError("Pass ref_max_score or expert_policy, not both")
@@ -126,11 +166,13 @@ def reference_scores(
             raise ValueError("ref_min_score needs ref_max_score or expert_policy")
         return {}
     env = as_env(eval_env)
+    measured = ref_min_score is None or ref_max_score is None
     if ref_min_score is None:
         ref_min_score = average_return(env, RandomPolicy(env.action_space, seed), n_episodes, seed)
     if ref_max_score is None:
         ref_max_score = average_return(env, expert_policy, n_episodes, seed)
-    return {"ref_min_score": ref_min_score, "ref_max_score": ref_max_score, "num_episodes_average_score": n_episodes}
+    scores: dict[str, float | int] = {"ref_min_score": ref_min_score, "ref_max_score": ref_max_score}
+    return {**scores, "num_episodes_average_score": n_episodes} if measured else scores
 
 
 def check_reference_scores(scores: dict[str, float | int]) -> None:
@@ -236,6 +278,7 @@ def _roll_out(
     total_steps = 0
     observation, _ = env.reset(seed=seed)
     while True:
+        _start_episode(policy_fn)
         observations, actions, rewards, terminations, truncations = [observation], [], [], [], []
         done = out_of_steps = False
         while not (done or out_of_steps):
@@ -244,8 +287,7 @@ def _roll_out(
                 action = noise(action).astype(env.action_space.dtype)
             if random_actions is not None:
                 action = np.asarray(random_actions(action), dtype=env.action_space.dtype)
-            # a Discrete action as a NumPy scalar, as SB3's VecEnvs step: toy-text envs index tables with it
-            observation, reward, terminated, truncated, _ = env.step(action[()] if action.ndim == 0 else action)
+            observation, reward, terminated, truncated, _ = env.step(env_action(action, env.action_space))
             total_steps += 1
             done = terminated or truncated
             out_of_steps = n_steps is not None and total_steps >= n_steps

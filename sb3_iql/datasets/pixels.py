@@ -102,9 +102,11 @@ class PointMazePixels(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return self._observe(first=False), float(reward), terminated, truncated, info
 
 
-def make_pixel_pointmaze_env(maze: str, reward: str = "sparse", size: int = DEFAULT_SIZE, evaluation: bool = False) -> gym.Env:
-    """:return: ``make_pointmaze_env(maze, reward, evaluation)`` rendering ``size x size`` frames, in pixels"""
-    env = make_pointmaze_env(maze, reward, evaluation, render_mode="rgb_array", width=size, height=size)
+def make_pixel_pointmaze_env(
+    maze: str, reward: str = "sparse", size: int = DEFAULT_SIZE, evaluation: bool = False, keep_goal: bool = False
+) -> gym.Env:
+    """:return: ``make_pointmaze_env(maze, reward, evaluation, keep_goal)`` rendering ``size x size`` frames, in pixels"""
+    env = make_pointmaze_env(maze, reward, evaluation, keep_goal, render_mode="rgb_array", width=size, height=size)
     return PointMazePixels(env, size)
 
 
@@ -179,7 +181,9 @@ def make_pixel_pointmaze_dataset(
     maze, reward = maze_and_reward or parse_pointmaze_dataset_id(source_id)[:2]
     dataset_id = dataset_id or pixel_dataset_id(source_id, size, check=maze_and_reward is None)
     check_writable(dataset_id, overwrite)
-    env = make_pixel_pointmaze_env(maze, reward, size)
+    source_spec = source.spec.env_spec
+    keep_goal = source_spec is not None and source_spec.kwargs.get("reset_target") is False  # the -antmaze recipes'
+    env = make_pixel_pointmaze_env(maze, reward, size, keep_goal=keep_goal)
     env.reset(seed=0)
     episodes: list[EpisodeBuffer] = []
     total = 0

@@ -46,7 +46,8 @@ def replay_buffer_episodes(
     time-out as both, this package's offline data as a time-out only). The data still running at the end of the buffer
     forms a last episode marked truncated; once the ring buffer has wrapped, the oldest episode starts mid-way.
 
-    :param replay_buffer: The buffer (``optimize_memory_usage=False``).
+    :param replay_buffer: The buffer (``optimize_memory_usage=False``, ``handle_timeout_termination=True``: time-limit
+        ends told apart from terminations; not empty).
     :param observation_space: The environment's observation space.
     :param action_space: The environment's action space.
     :param scaled_actions: Whether Box actions are stored scaled to [-1, 1], as SB3 off-policy algorithms do;
@@ -57,6 +58,13 @@ def replay_buffer_episodes(
         raise ValueError("A replay buffer with optimize_memory_usage=True has no next observations at episode ends")
     if isinstance(replay_buffer, DeviceImageReplayBuffer):
         raise ValueError("A DeviceImageReplayBuffer stores frames once, not as rows of transitions: it cannot be split")
+    if replay_buffer.size() == 0:
+        raise ValueError("The replay buffer is empty: nothing to write")
+    if not getattr(replay_buffer, "handle_timeout_termination", True):
+        raise ValueError(
+            "This replay buffer was made with handle_timeout_termination=False: SB3 stored its time-limit ends as "
+            "terminations, which the dataset cannot tell apart; collect with the default (True)"
+        )
     rows = _chronological_rows(replay_buffer)
     episodes: list[EpisodeBuffer] = []
     for env_index in range(replay_buffer.n_envs):
