@@ -15,8 +15,11 @@ the constructor arguments of a dataset's preset, and ``IQL.from_preset`` builds 
 """
 
 import copy
+import difflib
 import fnmatch
+import inspect
 import os
+from collections.abc import Iterable
 from functools import cache
 from typing import Any
 
@@ -61,8 +64,11 @@ def _read_presets(path: str, version: tuple[int, int]) -> dict[str, dict[str, An
     """:param version: the file's modification time and size: an edited file is read again"""
     with open(path) as file_handler:
         presets = yaml.safe_load(file_handler)
-    if not isinstance(presets, dict) or not all(isinstance(value, dict) for value in presets.values()):
+    if not isinstance(presets, dict):
         raise ValueError(f"{path} is not a preset file: expected a mapping of dataset id -> hyperparameters")
+    for key, value in presets.items():
+        if not isinstance(value, dict):
+            raise ValueError(f"{path}: the entry {key!r} is {value!r}, not a mapping of hyperparameters")
     return presets
 
 
@@ -102,6 +108,8 @@ def preset_key(dataset_id: str, finetune: bool = False, path: str | None = None)
     :return: the key of the entry that applies: the id itself (plus ``:finetune``) or the first matching pattern
     :raises PresetNotFoundError: no entry applies; the message lists the known ids and patterns
     """
+    if dataset_id.endswith(FINETUNE_SUFFIX):
+        raise ValueError(f"{dataset_id!r}: pass the dataset id alone, and finetune=True for its fine-tuning preset")
     presets = _presets(path)
     suffix = FINETUNE_SUFFIX if finetune else ""
     if dataset_id + suffix in presets:
@@ -138,6 +146,27 @@ def preset_for(dataset_id: str, finetune: bool = False, path: str | None = None)
     """
     presets = _presets(path)
     return copy.deepcopy(presets[preset_key(dataset_id, finetune, path)])
+
+
+def check_preset_keys(
+    dataset_id: str, model_class: type, finetune: bool = False, path: str | None = None, given: Iterable[str] = ()
+) -> None:
+    """
+    :param model_class: the class the preset builds (``IQL``): its constructor's keyword arguments are accepted
+    :param given: keys the caller passes over the preset (named as given, not as the file's)
+    :raises ValueError: a key of the dataset's entry (or of ``given``) that is neither one of them nor an rl-zoo key,
+        naming the file, the entry and the closest argument (a typo in a preset file failed inside the constructor)
+    """
+    accepted = set(inspect.signature(model_class.__init__).parameters) - {"self", "policy", "env"}
+    given = set(given)
+    key = preset_key(dataset_id, finetune, path)
+    for name in sorted((set(_presets(path)[key]) | set(given)) - accepted - ZOO_ONLY_KEYS - {"policy"}):
+        closest = difflib.get_close_matches(name, sorted(accepted), n=1)
+        hint = f" (did you mean {closest[0]!r}?)" if closest else ""
+        where = "an override" if name in given else f"{path or DEFAULT_PRESETS_PATH}, entry {key!r}"
+        raise ValueError(f"Unknown hyperparameter {name!r} in {where}{hint}")
+    for name in sorted(set(given) & ZOO_ONLY_KEYS):
+        raise ValueError(f"{name!r} is an rl-zoo key, not a model argument (n_timesteps: pass it to learn())")
 
 
 def iql_kwargs(preset: dict[str, Any]) -> dict[str, Any]:
@@ -183,7 +212,7 @@ def preset_arguments(dataset_id: str, finetune: bool = False, path: str | None =
     :raises PresetNotFoundError: no preset applies to ``dataset_id``
     """
     arguments = from_zoo_strings(iql_kwargs(preset_for(dataset_id, finetune, path)))
-    arguments.setdefault("offline_dataset", dataset_id)
+    arguments["offline_dataset"] = dataset_id  # the id asked for, whatever an entry of a user's file says
     return arguments
 
 
@@ -193,14 +222,19 @@ def with_overrides(arguments: dict[str, Any], overrides: dict[str, Any]) -> dict
     :param overrides: arguments that replace them, except ``policy_kwargs``, which are merged into theirs (so that
         ``{"net_arch": [64, 64]}`` keeps the other network settings); rl-zoo's strings are taken
         (:func:`from_zoo_strings`). A ``replay_buffer_class`` given without ``replay_buffer_kwargs`` drops the
-        arguments' buffer kwargs (a hindsight preset's ``n_sampled_goal`` fits no other buffer), and
-        ``policy_kwargs`` with ``actor_dropout`` replace the arguments' ``dropout``
+        arguments' buffer kwargs (a hindsight preset's ``n_sampled_goal`` fits no other buffer),
+        ``policy_kwargs`` with ``actor_dropout`` replace the arguments' ``dropout``, and ``dropout`` their
+        ``policy_kwargs``' ``actor_dropout``
     :return: a new dict
     """
     overrides = from_zoo_strings(overrides)
     merged = {**arguments, **overrides}
     if "policy_kwargs" in overrides:  # None (or a preset's null): no kwargs of that side
         merged["policy_kwargs"] = {**(arguments.get("policy_kwargs") or {}), **(overrides["policy_kwargs"] or {})}
+    if "dropout" in overrides and "actor_dropout" not in (overrides.get("policy_kwargs") or {}):
+        kwargs = dict(merged.get("policy_kwargs") or {})
+        if kwargs.pop("actor_dropout", None) is not None:  # the preset's rate, which the given dropout replaces
+            merged["policy_kwargs"] = kwargs
     for key in replaced_with(arguments, overrides):
         merged.pop(key, None)
     return merged

@@ -62,6 +62,7 @@ from sb3_iql.data.minari_loader import DatasetNotFoundError, load_dataset, store
 from sb3_iql.iql import IQL
 from sb3_iql.presets import (
     PresetNotFoundError,
+    check_preset_keys,
     from_zoo_strings,
     known_presets,
     preset_for,
@@ -171,6 +172,7 @@ def zoo_hyperparams(
     """
     try:
         hyperparams = preset_for(dataset_id, finetune, presets_path)
+        check_preset_keys(dataset_id, IQL, finetune, presets_path)  # rl-zoo would fail in IQL's constructor
     except PresetNotFoundError:
         hyperparams = default_hyperparams(dataset_id, finetune, presets_path)
     hyperparams["offline_dataset"] = dataset_id
@@ -224,12 +226,29 @@ def default_hyperparams(dataset_id: str, finetune: bool = False, presets_path: s
         f"No IQL preset for dataset {dataset_id!r}: training with the package defaults (expectile 0.7, beta 3.0, "
         "no reward transform)."
     )
-    closest = difflib.get_close_matches(dataset_id, known_presets(finetune, presets_path), n=1, cutoff=0.0)
+    closest = difflib.get_close_matches(dataset_id, _same_environment(dataset_id, finetune, presets_path), n=1, cutoff=0.0)
     if closest:
         message += f" The closest preset is {closest[0]!r}:"
     message += " set hyperparameters with -params, or pass a configuration with --conf-file."
     warnings.warn(message, stacklevel=2)
     return dict(DEFAULT_FINETUNE_HYPERPARAMS if finetune else DEFAULT_HYPERPARAMS)
+
+
+def _same_environment(dataset_id: str, finetune: bool, presets_path: str | None) -> list[str]:
+    """:return: the presets whose environment (``"hopper"`` in ``"D4RL/hopper/medium-v2"``) is the dataset's or
+    contains it (``"maze"``: the PointMaze and AntMaze ones): the closest id of another domain is no advice"""
+    environment = _environment(dataset_id)
+    return [
+        key
+        for key in known_presets(finetune, presets_path)
+        if environment and _environment(key) and (environment in _environment(key) or _environment(key) in environment)
+    ]
+
+
+def _environment(dataset_id: str) -> str:
+    """:return: the environment part of a Minari id (``namespace/environment/name-vN``), or ``""``"""
+    parts = dataset_id.split("/")
+    return parts[-2] if len(parts) >= 3 else ""
 
 
 class IQLExperimentManager(ExperimentManager):

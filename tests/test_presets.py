@@ -2,6 +2,7 @@
 
 import inspect
 import pathlib
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -174,11 +175,20 @@ def test_exact_ids_come_first_then_patterns_in_file_order():
     assert preset_key("D4RL/antmaze/large-diverse-v1") == "D4RL/antmaze/large-diverse-v1"
     assert preset_key("D4RL/antmaze/large-diverse-v2") == "D4RL/antmaze/*"
     assert preset_key("mujoco/humanoid/expert-v0") == "mujoco/*"
-    assert preset_key("sb3_iql/pointmaze/large-dense-stitch-v0") == "sb3_iql/pointmaze/*-stitch-v0"
+    assert preset_key("sb3_iql/pointmaze/large-dense-stitch-v0") == "sb3_iql/pointmaze/*-stitch-v*"
     assert preset_key("sb3_iql/pointmaze/large-dense-v0") == "sb3_iql/pointmaze/*-dense-*"
-    assert preset_key("sb3_iql/pointmaze/medium-dense-cut-v0") == "sb3_iql/pointmaze/*-dense-*"  # before *-cut-v0
+    assert preset_key("sb3_iql/pointmaze/medium-dense-cut-v0") == "sb3_iql/pointmaze/*-dense-*"  # before *-cut-v*
     assert preset_key("D4RL/antmaze/large-play-v1", finetune=True) == "D4RL/antmaze/large-play-v1:finetune"
     assert preset_key("sb3_iql/pointmaze/medium-v0", finetune=True) == "sb3_iql/pointmaze/*:finetune"
+
+
+@pytest.mark.parametrize(
+    "recipe", ["large-stitch", "medium-cut", "medium-play", "medium-antmaze", "medium-antmaze-unseen", "medium"]
+)
+def test_a_local_recipe_of_another_version_keeps_its_recipe_s_preset(recipe):
+    """The recipe globs named -v0: a -v1 of the same recipe fell through to the general maze preset (the stitch
+    mazes lost their dropout, the goal mazes their hindsight goals, -antmaze its beta)."""
+    assert preset_for(f"sb3_iql/pointmaze/{recipe}-v1") == preset_for(f"sb3_iql/pointmaze/{recipe}-v0")
 
 
 def test_pixel_pointmaze_presets_are_the_maze_settings_with_the_cnn_policy():
@@ -333,3 +343,43 @@ def test_from_preset_reads_hyperparameters_written_as_rl_zoo_writes_them(maze_ro
     model = IQL.from_preset(MAZE_ID, path=str(path), offline_steps=2)
     assert model.policy.net_arch == [8, 4] and model.policy.activation_fn is th.nn.Tanh
     assert model.lr_schedule(1.0) == pytest.approx(1e-3) and model.lr_schedule(0.25) == pytest.approx(2.5e-4)
+
+
+def test_a_preset_model_warns_of_a_short_run_on_the_default_budget_as_any_model(maze_root):
+    """Every preset writes offline_steps: 1000000, which the model took for a choice: no warning that the actor's
+    cosine lr would barely decay over a shorter run."""
+    model = IQL.from_preset(MAZE_ID, policy_kwargs={"net_arch": [8]}, batch_size=16)
+    with pytest.warns(UserWarning, match=r"offline_steps=1,000,000 .* these 3 it will still be 1.000"):
+        model.learn_offline(3)
+    chosen = IQL.from_preset(MAZE_ID, offline_steps=1_000_000, policy_kwargs={"net_arch": [8]}, batch_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # asked for: no warning
+        chosen.learn_offline(3)
+
+
+def test_unknown_keys_in_a_preset_file_or_an_override_are_named_with_the_closest_argument(maze_root, tmp_path):
+    path = tmp_path / "presets.yml"
+    path.write_text(yaml.safe_dump({MAZE_ID: {**preset_for(MAZE_ID), "expectle": 0.8}}))
+    with pytest.raises(ValueError, match=rf"'expectle' in {path}, entry '{MAZE_ID}' \(did you mean 'expectile'\?\)"):
+        IQL.from_preset(MAZE_ID, path=str(path))  # a bare TypeError of IQL's constructor before
+    with pytest.raises(ValueError, match=r"Unknown hyperparameter 'bta' in an override \(did you mean 'beta'\?\)"):
+        IQL.from_preset(MAZE_ID, bta=3.0)
+    with pytest.raises(ValueError, match=r"'n_timesteps' is an rl-zoo key, not a model argument"):
+        IQL.from_preset(MAZE_ID, n_timesteps=10)
+    path.write_text(f"{MAZE_ID}:\nother/id-v0: {{beta: 1.0}}\n")
+    with pytest.raises(ValueError, match=rf"entry '{MAZE_ID}' is None, not a mapping"):  # the file, not which entry
+        preset_for(MAZE_ID, path=str(path))
+
+
+def test_dropout_given_over_a_preset_s_actor_dropout_replaces_it():
+    stitch = {**preset_arguments(MAZE_ID), "policy_kwargs": {"actor_dropout": 0.1, "net_arch": [8]}}
+    del stitch["dropout"]
+    given = with_overrides(stitch, {"dropout": 0.3})  # both kept before: IQL refused them as disagreeing
+    assert given["dropout"] == 0.3 and given["policy_kwargs"] == {"net_arch": [8]}
+
+
+def test_a_fine_tuning_suffix_in_the_id_is_refused():
+    """It matched the fine-tuning preset by exact key, or the offline glob, depending on the id."""
+    for dataset_id in ("D4RL/antmaze/umaze-v1:finetune", "sb3_iql/pointmaze/umaze-stitch-v0:finetune"):
+        with pytest.raises(ValueError, match="pass the dataset id alone, and finetune=True"):
+            preset_for(dataset_id)

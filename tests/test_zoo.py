@@ -248,13 +248,22 @@ def test_a_preset_s_policy_kwargs_take_those_of_params_and_fine_tuning_keeps_an_
     assert preset["dropout"] == 0.1 and model.dropout == 0.2  # the actor's dropout replaces the preset's
 
 
+def test_the_closest_preset_named_is_of_the_same_environment():
+    """Plain string similarity named D4RL/pointmaze/medium-v2 for D4RL/hopper/medium-v2, a Hopper preset for CartPole."""
+    assert zoo._same_environment("D4RL/hopper/medium-v2", False, None)[0].split("/")[1] == "hopper"
+    assert zoo._same_environment("sb3_iql/cartpole/medium-expert-v0", False, None) == []
+
+
 def test_a_dataset_without_preset_trains_with_the_defaults_and_a_warning(maze_root, tmp_path):
     from sb3_iql.datasets import make_pointmaze_dataset
     from sb3_iql.zoo import zoo_hyperparams
 
     dataset_id = "mine/maze/umaze-stitch-v0"  # no preset matches this namespace
     make_pointmaze_dataset("umaze", stitch=True, n_steps=600, n_reference_episodes=1, dataset_id=dataset_id)
-    with pytest.warns(UserWarning, match="No IQL preset for dataset 'mine/maze/umaze-stitch-v0'.*closest preset is"):
+    with pytest.warns(
+        UserWarning,
+        match=r"No IQL preset for dataset 'mine/maze/umaze-stitch-v0'.*closest preset is 'sb3_iql/pointmaze/\*-stitch-v\*'",
+    ):
         (hyperparams,) = zoo_hyperparams(dataset_id).values()
     assert (hyperparams["policy"], hyperparams["n_timesteps"], hyperparams["offline_dataset"]) == ("MlpPolicy", 0, dataset_id)
     assert "expectile" not in hyperparams and "beta" not in hyperparams  # IQL's own defaults apply

@@ -15,14 +15,14 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import update_learning_rate
 
-from sb3_iql.common.offline import OfflineAlgorithm, checked_count
+from sb3_iql.common.offline import DEFAULT_OFFLINE_STEPS, OfflineAlgorithm, checked_count
 from sb3_iql.data.minari_loader import DatasetLike
 from sb3_iql.data.rewards import RewardTransformLike
 from sb3_iql.iql import update
 from sb3_iql.iql.fast_update import CudaGraphUpdate, FunctionalUpdate, constant_attributes, constant_values
 from sb3_iql.iql.policies import CnnPolicy, EnsembleCritic, IQLPolicy, MlpActor, MlpPolicy, MultiInputPolicy, ValueNetwork
 from sb3_iql.iql.update import METRIC_NAMES, POLICY_EXTRACTIONS, Batch, PolicyExtraction, UpdateSettings
-from sb3_iql.presets import preset_arguments, with_overrides
+from sb3_iql.presets import check_preset_keys, preset_arguments, with_overrides
 
 SelfIQL = TypeVar("SelfIQL", bound="IQL")
 UpdateOrder = Literal["sequential", "joint"]
@@ -298,9 +298,15 @@ class IQL(OfflineAlgorithm):
             [64, 64]}`` keeps the preset's other network settings
         :return: the model (of this class, for a subclass)
         :raises sb3_iql.presets.PresetNotFoundError: no preset applies to ``dataset_id``
+        :raises ValueError: a key of the preset's entry or of ``overrides`` that is no IQL argument (named, with the
+            closest), or an rl-zoo key such as ``n_timesteps`` (for ``learn``)
         """
+        check_preset_keys(dataset_id, cls, finetune, path, given=overrides)
         arguments = with_overrides(preset_arguments(dataset_id, finetune, path), overrides)
-        return cls(arguments.pop("policy", "MlpPolicy"), env, **arguments)
+        model = cls(arguments.pop("policy", "MlpPolicy"), env, **arguments)
+        if "offline_steps" not in overrides and model.offline_steps == DEFAULT_OFFLINE_STEPS:
+            model.offline_steps_default = True  # the presets write the default: a shorter run is warned about too
+        return model
 
     @staticmethod
     def _check_hyperparameters(values: dict[str, Any]) -> None:
