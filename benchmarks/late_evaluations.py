@@ -42,6 +42,8 @@ def main() -> None:
     args = parser.parse_args()
     bc = {name: float(score) for name, score in (item.split("=") for item in args.bc)}
     scores = late_scores(load_runs(args.out), args.net_arch, args.updates, args.from_updates)
+    if not scores:
+        raise SystemExit(f"No run in {args.out / RUNS_FILE} at {args.updates:,} updates with these networks")
     print(f"Late = from {args.from_updates:,} updates on; collapse = below BC + {MARGIN:g} ({args.out / RUNS_FILE})")
     print("| maze | method | late evaluations | below BC + 15 | mean |")
     print("|---|---|---:|---:|---:|")

@@ -53,6 +53,7 @@ import numpy as np
 import torch as th
 from hardware import machine  # benchmarks/hardware.py
 from stable_baselines3 import SAC
+from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback, EvalCallback, StopTrainingOnRewardThreshold
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
@@ -106,6 +107,20 @@ def _load(model_path: Path, buffer_path: Path, env: gym.Env) -> SAC:
     return model
 
 
+def end_open_episode(replay_buffer: ReplayBuffer) -> None:
+    """
+    Mark the buffer's last transition a time-out (SB3's truncation: ``dones`` and ``timeouts``) unless it ends an
+    episode: a run resumed from a checkpoint starts from a reset, and the episode cut there would otherwise run on into
+    the next one in the replay dataset (a mid-episode reset without a flag).
+    """
+    if replay_buffer.size() == 0:
+        return
+    last = (replay_buffer.pos - 1) % replay_buffer.buffer_size
+    open_episodes = replay_buffer.dones[last] == 0
+    replay_buffer.timeouts[last] = np.where(open_episodes, 1.0, replay_buffer.timeouts[last])
+    replay_buffer.dones[last] = 1.0
+
+
 def train_stage(
     name: str, args: argparse.Namespace, until_steps: int, stop_return: float | None, start: SAC | None = None
 ) -> SAC:
@@ -127,6 +142,8 @@ def train_stage(
     checkpoint = _latest_checkpoint(checkpoint_dir)
     if checkpoint is not None:
         model = _load(*checkpoint, env)
+        end_open_episode(model.replay_buffer)  # learn() starts a new episode from a reset
+        print(f"{name}: resumed at {model.num_timesteps:,} steps", flush=True)
     elif start is not None:
         model = start
     else:

@@ -35,9 +35,19 @@ DEFAULTS = speed.PathSpec(
 )
 
 
-def run(path: str, n_updates: int, chunk: int, max_seconds: float, device: th.device, peer_updates: int = 0) -> dict[str, Any]:
+def run(
+    path: str,
+    n_updates: int,
+    chunk: int,
+    max_seconds: float,
+    device: th.device,
+    peer_updates: int = 0,
+    on_chunk: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """
     :param peer_updates: d3rlpy's IQL updates timed before and after the run (0: none)
+    :param on_chunk: called with the figures so far after each chunk (to save them: a stage's time limit may stop
+        the run before its end)
     :return: the run's figures: updates done, wall seconds of the first chunk (compilation included) and of all,
         updates/s over the whole run and over the chunks after the first, whether the result is finite, and with
         ``peer_updates`` d3rlpy's updates/s (before, after) and the ratio of the whole run's to their mean
@@ -56,8 +66,31 @@ def run(path: str, n_updates: int, chunk: int, max_seconds: float, device: th.de
         peer_rates.append(_updates_per_s(time_peer, peer_updates, device))
     chunks: list[tuple[int, float]] = []
     done, start = 0, time.perf_counter()
+
     # a chunk starts only if it should end within max_seconds (at the last chunk's pace): a stage's time limit
     # (gpu_check.sh) would kill the run before it writes its figures
+    def figures() -> dict[str, Any]:
+        steady = chunks[1:] or chunks
+        parameters = [p for net in (model.actor, model.critic, model.value_net) for p in net.parameters()]
+        actions, _ = model.predict(data.observations[:1000], deterministic=True)
+        return {
+            "path": path,
+            "note": spec.note,
+            "updates": done,
+            "target_updates": n_updates,
+            "wall_s": total,
+            "first_chunk_s": chunks[0][1],
+            "chunk": chunk,
+            "updates_per_s": done / total,
+            "steady_updates_per_s": sum(size for size, _ in steady) / sum(seconds for _, seconds in steady),
+            "chunk_updates_per_s": [size / seconds for size, seconds in chunks],
+            "finite": bool(all(th.isfinite(p).all() for p in parameters) and np.isfinite(actions).all()),
+            "ran": speed.path_that_ran(model),
+            "peer_updates": peer_updates,
+            "peer_updates_per_s": peer_rates,
+            "ratio_to_peer": done / total / float(np.mean(peer_rates)) if peer_rates else None,
+        }
+
     while not chunks or (done < n_updates and time.perf_counter() - start + chunks[-1][1] < max_seconds):
         size = min(chunk, n_updates - done)
         chunk_start = time.perf_counter()
@@ -65,30 +98,13 @@ def run(path: str, n_updates: int, chunk: int, max_seconds: float, device: th.de
         speed.synchronize(device)
         chunks.append((size, time.perf_counter() - chunk_start))
         done += size
-        print(f"{done:>9,} updates, {time.perf_counter() - start:7.1f} s", flush=True)
-    total = time.perf_counter() - start
+        total = time.perf_counter() - start
+        print(f"{done:>9,} updates, {total:7.1f} s", flush=True)
+        if on_chunk is not None:  # a run killed by a time limit keeps its chunks
+            on_chunk(figures())
     if time_peer is not None:
         peer_rates.append(_updates_per_s(time_peer, peer_updates, device))
-    steady = chunks[1:] or chunks
-    parameters = [p for net in (model.actor, model.critic, model.value_net) for p in net.parameters()]
-    actions, _ = model.predict(data.observations[:1000], deterministic=True)
-    return {
-        "path": path,
-        "note": spec.note,
-        "updates": done,
-        "target_updates": n_updates,
-        "wall_s": total,
-        "first_chunk_s": chunks[0][1],
-        "chunk": chunk,
-        "updates_per_s": done / total,
-        "steady_updates_per_s": sum(size for size, _ in steady) / sum(seconds for _, seconds in steady),
-        "chunk_updates_per_s": [size / seconds for size, seconds in chunks],
-        "finite": bool(all(th.isfinite(p).all() for p in parameters) and np.isfinite(actions).all()),
-        "ran": speed.path_that_ran(model),
-        "peer_updates": peer_updates,
-        "peer_updates_per_s": peer_rates,
-        "ratio_to_peer": done / total / float(np.mean(peer_rates)) if peer_rates else None,
-    }
+    return figures()
 
 
 def _updates_per_s(run_updates: Callable[[int], None], n_updates: int, device: th.device) -> float:
@@ -148,15 +164,19 @@ def main() -> None:
     parser.add_argument("--peer-updates", type=int, default=0, help="d3rlpy IQL updates timed before and after")
     args = parser.parse_args()
     th.set_num_threads(args.threads)
-    device = th.device(("cuda" if th.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    result = {
+    device = speed.chosen_device(args.device)
+    header = {
         "torch": th.__version__,
         "threads": args.threads,
         "date": datetime.datetime.now().isoformat(timespec="minutes"),
         "device_name": speed.device_name(device),
-        **run(args.path, args.updates, args.chunk, args.max_seconds, device, args.peer_updates),
     }
-    speed.save_section(args.output_dir, "million", device.type, result)
+
+    def save(figures: dict[str, Any]) -> None:
+        speed.save_section(args.output_dir, "million", device.type, {**header, **figures})
+
+    result = {**header, **run(args.path, args.updates, args.chunk, args.max_seconds, device, args.peer_updates, save)}
+    save(result)
     print(render(result, result["device_name"]), flush=True)
     if not result["finite"]:
         raise SystemExit("non-finite parameters or actions after the run")

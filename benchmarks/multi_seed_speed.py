@@ -81,15 +81,15 @@ def timed(function: Callable[[], object], device: str) -> tuple[float, float]:
 
 
 def contenders(
-    n_learners: int, width: int, device: str, compiled: bool, sweep: bool = False
+    n_learners: int, width: int, device: str, compiled: bool, sweep: bool = False, only_compiled_graph: bool = False
 ) -> dict[str, Callable[[int], object]]:
     """
     :return: name -> ``run(n_updates)``, warmed up: ``together`` and ``separate`` (eager), on CUDA ``graph``
         (together in a CUDA graph, its capture timed with each call); with ``compiled``, on CPU
         ``together_compiled`` and ``separate_compiled`` (``compile_update=True``: the compilation in the warm-up),
-        on CUDA ``graph_compiled`` (the compiled update in the graph: the fastest path of one seed and of K); with
-        ``sweep``, ``sweep`` (together, eager, each learner with its own ``sweep_values``), on CUDA ``graph_sweep``
-        (the same in a CUDA graph)
+        on CUDA ``graph_compiled`` (the compiled update in the graph: the fastest path of one seed and of K) alone,
+        with ``only_compiled_graph``; with ``sweep``, ``sweep`` (together, eager, each learner with its own
+        ``sweep_values``), on CUDA ``graph_sweep`` (the same in a CUDA graph)
     """
     runs: dict[str, Callable[[int], object]] = {}
 
@@ -113,11 +113,11 @@ def contenders(
             models, n, log_interval=0, reset_num_timesteps=False, cuda_graph=True, compile_update=compile_update
         )
 
+    if only_compiled_graph:  # built last by benchmark(): its compilation would hold back every other figure
+        return {"graph_compiled": graphed(True)}
     runs["together"], runs["separate"] = together(False), separate(False)
     if device == "cuda":
         runs["graph"] = graphed(False)
-        if compiled:
-            runs["graph_compiled"] = graphed(True)
     elif compiled:
         runs["together_compiled"], runs["separate_compiled"] = together(True), separate(True)
     if sweep:
@@ -135,12 +135,27 @@ def benchmark(
     device: str = "cpu",
     compiled: bool = False,
     sweep: bool = False,
+    on_partial: Callable[[dict[str, float]], None] | None = None,
 ) -> dict[str, float]:
     """
+    :param on_partial: on CUDA with ``compiled``, called with the other contenders' figures before the compiled graph
+        is built and timed (its rounds come after theirs)
     :return: learner-updates/s of each of ``contenders`` (wall and CPU time, median round), and the ratios together
         / separate (eager, and compiled with ``compiled``) and, with ``sweep``, sweep / together (CPU time)
     """
-    runs = contenders(n_learners, width, device, compiled, sweep)
+    result = rates(contenders(n_learners, width, device, compiled, sweep), n_learners, n_updates, n_rounds, device)
+    if compiled and device == "cuda":  # timed after the others, which a stage's time limit then leaves saved
+        if on_partial is not None:
+            on_partial({**result, **ratios(result, sweep)})
+        compiled_graph = contenders(n_learners, width, device, compiled, only_compiled_graph=True)
+        result.update(rates(compiled_graph, n_learners, n_updates, n_rounds, device))
+    return {**result, **ratios(result, sweep)}
+
+
+def rates(
+    runs: dict[str, Callable[[int], object]], n_learners: int, n_updates: int, n_rounds: int, device: str
+) -> dict[str, float]:
+    """:return: learner-updates/s of each run (wall and CPU time, median round), the runs taking turns in a round"""
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     for _ in range(n_rounds):
         for name, run in runs.items():
@@ -150,13 +165,19 @@ def benchmark(
         for clock, index in (("wall", 0), ("cpu", 1)):
             seconds = statistics.median(round_times[index] for round_times in rounds)
             result[f"{name}_{clock}"] = n_learners * n_updates / seconds  # learner-updates/s: updates/s per learner x K
+    return result
+
+
+def ratios(result: dict[str, float], sweep: bool) -> dict[str, float]:
+    """:return: together / separate (wall and CPU; compiled where timed) and, with ``sweep``, sweep / together"""
+    result = dict(result)
     for clock in ("wall", "cpu"):
         result[f"ratio_{clock}"] = result[f"together_{clock}"] / result[f"separate_{clock}"]
     if "together_compiled_cpu" in result:
         result["ratio_compiled_cpu"] = result["together_compiled_cpu"] / result["separate_compiled_cpu"]
     if sweep:
         result["ratio_sweep_cpu"] = result["sweep_cpu"] / result["together_cpu"]
-    return result
+    return {key: value for key, value in result.items() if key.startswith("ratio_")}
 
 
 def extra_columns(rows: list[dict[str, Any]]) -> tuple[str, str, list[str]]:
@@ -195,9 +216,11 @@ def render(result: dict[str, Any], device_name: str) -> str:
         f"`learn_offline_together` (K learners, one vmapped update per step) against K separate `learn_offline` runs, "
         f"timed in alternation (`benchmarks/multi_seed_speed.py`): batch {BATCH_SIZE}, AntMaze's shapes (obs "
         f"{OBS_DIM}, action {ACTION_DIM}), {result['updates']} updates x {result['rounds']} rounds, median round. "
-        "Figures: learner-updates/s (K x updates/s of each learner). Compiled: `compile_update=True` for both "
-        "(compilation excluded; `learn_offline_together` runs its gradient functions once more per call, to check "
-        "the compilation). A CUDA graph is captured again by each call, which the rounds count. Sweep: together, "
+        "Figures: learner-updates/s (K x updates/s of each learner). Separate: K eager runs. Compiled: on CPU "
+        "`compile_update=True` together and separate; on CUDA together in a CUDA graph, timed after the other "
+        "columns (compilation excluded; `learn_offline_together` runs its gradient functions once more per call, to "
+        "check the compilation; one seed's fastest rate is `speed.py`'s compiled-cudagraph path, not the eager "
+        "separate runs). A CUDA graph is captured again by each call, which the rounds count. Sweep: together, "
         "eager, each learner with its own learning rate, tau, expectile and beta (`sweep_values`).",
         "",
     ]
@@ -240,6 +263,8 @@ def main() -> None:
         "--output-dir", default=None, help="write multi_seed_<device>.json there and re-render its speed.md (speed.py)"
     )
     args = parser.parse_args()
+    if args.device == "cuda" and not th.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device here")
     th.set_num_threads(args.threads)
     result: dict[str, Any] = {
         "threads": args.threads,
@@ -252,13 +277,24 @@ def main() -> None:
             th.cuda.get_device_name() if args.device == "cuda" else f"{cpu_model()}, {os.cpu_count()} logical CPUs"
         ),
     }
+
+    def save(rows: list[dict[str, Any]]) -> None:
+        if args.output_dir is not None:
+            import speed  # benchmarks/speed.py (which imports this module)
+
+            speed.save_section(args.output_dir, "multi_seed", args.device, {**result, "rows": rows})
+
     for width in args.widths:
         for n_learners in args.learners:
-            row = {
-                "width": width,
-                "learners": n_learners,
-                **benchmark(n_learners, width, args.updates, args.rounds, args.device, args.compiled, args.sweep),
-            }
+            shape = {"width": width, "learners": n_learners}
+
+            def save_partial(figures: dict[str, float], shape: dict[str, int] = shape) -> None:
+                save([*result["rows"], {**shape, **figures}])
+
+            figures = benchmark(
+                n_learners, width, args.updates, args.rounds, args.device, args.compiled, args.sweep, save_partial
+            )
+            row = {**shape, **figures}
             result["rows"].append(row)
             print(
                 f"{width}x{width}, K={n_learners}: {row['together_wall']:.0f} learner-updates/s together, "
@@ -269,10 +305,7 @@ def main() -> None:
                 + (f", sweep / together {row['ratio_sweep_cpu']:.2f} (CPU)" if "ratio_sweep_cpu" in row else ""),
                 flush=True,
             )
-            if args.output_dir is not None:  # after each row: a run stopped at its time limit keeps what it measured
-                import speed  # benchmarks/speed.py
-
-                speed.save_section(args.output_dir, "multi_seed", args.device, result)
+            save(result["rows"])  # after each row: a run stopped at its time limit keeps what it measured
     print(render(result, result["device_name"]))
 
 

@@ -263,11 +263,20 @@ def available(name: str, device: th.device) -> str | None:
     return None
 
 
-def time_paths(paths: list[Path], n_updates: int, n_rounds: int, n_warmup: int, device: th.device) -> list[dict[str, str]]:
+def time_paths(
+    paths: list[Path],
+    n_updates: int,
+    n_rounds: int,
+    n_warmup: int,
+    device: th.device,
+    on_round: Callable[[int, list[dict[str, str]]], None] | None = None,
+) -> list[dict[str, str]]:
     """
     Warm every path up (compilation included), then time ``n_rounds`` rounds of ``n_updates`` updates per path,
     the paths taking turns within each round. A path whose warm-up raises is dropped from ``paths`` (in place).
 
+    :param on_round: called after each round with the rounds done and the dropped paths (to save what was measured:
+        a run stopped by a time limit keeps its rounds)
     :return: the dropped paths, with the error
     """
     failed = []
@@ -279,7 +288,7 @@ def time_paths(paths: list[Path], n_updates: int, n_rounds: int, n_warmup: int, 
             failed.append(failure(path.name, error))
             paths.remove(path)
             print(f"{path.name} failed to warm up: {error!r}", flush=True)
-    for _ in range(n_rounds):
+    for done in range(1, n_rounds + 1):
         for path in paths:
             synchronize(device)
             wall, cpu = time.perf_counter(), time.process_time()
@@ -287,6 +296,8 @@ def time_paths(paths: list[Path], n_updates: int, n_rounds: int, n_warmup: int, 
             synchronize(device)
             path.rates_wall.append(n_updates / (time.perf_counter() - wall))
             path.rates_cpu.append(n_updates / (time.process_time() - cpu))
+        if on_round is not None:
+            on_round(done, failed)
     return failed
 
 
@@ -527,12 +538,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def chosen_device(name: str) -> th.device:
+    """:return: the device of ``--device`` (``auto``: CUDA where there is one)
+    :raises SystemExit: CUDA asked for where there is none (a one-line refusal, not torch's assertion)"""
+    if name == "auto":
+        return th.device("cuda" if th.cuda.is_available() else "cpu")
+    device = th.device(name)
+    if device.type == "cuda" and not th.cuda.is_available():
+        raise SystemExit(f"--device {name}: no CUDA device here")
+    return device
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     th.set_num_threads(args.threads)
-    device = th.device(
-        "cuda" if args.device == "auto" and th.cuda.is_available() else "cpu" if args.device == "auto" else args.device
-    )
+    device = chosen_device(args.device)
     if args.render:
         write_markdown(args.output_dir)
         return
@@ -563,12 +583,26 @@ def main(argv: list[str] | None = None) -> None:
         "shapes": {},
         "notes": [],
     }
+    json_path = os.path.join(args.output_dir, f"speed_{device.type}_threads{args.threads}.json")
     for shape in shapes:
         obs_dim, action_dim = SHAPES[shape]
         data = synthetic_transitions(obs_dim, action_dim, N_TRANSITIONS)
         paths, skipped = build_paths(names, data, device, shape)
         print(f"[{shape}] warm-up and {args.rounds} x {args.updates} updates per path", flush=True)
-        skipped += time_paths(paths, args.updates, args.rounds, args.warmup, device)
+
+        def save_rounds(
+            done: int,
+            failed: list[dict[str, str]],
+            shape: str = shape,
+            paths: list[Path] = paths,
+            skipped: list[dict[str, str]] = skipped,
+        ) -> None:
+            result["shapes"][shape] = summarize(paths) + skipped + failed
+            result["rounds"] = done  # the header says how many rounds the medians are of
+            write_result(json_path, result)
+            print(f"[{shape}] round {done} of {args.rounds} saved", flush=True)
+
+        skipped += time_paths(paths, args.updates, args.rounds, args.warmup, device, on_round=save_rounds)
         rows = summarize(paths)
         for row in rows:
             print(
@@ -597,12 +631,16 @@ def main(argv: list[str] | None = None) -> None:
             result["dict_load"].append({"buffer": buffer, **measured})
     else:
         result["notes"].append("memory probes skipped (--no-memory)")
-    os.makedirs(args.output_dir, exist_ok=True)
-    json_path = os.path.join(args.output_dir, f"speed_{device.type}_threads{args.threads}.json")
+    write_result(json_path, result)
+    print(f"wrote {json_path} and speed.md", flush=True)
+
+
+def write_result(json_path: str, result: dict[str, Any]) -> None:
+    """Write a run's ``result`` as ``json_path`` and re-render ``speed.md`` beside it."""
+    os.makedirs(os.path.dirname(json_path) or ".", exist_ok=True)
     with open(json_path, "w") as file:
         json.dump(result, file, indent=1)
-    write_markdown(args.output_dir)
-    print(f"wrote {json_path} and speed.md", flush=True)
+    write_markdown(os.path.dirname(json_path) or ".")
 
 
 def render_million(result: dict[str, Any], name: str) -> str:

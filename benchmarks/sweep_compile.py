@@ -68,6 +68,7 @@ def main() -> None:
     device = th.device(args.device)
     rows = run(device, args.updates)
     result = {"device": speed.device_name(device), "torch": th.__version__, "threads": args.threads, "models": rows}
+    os.makedirs(args.output_dir, exist_ok=True)
     path = os.path.join(args.output_dir, f"sweep_compile_{device.type}.json")
     with open(path, "w") as file:
         json.dump(result, file, indent=1)

@@ -164,8 +164,12 @@ def test_million_updates_counts_its_chunks_and_stops_at_its_time_limit(monkeypat
 
     monkeypatch.setattr(speed, "N_TRANSITIONS", 2_000)
     monkeypatch.setattr(speed, "HIDDEN", 16)
-    full = million_updates.run("auto", 12, chunk=5, max_seconds=float("inf"), device=th.device("cpu"), peer_updates=3)
+    saved: list[dict] = []  # after each chunk: a stage's time limit kills the script before its end
+    full = million_updates.run(
+        "auto", 12, chunk=5, max_seconds=float("inf"), device=th.device("cpu"), peer_updates=3, on_chunk=saved.append
+    )
     assert full["updates"] == 12 and len(full["chunk_updates_per_s"]) == 3 and full["finite"]  # 5 + 5 + 2
+    assert [figures["updates"] for figures in saved] == [5, 10, 12] and saved[0]["first_chunk_s"] > 0
     assert len(full["peer_updates_per_s"]) == 2  # d3rlpy before and after
     assert "d3rlpy's IQL on the same data, 3 updates before the run and after" in million_updates.render(
         {**full, "torch": th.__version__, "date": "today"}, "cpu"
@@ -183,6 +187,23 @@ def test_million_updates_counts_its_chunks_and_stops_at_its_time_limit(monkeypat
     assert paced["updates"] == 5, "at 18 s, the second chunk would end after 25 s: it does not start"
     with pytest.raises(ValueError, match="sb3-iql's paths"):
         million_updates.run("d3rlpy", 12, chunk=5, max_seconds=1.0, device=th.device("cpu"))
+
+
+def test_a_resumed_locomotion_run_ends_the_episode_its_checkpoint_cut():
+    """learn() resumes from a reset: the open episode ran on into the next one in the replay dataset, unflagged."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from make_locomotion_datasets import end_open_episode  # benchmarks/make_locomotion_datasets.py
+    from stable_baselines3.common.buffers import ReplayBuffer
+
+    env = gym.make("Pendulum-v1")
+    buffer = ReplayBuffer(10, env.observation_space, env.action_space, device="cpu")
+    obs = np.zeros((1, 3), np.float32)
+    for done in (False, True, False):  # an episode ended, the next one open at the checkpoint
+        buffer.add(obs, obs, np.zeros((1, 1)), np.zeros(1), np.array([done]), [{}])
+    end_open_episode(buffer)
+    assert buffer.dones[:3, 0].tolist() == [0, 1, 1] and buffer.timeouts[:3, 0].tolist() == [0, 0, 1]
+    end_open_episode(buffer)  # called again: nothing changes
+    assert buffer.timeouts[:3, 0].tolist() == [0, 0, 1]
 
 
 def test_graph_replays_counts_each_kernel_of_a_trace_per_update_and_the_device_s_idle_time():
