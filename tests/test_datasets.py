@@ -31,6 +31,7 @@ from sb3_iql.datasets import (
     parse_pointmaze_dataset_id,
     pointmaze,
     pointmaze_dataset_id,
+    storage,
     write_dataset,
 )
 from sb3_iql.datasets.__main__ import main
@@ -389,6 +390,49 @@ def test_a_crash_during_a_write_leaves_no_dataset_under_the_id(minari_root: path
     with pytest.warns(UserWarning, match=f"Removed {staging}: a dataset generation .* crashed"):
         assert write_dataset(dataset_id, episodes, gym.make(PENDULUM_ID)).total_episodes == 1  # no "already exists"
     assert not staging.exists() and not list(minari_root.parent.glob(".sb3_iql-writing-*"))
+
+
+CRASHING_OVERWRITE = """
+import os, shutil, gymnasium as gym, numpy as np
+from sb3_iql.datasets import storage, write_dataset
+from sb3_iql.datasets.collect import rollout_episodes
+
+move = shutil.move
+
+def move_then_crash(source, destination):
+    move(source, destination)
+    if storage._REPLACED in str(destination):
+        os._exit(3)  # killed once the old dataset is moved aside, before the new one is in place
+
+storage.shutil.move = move_then_crash
+episodes = rollout_episodes(gym.make("InvertedPendulum-v5"), lambda observation: np.zeros(1), n_episodes=2)
+write_dataset("test/pendulum/replaced-v0", episodes, gym.make("InvertedPendulum-v5"), overwrite=True)
+"""
+
+
+def test_an_overwrite_that_crashes_or_loses_a_race_loses_no_dataset(minari_root: pathlib.Path, monkeypatch) -> None:
+    episodes = rollout_episodes(gym.make(PENDULUM_ID), lambda observation: np.zeros(1), n_episodes=1)
+    write_dataset("test/pendulum/replaced-v0", episodes, gym.make(PENDULUM_ID))  # 1 episode, then overwritten
+    environment = {**os.environ, "MINARI_DATASETS_PATH": str(minari_root)}
+    crashed = subprocess.run([sys.executable, "-c", CRASHING_OVERWRITE], env=environment, capture_output=True, timeout=120)
+    assert crashed.returncode == 3, crashed.stderr.decode()[-2000:]
+    assert not dataset_exists("test/pendulum/replaced-v0")  # deleted before the new one was moved in, before
+    with pytest.warns(UserWarning, match="Restored dataset test/pendulum/replaced-v0: a writer replacing it crashed"):
+        write_dataset("test/pendulum/other-v0", episodes, gym.make(PENDULUM_ID))  # any write cleans up the dead
+    assert minari.load_dataset("test/pendulum/replaced-v0").total_episodes == 1
+    # Another process writes the id while this one generates: its dataset is kept (it was deleted silently).
+    create = minari.create_dataset_from_buffers
+    theirs = rollout_episodes(gym.make(PENDULUM_ID), lambda observation: np.zeros(1), n_episodes=2)
+
+    def another_writer_first(dataset_id: str, *args: object, **kwargs: object) -> object:
+        with storage._datasets_root(minari_root):
+            create("test/pendulum/raced-v0", theirs, env=gym.make(PENDULUM_ID))
+        return create(dataset_id, *args, **kwargs)
+
+    monkeypatch.setattr(minari, "create_dataset_from_buffers", another_writer_first)
+    with pytest.raises(FileExistsError, match="written by another process meanwhile: it is kept"):
+        write_dataset("test/pendulum/raced-v0", episodes, gym.make(PENDULUM_ID))
+    assert minari.load_dataset("test/pendulum/raced-v0").total_episodes == 2
 
 
 def test_dataset_from_replay_buffer(minari_root: pathlib.Path) -> None:

@@ -116,13 +116,35 @@ def write_dataset(
             scores = {key: metadata[key] for key in REFERENCE_SCORE_KEYS if metadata.get(key) is not None}
             if scores.keys() - written.storage.metadata.keys():
                 written.storage.update_metadata(scores)
-        if path.exists():  # the dataset being overwritten (checked above), or a folder without metadata
-            shutil.rmtree(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(staging / dataset_id, path)
+        if dataset_exists(dataset_id) and not overwrite:  # checked above: another process wrote it meanwhile
+            raise FileExistsError(f"Dataset {dataset_id} was written by another process meanwhile: it is kept, not this one")
+        _move_into_place(staging, dataset_id, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return minari.load_dataset(dataset_id)
+
+
+#: Where a staging folder keeps the dataset it replaces until the new one is in place (``_move_into_place``).
+_REPLACED = "replaced"
+
+
+def _move_into_place(staging: Path, dataset_id: str, path: Path) -> None:
+    """
+    Move the dataset written under ``staging`` to ``path``. A dataset already there (being overwritten, or a folder
+    without metadata) is moved into the staging folder first and deleted only once the new one is in place: moved
+    back where the move fails, and restored by ``remove_crashed_staging`` where the process dies in between.
+    """
+    replaced = staging / _REPLACED / dataset_id
+    if path.exists():
+        replaced.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(path, replaced)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.move(staging / dataset_id, path)
+    except BaseException:
+        if replaced.exists() and not path.exists():
+            shutil.move(replaced, path)
+        raise
 
 
 def check_episodes(episodes: Sequence[EpisodeBuffer], observation_space: gym.Space) -> None:
@@ -204,10 +226,23 @@ def remove_crashed_staging(folder: Path) -> list[Path]:
         pid_text = staging.name.removeprefix(_host_prefix()).split("-", 1)[0]
         if not pid_text.isdigit() or _process_alive(int(pid_text)):
             continue
+        _restore_replaced(staging / _REPLACED)
         shutil.rmtree(staging, ignore_errors=True)
         warnings.warn(f"Removed {staging}: a dataset generation (process {pid_text}) crashed while writing it", stacklevel=3)
         removed.append(staging)
     return removed
+
+
+def _restore_replaced(replaced: Path) -> None:
+    """Put back the datasets a writer had moved aside to replace them (``_move_into_place``) when it died before the
+    new one was in place (nothing at their id)."""
+    for metadata in list(replaced.glob(f"**/data/{_METADATA_FILE}")):  # listed first: folders move
+        folder = metadata.parent.parent
+        dataset_id = folder.relative_to(replaced).as_posix()
+        if not dataset_path(dataset_id).exists():
+            dataset_path(dataset_id).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(folder, dataset_path(dataset_id))
+            warnings.warn(f"Restored dataset {dataset_id}: a writer replacing it crashed", stacklevel=4)
 
 
 def _process_alive(pid: int) -> bool:
