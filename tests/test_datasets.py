@@ -24,6 +24,7 @@ from sb3_iql.datasets import (
     dataset_exists,
     dataset_from_replay_buffer,
     ensure_dataset,
+    generated,
     make_pointmaze_dataset,
     make_pointmaze_env,
     medium_expert,
@@ -433,6 +434,17 @@ def test_an_overwrite_that_crashes_or_loses_a_race_loses_no_dataset(minari_root:
     with pytest.raises(FileExistsError, match="written by another process meanwhile: it is kept"):
         write_dataset("test/pendulum/raced-v0", episodes, gym.make(PENDULUM_ID))
     assert minari.load_dataset("test/pendulum/raced-v0").total_episodes == 2
+
+
+def test_ensure_dataset_takes_the_dataset_another_process_made_meanwhile(minari_root, monkeypatch) -> None:
+    make = generated.make_pointmaze_dataset
+
+    def another_process_first(*args: object, **kwargs: object) -> object:
+        make(*args, **kwargs)  # the other process's, finished first
+        return make(*args, **kwargs)  # this one's: refused at the end, theirs kept
+
+    monkeypatch.setattr(generated, "make_pointmaze_dataset", another_process_first)
+    assert ensure_dataset("sb3_iql/pointmaze/umaze-v0", n_steps=300, n_reference_episodes=1).total_steps == 300
 
 
 def test_dataset_from_replay_buffer(minari_root: pathlib.Path) -> None:

@@ -56,6 +56,19 @@ def ensure_dataset(
     if dataset is not None:
         return dataset
     try:
+        return _generated(dataset_id, n_steps, seed, n_reference_episodes, download)
+    except FileExistsError:  # another process made it meanwhile (two runs starting on a new machine): theirs
+        dataset = stored_dataset(dataset_id, n_steps)
+        if dataset is None:
+            raise
+        return dataset
+
+
+def _generated(
+    dataset_id: str, n_steps: int | None, seed: int, n_reference_episodes: int, download: bool
+) -> minari.MinariDataset:
+    """``ensure_dataset`` for a dataset not stored: generated (this package's ids) or loaded"""
+    try:
         env_id = parse_medium_expert_dataset_id(dataset_id)
     except ValueError:
         pass
