@@ -78,7 +78,9 @@ class IQL(OfflineAlgorithm):
     """
     Implicit Q-Learning: expectile value regression, twin Q regression towards ``r + gamma * V(s')`` and
     advantage-weighted regression of the policy, all on dataset actions only.
-    Paper: https://arxiv.org/abs/2110.06169. Defaults follow the reference implementation (MuJoCo settings).
+    Paper: https://arxiv.org/abs/2110.06169. Defaults follow the reference implementation (MuJoCo settings), but
+    for the rewards, which are left as stored: the reference's MuJoCo scaling is ``reward_transform="locomotion"``,
+    which ``IQL.from_preset`` sets with the rest of a domain's settings.
 
     Box actions get a Gaussian actor and critics on ``(s, a)``; ``Discrete`` actions the same algorithm with critics
     that have one output per action (Q of the dataset action picked) and a categorical actor (AWR on the
