@@ -233,16 +233,18 @@ def test_hyperparameters_changed_between_calls_reach_the_compiled_update(data, f
 
 
 class _ChangesHyperparameters(BaseCallback):
-    """Sets beta and tau at the given update of a call, as a user's schedule would from a callback."""
+    """Sets attributes of the model (beta, tau...), or of its ``part`` (``"actor"``), at the given update of a call, as
+    a user's schedule would from a callback."""
 
-    def __init__(self, at: int, **values: float):
+    def __init__(self, at: int, part: str | None = None, **values: Any):
         super().__init__()
-        self.at, self.values = at, values
+        self.at, self.part, self.values = at, part, values
 
     def _on_step(self) -> bool:
         if self.n_calls == self.at:
+            target = self.model if self.part is None else getattr(self.model, self.part)
             for name, value in self.values.items():
-                setattr(self.model, name, value)
+                setattr(target, name, value)
         return True
 
 
@@ -329,20 +331,6 @@ def test_what_the_functional_update_would_train_otherwise_than_autograd_is_refus
         assert th.equal(auto.actor.latent_pi[0].weight, initial.actor.latent_pi[0].weight)
 
 
-class _ChangesActor(BaseCallback):
-    """Sets attributes of the actor at the given update of a call."""
-
-    def __init__(self, at: int, **values: Any):
-        super().__init__()
-        self.at, self.values = at, values
-
-    def _on_step(self) -> bool:
-        if self.n_calls == self.at:
-            for name, value in self.values.items():
-                setattr(self.model.actor, name, value)
-        return True
-
-
 @pytest.mark.parametrize(
     "change",
     [
@@ -371,7 +359,7 @@ def test_an_actor_setting_changed_by_a_callback_reaches_the_next_compiled_update
     for model in (eager, compiled):
         model.replay_buffer._storage = model.replay_buffer._storage.to(float64)
         model.replay_buffer._make_views()
-        model.learn_offline(8, callback=_ChangesActor(3, log_std_bounds=(-0.5, -0.2)), log_interval=0)
+        model.learn_offline(8, callback=_ChangesHyperparameters(3, "actor", log_std_bounds=(-0.5, -0.2)), log_interval=0)
     assert isinstance(compiled._fast_update, FunctionalUpdate)
     assert max_difference(eager, compiled) < 1e-10
 
