@@ -291,3 +291,19 @@ def test_extend_copies_in_chunks_of_bounded_bytes_per_storage(monkeypatch):
     assert np.array_equal(samples.next_observations["camera"].numpy(), frames[1:])
     assert np.array_equal(samples.observations["goal"].numpy(), goals[:-1])
     assert np.array_equal(samples.actions.numpy(), actions) and np.array_equal(samples.rewards[:, 0].numpy(), rewards)
+
+
+@pytest.mark.parametrize("buffer_class", [OfflineReplayBuffer, DeviceReplayBuffer])
+def test_a_cpu_buffer_steps_and_samples_whatever_torch_s_default_device(buffer_class):
+    """A host row and the sampled indices were made on torch's default device: with th.set_default_device("cuda")
+    every online step or sample failed ("meta" stands in)."""
+    box = spaces.Box(-1, 1, (3,))
+    buffer = buffer_class(10, box, spaces.Box(-1, 1, (2,)), device="cpu")
+    buffer.generator = th.Generator().manual_seed(0)
+    th.set_default_device("meta")
+    try:
+        buffer.add(np.zeros((1, 3)), np.ones((1, 3)), np.zeros((1, 2)), np.zeros(1), np.zeros(1), [{}])
+        samples = buffer.sample(4)
+    finally:
+        th.set_default_device("cpu")
+    assert samples.next_observations.device.type == "cpu" and (samples.next_observations == 1).all()

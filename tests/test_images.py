@@ -193,6 +193,16 @@ def test_the_buffer_pickles_its_written_frames_and_generator_and_goes_on_as_the_
         assert th.equal(getattr(all_samples(small), name), getattr(all_samples(copy), name))
 
 
+def test_setting_the_buffer_s_device_moves_its_rings():
+    """SB3's load_replay_buffer sets buffer.device to the model's: the frames stayed where unpickling put them, so a
+    buffer saved by a CPU model and loaded into a CUDA one sampled CUDA indices into CPU rings ("meta" stands in)."""
+    buffer = DeviceImageReplayBuffer(10, FRAME_SPACE, ACTION_SPACE, device="cpu")
+    buffer.extend(**episode_arrays(4, 0, np.random.default_rng(0)))
+    buffer.device = "meta"
+    assert buffer.device == th.device("meta")
+    assert {tensor.device.type for tensor in (buffer.frames, buffer.frame_ids, buffer.table)} == {"meta"}
+
+
 @pytest.fixture
 def image_dataset(minari_root: pathlib.Path):
     """Half the episodes go to the goal, half go away from it, seen as channel-last frames."""
@@ -205,6 +215,14 @@ def image_model(dataset, **kwargs) -> IQL:
     defaults = dict(offline_steps=100, policy_kwargs=SMALL_CNN, seed=0, batch_size=64)
     defaults.update(kwargs)
     return IQL("CnnPolicy", ImageLineEnv(), offline_dataset=dataset, **defaults)
+
+
+def test_offline_data_added_to_a_full_frame_buffer_is_refused_as_by_the_other_buffers(image_dataset):
+    """The frame buffer's extend wraps around: it overwrote every earlier transition, and counted them offline."""
+    model = image_model(image_dataset, buffer_size=image_dataset.total_steps + 5)
+    with pytest.raises(ValueError, match=rf"room for 5 more transitions, {image_dataset.total_steps} were given"):
+        model.add_transitions(load_transitions([image_dataset]))
+    assert model.offline_dataset_size == model.replay_buffer.size() == image_dataset.total_steps
 
 
 def test_a_dataset_of_short_episodes_fits_a_frame_buffer_of_its_size(minari_root):

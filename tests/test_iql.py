@@ -462,16 +462,21 @@ def test_a_new_offline_run_after_online_steps_counts_episodes_and_resets_the_env
     assert model._episode_num == 1
 
 
-def test_online_steps_that_start_replacing_the_offline_data_warn_once(line_dataset):
+def test_online_steps_that_start_replacing_the_offline_data_warn_once(line_dataset, tmp_path):
     model = line_model(line_dataset, offline_steps=0, buffer_size=2010)  # the dataset's 2,000 transitions + 10
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.learn(10)  # fills the room left
-    with pytest.warns(UserWarning, match=r"buffer is full \(buffer_size=2,010\): online transitions now replace"):
+    with pytest.warns(UserWarning, match=r"buffer is full \(2,010 transitions\): online transitions now replace"):
         model.learn(10, reset_num_timesteps=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.learn(5, reset_num_timesteps=False)  # said once
+    model.save_replay_buffer(tmp_path / "buffer")
+    smaller = line_model(line_dataset, offline_steps=0, buffer_size=5000)
+    smaller.load_replay_buffer(tmp_path / "buffer")  # the loaded buffer's capacity, not the model's buffer_size
+    with pytest.warns(UserWarning, match=r"buffer is full \(2,010 transitions\)"):
+        smaller.learn(1)
 
 
 def test_buffers_and_sizes_that_cannot_take_the_offline_data_are_refused(line_dataset):

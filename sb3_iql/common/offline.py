@@ -41,7 +41,7 @@ from sb3_iql.callbacks import OneRunCallback, UpdatesProgressBarCallback, callba
 from sb3_iql.common.augmentation import has_images, shift_observations
 from sb3_iql.common.preprocessing import to_channel_first
 from sb3_iql.data import REPLAY_BUFFER_CLASSES, replay_buffer_class_named
-from sb3_iql.data.buffers import OfflineDictReplayBuffer, OfflineReplayBuffer
+from sb3_iql.data.buffers import OfflineDictReplayBuffer, OfflineReplayBuffer, rows_for
 from sb3_iql.data.device_buffers import (
     SEED_BOUND,
     DeviceDictReplayBuffer,
@@ -466,6 +466,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             dones, timeouts = dones | timeouts, np.zeros_like(timeouts)
         if self.replay_buffer.size() == 0:  # a loaded model's count is of data no longer here (kept where refused)
             self.offline_dataset_size = 0
+        if isinstance(self.replay_buffer, DeviceImageReplayBuffer):  # its extend wraps: the other buffers refuse
+            rows_for(len(transitions), 1, self.replay_buffer.buffer_size - self.replay_buffer.size())
         self.replay_buffer.extend(
             observations,
             to_channel_first(transitions.next_observations, self.observation_space),
@@ -557,9 +559,10 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     ) -> None:
         # Online rewards go through the same transform as the offline ones.
         if replay_buffer.full and self.offline_dataset_size > 0 and not self._warned_full_buffer:
+            rows_hold = 1 if isinstance(replay_buffer, DeviceImageReplayBuffer) else replay_buffer.n_envs
             warnings.warn(
-                f"The replay buffer is full (buffer_size={self.buffer_size:,}): online "
-                "transitions now replace the oldest ones, the offline dataset's first. Pass a larger buffer_size (the "
+                f"The replay buffer is full ({replay_buffer.buffer_size * rows_hold:,} transitions): online "
+                "transitions now replace the oldest stored ones, offline data included. Pass a larger buffer_size (the "
                 f"default keeps the dataset and {ONLINE_BUFFER_ROOM:,} online transitions) to keep them all.",
                 stacklevel=2,
             )

@@ -70,7 +70,8 @@ class OfflineDataMixin:
         ``_get_samples`` draws the columns from NumPy's global generator), gathered and normalized as SB3 does.
         """
         upper_bound = (self.buffer_size if self.full else self.pos) * self.n_envs
-        rows, columns = np.divmod(th.randint(upper_bound, (batch_size,), generator=self.generator).numpy(), self.n_envs)
+        draws = th.randint(upper_bound, (batch_size,), generator=self.generator, device="cpu")  # whatever the default
+        rows, columns = np.divmod(draws.numpy(), self.n_envs)
         observations, next_observations = self._observations_at(rows, columns)
         samples_type = DictReplayBufferSamples if isinstance(observations, dict) else ReplayBufferSamples
         return samples_type(

@@ -307,7 +307,7 @@ class DeviceBufferMixin:
         ]
         start = self.pos * self.n_envs
         for storage, layout in zip(self._storages(), (self._layout, self._image_layout)):
-            row = th.empty((self.n_envs, storage.shape[1]), dtype=storage.dtype).numpy()
+            row = th.empty((self.n_envs, storage.shape[1]), dtype=storage.dtype, device="cpu").numpy()  # a host row
             for name, values in fields:
                 if name in layout:
                     row[:, layout[name][0]] = np.asarray(values).reshape(self.n_envs, -1)

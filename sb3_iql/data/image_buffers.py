@@ -16,6 +16,7 @@ from gymnasium import spaces
 from stable_baselines3.common.buffers import BaseBuffer, ReplayBuffer
 from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
+from stable_baselines3.common.utils import get_device
 from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_iql.data.device_buffers import generator_on, generator_state, restore_generator, zeros
@@ -95,6 +96,21 @@ class DeviceImageReplayBuffer(ReplayBuffer):
         #: Per environment: the absolute frame number of the last next observation and its pixels (host copy).
         self._last_next: list[tuple[int, np.ndarray] | None] = [None] * n_envs
         self.generator: th.Generator | None = None
+
+    @property
+    def device(self) -> th.device:
+        """Device of the rings; setting it moves them (SB3's ``load_replay_buffer`` sets the model's)."""
+        return self._device
+
+    @device.setter
+    def device(self, device: th.device | str) -> None:
+        self._device = get_device(device)
+        for name in ("frames", "frame_ids", "table"):  # absent while BaseBuffer.__init__ or __setstate__ runs
+            tensor = self.__dict__.get(name)
+            if tensor is not None and tensor.device != self._device:
+                setattr(self, name, tensor.to(self._device))
+        if self.__dict__.get("generator") is not None:
+            self.generator = generator_on(self.generator, self._device)
 
     # --- writing --------------------------------------------------------------------------------------------------
 
@@ -288,8 +304,8 @@ class DeviceImageReplayBuffer(ReplayBuffer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         saved_generator = state.pop("generator")
         written = {name: state.pop(name) for name in ("frames", "frame_ids", "table", "_obs_frame_ids")}
+        device = th.device(state.pop("device"))
         self.__dict__.update(state)
-        device = th.device(state["device"])
         if device.type == "cuda" and not th.cuda.is_available():
             device = th.device("cpu")
         self.device = device
