@@ -12,6 +12,8 @@ first updates with the standard settings.
 """
 
 import dataclasses
+import gc
+import weakref
 from typing import Any
 
 import numpy as np
@@ -387,6 +389,30 @@ def test_dropout_set_on_the_model_reaches_the_actor_and_its_saved_arguments(data
         older = IQL.load(tmp_path / "without", custom_objects={"dropout": 0.2})  # as files of versions that ignored it
     assert older.dropout is None
     older.save(tmp_path / "older")
+
+
+def test_a_deleted_model_s_networks_are_not_kept_by_the_guard_skipping_of_its_last_call(data):
+    """The class-wide last caller held every module of its model: a deleted compiled model's networks and Adam
+    state stayed in memory until another model's call."""
+    model = make_model(data, DeviceReplayBuffer)
+    guards = GuardSkipping([model.actor, model.critic, model.critic_target, model.value_net])
+    with guards.stance(Batch.from_replay_data(model.replay_buffer.sample(8))):
+        pass
+    actor = weakref.ref(model.actor)
+    del model, guards
+    gc.collect()
+    assert actor() is None
+
+
+def test_online_training_checks_the_guards_once_per_learn_call(data, monkeypatch):
+    """Every online train() (each environment step at train_freq=1) checked Dynamo's guards in full: +23% per update."""
+    model = make_model(data, DeviceReplayBuffer, compile_update=True, learning_starts=0)
+    model._functional_update = lambda compile_mode=None, tensor_lr=False: IQL._functional_update(model, None, tensor_lr)
+    checks = []
+    monkeypatch.setattr(FunctionalUpdate, "check_guards_again", lambda self: checks.append(1))
+    model.learn(10)
+    model.learn(10, reset_num_timesteps=False)
+    assert model._n_updates == 20 and len(checks) == 2
 
 
 def test_device_scalars_fill_only_what_changed():

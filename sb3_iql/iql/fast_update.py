@@ -10,6 +10,7 @@ parameters. Select with ``IQL(..., compile_update=True)`` (torch.compile, CPU or
 
 import contextlib
 import numbers
+import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -155,8 +156,10 @@ class GuardSkipping:
     :param networks: the networks the compiled functions run
     """
 
-    #: the instance whose call last checked the guards (class-wide: compiled functions are shared between models)
-    last_caller: "GuardSkipping | None" = None
+    #: the instance whose call last checked the guards (class-wide: compiled functions are shared between models), by
+    #: weak reference: it holds every module of its model, which a deleted model's networks and Adam state would
+    #: outlive
+    last_caller: "weakref.ref[GuardSkipping] | None" = None
 
     def __init__(self, networks: Iterable[nn.Module]):
         networks = list(networks)
@@ -175,7 +178,8 @@ class GuardSkipping:
         stance = getattr(th._dynamo.eval_frame, "_stance", None)
         if stance is None or (stance.stance, stance.backend) != ("default", None):
             return False
-        return GuardSkipping.last_caller is self and _input_signature(batch, self.modules, self.constants) == self.signature
+        last = GuardSkipping.last_caller
+        return last is not None and last() is self and _input_signature(batch, self.modules, self.constants) == self.signature
 
     def stance(self, batch: Batch) -> contextlib.AbstractContextManager:
         """:return: what to run the compiled functions in on ``batch``: guards skipped, or checked (``compiling``:
@@ -184,7 +188,7 @@ class GuardSkipping:
             return _skipping_guards()
         checked = compiling()
         self.signature = _input_signature(batch, self.modules, self.constants)
-        GuardSkipping.last_caller = self
+        GuardSkipping.last_caller = weakref.ref(self)
         return checked
 
     def check_again(self) -> None:

@@ -622,8 +622,9 @@ def _check_networks(first: IQL, model: IQL, index: int) -> None:
     """Same policy class, same modules (layers, activations), same parameter and buffer shapes, same Adam settings."""
     if type(model.policy) is not type(first.policy):
         raise ValueError(f"models[{index}] has a {type(model.policy).__name__}, models[0] a {type(first.policy).__name__}")
+    references = _modules(first)
     for name, network in _modules(model).items():
-        reference = _modules(first)[name]
+        reference = references[name]
         if repr(network) != repr(reference) or _shapes(network) != _shapes(reference):
             raise ValueError(f"The {name} networks of models[0] and models[{index}] differ in structure or shapes")
         constants, reference_constants = (_named_constants(module) for module in (network, reference))
