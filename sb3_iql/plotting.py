@@ -146,10 +146,9 @@ def load_run(
     stored_scores = None
     if (run.folder / EVALUATIONS_FILE).is_file():
         with np.load(run.folder / EVALUATIONS_FILE) as evaluations:
-            if len(evaluations["timesteps"]) == 0:
-                raise ValueError(f"No evaluations in {run.folder / EVALUATIONS_FILE}")
-            run.timesteps = np.asarray(evaluations["timesteps"], dtype=np.int64)
-            run.returns = np.asarray(evaluations["results"], dtype=np.float64).reshape(len(run.timesteps), -1)
+            if len(evaluations["timesteps"]) > 0:  # none yet: the losses alone, if any
+                run.timesteps = np.asarray(evaluations["timesteps"], dtype=np.int64)
+                run.returns = np.asarray(evaluations["results"], dtype=np.float64).reshape(len(run.timesteps), -1)
             if "ref_min_score" in evaluations and "ref_max_score" in evaluations:
                 stored_scores = (float(evaluations["ref_min_score"]), float(evaluations["ref_max_score"]))
     if (run.folder / PROGRESS_FILE).is_file():

@@ -107,6 +107,7 @@ def preset_key(dataset_id: str, finetune: bool = False, path: str | None = None)
     :param path: a YAML preset file (default: the package's)
     :return: the key of the entry that applies: the id itself (plus ``:finetune``) or the first matching pattern
     :raises PresetNotFoundError: no entry applies; the message lists the known ids and patterns
+    :raises ValueError: ``dataset_id`` ends with ``:finetune`` (pass ``finetune=True``)
     """
     if dataset_id.endswith(FINETUNE_SUFFIX):
         raise ValueError(f"{dataset_id!r}: pass the dataset id alone, and finetune=True for its fine-tuning preset")
@@ -152,21 +153,41 @@ def check_preset_keys(
     dataset_id: str, model_class: type, finetune: bool = False, path: str | None = None, given: Iterable[str] = ()
 ) -> None:
     """
-    :param model_class: the class the preset builds (``IQL``): its constructor's keyword arguments are accepted
+    :param model_class: the class the preset builds (``IQL``, or a subclass): its constructors' keyword arguments are
+        accepted (a subclass's ``**kwargs`` passes its base class's on)
     :param given: keys the caller passes over the preset (named as given, not as the file's)
     :raises ValueError: a key of the dataset's entry (or of ``given``) that is neither one of them nor an rl-zoo key,
         naming the file, the entry and the closest argument (a typo in a preset file failed inside the constructor)
     """
-    accepted = set(inspect.signature(model_class.__init__).parameters) - {"self", "policy", "env"}
+    accepted = constructor_arguments(model_class)
     given = set(given)
     key = preset_key(dataset_id, finetune, path)
-    for name in sorted((set(_presets(path)[key]) | set(given)) - accepted - ZOO_ONLY_KEYS - {"policy"}):
-        closest = difflib.get_close_matches(name, sorted(accepted), n=1)
+    unknown = sorted((set(_presets(path)[key]) | given) - accepted - ZOO_ONLY_KEYS - {"policy"})
+    if unknown:
+        closest = difflib.get_close_matches(unknown[0], sorted(accepted), n=1)
         hint = f" (did you mean {closest[0]!r}?)" if closest else ""
-        where = "an override" if name in given else f"{path or DEFAULT_PRESETS_PATH}, entry {key!r}"
-        raise ValueError(f"Unknown hyperparameter {name!r} in {where}{hint}")
-    for name in sorted(set(given) & ZOO_ONLY_KEYS):
-        raise ValueError(f"{name!r} is an rl-zoo key, not a model argument (n_timesteps: pass it to learn())")
+        where = "an override" if unknown[0] in given else f"{path or DEFAULT_PRESETS_PATH}, entry {key!r}"
+        raise ValueError(f"Unknown hyperparameter {unknown[0]!r} in {where}{hint}")
+    zoo_keys = sorted(given & ZOO_ONLY_KEYS)
+    if zoo_keys:
+        raise ValueError(f"{zoo_keys[0]!r} is an rl-zoo key, not a model argument (n_timesteps: pass it to learn())")
+
+
+def constructor_arguments(model_class: type) -> set[str]:
+    """
+    :return: the keyword arguments ``model_class(policy, env, ...)`` takes, through the ``**kwargs`` of subclasses
+        that pass them on to their base class
+    """
+    accepted: set[str] = set()
+    for klass in model_class.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(vars(klass)["__init__"]).parameters.values()
+        named = {p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        accepted |= named - {"self", "policy", "env"}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return accepted
+    return accepted
 
 
 def iql_kwargs(preset: dict[str, Any]) -> dict[str, Any]:

@@ -184,7 +184,7 @@ def zoo_hyperparams(
         return {env_id: hyperparams}  # the given --env, as it is registered
     if env_id is None or env_id == dataset_env_id:
         if env_kwargs:  # a preset's own env_kwargs go over the stored ones
-            hyperparams["env_kwargs"] = {**env_kwargs, **hyperparams.get("env_kwargs", {})}
+            hyperparams["env_kwargs"] = {**env_kwargs, **(hyperparams.get("env_kwargs") or {})}
         if wrappers:
             hyperparams.setdefault("env_wrapper", wrappers)
         env_id = dataset_env_id
@@ -453,7 +453,10 @@ class IQLExperimentManager(ExperimentManager):
             options (``retrain_options``, online steps, seed), its ``-params`` and the trial's parameters, with the
             ``policy_kwargs`` the trial had (merged into the preset's, which rl-zoo's ``-params`` would replace)
         """
-        source = [] if self.retrain_options else ["--env", self.env_name.gym_id]  # a manager made outside train()
+        if self.retrain_options:
+            source = []
+        else:  # a manager made outside train()
+            source = ["--dataset", self.offline_dataset] if self.offline_dataset else ["--env", self.env_name.gym_id]
         online_steps = ["-n", str(self.n_timesteps)] if self.n_timesteps > 0 else []
         trained = _as_trained(self._hyperparams, convert_iql_params(params))
         trial_arguments = {key: trained[key] for key in (*convert_iql_params(params), "policy_kwargs")}
@@ -625,6 +628,7 @@ def train(argv: Sequence[str] | None = None) -> None:
             *(["--conf-file", _as_given_or_absolute(args.conf_file)] if args.conf_file else []),
             *(["--env", args.env] if args.env else []),
             *_option_tokens(rest, "--env-kwargs"),
+            *_option_tokens(rest, "--eval-env-kwargs"),
             *(["--finetune"] if args.finetune else []),
             *(["--presets", args.presets] if args.presets else []),
             *(["--gym-packages", *args.gym_packages] if args.gym_packages else []),

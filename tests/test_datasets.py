@@ -394,18 +394,18 @@ def test_a_crash_during_a_write_leaves_no_dataset_under_the_id(minari_root: path
 
 
 CRASHING_OVERWRITE = """
-import os, shutil, gymnasium as gym, numpy as np
+import os, gymnasium as gym, numpy as np
 from sb3_iql.datasets import storage, write_dataset
 from sb3_iql.datasets.collect import rollout_episodes
 
-move = shutil.move
+rename = storage._rename
 
-def move_then_crash(source, destination):
-    move(source, destination)
+def rename_then_crash(source, destination):
+    rename(source, destination)
     if storage._REPLACED in str(destination):
         os._exit(3)  # killed once the old dataset is moved aside, before the new one is in place
 
-storage.shutil.move = move_then_crash
+storage._rename = rename_then_crash
 episodes = rollout_episodes(gym.make("InvertedPendulum-v5"), lambda observation: np.zeros(1), n_episodes=2)
 write_dataset("test/pendulum/replaced-v0", episodes, gym.make("InvertedPendulum-v5"), overwrite=True)
 """

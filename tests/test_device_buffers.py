@@ -305,5 +305,5 @@ def test_a_cpu_buffer_steps_and_samples_whatever_torch_s_default_device(buffer_c
         buffer.add(np.zeros((1, 3)), np.ones((1, 3)), np.zeros((1, 2)), np.zeros(1), np.zeros(1), [{}])
         samples = buffer.sample(4)
     finally:
-        th.set_default_device("cpu")
+        th.set_default_device(None)  # torch's own state: "cpu" would leave a device mode set for later tests
     assert samples.next_observations.device.type == "cpu" and (samples.next_observations == 1).all()

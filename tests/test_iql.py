@@ -579,8 +579,12 @@ def test_save_load_gives_identical_predictions_and_resumes_exactly(line_dataset,
 def test_a_replay_buffer_that_does_not_fit_says_which_size_to_change(line_dataset, monkeypatch):
     from sb3_iql.data import device_buffers
 
+    class ArrayMemoryError(MemoryError):  # as NumPy's own subclass: (shape, dtype), no message alone
+        def __init__(self, shape, dtype):
+            super().__init__(f"Unable to allocate an array with shape {shape} and data type {dtype}")
+
     def no_memory(shape, device, dtype=np.float32):
-        return np.zeros((1 << 40,), dtype)  # NumPy's own MemoryError subclass (4 TiB), which takes no message alone
+        raise ArrayMemoryError(shape, np.dtype(dtype))
 
     monkeypatch.setattr(device_buffers, "zeros", no_memory)
     with pytest.raises(MemoryError, match=r"buffer_size=1,002,000 transitions does not fit .* pass a smaller buffer_size"):

@@ -119,12 +119,12 @@ def test_the_path_printed_is_the_png_written(runs, tmp_path, capsys):
 
 
 def test_empty_or_partly_missing_logs(tmp_path):
-    np.savez(tmp_path / "evaluations.npz", timesteps=np.zeros(0), results=np.zeros((0, 3)))
-    with pytest.raises(ValueError, match="No evaluations in"):  # a reshape error before
-        load_run(tmp_path)
-    (tmp_path / "evaluations.npz").unlink()
+    np.savez(tmp_path / "evaluations.npz", timesteps=np.zeros(0), results=np.zeros((0, 3)))  # a reshape error before
     (tmp_path / "progress.csv").write_text("train/n_updates,train/value_loss,train/critic_loss,train/actor_loss\n")
     with pytest.raises(ValueError, match=r"no evaluations and no .* values"):
         plot_run(tmp_path)
+    (tmp_path / "progress.csv").write_text("train/n_updates,train/value_loss\n10,0.5\n")
+    assert load_run(tmp_path).returns is None and plot_run(tmp_path).is_file()  # the losses, without evaluations yet
+    (tmp_path / "evaluations.npz").unlink()
     np.savez(tmp_path / "evaluations.npz", timesteps=np.array([5, 10]), results=np.array([[1.0, np.nan], [2.0, 4.0]]))
     plot_run(tmp_path, ref_min_score=0.0, ref_max_score=10.0)  # an episode's NaN return leaves the others plotted

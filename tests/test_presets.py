@@ -316,8 +316,16 @@ def test_from_preset_builds_iql_with_the_preset_and_overrides(maze_root):
     class MyIQL(IQL):
         pass
 
+    class WithOption(IQL):  # a subclass passing IQL's arguments on: every key of the preset was refused
+        def __init__(self, policy, env=None, my_option: int = 1, **kwargs):
+            super().__init__(policy, env, **kwargs)
+            self.my_option = my_option
+
     finetune = MyIQL.from_preset(MAZE_ID, finetune=True, offline_steps=2, policy_kwargs={"net_arch": [16]})
     assert isinstance(finetune, MyIQL)
+    assert WithOption.from_preset(MAZE_ID, my_option=3, policy_kwargs={"net_arch": [16]}).my_option == 3
+    with pytest.raises(ValueError, match="Unknown hyperparameter 'my_optoin' in an override"):
+        WithOption.from_preset(MAZE_ID, my_optoin=3)
     assert (finetune.actor_lr_schedule, finetune.learning_starts) == ("constant", 0)
     with pytest.raises(PresetNotFoundError):
         IQL.from_preset("nobody/nothing-v0")

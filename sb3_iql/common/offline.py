@@ -457,6 +457,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         transitions = checked_transitions(transitions, self.observation_space, self.action_space)
         if self.eval_goal is not None:  # relabel_eval_goal: every offline transition is for this goal
             check_relabelled(transitions, self.eval_goal)
+        if isinstance(self.replay_buffer, DeviceImageReplayBuffer):  # its extend wraps: the other buffers refuse
+            rows_for(len(transitions), 1, self.replay_buffer.buffer_size - self.replay_buffer.size())
         observations = to_channel_first(transitions.observations, self.observation_space)
         normalizer = getattr(self.policy, "observation_normalizer", None)
         if normalizer is not None and not normalizer.fitted:  # statistics of the first offline data, then fixed
@@ -466,8 +468,6 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             dones, timeouts = dones | timeouts, np.zeros_like(timeouts)
         if self.replay_buffer.size() == 0:  # a loaded model's count is of data no longer here (kept where refused)
             self.offline_dataset_size = 0
-        if isinstance(self.replay_buffer, DeviceImageReplayBuffer):  # its extend wraps: the other buffers refuse
-            rows_for(len(transitions), 1, self.replay_buffer.buffer_size - self.replay_buffer.size())
         self.replay_buffer.extend(
             observations,
             to_channel_first(transitions.next_observations, self.observation_space),

@@ -1,6 +1,7 @@
 """Writing Minari datasets safely: no jax needed, no half-written dataset left behind, even after a crash."""
 
 import contextlib
+import errno
 import os
 import shutil
 import socket
@@ -116,9 +117,7 @@ def write_dataset(
             scores = {key: metadata[key] for key in REFERENCE_SCORE_KEYS if metadata.get(key) is not None}
             if scores.keys() - written.storage.metadata.keys():
                 written.storage.update_metadata(scores)
-        if dataset_exists(dataset_id) and not overwrite:  # checked above: another process wrote it meanwhile
-            raise FileExistsError(f"Dataset {dataset_id} was written by another process meanwhile: it is kept, not this one")
-        _move_into_place(staging, dataset_id, path)
+        _move_into_place(staging, dataset_id, path, overwrite)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return minari.load_dataset(dataset_id)
@@ -128,23 +127,44 @@ def write_dataset(
 _REPLACED = "replaced"
 
 
-def _move_into_place(staging: Path, dataset_id: str, path: Path) -> None:
+def _move_into_place(staging: Path, dataset_id: str, path: Path, overwrite: bool) -> None:
     """
-    Move the dataset written under ``staging`` to ``path``. A dataset already there (being overwritten, or a folder
-    without metadata) is moved into the staging folder first and deleted only once the new one is in place: moved
-    back where the move fails, and restored by ``remove_crashed_staging`` where the process dies in between.
+    Move the dataset written under ``staging`` to ``path``, by renaming (atomic on one file system). A dataset already
+    there is kept where it is another process's, written meanwhile (``overwrite`` False: checked before, at the
+    start); it is replaced where ``overwrite`` (or where it is a folder without metadata): moved into the staging
+    folder first and deleted only once the new one is in place, moved back where the move fails, and restored by
+    ``remove_crashed_staging`` where the process dies in between.
+
+    :raises FileExistsError: another process wrote the dataset meanwhile (kept), and ``overwrite`` is False
     """
+    raced = FileExistsError(f"Dataset {dataset_id} was written by another process meanwhile: it is kept, not this one")
     replaced = staging / _REPLACED / dataset_id
-    if path.exists():
-        replaced.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(path, replaced)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        if dataset_exists(dataset_id) and not overwrite:
+            raise raced
+        replaced.parent.mkdir(parents=True, exist_ok=True)
+        _rename(path, replaced)
     try:
-        shutil.move(staging / dataset_id, path)
-    except BaseException:
+        _rename(staging / dataset_id, path)
+    except OSError as error:
         if replaced.exists() and not path.exists():
-            shutil.move(replaced, path)
+            _rename(replaced, path)
+        if isinstance(error, FileExistsError) or error.errno == errno.ENOTEMPTY:  # another process's, since
+            raise raced from error
         raise
+
+
+def _rename(source: Path, target: Path) -> None:
+    """``os.rename`` (a target folder that is not empty refuses it), across file systems as a copy"""
+    try:
+        os.rename(source, target)
+    except OSError as error:
+        if error.errno != errno.EXDEV:
+            raise
+        if target.exists():
+            raise FileExistsError(errno.EEXIST, "exists", str(target)) from error
+        shutil.move(source, target)
 
 
 def check_episodes(episodes: Sequence[EpisodeBuffer], observation_space: gym.Space) -> None:
