@@ -6,6 +6,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import warnings
 
 import gymnasium as gym
 import minari
@@ -626,6 +627,17 @@ def test_evaluation_goal_relabelling_rewrites_goals_rewards_and_terminals(minari
     for typo in ("Terminal", "yes", 1):  # "Terminal" would relabel without the terminal flags
         with pytest.raises(ValueError, match=f"relabel_eval_goal must be False, True or 'terminal', got {typo!r}"):
             IQL("MultiInputPolicy", None, offline_dataset=dataset, relabel_eval_goal=typo)
+    # a model made with its own environment (the dense rule) reloads relabelled by that environment, as at its
+    # creation; the dataset's evaluation environment (sparse) relabelled it before, with a warning of changed data
+    dense = make_pointmaze_env("umaze", "dense", evaluation=True)
+    model = IQL("MultiInputPolicy", dense, offline_dataset=dataset, relabel_eval_goal=True, policy_kwargs={"net_arch": [8]})
+    model.save(minari_root / "dense")
+    loaded = IQL.load(minari_root / "dense", env=make_pointmaze_env("umaze", "dense", evaluation=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded.reload_offline_dataset()
+    n = model.offline_dataset_size
+    np.testing.assert_array_equal(loaded.replay_buffer.rewards[:n], model.replay_buffer.rewards[:n])
 
 
 def test_epsilon_replaces_actions_with_uniformly_random_ones() -> None:

@@ -129,9 +129,10 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     :param offline_steps: offline gradient steps, run by ``learn()`` before online steps when none have run yet
         (None: ``DEFAULT_OFFLINE_STEPS``, the paper's 1M)
     :param download_dataset: download dataset ids that are not stored locally (needs network)
-    :param relabel_eval_goal: rewrite every transition for the evaluation environment's fixed goal at load time
-        (``desired_goal`` and rewards from the env's ``compute_reward``), as D4RL's AntMaze data was: the paper's
-        protocol on Minari's goal datasets (``sb3_iql.data.goals``); ``"terminal"`` also ends episodes on reaching it
+    :param relabel_eval_goal: rewrite every offline transition for the evaluation environment's fixed goal at load
+        time (``desired_goal`` and rewards from the env's ``compute_reward``), as D4RL's AntMaze data was: the paper's
+        protocol on Minari's goal datasets (``sb3_iql.data.goals``); ``"terminal"`` also ends episodes on reaching it.
+        Online transitions are stored as the environment gives them (its goal, reward and time limits)
     :param buffer_size: replay buffer capacity in transitions (None: the ``offline_dataset``'s size +
         ``ONLINE_BUFFER_ROOM``; ``ONLINE_BUFFER_ROOM`` in all without one, data added with ``add_transitions`` included)
     :param image_shift: random-shift augmentation of image observations in training batches (DrQ): each image
@@ -532,7 +533,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                         f"which now holds {n_episodes} episodes: the dataset changed since"
                     )
                 datasets[index] = minari.MinariDataset(datasets[index].spec.data_path, np.asarray(episodes))
-        env = recover_eval_env(datasets[0]) if self.relabel_eval_goal else None  # its goal, to relabel for
+        env = self._relabelling_env(datasets[0]) if self.relabel_eval_goal else None
         transitions = self._load_transitions(datasets, env)
         if self.offline_dataset_transitions not in (None, len(transitions)):  # None: a file of an older version
             changed = f"now hold {len(transitions):,} transitions, the model trained on {self.offline_dataset_transitions:,}"
@@ -547,6 +548,12 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 stacklevel=2,
             )
         self.add_transitions(transitions)  # counted anew: the buffer was empty
+
+    def _relabelling_env(self, dataset: minari.MinariDataset) -> gym.Env:
+        """:return: the environment whose ``compute_reward`` relabels the offline data: the model's (as at its
+        creation, where one was given), else the dataset's evaluation environment"""
+        envs = getattr(self.env, "envs", None) if self.env is not None else None  # a DummyVecEnv, wrapped or not
+        return envs[0] if envs else recover_eval_env(dataset)
 
     def _store_transition(
         self,
