@@ -238,11 +238,10 @@ def _same_environment(dataset_id: str, finetune: bool, presets_path: str | None)
     """:return: the presets whose environment (``"hopper"`` in ``"D4RL/hopper/medium-v2"``) is the dataset's or
     contains it (``"maze"``: the PointMaze and AntMaze ones): the closest id of another domain is no advice"""
     environment = _environment(dataset_id)
-    return [
-        key
-        for key in known_presets(finetune, presets_path)
-        if environment and _environment(key) and (environment in _environment(key) or _environment(key) in environment)
-    ]
+    if not environment:
+        return []
+    environments = {key: _environment(key) for key in known_presets(finetune, presets_path)}
+    return [key for key, other in environments.items() if other and (environment in other or other in environment)]
 
 
 def _environment(dataset_id: str) -> str:

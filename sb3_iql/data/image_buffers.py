@@ -304,20 +304,18 @@ class DeviceImageReplayBuffer(ReplayBuffer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         saved_generator = state.pop("generator")
         written = {name: state.pop(name) for name in ("frames", "frame_ids", "table", "_obs_frame_ids")}
-        device = th.device(state.pop("device"))
+        saved_device = state.pop("device")
         self.__dict__.update(state)
-        if device.type == "cuda" and not th.cuda.is_available():
-            device = th.device("cpu")
-        self.device = device
+        self.device = saved_device  # get_device: the CPU where a saved CUDA device is absent
         shapes = {
             "frames": (self.frame_capacity, *self.obs_shape),  # type: ignore[misc]
             "frame_ids": (self.buffer_size, 2),
             "table": (self.buffer_size, self.action_dim + 3),
         }
         for name, shape in shapes.items():  # whole rings again (files of older versions saved them whole)
-            tensor = zeros(shape, device, written[name].dtype.type)
+            tensor = zeros(shape, self.device, written[name].dtype.type)
             tensor[: len(written[name])].copy_(th.from_numpy(written[name]))
             setattr(self, name, tensor)
         self._obs_frame_ids = np.zeros(self.buffer_size, dtype=np.int64)
         self._obs_frame_ids[: len(written["_obs_frame_ids"])] = written["_obs_frame_ids"]
-        self.generator = restore_generator(saved_generator, device)
+        self.generator = restore_generator(saved_generator, self.device)

@@ -261,7 +261,7 @@ def _restore_replaced(replaced: Path) -> None:
         dataset_id = folder.relative_to(replaced).as_posix()
         if not dataset_path(dataset_id).exists():
             dataset_path(dataset_id).parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(folder, dataset_path(dataset_id))
+            _rename(folder, dataset_path(dataset_id))
             warnings.warn(f"Restored dataset {dataset_id}: a writer replacing it crashed", stacklevel=4)
 
 
