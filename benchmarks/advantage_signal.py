@@ -88,6 +88,26 @@ def critic_statistics(model: IQL, n_batches: int, near: float, far: float) -> di
     }
 
 
+def check_goal_distances(dataset: Any, near: float, far: float) -> None:
+    """
+    Refuse ``--near-goal`` and ``--far-from-goal`` that leave either side of the value spread without dataset states
+    (the spread would be NaN: on umaze every state lies within 4 m of its goal).
+
+    :raises SystemExit: no stored state is closer than ``near`` (m) to its goal, or none is farther than ``far``
+    """
+    distances = np.concatenate(
+        [
+            np.linalg.norm(episode.observations["achieved_goal"] - episode.observations["desired_goal"], axis=1)
+            for episode in dataset.iterate_episodes()
+        ]
+    )
+    if not (distances < near).any() or not (distances > far).any():
+        raise SystemExit(
+            f"{dataset.spec.dataset_id}: its states lie {distances.min():.2f} to {distances.max():.2f} m from their "
+            f"stored goals, so --near-goal {near:g} and --far-from-goal {far:g} leave no state on one side"
+        )
+
+
 def rollout_statistics(model: IQL, dataset: Any, n_episodes: int, seed: int) -> dict[str, float]:
     """Success rate, final distance to the goal and path length (m) of the deterministic policy."""
     env = dataset.recover_environment(eval_env=True)
@@ -116,6 +136,7 @@ def rollout_statistics(model: IQL, dataset: Any, n_episodes: int, seed: int) -> 
 def diagnose(dataset_id: str, beta: float, args: argparse.Namespace) -> dict[str, Any]:
     """Train IQL (maze preset, this ``beta``) on the dataset; :return: its critic and rollout statistics."""
     dataset = ensure_dataset(dataset_id, n_steps=args.dataset_steps)
+    check_goal_distances(dataset, args.near_goal, args.far_from_goal)
     model = IQL(
         "MlpPolicy",
         env=None,

@@ -101,6 +101,14 @@ def test_advantage_signal(maze_root, tmp_path):
     assert 0.0 < by_beta[10.0]["batch_ess"] < 1.0
     assert by_beta[10.0]["path_length_m"] > 0.0 and 0.0 <= by_beta[10.0]["success_rate"] <= 1.0
     assert "| sb3_iql/pointmaze/umaze-stitch-v0 | 10 | 30 |" in out.with_suffix(".md").read_text()
+    # thresholds that leave no far state: refused before training, not a NaN value spread
+    stderr = run_benchmark(
+        "advantage_signal.py",
+        *["--datasets", MAZE_ID, "--updates", "30", "--far-from-goal", "50", "--out", str(tmp_path / "refused")],
+        minari_root=maze_root,
+        succeeds=False,
+    )
+    assert "leave no state on one side" in stderr and not (tmp_path / "refused.json").exists()
 
 
 @pytest.mark.parametrize("progress_written", [True, False])  # False: killed between the model's save and its progress

@@ -248,6 +248,21 @@ def test_a_preset_s_policy_kwargs_take_those_of_params_and_fine_tuning_keeps_an_
     assert preset["dropout"] == 0.1 and model.dropout == 0.2  # the actor's dropout replaces the preset's
 
 
+def test_params_dropout_replaces_a_preset_s_actor_dropout(maze_root, tmp_path):
+    """-params dropout:R over a preset whose policy_kwargs set actor_dropout: IQL refused the two rates before."""
+    from sb3_iql.presets import preset_for
+
+    presets = tmp_path / "presets.yml"
+    preset = {**preset_for(MAZE_ID), "policy_kwargs": "dict(actor_dropout=0.3, net_arch=[8])"}
+    preset.pop("dropout", None)
+    presets.write_text(yaml.safe_dump({MAZE_ID: preset}))
+    logs = tmp_path / "logs"
+    params = ["dropout:0.2", "offline_steps:2"]
+    zoo.main(["train", "--dataset", MAZE_ID, "--presets", str(presets), "-f", str(logs), *TINY[:4], "-params", *params])
+    model = IQL.load(run_folder(logs) / f"{MAZE_ENV_ID}.zip")
+    assert model.dropout == 0.2 and model.policy.net_arch == [8]  # the given rate, the preset's other settings
+
+
 def test_the_closest_preset_named_is_of_the_same_environment():
     """Plain string similarity named D4RL/pointmaze/medium-v2 for D4RL/hopper/medium-v2, a Hopper preset for CartPole."""
     assert zoo._same_environment("D4RL/hopper/medium-v2", False, None)[0].split("/")[1] == "hopper"
