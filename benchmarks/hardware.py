@@ -15,6 +15,16 @@ def cpu_model() -> str:
         return platform.processor() or "CPU"
 
 
+def cpu_flags(names: tuple[str, ...] = ("avx", "avx2", "fma", "avx512f", "avx512_fp16", "amx_tile")) -> list[str]:
+    """:return: those of ``names`` that the CPU's flags in ``/proc/cpuinfo`` (Linux) list, in order (none elsewhere)"""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = set(next(line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")))
+    except (OSError, StopIteration):
+        return []
+    return [name for name in names if name in flags]
+
+
 def machine() -> dict[str, str | int | None]:
     """
     :return: What a benchmark's floating point and speed depend on: the CPU and its logical cores, torch, the

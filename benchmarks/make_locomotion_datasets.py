@@ -27,7 +27,9 @@ it stops if torch or NumPy still dispatch to more. SAC runs about 40% slower. Th
 (``locomotion_datasets_<env>_seed<seed>_portable.*``) hold a fingerprint, computed first: the hashes of SAC's
 parameters and observations after ``FINGERPRINT_STEPS`` steps (500 of them random), and the versions of the
 packages the data depend on. ``--fingerprint-only`` computes it alone (about 2 minutes) and compares it with the
-recorded one: the same hashes on another machine say that it makes the recorded generation.
+recorded one: the same hashes on another machine say that it makes the recorded generation. Its ``parts`` hash
+MuJoCo, MKL's matrix products and torch's sampling and elementwise kernels alone; each machine that checks adds its
+fingerprint to the record (``fingerprints_elsewhere``) and is told which parts differ from the machines there.
 
 Budget: SAC runs about 100 steps/s on one CPU core here, so a medium Hopper policy (~100k steps) takes
 about 20 minutes and an expert one (1M steps) hours. Smoke test::
@@ -45,13 +47,15 @@ import platform
 import re
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import minari
 import numpy as np
 import torch as th
-from hardware import machine  # benchmarks/hardware.py
+from hardware import cpu_flags, machine  # benchmarks/hardware.py
 from stable_baselines3 import SAC
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback, EvalCallback, StopTrainingOnRewardThreshold
@@ -190,22 +194,61 @@ def package_versions() -> dict[str, str]:
     }
 
 
-def fingerprint(args: argparse.Namespace) -> dict[str, int | str]:
+def fingerprint(args: argparse.Namespace) -> dict[str, Any]:
     """
     Train SAC for ``FINGERPRINT_STEPS`` steps (500 random, as ``learning_starts=500``): two machines that give the
     same hashes compute SAC and MuJoCo alike, and make the same generation. The stages after it seed their own SAC.
+    Where they differ, ``parts`` tell which computation does (``fingerprint_parts``).
 
-    :return: The steps, and the SHA-256 (first 16 hex digits) of SAC's parameters and of the observations it saw.
+    :return: The steps, the SHA-256 (first 16 hex digits) of SAC's parameters and of the observations it saw, and
+        ``parts``
     """
+    parts = fingerprint_parts(args)
     model = SAC("MlpPolicy", gym.make(args.env), learning_starts=500, seed=args.seed, device="cpu")
+    parts["sac_init"] = _sha256(p.detach().numpy() for p in model.policy.parameters())
     model.learn(FINGERPRINT_STEPS)
-    parameters = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.policy.parameters()))
-    observations = hashlib.sha256(model.replay_buffer.observations[: model.replay_buffer.pos].tobytes())
     return {
         "steps": FINGERPRINT_STEPS,
-        "parameters_sha256": parameters.hexdigest()[:16],
-        "observations_sha256": observations.hexdigest()[:16],
+        "parameters_sha256": _sha256(p.detach().numpy() for p in model.policy.parameters()),
+        "observations_sha256": _sha256([model.replay_buffer.observations[: model.replay_buffer.pos]]),
+        "parts": parts,
     }
+
+
+def fingerprint_parts(args: argparse.Namespace) -> dict[str, str]:
+    """
+    The hashes of the computations SAC's fingerprint mixes, each alone, so that two machines' fingerprints say which
+    one differs: ``mujoco``: 3,000 steps of the environment with uniform random actions (float64 observations and
+    rewards: MuJoCo and glibc's maths); ``sgemm``: float32 matrix products of SAC's shapes (MKL); ``normal``: torch's
+    normal sampling (its kernels and glibc's float maths); ``elementwise``: tanh, exp, log1p and softplus (torch's
+    kernels). Their own generators: SAC's seeding is unchanged.
+    """
+    env = gym.make(args.env)
+    rng = np.random.default_rng(args.seed)
+    observation, _ = env.reset(seed=args.seed)
+    steps = [observation]
+    for _ in range(3_000):
+        observation, reward, terminated, truncated, _ = env.step(rng.uniform(-1.0, 1.0, env.action_space.shape))
+        steps += [observation, np.array([reward])]
+        if terminated or truncated:
+            observation, _ = env.reset()
+            steps.append(observation)
+    generator = th.Generator().manual_seed(args.seed)
+    inputs, weights = th.randn(256, 14, generator=generator), th.randn(14, 256, generator=generator)
+    hidden = th.randn(256, 256, generator=generator)
+    values = th.randn(4096, generator=generator)
+    elementwise = [th.tanh(values), th.exp(values), th.log1p(values.abs()), th.nn.functional.softplus(values)]
+    return {
+        "mujoco": _sha256(steps),
+        "sgemm": _sha256(t.numpy() for t in (inputs @ weights, hidden @ hidden, hidden.T @ hidden)),
+        "normal": _sha256([th.randn(4096, generator=generator).numpy()]),
+        "elementwise": _sha256(t.numpy() for t in elementwise),
+    }
+
+
+def _sha256(arrays: Iterable[np.ndarray]) -> str:
+    """:return: the first 16 hex digits of the SHA-256 of the arrays' bytes, in order"""
+    return hashlib.sha256(b"".join(np.ascontiguousarray(array).tobytes() for array in arrays)).hexdigest()[:16]
 
 
 def results_stem(args: argparse.Namespace) -> Path:
@@ -215,17 +258,33 @@ def results_stem(args: argparse.Namespace) -> Path:
 
 
 def check_fingerprint(args: argparse.Namespace) -> None:
-    """Compute this machine's fingerprint, print it, and compare it with the recorded one."""
+    """
+    Compute this machine's fingerprint, print it, and compare it with the recorded one. It is added to the record's
+    ``fingerprints_elsewhere`` (with the machine and package versions; once per CPU and fingerprint), and its
+    ``parts`` that differ from those of the machines there are printed.
+    """
     found = fingerprint(args)
     print(json.dumps({**found, "versions": package_versions()}))
     recorded_file = results_stem(args).with_suffix(".json")
     if not recorded_file.exists():
         print(f"Nothing recorded in {recorded_file} to compare with.")
         return
-    recorded = json.loads(recorded_file.read_text()).get("fingerprint")
+    record = json.loads(recorded_file.read_text())
+    elsewhere = record.setdefault("fingerprints_elsewhere", [])
+    for other in elsewhere:
+        differing = [
+            name for name, value in other["fingerprint"].get("parts", {}).items() if found["parts"].get(name) != value
+        ]
+        print(f"Parts that differ from those of {other['machine']['cpu']}: {', '.join(differing) or 'none'}")
+    entry = {"machine": {**machine(), "cpu_flags": cpu_flags()}, "versions": package_versions(), "fingerprint": found}
+    if not any((e["machine"]["cpu"], e["fingerprint"]) == (entry["machine"]["cpu"], found) for e in elsewhere):
+        elsewhere.append(entry)
+        recorded_file.write_text(json.dumps(record, indent=2) + "\n")
+    recorded = record.get("fingerprint")
+    main_hashes = {key: value for key, value in found.items() if key != "parts"}
     if recorded is None:
         print(f"No fingerprint recorded in {recorded_file} to compare with.")
-    elif recorded == found:
+    elif {key: value for key, value in recorded.items() if key != "parts"} == main_hashes:
         print(f"Same as {recorded_file}: this machine makes the recorded generation.")
     else:
         raise SystemExit(f"Not the fingerprint of {recorded_file} ({recorded}): this machine makes another generation.")

@@ -214,6 +214,36 @@ def test_a_resumed_locomotion_run_ends_the_episode_its_checkpoint_cut():
     assert buffer.timeouts[:3, 0].tolist() == [0, 0, 1]
 
 
+def test_the_locomotion_fingerprint_records_each_machine_once_and_says_which_parts_differ(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(BENCHMARKS))
+    import make_locomotion_datasets as loco  # benchmarks/make_locomotion_datasets.py
+
+    monkeypatch.setattr(loco, "FINGERPRINT_STEPS", 510)  # 10 SAC updates after its 500 random steps
+    args = types.SimpleNamespace(env="Hopper-v5", seed=0, portable=True, results_dir=tmp_path)
+    found = loco.fingerprint(args)
+    assert set(found["parts"]) == {"mujoco", "sgemm", "normal", "elementwise", "sac_init"}
+    monkeypatch.setattr(loco, "fingerprint_parts", lambda args: {})
+    without_parts = loco.fingerprint(args)  # the parts leave SAC's seeding, so the recorded hashes, as they were
+    assert without_parts["parameters_sha256"] == found["parameters_sha256"]
+    assert without_parts["observations_sha256"] == found["observations_sha256"]
+    monkeypatch.undo()
+    monkeypatch.setattr(loco, "FINGERPRINT_STEPS", 510)
+    other_machine = {"cpu": "Another CPU"}
+    other_parts = {**found["parts"], "sgemm": "0" * 16}
+    record = {
+        "fingerprint": {"steps": 510, "parameters_sha256": "0" * 16, "observations_sha256": "0" * 16},
+        "fingerprints_elsewhere": [{"machine": other_machine, "fingerprint": {**found, "parts": other_parts}}],
+    }
+    recorded_file = loco.results_stem(args).with_suffix(".json")
+    recorded_file.write_text(json.dumps(record))
+    for _ in range(2):  # another generation: refused, and recorded once
+        with pytest.raises(SystemExit, match="makes another generation"):
+            loco.check_fingerprint(args)
+        assert "Parts that differ from those of Another CPU: sgemm" in capsys.readouterr().out
+    elsewhere = json.loads(recorded_file.read_text())["fingerprints_elsewhere"]
+    assert len(elsewhere) == 2 and elsewhere[1]["fingerprint"] == found and "torch" in elsewhere[1]["versions"]
+
+
 def test_graph_replays_counts_each_kernel_of_a_trace_per_update_and_the_device_s_idle_time():
     sys.path.insert(0, str(BENCHMARKS))
     import graph_replays  # benchmarks/graph_replays.py
