@@ -35,6 +35,22 @@ def rows_for(n_transitions: int, n_envs: int, free_rows: int) -> tuple[int, int]
     return n_rows, n_duplicates
 
 
+def _map_arrays(arrays: Any, function: Any) -> Any:
+    """:return: ``function`` of an array, of each array of a dict of them, or None for None"""
+    if arrays is None:
+        return None
+    if isinstance(arrays, dict):
+        return {key: function(array) for key, array in arrays.items()}
+    return function(arrays)
+
+
+def _padded(rows: np.ndarray, n_rows: int) -> np.ndarray:
+    """:return: ``rows`` followed by zero rows, ``n_rows`` in all (the zeros allocated lazily, as SB3's are)"""
+    array = np.zeros((n_rows, *rows.shape[1:]), dtype=rows.dtype)
+    array[: len(rows)] = rows
+    return array
+
+
 class OfflineDataMixin:
     """
     Adds to an SB3 replay buffer:
@@ -56,6 +72,27 @@ class OfflineDataMixin:
     dones: np.ndarray
     timeouts: np.ndarray
     generator: th.Generator | None = None
+
+    #: The per-row arrays (dicts of arrays for Dict observations) that pickling trims to the written rows
+    ROW_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+
+    # --- pickling (SB3's save_replay_buffer / load_replay_buffer) ---------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Only the written rows of each array: the free rows of a buffer sized for online fine-tuning are zeros."""
+        state = self.__dict__.copy()
+        if not self.full:
+            for name in self.ROW_ARRAYS:
+                state[name] = _map_arrays(state[name], lambda array: array[: self.pos])
+            state["_saved_rows"] = self.pos
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """The saved rows, then zeros up to ``buffer_size`` (files of earlier versions hold every row)."""
+        if state.pop("_saved_rows", None) is not None:
+            for name in self.ROW_ARRAYS:
+                state[name] = _map_arrays(state[name], lambda rows: _padded(rows, state["buffer_size"]))
+        self.__dict__.update(state)
 
     def _check_memory_option(self) -> None:
         if self.optimize_memory_usage:
