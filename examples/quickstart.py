@@ -16,6 +16,7 @@ import torch as th
 
 from sb3_iql import IQL, evaluate
 from sb3_iql.datasets import ensure_dataset
+from sb3_iql.datasets.collect import DEFAULT_N_REFERENCE_EPISODES
 
 DATASET_ID = "sb3_iql/pointmaze/umaze-stitch-v0"
 
@@ -50,7 +51,8 @@ def main() -> None:
     args = parser.parse_args()
     th.set_num_threads(1)
 
-    dataset = ensure_dataset(DATASET_ID, n_steps=args.n_steps)  # as the docs make it: the same reference scores
+    # as the docs make it: the same size and reference scores (a dataset of an older version's demo is refused)
+    dataset = ensure_dataset(DATASET_ID, n_steps=args.n_steps, n_reference_episodes=DEFAULT_N_REFERENCE_EPISODES)
     print(f"Dataset {DATASET_ID}: {dataset.total_episodes} episodes, {dataset.total_steps} steps")
     rows = []
     for name, beta in (("IQL (beta=10)", 10.0), ("BC (beta=0)", 0.0)):

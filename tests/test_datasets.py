@@ -182,6 +182,10 @@ def test_ensure_dataset(minari_root: pathlib.Path) -> None:
     assert data_file.stat().st_mtime_ns == modified, "an existing dataset is loaded, not regenerated"
     with pytest.raises(ValueError, match="has 700 steps"):
         ensure_dataset(dataset_id, n_steps=2 * N_MAZE_STEPS)
+    # reference scores of another count (an older version's demo dataset), where one is asked for: refused
+    assert ensure_dataset(dataset_id, n_reference_episodes=1).total_steps == N_MAZE_STEPS
+    with pytest.raises(ValueError, match="reference scores average 1 episodes, not 100: it normalizes scores otherwise"):
+        ensure_dataset(dataset_id, n_reference_episodes=100)
     with pytest.raises(FileNotFoundError, match="D4RL/pointmaze/umaze-v2 not found locally"):  # not generated
         ensure_dataset("D4RL/pointmaze/umaze-v2")
     assert not (minari_root / "D4RL").exists()
