@@ -17,6 +17,7 @@ from gymnasium import spaces
 from gymnasium.envs.classic_control import CartPoleEnv
 from minari.storage import get_dataset_path
 from stable_baselines3 import SAC, TD3
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_iql.datasets import (
     MAZES,
@@ -241,6 +242,37 @@ def test_collect_round_trip_sb3_model(minari_root: pathlib.Path) -> None:
             observation, reward, *_ = env.step(action)
             np.testing.assert_array_equal(observation, episode.observations[step + 1])
             assert reward == episode.rewards[step]
+
+
+def test_collect_normalises_observations_as_a_vec_normalize_model_trained(minari_root: pathlib.Path) -> None:
+    """A model trained in a VecNormalize acted on raw observations, without a word; a VecEnv failed in gym.make."""
+    venv = VecNormalize(DummyVecEnv([lambda: gym.make(PENDULUM_ID)]))
+    venv.obs_rms.mean[:], venv.obs_rms.var[:] = 0.5, 4.0
+    model = TD3("MlpPolicy", venv, seed=0, device="cpu")
+    dataset = collect(PENDULUM_ID, model, "test/pendulum/vecnorm-v0", n_episodes=1, seed=5)
+    episode = next(dataset.iterate_episodes())
+    for step in (0, 7):
+        normalised = np.clip((episode.observations[step] - 0.5) / np.sqrt(4.0 + 1e-8), -10.0, 10.0)
+        np.testing.assert_allclose(episode.actions[step], model.predict(normalised, deterministic=True)[0], rtol=1e-6)
+        assert not np.allclose(episode.actions[step], model.predict(episode.observations[step], deterministic=True)[0])
+    with pytest.raises(TypeError, match="collected in one environment, not a VecNormalize"):
+        collect(venv, model, "test/pendulum/vecenv-v0", n_steps=5)
+    model.save(minari_root / "td3")  # and from files, as rl-zoo leaves them
+    venv.save(str(minari_root / "vecnormalize.pkl"))
+    arguments = ["--env", PENDULUM_ID, "--algo", "td3", "--model", str(minari_root / "td3"), "--seed", "5"]
+    main(
+        [
+            "collect",
+            "--dataset-id",
+            "test/pendulum/cli-v0",
+            "--n-episodes",
+            "1",
+            *arguments,
+            "--vec-normalize",
+            str(minari_root / "vecnormalize.pkl"),
+        ]
+    )
+    np.testing.assert_array_equal(episodes_of("test/pendulum/cli-v0")[0].actions, episode.actions)
 
 
 def test_collect_dict_observations(minari_root: pathlib.Path) -> None:

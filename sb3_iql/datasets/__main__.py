@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 import gymnasium as gym
 import minari
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_iql.datasets import medium_expert
 from sb3_iql.datasets.collect import DEFAULT_N_REFERENCE_EPISODES, RandomPolicy, as_env, collect
@@ -146,6 +147,12 @@ def _collect(args: argparse.Namespace) -> None:
             raise ValueError(f"--gym-packages {package}: {error}") from error
     env = as_env(args.env)
     policy = load_model(args.algo, args.model) if args.model else RandomPolicy(env.action_space, args.seed)
+    if args.vec_normalize:
+        if not args.model:
+            raise ValueError("--vec-normalize gives the statistics of --model: give --model too")
+        if not os.path.isfile(args.vec_normalize):
+            raise ValueError(f"--vec-normalize: no file at {args.vec_normalize}")
+        policy.set_env(VecNormalize.load(args.vec_normalize, DummyVecEnv([lambda: as_env(args.env)])))
     expert = load_model(args.expert_algo or args.algo, args.expert_model) if args.expert_model else None
     start = time.perf_counter()
     dataset = collect(
@@ -238,6 +245,10 @@ def make_parser() -> argparse.ArgumentParser:
     rollout.add_argument("--ref-max", type=float, help="return of normalized score 100 (Minari's ref_max_score)")
     rollout.add_argument("--expert-model", help="saved model whose mean return is the reference max score")
     rollout.add_argument("--expert-algo", help="class of --expert-model (default: --algo)")
+    rollout.add_argument(
+        "--vec-normalize",
+        help="VecNormalize statistics of --model (rl-zoo's vecnormalize.pkl): it acts on observations normalised with them",
+    )
     rollout.add_argument("--jpeg", action="store_true", help="store image observations as JPEG (lossy, smaller)")
     rollout.add_argument("--gym-packages", nargs="*", default=[], help="modules to import to register environments")
     rollout.set_defaults(run=_collect)

@@ -13,6 +13,7 @@ from gymnasium import spaces
 from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector.utils import concatenate, create_empty_array
 from minari.data_collector import EpisodeBuffer
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from sb3_iql.datasets.storage import check_writable, write_dataset
 
@@ -36,7 +37,9 @@ class Predictor(Protocol):
 class PredictorPolicy:
     """
     An SB3 model or policy as a callable ``observation -> action``, which carries ``predict``'s state through an
-    episode (a recurrent policy's memory: sb3-contrib's ``RecurrentPPO``); ``start_episode()`` at each reset.
+    episode (a recurrent policy's memory: sb3-contrib's ``RecurrentPPO``); ``start_episode()`` at each reset. A
+    model trained in a ``VecNormalize`` (``get_vec_normalize_env()``) acts on observations normalised with its
+    statistics, as it was trained (the dataset keeps the environment's own observations).
 
     :param predictor: anything with SB3's ``predict``
     :param deterministic: whether to act with the deterministic action
@@ -44,6 +47,8 @@ class PredictorPolicy:
 
     def __init__(self, predictor: Predictor, deterministic: bool = True):
         self.predictor, self.deterministic = predictor, deterministic
+        get_vec_normalize_env = getattr(predictor, "get_vec_normalize_env", None)
+        self.vec_normalize: VecNormalize | None = None if get_vec_normalize_env is None else get_vec_normalize_env()
         self.state: Any = None
         self.episode_start = True
 
@@ -52,6 +57,8 @@ class PredictorPolicy:
 
     def __call__(self, observation: Any) -> Any:
         episode_start = np.array([self.episode_start])
+        if self.vec_normalize is not None:
+            observation = self.vec_normalize.normalize_obs(observation)
         action, self.state = self.predictor.predict(
             observation, state=self.state, episode_start=episode_start, deterministic=self.deterministic
         )
@@ -133,7 +140,17 @@ def average_return(env: gym.Env, policy: Predictor | PolicyFn, n_episodes: int, 
 
 
 def as_env(env: str | EnvSpec | gym.Env) -> gym.Env:
-    """:return: ``env`` itself, or a new environment made from an id or spec."""
+    """
+    :return: ``env`` itself, or a new environment made from an id or spec
+    :raises TypeError: ``env`` is a ``VecEnv`` (episodes are collected in one environment; a model's ``VecNormalize``
+        statistics are taken from the model)
+    """
+    if isinstance(env, VecEnv):
+        raise TypeError(
+            f"Episodes are collected in one environment, not a {type(env).__name__}: give a gymnasium.Env or its id. "
+            "A model trained in a VecNormalize acts on observations normalised with its statistics "
+            "(model.get_vec_normalize_env(); from files: model.set_env(VecNormalize.load(path, venv)))."
+        )
     return env if isinstance(env, gym.Env) else gym.make(env)
 
 
