@@ -29,6 +29,9 @@ from sb3_iql.data.rewards import AffineRewardTransform
 
 GOAL_SELECTION_STRATEGIES = ("future", "final", "episode", "random")
 GOAL_KEYS = ("observation", "achieved_goal", "desired_goal")
+#: Per stored transition (flat slot): its absolute index, its episode's first absolute index, the stride between its
+#: episode's transitions and the episode's length (0: unfinished)
+EPISODE_RECORDS = ("_absolute", "_episode_first", "_episode_stride", "_episode_length")
 
 
 def maze_distance_reward(env: Any) -> tuple[str, float] | None:
@@ -136,7 +139,7 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
     def device(self, device: th.device | str) -> None:
         """The storage's device; the episode records move with it."""
         DeviceDictReplayBuffer.device.fset(self, device)  # type: ignore[attr-defined]
-        for name in ("_absolute", "_episode_first", "_episode_stride", "_episode_length"):
+        for name in EPISODE_RECORDS:
             if hasattr(self, name):
                 setattr(self, name, getattr(self, name).to(self._device))
 
@@ -320,17 +323,21 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
     # --- pickling -------------------------------------------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
+        """The episode records of the written slots only, as the storage's (``DeviceDictReplayBuffer``)."""
         state = super().__getstate__()
         state["env"] = None  # not picklable: set_env after loading (IQL.load_replay_buffer does)
         state["reward_transform"] = None  # a lambda is not picklable: IQL.load_replay_buffer sets the model's again
-        for name in ("_absolute", "_episode_first", "_episode_stride", "_episode_length"):
-            state[name] = getattr(self, name).cpu().numpy()
+        n_written = (self.buffer_size if self.full else self.pos) * self.n_envs
+        for name in EPISODE_RECORDS:
+            state[name] = getattr(self, name)[:n_written].cpu().numpy()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        episode_arrays = {
-            name: state.pop(name) for name in ("_absolute", "_episode_first", "_episode_stride", "_episode_length")
-        }
+        """The saved records, then those of empty slots (files of earlier versions hold every slot)."""
+        episode_arrays = {name: state.pop(name) for name in EPISODE_RECORDS}
         super().__setstate__(state)
         for name, array in episode_arrays.items():
-            setattr(self, name, th.from_numpy(array).to(self._device))
+            empty = th.ones if name == "_episode_stride" else th.zeros
+            records = empty(self.buffer_size * self.n_envs, dtype=th.int64, device=self._device)
+            records[: len(array)] = th.from_numpy(array).to(self._device)
+            setattr(self, name, records)
