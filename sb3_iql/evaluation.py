@@ -1,5 +1,6 @@
 """Evaluation of a trained model, with D4RL-style normalized scores from Minari's reference scores."""
 
+import numbers
 from typing import NamedTuple
 
 import gymnasium as gym
@@ -150,7 +151,10 @@ def evaluate(
         environment, a dataset's or a ``VecEnv`` alike (SB3's ``VecEnv.seed``)
     :return: mean and std return, normalized score (None for an environment), every episode's return and the
         success rate (for environments that report success)
+    :raises ValueError: ``n_eval_episodes`` is not a whole number >= 1 (no episode gives no score, not a NaN)
     """
+    if isinstance(n_eval_episodes, bool) or not isinstance(n_eval_episodes, numbers.Integral) or n_eval_episodes < 1:
+        raise ValueError(f"n_eval_episodes must be a whole number >= 1 (no episode gives no score), got {n_eval_episodes!r}")
     dataset = None
     if isinstance(dataset_or_env, str):
         dataset_or_env = load_dataset(dataset_or_env)

@@ -222,6 +222,9 @@ def test_evaluate_reports_the_success_rate_of_environments_that_report_success()
     result = evaluate(_ZeroPolicy(), _ReportsSuccess(), n_eval_episodes=4)
     assert result.success_rate == 0.5  # success at any step of the episode counts, not only at its end
     assert evaluate(_ZeroPolicy(), _ReportsSuccess(report=False), n_eval_episodes=4).success_rate is None
+    for n_episodes in (0, 2.5):  # no score, not a NaN with NumPy's warnings
+        with pytest.raises(ValueError, match="n_eval_episodes must be a whole number >= 1"):
+            evaluate(_ZeroPolicy(), _ReportsSuccess(), n_eval_episodes=n_episodes)
 
 
 def test_evaluate_s_first_episode_starts_at_the_seeded_reset_for_an_env_as_for_a_vec_env():
