@@ -25,7 +25,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dataset-steps", type=int, help="steps of the dataset when it is generated (default 1M)")
     parser.add_argument("--updates", type=int, default=200_000, help="offline gradient steps")
     parser.add_argument("--online-steps", type=int, default=100_000, help="environment steps (one update each)")
-    parser.add_argument("--eval-freq", type=int, default=20_000, help="steps between two evaluations")
+    parser.add_argument(
+        "--eval-freq",
+        type=int,
+        default=20_000,
+        help="callback steps between two evaluations: updates offline, environment steps online",
+    )
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
