@@ -35,7 +35,7 @@ def stored_dataset(
             f"Local dataset {dataset_id} has {dataset.total_steps} steps, not {n_steps}: {delete} or ask for its size."
         )
     stored_episodes = dataset.storage.metadata.get("num_episodes_average_score")
-    if n_reference_episodes is not None and _is_generated_here(dataset_id) and stored_episodes != n_reference_episodes:
+    if n_reference_episodes is not None and is_generated_id(dataset_id) and stored_episodes != n_reference_episodes:
         raise ValueError(
             f"Local dataset {dataset_id}'s reference scores average {stored_episodes} episodes, not "
             f"{n_reference_episodes}: it normalizes scores otherwise than the dataset made now. To make it again, {delete}; "
@@ -78,7 +78,7 @@ def ensure_dataset(
         return dataset
 
 
-def _is_generated_here(dataset_id: str) -> bool:
+def is_generated_id(dataset_id: str) -> bool:
     """:return: whether ``dataset_id`` is one of the ids this package generates (PointMaze, pixels, medium-expert)"""
     for parse in (parse_pointmaze_dataset_id, parse_pixel_dataset_id, parse_medium_expert_dataset_id):
         try:
