@@ -280,6 +280,20 @@ def test_the_buffer_pickles_with_its_episodes():
     assert th.equal(first.rewards, second.rewards)
 
 
+def test_goal_distance_s_rule_gives_every_sampled_reward_not_only_the_relabelled_ones():
+    """The stored rewards kept the env's rule (here -1 / 0) beside relabelled 0 / 1: two scales in one batch."""
+    buffer = HerReplayBuffer(
+        100, GOAL_SPACE, ACTION_SPACE, env=CountingGoalEnv(), device="cpu", n_sampled_goal=1, goal_distance=0.5
+    )
+    buffer.generator = th.Generator().manual_seed(0)
+    episodes = counting_episodes()
+    buffer.extend(**{**episodes, "rewards": np.full_like(episodes["rewards"], -1.0)})  # the env's rule: -1 short of it
+    samples = buffer.sample(256)
+    distance = (samples.next_observations["achieved_goal"] - samples.observations["desired_goal"]).abs()[:, 0]
+    assert th.equal(samples.rewards[:, 0], (distance <= 0.5).float())
+    assert (samples.observations["desired_goal"][:, 0] == -1.0).any() and (distance <= 0.5).any()  # both kinds
+
+
 def test_a_saved_buffer_holds_the_episodes_of_its_written_slots_only():
     """The episode records were saved for every slot: 32 MB for a 3,000-step dataset in a 1M-slot buffer."""
     buffer = HerReplayBuffer(100_000, GOAL_SPACE, ACTION_SPACE, env=CountingGoalEnv(), device="cpu")

@@ -66,9 +66,9 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
     :param goal_selection_strategy: ``"future"``, ``"final"``, ``"episode"`` (SB3's) or ``"random"``
     :param copy_info_dict: must be False: infos are not stored (``compute_reward`` gets ``{}``), so an
         environment whose reward reads them cannot be relabelled here
-    :param goal_distance: the relabelled rewards' rule, replacing the environment's: sparse reward
-        ``distance(next achieved goal, goal) <= goal_distance``, computed on the device (default: the maze
-        environments' own rule, detected from ``env``; otherwise ``compute_reward``)
+    :param goal_distance: the rewards' rule, replacing the environment's for every sampled transition (relabelled
+        or not): sparse reward ``distance(next achieved goal, goal) <= goal_distance``, computed on the device
+        (default: the maze environments' own rule, detected from ``env``; otherwise ``compute_reward``)
     :param terminal_on_goal: every sampled transition whose next achieved goal reaches its (new) goal is terminal,
         as goal-conditioned IQL trains (needs a sparse distance rule: ``goal_distance`` or a sparse maze environment)
     """
@@ -159,7 +159,7 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
         if decided and self.terminal_on_goal and (self.distance_reward is None or self.distance_reward[0] != "sparse"):
             raise ValueError(
                 "terminal_on_goal needs a sparse goal distance: a sparse maze env, or goal_distance= (which also makes "
-                "the relabelled rewards distance <= goal_distance, replacing the env's reward rule)"
+                "the sampled rewards distance <= goal_distance, replacing the env's reward rule)"
             )
 
     # --- writing --------------------------------------------------------------------------------------------------
@@ -303,7 +303,8 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
 
         :param indices: flat indices of the samples, ``(batch,)``
         :param samples: the gathered transitions (fresh tensors; their ``desired_goal`` columns are overwritten)
-        :return: the samples, with rewards ``(batch, 1)`` and dones ``(batch, 1)`` recomputed where relabelled
+        :return: the samples, with rewards ``(batch, 1)`` and dones ``(batch, 1)`` recomputed where relabelled (the
+            rewards of every sample with ``goal_distance``, whose rule replaces the environment's)
         """
         upper_bound = (self.buffer_size if self.full else self.pos) * self.n_envs
         draws = th.rand(indices.shape, device=self.device, generator=self._generator)
@@ -313,7 +314,9 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
         samples.observations["desired_goal"].copy_(goals)
         samples.next_observations["desired_goal"].copy_(goals)
         achieved = samples.next_observations["achieved_goal"]
-        rewards = th.where(relabelled, self._transform(self._rewards(achieved, goals)), samples.rewards.squeeze(-1))
+        computed = self._transform(self._rewards(achieved, goals))
+        # goal_distance's rule replaces the env's for every sample, not only the relabelled ones (one reward scale)
+        rewards = computed if self.goal_distance is not None else th.where(relabelled, computed, samples.rewards.squeeze(-1))
         dones = samples.dones.squeeze(-1)
         if self.terminal_on_goal:
             reached = th.linalg.vector_norm(achieved - goals, dim=-1) <= self.distance_reward[1]  # type: ignore[index]
