@@ -264,6 +264,16 @@ def test_an_ensemble_without_critics_is_refused_when_the_model_is_made(line_data
     line_model(line_dataset, policy_kwargs={**SMALL_NET, "n_critics": np.int64(1)})  # a NumPy integer (a sweep's) is one
 
 
+def test_unclipped_awr_weights_are_warned_about(line_dataset):
+    """max_weight=inf: exp(beta * A) overflows float32 above beta * A = 88 and the actor turned NaN without a word."""
+    with pytest.warns(UserWarning, match=r"max_weight=inf with beta=3.0: the AWR weights exp\(beta \* A\) overflow"):
+        line_model(line_dataset, max_weight=math.inf, beta=3.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        line_model(line_dataset, max_weight=math.inf, beta=0.0)  # behaviour cloning: every weight is 1
+        line_model(line_dataset, max_weight=math.inf, beta=3.0, policy_extraction="ddpg_bc")  # no weights
+
+
 def test_a_loaded_model_s_hyperparameters_are_checked_too(line_dataset, tmp_path):
     line_model(line_dataset, max_weight=math.inf, gamma=1.0, tau=0.0, beta=0.0, dropout=0.0).save(tmp_path / "edges")
     IQL.load(tmp_path / "edges")  # the edges of each range are valid

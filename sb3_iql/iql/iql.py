@@ -228,6 +228,12 @@ class IQL(OfflineAlgorithm):
                 policy_extraction=policy_extraction,
             )
         )
+        if math.isinf(max_weight) and beta > 0 and policy_extraction != "ddpg_bc":
+            warnings.warn(
+                f"max_weight=inf with beta={beta}: the AWR weights exp(beta * A) overflow float32 where beta * A > 88, "
+                "and the actor's loss and parameters then turn NaN; a finite clip (the paper's 100) bounds them",
+                stacklevel=2,
+            )
         self.policy_extraction = policy_extraction
         self.bc_weight = bc_weight
         self.update_order = update_order
