@@ -229,6 +229,13 @@ def test_a_call_past_offline_steps_is_warned_about_its_updates_at_lr_zero(line_d
         warnings.simplefilter("error")
         line_model(line_dataset, offline_steps=4).learn_offline(4)  # to the end, not past it
         line_model(line_dataset, offline_steps=0, actor_lr_schedule="constant").learn_offline(3)
+    # a learning_rate schedule that ends at 0 (rl-zoo's lin_): every network stops, with a constant actor lr too
+    linear = line_model(line_dataset, offline_steps=4, actor_lr_schedule="constant", learning_rate=lambda left: 1e-3 * left)
+    with pytest.warns(UserWarning, match=r"learning_rate's schedule reaches 0 .* leave every network unchanged"):
+        linear.learn_offline(6)
+    assert {
+        group["lr"] for net in (linear.actor, linear.critic, linear.value_net) for group in net.optimizer.param_groups
+    } == {0.0}
 
 
 @pytest.mark.parametrize(

@@ -592,23 +592,31 @@ class IQL(OfflineAlgorithm):
 
     def _warn_about_lr_schedule(self, n_updates: int | None, stacklevel: int) -> bool:
         """
-        Warn where an offline call of ``n_updates`` misses the cosine schedule: a first call that ends far from the
-        end of a default ``offline_steps`` (the lr nearly undecayed), or a call that runs past ``offline_steps``,
-        where the decayed lr is 0 and those updates leave the cosine-scheduled networks unchanged.
+        Warn where an offline call of ``n_updates`` misses the lr schedule: a first call that ends far from the
+        end of a default ``offline_steps`` (the cosine lr nearly undecayed), or a call that runs past
+        ``offline_steps``, where a decayed lr is 0 (the cosine-scheduled networks', or every network's where
+        ``learning_rate`` is a schedule that ends at 0, such as rl-zoo's ``lin_``) and those updates leave the
+        networks unchanged.
 
         :return: whether it warned
         """
         cosine = [name for name in ("actor_lr_schedule", "critic_lr_schedule") if getattr(self, name) == "cosine"]
-        if n_updates is None or not cosine:
+        schedule_ends_at_zero = self.lr_schedule(0.0) == 0.0
+        if n_updates is None or not (cosine or schedule_ends_at_zero):
             return False
         horizon = max(self.offline_steps, 1)  # as in _set_learning_rates: the first update takes the full lr
         past_the_end = self._n_offline_updates + n_updates - max(horizon, self._n_offline_updates)
         if past_the_end > 0:
+            decay = (
+                "learning_rate's schedule reaches 0"
+                if schedule_ends_at_zero
+                else f"{' and '.join(cosine)}='cosine' decays the lr to 0"
+            )
             warnings.warn(
-                f"{' and '.join(cosine)}='cosine' decays the lr to 0 over offline_steps={self.offline_steps:,} offline "
-                f"updates ({self._n_offline_updates:,} done): the last {past_the_end:,} of these {n_updates:,} leave "
-                "those networks unchanged. Create the model with offline_steps=N for a longer run, or a 'constant' "
-                "schedule.",
+                f"{decay} at the end of offline_steps={self.offline_steps:,} offline updates "
+                f"({self._n_offline_updates:,} done): the last {past_the_end:,} of these {n_updates:,} leave "
+                f"{'every network' if schedule_ends_at_zero else 'those networks'} unchanged. Create the model with "
+                "offline_steps=N for a longer run, or a schedule that does not end at 0.",
                 stacklevel=stacklevel,
             )
             return True
