@@ -266,6 +266,10 @@ def test_incompatible_models_are_refused(data):
         learn_offline_together([*models, make_model(data, 2, dtype=th.float32, batch_size=16)], 1)
     with pytest.raises(ValueError, match="same model is given twice"):
         learn_offline_together([models[0], models[0]], 1)
+    with pytest.raises(
+        ValueError, match=r"differ in a tensor's shape or dtype: \(.*torch.float32\) against \(.*torch.float64\)"
+    ):
+        learn_offline_together([models[0], make_model(data, 2, dtype=th.float64)], 1)
     models[1].learn_offline(1, log_interval=0)
     with pytest.raises(ValueError, match=r"_n_offline_updates \(offline updates run so far\) differs"):
         learn_offline_together(models, 1)

@@ -625,8 +625,15 @@ def _check_networks(first: IQL, model: IQL, index: int) -> None:
     references = _modules(first)
     for name, network in _modules(model).items():
         reference = references[name]
-        if repr(network) != repr(reference) or _shapes(network) != _shapes(reference):
-            raise ValueError(f"The {name} networks of models[0] and models[{index}] differ in structure or shapes")
+        if repr(network) != repr(reference):
+            raise ValueError(f"The {name} networks of models[0] and models[{index}] differ in structure")
+        tensors, reference_tensors = _shapes(network), _shapes(reference)
+        if tensors != reference_tensors:  # (name, shape, dtype) of each, e.g. a float64 model beside float32 ones
+            first_tensor, tensor = next(pair for pair in zip(reference_tensors, tensors) if pair[0] != pair[1])
+            raise ValueError(
+                f"The {name} networks of models[0] and models[{index}] differ in a tensor's shape or dtype: "
+                f"{first_tensor} against {tensor}"
+            )
         constants, reference_constants = (_named_constants(module) for module in (network, reference))
         if constants != reference_constants:  # every learner runs models[0]'s modules
             differing = sorted(key for key, value in constants.items() if reference_constants.get(key) != value)
