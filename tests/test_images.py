@@ -679,6 +679,13 @@ def test_spatial_softmax_cnn_gives_the_coordinates_of_each_maps_peak(tmp_path):
     assert height % 2 == 1 and th.allclose(extractor(th.zeros(1, 3, 48, 48)), th.tensor([[1.0, -1.0, -1.0, 0.0]]))
     with pytest.raises(ValueError, match="must be even"):
         SpatialSoftmaxCNN(spaces.Box(0, 255, (3, 48, 48), np.uint8), features_dim=5)
+    dict_space = spaces.Dict({"camera": spaces.Box(0, 255, (48, 48, 3), np.uint8), "velocity": ACTION_SPACE})
+    with pytest.raises(ValueError, match=r"takes a channel-first image Box .* CombinedExtractor encodes each image key"):
+        IQL(
+            "MultiInputPolicy",
+            SpacesEnv(dict_space, ACTION_SPACE),
+            policy_kwargs={"features_extractor_class": "SpatialSoftmaxCNN"},
+        )
     env = SpacesEnv(spaces.Box(0, 255, (3, 48, 48), np.uint8), ACTION_SPACE)
     model = IQL("CnnPolicy", env, policy_kwargs={"features_extractor_class": "SpatialSoftmaxCNN"}, buffer_size=100, seed=0)
     frames = small_ball_frames(8)

@@ -50,6 +50,11 @@ class SpatialSoftmaxCNN(BaseFeaturesExtractor):
     def __init__(self, observation_space: spaces.Box, features_dim: int = 64, normalized_image: bool = False) -> None:
         if features_dim % 2:
             raise ValueError(f"SpatialSoftmaxCNN's features_dim is two per keypoint: it must be even, got {features_dim}")
+        if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 3:
+            raise ValueError(
+                f"SpatialSoftmaxCNN takes a channel-first image Box (channels, height, width) with CnnPolicy, not "
+                f"{observation_space}: with MultiInputPolicy, SB3's CombinedExtractor encodes each image key with NatureCNN"
+            )
         super().__init__(observation_space, features_dim)
         channels = observation_space.shape[0]
         self.cnn = nn.Sequential(
