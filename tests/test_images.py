@@ -33,6 +33,7 @@ from sb3_iql.common.augmentation import random_shift
 from sb3_iql.common.preprocessing import IMAGE_STD_OFFSET
 from sb3_iql.common.synthetic import SpacesEnv
 from sb3_iql.data import DeviceImageReplayBuffer, image_buffers, load_transitions
+from sb3_iql.data.minari_loader import Transitions
 from sb3_iql.datasets import (
     RandomPolicy,
     collect,
@@ -408,8 +409,28 @@ def test_image_shift_augments_the_training_batches_only(image_dataset):
     assert np.array_equal(model.predict(frames, deterministic=True)[0], model.predict(frames, deterministic=True)[0])
     with pytest.raises(ValueError, match="image_shift"):
         image_model(image_dataset, image_shift=-1)
-    with pytest.raises(ValueError, match=r"image_shift=4 shifts image observations, and .* has none"):
+    with pytest.raises(ValueError, match=r"image_shift=4 shifts image observations .* has none"):
         IQL("MlpPolicy", "Pendulum-v1", image_shift=4)  # no image to shift: refused, not ignored
+
+
+def test_image_shift_shifts_float_images_of_a_policy_that_does_not_normalize_them():
+    """SB3's route for images already in [0, 1]: normalize_images=False. image_shift refused them as 'has none'."""
+    float_images = spaces.Box(0.0, 1.0, (3, 36, 36), np.float32)
+    env = SpacesEnv(float_images, ACTION_SPACE)
+    kwargs = dict(buffer_size=100, seed=0, image_shift=2)
+    with pytest.raises(ValueError, match=r"uint8 ones, or any 3-D Box with policy_kwargs normalize_images=False"):
+        IQL("CnnPolicy", env, **kwargs)
+    model = IQL("CnnPolicy", env, policy_kwargs={"normalize_images": False}, **kwargs)
+    frames = th.rand(8, 3, 36, 36, generator=th.Generator().manual_seed(0)).numpy()
+    ends = np.arange(8) == 7
+    zeros = np.zeros(8, np.float32)
+    model.add_transitions(Transitions(frames, frames, np.zeros((8, 1), np.float32), zeros, ends, ends & False, zeros[:1]))
+    model.sampling_generator.manual_seed(1)
+    plain = model.replay_buffer.sample(8)
+    model.sampling_generator.manual_seed(1)
+    shifted = model._sample_batch(8)
+    assert shifted.observations.dtype == th.float32 and not th.equal(plain.observations, shifted.observations)
+    assert window_matches(plain.observations, shifted.observations, 2).flatten(1).any(1).all()
 
 
 def test_learners_trained_together_see_the_shifted_pictures_of_their_single_runs(image_dataset):

@@ -30,16 +30,29 @@ def random_shift(images: th.Tensor, pad: int, generator: th.Generator | None = N
     return shifted.to(images.dtype)
 
 
-def has_images(observation_space: spaces.Space) -> bool:
-    """:return: whether the space is an image, or a Dict with an image key (what ``shift_observations`` shifts)"""
+def has_images(observation_space: spaces.Space, normalized_image: bool = False) -> bool:
+    """
+    :param normalized_image: whether float images count (a policy with ``normalize_images=False``, as SB3's
+        ``is_image_space`` takes it: any 3-D Box); otherwise SB3's uint8 images only
+    :return: whether the space is an image, or a Dict with an image key (what ``shift_observations`` shifts)
+    """
     subspaces = observation_space.spaces.values() if isinstance(observation_space, spaces.Dict) else [observation_space]
-    return any(is_image_space(space, check_channels=False) for space in subspaces)
+    return any(is_image_space(space, check_channels=False, normalized_image=normalized_image) for space in subspaces)
 
 
-def shift_observations(observations: Any, observation_space: spaces.Space, pad: int, generator: th.Generator | None) -> Any:
-    """:return: ``observations`` (a tensor or a dict of them) with every image (key) randomly shifted"""
+def shift_observations(
+    observations: Any,
+    observation_space: spaces.Space,
+    pad: int,
+    generator: th.Generator | None,
+    normalized_image: bool = False,
+) -> Any:
+    """:return: ``observations`` (a tensor or a dict of them) with every image (key, as ``has_images``) randomly shifted"""
     if isinstance(observations, dict):
-        return {key: shift_observations(value, observation_space[key], pad, generator) for key, value in observations.items()}
-    if is_image_space(observation_space, check_channels=False):
+        return {
+            key: shift_observations(value, observation_space[key], pad, generator, normalized_image)
+            for key, value in observations.items()
+        }
+    if is_image_space(observation_space, check_channels=False, normalized_image=normalized_image):
         return random_shift(observations, pad, generator)
     return observations

@@ -290,10 +290,10 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             supported_action_spaces=supported_action_spaces,
             support_multi_env=True,
         )
-        if image_shift and self.observation_space is not None and not has_images(self.observation_space):
+        if image_shift and self.observation_space is not None and not has_images(self.observation_space, self._float_images):
             raise ValueError(
-                f"image_shift={image_shift} shifts image observations, and {describe_space(self.observation_space)} "
-                "has none: leave it at 0"
+                f"image_shift={image_shift} shifts image observations (uint8 ones, or any 3-D Box with "
+                f"policy_kwargs normalize_images=False), and {describe_space(self.observation_space)} has none: leave it at 0"
             )
         if _init_setup_model:
             # a frame buffer keeps room for the first frame of each of the dataset's episodes
@@ -612,10 +612,16 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         if not self.image_shift:
             return batch
         generator = getattr(self.replay_buffer, "generator", None)
+        space, pad, floats = self.observation_space, self.image_shift, self._float_images
         return batch._replace(
-            observations=shift_observations(batch.observations, self.observation_space, self.image_shift, generator),
-            next_observations=shift_observations(batch.next_observations, self.observation_space, self.image_shift, generator),
+            observations=shift_observations(batch.observations, space, pad, generator, floats),
+            next_observations=shift_observations(batch.next_observations, space, pad, generator, floats),
         )
+
+    @property
+    def _float_images(self) -> bool:
+        """Whether float images count as images (``normalize_images=False`` in ``policy_kwargs``, as SB3's policies)"""
+        return not (self.policy_kwargs or {}).get("normalize_images", True)
 
     def _set_learning_rates(self, offline: bool) -> None:
         """Set the optimizers' learning rates before an update (offline) or a round of online updates."""
