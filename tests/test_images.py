@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.vec_env import DummyVecEnv, VecTransposeImage
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize, VecTransposeImage
 from toy_data import (
     IMAGE_LINE_ENV_ID,
     IMAGE_SIZE,
@@ -94,6 +94,23 @@ def test_each_frame_is_stored_once_and_samples_give_the_transitions_back():
     assert samples.dones.sum() == 0  # timeouts are not terminal
     batch = buffer.sample(32)
     assert batch.observations.shape == (32, 1, 8, 8) and batch.rewards.shape == (32, 1)
+
+
+def test_a_reward_only_vec_normalize_normalizes_the_sampled_rewards_as_sb3_s_buffers_do():
+    """Any VecNormalize was refused at the first update, a reward-only one too (SAC trains with it)."""
+    rng = np.random.default_rng(0)
+    buffer = DeviceImageReplayBuffer(100, FRAME_SPACE, ACTION_SPACE, device="cpu")
+    buffer.extend(**concatenated([episode_arrays(6, 0, rng)]))
+    env = VecNormalize(DummyVecEnv([lambda: SpacesEnv(FRAME_SPACE, ACTION_SPACE)]), norm_obs=False)
+    env.ret_rms.var[...] = 4.0
+    buffer.generator = th.Generator().manual_seed(0)
+    plain = buffer.sample(16)
+    buffer.generator = th.Generator().manual_seed(0)
+    normalized = buffer.sample(16, env=env)
+    assert th.equal(normalized.observations, plain.observations)
+    th.testing.assert_close(normalized.rewards, plain.rewards / np.sqrt(4.0 + env.epsilon))
+    with pytest.raises(ValueError, match=r"does not normalize image observations: .*norm_obs=False"):
+        buffer.sample(16, env=VecNormalize(DummyVecEnv([lambda: SpacesEnv(FRAME_SPACE, ACTION_SPACE)])))
 
 
 def test_online_steps_of_several_envs_share_frames_per_env_and_the_ring_wraps():

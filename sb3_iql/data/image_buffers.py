@@ -253,13 +253,23 @@ class DeviceImageReplayBuffer(ReplayBuffer):
         """
         Uniform sample of ``batch_size`` sampleable transitions, drawn on the device: frames as uint8
         ``(batch, *obs_shape)``, actions ``(batch, action_dim)``, dones ``done * (1 - timeout)`` and rewards
-        ``(batch, 1)`` float32.
+        ``(batch, 1)`` float32; rewards normalized by ``env`` (a ``VecNormalize`` with ``norm_obs=False``), as SB3's
+        buffers do.
+
+        :raises ValueError: ``env`` normalizes observations (images are not normalized)
         """
-        if env is not None:
-            raise ValueError("DeviceImageReplayBuffer does not normalize observations (VecNormalize): images are not")
+        if env is not None and env.norm_obs:
+            raise ValueError(
+                "DeviceImageReplayBuffer does not normalize image observations: wrap the env in "
+                "VecNormalize(..., norm_obs=False) to normalize its rewards only"
+            )
         self.generator = generator_on(self.generator, self.device)
         offsets = th.randint(self.size(), (batch_size,), device=self.device, generator=self.generator)
-        return self.gather((offsets + self.oldest) % self.buffer_size)
+        samples = self.gather((offsets + self.oldest) % self.buffer_size)
+        if env is None:
+            return samples
+        rewards = self._normalize_reward(samples.rewards.cpu().numpy(), env)  # a host round trip, as SB3's buffers
+        return samples._replace(rewards=th.as_tensor(rewards, dtype=th.float32, device=self.device))
 
     def graph_sampling_key(self) -> Hashable | None:
         """
