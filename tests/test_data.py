@@ -616,3 +616,21 @@ def test_a_callable_reward_transform_is_checked(box_dataset, transform, message)
     # before: a shorter output filled part of the buffer, an inf one trained to NaN parameters, a scalar crashed
     with pytest.raises(ValueError, match=message):
         make_model(box_dataset, reward_transform=transform)
+
+
+def test_a_dataset_of_channel_first_images_for_a_channel_last_env_is_refused_with_the_wrapper_to_use():
+    from types import SimpleNamespace
+
+    from sb3_iql.data.minari_loader import check_spaces
+
+    action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    stored = SimpleNamespace(
+        spec=SimpleNamespace(dataset_id="mine/camera/images-v0"),
+        observation_space=spaces.Box(0, 255, (3, 36, 48), np.uint8),
+        action_space=action_space,
+    )
+    with pytest.raises(ValueError, match=r"channel first: give the environment wrapped .* VecTransposeImage"):
+        check_spaces(stored, spaces.Box(0, 255, (36, 48, 3), np.uint8), action_space)
+    with pytest.raises(ValueError, match=r"does not match the environment's:\n.*\n.*\(9, 9, 3\)[^\n]*$"):  # no hint
+        check_spaces(stored, spaces.Box(0, 255, (9, 9, 3), np.uint8), action_space)
+    check_spaces(stored, spaces.Box(0, 255, (3, 36, 48), np.uint8), action_space)

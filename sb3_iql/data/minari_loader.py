@@ -173,10 +173,11 @@ def check_spaces(dataset: minari.MinariDataset, observation_space: spaces.Space,
     """
     name = dataset.spec.dataset_id
     if not spaces_match(dataset.observation_space, observation_space, check_bounds=False):
+        hint = _transposed_hint(dataset.observation_space, observation_space)
         raise ValueError(
             f"Observation space of dataset '{name}' does not match the environment's:\n"
             f"  dataset:     {describe_space(dataset.observation_space)}\n"
-            f"  environment: {describe_space(observation_space)}"
+            f"  environment: {describe_space(observation_space)}{hint}"
         )
     # Actions are scaled with the environment's bounds, so the bounds must agree too.
     if not spaces_match(dataset.action_space, action_space, check_bounds=True):
@@ -185,6 +186,18 @@ def check_spaces(dataset: minari.MinariDataset, observation_space: spaces.Space,
             f"  dataset:     {describe_space(dataset.action_space)}\n"
             f"  environment: {describe_space(action_space)}"
         )
+
+
+def _transposed_hint(stored: spaces.Space, observation_space: spaces.Space) -> str:
+    """:return: a hint where the dataset stores channel-first images of a channel-last environment's, else ''"""
+    if not (isinstance(stored, spaces.Box) and isinstance(observation_space, spaces.Box)):
+        return ""
+    if len(stored.shape) == 3 and stored.shape == (observation_space.shape[-1], *observation_space.shape[:-1]):
+        return (
+            "\n  The dataset's images are the environment's, channel first: give the environment wrapped as SB3 "
+            "trains it, VecTransposeImage(DummyVecEnv([lambda: env]))"
+        )
+    return ""
 
 
 def check_observation_space(space: spaces.Space) -> None:
