@@ -265,6 +265,33 @@ def test_the_copies_that_complete_the_last_row_relabel_as_the_transitions_they_c
         assert th.equal(record[copies], record[: copies.stop - n])
 
 
+def test_copies_whose_originals_the_ring_overwrote_take_no_goal_of_another_episode():
+    """With n_envs > 1, extend completes its last row with copies of its first transitions, which point at them for
+    their goals: once online rows overwrote those, 'future' gave the copies goals of online episodes."""
+    n_envs = 3
+    buffer = HerReplayBuffer(30, GOAL_SPACE, ACTION_SPACE, env=CountingGoalEnv(), device="cpu", n_envs=n_envs)  # 10 rows
+    buffer.generator = th.Generator().manual_seed(0)
+    steps = 9000.0 + np.arange(7, dtype=np.float32)[:, None]  # one offline episode: rows 0-2 with 2 copies
+    obs, next_obs = steps, steps + 1
+    goal = np.full_like(steps, -1.0)
+    ends = np.arange(7) == 6
+    buffer.extend(
+        {"observation": obs, "achieved_goal": obs, "desired_goal": goal},
+        {"observation": next_obs, "achieved_goal": next_obs, "desired_goal": goal},
+        np.zeros((7, 1), np.float32), np.zeros(7, np.float32), np.zeros(7, np.float32), ends.astype(np.float32),
+    )  # fmt: skip
+    for row in range(8):  # online rows 3-9, then row 0 again: the copies' originals t = 0, 1, 2 are gone
+        online = np.full((n_envs, 1), 100.0 * row, np.float32)
+        step = {"observation": online, "achieved_goal": online, "desired_goal": np.full_like(online, -1.0)}
+        done = np.full(n_envs, row % 2 == 1)  # two-step episodes, relabelable once ended
+        buffer.add(step, step, np.zeros((n_envs, 1), np.float32), np.zeros(n_envs), done, [{}] * n_envs)
+    samples = buffer.sample(2000)
+    achieved, goals = samples.observations["achieved_goal"][:, 0], samples.observations["desired_goal"][:, 0]
+    offline = achieved >= 9000
+    relabelled = offline & (goals != -1.0)
+    assert relabelled.any() and (goals[relabelled] >= 9000).all()  # goals of their own episode only
+
+
 def test_the_buffer_pickles_with_its_episodes():
     buffer = counting_buffer("future")
     buffer.reward_transform = lambda rewards: rewards - 1.0  # not picklable: left out

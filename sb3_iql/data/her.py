@@ -252,11 +252,16 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
         indices = th.randint(upper_bound, (batch_size,), device=self.device, generator=self._generator)
         return self.normalized(self.relabel(indices, self.gather(indices)), env)
 
-    def _goal_indices(self, indices: th.Tensor, upper_bound: int) -> th.Tensor:
-        """:return: the flat index of the transition whose next achieved goal becomes the goal, per sample"""
+    def _goal_indices(self, indices: th.Tensor, upper_bound: int) -> tuple[th.Tensor, th.Tensor]:
+        """
+        :return: the flat index of the transition whose next achieved goal becomes the goal, per sample, and whether
+            that slot still holds the sample's episode (its step was not overwritten since: the copies that complete
+            ``extend``'s last row point at the transitions they copy, which the ring may overwrite first)
+        """
         capacity = self.buffer_size * self.n_envs
         if self.goal_selection_strategy == "random":
-            return th.randint(upper_bound, indices.shape, device=self.device, generator=self._generator)
+            slots = th.randint(upper_bound, indices.shape, device=self.device, generator=self._generator)
+            return slots, th.ones(indices.shape, dtype=th.bool, device=self.device)
         first, stride = self._episode_first[indices], self._episode_stride[indices]
         length = self._episode_length[indices].clamp(min=1)
         position = (self._absolute[indices] - first) // stride
@@ -269,7 +274,9 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
             oldest = max(self._n_written - capacity, 0)
             earliest = ((oldest - first).clamp(min=0) + stride - 1) // stride
             step = earliest + (uniform * (length - earliest)).long()
-        return (first + step.clamp(max=length - 1) * stride) % capacity
+        absolute = first + step.clamp(max=length - 1) * stride
+        slots = absolute % capacity
+        return slots, self._absolute[slots] == absolute
 
     def _rewards(self, achieved: th.Tensor, goals: th.Tensor) -> th.Tensor:
         """:return: the environment's rewards for reaching ``achieved`` when aiming at ``goals``, ``(batch,)``"""
@@ -308,8 +315,9 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
         """
         upper_bound = (self.buffer_size if self.full else self.pos) * self.n_envs
         draws = th.rand(indices.shape, device=self.device, generator=self._generator)
-        relabelled = (draws < self.her_ratio) & (self._episode_length[indices] > 0)
-        new_goals = self.gather_field(self._goal_indices(indices, upper_bound), ("next_obs", "achieved_goal"))
+        goal_slots, still_stored = self._goal_indices(indices, upper_bound)
+        relabelled = (draws < self.her_ratio) & (self._episode_length[indices] > 0) & still_stored
+        new_goals = self.gather_field(goal_slots, ("next_obs", "achieved_goal"))
         goals = th.where(relabelled.unsqueeze(-1), new_goals, samples.observations["desired_goal"])
         samples.observations["desired_goal"].copy_(goals)
         samples.next_observations["desired_goal"].copy_(goals)
