@@ -290,11 +290,12 @@ class IQLExperimentManager(ExperimentManager):
             if self._eval_env_kwargs_args is None:
                 self.eval_env_kwargs = merged
         if self.params_as_overrides and given:  # from_preset's rules over the preset (-params replaced its values)
-            kwargs_overrides = {key: given[key] for key in ("policy_kwargs", "dropout") if key in given}
-            if isinstance(given.get("policy_kwargs"), dict) or "dropout" in given:
+            given_kwargs = isinstance(given.get("policy_kwargs"), dict)
+            if given_kwargs or "dropout" in given:
                 preset_kwargs = from_zoo_strings({"policy_kwargs": configured.get("policy_kwargs")})
-                merged = with_overrides(preset_kwargs, kwargs_overrides).get("policy_kwargs")
-                if merged != preset_kwargs["policy_kwargs"]:  # merged, or without the actor_dropout a dropout replaces
+                overrides = {key: given[key] for key in ("policy_kwargs", "dropout") if key in given}
+                merged = with_overrides(preset_kwargs, overrides).get("policy_kwargs")
+                if given_kwargs or merged != preset_kwargs["policy_kwargs"]:  # or a dropout replaced actor_dropout
                     hyperparams["policy_kwargs"] = saved_hyperparams["policy_kwargs"] = merged
             for key in replaced_with(configured, given):
                 hyperparams.pop(key, None)
