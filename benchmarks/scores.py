@@ -87,6 +87,7 @@ from sb3_iql.data.her import HerReplayBuffer
 from sb3_iql.data.minari_loader import DatasetNotFoundError, check_dataset_id, load_dataset, load_transitions
 from sb3_iql.datasets import ensure_dataset
 from sb3_iql.datasets.generated import is_generated_id
+from sb3_iql.datasets.medium_expert import parse_medium_expert_dataset_id
 from sb3_iql.evaluation import SUCCESS_KEYS, evaluate, normalized_score
 from sb3_iql.iql import IQL
 from sb3_iql.iql.multi_seed import learn_offline_together
@@ -321,12 +322,24 @@ class RunConfig:
         return settings
 
 
+def is_generated(dataset_id: str) -> bool:
+    """
+    :return: whether the id is a PointMaze dataset of this package, in states or in pixels (generated here with
+        ``--dataset-steps``; a medium-expert one is loaded as stored, whatever its size)
+    """
+    try:
+        parse_medium_expert_dataset_id(dataset_id)
+    except ValueError:
+        return is_generated_id(dataset_id)
+    return False
+
+
 def get_dataset(dataset_id: str, n_steps: int) -> minari.MinariDataset | None:
     """
     :param n_steps: transitions of a generated dataset (pixel ones: the first ``n_steps`` of their state dataset)
     :return: the dataset (PointMaze ids of this package are generated if missing), or None if not local.
     """
-    if is_generated_id(dataset_id):
+    if is_generated(dataset_id):
         return ensure_dataset(dataset_id, n_steps=n_steps)
     try:
         return load_dataset(dataset_id)
