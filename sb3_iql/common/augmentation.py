@@ -5,7 +5,6 @@ from typing import Any
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.preprocessing import is_image_space
-from torch.nn import functional
 
 
 def random_shift(images: th.Tensor, pad: int, generator: th.Generator | None = None) -> th.Tensor:
@@ -21,13 +20,13 @@ def random_shift(images: th.Tensor, pad: int, generator: th.Generator | None = N
     if pad == 0:
         return images
     batch, channels, height, width = images.shape
-    padded = functional.pad(images.float(), (pad, pad, pad, pad), mode="replicate")
-    offsets = th.randint(0, 2 * pad + 1, (batch, 2), device=images.device, generator=generator)
-    rows = (th.arange(height, device=images.device) + offsets[:, :1])[:, None, :, None]
-    columns = (th.arange(width, device=images.device) + offsets[:, 1:])[:, None, None, :]
+    offsets = th.randint(0, 2 * pad + 1, (batch, 2), device=images.device, generator=generator) - pad
+    # the padded image's pixel (r + offset) is the image's pixel r + offset - pad clamped to the image (replicated
+    # borders): gathered from the images themselves, in their dtype, without building the padded copy
+    rows = (th.arange(height, device=images.device) + offsets[:, :1]).clamp_(0, height - 1)[:, None, :, None]
+    columns = (th.arange(width, device=images.device) + offsets[:, 1:]).clamp_(0, width - 1)[:, None, None, :]
     samples = th.arange(batch, device=images.device)[:, None, None, None]
-    shifted = padded[samples, th.arange(channels, device=images.device)[None, :, None, None], rows, columns]
-    return shifted.to(images.dtype)
+    return images[samples, th.arange(channels, device=images.device)[None, :, None, None], rows, columns]
 
 
 def has_images(observation_space: spaces.Space, normalized_image: bool = False) -> bool:
