@@ -126,9 +126,10 @@ class IQL(OfflineAlgorithm):
         ``AUTO_COMPILE_UPDATES`` updates on, where it pays, eager before (and wherever compilation is unavailable:
         optimizers other than Adam, a failed compilation, which warns); False: the eager update (``_update``); True:
         the same update compiled with ``torch.compile`` (CPU or CUDA; 25-100 s of compilation, then ~1.4x faster on
-        CPU); ``"cudagraph"``: captured in a CUDA graph, one launch per update (CUDA only). On CUDA, ``"auto"``
-        also captures the update in a CUDA graph, the eager one from calls of ``AUTO_GRAPH_UPDATES`` updates on
-        and the compiled one from ``AUTO_COMPILE_UPDATES`` on
+        CPU), without a CUDA graph; ``"cudagraph"``: captured in a CUDA graph, one launch per update (CUDA only). On
+        CUDA, ``"auto"`` also captures the update in a CUDA graph, the eager one from calls of
+        ``AUTO_GRAPH_UPDATES`` updates on and the compiled one from ``AUTO_COMPILE_UPDATES`` on: on a GPU it is the
+        fast path (an H200 measured ~8x ``True``'s updates/s, ``benchmarks/results/speed.md``)
     :param download_dataset: download dataset ids that are not stored locally (needs network)
     :param relabel_eval_goal: rewrite every transition for the evaluation environment's fixed goal when loading (the
         paper's AntMaze protocol on Minari's goal datasets; ``"terminal"``: also end episodes at the goal)
