@@ -633,4 +633,6 @@ def test_a_dataset_of_channel_first_images_for_a_channel_last_env_is_refused_wit
         check_spaces(stored, spaces.Box(0, 255, (36, 48, 3), np.uint8), action_space)
     with pytest.raises(ValueError, match=r"does not match the environment's:\n.*\n.*\(9, 9, 3\)[^\n]*$"):  # no hint
         check_spaces(stored, spaces.Box(0, 255, (9, 9, 3), np.uint8), action_space)
+    with pytest.raises(ValueError, match="does not match"):  # another rank: the mismatch, not an IndexError
+        check_spaces(stored, spaces.Box(-1.0, 1.0, (), np.float32), action_space)
     check_spaces(stored, spaces.Box(0, 255, (3, 36, 48), np.uint8), action_space)

@@ -246,10 +246,12 @@ def test_collect_round_trip_sb3_model(minari_root: pathlib.Path) -> None:
 
 def test_collect_normalises_observations_as_a_vec_normalize_model_trained(minari_root: pathlib.Path) -> None:
     """A model trained in a VecNormalize acted on raw observations, without a word; a VecEnv failed in gym.make."""
-    venv = VecNormalize(DummyVecEnv([lambda: gym.make(PENDULUM_ID)]))
+    venv = VecNormalize(DummyVecEnv([lambda: gym.make(PENDULUM_ID)] * 2))  # rl-zoo trains with several envs too
     venv.obs_rms.mean[:], venv.obs_rms.var[:] = 0.5, 4.0
     model = TD3("MlpPolicy", venv, seed=0, device="cpu")
-    dataset = collect(PENDULUM_ID, model, "test/pendulum/vecnorm-v0", n_episodes=1, seed=5)
+    dataset = collect(
+        PENDULUM_ID, model, "test/pendulum/vecnorm-v0", n_episodes=1, seed=5, expert_policy=model, n_reference_episodes=1
+    )
     episode = next(dataset.iterate_episodes())
     for step in (0, 7):
         normalised = np.clip((episode.observations[step] - 0.5) / np.sqrt(4.0 + 1e-8), -10.0, 10.0)
@@ -257,22 +259,15 @@ def test_collect_normalises_observations_as_a_vec_normalize_model_trained(minari
         assert not np.allclose(episode.actions[step], model.predict(episode.observations[step], deterministic=True)[0])
     with pytest.raises(TypeError, match="collected in one environment, not a VecNormalize"):
         collect(venv, model, "test/pendulum/vecenv-v0", n_steps=5)
-    model.save(minari_root / "td3")  # and from files, as rl-zoo leaves them
+    model.save(minari_root / "td3")  # and from files, as rl-zoo leaves them: the model's 2 envs are no obstacle
     venv.save(str(minari_root / "vecnormalize.pkl"))
-    arguments = ["--env", PENDULUM_ID, "--algo", "td3", "--model", str(minari_root / "td3"), "--seed", "5"]
-    main(
-        [
-            "collect",
-            "--dataset-id",
-            "test/pendulum/cli-v0",
-            "--n-episodes",
-            "1",
-            *arguments,
-            "--vec-normalize",
-            str(minari_root / "vecnormalize.pkl"),
-        ]
-    )
-    np.testing.assert_array_equal(episodes_of("test/pendulum/cli-v0")[0].actions, episode.actions)
+    files = ["--algo", "td3", "--model", str(minari_root / "td3"), "--vec-normalize", str(minari_root / "vecnormalize.pkl")]
+    expert = ["--expert-model", str(minari_root / "td3"), "--expert-vec-normalize", str(minari_root / "vecnormalize.pkl")]
+    arguments = ["--env", PENDULUM_ID, "--seed", "5", "--n-episodes", "1", "--n-reference-episodes", "1", *files, *expert]
+    main(["collect", "--dataset-id", "test/pendulum/cli-v0", *arguments])
+    from_files = minari.load_dataset("test/pendulum/cli-v0")
+    np.testing.assert_array_equal(next(from_files.iterate_episodes()).actions, episode.actions)
+    assert from_files.storage.metadata["ref_max_score"] == dataset.storage.metadata["ref_max_score"]  # the expert too
 
 
 def test_collect_dict_observations(minari_root: pathlib.Path) -> None:

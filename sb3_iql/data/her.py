@@ -120,7 +120,8 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
         self.copy_info_dict = copy_info_dict
         self.terminal_on_goal = terminal_on_goal
         self.goal_distance = goal_distance
-        #: Applied to relabelled rewards; ``IQL`` sets its ``reward_transform`` here.
+        #: Applied to recomputed rewards (relabelled ones; every sampled one with ``goal_distance``); ``IQL`` sets its
+        #: ``reward_transform`` here.
         self.reward_transform: Callable[[np.ndarray], np.ndarray] | None = AffineRewardTransform()
         self.env: VecEnv | None = None
         self.distance_reward: tuple[str, float] | None = None
@@ -245,8 +246,9 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
 
     def sample(self, batch_size: int, env: VecNormalize | None = None) -> DictReplayBufferSamples:  # type: ignore[override]
         """
-        ``DeviceDictReplayBuffer.sample``, a fraction ``her_ratio`` of the transitions relabelled: on the stored
-        goals and rewards, then normalized by ``env`` (VecNormalize), as SB3's HerReplayBuffer does.
+        ``DeviceDictReplayBuffer.sample``, a fraction ``her_ratio`` of the transitions relabelled (of those whose
+        episode has ended and whose goal step is still stored): on the stored goals and rewards, then normalized by
+        ``env`` (VecNormalize), as SB3's HerReplayBuffer does.
         """
         upper_bound = (self.buffer_size if self.full else self.pos) * self.n_envs
         indices = th.randint(upper_bound, (batch_size,), device=self.device, generator=self._generator)

@@ -192,7 +192,8 @@ def _transposed_hint(stored: spaces.Space, observation_space: spaces.Space) -> s
     """:return: a hint where the dataset stores channel-first images of a channel-last environment's, else ''"""
     if not (isinstance(stored, spaces.Box) and isinstance(observation_space, spaces.Box)):
         return ""
-    if len(stored.shape) == 3 and stored.shape == (observation_space.shape[-1], *observation_space.shape[:-1]):
+    same_rank = len(stored.shape) == len(observation_space.shape) == 3
+    if same_rank and stored.shape == (observation_space.shape[-1], *observation_space.shape[:-1]):
         return (
             "\n  The dataset's images are the environment's, channel first: give the environment wrapped as SB3 "
             "trains it, VecTransposeImage(DummyVecEnv([lambda: env]))"

@@ -6,6 +6,7 @@ Command line: ``python -m sb3_iql.datasets {pointmaze,medium-expert,collect,list
 """
 
 from sb3_iql.datasets.collect import (
+    NormalizedPredictor,
     RandomPolicy,
     average_return,
     collect,
@@ -31,6 +32,7 @@ from sb3_iql.datasets.storage import dataset_exists, write_dataset
 __all__ = [
     "MAZES",
     "REWARD_TYPES",
+    "NormalizedPredictor",
     "PointMazePixels",
     "RandomPolicy",
     "WaypointController",

@@ -22,6 +22,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import gymnasium as gym
 import minari
@@ -29,7 +30,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_iql.datasets import medium_expert
-from sb3_iql.datasets.collect import DEFAULT_N_REFERENCE_EPISODES, RandomPolicy, as_env, collect
+from sb3_iql.datasets.collect import DEFAULT_N_REFERENCE_EPISODES, NormalizedPredictor, RandomPolicy, as_env, collect
 from sb3_iql.datasets.generated import stored_dataset
 from sb3_iql.datasets.pixels import DEFAULT_PIXEL_STEPS, make_pixel_pointmaze_dataset, pixel_dataset_id
 from sb3_iql.datasets.pointmaze import (
@@ -147,13 +148,9 @@ def _collect(args: argparse.Namespace) -> None:
             raise ValueError(f"--gym-packages {package}: {error}") from error
     env = as_env(args.env)
     policy = load_model(args.algo, args.model) if args.model else RandomPolicy(env.action_space, args.seed)
-    if args.vec_normalize:
-        if not args.model:
-            raise ValueError("--vec-normalize gives the statistics of --model: give --model too")
-        if not os.path.isfile(args.vec_normalize):
-            raise ValueError(f"--vec-normalize: no file at {args.vec_normalize}")
-        policy.set_env(VecNormalize.load(args.vec_normalize, DummyVecEnv([lambda: as_env(args.env)])))
+    policy = _normalized(policy, args.vec_normalize, "--vec-normalize", "--model", args.env)
     expert = load_model(args.expert_algo or args.algo, args.expert_model) if args.expert_model else None
+    expert = _normalized(expert, args.expert_vec_normalize, "--expert-vec-normalize", "--expert-model", args.env)
     start = time.perf_counter()
     dataset = collect(
         env,
@@ -173,6 +170,17 @@ def _collect(args: argparse.Namespace) -> None:
         jpeg_encoding=args.jpeg,
     )
     _report(dataset, time.perf_counter() - start)
+
+
+def _normalized(model: Any, path: str | None, option: str, model_option: str, env_id: str) -> Any:
+    """:return: ``model`` acting on observations normalised with the statistics at ``path`` (None: ``model``)"""
+    if path is None:
+        return model
+    if not isinstance(model, BaseAlgorithm):
+        raise ValueError(f"{option} gives the statistics of {model_option}: give {model_option} too")
+    if not os.path.isfile(path):
+        raise ValueError(f"{option}: no file at {path}")
+    return NormalizedPredictor(model, VecNormalize.load(path, DummyVecEnv([lambda: as_env(env_id)])))
 
 
 def _medium_expert(args: argparse.Namespace) -> None:
@@ -249,6 +257,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--vec-normalize",
         help="VecNormalize statistics of --model (rl-zoo's vecnormalize.pkl): it acts on observations normalised with them",
     )
+    rollout.add_argument("--expert-vec-normalize", help="the same for --expert-model")
     rollout.add_argument("--jpeg", action="store_true", help="store image observations as JPEG (lossy, smaller)")
     rollout.add_argument("--gym-packages", nargs="*", default=[], help="modules to import to register environments")
     rollout.set_defaults(run=_collect)

@@ -66,6 +66,27 @@ class PredictorPolicy:
         return action
 
 
+class NormalizedPredictor:
+    """
+    An SB3 model (anything with ``predict``) that acts on observations normalised with a ``VecNormalize``'s
+    statistics: a model trained in one and loaded from files (rl-zoo's ``vecnormalize.pkl``), whatever its number
+    of environments::
+
+        agent = NormalizedPredictor(SAC.load("sac.zip"), VecNormalize.load("vecnormalize.pkl", DummyVecEnv([make_env])))
+
+    :param predictor: anything with SB3's ``predict``
+    :param vec_normalize: the statistics (its ``normalize_obs``)
+    """
+
+    def __init__(self, predictor: Predictor, vec_normalize: VecNormalize):
+        self.predictor, self.vec_normalize = predictor, vec_normalize
+
+    def predict(self, observation: Any, state: Any = None, episode_start: Any = None, deterministic: bool = False) -> Any:
+        """``predictor.predict`` on the normalised observation"""
+        normalized = self.vec_normalize.normalize_obs(observation)
+        return self.predictor.predict(normalized, state=state, episode_start=episode_start, deterministic=deterministic)
+
+
 def as_policy_fn(policy: Predictor | PolicyFn, deterministic: bool = True) -> PolicyFn:
     """
     :param policy: An SB3 model or policy (anything with ``predict``), or a callable ``observation -> action``.
@@ -149,7 +170,7 @@ def as_env(env: str | EnvSpec | gym.Env) -> gym.Env:
         raise TypeError(
             f"Episodes are collected in one environment, not a {type(env).__name__}: give a gymnasium.Env or its id. "
             "A model trained in a VecNormalize acts on observations normalised with its statistics "
-            "(model.get_vec_normalize_env(); from files: model.set_env(VecNormalize.load(path, venv)))."
+            "(model.get_vec_normalize_env(); from files: NormalizedPredictor(model, VecNormalize.load(path, venv)))."
         )
     return env if isinstance(env, gym.Env) else gym.make(env)
 
