@@ -153,8 +153,11 @@ def check_preset_keys(
     dataset_id: str, model_class: type, finetune: bool = False, path: str | None = None, given: Iterable[str] = ()
 ) -> None:
     """
+    :param dataset_id: Minari dataset id whose preset is checked
     :param model_class: the class the preset builds (``IQL``, or a subclass): its constructors' keyword arguments are
         accepted (a subclass's ``**kwargs`` passes its base class's on)
+    :param finetune: the fine-tuning preset instead of the offline one
+    :param path: a YAML preset file (default: the package's)
     :param given: keys the caller passes over the preset (named as given, not as the file's)
     :raises ValueError: a key of the dataset's entry (or of ``given``) that is neither one of them nor an rl-zoo key,
         naming the file, the entry and the closest argument (a typo in a preset file failed inside the constructor)

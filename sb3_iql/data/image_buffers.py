@@ -57,6 +57,8 @@ class DeviceImageReplayBuffer(ReplayBuffer):
     @staticmethod
     def default_extra_frames(buffer_size: int, n_envs: int = 1, n_episodes: int = 0, n_transitions: int = 0) -> int:
         """
+        :param buffer_size: the buffer's capacity in transitions
+        :param n_envs: environments that write online steps
         :param n_episodes: episodes of the offline data the buffer will hold (their first frames)
         :param n_transitions: transitions of that data
         :return: ``buffer_size // 10 + n_envs``, or more where the offline data's episodes need it: one frame per

@@ -216,7 +216,9 @@ def make_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(required=True, dest="command")
 
-    maze = subparsers.add_parser("pointmaze", help="PointMaze datasets: sb3_iql/pointmaze/<maze>[-dense][-stitch]-v0")
+    maze = subparsers.add_parser(
+        "pointmaze", help="PointMaze datasets: sb3_iql/pointmaze/<maze>[-dense][-stitch | -<recipe>]-v0"
+    )
     maze.add_argument("--maze", nargs="+", choices=list(MAZES), default=["umaze"])
     maze.add_argument("--reward", nargs="+", choices=REWARD_TYPES, default=["sparse"])
     maze.add_argument("--stitch", action="store_true", help="store the evaluation goal as desired_goal everywhere")
@@ -228,7 +230,10 @@ def make_parser() -> argparse.ArgumentParser:
     )
     maze.add_argument("--dataset-id", help="write to this id instead of the standard one")
     maze.add_argument(
-        "--pixels", type=int, metavar="SIZE", help="also re-render the dataset as SIZE x SIZE frames (<id>-pixels<SIZE>-v0)"
+        "--pixels",
+        type=int,
+        metavar="SIZE",
+        help="also re-render the dataset as SIZE x SIZE frames (e.g. umaze-stitch-v0 -> umaze-stitch-pixels<SIZE>-v0)",
     )
     maze.add_argument(
         "--pixel-steps",

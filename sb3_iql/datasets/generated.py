@@ -53,8 +53,8 @@ def ensure_dataset(
     download: bool = False,
 ) -> minari.MinariDataset:
     """
-    Load a dataset, generating it first if it is one of this package's ids (PointMaze, medium-expert) and not
-    stored locally.
+    Load a dataset, generating it first if it is one of this package's ids (PointMaze, in states or pixels,
+    medium-expert) and not stored locally.
 
     :param dataset_id: An id of this package (generated on first use) or any Minari id (loaded).
     :param n_steps: Number of steps to generate (default: the family's). When given, a local dataset of another

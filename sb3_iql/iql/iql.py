@@ -118,7 +118,8 @@ class IQL(OfflineAlgorithm):
         callable on an array of rewards; applied to offline and online rewards
     :param offline_steps: offline gradient steps, run by ``learn()`` before online steps when none have run yet
         (0 to skip; None: 1M, the paper's budget); also the horizon of the actor's cosine learning rate decay
-    :param actor_lr_schedule: ``"cosine"`` (decay to 0 over ``offline_steps``, constant online) or ``"constant"``
+    :param actor_lr_schedule: ``"cosine"`` (decay to 0 over ``offline_steps``; online, the full ``learning_rate``
+        again, constant) or ``"constant"`` (the paper's fine-tuning keeps it constant throughout)
     :param critic_lr_schedule: the same for the critics and the value net (``"constant"``: the paper's)
     :param update_order: ``"sequential"`` (reference): V, then actor, then Q with the new V(s');
         ``"joint"`` (d3rlpy): Q and V step together, the Q target using V(s') from before V's step, then the actor

@@ -341,7 +341,8 @@ class Actor(MlpActor):
         return th.distributions.Normal(mean, std, validate_args=False)
 
     def log_prob(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
-        """:param actions: scaled actions, shape ``(batch, action_dim)``
+        """:param obs: observations, a batch
+        :param actions: scaled actions, shape ``(batch, action_dim)``
         :return: ``log pi(a | s)`` summed over action dimensions, shape ``(batch,)``"""
         return self.distribution(obs).log_prob(actions).sum(dim=-1)
 
@@ -401,7 +402,8 @@ class CategoricalActor(MlpActor):
         return th.log_softmax(self.logits(self.latent(obs)), dim=-1)
 
     def log_prob(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
-        """:param actions: action indices as stored in the replay buffer, shape ``(batch, 1)`` (any dtype)
+        """:param obs: observations, a batch
+        :param actions: action indices as stored in the replay buffer, shape ``(batch, 1)`` (any dtype)
         :return: ``log pi(a | s)``, shape ``(batch,)``"""
         return self.log_probs(obs).gather(-1, actions.long().view(-1, 1)).squeeze(-1)
 
@@ -459,7 +461,8 @@ class EnsembleCritic(NormalizedFeatures, BaseModel):
         self.q_networks = nn.Sequential(*layers)
 
     def forward(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
-        """:param actions: scaled actions, shape ``(batch, action_dim)``; Discrete: indices, shape ``(batch, 1)``
+        """:param obs: observations, a batch
+        :param actions: scaled actions, shape ``(batch, action_dim)``; Discrete: indices, shape ``(batch, 1)``
         :return: Q-values of every critic, shape ``(n_critics, batch)``"""
         features = self.extract_features(obs, self.features_extractor)
         if self.discrete:  # one output per action: pick the given action's

@@ -154,6 +154,10 @@ def policy_targets(
     """
     Step 3, with the value network after its step.
 
+    :param value: the value network after its step
+    :param batch: the batch of the update
+    :param targets: step 1's targets (with V(s') from before V's step in the joint order)
+    :param settings: the update's hyperparameters
     :param both_values: optional V evaluated on observations and next observations in one call (returns
         ``(V(s), V(s'))``), used by the fast paths to run one forward pass instead of two
     """
@@ -203,6 +207,9 @@ def policy_objective(
 
     :param actor: the actor's ``actor_inputs(settings.policy_extraction)`` method (or its functional call)
     :param critic: the critics with their weights before their step (DDPG variants only)
+    :param batch: the batch of the update
+    :param targets: step 3's targets (advantages, AWR weights)
+    :param settings: the update's hyperparameters
     :return: the actor loss (scalar)
     """
     if settings.policy_extraction == "awr":
