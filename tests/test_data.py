@@ -145,6 +145,14 @@ def test_reward_transforms(box_dataset):
     assert locomotion.reward_transform_fn.scale == pytest.approx(LOCOMOTION_RETURN_SCALE / 5)
     custom = make_model(box_dataset, reward_transform=lambda r: 2.0 * r)
     np.testing.assert_allclose(stored(custom)["rewards"], 2.0 * raw)
+    # huge rewards whose returns nearly cancel: the scale sent them past float32 (inf in the buffer, then NaN nets)
+    huge = [
+        dataclasses.replace(episode, rewards=[3e37, -3e37, 0.5][: len(episode.rewards)] + [0.0] * (len(episode.rewards) - 3))
+        for episode in box_episodes()
+    ]
+    dataset = write_dataset("test/box/huge-v0", huge, observation_space=OBS_SPACE, action_space=ACTION_SPACE)
+    with pytest.raises(ValueError, match=r"overflows float32 for \d+ of \d+ rewards"):
+        make_model(dataset, reward_transform="locomotion")
 
 
 def test_dict_observations_round_trip(minari_root):
@@ -636,3 +644,20 @@ def test_a_dataset_of_channel_first_images_for_a_channel_last_env_is_refused_wit
     with pytest.raises(ValueError, match="does not match"):  # another rank: the mismatch, not an IndexError
         check_spaces(stored, spaces.Box(-1.0, 1.0, (), np.float32), action_space)
     check_spaces(stored, spaces.Box(0, 255, (3, 36, 48), np.uint8), action_space)
+
+
+def test_per_step_fields_stored_as_columns_load_as_one_value_per_step(minari_root):
+    """Minari writes rewards of shape (n, 1) as given and reads them back so: they failed as 'Transitions' rewards."""
+    column = [dataclasses.replace(episode, rewards=np.asarray(episode.rewards)[:, None]) for episode in box_episodes()]
+    as_columns = load_transitions(
+        [write_dataset("test/box/columns-v0", column, observation_space=OBS_SPACE, action_space=ACTION_SPACE)]
+    )
+    as_rows = load_transitions(
+        [write_dataset("test/box/rows-v0", box_episodes(), observation_space=OBS_SPACE, action_space=ACTION_SPACE)]
+    )
+    assert as_columns.rewards.shape == (len(as_rows),) and np.array_equal(as_columns.rewards, as_rows.rewards)
+    np.testing.assert_array_equal(as_columns.episode_returns, as_rows.episode_returns)
+    wide = [dataclasses.replace(episode, rewards=np.stack([episode.rewards] * 2, axis=1)) for episode in box_episodes()]
+    dataset = write_dataset("test/box/wide-v0", wide, observation_space=OBS_SPACE, action_space=ACTION_SPACE)
+    with pytest.raises(ValueError, match=r"episode 0: field 'rewards' must hold one value per step, .* got \(\d+, 2\)"):
+        load_transitions([dataset])

@@ -322,13 +322,17 @@ def load_transitions(datasets: Sequence[minari.MinariDataset]) -> Transitions:
                         f"Dataset '{dataset.spec.dataset_id}', episode {episode.id}: field '{field}' must hold "
                         f"booleans (or 0 and 1), got {np.unique(flags)[:5]}"
                     )
+            steps = {
+                field: _per_step(dataset.spec.dataset_id, episode.id, field, getattr(episode, field))
+                for field in ("rewards", "terminations", "truncations")
+            }
             observations.append(_slice(episode.observations, 0, -1))
             next_observations.append(_slice(episode.observations, 1, None))
             actions.append(episode.actions)
-            rewards.append(episode.rewards)
-            terminations.append(episode.terminations)
-            truncations.append(truncated_where_cut(episode.terminations, episode.truncations))
-            returns.append(float(np.sum(episode.rewards)))
+            rewards.append(steps["rewards"])
+            terminations.append(steps["terminations"])
+            truncations.append(truncated_where_cut(steps["terminations"], steps["truncations"]))
+            returns.append(float(np.sum(steps["rewards"])))
     if not rewards or sum(len(chunk) for chunk in rewards) == 0:
         raise ValueError("The offline dataset holds no transitions")
     return Transitions(
@@ -340,6 +344,23 @@ def load_transitions(datasets: Sequence[minari.MinariDataset]) -> Transitions:
         truncations=np.concatenate(truncations).astype(bool),
         episode_returns=np.asarray(returns),
     )
+
+
+def _per_step(dataset_id: str, episode_id: int, field: str, values: Any) -> np.ndarray:
+    """
+    :return: an episode's per-step field as ``(n_steps,)``: a column ``(n_steps, 1)``, as Minari stores what it is
+        given, is flattened
+    :raises ValueError: any other shape, naming the dataset, episode and field
+    """
+    values = np.asarray(values)
+    if values.ndim == 2 and values.shape[1] == 1:
+        return values[:, 0]
+    if values.ndim != 1:
+        raise ValueError(
+            f"Dataset '{dataset_id}', episode {episode_id}: field '{field}' must hold one value per step, shape "
+            f"(n_steps,) or (n_steps, 1), got {values.shape}"
+        )
+    return values
 
 
 def truncated_where_cut(terminations: np.ndarray, truncations: np.ndarray) -> np.ndarray:

@@ -21,8 +21,20 @@ class AffineRewardTransform:
     shift: float = 0.0
 
     def __call__(self, rewards: np.ndarray) -> np.ndarray:
-        """:param rewards: any shape; :return: transformed rewards, float32, same shape"""
-        return (self.scale * np.asarray(rewards, dtype=np.float32) + self.shift).astype(np.float32)
+        """
+        :param rewards: any shape
+        :return: transformed rewards, float32, same shape
+        :raises ValueError: a transformed reward overflows float32 (huge rewards times the locomotion scale)
+        """
+        with np.errstate(over="ignore"):
+            transformed = (self.scale * np.asarray(rewards, dtype=np.float32) + self.shift).astype(np.float32)
+        if not np.isfinite(transformed).all():
+            raise ValueError(
+                f"reward_transform r -> {self.scale:g} r + {self.shift:g} overflows float32 for "
+                f"{int((~np.isfinite(transformed)).sum())} of {transformed.size} rewards (largest |r| "
+                f"{float(np.max(np.abs(rewards))):g}): rescale the rewards, or give a transform of your own"
+            )
+        return transformed
 
 
 @dataclass(frozen=True)
@@ -58,8 +70,8 @@ def make_reward_transform(
     """
     :param transform: None (identity), ``"antmaze"`` (r - 1), ``"locomotion"``
         (r / (max episode return - min episode return) * 1000) or a callable on an array of rewards
-    :param episode_returns: undiscounted returns of the dataset's episodes (episodes split at terminals and
-        time limits), needed by ``"locomotion"``
+    :param episode_returns: undiscounted returns of the dataset's episodes (as stored: each ends at a termination or
+        a time limit), needed by ``"locomotion"``
     :return: the transform, with its constants fitted
     """
     if transform is None:
