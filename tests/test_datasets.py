@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
-from gymnasium.envs.classic_control import CartPoleEnv
+from gymnasium.envs.classic_control import CartPoleEnv, PendulumEnv
 from minari.storage import get_dataset_path
 from stable_baselines3 import SAC, TD3
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
@@ -301,6 +301,13 @@ def test_collect_bad_input(minari_root: pathlib.Path) -> None:
     for malformed in ("pendulum_random", "test/pendulum", "test/pendulum/random-vX"):  # Minari: a TypeError, a ValueError
         with pytest.raises(ValueError, match=r"Malformed dataset id .* \[namespace/\]name-vN"):
             collect(env, lambda observation: policy(), malformed, n_steps=5)
+    gym.register("LambdaPendulum-v0", entry_point=lambda: PendulumEnv(), max_episode_steps=20)  # a spec JSON cannot hold
+
+    def not_called(observation: np.ndarray) -> np.ndarray:
+        raise AssertionError("the refusal comes before the rollouts (it came after all of them)")
+
+    with pytest.raises(ValueError, match=r"spec of environment LambdaPendulum-v0 cannot be stored .* 'module:Class'"):
+        collect("LambdaPendulum-v0", not_called, "test/pendulum/lambda-v0", n_steps=5)
     assert not any(minari_root.rglob("data")), "failed calls leave nothing behind"
 
 

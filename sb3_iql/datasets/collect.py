@@ -15,7 +15,7 @@ from gymnasium.vector.utils import concatenate, create_empty_array
 from minari.data_collector import EpisodeBuffer
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-from sb3_iql.datasets.storage import check_writable, write_dataset
+from sb3_iql.datasets.storage import check_specs_storable, check_writable, write_dataset
 
 #: A function from one observation to one action.
 PolicyFn = Callable[[Any], Any]
@@ -463,6 +463,7 @@ def collect(
     check_writable(dataset_id, overwrite)
     check_reference_episodes(n_reference_episodes)
     env = as_env(env)
+    check_specs_storable(env, eval_env)  # as the scores below: before the rollouts, so that it costs no data
     # measured before the rollouts, so that reference scores refused cost no collected data
     scores = reference_scores(
         eval_env if eval_env is not None else (env.spec or env),

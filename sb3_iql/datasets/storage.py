@@ -64,6 +64,27 @@ def check_writable(dataset_id: str, overwrite: bool = False) -> None:
         )
 
 
+def check_specs_storable(*envs: str | EnvSpec | gym.Env | None) -> None:
+    """
+    Fail early, before any data is generated, if an environment's spec cannot be stored in a dataset's metadata
+    (Minari serialises it with ``EnvSpec.to_json``).
+
+    :param envs: environments, their specs or ids (None and environments without a spec are skipped)
+    :raises ValueError: a spec that does not serialise, e.g. one registered with a callable entry point
+    """
+    for env in envs:
+        spec = gym.spec(env) if isinstance(env, str) else env if isinstance(env, EnvSpec) else getattr(env, "spec", None)
+        if spec is None:
+            continue
+        try:
+            spec.to_json()
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                f"The spec of environment {spec.id} cannot be stored in the dataset ({error}): register it with an "
+                "entry point string, 'module:Class', and keyword arguments that JSON can hold"
+            ) from error
+
+
 def write_dataset(
     dataset_id: str,
     episodes: Sequence[EpisodeBuffer],
