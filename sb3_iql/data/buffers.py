@@ -162,11 +162,8 @@ class OfflineDataMixin:
         def rows_of(array: np.ndarray) -> np.ndarray:
             return array[order].reshape(n_rows, self.n_envs, *array.shape[1:])
 
-        def obs_rows_of(obs: BatchObs) -> BatchObs:
-            return {key: rows_of(value) for key, value in obs.items()} if isinstance(obs, dict) else rows_of(obs)
-
         rows = slice(self.pos, self.pos + n_rows)
-        self._write_observations(rows, obs_rows_of(observations), obs_rows_of(next_observations))
+        self._write_observations(rows, _map_arrays(observations, rows_of), _map_arrays(next_observations, rows_of))
         self.actions[rows] = rows_of(actions).reshape(self.actions[rows].shape)
         self.rewards[rows] = rows_of(rewards)
         self.dones[rows] = rows_of(dones)

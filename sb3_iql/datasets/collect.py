@@ -46,9 +46,10 @@ class PredictorPolicy:
     """
 
     def __init__(self, predictor: Predictor, deterministic: bool = True):
-        self.predictor, self.deterministic = predictor, deterministic
         get_vec_normalize_env = getattr(predictor, "get_vec_normalize_env", None)
-        self.vec_normalize: VecNormalize | None = None if get_vec_normalize_env is None else get_vec_normalize_env()
+        vec_normalize = None if get_vec_normalize_env is None else get_vec_normalize_env()
+        self.predictor = predictor if vec_normalize is None else NormalizedPredictor(predictor, vec_normalize)
+        self.deterministic = deterministic
         self.state: Any = None
         self.episode_start = True
 
@@ -57,8 +58,6 @@ class PredictorPolicy:
 
     def __call__(self, observation: Any) -> Any:
         episode_start = np.array([self.episode_start])
-        if self.vec_normalize is not None:
-            observation = self.vec_normalize.normalize_obs(observation)
         action, self.state = self.predictor.predict(
             observation, state=self.state, episode_start=episode_start, deterministic=self.deterministic
         )
