@@ -126,13 +126,8 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
         self.env: VecEnv | None = None
         self.distance_reward: tuple[str, float] | None = None
         self.set_env(env)
-        capacity = self.buffer_size * self.n_envs
-        # Per stored transition (flat index): its absolute index, its episode's first absolute index, the stride
-        # between consecutive transitions of the episode (1 offline, n_envs online) and its length (0: unfinished).
-        self._absolute = th.zeros(capacity, dtype=th.int64, device=self.device)
-        self._episode_first = th.zeros(capacity, dtype=th.int64, device=self.device)
-        self._episode_stride = th.ones(capacity, dtype=th.int64, device=self.device)
-        self._episode_length = th.zeros(capacity, dtype=th.int64, device=self.device)
+        for name in EPISODE_RECORDS:  # the stride between an episode's transitions: 1 offline, n_envs online
+            setattr(self, name, self._empty_records(name))
         self._n_written = 0  # flat transitions written since creation (absolute index of the next one)
         self._open_episodes: list[list[int]] = [[] for _ in range(n_envs)]  # online: absolute indices per env
 
@@ -350,7 +345,11 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
         episode_arrays = {name: state.pop(name) for name in EPISODE_RECORDS}
         super().__setstate__(state)
         for name, array in episode_arrays.items():
-            empty = th.ones if name == "_episode_stride" else th.zeros
-            records = empty(self.buffer_size * self.n_envs, dtype=th.int64, device=self._device)
+            records = self._empty_records(name)
             records[: len(array)] = th.from_numpy(array).to(self._device)
             setattr(self, name, records)
+
+    def _empty_records(self, name: str) -> th.Tensor:
+        """:return: the ``EPISODE_RECORDS`` entry ``name`` of every slot, as before any write (stride 1, else 0)"""
+        empty = th.ones if name == "_episode_stride" else th.zeros
+        return empty(self.buffer_size * self.n_envs, dtype=th.int64, device=self._device)
