@@ -782,8 +782,12 @@ def test_a_buffer_loaded_into_a_new_model_is_its_offline_data(line_dataset, tmp_
     with pytest.raises(ValueError, match=r"holds observations .* and actions Box.*this model has .* Box\(-5.0, 5.0"):
         wider.load_replay_buffer(tmp_path / "buffer")  # its actions, scaled by other bounds, would mean others
     two_envs = IQL("MlpPolicy", DummyVecEnv([LineEnv, LineEnv]), policy_kwargs=SMALL_NET)
-    with pytest.raises(ValueError, match=r"takes steps of 1 environment\(s\); this model's env has 2"):
+    with pytest.raises(ValueError, match=r"takes steps of 1 environment\(s\); this model takes 2"):
         two_envs.load_replay_buffer(tmp_path / "buffer")
+    two_envs.save(tmp_path / "two_envs")
+    loaded = IQL.load(tmp_path / "two_envs")  # no env: set_env() will require its saved 2 environments
+    with pytest.raises(ValueError, match=r"takes steps of 1 environment\(s\); this model takes 2"):
+        loaded.load_replay_buffer(tmp_path / "buffer")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -978,11 +978,13 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 f"The replay buffer in {path} holds observations {loaded.observation_space} and actions "
                 f"{loaded.action_space}; this model has {self.observation_space} and {self.action_space}"
             )
-        if self.env is not None and loaded.n_envs != self.n_envs:  # online steps would be dropped or refused
+        # a model loaded without env keeps its saved n_envs, which set_env() then requires: checked here either way
+        n_envs = getattr(self, "n_envs", None)
+        if n_envs is not None and loaded.n_envs != n_envs:  # online steps would be dropped or refused
             self.replay_buffer = previous_buffer
             raise ValueError(
-                f"The replay buffer in {path} takes steps of {loaded.n_envs} environment(s); this model's env has "
-                f"{self.n_envs}: load it into a model with as many (SB3's buffers store one column per environment)"
+                f"The replay buffer in {path} takes steps of {loaded.n_envs} environment(s); this model takes "
+                f"{n_envs}: load it into a model with as many (SB3's buffers store one column per environment)"
             )
         if isinstance(self.replay_buffer, HerReplayBuffer):
             self.replay_buffer.set_env(self.env)
