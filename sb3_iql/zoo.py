@@ -58,7 +58,7 @@ from stable_baselines3.common.utils import ConstantSchedule, configure_logger
 from sb3_iql.callbacks import NormalizedEvalCallback, UpdatesProgressBarCallback
 from sb3_iql.common.offline import OfflineAlgorithm
 from sb3_iql.data import REPLAY_BUFFER_CLASSES
-from sb3_iql.data.minari_loader import DatasetNotFoundError, load_dataset, stores_environment
+from sb3_iql.data.minari_loader import DatasetNotFoundError, load_dataset, recover_eval_env, stores_environment
 from sb3_iql.iql import IQL
 from sb3_iql.presets import (
     PresetNotFoundError,
@@ -144,7 +144,7 @@ def dataset_environment(dataset_id: str) -> tuple[str, dict[str, Any], list[dict
     dataset = load_dataset(dataset_id)
     if not stores_environment(dataset):
         raise NoEnvironmentSpecError(f"Dataset {dataset_id!r} stores no environment spec: pass --env")
-    env = dataset.recover_environment(eval_env=True)
+    env = recover_eval_env(dataset)
     spec = env.spec
     env.close()
     _ensure_registered(spec)

@@ -4,6 +4,7 @@ import dataclasses
 import hashlib
 import pathlib
 import re
+import sys
 import time
 import warnings
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import DummyVecEnv
-from toy_data import make_episode, write_dataset
+from toy_data import LineEnv, good_policy, make_episode, rollout_episodes, write_dataset
 
 from sb3_iql import IQL, NormalizedEvalCallback
 from sb3_iql.common.synthetic import SpacesEnv
@@ -413,6 +414,8 @@ def test_unsupported_action_space_and_small_buffer(box_dataset):
         IQL("MlpPolicy", SpacesEnv(OBS_SPACE, spaces.Box(-np.inf, np.inf, (2,))))
     with pytest.raises(ValueError, match="low < high in every action dimension"):  # scaled, it would be NaN
         IQL("MlpPolicy", SpacesEnv(OBS_SPACE, spaces.Box(np.array([-1.0, 0.0]), np.array([1.0, 0.0]))))
+    with pytest.raises(ValueError, match=r"high - low, which overflows float32"):  # finite bounds, NaN actions
+        IQL("MlpPolicy", SpacesEnv(OBS_SPACE, spaces.Box(-3e38, 3e38, (2,), np.float32)))
     for shape in [(2, 2), (1, 2), ()]:  # SAC flattens them; (n, 1) is taken as (n,)
         with pytest.raises(
             ValueError, match=rf"one dimension, shape \(n,\) \(or \(n, 1\)\), got shape {re.escape(str(shape))}"
@@ -510,6 +513,20 @@ def test_a_dataset_changed_since_the_model_was_saved_is_refused_or_warned_about(
     write_dataset("test/box/episodes-v0", moved, observation_space=OBS_SPACE, action_space=ACTION_SPACE)
     with pytest.warns(UserWarning, match=r"hold 7 transitions as before, but other ones .* changed since"):
         IQL.load(tmp_path / "more", env=env).reload_offline_dataset()
+
+
+def test_a_dataset_whose_environment_cannot_be_made_names_it(minari_root, tmp_path, monkeypatch):
+    (tmp_path / "gone_envs.py").write_text("from toy_data import LineEnv\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    gym.register("ToyLineGone-v0", entry_point="gone_envs:LineEnv")
+    env = gym.make("ToyLineGone-v0")
+    dataset = write_dataset("test/line/gone-v0", rollout_episodes(env, [good_policy], n_episodes=2), env=env)
+    (tmp_path / "gone_envs.py").unlink()  # the package that made the data, uninstalled
+    monkeypatch.delitem(sys.modules, "gone_envs")
+    del gym.registry["ToyLineGone-v0"]
+    with pytest.raises(ValueError, match=r"'test/line/gone-v0' stores the environment 'ToyLineGone-v0', which cannot"):
+        IQL("MlpPolicy", None, offline_dataset=dataset)  # a gymnasium NameNotFound from deep inside before
+    IQL("MlpPolicy", LineEnv(), offline_dataset=dataset)  # given, the environment is not recovered
 
 
 def test_a_dataset_that_stores_no_environment_needs_env_and_reloads_without_one(minari_root, tmp_path):

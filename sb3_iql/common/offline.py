@@ -357,6 +357,14 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()
         ):
             raise ValueError(f"{name} needs a bounded action space to scale actions to [-1, 1], got {action_space}")
+        if isinstance(action_space, spaces.Box):
+            with np.errstate(over="ignore"):
+                span = action_space.high - action_space.low  # in the space's dtype, as the scaling computes it
+            if not np.isfinite(span).all():
+                raise ValueError(
+                    f"{name} scales actions to [-1, 1] by high - low, which overflows {action_space.dtype} for "
+                    f"{action_space} (every action would be NaN): give the action space bounds whose range is finite"
+                )
         if isinstance(action_space, spaces.Box) and (action_space.high <= action_space.low).any():
             raise ValueError(
                 f"{name} needs low < high in every action dimension to scale actions to [-1, 1], got {action_space}: "

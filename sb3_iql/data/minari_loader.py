@@ -233,14 +233,23 @@ def stores_environment(dataset: minari.MinariDataset) -> bool:
 def recover_eval_env(dataset: minari.MinariDataset) -> gym.Env:
     """
     :return: the dataset's evaluation environment (its collection environment where it stores none)
-    :raises ValueError: the dataset stores no environment at all
+    :raises ValueError: the dataset stores no environment at all, or one that cannot be made here (its module or
+        id missing, an argument its version no longer takes...)
     """
     if not stores_environment(dataset):
         raise ValueError(
             f"Dataset '{dataset.spec.dataset_id}' stores no environment to recover: give the environment itself (one "
             "with the dataset's spaces)"
         )
-    return dataset.recover_environment(eval_env=True)
+    try:
+        return dataset.recover_environment(eval_env=True)
+    except Exception as error:
+        spec = getattr(dataset, "_eval_env_spec", None) or dataset.env_spec  # the one recover_environment makes
+        raise ValueError(
+            f"Dataset '{dataset.spec.dataset_id}' stores the environment {spec.id!r}, which cannot be made here "
+            f"({type(error).__name__}: {str(error)[:300]}): install or import what registers it, or give the "
+            "environment itself (one with the dataset's spaces)"
+        ) from error
 
 
 def episode_subset(dataset: minari.MinariDataset) -> list[int] | None:
