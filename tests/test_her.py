@@ -114,6 +114,19 @@ def test_goals_come_from_the_strategy_s_part_of_the_episode(strategy):
         assert (goal_step >= 1).all() and (goal_step <= length).all() and (goal_step < t + 1).any()
 
 
+def test_an_episode_end_without_a_flag_is_found_where_the_next_transition_starts_elsewhere():
+    buffer = HerReplayBuffer(100, GOAL_SPACE, ACTION_SPACE, env=CountingGoalEnv(), device="cpu", n_sampled_goal=10_000)
+    buffer.generator = th.Generator().manual_seed(0)
+    episodes = counting_episodes()
+    episodes["timeouts"] = np.zeros_like(episodes["timeouts"])  # hand-built data that forgot the flags
+    with pytest.warns(UserWarning, match=r"3 of these transitions are neither terminal nor a timeout.*\(transition 4 first\)"):
+        buffer.extend(**episodes)
+    samples = buffer.sample(4000)
+    episode = samples.observations["observation"][:, 0].numpy() // 100
+    goal_episode = samples.observations["desired_goal"][:, 0].numpy() // 100
+    assert np.array_equal(goal_episode, episode), "goals came from the following episode before"
+
+
 def test_relabelled_rewards_come_from_compute_reward_and_go_through_the_reward_transform():
     buffer = counting_buffer("future", n_sampled_goal=1)  # half the batch relabelled
     buffer.reward_transform = AffineRewardTransform(scale=2.0, shift=-1.0)

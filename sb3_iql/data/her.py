@@ -34,6 +34,17 @@ GOAL_KEYS = ("observation", "achieved_goal", "desired_goal")
 EPISODE_RECORDS = ("_absolute", "_episode_first", "_episode_stride", "_episode_length")
 
 
+def _discontinuities(observations: dict[str, Any], next_observations: dict[str, Any]) -> np.ndarray:
+    """:return: ``(n,)`` bool, True where a transition's next observation differs from the next transition's
+    observation in any key (the last transition: False)"""
+    n_transitions = len(next(iter(observations.values())))
+    breaks = np.zeros(n_transitions, dtype=bool)
+    for key, values in observations.items():
+        following, reached = np.asarray(values)[1:], np.asarray(next_observations[key])[:-1]
+        breaks[:-1] |= (following != reached).reshape(n_transitions - 1, -1).any(axis=1)
+    return breaks
+
+
 def maze_distance_reward(env: Any) -> tuple[str, float] | None:
     """
     :param env: an environment or a VecEnv
@@ -177,13 +188,24 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
         """
         ``DeviceDictReplayBuffer.extend``, recording episodes: consecutive transitions up to one that is terminal
         or a timeout form an episode (as ``load_transitions`` gives them); a last episode without either is
-        treated as finished at the end of the data.
+        treated as finished at the end of the data. A transition whose next observation is not the next one's
+        observation ends its episode too (with a warning where it carries neither flag): goals are never taken
+        across that break.
         """
         start, n_transitions = self._n_written, len(rewards)
         if self.pos * self.n_envs != start % (self.buffer_size * self.n_envs):
             raise RuntimeError("HerReplayBuffer.extend needs whole rows: do not mix it with add() of n_envs > 1")
         super().extend(observations, next_observations, actions, rewards, dones, timeouts)
         ends = np.asarray(dones, dtype=bool) | np.asarray(timeouts, dtype=bool)
+        breaks = _discontinuities(observations, next_observations) & ~ends
+        if breaks.any():
+            warnings.warn(
+                f"{int(breaks.sum())} of these transitions are neither terminal nor a timeout, yet the next "
+                f"transition does not start where they end (transition {int(np.argmax(breaks))} first): each ends "
+                "its episode for hindsight goals. Flag episode ends (terminations, truncations) to silence this.",
+                stacklevel=3,
+            )
+        ends |= breaks
         ends[-1] = True
         episode = np.concatenate([[0], np.cumsum(ends)[:-1]])
         first_of_episode = np.flatnonzero(np.concatenate([[True], ends[:-1]]))
