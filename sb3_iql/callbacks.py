@@ -314,18 +314,28 @@ def _usable_reference_scores(dataset: minari.MinariDataset | None) -> ReferenceS
 
 def callback_items(callback: MaybeCallback) -> list[BaseCallback]:
     """
-    :return: ``callback`` (one, a list or None) as a list of callbacks, functions wrapped as SB3 wraps them, the
-        callbacks of a ``CallbackList`` in its place (it calls them in that order), so that a progress bar in one is
-        found as one given alone
+    :return: ``callback`` (one, a list or None) as a list of callbacks, functions wrapped as SB3 wraps them; a
+        ``CallbackList`` that holds a progress bar gives its callbacks in its place (it calls them in that order), so
+        that the bar is found as one given alone; any other ``CallbackList`` stays itself (set up and counting its
+        calls, as SAC's ``learn()`` leaves it)
     """
     items = [] if callback is None else list(callback) if isinstance(callback, list) else [callback]
     flat: list[BaseCallback] = []
     for item in items:
-        if type(item) is CallbackList:  # SB3's own; a subclass (OneRunCallback) does more than call its callbacks
+        # SB3's own list; a subclass (OneRunCallback) does more than call its callbacks
+        if type(item) is CallbackList and _holds_progress_bar(item):
             flat.extend(callback_items(item.callbacks))
         else:
             flat.append(item if isinstance(item, BaseCallback) else ConvertCallback(item))
     return flat
+
+
+def _holds_progress_bar(callbacks: CallbackList) -> bool:
+    """:return: whether a ``ProgressBarCallback`` is among ``callbacks``, nested lists included"""
+    return any(
+        isinstance(item, ProgressBarCallback) or (isinstance(item, CallbackList) and _holds_progress_bar(item))
+        for item in callbacks.callbacks
+    )
 
 
 def find_eval_callback(callbacks: list[BaseCallback]) -> EvalCallback | None:

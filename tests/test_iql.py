@@ -14,7 +14,7 @@ import pytest
 import stable_baselines3.common.base_class
 import stable_baselines3.common.off_policy_algorithm
 import torch as th
-from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback, EvalCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from toy_data import LINE_ENV_ID, LineEnv, bad_policy, good_policy, rollout_episodes, write_dataset
@@ -414,6 +414,18 @@ def test_learn_s_two_phases_are_one_run_for_the_callbacks(line_dataset, stop_at)
     assert callback.events == [("init", 0), ("start", 0), ("end", last_step)], "as SAC's learn(): once each"
     assert callback.n_calls == model.num_timesteps == last_step
     assert model._offline_phase_unfinished == (stop_at == 10)
+
+
+def test_a_callback_list_is_set_up_and_counts_its_calls_as_sac_s_learn_leaves_it(line_dataset):
+    inner = Events()
+    listed = CallbackList([inner])
+    model = line_model(line_dataset, offline_steps=20)
+    model.learn(15, callback=listed)  # both phases
+    assert listed.model is model and listed.n_calls == inner.n_calls == 35, "left at 0, without a model, before"
+    assert inner.events == [("init", 0), ("start", 0), ("end", 35)]
+    offline = CallbackList([Events()])
+    model.learn_offline(10, callback=offline)
+    assert offline.model is model and offline.n_calls == offline.callbacks[0].n_calls == 10
 
 
 def test_sb3_callbacks_that_read_the_rollout_s_locals_and_functions_run_offline(line_dataset, tmp_path):
