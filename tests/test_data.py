@@ -227,6 +227,14 @@ def test_missing_dataset_says_where_it_looked_and_how_to_download(minari_root):
     assert folder_digest(minari_root) == before
 
 
+def test_a_missing_version_names_the_versions_stored(minari_root):
+    write_dataset("test/box/versioned-v0", box_episodes(), observation_space=OBS_SPACE, action_space=ACTION_SPACE)
+    write_dataset("test/box/versioned-v2", box_episodes(), observation_space=OBS_SPACE, action_space=ACTION_SPACE)
+    write_dataset("test/box/versioned-extra-v1", box_episodes(), observation_space=OBS_SPACE, action_space=ACTION_SPACE)
+    with pytest.raises(DatasetNotFoundError, match=r"stored there: test/box/versioned-v0, test/box/versioned-v2\. "):
+        IQL("MlpPolicy", SpacesEnv(OBS_SPACE, ACTION_SPACE), offline_dataset="test/box/versioned-v1")
+
+
 def test_a_dataset_folder_without_metadata_is_named_as_unfinished(minari_root):
     (minari_root / "test" / "box" / "half-v0" / "data").mkdir(parents=True)  # Minari: "No data found in data path"
     with pytest.raises(DatasetNotFoundError, match=r"'test/box/half-v0' at .* has no metadata.json: a write that did"):

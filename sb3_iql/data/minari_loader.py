@@ -100,6 +100,9 @@ def load_dataset(dataset_id: str, download: bool = False) -> minari.MinariDatase
     if not os.path.exists(data_path):
         root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets (default; MINARI_DATASETS_PATH is not set)")
         where = f"searched MINARI_DATASETS_PATH={root}"
+        others = _other_local_versions(dataset_id)
+        if others:
+            where += f"; stored there: {', '.join(others)}"
         if not download:
             raise DatasetNotFoundError(
                 f"Minari dataset '{dataset_id}' is not stored locally: {where}. Download it with `minari download "
@@ -115,6 +118,16 @@ def load_dataset(dataset_id: str, download: bool = False) -> minari.MinariDatase
                 "MINARI_DATASETS_PATH at a folder that holds it."
             ) from error
     return minari.load_dataset(dataset_id)
+
+
+def _other_local_versions(dataset_id: str) -> list[str]:
+    """:return: the ids of the local datasets that differ from ``dataset_id`` in their version only, oldest first"""
+    namespace, name, _ = parse_dataset_id(dataset_id)
+    folder = os.path.dirname(get_dataset_path(dataset_id))
+    entries = os.listdir(folder) if os.path.isdir(folder) else []
+    prefix = f"{name}-v"
+    versions = sorted(int(entry[len(prefix) :]) for entry in entries if entry.startswith(prefix) and entry[len(prefix) :].isdigit())
+    return [f"{namespace}/{name}-v{version}" if namespace else f"{name}-v{version}" for version in versions]
 
 
 def resolve_datasets(datasets: DatasetLike, download: bool = False) -> list[minari.MinariDataset]:
