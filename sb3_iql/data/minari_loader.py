@@ -126,7 +126,8 @@ def _other_local_versions(dataset_id: str) -> list[str]:
     folder = os.path.dirname(get_dataset_path(dataset_id))
     entries = os.listdir(folder) if os.path.isdir(folder) else []
     prefix = f"{name}-v"
-    versions = sorted(int(entry[len(prefix) :]) for entry in entries if entry.startswith(prefix) and entry[len(prefix) :].isdigit())
+    suffixes = [entry[len(prefix) :] for entry in entries if entry.startswith(prefix)]
+    versions = sorted(int(suffix) for suffix in suffixes if suffix.isdigit())
     return [f"{namespace}/{name}-v{version}" if namespace else f"{name}-v{version}" for version in versions]
 
 
