@@ -232,6 +232,7 @@ def test_collect_round_trip_sb3_model(minari_root: pathlib.Path) -> None:
     )
     assert dataset.total_episodes == 3
     assert {"ref_min_score", "ref_max_score"} <= set(dataset.storage.metadata)
+    assert dataset.storage.metadata["num_episodes_average_score"] == 2, "Minari's default, 100, was stored before"
     env = gym.make(PENDULUM_ID)
     for index, episode in enumerate(dataset.iterate_episodes()):
         assert_single_end_flag(episode)

@@ -395,6 +395,21 @@ def write_episodes(
     except ValueError as error:  # the episodes are kept
         warnings.warn(f"{error}. The dataset is written without reference scores.", stacklevel=2)
         scores = {}
+    return _write_scored(dataset_id, episodes, env, eval_env, scores, algorithm_name, description, overwrite, jpeg_encoding)
+
+
+def _write_scored(
+    dataset_id: str,
+    episodes: list[EpisodeBuffer],
+    env: gym.Env,
+    eval_env: str | EnvSpec | gym.Env | None,
+    scores: dict[str, float | int],
+    algorithm_name: str,
+    description: str | None,
+    overwrite: bool,
+    jpeg_encoding: bool,
+) -> minari.MinariDataset:
+    """``write_episodes`` with its reference scores (``reference_scores``: with the count averaged, where measured)"""
     n_steps = sum(len(episode) for episode in episodes)
     return write_dataset(
         dataset_id,
@@ -475,20 +490,9 @@ def collect(
     check_reference_scores(scores)
     episodes = rollout_episodes(env, policy, n_steps, n_episodes, action_noise_std, seed, deterministic, epsilon)
     algorithm_name = algorithm_name or type(policy).__name__
-    return write_episodes(
-        dataset_id,
-        episodes,
-        env,
-        eval_env,
-        scores.get("ref_min_score"),
-        scores.get("ref_max_score"),
-        None,
-        n_reference_episodes,
-        seed,
-        algorithm_name=algorithm_name,
-        description=description
-        or f"{algorithm_name} ({'deterministic' if deterministic else 'stochastic'}) with action noise std "
-        f"{action_noise_std}, random actions with probability {epsilon}, seed {seed}.",
-        overwrite=overwrite,
-        jpeg_encoding=jpeg_encoding,
+    description = description or (
+        f"{algorithm_name} ({'deterministic' if deterministic else 'stochastic'}) with action noise std "
+        f"{action_noise_std}, random actions with probability {epsilon}, seed {seed}."
     )
+    eval_env = eval_env if eval_env is not None else env.spec
+    return _write_scored(dataset_id, episodes, env, eval_env, scores, algorithm_name, description, overwrite, jpeg_encoding)
