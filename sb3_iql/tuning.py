@@ -14,6 +14,7 @@ Hyperparameter optimisation of IQL with rl-zoo's Optuna search (``python -m sb3_
 """
 
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -66,14 +67,21 @@ def sample_iql_params(trial: optuna.Trial, n_actions: int, n_envs: int, addition
     return convert_iql_params(params)
 
 
+#: ``net_arch_name`` of no hidden layer (linear networks)
+NO_HIDDEN_LAYER = "linear"
+
+
 def net_arch_name(widths: list[int]) -> str:
-    """:return: the name of ``NET_ARCHS`` with these hidden widths, else the widths as ``"64x32"``"""
+    """:return: the name of ``NET_ARCHS`` with these hidden widths, else the widths as ``"64x32"`` (no hidden layer:
+    ``NO_HIDDEN_LAYER``)"""
     names = [name for name, named_widths in NET_ARCHS.items() if named_widths == list(widths)]
-    return names[0] if names else "x".join(str(width) for width in widths)
+    return names[0] if names else "x".join(str(width) for width in widths) or NO_HIDDEN_LAYER
 
 
 def net_arch_widths(name: str) -> list[int]:
     """:return: the hidden widths of a ``net_arch_name``"""
+    if name == NO_HIDDEN_LAYER:
+        return []
     return list(NET_ARCHS[name]) if name in NET_ARCHS else [int(width) for width in name.split("x")]
 
 
@@ -125,6 +133,34 @@ def preset_trial(hyperparams: dict[str, Any]) -> dict[str, Any]:
         "net_arch": net_arch_name(net_arch),
         "dropout": float(hyperparams.get("dropout") or 0.0),
     }
+
+
+#: The study's user attribute that holds its trial 0's parameters (``study_preset``)
+STUDY_PRESET_ATTR = "preset"
+
+
+def study_preset(study: optuna.Study, hyperparams: dict[str, Any]) -> dict[str, Any]:
+    """
+    The parameters of the study's trial 0, which ``sample_iql_params`` widens its ranges and choices with: stored
+    with the study by the run that opened it first, so that they stay the study's own (Optuna refuses other
+    categorical choices under a name it has seen: a run with other ``-params`` could not add a trial).
+
+    :param hyperparams: this run's IQL arguments; their ``preset_trial`` is stored where the study holds none
+    :return: the stored parameters (with a warning where this run's configuration gives others)
+    """
+    run = preset_trial(hyperparams)
+    stored = study.user_attrs.get(STUDY_PRESET_ATTR)
+    if stored is None:
+        study.set_user_attr(STUDY_PRESET_ATTR, run)
+        return run
+    if stored != run:
+        warnings.warn(
+            f"Study {study.study_name!r} was opened first with a configuration whose searched parameters are {stored} "
+            f"(its trial 0); this run's give {run}. The search keeps the study's ranges and choices; the trials train "
+            "with this run's other settings. Use another --study-name for another configuration.",
+            stacklevel=2,
+        )
+    return stored
 
 
 class ScaledSchedule:

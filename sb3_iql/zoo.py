@@ -37,6 +37,7 @@ import argparse
 import contextlib
 import difflib
 import importlib
+import inspect
 import os
 import shlex
 import socket
@@ -60,6 +61,7 @@ from sb3_iql.common.offline import OfflineAlgorithm
 from sb3_iql.data import REPLAY_BUFFER_CLASSES
 from sb3_iql.data.minari_loader import DatasetNotFoundError, load_dataset, recover_eval_env, stores_environment
 from sb3_iql.iql import IQL
+from sb3_iql.iql.iql import HYPERPARAMETER_RULES
 from sb3_iql.presets import (
     PresetNotFoundError,
     check_preset_keys,
@@ -78,6 +80,7 @@ from sb3_iql.tuning import (
     make_storage,
     preset_trial,
     sample_iql_params,
+    study_preset,
     zoo_params,
 )
 
@@ -380,7 +383,7 @@ class IQLExperimentManager(ExperimentManager):
         :return: the mean normalized score of the last evaluations (``TrialNormalizedEvalCallback.objective``)
         """
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        search = {"preset": preset_trial(self._hyperparams)}  # the ranges hold the preset, trial 0
+        search = {"preset": study_preset(trial.study, self._hyperparams)}  # the ranges hold the study's trial 0
         arguments = _as_trained(self._hyperparams, sample_iql_params(trial, self.n_actions, 1, search))
         env, eval_env = self.create_envs(self.n_envs, no_log=True), self.create_envs(self.n_eval_envs, eval_env=True)
         model = IQL(env=env, tensorboard_log=None, seed=self.seed, verbose=0, device=self.device, **arguments)
@@ -423,16 +426,24 @@ class IQLExperimentManager(ExperimentManager):
         trial is failed and retried), the dataset's preset as the first trial, and the command that trains the best
         trial's settings again printed at the end.
         """
+        try:  # before the study: trial 0 (the preset) would fail, and stay failed in it
+            _check_trial_arguments(_as_trained(self._hyperparams, convert_iql_params(preset_trial(self._hyperparams))))
+        except ValueError as error:
+            raise SystemExit(f"sb3_iql.zoo: error: {error}") from None
         create_study = optuna.create_study
         studies: list[optuna.Study] = []
 
         def create_iql_study(*args: Any, storage: Any = None, sampler: Any = None, **kwargs: Any) -> optuna.Study:
+            base = sampler or optuna.samplers.TPESampler()
             study = create_study(
                 *args,
                 storage=make_storage(storage, self.heartbeat_interval) if isinstance(storage, str) else storage,
-                sampler=PresetFirstSampler(sampler or optuna.samplers.TPESampler(), preset_trial(self._hyperparams)),
+                sampler=base,
                 **kwargs,
             )
+            if study.trials:  # a study resumed, or joined late: --seed would draw its first trials' parameters again
+                base.reseed_rng()
+            study.sampler = PresetFirstSampler(base, study_preset(study, self._hyperparams))
             studies.append(study)
             return study
 
@@ -485,6 +496,15 @@ class _CountingOn:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
+
+
+def _check_trial_arguments(arguments: dict[str, Any]) -> None:
+    """
+    :param arguments: IQL arguments of a trial (``_as_trained``); those not given take IQL's defaults
+    :raises ValueError: a hyperparameter out of its range (``IQL._check_hyperparameters``)
+    """
+    defaults = {name: parameter.default for name, parameter in inspect.signature(IQL.__init__).parameters.items()}
+    IQL._check_hyperparameters({name: arguments.get(name, defaults[name]) for name in HYPERPARAMETER_RULES})
 
 
 def _as_trained(hyperparams: dict[str, Any], trial_arguments: dict[str, Any], raw: bool = False) -> dict[str, Any]:

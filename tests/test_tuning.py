@@ -109,6 +109,23 @@ def test_trial_zero_is_the_preset_even_outside_the_search_ranges():
     drawn = tuning.sample_iql_params(second, 2, 1, {"preset": preset})
     assert 0.5 <= drawn["expectile"] <= 0.97 and 0.3 <= drawn["beta"] <= 20.0
     assert tuning.preset_trial({"policy_kwargs": {"net_arch": [8, 4]}})["net_arch"] == "8x4"  # not "medium"
+    linear = tuning.preset_trial({"policy_kwargs": {"net_arch": []}})["net_arch"]  # "" failed int() before
+    assert tuning.convert_iql_params({**preset, "net_arch": linear})["policy_kwargs"] == {"net_arch": []}
+
+
+def test_a_study_resumed_with_other_params_or_the_same_seed_keeps_its_choices_and_draws_new_trials(maze_root, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    command = ["train", "--dataset", MAZE_ID, "--optimize", "--n-trials", "2", "-f", str(tmp_path / "logs"),
+               "--storage", storage, "--study-name", "resumed", "--pruner", "none", *STUDY, *STUDY_PARAMS]  # fmt: skip
+    zoo.main([*command, "batch_size:32"])  # the preset's batch size widens the study's choices
+    with pytest.warns(UserWarning, match=r"The search keeps the study's ranges and choices"):
+        zoo.main(command)  # every trial failed with Optuna's "does not support dynamic value space" before
+    trials = optuna.load_study(study_name="resumed", storage=storage).trials
+    assert [trial.state for trial in trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    assert trials[2].params != trials[1].params, "the same --seed drew the first run's trials again"
+    with pytest.raises(SystemExit, match=r"sb3_iql.zoo: error: batch_size must be an integer >= 1, got 0"):
+        zoo.main([("refused" if item == "resumed" else item) for item in [*command, "batch_size:0"]])
+    assert "refused" not in optuna.get_all_study_names(storage), "trial 0 failed and stayed failed in it before"
 
 
 def test_a_study_of_a_configuration_file_keeps_its_callback_and_envs_and_trains_it_again(maze_root, tmp_path, capsys):
