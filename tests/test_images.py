@@ -109,6 +109,10 @@ def test_a_reward_only_vec_normalize_normalizes_the_sampled_rewards_as_sb3_s_buf
     normalized = buffer.sample(16, env=env)
     assert th.equal(normalized.observations, plain.observations)
     th.testing.assert_close(normalized.rewards, plain.rewards / np.sqrt(4.0 + env.epsilon))
+    slots = np.array([0, 3, 5])  # SB3's hook for given transitions normalizes too (it ignored env)
+    th.testing.assert_close(
+        buffer._get_samples(slots, env).rewards, buffer._get_samples(slots).rewards / np.sqrt(4.0 + env.epsilon)
+    )
     with pytest.raises(ValueError, match=r"does not normalize image observations: .*norm_obs=False"):
         buffer.sample(16, env=VecNormalize(DummyVecEnv([lambda: SpacesEnv(FRAME_SPACE, ACTION_SPACE)])))
 

@@ -267,10 +267,13 @@ class DeviceImageReplayBuffer(ReplayBuffer):
             )
         self.generator = generator_on(self.generator, self.device)
         offsets = th.randint(self.size(), (batch_size,), device=self.device, generator=self.generator)
-        samples = self.gather((offsets + self.oldest) % self.buffer_size)
+        return self._with_normalized_rewards(self.gather((offsets + self.oldest) % self.buffer_size), env)
+
+    def _with_normalized_rewards(self, samples: ReplayBufferSamples, env: VecNormalize | None) -> ReplayBufferSamples:
+        """:return: ``samples`` with their rewards normalized by ``env`` (a host round trip, as SB3's buffers)"""
         if env is None:
             return samples
-        rewards = self._normalize_reward(samples.rewards.cpu().numpy(), env)  # a host round trip, as SB3's buffers
+        rewards = self._normalize_reward(samples.rewards.cpu().numpy(), env)
         return samples._replace(rewards=th.as_tensor(rewards, dtype=th.float32, device=self.device))
 
     def graph_sampling_key(self) -> Hashable | None:
@@ -296,7 +299,8 @@ class DeviceImageReplayBuffer(ReplayBuffer):
         return ReplayBufferSamples(observations, rows[:, : self.action_dim], next_observations, dones, rows[:, _REWARD:_DONE])
 
     def _get_samples(self, batch_inds: np.ndarray, env: VecNormalize | None = None) -> ReplayBufferSamples:  # type: ignore[override]
-        return self.gather(th.as_tensor(batch_inds, device=self.device))
+        """SB3's: the transitions at ring positions ``batch_inds``, rewards normalized by ``env``."""
+        return self._with_normalized_rewards(self.gather(th.as_tensor(batch_inds, device=self.device)), env)
 
     # --- pickling (SB3's save_replay_buffer / load_replay_buffer) ---------------------------------------------------
 
