@@ -37,9 +37,8 @@ import torch as th
 from value_map import standing_still  # benchmarks/value_map.py
 
 from sb3_iql import IQL
+from sb3_iql.data.goals import MAZE_GOAL_DISTANCE
 
-#: Goal radius of the maze environments (Gymnasium-Robotics' PointMaze and AntMaze), in metres.
-GOAL_RADIUS = 0.45
 #: Below this speed (m/s) the ball counts as at rest.
 REST_SPEED = 0.5
 
@@ -57,7 +56,7 @@ def dwell_statistics(dataset: minari.MinariDataset) -> dict[str, float]:
     for episode in dataset.iterate_episodes():
         observations = episode.observations
         distance = np.linalg.norm(observations["achieved_goal"][:-1] - observations["desired_goal"][:-1], axis=1)
-        inside = distance < GOAL_RADIUS
+        inside = distance < MAZE_GOAL_DISTANCE
         inside_all.append(inside)
         speeds.append(np.linalg.norm(observations["observation"][:-1, 2:4], axis=1))
         saturated.append(np.abs(episode.actions).max(axis=1) > 0.99)
@@ -83,7 +82,7 @@ def policy_dwell(
 ) -> dict[str, float]:
     """
     What a policy does after it first reaches the goal of a goal-maze environment (``achieved_goal`` within
-    ``GOAL_RADIUS`` of ``desired_goal``).
+    ``MAZE_GOAL_DISTANCE`` of ``desired_goal``).
 
     :param predict: observation -> action, shape ``(action_dim,)``
     :param env: the evaluation environment (Dict observations with ``observation`` = x, y, vx, vy)
@@ -103,16 +102,16 @@ def policy_dwell(
             observation, _, terminated, truncated, _ = env.step(predict(observation))
             step, done = step + 1, terminated or truncated
             distance = float(np.linalg.norm(observation["achieved_goal"] - observation["desired_goal"]))
-            if after or distance < GOAL_RADIUS:
+            if after or distance < MAZE_GOAL_DISTANCE:
                 if not after:
                     first_steps.append(step)
                 after.append(distance)
                 speed = float(np.linalg.norm(observation["observation"][2:4]))
                 rest.append(speed < REST_SPEED)
-                if distance < GOAL_RADIUS:
+                if distance < MAZE_GOAL_DISTANCE:
                     speeds.append(speed)
         if after:
-            at_goal.append(float(np.mean(np.asarray(after) < GOAL_RADIUS)))
+            at_goal.append(float(np.mean(np.asarray(after) < MAZE_GOAL_DISTANCE)))
             distances.append(float(np.median(after)))
     nan = float("nan")
     return {

@@ -382,7 +382,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             self.replay_buffer_class = OfflineDictReplayBuffer if is_dict else OfflineReplayBuffer
         elif self.replay_buffer_class is sb3_her.HerReplayBuffer:
             raise ValueError(
-                "IQL takes sb3_iql.HerReplayBuffer (the same arguments), online too: SB3's cannot hold offline data"
+                f"{type(self).__name__} takes sb3_iql.HerReplayBuffer (the same arguments), online too: SB3's cannot "
+                "hold offline data"
             )
         dataset_size = getattr(self, "_dataset_size", None)  # (transitions, episodes) of the constructor's dataset
         image_buffer = issubclass(self.replay_buffer_class, DeviceImageReplayBuffer)
@@ -690,9 +691,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         :return: the trained model
         """
         self._check_offline_data()
-        if n_updates is None:
-            n_updates = max(self.offline_steps - self._n_offline_updates, 0)
-        n_updates = checked_count("n_updates", n_updates)
+        n_updates = checked_count("n_updates", self.offline_updates_left if n_updates is None else n_updates)
         tb_log_name = type(self).__name__ if tb_log_name is None else tb_log_name
         callback = self._setup_offline_learn(n_updates, callback, reset_num_timesteps, tb_log_name, progress_bar)
         # read by callbacks through locals(), as in SB3
@@ -727,6 +726,11 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         self.policy.set_training_mode(False)  # as after a predict(): the actor's dropout off for direct calls
         callback.on_training_end()
         return self
+
+    @property
+    def offline_updates_left(self) -> int:
+        """What is left of ``offline_steps`` (what ``learn_offline()`` trains without ``n_updates``)."""
+        return max(self.offline_steps - self._n_offline_updates, 0)
 
     def _count_offline_update(self) -> None:
         """One offline update done: counted in the update counters and in ``num_timesteps``."""

@@ -86,7 +86,7 @@ def synthetic_transitions(obs_dim: int, action_dim: int, n_transitions: int, see
 
 
 def synthetic_antmaze_transitions(n_transitions: int, seed: int = 0) -> tuple[spaces.Dict, SyntheticTransitions]:
-    """:return: AntMaze-shaped Dict data as Minari returns it (float64 parts), and its observation space"""
+    """:return: the observation space, and AntMaze-shaped Dict data in it as Minari returns it (float64 parts)"""
     rng = np.random.default_rng(seed)
     sizes = ANTMAZE_OBSERVATION_SIZES
     space = spaces.Dict({key: spaces.Box(-np.inf, np.inf, (size,), np.float64) for key, size in sizes.items()})

@@ -106,7 +106,7 @@ class OfflineDataMixin:
         Uniform sample of ``batch_size`` stored transitions, rows and env columns drawn from ``self.generator`` (SB3's
         ``_get_samples`` draws the columns from NumPy's global generator), gathered and normalized as SB3 does.
         """
-        upper_bound = (self.buffer_size if self.full else self.pos) * self.n_envs
+        upper_bound = self.size() * self.n_envs
         draws = th.randint(upper_bound, (batch_size,), generator=self.generator, device="cpu")  # whatever the default
         rows, columns = np.divmod(draws.numpy(), self.n_envs)
         observations, next_observations = self._observations_at(rows, columns)

@@ -39,6 +39,14 @@ def zeros(shape: tuple[int, ...], device: th.device, dtype: type[np.generic] = n
     return th.zeros(shape, dtype=torch_dtype, device=device)
 
 
+def step_timeouts(infos: list[dict[str, Any]], handle_timeout_termination: bool) -> np.ndarray:
+    """:return: ``(n_envs,)`` float32, 1 where an environment's step ended by its time limit (as SB3's buffers read
+    it from ``infos``; all 0 without ``handle_timeout_termination``: time limits are then terminal)"""
+    if not handle_timeout_termination:
+        return np.zeros(len(infos), dtype=np.float32)
+    return np.array([info.get("TimeLimit.truncated", False) for info in infos], dtype=np.float32)
+
+
 def generator_on(generator: th.Generator | None, device: th.device) -> th.Generator | None:
     """
     :return: ``generator`` if it draws on ``device``'s type, else a new generator there, seeded with one draw from it
@@ -293,10 +301,7 @@ class DeviceBufferMixin:
         infos: list[dict[str, Any]],
     ) -> None:
         """One transition per environment (SB3's ``collect_rollouts``): arrays with a first dimension ``n_envs``."""
-        if self.handle_timeout_termination:
-            timeouts = np.array([info.get("TimeLimit.truncated", False) for info in infos], dtype=np.float32)
-        else:
-            timeouts = np.zeros(self.n_envs, dtype=np.float32)
+        timeouts = step_timeouts(infos, self.handle_timeout_termination)
         fields = [
             *self._obs_parts("obs", obs),
             *self._obs_parts("next_obs", next_obs),
@@ -324,7 +329,7 @@ class DeviceBufferMixin:
         Uniform sample of ``batch_size`` stored transitions: indices drawn on the device from ``generator``,
         rows gathered with one ``index_select``. No host synchronisation (unless ``env`` normalizes).
         """
-        upper_bound = (self.buffer_size if self.full else self.pos) * self.n_envs
+        upper_bound = self.size() * self.n_envs
         indices = th.randint(upper_bound, (batch_size,), device=self._device, generator=self._generator)
         return self.gather(indices, env)
 
@@ -337,7 +342,7 @@ class DeviceBufferMixin:
         """
         if type(self).sample is not DeviceBufferMixin.sample:
             return None
-        upper_bound = (self.buffer_size if self.full else self.pos) * self.n_envs
+        upper_bound = self.size() * self.n_envs
         return tuple(storage.data_ptr() for storage in self._storages()), upper_bound, self._generator
 
     def _get_samples(  # type: ignore[override]
@@ -419,7 +424,7 @@ class DeviceBufferMixin:
         for name in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
             state.pop(name, None)
         # Only the written rows, as NumPy arrays, so that a CUDA buffer loads on any machine.
-        n_rows = (self.buffer_size if self.full else self.pos) * self.n_envs
+        n_rows = self.size() * self.n_envs
         for name, storage in zip(("_storage", "_image_storage"), self._storages()):
             state[name] = storage[:n_rows].cpu().numpy()
         state["_device"] = str(self._device)

@@ -267,7 +267,7 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
         episode has ended and whose goal step is still stored): on the stored goals and rewards, then normalized by
         ``env`` (VecNormalize), as SB3's HerReplayBuffer does.
         """
-        upper_bound = (self.buffer_size if self.full else self.pos) * self.n_envs
+        upper_bound = self.size() * self.n_envs
         indices = th.randint(upper_bound, (batch_size,), device=self.device, generator=self._generator)
         return self.normalized(self.relabel(indices, self.gather(indices)), env)
 
@@ -332,7 +332,7 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
         :return: the samples, with rewards ``(batch, 1)`` and dones ``(batch, 1)`` recomputed where relabelled (the
             rewards of every sample with ``goal_distance``, whose rule replaces the environment's)
         """
-        upper_bound = (self.buffer_size if self.full else self.pos) * self.n_envs
+        upper_bound = self.size() * self.n_envs
         draws = th.rand(indices.shape, device=self.device, generator=self._generator)
         goal_slots, still_stored = self._goal_indices(indices, upper_bound)
         relabelled = (draws < self.her_ratio) & (self._episode_length[indices] > 0) & still_stored
@@ -357,7 +357,7 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
         state = super().__getstate__()
         state["env"] = None  # not picklable: set_env after loading (IQL.load_replay_buffer does)
         state["reward_transform"] = None  # a lambda is not picklable: IQL.load_replay_buffer sets the model's again
-        n_written = (self.buffer_size if self.full else self.pos) * self.n_envs
+        n_written = self.size() * self.n_envs
         for name in EPISODE_RECORDS:
             state[name] = getattr(self, name)[:n_written].cpu().numpy()
         return state

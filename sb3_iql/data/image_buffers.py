@@ -19,7 +19,7 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.utils import get_device
 from stable_baselines3.common.vec_env import VecNormalize
 
-from sb3_iql.data.device_buffers import generator_on, generator_state, restore_generator, zeros
+from sb3_iql.data.device_buffers import generator_on, generator_state, restore_generator, step_timeouts, zeros
 
 #: Columns of the per-transition float32 table after the action: reward, done, timeout.
 _REWARD, _DONE, _TIMEOUT = -3, -2, -1
@@ -235,10 +235,7 @@ class DeviceImageReplayBuffer(ReplayBuffer):
         infos: list[dict[str, Any]],
     ) -> None:
         """One transition per environment (SB3's ``collect_rollouts``): arrays with a first dimension ``n_envs``."""
-        if self.handle_timeout_termination:
-            timeouts = np.array([info.get("TimeLimit.truncated", False) for info in infos], dtype=np.float32)
-        else:
-            timeouts = np.zeros(self.n_envs, dtype=np.float32)
+        timeouts = step_timeouts(infos, self.handle_timeout_termination)
         table = self._table(action, reward, done, timeouts)
         obs, next_obs = np.asarray(obs), np.asarray(next_obs)
         for env_index in range(self.n_envs):

@@ -44,6 +44,7 @@ from gymnasium_robotics.envs.maze import maps
 from gymnasium_robotics.envs.maze.point_maze import PointMazeEnv
 from minari.data_collector import EpisodeBuffer
 
+from sb3_iql.data.goals import MAZE_GOAL_DISTANCE
 from sb3_iql.datasets.collect import DEFAULT_N_REFERENCE_EPISODES
 from sb3_iql.datasets.maze_controller import WaypointController
 from sb3_iql.datasets.storage import check_writable, write_dataset
@@ -63,8 +64,6 @@ POSITION_DIM = 2
 ACTION_LIMIT = 1.0
 # PointEnv clips the ball's velocity to this value (m/s) before each simulation step
 MAX_SPEED = 5.0
-# MazeEnv draws a new goal when the ball is this close (m) to the current one
-GOAL_REACHED_DISTANCE = 0.45
 # Seed-sequence keys that keep the random streams independent of the environment's own generator
 _ACTION_NOISE_STREAM = 1
 _RANDOM_POLICY_STREAM = 2
@@ -247,7 +246,7 @@ def _simulate(
         desired_goals[step + 1] = goal_x, goal_y
         x, y = data.qpos.tolist()
         # MazeEnv.update_goal draws a new goal (only when continuing_task and reset_target) once this close
-        if (x - goal_x) ** 2 + (y - goal_y) ** 2 <= GOAL_REACHED_DISTANCE**2:
+        if (x - goal_x) ** 2 + (y - goal_y) ** 2 <= MAZE_GOAL_DISTANCE**2:
             env.update_goal(data.qpos.copy())
             goal_x, goal_y = env.goal.tolist()
     return observations, desired_goals, actions
@@ -362,7 +361,7 @@ def make_pointmaze_dataset(
         if stitch:
             desired_goals[:] = maze_env.maze.cell_rowcol_to_xy(np.array(spec.eval_goal_cell))
         achieved_goals = observations[:, :POSITION_DIM].copy()
-        success = np.linalg.norm(achieved_goals[1:] - desired_goals[1:], axis=-1) <= GOAL_REACHED_DISTANCE
+        success = np.linalg.norm(achieved_goals[1:] - desired_goals[1:], axis=-1) <= MAZE_GOAL_DISTANCE
         if lengths is None:  # one continuous run: cut it into episodes
             lengths = _episode_lengths(len(actions), spec.episode_length, success if recipe == "cut" else None)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])

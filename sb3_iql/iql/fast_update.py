@@ -9,6 +9,7 @@ parameters. Select with ``IQL(..., compile_update=True)`` (torch.compile, CPU or
 """
 
 import contextlib
+import functools
 import numbers
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
@@ -66,6 +67,19 @@ def unsupported_optimizer(optimizer: th.optim.Optimizer) -> str | None:
     if group["weight_decay"] or group["amsgrad"] or group["maximize"] or group["differentiable"]:
         return "FunctionalUpdate supports Adam without weight_decay, amsgrad, maximize or differentiable"
     return None
+
+
+def adam_state_(optimizer: th.optim.Optimizer, param: th.Tensor) -> dict[str, th.Tensor]:
+    """:return: ``param``'s state in an Adam optimizer, created first where missing, as Adam's first step creates it
+    (``step`` a float32 0-d tensor, on the parameter's device for the fused and capturable kernels; zero moments)"""
+    param_state = optimizer.state[param]
+    if not param_state:
+        group = optimizer.param_groups[0]
+        on_device = group["fused"] or group["capturable"]
+        param_state["step"] = th.zeros((), dtype=th.float32, device=param.device if on_device else "cpu")
+        param_state["exp_avg"] = th.zeros_like(param, memory_format=th.preserve_format)
+        param_state["exp_avg_sq"] = th.zeros_like(param, memory_format=th.preserve_format)
+    return param_state
 
 
 def unsupported_network(network: nn.Module) -> str | None:
@@ -244,7 +258,7 @@ class ActorObjectiveInputs(nn.Module):
     run it with given weights: ``actor.log_prob`` (AWR) or ``actor.mean_and_log_prob`` (DDPG+BC).
     """
 
-    def __init__(self, actor: nn.Module, policy_extraction: str = "awr"):
+    def __init__(self, actor: nn.Module, policy_extraction: str):
         super().__init__()
         self.actor = actor
         self.method = update.actor_inputs(policy_extraction)
@@ -260,8 +274,8 @@ class FunctionalUpdate:
 
     1. ``value_grads``: the value targets, the value loss and its gradients;
     2. (eager) fused Adam step of V;
-    3. ``policy_grads``: the policy targets with the new V (V on s and s' in one pass), the actor and critic losses
-       and their gradients (independent of each other), and the metrics;
+    3. ``policy_grads``: the policy targets with the new V (V on s and s' in one pass; in the joint order V(s')
+       is step 1's), the actor and critic losses and their gradients, and the metrics;
     4. (eager) fused Adam steps of the actor and the critics, and the Polyak update.
 
     Gradients come from ``torch.func.grad_and_value`` (``loss.backward()`` would break the graph). The Adam steps
@@ -271,10 +285,11 @@ class FunctionalUpdate:
     numeric hyperparameters are device tensors (``DeviceScalars``): ``set_settings`` changes them without compiling
     or capturing again. Inside the compiled graph Inductor's own foreach Adam was slower on CPU than the fused kernel.
 
-    Only for Adam without weight decay, amsgrad or maximize (IQL's defaults).
+    Only for Adam without weight decay, amsgrad, maximize or differentiable (IQL's defaults).
 
     :param value_net: V(s), with its ``optimizer``
-    :param actor: the policy, with ``log_prob(obs, actions)`` and its ``optimizer``
+    :param actor: the policy, with ``log_prob(obs, actions)`` (AWR) or ``mean_and_log_prob`` (the DDPG extractions)
+        and its ``optimizer``
     :param critic: the Q ensemble, with its ``optimizer``
     :param critic_target: the target Q ensemble (Polyak-averaged towards ``critic``)
     :param settings: the update's hyperparameters (the numeric ones may change later: ``set_settings``)
@@ -361,11 +376,7 @@ class FunctionalUpdate:
             return self.states[name]
         state: dict[str, list[th.Tensor]] = {"step": [], "exp_avg": [], "exp_avg_sq": []}
         for param in self.params[name].values():
-            param_state = optimizer.state[param]
-            if not param_state:
-                param_state["exp_avg"] = th.zeros_like(param, memory_format=th.preserve_format)
-                param_state["exp_avg_sq"] = th.zeros_like(param, memory_format=th.preserve_format)
-                param_state["step"] = th.zeros(())
+            param_state = adam_state_(optimizer, param)
             for key in state:
                 state[key].append(param_state[key])
         device = next(iter(self.params[name].values())).device
@@ -406,39 +417,32 @@ class FunctionalUpdate:
 
     def _value_grads(self, batch: Batch) -> tuple[list[th.Tensor], th.Tensor, th.Tensor, update.ValueTargets]:
         """:return: gradients of the value loss (in parameter order), value loss, V(s), value targets"""
-        settings = self.tensor_settings
-        targets = update.value_targets(self.critic_target, self.networks["value"], batch, settings)
-
-        def loss_fn(params: dict[str, th.Tensor]) -> tuple[th.Tensor, th.Tensor]:
-            return update.value_objective(self._call("value", params), batch, targets, settings)
-
-        grads, (value_loss, values) = th.func.grad_and_value(loss_fn, has_aux=True)(self.params["value"])
+        grads, value_loss, values, targets = value_gradients(
+            self.critic_target,
+            self.networks["value"],
+            functools.partial(self._call, "value"),
+            self.params["value"],
+            batch,
+            self.tensor_settings,
+        )
         return _as_parameters(grads), value_loss, values, targets
 
     def _policy_grads(
         self, batch: Batch, value_targets: update.ValueTargets, value_loss: th.Tensor, values: th.Tensor
     ) -> tuple[list[th.Tensor], list[th.Tensor], th.Tensor]:
         """:return: actor gradients, critic gradients, metrics of ``METRIC_NAMES``"""
-        value_net = self.networks["value"]
-
-        def both_values(observations: Any, next_observations: Any) -> tuple[th.Tensor, th.Tensor]:
-            values = value_net(_cat_obs(observations, next_observations))  # V(s) and V(s') in one pass
-            return values[: batch.actions.shape[0]], values[batch.actions.shape[0] :]
-
-        settings = self.tensor_settings
-        targets = update.policy_targets(value_net, batch, value_targets, settings, both_values)
-
-        critic = self._call("critic", self.params["critic"])
-
-        def actor_loss_fn(params: dict[str, th.Tensor]) -> th.Tensor:
-            return update.policy_objective(self._call("actor", params), critic, batch, targets, settings)
-
-        def critic_loss_fn(params: dict[str, th.Tensor]) -> tuple[th.Tensor, th.Tensor]:
-            return update.critic_objective(self._call("critic", params), batch, targets)
-
-        actor_grads, actor_loss = th.func.grad_and_value(actor_loss_fn)(self.params["actor"])
-        critic_grads, (critic_loss, current_q) = th.func.grad_and_value(critic_loss_fn, has_aux=True)(self.params["critic"])
-        metrics = update.update_metrics(value_loss, actor_loss, critic_loss, values, current_q, targets)
+        actor_grads, critic_grads, metrics = policy_gradients(
+            self.networks["value"],
+            functools.partial(self._call, "actor"),
+            functools.partial(self._call, "critic"),
+            self.params["actor"],
+            self.params["critic"],
+            batch,
+            value_targets,
+            value_loss,
+            values,
+            self.tensor_settings,
+        )
         return _as_parameters(actor_grads), _as_parameters(critic_grads), metrics
 
     def check_guards_again(self) -> None:
@@ -477,6 +481,82 @@ class FunctionalUpdate:
         """Drop-in for ``IQL._update(replay_data)``."""
         self.set_learning_rates()
         return self.step(Batch.from_replay_data(replay_data))
+
+
+#: A network as a function of its parameters: ``parameters -> (inputs -> outputs)``
+NetworkOf = Callable[[dict[str, th.Tensor]], Callable[..., Any]]
+
+
+def value_gradients(
+    critic_target: Callable[..., Any],
+    value: Callable[..., Any],
+    value_of: NetworkOf,
+    value_params: dict[str, th.Tensor],
+    batch: Batch,
+    settings: UpdateSettings,
+) -> tuple[dict[str, th.Tensor], th.Tensor, th.Tensor, update.ValueTargets]:
+    """
+    The value step's gradients (``torch.func``), for ``FunctionalUpdate`` and ``StackedLearners`` (vmapped): the
+    value targets, then the gradients of the value loss with respect to ``value_params``.
+
+    :param critic_target: the target Q ensemble, ``(obs, actions) -> (n_critics, batch, ...)``
+    :param value: V with its current parameters (the targets' V(s') of the joint order)
+    :param value_of: V as a function of its parameters
+    :return: gradients (by parameter name), value loss, V(s) ``(batch,)``, value targets
+    """
+    targets = update.value_targets(critic_target, value, batch, settings)
+
+    def loss_fn(params: dict[str, th.Tensor]) -> tuple[th.Tensor, th.Tensor]:
+        return update.value_objective(value_of(params), batch, targets, settings)
+
+    grads, (value_loss, values) = th.func.grad_and_value(loss_fn, has_aux=True)(value_params)
+    return grads, value_loss, values, targets
+
+
+def policy_gradients(
+    value: Callable[..., Any],
+    actor_of: NetworkOf,
+    critic_of: NetworkOf,
+    actor_params: dict[str, th.Tensor],
+    critic_params: dict[str, th.Tensor],
+    batch: Batch,
+    value_targets: update.ValueTargets,
+    value_loss: th.Tensor,
+    values: th.Tensor,
+    settings: UpdateSettings,
+) -> tuple[dict[str, th.Tensor], dict[str, th.Tensor], th.Tensor]:
+    """
+    The policy step's gradients (``torch.func``), for ``FunctionalUpdate`` and ``StackedLearners`` (vmapped): the
+    policy targets with V after its step (V(s) and V(s') in one pass where both are needed), then the gradients of
+    the actor loss and of the critic loss (the actor's read the critics before their step).
+
+    :param value: V after its step
+    :param actor_of: the actor's objective inputs (``ActorObjectiveInputs``) as a function of its parameters
+    :param critic_of: the Q ensemble as a function of its parameters
+    :param value_targets: ``value_gradients``' targets
+    :param value_loss: the value loss (for the metrics)
+    :param values: V(s) before its step ``(batch,)`` (for the metrics)
+    :return: actor gradients, critic gradients (by parameter name), metrics of ``METRIC_NAMES``
+    """
+    batch_size = batch.actions.shape[0]
+
+    def both_values(observations: Any, next_observations: Any) -> tuple[th.Tensor, th.Tensor]:
+        values = value(_cat_obs(observations, next_observations))
+        return values[:batch_size], values[batch_size:]
+
+    targets = update.policy_targets(value, batch, value_targets, settings, both_values)
+    critic = critic_of(critic_params)
+
+    def actor_loss_fn(params: dict[str, th.Tensor]) -> th.Tensor:
+        return update.policy_objective(actor_of(params), critic, batch, targets, settings)
+
+    def critic_loss_fn(params: dict[str, th.Tensor]) -> tuple[th.Tensor, th.Tensor]:
+        return update.critic_objective(critic_of(params), batch, targets)
+
+    actor_grads, actor_loss = th.func.grad_and_value(actor_loss_fn)(actor_params)
+    critic_grads, (critic_loss, current_q) = th.func.grad_and_value(critic_loss_fn, has_aux=True)(critic_params)
+    metrics = update.update_metrics(value_loss, actor_loss, critic_loss, values, current_q, targets)
+    return actor_grads, critic_grads, metrics
 
 
 @contextlib.contextmanager

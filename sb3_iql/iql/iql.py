@@ -426,7 +426,8 @@ class IQL(OfflineAlgorithm):
         """
         One IQL gradient step (``sb3_iql/iql/update.py``), in the reference order: V, then actor (new V, target Q),
         then Q (new V), then Polyak. With ``update_order="joint"`` the Q target uses V(s') from before V's step
-        (d3rlpy); nothing else changes, since the actor and the critics do not depend on each other within a step.
+        (d3rlpy); nothing else changes: d3rlpy steps the critics before the actor, which is the same for the AWR
+        actor (it reads the target critics only); the DDPG extractions read the critics before their step in both.
 
         :param replay_data: a batch from the replay buffer (observations, actions, next_observations, dones, rewards)
         :return: the metrics named in ``METRIC_NAMES``, shape ``(len(METRIC_NAMES),)``, still on the device
@@ -585,7 +586,7 @@ class IQL(OfflineAlgorithm):
         self._check_offline_data()  # before the warnings
         if n_updates is not None:
             n_updates = checked_count("n_updates", n_updates)
-        planned = max(self.offline_steps - self._n_offline_updates, 0) if n_updates is None else n_updates
+        planned = self.offline_updates_left if n_updates is None else n_updates
         mode = auto_mode(planned, self.device.type)
         if self.compile_update == "auto" and mode is not None and self._auto_mode != "compile":
             self._auto_mode = mode

@@ -48,14 +48,16 @@ from sb3_iql.iql.fast_update import (
     DeviceScalars,
     GuardSkipping,
     SampledGraph,
-    _cat_obs,
+    adam_state_,
     capture_without_trace,
     compile_gradients,
     compiling,
     constant_attributes,
     fused_adam_step_,
     one_step_counter,
+    policy_gradients,
     unsupported_network,
+    value_gradients,
 )
 from sb3_iql.iql.iql import IQL, _warn_fallback, auto_mode
 from sb3_iql.iql.update import Batch
@@ -177,7 +179,7 @@ def learn_offline_together(
     if cuda_graph and first.device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs models on a CUDA device, they are on {first.device}")
     if n_updates is None:
-        n_updates = max(first.offline_steps - first._n_offline_updates, 0)
+        n_updates = first.offline_updates_left
     tb_log_name = type(first).__name__ if tb_log_name is None else tb_log_name
     if compile_update not in (True, False, "auto"):
         raise ValueError(f"compile_update must be True, False or 'auto', got {compile_update!r}")
@@ -341,12 +343,7 @@ class StackedLearners:
         group = optimizer.param_groups[0]
         state = self.states[name]
         for position, param in enumerate(group["params"]):
-            param_state = optimizer.state[param]
-            if not param_state:  # as Adam's first step creates it
-                on_device = group["fused"] or group["capturable"]
-                param_state["step"] = th.zeros((), dtype=th.float32, device=param.device if on_device else "cpu")
-                param_state["exp_avg"] = th.zeros_like(param, memory_format=th.preserve_format)
-                param_state["exp_avg_sq"] = th.zeros_like(param, memory_format=th.preserve_format)
+            param_state = adam_state_(optimizer, param)
             param_state["step"].copy_(state["step"][position])
             param_state["exp_avg"].copy_(state["exp_avg"][position][index])
             param_state["exp_avg_sq"].copy_(state["exp_avg_sq"][position][index])
@@ -402,14 +399,14 @@ class StackedLearners:
         :param numbers: the learner's numeric hyperparameters, 0-d tensors
         :return: gradients of the value loss, value loss, V(s) ``(batch,)``, value targets as a dict
         """
-        settings = self.settings.with_numbers(numbers)
-        critic_target = self._call("critic_target", params["critic_target"], buffers)
-        targets = update.value_targets(critic_target, self._call("value", params["value"], buffers), batch, settings)
-
-        def loss_fn(value_params: Tensors) -> tuple[th.Tensor, th.Tensor]:
-            return update.value_objective(self._call("value", value_params, buffers), batch, targets, settings)
-
-        grads, (value_loss, values) = th.func.grad_and_value(loss_fn, has_aux=True)(params["value"])
+        grads, value_loss, values, targets = value_gradients(
+            self._call("critic_target", params["critic_target"], buffers),
+            self._call("value", params["value"], buffers),
+            lambda value_params: self._call("value", value_params, buffers),
+            params["value"],
+            batch,
+            self.settings.with_numbers(numbers),
+        )
         return grads, value_loss, values, _targets_to_dict(targets)
 
     def _policy_grads(
@@ -428,28 +425,18 @@ class StackedLearners:
         :param numbers: the learner's numeric hyperparameters, 0-d tensors
         :return: actor gradients, critic gradients, metrics of ``METRIC_NAMES`` ``(len(METRIC_NAMES),)``
         """
-        settings = self.settings.with_numbers(numbers)
-        value = self._call("value", params["value"], buffers)
-        batch_size = batch.actions.shape[0]
-
-        def both_values(observations: Any, next_observations: Any) -> tuple[th.Tensor, th.Tensor]:
-            values = value(_cat_obs(observations, next_observations))  # V(s) and V(s') in one pass
-            return values[:batch_size], values[batch_size:]
-
-        targets = update.policy_targets(value, batch, _targets_from_dict(value_targets), settings, both_values)
-
-        critic = self._call("critic", params["critic"], buffers)
-
-        def actor_loss_fn(actor_params: Tensors) -> th.Tensor:
-            return update.policy_objective(self._call("actor", actor_params, buffers), critic, batch, targets, settings)
-
-        def critic_loss_fn(critic_params: Tensors) -> tuple[th.Tensor, th.Tensor]:
-            return update.critic_objective(self._call("critic", critic_params, buffers), batch, targets)
-
-        actor_grads, actor_loss = th.func.grad_and_value(actor_loss_fn)(params["actor"])
-        critic_grads, (critic_loss, current_q) = th.func.grad_and_value(critic_loss_fn, has_aux=True)(params["critic"])
-        metrics = update.update_metrics(value_loss, actor_loss, critic_loss, values, current_q, targets)
-        return actor_grads, critic_grads, metrics
+        return policy_gradients(
+            self._call("value", params["value"], buffers),
+            lambda actor_params: self._call("actor", actor_params, buffers),
+            lambda critic_params: self._call("critic", critic_params, buffers),
+            params["actor"],
+            params["critic"],
+            batch,
+            _targets_from_dict(value_targets),
+            value_loss,
+            values,
+            self.settings.with_numbers(numbers),
+        )
 
     def _adam_(self, name: str, grads: Tensors) -> None:
         """

@@ -164,7 +164,7 @@ class NormalizedFeatures:
     """
     Networks whose observations pass through the policy's ``ObservationNormalizer`` (when it has one) after SB3's
     preprocessing and before the features extractor. Each network calls ``_setup_preprocessing()`` in its
-    constructor; ``IQLPolicy`` gives the three networks one shared normalizer.
+    constructor; ``IQLPolicy`` gives the four networks (the target critics too) one shared normalizer.
     """
 
     observation_space: spaces.Space
@@ -434,7 +434,7 @@ class EnsembleCritic(NormalizedFeatures, BaseModel):
     def __init__(
         self,
         observation_space: spaces.Space,
-        action_space: spaces.Box,
+        action_space: spaces.Box | spaces.Discrete,
         net_arch: list[int],
         features_extractor: BaseFeaturesExtractor,
         features_dim: int,
@@ -489,7 +489,7 @@ class ValueNetwork(NormalizedFeatures, BaseModel):
     def __init__(
         self,
         observation_space: spaces.Space,
-        action_space: spaces.Box,
+        action_space: spaces.Box | spaces.Discrete,
         net_arch: list[int],
         features_extractor: BaseFeaturesExtractor,
         features_dim: int,
@@ -754,7 +754,7 @@ class MultiInputPolicy(IQLPolicy):
     def __init__(
         self,
         observation_space: spaces.Dict,
-        action_space: spaces.Box,
+        action_space: spaces.Box | spaces.Discrete,
         lr_schedule: Schedule,
         features_extractor_class: type[BaseFeaturesExtractor] | str = CombinedExtractor,
         **kwargs: Any,
