@@ -162,18 +162,29 @@ def check_preset_keys(
     :raises ValueError: a key of the dataset's entry (or of ``given``) that is neither one of them nor an rl-zoo key,
         naming the file, the entry and the closest argument (a typo in a preset file failed inside the constructor)
     """
-    accepted = constructor_arguments(model_class)
     given = set(given)
     key = preset_key(dataset_id, finetune, path)
-    unknown = sorted((set(_presets(path)[key]) | given) - accepted - ZOO_ONLY_KEYS - {"policy"})
-    if unknown:
-        closest = difflib.get_close_matches(unknown[0], sorted(accepted), n=1)
-        hint = f" (did you mean {closest[0]!r}?)" if closest else ""
-        where = "an override" if unknown[0] in given else f"{path or DEFAULT_PRESETS_PATH}, entry {key!r}"
-        raise ValueError(f"Unknown hyperparameter {unknown[0]!r} in {where}{hint}")
+    check_argument_keys(model_class, given, "an override")
+    check_argument_keys(model_class, _presets(path)[key], f"{path or DEFAULT_PRESETS_PATH}, entry {key!r}")
     zoo_keys = sorted(given & ZOO_ONLY_KEYS)
     if zoo_keys:
         raise ValueError(f"{zoo_keys[0]!r} is an rl-zoo key, not a model argument (n_timesteps: pass it to learn())")
+
+
+def check_argument_keys(model_class: type, keys: Iterable[str], where: str) -> None:
+    """
+    :param keys: hyperparameter names of a configuration (rl-zoo's own keys, ``n_timesteps``..., and ``policy``
+        accepted)
+    :param where: where they come from, for the message (``"-params"``, a file and entry)
+    :raises ValueError: a key that is not a keyword argument of ``model_class`` (``constructor_arguments``), naming
+        the closest one
+    """
+    accepted = constructor_arguments(model_class)
+    unknown = sorted(set(keys) - accepted - ZOO_ONLY_KEYS - {"policy"})
+    if unknown:
+        closest = difflib.get_close_matches(unknown[0], sorted(accepted), n=1)
+        hint = f" (did you mean {closest[0]!r}?)" if closest else ""
+        raise ValueError(f"Unknown hyperparameter {unknown[0]!r} in {where}{hint}")
 
 
 def constructor_arguments(model_class: type) -> set[str]:

@@ -64,6 +64,7 @@ from sb3_iql.iql import IQL
 from sb3_iql.iql.iql import HYPERPARAMETER_RULES
 from sb3_iql.presets import (
     PresetNotFoundError,
+    check_argument_keys,
     check_preset_keys,
     from_zoo_strings,
     known_presets,
@@ -225,15 +226,19 @@ def default_hyperparams(dataset_id: str, finetune: bool = False, presets_path: s
             )
             protocol = {key: value for key, value in DEFAULT_FINETUNE_HYPERPARAMS.items() if key != "policy"}
             return {**offline, **protocol}
-    message = (
-        f"No IQL preset for dataset {dataset_id!r}: training with the package defaults (expectile 0.7, beta 3.0, "
-        "no reward transform)."
-    )
+    if presets_path is not None:  # a file of the user's own: one of its entries was meant to apply
+        raise PresetNotFoundError(
+            f"No entry of {presets_path} applies to dataset {dataset_id!r}: key one by the id or by a pattern that "
+            f"matches it ('*' for every dataset). Its keys: {', '.join(known_presets(finetune, presets_path))}."
+        )
     closest = difflib.get_close_matches(dataset_id, _same_environment(dataset_id, finetune, presets_path), n=1, cutoff=0.0)
-    if closest:
-        message += f" The closest preset is {closest[0]!r}:"
-    message += " set hyperparameters with -params, or pass a configuration with --conf-file."
-    warnings.warn(message, stacklevel=2)
+    warnings.warn(
+        f"No IQL preset for dataset {dataset_id!r}: training with the package defaults (expectile 0.7, beta 3.0, "
+        "no reward transform). "
+        + (f"The closest preset is {closest[0]!r}: set" if closest else "Set")
+        + " hyperparameters with -params, or pass a configuration with --conf-file.",
+        stacklevel=2,
+    )
     return dict(DEFAULT_FINETUNE_HYPERPARAMS if finetune else DEFAULT_HYPERPARAMS)
 
 
@@ -274,6 +279,10 @@ class IQLExperimentManager(ExperimentManager):
     def read_hyperparameters(self) -> tuple[dict[str, Any], dict[str, Any]]:
         # rl-zoo's --trial-id replaces the configuration's policy_kwargs and schedule with the trial's parameters
         # (net_arch only, a constant rate), and -params then replace those: applied here as the trial trained
+        try:  # a typo in -params failed in IQL's constructor, with a traceback
+            check_argument_keys(IQL, self.custom_hyperparams or {}, "-params")
+        except ValueError as error:
+            raise SystemExit(f"sb3_iql.zoo: error: {error}") from None
         trial_id, self.trial_id = self.trial_id, None
         try:
             hyperparams, saved_hyperparams = super().read_hyperparameters()
@@ -290,8 +299,10 @@ class IQLExperimentManager(ExperimentManager):
             # --env-kwargs and -params env_kwargs replace the whole dict
             merged = {**stored_env_kwargs, **hyperparams["env_kwargs"]}
             hyperparams["env_kwargs"] = saved_hyperparams["env_kwargs"] = merged
-            if self._eval_env_kwargs_args is None:
-                self.eval_env_kwargs = merged
+            if self.args.env_kwargs is not None:  # args.yml's, which rl-zoo's enjoy puts in place of config.yml's
+                self.args.env_kwargs = merged
+            given_eval = self._eval_env_kwargs_args  # over the dataset's own too (its maze, its goal)
+            self.eval_env_kwargs = merged if given_eval is None else {**stored_env_kwargs, **given_eval}
         if self.params_as_overrides and given:  # from_preset's rules over the preset (-params replaced its values)
             given_kwargs = isinstance(given.get("policy_kwargs"), dict)
             if given_kwargs or "dropout" in given:
@@ -310,6 +321,12 @@ class IQLExperimentManager(ExperimentManager):
             saved_hyperparams = OrderedDict((key, hyperparams[key]) for key in sorted(hyperparams))
         dataset = hyperparams.get("offline_dataset")
         self.offline_dataset = dataset if isinstance(dataset, str) else None
+        online_steps = self.n_timesteps if self.n_timesteps > 0 else int(float(hyperparams.get("n_timesteps", 0)))
+        if dataset is None and online_steps == 0 and not self.continue_training:
+            raise SystemExit(
+                f"sb3_iql.zoo: error: the configuration of {self.env_name.gym_id} has no offline_dataset and "
+                "n_timesteps 0: nothing to train. Add offline_dataset: ID to its entry, or use --dataset ID."
+            )
         return hyperparams, saved_hyperparams
 
     def create_callbacks(self) -> None:
@@ -339,14 +356,45 @@ class IQLExperimentManager(ExperimentManager):
 
     def learn(self, model: BaseAlgorithm) -> None:
         """
-        rl-zoo's ``learn``; a model resumed with ``-i`` in the middle of its offline phase first runs the rest of its
-        ``offline_steps``, then the online steps if any, in one ``learn()`` call whose ``num_timesteps`` goes on
-        from the checkpoint's (rl-zoo's own starts again from 0).
+        rl-zoo's ``learn``; a model resumed with ``-i`` first runs what is left of its ``offline_steps`` (the rest of
+        an interrupted run, or of a larger ``offline_steps`` given with ``-params``), then the online steps if any, in
+        one ``learn()`` call whose ``num_timesteps`` goes on from the checkpoint's (rl-zoo's own starts again from 0).
+
+        :raises SystemExit: a resumed model with nothing left to train (its offline phase done and ``-n 0``)
         """
         model.set_logger(self.make_logger(model))
-        if isinstance(model, OfflineAlgorithm) and 0 < model._n_offline_updates < model.offline_steps:
+        if isinstance(model, OfflineAlgorithm) and self.n_timesteps == 0 and self.log_interval > 0:
+            model.offline_log_interval = self.log_interval  # an offline run's --log-interval counts updates
+        if isinstance(model, OfflineAlgorithm) and model._n_offline_updates > 0:  # resumed with -i
+            if model.offline_updates_left == 0 and self.n_timesteps == 0:
+                raise SystemExit(
+                    f"sb3_iql.zoo: error: the model loaded with -i has trained its offline_steps={model.offline_steps:,} "
+                    "updates and -n is 0: nothing to train. Raise offline_steps (-params offline_steps:N) or give -n "
+                    "for online steps."
+                )
+            # a larger offline_steps (-params) goes on from the updates done, as the rest of an interrupted run
+            model._offline_phase_unfinished = model.offline_updates_left > 0
             model = _CountingOn(model)  # type: ignore[assignment]
         super().learn(model)
+
+    def _save_config(self, saved_hyperparams: dict[str, Any]) -> None:
+        """rl-zoo's ``config.yml`` and ``args.yml``; a run of ``--dataset`` records it there, not the temporary
+        configuration file made from its preset (deleted after the run)."""
+        if not self.params_as_overrides:
+            return super()._save_config(saved_hyperparams)
+        with _replaced(self.args, "conf_file", None):
+            self.args.dataset = self.offline_dataset
+            try:
+                return super()._save_config(saved_hyperparams)
+            finally:
+                del self.args.dataset
+
+    def setup_experiment(self) -> Any:
+        """rl-zoo's; a configuration the model refuses (``-params normalize:True`` with offline data...) is one line."""
+        try:
+            return super().setup_experiment()
+        except ValueError as error:  # the constructors' own messages (the hyperparameters' ranges, the spaces...)
+            raise SystemExit(f"sb3_iql.zoo: error: {error}") from None
 
     def _load_pretrained_agent(self, hyperparams: dict[str, Any], env: Any) -> BaseAlgorithm:
         """
@@ -560,7 +608,8 @@ def _peek_parser() -> argparse.ArgumentParser:
     )
     ours.add_argument("--finetune", action="store_true", help="the fine-tuning preset: offline, then online")
     ours.add_argument("--presets", help="a preset file to use instead of the package's hyperparams/iql.yml")
-    for rl_zoo_option in (["--env"], ["--algo"], ["-conf", "--conf-file"]):  # read here too, listed by rl-zoo
+    # read here too, listed by rl-zoo (whose parser also takes --conf, an abbreviation of --conf-file)
+    for rl_zoo_option in (["--env"], ["--algo"], ["-conf", "--conf-file", "--conf"]):
         parser.add_argument(*rl_zoo_option, help=argparse.SUPPRESS)
     parser.add_argument("--gym-packages", nargs="+", default=[], help=argparse.SUPPRESS)
     ours.add_argument(
@@ -637,13 +686,26 @@ def train(argv: Sequence[str] | None = None) -> None:
                 raise SystemExit(
                     "--dataset builds the configuration from its preset: change it with -params, or drop --dataset"
                 )
-            hyperparams = zoo_hyperparams(args.dataset, args.env, args.finetune, args.presets)
+            try:  # a preset file missing, a typo in it, or none of its entries for the dataset: one line
+                hyperparams = zoo_hyperparams(args.dataset, args.env, args.finetune, args.presets)
+            except (OSError, ValueError, PresetNotFoundError) as error:
+                message = error.args[0] if isinstance(error, KeyError) else error  # a KeyError's str() quotes it
+                raise SystemExit(f"sb3_iql.zoo: error: {message}") from None
             env_id = next(iter(hyperparams))
             conf_file = os.path.join(folder, "iql.yml")
             with open(conf_file, "w") as file_handler:
                 yaml.safe_dump(hyperparams, file_handler)
         elif conf_file is None and not args.help:
             raise SystemExit("python -m sb3_iql.zoo train needs --dataset ID (a preset) or --conf-file FILE (rl-zoo format)")
+        elif env_id is None and not args.help:  # rl-zoo would look for CartPole-v1's entry
+            raise SystemExit("sb3_iql.zoo: error: --conf-file needs --env ENV_ID, the key of its entry")
+        if args.algo not in (None, ALGO_NAME):
+            raise SystemExit(f"sb3_iql.zoo: error: it trains IQL (--algo {ALGO_NAME}); use rl_zoo3 for --algo {args.algo}")
+        if env_id is not None and env_id not in gym.registry:
+            raise SystemExit(
+                f"sb3_iql.zoo: error: environment {env_id!r} is not registered: name the package that registers it "
+                "with --gym-packages PACKAGE"
+            )
         zoo_argv = [f"{sys.argv[0]} train", *_rl_zoo_argv(args, rest, env_id, conf_file)]
         retrain_options = (
             *(["--dataset", args.dataset] if args.dataset is not None else []),
@@ -688,7 +750,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
         print(__doc__)
-        raise SystemExit(f"usage: python -m sb3_iql.zoo {{{','.join(COMMANDS)}}} [options]")
+        usage = f"usage: python -m sb3_iql.zoo {{{','.join(COMMANDS)}}} [options]"
+        if argv and argv[0] in ("-h", "--help"):
+            print(usage)
+            return
+        raise SystemExit(usage)
     {"train": train, "enjoy": enjoy}[argv[0]](argv[1:])
 
 

@@ -160,6 +160,39 @@ def test_given_env_kwargs_go_over_the_dataset_s_stored_ones(maze_root, tmp_path,
     config = dict(yaml.load((run_folder(logs) / MAZE_ENV_ID / "config.yml").read_text(), Loader=yaml.UnsafeLoader))
     stored = zoo.zoo_hyperparams(MAZE_ID)[MAZE_ENV_ID]["env_kwargs"]
     assert config["env_kwargs"] == {**stored, "continuing_task": True} and stored["maze_map"][1][1] == "g"
+    if options:  # rl-zoo's enjoy puts args.yml's in place of config.yml's: they held continuing_task alone
+        args = yaml.load((run_folder(logs) / MAZE_ENV_ID / "args.yml").read_text(), Loader=yaml.UnsafeLoader)
+        assert args["env_kwargs"] == config["env_kwargs"]
+
+
+def test_given_eval_env_kwargs_go_over_the_dataset_s_stored_ones(maze_root, tmp_path, monkeypatch):
+    evaluated = []
+    monkeypatch.setattr(zoo.IQLExperimentManager, "create_callbacks", lambda self: evaluated.append(self.eval_env_kwargs))
+    logs = tmp_path / "logs"
+    zoo.main(["train", "--dataset", MAZE_ID, "-f", str(logs), "--eval-env-kwargs", "continuing_task:False", *TINY,
+              "offline_steps:2"])  # fmt: skip
+    stored = zoo.zoo_hyperparams(MAZE_ID)[MAZE_ENV_ID]["env_kwargs"]
+    assert evaluated == [{**stored, "continuing_task": False}], "the dataset's maze and goal were dropped"
+
+
+def test_user_mistakes_are_one_line_errors(maze_root, tmp_path):
+    presets = tmp_path / "presets.yml"
+    presets.write_text("default:\n  offline_steps: 100\n")
+    conf = tmp_path / "conf.yml"
+    conf.write_text(f"{MAZE_ENV_ID}:\n  policy: MultiInputPolicy\n  n_timesteps: 0\n")
+    run = ["train", "-f", str(tmp_path / "logs"), "--eval-freq", "0"]
+    for command, message in [
+        (["--dataset", MAZE_ID, "-params", "offline_stepz:10"], r"Unknown hyperparameter 'offline_stepz' in -params \(did"),
+        (["--dataset", MAZE_ID, "--presets", str(presets)], r"No entry of .*presets.yml applies to dataset .* keys: default"),
+        (["--dataset", MAZE_ID, "--presets", str(tmp_path / "none.yml")], "No such file or directory"),
+        (["--dataset", MAZE_ID, "--algo", "sac"], r"it trains IQL \(--algo iql\); use rl_zoo3 for --algo sac"),
+        (["--dataset", MAZE_ID, "-params", "normalize:True"], "VecNormalize is not supported with offline data"),
+        (["--conf-file", str(conf)], "--conf-file needs --env ENV_ID"),
+        (["--conf-file", str(conf), "--env", "NotRegistered-v0"], "'NotRegistered-v0' is not registered: .*--gym-packages"),
+        (["--conf-file", str(conf), "--env", MAZE_ENV_ID, "--gym-packages", "gymnasium_robotics"], "no offline_dataset and"),
+    ]:
+        with pytest.raises(SystemExit, match=rf"^sb3_iql.zoo: error: .*{message}"):  # tracebacks, or a silent no-op
+            zoo.main([*run, *command])
 
 
 def test_offline_only_evaluations_count_updates_with_several_envs(maze_root, tmp_path):
@@ -309,6 +342,15 @@ def test_an_interrupted_offline_run_resumes_from_its_checkpoint_to_the_same_para
     expected = IQL.load(whole / f"{MAZE_ENV_ID}.zip")
     resumed = IQL.load(run_folder(tmp_path / "resumed") / f"{MAZE_ENV_ID}.zip")
     assert (resumed._n_offline_updates, resumed.num_timesteps) == (8, 8)
+    finished = whole / f"{MAZE_ENV_ID}.zip"  # nothing left: an error, where it saved an untrained run, exit 0
+    with pytest.raises(SystemExit, match=r"has trained its offline_steps=8 updates and -n is 0: nothing to train"):
+        zoo.main([*common, "-f", str(tmp_path / "again"), "-i", str(finished)])
+    zoo.main([*common[:-2], "offline_steps:10", "dropout:None", "-f", str(tmp_path / "more"), "--log-interval", "1",
+              "-i", str(finished)])  # fmt: skip
+    more = run_folder(tmp_path / "more")
+    assert IQL.load(more / f"{MAZE_ENV_ID}.zip")._n_offline_updates == 10, "a larger offline_steps trained none before"
+    updates = read_progress(more / "progress.csv")["train/n_updates"]
+    assert updates[np.isfinite(updates)].tolist() == [9, 10], "--log-interval counts updates offline (1000 before)"
     for (name, ours), theirs in zip(resumed.policy.state_dict().items(), expected.policy.state_dict().values()):
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=name)
     for optimizer in ("actor", "critic", "value_net"):

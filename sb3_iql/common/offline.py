@@ -148,6 +148,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     metric_names: ClassVar[tuple[str, ...]] = ()
     #: Dataset actions (scaled to [-1, 1]) are clipped to +-(1 - this) when loaded.
     dataset_action_clip: ClassVar[float] = 0.0
+    #: Updates between two logger dumps in ``learn()``'s offline phase (its ``log_interval`` counts episodes online);
+    #: set on a model, it is saved with it (rl-zoo's ``--log-interval`` sets it for offline-only runs).
+    offline_log_interval: int = 1000
 
     def __init__(
         self,
@@ -887,6 +890,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 callback = [one_run, *bars]
             self.learn_offline(  # what is left of offline_steps
                 callback=callback,
+                log_interval=self.offline_log_interval,
                 tb_log_name=tb_log_name,
                 reset_num_timesteps=reset_num_timesteps,
                 progress_bar=progress_bar,
