@@ -12,6 +12,14 @@ from stable_baselines3.common.vec_env import VecNormalize
 from sb3_iql.data.minari_loader import BatchObs
 
 
+def advance_rows(buffer: Any, n_rows: int) -> None:
+    """Move a buffer's ``pos`` past ``n_rows`` rows just written from it (``rows_for`` checked that they fit), to 0
+    at its end, where it becomes ``full``."""
+    buffer.pos += n_rows
+    if buffer.pos == buffer.buffer_size:
+        buffer.full, buffer.pos = True, 0
+
+
 def rows_for(n_transitions: int, n_envs: int, free_rows: int) -> tuple[int, int]:
     """
     Rows of ``n_envs`` columns that ``n_transitions`` take in a replay buffer (``extend``).
@@ -168,10 +176,7 @@ class OfflineDataMixin:
         self.rewards[rows] = rows_of(rewards)
         self.dones[rows] = rows_of(dones)
         self.timeouts[rows] = rows_of(timeouts)
-        self.pos += n_rows
-        if self.pos == self.buffer_size:
-            self.full = True
-            self.pos = 0
+        advance_rows(self, n_rows)
 
 
 class OfflineReplayBuffer(OfflineDataMixin, ReplayBuffer):

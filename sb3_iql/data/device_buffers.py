@@ -21,7 +21,7 @@ from stable_baselines3.common.type_aliases import DictReplayBufferSamples, Repla
 from stable_baselines3.common.utils import get_device
 from stable_baselines3.common.vec_env import VecNormalize
 
-from sb3_iql.data.buffers import rows_for
+from sb3_iql.data.buffers import advance_rows, rows_for
 from sb3_iql.data.minari_loader import BatchObs
 
 #: Bytes of transitions copied to the storage at once by ``extend`` (bounds the temporary memory of dtype
@@ -286,10 +286,7 @@ class DeviceBufferMixin:
         self._write(start, fields, n_transitions)
         if n_duplicates:
             self._write(start + n_transitions, [(name, values[:n_duplicates]) for name, values in fields], n_duplicates)
-        self.pos += n_rows
-        if self.pos == self.buffer_size:
-            self.full = True
-            self.pos = 0
+        advance_rows(self, n_rows)
 
     def add(
         self,
@@ -317,10 +314,7 @@ class DeviceBufferMixin:
                 if name in layout:
                     row[:, layout[name][0]] = np.asarray(values).reshape(self.n_envs, -1)
             storage[start : start + self.n_envs].copy_(th.from_numpy(row))
-        self.pos += 1
-        if self.pos == self.buffer_size:
-            self.full = True
-            self.pos = 0
+        advance_rows(self, 1)
 
     # --- sampling -------------------------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from sb3_iql.data.minari_loader import DatasetLike
 from sb3_iql.data.rewards import RewardTransformLike
 from sb3_iql.iql import update
 from sb3_iql.iql.fast_update import CudaGraphUpdate, FunctionalUpdate, constant_attributes, constant_values
-from sb3_iql.iql.policies import CnnPolicy, EnsembleCritic, IQLPolicy, MlpActor, MlpPolicy, MultiInputPolicy, ValueNetwork
+from sb3_iql.iql.policies import BaseActor, CnnPolicy, EnsembleCritic, IQLPolicy, MlpPolicy, MultiInputPolicy, ValueNetwork
 from sb3_iql.iql.update import METRIC_NAMES, POLICY_EXTRACTIONS, Batch, PolicyExtraction, UpdateSettings
 from sb3_iql.presets import check_preset_keys, preset_arguments, with_overrides
 
@@ -162,7 +162,7 @@ class IQL(OfflineAlgorithm):
     metric_names: ClassVar[tuple[str, ...]] = METRIC_NAMES
     dataset_action_clip: ClassVar[float] = ACTION_CLIP_EPS
     policy: IQLPolicy
-    actor: MlpActor
+    actor: BaseActor
     critic: EnsembleCritic
     critic_target: EnsembleCritic
     value_net: ValueNetwork

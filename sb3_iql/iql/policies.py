@@ -194,7 +194,7 @@ class NormalizedFeatures:
         return features.detach() if self.features_detached else features
 
 
-class MlpActor(NormalizedFeatures, BasePolicy):
+class BaseActor(NormalizedFeatures, BasePolicy):
     """
     What both actors share: the hidden layers ``latent_pi`` on the extracted features, the constructor parameters
     they save, and ``_predict``. Subclasses add their output layer and distribution.
@@ -256,7 +256,7 @@ class MlpActor(NormalizedFeatures, BasePolicy):
         return self(observation, deterministic)
 
 
-class Actor(MlpActor):
+class Actor(BaseActor):
     """
     Gaussian policy: mean ``tanh(MLP(s))`` and a state-independent log standard deviation; the distribution
     itself is not tanh-squashed, samples are clipped to [-1, 1] when acting.
@@ -359,7 +359,7 @@ class Actor(MlpActor):
         return distribution.sample().clamp(-1.0, 1.0)
 
 
-class CategoricalActor(MlpActor):
+class CategoricalActor(BaseActor):
     """
     Categorical policy for ``Discrete`` action spaces: ``softmax(MLP(s))`` over the ``n`` actions.
     Deterministic actions are the most likely action (argmax), stochastic ones are sampled.
@@ -562,7 +562,7 @@ class IQLPolicy(BasePolicy):
     :param ortho_init_gain: gain of the orthogonal initialisation of every layer (sqrt(2))
     """
 
-    actor: MlpActor
+    actor: BaseActor
     critic: EnsembleCritic
     critic_target: EnsembleCritic
     value_net: ValueNetwork
