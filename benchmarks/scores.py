@@ -88,7 +88,7 @@ from sb3_iql.data.minari_loader import DatasetNotFoundError, check_dataset_id, l
 from sb3_iql.datasets import ensure_dataset
 from sb3_iql.datasets.generated import is_generated_id
 from sb3_iql.datasets.medium_expert import parse_medium_expert_dataset_id
-from sb3_iql.evaluation import SUCCESS_KEYS, evaluate, normalized_score
+from sb3_iql.evaluation import SUCCESS_KEYS, dataset_reference_scores, evaluate, normalized_score
 from sb3_iql.iql import IQL
 from sb3_iql.iql.multi_seed import learn_offline_together
 from sb3_iql.iql.policies import IQLPolicy
@@ -338,13 +338,21 @@ def get_dataset(dataset_id: str, n_steps: int) -> minari.MinariDataset | None:
     """
     :param n_steps: transitions of a generated dataset (pixel ones: the first ``n_steps`` of their state dataset)
     :return: the dataset (PointMaze ids of this package are generated if missing), or None if not local.
+    :raises SystemExit: a local dataset that cannot give scores (another size than ``n_steps``, no reference scores),
+        before anything trains on it
     """
-    if is_generated(dataset_id):
-        return ensure_dataset(dataset_id, n_steps=n_steps)
     try:
-        return load_dataset(dataset_id)
+        dataset = ensure_dataset(dataset_id, n_steps=n_steps) if is_generated(dataset_id) else load_dataset(dataset_id)
     except DatasetNotFoundError:
         return None
+    except ValueError as error:  # a stored dataset of another size (--dataset-steps)
+        raise SystemExit(f"scores.py: error: {error}") from None
+    if dataset_reference_scores(dataset) is None:
+        raise SystemExit(
+            f"scores.py: error: dataset {dataset_id!r} has no reference scores (ref_min_score, ref_max_score): the "
+            "report's scores are normalized"
+        )
+    return dataset
 
 
 def set_aside_earlier_presets(runs: dict[str, dict], configs: list[RunConfig], dataset: minari.MinariDataset) -> bool:
@@ -769,7 +777,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--updates", type=_positive, default=30_000, help="offline updates per run (the budget)")
     parser.add_argument("--eval-every", type=_positive, default=5_000, help="updates between evaluations")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=_non_negative, nargs="+", default=[0, 1, 2])
     parser.add_argument("--eval-episodes", type=_positive, default=20, help="episodes per evaluation")
     parser.add_argument("--net-arch", type=_positive, nargs="+", default=[256, 256], help="hidden widths of every network")
     parser.add_argument("--batch-size", type=_positive, default=256)
@@ -829,6 +837,14 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    """An argparse type: an integer of at least 0 (a seed)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def _device(text: str) -> str:
     """An argparse type: a torch device name."""
     try:
@@ -872,7 +888,10 @@ def main() -> None:
         write_report(args.out, args.datasets, args.torch_threads, trains_the_preset)
         return
     start = time.perf_counter()
-    datasets: dict[str, minari.MinariDataset | None] = {}
+    # each one checked before any training (a dataset that cannot give scores stopped the run after others trained)
+    datasets: dict[str, minari.MinariDataset | None] = {
+        dataset_id: get_dataset(dataset_id, args.dataset_steps) for dataset_id in args.datasets
+    }
     # Seed by seed, so that every dataset has results early; with --together, all seeds of a method at once.
     seed_groups = [list(args.seeds)] if args.together else [[seed] for seed in args.seeds]
     for seeds in seed_groups:

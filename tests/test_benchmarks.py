@@ -16,6 +16,8 @@ import pytest
 import torch as th
 from maze_data import MAZE_ID, MAZE_STEPS, tiny_maze_root
 
+from sb3_iql.datasets import make_pointmaze_dataset
+
 BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
 TIMEOUT_S = 180
 
@@ -585,6 +587,20 @@ def test_pixel_critics_finds_a_model_identical_to_itself_and_counts_cells_to_the
     assert max(hops.values()) >= 4  # the U: the far arm is several moves away
 
 
+def test_a_score_run_refuses_a_dataset_without_scores_before_training(minari_root, tmp_path):
+    from toy_data import LineEnv, good_policy, rollout_episodes, write_dataset
+
+    make_pointmaze_dataset("umaze", "sparse", stitch=True, n_steps=MAZE_STEPS, n_reference_episodes=2)
+    env = LineEnv()  # unregistered: Minari keeps no reference scores
+    write_dataset("test/line/unscored-v0", rollout_episodes(env, [good_policy], n_episodes=2), env=env)
+    out = tmp_path / "results"
+    error = run_benchmark("scores.py", "--datasets", MAZE_ID, "test/line/unscored-v0", "--updates", "4", "--eval-every",
+                          "2", "--seeds", "0", "--eval-episodes", "1", "--net-arch", "8", "--out", str(out),
+                          minari_root=minari_root, succeeds=False)  # fmt: skip
+    assert "'test/line/unscored-v0' has no reference scores" in error
+    assert not (out / "scores_runs.json").exists(), "the first dataset trained, then evaluation crashed"
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [
@@ -594,6 +610,7 @@ def test_pixel_critics_finds_a_model_identical_to_itself_and_counts_cells_to_the
         (["--device", "gpu0"], "argument --device: Invalid device string"),
         (["--datasets", "not an id"], "Malformed dataset id 'not an id'"),
         (["--report-only", "--out", "no/such/folder"], r"--report-only: no runs in no/such/folder"),
+        (["--seeds", "0", "-1"], "argument --seeds: must be at least 0, got -1"),  # SB3's seeding failed, after loading
     ],
 )
 def test_score_run_arguments_that_cannot_run_are_argparse_errors(monkeypatch, capsys, arguments, message):
