@@ -17,6 +17,7 @@ the ones stored in ``evaluations.npz`` by ``NormalizedEvalCallback``, else the d
 import argparse
 import csv
 import math
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,12 +146,18 @@ def load_run(
     run = RunLogs(find_run_folder(logdir))
     stored_scores = None
     if (run.folder / EVALUATIONS_FILE).is_file():
-        with np.load(run.folder / EVALUATIONS_FILE) as evaluations:
-            if len(evaluations["timesteps"]) > 0:  # none yet: the losses alone, if any
-                run.timesteps = np.asarray(evaluations["timesteps"], dtype=np.int64)
-                run.returns = np.asarray(evaluations["results"], dtype=np.float64).reshape(len(run.timesteps), -1)
-            if "ref_min_score" in evaluations and "ref_max_score" in evaluations:
-                stored_scores = (float(evaluations["ref_min_score"]), float(evaluations["ref_max_score"]))
+        try:
+            with np.load(run.folder / EVALUATIONS_FILE) as evaluations:
+                if len(evaluations["timesteps"]) > 0:  # none yet: the losses alone, if any
+                    run.timesteps = np.asarray(evaluations["timesteps"], dtype=np.int64)
+                    run.returns = np.asarray(evaluations["results"], dtype=np.float64).reshape(len(run.timesteps), -1)
+                if "ref_min_score" in evaluations and "ref_max_score" in evaluations:
+                    stored_scores = (float(evaluations["ref_min_score"]), float(evaluations["ref_max_score"]))
+        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as error:  # rewritten at each evaluation
+            raise ValueError(
+                f"{run.folder / EVALUATIONS_FILE} cannot be read ({type(error).__name__}: {error}): a run writing it "
+                "at this moment (plot again), or one killed while writing it"
+            ) from error
     if (run.folder / PROGRESS_FILE).is_file():
         run.progress = read_progress(run.folder / PROGRESS_FILE)
         if run.returns is None and "eval/mean_reward" in run.progress:  # evaluations logged, not saved

@@ -80,6 +80,14 @@ def test_reference_scores_come_from_the_dataset_or_the_zoo_config(runs):
         load_run(runs["plain"], ref_min_score=1.0)
 
 
+def test_an_evaluations_file_caught_mid_write_is_named_in_one_line(tmp_path):
+    for name, content in [("empty", b""), ("cut", b"PK\x03\x04 half a zip")]:  # np.savez rewrites it in place
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "evaluations.npz").write_bytes(content)
+        with pytest.raises(ValueError, match=r"evaluations.npz cannot be read .*: a run writing it at this moment"):
+            load_run(tmp_path / name)  # EOFError, BadZipFile: tracebacks of the command line before
+
+
 def test_plot_run_writes_one_panel_per_curve(runs, tmp_path):
     output = plot_run(runs["scored"], tmp_path / "curves.png")
     assert output.read_bytes()[:8] == PNG_SIGNATURE
