@@ -127,6 +127,24 @@ def test_an_episode_end_without_a_flag_is_found_where_the_next_transition_starts
     assert np.array_equal(goal_episode, episode), "goals came from the following episode before"
 
 
+def test_an_online_episode_open_when_offline_data_is_added_takes_no_goal_from_it():
+    buffer = HerReplayBuffer(100, GOAL_SPACE, ACTION_SPACE, env=CountingGoalEnv(), device="cpu", n_sampled_goal=10_000)
+    buffer.generator = th.Generator().manual_seed(0)
+
+    def online_step(t: int, done: bool) -> None:  # online states -10 - t, far from the offline ones (>= 0)
+        obs, next_obs = ({key: np.array([[-10.0 - step]], np.float32) for key in GOAL_SPACE.spaces} for step in (t, t + 1))
+        buffer.add(obs, next_obs, np.zeros((1, 1), np.float32), np.zeros(1), np.array([done]), [{}])
+
+    for t in range(3):
+        online_step(t, done=False)
+    buffer.extend(**counting_episodes())  # the online episode is still open (a learn() call ended in it)
+    for t in range(3, 6):
+        online_step(t, done=t == 5)
+    samples = buffer.sample(4000)
+    online = samples.observations["observation"][:, 0] < -5
+    assert online.any() and (samples.observations["desired_goal"][online, 0] < -5).all(), "offline goals before"
+
+
 def test_relabelled_rewards_come_from_compute_reward_and_go_through_the_reward_transform():
     buffer = counting_buffer("future", n_sampled_goal=1)  # half the batch relabelled
     buffer.reward_transform = AffineRewardTransform(scale=2.0, shift=-1.0)
@@ -370,6 +388,9 @@ def test_bad_arguments_get_clear_errors(maze_root):
         IQL("MultiInputPolicy", offline_dataset=MAZE_ID, replay_buffer_class=stable_baselines3.HerReplayBuffer)
     with pytest.raises(ValueError, match=r"Unknown replay_buffer_class 'HindsightBuffer'.*'HerReplayBuffer'"):
         IQL("MultiInputPolicy", offline_dataset=MAZE_ID, replay_buffer_class="HindsightBuffer")
+    for buffer_class in ("HerReplayBuffer", HerReplayBuffer):  # relabelled samples kept the evaluation goal's terminals
+        with pytest.raises(ValueError, match=r'relabel_eval_goal="terminal" .*dict\(terminal_on_goal=True\)'):
+            IQL("MultiInputPolicy", offline_dataset=MAZE_ID, relabel_eval_goal="terminal", replay_buffer_class=buffer_class)
 
 
 def test_a_buffer_named_as_preset_files_name_it_is_the_package_s(maze_root):

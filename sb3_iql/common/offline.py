@@ -191,6 +191,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 "transitions with relabel_for_evaluation_goal(transitions, env, mode) from sb3_iql.data.goals before "
                 "add_transitions, without relabel_eval_goal"
             )
+        replay_buffer_class = _buffer_class(replay_buffer_class, relabel_eval_goal)
         self.image_shift = image_shift
         self.reward_transform = reward_transform
         self.relabel_eval_goal = relabel_eval_goal
@@ -277,9 +278,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             train_freq,
             gradient_steps,
             action_noise=action_noise,
-            replay_buffer_class=(
-                replay_buffer_class_named(replay_buffer_class) if isinstance(replay_buffer_class, str) else replay_buffer_class
-            ),
+            replay_buffer_class=replay_buffer_class,  # a name resolved above
             replay_buffer_kwargs=replay_buffer_kwargs,
             optimize_memory_usage=False,
             policy_kwargs=policy_kwargs,
@@ -1023,6 +1022,24 @@ def _first_items(values: Sequence[int], n_items: int = 10) -> str:
     """:return: ``values`` as a list, its first ``n_items`` only (then ``...``)"""
     shown = ", ".join(str(value) for value in values[:n_items])
     return f"[{shown}{', ...' if len(values) > n_items else ''}]"
+
+
+def _buffer_class(replay_buffer_class: type[ReplayBuffer] | str | None, relabel_eval_goal: Any) -> type[ReplayBuffer] | None:
+    """
+    :return: the replay buffer class (a name of ``REPLAY_BUFFER_CLASSES`` resolved)
+    :raises ValueError: an unknown name; ``relabel_eval_goal="terminal"`` with a ``HerReplayBuffer``: its terminals
+        belong to the evaluation goal, and hindsight goals would keep them (terminal for a goal it does not reach)
+    """
+    if isinstance(replay_buffer_class, str):
+        replay_buffer_class = replay_buffer_class_named(replay_buffer_class)
+    hindsight = isinstance(replay_buffer_class, type) and issubclass(replay_buffer_class, HerReplayBuffer)
+    if relabel_eval_goal == "terminal" and hindsight:
+        raise ValueError(
+            'relabel_eval_goal="terminal" makes the transitions at the evaluation goal terminal; hindsight goals '
+            "(HerReplayBuffer) would keep those flags for goals the transitions do not reach. For terminals at each "
+            "sample's own goal, use relabel_eval_goal=True (or False) with replay_buffer_kwargs=dict(terminal_on_goal=True)"
+        )
+    return replay_buffer_class
 
 
 def _refuse_vec_normalize(vec_normalize: VecNormalize | None, offline_data: bool) -> None:

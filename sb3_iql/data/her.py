@@ -190,11 +190,15 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
         or a timeout form an episode (as ``load_transitions`` gives them); a last episode without either is
         treated as finished at the end of the data. A transition whose next observation is not the next one's
         observation ends its episode too (with a warning where it carries neither flag): goals are never taken
-        across that break.
+        across that break. Online episodes still open end their relabelling part here (their steps after these
+        rows form another): an episode's records need its steps evenly spaced in the ring.
         """
         start, n_transitions = self._n_written, len(rewards)
         if self.pos * self.n_envs != start % (self.buffer_size * self.n_envs):
             raise RuntimeError("HerReplayBuffer.extend needs whole rows: do not mix it with add() of n_envs > 1")
+        for env_index, episode in enumerate(self._open_episodes):  # their goals came from these rows before
+            if episode:
+                self._close_episode(env_index)
         super().extend(observations, next_observations, actions, rewards, dones, timeouts)
         ends = np.asarray(dones, dtype=bool) | np.asarray(timeouts, dtype=bool)
         breaks = _discontinuities(observations, next_observations) & ~ends
@@ -235,7 +239,8 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
     def _close_episode(self, env_index: int) -> np.ndarray:
         """Record environment ``env_index``'s open episode as finished (relabelable). :return: its absolute indices"""
         episode = np.array(self._open_episodes[env_index])
-        self._record_episodes(episode, np.full(len(episode), episode[0]), self.n_envs, np.full(len(episode), len(episode)))
+        stored = episode[-self.buffer_size :]  # an episode longer than the ring: its last lap (one write per slot)
+        self._record_episodes(stored, np.full(len(stored), episode[0]), self.n_envs, np.full(len(stored), len(episode)))
         self._open_episodes[env_index] = []
         return episode
 
