@@ -88,7 +88,7 @@ from sb3_iql.data.minari_loader import DatasetNotFoundError, check_dataset_id, l
 from sb3_iql.datasets import ensure_dataset
 from sb3_iql.datasets.generated import is_generated_id
 from sb3_iql.datasets.medium_expert import parse_medium_expert_dataset_id
-from sb3_iql.evaluation import SUCCESS_KEYS, dataset_reference_scores, evaluate, normalized_score
+from sb3_iql.evaluation import SUCCESS_KEYS, evaluate, normalized_score
 from sb3_iql.iql import IQL
 from sb3_iql.iql.multi_seed import learn_offline_together
 from sb3_iql.iql.policies import IQLPolicy
@@ -177,6 +177,8 @@ def parse_method(method: str) -> tuple[str, list[str]]:
             f"Unknown method {method!r}: use one of {BASE_METHODS}, or iql-ref+FACTOR[+FACTOR...] (bc+FACTOR too) "
             f"with factors {list(FACTORS)}; d3rlpy's methods take the data factors {DATA_FACTORS}"
         )
+    if "evalgoalterm" in factors and "her" in factors:  # IQL refuses it: terminals of the goal with hindsight goals
+        raise ValueError(f"Method {method!r}: evalgoalterm cannot go with her (use evalgoal with her)")
     return base, factors
 
 
@@ -347,11 +349,10 @@ def get_dataset(dataset_id: str, n_steps: int) -> minari.MinariDataset | None:
         return None
     except ValueError as error:  # a stored dataset of another size (--dataset-steps)
         raise SystemExit(f"scores.py: error: {error}") from None
-    if dataset_reference_scores(dataset) is None:
-        raise SystemExit(
-            f"scores.py: error: dataset {dataset_id!r} has no reference scores (ref_min_score, ref_max_score): the "
-            "report's scores are normalized"
-        )
+    try:  # what each evaluation computes: no reference scores, or ref_max_score not above ref_min_score
+        normalized_score(dataset, 0.0)
+    except ValueError as error:
+        raise SystemExit(f"scores.py: error: {error} (the report's scores are normalized)") from None
     return dataset
 
 

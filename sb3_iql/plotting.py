@@ -156,7 +156,7 @@ def load_run(
         except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as error:  # rewritten at each evaluation
             raise ValueError(
                 f"{run.folder / EVALUATIONS_FILE} cannot be read ({type(error).__name__}: {error}): a run writing it "
-                "at this moment (plot again), or one killed while writing it"
+                "at this moment (plot again), one killed while writing it, or not an EvalCallback's file"
             ) from error
     if (run.folder / PROGRESS_FILE).is_file():
         run.progress = read_progress(run.folder / PROGRESS_FILE)

@@ -43,6 +43,8 @@ ZOO_ONLY_KEYS = frozenset(
         "frame_stack",
         "callback",
         "monitor_kwargs",
+        "noise_type",  # rl-zoo makes action_noise of these two
+        "noise_std",
     }
 )
 _PATTERN_CHARACTERS = frozenset("*?[")

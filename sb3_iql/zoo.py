@@ -43,6 +43,7 @@ import shlex
 import socket
 import sys
 import tempfile
+import traceback
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -63,6 +64,7 @@ from sb3_iql.data.minari_loader import DatasetNotFoundError, load_dataset, recov
 from sb3_iql.iql import IQL
 from sb3_iql.iql.iql import HYPERPARAMETER_RULES
 from sb3_iql.presets import (
+    FINETUNE_SUFFIX,
     PresetNotFoundError,
     check_argument_keys,
     check_preset_keys,
@@ -227,9 +229,12 @@ def default_hyperparams(dataset_id: str, finetune: bool = False, presets_path: s
             protocol = {key: value for key, value in DEFAULT_FINETUNE_HYPERPARAMS.items() if key != "policy"}
             return {**offline, **protocol}
     if presets_path is not None:  # a file of the user's own: one of its entries was meant to apply
+        kind, suffix = ("fine-tuning entry", f" ending in {FINETUNE_SUFFIX!r}") if finetune else ("entry", "")
+        keys = known_presets(finetune, presets_path)
         raise PresetNotFoundError(
-            f"No entry of {presets_path} applies to dataset {dataset_id!r}: key one by the id or by a pattern that "
-            f"matches it ('*' for every dataset). Its keys: {', '.join(known_presets(finetune, presets_path))}."
+            f"No {kind} of {presets_path} applies to dataset {dataset_id!r}: key one by the id or by a pattern that "
+            f"matches it ('*' for every dataset){suffix}. "
+            + (f"Its keys: {', '.join(keys)}." if keys else f"It has no {kind}.")
         )
     closest = difflib.get_close_matches(dataset_id, _same_environment(dataset_id, finetune, presets_path), n=1, cutoff=0.0)
     warnings.warn(
@@ -357,25 +362,34 @@ class IQLExperimentManager(ExperimentManager):
     def learn(self, model: BaseAlgorithm) -> None:
         """
         rl-zoo's ``learn``; a model resumed with ``-i`` first runs what is left of its ``offline_steps`` (the rest of
-        an interrupted run, or of a larger ``offline_steps`` given with ``-params``), then the online steps if any, in
-        one ``learn()`` call whose ``num_timesteps`` goes on from the checkpoint's (rl-zoo's own starts again from 0).
+        an interrupted run, or of a larger ``offline_steps`` given with ``-params``; the configuration's own, which
+        rl-zoo loads the model with, does not reopen a finished offline phase), then the online steps if any, in one
+        ``learn()`` call whose ``num_timesteps`` goes on from the checkpoint's (rl-zoo's own starts again from 0).
+        An offline-only run's ``--log-interval`` counts updates between logs (not saved with the model).
 
         :raises SystemExit: a resumed model with nothing left to train (its offline phase done and ``-n 0``)
         """
         model.set_logger(self.make_logger(model))
-        if isinstance(model, OfflineAlgorithm) and self.n_timesteps == 0 and self.log_interval > 0:
-            model.offline_log_interval = self.log_interval  # an offline run's --log-interval counts updates
+        trained = model
         if isinstance(model, OfflineAlgorithm) and model._n_offline_updates > 0:  # resumed with -i
-            if model.offline_updates_left == 0 and self.n_timesteps == 0:
+            if "offline_steps" in (self.custom_hyperparams or {}) and model.offline_updates_left > 0:
+                model._offline_phase_unfinished = True  # -params offline_steps:N: on from the updates done
+            if model._offline_phase_unfinished and model.offline_updates_left > 0:
+                model = _CountingOn(model)  # type: ignore[assignment]
+            elif self.n_timesteps == 0:
                 raise SystemExit(
-                    f"sb3_iql.zoo: error: the model loaded with -i has trained its offline_steps={model.offline_steps:,} "
-                    "updates and -n is 0: nothing to train. Raise offline_steps (-params offline_steps:N) or give -n "
-                    "for online steps."
+                    f"sb3_iql.zoo: error: the model loaded with -i has finished its offline phase "
+                    f"({model._n_offline_updates:,} updates) and -n is 0: nothing to train. Give more offline updates "
+                    "with -params offline_steps:N, or online steps with -n."
                 )
-            # a larger offline_steps (-params) goes on from the updates done, as the rest of an interrupted run
-            model._offline_phase_unfinished = model.offline_updates_left > 0
-            model = _CountingOn(model)  # type: ignore[assignment]
-        super().learn(model)
+        offline_only = isinstance(trained, OfflineAlgorithm) and self.n_timesteps == 0 and self.log_interval > 0
+        if offline_only:
+            trained.offline_log_interval = self.log_interval  # type: ignore[union-attr]
+        try:
+            super().learn(model)
+        finally:
+            if offline_only:  # the class's again: the saved model does not keep the command line's
+                del trained.offline_log_interval
 
     def _save_config(self, saved_hyperparams: dict[str, Any]) -> None:
         """rl-zoo's ``config.yml`` and ``args.yml``; a run of ``--dataset`` records it there, not the temporary
@@ -393,7 +407,9 @@ class IQLExperimentManager(ExperimentManager):
         """rl-zoo's; a configuration the model refuses (``-params normalize:True`` with offline data...) is one line."""
         try:
             return super().setup_experiment()
-        except ValueError as error:  # the constructors' own messages (the hyperparameters' ranges, the spaces...)
+        except ValueError as error:  # this package's messages (the hyperparameters' ranges, the spaces...)
+            if not _raised_by_this_package(error):  # rl-zoo's, an env's...: with their traceback
+                raise
             raise SystemExit(f"sb3_iql.zoo: error: {error}") from None
 
     def _load_pretrained_agent(self, hyperparams: dict[str, Any], env: Any) -> BaseAlgorithm:
@@ -546,6 +562,13 @@ class _CountingOn:
         return getattr(self._model, name)
 
 
+def _raised_by_this_package(error: BaseException) -> bool:
+    """:return: whether ``error`` was raised in this package's code (its innermost frame)"""
+    frames = traceback.extract_tb(error.__traceback__)
+    package = os.path.dirname(os.path.abspath(__file__))
+    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(package + os.sep)
+
+
 def _check_trial_arguments(arguments: dict[str, Any]) -> None:
     """
     :param arguments: IQL arguments of a trial (``_as_trained``); those not given take IQL's defaults
@@ -689,8 +712,7 @@ def train(argv: Sequence[str] | None = None) -> None:
             try:  # a preset file missing, a typo in it, or none of its entries for the dataset: one line
                 hyperparams = zoo_hyperparams(args.dataset, args.env, args.finetune, args.presets)
             except (OSError, ValueError, PresetNotFoundError) as error:
-                message = error.args[0] if isinstance(error, KeyError) else error  # a KeyError's str() quotes it
-                raise SystemExit(f"sb3_iql.zoo: error: {message}") from None
+                raise SystemExit(f"sb3_iql.zoo: error: {error}") from None
             env_id = next(iter(hyperparams))
             conf_file = os.path.join(folder, "iql.yml")
             with open(conf_file, "w") as file_handler:
@@ -701,7 +723,7 @@ def train(argv: Sequence[str] | None = None) -> None:
             raise SystemExit("sb3_iql.zoo: error: --conf-file needs --env ENV_ID, the key of its entry")
         if args.algo not in (None, ALGO_NAME):
             raise SystemExit(f"sb3_iql.zoo: error: it trains IQL (--algo {ALGO_NAME}); use rl_zoo3 for --algo {args.algo}")
-        if env_id is not None and env_id not in gym.registry:
+        if env_id is not None and env_id not in gym.registry and not args.help:
             raise SystemExit(
                 f"sb3_iql.zoo: error: environment {env_id!r} is not registered: name the package that registers it "
                 "with --gym-packages PACKAGE"

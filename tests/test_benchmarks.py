@@ -611,6 +611,7 @@ def test_a_score_run_refuses_a_dataset_without_scores_before_training(minari_roo
         (["--datasets", "not an id"], "Malformed dataset id 'not an id'"),
         (["--report-only", "--out", "no/such/folder"], r"--report-only: no runs in no/such/folder"),
         (["--seeds", "0", "-1"], "argument --seeds: must be at least 0, got -1"),  # SB3's seeding failed, after loading
+        (["--methods", "iql-ref+evalgoalterm+her"], "evalgoalterm cannot go with her"),  # IQL refuses it, mid-run
     ],
 )
 def test_score_run_arguments_that_cannot_run_are_argparse_errors(monkeypatch, capsys, arguments, message):

@@ -145,6 +145,18 @@ def test_an_online_episode_open_when_offline_data_is_added_takes_no_goal_from_it
     assert online.any() and (samples.observations["desired_goal"][online, 0] < -5).all(), "offline goals before"
 
 
+def test_one_transition_extends_and_a_refused_extend_leaves_the_open_episodes_open():
+    buffer = HerReplayBuffer(8, GOAL_SPACE, ACTION_SPACE, env=CountingGoalEnv(), device="cpu")
+    one = {name: ({key: array[:1] for key, array in value.items()} if isinstance(value, dict) else value[:1])
+           for name, value in counting_episodes().items()}  # fmt: skip
+    buffer.extend(**one)  # a reshape error of the episode-break check before
+    obs = {key: np.array([[-10.0]], np.float32) for key in GOAL_SPACE.spaces}
+    buffer.add(obs, obs, np.zeros((1, 1), np.float32), np.zeros(1), np.array([False]), [{}])
+    with pytest.raises(ValueError, match="room"):
+        buffer.extend(**counting_episodes())  # 22 transitions, 6 free rows
+    assert len(buffer._open_episodes[0]) == 1 and int(buffer._episode_length[1]) == 0, "closed by a refused extend"
+
+
 def test_relabelled_rewards_come_from_compute_reward_and_go_through_the_reward_transform():
     buffer = counting_buffer("future", n_sampled_goal=1)  # half the batch relabelled
     buffer.reward_transform = AffineRewardTransform(scale=2.0, shift=-1.0)

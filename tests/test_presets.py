@@ -15,6 +15,7 @@ from sb3_iql.presets import (
     DEFAULT_PRESETS_PATH,
     ZOO_ONLY_KEYS,
     PresetNotFoundError,
+    check_argument_keys,
     iql_kwargs,
     known_presets,
     load_presets,
@@ -374,6 +375,7 @@ def test_unknown_keys_in_a_preset_file_or_an_override_are_named_with_the_closest
         IQL.from_preset(MAZE_ID, bta=3.0)
     with pytest.raises(ValueError, match=r"'n_timesteps' is an rl-zoo key, not a model argument"):
         IQL.from_preset(MAZE_ID, n_timesteps=10)
+    check_argument_keys(IQL, ["beta", "n_envs", "noise_type", "noise_std"], "-params")  # rl-zoo's own keys pass
     path.write_text(f"{MAZE_ID}:\nother/id-v0: {{beta: 1.0}}\n")
     with pytest.raises(ValueError, match=rf"entry '{MAZE_ID}' is None, not a mapping"):  # the file, not which entry
         preset_for(MAZE_ID, path=str(path))

@@ -343,12 +343,15 @@ def test_an_interrupted_offline_run_resumes_from_its_checkpoint_to_the_same_para
     resumed = IQL.load(run_folder(tmp_path / "resumed") / f"{MAZE_ENV_ID}.zip")
     assert (resumed._n_offline_updates, resumed.num_timesteps) == (8, 8)
     finished = whole / f"{MAZE_ENV_ID}.zip"  # nothing left: an error, where it saved an untrained run, exit 0
-    with pytest.raises(SystemExit, match=r"has trained its offline_steps=8 updates and -n is 0: nothing to train"):
-        zoo.main([*common, "-f", str(tmp_path / "again"), "-i", str(finished)])
+    for again in (common, [item for item in common if item != "offline_steps:8"]):  # the preset's 1M: not reopened
+        with pytest.raises(SystemExit, match=r"has finished its offline phase \(8 updates\) and -n is 0: nothing to"):
+            zoo.main([*again, "-f", str(tmp_path / "again"), "-i", str(finished)])
     zoo.main([*common[:-2], "offline_steps:10", "dropout:None", "-f", str(tmp_path / "more"), "--log-interval", "1",
               "-i", str(finished)])  # fmt: skip
     more = run_folder(tmp_path / "more")
-    assert IQL.load(more / f"{MAZE_ENV_ID}.zip")._n_offline_updates == 10, "a larger offline_steps trained none before"
+    extended = IQL.load(more / f"{MAZE_ENV_ID}.zip")
+    assert extended._n_offline_updates == 10, "a larger offline_steps trained none before"
+    assert extended.offline_log_interval == 1000, "the command line's --log-interval is not saved with the model"
     updates = read_progress(more / "progress.csv")["train/n_updates"]
     assert updates[np.isfinite(updates)].tolist() == [9, 10], "--log-interval counts updates offline (1000 before)"
     for (name, ours), theirs in zip(resumed.policy.state_dict().items(), expected.policy.state_dict().values()):

@@ -149,7 +149,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     #: Dataset actions (scaled to [-1, 1]) are clipped to +-(1 - this) when loaded.
     dataset_action_clip: ClassVar[float] = 0.0
     #: Updates between two logger dumps in ``learn()``'s offline phase (its ``log_interval`` counts episodes online);
-    #: set on a model, it is saved with it (rl-zoo's ``--log-interval`` sets it for offline-only runs).
+    #: ``python -m sb3_iql.zoo`` sets it from ``--log-interval`` while an offline-only run trains.
     offline_log_interval: int = 1000
 
     def __init__(

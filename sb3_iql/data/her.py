@@ -39,6 +39,8 @@ def _discontinuities(observations: dict[str, Any], next_observations: dict[str, 
     observation in any key (the last transition: False)"""
     n_transitions = len(next(iter(observations.values())))
     breaks = np.zeros(n_transitions, dtype=bool)
+    if n_transitions < 2:
+        return breaks
     for key, values in observations.items():
         following, reached = np.asarray(values)[1:], np.asarray(next_observations[key])[:-1]
         breaks[:-1] |= (following != reached).reshape(n_transitions - 1, -1).any(axis=1)
@@ -196,10 +198,10 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
         start, n_transitions = self._n_written, len(rewards)
         if self.pos * self.n_envs != start % (self.buffer_size * self.n_envs):
             raise RuntimeError("HerReplayBuffer.extend needs whole rows: do not mix it with add() of n_envs > 1")
+        super().extend(observations, next_observations, actions, rewards, dones, timeouts)
         for env_index, episode in enumerate(self._open_episodes):  # their goals came from these rows before
             if episode:
                 self._close_episode(env_index)
-        super().extend(observations, next_observations, actions, rewards, dones, timeouts)
         ends = np.asarray(dones, dtype=bool) | np.asarray(timeouts, dtype=bool)
         breaks = _discontinuities(observations, next_observations) & ~ends
         if breaks.any():
