@@ -82,6 +82,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.preprocessing import is_image_space
 
+from sb3_iql.common.arguments import non_negative_int, positive_int
 from sb3_iql.data.goals import relabel_for_evaluation_goal
 from sb3_iql.data.her import HerReplayBuffer
 from sb3_iql.data.minari_loader import DatasetNotFoundError, check_dataset_id, load_dataset, load_transitions
@@ -776,12 +777,12 @@ def parse_args() -> argparse.Namespace:
         ],
         help="Minari dataset ids (PointMaze ids of this package are generated when missing)",
     )
-    parser.add_argument("--updates", type=_positive, default=30_000, help="offline updates per run (the budget)")
-    parser.add_argument("--eval-every", type=_positive, default=5_000, help="updates between evaluations")
-    parser.add_argument("--seeds", type=_non_negative, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--eval-episodes", type=_positive, default=20, help="episodes per evaluation")
-    parser.add_argument("--net-arch", type=_positive, nargs="+", default=[256, 256], help="hidden widths of every network")
-    parser.add_argument("--batch-size", type=_positive, default=256)
+    parser.add_argument("--updates", type=positive_int, default=30_000, help="offline updates per run (the budget)")
+    parser.add_argument("--eval-every", type=positive_int, default=5_000, help="updates between evaluations")
+    parser.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--eval-episodes", type=positive_int, default=20, help="episodes per evaluation")
+    parser.add_argument("--net-arch", type=positive_int, nargs="+", default=[256, 256], help="hidden widths of every network")
+    parser.add_argument("--batch-size", type=positive_int, default=256)
     parser.add_argument(
         "--methods",
         nargs="+",
@@ -790,13 +791,13 @@ def parse_args() -> argparse.Namespace:
         help=f"methods: {', '.join(BASE_METHODS)}, or iql-ref+FACTOR[+FACTOR...] with factors {', '.join(FACTORS)}",
     )
     parser.add_argument("--no-report", action="store_true", help="train only; write the report later with --report-only")
-    parser.add_argument("--dataset-steps", type=_positive, default=1_000_000, help="size of generated PointMaze datasets")
+    parser.add_argument("--dataset-steps", type=positive_int, default=1_000_000, help="size of generated PointMaze datasets")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder of the cache and the report")
     parser.add_argument(
         "--checkpoint-dir", type=Path, default=Path("/tmp/sb3iql_scores/checkpoints"), help="checkpoints of unfinished runs"
     )
     parser.add_argument("--save-models", type=Path, default=None, help="folder to save each final model in (default: none)")
-    parser.add_argument("--torch-threads", type=_positive, default=1)
+    parser.add_argument("--torch-threads", type=positive_int, default=1)
     parser.add_argument(
         "--device", default="cpu", type=_device, help="where to train: cpu or cuda (runs are keyed without it)"
     )
@@ -828,22 +829,6 @@ def parse_args() -> argparse.Namespace:
     if args.report_only and not (args.out / RUNS_FILE).exists():
         parser.error(f"--report-only: no runs in {args.out / RUNS_FILE} (is --out right?)")
     return args
-
-
-def _positive(text: str) -> int:
-    """An argparse type: an integer of at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    """An argparse type: an integer of at least 0 (a seed)."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
 
 
 def _device(text: str) -> str:

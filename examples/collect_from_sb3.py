@@ -18,7 +18,9 @@ import torch as th
 from stable_baselines3 import SAC
 
 from sb3_iql import IQL, evaluate
+from sb3_iql.common.arguments import positive_int
 from sb3_iql.datasets import collect
+from sb3_iql.datasets.storage import check_writable
 
 ENV_ID = "Pendulum-v1"
 
@@ -26,17 +28,22 @@ ENV_ID = "Pendulum-v1"
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset-id", default="local/pendulum/sac-noisy-v0")
-    parser.add_argument("--train-steps", type=int, default=20_000, help="SAC environment steps")
-    parser.add_argument("--n-steps", type=int, default=100_000, help="transitions to collect")
+    parser.add_argument("--train-steps", type=positive_int, default=20_000, help="SAC environment steps")
+    parser.add_argument("--n-steps", type=positive_int, default=100_000, help="transitions to collect")
     parser.add_argument("--noise", type=float, default=0.3, help="Gaussian action noise std, in half action ranges")
-    parser.add_argument("--updates", type=int, default=100_000, help="IQL offline gradient steps")
-    parser.add_argument("--reference-episodes", type=int, default=20, help="episodes per reference score")
-    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--updates", type=positive_int, default=100_000, help="IQL offline gradient steps")
+    parser.add_argument("--reference-episodes", type=positive_int, default=20, help="episodes per reference score")
+    parser.add_argument("--eval-episodes", type=positive_int, default=10)
     parser.add_argument("--save-agent", help="also save the SAC agent here (.zip)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
+    parser.add_argument("--overwrite", action="store_true", help="replace a local dataset of the same id")
     args = parser.parse_args(argv)
     th.set_num_threads(args.threads)
+    try:  # before SAC trains
+        check_writable(args.dataset_id, args.overwrite)
+    except (ValueError, FileExistsError) as error:
+        parser.error(str(error))
 
     agent = SAC("MlpPolicy", ENV_ID, learning_starts=min(1000, args.train_steps // 2), seed=args.seed)
     agent.learn(args.train_steps)
@@ -52,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed=args.seed,
         expert_policy=agent,
         n_reference_episodes=args.reference_episodes,
-        overwrite=True,
+        overwrite=args.overwrite,
     )
     print(f"{args.dataset_id}: {dataset.total_episodes} episodes, {dataset.total_steps} steps")
 

@@ -20,16 +20,17 @@ from stable_baselines3.common.logger import configure
 
 from sb3_iql import IQL, evaluate
 from sb3_iql.callbacks import NormalizedEvalCallback
+from sb3_iql.common.arguments import positive_int
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="D4RL/antmaze/large-diverse-v1")
-    parser.add_argument("--updates", type=int, default=1_000_000, help="offline gradient steps")
+    parser.add_argument("--updates", type=positive_int, default=1_000_000, help="offline gradient steps")
     parser.add_argument("--finetune", action="store_true", help="then fine-tune online (constant actor lr)")
-    parser.add_argument("--online-steps", type=int, default=1_000_000, help="environment steps when fine-tuning")
-    parser.add_argument("--eval-freq", type=int, default=50_000)
-    parser.add_argument("--eval-episodes", type=int, default=100, help="100 in the paper for AntMaze")
+    parser.add_argument("--online-steps", type=positive_int, default=1_000_000, help="environment steps when fine-tuning")
+    parser.add_argument("--eval-freq", type=positive_int, default=50_000)
+    parser.add_argument("--eval-episodes", type=positive_int, default=100, help="100 in the paper for AntMaze")
     parser.add_argument("--log-dir", default="runs/d4rl_antmaze")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")

@@ -16,29 +16,33 @@ import torch as th
 
 from sb3_iql import IQL, evaluate
 from sb3_iql.callbacks import NormalizedEvalCallback
+from sb3_iql.common.arguments import positive_int
 from sb3_iql.datasets import ensure_dataset
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="sb3_iql/pointmaze/umaze-stitch-v0", help="sb3_iql/pointmaze/... dataset id")
-    parser.add_argument("--dataset-steps", type=int, help="steps of the dataset when it is generated (default 1M)")
-    parser.add_argument("--updates", type=int, default=200_000, help="offline gradient steps")
-    parser.add_argument("--online-steps", type=int, default=100_000, help="environment steps (one update each)")
+    parser.add_argument("--dataset-steps", type=positive_int, help="steps of the dataset when it is generated (default 1M)")
+    parser.add_argument("--updates", type=positive_int, default=200_000, help="offline gradient steps")
+    parser.add_argument("--online-steps", type=positive_int, default=100_000, help="environment steps (one update each)")
     parser.add_argument(
         "--eval-freq",
         type=int,
         default=20_000,
         help="callback steps between two evaluations: updates offline, environment steps online",
     )
-    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--eval-episodes", type=positive_int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
     th.set_num_threads(args.threads)
 
-    dataset = ensure_dataset(args.dataset, n_steps=args.dataset_steps)
+    try:  # a malformed id, or a stored dataset of another size
+        dataset = ensure_dataset(args.dataset, n_steps=args.dataset_steps)
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
     # The environment defaults to the dataset's evaluation environment: the fixed goal of the benchmark.
     model = IQL.from_preset(args.dataset, finetune=True, offline_steps=args.updates, seed=args.seed, device=args.device)
     evaluation = NormalizedEvalCallback(

@@ -20,6 +20,7 @@ from minari.data_collector import EpisodeBuffer
 from stable_baselines3.common.monitor import Monitor
 
 from sb3_iql import IQL, evaluate
+from sb3_iql.common.arguments import positive_int
 
 ENV_ID = "Pendulum-v1"
 #: PD gains of the behaviour controller (torque towards the upright position).
@@ -78,11 +79,11 @@ def arrays_to_episodes(arrays: dict[str, np.ndarray]) -> list[EpisodeBuffer]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset-id", default="local/pendulum/pd-controller-v0")
-    parser.add_argument("--n-steps", type=int, default=50_000, help="transitions in the arrays")
-    parser.add_argument("--updates", type=int, default=50_000, help="offline gradient steps")
-    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--n-steps", type=positive_int, default=50_000, help="transitions in the arrays")
+    parser.add_argument("--updates", type=positive_int, default=50_000, help="offline gradient steps")
+    parser.add_argument("--eval-episodes", type=positive_int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     parser.add_argument("--overwrite", action="store_true", help="replace a local dataset of the same id")
     args = parser.parse_args(argv)
     th.set_num_threads(args.threads)

@@ -15,6 +15,7 @@ import time
 import torch as th
 
 from sb3_iql import IQL, evaluate
+from sb3_iql.common.arguments import positive_int
 from sb3_iql.datasets import ensure_dataset
 from sb3_iql.datasets.collect import DEFAULT_N_REFERENCE_EPISODES
 
@@ -43,16 +44,19 @@ def train_and_evaluate(dataset, beta: float, args: argparse.Namespace) -> tuple[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--updates", type=int, default=20_000, help="offline gradient steps per method")
-    parser.add_argument("--n-steps", type=int, default=100_000, help="dataset size (environment steps)")
-    parser.add_argument("--eval-episodes", type=int, default=20)
+    parser.add_argument("--updates", type=positive_int, default=20_000, help="offline gradient steps per method")
+    parser.add_argument("--n-steps", type=positive_int, default=100_000, help="dataset size (environment steps)")
+    parser.add_argument("--eval-episodes", type=positive_int, default=20)
     parser.add_argument("--net-arch", type=int, nargs="+", default=[64, 64], help="hidden widths of every network")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     th.set_num_threads(1)
 
     # as the docs make it: the same size and reference scores (a dataset of an older version's demo is refused)
-    dataset = ensure_dataset(DATASET_ID, n_steps=args.n_steps, n_reference_episodes=DEFAULT_N_REFERENCE_EPISODES)
+    try:  # a malformed id, or a stored dataset of another size
+        dataset = ensure_dataset(DATASET_ID, n_steps=args.n_steps, n_reference_episodes=DEFAULT_N_REFERENCE_EPISODES)
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
     print(f"Dataset {DATASET_ID}: {dataset.total_episodes} episodes, {dataset.total_steps} steps")
     rows = []
     for name, beta in (("IQL (beta=10)", 10.0), ("BC (beta=0)", 0.0)):

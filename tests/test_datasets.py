@@ -603,6 +603,27 @@ def test_cli(minari_root: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit) as exit_info:
         main(["pointmaze", "--maze", "huge"])
     assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    for options, message in [  # argparse errors before anything is written (a 0-pixel dataset was written, broken)
+        (["--pixels", "0"], "--pixels: must be at least 36 pixels"),
+        (["--pixel-steps", "-5"], "--pixel-steps: must be at least 1, got -5"),  # advice to delete the dataset before
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*arguments[:4], *options])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not list(minari_root.rglob("*pixels0*"))
+    with pytest.raises(SystemExit) as exit_info:  # a large maze stored under umaze's id, found by ensure_dataset
+        main(["pointmaze", "--maze", "large", "--n-steps", "500", "--dataset-id", "sb3_iql/pointmaze/umaze-v0"])
+    assert exit_info.value.code == 1 and "the id of another of this package's datasets" in capsys.readouterr().err
+    main(["pointmaze", "--maze", "umaze", "--stitch", "--pixels", "36", "--pixel-steps", "20", "--overwrite"])
+    output = capsys.readouterr().out  # the pixel dataset made again; the state one (500 steps) kept, not 1M
+    assert "umaze-stitch-v0: stored, kept" in output and "umaze-stitch-pixels36-v0: 20 steps" in output
+
+
+def test_a_relative_datasets_path_is_written_to(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", "minari")  # Minari joined the staging folder to it twice
+    main(["pointmaze", "--maze", "umaze", "--n-steps", "300", "--n-reference-episodes", "1"])
+    assert (tmp_path / "minari" / "sb3_iql" / "pointmaze" / "umaze-v0" / "data" / "metadata.json").is_file()
 
 
 def test_cli_errors_are_one_line(minari_root: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture) -> None:

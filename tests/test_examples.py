@@ -89,6 +89,11 @@ def test_collect_from_sb3(tmp_path):
     )
     assert "local/pendulum/sac-noisy-v0: 2 episodes, 250 steps" in output and "normalized score" in output
     assert (tmp_path / "sac.zip").is_file()
+    env = {**os.environ, "MINARI_DATASETS_PATH": str(tmp_path / "minari"), "OMP_NUM_THREADS": "1"}
+    again = subprocess.run(  # replaced the dataset without a word before, after training SAC again
+        [sys.executable, str(EXAMPLES / "collect_from_sb3.py"), "--train-steps", "40"], env=env, capture_output=True, text=True
+    )
+    assert again.returncode == 2 and "local/pendulum/sac-noisy-v0 already exists" in again.stderr
 
 
 def test_d4rl_antmaze_on_a_local_stand_in(tmp_path):

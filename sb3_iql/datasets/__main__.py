@@ -29,10 +29,11 @@ import minari
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
+from sb3_iql.common.arguments import positive_int
 from sb3_iql.datasets import medium_expert
 from sb3_iql.datasets.collect import DEFAULT_N_REFERENCE_EPISODES, NormalizedPredictor, RandomPolicy, as_env, collect
-from sb3_iql.datasets.generated import stored_dataset
-from sb3_iql.datasets.pixels import DEFAULT_PIXEL_STEPS, make_pixel_pointmaze_dataset, pixel_dataset_id
+from sb3_iql.datasets.generated import is_generated_id, stored_dataset
+from sb3_iql.datasets.pixels import DEFAULT_PIXEL_STEPS, MIN_SIZE, make_pixel_pointmaze_dataset, pixel_dataset_id
 from sb3_iql.datasets.pointmaze import (
     DEFAULT_N_STEPS,
     MAZES,
@@ -85,12 +86,20 @@ def _pointmaze(args: argparse.Namespace) -> None:
     combinations = list(itertools.product(args.maze, args.reward))
     if args.dataset_id is not None and len(combinations) > 1:
         raise SystemExit("--dataset-id needs a single --maze and a single --reward")
+    # with --pixels, --overwrite remakes the pixel dataset, and the state one only where --n-steps asks for it
+    overwrite_states = args.overwrite and (args.pixels is None or args.n_steps is not None)
     for maze, reward in combinations:
-        dataset_id = args.dataset_id or pointmaze_dataset_id(maze, reward, args.stitch, args.recipe)
+        standard_id = pointmaze_dataset_id(maze, reward, args.stitch, args.recipe)
+        dataset_id = args.dataset_id or standard_id
+        if is_generated_id(dataset_id) and dataset_id != standard_id:  # ensure_dataset would take it for its own
+            raise ValueError(
+                f"--dataset-id {dataset_id} is the id of another of this package's datasets; these options make "
+                f"{standard_id} (or give an id outside the sb3_iql namespace)"
+            )
         dataset = _kept_or_made(
             dataset_id,
             args.n_steps,
-            args.overwrite,
+            overwrite_states,
             functools.partial(
                 make_pointmaze_dataset,
                 maze,
@@ -101,7 +110,7 @@ def _pointmaze(args: argparse.Namespace) -> None:
                 seed=args.seed,
                 n_reference_episodes=args.n_reference_episodes,
                 dataset_id=dataset_id,
-                overwrite=args.overwrite,
+                overwrite=overwrite_states,
             ),
         )
         if args.pixels is not None:
@@ -208,6 +217,14 @@ def _list(args: argparse.Namespace) -> None:
         print(f"{dataset_id}  {metadata['total_steps']} steps  {metadata['total_episodes']} episodes{scores}")
 
 
+def _pixel_size(text: str) -> int:
+    """An argparse type: a frame side the image policies take."""
+    value = int(text)
+    if value < MIN_SIZE:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_SIZE} pixels (NatureCNN's input), got {value}")
+    return value
+
+
 def make_parser() -> argparse.ArgumentParser:
     """:return: The argument parser of ``python -m sb3_iql.datasets``."""
     parser = argparse.ArgumentParser(
@@ -225,19 +242,20 @@ def make_parser() -> argparse.ArgumentParser:
     maze.add_argument("--recipe", choices=RECIPES, help="Minari's PointMaze (cut) or AntMaze-v1 recipe, or play data")
     maze.add_argument(
         "--n-steps",
-        type=int,
+        type=positive_int,
         help=f"transitions (default {DEFAULT_N_STEPS:,}; when left out, a stored dataset of any size is kept)",
     )
     maze.add_argument("--dataset-id", help="write to this id instead of the standard one")
     maze.add_argument(
         "--pixels",
-        type=int,
+        type=_pixel_size,
         metavar="SIZE",
-        help="also re-render the dataset as SIZE x SIZE frames (e.g. umaze-stitch-v0 -> umaze-stitch-pixels<SIZE>-v0)",
+        help="also re-render the dataset as SIZE x SIZE frames (e.g. umaze-stitch-v0 -> umaze-stitch-pixels<SIZE>-v0; "
+        "--overwrite then remakes the pixel dataset, and the state one only with --n-steps)",
     )
     maze.add_argument(
         "--pixel-steps",
-        type=int,
+        type=positive_int,
         help=f"transitions of the pixel dataset, at most the state dataset's (default {DEFAULT_PIXEL_STEPS:,} or all of a "
         "smaller one; when left out, a stored one is kept)",
     )
@@ -249,8 +267,8 @@ def make_parser() -> argparse.ArgumentParser:
     rollout.add_argument("--algo", default="sac", help="class of --model / --expert-model: sac, td3, tqc, iql...")
     rollout.add_argument("--model", help="saved model (.zip); uniform random actions when omitted")
     size = rollout.add_mutually_exclusive_group(required=True)
-    size.add_argument("--n-steps", type=int)
-    size.add_argument("--n-episodes", type=int)
+    size.add_argument("--n-steps", type=positive_int)
+    size.add_argument("--n-episodes", type=positive_int)
     rollout.add_argument("--stochastic", action="store_true", help="sample actions from the model's policy")
     rollout.add_argument("--noise", type=float, default=0.0, help="Gaussian action noise std, in half action ranges")
     rollout.add_argument("--epsilon", type=float, default=0.0, help="probability of a uniformly random action")
@@ -271,7 +289,7 @@ def make_parser() -> argparse.ArgumentParser:
         "medium-expert", help="half PPO medium, half PPO expert (Discrete actions too): sb3_iql/<env>/medium-expert-v0"
     )
     mixed.add_argument("--env", choices=list(medium_expert.RECIPES), default="Acrobot-v1")
-    mixed.add_argument("--n-steps", type=int, default=100_000)
+    mixed.add_argument("--n-steps", type=positive_int, default=100_000)
     mixed.add_argument(
         "--epsilon", type=float, default=medium_expert.DEFAULT_EPSILON, help="probability of a uniformly random action"
     )
@@ -280,7 +298,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     for subparser in (maze, rollout, mixed):
         subparser.add_argument("--seed", type=int, default=0)
-        subparser.add_argument("--n-reference-episodes", type=int, default=DEFAULT_N_REFERENCE_EPISODES)
+        subparser.add_argument("--n-reference-episodes", type=positive_int, default=DEFAULT_N_REFERENCE_EPISODES)
         subparser.add_argument("--overwrite", action="store_true", help="replace an existing dataset with the same id")
 
     listing = subparsers.add_parser("list", help="list the local Minari datasets")
@@ -295,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, FileExistsError, gym.error.Error) as error:  # gym's: an unknown --env, for one
+    except (ValueError, OSError, gym.error.Error) as error:  # gym's: an unknown --env; OSError: a path not writable
         parser.exit(1, f"error: {error}\n")
 
 

@@ -6,6 +6,9 @@ from sb3_iql.datasets.collect import DEFAULT_N_REFERENCE_EPISODES
 from sb3_iql.datasets.medium_expert import make_medium_expert_dataset, parse_medium_expert_dataset_id
 from sb3_iql.datasets.pixels import make_pixel_pointmaze_dataset, parse_pixel_dataset_id
 from sb3_iql.datasets.pointmaze import (
+    DATASET_NAMESPACE as POINTMAZE_NAMESPACE,
+)
+from sb3_iql.datasets.pointmaze import (
     DEFAULT_N_STEPS,
     check_generated_correctly,
     make_pointmaze_dataset,
@@ -29,7 +32,7 @@ def stored_dataset(
     if not dataset_exists(dataset_id):
         return None
     dataset = minari.load_dataset(dataset_id)
-    delete = "delete it (minari.delete_dataset, or --overwrite on the command line)"
+    delete = f"delete it (minari.delete_dataset({dataset_id!r}), or python -m sb3_iql.datasets ... --overwrite)"
     if n_steps is not None and dataset.total_steps != n_steps:
         raise ValueError(
             f"Local dataset {dataset_id} has {dataset.total_steps} steps, not {n_steps}: {delete} or ask for its size."
@@ -112,6 +115,8 @@ def _generated(
     try:
         maze, reward, stitch, recipe = parse_pointmaze_dataset_id(dataset_id)
     except ValueError:
+        if dataset_id.startswith(f"{POINTMAZE_NAMESPACE}/"):  # meant as one of ours: say why it is not
+            raise
         return minari.load_dataset(dataset_id, download=download)
     return make_pointmaze_dataset(
         maze,

@@ -37,6 +37,8 @@ from sb3_iql.datasets.storage import check_writable, write_dataset
 
 #: Frame side of the default pixel datasets (NatureCNN needs at least 36).
 DEFAULT_SIZE = 48
+#: The smallest frame side the image policies take (NatureCNN's three convolutions).
+MIN_SIZE = 36
 #: Transitions of a pixel dataset by default (the first episodes of its state dataset): 100k observations of
 #: 48x48x6 take 1.4 GB, stored losslessly.
 DEFAULT_PIXEL_STEPS = 100_000
@@ -164,7 +166,7 @@ def make_pixel_pointmaze_dataset(
     Re-render a local PointMaze dataset of this package in pixels (module docstring).
 
     :param source: the state dataset (``sb3_iql.datasets.ensure_dataset(id)``)
-    :param size: frame height and width in pixels (at least 36 for NatureCNN)
+    :param size: frame height and width in pixels, at least ``MIN_SIZE`` (NatureCNN)
     :param n_steps: transitions: the source's first episodes, the last one cut (truncated) where they reach it
         (None: ``DEFAULT_PIXEL_STEPS``, or all of a smaller source)
     :param dataset_id: id to write (default: ``pixel_dataset_id(source id, size)``)
@@ -174,6 +176,8 @@ def make_pixel_pointmaze_dataset(
     :return: the pixel dataset
     """
     source_id = source.spec.dataset_id
+    if not isinstance(size, int) or size < MIN_SIZE:  # before anything is written
+        raise ValueError(f"size must be an integer of at least {MIN_SIZE} pixels (NatureCNN's input), got {size!r}")
     if n_steps is None:
         n_steps = min(DEFAULT_PIXEL_STEPS, source.total_steps)
     elif n_steps > source.total_steps:  # it would write fewer, and a later call asking for n_steps would refuse them

@@ -122,7 +122,8 @@ def write_dataset(
     # Written in a staging root beside the datasets root, then moved into place: a crash mid-write (even a killed
     # process) leaves no half-written dataset under the id, only a staging folder outside Minari's root.
     remove_crashed_staging(get_dataset_path().parent)
-    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(os.getpid()), dir=get_dataset_path().parent))
+    # absolute: Minari joins a relative MINARI_DATASETS_PATH (the staging root, here) to the working folder again
+    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(os.getpid()), dir=get_dataset_path().parent)).resolve()
     try:
         with _datasets_root(staging), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_OPTIONAL_METADATA_WARNING)
