@@ -611,6 +611,9 @@ def test_cli(minari_root: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> N
             main([*arguments[:4], *options])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not list(minari_root.rglob("*pixels0*"))
+    with pytest.raises(SystemExit) as exit_info:  # ignored without a word before
+        main([*arguments[:4], "--pixel-steps", "20"])
+    assert exit_info.value.code == 1 and "--pixel-steps sizes the pixel dataset of --pixels SIZE" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:  # a large maze stored under umaze's id, found by ensure_dataset
         main(["pointmaze", "--maze", "large", "--n-steps", "500", "--dataset-id", "sb3_iql/pointmaze/umaze-v0"])
     assert exit_info.value.code == 1 and "the id of another of this package's datasets" in capsys.readouterr().err

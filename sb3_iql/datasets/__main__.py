@@ -86,6 +86,8 @@ def _pointmaze(args: argparse.Namespace) -> None:
     combinations = list(itertools.product(args.maze, args.reward))
     if args.dataset_id is not None and len(combinations) > 1:
         raise SystemExit("--dataset-id needs a single --maze and a single --reward")
+    if args.pixel_steps is not None and args.pixels is None:
+        raise ValueError("--pixel-steps sizes the pixel dataset of --pixels SIZE, which is not given")
     # with --pixels, --overwrite remakes the pixel dataset, and the state one only where --n-steps asks for it
     overwrite_states = args.overwrite and (args.pixels is None or args.n_steps is not None)
     for maze, reward in combinations:
