@@ -89,7 +89,7 @@ from sb3_iql.data.minari_loader import DatasetNotFoundError, check_dataset_id, l
 from sb3_iql.datasets import ensure_dataset
 from sb3_iql.datasets.generated import is_generated_id
 from sb3_iql.datasets.medium_expert import parse_medium_expert_dataset_id
-from sb3_iql.evaluation import SUCCESS_KEYS, evaluate, normalized_score
+from sb3_iql.evaluation import SUCCESS_KEYS, checked_reference_scores, dataset_reference_scores, evaluate, normalized_score
 from sb3_iql.iql import IQL
 from sb3_iql.iql.multi_seed import learn_offline_together
 from sb3_iql.iql.policies import IQLPolicy
@@ -350,10 +350,13 @@ def get_dataset(dataset_id: str, n_steps: int) -> minari.MinariDataset | None:
         return None
     except ValueError as error:  # a stored dataset of another size (--dataset-steps)
         raise SystemExit(f"scores.py: error: {error}") from None
-    try:  # what each evaluation computes: no reference scores, or ref_max_score not above ref_min_score
-        normalized_score(dataset, 0.0)
+    reference_scores = dataset_reference_scores(dataset)
+    try:  # what each evaluation computes: ref_max_score above ref_min_score
+        if reference_scores is None:
+            raise ValueError("it has no reference scores (ref_min_score, ref_max_score)")
+        checked_reference_scores(reference_scores)
     except ValueError as error:
-        raise SystemExit(f"scores.py: error: {error} (the report's scores are normalized)") from None
+        raise SystemExit(f"scores.py: error: dataset {dataset_id!r}: {error}; the report's scores are normalized") from None
     return dataset
 
 

@@ -18,7 +18,7 @@ import torch as th
 from stable_baselines3 import SAC
 
 from sb3_iql import IQL, evaluate
-from sb3_iql.common.arguments import positive_int
+from sb3_iql.common.arguments import non_negative_int, positive_int
 from sb3_iql.datasets import collect
 from sb3_iql.datasets.storage import check_writable
 
@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--reference-episodes", type=positive_int, default=20, help="episodes per reference score")
     parser.add_argument("--eval-episodes", type=positive_int, default=10)
     parser.add_argument("--save-agent", help="also save the SAC agent here (.zip)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     parser.add_argument("--overwrite", action="store_true", help="replace a local dataset of the same id")
     args = parser.parse_args(argv)

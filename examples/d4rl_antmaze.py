@@ -20,7 +20,7 @@ from stable_baselines3.common.logger import configure
 
 from sb3_iql import IQL, evaluate
 from sb3_iql.callbacks import NormalizedEvalCallback
-from sb3_iql.common.arguments import positive_int
+from sb3_iql.common.arguments import non_negative_int, positive_int
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--eval-freq", type=positive_int, default=50_000)
     parser.add_argument("--eval-episodes", type=positive_int, default=100, help="100 in the paper for AntMaze")
     parser.add_argument("--log-dir", default="runs/d4rl_antmaze")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
 

@@ -16,7 +16,7 @@ import torch as th
 
 from sb3_iql import IQL, evaluate
 from sb3_iql.callbacks import NormalizedEvalCallback
-from sb3_iql.common.arguments import positive_int
+from sb3_iql.common.arguments import non_negative_int, positive_int
 from sb3_iql.datasets import ensure_dataset
 
 
@@ -28,12 +28,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--online-steps", type=positive_int, default=100_000, help="environment steps (one update each)")
     parser.add_argument(
         "--eval-freq",
-        type=int,
+        type=positive_int,
         default=20_000,
         help="callback steps between two evaluations: updates offline, environment steps online",
     )
     parser.add_argument("--eval-episodes", type=positive_int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)

@@ -20,7 +20,7 @@ from minari.data_collector import EpisodeBuffer
 from stable_baselines3.common.monitor import Monitor
 
 from sb3_iql import IQL, evaluate
-from sb3_iql.common.arguments import positive_int
+from sb3_iql.common.arguments import non_negative_int, positive_int
 
 ENV_ID = "Pendulum-v1"
 #: PD gains of the behaviour controller (torque towards the upright position).
@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n-steps", type=positive_int, default=50_000, help="transitions in the arrays")
     parser.add_argument("--updates", type=positive_int, default=50_000, help="offline gradient steps")
     parser.add_argument("--eval-episodes", type=positive_int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     parser.add_argument("--overwrite", action="store_true", help="replace a local dataset of the same id")
     args = parser.parse_args(argv)

@@ -19,7 +19,7 @@ from stable_baselines3.common.logger import configure
 
 from sb3_iql import IQL, evaluate
 from sb3_iql.callbacks import NormalizedEvalCallback
-from sb3_iql.common.arguments import positive_int
+from sb3_iql.common.arguments import non_negative_int, positive_int
 from sb3_iql.datasets import ensure_dataset
 
 
@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--eval-freq", type=positive_int, default=20_000, help="updates between two evaluations")
     parser.add_argument("--eval-episodes", type=positive_int, default=10)
     parser.add_argument("--log-dir", default="runs/offline_pointmaze", help="progress.csv, evaluations.npz, models")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)

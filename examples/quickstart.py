@@ -15,7 +15,7 @@ import time
 import torch as th
 
 from sb3_iql import IQL, evaluate
-from sb3_iql.common.arguments import positive_int
+from sb3_iql.common.arguments import non_negative_int, positive_int
 from sb3_iql.datasets import ensure_dataset
 from sb3_iql.datasets.collect import DEFAULT_N_REFERENCE_EPISODES
 
@@ -47,8 +47,8 @@ def main() -> None:
     parser.add_argument("--updates", type=positive_int, default=20_000, help="offline gradient steps per method")
     parser.add_argument("--n-steps", type=positive_int, default=100_000, help="dataset size (environment steps)")
     parser.add_argument("--eval-episodes", type=positive_int, default=20)
-    parser.add_argument("--net-arch", type=int, nargs="+", default=[64, 64], help="hidden widths of every network")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--net-arch", type=positive_int, nargs="+", default=[64, 64], help="hidden widths of every network")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     args = parser.parse_args()
     th.set_num_threads(1)
 

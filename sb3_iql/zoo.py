@@ -230,7 +230,7 @@ def default_hyperparams(dataset_id: str, finetune: bool = False, presets_path: s
             return {**offline, **protocol}
     if presets_path is not None:  # a file of the user's own: one of its entries was meant to apply
         kind, suffix = ("fine-tuning entry", f" ending in {FINETUNE_SUFFIX!r}") if finetune else ("entry", "")
-        keys = known_presets(finetune, presets_path)
+        keys = [key + (FINETUNE_SUFFIX if finetune else "") for key in known_presets(finetune, presets_path)]
         raise PresetNotFoundError(
             f"No {kind} of {presets_path} applies to dataset {dataset_id!r}: key one by the id or by a pattern that "
             f"matches it ('*' for every dataset){suffix}. "
@@ -370,26 +370,20 @@ class IQLExperimentManager(ExperimentManager):
         :raises SystemExit: a resumed model with nothing left to train (its offline phase done and ``-n 0``)
         """
         model.set_logger(self.make_logger(model))
-        trained = model
+        if isinstance(model, OfflineAlgorithm) and self.n_timesteps == 0 and self.log_interval > 0:
+            model.offline_log_interval = self.log_interval  # not saved with the model
         if isinstance(model, OfflineAlgorithm) and model._n_offline_updates > 0:  # resumed with -i
             if "offline_steps" in (self.custom_hyperparams or {}) and model.offline_updates_left > 0:
                 model._offline_phase_unfinished = True  # -params offline_steps:N: on from the updates done
-            if model._offline_phase_unfinished and model.offline_updates_left > 0:
-                model = _CountingOn(model)  # type: ignore[assignment]
-            elif self.n_timesteps == 0:
+            offline_left = model._offline_phase_unfinished and model.offline_updates_left > 0
+            if not offline_left and self.n_timesteps == 0:
                 raise SystemExit(
                     f"sb3_iql.zoo: error: the model loaded with -i has finished its offline phase "
                     f"({model._n_offline_updates:,} updates) and -n is 0: nothing to train. Give more offline updates "
                     "with -params offline_steps:N, or online steps with -n."
                 )
-        offline_only = isinstance(trained, OfflineAlgorithm) and self.n_timesteps == 0 and self.log_interval > 0
-        if offline_only:
-            trained.offline_log_interval = self.log_interval  # type: ignore[union-attr]
-        try:
-            super().learn(model)
-        finally:
-            if offline_only:  # the class's again: the saved model does not keep the command line's
-                del trained.offline_log_interval
+            model = _CountingOn(model)  # type: ignore[assignment]
+        super().learn(model)
 
     def _save_config(self, saved_hyperparams: dict[str, Any]) -> None:
         """rl-zoo's ``config.yml`` and ``args.yml``; a run of ``--dataset`` records it there, not the temporary

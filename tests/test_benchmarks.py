@@ -597,7 +597,7 @@ def test_a_score_run_refuses_a_dataset_without_scores_before_training(minari_roo
     error = run_benchmark("scores.py", "--datasets", MAZE_ID, "test/line/unscored-v0", "--updates", "4", "--eval-every",
                           "2", "--seeds", "0", "--eval-episodes", "1", "--net-arch", "8", "--out", str(out),
                           minari_root=minari_root, succeeds=False)  # fmt: skip
-    assert "'test/line/unscored-v0' has no reference scores" in error
+    assert "dataset 'test/line/unscored-v0': it has no reference scores" in error
     assert not (out / "scores_runs.json").exists(), "the first dataset trained, then evaluation crashed"
 
 

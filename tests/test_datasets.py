@@ -604,7 +604,7 @@ def test_cli(minari_root: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> N
         main(["pointmaze", "--maze", "huge"])
     assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
     for options, message in [  # argparse errors before anything is written (a 0-pixel dataset was written, broken)
-        (["--pixels", "0"], "--pixels: must be at least 36 pixels"),
+        (["--pixels", "0"], "--pixels: must be at least 36, got 0"),
         (["--pixel-steps", "-5"], "--pixel-steps: must be at least 1, got -5"),  # advice to delete the dataset before
     ]:
         with pytest.raises(SystemExit) as exit_info:
@@ -613,13 +613,19 @@ def test_cli(minari_root: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> N
     assert not list(minari_root.rglob("*pixels0*"))
     with pytest.raises(SystemExit) as exit_info:  # ignored without a word before
         main([*arguments[:4], "--pixel-steps", "20"])
-    assert exit_info.value.code == 1 and "--pixel-steps sizes the pixel dataset of --pixels SIZE" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--pixel-steps sizes the pixel dataset of --pixels SIZE" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:  # a large maze stored under umaze's id, found by ensure_dataset
         main(["pointmaze", "--maze", "large", "--n-steps", "500", "--dataset-id", "sb3_iql/pointmaze/umaze-v0"])
-    assert exit_info.value.code == 1 and "the id of another of this package's datasets" in capsys.readouterr().err
+    assert exit_info.value.code == 1 and "is in this package's PointMaze namespace" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # Pendulum rollouts that ensure_dataset would return as the maze
+        main(["collect", "--env", PENDULUM_ID, "--dataset-id", "sb3_iql/pointmaze/umaze-stitch-v0", "--n-steps", "5"])
+    assert exit_info.value.code == 1 and "is an id that ensure_dataset generates" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="at least 36 pixels"):  # the Python API too, before anything is written
+        make_pixel_pointmaze_dataset(minari.load_dataset("sb3_iql/pointmaze/umaze-stitch-v0"), 20)
     main(["pointmaze", "--maze", "umaze", "--stitch", "--pixels", "36", "--pixel-steps", "20", "--overwrite"])
     output = capsys.readouterr().out  # the pixel dataset made again; the state one (500 steps) kept, not 1M
     assert "umaze-stitch-v0: stored, kept" in output and "umaze-stitch-pixels36-v0: 20 steps" in output
+    assert "--overwrite with --n-steps makes it again" in output
 
 
 def test_a_relative_datasets_path_is_written_to(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -175,6 +175,17 @@ def test_given_eval_env_kwargs_go_over_the_dataset_s_stored_ones(maze_root, tmp_
     assert evaluated == [{**stored, "continuing_task": False}], "the dataset's maze and goal were dropped"
 
 
+def test_only_this_package_s_value_errors_lose_their_traceback():
+    try:
+        IQL("MlpPolicy", gym.make("Pendulum-v1"), expectile=2.0)
+    except ValueError as error:
+        assert zoo._raised_by_this_package(error)
+    try:
+        int("not a number")  # an env's or rl-zoo's own: its traceback is kept
+    except ValueError as error:
+        assert not zoo._raised_by_this_package(error)
+
+
 def test_user_mistakes_are_one_line_errors(maze_root, tmp_path):
     presets = tmp_path / "presets.yml"
     presets.write_text("default:\n  offline_steps: 100\n")
@@ -367,5 +378,10 @@ def test_an_interrupted_offline_run_resumes_from_its_checkpoint_to_the_same_para
     zoo.main([*finetune, "-f", str(tmp_path / "resumed_ft"), "-i", str(checkpoint)])
     resumed = run_folder(tmp_path / "resumed_ft")
     assert IQL.load(resumed / f"{MAZE_ENV_ID}.zip").num_timesteps == 14
+    # a model past its offline phase (an online checkpoint, or a finished run) counts on too, with -n more steps
+    zoo.main(
+        [*finetune, "-f", str(tmp_path / "online_ft"), "-i", str(run_folder(tmp_path / "whole_ft") / f"{MAZE_ENV_ID}.zip")]
+    )
+    assert IQL.load(run_folder(tmp_path / "online_ft") / f"{MAZE_ENV_ID}.zip").num_timesteps == 20
     # every 3 calls from the checkpoint's step 4 (SB3 counts calls); rl-zoo's own learn() started from 0 again
     assert np.load(resumed / "evaluations.npz")["timesteps"].tolist() == [7, 10, 13]

@@ -149,7 +149,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     #: Dataset actions (scaled to [-1, 1]) are clipped to +-(1 - this) when loaded.
     dataset_action_clip: ClassVar[float] = 0.0
     #: Updates between two logger dumps in ``learn()``'s offline phase (its ``log_interval`` counts episodes online);
-    #: ``python -m sb3_iql.zoo`` sets it from ``--log-interval`` while an offline-only run trains.
+    #: not saved; ``python -m sb3_iql.zoo`` sets it from ``--log-interval`` for an offline-only run.
     offline_log_interval: int = 1000
 
     def __init__(

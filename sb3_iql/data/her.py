@@ -196,6 +196,8 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
         rows form another): an episode's records need its steps evenly spaced in the ring.
         """
         start, n_transitions = self._n_written, len(rewards)
+        if n_transitions == 0:
+            return
         if self.pos * self.n_envs != start % (self.buffer_size * self.n_envs):
             raise RuntimeError("HerReplayBuffer.extend needs whole rows: do not mix it with add() of n_envs > 1")
         super().extend(observations, next_observations, actions, rewards, dones, timeouts)

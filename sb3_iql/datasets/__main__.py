@@ -29,10 +29,10 @@ import minari
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from sb3_iql.common.arguments import positive_int
+from sb3_iql.common.arguments import int_at_least, non_negative_int, positive_int
 from sb3_iql.datasets import medium_expert
 from sb3_iql.datasets.collect import DEFAULT_N_REFERENCE_EPISODES, NormalizedPredictor, RandomPolicy, as_env, collect
-from sb3_iql.datasets.generated import is_generated_id, stored_dataset
+from sb3_iql.datasets.generated import stored_dataset
 from sb3_iql.datasets.pixels import DEFAULT_PIXEL_STEPS, MIN_SIZE, make_pixel_pointmaze_dataset, pixel_dataset_id
 from sb3_iql.datasets.pointmaze import (
     DEFAULT_N_STEPS,
@@ -84,20 +84,10 @@ def _report(dataset: minari.MinariDataset, seconds: float) -> None:
 
 def _pointmaze(args: argparse.Namespace) -> None:
     combinations = list(itertools.product(args.maze, args.reward))
-    if args.dataset_id is not None and len(combinations) > 1:
-        raise SystemExit("--dataset-id needs a single --maze and a single --reward")
-    if args.pixel_steps is not None and args.pixels is None:
-        raise ValueError("--pixel-steps sizes the pixel dataset of --pixels SIZE, which is not given")
     # with --pixels, --overwrite remakes the pixel dataset, and the state one only where --n-steps asks for it
     overwrite_states = args.overwrite and (args.pixels is None or args.n_steps is not None)
     for maze, reward in combinations:
-        standard_id = pointmaze_dataset_id(maze, reward, args.stitch, args.recipe)
-        dataset_id = args.dataset_id or standard_id
-        if is_generated_id(dataset_id) and dataset_id != standard_id:  # ensure_dataset would take it for its own
-            raise ValueError(
-                f"--dataset-id {dataset_id} is the id of another of this package's datasets; these options make "
-                f"{standard_id} (or give an id outside the sb3_iql namespace)"
-            )
+        dataset_id = args.dataset_id or pointmaze_dataset_id(maze, reward, args.stitch, args.recipe)
         dataset = _kept_or_made(
             dataset_id,
             args.n_steps,
@@ -114,6 +104,7 @@ def _pointmaze(args: argparse.Namespace) -> None:
                 dataset_id=dataset_id,
                 overwrite=overwrite_states,
             ),
+            remade_by="--overwrite" if args.pixels is None else "--overwrite with --n-steps",
         )
         if args.pixels is not None:
             pixel_id = pixel_dataset_id(dataset_id, args.pixels, check=False)
@@ -134,15 +125,19 @@ def _pointmaze(args: argparse.Namespace) -> None:
 
 
 def _kept_or_made(
-    dataset_id: str, n_steps: int | None, overwrite: bool, make: Callable[[], minari.MinariDataset]
+    dataset_id: str,
+    n_steps: int | None,
+    overwrite: bool,
+    make: Callable[[], minari.MinariDataset],
+    remade_by: str = "--overwrite",
 ) -> minari.MinariDataset:
     """:return: the stored dataset ``dataset_id`` (of ``n_steps`` where given), kept unless ``overwrite``; else
-    ``make()``'s, reported"""
+    ``make()``'s, reported; ``remade_by``: the options that would make it again, for the message"""
     dataset = None if overwrite else stored_dataset(dataset_id, n_steps)
     if dataset is not None:
         print(
             f"{dataset_id}: stored, kept as it was made ({dataset.total_steps} steps, its own seed and reference "
-            "episodes; --overwrite makes it again with these options)"
+            f"episodes; {remade_by} makes it again with these options)"
         )
         return dataset
     start = time.perf_counter()
@@ -219,14 +214,6 @@ def _list(args: argparse.Namespace) -> None:
         print(f"{dataset_id}  {metadata['total_steps']} steps  {metadata['total_episodes']} episodes{scores}")
 
 
-def _pixel_size(text: str) -> int:
-    """An argparse type: a frame side the image policies take."""
-    value = int(text)
-    if value < MIN_SIZE:
-        raise argparse.ArgumentTypeError(f"must be at least {MIN_SIZE} pixels (NatureCNN's input), got {value}")
-    return value
-
-
 def make_parser() -> argparse.ArgumentParser:
     """:return: The argument parser of ``python -m sb3_iql.datasets``."""
     parser = argparse.ArgumentParser(
@@ -250,7 +237,7 @@ def make_parser() -> argparse.ArgumentParser:
     maze.add_argument("--dataset-id", help="write to this id instead of the standard one")
     maze.add_argument(
         "--pixels",
-        type=_pixel_size,
+        type=int_at_least(MIN_SIZE),
         metavar="SIZE",
         help="also re-render the dataset as SIZE x SIZE frames (e.g. umaze-stitch-v0 -> umaze-stitch-pixels<SIZE>-v0; "
         "--overwrite then remakes the pixel dataset, and the state one only with --n-steps)",
@@ -299,7 +286,7 @@ def make_parser() -> argparse.ArgumentParser:
     mixed.set_defaults(run=_medium_expert)
 
     for subparser in (maze, rollout, mixed):
-        subparser.add_argument("--seed", type=int, default=0)
+        subparser.add_argument("--seed", type=non_negative_int, default=0)
         subparser.add_argument("--n-reference-episodes", type=positive_int, default=DEFAULT_N_REFERENCE_EPISODES)
         subparser.add_argument("--overwrite", action="store_true", help="replace an existing dataset with the same id")
 
@@ -313,9 +300,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m sb3_iql.datasets``."""
     parser = make_parser()
     args = parser.parse_args(argv)
+    if args.run is _pointmaze and args.dataset_id is not None and len(args.maze) * len(args.reward) > 1:
+        parser.error("--dataset-id needs a single --maze and a single --reward")
+    if args.run is _pointmaze and args.pixel_steps is not None and args.pixels is None:
+        parser.error("--pixel-steps sizes the pixel dataset of --pixels SIZE, which is not given")
     try:
         args.run(args)
-    except (ValueError, OSError, gym.error.Error) as error:  # gym's: an unknown --env; OSError: a path not writable
+    # gym's: an unknown --env; a datasets path that cannot be made (a file in it, no permission): one line
+    except (ValueError, FileExistsError, NotADirectoryError, PermissionError, gym.error.Error) as error:
         parser.exit(1, f"error: {error}\n")
 
 

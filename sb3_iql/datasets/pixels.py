@@ -20,6 +20,7 @@ offscreen OpenGL backend: ``MUJOCO_GL=egl`` (set here when unset) or ``osmesa``.
 """
 
 import math
+import numbers
 import os
 import re
 from typing import Any
@@ -176,8 +177,9 @@ def make_pixel_pointmaze_dataset(
     :return: the pixel dataset
     """
     source_id = source.spec.dataset_id
-    if not isinstance(size, int) or size < MIN_SIZE:  # before anything is written
+    if not isinstance(size, numbers.Integral) or size < MIN_SIZE:  # before anything is written
         raise ValueError(f"size must be an integer of at least {MIN_SIZE} pixels (NatureCNN's input), got {size!r}")
+    size = int(size)
     if n_steps is None:
         n_steps = min(DEFAULT_PIXEL_STEPS, source.total_steps)
     elif n_steps > source.total_steps:  # it would write fewer, and a later call asking for n_steps would refuse them

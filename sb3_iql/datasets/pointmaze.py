@@ -343,7 +343,13 @@ def make_pointmaze_dataset(
     """
     spec = _maze_spec(maze)
     _check_recipe(recipe, stitch)
-    dataset_id = dataset_id or pointmaze_dataset_id(maze, reward, stitch, recipe)
+    standard_id = pointmaze_dataset_id(maze, reward, stitch, recipe)
+    dataset_id = dataset_id or standard_id
+    if dataset_id != standard_id and dataset_id.startswith(f"{DATASET_NAMESPACE}/"):  # ensure_dataset takes it as its own
+        raise ValueError(
+            f"dataset_id {dataset_id!r} is in this package's PointMaze namespace, where these options make "
+            f"{standard_id!r}: give that id, or one outside {DATASET_NAMESPACE}/"
+        )
     if n_steps < 1 or n_reference_episodes < 1:
         raise ValueError(f"n_steps ({n_steps}) and n_reference_episodes ({n_reference_episodes}) must be positive")
     check_writable(dataset_id, overwrite)

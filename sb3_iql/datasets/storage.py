@@ -121,9 +121,11 @@ def write_dataset(
     metadata.setdefault("author", AUTHOR)
     # Written in a staging root beside the datasets root, then moved into place: a crash mid-write (even a killed
     # process) leaves no half-written dataset under the id, only a staging folder outside Minari's root.
-    remove_crashed_staging(get_dataset_path().parent)
-    # absolute: Minari joins a relative MINARI_DATASETS_PATH (the staging root, here) to the working folder again
-    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(os.getpid()), dir=get_dataset_path().parent)).resolve()
+    # absolute: Minari joins a relative MINARI_DATASETS_PATH (the staging root, here) to the working folder again,
+    # and the parent of "." is "." (the staging folder would be inside the datasets root)
+    beside_root = Path(get_dataset_path()).resolve().parent
+    remove_crashed_staging(beside_root)
+    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(os.getpid()), dir=beside_root))
     try:
         with _datasets_root(staging), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_OPTIONAL_METADATA_WARNING)

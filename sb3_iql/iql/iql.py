@@ -673,6 +673,7 @@ class IQL(OfflineAlgorithm):
             "_guards_unchecked",
             "_fast_update",
             "_auto_mode",
+            "offline_log_interval",  # a logging choice of the run (rl-zoo's --log-interval), not of the model
         ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
