@@ -32,7 +32,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from sb3_iql.common.arguments import int_at_least, non_negative_int, positive_int
 from sb3_iql.datasets import medium_expert
 from sb3_iql.datasets.collect import DEFAULT_N_REFERENCE_EPISODES, NormalizedPredictor, RandomPolicy, as_env, collect
-from sb3_iql.datasets.generated import stored_dataset
+from sb3_iql.datasets.generated import is_generated_id, stored_dataset
 from sb3_iql.datasets.pixels import DEFAULT_PIXEL_STEPS, MIN_SIZE, make_pixel_pointmaze_dataset, pixel_dataset_id
 from sb3_iql.datasets.pointmaze import (
     DEFAULT_N_STEPS,
@@ -147,6 +147,8 @@ def _kept_or_made(
 
 
 def _collect(args: argparse.Namespace) -> None:
+    if is_generated_id(args.dataset_id):  # ensure_dataset would take the rollouts for the data it makes there
+        raise ValueError(f"--dataset-id {args.dataset_id} is an id that ensure_dataset generates: give another one")
     for package in args.gym_packages:
         try:
             importlib.import_module(package)

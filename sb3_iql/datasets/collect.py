@@ -474,10 +474,6 @@ def collect(
     :param jpeg_encoding: Store image observations as JPEG (lossy; see ``write_episodes``). Off by default.
     :return: The new dataset.
     """
-    from sb3_iql.datasets.generated import is_generated_id  # (generated.py imports this module)
-
-    if is_generated_id(dataset_id):  # ensure_dataset would take the rollouts for the data it makes under that id
-        raise ValueError(f"dataset_id {dataset_id!r} is an id that ensure_dataset generates: give another one")
     check_writable(dataset_id, overwrite)
     check_reference_episodes(n_reference_episodes)
     env = as_env(env)
