@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     model.set_logger(configure(args.log_dir, ["stdout", "csv"]))
     evaluation = NormalizedEvalCallback(
         dataset=dataset,
-        eval_freq=args.eval_freq,
+        eval_freq=min(args.eval_freq, args.updates),  # one evaluation at least (evaluations.npz, the best model)
         n_eval_episodes=args.eval_episodes,
         log_path=args.log_dir,
         best_model_save_path=args.log_dir,

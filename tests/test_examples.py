@@ -47,6 +47,10 @@ def test_offline_pointmaze(maze_root, tmp_path):
     assert f"{MAZE_ID}: 12 updates, mean return" in output and "normalized score" in output
     assert np.load(log_dir / "evaluations.npz")["timesteps"].tolist() == [6, 12]
     assert (log_dir / "iql_pointmaze.zip").is_file() and (log_dir / "progress.csv").is_file()
+    short = tmp_path / "short"  # --eval-freq past --updates: no evaluations.npz nor best model before
+    run_example("offline_pointmaze.py", *["--updates", "4", "--eval-episodes", "1", "--log-dir", str(short)],
+                minari_root=maze_root, cwd=tmp_path)  # fmt: skip
+    assert np.load(short / "evaluations.npz")["timesteps"].tolist() == [4] and (short / "best_model.zip").is_file()
 
 
 def test_finetune_pointmaze(maze_root, tmp_path):
