@@ -476,6 +476,15 @@ def test_an_overwrite_that_crashes_or_loses_a_race_loses_no_dataset(minari_root:
     assert minari.load_dataset("test/pendulum/raced-v0").total_episodes == 2
 
 
+def test_ensure_dataset_says_why_an_id_is_neither_stored_nor_generated(minari_root: pathlib.Path) -> None:
+    from sb3_iql.data import DatasetNotFoundError
+
+    with pytest.raises(ValueError, match=r"'sb3_iql/pointmaze/foo-stitch-v0' is not a PointMaze dataset id"):
+        ensure_dataset("sb3_iql/pointmaze/foo-stitch-v0")  # Minari's "Use download=True" before
+    with pytest.raises(DatasetNotFoundError, match=r"'sb3_iql/hopper/mediun-v0' is not stored locally: searched"):
+        ensure_dataset("sb3_iql/hopper/mediun-v0")
+
+
 def test_ensure_dataset_takes_the_dataset_another_process_made_meanwhile(minari_root, monkeypatch) -> None:
     make = generated.make_pointmaze_dataset
 

@@ -2,13 +2,12 @@
 
 import minari
 
+from sb3_iql.data.minari_loader import load_dataset
 from sb3_iql.datasets.collect import DEFAULT_N_REFERENCE_EPISODES
 from sb3_iql.datasets.medium_expert import make_medium_expert_dataset, parse_medium_expert_dataset_id
 from sb3_iql.datasets.pixels import make_pixel_pointmaze_dataset, parse_pixel_dataset_id
 from sb3_iql.datasets.pointmaze import (
-    DATASET_NAMESPACE as POINTMAZE_NAMESPACE,
-)
-from sb3_iql.datasets.pointmaze import (
+    DATASET_NAMESPACE,
     DEFAULT_N_STEPS,
     check_generated_correctly,
     make_pointmaze_dataset,
@@ -115,9 +114,9 @@ def _generated(
     try:
         maze, reward, stitch, recipe = parse_pointmaze_dataset_id(dataset_id)
     except ValueError:
-        if dataset_id.startswith(f"{POINTMAZE_NAMESPACE}/"):  # meant as one of ours: say why it is not
+        if dataset_id.startswith(f"{DATASET_NAMESPACE}/"):  # meant as one of ours: say why it is not
             raise
-        return minari.load_dataset(dataset_id, download=download)
+        return load_dataset(dataset_id, download)  # where it looked, the versions stored (Minari's: 'use download=True')
     return make_pointmaze_dataset(
         maze,
         reward,
