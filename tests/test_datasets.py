@@ -187,7 +187,7 @@ def test_ensure_dataset(minari_root: pathlib.Path) -> None:
     assert ensure_dataset(dataset_id, n_reference_episodes=1).total_steps == N_MAZE_STEPS
     with pytest.raises(ValueError, match="reference scores average 1 episodes, not 100: it normalizes scores otherwise"):
         ensure_dataset(dataset_id, n_reference_episodes=100)
-    with pytest.raises(FileNotFoundError, match="D4RL/pointmaze/umaze-v2 not found locally"):  # not generated
+    with pytest.raises(FileNotFoundError, match="'D4RL/pointmaze/umaze-v2' is not stored locally"):  # not generated
         ensure_dataset("D4RL/pointmaze/umaze-v2")
     assert not (minari_root / "D4RL").exists()
 

@@ -116,7 +116,9 @@ def _generated(
     except ValueError:
         if dataset_id.startswith(f"{DATASET_NAMESPACE}/"):  # meant as one of ours: say why it is not
             raise
-        return load_dataset(dataset_id, download)  # where it looked, the versions stored (Minari's: 'use download=True')
+        maze = None
+    if maze is None:  # where it looked, the versions stored (Minari's: 'use download=True')
+        return load_dataset(dataset_id, download)
     return make_pointmaze_dataset(
         maze,
         reward,
