@@ -284,10 +284,8 @@ class IQLExperimentManager(ExperimentManager):
     def read_hyperparameters(self) -> tuple[dict[str, Any], dict[str, Any]]:
         # rl-zoo's --trial-id replaces the configuration's policy_kwargs and schedule with the trial's parameters
         # (net_arch only, a constant rate), and -params then replace those: applied here as the trial trained
-        try:  # a typo in -params failed in IQL's constructor, with a traceback
-            check_argument_keys(IQL, self.custom_hyperparams or {}, "-params")
-        except ValueError as error:
-            raise SystemExit(f"sb3_iql.zoo: error: {error}") from None
+        # a typo in -params failed in IQL's constructor (one line through setup_experiment, which calls this)
+        check_argument_keys(IQL, self.custom_hyperparams or {}, "-params")
         trial_id, self.trial_id = self.trial_id, None
         try:
             hyperparams, saved_hyperparams = super().read_hyperparameters()
@@ -399,12 +397,8 @@ class IQLExperimentManager(ExperimentManager):
 
     def setup_experiment(self) -> Any:
         """rl-zoo's; a configuration the model refuses (``-params normalize:True`` with offline data...) is one line."""
-        try:
+        with _one_line_errors(ValueError, only_this_package=True):  # rl-zoo's, an env's...: with their traceback
             return super().setup_experiment()
-        except ValueError as error:  # this package's messages (the hyperparameters' ranges, the spaces...)
-            if not _raised_by_this_package(error):  # rl-zoo's, an env's...: with their traceback
-                raise
-            raise SystemExit(f"sb3_iql.zoo: error: {error}") from None
 
     def _load_pretrained_agent(self, hyperparams: dict[str, Any], env: Any) -> BaseAlgorithm:
         """
@@ -484,10 +478,8 @@ class IQLExperimentManager(ExperimentManager):
         trial is failed and retried), the dataset's preset as the first trial, and the command that trains the best
         trial's settings again printed at the end.
         """
-        try:  # before the study: trial 0 (the preset) would fail, and stay failed in it
+        with _one_line_errors(ValueError):  # before the study: trial 0 (the preset) would fail, and stay failed in it
             _check_trial_arguments(_as_trained(self._hyperparams, convert_iql_params(preset_trial(self._hyperparams))))
-        except ValueError as error:
-            raise SystemExit(f"sb3_iql.zoo: error: {error}") from None
         create_study = optuna.create_study
         studies: list[optuna.Study] = []
 
@@ -554,6 +546,22 @@ class _CountingOn:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
+
+
+@contextlib.contextmanager
+def _one_line_errors(*errors: type[Exception], only_this_package: bool = False) -> Iterator[None]:
+    """
+    A user's mistake, said in one line: ``errors`` raised in the block become ``SystemExit`` with their message.
+
+    :param only_this_package: only those raised in this package's code (``_raised_by_this_package``); others keep
+        their traceback
+    """
+    try:
+        yield
+    except errors as error:
+        if only_this_package and not _raised_by_this_package(error):
+            raise
+        raise SystemExit(f"sb3_iql.zoo: error: {error}") from None
 
 
 def _raised_by_this_package(error: BaseException) -> bool:
@@ -648,10 +656,8 @@ def _read_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         print(__doc__)
         print(parser.format_help())
     if args.dataset is not None:  # here, so that a missing or malformed id is one line, not a traceback
-        try:
+        with _one_line_errors(ValueError, DatasetNotFoundError):
             load_dataset(args.dataset, download=args.download)
-        except (ValueError, DatasetNotFoundError) as error:
-            raise SystemExit(f"sb3_iql.zoo: error: {error}") from None
     register_iql()
     _import_packages(args.gym_packages)
     return args, rest
@@ -703,10 +709,9 @@ def train(argv: Sequence[str] | None = None) -> None:
                 raise SystemExit(
                     "--dataset builds the configuration from its preset: change it with -params, or drop --dataset"
                 )
-            try:  # a preset file missing, a typo in it, or none of its entries for the dataset: one line
+            # a preset file missing, a typo in it, or none of its entries for the dataset
+            with _one_line_errors(OSError, ValueError, PresetNotFoundError):
                 hyperparams = zoo_hyperparams(args.dataset, args.env, args.finetune, args.presets)
-            except (OSError, ValueError, PresetNotFoundError) as error:
-                raise SystemExit(f"sb3_iql.zoo: error: {error}") from None
             env_id = next(iter(hyperparams))
             conf_file = os.path.join(folder, "iql.yml")
             with open(conf_file, "w") as file_handler:

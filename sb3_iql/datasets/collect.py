@@ -494,5 +494,4 @@ def collect(
         f"{algorithm_name} ({'deterministic' if deterministic else 'stochastic'}) with action noise std "
         f"{action_noise_std}, random actions with probability {epsilon}, seed {seed}."
     )
-    eval_env = eval_env if eval_env is not None else env.spec
     return _write_scored(dataset_id, episodes, env, eval_env, scores, algorithm_name, description, overwrite, jpeg_encoding)
