@@ -277,6 +277,8 @@ class IQLExperimentManager(ExperimentManager):
     #: Options of the run's command line that name its configuration and environment (``--dataset`` or
     #: ``--conf-file``, ``--env``, ``--env-kwargs``, ``--finetune``, ``--presets``...), for ``retrain_command``.
     retrain_options: tuple[str, ...] = ()
+    #: The searched parameters of the study's trial 0 (``sb3_iql.tuning.study_preset``), set when the study opens.
+    _study_preset: dict[str, Any]
     #: Whether ``-params`` apply to the configuration as ``IQL.from_preset``'s overrides do (a run from a dataset's
     #: preset: ``policy_kwargs`` merged, what goes with a replaced setting dropped) instead of rl-zoo's replacing.
     params_as_overrides: bool = False
@@ -435,7 +437,7 @@ class IQLExperimentManager(ExperimentManager):
         :return: the mean normalized score of the last evaluations (``TrialNormalizedEvalCallback.objective``)
         """
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        search = {"preset": study_preset(trial.study, self._hyperparams)}  # the ranges hold the study's trial 0
+        search = {"preset": self._study_preset}  # the ranges hold the study's trial 0
         arguments = _as_trained(self._hyperparams, sample_iql_params(trial, self.n_actions, 1, search))
         env, eval_env = self.create_envs(self.n_envs, no_log=True), self.create_envs(self.n_eval_envs, eval_env=True)
         model = IQL(env=env, tensorboard_log=None, seed=self.seed, verbose=0, device=self.device, **arguments)
@@ -493,7 +495,8 @@ class IQLExperimentManager(ExperimentManager):
             )
             if study.trials:  # a study resumed, or joined late: --seed would draw its first trials' parameters again
                 base.reseed_rng()
-            study.sampler = PresetFirstSampler(base, study_preset(study, self._hyperparams))
+            self._study_preset = study_preset(study, self._hyperparams)  # read once: every trial widens with it
+            study.sampler = PresetFirstSampler(base, self._study_preset)
             studies.append(study)
             return study
 
