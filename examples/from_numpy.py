@@ -52,9 +52,14 @@ def arrays_to_episodes(arrays: dict[str, np.ndarray]) -> list[EpisodeBuffer]:
     """
     Cut flat transition arrays into Minari episodes (observations ``(n + 1, ...)``, the rest ``(n, ...)``).
 
-    An unfinished last episode is kept, marked truncated.
+    An episode also ends where a transition's next observation is not the next transition's observation (a reset no
+    flag marks, as the IQL reference code detects it), marked truncated; an unfinished last episode is kept, marked
+    truncated.
     """
     ends = arrays["terminals"].astype(bool) | arrays["timeouts"].astype(bool)
+    gaps = (arrays["observations"][1:] - arrays["next_observations"][:-1]).reshape(len(ends) - 1, -1)
+    jumps = np.linalg.norm(gaps, axis=1) > 1e-6
+    ends[:-1] |= jumps
     ends[-1] = True
     episodes, start = [], 0
     for episode_id, end in enumerate(np.flatnonzero(ends)):

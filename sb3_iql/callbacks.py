@@ -295,14 +295,8 @@ class UpdatesProgressBarCallback(ProgressBarCallback):
         return figures
 
 
-__all__ = [
-    "NormalizedEvalCallback",
-    "OneRunCallback",
-    "PlainLineProgress",
-    "UpdatesProgressBarCallback",
-    "callback_items",
-    "find_eval_callback",
-]
+# The public callbacks; the module's other names serve ``OfflineAlgorithm``'s training loops.
+__all__ = ["NormalizedEvalCallback", "UpdatesProgressBarCallback"]
 
 
 def _usable_reference_scores(dataset: minari.MinariDataset | None) -> ReferenceScores | None:

@@ -1,5 +1,6 @@
 """Evaluation of a trained model, with D4RL-style normalized scores from Minari's reference scores."""
 
+import math
 import numbers
 from typing import NamedTuple
 
@@ -82,9 +83,12 @@ def check_evaluation_actions(model: BaseAlgorithm, env: gym.Env | VecEnv) -> Non
 def checked_reference_scores(scores: ReferenceScores) -> ReferenceScores:
     """
     :return: ``scores``
-    :raises ValueError: ``ref_max <= ref_min``: no normalized score (the dataset writers refuse such scores too)
+    :raises ValueError: ``ref_max <= ref_min``, or a score that is not finite: no normalized score (the dataset
+        writers refuse such scores too)
     """
     ref_min, ref_max = scores
+    if not (math.isfinite(ref_min) and math.isfinite(ref_max)):
+        raise ValueError(f"reference scores must be finite numbers, got ref_min {ref_min} and ref_max {ref_max}")
     if ref_max <= ref_min:
         raise ValueError(f"ref_max_score must exceed ref_min_score, got ref_min {ref_min} and ref_max {ref_max}")
     return scores

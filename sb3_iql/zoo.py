@@ -58,7 +58,7 @@ from stable_baselines3.common.logger import Logger, make_output_format
 from stable_baselines3.common.utils import ConstantSchedule, configure_logger
 
 from sb3_iql.callbacks import NormalizedEvalCallback, UpdatesProgressBarCallback
-from sb3_iql.common.offline import OfflineAlgorithm
+from sb3_iql.common.offline import DEFAULT_OFFLINE_STEPS, OfflineAlgorithm
 from sb3_iql.data import REPLAY_BUFFER_CLASSES
 from sb3_iql.data.minari_loader import DatasetNotFoundError, load_dataset, recover_eval_env, stores_environment
 from sb3_iql.iql import IQL
@@ -104,6 +104,9 @@ ALGO_NAME = "iql"
 #: TensorBoard run name, as in ``IQL.learn``.
 TB_LOG_NAME = "IQL"
 COMMANDS = ("train", "enjoy")
+#: An offline-only run (``n_timesteps: 0``) evaluates once every so many offline updates (rl-zoo's
+#: ``--eval-freq`` counts environment steps, which it does not take).
+UPDATES_PER_EVALUATION = 100_000
 _ZOO_MODULES = (rl_zoo3, rl_zoo3.utils, rl_zoo3.train, rl_zoo3.exp_manager, rl_zoo3.enjoy)
 
 
@@ -424,8 +427,12 @@ class IQLExperimentManager(ExperimentManager):
         if self._eval_env_kwargs_args is None:
             self.eval_env_kwargs = self.env_kwargs
         if derive and self.n_timesteps == 0:
-            self.n_evaluations = max(1, int(hyperparams.get("offline_steps", 1_000_000)) // 100_000)
-            print(f"Offline: {self.n_evaluations} intermediate evaluations instead (1 every 100k offline updates)")
+            offline_steps = int(hyperparams.get("offline_steps", DEFAULT_OFFLINE_STEPS))
+            self.n_evaluations = max(1, offline_steps // UPDATES_PER_EVALUATION)
+            print(
+                f"Offline: {self.n_evaluations} intermediate evaluations instead "
+                f"(1 every {UPDATES_PER_EVALUATION:,} offline updates)"
+            )
         return processed
 
     def objective(self, trial: optuna.Trial) -> float:

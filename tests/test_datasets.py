@@ -519,6 +519,24 @@ def test_dataset_from_replay_buffer(minari_root: pathlib.Path) -> None:
     np.testing.assert_array_equal(observations, buffer.observations[:n_steps, 0])
 
 
+def test_a_reset_between_two_learn_calls_ends_the_episode_and_keeps_its_next_observation(minari_root) -> None:
+    """The second ``learn()`` resets the environment mid-episode, with no flag: the two runs were one episode, whose
+    step before the reset got the reset observation as its next observation."""
+    env = gym.make("Pendulum-v1")  # no termination, a time limit of 200 steps
+    model = TD3("MlpPolicy", env, learning_starts=100, seed=0, device="cpu")
+    model.learn(30)
+    model.learn(30)
+    buffer = model.replay_buffer
+    assert not buffer.dones[29, 0] and not buffer.timeouts[29, 0]
+    assert not np.array_equal(buffer.next_observations[29, 0], buffer.observations[30, 0])
+    with pytest.warns(UserWarning, match=r"1 transition\(s\) of environment 0 .* row 29 first"):
+        dataset = dataset_from_replay_buffer(model, "test/pendulum/replay-v0", env)
+    first, second = dataset.iterate_episodes()
+    assert len(first) == len(second) == 30
+    assert first.truncations[-1] and not first.terminations[-1]
+    np.testing.assert_array_equal(first.observations[-1], buffer.next_observations[29, 0])
+
+
 def test_a_replay_buffer_that_cannot_tell_time_limits_from_terminations_or_is_empty_is_refused(minari_root) -> None:
     env = gym.make(PENDULUM_ID, max_episode_steps=5)  # never terminates: every end is a time limit
     model = SAC("MlpPolicy", env, learning_starts=20, replay_buffer_kwargs={"handle_timeout_termination": False})
@@ -575,6 +593,9 @@ def test_reference_scores_that_would_invert_normalized_scores_are_left_out(minar
     with pytest.warns(UserWarning, match=r"ref_max_score \(5\) must be above ref_min_score \(10.*written without"):
         written = write_episodes("test/cartpole/kept-v0", episodes, env, ref_min_score=10.0, ref_max_score=5.0)
     assert written.total_steps == 30 and dataset_reference_scores(written) is None  # the data kept, no inverted score
+    with pytest.warns(UserWarning, match=r"reference scores must be finite numbers, got ref_min_score nan"):
+        written = write_episodes("test/cartpole/nan-v0", episodes, env, ref_min_score=float("nan"), ref_max_score=5.0)
+    assert dataset_reference_scores(written) is None  # a NaN normalized score before
     with pytest.raises(ValueError, match=r"must be above ref_min_score .* normalized scores would be inverted"):
         # always pushing left falls sooner than random actions
         collect(env, lambda obs: rollouts.append(obs) or 0, "test/cartpole/left-v0", n_steps=50, expert_policy=lambda _: 0)

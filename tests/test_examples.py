@@ -83,6 +83,26 @@ def test_from_numpy(tmp_path, monkeypatch):
         run_example("from_numpy.py", "--n-steps", "450", "--updates", "1", minari_root=minari_root, cwd=tmp_path)
 
 
+def test_from_numpy_cuts_episodes_where_the_observations_jump():
+    """D4RL-style arrays with a reset that no flag marks: the next observation before it is kept, as an episode end
+    (it was dropped, and the transition joined to the reset state)."""
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        from from_numpy import arrays_to_episodes
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    observations = np.arange(12, dtype=np.float32).reshape(6, 2)
+    next_observations = np.roll(observations, -1, axis=0)
+    next_observations[2] = (9.0, 9.0)  # reset after row 2, unflagged
+    flags = np.zeros(6, dtype=bool)
+    arrays = dict(observations=observations, next_observations=next_observations, actions=np.zeros((6, 1)))
+    arrays.update(rewards=np.zeros(6), terminals=flags, timeouts=flags)
+    first, second = arrays_to_episodes(arrays)
+    np.testing.assert_array_equal(first.observations, [[0, 1], [2, 3], [4, 5], [9, 9]])
+    assert first.truncations.tolist() == [False, False, True] and not first.terminations.any()
+    np.testing.assert_array_equal(second.observations[0], observations[3])
+
+
 def test_collect_from_sb3(tmp_path):
     output = run_example(
         "collect_from_sb3.py",

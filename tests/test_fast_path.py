@@ -298,6 +298,22 @@ def clip_gradients_by_hook(model: IQL) -> None:
         param.register_hook(lambda grad: grad.clamp(-1e-3, 1e-3))
 
 
+class ClippingAdam(th.optim.Adam):
+    """Adam with its gradients clipped in its own step, as users subclass it."""
+
+    def step(self, closure=None):  # type: ignore[no-untyped-def]
+        th.nn.utils.clip_grad_norm_(self.param_groups[0]["params"], 1e-3)
+        return super().step(closure)
+
+
+def clip_in_the_optimizer_s_step(model: IQL) -> None:
+    model.actor.optimizer = ClippingAdam(model.actor.parameters(), lr=3e-4)
+
+
+def hook_the_optimizer_s_step(model: IQL) -> None:
+    model.critic.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: optimizer.zero_grad())
+
+
 def normalize_value_batches(model: IQL) -> None:
     extractor = model.value_net.features_extractor
     extractor.add_module("batch_norm", th.nn.BatchNorm1d(OBS_DIM, affine=False))  # no parameter for the optimizer
@@ -311,6 +327,8 @@ def normalize_value_batches(model: IQL) -> None:
         (train_only_the_head, "holds other ones"),
         (clip_gradients_by_hook, "gradient hooks"),
         (normalize_value_batches, "statistics of the BatchNorm layers"),
+        (clip_in_the_optimizer_s_step, "ClippingAdam overrides it"),  # its step was skipped
+        (hook_the_optimizer_s_step, "does not call optimizer step hooks"),
     ],
 )
 def test_what_the_functional_update_would_train_otherwise_than_autograd_is_refused_and_auto_stays_eager(

@@ -454,6 +454,17 @@ def test_image_shift_shifts_float_images_of_a_policy_that_does_not_normalize_the
     assert window_matches(plain.observations, shifted.observations, 2).flatten(1).any(1).all()
 
 
+@pytest.mark.parametrize("extractor", ["NatureCNN", "LayerNormNatureCNN", "SpatialSoftmaxCNN"])
+def test_every_image_extractor_takes_float_images_that_the_policy_does_not_normalize(extractor):
+    """LayerNormNatureCNN, which the docs suggest for such images, failed NatureCNN's uint8 check (SB3 only lifts it
+    for NatureCNN and CombinedExtractor)."""
+    env = SpacesEnv(spaces.Box(0.0, 1.0, (3, 36, 36), np.float32), ACTION_SPACE)
+    policy_kwargs = {"normalize_images": False, "features_extractor_class": extractor, "net_arch": [8]}
+    model = IQL("CnnPolicy", env, policy_kwargs=policy_kwargs, buffer_size=10, seed=0)
+    action, _ = model.predict(env.observation_space.sample(), deterministic=True)
+    assert action.shape == ACTION_SPACE.shape
+
+
 def test_learners_trained_together_see_the_shifted_pictures_of_their_single_runs(image_dataset):
     alone = [image_model(image_dataset, image_shift=4, seed=seed) for seed in (0, 1)]
     together = [image_model(image_dataset, image_shift=4, seed=seed) for seed in (0, 1)]

@@ -562,6 +562,19 @@ def test_logger_records_the_training_figures(line_dataset, tmp_path):
     assert list((tmp_path / "tb").glob("offline_1/events.out.tfevents.*"))
 
 
+def test_metrics_that_are_not_finite_warn_that_training_diverged(line_dataset):
+    """Data of extreme scale (observations near 1e37 pass the loader) made every logged loss NaN, silently."""
+    model = line_model(line_dataset)
+    with th.no_grad():
+        next(model.critic.parameters()).fill_(float("nan"))  # as after a diverged update
+    with pytest.warns(UserWarning, match=r"critic_loss.* not finite by update 2: training diverged .*normalize_obs"):
+        model.learn_offline(2, log_interval=2)
+    healthy = line_model(line_dataset)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        healthy.learn_offline(2, log_interval=2)
+
+
 def test_learn_s_two_phases_write_one_tensorboard_run(line_dataset, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -785,6 +798,9 @@ def test_a_buffer_loaded_into_a_new_model_is_its_offline_data(line_dataset, tmp_
     normalizing = IQL("MlpPolicy", LineEnv(), policy_kwargs={**SMALL_NET, "normalize_observations": True})
     with pytest.raises(ValueError, match="a replay buffer file does not carry"):
         normalizing.load_replay_buffer(tmp_path / "buffer")
+    with pytest.raises(ValueError, match=r"normalize_observations=True .* no offline data to fit them on"):
+        normalizing.learn(5)  # trained on raw observations before, refitted by data added later
+    assert normalizing.num_timesteps == 0
     discrete = IQL("MlpPolicy", LineEnv(discrete=True), policy_kwargs=SMALL_NET)  # Box actions would be cut to indices
     own_buffer = discrete.replay_buffer
     with pytest.raises(ValueError, match=r"holds observations .* and actions Box.*this model has .* Discrete\(3\)"):

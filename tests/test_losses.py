@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from sb3_iql.iql.losses import awr_actor_loss, awr_weights, ddpg_bc_actor_loss, expectile_loss, twin_critic_loss
@@ -194,6 +195,31 @@ def test_pytorch_init_draws_every_layer_as_nn_linear_does():
     assert not th.equal(critic_hidden[0], critic_hidden[1])
     for source, target in zip(policy.critic.parameters(), policy.critic_target.parameters()):
         assert th.equal(source, target)
+
+
+class PretrainedEncoder(BaseFeaturesExtractor):
+    """A user's extractor whose weights are set when it is built (loaded from a checkpoint, say)."""
+
+    def __init__(self, observation_space: spaces.Box, features_dim: int = 4):
+        super().__init__(observation_space, features_dim)
+        self.linear = nn.Linear(observation_space.shape[0], features_dim)
+        with th.no_grad():
+            self.linear.weight.fill_(0.5)
+            self.linear.bias.fill_(0.25)
+
+    def forward(self, observations: th.Tensor) -> th.Tensor:
+        return self.linear(observations)
+
+
+@pytest.mark.parametrize("weight_init", ["orthogonal", "pytorch"])
+def test_a_custom_features_extractor_keeps_its_weights_and_the_heads_are_initialised(weight_init):
+    """As in SAC: ``weight_init`` re-drew a custom (e.g. pretrained) extractor's linear layers before."""
+    policy = small_policy(weight_init=weight_init, features_extractor_class=PretrainedEncoder)
+    for network in (policy.actor, policy.critic, policy.value_net, policy.critic_target):
+        assert th.equal(network.features_extractor.linear.weight, th.full((4, 3), 0.5))
+        assert th.equal(network.features_extractor.linear.bias, th.full((4,), 0.25))
+    first = policy.value_net.v_network[0][0]  # the heads are still the init's: zero biases when orthogonal
+    assert first.weight.shape == (64, 4) and (first.bias.abs().max() == 0) == (weight_init == "orthogonal")
 
 
 def test_spread_first_layer_biases_scale_with_each_units_weight_norm_and_leave_the_rest_at_zero():

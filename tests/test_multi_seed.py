@@ -132,10 +132,20 @@ def test_compilation_is_tried_from_auto_s_length_on_and_a_failure_warns_and_trai
         learn_offline_together(together, 5, log_interval=0, compile_update=True)
     assert counters(together[0]) == (5, 5, 5, 5) and training == [True]  # nothing trained
     with pytest.raises(ValueError, match="compile_update must be"):
+        learn_offline_together(together, 5, log_interval=0, compile_update="fast")
+    with pytest.raises(ValueError, match="cuda_graph=True needs models on a CUDA device"):
         learn_offline_together(together, 5, log_interval=0, compile_update="cudagraph")
     monkeypatch.setattr(iql_module, "AUTO_COMPILE_UPDATES", 5)
+    together[1].compile_update = False
+    with pytest.raises(ValueError, match="the models' compile_update differ"):
+        learn_offline_together(together, 5, log_interval=0)
+    together[0].compile_update = False
+    learn_offline_together(together, 5, log_interval=0, reset_num_timesteps=False)  # the models' setting: not tried
+    assert tried == ["_vmapped_value_grads", "_vmapped_policy_grads"]  # only compile_update=True's attempt
+    assert counters(together[0]) == (10, 10, 10, 10)
+    together[0].compile_update = together[1].compile_update = "auto"
     with pytest.warns(UserWarning, match="torch.compile failed .*no C\\+\\+ compiler.*eager update"):
-        learn_offline_together(together, N_UPDATES - 5, log_interval=0, reset_num_timesteps=False)
+        learn_offline_together(together, N_UPDATES - 10, log_interval=0, reset_num_timesteps=False)
     assert tried == ["_vmapped_value_grads", "_vmapped_policy_grads"] * 2
     alone = [make_model(data, seed) for seed in SEEDS[:2]]
     for joint, single in zip(together, alone):

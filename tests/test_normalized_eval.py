@@ -123,6 +123,8 @@ def test_a_dataset_s_unusable_reference_scores_are_refused_when_the_callback_is_
     flat = write_dataset("test/line/flat-v0", episodes, env=env, ref_min_score=-2.0, ref_max_score=-2.0)
     with pytest.raises(ValueError, match="ref_max_score must exceed ref_min_score"):  # at the first evaluation before
         NormalizedEvalCallback(dataset=flat)
+    with pytest.raises(ValueError, match=r"reference scores must be finite numbers, got ref_min 0\.0 and ref_max inf"):
+        NormalizedEvalCallback(Monitor(env), ref_min_score=0.0, ref_max_score=float("inf"))  # scores of -0.0 before
 
 
 class TerminalStream(io.StringIO):

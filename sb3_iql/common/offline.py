@@ -639,9 +639,21 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         raise NotImplementedError
 
     def _record_metrics(self, metric_sums: th.Tensor, n_steps: int) -> None:
-        """Log the mean of each metric over ``n_steps`` updates (the only host synchronisation of training)."""
-        for name, value in zip(self.metric_names, (metric_sums / n_steps).tolist()):
+        """
+        Log the mean of each metric over ``n_steps`` updates (the only host synchronisation of training); warn where
+        one is not finite (training diverged).
+        """
+        means = dict(zip(self.metric_names, (metric_sums / n_steps).tolist()))
+        for name, value in means.items():
             self.logger.record(f"train/{name}", value)
+        diverged = [name for name, value in means.items() if not math.isfinite(value)]
+        if diverged:
+            warnings.warn(
+                f"{', '.join(diverged)} not finite by update {self._n_updates}: training diverged (the networks' "
+                "parameters are likely NaN). Look at the data's scale: policy_kwargs=dict(normalize_observations=True), "
+                "a reward_transform, or a lower learning_rate",
+                stacklevel=2,
+            )
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
 
     def train(self, gradient_steps: int, batch_size: int = 256) -> None:
@@ -672,7 +684,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         self: SelfOfflineAlgorithm,
         n_updates: int | None = None,
         callback: MaybeCallback = None,
-        log_interval: int = 1000,
+        log_interval: int | None = 1000,
         tb_log_name: str | None = None,
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
@@ -839,6 +851,13 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         if self.env is None:
             raise RuntimeError(f"Online learning needs an environment: pass env= to {type(self).__name__} or call set_env()")
         _refuse_vec_normalize(self._vec_normalize_env, offline_data=self.offline_dataset_size > 0)
+        normalizer = getattr(self.policy, "observation_normalizer", None)
+        if normalizer is not None and not normalizer.fitted:
+            raise ValueError(
+                "policy_kwargs normalize_observations=True normalises observations with the offline data's mean and "
+                "std, and this model has no offline data to fit them on (the networks would train on raw observations "
+                "until some was added): add it first (offline_dataset=, add_transitions), or leave the option out"
+            )
         if self.env.num_envs > 1 and self.train_freq.unit != TrainFrequencyUnit.STEP:
             raise ValueError(
                 f"train_freq=({self.train_freq.frequency}, 'episode') counts episodes, which SB3 supports with one "
@@ -934,6 +953,10 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         super().set_env(env, force_reset)
         if isinstance(self.replay_buffer, HerReplayBuffer):  # its reward rule (a model loaded without env has none)
             self.replay_buffer.set_env(self.env)
+
+    def _excluded_save_params(self) -> list[str]:
+        # a logging choice of the run (rl-zoo's --log-interval), not of the model
+        return [*super()._excluded_save_params(), "offline_log_interval"]
 
     def save(self, path: PathLike, exclude: Iterable[str] | None = None, include: Iterable[str] | None = None) -> None:
         """

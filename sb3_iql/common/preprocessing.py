@@ -11,7 +11,27 @@ from stable_baselines3.common.preprocessing import is_image_space, preprocess_ob
 from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import nn
 
+#: Observations of n transitions: an array ``(n, *obs_shape)`` or a dict of such arrays.
 BatchObs = np.ndarray | dict[str, np.ndarray]
+
+
+def observation_breaks(observations: BatchObs, next_observations: BatchObs) -> np.ndarray:
+    """
+    Where consecutive transitions do not join: a reset (or a jump) between them.
+
+    :param observations: ``(n, *obs_shape)`` (a dict of them for Dict spaces), in order
+    :param next_observations: the same transitions' next observations, same shapes
+    :return: ``(n,)`` bool, True where a transition's next observation differs from the next transition's
+        observation (in any key); the last transition: False
+    """
+    if isinstance(observations, dict):
+        parts = [observation_breaks(observations[key], next_observations[key]) for key in observations]
+        return np.logical_or.reduce(parts) if parts else np.zeros(0, dtype=bool)
+    observations, next_observations = np.asarray(observations), np.asarray(next_observations)
+    breaks = np.zeros(len(observations), dtype=bool)
+    if len(observations) > 1:
+        breaks[:-1] = (observations[1:] != next_observations[:-1]).reshape(len(observations) - 1, -1).any(axis=1)
+    return breaks
 
 
 def to_channel_first(observations: BatchObs, observation_space: spaces.Space) -> BatchObs:

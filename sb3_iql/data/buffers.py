@@ -9,7 +9,7 @@ from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
 from stable_baselines3.common.type_aliases import DictReplayBufferSamples, ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
-from sb3_iql.data.minari_loader import BatchObs
+from sb3_iql.common.preprocessing import BatchObs
 
 
 def advance_rows(buffer: Any, n_rows: int) -> None:

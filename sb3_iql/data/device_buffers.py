@@ -21,8 +21,8 @@ from stable_baselines3.common.type_aliases import DictReplayBufferSamples, Repla
 from stable_baselines3.common.utils import get_device
 from stable_baselines3.common.vec_env import VecNormalize
 
+from sb3_iql.common.preprocessing import BatchObs
 from sb3_iql.data.buffers import advance_rows, rows_for
-from sb3_iql.data.minari_loader import BatchObs
 
 #: Bytes of transitions copied to the storage at once by ``extend`` (bounds the temporary memory of dtype
 #: conversions): 64 MB, 65,536 transitions of 256 float32 columns, 1,585 of two 84 x 84 x 3 uint8 images.

@@ -23,6 +23,7 @@ from gymnasium import spaces
 from stable_baselines3.common.type_aliases import DictReplayBufferSamples
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
+from sb3_iql.common.preprocessing import observation_breaks
 from sb3_iql.data.device_buffers import DeviceDictReplayBuffer
 from sb3_iql.data.goals import MAZE_GOAL_DISTANCE
 from sb3_iql.data.rewards import AffineRewardTransform
@@ -32,19 +33,6 @@ GOAL_KEYS = ("observation", "achieved_goal", "desired_goal")
 #: Per stored transition (flat slot): its absolute index, its episode's first absolute index, the stride between its
 #: episode's transitions and the episode's length (0: unfinished)
 EPISODE_RECORDS = ("_absolute", "_episode_first", "_episode_stride", "_episode_length")
-
-
-def _discontinuities(observations: dict[str, Any], next_observations: dict[str, Any]) -> np.ndarray:
-    """:return: ``(n,)`` bool, True where a transition's next observation differs from the next transition's
-    observation in any key (the last transition: False)"""
-    n_transitions = len(next(iter(observations.values())))
-    breaks = np.zeros(n_transitions, dtype=bool)
-    if n_transitions < 2:
-        return breaks
-    for key, values in observations.items():
-        following, reached = np.asarray(values)[1:], np.asarray(next_observations[key])[:-1]
-        breaks[:-1] |= (following != reached).reshape(n_transitions - 1, -1).any(axis=1)
-    return breaks
 
 
 def maze_distance_reward(env: Any) -> tuple[str, float] | None:
@@ -205,7 +193,7 @@ class HerReplayBuffer(DeviceDictReplayBuffer):
             if episode:
                 self._close_episode(env_index)
         ends = np.asarray(dones, dtype=bool) | np.asarray(timeouts, dtype=bool)
-        breaks = _discontinuities(observations, next_observations) & ~ends
+        breaks = observation_breaks(observations, next_observations) & ~ends
         if breaks.any():
             warnings.warn(
                 f"{int(breaks.sum())} of these transitions are neither terminal nor a timeout, yet the next "

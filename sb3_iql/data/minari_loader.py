@@ -14,12 +14,10 @@ from minari.dataset.minari_dataset import parse_dataset_id
 from minari.storage.datasets_root_dir import get_dataset_path
 from stable_baselines3.common.preprocessing import is_image_space
 
-from sb3_iql.common.preprocessing import channel_last
+from sb3_iql.common.preprocessing import BatchObs, channel_last
 
 #: A Minari id, a loaded dataset, or a list of them.
 DatasetLike = str | minari.MinariDataset | Sequence[str | minari.MinariDataset]
-#: Observations of n transitions: an array ``(n, *obs_shape)`` or a dict of such arrays.
-BatchObs = np.ndarray | dict[str, np.ndarray]
 
 
 class DatasetNotFoundError(FileNotFoundError):

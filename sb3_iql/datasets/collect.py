@@ -1,6 +1,7 @@
 """Roll out any SB3 model or callable policy in a Gymnasium environment and write a Minari dataset."""
 
 import copy
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
@@ -214,7 +215,12 @@ def reference_scores(
 
 def check_reference_scores(scores: dict[str, float | int]) -> None:
     """:raises ValueError: ``reference_scores``' ``ref_max_score`` is not above its ``ref_min_score`` (an expert no
-    better than random actions): normalized scores would be inverted, or divide by 0"""
+    better than random actions): normalized scores would be inverted, or divide by 0; or either is not finite"""
+    if scores and not all(math.isfinite(scores[key]) for key in ("ref_min_score", "ref_max_score")):
+        raise ValueError(
+            f"reference scores must be finite numbers, got ref_min_score {scores['ref_min_score']} and ref_max_score "
+            f"{scores['ref_max_score']}"
+        )
     if scores and scores["ref_max_score"] <= scores["ref_min_score"]:
         raise ValueError(
             f"ref_max_score ({scores['ref_max_score']:.6g}) must be above ref_min_score ({scores['ref_min_score']:.6g}, "

@@ -1,5 +1,6 @@
 """The replay buffer of an SB3 off-policy model as a Minari dataset (the D4RL "medium-replay" recipe)."""
 
+import warnings
 from typing import Any
 
 import gymnasium as gym
@@ -12,6 +13,7 @@ from minari.data_collector import EpisodeBuffer
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
+from sb3_iql.common.preprocessing import observation_breaks
 from sb3_iql.data.image_buffers import DeviceImageReplayBuffer
 from sb3_iql.datasets.collect import DEFAULT_N_REFERENCE_EPISODES, PolicyFn, Predictor, as_env, write_episodes
 from sb3_iql.datasets.storage import check_writable
@@ -44,7 +46,9 @@ def replay_buffer_episodes(
 
     An episode ends at ``done`` or at a time-out: terminated unless flagged a time-out, truncated otherwise (SB3 stores a
     time-out as both, this package's offline data as a time-out only). The data still running at the end of the buffer
-    forms a last episode marked truncated; once the ring buffer has wrapped, the oldest episode starts mid-way.
+    forms a last episode marked truncated; once the ring buffer has wrapped, the oldest episode starts mid-way. A row
+    whose next observation is not the next row's observation (a reset no flag marks: two ``learn()`` calls, each
+    resetting the environment) also ends its episode, marked truncated, with a warning.
 
     :param replay_buffer: The buffer (``optimize_memory_usage=False``, ``handle_timeout_termination=True``: time-limit
         ends told apart from terminations; not empty).
@@ -70,7 +74,16 @@ def replay_buffer_episodes(
     for env_index in range(replay_buffer.n_envs):
         dones = _numpy(replay_buffer.dones[rows, env_index]).astype(bool)
         timeouts = _numpy(replay_buffer.timeouts[rows, env_index]).astype(bool)
-        ends = np.flatnonzero(dones | timeouts)
+        breaks = _unflagged_breaks(replay_buffer, rows, env_index, observation_space) & ~(dones | timeouts)
+        if breaks.any():
+            warnings.warn(
+                f"{int(breaks.sum())} transition(s) of environment {env_index} are neither terminal nor a time-out, "
+                f"yet the next one does not start where they end (a reset between two learn() calls, or data added "
+                f"by hand; row {int(rows[np.argmax(breaks)])} first): each ends its episode, marked truncated, so "
+                "that its next observation is kept",
+                stacklevel=2,
+            )
+        ends = np.flatnonzero(dones | timeouts | breaks)
         if len(ends) == 0 or ends[-1] != len(rows) - 1:
             ends = np.append(ends, len(rows) - 1)
         for start, end in zip(np.concatenate(([0], ends[:-1] + 1)), ends):
@@ -95,6 +108,22 @@ def replay_buffer_episodes(
                 )
             )
     return episodes
+
+
+def _unflagged_breaks(
+    replay_buffer: ReplayBuffer, rows: np.ndarray, env_index: int, space: spaces.Space, chunk: int = 65_536
+) -> np.ndarray:
+    """
+    :return: ``(len(rows),)`` bool, True where the stored next observation of a row differs from the next row's
+        observation (``observation_breaks``), compared ``chunk`` rows at a time to bound the memory
+    """
+    breaks = np.zeros(len(rows), dtype=bool)
+    for start in range(0, len(rows) - 1, chunk):
+        window = rows[start : start + chunk + 1]  # one row of overlap: the last pair of each window
+        observations = _rows(replay_buffer.observations, window, env_index, space)
+        next_observations = _rows(replay_buffer.next_observations, window, env_index, space)
+        breaks[start : start + len(window) - 1] = observation_breaks(observations, next_observations)[:-1]
+    return breaks
 
 
 def _shapes(space: spaces.Space) -> Any:

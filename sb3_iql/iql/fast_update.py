@@ -17,6 +17,7 @@ from typing import Any
 
 import torch as th
 from torch import nn
+from torch.optim import optimizer as optimizer_hooks
 
 from sb3_iql.iql import update
 from sb3_iql.iql.update import Batch, UpdateSettings
@@ -63,6 +64,15 @@ def unsupported_optimizer(optimizer: th.optim.Optimizer) -> str | None:
     """:return: why ``fused_adam_step_`` cannot run this optimizer's steps, None where it can"""
     if not isinstance(optimizer, th.optim.Adam) or len(optimizer.param_groups) != 1:
         return f"FunctionalUpdate needs one Adam param group per network, got {optimizer}"
+    if type(optimizer).step is not th.optim.Adam.step:
+        return f"FunctionalUpdate runs Adam's own step; {type(optimizer).__name__} overrides it"
+    if (
+        optimizer._optimizer_step_pre_hooks
+        or optimizer._optimizer_step_post_hooks
+        or optimizer_hooks._global_optimizer_pre_hooks
+        or optimizer_hooks._global_optimizer_post_hooks
+    ):
+        return "FunctionalUpdate does not call optimizer step hooks (register_step_pre_hook / register_step_post_hook)"
     group = optimizer.param_groups[0]
     if group["weight_decay"] or group["amsgrad"] or group["maximize"] or group["differentiable"]:
         return "FunctionalUpdate supports Adam without weight_decay, amsgrad, maximize or differentiable"

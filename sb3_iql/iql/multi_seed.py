@@ -138,11 +138,11 @@ def make_models(variants: Sequence[dict[str, Any]], *args: Any, **kwargs: Any) -
 def learn_offline_together(
     models: Sequence[IQL],
     n_updates: int | None = None,
-    log_interval: int = 1000,
+    log_interval: int | None = 1000,
     tb_log_name: str | None = None,
     reset_num_timesteps: bool = True,
     cuda_graph: bool = False,
-    compile_update: bool | Literal["auto"] = "auto",
+    compile_update: bool | Literal["auto", "cudagraph"] | None = None,
 ) -> list[IQL]:
     """
     ``model.learn_offline(n_updates)`` for every model, as one vmapped update per step for all of them.
@@ -163,7 +163,8 @@ def learn_offline_together(
         step, with the sampling where every model's buffer allows it
     :param compile_update: ``torch.compile`` the batched update (``StackedLearners.compile``: the same math);
         ``"auto"``: for calls of at least ``AUTO_COMPILE_UPDATES`` updates, where it repays the compilation, eager
-        (with a warning) where compilation fails
+        (with a warning) where compilation fails; ``"cudagraph"``: compiled, in a CUDA graph (``cuda_graph=True``);
+        None (default): the models' own ``compile_update``, which must be the same for all
     :return: the models, trained
     """
     models = list(models)
@@ -176,13 +177,12 @@ def learn_offline_together(
         if model._warn_about_lr_schedule(n_updates, stacklevel=3):
             break
     first = models[0]
+    compile_update, cuda_graph = _compile_settings(models, compile_update, cuda_graph)
     if cuda_graph and first.device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs models on a CUDA device, they are on {first.device}")
     if n_updates is None:
         n_updates = first.offline_updates_left
     tb_log_name = type(first).__name__ if tb_log_name is None else tb_log_name
-    if compile_update not in (True, False, "auto"):
-        raise ValueError(f"compile_update must be True, False or 'auto', got {compile_update!r}")
     learners = StackedLearners(models)  # checks that the Adam states are at one step, before any model changes
     for model in models:  # compiled as trained: dropout on
         model.policy.set_training_mode(True)
@@ -209,6 +209,25 @@ def learn_offline_together(
     if since_dump > 0:
         _dump_logs(models, metric_sums, since_dump, time.perf_counter() - dump_start)
     return models
+
+
+def _compile_settings(models: Sequence[IQL], compile_update: bool | str | None, cuda_graph: bool) -> tuple[bool | str, bool]:
+    """
+    :return: ``(compile_update, cuda_graph)`` as ``learn_offline_together`` runs them: None is the models' own
+        setting (refused where they differ: one batched update runs all of them), ``"cudagraph"`` is compiled in a
+        CUDA graph
+    """
+    if compile_update is None:
+        settings = {repr(model.compile_update): model.compile_update for model in models}
+        if len(settings) > 1:
+            raise ValueError(
+                f"the models' compile_update differ ({', '.join(settings)}): pass compile_update= to "
+                "learn_offline_together, which trains them as one update"
+            )
+        compile_update = next(iter(settings.values()))
+    if compile_update not in (True, False, "auto", "cudagraph"):
+        raise ValueError(f"compile_update must be True, False, 'auto', 'cudagraph' or None, got {compile_update!r}")
+    return (True, True) if compile_update == "cudagraph" else (compile_update, cuda_graph)
 
 
 def _compile_as_asked(learners: "StackedLearners", compile_update: bool | str, n_updates: int) -> None:

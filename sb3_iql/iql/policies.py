@@ -14,7 +14,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
 from sb3_iql.common.preprocessing import ImageScaling, ObservationNormalizer, image_scaling, preprocess_observations
-from sb3_iql.common.torch_layers import features_extractor_class_named
+from sb3_iql.common.torch_layers import FEATURES_EXTRACTOR_CLASSES, LayerNormNatureCNN, features_extractor_class_named
 
 #: Gain of the orthogonal initialisation of every layer in the reference implementation.
 ORTHOGONAL_GAIN = math.sqrt(2)
@@ -104,6 +104,11 @@ class EnsembleLayerNorm(nn.Module):
         """:param inputs: shape ``(n_members, batch, width)``
         :return: same shape"""
         return th.nn.functional.layer_norm(inputs, inputs.shape[-1:]) * self.weight + self.bias
+
+
+#: The features extractors whose linear layers ``weight_init`` initialises with the networks' (a custom extractor,
+#: perhaps pretrained, keeps the weights it was built with).
+INITIALISED_EXTRACTORS = (FlattenExtractor, CombinedExtractor, *FEATURES_EXTRACTOR_CLASSES.values())
 
 
 def init_weights_(module: nn.Module, weight_init: WeightInit = "orthogonal", gain: float = ORTHOGONAL_GAIN) -> None:
@@ -539,7 +544,9 @@ class IQLPolicy(BasePolicy):
     :param log_std_bounds: (min, max) bounds of the Gaussian actor's log standard deviation (Box actions)
     :param log_std_parametrization: ``"clip"`` (reference) or ``"sigmoid"`` (d3rlpy), see ``Actor``
     :param log_std_init: the Gaussian actor's initial log standard deviation (0: reference; -1.5: d3rlpy)
-    :param weight_init: ``"orthogonal"`` (reference, gain ``ortho_init_gain``) or ``"pytorch"`` (d3rlpy, CORL)
+    :param weight_init: ``"orthogonal"`` (reference, gain ``ortho_init_gain``) or ``"pytorch"`` (d3rlpy, CORL): the
+        networks' linear layers and those of SB3's and the package's extractors (a custom ``features_extractor_class``
+        keeps the weights it was built with, as in SAC)
     :param critic_layer_norm: LayerNorm before each hidden activation of the critics and the value network
     :param normalize_observations: normalise observations with the offline dataset's mean and std (fitted by
         ``IQL`` when the dataset is loaded, then fixed; features that are constant in the data are only centred;
@@ -613,9 +620,11 @@ class IQLPolicy(BasePolicy):
             squash_output=True,
             normalize_images=normalize_images,
         )
+        if not normalize_images and issubclass(self.features_extractor_class, LayerNormNatureCNN):
+            self.features_extractor_kwargs.update(normalized_image=True)  # as SB3 does for NatureCNN
         if isinstance(n_critics, bool) or not isinstance(n_critics, numbers.Integral) or n_critics < 1:
             raise ValueError(f"n_critics must be an integer of at least 1 (the Q networks' ensemble), got {n_critics!r}")
-        self.net_arch = DEFAULT_NET_ARCH if net_arch is None else net_arch
+        self.net_arch = list(DEFAULT_NET_ARCH) if net_arch is None else net_arch
         self.activation_fn = activation_fn
         self.actor_dropout = actor_dropout
         self.log_std_bounds = log_std_bounds
@@ -666,7 +675,9 @@ class IQLPolicy(BasePolicy):
         self.critic_target = EnsembleCritic(**critic_kwargs, **extractor(own=True), **common)
         self.value_net = ValueNetwork(net_arch=value_arch, layer_norm=self.critic_layer_norm, **extractor(), **common)
         for network in (self.actor, self.critic, self.value_net):
-            init_weights_(network, self.weight_init, self.ortho_init_gain)
+            for name, part in network.named_children():  # a custom extractor keeps its weights, as in SAC
+                if name != "features_extractor" or type(part) in INITIALISED_EXTRACTORS:
+                    init_weights_(part, self.weight_init, self.ortho_init_gain)
         if self.spread_first_layer_biases:
             for hidden in (self.actor.latent_pi, self.critic.q_networks, self.value_net.v_network):
                 spread_first_layer_biases_(hidden)
