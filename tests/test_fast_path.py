@@ -684,6 +684,16 @@ def test_compile_update_option_trains_like_the_eager_update(data, compile_update
     assert max_difference(eager, compiled) < 1e-5
 
 
+def test_auto_s_path_is_saved_so_that_a_resumed_run_keeps_it(data, tmp_path):
+    """A long run compiled by "auto", resumed for a short call, trained eagerly: parameters 1e-8 off the uninterrupted
+    run's, growing. A CUDA graph's path is dropped on a CPU load."""
+    model = make_model(data, DeviceReplayBuffer)
+    for mode, loaded_mode in (("compile", "compile"), ("graph", None)):
+        model._auto_mode = mode  # as after a call of AUTO_COMPILE_UPDATES updates (on CUDA for "graph")
+        model.save(tmp_path / "auto")
+        assert IQL.load(tmp_path / "auto", device="cpu")._auto_mode == loaded_mode
+
+
 @pytest.mark.parametrize("buffer_class", [DeviceReplayBuffer, OfflineReplayBuffer])
 def test_auto_compile_stays_eager_on_short_calls_and_when_compilation_fails(data, buffer_class, monkeypatch):
     eager = make_model(data, buffer_class, compile_update=False)

@@ -239,6 +239,18 @@ def image_model(dataset, **kwargs) -> IQL:
     return IQL("CnnPolicy", ImageLineEnv(), offline_dataset=dataset, **defaults)
 
 
+def test_a_model_loaded_for_deployment_with_one_transition_of_buffer_allocates_a_ring_of_that_size(image_dataset, tmp_path):
+    """The saved ``extra_frames`` (sized for the offline data) allocated the whole ring again (2 GB at 84x84x3 for a
+    1M buffer), whatever the buffer_size asked for at loading."""
+    model = image_model(image_dataset)
+    assert model.replay_buffer.extra_frames > 1000
+    model.save(tmp_path / "pixels")
+    deployed = IQL.load(tmp_path / "pixels", custom_objects={"buffer_size": 1})
+    assert deployed.replay_buffer.frame_capacity == 3 and len(deployed.replay_buffer.frames) == 3  # 2 + n_envs
+    obs = ImageLineEnv().observation_space.sample()
+    np.testing.assert_array_equal(deployed.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
+
+
 def test_offline_data_added_to_a_full_frame_buffer_is_refused_as_by_the_other_buffers(image_dataset):
     """The frame buffer's extend wraps around: it overwrote every earlier transition, and counted them offline."""
     model = image_model(image_dataset, buffer_size=image_dataset.total_steps + 5)

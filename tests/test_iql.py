@@ -616,6 +616,27 @@ def test_save_load_gives_identical_predictions_and_resumes_exactly(line_dataset,
     uninterrupted.learn_offline(2 * n_updates)
     for (name, resumed), straight in zip(loaded.policy.state_dict().items(), uninterrupted.policy.state_dict().values()):
         th.testing.assert_close(resumed, straight, msg=name)
+    # SB3's way to keep the buffer in the file: the batches went on from a new model's stream before
+    model.save(tmp_path / "with_buffer", include=["replay_buffer"])
+    with_buffer = IQL.load(tmp_path / "with_buffer", env=LineEnv())
+    assert th.equal(with_buffer.sampling_generator.get_state(), model.sampling_generator.get_state())
+    with_buffer.learn_offline(n_updates, reset_num_timesteps=False)
+    for name, resumed in with_buffer.policy.state_dict().items():
+        th.testing.assert_close(resumed, uninterrupted.policy.state_dict()[name], msg=name)
+
+
+def test_the_policy_saved_alone_loads_for_deployment_in_evaluation_mode(line_dataset, tmp_path):
+    """The docs' deployment route: ``policy_class.load`` left the actor's dropout on (training mode)."""
+    model = line_model(line_dataset, dropout=0.5)
+    model.learn_offline(5)
+    model.policy.save(tmp_path / "policy")
+    policy = model.policy_class.load(tmp_path / "policy")
+    assert not policy.training and not policy.actor.training
+    obs = th.as_tensor(np.random.default_rng(0).uniform(-1, 1, (16, 2)), dtype=th.float32)
+    th.testing.assert_close(policy.actor(obs, deterministic=True), policy.actor(obs, deterministic=True), rtol=0, atol=0)
+    np.testing.assert_array_equal(
+        policy.predict(obs.numpy(), deterministic=True)[0], model.predict(obs.numpy(), deterministic=True)[0]
+    )
 
 
 def test_a_replay_buffer_that_does_not_fit_says_which_size_to_change(line_dataset, monkeypatch):

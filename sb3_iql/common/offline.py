@@ -397,6 +397,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         hindsight = issubclass(self.replay_buffer_class, HerReplayBuffer)
         if hindsight:  # as SB3 does for its HerReplayBuffer, without keeping the env in the saved kwargs
             self.replay_buffer_kwargs["env"] = self.env
+        # a loaded model whose file holds its buffer (save(include=["replay_buffer"])): SB3's set_random_seed would
+        # restart the saved sampling stream
+        kept_stream = None if self.replay_buffer is None else (self.sampling_generator.get_state(), self.device_sampling_state)
         try:
             super()._setup_model()
         except (MemoryError, th.OutOfMemoryError) as error:  # the replay buffer, allocated whole on its device
@@ -412,6 +415,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         # evaluation mode until training (which sets it): a new or loaded model's actor keeps no dropout, so that
         # model.actor(obs, deterministic=True) is deterministic, as SB3's export guide checks it
         self.policy.set_training_mode(False)
+        if kept_stream is not None:
+            self.sampling_generator.set_state(kept_stream[0])
+            self.device_sampling_state = kept_stream[1]
         self._attach_generator()
         self._restore_torch_rng()
 
@@ -525,7 +531,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         exactly where it stopped (the sampling generator's state is saved with the model).
 
         A dataset written again since (other transitions, by count or by ``Transitions.digest``) is loaded with a
-        warning: training does not resume as it was.
+        warning: training does not resume as it was; so is a model that also trained on transitions given to
+        ``add_transitions`` (give them again after this call).
 
         :param download: download datasets that are not stored locally
         :raises RuntimeError: the model has no offline dataset, or its buffer is not empty
@@ -556,6 +563,13 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             warnings.warn(
                 f"The offline datasets {self.offline_dataset_ids} {changed}: they changed since, and training does not "
                 "resume as it was",
+                stacklevel=2,
+            )
+        elif self.offline_dataset_size > len(transitions):
+            warnings.warn(
+                f"The model trained on {self.offline_dataset_size:,} offline transitions, its datasets hold "
+                f"{len(transitions):,}: give the other {self.offline_dataset_size - len(transitions):,} (added with "
+                "add_transitions) to add_transitions again before training, or training does not resume as it was",
                 stacklevel=2,
             )
         self.add_transitions(transitions)  # counted anew: the buffer was empty

@@ -51,7 +51,7 @@ class DeviceImageReplayBuffer(ReplayBuffer):
     :param handle_timeout_termination: store timeouts from ``infos`` in ``add`` (sampled dones are
         ``done * (1 - timeout)``)
     :param extra_frames: frame slots beyond one per transition (default ``default_extra_frames``: episodes of at
-        least 10 steps on average keep every transition sampleable)
+        least 10 steps on average keep every transition sampleable), at most ``buffer_size + n_envs``
     """
 
     @staticmethod
@@ -84,7 +84,10 @@ class DeviceImageReplayBuffer(ReplayBuffer):
         BaseBuffer.__init__(self, buffer_size, observation_space, action_space, device, n_envs=n_envs)  # type: ignore[arg-type]
         self.optimize_memory_usage = False
         self.handle_timeout_termination = handle_timeout_termination
-        self.extra_frames = self.default_extra_frames(buffer_size, n_envs) if extra_frames is None else extra_frames
+        extra_frames = self.default_extra_frames(buffer_size, n_envs) if extra_frames is None else extra_frames
+        # two frames per transition at most (episodes of one step): more is never used, as when a model saved with a
+        # large buffer is loaded for deployment with custom_objects={"buffer_size": 1}
+        self.extra_frames = min(extra_frames, buffer_size + n_envs)
         self.frame_capacity = buffer_size + self.extra_frames
         self.frames = zeros((self.frame_capacity, *self.obs_shape), self.device, np.uint8)  # type: ignore[misc]
         #: Absolute frame numbers of each transition's observation and next observation, ``(buffer_size, 2)``.

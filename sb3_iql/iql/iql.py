@@ -247,7 +247,8 @@ class IQL(OfflineAlgorithm):
         self.critic_lr_schedule = critic_lr_schedule
         self.compile_update = compile_update
         self._fast_update: FunctionalUpdate | CudaGraphUpdate | None = None
-        # compile_update="auto": the fastest path a learn_offline call asked for so far (never downgraded)
+        # compile_update="auto": the fastest path a learn_offline call asked for so far (never downgraded; saved, so
+        # that a resumed run keeps it)
         self._auto_mode: AutoMode = None
         if dropout is not None:
             policy_kwargs["actor_dropout"] = dropout
@@ -391,6 +392,8 @@ class IQL(OfflineAlgorithm):
             self.dropout = (self.policy_kwargs or {}).get("actor_dropout")
         if self.compile_update == "cudagraph" and self.device.type != "cuda":
             raise ValueError(f"compile_update='cudagraph' needs a CUDA device, the model is on {self.device}")
+        if self._auto_mode == "graph" and self.device.type != "cuda":  # a file saved on CUDA, loaded elsewhere
+            self._auto_mode = None
         super()._setup_model()
         self._create_aliases()
         if self.dropout and not self._dropout_layers():  # a file of a version that ignored dropout set after building
@@ -689,7 +692,6 @@ class IQL(OfflineAlgorithm):
             "_network_constants",
             "_guards_unchecked",
             "_fast_update",
-            "_auto_mode",
         ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:

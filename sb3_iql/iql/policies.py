@@ -638,6 +638,9 @@ class IQLPolicy(BasePolicy):
         self.ortho_init_gain = ortho_init_gain
         self.share_features_extractor = share_features_extractor
         self._build(lr_schedule)
+        # evaluation mode until training sets it: a policy loaded alone (``policy_class.load``) is deterministic,
+        # dropout off, as the algorithm's own loading leaves it
+        self.set_training_mode(False)
 
     def _build(self, lr_schedule: Schedule) -> None:
         actor_arch, critic_arch, value_arch = split_net_arch(self.net_arch)
