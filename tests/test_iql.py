@@ -16,6 +16,7 @@ import stable_baselines3.common.off_policy_algorithm
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback, EvalCallback
 from stable_baselines3.common.logger import configure
+from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from toy_data import LINE_ENV_ID, LineEnv, bad_policy, good_policy, rollout_episodes, write_dataset
 
@@ -477,6 +478,17 @@ def test_what_the_online_loop_refuses_is_refused_before_the_offline_updates(line
     with pytest.raises(RuntimeError, match="needs an environment"):
         no_env.learn(10)
     assert episodic._n_offline_updates == no_env._n_offline_updates == 0
+    never_collects = line_model(line_dataset, offline_steps=20, train_freq=0)  # SB3's bare AssertionError after them
+    with pytest.raises(ValueError, match="train_freq must collect at least 1 step between two trainings, got 0"):
+        never_collects.learn(10)
+    noisy = line_model(line_dataset, offline_steps=20, action_noise=NormalActionNoise(np.zeros(2), np.ones(2)))
+    with pytest.raises(ValueError, match=r"action_noise draws noise of shape \(2,\) for actions of shape \(1,\)"):
+        noisy.learn(10)  # a broadcasting ValueError after the offline updates before
+    assert never_collects._n_offline_updates == noisy._n_offline_updates == 0
+    state = np.random.get_state()
+    fitting = line_model(line_dataset, offline_steps=0, action_noise=NormalActionNoise(np.zeros(1), np.ones(1)))
+    fitting._check_online_setup()
+    assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), state))  # the run's noise stream unchanged
     no_env.learn(0)  # offline only: no environment needed
     assert no_env._n_offline_updates == 20
 

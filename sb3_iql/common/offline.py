@@ -9,6 +9,7 @@ metrics as a device tensor; ``_offline_train_step()`` may fuse it with the sampl
 ``OfflineAlgorithm.__init__``, which builds the model and loads the data.
 """
 
+import copy
 import math
 import numbers
 import os
@@ -878,6 +879,13 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 "environment only; "
                 f"the env has {self.env.num_envs}: count steps, e.g. train_freq=(1, 'step')"
             )
+        if self.train_freq.frequency < 1:  # SB3's bare "Should at least collect one step or episode" assertion
+            raise ValueError(
+                f"train_freq must collect at least 1 {self.train_freq.unit.value} between two trainings, got "
+                f"{self.train_freq.frequency}"
+            )
+        if self.action_noise is not None:
+            _check_noise_shape(self.action_noise, self.action_space)
 
     def learn(
         self: SelfOfflineAlgorithm,
@@ -1077,6 +1085,21 @@ def _buffer_class(replay_buffer_class: type[ReplayBuffer] | str | None, relabel_
             "sample's own goal, use relabel_eval_goal=True (or False) with replay_buffer_kwargs=dict(terminal_on_goal=True)"
         )
     return replay_buffer_class
+
+
+def _check_noise_shape(action_noise: ActionNoise, action_space: spaces.Space) -> None:
+    """:raises ValueError: ``action_noise`` draws noise of another shape than the actions (one draw, on a copy,
+    NumPy's global generator left as it was: the noise the run draws is unchanged)"""
+    state = np.random.get_state()
+    try:
+        shape = np.shape(copy.deepcopy(action_noise)())
+    finally:
+        np.random.set_state(state)
+    if shape[-1:] != action_space.shape[-1:] or len(shape) > len(action_space.shape) + 1:
+        raise ValueError(
+            f"action_noise draws noise of shape {shape} for actions of shape {action_space.shape}: give it mean and "
+            "sigma of the actions' shape"
+        )
 
 
 def _refuse_vec_normalize(vec_normalize: VecNormalize | None, offline_data: bool) -> None:
