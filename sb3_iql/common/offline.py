@@ -56,6 +56,7 @@ from sb3_iql.data.image_buffers import DeviceImageReplayBuffer
 from sb3_iql.data.minari_loader import (
     DatasetLike,
     Transitions,
+    check_action_space,
     check_observation_space,
     check_spaces,
     checked_transitions,
@@ -245,7 +246,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             if env is None:  # the task the dataset is scored on, also the one to fine-tune on
                 env = recover_eval_env(datasets[0])
             check_observation_space(env.observation_space)
-            self._check_action_space(env.action_space, supported_action_spaces, action_noise)
+            check_action_space(env.action_space, supported_action_spaces, type(self).__name__, action_noise)
             for dataset in datasets:
                 check_spaces(dataset, env.observation_space, env.action_space)
             if relabel_eval_goal:
@@ -258,7 +259,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             buffer_size = self._buffer_size_for(len(transitions), buffer_size, getattr(env, "num_envs", 1))
         elif env is not None:
             check_observation_space(env.observation_space)
-            self._check_action_space(env.action_space, supported_action_spaces, action_noise)
+            check_action_space(env.action_space, supported_action_spaces, type(self).__name__, action_noise)
         self.reward_transform_fn = make_reward_transform(
             reward_transform, None if transitions is None else transitions.episode_returns
         )
@@ -328,51 +329,6 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 f"use buffer_size >= {needed}, or None for dataset size + {ONLINE_BUFFER_ROOM} online steps"
             )
         return buffer_size
-
-    def _check_action_space(
-        self, action_space: spaces.Space, supported: tuple[type[spaces.Space], ...], action_noise: ActionNoise | None = None
-    ) -> None:
-        """
-        A bounded Box (dataset actions are scaled to [-1, 1] with its bounds), or a ``Discrete(n)`` starting at 0
-        where the algorithm supports it (actions are stored as indices, as SB3's DQN does).
-
-        :param action_noise: the online action noise, which only Box actions take
-        :raises ValueError: the space is not supported, naming the ones that are
-        """
-        name = type(self).__name__
-        if not isinstance(action_space, supported):
-            names = " and ".join(space.__name__ for space in supported)
-            raise ValueError(f"{name} supports {names} action spaces, got {action_space}")
-        if isinstance(action_space, spaces.Discrete) and action_space.start != 0:
-            raise ValueError(f"{name} needs Discrete actions starting at 0 (as SB3's policies predict), got {action_space}")
-        if isinstance(action_space, spaces.Discrete) and action_noise is not None:
-            raise ValueError(
-                f"action_noise perturbs Box actions; with {action_space} it would do nothing: Discrete actions explore "
-                "by sampling the policy's categorical distribution online"
-            )
-        shape = getattr(action_space, "shape", None)
-        if isinstance(action_space, spaces.Box) and (len(shape) == 0 or int(np.prod(shape)) != shape[0]):
-            raise ValueError(
-                f"{name} needs Box actions of one dimension, shape (n,) (or (n, 1)), got shape {shape}: flatten the "
-                "environment's actions and the dataset's (gymnasium.wrappers.TransformAction)"
-            )
-        if isinstance(action_space, spaces.Box) and not (
-            np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()
-        ):
-            raise ValueError(f"{name} needs a bounded action space to scale actions to [-1, 1], got {action_space}")
-        if isinstance(action_space, spaces.Box):
-            with np.errstate(over="ignore"):
-                span = action_space.high - action_space.low  # in the space's dtype, as the scaling computes it
-            if not np.isfinite(span).all():
-                raise ValueError(
-                    f"{name} scales actions to [-1, 1] by high - low, which overflows {action_space.dtype} for "
-                    f"{action_space} (every action would be NaN): give the action space bounds whose range is finite"
-                )
-        if isinstance(action_space, spaces.Box) and (action_space.high <= action_space.low).any():
-            raise ValueError(
-                f"{name} needs low < high in every action dimension to scale actions to [-1, 1], got {action_space}: "
-                "leave out the dimensions that cannot move"
-            )
 
     def _setup_model(self) -> None:
         self.offline_steps = checked_count("offline_steps", self.offline_steps)  # IQL.load's custom_objects too

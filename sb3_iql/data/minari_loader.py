@@ -153,6 +153,53 @@ def describe_space(space: spaces.Space) -> str:
     return repr(space)
 
 
+def check_action_space(
+    action_space: spaces.Space, supported: tuple[type[spaces.Space], ...], name: str, action_noise: Any = None
+) -> None:
+    """
+    A bounded Box (dataset actions are scaled to [-1, 1] with its bounds), or a ``Discrete(n)`` starting at 0
+    where the algorithm supports it (actions are stored as indices, as SB3's DQN does).
+
+    :param supported: the action space classes the algorithm supports
+    :param name: the algorithm's name, for the messages
+    :param action_noise: the online action noise (an SB3 ``ActionNoise``), which only Box actions take
+    :raises ValueError: the space is not supported, naming the ones that are
+    """
+    if not isinstance(action_space, supported):
+        names = " and ".join(space.__name__ for space in supported)
+        raise ValueError(f"{name} supports {names} action spaces, got {action_space}")
+    if isinstance(action_space, spaces.Discrete) and action_space.start != 0:
+        raise ValueError(f"{name} needs Discrete actions starting at 0 (as SB3's policies predict), got {action_space}")
+    if isinstance(action_space, spaces.Discrete) and action_noise is not None:
+        raise ValueError(
+            f"action_noise perturbs Box actions; with {action_space} it would do nothing: Discrete actions explore "
+            "by sampling the policy's categorical distribution online"
+        )
+    shape = getattr(action_space, "shape", None)
+    if isinstance(action_space, spaces.Box) and (len(shape) == 0 or int(np.prod(shape)) != shape[0]):
+        raise ValueError(
+            f"{name} needs Box actions of one dimension, shape (n,) (or (n, 1)), got shape {shape}: flatten the "
+            "environment's actions and the dataset's (gymnasium.wrappers.TransformAction)"
+        )
+    if isinstance(action_space, spaces.Box) and not (
+        np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()
+    ):
+        raise ValueError(f"{name} needs a bounded action space to scale actions to [-1, 1], got {action_space}")
+    if isinstance(action_space, spaces.Box):
+        with np.errstate(over="ignore"):
+            span = action_space.high - action_space.low  # in the space's dtype, as the scaling computes it
+        if not np.isfinite(span).all():
+            raise ValueError(
+                f"{name} scales actions to [-1, 1] by high - low, which overflows {action_space.dtype} for "
+                f"{action_space} (every action would be NaN): give the action space bounds whose range is finite"
+            )
+    if isinstance(action_space, spaces.Box) and (action_space.high <= action_space.low).any():
+        raise ValueError(
+            f"{name} needs low < high in every action dimension to scale actions to [-1, 1], got {action_space}: "
+            "leave out the dimensions that cannot move"
+        )
+
+
 def spaces_match(dataset_space: spaces.Space, env_space: spaces.Space, check_bounds: bool) -> bool:
     """
     :return: whether data of ``dataset_space`` fits ``env_space`` (same structure and shapes, the same dtype where
