@@ -14,6 +14,7 @@ Install the benchmark dependencies with ``pip install -r benchmarks/requirements
 gymnasium, so it is installed without its pins).
 """
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,12 @@ import structlog
 import torch as th
 from gymnasium import spaces
 
+from sb3_iql import IQL
 from sb3_iql.data.minari_loader import Transitions
 from sb3_iql.data.rewards import RewardTransformLike, make_reward_transform
+
+#: IQL's settings that d3rlpy's IQL takes (``make_d3rlpy_algo``).
+IQL_NUMBERS = ("expectile", "beta", "max_weight", "gamma", "tau", "learning_rate")
 
 # d3rlpy logs every epoch and every dataset it builds through structlog: keep its warnings only.
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -76,7 +81,8 @@ def make_d3rlpy_algo(
     """
     :param method: ``"iql"`` (``d3rlpy.algos.IQLConfig``) or ``"bc"`` (``d3rlpy.algos.BCConfig``, d3rlpy's own
         deterministic BC with its default learning rate)
-    :param hyperparameters: ``expectile`` and ``beta`` (d3rlpy's ``weight_temp``) for IQL
+    :param hyperparameters: IQL's ``expectile``, ``beta`` (d3rlpy's ``weight_temp``), ``max_weight``, ``gamma``,
+        ``tau`` and ``learning_rate`` (the actor's and the critics'), IQL's defaults for those left out
     :param device: ``"cpu"`` or ``"cuda"`` (d3rlpy's first device of that kind)
     :param actor_lr_decay_steps: IQL only: the actor's lr decays to 0 over this many updates with d3rlpy's own
         ``CosineAnnealingLRFactory`` (the reference's schedule); None: d3rlpy's constant lr
@@ -85,6 +91,8 @@ def make_d3rlpy_algo(
     import d3rlpy
 
     encoder = d3rlpy.models.VectorEncoderFactory(hidden_units=list(net_arch))
+    defaults = inspect.signature(IQL.__init__).parameters  # IQL's, where the settings leave them out
+    hyperparameters = {name: hyperparameters.get(name, defaults[name].default) for name in IQL_NUMBERS}
     if method == "iql":
         actor_optimizer = {}
         if actor_lr_decay_steps is not None:
@@ -94,6 +102,11 @@ def make_d3rlpy_algo(
             batch_size=batch_size,
             expectile=hyperparameters["expectile"],
             weight_temp=hyperparameters["beta"],
+            max_weight=hyperparameters["max_weight"],
+            gamma=hyperparameters["gamma"],
+            tau=hyperparameters["tau"],
+            actor_learning_rate=hyperparameters["learning_rate"],
+            critic_learning_rate=hyperparameters["learning_rate"],
             actor_encoder_factory=encoder,
             critic_encoder_factory=encoder,
             value_encoder_factory=encoder,
@@ -146,14 +159,22 @@ class D3rlpyPredictor:
 
 
 def save_d3rlpy(path: Path, algo: Any, progress: dict) -> None:
-    """Networks and optimizers (``algo.save_model``) and the progress dict, written atomically."""
+    """
+    Networks and optimizers (``algo.save_model``) and the progress dict, each written atomically. The networks go to
+    a file of their own update count, named by the progress file, which is written last and only then drops the
+    previous networks' file: a run killed in between resumes from the networks its progress names.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    model_path = path.with_suffix(".d3")
-    algo.save_model(str(model_path.with_suffix(".d3.tmp")))
-    model_path.with_suffix(".d3.tmp").replace(model_path)
+    previous = th.load(path, weights_only=False)["model"] if path.exists() else None
+    n_updates = progress["curve"][-1]["updates"] if progress["curve"] else 0
+    model_path = path.with_suffix(f".{n_updates}.d3")
+    algo.save_model(str(model_path.with_suffix(".tmp")))
+    model_path.with_suffix(".tmp").replace(model_path)
     tmp = path.with_suffix(".tmp")
     th.save({"progress": progress, "model": model_path.name}, tmp)
     tmp.replace(path)
+    if previous not in (None, model_path.name):
+        (path.parent / previous).unlink(missing_ok=True)
 
 
 def load_d3rlpy(path: Path, algo: Any) -> dict:

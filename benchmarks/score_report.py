@@ -371,7 +371,9 @@ def write_markdown(
         "extraction instead of AWR (the smaller critic at the mean action over its batch mean |Q|, plus W times the",
         "log-likelihood of the dataset actions; Park et al., 2024). d3rlpy IQL: its `IQLConfig` with the same",
         "expectile, beta, batch and networks (constant lr; `cosine actor lr`: decayed to 0 over the budget by its own "
-        "`CosineAnnealingLRFactory`; `+ evalgoalterm`: the same relabelled transitions as ours); d3rlpy BC: its",
+        "`CosineAnnealingLRFactory`; `+ evalgoalterm`: the same relabelled transitions as ours; it drops the last "
+        "transition of each time-limit episode, 0.1-0.3% of the stitch mazes' transitions, and takes the dataset "
+        "actions unclipped, ours clipped to +-(1 - 1e-5)); d3rlpy BC: its",
         "deterministic `BCConfig`. BC = sb3-iql with beta = 0. `defaults` = the dataset's preset (PointMaze: DDPG +",
         "AWR, 0.01, the stitch mazes with actor dropout 0.1, the sparse goal-carrying mazes with hindsight goals (the",
         "AntMaze-v1 replica: beta 0.3 on the stored goals); Hopper medium: AWR + order + logstd + init + constlr +",
@@ -535,13 +537,43 @@ def _write_csv(path: Path, groups: dict[tuple, dict[str, list[dict]]]) -> None:
                         )
 
 
+def check_one_model_per_row(groups: dict[tuple, dict[str, list[dict]]], canonical: Callable[[dict], str]) -> None:
+    """
+    :param canonical: a record's hyperparameters as one string, equal for two runs that trained the same model
+        (``scores.canonical_hyperparameters``)
+    :raises SystemExit: a row would average runs of different hyperparameters (a method's settings changed between
+        its runs), naming them
+    """
+    for setting, methods in groups.items():
+        for method, records in methods.items():
+            trained = {canonical(record["hyperparameters"]): record for record in records}
+            if len(trained) > 1:
+                examples = "; ".join(
+                    f"seed {record['config']['seed']}: {record['hyperparameters']}" for record in trained.values()
+                )
+                raise SystemExit(
+                    f"The row of {method} on {setting[0]} ({setting[2]:,} updates) holds runs of different "
+                    f"hyperparameters ({examples}): move the ones of the earlier settings to "
+                    "scores_runs_superseded.json"
+                )
+
+
 def write_report(
-    out: Path, dataset_ids: list[str] | None, torch_threads: int, trains_the_preset: Callable[[dict], bool] | None = None
+    out: Path,
+    dataset_ids: list[str] | None,
+    torch_threads: int,
+    trains_the_preset: Callable[[dict], bool] | None = None,
+    canonical: Callable[[dict], str] | None = None,
 ) -> None:
-    """Write every report file of the cached runs in ``out`` (``trains_the_preset``: as in ``group_runs``)."""
+    """
+    Write every report file of the cached runs in ``out`` (``trains_the_preset``: as in ``group_runs``; given
+    ``canonical``, ``check_one_model_per_row`` first).
+    """
     load_interval_cache(out / INTERVAL_CACHE_FILE)
     runs = load_runs(out)
     groups = group_runs(runs, dataset_ids, trains_the_preset)
+    if canonical is not None:
+        check_one_model_per_row(groups, canonical)
     rows = summary_rows(groups)
     aggregates = stitch_aggregate(groups)
     aggregates_json = [

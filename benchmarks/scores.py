@@ -160,9 +160,11 @@ DATA_FACTORS = ("evalgoal", "evalgoalterm")
 #: ``iql``: the package's defaults; ``bc``: the reference with beta = 0; ``iql-ref[+factor...]``: the reference with
 #: factors; ``d3rlpy-iql`` and ``d3rlpy-bc``: the peer (``benchmarks/peers.py``).
 BASE_METHODS = ("iql", "bc", "iql-ref", "d3rlpy-iql", "d3rlpy-iql-cosine", "d3rlpy-bc")
-#: IQL settings that d3rlpy's runs do not record: its IQL extracts the policy with AWR, has no actor dropout, and
-#: takes its own update order, networks and initialisation.
-D3RLPY_IGNORED_SETTINGS = ("policy_extraction", "dropout", "update_order", "policy_kwargs")
+#: What d3rlpy's runs take from the IQL settings, and so record: the data's (``benchmarks/peers.py`` transforms the
+#: rewards and relabels the goals as IQL does), and for its IQL the numbers ``peers.make_d3rlpy_algo`` passes. Its IQL
+#: extracts the policy with AWR (no dropout, its own update order, networks and initialisation) and decays its
+#: actor's lr only as ``d3rlpy-iql-cosine``; its BC (beta 0) keeps d3rlpy's own settings.
+D3RLPY_DATA_SETTINGS = ("reward_transform", "relabel_eval_goal")
 METHODS = ("iql", "bc")
 #: The methods built on ``REFERENCE_SETTINGS`` (with ``FACTORS``).
 REFERENCE_METHODS = ("iql-ref", "bc")
@@ -315,14 +317,22 @@ class RunConfig:
         paper = PAPER_DOMAIN_SETTINGS.get(preset.get("reward_transform"), {}) if self.base_method in REFERENCE_METHODS else {}
         settings = {**preset, **paper, **method_settings(self.method)}
         if self.base_method in D3RLPY_METHODS:
-            for key in D3RLPY_IGNORED_SETTINGS:
-                settings.pop(key, None)
+            return d3rlpy_settings(self.base_method, settings)
         for key in ("dropout", "replay_buffer_class", "replay_buffer_kwargs"):
             if settings.get(key) is None:
                 settings.pop(key, None)  # IQL's defaults: no dropout, SB3's replay buffer
         if settings.get("policy_extraction", "awr") == "awr":
             settings.pop("bc_weight", None)  # the DDPG extractions' weight
         return settings
+
+
+def d3rlpy_settings(base_method: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """:return: the settings a d3rlpy run takes from ``settings`` (the IQL arguments), as its record keeps them"""
+    kept = D3RLPY_DATA_SETTINGS if base_method == "d3rlpy-bc" else D3RLPY_DATA_SETTINGS + peers.IQL_NUMBERS
+    taken = {key: settings[key] for key in kept if key in settings}
+    if base_method == "d3rlpy-bc":
+        return {**taken, "beta": 0.0}
+    return {**taken, "actor_lr_schedule": "cosine" if base_method.endswith("-cosine") else "constant"}
 
 
 def is_generated(dataset_id: str) -> bool:
@@ -386,17 +396,17 @@ def check_cached_runs(runs: dict[str, dict], configs: list[RunConfig], dataset: 
     bit-reproducible, so a locomotion dataset made again differs) keeps its id and often its steps; a method whose
     settings changed (``REFERENCE_SETTINGS``, a factor) trains another model under the same name. Records store the
     dataset's episode count and their hyperparameters; a cached one that differs from this invocation's stops it
-    (records from before the episode count are not checked). ``iql`` runs of an earlier preset are set aside first
-    (``set_aside_earlier_presets``).
+    (records from before the episode count are checked for their hyperparameters only). ``iql`` runs of an earlier
+    preset are set aside first (``set_aside_earlier_presets``).
 
     :raises SystemExit: a cached run of ``configs`` was trained on another generation of the dataset, or with
         other hyperparameters
     """
     for config in configs:
-        record = runs.get(config.key, {})
-        if record.get("dataset_episodes") is None:
+        record = runs.get(config.key)
+        if record is None:
             continue
-        if record["dataset_episodes"] != dataset.total_episodes:
+        if record.get("dataset_episodes", dataset.total_episodes) != dataset.total_episodes:
             reason = (
                 f"was trained on {record['dataset_episodes']} episodes of {config.dataset_id}; the local dataset has "
                 f"{dataset.total_episodes}, another generation of it"
@@ -590,6 +600,7 @@ def iql_model(
         model.reload_offline_dataset()  # relabelled as the run's model was (relabel_eval_goal)
         restore_global_rng(checkpoint.with_suffix(".rng"))  # after loading, which draws initial weights
         progress = json.loads(progress_file.read_text())
+        check_resumable(progress, config, checkpoint)
         print(f"  resumed at {model.num_timesteps} updates", flush=True)
         if model.num_timesteps > (progress["curve"][-1]["updates"] if progress["curve"] else 0):
             # killed between saving the model and its progress: the evaluation of this point is written again, the
@@ -608,13 +619,26 @@ def iql_model(
             device=device,
             **_iql_arguments(config.hyperparameters(), config.net_arch),
         )
-        progress = {"curve": [], "train_s": 0.0, "eval_s": 0.0}
+        progress = {"curve": [], "train_s": 0.0, "eval_s": 0.0, "hyperparameters": config.hyperparameters()}
     # The evaluation interval is below "auto"'s compilation threshold: eager unless asked. Asked on CUDA: "auto",
     # which captures the update in a CUDA graph for each interval (6x the compiled update alone on an H200).
     model.compile_update = ("auto" if model.device.type == "cuda" else True) if compile_update else False
     progress["compiled"] = progress.get("compiled", False) or compile_update
     model.set_logger(Logger(folder=None, output_formats=[]))  # no per-call temporary log folders
     return model, progress
+
+
+def check_resumable(progress: dict, config: RunConfig, checkpoint: Path) -> None:
+    """
+    :raises SystemExit: the checkpoint's run was started with other hyperparameters than ``config`` has now (a
+        method's settings changed since): resumed, it would end as a mix of both under the new ones' record
+    """
+    started = progress.get("hyperparameters")  # checkpoints of earlier versions did not keep them
+    if started is not None and canonical_hyperparameters(started) != canonical_hyperparameters(config.hyperparameters()):
+        raise SystemExit(
+            f"The checkpoint {checkpoint} of {config.key} was started with {started}, not {config.hyperparameters()} "
+            "(its method changed since): delete its files to train the run again"
+        )
 
 
 def evaluate_and_checkpoint(
@@ -732,8 +756,10 @@ def train_d3rlpy(
     algo.build_with_dataset(mdp_dataset)
     checkpoint = _checkpoint_path(checkpoint_dir, config).with_suffix(".pt")
     progress = {"curve": [], "train_s": 0.0, "eval_s": 0.0, "peer_version": f"d3rlpy {d3rlpy.__version__}"}
+    progress["hyperparameters"] = hyperparameters
     if checkpoint.exists():
         progress = peers.load_d3rlpy(checkpoint, algo)
+        check_resumable(progress, config, checkpoint)
         d3rlpy.seed(config.seed + 1 + len(progress["curve"]))
         print(f"  resumed at {progress['curve'][-1]['updates']} updates", flush=True)
     done = progress["curve"][-1]["updates"] if progress["curve"] else 0
@@ -874,7 +900,7 @@ def main() -> None:
     th.set_num_threads(args.torch_threads)
     score_report.BOOTSTRAP_REPS = args.bootstrap_reps
     if args.report_only:
-        write_report(args.out, args.datasets, args.torch_threads, trains_the_preset)
+        write_report(args.out, args.datasets, args.torch_threads, trains_the_preset, canonical_hyperparameters)
         return
     start = time.perf_counter()
     # each one checked before any training (a dataset that cannot give scores stopped the run after others trained)
@@ -931,9 +957,9 @@ def main() -> None:
                     ]
                 record_runs(args.out, args.checkpoint_dir, configs, records, dataset.total_episodes)
                 if not args.no_report:
-                    write_report(args.out, args.datasets, args.torch_threads, trains_the_preset)
+                    write_report(args.out, args.datasets, args.torch_threads, trains_the_preset, canonical_hyperparameters)
     if not args.no_report:
-        write_report(args.out, args.datasets, args.torch_threads, trains_the_preset)
+        write_report(args.out, args.datasets, args.torch_threads, trains_the_preset, canonical_hyperparameters)
     report = "" if args.no_report else f"; report in {args.out / (REPORT_STEM + '.md')}"
     print(f"Done in {(time.perf_counter() - start) / 60:.1f} min{report}", flush=True)
 

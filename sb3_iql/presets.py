@@ -1,5 +1,9 @@
 """
-Hyperparameter presets of the IQL paper, keyed by Minari dataset id (``sb3_iql/hyperparams/iql.yml``).
+Hyperparameter presets, keyed by Minari dataset id (``sb3_iql/hyperparams/iql.yml``): the IQL paper's for its
+domains (AntMaze, locomotion, Kitchen and Adroit, fine-tuning), and measured ones where the benchmarks found better
+(the PointMaze mazes; Hopper medium and medium-replay, ``mujoco/hopper/medium-v0`` included: README, "Three presets
+leave the paper"). The paper's algorithm on any dataset: the constructor's defaults with the domain's expectile,
+beta and ``reward_transform``.
 
 Lookup order of :func:`preset_for`:
 
@@ -136,8 +140,8 @@ def preset_key(dataset_id: str, finetune: bool = False, path: str | None = None)
 
 def preset_for(dataset_id: str, finetune: bool = False, path: str | None = None) -> dict[str, Any]:
     """
-    The paper's hyperparameters for a dataset: an exact id match first, then the first matching glob pattern
-    (``"D4RL/antmaze/*"``, ``"mujoco/*"``...) in file order.
+    The preset hyperparameters for a dataset (the paper's, or a measured one: the module's docstring): an exact id
+    match first, then the first matching glob pattern (``"D4RL/antmaze/*"``, ``"mujoco/*"``...) in file order.
 
     :param dataset_id: Minari dataset id, e.g. ``"D4RL/antmaze/large-diverse-v1"`` or ``"sb3_iql/pointmaze/umaze-v0"``
     :param finetune: the fine-tuning preset (offline updates then ``n_timesteps`` online steps, constant actor lr)

@@ -53,6 +53,9 @@ def test_scores_report(maze_root, tmp_path):
     matched = by_method["iql-ref+order+logstd+init"][0]["hyperparameters"]
     assert matched["update_order"] == "joint" and matched["policy_kwargs"]["weight_init"] == "pytorch"
     assert by_method["d3rlpy-iql"][0]["peer_version"].startswith("d3rlpy ")
+    # what d3rlpy took: its constant actor lr (the maze preset's "cosine" was recorded before), no IQL-only settings
+    d3rlpy_settings = by_method["d3rlpy-iql"][0]["hyperparameters"]
+    assert d3rlpy_settings["actor_lr_schedule"] == "constant" and "policy_extraction" not in d3rlpy_settings
     assert all([point["updates"] for point in record["curve"]] == [10, 20] for record in runs.values())
     assert all("fraction_at_goal_after" in record["curve"][-1] for record in runs.values())
     lines = (out / "scores.md").read_text().splitlines()
@@ -151,6 +154,66 @@ def test_an_interrupted_score_run_resumes_to_the_same_parameters(maze_root, tmp_
     first, second = IQL.load(tmp_path / "straight" / name), IQL.load(tmp_path / "resumed" / name)
     for (key, value), other in zip(first.policy.state_dict().items(), second.policy.state_dict().values()):
         assert th.equal(value, other), key
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(maze_root, tmp_path, monkeypatch):
+    """A method whose settings changed between a run's interruption and its resumption ended as a mix of both,
+    recorded under the new ones."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(maze_root))
+    import scores
+
+    from sb3_iql.data.minari_loader import load_dataset
+
+    dataset = load_dataset(MAZE_ID)
+    config = scores.RunConfig(MAZE_ID, dataset.total_steps, "iql-ref", 0, 20, 10, 1, (16,), 64)
+    write_json = scores.write_json
+
+    def interrupt_after_the_first_checkpoint(path, data):
+        write_json(path, data)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scores, "write_json", interrupt_after_the_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        scores.train_iql(config, dataset, tmp_path / "ckpt", None)
+    monkeypatch.setattr(scores, "write_json", write_json)
+    started = config.hyperparameters()
+    monkeypatch.setattr(scores.RunConfig, "hyperparameters", lambda self: {**started, "beta": 1.0})
+    with pytest.raises(SystemExit, match=r"was started with .*'beta': 10\.0.*its method changed since"):
+        scores.train_iql(config, dataset, tmp_path / "ckpt", None)
+
+
+def test_a_d3rlpy_run_killed_between_its_networks_and_its_progress_resumes_from_the_networks_its_progress_names(
+    tmp_path, monkeypatch
+):
+    """The networks of the next chunk overwrote those the progress named: the chunk was trained twice."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import peers
+
+    class Networks:
+        def __init__(self, updates: int = 0):
+            self.updates = updates
+
+        def save_model(self, path: str) -> None:
+            pathlib.Path(path).write_text(str(self.updates))
+
+        def load_model(self, path: str) -> None:
+            self.updates = int(pathlib.Path(path).read_text())
+
+    def killed(*args: object) -> None:
+        raise KeyboardInterrupt  # before the progress is written
+
+    checkpoint = tmp_path / "run.pt"
+    peers.save_d3rlpy(checkpoint, Networks(100), {"curve": [{"updates": 100}]})
+    peers.save_d3rlpy(checkpoint, Networks(200), {"curve": [{"updates": 100}, {"updates": 200}]})
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run.200.d3", "run.pt"]  # the earlier ones dropped
+    monkeypatch.setattr(peers.th, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        peers.save_d3rlpy(checkpoint, Networks(300), {"curve": [{"updates": u} for u in (100, 200, 300)]})
+    monkeypatch.undo()
+    resumed = Networks()
+    progress = peers.load_d3rlpy(checkpoint, resumed)
+    assert progress["curve"][-1]["updates"] == resumed.updates == 200
 
 
 def test_spaces_speed_reports_the_image_buffer_at_the_raw_frames(monkeypatch):
@@ -538,6 +601,14 @@ def test_the_defaults_row_is_every_run_of_the_preset_whichever_method_named_it(m
     assert [run["final"] for run in groups[preset_twin]] == [99.0, 11.0]
     # names alone without the preset check, as before
     assert [run["final"] for run in score_report.group_runs(runs, None)[config("iql", 0).setting]["iql"]] == [10.0, 13.0]
+    score_report.check_one_model_per_row(
+        score_report.group_runs(runs, None, scores.trains_the_preset), scores.canonical_hyperparameters
+    )
+    mixed = dict([record("iql-ref", 4, 12.0, beta=1.0), *runs.items()])  # iql-ref's settings changed between seeds
+    with pytest.raises(SystemExit, match=r"The row of iql-ref on .*medium-stitch-v0 \(30 updates\) holds runs of diff"):
+        score_report.check_one_model_per_row(
+            score_report.group_runs(mixed, None, scores.trains_the_preset), scores.canonical_hyperparameters
+        )
 
     # training iql: seed 1 is cached under the twin's name, seed 2 is not; the earlier preset's seed 3 is kept aside
     assert scores.cached_run(runs, config("iql", 1))["final"] == 11.0

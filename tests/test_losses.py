@@ -88,6 +88,9 @@ def test_actor_is_an_unsquashed_gaussian_with_tanh_mean(policy: IQLPolicy):
         std = th.tensor([math.exp(-5.0), math.exp(0.3)])
         expected = (-0.5 * ((actions - mean) / std) ** 2 - th.log(std) - 0.5 * math.log(2 * math.pi)).sum(dim=1)
         th.testing.assert_close(policy.actor.log_prob(obs, actions), expected)
+        policy.actor.log_std.copy_(th.tensor([-1.0, 3.0]))  # 3 is clipped to 2
+        th.testing.assert_close(policy.actor.distribution(obs).stddev, th.tensor([math.exp(-1.0), math.exp(2.0)]).expand(5, 2))
+        policy.actor.log_std.copy_(th.tensor([-7.0, 0.3]))
         th.testing.assert_close(policy.actor(obs, deterministic=True), mean)
         samples = policy.actor(obs.repeat(200, 1), deterministic=False)
     assert samples.abs().max() <= 1.0  # exploration samples are clipped to the bounds
@@ -128,6 +131,48 @@ def test_orthogonal_init_and_targets(policy: IQLPolicy):
     th.testing.assert_close(ensemble_weight @ ensemble_weight.T, gain**2 * th.eye(5), atol=1e-5, rtol=1e-5)
     for source, target in zip(policy.critic.parameters(), policy.critic_target.parameters()):
         assert th.equal(source, target) and not target.requires_grad
+
+
+def test_every_layer_starts_orthogonal_with_gain_sqrt_2_and_zero_biases_as_the_reference_s():
+    """The reference's ``default_init`` is orthogonal(sqrt(2)) on every Dense layer, the output layers (the actor's
+    mean, V's and each Q's) included."""
+    policy = small_policy(net_arch=[64, 32])
+    weights = []  # (out, in) each
+    for network in (policy.actor, policy.critic, policy.value_net):
+        for layer in network.modules():
+            if isinstance(layer, nn.Linear):
+                weights.append(layer.weight)
+                assert th.equal(layer.bias, th.zeros_like(layer.bias))
+            elif isinstance(layer, EnsembleLinear):  # stored transposed, one (in, out) per critic
+                weights += [member.T for member in layer.weight]
+                assert th.equal(layer.bias, th.zeros_like(layer.bias))
+    assert len(weights) == 3 + 2 * 3 + 3  # actor: 2 hidden + mean; critics: 2 x 3; V: 2 hidden + output
+    for weight in weights:  # orthonormal rows or columns, whichever are fewer, scaled by the gain
+        gram = weight @ weight.T if weight.shape[0] <= weight.shape[1] else weight.T @ weight
+        th.testing.assert_close(gram, 2.0 * th.eye(len(gram)), atol=1e-5, rtol=1e-5)
+
+
+def test_actor_dropout_follows_every_hidden_activation():
+    """The reference's MLP: Dense -> ReLU -> Dropout for each hidden layer (activate_final), none in the critics."""
+    policy = small_policy(net_arch=[64, 64], actor_dropout=0.1)
+    kinds = [type(module) for module in policy.actor.latent_pi]
+    assert kinds == [nn.Linear, nn.ReLU, nn.Dropout] * 2
+    assert not any(isinstance(module, nn.Dropout) for module in [*policy.critic.modules(), *policy.value_net.modules()])
+
+
+def test_the_constructor_s_defaults_are_the_reference_s():
+    """The reference's MuJoCo configuration and learner (the step-by-step reference test reads these off the model,
+    so it would not see them change)."""
+    from sb3_iql import IQL
+    from sb3_iql.common.offline import DEFAULT_OFFLINE_STEPS
+    from sb3_iql.iql.policies import DEFAULT_NET_ARCH
+
+    model = IQL("MlpPolicy", "Pendulum-v1", buffer_size=10)
+    assert (model.expectile, model.beta, model.max_weight) == (0.7, 3.0, 100.0)
+    assert (model.gamma, model.tau, model.batch_size, model.learning_rate) == (0.99, 0.005, 256, 3e-4)
+    assert DEFAULT_NET_ARCH == [256, 256] and model.policy.net_arch == [256, 256]
+    assert DEFAULT_OFFLINE_STEPS == model.offline_steps == 1_000_000
+    assert (model.actor_lr_schedule, model.critic_lr_schedule, model.dropout) == ("cosine", "constant", None)
 
 
 def test_actor_dropout_only_in_training_mode():

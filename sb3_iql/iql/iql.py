@@ -292,8 +292,9 @@ class IQL(OfflineAlgorithm):
         **overrides: Any,
     ) -> SelfIQL:
         """
-        A model with the paper's hyperparameters for a dataset (``sb3_iql/hyperparams/iql.yml``, looked up by
-        ``sb3_iql.presets.preset_for``), the dataset loaded in its replay buffer.
+        A model with the preset hyperparameters for a dataset (``sb3_iql/hyperparams/iql.yml``, looked up by
+        ``sb3_iql.presets.preset_for``: the paper's, or for PointMaze and Hopper measured ones that leave it), the
+        dataset loaded in its replay buffer.
 
         The online budget of a fine-tuning preset is ``preset_for(dataset_id, finetune=True)["n_timesteps"]``:
         ``model.learn(n_timesteps)`` runs the offline updates first, then the online steps.
