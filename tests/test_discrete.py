@@ -95,9 +95,14 @@ def test_dataset_actions_are_stored_as_indices_and_checked(discrete_dataset, min
     assert set(np.unique(stored)) == {0.0, 1.0, 2.0}
     env = LineEnv(discrete=True)
     obs = [env.reset(seed=0)[0]] * 3
-    for bad_action, message in ((3, r"'actions' holds 3.0 .* not an integer in \[0, 2\]"), (-1, r"holds -1.0 .* in \[0, 2\]")):
+    bad_actions = (
+        (3, r"episode 0: .*'actions' holds 3 .* not an integer in \[0, 2\]"),
+        (-1, r"holds -1 .* in \[0, 2\]"),
+        (0.99999999, r"holds 0.99999999 .* not an integer"),  # rounded to 1 by the float32 cast before
+    )
+    for index, (bad_action, message) in enumerate(bad_actions):
         episode = make_episode(0, obs, [1, bad_action], [0.0, 0.0], [False, False], [False, True])
-        dataset = write_dataset(f"test/line/bad-action{bad_action}-v0", [episode], env=env)
+        dataset = write_dataset(f"test/line/bad-action{index}-v0", [episode], env=env)
         with pytest.raises(ValueError, match=message):
             discrete_model(dataset)
 
@@ -175,3 +180,91 @@ def test_iql_beats_behaviour_cloning_on_mixed_discrete_data(discrete_dataset, se
     iql, bc = offline_return(beta=10.0), offline_return(beta=0.0)  # IQL: -4.3 and -3.2
     assert iql > -6.0, iql
     assert iql > bc + 5.0, (iql, bc)
+
+
+DISCRETE_OBSERVATION_SPACES = [
+    spaces.Discrete(5),
+    spaces.MultiDiscrete([3, 4]),
+    spaces.MultiBinary(3),
+    spaces.Dict({"cell": spaces.Discrete(4), "position": spaces.Box(-1.0, 1.0, (2,), np.float32)}),
+]
+
+
+@pytest.mark.parametrize("observation_space", DISCRETE_OBSERVATION_SPACES, ids=str)
+@pytest.mark.parametrize("batch_shape", [(6,), (6, 1)])  # as predict and the replay buffers give Discrete ones
+def test_discrete_observations_are_one_hot_as_sb3_encodes_them(observation_space, batch_shape):
+    """Traceable by torch.compile and vmap (SB3's one_hot is not), and equal to SB3's encoding."""
+    from stable_baselines3.common.preprocessing import preprocess_obs
+
+    from sb3_iql.common.preprocessing import observation_preprocessing, preprocess_observations
+
+    def batch(space: spaces.Space) -> th.Tensor | dict:
+        if isinstance(space, spaces.Dict):
+            return {key: batch(subspace) for key, subspace in space.spaces.items()}
+        samples = np.stack([space.sample() for _ in range(6)])
+        return th.as_tensor(samples.reshape(batch_shape) if isinstance(space, spaces.Discrete) else samples)
+
+    observation_space.seed(0)
+    obs = batch(observation_space)
+    ours = preprocess_observations(obs, observation_space, observation_preprocessing(observation_space, True))
+    theirs = preprocess_obs(obs, observation_space)
+    for key in ours if isinstance(ours, dict) else [None]:
+        mine, sb3 = (ours, theirs) if key is None else (ours[key], theirs[key])
+        assert mine.dtype == sb3.dtype and th.equal(mine, sb3), key
+
+
+def test_models_with_a_discrete_observation_key_train_together_as_alone():
+    """vmap failed on SB3's one-hot encoding (``.item()`` inside ``one_hot``)."""
+    from sb3_iql.data.minari_loader import Transitions
+    from sb3_iql.iql.multi_seed import learn_offline_together
+
+    observation_space = DISCRETE_OBSERVATION_SPACES[-1]
+    observation_space.seed(0)
+    samples = [observation_space.sample() for _ in range(65)]
+    observations = {key: np.stack([sample[key] for sample in samples]) for key in observation_space.spaces}
+    actions = np.random.default_rng(0).integers(0, 3, 64)
+    transitions = Transitions(
+        {key: values[:-1] for key, values in observations.items()},
+        {key: values[1:] for key, values in observations.items()},
+        actions,
+        actions.astype(np.float32),
+        np.zeros(64, bool),
+        np.arange(64) % 16 == 15,
+        np.zeros(1),
+    )
+
+    def model(seed: int) -> IQL:
+        env = SpacesEnv(observation_space, spaces.Discrete(3))
+        made = IQL("MultiInputPolicy", env, None, offline_steps=10, batch_size=8, policy_kwargs=SMALL_NET, seed=seed)
+        made.add_transitions(transitions)
+        return made
+
+    together, alone = [model(seed) for seed in (0, 1)], [model(seed) for seed in (0, 1)]
+    learn_offline_together(together, 10, log_interval=0)
+    for joint, single in zip(together, alone):
+        single.learn_offline(10, log_interval=0)
+        for (name, ours), theirs in zip(joint.policy.state_dict().items(), single.policy.state_dict().values()):
+            th.testing.assert_close(ours, theirs, rtol=0, atol=1e-6, msg=name)  # float32: the batched products
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("observation_space", DISCRETE_OBSERVATION_SPACES[:2], ids=str)
+def test_the_compiled_update_of_discrete_observations_trains_like_the_eager_one(observation_space):
+    """torch.compile failed on SB3's one-hot encoding ("torch.* op returned non-Tensor")."""
+    from sb3_iql.data.minari_loader import Transitions
+
+    observation_space.seed(0)
+    observations = np.stack([observation_space.sample() for _ in range(65)])
+    actions = np.random.default_rng(0).integers(0, 3, 64)
+    flags = np.zeros(64, bool)
+    transitions = Transitions(observations[:-1], observations[1:], actions, actions.astype(np.float32), flags, flags, [0])
+    models = []
+    for compile_update in (False, True):
+        env = SpacesEnv(observation_space, spaces.Discrete(3))
+        models.append(
+            IQL("MlpPolicy", env, None, batch_size=8, policy_kwargs=SMALL_NET, seed=0, compile_update=compile_update)
+        )
+        models[-1].add_transitions(transitions)
+        models[-1].learn_offline(10, log_interval=0)
+    for (name, eager), compiled in zip(models[0].policy.state_dict().items(), models[1].policy.state_dict().values()):
+        th.testing.assert_close(eager, compiled, rtol=1e-5, atol=1e-6, msg=name)

@@ -326,7 +326,7 @@ def test_a_normalized_evaluation_built_from_the_dataset_sees_frames_as_the_model
 
 def test_the_compiled_update_of_image_observations_trains_like_the_eager_one(image_dataset):
     # SB3's image test compares the space's NumPy bounds, on which a fullgraph-compiled update cannot branch: each
-    # network decides once, when it is built (image_scaling). A wrong decision (frames not divided by 255) would
+    # network decides once, when it is built (observation_preprocessing). A wrong decision (frames not divided by 255) would
     # train differently.
     eager, compiled = (image_model(image_dataset, compile_update=mode) for mode in (False, True))
     eager.learn_offline(5)

@@ -23,10 +23,13 @@ def test_a_model_saved_by_an_earlier_version_predicts_as_it_did(commit):
     np.testing.assert_array_equal(model.predict(observations, deterministic=True)[0], actions)
 
 
-def test_a_policy_pickled_whole_before_its_networks_kept_their_image_scaling_still_predicts():
+@pytest.mark.parametrize("kept", [None, "image_scaling"])
+def test_a_policy_pickled_whole_before_its_networks_kept_their_preprocessing_still_predicts(kept):
     model = IQL.load(DATA / f"iql_{LEGACY_COMMITS[0]}.zip", device="cpu")
     for network in (model.actor, model.critic, model.critic_target, model.value_net):
-        del network.image_scaling  # as the networks were pickled before they had it
+        del network.preprocessing  # as the networks were pickled before they had it
+        if kept is not None:  # the versions that kept whether they scaled images, under that name
+            setattr(network, kept, False)
     buffer = io.BytesIO()
     th.save(model.policy, buffer)
     buffer.seek(0)
@@ -34,3 +37,4 @@ def test_a_policy_pickled_whole_before_its_networks_kept_their_image_scaling_sti
     with np.load(DATA / f"iql_{LEGACY_COMMITS[0]}_predictions.npz") as saved:
         observations, actions = saved["observations"], saved["actions"]
     np.testing.assert_array_equal(policy.predict(observations, deterministic=True)[0], actions)
+    assert all(not hasattr(network, "image_scaling") for network in (policy.actor, policy.critic, policy.value_net))

@@ -7,7 +7,7 @@ the offline dataset (as CORL and Unifloral normalise states).
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.preprocessing import is_image_space, preprocess_obs
+from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import nn
 
@@ -57,36 +57,61 @@ def channel_last(shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape[1], shape[2], shape[0]
 
 
-ImageScaling = bool | dict[str, "ImageScaling"]
+#: How SB3 preprocesses one observation space, as constants of a network (``observation_preprocessing``): for a Box,
+#: whether it divides by 255; for Discrete and MultiDiscrete spaces, the class counts of their one-hot encoding;
+#: None for MultiBinary (taken as floats); per key of a Dict space.
+ObservationPreprocessing = bool | int | tuple[int, ...] | None | dict[str, "ObservationPreprocessing"]
 
 
-def image_scaling(observation_space: spaces.Space, normalize_images: bool) -> ImageScaling:
+def observation_preprocessing(observation_space: spaces.Space, normalize_images: bool) -> ObservationPreprocessing:
     """
-    :return: whether SB3 divides these observations by 255 (``normalize_images`` and an image space), per key of a
-        Dict space. A constant of the network, computed once when it is built: SB3's test compares the space's
-        NumPy bounds, on which a compiled graph cannot branch, and a compiled graph that read the space itself would
-        be guarded on the space object, so that every new model would compile it again.
+    :return: what SB3's ``preprocess_obs`` does to these observations, computed once when a network is built: per
+        key of a Dict space, whether a Box is divided by 255 (``normalize_images`` and an image space), the class
+        counts of a Discrete or MultiDiscrete space's one-hot encoding, None for MultiBinary. As Python constants: SB3
+        reads the space (its NumPy bounds, its ``n``) at every call, on which a compiled graph cannot branch, and a
+        compiled graph that read the space itself would be guarded on the space object, so that every new model
+        would compile it again.
     """
     if isinstance(observation_space, spaces.Dict):
-        return {key: image_scaling(space, normalize_images) for key, space in observation_space.spaces.items()}
+        return {key: observation_preprocessing(space, normalize_images) for key, space in observation_space.spaces.items()}
+    if isinstance(observation_space, spaces.Discrete):
+        return int(observation_space.n)
+    if isinstance(observation_space, spaces.MultiDiscrete):
+        return tuple(int(n) for n in observation_space.nvec.flatten())
+    if isinstance(observation_space, spaces.MultiBinary):
+        return None
     return normalize_images and is_image_space(observation_space)
 
 
-def preprocess_observations(obs: PyTorchObs, observation_space: spaces.Space, scaling: ImageScaling) -> PyTorchObs:
+def _one_hot(indices: th.Tensor, n_classes: int) -> th.Tensor:
+    """:return: ``F.one_hot(indices.long(), n_classes).float()`` as a comparison, which ``torch.compile`` and
+    ``vmap`` trace (``one_hot`` infers its output size from the data)"""
+    return (indices.long().unsqueeze(-1) == th.arange(n_classes, device=indices.device)).float()
+
+
+def preprocess_observations(
+    obs: PyTorchObs, observation_space: spaces.Space, preprocessing: ObservationPreprocessing
+) -> PyTorchObs:
     """
     SB3's ``preprocess_obs`` (float observations, images divided by 255, one-hot discrete ones), in a form that
-    ``torch.compile(fullgraph=True)`` traces: the update of image observations compiles too.
+    ``torch.compile(fullgraph=True)`` and ``vmap`` trace: the update of image and discrete observations compiles too.
 
     :param obs: a batch of observations ``(batch, *shape)``, or a dict of them
     :param observation_space: their space
-    :param scaling: ``image_scaling(observation_space, normalize_images)``
-    :return: the preprocessed batch
+    :param preprocessing: ``observation_preprocessing(observation_space, normalize_images)``
+    :return: the preprocessed batch, as SB3's
     """
-    if isinstance(observation_space, spaces.Dict):
-        return {key: preprocess_observations(value, observation_space[key], scaling[key]) for key, value in obs.items()}  # type: ignore[index]
+    if isinstance(preprocessing, dict):
+        return {key: preprocess_observations(value, observation_space[key], preprocessing[key]) for key, value in obs.items()}  # type: ignore[index]
     if isinstance(observation_space, spaces.Box):
-        return obs.float() / 255.0 if scaling else obs.float()
-    return preprocess_obs(obs, observation_space)  # Discrete, MultiDiscrete, MultiBinary: no image to scale
+        return obs.float() / 255.0 if preprocessing else obs.float()
+    if isinstance(preprocessing, int):  # Discrete: (batch,) or (batch, 1) indices
+        return _one_hot(obs, preprocessing)
+    if isinstance(preprocessing, tuple):  # MultiDiscrete: one one-hot block per column, side by side
+        columns = obs.reshape(obs.shape[0], -1)
+        blocks = [_one_hot(columns[:, index], n_classes) for index, n_classes in enumerate(preprocessing)]
+        return th.cat(blocks, dim=-1)
+    return obs.float()  # MultiBinary
 
 
 #: Features whose standard deviation in the data is below this are only centred, not scaled (e.g. a goal that is

@@ -383,6 +383,11 @@ def load_transitions(datasets: Sequence[minari.MinariDataset]) -> Transitions:
                         f"holds NaN or inf values (in float32, {NON_FINITE_HINT}); clean the dataset before training."
                     )
             _check_episode_rows(dataset.spec.dataset_id, episode)
+            try:  # before the float32 cast below, which would round 0.99999999 to a valid index
+                raw_actions = np.asarray(episode.actions)
+                _check_integer_values("actions", raw_actions.reshape(len(raw_actions), -1), dataset.action_space)
+            except ValueError as error:
+                raise ValueError(f"Dataset '{dataset.spec.dataset_id}', episode {episode.id}: {error}") from None
             for field in ("terminations", "truncations"):
                 flags = np.asarray(getattr(episode, field))
                 if not are_flags(flags):

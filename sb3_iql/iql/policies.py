@@ -13,7 +13,12 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, Combine
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
-from sb3_iql.common.preprocessing import ImageScaling, ObservationNormalizer, image_scaling, preprocess_observations
+from sb3_iql.common.preprocessing import (
+    ObservationNormalizer,
+    ObservationPreprocessing,
+    observation_preprocessing,
+    preprocess_observations,
+)
 from sb3_iql.common.torch_layers import FEATURES_EXTRACTOR_CLASSES, LayerNormNatureCNN, features_extractor_class_named
 
 #: Gain of the orthogonal initialisation of every layer in the reference implementation.
@@ -175,24 +180,26 @@ class NormalizedFeatures:
     observation_space: spaces.Space
     normalize_images: bool
     observation_normalizer: ObservationNormalizer | None
-    #: Whether SB3's preprocessing divides the observations by 255 (per key of a Dict space): ``image_scaling``.
-    image_scaling: ImageScaling
+    #: What SB3's preprocessing does to the observations (per key of a Dict space): ``observation_preprocessing``.
+    preprocessing: ObservationPreprocessing
     #: The extractor is another network's (``share_features_extractor``): its features are used, not trained.
     features_detached: bool = False
 
     def _setup_preprocessing(self) -> None:
-        """No normalizer yet; the image scaling of the observation space (after ``BaseModel.__init__``)."""
+        """No normalizer yet; the preprocessing of the observation space (after ``BaseModel.__init__``)."""
         self.observation_normalizer = None
-        self.image_scaling = image_scaling(self.observation_space, self.normalize_images)
+        self.preprocessing = observation_preprocessing(self.observation_space, self.normalize_images)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """A network pickled whole (``torch.save(model.policy)``) before ``image_scaling`` existed gets it here."""
+        """A network pickled whole (``torch.save(model.policy)``) by an earlier version gets its ``preprocessing``
+        here (such a network kept whether it scaled images as ``image_scaling``, or nothing)."""
         super().__setstate__(state)  # type: ignore[misc]
-        if "image_scaling" not in state:
-            self.image_scaling = image_scaling(self.observation_space, self.normalize_images)
+        if "preprocessing" not in state:
+            self.__dict__.pop("image_scaling", None)
+            self.preprocessing = observation_preprocessing(self.observation_space, self.normalize_images)
 
     def extract_features(self, obs: PyTorchObs, features_extractor: BaseFeaturesExtractor) -> th.Tensor:
-        preprocessed = preprocess_observations(obs, self.observation_space, self.image_scaling)
+        preprocessed = preprocess_observations(obs, self.observation_space, self.preprocessing)
         if self.observation_normalizer is not None:
             preprocessed = self.observation_normalizer(preprocessed)
         features = features_extractor(preprocessed)
