@@ -57,9 +57,9 @@ def arrays_to_episodes(arrays: dict[str, np.ndarray]) -> list[EpisodeBuffer]:
     truncated.
     """
     ends = arrays["terminals"].astype(bool) | arrays["timeouts"].astype(bool)
-    gaps = (arrays["observations"][1:] - arrays["next_observations"][:-1]).reshape(len(ends) - 1, -1)
-    jumps = np.linalg.norm(gaps, axis=1) > 1e-6
-    ends[:-1] |= jumps
+    if len(ends) > 1:
+        gaps = (arrays["observations"][1:] - arrays["next_observations"][:-1]).reshape(len(ends) - 1, -1)
+        ends[:-1] |= np.linalg.norm(gaps, axis=1) > 1e-6
     ends[-1] = True
     episodes, start = [], 0
     for episode_id, end in enumerate(np.flatnonzero(ends)):

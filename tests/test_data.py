@@ -477,6 +477,7 @@ def test_an_episode_cut_short_ends_there_and_rows_that_do_not_line_up_are_refuse
         (spaces.Dict({"cell": spaces.Discrete(6, start=1)}), "Discrete observations must start at 0"),
         (spaces.MultiDiscrete([3, 4], start=[0, 1]), "MultiDiscrete observations must start at 0"),
         (spaces.Dict({"cells": spaces.MultiDiscrete([3, 4], start=[1, 0])}), "MultiDiscrete observations must start"),
+        (spaces.MultiDiscrete([[3, 4], [2, 2]]), "MultiDiscrete observations of more than one dimension"),
         (spaces.Text(8), r"Text observation spaces are not supported .* Box, Discrete, MultiDiscrete, MultiBinary"),
         (spaces.Dict({"name": spaces.Text(8)}), "Text observation spaces are not supported"),
     ],

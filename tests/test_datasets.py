@@ -34,6 +34,7 @@ from sb3_iql.datasets import (
     parse_pointmaze_dataset_id,
     pointmaze,
     pointmaze_dataset_id,
+    replay,
     storage,
     write_dataset,
 )
@@ -519,9 +520,14 @@ def test_dataset_from_replay_buffer(minari_root: pathlib.Path) -> None:
     np.testing.assert_array_equal(observations, buffer.observations[:n_steps, 0])
 
 
-def test_a_reset_between_two_learn_calls_ends_the_episode_and_keeps_its_next_observation(minari_root) -> None:
+@pytest.mark.parametrize("compared_rows", [None, 7])  # None: all at once; 7: the pairs across windows too
+def test_a_reset_between_two_learn_calls_ends_the_episode_and_keeps_its_next_observation(
+    minari_root, monkeypatch, compared_rows
+) -> None:
     """The second ``learn()`` resets the environment mid-episode, with no flag: the two runs were one episode, whose
     step before the reset got the reset observation as its next observation."""
+    if compared_rows is not None:
+        monkeypatch.setattr(replay, "COMPARED_BYTES", compared_rows * 3 * 4)  # Pendulum: 3 float32 per observation
     env = gym.make("Pendulum-v1")  # no termination, a time limit of 200 steps
     model = TD3("MlpPolicy", env, learning_starts=100, seed=0, device="cpu")
     model.learn(30)

@@ -213,19 +213,26 @@ def test_discrete_observations_are_one_hot_as_sb3_encodes_them(observation_space
         assert mine.dtype == sb3.dtype and th.equal(mine, sb3), key
 
 
-def test_models_with_a_discrete_observation_key_train_together_as_alone():
-    """vmap failed on SB3's one-hot encoding (``.item()`` inside ``one_hot``)."""
+@pytest.mark.parametrize("observation_space", DISCRETE_OBSERVATION_SPACES, ids=str)
+def test_models_of_discrete_observations_train_together_as_alone(observation_space):
+    """vmap failed on SB3's one-hot encoding (``.item()`` inside ``one_hot``): a Dict with a Discrete key crashed,
+    Discrete, MultiDiscrete and MultiBinary observations were refused."""
     from sb3_iql.data.minari_loader import Transitions
     from sb3_iql.iql.multi_seed import learn_offline_together
 
-    observation_space = DISCRETE_OBSERVATION_SPACES[-1]
     observation_space.seed(0)
     samples = [observation_space.sample() for _ in range(65)]
-    observations = {key: np.stack([sample[key] for sample in samples]) for key in observation_space.spaces}
+    if isinstance(observation_space, spaces.Dict):
+        observations = {key: np.stack([sample[key] for sample in samples]) for key in observation_space.spaces}
+        first, following = (
+            {key: values[part] for key, values in observations.items()} for part in (slice(-1), slice(1, None))
+        )
+    else:
+        first, following = np.stack(samples[:-1]), np.stack(samples[1:])
     actions = np.random.default_rng(0).integers(0, 3, 64)
     transitions = Transitions(
-        {key: values[:-1] for key, values in observations.items()},
-        {key: values[1:] for key, values in observations.items()},
+        first,
+        following,
         actions,
         actions.astype(np.float32),
         np.zeros(64, bool),
@@ -235,7 +242,7 @@ def test_models_with_a_discrete_observation_key_train_together_as_alone():
 
     def model(seed: int) -> IQL:
         env = SpacesEnv(observation_space, spaces.Discrete(3))
-        made = IQL("MultiInputPolicy", env, None, offline_steps=10, batch_size=8, policy_kwargs=SMALL_NET, seed=seed)
+        made = IQL("MlpPolicy", env, None, offline_steps=10, batch_size=8, policy_kwargs=SMALL_NET, seed=seed)
         made.add_transitions(transitions)
         return made
 
@@ -268,3 +275,20 @@ def test_the_compiled_update_of_discrete_observations_trains_like_the_eager_one(
         models[-1].learn_offline(10, log_interval=0)
     for (name, eager), compiled in zip(models[0].policy.state_dict().items(), models[1].policy.state_dict().values()):
         th.testing.assert_close(eager, compiled, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_an_observation_outside_its_discrete_space_is_refused_at_predict():
+    """Its one-hot encoding is all zeros (SB3's one_hot raised deep inside): a wrong observation acted on."""
+    observation_space = DISCRETE_OBSERVATION_SPACES[-1]  # a Discrete(4) key
+    model = IQL("MultiInputPolicy", SpacesEnv(observation_space, spaces.Discrete(3)), policy_kwargs=SMALL_NET, buffer_size=10)
+    observation = {"cell": np.array(2), "position": np.zeros(2, np.float32)}
+    model.predict(observation)
+    for cell in (4, -1):
+        with pytest.raises(ValueError, match=r"Observation values \[" + str(cell) + r"\] are outside Discrete\(4\)"):
+            model.predict({**observation, "cell": np.array(cell)})
+    multi = IQL(
+        "MlpPolicy", SpacesEnv(spaces.MultiDiscrete([3, 4]), spaces.Discrete(3)), policy_kwargs=SMALL_NET, buffer_size=10
+    )
+    multi.predict(np.array([[2, 3], [0, 0]]))
+    with pytest.raises(ValueError, match=r"\[3\] are outside MultiDiscrete"):
+        multi.predict(np.array([[2, 3], [3, 0]]))

@@ -306,6 +306,17 @@ class ClippingAdam(th.optim.Adam):
         return super().step(closure)
 
 
+def test_an_adam_subclass_that_keeps_adam_s_step_runs_on_the_fused_path():
+    """torch wraps a class's step when the class is first instantiated: the check compared the wrapper."""
+    from sb3_iql.iql.fast_update import unsupported_optimizer
+
+    class TaggedAdam(th.optim.Adam):  # a new class: its first instance is this one
+        pass
+
+    assert unsupported_optimizer(TaggedAdam([th.zeros(2, requires_grad=True)])) is None
+    assert "overrides it" in unsupported_optimizer(ClippingAdam([th.zeros(2, requires_grad=True)]))
+
+
 def clip_in_the_optimizer_s_step(model: IQL) -> None:
     model.actor.optimizer = ClippingAdam(model.actor.parameters(), lr=3e-4)
 

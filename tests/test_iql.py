@@ -23,6 +23,7 @@ from toy_data import LINE_ENV_ID, LineEnv, bad_policy, good_policy, rollout_epis
 from sb3_iql import IQL, evaluate, normalized_score
 from sb3_iql.common.offline import ONLINE_BUFFER_ROOM
 from sb3_iql.common.preprocessing import ObservationNormalizer
+from sb3_iql.common.synthetic import box_env
 from sb3_iql.data import load_transitions
 from sb3_iql.evaluation import dataset_reference_scores
 from sb3_iql.iql.iql import METRIC_NAMES
@@ -497,6 +498,8 @@ def test_what_the_online_loop_refuses_is_refused_before_the_offline_updates(line
     state = np.random.get_state()
     fitting = line_model(line_dataset, offline_steps=0, action_noise=NormalActionNoise(np.zeros(1), np.ones(1)))
     fitting._check_online_setup()
+    broadcast = IQL("MlpPolicy", box_env(2, 2), action_noise=NormalActionNoise(np.zeros(1), np.ones(1)), buffer_size=10)
+    broadcast._check_online_setup()  # one sigma for every action dimension: SB3 adds it, as SAC's learn() does
     assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), state))  # the run's noise stream unchanged
     no_env.learn(0)  # offline only: no environment needed
     assert no_env._n_offline_updates == 20
@@ -588,8 +591,12 @@ def test_metrics_that_are_not_finite_warn_that_training_diverged(line_dataset):
     model = line_model(line_dataset)
     with th.no_grad():
         next(model.critic.parameters()).fill_(float("nan"))  # as after a diverged update
-    with pytest.warns(UserWarning, match=r"critic_loss.* not finite by update 2: training diverged .*normalize_obs"):
+    with pytest.warns(UserWarning, match=r"critic_loss.* not finite: training diverged .*normalize_obs"):
         model.learn_offline(2, log_interval=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # Python's: a warning once per place and text
+        model.learn_offline(6, log_interval=2)
+    assert sum("training diverged" in str(warning.message) for warning in caught) == 1  # not one per dump
     healthy = line_model(line_dataset)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

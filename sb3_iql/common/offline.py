@@ -620,7 +620,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         diverged = [name for name, value in means.items() if not math.isfinite(value)]
         if diverged:
             warnings.warn(
-                f"{', '.join(diverged)} not finite by update {self._n_updates}: training diverged (the networks' "
+                f"{', '.join(diverged)} not finite: training diverged (the networks' "
                 "parameters are likely NaN). Look at the data's scale: policy_kwargs=dict(normalize_observations=True), "
                 "a reward_transform, or a lower learning_rate",
                 stacklevel=2,
@@ -841,7 +841,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 f"{self.train_freq.frequency}"
             )
         if self.action_noise is not None:
-            _check_noise_shape(self.action_noise, self.action_space)
+            _check_noise_shape(self.action_noise, self.action_space, self.env.num_envs)
 
     def learn(
         self: SelfOfflineAlgorithm,
@@ -1043,15 +1043,20 @@ def _buffer_class(replay_buffer_class: type[ReplayBuffer] | str | None, relabel_
     return replay_buffer_class
 
 
-def _check_noise_shape(action_noise: ActionNoise, action_space: spaces.Space) -> None:
-    """:raises ValueError: ``action_noise`` draws noise of another shape than the actions (one draw, on a copy,
-    NumPy's global generator left as it was: the noise the run draws is unchanged)"""
+def _check_noise_shape(action_noise: ActionNoise, action_space: spaces.Space, n_envs: int) -> None:
+    """:raises ValueError: ``action_noise`` draws noise that SB3 cannot add to a batch of ``n_envs`` actions (one
+    draw, on a copy, NumPy's global generator left as it was: the noise the run draws is unchanged)"""
     state = np.random.get_state()
     try:
         shape = np.shape(copy.deepcopy(action_noise)())
     finally:
         np.random.set_state(state)
-    if shape[-1:] != action_space.shape[-1:] or len(shape) > len(action_space.shape) + 1:
+    actions = (n_envs, *action_space.shape)
+    try:
+        fits = np.broadcast_shapes(shape, actions) == actions
+    except ValueError:
+        fits = False
+    if not fits:
         raise ValueError(
             f"action_noise draws noise of shape {shape} for actions of shape {action_space.shape}: give it mean and "
             "sigma of the actions' shape"

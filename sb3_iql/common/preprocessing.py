@@ -101,17 +101,37 @@ def preprocess_observations(
     :param preprocessing: ``observation_preprocessing(observation_space, normalize_images)``
     :return: the preprocessed batch, as SB3's
     """
-    if isinstance(preprocessing, dict):
+    if isinstance(observation_space, spaces.Dict):
         return {key: preprocess_observations(value, observation_space[key], preprocessing[key]) for key, value in obs.items()}  # type: ignore[index]
     if isinstance(observation_space, spaces.Box):
         return obs.float() / 255.0 if preprocessing else obs.float()
-    if isinstance(preprocessing, int):  # Discrete: (batch,) or (batch, 1) indices
-        return _one_hot(obs, preprocessing)
-    if isinstance(preprocessing, tuple):  # MultiDiscrete: one one-hot block per column, side by side
+    if isinstance(observation_space, spaces.Discrete):  # (batch,) or (batch, 1) indices
+        return _one_hot(obs, preprocessing)  # type: ignore[arg-type]
+    if isinstance(observation_space, spaces.MultiDiscrete):  # one one-hot block per column, side by side
         columns = obs.reshape(obs.shape[0], -1)
-        blocks = [_one_hot(columns[:, index], n_classes) for index, n_classes in enumerate(preprocessing)]
+        blocks = [_one_hot(columns[:, index], n_classes) for index, n_classes in enumerate(preprocessing)]  # type: ignore[arg-type]
         return th.cat(blocks, dim=-1)
     return obs.float()  # MultiBinary
+
+
+def check_observation_indices(obs: PyTorchObs, observation_space: spaces.Space) -> None:
+    """
+    :param obs: a batch of observations ``(batch, *shape)``, or a dict of them (tensors)
+    :raises ValueError: a Discrete or MultiDiscrete observation outside its space, whose one-hot encoding would be all
+        zeros (SB3's ``one_hot`` raised deep inside); checked where observations come from outside (``predict``)
+    """
+    if isinstance(observation_space, spaces.Dict):
+        for key, space in observation_space.spaces.items():
+            check_observation_indices(obs[key], space)  # type: ignore[index]
+        return
+    if not isinstance(observation_space, (spaces.Discrete, spaces.MultiDiscrete)):
+        return
+    counts = np.atleast_1d(observation_space.n if isinstance(observation_space, spaces.Discrete) else observation_space.nvec)
+    values = obs.reshape(obs.shape[0], -1)
+    high = th.as_tensor(counts.reshape(1, -1), device=values.device)
+    bad = (values < 0) | (values >= high) | (values != values.round())
+    if bad.any():
+        raise ValueError(f"Observation values {values[bad][:5].tolist()} are outside {observation_space}")
 
 
 #: Features whose standard deviation in the data is below this are only centred, not scaled (e.g. a goal that is

@@ -264,7 +264,8 @@ def check_observation_space(space: spaces.Space) -> None:
     """
     :raises ValueError: a space the replay buffers cannot hold: nested Dict, Tuple, a space other than Box,
         Discrete, MultiDiscrete, MultiBinary and a flat Dict of them (Text, Graph...), a Box of shape ``()``, or a
-        Discrete or MultiDiscrete not starting at 0 (also inside a Dict), saying what to do instead
+        Discrete or MultiDiscrete not starting at 0 (also inside a Dict), a MultiDiscrete of more than one dimension
+        (SB3's extractors fail on it), saying what to do instead
     """
     if isinstance(space, spaces.Dict):
         for key, subspace in space.spaces.items():
@@ -282,6 +283,8 @@ def check_observation_space(space: spaces.Space) -> None:
         raise ValueError(f"Box observations of shape () are not supported ({space}): reshape them to (1,)")
     elif isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)) and np.any(space.start != 0):
         raise ValueError(f"{type(space).__name__} observations must start at 0, as SB3 one-hot encodes them, got {space}")
+    elif isinstance(space, spaces.MultiDiscrete) and space.nvec.ndim != 1:
+        raise ValueError(f"MultiDiscrete observations of more than one dimension are not supported ({space}): flatten them")
 
 
 def stores_environment(dataset: minari.MinariDataset) -> bool:

@@ -18,6 +18,9 @@ from sb3_iql.data.image_buffers import DeviceImageReplayBuffer
 from sb3_iql.datasets.collect import DEFAULT_N_REFERENCE_EPISODES, PolicyFn, Predictor, as_env, write_episodes
 from sb3_iql.datasets.storage import check_writable
 
+#: Observations compared at once when a replay buffer is split into episodes (frames: a few hundred rows).
+COMPARED_BYTES = 64 * 2**20
+
 
 def _numpy(values: np.ndarray | th.Tensor) -> np.ndarray:
     """:return: ``values`` as a NumPy array (the package's device buffers store tensors)"""
@@ -28,7 +31,7 @@ def _rows(data: Any, rows: np.ndarray, env_index: int, space: spaces.Space) -> A
     """:return: ``data[rows, env_index]`` shaped like ``space`` (per key for Dict spaces), as NumPy arrays."""
     if isinstance(space, spaces.Dict):
         return {key: _rows(data[key], rows, env_index, subspace) for key, subspace in space.spaces.items()}
-    return _numpy(data[rows, env_index]).reshape((len(rows), *space.shape)).astype(space.dtype)
+    return _numpy(data[rows, env_index]).reshape((len(rows), *space.shape)).astype(space.dtype, copy=False)
 
 
 def _chronological_rows(replay_buffer: ReplayBuffer) -> np.ndarray:
@@ -110,13 +113,14 @@ def replay_buffer_episodes(
     return episodes
 
 
-def _unflagged_breaks(
-    replay_buffer: ReplayBuffer, rows: np.ndarray, env_index: int, space: spaces.Space, chunk: int = 65_536
-) -> np.ndarray:
+def _unflagged_breaks(replay_buffer: ReplayBuffer, rows: np.ndarray, env_index: int, space: spaces.Space) -> np.ndarray:
     """
     :return: ``(len(rows),)`` bool, True where the stored next observation of a row differs from the next row's
-        observation (``observation_breaks``), compared ``chunk`` rows at a time to bound the memory
+        observation (``observation_breaks``), compared about ``COMPARED_BYTES`` of observations at a time
     """
+    subspaces = space.spaces.values() if isinstance(space, spaces.Dict) else [space]
+    row_bytes = sum(int(np.prod(subspace.shape)) * np.dtype(subspace.dtype).itemsize for subspace in subspaces)
+    chunk = max(1, COMPARED_BYTES // max(row_bytes, 1))
     breaks = np.zeros(len(rows), dtype=bool)
     for start in range(0, len(rows) - 1, chunk):
         window = rows[start : start + chunk + 1]  # one row of overlap: the last pair of each window

@@ -10,6 +10,7 @@ parameters. Select with ``IQL(..., compile_update=True)`` (torch.compile, CPU or
 
 import contextlib
 import functools
+import inspect
 import numbers
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
@@ -64,7 +65,8 @@ def unsupported_optimizer(optimizer: th.optim.Optimizer) -> str | None:
     """:return: why ``fused_adam_step_`` cannot run this optimizer's steps, None where it can"""
     if not isinstance(optimizer, th.optim.Adam) or len(optimizer.param_groups) != 1:
         return f"FunctionalUpdate needs one Adam param group per network, got {optimizer}"
-    if type(optimizer).step is not th.optim.Adam.step:
+    # unwrapped: torch wraps each optimizer class's step (profiling) when the class is first instantiated
+    if inspect.unwrap(type(optimizer).step) is not inspect.unwrap(th.optim.Adam.step):
         return f"FunctionalUpdate runs Adam's own step; {type(optimizer).__name__} overrides it"
     if (
         optimizer._optimizer_step_pre_hooks

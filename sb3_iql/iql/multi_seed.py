@@ -27,8 +27,7 @@ Eager or compiled (``compile_update``: ``torch.compile`` of the two vmapped grad
 ``compile_update``; ``"auto"`` from ``AUTO_COMPILE_UPDATES`` updates on), and on CUDA optionally one captured CUDA
 graph per step (``cuda_graph=True``); CPU or CUDA, no host synchronisation in the loop. With dropout in the actor
 each learner draws its own masks, not the ones of its single-seed run: such learners match single-seed runs in
-distribution, not parameter for parameter. Not supported: callbacks, Adam with weight decay, amsgrad or maximize,
-observation spaces other than Box and Dict.
+distribution, not parameter for parameter. Not supported: callbacks, Adam with weight decay, amsgrad or maximize.
 """
 
 import time
@@ -36,7 +35,6 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch as th
-from gymnasium import spaces
 from torch import nn
 from torch.utils import _pytree as pytree
 
@@ -611,8 +609,6 @@ def _check_alone(model: IQL, index: int) -> None:
         raise ValueError(f"models[{index}]: {error}") from None
     if model.policy.share_features_extractor:
         raise ValueError("learn_offline_together does not support a shared features extractor (share_features_extractor)")
-    if not isinstance(model.observation_space, (spaces.Box, spaces.Dict)):
-        raise ValueError(f"learn_offline_together supports Box and Dict observations, got {model.observation_space}")
     for name in TRAINED:
         network = _network(model, name)
         reason = unsupported_network(network)  # the functional update's own check

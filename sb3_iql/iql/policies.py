@@ -16,6 +16,7 @@ from torch import nn
 from sb3_iql.common.preprocessing import (
     ObservationNormalizer,
     ObservationPreprocessing,
+    check_observation_indices,
     observation_preprocessing,
     preprocess_observations,
 )
@@ -552,8 +553,9 @@ class IQLPolicy(BasePolicy):
     :param log_std_parametrization: ``"clip"`` (reference) or ``"sigmoid"`` (d3rlpy), see ``Actor``
     :param log_std_init: the Gaussian actor's initial log standard deviation (0: reference; -1.5: d3rlpy)
     :param weight_init: ``"orthogonal"`` (reference, gain ``ortho_init_gain``) or ``"pytorch"`` (d3rlpy, CORL): the
-        networks' linear layers and those of SB3's and the package's extractors (a custom ``features_extractor_class``
-        keeps the weights it was built with, as in SAC)
+        networks' linear layers and those of SB3's and the package's extractors (``INITIALISED_EXTRACTORS``, these
+        classes exactly); any other ``features_extractor_class``, a subclass of those included, keeps the weights it
+        was built with, as in SAC
     :param critic_layer_norm: LayerNorm before each hidden activation of the critics and the value network
     :param normalize_observations: normalise observations with the offline dataset's mean and std (fitted by
         ``IQL`` when the dataset is loaded, then fixed; features that are constant in the data are only centred;
@@ -739,6 +741,7 @@ class IQLPolicy(BasePolicy):
         return self._predict(obs, deterministic=deterministic)
 
     def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        check_observation_indices(observation, self.observation_space)  # an encoding of zeros otherwise
         return self.actor(observation, deterministic)
 
     def set_training_mode(self, mode: bool) -> None:
