@@ -218,8 +218,11 @@ def test_critic_lr_schedule_and_sb3_schedules_follow_the_offline_progress(line_d
 def test_a_short_run_with_the_default_budget_is_warned_about_its_undecayed_actor_lr(line_dataset):
     model = line_model(line_dataset, offline_steps=None)
     assert model.offline_steps == 1_000_000
-    with pytest.warns(UserWarning, match=r"offline_steps=1,000,000 .* these 4 it will still be 1.000 .* offline_steps=4"):
+    with pytest.warns(
+        UserWarning, match=r"offline_steps=1,000,000 .* these 4 it will still be 1.000 .* offline_steps=4"
+    ) as caught:
         model.learn_offline(4)
+    assert [warning.filename for warning in caught] == [__file__]  # the line that called learn_offline
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.learn_offline(4, reset_num_timesteps=False)  # a later chunk of the same run: no warning

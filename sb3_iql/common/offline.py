@@ -667,6 +667,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         CheckpointCallback's ``save_freq``) and log steps are in updates. Callbacks get one ``on_step()`` per update;
         no episode ends, so their ``locals`` hold ``dones`` all False and empty ``infos``, one per environment.
 
+        Before it trains, ``_prepare_offline_call`` lets the algorithm prepare the call (IQL: the path of
+        ``compile_update="auto"``, and a warning where the call misses the actor's cosine lr schedule).
+
         :param n_updates: gradient steps (default: what is left of ``offline_steps``)
         :param callback: SB3 callback(s) called after every update
         :param log_interval: updates between two logger dumps (None or 0: dump only at the end)
@@ -676,7 +679,11 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         :return: the trained model
         """
         self._check_offline_data()
-        n_updates = checked_count("n_updates", self.offline_updates_left if n_updates is None else n_updates)
+        if n_updates is not None:
+            n_updates = checked_count("n_updates", n_updates)
+        self._prepare_offline_call(n_updates)
+        if n_updates is None:
+            n_updates = self.offline_updates_left
         tb_log_name = type(self).__name__ if tb_log_name is None else tb_log_name
         callback = self._setup_offline_learn(n_updates, callback, reset_num_timesteps, tb_log_name, progress_bar)
         # read by callbacks through locals(), as in SB3
@@ -711,6 +718,14 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         self.policy.set_training_mode(False)  # as after a predict(): the actor's dropout off for direct calls
         callback.on_training_end()
         return self
+
+    def _prepare_offline_call(self, n_updates: int | None) -> None:
+        """
+        What an algorithm does before a ``learn_offline`` call trains (nothing here): choose the call's training
+        path, warn about it. A warning there names the caller of ``learn_offline`` with ``stacklevel=3``.
+
+        :param n_updates: the call's updates, None where it trains what is left of ``offline_steps``
+        """
 
     @property
     def offline_updates_left(self) -> int:

@@ -12,10 +12,10 @@ from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import update_learning_rate
 
-from sb3_iql.common.offline import DEFAULT_OFFLINE_STEPS, OfflineAlgorithm, checked_count
+from sb3_iql.common.offline import DEFAULT_OFFLINE_STEPS, OfflineAlgorithm
 from sb3_iql.data.minari_loader import DatasetLike
 from sb3_iql.data.rewards import RewardTransformLike
 from sb3_iql.iql import update
@@ -580,39 +580,19 @@ class IQL(OfflineAlgorithm):
             self._auto_mode = None
             return None
 
-    def learn_offline(
-        self: SelfIQL,
-        n_updates: int | None = None,
-        callback: MaybeCallback = None,
-        log_interval: int | None = 1000,
-        tb_log_name: str | None = None,
-        reset_num_timesteps: bool = True,
-        progress_bar: bool = False,
-    ) -> SelfIQL:
+    def _prepare_offline_call(self, n_updates: int | None) -> None:
         """
-        Offline training: gradient steps on the replay buffer, no environment interaction
-        (``OfflineAlgorithm.learn_offline``). Warns when a first call trains fewer updates than a default
-        ``offline_steps``, over which the actor's cosine learning rate decays: the run then ends with the lr
-        nearly undecayed (``benchmarks/results/scores.md``: on large-stitch, without the decay, mean final score
-        13 against 43 with it).
-
-        :param n_updates: gradient steps (default: what is left of ``offline_steps``)
-        :param callback: SB3 callback(s) called after every update (their frequencies count updates)
-        :param log_interval: updates between two logger dumps (None or 0: dump only at the end)
-        :param tb_log_name: name of the TensorBoard run (default: the class name)
-        :param reset_num_timesteps: start counting ``num_timesteps`` (and a new TensorBoard run) from 0
-        :param progress_bar: show a progress bar with updates/s
-        :return: the trained model
+        ``compile_update="auto"``: the path of a ``learn_offline`` call of ``n_updates`` (``auto_mode``; never
+        downgraded). Warns when a first call trains fewer updates than a default ``offline_steps``, over which the
+        actor's cosine learning rate decays: the run then ends with the lr nearly undecayed
+        (``benchmarks/results/scores.md``: on large-stitch, without the decay, mean final score 13 against 43 with
+        it), or when a call runs past ``offline_steps`` (``_warn_about_lr_schedule``).
         """
-        self._check_offline_data()  # before the warnings
-        if n_updates is not None:
-            n_updates = checked_count("n_updates", n_updates)
         planned = self.offline_updates_left if n_updates is None else n_updates
         mode = auto_mode(planned, self.device.type)
         if self.compile_update == "auto" and mode is not None and self._auto_mode != "compile":
             self._auto_mode = mode
-        self._warn_about_lr_schedule(n_updates, stacklevel=3)
-        return super().learn_offline(n_updates, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
+        self._warn_about_lr_schedule(n_updates, stacklevel=4)  # past this method and learn_offline
 
     def _warn_about_lr_schedule(self, n_updates: int | None, stacklevel: int) -> bool:
         """
