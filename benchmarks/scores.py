@@ -257,7 +257,7 @@ def trains_the_preset(record: dict) -> bool:
     if not score_report.is_ours(config["method"]):
         return False
     preset = RunConfig(**{**config, "method": "iql", "net_arch": tuple(config["net_arch"])})
-    return canonical_hyperparameters(record["hyperparameters"]) == canonical_hyperparameters(preset.hyperparameters())
+    return preset.trains(record["hyperparameters"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,6 +324,11 @@ class RunConfig:
         if settings.get("policy_extraction", "awr") == "awr":
             settings.pop("bc_weight", None)  # the DDPG extractions' weight
         return settings
+
+    def trains(self, hyperparameters: dict[str, Any]) -> bool:
+        """:return: whether a run of ``hyperparameters`` (a record's, a checkpoint's) trains this configuration's
+        model (``canonical_hyperparameters``: the same string)"""
+        return canonical_hyperparameters(hyperparameters) == canonical_hyperparameters(self.hyperparameters())
 
 
 def d3rlpy_settings(base_method: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -411,7 +416,7 @@ def check_cached_runs(runs: dict[str, dict], configs: list[RunConfig], dataset: 
                 f"was trained on {record['dataset_episodes']} episodes of {config.dataset_id}; the local dataset has "
                 f"{dataset.total_episodes}, another generation of it"
             )
-        elif canonical_hyperparameters(record["hyperparameters"]) != canonical_hyperparameters(config.hyperparameters()):
+        elif not config.trains(record["hyperparameters"]):
             reason = f"was trained with {record['hyperparameters']}, not {config.hyperparameters()} (its method changed?)"
         else:
             continue
@@ -634,7 +639,7 @@ def check_resumable(progress: dict, config: RunConfig, checkpoint: Path) -> None
         method's settings changed since): resumed, it would end as a mix of both under the new ones' record
     """
     started = progress.get("hyperparameters")  # checkpoints of earlier versions did not keep them
-    if started is not None and canonical_hyperparameters(started) != canonical_hyperparameters(config.hyperparameters()):
+    if started is not None and not config.trains(started):
         raise SystemExit(
             f"The checkpoint {checkpoint} of {config.key} was started with {started}, not {config.hyperparameters()} "
             "(its method changed since): delete its files to train the run again"
